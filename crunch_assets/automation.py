@@ -1,0 +1,229 @@
+"""Jobs, sensors and schedules that run a competition live.
+
+- cycle sensor: each due cycle -> one run of feed_records + predictions for its hour, as of the
+  cycle time (run key per cycle: a cycle never runs twice);
+- settlement sensor: predictions whose horizon has passed and whose prices are stored -> scores;
+- rollup sensor: new scores -> snapshots + leaderboard of their day;
+- checkpoint sensor: a closed, fully settled checkpoint period -> its emission checkpoint;
+- daily rollup schedule: yesterday's snapshots and leaderboard as of midnight (the final word).
+Each sensor evaluation is a few indexed queries: well inside Dagster's 60 s sensor timeout.
+"""
+
+
+from dataclasses import dataclass
+from typing import Any
+from datetime import datetime, timedelta, timezone
+
+import dagster as dg
+import sqlalchemy as sa
+
+from crunch_assets.assets import ChainKeys, as_of_run_config
+from crunch_assets.partitions import CompetitionPartitions
+from crunch_assets.spec import CompetitionSpec
+from resources.feeds.base import FeedResource, granularity_label
+from resources.store import schema as t
+from resources.store.database import CrunchDatabase
+
+CHECKPOINTS_LOOKED_BACK = 4
+
+
+@dataclass(frozen=True)
+class CompetitionJobs:
+    cycle: Any
+    scores: Any
+    rollup: Any
+    checkpoint: Any
+
+    def all(self) -> list:
+        return [self.cycle, self.scores, self.rollup, self.checkpoint]
+
+
+def build_jobs(spec: CompetitionSpec, partitions: CompetitionPartitions, keys: ChainKeys) -> CompetitionJobs:
+    def job(name: str, selection: list[dg.AssetKey], partitions_def, description: str):
+        return dg.define_asset_job(
+            f"{spec.slug}__{name}",
+            selection=dg.AssetSelection.assets(*selection),
+            partitions_def=partitions_def,
+            executor_def=dg.in_process_executor,  # small steps: one process per run is enough
+            description=description,
+        )
+
+    return CompetitionJobs(
+        cycle=job("cycle_job", [keys.feed_records, keys.predictions], partitions.hourly,
+                  "Ingest the feed and run one prediction cycle."),
+        scores=job("score_job", [keys.scores], partitions.hourly, "Score the settled predictions of an hour."),
+        rollup=job("rollup_job", [keys.snapshots, keys.leaderboard], partitions.daily,
+                   "Refresh a day's snapshots and the leaderboard."),
+        checkpoint=job("checkpoint_job", [keys.emission_checkpoints], partitions.checkpoint,
+                       "Build a period's emission checkpoint."),
+    )
+
+
+def _floor(instant: datetime, seconds: int) -> datetime:
+    return datetime.fromtimestamp(int(instant.timestamp()) // seconds * seconds, tz=timezone.utc)
+
+
+def feed_coverage(connection: sa.Connection, source: str, subjects: list[str], granularity_seconds: int) -> datetime | None:
+    """Up to when every subject's feed is stored (the slowest subject's last candle close)."""
+    s = t.feed_ingestion_state
+    rows = connection.execute(
+        sa.select(s.c.subject, s.c.last_event_ts).where(
+            s.c.source == source, s.c.subject.in_(subjects), s.c.granularity == granularity_label(granularity_seconds)
+        )
+    ).fetchall()
+    if len(rows) < len(subjects) or any(r.last_event_ts is None for r in rows):
+        return None
+    return min(r.last_event_ts for r in rows) + timedelta(seconds=granularity_seconds)
+
+
+def build_automation(
+    spec: CompetitionSpec,
+    partitions: CompetitionPartitions,
+    keys: ChainKeys,
+    jobs: CompetitionJobs,
+    running: bool,
+) -> tuple[list[dg.SensorDefinition], list[dg.ScheduleDefinition]]:
+    slug = spec.slug
+    status = dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED
+    cycle_ops = [ChainKeys.op_name(keys.feed_records), ChainKeys.op_name(keys.predictions)]
+    settle = timedelta(seconds=spec.settle_delay_seconds)
+
+    @dg.sensor(
+        name=f"{slug}__cycle_sensor", job=jobs.cycle, default_status=status,
+        minimum_interval_seconds=spec.cycle_sensor_interval_seconds,
+        description="Launches each due prediction cycle (feed + predictions) once.",
+    )
+    def cycle_sensor(context: dg.SensorEvaluationContext):
+        now = datetime.now(timezone.utc)
+        earliest = max(now - timedelta(seconds=spec.max_catchup_seconds), spec.start)
+        if context.cursor:
+            earliest = max(earliest, datetime.fromisoformat(context.cursor) + timedelta(microseconds=1))
+        due_times = sorted({cycle_at for cycle_at, _ in spec.cycle_times(earliest, now + timedelta(microseconds=1))})
+        if not due_times:
+            return dg.SkipReason(f"no cycle due since {earliest.isoformat()}")
+        for cycle_at in due_times:
+            yield dg.RunRequest(
+                run_key=f"{slug}:cycle:{cycle_at.isoformat()}",
+                partition_key=partitions.hour_key(cycle_at),
+                run_config=as_of_run_config(cycle_ops, cycle_at),
+                tags={"crunch/cycle_at": cycle_at.isoformat()},
+            )
+        context.update_cursor(due_times[-1].isoformat())
+
+    @dg.sensor(
+        name=f"{slug}__settlement_sensor", job=jobs.scores, default_status=status,
+        minimum_interval_seconds=spec.settlement_sensor_interval_seconds,
+        description="Scores predictions once their horizon has passed and the feed covers it.",
+    )
+    def settlement_sensor(context: dg.SensorEvaluationContext, database: CrunchDatabase, feed: FeedResource):
+        p = t.predictions
+        with database.engine.connect() as connection:
+            coverage = feed_coverage(connection, feed.source_name(), spec.subjects, feed.granularity_seconds)
+            if coverage is None:
+                return dg.SkipReason("the feed has no stored candles yet")
+            settled_until = _floor(min(coverage, datetime.now(timezone.utc) - settle), 60)
+            since = datetime.fromisoformat(context.cursor) if context.cursor else spec.start
+            hours = connection.execute(
+                sa.select(sa.func.date_trunc("hour", p.c.cycle_at).label("hour"))
+                .outerjoin(t.scores, t.scores.c.prediction_id == p.c.id)
+                .where(
+                    p.c.competition == slug,
+                    t.scores.c.id.is_(None),
+                    p.c.resolvable_at > since,
+                    p.c.resolvable_at <= settled_until,
+                )
+                .group_by("hour")
+            ).scalars().all()
+        if not hours:
+            return dg.SkipReason(f"nothing newly settled up to {settled_until.isoformat()}")
+        for hour in sorted(hours):
+            yield dg.RunRequest(
+                run_key=f"{slug}:scores:{hour.isoformat()}:{settled_until.isoformat()}",
+                partition_key=partitions.hour_key(hour),
+                run_config=as_of_run_config([ChainKeys.op_name(keys.scores)], settled_until),
+            )
+        context.update_cursor(settled_until.isoformat())
+
+    @dg.sensor(
+        name=f"{slug}__rollup_sensor", job=jobs.rollup, default_status=status, minimum_interval_seconds=60,
+        description="Refreshes snapshots and the leaderboard of the days that got new scores.",
+    )
+    def rollup_sensor(context: dg.SensorEvaluationContext, database: CrunchDatabase):
+        s = t.scores
+        last_id = int(context.cursor or 0)
+        with database.engine.connect() as connection:
+            row = connection.execute(
+                sa.select(sa.func.max(s.c.id), sa.func.min(s.c.cycle_at), sa.func.max(s.c.cycle_at)).where(
+                    s.c.competition == slug, s.c.id > last_id
+                )
+            ).one()
+        newest_id, first_cycle, last_cycle = row
+        if newest_id is None:
+            return dg.SkipReason("no new scores")
+        as_of = _floor(datetime.now(timezone.utc), 60)
+        day = first_cycle.replace(hour=0, minute=0, second=0, microsecond=0)
+        while day <= last_cycle:
+            yield dg.RunRequest(
+                run_key=f"{slug}:rollup:{day.date().isoformat()}:{newest_id}",
+                partition_key=partitions.day_key(day),
+                run_config=as_of_run_config(
+                    [ChainKeys.op_name(keys.snapshots), ChainKeys.op_name(keys.leaderboard)],
+                    min(as_of, day + timedelta(days=1)),
+                ),
+            )
+            day += timedelta(days=1)
+        context.update_cursor(str(newest_id))
+
+    @dg.sensor(
+        name=f"{slug}__checkpoint_sensor", job=jobs.checkpoint, default_status=status, minimum_interval_seconds=300,
+        description="Builds the emission checkpoint of a closed period once every prediction in it is settled.",
+    )
+    def checkpoint_sensor(context: dg.SensorEvaluationContext, database: CrunchDatabase):
+        now = datetime.now(timezone.utc)
+        closed = partitions.checkpoint.get_partition_keys(current_time=now)[-CHECKPOINTS_LOOKED_BACK:]
+        p, s, snap, c = t.predictions, t.scores, t.snapshots, t.checkpoints
+        requests, waiting = [], []
+        with database.engine.connect() as connection:
+            for key in closed:
+                window = partitions.checkpoint.time_window_for_partition_key(key)
+                if now < window.end + timedelta(seconds=spec.max_horizon_seconds) + settle:
+                    waiting.append(f"{key}: horizon not passed")
+                    continue
+                exists = connection.execute(
+                    sa.select(c.c.id).where(c.c.competition == slug, c.c.period_start == window.start,
+                                            c.c.period_end == window.end)
+                ).first()
+                if exists:
+                    continue
+                in_window = lambda table: (table.c.competition == slug) & (table.c.cycle_at >= window.start) & (  # noqa: E731
+                    table.c.cycle_at < window.end)
+                pending = connection.execute(
+                    sa.select(sa.func.count()).select_from(p).where(in_window(p), p.c.status == "PENDING")
+                ).scalar_one()
+                scored = connection.execute(sa.select(sa.func.count()).select_from(s).where(in_window(s))).scalar_one()
+                summarised = connection.execute(
+                    sa.select(sa.func.coalesce(sa.func.sum(snap.c.prediction_count), 0)).where(
+                        snap.c.competition == slug, snap.c.period_start >= window.start, snap.c.period_start < window.end
+                    )
+                ).scalar_one()
+                if pending or scored != summarised:
+                    waiting.append(f"{key}: {pending} pending, {scored} scores vs {summarised} in snapshots")
+                    continue
+                requests.append(dg.RunRequest(run_key=f"{slug}:checkpoint:{key}", partition_key=key))
+        if not requests:
+            return dg.SkipReason("; ".join(waiting) or "no closed period without a checkpoint")
+        return requests
+
+    @dg.schedule(
+        name=f"{slug}__daily_rollup_schedule", job=jobs.rollup, cron_schedule="15 0 * * *",
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING if running else dg.DefaultScheduleStatus.STOPPED,
+        description="Yesterday's final snapshots and leaderboard, as of midnight UTC.",
+    )
+    def daily_rollup_schedule(context: dg.ScheduleEvaluationContext):
+        yesterday = context.scheduled_execution_time.astimezone(timezone.utc) - timedelta(days=1)
+        if yesterday < spec.start.replace(hour=0):
+            return dg.SkipReason("the competition had not started yesterday")
+        return dg.RunRequest(partition_key=partitions.day_key(yesterday))
+
+    return [cycle_sensor, settlement_sensor, rollup_sensor, checkpoint_sensor], [daily_rollup_schedule]

