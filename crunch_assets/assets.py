@@ -134,15 +134,22 @@ def build_chain_assets(
     ) -> dg.MaterializeResult:
         window = context.partition_time_window
         as_of = resolve_as_of(config, window)
-        # The first window also ingests the history its first cycles need (there is no earlier
-        # partition to hold it).
-        fetch_start = window.start - timedelta(seconds=spec.history_seconds) if window.start <= spec.start else window.start
+        step = timedelta(seconds=granularity_seconds)
+        # A window holds the candles that *close* inside it: the price observed at the window's
+        # first instant (a cycle's entry price) belongs to the window.
+        window_open_start, window_open_end = window.start - step, window.end - step
         written = fetched = pages = 0
         skipped: dict[str, int] = defaultdict(int)
         watermarks = {}
         with database.engine.begin() as connection:
             for subject in spec.subjects:
-                result = feed.fetch_candles(subject, fetch_start, window.end, as_of=as_of)
+                # Where the history a cycle needs is not stored yet (the first window, or a live
+                # start after a pause), fetch it too, so a live input equals a replay's.
+                stored_until = q.watermark(connection, feed.source_name(), subject, granularity_seconds)
+                fetch_start = window_open_start
+                if stored_until is None or stored_until < window_open_start - step:
+                    fetch_start = window_open_start - timedelta(seconds=spec.history_seconds)
+                result = feed.fetch_candles(subject, fetch_start, window_open_end, as_of=as_of)
                 fetched += len(result.candles)
                 pages += result.pages_fetched
                 for reason, count in result.skipped_by_reason().items():

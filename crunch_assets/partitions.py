@@ -27,9 +27,11 @@ class CompetitionPartitions:
     checkpoint: dg.TimeWindowPartitionsDefinition
 
     def hour_key(self, instant: datetime) -> str:
-        return instant.astimezone(timezone.utc).strftime(HOURLY_FORMAT)
+        """The key of the hourly window containing `instant`."""
+        return instant.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0).strftime(HOURLY_FORMAT)
 
     def day_key(self, instant: datetime) -> str:
+        """The key of the daily window containing `instant`."""
         return instant.astimezone(timezone.utc).strftime(DAILY_FORMAT)
 
 

@@ -53,6 +53,17 @@ def advance_watermark(connection: sa.Connection, source: str, subject: str, gran
     connection.execute(statement)
 
 
+def watermark(connection: sa.Connection, source: str, subject: str, granularity_seconds: int) -> datetime | None:
+    """Open time of the last stored candle (None: nothing stored yet)."""
+    s = t.feed_ingestion_state
+    return connection.execute(
+        sa.select(s.c.last_event_ts).where(
+            s.c.source == source, s.c.subject == subject, s.c.kind == "candle",
+            s.c.granularity == granularity_label(granularity_seconds),
+        )
+    ).scalar()
+
+
 def load_candles(
     connection: sa.Connection, source: str, subjects: list[str], granularity_seconds: int, start: datetime, end: datetime
 ) -> dict[str, list[Candle]]:

@@ -1,0 +1,132 @@
+"""btc_updown's callables against the reference fixtures (pure functions, no Dagster)."""
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from competitions.btc_updown import logic
+from crunch_assets.prices import PriceObservation, PriceSeries
+from crunch_assets.spec import Scope
+
+SCOPE = Scope("BTC", 60, 60)
+T0 = datetime(2025, 1, 7, 12, 0, tzinfo=timezone.utc)
+UP = {"y_up": True, "return": 0.01}
+DOWN = {"y_up": False, "return": -0.01}
+
+
+@pytest.mark.parametrize(
+    "p_up, truth, expected",
+    [(0.8, UP, 0.96), (0.8, DOWN, 0.36), (0.5, UP, 0.75), (0.5, DOWN, 0.75), (1.0, UP, 1.0), (1.0, DOWN, 0.0)],
+)
+def test_brier_skill_reference_fixtures(p_up, truth, expected):
+    result = logic.brier_skill(SCOPE, logic.validate_output(SCOPE, {"p_up": p_up}), truth)
+    assert result["success"] is True
+    assert result["value"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_density_output_scores_like_the_reference():
+    density = {"type": "builtin", "name": "norm", "params": {"loc": 1.0, "scale": 0.5}}
+    normalised = logic.validate_output(SCOPE, density)
+    assert normalised["p_up"] == pytest.approx(0.9772498681, abs=1e-10)
+    assert logic.brier_skill(SCOPE, normalised, UP)["value"] == pytest.approx(0.9994824315, abs=1e-10)
+
+
+@pytest.mark.parametrize("loc, expected", [(1.0, 1.0), (-1.0, 0.0), (0.0, 0.5)])
+def test_degenerate_normal(loc, expected):
+    density = {"type": "builtin", "name": "norm", "params": {"loc": loc, "scale": 0.0}}
+    assert logic.density_p_up(density) == expected
+
+
+def test_mixture_is_weight_normalised_average():
+    up = {"type": "builtin", "name": "norm", "params": {"loc": 1.0, "scale": 0.0}}
+    down = {"type": "builtin", "name": "norm", "params": {"loc": -1.0, "scale": 0.0}}
+    mixture = {"type": "mixture", "components": [{"density": up, "weight": 3}, {"density": down, "weight": 1}]}
+    assert logic.density_p_up(mixture) == pytest.approx(0.75)
+
+
+def test_output_without_p_up_does_not_score():
+    result = logic.brier_skill(SCOPE, {"something": 1}, UP)
+    assert result == {"value": None, "success": False, "failed_reason": "output has no numeric p_up"}
+
+
+@pytest.mark.parametrize(
+    "output, reason",
+    [
+        ("0.7", "must be an object"),
+        ({"p_up": 1.5}, "in [0, 1]"),
+        ({"p_up": float("nan")}, "finite number"),
+        ({"p_up": True}, "finite number"),
+        ({"p_up": "high"}, "finite number"),
+        ({"type": "builtin", "name": "cauchy", "params": {}}, "only 'norm'"),
+        ({"type": "mixture", "components": []}, "non-empty"),
+        ({"value": 1}, "must contain p_up"),
+    ],
+)
+def test_invalid_outputs_are_rejected_with_a_reason(output, reason):
+    with pytest.raises(ValueError, match=reason.replace("[", r"\[").replace("]", r"\]")):
+        logic.validate_output(SCOPE, output)
+
+
+def test_position_return_alternative_scoring():
+    truth = {"y_up": True, "return": (110 - 100) / 100}
+    values = [logic.position_return(SCOPE, {"p_up": p}, truth)["value"] for p in (1.0, 0.0, 0.75)]
+    assert values == pytest.approx([0.10, -0.10, 0.05])
+
+
+def _series(*minute_prices):
+    return PriceSeries([PriceObservation(T0 + timedelta(minutes=m), price) for m, price in minute_prices])
+
+
+def test_ground_truth_from_stored_prices():
+    prices = _series((-1, 99.0), (0, 100.0), (1, 101.0))
+    truth = logic.resolve_ground_truth(SCOPE, T0, T0 + timedelta(seconds=60), prices, 120)
+    assert truth["entry_price"] == 100.0 and truth["resolved_price"] == 101.0
+    assert truth["y_up"] is True and truth["return"] == pytest.approx(0.01)
+
+
+def test_ground_truth_waits_for_missing_or_stale_prices():
+    prices = _series((0, 100.0))
+    assert logic.resolve_ground_truth(SCOPE, T0, T0 + timedelta(seconds=60), prices, 120) is not None
+    # resolved price missing: 5 minutes later the last price is too old to stand for it
+    assert logic.resolve_ground_truth(SCOPE, T0, T0 + timedelta(minutes=5), prices, 120) is None
+    # entry missing: nothing at or before the cycle
+    assert logic.resolve_ground_truth(SCOPE, T0 - timedelta(minutes=1), T0, prices, 120) is None
+
+
+def test_flat_price_is_not_up():
+    prices = _series((0, 100.0), (1, 100.0))
+    assert logic.resolve_ground_truth(SCOPE, T0, T0 + timedelta(seconds=60), prices, 120)["y_up"] is False
+
+
+@pytest.mark.parametrize(
+    "models, expected",
+    [
+        (1, [1_000_000_000]),
+        (2, [625_000_000, 375_000_000]),
+        (3, [500_000_000, 250_000_000, 250_000_000]),
+        (10, [350_000_000] + [100_000_000] * 4 + [50_000_000] * 5),
+        (12, [350_000_000] + [100_000_000] * 4 + [50_000_000] * 5 + [0, 0]),
+    ],
+)
+def test_emission_reference_splits(models, expected):
+    assert logic.build_emission([f"m{i}" for i in range(models)]) == expected
+
+
+@pytest.mark.parametrize("models", range(1, 40))
+def test_emission_always_sums_to_exactly_one_billion(models):
+    rewards = logic.build_emission([f"m{i}" for i in range(models)])
+    assert sum(rewards) == 1_000_000_000 and len(rewards) == models
+    assert all(a >= b for a, b in zip(rewards, rewards[1:]))
+
+
+def test_input_contains_only_the_subjects_candles():
+    from resources.feeds.base import Candle
+
+    candles = [Candle("BTC", T0 - timedelta(minutes=2), 1, 2, 0.5, 1.5, 3.0), Candle("ETH", T0, 1, 1, 1, 1, 0)]
+    payload = logic.build_inference_input(SCOPE, T0, candles)
+    assert payload == {
+        "symbol": "BTC",
+        "asof_ts": int(T0.timestamp()),
+        "candles_1m": [{"ts": int((T0 - timedelta(minutes=2)).timestamp()), "open": 1, "high": 2, "low": 0.5,
+                        "close": 1.5, "volume": 3.0}],
+    }

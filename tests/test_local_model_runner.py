@@ -1,0 +1,278 @@
+"""LocalModelRunner against real model processes (fixtures in tests/fixtures/local_models/)."""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from resources.model_runners.base import CallStatus, MethodCall, ModelInterface
+from resources.model_runners.local import LocalModelRunner
+
+FIXTURES_DIR = Path(__file__).parent / "fixtures" / "local_models"
+FIXTURE_MODELS_DIR = FIXTURES_DIR / "models"
+INTERFACE = ModelInterface(base_class="fixture_base:BaseModel")
+HAS_NUMPY = importlib.util.find_spec("numpy") is not None
+
+FEED = {
+    "symbol": "BTC",
+    "asof_ts": 1_700_000_000,
+    "candles_1m": [
+        {"ts": 1_700_000_000 - 60 * (4 - i), "open": 100.0, "high": 101.0, "low": 99.0, "close": 100.0 + i, "volume": 3.5}
+        for i in range(5)
+    ],
+}
+CYCLE_CALLS = [
+    MethodCall("feed_update", (FEED,)),
+    MethodCall("predict", ("BTC",), {"resolve_horizon_seconds": 3600, "step_seconds": 300}),
+]
+
+
+def make_models_dir(tmp_path: Path, *model_names: str) -> Path:
+    """A fresh models_dir holding copies of the named fixture models."""
+    models_dir = tmp_path / "models"
+    models_dir.mkdir(exist_ok=True)
+    for name in model_names:
+        source = FIXTURE_MODELS_DIR / name
+        if source.is_dir():
+            shutil.copytree(source, models_dir / name)
+        else:
+            shutil.copy(FIXTURE_MODELS_DIR / f"{name}.py", models_dir / f"{name}.py")
+    return models_dir
+
+
+def make_runner(models_dir: Path, **config) -> LocalModelRunner:
+    config.setdefault("memory_limit_mb", 512)
+    config.setdefault("startup_timeout_seconds", 15.0)
+    return LocalModelRunner(models_dir=str(models_dir), extra_pythonpath=[str(FIXTURES_DIR / "lib")], **config)
+
+
+def process_is_gone(pid: int) -> bool:
+    """True if no live process has this pid (a zombie left for init to reap counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return True
+    return state == "Z"
+
+
+def wait_until_gone(pids, timeout_seconds: float = 5.0) -> list[int]:
+    deadline = time.monotonic() + timeout_seconds
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        alive = [pid for pid in alive if not process_is_gone(pid)]
+        if alive:
+            time.sleep(0.05)
+    return alive
+
+
+def test_list_models_reads_the_directory_without_starting_anything(tmp_path):
+    models_dir = make_models_dir(tmp_path, "good", "package_model")
+    (models_dir / "_helpers.py").write_text("X = 1\n")
+    (models_dir / ".hidden.py").write_text("X = 1\n")
+    (models_dir / "notes.txt").write_text("not a model\n")
+    (models_dir / "data").mkdir()  # a directory without __init__.py
+
+    models = make_runner(models_dir).list_models()
+
+    assert [m.model_id for m in models] == ["good", "package_model"]
+    assert [m.name for m in models] == ["good", "package_model"]
+    assert models[0].meta == {"path": str(models_dir / "good.py")}
+    assert models[1].meta == {"path": str(models_dir / "package_model")}
+
+
+def test_list_models_of_a_missing_directory_raises(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        make_runner(tmp_path / "nowhere").list_models()
+
+
+def test_every_kind_of_misbehaviour_is_contained_in_its_own_result(tmp_path):
+    names = [
+        "good", "echo", "package_model", "raises", "raises_in_feed_update", "exits_on_first_call",
+        "segfaults", "memory_hog", "chatty", "returns_nan", "returns_infinity", "returns_string",
+        "returns_set", "returns_object", "returns_huge", "no_subclass", "two_subclasses",
+        "constructor_fails", "import_fails",
+    ]
+    if HAS_NUMPY:
+        names.append("returns_numpy_float")
+    models_dir = make_models_dir(tmp_path, *names)
+    (models_dir / "syntax_error.py").write_text("from fixture_base import BaseModel\nclass Broken(BaseModel:\n    pass\n")
+
+    with make_runner(models_dir).open_session(INTERFACE) as session:
+        assert sorted(m.model_id for m in session.models()) == sorted([*names, "syntax_error"])
+        first_cycle_started = time.monotonic()
+        results = session.run_cycle(CYCLE_CALLS, timeout_seconds=10.0)
+        first_cycle_seconds = time.monotonic() - first_cycle_started
+        second = session.run_cycle(CYCLE_CALLS, timeout_seconds=10.0)
+
+    assert first_cycle_seconds < 5.0
+    assert set(results) == set(names) | {"syntax_error"}
+    status = {model_id: result.status for model_id, result in results.items()}
+    detail = {model_id: result.detail or "" for model_id, result in results.items()}
+
+    assert results["good"].status is CallStatus.SUCCESS
+    assert results["good"].output == {"p_up": 0.7}
+    assert results["good"].detail is None
+    assert results["good"].exec_time_ms >= 0.0
+    assert results["echo"].output == {
+        "args": ["BTC"],
+        "kwargs": {"resolve_horizon_seconds": 3600, "step_seconds": 300},
+        "feed_json_chars": len(__import__("json").dumps(FEED)),
+    }
+    assert results["package_model"].output == {"p_up": 0.6}  # relative import worked, closes rose
+    assert results["returns_string"].status is CallStatus.SUCCESS
+    assert results["returns_string"].output == "up, probably"
+    assert results["chatty"].status is CallStatus.SUCCESS
+    assert results["chatty"].output == {"p_up": 0.55}
+
+    assert status["raises"] is CallStatus.FAILED
+    assert detail["raises"].startswith("ValueError: boom")
+    assert "raises.py" in detail["raises"]
+    assert status["raises_in_feed_update"] is CallStatus.FAILED
+    assert detail["raises_in_feed_update"].startswith("KeyError: 'candles_1m'")  # predict never ran
+    assert status["exits_on_first_call"] is CallStatus.FAILED
+    assert "exited with code 3" in detail["exits_on_first_call"]
+    assert status["segfaults"] is CallStatus.FAILED
+    assert "signal 11 (SIGSEGV)" in detail["segfaults"]
+    assert status["memory_hog"] is CallStatus.FAILED
+    assert detail["memory_hog"].startswith("MemoryError")
+
+    for name in ("returns_nan", "returns_infinity", "returns_set", "returns_object"):
+        assert status[name] is CallStatus.FAILED, name
+        assert detail[name].startswith("output not serialisable"), detail[name]
+    assert "$.p_up is nan" in detail["returns_nan"]
+    assert "$[1] is -inf" in detail["returns_infinity"]
+    assert "$.assets is a set" in detail["returns_set"]
+    assert "Prediction" in detail["returns_object"]
+    if HAS_NUMPY:
+        assert status["returns_numpy_float"] is CallStatus.FAILED
+        assert detail["returns_numpy_float"] == "output not serialisable: $.p_up is a numpy.float64"
+    assert status["returns_huge"] is CallStatus.FAILED
+    assert detail["returns_huge"].startswith("output too large")
+
+    assert status["no_subclass"] is CallStatus.FAILED
+    assert "no concrete subclass of fixture_base:BaseModel" in detail["no_subclass"]
+    assert status["two_subclasses"] is CallStatus.FAILED
+    assert "FirstModel, SecondModel" in detail["two_subclasses"]
+    assert status["constructor_fails"] is CallStatus.FAILED
+    assert "NeedsWeights() failed: FileNotFoundError: weights.bin" in detail["constructor_fails"]
+    assert status["import_fails"] is CallStatus.FAILED
+    assert "ModuleNotFoundError: No module named 'module_that_does_not_exist'" in detail["import_fails"]
+    assert status["syntax_error"] is CallStatus.FAILED
+    assert "SyntaxError" in detail["syntax_error"]
+    assert all(detail[name].startswith("could not start: ") for name in
+               ("no_subclass", "two_subclasses", "constructor_fails", "import_fails", "syntax_error"))
+
+    # Second cycle: the model that died was restarted and now answers; start-up failures stay;
+    # models that only failed a call kept their process and fail the same way again.
+    assert second["exits_on_first_call"].status is CallStatus.SUCCESS
+    assert second["exits_on_first_call"].output == {"p_up": 0.4}
+    assert second["good"].output == {"p_up": 0.7}
+    assert second["chatty"].output == {"p_up": 0.55}
+    assert second["segfaults"].status is CallStatus.FAILED
+    assert second["memory_hog"].status is CallStatus.FAILED
+    assert second["syntax_error"].detail == results["syntax_error"].detail
+    assert second["raises"].detail == results["raises"].detail
+
+
+def test_a_model_past_the_deadline_times_out_alone_and_is_restarted(tmp_path):
+    models_dir = make_models_dir(tmp_path, "good", "echo", "sleeps_on_first_call")
+    with make_runner(models_dir).open_session(INTERFACE) as session:
+        sleepy_pid = session.process_ids()["sleeps_on_first_call"]
+
+        started = time.monotonic()
+        first = session.run_cycle(CYCLE_CALLS, timeout_seconds=1.0)
+        first_cycle_seconds = time.monotonic() - started
+
+        assert 1.0 <= first_cycle_seconds < 3.0
+        assert first["sleeps_on_first_call"].status is CallStatus.TIMEOUT
+        assert first["sleeps_on_first_call"].detail == "timed out after 1.0 s"
+        assert first["good"].status is CallStatus.SUCCESS
+        assert first["good"].output == {"p_up": 0.7}
+        assert first["echo"].status is CallStatus.SUCCESS
+        assert wait_until_gone([sleepy_pid]) == []
+
+        second = session.run_cycle(CYCLE_CALLS, timeout_seconds=1.0)
+        assert second["sleeps_on_first_call"].status is CallStatus.SUCCESS
+        assert second["sleeps_on_first_call"].output == {"p_up": 0.6}
+        assert second["good"].output == {"p_up": 0.7}
+        assert session.process_ids()["sleeps_on_first_call"] != sleepy_pid
+        assert session.restart_counts() == {"echo": 0, "good": 0, "sleeps_on_first_call": 1}
+
+
+def test_a_model_that_never_finishes_starting_fails_without_holding_up_the_others(tmp_path):
+    models_dir = make_models_dir(tmp_path, "good", "hangs_on_import")
+    started = time.monotonic()
+    with make_runner(models_dir, startup_timeout_seconds=1.5).open_session(INTERFACE) as session:
+        assert time.monotonic() - started < 5.0
+        assert "hangs_on_import" not in session.process_ids()  # killed
+        results = session.run_cycle(CYCLE_CALLS, timeout_seconds=2.0)
+    assert results["good"].output == {"p_up": 0.7}
+    assert results["hangs_on_import"].status is CallStatus.FAILED
+    assert results["hangs_on_import"].detail == "could not start: did not start within 1.5 s"
+
+
+def test_a_missing_base_class_fails_every_model_with_the_reason(tmp_path):
+    models_dir = make_models_dir(tmp_path, "good", "raises")
+    with make_runner(models_dir).open_session(ModelInterface("fixture_base:NoSuchBase")) as session:
+        results = session.run_cycle(CYCLE_CALLS, timeout_seconds=2.0)
+    assert {r.status for r in results.values()} == {CallStatus.FAILED}
+    assert "cannot import base class fixture_base:NoSuchBase: AttributeError" in results["good"].detail
+
+
+def test_requests_of_megabytes_reach_every_model(tmp_path):
+    models_dir = make_models_dir(tmp_path, "good", "echo", "package_model")
+    big_feed = {**FEED, "candles_1m": FEED["candles_1m"] * 20_000}  # ~8 MB of JSON, > any pipe buffer
+    calls = [MethodCall("feed_update", (big_feed,)), *CYCLE_CALLS[1:]]
+    with make_runner(models_dir).open_session(INTERFACE) as session:
+        results = session.run_cycle(calls, timeout_seconds=20.0)
+    assert results["good"].output == {"p_up": 0.7}
+    assert results["echo"].output["feed_json_chars"] == len(__import__("json").dumps(big_feed))
+    assert results["package_model"].status is CallStatus.SUCCESS
+
+
+def test_close_leaves_no_process_behind(tmp_path):
+    models_dir = make_models_dir(tmp_path, "good", "chatty", "spawns_child", "sleeps_on_first_call")
+    session = make_runner(models_dir).open_session(INTERFACE)
+    results = session.run_cycle(CYCLE_CALLS, timeout_seconds=0.5)  # leaves a freshly restarted process
+    grandchild_pid = results["spawns_child"].output["child_pid"]
+    pids = list(session.process_ids().values())
+    assert len(pids) == 4
+
+    session.close()
+    session.close()  # idempotent
+
+    assert wait_until_gone([*pids, grandchild_pid]) == []
+    with pytest.raises(RuntimeError):
+        session.run_cycle(CYCLE_CALLS, timeout_seconds=1.0)
+
+
+def test_a_session_dropped_without_close_is_cleaned_up(tmp_path):
+    models_dir = make_models_dir(tmp_path, "good", "echo")
+    session = make_runner(models_dir).open_session(INTERFACE)
+    pids = list(session.process_ids().values())
+    del session
+    gc.collect()
+    assert wait_until_gone(pids) == []
+
+
+def test_a_model_flooding_the_protocol_pipe_is_cut_off_and_restarted(tmp_path):
+    models_dir = make_models_dir(tmp_path, "good", "writes_on_protocol_pipe")
+    with make_runner(models_dir, max_output_bytes=1000).open_session(INTERFACE) as session:
+        for _ in range(2):
+            started = time.monotonic()
+            results = session.run_cycle(CYCLE_CALLS, timeout_seconds=5.0)
+            assert time.monotonic() - started < 3.0  # cut off at the read cap, not at the deadline
+            assert results["good"].output == {"p_up": 0.7}
+            assert results["writes_on_protocol_pipe"].status is CallStatus.FAILED
+            assert results["writes_on_protocol_pipe"].detail.startswith("output too large")
+        assert session.restart_counts()["writes_on_protocol_pipe"] == 2
