@@ -24,7 +24,7 @@ from resources.feeds.base import FeedResource, granularity_label
 from resources.store import schema as t
 from resources.store.database import CrunchDatabase
 
-CHECKPOINTS_LOOKED_BACK = 4
+CHECKPOINTS_PER_TICK = 8
 
 
 @dataclass(frozen=True)
@@ -179,24 +179,36 @@ def build_automation(
         description="Builds the emission checkpoint of a closed period once every prediction in it is settled.",
     )
     def checkpoint_sensor(context: dg.SensorEvaluationContext, database: CrunchDatabase):
+        """Periods are checkpointed in order, from where the last checkpoint ended: a period that
+        takes long to settle delays the ones after it instead of being skipped."""
         now = datetime.now(timezone.utc)
-        closed = partitions.checkpoint.get_partition_keys(current_time=now)[-CHECKPOINTS_LOOKED_BACK:]
         p, s, snap, c = t.predictions, t.scores, t.snapshots, t.checkpoints
         requests, waiting = [], []
         with database.engine.connect() as connection:
-            for key in closed:
+            last_end = connection.execute(
+                sa.select(sa.func.max(c.c.period_end)).where(c.c.competition == slug)
+            ).scalar()
+            first_scored = connection.execute(
+                sa.select(sa.func.min(s.c.cycle_at)).where(
+                    s.c.competition == slug, s.c.cycle_at >= (last_end or spec.start)
+                )
+            ).scalar()
+            if first_scored is None:
+                return dg.SkipReason("no scores since the last checkpoint")
+            candidates = [
+                key for key in partitions.checkpoint.get_partition_keys(current_time=now)
+                if partitions.checkpoint.time_window_for_partition_key(key).end > first_scored
+            ][:CHECKPOINTS_PER_TICK]
+            for key in candidates:
                 window = partitions.checkpoint.time_window_for_partition_key(key)
                 if now < window.end + timedelta(seconds=spec.max_horizon_seconds) + settle:
                     waiting.append(f"{key}: horizon not passed")
-                    continue
-                exists = connection.execute(
-                    sa.select(c.c.id).where(c.c.competition == slug, c.c.period_start == window.start,
-                                            c.c.period_end == window.end)
-                ).first()
-                if exists:
-                    continue
-                in_window = lambda table: (table.c.competition == slug) & (table.c.cycle_at >= window.start) & (  # noqa: E731
-                    table.c.cycle_at < window.end)
+                    break
+
+                def in_window(table):
+                    return (table.c.competition == slug) & (table.c.cycle_at >= window.start) & (
+                        table.c.cycle_at < window.end)
+
                 pending = connection.execute(
                     sa.select(sa.func.count()).select_from(p).where(in_window(p), p.c.status == "PENDING")
                 ).scalar_one()
@@ -208,10 +220,11 @@ def build_automation(
                 ).scalar_one()
                 if pending or scored != summarised:
                     waiting.append(f"{key}: {pending} pending, {scored} scores vs {summarised} in snapshots")
-                    continue
-                requests.append(dg.RunRequest(run_key=f"{slug}:checkpoint:{key}", partition_key=key))
+                    break  # in order: later periods wait for this one
+                if scored:
+                    requests.append(dg.RunRequest(run_key=f"{slug}:checkpoint:{key}", partition_key=key))
         if not requests:
-            return dg.SkipReason("; ".join(waiting) or "no closed period without a checkpoint")
+            return dg.SkipReason("; ".join(waiting) or "no closed period with scores to checkpoint")
         return requests
 
     @dg.schedule(

@@ -24,12 +24,16 @@ class ReplayTimings:
     seconds_by_step: dict[str, float]
 
 
+def chain_assets(defs: dg.Definitions, keys: list[dg.AssetKey]) -> list[dg.AssetsDefinition]:
+    """The definitions' assets for `keys`, unbound (to materialize with defs.resources)."""
+    return [a for a in defs.assets if isinstance(a, dg.AssetsDefinition) and set(a.keys) & set(keys)]
+
+
 def _materialize_range(
     defs: dg.Definitions, keys: list[dg.AssetKey], first_key: str, last_key: str, instance: dg.DagsterInstance | None
 ) -> dg.ExecuteInProcessResult:
-    assets = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition) and set(a.keys) & set(keys)]
     return dg.materialize(
-        assets,
+        chain_assets(defs, keys),
         resources=defs.resources,
         instance=instance,
         tags={RANGE_START_TAG: first_key, RANGE_END_TAG: last_key},

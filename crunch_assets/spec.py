@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -119,10 +120,9 @@ class CompetitionSpec:
         cycles: list[tuple[datetime, Scope]] = []
         for scope in self.scopes:
             step = scope.prediction_interval_seconds
-            first = -(-int(start.timestamp()) // step) * step
-            for seconds in range(first, int(end.timestamp()), step):
-                if seconds >= start.timestamp():
-                    cycles.append((datetime.fromtimestamp(seconds, tz=timezone.utc), scope))
+            first = math.ceil(start.timestamp() / step) * step
+            for seconds in range(first, math.ceil(end.timestamp()), step):
+                cycles.append((datetime.fromtimestamp(seconds, tz=timezone.utc), scope))
         cycles.sort(key=lambda item: (item[0], item[1].key))
         return cycles
 

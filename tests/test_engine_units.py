@@ -69,6 +69,13 @@ def test_cycle_times_are_aligned_to_the_epoch():
     assert [c.minute for c, s in cycles if s.subject == "ETH"] == [0, 5]
 
 
+def test_a_cycle_at_the_end_instant_is_included_when_asked_for_up_to_it():
+    # the predictions asset asks for cycles up to and including as_of (end = as_of + 1 microsecond)
+    cycles = BASE_SPEC.cycle_times(T0, T0 + timedelta(minutes=2, microseconds=1))
+    assert [c for c, _ in cycles] == [T0, T0 + timedelta(minutes=1), T0 + timedelta(minutes=2)]
+    assert BASE_SPEC.cycle_times(T0 + timedelta(seconds=1), T0 + timedelta(seconds=61))[0][0] == T0 + timedelta(minutes=1)
+
+
 def _rules(**override):
     logic = "competitions.btc_updown.logic"
     slots = dict(

@@ -1,0 +1,118 @@
+"""Sensors evaluated with build_sensor_context against the real store."""
+
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+
+import dagster as dg
+import pytest
+
+from crunch_assets.assets import ChainKeys, as_of_run_config
+from crunch_assets.replay import chain_assets
+
+START = datetime(2026, 11, 3, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def competition(clean_database):
+    from competitions.btc_updown.definitions import SPEC, build_definitions
+    from resources.feeds.synthetic import SyntheticFeed
+
+    spec = replace(SPEC, start=START)
+    defs = build_definitions(spec=spec, feed=SyntheticFeed(), automation_running=True)
+    return spec, defs
+
+
+def _sensor(defs, name):
+    return next(s for s in defs.sensors if s.name == name)
+
+
+def _evaluate(defs, name, cursor=None, instance=None):
+    context = dg.build_sensor_context(
+        cursor=cursor, resources=defs.resources, instance=instance, definitions=defs
+    )
+    return _sensor(defs, name).evaluate_tick(context)
+
+
+def test_sensors_and_schedule_start_running_in_the_demo(competition):
+    _, defs = competition
+    assert {s.default_status for s in defs.sensors} == {dg.DefaultSensorStatus.RUNNING}
+    assert {s.default_status for s in defs.schedules} == {dg.DefaultScheduleStatus.RUNNING}
+
+
+def test_cycle_sensor_requests_each_due_cycle_once(competition):
+    spec, defs = competition
+    now = datetime.now(timezone.utc)
+    cursor = (now - timedelta(minutes=3)).replace(second=0, microsecond=0)
+    result = _evaluate(defs, "btc_updown__cycle_sensor", cursor=cursor.isoformat())
+    cycles = [datetime.fromisoformat(r.tags["crunch/cycle_at"]) for r in result.run_requests]
+    assert 3 <= len(cycles) <= 4  # 3 minutes have passed since the cursor (4 if a minute ticked meanwhile)
+    assert all(c > cursor and c <= datetime.now(timezone.utc) and c.second == 0 for c in cycles)
+    assert len({r.run_key for r in result.run_requests}) == len(cycles)
+    for request, cycle_at in zip(result.run_requests, cycles):
+        assert request.partition_key == cycle_at.strftime("%Y-%m-%d-%H:00")
+        op = ChainKeys.op_name(ChainKeys.for_slug(spec.slug).predictions)
+        assert request.run_config["ops"][op]["config"]["as_of"] == cycle_at.isoformat()
+    assert result.cursor == cycles[-1].isoformat()
+    again = _evaluate(defs, "btc_updown__cycle_sensor", cursor=result.cursor)
+    assert all(datetime.fromisoformat(r.tags["crunch/cycle_at"]) > cycles[-1] for r in again.run_requests)
+
+
+def test_cycle_sensor_bounds_live_catch_up(competition):
+    spec, defs = competition
+    result = _evaluate(defs, "btc_updown__cycle_sensor", cursor=(datetime.now(timezone.utc) - timedelta(days=2)).isoformat())
+    assert len(result.run_requests) <= spec.max_catchup_seconds // 60 + 1
+
+
+def test_settlement_and_rollup_sensors_follow_the_store(competition):
+    spec, defs = competition
+    keys = ChainKeys.for_slug(spec.slug)
+    partition = "2026-11-03-00:00"
+    assert _evaluate(defs, "btc_updown__settlement_sensor").skip_message  # no feed yet
+    as_of = START + timedelta(minutes=9)
+    dg.materialize(chain_assets(defs, [keys.feed_records, keys.predictions]), resources=defs.resources,
+                   partition_key=partition,
+                   run_config=as_of_run_config([ChainKeys.op_name(keys.feed_records), ChainKeys.op_name(keys.predictions)], as_of))
+    settle = _evaluate(defs, "btc_updown__settlement_sensor")
+    # the feed covers 00:09, so the cycles 00:00 .. 00:08 (resolving by 00:09) are settled
+    assert [r.partition_key for r in settle.run_requests] == [partition]
+    scores_op = ChainKeys.op_name(keys.scores)
+    assert settle.run_requests[0].run_config["ops"][scores_op]["config"]["as_of"] == as_of.isoformat()
+    assert _evaluate(defs, "btc_updown__settlement_sensor", cursor=settle.cursor).skip_message
+    assert _evaluate(defs, "btc_updown__rollup_sensor").skip_message  # no scores yet
+    scored = dg.materialize(chain_assets(defs, [keys.scores]), resources=defs.resources, partition_key=partition,
+                            run_config=settle.run_requests[0].run_config)
+    metadata = scored.asset_materializations_for_node(scores_op)[0].metadata
+    assert metadata["scored"].value == 27 and metadata["pending"].value == 3  # the 00:09 cycle waits
+    rollup = _evaluate(defs, "btc_updown__rollup_sensor")
+    assert [r.partition_key for r in rollup.run_requests] == ["2026-11-03"]
+    assert _evaluate(defs, "btc_updown__rollup_sensor", cursor=rollup.cursor).skip_message
+
+
+def test_checkpoint_sensor_waits_for_a_settled_period(competition):
+    spec, defs = competition
+    result = _evaluate(defs, "btc_updown__checkpoint_sensor")
+    # weekly periods since 2026-11-03 have closed, but none has snapshots: nothing is requested
+    assert not result.run_requests
+
+
+def test_checkpoint_sensor_requests_a_settled_period_once_rolled_up(clean_database):
+    from competitions.btc_updown.definitions import SPEC, build_definitions
+    from crunch_assets.replay import replay
+    from crunch_assets.spec import DAY_SECONDS
+    from resources.feeds.synthetic import SyntheticFeed
+
+    spec = replace(SPEC, start=START, checkpoint_interval_seconds=6 * 3600)
+    defs = build_definitions(spec=spec, feed=SyntheticFeed(), automation_running=True)
+    keys = ChainKeys.for_slug(spec.slug)
+    # predictions and scores for 00:00-06:00, but no snapshots yet: the period is not summarised
+    partitions = [f"2026-11-03-0{h}:00" for h in range(6)]
+    for partition in partitions:
+        dg.materialize(chain_assets(defs, [keys.feed_records, keys.predictions, keys.scores]),
+                       resources=defs.resources, partition_key=partition)
+    dg.materialize(chain_assets(defs, [keys.feed_records]), resources=defs.resources, partition_key="2026-11-03-06:00")
+    dg.materialize(chain_assets(defs, [keys.scores]), resources=defs.resources, partition_key=partitions[-1])
+    waiting = _evaluate(defs, "btc_updown__checkpoint_sensor")
+    assert not waiting.run_requests and "in snapshots" in waiting.skip_message
+    dg.materialize(chain_assets(defs, [keys.snapshots]), resources=defs.resources, partition_key="2026-11-03")
+    ready = _evaluate(defs, "btc_updown__checkpoint_sensor")
+    assert [r.partition_key for r in ready.run_requests] == ["2026-11-03-00:00"]
