@@ -1,0 +1,446 @@
+"""Shared HTTP layer of the live feeds: JSON GETs with timeouts, bounded retries and clear errors.
+
+Transient failures (timeouts, connection errors, 5xx, 408) are retried with exponential backoff and
+full jitter; 429 waits what `Retry-After` asks. Failures only an operator can fix (400, 401, 403,
+404, 418, 451, ...) raise at once with a message saying what to change. Every request is bounded in
+attempts and in total time, including the time spent waiting between attempts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from typing import Any, Callable, Mapping, Sequence
+
+import dagster as dg
+import requests
+from pydantic import Field, PrivateAttr
+
+from resources.feeds.base import FeedResource, truncate_raw
+
+logger = logging.getLogger(__name__)
+
+Params = Mapping[str, Any] | Sequence[tuple[str, Any]] | None
+SleepFunction = Callable[[float], None]
+
+_BODY_CHUNK_BYTES = 64 * 1024
+_UPSTREAM_DETAIL_CHARS = 300
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+class FeedError(Exception):
+    """A feed could not deliver; the message says why and, when an operator can fix it, how."""
+
+
+class FeedConfigError(FeedError, ValueError):
+    """The feed's configuration cannot serve what was asked (unmapped subject, bad granularity...)."""
+
+
+class FeedResponseError(FeedError):
+    """The upstream answered 2xx with something unusable (not JSON, unexpected shape, error status)."""
+
+
+class FeedUnavailableError(FeedError):
+    """Transient failures outlasted the retry budget (attempts or max_total_seconds)."""
+
+
+class FeedRateLimitedError(FeedUnavailableError):
+    """429 asked for a wait that does not fit in what is left of the retry budget."""
+
+
+class FeedRequestRejectedError(FeedError):
+    """A non-retryable 4xx: retrying cannot help, configuration must change."""
+
+    def __init__(self, message: str, *, status: int, upstream_detail: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.upstream_detail = upstream_detail
+
+
+class FeedBadRequestError(FeedRequestRejectedError):
+    """400: bad symbol, interval or parameter."""
+
+
+class FeedAuthError(FeedRequestRejectedError):
+    """401/403: missing or refused credentials."""
+
+
+class FeedNotFoundError(FeedRequestRejectedError):
+    """404: wrong base URL/path, or ids the upstream does not know."""
+
+
+class FeedBannedError(FeedRequestRejectedError):
+    """418: Binance banned this IP after repeated 429s."""
+
+
+class FeedLocationBlockedError(FeedRequestRejectedError):
+    """451: the upstream refuses requests from this location."""
+
+
+_REJECTION_CLASSES: dict[int, type[FeedRequestRejectedError]] = {
+    400: FeedBadRequestError,
+    401: FeedAuthError,
+    403: FeedAuthError,
+    404: FeedNotFoundError,
+    418: FeedBannedError,
+    451: FeedLocationBlockedError,
+}
+
+_DEFAULT_ADVICE: dict[int, str] = {
+    400: "the request was refused as invalid: check the subject mapping and granularity",
+    401: "credentials are missing: configure the API key",
+    403: "credentials were refused: check the API key and its permissions",
+    404: "not found: check base_url and the configured ids/symbols",
+    418: "this IP is banned after ignoring rate limits: stop requests until the ban lifts and lower the request rate",
+    451: "the service refuses requests from this location: use a base_url allowed from here",
+}
+
+
+def _retryable_status(status: int) -> bool:
+    return status >= 500 or status == 408
+
+
+# --- retry policy -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    connect_timeout_seconds: float = 5.0
+    read_timeout_seconds: float = 15.0
+    max_attempts: int = 5
+    max_total_seconds: float = 60.0
+    backoff_base_seconds: float = 0.5
+    backoff_max_seconds: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise FeedConfigError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        for name in ("connect_timeout_seconds", "read_timeout_seconds", "max_total_seconds"):
+            if not getattr(self, name) > 0:
+                raise FeedConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.backoff_base_seconds < 0 or self.backoff_max_seconds < 0:
+            raise FeedConfigError("backoff_base_seconds and backoff_max_seconds must be >= 0")
+
+    def backoff_seconds(self, retry_number: int, random_fraction: float) -> float:
+        """Full jitter: uniform in [0, min(max, base * 2**(retry_number-1))], so that many clients
+        failing together do not retry in lockstep."""
+        ceiling = min(self.backoff_max_seconds, self.backoff_base_seconds * (2 ** (retry_number - 1)))
+        return ceiling * random_fraction
+
+
+def parse_retry_after_seconds(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Retry-After is delta-seconds (what Binance and Pyth send) or an HTTP date; None if absent or
+    unreadable."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = (when - (now or datetime.now(timezone.utc))).total_seconds()
+    return max(0.0, seconds) if seconds == seconds else None  # NaN -> unreadable
+
+
+# --- client -------------------------------------------------------------------------------------
+
+
+@dataclass
+class HttpStats:
+    """Where the time went, for benchmarks and logs."""
+
+    requests: int = 0
+    retries: int = 0
+    bytes_received: int = 0
+    http_seconds: float = 0.0  # sending, waiting and reading the body
+    decode_seconds: float = 0.0  # JSON decoding
+    sleep_seconds: float = 0.0  # waiting between attempts
+
+
+class _DeadlineExceeded(Exception):
+    """The body was still arriving when the total time budget ran out."""
+
+
+class JsonHttpClient:
+    """GETs JSON from one base URL with the retry policy; one requests.Session (keep-alive)."""
+
+    def __init__(
+        self,
+        source: str,
+        base_url: str,
+        policy: RetryPolicy,
+        *,
+        headers: Mapping[str, str] | None = None,
+        advice: Mapping[int, str] | None = None,
+        sleep: SleepFunction = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        random_fraction: Callable[[], float] = random.random,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.source = source
+        self.base_url = base_url.rstrip("/")
+        self.policy = policy
+        self.advice = {**_DEFAULT_ADVICE, **(advice or {})}
+        self.stats = HttpStats()
+        self.sleep = sleep  # replaceable: tests record waits instead of sleeping
+        self._clock = clock
+        self._random_fraction = random_fraction
+        self._session = session or requests.Session()
+        self._session.headers.update({"Accept": "application/json", "User-Agent": "crunch-dagster-feed"})
+        self._session.headers.update(headers or {})
+
+    def close(self) -> None:
+        self._session.close()
+
+    def get_json(self, path: str, params: Params = None) -> Any:
+        url = f"{self.base_url}{path}"
+        started = self._clock()
+        deadline = started + self.policy.max_total_seconds
+        last_problem = "no attempt fitted in max_total_seconds"
+        problem_counts: dict[str, int] = {}  # the whole story for the error, not only the last failure
+
+        def note(kind: str, detail: str) -> None:
+            nonlocal last_problem
+            last_problem = detail
+            problem_counts[kind] = problem_counts.get(kind, 0) + 1
+
+        attempts = 0
+        while attempts < self.policy.max_attempts and self._clock() < deadline:
+            attempts += 1
+            try:
+                status, headers, body = self._send_once(url, params, deadline)
+            except (requests.Timeout, requests.ConnectionError, requests.exceptions.ChunkedEncodingError,
+                    _DeadlineExceeded) as exc:
+                timed_out = isinstance(exc, requests.Timeout) or "timed out" in str(exc)
+                note("timeout" if timed_out else type(exc).__name__,
+                     f"{type(exc).__name__}: {truncate_raw(str(exc), 200)}")
+                wait_seconds = self.policy.backoff_seconds(attempts, self._random_fraction())
+            else:
+                if 200 <= status < 300:
+                    return self._decode(path, body)
+                if status == 429:
+                    retry_after = parse_retry_after_seconds(headers.get("Retry-After"))
+                    wait_seconds = (
+                        retry_after if retry_after is not None
+                        else self.policy.backoff_seconds(attempts, self._random_fraction())
+                    )
+                    note("HTTP 429", f"HTTP 429 (Retry-After: {headers.get('Retry-After')})")
+                    if attempts >= self.policy.max_attempts or self._clock() + wait_seconds > deadline:
+                        raise FeedRateLimitedError(
+                            f"{self.source}: GET {path} is rate limited (HTTP 429) and the server asks to wait "
+                            f"{wait_seconds:.1f}s, which does not fit the retry budget (attempt {attempts} of "
+                            f"{self.policy.max_attempts}, max_total_seconds={self.policy.max_total_seconds}): "
+                            "lower the request rate or raise max_total_seconds"
+                        )
+                elif _retryable_status(status):
+                    note(f"HTTP {status}", f"HTTP {status}: {self._upstream_detail(body)}")
+                    wait_seconds = self.policy.backoff_seconds(attempts, self._random_fraction())
+                else:
+                    raise self._rejection(path, status, headers, body)
+            if attempts >= self.policy.max_attempts or self._clock() + wait_seconds >= deadline:
+                break
+            logger.info("%s: GET %s failed (%s), retry %d in %.2fs", self.source, path, last_problem,
+                        attempts, wait_seconds)
+            self.stats.retries += 1
+            self.stats.sleep_seconds += wait_seconds
+            self.sleep(wait_seconds)
+        elapsed_seconds = self._clock() - started
+        raise FeedUnavailableError(
+            f"{self.source}: GET {url} failed after {attempts} attempt(s) in {elapsed_seconds:.1f}s "
+            f"(max_attempts={self.policy.max_attempts}, max_total_seconds={self.policy.max_total_seconds}); "
+            f"problems: {', '.join(f'{kind} x{count}' for kind, count in problem_counts.items()) or 'none'}; "
+            f"last: {last_problem}"
+        )
+
+    def _send_once(self, url: str, params: Params, deadline: float) -> tuple[int, Mapping[str, str], bytes]:
+        remaining_seconds = max(0.001, deadline - self._clock())
+        timeout = (
+            min(self.policy.connect_timeout_seconds, remaining_seconds),
+            min(self.policy.read_timeout_seconds, remaining_seconds),
+        )
+        self.stats.requests += 1
+        started = time.perf_counter()
+        try:
+            with self._session.get(url, params=params, timeout=timeout, stream=True) as response:
+                # The read timeout is per socket read; checking the deadline between chunks bounds a
+                # server that trickles bytes.
+                chunks = []
+                for chunk in response.iter_content(_BODY_CHUNK_BYTES):
+                    chunks.append(chunk)
+                    if self._clock() > deadline:
+                        raise _DeadlineExceeded(f"body still arriving when max_total_seconds ran out ({url})")
+                body = b"".join(chunks)
+                self.stats.bytes_received += len(body)
+                return response.status_code, response.headers, body
+        finally:
+            self.stats.http_seconds += time.perf_counter() - started
+
+    def _decode(self, path: str, body: bytes) -> Any:
+        started = time.perf_counter()
+        try:
+            return json.loads(body)
+        except ValueError as exc:
+            raise FeedResponseError(
+                f"{self.source}: GET {path} returned a body that is not JSON ({exc}): "
+                f"{truncate_raw(body[:_UPSTREAM_DETAIL_CHARS])}"
+            ) from None
+        finally:
+            self.stats.decode_seconds += time.perf_counter() - started
+
+    @staticmethod
+    def _upstream_detail(body: bytes) -> str:
+        """Binance errors are {"code", "msg"}; others plain text or JSON; keep it short."""
+        text = body.decode("utf-8", errors="replace").strip()
+        try:
+            payload = json.loads(text)
+        except ValueError:
+            return text[:_UPSTREAM_DETAIL_CHARS]
+        if isinstance(payload, dict) and "msg" in payload:
+            code = payload.get("code")
+            return f"code {code}: {payload['msg']}" if code is not None else str(payload["msg"])
+        if isinstance(payload, dict) and "message" in payload:
+            return str(payload["message"])[:_UPSTREAM_DETAIL_CHARS]
+        return text[:_UPSTREAM_DETAIL_CHARS]
+
+    def _rejection(self, path: str, status: int, headers: Mapping[str, str], body: bytes) -> FeedRequestRejectedError:
+        detail = self._upstream_detail(body)
+        advice = self.advice.get(status) or f"HTTP {status} is not retried: check base_url and the request"
+        retry_after = headers.get("Retry-After")
+        ban_note = f" (server says Retry-After: {retry_after}s)" if status == 418 and retry_after else ""
+        message = (
+            f"{self.source}: GET {path} refused with HTTP {status}{ban_note}"
+            f"{' (' + detail + ')' if detail else ''}: {advice}"
+        )
+        error_class = _REJECTION_CLASSES.get(status, FeedRequestRejectedError)
+        return error_class(message, status=status, upstream_detail=detail)
+
+
+# --- resource base ------------------------------------------------------------------------------
+
+
+class HttpFeedResource(FeedResource):
+    """A feed read over HTTP: the timeouts and retry budget are configuration."""
+
+    connect_timeout_seconds: float = Field(default=5.0, description="TCP connect timeout per attempt.")
+    read_timeout_seconds: float = Field(default=15.0, description="Socket read timeout per attempt.")
+    max_attempts: int = Field(default=5, description="Attempts per request, first one included.")
+    max_total_seconds: float = Field(
+        default=60.0, description="Bound on one request including retries and waits between them."
+    )
+    backoff_base_seconds: float = Field(default=0.5, description="First retry waits up to this (full jitter).")
+    backoff_max_seconds: float = Field(default=10.0, description="Cap of the exponential backoff.")
+
+    # Private state is rebuilt lazily: Dagster copies resources, and pydantic private attributes are
+    # not copied with them.
+    _clients: dict[str, JsonHttpClient] = PrivateAttr(default_factory=dict)
+    _sleep: SleepFunction | None = PrivateAttr(default=None)
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            connect_timeout_seconds=self.connect_timeout_seconds,
+            read_timeout_seconds=self.read_timeout_seconds,
+            max_attempts=self.max_attempts,
+            max_total_seconds=self.max_total_seconds,
+            backoff_base_seconds=self.backoff_base_seconds,
+            backoff_max_seconds=self.backoff_max_seconds,
+        )
+
+    def use_sleep(self, sleep: SleepFunction) -> "HttpFeedResource":
+        """Replace time.sleep between attempts (tests record waits instead of sleeping)."""
+        self._sleep = sleep
+        for client in self._clients.values():
+            client.sleep = sleep
+        return self
+
+    def http_stats(self) -> HttpStats:
+        """Summed over this instance's clients."""
+        total = HttpStats()
+        for client in self._clients.values():
+            for name in vars(total):
+                setattr(total, name, getattr(total, name) + getattr(client.stats, name))
+        return total
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        self.close()
+
+    def _client(self, key: str, base_url: str, *, headers: Mapping[str, str] | None = None,
+                advice: Mapping[int, str] | None = None) -> JsonHttpClient:
+        client = self._clients.get(key)
+        if client is None:
+            client = JsonHttpClient(
+                self.source_name(), base_url, self.retry_policy(), headers=headers, advice=advice,
+                sleep=self._sleep or time.sleep,
+            )
+            self._clients[key] = client
+        return client
+
+
+def require_aware_utc(name: str, value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{name} must be timezone-aware UTC, got naive {value!r}")
+    return value.astimezone(timezone.utc)
+
+
+def unix_ms(value: datetime) -> int:
+    """Whole milliseconds since the epoch, computed without float rounding."""
+    delta = require_aware_utc("time", value) - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+def ceil_to_multiple(value: int, step: int) -> int:
+    return -(-value // step) * step
+
+
+# --- parsing helpers shared by the HTTP feeds -------------------------------------------------
+
+
+def is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def number_to_float(value: Any) -> float:
+    """Upstreams send decimal strings or numbers; booleans and None are not numbers here."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise TypeError(f"not a number: {value!r}")
+    return float(value)
+
+
+def ohlcv_floats(values: Sequence[Any]) -> tuple[float, float, float, float, float]:
+    """float() of open, high, low, close, volume (decimal strings or numbers); TypeError/ValueError
+    for anything else, booleans included. Written for speed: it runs once per upstream row."""
+    if bool in map(type, values):
+        raise TypeError(f"boolean is not a number: {values!r}")
+    open_, high, low, close, volume = map(float, values)
+    return open_, high, low, close, volume
+
+
+def check_ohlcv(open_: float, high: float, low: float, close: float, volume: float) -> str | None:
+    """Why these values cannot be a candle, or None when they can."""
+    isfinite = math.isfinite
+    if not (isfinite(open_) and isfinite(high) and isfinite(low) and isfinite(close)):
+        return "non-finite price"
+    if min(open_, high, low, close) <= 0:
+        return "non-positive price"
+    if not (math.isfinite(volume) and volume >= 0):
+        return "invalid volume"
+    if low > min(open_, close) or high < max(open_, close):
+        return "inconsistent ohlc"
+    return None

@@ -1,0 +1,1 @@
+"""Real loopback stand-ins for external systems, used by tests and benchmarks."""
