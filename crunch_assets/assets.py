@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from crunch_assets import checks
 from crunch_assets import store_queries as q
+from crunch_assets.model_health import QUARANTINE_META_KEY, QuarantinePolicy, load_health
 from crunch_assets.partitions import CompetitionPartitions
 from crunch_assets.ranking import FRAC64_ONE, emission_payload, rank_models, weighted_means, window_scores
 from crunch_assets.rules import CompetitionRules
@@ -78,7 +79,7 @@ def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
 
 
 def _prediction_row(
-    spec: CompetitionSpec, rules: CompetitionRules, scope: Scope, cycle_at: datetime, result: ModelCallResult
+    spec: CompetitionSpec, rules: CompetitionRules | None, scope: Scope, cycle_at: datetime, result: ModelCallResult
 ) -> dict:
     """Map a runner result to a prediction row: SUCCESS + valid output -> PENDING; the model
     raised, timed out, crashed or answered garbage -> FAILED with the reason; no answer -> ABSENT."""
@@ -128,38 +129,54 @@ def build_chain_assets(
         backfill_policy=backfill_by_day,
         description="Closed 1-minute candles of the competition's subjects, from its feed resource.",
         kinds={"postgres"},
+        check_specs=[dg.AssetCheckSpec(checks.FEED_COMPLETE, asset=keys.feed_records)],
     )
     def feed_records(
         context: dg.AssetExecutionContext, config: WindowRunConfig, database: CrunchDatabase, feed: FeedResource
     ) -> dg.MaterializeResult:
         window = context.partition_time_window
         as_of = resolve_as_of(config, window)
+        live = config.as_of is not None
         step = timedelta(seconds=granularity_seconds)
         # A window holds the candles that *close* inside it: the price observed at the window's
         # first instant (a cycle's entry price) belongs to the window.
         window_open_start, window_open_end = window.start - step, window.end - step
         written = fetched = pages = 0
         skipped: dict[str, int] = defaultdict(int)
-        watermarks = {}
-        with database.engine.begin() as connection:
-            for subject in spec.subjects:
-                # Where the history a cycle needs is not stored yet (the first window, or a live
-                # start after a pause), fetch it too, so a live input equals a replay's.
+        watermarks, errors = {}, {}
+        for subject in spec.subjects:
+            with database.engine.connect() as connection:
                 stored_until = q.watermark(connection, feed.source_name(), subject, granularity_seconds)
-                fetch_start = window_open_start
-                if stored_until is None or stored_until < window_open_start - step:
-                    fetch_start = window_open_start - timedelta(seconds=spec.history_seconds)
+            # Where the history a cycle needs is not stored yet (the first window, or a live
+            # start after a pause), fetch it too, so a live input equals a replay's.
+            fetch_start = window_open_start
+            if stored_until is None or stored_until < window_open_start - step:
+                fetch_start = window_open_start - timedelta(seconds=spec.history_seconds)
+            try:  # no transaction is held open across the network call
                 result = feed.fetch_candles(subject, fetch_start, window_open_end, as_of=as_of)
-                fetched += len(result.candles)
-                pages += result.pages_fetched
-                for reason, count in result.skipped_by_reason().items():
-                    skipped[reason] += count
-                    context.log.warning(f"{subject}: skipped {count} feed row(s): {reason}")
+            except Exception as error:
+                if not live:
+                    raise  # a backfill that cannot fetch fails visibly, to be retried
+                # Live: the feed's own time bound has passed; the cycle goes on with what is stored.
+                errors[subject] = f"{type(error).__name__}: {error}"[:500]
+                context.log.error(f"{subject}: feed fetch failed, continuing with stored data: {errors[subject]}")
+                continue
+            fetched += len(result.candles)
+            pages += result.pages_fetched
+            for reason, count in result.skipped_by_reason().items():
+                skipped[reason] += count
+                context.log.warning(f"{subject}: skipped {count} feed row(s): {reason}")
+            with database.engine.begin() as connection:
                 written += q.upsert_candles(connection, feed.source_name(), result.candles)
                 if result.candles:
                     last = max(c.ts_event for c in result.candles)
                     q.advance_watermark(connection, feed.source_name(), subject, granularity_seconds, last)
                     watermarks[subject] = last.isoformat()
+        with database.engine.connect() as connection:
+            gap_check = checks.check_feed_complete(
+                connection, spec, feed.source_name(), keys.feed_records, granularity_seconds,
+                window_open_start, min(window_open_end, as_of - step + timedelta(microseconds=1)),
+            )
         return dg.MaterializeResult(
             metadata={
                 "as_of": as_of.isoformat(),
@@ -170,7 +187,9 @@ def build_chain_assets(
                 "rows_skipped": sum(skipped.values()),
                 "rows_skipped_by_reason": dict(skipped),
                 "watermark": watermarks,
-            }
+                "feed_errors": errors,
+            },
+            check_results=[gap_check],
         )
 
     @dg.asset(
@@ -202,7 +221,9 @@ def build_chain_assets(
         window = context.partition_time_window
         as_of = resolve_as_of(config, window)
         engine = database.engine
-        due = spec.cycle_times(window.start, as_of + timedelta(microseconds=1))
+        # cycles up to and including as_of, but never the next window's first one
+        due_until = min(as_of + timedelta(microseconds=1), window.end)
+        due = spec.cycle_times(window.start, due_until)
         with engine.connect() as connection:
             done = q.stored_cycles(connection, slug, window.start, window.end)
         todo = [(cycle_at, scope) for cycle_at, scope in due if (cycle_at, scope.key) not in done]
@@ -214,18 +235,43 @@ def build_chain_assets(
                     connection, feed.source_name(), spec.subjects, granularity_seconds,
                     todo[0][0] - history - timedelta(seconds=granularity_seconds), todo[-1][0],
                 )
+            policy = QuarantinePolicy(spec.quarantine_after_failures, spec.quarantine_cooldown_seconds)
             with model_runner.open_session(rules.model_interface()) as session:
                 session_models = session.models()
                 _register_models(engine, slug, session_models, first_cycle=todo[0][0], last_cycle=todo[-1][0])
+                # The session's models are the runner's live registry (an announced model that is
+                # stopped or not connected comes back ABSENT); a runner that cannot reach the
+                # registry fails the run instead of blaming every model.
+                expected = sorted(m.model_id for m in session_models)
+                with engine.connect() as connection:
+                    health = load_health(connection, slug, expected, todo[0][0], spec.quarantine_after_failures + 1)
                 pending_rows: list[tuple[dict, list[dict]]] = []
+                events: list[dict] = []
                 for cycle_at, scope in todo:
                     model_input = rules.build_inference_input(
                         scope, cycle_at, _history(candles.get(scope.subject, []), cycle_at, history)
                     )
-                    results = session.run_cycle(rules.build_model_calls(scope, model_input), model_runner.call_timeout_seconds)
-                    rows = [_prediction_row(spec, rules, scope, cycle_at, results[m.model_id]) for m in session_models if m.model_id in results]
-                    for row in rows:
+                    quarantined = frozenset(m for m in expected if health[m].is_quarantined(cycle_at))
+                    results = session.run_cycle(
+                        rules.build_model_calls(scope, model_input), model_runner.call_timeout_seconds,
+                        skip_model_ids=quarantined,
+                    )
+                    rows = []
+                    for model_id in expected:
+                        if model_id in quarantined:
+                            row = _quarantined_row(spec, scope, cycle_at, model_id, health[model_id].quarantined_until)
+                        else:
+                            result = results.get(model_id) or ModelCallResult(
+                                model_id, CallStatus.ABSENT, detail="no answer from the model runner"
+                            )
+                            row = _prediction_row(spec, rules, scope, cycle_at, result)
+                            if result.status is not CallStatus.ABSENT:
+                                until = policy.record(health[model_id], cycle_at, failed=row["status"] == "FAILED")
+                                if until is not None:
+                                    events.append(_quarantine_event(slug, model_id, cycle_at, until, policy))
+                                    context.log.warning(f"{model_id} quarantined until {until.isoformat()}")
                         made[row["status"]] += 1
+                        rows.append(row)
                     input_row = {
                         "competition": slug,
                         "scope_key": scope.key,
@@ -238,12 +284,12 @@ def build_chain_assets(
                     }
                     pending_rows.append((input_row, rows))
                     if len(pending_rows) >= CYCLES_PER_WRITE:
-                        _write_cycles(engine, pending_rows)
-                        pending_rows = []
-                _write_cycles(engine, pending_rows)
+                        _write_cycles(engine, pending_rows, events)
+                        pending_rows, events = [], []
+                _write_cycles(engine, pending_rows, events)
         with engine.connect() as connection:
             totals = q.prediction_status_counts(connection, slug, window.start, window.end)
-            cycle_check = checks.check_every_cycle_stored(connection, spec, keys.predictions, window.start, as_of)
+            cycle_check = checks.check_every_cycle_stored(connection, spec, keys.predictions, window.start, due_until)
         context.log.info(f"{len(todo)} cycle(s) run up to {as_of.isoformat()}: {dict(made)}")
         return dg.MaterializeResult(
             metadata={
@@ -291,10 +337,15 @@ def build_chain_assets(
         # Live: the settlement sensor passes how far prices are stored; backfill: the window's end
         # plus the horizon. Never later than now minus the settle delay.
         limit = datetime.fromisoformat(config.as_of) if config.as_of else window.end + horizon
-        settled_until = min(limit, datetime.now(timezone.utc) - settle)
+        now = datetime.now(timezone.utc)
+        void_before = now - timedelta(seconds=spec.void_after_seconds)
         engine = database.engine
         p = t.predictions
         with engine.connect() as connection:
+            # Settlement guard: never score past what the feed has stored (nor past now - settle).
+            coverage = q.feed_coverage(connection, feed.source_name(), spec.subjects, granularity_seconds)
+            # Nothing stored yet: nothing is settled (spec.start precedes every resolution).
+            settled_until = min(limit, now - settle, coverage) if coverage else spec.start
             unscored = connection.execute(
                 sa.select(p.c.id, p.c.model_id, p.c.scope_key, p.c.cycle_at, p.c.resolvable_at, p.c.status,
                           p.c.status_reason, p.c.inference_output, p.c.scope, p.c.input_id)
@@ -303,7 +354,7 @@ def build_chain_assets(
                     p.c.competition == slug,
                     p.c.cycle_at >= window.start,
                     p.c.cycle_at < window.end,
-                    p.c.resolvable_at <= settled_until,
+                    p.c.resolvable_at <= max(settled_until, void_before),
                     t.scores.c.id.is_(None),
                     p.c.status.in_(["PENDING", "FAILED", "ABSENT"]),
                 )
@@ -319,17 +370,27 @@ def build_chain_assets(
                     )
         scopes = {scope.key: scope for scope in spec.scopes}
         truths: dict[int, dict | None] = {}
-        score_rows, resolved_inputs = [], {}
+        score_rows, resolved_inputs, voided_inputs = [], {}, {}
         waiting = 0
         for row in unscored:
             scope = scopes.get(row.scope_key) or Scope(**row.scope)
             if row.input_id not in truths:
-                truths[row.input_id] = rules.resolve_ground_truth(
-                    scope, row.cycle_at, row.resolvable_at, series[scope.subject], spec.max_price_staleness_seconds
+                truths[row.input_id] = (
+                    rules.resolve_ground_truth(
+                        scope, row.cycle_at, row.resolvable_at, series[scope.subject], spec.max_price_staleness_seconds
+                    )
+                    if row.resolvable_at <= settled_until
+                    else None
                 )
             truth = truths[row.input_id]
             if truth is None:
-                waiting += 1  # stays PENDING until the feed has the prices
+                if row.resolvable_at <= void_before:
+                    voided_inputs[row.input_id] = (
+                        f"ground truth missing {spec.void_after_seconds} s after resolution: no stored price within "
+                        f"{spec.max_price_staleness_seconds} s of {row.cycle_at.isoformat()} or {row.resolvable_at.isoformat()}"
+                    )
+                else:
+                    waiting += 1  # stays PENDING until the feed has the prices
                 continue
             resolved_inputs[row.input_id] = truth
             score_rows.append(_score_row(slug, rules, scope, row, truth))
@@ -343,6 +404,16 @@ def build_chain_assets(
             for input_id, truth in resolved_inputs.items():
                 connection.execute(
                     sa.update(t.inputs).where(t.inputs.c.id == input_id).values(status="RESOLVED", actuals=truth)
+                )
+            # A voided cycle is neither scored nor penalised, for every model in it.
+            for input_id, reason in voided_inputs.items():
+                connection.execute(
+                    sa.update(p).where(p.c.input_id == input_id, p.c.status.in_(["PENDING", "FAILED", "ABSENT"]))
+                    .values(status="VOIDED", status_reason=reason)
+                )
+                connection.execute(
+                    sa.update(t.inputs).where(t.inputs.c.id == input_id)
+                    .values(status="VOIDED", meta=sa.func.jsonb_build_object("void_reason", reason))
                 )
             still_pending = connection.execute(
                 sa.select(sa.func.count()).select_from(p).where(
@@ -358,6 +429,8 @@ def build_chain_assets(
                 "scored": successes,
                 "penalised": len(score_rows) - successes,
                 "waiting_for_ground_truth": waiting,
+                "cycles_voided": len(voided_inputs),
+                "void_reasons": sorted(set(voided_inputs.values()))[:5],
                 "pending": int(still_pending),
             },
             check_results=[score_check],
@@ -445,7 +518,8 @@ def build_chain_assets(
         with database.engine.connect() as connection:
             rows = q.load_snapshot_rows(connection, slug, _ceil_hour(as_of) - timedelta(seconds=longest), as_of)
             names = q.model_names(connection, slug)
-        entries = leaderboard_entries(spec, rows, as_of, names)
+            joined = q.first_snapshot_hours(connection, slug)
+        entries = leaderboard_entries(spec, rows, as_of, names, joined)
         with database.engine.begin() as connection:
             upsert(connection, t.leaderboards, [{"competition": slug, "as_of": as_of, "entries": entries}],
                    ["competition", "as_of"], update_columns=["entries"])
@@ -553,11 +627,32 @@ def _register_models(engine: sa.Engine, slug: str, models: list, first_cycle: da
         connection.execute(statement)
 
 
-def _write_cycles(engine: sa.Engine, cycles: list[tuple[dict, list[dict]]]) -> None:
-    """Inputs and their predictions in one transaction: a cycle is stored whole or not at all."""
+def _quarantined_row(spec: CompetitionSpec, scope: Scope, cycle_at: datetime, model_id: str, until: datetime) -> dict:
+    """Not called this cycle; FAILED, so the quarantine counts against the model."""
+    row = _prediction_row(
+        spec, None, scope, cycle_at,
+        ModelCallResult(model_id, CallStatus.FAILED, detail=f"quarantined until {until.isoformat()}"),
+    )
+    row["status_reason"] = f"quarantined: not called until {until.isoformat()}"
+    row["meta"] = {QUARANTINE_META_KEY: until.isoformat()}
+    return row
+
+
+def _quarantine_event(slug: str, model_id: str, cycle_at: datetime, until: datetime, policy: QuarantinePolicy) -> dict:
+    return {
+        "competition": slug, "model_id": model_id, "event": "QUARANTINED", "at": cycle_at,
+        "reason": f"{policy.failures_before_quarantine} consecutive failed cycles",
+        "meta": {QUARANTINE_META_KEY: until.isoformat(), "cooldown_seconds": int(policy.cooldown.total_seconds())},
+    }
+
+
+def _write_cycles(engine: sa.Engine, cycles: list[tuple[dict, list[dict]]], events: list[dict]) -> None:
+    """Inputs, their predictions and the model events they caused in one transaction: a cycle is
+    stored whole or not at all."""
     if not cycles:
         return
     with engine.begin() as connection:
+        upsert(connection, t.model_events, events, ["competition", "model_id", "event", "at"])
         _, id_rows = upsert(
             connection, t.inputs, [input_row for input_row, _ in cycles],
             ["competition", "scope_key", "cycle_at"],
@@ -603,13 +698,15 @@ def _json_safe(value: Any) -> bool:
     return not (isinstance(value, float) and not math.isfinite(value))
 
 
-def leaderboard_entries(spec: CompetitionSpec, rows: list, as_of: datetime, names: dict[str, dict]) -> list[dict]:
+def leaderboard_entries(
+    spec: CompetitionSpec, rows: list, as_of: datetime, names: dict[str, dict], joined: dict[str, datetime]
+) -> list[dict]:
     """Per model, each window's count-weighted mean over hourly snapshots starting in
-    [ceil_hour(as_of) - window, as_of), ranked by the spec's ranking key."""
-    first_seen = {model_id: info["first_seen_at"] for model_id, info in names.items() if info.get("first_seen_at")}
+    [ceil_hour(as_of) - window, as_of), ranked by the spec's ranking key. A model is compared from
+    its first scored hour on (`joined`); windows it only partly covers are flagged incomplete."""
     per_window = {}
     for window in spec.leaderboard_windows:
-        per_window[window.name] = window_scores(rows, _ceil_hour(as_of), window.seconds, first_seen)
+        per_window[window.name] = window_scores(rows, _ceil_hour(as_of), window.seconds, joined)
     model_ids = sorted({model_id for scores in per_window.values() for model_id in scores})
     ranking_values = {m: per_window[spec.ranking_key].get(m, {}).get("value") for m in model_ids}
     ranked = rank_models(ranking_values, descending=spec.ranking_descending)

@@ -17,10 +17,12 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 import sqlalchemy as sa
 
+from crunch_assets import store_queries as q
 from crunch_assets.assets import ChainKeys, as_of_run_config
 from crunch_assets.partitions import CompetitionPartitions
 from crunch_assets.spec import CompetitionSpec
-from resources.feeds.base import FeedResource, granularity_label
+from resources.feeds.base import FeedResource
+from resources.model_runners.base import ModelInfo, ModelRunnerResource
 from resources.store import schema as t
 from resources.store.database import CrunchDatabase
 
@@ -29,13 +31,14 @@ CHECKPOINTS_PER_TICK = 8
 
 @dataclass(frozen=True)
 class CompetitionJobs:
+    feed: Any
     cycle: Any
     scores: Any
     rollup: Any
     checkpoint: Any
 
     def all(self) -> list:
-        return [self.cycle, self.scores, self.rollup, self.checkpoint]
+        return [self.feed, self.cycle, self.scores, self.rollup, self.checkpoint]
 
 
 def build_jobs(spec: CompetitionSpec, partitions: CompetitionPartitions, keys: ChainKeys) -> CompetitionJobs:
@@ -49,6 +52,7 @@ def build_jobs(spec: CompetitionSpec, partitions: CompetitionPartitions, keys: C
         )
 
     return CompetitionJobs(
+        feed=job("feed_job", [keys.feed_records], partitions.hourly, "Ingest the feed of the current hour."),
         cycle=job("cycle_job", [keys.feed_records, keys.predictions], partitions.hourly,
                   "Ingest the feed and run one prediction cycle."),
         scores=job("score_job", [keys.scores], partitions.hourly, "Score the settled predictions of an hour."),
@@ -61,19 +65,6 @@ def build_jobs(spec: CompetitionSpec, partitions: CompetitionPartitions, keys: C
 
 def _floor(instant: datetime, seconds: int) -> datetime:
     return datetime.fromtimestamp(int(instant.timestamp()) // seconds * seconds, tz=timezone.utc)
-
-
-def feed_coverage(connection: sa.Connection, source: str, subjects: list[str], granularity_seconds: int) -> datetime | None:
-    """Up to when every subject's feed is stored (the slowest subject's last candle close)."""
-    s = t.feed_ingestion_state
-    rows = connection.execute(
-        sa.select(s.c.subject, s.c.last_event_ts).where(
-            s.c.source == source, s.c.subject.in_(subjects), s.c.granularity == granularity_label(granularity_seconds)
-        )
-    ).fetchall()
-    if len(rows) < len(subjects) or any(r.last_event_ts is None for r in rows):
-        return None
-    return min(r.last_event_ts for r in rows) + timedelta(seconds=granularity_seconds)
 
 
 def build_automation(
@@ -118,7 +109,7 @@ def build_automation(
     def settlement_sensor(context: dg.SensorEvaluationContext, database: CrunchDatabase, feed: FeedResource):
         p = t.predictions
         with database.engine.connect() as connection:
-            coverage = feed_coverage(connection, feed.source_name(), spec.subjects, feed.granularity_seconds)
+            coverage = q.feed_coverage(connection, feed.source_name(), spec.subjects, feed.granularity_seconds)
             if coverage is None:
                 return dg.SkipReason("the feed has no stored candles yet")
             settled_until = _floor(min(coverage, datetime.now(timezone.utc) - settle), 60)
@@ -134,13 +125,27 @@ def build_automation(
                 )
                 .group_by("hour")
             ).scalars().all()
-        if not hours:
+            # Predictions still pending past the void deadline: one run per hour voids them (or
+            # scores them, if their prices arrived late).
+            void_before = datetime.now(timezone.utc) - timedelta(seconds=spec.void_after_seconds)
+            overdue = connection.execute(
+                sa.select(sa.func.date_trunc("hour", p.c.cycle_at).label("hour"))
+                .where(p.c.competition == slug, p.c.status == "PENDING", p.c.resolvable_at <= void_before)
+                .group_by("hour")
+            ).scalars().all()
+        if not hours and not overdue:
             return dg.SkipReason(f"nothing newly settled up to {settled_until.isoformat()}")
         for hour in sorted(hours):
             yield dg.RunRequest(
                 run_key=f"{slug}:scores:{hour.isoformat()}:{settled_until.isoformat()}",
                 partition_key=partitions.hour_key(hour),
                 run_config=as_of_run_config([ChainKeys.op_name(keys.scores)], settled_until),
+            )
+        for hour in sorted(overdue):
+            yield dg.RunRequest(
+                run_key=f"{slug}:void:{hour.isoformat()}",
+                partition_key=partitions.hour_key(hour),
+                run_config=as_of_run_config([ChainKeys.op_name(keys.scores)], _floor(datetime.now(timezone.utc), 60)),
             )
         context.update_cursor(settled_until.isoformat())
 
@@ -227,6 +232,33 @@ def build_automation(
             return dg.SkipReason("; ".join(waiting) or "no closed period with scores to checkpoint")
         return requests
 
+    @dg.sensor(
+        name=f"{slug}__feed_sensor", job=jobs.feed, default_status=status,
+        minimum_interval_seconds=spec.feed_poll_interval_seconds,
+        description="Keeps the feed current between cycles (ground truth for sparse cycles).",
+    )
+    def feed_sensor(context: dg.SensorEvaluationContext, database: CrunchDatabase, feed: FeedResource):
+        latest_closed = _floor(datetime.now(timezone.utc), feed.granularity_seconds)
+        with database.engine.connect() as connection:
+            coverage = q.feed_coverage(connection, feed.source_name(), spec.subjects, feed.granularity_seconds)
+        if coverage is not None and coverage >= latest_closed:
+            return dg.SkipReason(f"feed current up to {coverage.isoformat()}")
+        return dg.RunRequest(
+            run_key=f"{slug}:feed:{latest_closed.isoformat()}",
+            partition_key=partitions.hour_key(latest_closed - timedelta(microseconds=1)),
+            run_config=as_of_run_config([ChainKeys.op_name(keys.feed_records)], latest_closed),
+        )
+
+    @dg.sensor(
+        name=f"{slug}__model_registry_sensor", default_status=status, minimum_interval_seconds=60,
+        description="Keeps the models table current from the model runner (joins, leaves, state changes).",
+    )
+    def model_registry_sensor(
+        context: dg.SensorEvaluationContext, database: CrunchDatabase, model_runner: ModelRunnerResource
+    ):
+        changes = sync_model_registry(database.engine, slug, model_runner.list_models(), datetime.now(timezone.utc))
+        return dg.SkipReason(changes)
+
     @dg.schedule(
         name=f"{slug}__daily_rollup_schedule", job=jobs.rollup, cron_schedule="15 0 * * *",
         execution_timezone="UTC",
@@ -239,4 +271,56 @@ def build_automation(
             return dg.SkipReason("the competition had not started yesterday")
         return dg.RunRequest(partition_key=partitions.day_key(yesterday))
 
-    return [cycle_sensor, settlement_sensor, rollup_sensor, checkpoint_sensor], [daily_rollup_schedule]
+    sensors = [cycle_sensor, feed_sensor, settlement_sensor, rollup_sensor, checkpoint_sensor, model_registry_sensor]
+    return sensors, [daily_rollup_schedule]
+
+
+def sync_model_registry(engine: sa.Engine, slug: str, listed: list[ModelInfo], now: datetime) -> str:
+    """Upsert the runner's models; models no longer listed become GONE. Joins, leaves and state
+    changes are recorded in model_events. Returns a one-line summary."""
+    m = t.models
+    with engine.begin() as connection:
+        known = {
+            row.model_id: row.state
+            for row in connection.execute(sa.select(m.c.model_id, m.c.state).where(m.c.competition == slug))
+        }
+        events = []
+        rows = []
+        for info in listed:
+            rows.append({"competition": slug, "model_id": info.model_id, "name": info.name,
+                         "player_id": info.player_id, "player_name": info.player_name,
+                         "deployment_identifier": info.deployment_id, "state": info.state,
+                         "first_seen_at": now, "last_seen_at": now, "meta": info.meta})
+            if info.model_id not in known:
+                events.append(("JOINED", info.model_id, info.state))
+            elif known[info.model_id] != info.state:
+                events.append(("STATE_CHANGED", info.model_id, f"{known[info.model_id]} -> {info.state}"))
+        if rows:
+            statement = sa.dialects.postgresql.insert(m).values(rows)
+            statement = statement.on_conflict_do_update(
+                index_elements=["competition", "model_id"],
+                set_={
+                    "name": statement.excluded.name, "player_id": statement.excluded.player_id,
+                    "player_name": statement.excluded.player_name,
+                    "deployment_identifier": statement.excluded.deployment_identifier,
+                    "state": statement.excluded.state, "meta": statement.excluded.meta,
+                    "first_seen_at": sa.func.coalesce(m.c.first_seen_at, statement.excluded.first_seen_at),
+                    "last_seen_at": statement.excluded.last_seen_at,
+                },
+            )
+            connection.execute(statement)
+        gone = sorted(set(known) - {info.model_id for info in listed} - {k for k, v in known.items() if v == "GONE"})
+        if gone:
+            connection.execute(sa.update(m).where(m.c.competition == slug, m.c.model_id.in_(gone)).values(state="GONE"))
+            events += [("LEFT", model_id, "no longer listed by the model runner") for model_id in gone]
+        if events:
+            connection.execute(sa.dialects.postgresql.insert(t.model_events).values([
+                {"competition": slug, "model_id": model_id, "event": event, "at": now, "reason": reason}
+                for event, model_id, reason in events
+            ]).on_conflict_do_nothing())
+    states: dict[str, int] = {}
+    for info in listed:
+        states[info.state] = states.get(info.state, 0) + 1
+    summary = ", ".join(f"{n} {state}" for state, n in sorted(states.items())) or "no models"
+    changes = "; ".join(f"{event} {model_id}" for event, model_id, _ in events)
+    return f"{summary}" + (f"; {changes}" if changes else "; no change")

@@ -13,6 +13,7 @@ from crunch_assets.ranking import FRAC64_ONE
 from crunch_assets.spec import CompetitionSpec
 from resources.store import schema as t
 
+FEED_COMPLETE = "feed_has_every_candle"
 EVERY_CYCLE_STORED = "every_due_cycle_has_predictions"
 SCORES_FINITE = "scores_are_finite_and_unique"
 LEADERBOARD_RANKED = "leaderboard_follows_ranking_key"
@@ -20,19 +21,19 @@ REWARDS_EXACT = "rewards_sum_to_one_billion_and_follow_ranking"
 
 
 def check_every_cycle_stored(
-    connection: sa.Connection, spec: CompetitionSpec, key: dg.AssetKey, start: datetime, as_of: datetime
+    connection: sa.Connection, spec: CompetitionSpec, key: dg.AssetKey, start: datetime, end: datetime
 ) -> dg.AssetCheckResult:
-    """Every cycle due in [start, as_of] has its input and at least one prediction per model
-    known at the time; a missing cycle would silently shift every mean."""
+    """Every cycle due in [start, end) has its input and predictions; a missing cycle would
+    silently shift every mean."""
     i, p = t.inputs, t.predictions
     stored = connection.execute(
         sa.select(i.c.cycle_at, i.c.scope_key, sa.func.count(p.c.id))
         .outerjoin(p, p.c.input_id == i.c.id)
-        .where(i.c.competition == spec.slug, i.c.cycle_at >= start, i.c.cycle_at <= as_of)
+        .where(i.c.competition == spec.slug, i.c.cycle_at >= start, i.c.cycle_at < end)
         .group_by(i.c.cycle_at, i.c.scope_key)
     ).fetchall()
     counts = {(row[0], row[1]): int(row[2]) for row in stored}
-    due = spec.cycle_times(start, as_of + timedelta(microseconds=1))
+    due = spec.cycle_times(start, end)
     missing = [f"{c.isoformat()} {s.key}" for c, s in due if (c, s.key) not in counts]
     empty = [f"{c.isoformat()} {k}" for (c, k), n in counts.items() if n == 0]
     passed = not missing and not empty
@@ -88,4 +89,46 @@ def check_rewards(key: dg.AssetKey, checkpoint: dict | None) -> dg.AssetCheckRes
     return dg.AssetCheckResult(
         asset_key=key, check_name=REWARDS_EXACT, passed=passed,
         metadata={"reward_sum": sum(rewards), "models": len(rewards)},
+    )
+
+
+def _ranges(missing: list[datetime], step: timedelta) -> list[str]:
+    """Consecutive missing bars as 'start .. end' (open times) for a readable report."""
+    ranges, first, last = [], None, None
+    for instant in missing:
+        if first is not None and instant == last + step:
+            last = instant
+            continue
+        if first is not None:
+            ranges.append(first.isoformat() if first == last else f"{first.isoformat()} .. {last.isoformat()}")
+        first = last = instant
+    if first is not None:
+        ranges.append(first.isoformat() if first == last else f"{first.isoformat()} .. {last.isoformat()}")
+    return ranges
+
+
+def check_feed_complete(
+    connection: sa.Connection, spec: CompetitionSpec, source: str, key: dg.AssetKey, granularity_seconds: int,
+    open_start: datetime, open_end: datetime,
+) -> dg.AssetCheckResult:
+    """Every subject has every candle with open time in [open_start, open_end); names the gaps.
+    Not blocking: a gap must not stop predictions; its cycles wait for prices or get voided."""
+    from crunch_assets.store_queries import load_candles
+
+    step = timedelta(seconds=granularity_seconds)
+    expected = []
+    instant = open_start
+    while instant < open_end:
+        expected.append(instant)
+        instant += step
+    stored = load_candles(connection, source, spec.subjects, granularity_seconds, open_start, open_end)
+    gaps = {}
+    for subject in spec.subjects:
+        present = {c.ts_event for c in stored.get(subject, [])}
+        missing = [i for i in expected if i not in present]
+        if missing:
+            gaps[subject] = {"missing": len(missing), "ranges": _ranges(missing, step)[:20]}
+    return dg.AssetCheckResult(
+        asset_key=key, check_name=FEED_COMPLETE, passed=not gaps, severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"expected_per_subject": len(expected), "gaps": gaps},
     )

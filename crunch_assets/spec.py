@@ -71,6 +71,15 @@ class CompetitionSpec:
     max_price_staleness_seconds: int = 120
     # Extra wait after a prediction resolves before it is scored (late feed rows).
     settle_delay_seconds: int = 0
+    # Fault policy: after this many FAILED cycles in a row a model is not called for the cool-down
+    # (0 disables quarantine).
+    quarantine_after_failures: int = 5
+    quarantine_cooldown_seconds: int = 600
+    # A prediction whose ground truth is still missing this long after it resolved is VOIDED:
+    # neither scored nor penalised.
+    void_after_seconds: int = 3600
+    # Live feed polling between cycles (keeps ground truth fresh when cycles are sparse).
+    feed_poll_interval_seconds: int = 30
     # Live catch-up bound: cycles older than this when the sensor first sees them are not run live
     # (backfill them instead).
     max_catchup_seconds: int = 15 * 60

@@ -276,3 +276,75 @@ def test_a_model_flooding_the_protocol_pipe_is_cut_off_and_restarted(tmp_path):
             assert results["writes_on_protocol_pipe"].status is CallStatus.FAILED
             assert results["writes_on_protocol_pipe"].detail.startswith("output too large")
         assert session.restart_counts()["writes_on_protocol_pipe"] == 2
+
+
+COUNTING_MODEL = '''\
+"""Appends one line per process start and per call to a file beside itself."""
+import os
+from pathlib import Path
+
+from fixture_base import BaseModel
+
+CALLS_FILE = Path(__file__).with_suffix(".calls")
+
+
+def record(event):
+    with CALLS_FILE.open("a") as calls:
+        calls.write(f"{os.getpid()} {event}\\n")
+
+
+class CountingModel(BaseModel):
+    def __init__(self):
+        record("start")
+
+    def feed_update(self, data):
+        record("feed_update")
+
+    def predict(self, subject, resolve_horizon_seconds, step_seconds):
+        record("predict")
+        return {"p_up": 0.5}
+'''
+
+
+def recorded_events(models_dir: Path, model_id: str) -> list[str]:
+    calls_file = models_dir / f"{model_id}.calls"
+    return calls_file.read_text().splitlines() if calls_file.exists() else []
+
+
+def test_a_skipped_model_is_not_called_and_has_no_result(tmp_path):
+    models_dir = make_models_dir(tmp_path, "good", "import_fails")
+    (models_dir / "counting.py").write_text(COUNTING_MODEL)
+    with make_runner(models_dir).open_session(INTERFACE) as session:
+        counting_pid = session.process_ids()["counting"]
+        first = session.run_cycle(CYCLE_CALLS, timeout_seconds=5.0)
+        skipped = session.run_cycle(CYCLE_CALLS, timeout_seconds=5.0, skip_model_ids=frozenset({"counting", "import_fails"}))
+        events_while_skipped = recorded_events(models_dir, "counting")
+        third = session.run_cycle(CYCLE_CALLS, timeout_seconds=5.0)
+        assert session.process_ids()["counting"] == counting_pid  # the same process throughout
+
+    assert first["counting"].output == {"p_up": 0.5}
+    assert set(skipped) == {"good"}  # skipped models get no entry, not even a start-up failure
+    assert skipped["good"].output == {"p_up": 0.7}
+    assert events_while_skipped == [f"{counting_pid} {event}" for event in ("start", "feed_update", "predict")]
+    assert third["counting"].output == {"p_up": 0.5}
+    assert third["import_fails"].status is CallStatus.FAILED
+    assert recorded_events(models_dir, "counting") == [
+        f"{counting_pid} {event}" for event in ("start", "feed_update", "predict", "feed_update", "predict")
+    ]
+
+
+def test_a_skipped_model_due_a_restart_is_restarted_only_when_called_again(tmp_path):
+    models_dir = make_models_dir(tmp_path, "good", "sleeps_on_first_call")
+    with make_runner(models_dir).open_session(INTERFACE) as session:
+        first = session.run_cycle(CYCLE_CALLS, timeout_seconds=0.5)
+        assert first["sleeps_on_first_call"].status is CallStatus.TIMEOUT  # killed, its restart begun
+
+        started = time.monotonic()
+        skipped = session.run_cycle(CYCLE_CALLS, timeout_seconds=5.0, skip_model_ids=frozenset({"sleeps_on_first_call"}))
+        assert time.monotonic() - started < 2.0  # did not wait for the skipped model's start-up
+        assert set(skipped) == {"good"}
+        assert "sleeps_on_first_call" not in session.process_ids()  # no process while skipped
+
+        called_again = session.run_cycle(CYCLE_CALLS, timeout_seconds=5.0)
+        assert called_again["sleeps_on_first_call"].output == {"p_up": 0.6}
+        assert session.restart_counts()["sleeps_on_first_call"] == 1

@@ -384,3 +384,72 @@ def test_close_is_idempotent_and_ends_the_session(orchestrator, start_node):
     assert not session._loop_thread.is_alive()
     with pytest.raises(RuntimeError, match="closed"):
         session.run_cycle([PREDICT], 5)
+
+
+def test_a_skipped_model_is_not_called_and_has_no_result(orchestrator, start_node, open_session):
+    kept = start_node("kept", AnsweringModel(value=0.25))
+    skipped = start_node("skipped", AnsweringModel(value=0.75))
+    stopped = start_node("stopped", AnsweringModel())
+    orchestrator.announce(kept.announcement(), skipped.announcement(), stopped.announcement(state="STOPPED"))
+    session = open_session()
+
+    results = session.run_cycle([TICK, PREDICT], 5, skip_model_ids=frozenset({"skipped", "stopped", "unknown"}))
+
+    assert statuses(results) == {"kept": CallStatus.SUCCESS}  # no entry for skipped ones, ABSENT or not
+    assert results["kept"].output["value"] == 0.25
+    assert skipped.received_calls == []
+    assert "skipped" in session.connected_model_ids()  # still connected, ready for the next cycle
+
+    results = session.run_cycle([TICK, PREDICT], 5, skip_model_ids=frozenset({"kept"}))
+    assert statuses(results) == {"skipped": CallStatus.SUCCESS, "stopped": CallStatus.ABSENT}
+    assert [call.method for call in skipped.received_calls] == ["tick", "predict"]
+    assert [call.method for call in kept.received_calls] == ["tick", "predict"]  # first cycle only
+
+
+def test_skipping_every_model_calls_none(orchestrator, start_node, open_session):
+    # The client reads an empty model list as "all models": skipping everyone must not become that.
+    node = start_node("m-1", AnsweringModel())
+    orchestrator.announce(node.announcement())
+    session = open_session()
+
+    assert session.run_cycle([TICK, PREDICT], 5, skip_model_ids=frozenset({"m-1"})) == {}
+    assert node.received_calls == []
+
+
+def test_an_answer_over_the_output_cap_fails(orchestrator, start_node, open_session):
+    small = start_node("small", FixedAnswerModel({"p_up": 0.5}))
+    huge = start_node("huge", FixedAnswerModel("x" * 100_000))
+    exactly_at_cap = start_node("at-cap", FixedAnswerModel("y" * 998))  # 1,000 bytes with its quotes
+    orchestrator.announce(small.announcement(), huge.announcement(), exactly_at_cap.announcement())
+    session = open_session(max_output_bytes=1000)
+
+    results = session.run_cycle([PREDICT], 5)
+
+    assert statuses(results) == {"small": CallStatus.SUCCESS, "huge": CallStatus.FAILED, "at-cap": CallStatus.SUCCESS}
+    assert results["huge"].detail == "output too large: 100002 bytes > 1000"
+    assert results["huge"].output is None
+    assert results["at-cap"].output == "y" * 998
+
+
+def test_the_default_output_cap_applies_to_the_orchestrator_runner(orchestrator, start_node, open_session):
+    huge = start_node("huge", FixedAnswerModel({"p_up": 0.5, "padding": "z" * 70_000}))
+    orchestrator.announce(huge.announcement())
+    session = open_session()
+
+    result = session.run_cycle([PREDICT], 5)["huge"]
+
+    assert result.status is CallStatus.FAILED
+    assert result.detail.startswith("output too large: ") and result.detail.endswith(" bytes > 65536")
+
+
+def test_an_answer_that_is_not_plain_json_fails(orchestrator, start_node, open_session):
+    nan = start_node("nan", FixedAnswerModel(float("nan")))
+    nan_inside = start_node("nan-inside", FixedAnswerModel({"p_up": float("inf")}))
+    orchestrator.announce(nan.announcement(), nan_inside.announcement())
+    session = open_session()
+
+    results = session.run_cycle([PREDICT], 5)
+
+    assert statuses(results) == {"nan": CallStatus.FAILED, "nan-inside": CallStatus.FAILED}
+    assert results["nan"].detail == "output not serialisable: $ is nan (NaN and infinity are not valid JSON)"
+    assert results["nan-inside"].detail == "output not serialisable: $.p_up is inf (NaN and infinity are not valid JSON)"

@@ -73,16 +73,19 @@ def test_settlement_and_rollup_sensors_follow_the_store(competition):
                    partition_key=partition,
                    run_config=as_of_run_config([ChainKeys.op_name(keys.feed_records), ChainKeys.op_name(keys.predictions)], as_of))
     settle = _evaluate(defs, "btc_updown__settlement_sensor")
-    # the feed covers 00:09, so the cycles 00:00 .. 00:08 (resolving by 00:09) are settled
-    assert [r.partition_key for r in settle.run_requests] == [partition]
+    # the feed covers 00:09, so the cycles 00:00 .. 00:08 (resolving by 00:09) are settled; the
+    # 00:09 cycle waits for a price that will never come and is long past the void deadline
+    assert [(r.partition_key, r.run_key.split(":")[1]) for r in settle.run_requests] == [
+        (partition, "scores"), (partition, "void")]
     scores_op = ChainKeys.op_name(keys.scores)
     assert settle.run_requests[0].run_config["ops"][scores_op]["config"]["as_of"] == as_of.isoformat()
-    assert _evaluate(defs, "btc_updown__settlement_sensor", cursor=settle.cursor).skip_message
+    again = _evaluate(defs, "btc_updown__settlement_sensor", cursor=settle.cursor)
+    assert [r.run_key for r in again.run_requests] == [settle.run_requests[1].run_key]  # deduplicated by run key
     assert _evaluate(defs, "btc_updown__rollup_sensor").skip_message  # no scores yet
     scored = dg.materialize(chain_assets(defs, [keys.scores]), resources=defs.resources, partition_key=partition,
                             run_config=settle.run_requests[0].run_config)
     metadata = scored.asset_materializations_for_node(scores_op)[0].metadata
-    assert metadata["scored"].value == 27 and metadata["pending"].value == 3  # the 00:09 cycle waits
+    assert metadata["scored"].value == 27 and metadata["cycles_voided"].value == 1 and metadata["pending"].value == 0
     rollup = _evaluate(defs, "btc_updown__rollup_sensor")
     assert [r.partition_key for r in rollup.run_requests] == ["2026-11-03"]
     assert _evaluate(defs, "btc_updown__rollup_sensor", cursor=rollup.cursor).skip_message

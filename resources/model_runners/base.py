@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import dagster as dg
+from pydantic import Field
 
 
 class CallStatus(str, enum.Enum):
@@ -65,10 +66,18 @@ class ModelSession(AbstractContextManager):
         """The models this session will call (the registry's view at session start)."""
 
     @abstractmethod
-    def run_cycle(self, calls: Sequence[MethodCall], timeout_seconds: float) -> dict[str, ModelCallResult]:
+    def run_cycle(
+        self,
+        calls: Sequence[MethodCall],
+        timeout_seconds: float,
+        skip_model_ids: frozenset[str] = frozenset(),
+    ) -> dict[str, ModelCallResult]:
         """Make `calls` in order on every model, all models concurrently; return each model's
         result of the last call. A model whose earlier call fails skips the rest and reports that
-        failure. Every model of models() has an entry. Never raises because of a model."""
+        failure. Every model of models() has an entry, except those in `skip_model_ids`: they are
+        not called at all (no request, no restart) and get no entry, as the caller records them
+        itself (e.g. as quarantined). Ids of unknown models in it are ignored. Never raises
+        because of a model."""
 
     def __exit__(self, *exc_info) -> None:
         self.close()
@@ -79,7 +88,12 @@ class ModelSession(AbstractContextManager):
 
 
 class ModelRunnerResource(dg.ConfigurableResource):
-    call_timeout_seconds: float = 5.0
+    call_timeout_seconds: float = Field(default=5.0, description="Time budget of one cycle's calls to each model.")
+    max_output_bytes: int = Field(
+        default=65536,
+        description="Largest answer accepted from a model, measured as its compact JSON encoding; "
+        "a larger one is FAILED (\"output too large\"), whatever the runner.",
+    )
 
     @abstractmethod
     def list_models(self) -> list[ModelInfo]:

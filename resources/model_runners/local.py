@@ -69,7 +69,6 @@ class LocalModelRunner(ModelRunnerResource):
         "model_id is the file stem / directory name. Names starting with '_' or '.' are ignored."
     )
     memory_limit_mb: int = Field(default=1024, description="Address-space limit (RLIMIT_AS) of each model process; 0 = none.")
-    max_output_bytes: int = Field(default=65536, description="Largest JSON answer accepted from a model.")
     startup_timeout_seconds: float = Field(default=20.0, description="Time for a model process to import and instantiate the model.")
     max_models_starting_at_once: int = Field(
         default=0, description="Model processes importing at the same time; 0 = twice the CPU count."
@@ -207,6 +206,11 @@ class _ModelProcess:
         self.discard()
         self.state = _State.NOT_STARTED
         self.restart_count += 1
+
+    def abandon_start(self) -> None:
+        """Stop a start-up nobody will wait for; the model starts afresh when next called."""
+        self.discard()
+        self.state = _State.NOT_STARTED
 
 
 def describe_exit(returncode: int | None) -> str:
@@ -385,30 +389,44 @@ class LocalModelSession(ModelSession):
     def restart_counts(self) -> dict[str, int]:
         return {mid: h.restart_count for mid, h in self._handles.items()}
 
-    def run_cycle(self, calls: Sequence[MethodCall], timeout_seconds: float) -> dict[str, ModelCallResult]:
+    def run_cycle(
+        self,
+        calls: Sequence[MethodCall],
+        timeout_seconds: float,
+        skip_model_ids: frozenset[str] = frozenset(),
+    ) -> dict[str, ModelCallResult]:
         with self._lock:
             if self._closed:
                 raise RuntimeError("run_cycle on a closed LocalModelSession")
-            self._start_processes()  # models restarted after the last cycle
+            called = {model_id: handle for model_id, handle in self._handles.items() if model_id not in skip_model_ids}
+            for model_id in self._handles.keys() & skip_model_ids:
+                handle = self._handles[model_id]
+                if handle.state is _State.STARTING:
+                    # A restart begun after the last cycle: waiting for it would hold up this cycle,
+                    # and its start-up deadline would lapse unobserved while the model is skipped.
+                    handle.abandon_start()
+            self._start_processes(called)  # models restarted after the last cycle
             self._cycle_number += 1
             request = _encode_request(self._cycle_number, calls)
             results: dict[str, ModelCallResult] = {}
-            for model_id, handle in self._handles.items():
+            for model_id, handle in called.items():
                 if handle.state is _State.BROKEN:
                     results[model_id] = ModelCallResult(model_id, CallStatus.FAILED, detail=f"could not start: {handle.broken_detail}")
 
             deadline = time.monotonic() + timeout_seconds
             exchanges = [
                 _Exchange(handle, request, deadline, self._config.max_output_bytes + REPLY_ENVELOPE_BYTES)
-                for handle in self._handles.values()
+                for handle in called.values()
                 if handle.state is _State.READY
             ]
             run_exchanges(exchanges)
             for exchange in exchanges:
                 results[exchange.handle.model_id] = self._settle_call(exchange, timeout_seconds)
 
-            self._spawn_waiting()  # restarts boot while the coordinator works on this cycle
-            return {info.model_id: results[info.model_id] for info in self._models}
+            # Restarts boot while the coordinator works on this cycle; a skipped model is likely
+            # skipped next cycle too, so it is left alone until it is called again.
+            self._spawn_waiting(called)
+            return {info.model_id: results[info.model_id] for info in self._models if info.model_id in called}
 
     def close(self) -> None:
         with self._lock:
@@ -446,11 +464,12 @@ class LocalModelSession(ModelSession):
             return ModelCallResult(model_id, CallStatus.SUCCESS, output=reply.get("output"), exec_time_ms=exec_time_ms)
         return ModelCallResult(model_id, CallStatus.FAILED, exec_time_ms=exec_time_ms, detail=str(reply.get("detail")))
 
-    def _spawn_waiting(self) -> list[_ModelProcess]:
-        """Spawn NOT_STARTED models while fewer than the limit are starting; return those spawned."""
+    def _spawn_waiting(self, candidates: dict[str, _ModelProcess] | None = None) -> list[_ModelProcess]:
+        """Spawn NOT_STARTED models (of `candidates`, default all) while fewer than the limit are
+        starting; return those spawned."""
         starting = sum(1 for h in self._handles.values() if h.state is _State.STARTING)
         spawned = []
-        for handle in self._handles.values():
+        for handle in (self._handles if candidates is None else candidates).values():
             if starting >= self._config.max_starting_at_once:
                 break
             if handle.state is _State.NOT_STARTED:
@@ -463,18 +482,20 @@ class LocalModelSession(ModelSession):
                 spawned.append(handle)
         return spawned
 
-    def _start_processes(self) -> None:
-        """Bring every NOT_STARTED / STARTING model to READY or BROKEN, a bounded number at once."""
+    def _start_processes(self, candidates: dict[str, _ModelProcess] | None = None) -> None:
+        """Bring every NOT_STARTED / STARTING model (of `candidates`, default all) to READY or
+        BROKEN, a bounded number at once."""
+        candidates = self._handles if candidates is None else candidates
 
         def handshake(handle: _ModelProcess) -> _Exchange:
             return _Exchange(handle, b"", handle.startup_deadline, HANDSHAKE_MAX_BYTES)
 
         def on_settled(exchange: _Exchange) -> list[_Exchange]:
             self._settle_handshake(exchange)
-            return [handshake(handle) for handle in self._spawn_waiting()]
+            return [handshake(handle) for handle in self._spawn_waiting(candidates)]
 
-        self._spawn_waiting()
-        starting = [handshake(h) for h in self._handles.values() if h.state is _State.STARTING]
+        self._spawn_waiting(candidates)
+        starting = [handshake(h) for h in candidates.values() if h.state is _State.STARTING]
         if starting:
             run_exchanges(starting, on_settled)
 

@@ -6,6 +6,7 @@ Call(methodName, args, kwargs)). model-runner-client's DynamicSubclassModelConcu
 connections, calls models concurrently and applies its own penalties: a timed-out model is skipped
 for a few calls (PREEMPTIVE_SKIP), a model failing or timing out too often in a row is reported to the
 orchestrator (`report_failure`) and dropped, a model lacking the called method is dropped at once.
+Answers are then held to the local runner's rules: plain JSON (no NaN), at most max_output_bytes.
 
 The client is asyncio-only while the engine calls run_cycle synchronously, so each session runs the
 client on its own event loop in a background thread.
@@ -46,6 +47,8 @@ from .base import (
     ModelRunnerResource,
     ModelSession,
 )
+# Stdlib-only: the local worker's rules of what a model may answer, shared by both runners.
+from .local_worker import find_unserialisable
 
 logger = logging.getLogger(__name__)
 
@@ -330,7 +333,12 @@ class OrchestratorModelSession(ModelSession):
         with self._announced_lock:
             return list(self._announced.values())
 
-    def run_cycle(self, calls: Sequence[MethodCall], timeout_seconds: float) -> dict[str, ModelCallResult]:
+    def run_cycle(
+        self,
+        calls: Sequence[MethodCall],
+        timeout_seconds: float,
+        skip_model_ids: frozenset[str] = frozenset(),
+    ) -> dict[str, ModelCallResult]:
         if self._closed:
             raise RuntimeError("the model session is closed")
         if not calls:
@@ -338,9 +346,13 @@ class OrchestratorModelSession(ModelSession):
         if timeout_seconds <= 0:
             raise ValueError("timeout_seconds must be positive")
         encoded_calls = [_encode_call(call) for call in calls]
+        # Taken once: a model announced during the cycle is called from the next one on.
+        called_models = [info for info in self.models() if info.model_id not in skip_model_ids]
 
         results: dict[str, ModelCallResult] = {}  # filled on the loop thread as models finish
-        future = asyncio.run_coroutine_threadsafe(self._run_cycle(encoded_calls, timeout_seconds, results), self._loop)
+        future = asyncio.run_coroutine_threadsafe(
+            self._run_cycle(called_models, encoded_calls, timeout_seconds, results), self._loop
+        )
         missing_detail = "the model runner did not finish the cycle"
         try:
             future.result(timeout=timeout_seconds + 2 * _CYCLE_MARGIN_SECONDS)
@@ -351,10 +363,12 @@ class OrchestratorModelSession(ModelSession):
         except Exception:
             logger.exception("Cycle on %s failed in the model runner", self._settings.orchestrator_url)
         answered = dict(results)  # a C-level copy: safe while the loop thread may still write
+        max_output_bytes = self._settings.max_output_bytes
         return {
-            info.model_id: answered.get(info.model_id)
-            or ModelCallResult(info.model_id, CallStatus.ABSENT, detail=missing_detail)
-            for info in self.models()
+            info.model_id: within_output_limits(answered[info.model_id], max_output_bytes)
+            if info.model_id in answered
+            else ModelCallResult(info.model_id, CallStatus.ABSENT, detail=missing_detail)
+            for info in called_models
         }
 
     def close(self) -> None:
@@ -474,7 +488,11 @@ class OrchestratorModelSession(ModelSession):
             self._first_announcement.set()
 
     async def _run_cycle(
-        self, calls: list[_EncodedCall], timeout_seconds: float, results: dict[str, ModelCallResult]
+        self,
+        called_models: list[ModelInfo],
+        calls: list[_EncodedCall],
+        timeout_seconds: float,
+        results: dict[str, ModelCallResult],
     ) -> None:
         deadline = asyncio.get_running_loop().time() + timeout_seconds
         cluster = self._runner.model_cluster
@@ -482,7 +500,7 @@ class OrchestratorModelSession(ModelSession):
         connecting_ids = {str(model_id) for model_id in cluster.pending_model_runs}
 
         chains: dict[asyncio.Task, str] = {}
-        for info in self.models():
+        for info in called_models:
             model_runner = connected.get(info.model_id)
             if model_runner is None:
                 results[info.model_id] = ModelCallResult(
@@ -521,6 +539,7 @@ class OrchestratorModelSession(ModelSession):
             if remaining_seconds <= 0:
                 return outcome(CallStatus.TIMEOUT, f"{call.method}: the cycle budget was used up by earlier calls")
             try:
+                # Exactly this model: the client reads an empty model_runs as "every connected model".
                 answers = await self._runner.call(
                     call.method, (call.args, call.kwargs), timeout=remaining_seconds, model_runs=[model_runner]
                 )
@@ -577,6 +596,22 @@ class OrchestratorModelSession(ModelSession):
         for task in leftovers:
             task.cancel()
         await asyncio.gather(*leftovers, return_exceptions=True)
+
+
+def within_output_limits(result: ModelCallResult, max_output_bytes: int) -> ModelCallResult:
+    """A successful answer that is not plain JSON, or whose compact JSON encoding is larger than
+    `max_output_bytes`, becomes FAILED: the same rules and details as the local runner's worker."""
+    if result.status is not CallStatus.SUCCESS:
+        return result
+    problem = find_unserialisable(result.output)
+    if problem is not None:
+        return dataclasses.replace(result, status=CallStatus.FAILED, output=None, detail=f"output not serialisable: {problem}")
+    output_bytes = len(json.dumps(result.output, allow_nan=False, separators=(",", ":")))  # ASCII: escaped
+    if output_bytes > max_output_bytes:
+        return dataclasses.replace(
+            result, status=CallStatus.FAILED, output=None, detail=f"output too large: {output_bytes} bytes > {max_output_bytes}"
+        )
+    return result
 
 
 def _is_model_cluster_task(task: asyncio.Task) -> bool:

@@ -194,3 +194,18 @@ checkpoints = sa.Table(
     _jsonb("meta"),
     sa.UniqueConstraint("competition", "period_start", "period_end", name="uq_checkpoints_period"),
 )
+
+model_events = sa.Table(
+    "model_events",
+    metadata,
+    _id(),
+    sa.Column("competition", sa.Text, nullable=False),
+    sa.Column("model_id", sa.Text, nullable=False),
+    sa.Column("event", sa.Text, nullable=False),  # QUARANTINED | JOINED | LEFT | STATE_CHANGED
+    sa.Column("at", TZ, nullable=False),  # cycle time (quarantine) or sighting time (registry)
+    sa.Column("reason", sa.Text, nullable=True),
+    _created_at(),
+    _jsonb("meta"),
+    sa.UniqueConstraint("competition", "model_id", "event", "at", name="uq_model_events"),
+    sa.Index("ix_model_events_competition_at", "competition", "at"),
+)

@@ -1,0 +1,82 @@
+"""A gap in the feed: the gap check names it, the cycles that need the missing prices are not
+scored (no invented price), and once the void deadline passes they are VOIDED: neither scored
+nor penalised, with the reason in the store and in the run's metadata."""
+
+import csv
+from dataclasses import replace
+from datetime import datetime, timezone
+
+import dagster as dg
+import sqlalchemy as sa
+
+from crunch_assets.assets import ChainKeys
+from crunch_assets.replay import chain_assets
+from resources.feeds.csv_replay import CsvReplayFeed
+
+START = datetime(2025, 1, 7, 1, tzinfo=timezone.utc)
+GAP_FIRST, GAP_LAST = datetime(2025, 1, 7, 1, 20, tzinfo=timezone.utc), datetime(2025, 1, 7, 1, 24, tzinfo=timezone.utc)
+
+
+def _csv_with_gap(source, target):
+    with open(source, newline="") as reader, open(target, "w", newline="") as writer:
+        rows = csv.DictReader(reader)
+        out = csv.DictWriter(writer, fieldnames=rows.fieldnames)
+        out.writeheader()
+        for row in rows:
+            ts = int(row["timestamp"])
+            if GAP_FIRST.timestamp() <= ts <= GAP_LAST.timestamp():
+                continue  # five candles missing: opens 01:20 .. 01:24
+            if ts > START.timestamp() + 3 * 3600:
+                break
+            out.writerow(row)
+
+
+def _materialize(defs, keys, key_list, partition):
+    return dg.materialize(chain_assets(defs, key_list), resources=defs.resources, partition_key=partition,
+                          raise_on_error=True)
+
+
+def test_a_gap_is_named_waits_then_is_voided(clean_database, btc_csv, tmp_path):
+    from competitions.btc_updown.definitions import SPEC, build_definitions
+
+    gappy = tmp_path / "gappy.csv"
+    _csv_with_gap(btc_csv, gappy)
+    feed = CsvReplayFeed(path=str(gappy), source="csv-gappy")
+    patient = replace(SPEC, start=START, void_after_seconds=100 * 365 * 86400)
+    defs = build_definitions(spec=patient, feed=feed, automation_running=False)
+    keys = ChainKeys.for_slug(patient.slug)
+    hour, next_hour = "2025-01-07-01:00", "2025-01-07-02:00"
+
+    feed_run = _materialize(defs, keys, [keys.feed_records], hour)
+    check = feed_run.get_asset_check_evaluations()[0]
+    assert not check.passed
+    gaps = check.metadata["gaps"].value
+    assert gaps["BTC"]["missing"] == 5
+    assert gaps["BTC"]["ranges"] == ["2025-01-07T01:20:00+00:00 .. 2025-01-07T01:24:00+00:00"]
+    _materialize(defs, keys, [keys.feed_records], next_hour)
+    _materialize(defs, keys, [keys.predictions, keys.scores], hour)
+
+    engine = sa.create_engine(clean_database)
+    with engine.connect() as connection:
+        pending = connection.execute(sa.text(
+            "SELECT DISTINCT cycle_at FROM crunch.predictions WHERE status = 'PENDING' ORDER BY 1")).scalars().all()
+    # the staleness bound (120 s) bridges one or two missing minutes, not the middle of a 5-minute gap
+    assert pending and all(GAP_FIRST <= c <= GAP_LAST.replace(minute=26) for c in pending)
+    assert len(pending) < 5
+
+    strict = replace(patient, void_after_seconds=3600)
+    defs_strict = build_definitions(spec=strict, feed=feed, automation_running=False)
+    voiding = _materialize(defs_strict, keys, [keys.scores], hour)
+    metadata = voiding.asset_materializations_for_node(ChainKeys.op_name(keys.scores))[0].metadata
+    assert metadata["cycles_voided"].value == len(pending) and metadata["pending"].value == 0
+    with engine.connect() as connection:
+        voided = connection.execute(sa.text(
+            "SELECT p.cycle_at, p.status_reason, s.id AS score_id FROM crunch.predictions p "
+            "LEFT JOIN crunch.scores s ON s.prediction_id = p.id WHERE p.status = 'VOIDED'")).fetchall()
+        inputs = connection.execute(sa.text(
+            "SELECT count(*) FROM crunch.inputs WHERE status = 'VOIDED' AND meta ? 'void_reason'")).scalar()
+    engine.dispose()
+    assert sorted({v.cycle_at for v in voided}) == pending and len(voided) == 3 * len(pending)
+    assert all(v.score_id is None for v in voided)  # neither scored nor penalised
+    assert all("ground truth missing" in v.status_reason for v in voided)
+    assert inputs == len(pending)

@@ -1,0 +1,99 @@
+"""Fault policy in the engine: quarantine after consecutive failures, the model registry sensor."""
+
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import dagster as dg
+import sqlalchemy as sa
+
+from crunch_assets.assets import ChainKeys, as_of_run_config
+from crunch_assets.replay import chain_assets
+
+START = datetime(2026, 11, 4, tzinfo=timezone.utc)
+PARTITION = "2026-11-04-00:00"
+
+
+def _write_models(directory: Path, calls_log: Path) -> None:
+    directory.mkdir()
+    (directory / "steady.py").write_text(
+        "from competitions.btc_updown.model_base import UpDownModel\n\n"
+        "class Steady(UpDownModel):\n"
+        "    def predict(self, subject, resolve_horizon_seconds, step_seconds):\n"
+        "        return {'p_up': 0.55}\n"
+    )
+    (directory / "broken.py").write_text(
+        "from competitions.btc_updown.model_base import UpDownModel\n\n"
+        "class Broken(UpDownModel):\n"
+        "    def predict(self, subject, resolve_horizon_seconds, step_seconds):\n"
+        f"        open({str(calls_log)!r}, 'a').write('call\\n')\n"
+        "        raise ValueError('always broken')\n"
+    )
+
+
+def _run_predictions(defs, spec, minutes):
+    keys = ChainKeys.for_slug(spec.slug)
+    ops = [ChainKeys.op_name(keys.feed_records), ChainKeys.op_name(keys.predictions)]
+    return dg.materialize(chain_assets(defs, [keys.feed_records, keys.predictions]), resources=defs.resources,
+                          partition_key=PARTITION, run_config=as_of_run_config(ops, START + timedelta(minutes=minutes)))
+
+
+def test_quarantine_after_consecutive_failures_then_retry(clean_database, tmp_path):
+    from competitions.btc_updown.definitions import SPEC, build_definitions
+    from resources.feeds.synthetic import SyntheticFeed
+    from resources.model_runners.local import LocalModelRunner
+
+    calls_log = tmp_path / "calls.log"
+    _write_models(tmp_path / "models", calls_log)
+    spec = replace(SPEC, start=START, quarantine_after_failures=3, quarantine_cooldown_seconds=180)
+    defs = build_definitions(spec=spec, feed=SyntheticFeed(), automation_running=False,
+                             model_runner=LocalModelRunner(models_dir=str(tmp_path / "models"), call_timeout_seconds=2))
+    # two runs (as live cycles would be): the policy's state carries over through the store
+    _run_predictions(defs, spec, minutes=4)
+    _run_predictions(defs, spec, minutes=9)
+
+    engine = sa.create_engine(clean_database)
+    with engine.connect() as connection:
+        broken = connection.execute(sa.text(
+            "SELECT cycle_at, status, status_reason FROM crunch.predictions WHERE model_id = 'broken' ORDER BY cycle_at"
+        )).fetchall()
+        steady = connection.execute(sa.text(
+            "SELECT DISTINCT status FROM crunch.predictions WHERE model_id = 'steady'")).scalars().all()
+        events = connection.execute(sa.text(
+            "SELECT at, event, meta->>'quarantined_until' FROM crunch.model_events ORDER BY at")).fetchall()
+    engine.dispose()
+    minute = lambda m: START + timedelta(minutes=m)  # noqa: E731
+    quarantined = [row.cycle_at for row in broken if row.status_reason.startswith("quarantined")]
+    # fails at 0, 1, 2 -> quarantined for 180 s (cycles 3, 4); tried at 5, 6, 7 -> quarantined 8, 9
+    assert quarantined == [minute(3), minute(4), minute(8), minute(9)]
+    assert all(row.status == "FAILED" for row in broken) and len(broken) == 10  # quarantine still counts
+    assert calls_log.read_text().count("call") == 6  # never called while quarantined
+    assert [(e.at, e.event) for e in events] == [(minute(2), "QUARANTINED"), (minute(7), "QUARANTINED")]
+    assert events[0][2] == minute(5).isoformat()
+    assert steady == ["PENDING"]
+
+
+def test_model_registry_sensor_records_joins_and_leaves(clean_database, tmp_path):
+    from competitions.btc_updown.definitions import SPEC, build_definitions
+    from resources.model_runners.local import LocalModelRunner
+
+    models = tmp_path / "models"
+    _write_models(models, tmp_path / "calls.log")
+    defs = build_definitions(spec=replace(SPEC, start=START), automation_running=True,
+                             model_runner=LocalModelRunner(models_dir=str(models)))
+    sensor = next(s for s in defs.sensors if s.name == "btc_updown__model_registry_sensor")
+
+    def tick():
+        return sensor.evaluate_tick(dg.build_sensor_context(resources=defs.resources, definitions=defs)).skip_message
+
+    assert tick() == "2 RUNNING; JOINED broken; JOINED steady"
+    assert tick() == "2 RUNNING; no change"
+    (models / "broken.py").unlink()
+    assert tick() == "1 RUNNING; LEFT broken"
+    engine = sa.create_engine(clean_database)
+    with engine.connect() as connection:
+        states = dict(connection.execute(sa.text("SELECT model_id, state FROM crunch.models")).fetchall())
+        events = connection.execute(sa.text("SELECT event, model_id FROM crunch.model_events ORDER BY id")).fetchall()
+    engine.dispose()
+    assert states == {"steady": "RUNNING", "broken": "GONE"}
+    assert [tuple(e) for e in events] == [("JOINED", "broken"), ("JOINED", "steady"), ("LEFT", "broken")]
