@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import Iterable
@@ -15,7 +16,26 @@ from resources.store import schema as t
 from resources.store.database import upsert
 
 
+# Below this many candles one multi-row INSERT is quicker than staging (a live cycle writes a few).
+COPY_MIN_CANDLES = 500
+_STAGE_TABLE = "pg_temp.feed_records_stage"
+_COPY_SPECIALS = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _candle_values(c: Candle) -> dict[str, float]:
+    return {"open": c.open, "high": c.high, "low": c.low, "close": c.close, "volume": c.volume}
+
+
 def upsert_candles(connection: sa.Connection, source: str, candles: Iterable[Candle]) -> int:
+    """Write candles to feed_records; returns the number of rows inserted or changed.
+
+    A candle already stored with the same price and values is left untouched (its xmin does not
+    change); a corrected one is updated. Large batches go through COPY into a temporary table and
+    one INSERT .. SELECT .. ON CONFLICT, in the caller's transaction.
+    """
+    candles = candles if isinstance(candles, list) else list(candles)
+    if len(candles) >= COPY_MIN_CANDLES:
+        return _copy_upsert_candles(connection, source, candles)
     rows = [
         {
             "source": source,
@@ -23,8 +43,8 @@ def upsert_candles(connection: sa.Connection, source: str, candles: Iterable[Can
             "kind": "candle",
             "granularity": granularity_label(c.granularity_seconds),
             "ts_event": c.ts_event,
-            "price": c.close,
-            "values": {"open": c.open, "high": c.high, "low": c.low, "close": c.close, "volume": c.volume},
+            "price": float(c.close),
+            "values": {name: float(value) for name, value in _candle_values(c).items()},
         }
         for c in candles
     ]
@@ -35,6 +55,64 @@ def upsert_candles(connection: sa.Connection, source: str, candles: Iterable[Can
         ["source", "subject", "kind", "granularity", "ts_event"],
         update_columns=["price", "values"],
     )
+    return written
+
+
+def _copy_text(value: str) -> str:
+    """A text field in COPY's text format (backslash, tab and newlines escaped)."""
+    return value.translate(_COPY_SPECIALS)
+
+
+def _candle_copy_lines(candles: list[Candle]) -> str:
+    """COPY text rows: subject, granularity, ts_event, price, values (JSON). Floats are written
+    with repr, the shortest text that reads back to the same double (what json.dumps writes)."""
+    labels: dict[tuple[str, int], str] = {}  # (subject, granularity_seconds) -> escaped prefix
+    lines = []
+    append = lines.append
+    for c in candles:
+        prefix = labels.get((c.subject, c.granularity_seconds))
+        if prefix is None:
+            prefix = labels[(c.subject, c.granularity_seconds)] = (
+                f"{_copy_text(c.subject)}\t{_copy_text(granularity_label(c.granularity_seconds))}\t"
+            )
+        close = float(c.close)
+        append(
+            f'{prefix}{c.ts_event.isoformat()}\t{close!r}\t{{"open": {float(c.open)!r}, "high": {float(c.high)!r}, '
+            f'"low": {float(c.low)!r}, "close": {close!r}, "volume": {float(c.volume)!r}}}\n'
+        )
+    return "".join(lines)
+
+
+def _copy_upsert_candles(connection: sa.Connection, source: str, candles: list[Candle]) -> int:
+    """COPY into a temporary staging table, then one INSERT .. SELECT .. ON CONFLICT that updates
+    only rows whose price or values really change. Same transaction as the caller's statements:
+    the raw psycopg2 connection is the one `connection` holds."""
+    raw_connection = connection.connection.dbapi_connection
+    with raw_connection.cursor() as cursor:
+        # Dropped and created per call: a second call in the same transaction starts empty, and a
+        # table left by a failed autocommit call cannot get in the way.
+        cursor.execute(
+            f"DROP TABLE IF EXISTS {_STAGE_TABLE}; "
+            f"CREATE TABLE {_STAGE_TABLE} "  # pg_temp: a temporary table, private to this session
+            "(subject text NOT NULL, granularity text NOT NULL, ts_event timestamptz NOT NULL, "
+            "price double precision NOT NULL, \"values\" jsonb NOT NULL)"
+        )
+        cursor.copy_expert(
+            f"COPY {_STAGE_TABLE} (subject, granularity, ts_event, price, \"values\") FROM STDIN",
+            io.StringIO(_candle_copy_lines(candles)),
+        )
+        cursor.execute(
+            f"""
+            INSERT INTO crunch.feed_records (source, subject, kind, granularity, ts_event, price, "values")
+            SELECT %(source)s, subject, 'candle', granularity, ts_event, price, "values" FROM {_STAGE_TABLE}
+            ON CONFLICT (source, subject, kind, granularity, ts_event) DO UPDATE
+            SET price = excluded.price, "values" = excluded."values"
+            WHERE (feed_records.price, feed_records."values") IS DISTINCT FROM (excluded.price, excluded."values")
+            """,
+            {"source": source},
+        )
+        written = cursor.rowcount
+        cursor.execute(f"DROP TABLE {_STAGE_TABLE}")
     return written
 
 
@@ -146,3 +224,26 @@ def prediction_status_counts(connection: sa.Connection, competition: str, start:
         .group_by(p.c.status)
     )
     return {status: int(count) for status, count in rows}
+
+
+
+def feed_coverage(connection: sa.Connection, source: str, subjects: list[str], granularity_seconds: int) -> datetime | None:
+    """Up to when every subject's feed is stored (the slowest subject's last candle close)."""
+    s = t.feed_ingestion_state
+    rows = connection.execute(
+        sa.select(s.c.subject, s.c.last_event_ts).where(
+            s.c.source == source, s.c.subject.in_(subjects), s.c.granularity == granularity_label(granularity_seconds)
+        )
+    ).fetchall()
+    if len(rows) < len(subjects) or any(r.last_event_ts is None for r in rows):
+        return None
+    return min(r.last_event_ts for r in rows) + timedelta(seconds=granularity_seconds)
+
+
+def first_snapshot_hours(connection: sa.Connection, competition: str) -> dict[str, datetime]:
+    """Each model's first scored hour: when it joined, as far as ranking is concerned."""
+    s = t.snapshots
+    rows = connection.execute(
+        sa.select(s.c.model_id, sa.func.min(s.c.period_start)).where(s.c.competition == competition).group_by(s.c.model_id)
+    )
+    return {model_id: first for model_id, first in rows}
