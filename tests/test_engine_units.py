@@ -118,3 +118,17 @@ def test_a_bad_callable_fails_the_code_location_load():
             SPEC, _rules(scoring_function="competitions.btc_updown.logic:nope"), SyntheticFeed(),
             LocalModelRunner(models_dir="."),
         )
+
+
+@pytest.mark.parametrize(
+    "feed_factory, message",
+    [
+        (lambda: __import__("resources.feeds.binance", fromlist=["BinanceFeed"]).BinanceFeed(symbols={"ETH": "ETHUSDT"}), "BTC"),
+        (lambda: __import__("resources.feeds.pyth", fromlist=["PythFeed"]).PythFeed(feed_ids={"BTC": "0x1234"}), "BTC"),
+    ],
+)
+def test_a_feed_that_cannot_serve_a_subject_fails_the_load(feed_factory, message):
+    from competitions.btc_updown.definitions import build_definitions
+
+    with pytest.raises(Exception, match=message):
+        build_definitions(feed=feed_factory())

@@ -13,10 +13,13 @@ from crunch_assets.definitions import build_competition_definitions
 from crunch_assets.rules import CallableRules
 from crunch_assets.spec import CompetitionSpec, Scope
 from resources.feeds.base import FeedResource
+from resources.feeds.binance import BinanceFeed
 from resources.feeds.csv_replay import CsvReplayFeed
+from resources.feeds.pyth import PythFeed
 from resources.feeds.synthetic import SyntheticFeed
 from resources.model_runners.base import ModelRunnerResource
 from resources.model_runners.local import LocalModelRunner
+from resources.model_runners.orchestrator import OrchestratorModelRunner
 
 MODELS_DIR = Path(__file__).with_name("models")
 LOGIC = "competitions.btc_updown.logic"
@@ -41,13 +44,40 @@ RULES = CallableRules(
 
 
 def feed_from_environment() -> FeedResource:
-    """CRUNCH_BTC_UPDOWN_FEED = synthetic (default, offline) | csv (CRUNCH_BTC_UPDOWN_CSV = path)."""
+    """CRUNCH_BTC_UPDOWN_FEED: synthetic (default: offline, deterministic) | csv (path in
+    CRUNCH_BTC_UPDOWN_CSV) | binance (CRUNCH_BINANCE_BASE_URL) | pyth (CRUNCH_PYTH_HISTORY_URL,
+    CRUNCH_PYTH_HERMES_URL, API key from CRUNCH_PYTH_API_KEY)."""
     choice = os.environ.get("CRUNCH_BTC_UPDOWN_FEED", "synthetic")
     if choice == "synthetic":
         return SyntheticFeed()
     if choice == "csv":
         return CsvReplayFeed(path=os.environ["CRUNCH_BTC_UPDOWN_CSV"], source="csv")
-    raise ValueError(f"CRUNCH_BTC_UPDOWN_FEED={choice!r}: expected 'synthetic' or 'csv'")
+    if choice == "binance":
+        return BinanceFeed(base_url=os.environ.get("CRUNCH_BINANCE_BASE_URL", "https://api.binance.com"))
+    if choice == "pyth":
+        return PythFeed(
+            history_base_url=os.environ.get("CRUNCH_PYTH_HISTORY_URL", "https://benchmarks.pyth.network"),
+            hermes_base_url=os.environ.get("CRUNCH_PYTH_HERMES_URL", "https://hermes.pyth.network"),
+            api_key=dg.EnvVar("CRUNCH_PYTH_API_KEY") if os.environ.get("CRUNCH_PYTH_API_KEY") else None,
+        )
+    raise ValueError(f"CRUNCH_BTC_UPDOWN_FEED={choice!r}: expected synthetic, csv, binance or pyth")
+
+
+def model_runner_from_environment() -> ModelRunnerResource:
+    """CRUNCH_BTC_UPDOWN_RUNNER: local (default: the models in ./models, each in its own process) |
+    orchestrator (CRUNCH_ORCHESTRATOR_HOST, CRUNCH_ORCHESTRATOR_PORT, CRUNCH_ORCHESTRATOR_CRUNCH_ID)."""
+    choice = os.environ.get("CRUNCH_BTC_UPDOWN_RUNNER", "local")
+    if choice == "local":
+        return LocalModelRunner(models_dir=str(MODELS_DIR), call_timeout_seconds=5.0)
+    if choice == "orchestrator":
+        return OrchestratorModelRunner(
+            host=os.environ["CRUNCH_ORCHESTRATOR_HOST"],
+            port=int(os.environ["CRUNCH_ORCHESTRATOR_PORT"]),
+            crunch_id=os.environ["CRUNCH_ORCHESTRATOR_CRUNCH_ID"],
+            call_timeout_seconds=5.0,
+            connect_timeout_seconds=5.0,  # a cycle must not wait long for an unreachable node
+        )
+    raise ValueError(f"CRUNCH_BTC_UPDOWN_RUNNER={choice!r}: expected local or orchestrator")
 
 
 def build_definitions(
@@ -60,7 +90,7 @@ def build_definitions(
         spec=spec,
         rules=RULES,
         feed=feed or feed_from_environment(),
-        model_runner=model_runner or LocalModelRunner(models_dir=str(MODELS_DIR), call_timeout_seconds=5.0),
+        model_runner=model_runner or model_runner_from_environment(),
         automation_running=automation_running,
     )
 
