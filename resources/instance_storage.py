@@ -23,41 +23,10 @@ _CONFIG = {
 }
 
 
-def _url(config_value: dict) -> str:
-    return resolve_database_url(config_value.get("postgres_url"))
+class _ResolvedUrl:
+    """Config without a required URL: resolved like the competition store's (explicit URL,
+    $CRUNCH_DATABASE_URL, else the embedded server)."""
 
-
-class CrunchRunStorage(PostgresRunStorage):
-    @classmethod
-    def config_type(cls):
-        return _CONFIG
-
-    @classmethod
-    def from_config_value(cls, inst_data, config_value):
-        return cls(_url(config_value), config_value.get("should_autocreate_tables", True), inst_data=inst_data)
-
-
-class CrunchEventLogStorage(PostgresEventLogStorage):
-    @classmethod
-    def config_type(cls):
-        return _CONFIG
-
-    @classmethod
-    def from_config_value(cls, inst_data, config_value):
-        return cls(_url(config_value), config_value.get("should_autocreate_tables", True), inst_data=inst_data)
-
-
-class CrunchScheduleStorage(PostgresScheduleStorage):
-    @classmethod
-    def config_type(cls):
-        return _CONFIG
-
-    @classmethod
-    def from_config_value(cls, inst_data, config_value):
-        return cls(_url(config_value), config_value.get("should_autocreate_tables", True), inst_data=inst_data)
-
-
-class CrunchPostgresStorage(DagsterPostgresStorage):
     @classmethod
     def config_type(cls):
         return _CONFIG
@@ -65,10 +34,27 @@ class CrunchPostgresStorage(DagsterPostgresStorage):
     @classmethod
     def from_config_value(cls, inst_data, config_value):
         return cls(
-            postgres_url=_url(config_value),
-            should_autocreate_tables=config_value.get("should_autocreate_tables", True),
+            resolve_database_url(config_value.get("postgres_url")),
+            config_value.get("should_autocreate_tables", True),
             inst_data=inst_data,
         )
+
+
+class CrunchRunStorage(_ResolvedUrl, PostgresRunStorage):
+    pass
+
+
+class CrunchEventLogStorage(_ResolvedUrl, PostgresEventLogStorage):
+    pass
+
+
+class CrunchScheduleStorage(_ResolvedUrl, PostgresScheduleStorage):
+    pass
+
+
+class CrunchPostgresStorage(_ResolvedUrl, DagsterPostgresStorage):
+    """The instance storage named in dagster.yaml; its three parts are re-created from the
+    instance ref in other processes, so each is one of the classes above."""
 
     def _sub_storage_data(self, class_name: str) -> ConfigurableClassData | None:
         if not self.inst_data:
