@@ -8,6 +8,8 @@ backfill leaves it unset and processes the whole window, through the same code.
 
 
 import math
+import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -144,6 +146,7 @@ def build_chain_assets(
         written = fetched = pages = 0
         skipped: dict[str, int] = defaultdict(int)
         watermarks, errors = {}, {}
+        live_deadline = time.monotonic() + spec.live_feed_wait_seconds
         for subject in spec.subjects:
             with database.engine.connect() as connection:
                 stored_until = q.watermark(connection, feed.source_name(), subject, granularity_seconds)
@@ -153,7 +156,14 @@ def build_chain_assets(
             if stored_until is None or stored_until < window_open_start - step:
                 fetch_start = window_open_start - timedelta(seconds=spec.history_seconds)
             try:  # no transaction is held open across the network call
-                result = feed.fetch_candles(subject, fetch_start, window_open_end, as_of=as_of)
+                if live:
+                    remaining_seconds = live_deadline - time.monotonic()
+                    result = call_with_deadline(
+                        lambda: feed.fetch_candles(subject, fetch_start, window_open_end, as_of=as_of),
+                        remaining_seconds,
+                    )
+                else:
+                    result = feed.fetch_candles(subject, fetch_start, window_open_end, as_of=as_of)
             except Exception as error:
                 if not live:
                     raise  # a backfill that cannot fetch fails visibly, to be retried
@@ -590,6 +600,31 @@ def build_chain_assets(
         )
 
     return [feed_records, predictions, scores, snapshots, leaderboard, emission_checkpoints]
+
+
+class FeedTooSlow(TimeoutError):
+    pass
+
+
+def call_with_deadline(fn, seconds: float):
+    """fn() if it returns within `seconds`; else FeedTooSlow. The call goes on in a daemon thread
+    (bounded by the feed's own time limits) so the cycle does not wait for it."""
+    outcome: dict = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = fn()
+        except BaseException as error:  # handed to the caller below
+            outcome["error"] = error
+
+    worker = threading.Thread(target=target, daemon=True, name="feed-fetch")
+    worker.start()
+    worker.join(max(0.0, seconds))
+    if worker.is_alive():
+        raise FeedTooSlow(f"the feed did not answer within {seconds:.1f} s; the cycle goes on with stored data")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def _ceil_hour(instant: datetime) -> datetime:

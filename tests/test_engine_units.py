@@ -132,3 +132,17 @@ def test_a_feed_that_cannot_serve_a_subject_fails_the_load(feed_factory, message
 
     with pytest.raises(Exception, match=message):
         build_definitions(feed=feed_factory())
+
+
+def test_call_with_deadline_returns_raises_or_gives_up_in_time():
+    import time as clock
+
+    from crunch_assets.assets import FeedTooSlow, call_with_deadline
+
+    assert call_with_deadline(lambda: 42, 1.0) == 42
+    with pytest.raises(ZeroDivisionError):
+        call_with_deadline(lambda: 1 / 0, 1.0)
+    began = clock.monotonic()
+    with pytest.raises(FeedTooSlow, match="within 0.2 s"):
+        call_with_deadline(lambda: clock.sleep(5), 0.2)
+    assert clock.monotonic() - began < 2.0

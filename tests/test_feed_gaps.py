@@ -4,7 +4,7 @@ nor penalised, with the reason in the store and in the run's metadata."""
 
 import csv
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 import sqlalchemy as sa
@@ -80,3 +80,49 @@ def test_a_gap_is_named_waits_then_is_voided(clean_database, btc_csv, tmp_path):
     assert all(v.score_id is None for v in voided)  # neither scored nor penalised
     assert all("ground truth missing" in v.status_reason for v in voided)
     assert inputs == len(pending)
+
+
+def test_a_live_cycle_does_not_wait_for_a_slow_feed(clean_database):
+    import time
+
+    from competitions.btc_updown.definitions import SPEC, build_definitions
+    from crunch_assets.assets import as_of_run_config
+    from resources.feeds.synthetic import SyntheticFeed
+
+    class SlowFeed(SyntheticFeed):
+        delay_seconds: float = 0.0
+
+        def fetch_candles(self, subject, start, end, *, as_of):
+            time.sleep(self.delay_seconds)
+            return super().fetch_candles(subject, start, end, as_of=as_of)
+
+    start = datetime(2026, 11, 5, tzinfo=timezone.utc)
+    spec = replace(SPEC, start=start, live_feed_wait_seconds=0.5)
+    keys = ChainKeys.for_slug(spec.slug)
+    ops = [ChainKeys.op_name(keys.feed_records), ChainKeys.op_name(keys.predictions)]
+    partition = "2026-11-05-00:00"
+
+    def cycle(feed, minute):
+        defs = build_definitions(spec=spec, feed=feed, automation_running=False)
+        return dg.materialize(chain_assets(defs, [keys.feed_records, keys.predictions]), resources=defs.resources,
+                              partition_key=partition,
+                              run_config=as_of_run_config(ops, start + timedelta(minutes=minute)))
+
+    cycle(SlowFeed(), 0)  # a healthy feed stores the history
+    began = time.monotonic()
+    slow = cycle(SlowFeed(delay_seconds=30), 1)
+    assert time.monotonic() - began < 20  # the cycle went on after 0.5 s, not 30 s
+    feed_metadata = slow.asset_materializations_for_node(ops[0])[0].metadata
+    assert "did not answer within 0.5 s" in feed_metadata["feed_errors"].value["BTC"]
+    predictions = slow.asset_materializations_for_node(ops[1])[0].metadata
+    assert predictions["cycles_run"].value == 1 and predictions["predictions_made"].value == 3
+
+    # a backfill does not swallow feed errors: it fails visibly, to be retried
+    class BrokenFeed(SyntheticFeed):
+        def fetch_candles(self, subject, start, end, *, as_of):
+            raise ConnectionError("feed down")
+
+    defs = build_definitions(spec=spec, feed=BrokenFeed(), automation_running=False)
+    result = dg.materialize(chain_assets(defs, [keys.feed_records]), resources=defs.resources,
+                            partition_key="2026-11-05-01:00", raise_on_error=False)
+    assert not result.success
