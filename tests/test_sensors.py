@@ -125,8 +125,8 @@ def test_daily_rollup_schedule_finalises_yesterday(competition):
     spec, defs = competition
     schedule = next(s for s in defs.schedules if s.name == "btc_updown__daily_rollup_schedule")
     tick = datetime(2026, 11, 10, 0, 15, tzinfo=timezone.utc)
-    result = schedule.evaluate_tick(dg.build_schedule_context(scheduled_execution_time=tick, definitions=defs))
+    result = schedule.evaluate_tick(dg.build_schedule_context(scheduled_execution_time=tick, repository_def=defs.get_repository_def()))
     assert [r.partition_key for r in result.run_requests] == ["2026-11-09"]
     before_start = datetime(2026, 11, 3, 0, 15, tzinfo=timezone.utc)  # the day before is before the start
-    skipped = schedule.evaluate_tick(dg.build_schedule_context(scheduled_execution_time=before_start, definitions=defs))
+    skipped = schedule.evaluate_tick(dg.build_schedule_context(scheduled_execution_time=before_start, repository_def=defs.get_repository_def()))
     assert not skipped.run_requests and "had not started" in skipped.skip_message
