@@ -4,7 +4,7 @@ tiered frac64 emission. The reference coordinator's starter competition, as a co
 from __future__ import annotations
 
 import os
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 import dagster as dg
@@ -26,8 +26,11 @@ LOGIC = "competitions.btc_updown.logic"
 
 SPEC = CompetitionSpec(
     slug="btc_updown",
-    start=datetime(2026, 11, 1, tzinfo=timezone.utc),
+    # Overridable so that a past range (e.g. the CSV replay data from 2025-01-07T01:00Z) can be
+    # backfilled from the UI.
+    start=datetime.fromisoformat(os.environ.get("CRUNCH_BTC_UPDOWN_START", "2026-11-01T00:00:00+00:00")),
     scopes=(Scope(subject="BTC", resolve_horizon_seconds=60, prediction_interval_seconds=60),),
+    checkpoint_interval_seconds=int(os.environ.get("CRUNCH_BTC_UPDOWN_CHECKPOINT_INTERVAL_SECONDS", "604800")),
     description="Will BTC/USD be higher one minute from now?",
 )
 
@@ -84,8 +87,10 @@ def build_definitions(
     spec: CompetitionSpec = SPEC,
     feed: FeedResource | None = None,
     model_runner: ModelRunnerResource | None = None,
-    automation_running: bool = True,
+    automation_running: bool | None = None,
 ) -> dg.Definitions:
+    if automation_running is None:  # CRUNCH_AUTOMATION=off starts sensors and schedules STOPPED
+        automation_running = os.environ.get("CRUNCH_AUTOMATION", "on") != "off"
     return build_competition_definitions(
         spec=spec,
         rules=RULES,
