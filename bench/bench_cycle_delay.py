@@ -66,6 +66,10 @@ def main() -> None:
             "SELECT p.resolvable_at, min(s.scored_at) FROM crunch.scores s JOIN crunch.predictions p ON p.id = s.prediction_id "
             "WHERE p.cycle_at >= :began AND s.success GROUP BY p.resolvable_at"
         ), {"began": began}).fetchall()
+        leaderboards = connection.execute(sa.text("SELECT count(*) FROM crunch.leaderboards")).scalar()
+        statuses = dict(connection.execute(sa.text(
+            "SELECT status, count(*) FROM crunch.predictions WHERE cycle_at >= :began GROUP BY 1"), {"began": began}
+        ).fetchall())
     engine.dispose()
     delays = [(created - cycle_at).total_seconds() for cycle_at, created in stored]
     score_delays = [(at - resolvable).total_seconds() for resolvable, at in scored]
@@ -76,6 +80,7 @@ def main() -> None:
     print(f"cycles stored live: {len(delays)}")
     print(f"due time -> predictions stored: median {statistics.median(delays):.2f} s, "
           f"p90 {percentile(delays, 0.9):.2f} s, max {max(delays):.2f} s")
+    print(f"prediction statuses: {statuses}; leaderboards stored: {leaderboards}")
     if score_delays:
         print(f"resolvable time -> scores stored: median {statistics.median(score_delays):.1f} s, "
               f"max {max(score_delays):.1f} s (settlement sensor every 30 s)")

@@ -6,6 +6,7 @@ import dagster as dg
 
 from crunch_assets.assets import ChainKeys, build_chain_assets
 from crunch_assets.automation import build_automation, build_jobs
+from crunch_assets.feed_maintenance import build_feed_maintenance
 from crunch_assets.partitions import build_partitions
 from crunch_assets.rules import CallableRules, CompetitionRules
 from crunch_assets.spec import CompetitionSpec
@@ -34,11 +35,14 @@ def build_competition_definitions(
     keys = ChainKeys.for_slug(spec.slug)
     jobs = build_jobs(spec, partitions, keys)
     sensors, schedules = build_automation(spec, partitions, keys, jobs, running=automation_running)
+    archive_assets, maintenance_jobs, maintenance_schedules = build_feed_maintenance(
+        spec, partitions, keys, retention_days=spec.feed_retention_days, running=automation_running
+    )
     return dg.Definitions(
-        assets=build_chain_assets(spec, partitions, keys),
-        jobs=jobs.all(),
+        assets=build_chain_assets(spec, partitions, keys) + archive_assets,
+        jobs=jobs.all() + maintenance_jobs,
         sensors=sensors,
-        schedules=schedules,
+        schedules=schedules + maintenance_schedules,
         resources={
             "database": database or CrunchDatabase(),
             "rules": rules,

@@ -80,6 +80,8 @@ class CompetitionSpec:
     void_after_seconds: int = 3600
     # How long a live cycle waits for its feed (all subjects) before going on with stored data.
     live_feed_wait_seconds: float = 10.0
+    # Feed rows older than this (by market time) are deleted once archived to Parquet.
+    feed_retention_days: int = 90
     # Live feed polling between cycles (keeps ground truth fresh when cycles are sparse).
     feed_poll_interval_seconds: int = 30
     # Live catch-up bound: cycles older than this when the sensor first sees them are not run live

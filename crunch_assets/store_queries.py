@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import io
 from collections import defaultdict
 from datetime import datetime, timedelta
-from typing import Iterable
+from typing import Iterable, Iterator
 
+import psycopg2.errors
 import sqlalchemy as sa
 
 from crunch_assets.prices import PriceObservation, PriceSeries
@@ -16,26 +16,43 @@ from resources.store import schema as t
 from resources.store.database import upsert
 
 
-# Below this many candles one multi-row INSERT is quicker than staging (a live cycle writes a few).
+# Below this many candles one multi-row INSERT is quicker than COPY (a live cycle writes a few).
 COPY_MIN_CANDLES = 500
+_FEED_RECORDS = "crunch.feed_records"
 _STAGE_TABLE = "pg_temp.feed_records_stage"
+_COPY_COLUMNS = '(source, subject, kind, granularity, ts_event, price, "values")'
+_COPY_CHUNK_CANDLES = 500  # rows formatted per read(): the server parses one chunk while we format the next
 _COPY_SPECIALS = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-def _candle_values(c: Candle) -> dict[str, float]:
-    return {"open": c.open, "high": c.high, "low": c.low, "close": c.close, "volume": c.volume}
+# One COPY row after the source/subject/kind/granularity prefix: ts_event, price, values. Numbers go
+# through str(), which for a float is its shortest round-trip text, as json.dumps writes it.
+_COPY_ROW = '%s%s\t%s\t{"open": %s, "high": %s, "low": %s, "close": %s, "volume": %s}\n'
 
 
 def upsert_candles(connection: sa.Connection, source: str, candles: Iterable[Candle]) -> int:
     """Write candles to feed_records; returns the number of rows inserted or changed.
 
     A candle already stored with the same price and values is left untouched (its xmin does not
-    change); a corrected one is updated. Large batches go through COPY into a temporary table and
-    one INSERT .. SELECT .. ON CONFLICT, in the caller's transaction.
+    change); a corrected one is updated. Everything happens in the caller's transaction.
+
+    Large batches go through COPY (a multi-row INSERT manages a few thousand rows a second; a
+    backfill needs tens of thousands): straight into feed_records when none of the batch's time
+    spans holds a stored row (new history), otherwise into a temporary table followed by one
+    INSERT .. SELECT .. ON CONFLICT.
     """
     candles = candles if isinstance(candles, list) else list(candles)
-    if len(candles) >= COPY_MIN_CANDLES:
-        return _copy_upsert_candles(connection, source, candles)
+    raw_connection = connection.connection.dbapi_connection
+    # The staging table lives until the transaction ends: autocommit connections take the INSERT.
+    if len(candles) < COPY_MIN_CANDLES or raw_connection.autocommit:
+        return _insert_candles(connection, source, candles)
+    with raw_connection.cursor() as cursor:
+        if not _any_candle_stored(cursor, source, candles):
+            written = _copy_candles_into_empty_ranges(cursor, source, candles)
+            if written is not None:
+                return written
+        return _copy_upsert_candles_through_stage(cursor, source, candles)
+
+
+def _insert_candles(connection: sa.Connection, source: str, candles: list[Candle]) -> int:
     rows = [
         {
             "source": source,
@@ -43,8 +60,8 @@ def upsert_candles(connection: sa.Connection, source: str, candles: Iterable[Can
             "kind": "candle",
             "granularity": granularity_label(c.granularity_seconds),
             "ts_event": c.ts_event,
-            "price": float(c.close),
-            "values": {name: float(value) for name, value in _candle_values(c).items()},
+            "price": c.close,
+            "values": {"open": c.open, "high": c.high, "low": c.low, "close": c.close, "volume": c.volume},
         }
         for c in candles
     ]
@@ -58,62 +75,101 @@ def upsert_candles(connection: sa.Connection, source: str, candles: Iterable[Can
     return written
 
 
+def _any_candle_stored(cursor, source: str, candles: list[Candle]) -> bool:
+    """Whether feed_records holds any row in the batch's time span of each (subject, granularity):
+    an index range probe per pair, stopping at the first row."""
+    spans: dict[tuple[str, int], list[datetime]] = {}
+    for c in candles:
+        span = spans.get((c.subject, c.granularity_seconds))
+        if span is None:
+            spans[(c.subject, c.granularity_seconds)] = [c.ts_event, c.ts_event]
+        elif c.ts_event < span[0]:
+            span[0] = c.ts_event
+        elif c.ts_event > span[1]:
+            span[1] = c.ts_event
+    probe = (
+        f"EXISTS (SELECT 1 FROM {_FEED_RECORDS} WHERE source = %s AND subject = %s AND kind = 'candle' "
+        "AND granularity = %s AND ts_event BETWEEN %s AND %s)"
+    )
+    parameters = []
+    for (subject, granularity_seconds), (first, last) in spans.items():
+        parameters += [source, subject, granularity_label(granularity_seconds), first, last]
+    cursor.execute("SELECT " + " OR ".join([probe] * len(spans)), parameters)
+    return cursor.fetchone()[0]
+
+
+def _copy_candles_into_empty_ranges(cursor, source: str, candles: list[Candle]) -> int | None:
+    """COPY straight into feed_records (no conflict handling needed: the ranges were empty).
+    None when a concurrent writer stored one of the rows meanwhile (unique violation): the
+    savepoint undoes the partial COPY and the caller takes the ON CONFLICT path."""
+    cursor.execute("SAVEPOINT copy_candles")
+    try:
+        cursor.copy_expert(f"COPY {_FEED_RECORDS} {_COPY_COLUMNS} FROM STDIN", _CandleCopyReader(source, candles))
+    except psycopg2.errors.UniqueViolation:
+        cursor.execute("ROLLBACK TO SAVEPOINT copy_candles")
+        cursor.execute("RELEASE SAVEPOINT copy_candles")
+        return None
+    written = cursor.rowcount
+    cursor.execute("RELEASE SAVEPOINT copy_candles")
+    return written
+
+
+def _copy_upsert_candles_through_stage(cursor, source: str, candles: list[Candle]) -> int:
+    """COPY into a temporary table, then one INSERT .. SELECT .. ON CONFLICT that updates only the
+    rows whose price or values really change."""
+    # Created once per transaction and dropped at its end; a later call in the same transaction
+    # empties it, in place (the table is new in this transaction).
+    cursor.execute(
+        f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE_TABLE} "
+        "(source text NOT NULL, subject text NOT NULL, kind text NOT NULL, granularity text NOT NULL, "
+        "ts_event timestamptz NOT NULL, price double precision NOT NULL, \"values\" jsonb NOT NULL) "
+        f"ON COMMIT DROP; TRUNCATE {_STAGE_TABLE}"
+    )
+    cursor.copy_expert(f"COPY {_STAGE_TABLE} {_COPY_COLUMNS} FROM STDIN", _CandleCopyReader(source, candles))
+    cursor.execute(
+        f"""
+        INSERT INTO {_FEED_RECORDS} AS stored {_COPY_COLUMNS}
+        SELECT source, subject, kind, granularity, ts_event, price, "values" FROM {_STAGE_TABLE}
+        ON CONFLICT (source, subject, kind, granularity, ts_event) DO UPDATE
+        SET price = excluded.price, "values" = excluded."values"
+        WHERE (stored.price, stored."values") IS DISTINCT FROM (excluded.price, excluded."values")
+        """
+    )
+    return cursor.rowcount
+
+
 def _copy_text(value: str) -> str:
-    """A text field in COPY's text format (backslash, tab and newlines escaped)."""
+    """A field in COPY's text format (backslash, tab and line breaks escaped)."""
     return value.translate(_COPY_SPECIALS)
 
 
-def _candle_copy_lines(candles: list[Candle]) -> str:
-    """COPY text rows: subject, granularity, ts_event, price, values (JSON). Floats are written
-    with repr, the shortest text that reads back to the same double (what json.dumps writes)."""
-    labels: dict[tuple[str, int], str] = {}  # (subject, granularity_seconds) -> escaped prefix
-    lines = []
-    append = lines.append
-    for c in candles:
-        prefix = labels.get((c.subject, c.granularity_seconds))
-        if prefix is None:
-            prefix = labels[(c.subject, c.granularity_seconds)] = (
-                f"{_copy_text(c.subject)}\t{_copy_text(granularity_label(c.granularity_seconds))}\t"
-            )
-        close = float(c.close)
-        append(
-            f'{prefix}{c.ts_event.isoformat()}\t{close!r}\t{{"open": {float(c.open)!r}, "high": {float(c.high)!r}, '
-            f'"low": {float(c.low)!r}, "close": {close!r}, "volume": {float(c.volume)!r}}}\n'
-        )
-    return "".join(lines)
+class _CandleCopyReader:
+    """A file-like source for psycopg2's copy_expert, formatting candles as COPY text rows a chunk
+    per read(): the formatting overlaps the server's parsing of the previous chunk."""
 
+    def __init__(self, source: str, candles: list[Candle]) -> None:
+        self._chunks = self._format(source, candles)
 
-def _copy_upsert_candles(connection: sa.Connection, source: str, candles: list[Candle]) -> int:
-    """COPY into a temporary staging table, then one INSERT .. SELECT .. ON CONFLICT that updates
-    only rows whose price or values really change. Same transaction as the caller's statements:
-    the raw psycopg2 connection is the one `connection` holds."""
-    raw_connection = connection.connection.dbapi_connection
-    with raw_connection.cursor() as cursor:
-        # Dropped and created per call: a second call in the same transaction starts empty, and a
-        # table left by a failed autocommit call cannot get in the way.
-        cursor.execute(
-            f"DROP TABLE IF EXISTS {_STAGE_TABLE}; "
-            f"CREATE TABLE {_STAGE_TABLE} "  # pg_temp: a temporary table, private to this session
-            "(subject text NOT NULL, granularity text NOT NULL, ts_event timestamptz NOT NULL, "
-            "price double precision NOT NULL, \"values\" jsonb NOT NULL)"
-        )
-        cursor.copy_expert(
-            f"COPY {_STAGE_TABLE} (subject, granularity, ts_event, price, \"values\") FROM STDIN",
-            io.StringIO(_candle_copy_lines(candles)),
-        )
-        cursor.execute(
-            f"""
-            INSERT INTO crunch.feed_records (source, subject, kind, granularity, ts_event, price, "values")
-            SELECT %(source)s, subject, 'candle', granularity, ts_event, price, "values" FROM {_STAGE_TABLE}
-            ON CONFLICT (source, subject, kind, granularity, ts_event) DO UPDATE
-            SET price = excluded.price, "values" = excluded."values"
-            WHERE (feed_records.price, feed_records."values") IS DISTINCT FROM (excluded.price, excluded."values")
-            """,
-            {"source": source},
-        )
-        written = cursor.rowcount
-        cursor.execute(f"DROP TABLE {_STAGE_TABLE}")
-    return written
+    def read(self, size: int = -1) -> str:  # psycopg2 passes a size; the chunks are ours
+        return next(self._chunks, "")
+
+    @staticmethod
+    def _format(source: str, candles: list[Candle]) -> Iterator[str]:
+        prefixes: dict[tuple[str, int], str] = {}  # (subject, granularity_seconds) -> leading fields
+
+        def prefix(c: Candle) -> str:
+            text = prefixes.get((c.subject, c.granularity_seconds))
+            if text is None:
+                fields = (source, c.subject, "candle", granularity_label(c.granularity_seconds))
+                text = prefixes[(c.subject, c.granularity_seconds)] = "".join(_copy_text(f) + "\t" for f in fields)
+            return text
+
+        row = _COPY_ROW
+        for offset in range(0, len(candles), _COPY_CHUNK_CANDLES):
+            yield "".join([
+                row % (prefix(c), c.ts_event.isoformat(), c.close, c.open, c.high, c.low, c.close, c.volume)
+                for c in candles[offset : offset + _COPY_CHUNK_CANDLES]
+            ])
 
 
 def advance_watermark(connection: sa.Connection, source: str, subject: str, granularity_seconds: int, last_event: datetime) -> None:

@@ -1,0 +1,378 @@
+"""Feed history kept small in PostgreSQL: daily Parquet archives, then retention.
+
+- `<slug>/feed_archive` (daily partitions): a day's candles of the competition's feed source and
+  subjects (by ts_event, market time), one Parquet file per subject at
+  `<archive dir>/<source>/<subject>/<YYYY-MM-DD>.parquet`. Writing is atomic (temporary file +
+  rename) and deterministic: the same rows give byte-identical files, and an unchanged file is not
+  rewritten. A day already archived is merged with what the store holds (the store wins for a
+  candle in both), so re-archiving a day whose rows retention has deleted keeps its history.
+- `<slug>__feed_retention_job` (an op, scheduled daily): deletes candles whose day ended more than
+  `retention_days` ago, only for (subject, day)s whose archive holds exactly the rows deleted; any
+  other day is skipped and reported with the reason. History is never lost silently.
+
+Retention is an op, not an asset: it produces no data; it removes rows of `feed_records` under a
+guard. It reports what it did as an observation of `feed_records` (visible on that asset's page).
+
+The archive directory is `$CRUNCH_ARCHIVE_DIR`, else `<data dir>/archive` ($CRUNCH_DATA_DIR,
+default `.crunch/`), read when a run executes.
+"""
+
+import io
+import os
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.parquet as pq
+import sqlalchemy as sa
+
+from crunch_assets.assets import ChainKeys
+from crunch_assets.partitions import CompetitionPartitions
+from crunch_assets.spec import CompetitionSpec
+from resources.database_url import default_data_dir
+from resources.feeds.base import FeedResource, granularity_label
+from resources.store import schema as t
+from resources.store.database import CrunchDatabase
+
+ARCHIVE_DIR_ENV = "CRUNCH_ARCHIVE_DIR"
+DEFAULT_RETENTION_DAYS = 90
+DAY = timedelta(days=1)
+
+ARCHIVE_SCHEMA = pa.schema([
+    ("ts_event", pa.timestamp("us", tz="UTC")),
+    ("open", pa.float64()),
+    ("high", pa.float64()),
+    ("low", pa.float64()),
+    ("close", pa.float64()),
+    ("volume", pa.float64()),
+    ("price", pa.float64()),
+])
+# One archived candle, in ARCHIVE_SCHEMA's column order.
+ArchiveRow = tuple[datetime, float, float, float, float, float, float]
+
+
+def archive_root() -> Path:
+    configured = os.environ.get(ARCHIVE_DIR_ENV)
+    return Path(configured).expanduser().resolve() if configured else default_data_dir() / "archive"
+
+
+def archive_path(root: Path, source: str, subject: str, day: date) -> Path:
+    return root / source / subject / f"{day.isoformat()}.parquet"
+
+
+# --- reading the store ---------------------------------------------------------------------------
+
+
+def _feed_filter(source: str, subjects: list[str], granularity_seconds: int):
+    r = t.feed_records
+    return (
+        (r.c.source == source) & r.c.subject.in_(subjects) & (r.c.kind == "candle")
+        & (r.c.granularity == granularity_label(granularity_seconds))
+    )
+
+
+def _archive_row(ts_event: datetime, price: float, values: dict[str, Any]) -> ArchiveRow:
+    return (
+        ts_event.astimezone(timezone.utc),
+        float(values["open"]), float(values["high"]), float(values["low"]), float(values["close"]),
+        float(values["volume"]), float(price),
+    )
+
+
+def load_feed_day(
+    connection: sa.Connection, source: str, subjects: list[str], granularity_seconds: int, day_start: datetime
+) -> dict[str, list[ArchiveRow]]:
+    """Stored candles with ts_event in [day_start, day_start + 1 day), per subject, ascending."""
+    r = t.feed_records
+    rows = connection.execute(
+        sa.select(r.c.subject, r.c.ts_event, r.c.price, r.c["values"])
+        .where(_feed_filter(source, subjects, granularity_seconds), r.c.ts_event >= day_start,
+               r.c.ts_event < day_start + DAY)
+        .order_by(r.c.subject, r.c.ts_event)
+    )
+    by_subject: dict[str, list[ArchiveRow]] = {subject: [] for subject in subjects}
+    for subject, ts_event, price, values in rows:
+        by_subject[subject].append(_archive_row(ts_event, price, values))
+    return by_subject
+
+
+# --- Parquet files -------------------------------------------------------------------------------
+
+
+def parquet_bytes(rows: list[ArchiveRow]) -> bytes:
+    """The archive file for rows sorted by ts_event. Deterministic: no write time in the file."""
+    columns = list(zip(*rows)) if rows else [[] for _ in ARCHIVE_SCHEMA]
+    table = pa.Table.from_arrays(
+        [pa.array(column, type=field.type) for column, field in zip(columns, ARCHIVE_SCHEMA)], schema=ARCHIVE_SCHEMA
+    )
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue()
+
+
+def read_archive(path: Path) -> list[ArchiveRow]:
+    table = pq.read_table(path, schema=ARCHIVE_SCHEMA)
+    return [tuple(row.values()) for row in table.to_pylist()]  # column order of ARCHIVE_SCHEMA
+
+
+def write_atomically(path: Path, content: bytes) -> None:
+    """Readers see the old file or the new one, never a partial one (rename within a directory)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself survives a crash
+    finally:
+        os.close(directory)
+
+
+@dataclass(frozen=True)
+class ArchivedDay:
+    path: Path
+    rows: int  # rows in the file after this run
+    rows_in_store: int
+    status: str  # "written" | "unchanged" | "empty" (nothing stored, no file)
+
+
+def archive_day(path: Path, stored_rows: list[ArchiveRow]) -> ArchivedDay:
+    """Merge the stored rows into the day's file (the store wins for a ts_event in both) and write
+    it when its content changes."""
+    existing = read_archive(path) if path.exists() else []
+    if not existing and not stored_rows:
+        return ArchivedDay(path, 0, 0, "empty")
+    merged = {row[0]: row for row in existing}
+    merged.update((row[0], row) for row in stored_rows)
+    rows = [merged[ts] for ts in sorted(merged)]
+    content = parquet_bytes(rows)
+    if path.exists() and path.read_bytes() == content:
+        return ArchivedDay(path, len(rows), len(stored_rows), "unchanged")
+    write_atomically(path, content)
+    return ArchivedDay(path, len(rows), len(stored_rows), "written")
+
+
+# --- retention -----------------------------------------------------------------------------------
+
+
+@dataclass
+class RetentionReport:
+    cutoff: datetime
+    rows_deleted: dict[str, int]  # per subject
+    days_deleted: list[str]  # "<subject> <YYYY-MM-DD>"
+    days_skipped: dict[str, str]  # "<subject> <YYYY-MM-DD>" -> why
+
+    @property
+    def total_rows_deleted(self) -> int:
+        return sum(self.rows_deleted.values())
+
+
+def retention_cutoff(as_of: datetime, retention_days: int) -> datetime:
+    """Midnight UTC on or before as_of - retention_days: only whole days older than that go."""
+    instant = (as_of - timedelta(days=retention_days)).astimezone(timezone.utc)
+    return instant.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _day_key(subject: str, day_start: datetime) -> str:
+    return f"{subject} {day_start.date().isoformat()}"
+
+
+def _differences(archived: list[ArchiveRow], deleted: list[ArchiveRow]) -> str | None:
+    """Why the archive does not hold exactly the deleted rows, or None when it does."""
+    if len(archived) != len(deleted):
+        return f"archive has {len(archived)} row(s), the store {len(deleted)}"
+    archived_by_ts = {row[0]: row for row in archived}
+    missing = [row[0] for row in deleted if row[0] not in archived_by_ts]
+    if missing:
+        return f"{len(missing)} stored candle(s) not in the archive, first at {min(missing).isoformat()}"
+    changed = [row[0] for row in deleted if archived_by_ts[row[0]] != row]
+    if changed:
+        return f"{len(changed)} candle(s) differ from the archive, first at {min(changed).isoformat()}"
+    return None
+
+
+def apply_retention(
+    engine: sa.Engine, root: Path, source: str, subjects: list[str], granularity_seconds: int, cutoff: datetime
+) -> RetentionReport:
+    """Delete, per subject and day before `cutoff`, the stored candles whose archive holds exactly
+    those rows (same count, times and values); skip any other day with the reason.
+
+    Each day is deleted in its own transaction with DELETE .. RETURNING and compared with the
+    archive before committing, so a row written between a check and the delete cannot be lost.
+    """
+    r = t.feed_records
+    report = RetentionReport(cutoff=cutoff, rows_deleted={}, days_deleted=[], days_skipped={})
+    day_column = sa.func.date_trunc("day", r.c.ts_event, "UTC")
+    with engine.connect() as connection:
+        days = connection.execute(
+            sa.select(r.c.subject, day_column, sa.func.count())
+            .where(_feed_filter(source, subjects, granularity_seconds), r.c.ts_event < cutoff)
+            .group_by(r.c.subject, day_column)
+            .order_by(r.c.subject, day_column)
+        ).fetchall()
+    for subject, day_start, stored_count in days:
+        day_start = day_start.astimezone(timezone.utc)
+        key = _day_key(subject, day_start)
+        path = archive_path(root, source, subject, day_start.date())
+        if not path.exists():
+            report.days_skipped[key] = f"no archive at {path} ({stored_count} stored row(s)): materialize feed_archive"
+            continue
+        try:
+            archived = read_archive(path)
+        except Exception as error:  # an unreadable archive protects nothing
+            report.days_skipped[key] = f"archive {path} unreadable: {type(error).__name__}: {error}"
+            continue
+        with engine.connect() as connection:
+            transaction = connection.begin()
+            deleted = connection.execute(
+                sa.delete(r)
+                .where(_feed_filter(source, [subject], granularity_seconds), r.c.ts_event >= day_start,
+                       r.c.ts_event < day_start + DAY)
+                .returning(r.c.ts_event, r.c.price, r.c["values"])
+            ).fetchall()
+            problem = _differences(archived, sorted(_archive_row(*row) for row in deleted))
+            if problem:
+                transaction.rollback()
+                report.days_skipped[key] = f"{problem} ({path}): re-materialize feed_archive for the day"
+                continue
+            transaction.commit()
+        report.rows_deleted[subject] = report.rows_deleted.get(subject, 0) + len(deleted)
+        report.days_deleted.append(key)
+    return report
+
+
+# --- definitions ---------------------------------------------------------------------------------
+
+
+class RetentionConfig(dg.Config):
+    retention_days: int | None = None  # unset: the competition's default
+    as_of: str | None = None  # ISO-8601 UTC instant the retention counts back from; unset: now
+
+
+def build_feed_maintenance(
+    spec: CompetitionSpec,
+    partitions: CompetitionPartitions,
+    keys: ChainKeys,
+    retention_days: int = DEFAULT_RETENTION_DAYS,
+    running: bool = False,
+) -> tuple[list[dg.AssetsDefinition], list, list[dg.ScheduleDefinition]]:
+    """The archive asset, its job and the retention job, and their daily schedules (stopped
+    unless `running`)."""
+    if retention_days < 1:
+        raise ValueError(f"retention_days must be >= 1, got {retention_days}")
+    slug = spec.slug
+    archive_key = dg.AssetKey([slug, "feed_archive"])
+    schedule_status = dg.DefaultScheduleStatus.RUNNING if running else dg.DefaultScheduleStatus.STOPPED
+
+    @dg.asset(
+        key=archive_key,
+        group_name=slug,
+        partitions_def=partitions.daily,
+        # The day's hours (lineage only: its last candle closes at midnight, in the next day's
+        # first hourly window, which an offset in days cannot name).
+        deps=[dg.AssetDep(
+            keys.feed_records,
+            partition_mapping=dg.TimeWindowPartitionMapping(allow_nonexistent_upstream_partitions=True),
+        )],
+        description="A day's candles of the feed, one Parquet file per subject (market time, UTC).",
+        kinds={"parquet"},
+    )
+    def feed_archive(
+        context: dg.AssetExecutionContext, database: CrunchDatabase, feed: FeedResource
+    ) -> dg.MaterializeResult:
+        window = context.partition_time_window
+        now = datetime.now(timezone.utc)
+        if window.end > now:
+            # A day in progress would archive a partial day (retention would then skip it).
+            raise dg.Failure(f"day {window.start.date()} is not over yet (ends {window.end.isoformat()})")
+        root = archive_root()
+        source = feed.source_name()
+        with database.engine.connect() as connection:
+            stored = load_feed_day(connection, source, spec.subjects, feed.granularity_seconds, window.start)
+        days = {subject: archive_day(archive_path(root, source, subject, window.start.date()), stored[subject])
+                for subject in spec.subjects}
+        for subject, day in days.items():
+            if day.rows > day.rows_in_store:
+                context.log.info(f"{subject}: the archive keeps {day.rows - day.rows_in_store} row(s) no longer stored")
+        return dg.MaterializeResult(
+            metadata={
+                "source": source,
+                "day": window.start.date().isoformat(),
+                "rows": sum(day.rows for day in days.values()),
+                "rows_by_subject": {subject: day.rows for subject, day in days.items()},
+                "rows_in_store_by_subject": {subject: day.rows_in_store for subject, day in days.items()},
+                "status_by_subject": {subject: day.status for subject, day in days.items()},
+                "files": [str(day.path) for day in days.values() if day.status != "empty"],
+                "archive_dir": dg.MetadataValue.path(str(root)),
+            }
+        )
+
+    archive_job = dg.define_asset_job(
+        f"{slug}__feed_archive_job",
+        selection=dg.AssetSelection.assets(archive_key),
+        partitions_def=partitions.daily,
+        executor_def=dg.in_process_executor,
+        description="Archive a day's feed candles to Parquet.",
+    )
+
+    @dg.op(name=f"{slug}__feed_retention", description="Delete archived feed days older than the retention.")
+    def feed_retention(
+        context: dg.OpExecutionContext, config: RetentionConfig, database: CrunchDatabase, feed: FeedResource
+    ) -> dg.Output[int]:
+        days_kept = retention_days if config.retention_days is None else config.retention_days
+        if days_kept < 1:
+            raise ValueError(f"retention_days must be >= 1, got {days_kept}")
+        as_of = datetime.fromisoformat(config.as_of) if config.as_of else datetime.now(timezone.utc)
+        if as_of.tzinfo is None:
+            raise ValueError(f"as_of must be timezone-aware UTC, got {config.as_of!r}")
+        cutoff = retention_cutoff(as_of, days_kept)
+        report = apply_retention(
+            database.engine, archive_root(), feed.source_name(), spec.subjects, feed.granularity_seconds, cutoff
+        )
+        for key, reason in report.days_skipped.items():
+            context.log.warning(f"retention skipped {key}: {reason}")
+        metadata = {
+            "cutoff": cutoff.isoformat(),
+            "retention_days": days_kept,
+            "rows_deleted": report.total_rows_deleted,
+            "rows_deleted_by_subject": report.rows_deleted,
+            "days_deleted": report.days_deleted,
+            "days_skipped": len(report.days_skipped),
+            "skipped": report.days_skipped,
+        }
+        context.log_event(dg.AssetObservation(asset_key=keys.feed_records, metadata=metadata))
+        return dg.Output(report.total_rows_deleted, metadata=metadata)
+
+    @dg.job(name=f"{slug}__feed_retention_job", executor_def=dg.in_process_executor,
+            description=f"Delete feed candles older than the retention ({retention_days} days by default) "
+                        "whose day is archived.")
+    def feed_retention_job():
+        feed_retention()
+
+    @dg.schedule(
+        name=f"{slug}__feed_archive_schedule", job=archive_job, cron_schedule="45 0 * * *",
+        execution_timezone="UTC", default_status=schedule_status,
+        description="Archive yesterday's feed candles.",
+    )
+    def feed_archive_schedule(context: dg.ScheduleEvaluationContext):
+        yesterday = context.scheduled_execution_time.astimezone(timezone.utc) - DAY
+        if yesterday < spec.start.replace(hour=0):
+            return dg.SkipReason("the competition had not started yesterday")
+        return dg.RunRequest(partition_key=partitions.day_key(yesterday))
+
+    feed_retention_schedule = dg.ScheduleDefinition(
+        name=f"{slug}__feed_retention_schedule", job=feed_retention_job, cron_schedule="30 1 * * *",
+        execution_timezone="UTC", default_status=schedule_status,
+        description="Delete archived feed days older than the retention (after the archive run).",
+    )
+
+    return [feed_archive], [archive_job, feed_retention_job], [feed_archive_schedule, feed_retention_schedule]
