@@ -85,19 +85,31 @@ def build_automation(
         description="Launches each due prediction cycle (feed + predictions) once.",
     )
     def cycle_sensor(context: dg.SensorEvaluationContext):
+        """One run per hour window with due cycles, as of the latest: the predictions asset runs
+        every cycle of the window up to as_of that is not stored yet, so a catch-up after a pause
+        is one run, not one per missed cycle. A first start begins with the current cycle; a
+        restart catches up at most max_catchup_seconds."""
         now = datetime.now(timezone.utc)
-        earliest = max(now - timedelta(seconds=spec.max_catchup_seconds), spec.start)
         if context.cursor:
-            earliest = max(earliest, datetime.fromisoformat(context.cursor) + timedelta(microseconds=1))
+            earliest = max(
+                datetime.fromisoformat(context.cursor) + timedelta(microseconds=1),
+                now - timedelta(seconds=spec.max_catchup_seconds),
+            )
+        else:
+            earliest = now - timedelta(seconds=min(scope.prediction_interval_seconds for scope in spec.scopes))
+        earliest = max(earliest, spec.start)
         due_times = sorted({cycle_at for cycle_at, _ in spec.cycle_times(earliest, now + timedelta(microseconds=1))})
         if not due_times:
             return dg.SkipReason(f"no cycle due since {earliest.isoformat()}")
+        latest_by_hour: dict[str, datetime] = {}
         for cycle_at in due_times:
+            latest_by_hour[partitions.hour_key(cycle_at)] = cycle_at
+        for hour_key, cycle_at in latest_by_hour.items():
             yield dg.RunRequest(
                 run_key=f"{slug}:cycle:{cycle_at.isoformat()}",
-                partition_key=partitions.hour_key(cycle_at),
+                partition_key=hour_key,
                 run_config=as_of_run_config(cycle_ops, cycle_at),
-                tags={"crunch/cycle_at": cycle_at.isoformat()},
+                tags={"crunch/cycle_at": cycle_at.isoformat(), "crunch/cycles_due": str(len(due_times))},
             )
         context.update_cursor(due_times[-1].isoformat())
 

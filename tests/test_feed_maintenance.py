@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from competitions.btc_updown.definitions import SPEC, build_definitions
 from crunch_assets.assets import ChainKeys
 from crunch_assets.feed_maintenance import (
-    ARCHIVE_SCHEMA,
+    archive_schema,
     archive_path,
     build_feed_maintenance,
     read_archive,
@@ -105,7 +105,7 @@ def test_archive_equals_store_and_csv_and_rewriting_changes_nothing(stored, csv_
     assert metadata["status_by_subject"].value == {"BTC": "written"}
 
     table = pq.read_table(path)
-    assert table.schema.remove_metadata() == ARCHIVE_SCHEMA
+    assert table.schema.remove_metadata() == archive_schema()
     archived = read_archive(path)
     expected = [(ts, *values, values[3]) for ts, values in sorted(csv_rows.items()) if DAY_2 <= ts < DAY_3]
     assert len(expected) > 1400  # a real day of minutes (the file may miss a few)

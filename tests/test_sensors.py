@@ -39,28 +39,41 @@ def test_sensors_and_schedule_start_running_in_the_demo(competition):
     assert {s.default_status for s in defs.schedules} == {dg.DefaultScheduleStatus.RUNNING}
 
 
-def test_cycle_sensor_requests_each_due_cycle_once(competition):
+def test_cycle_sensor_requests_due_cycles_once_one_run_per_hour(competition):
     spec, defs = competition
     now = datetime.now(timezone.utc)
     cursor = (now - timedelta(minutes=3)).replace(second=0, microsecond=0)
     result = _evaluate(defs, "btc_updown__cycle_sensor", cursor=cursor.isoformat())
-    cycles = [datetime.fromisoformat(r.tags["crunch/cycle_at"]) for r in result.run_requests]
-    assert 3 <= len(cycles) <= 4  # 3 minutes have passed since the cursor (4 if a minute ticked meanwhile)
-    assert all(c > cursor and c <= datetime.now(timezone.utc) and c.second == 0 for c in cycles)
-    assert len({r.run_key for r in result.run_requests}) == len(cycles)
-    for request, cycle_at in zip(result.run_requests, cycles):
-        assert request.partition_key == cycle_at.strftime("%Y-%m-%d-%H:00")
-        op = ChainKeys.op_name(ChainKeys.for_slug(spec.slug).predictions)
-        assert request.run_config["ops"][op]["config"]["as_of"] == cycle_at.isoformat()
-    assert result.cursor == cycles[-1].isoformat()
+    due = [cursor + timedelta(minutes=m) for m in range(1, 5) if cursor + timedelta(minutes=m) <= datetime.now(timezone.utc)]
+    # the cycles since the cursor fall in one or two hour windows: one run each, as of its latest cycle
+    expected = {}
+    for cycle_at in due:
+        expected[cycle_at.strftime("%Y-%m-%d-%H:00")] = cycle_at
+    assert {r.partition_key: datetime.fromisoformat(r.tags["crunch/cycle_at"]) for r in result.run_requests} == expected
+    op = ChainKeys.op_name(ChainKeys.for_slug(spec.slug).predictions)
+    for request in result.run_requests:
+        assert request.run_config["ops"][op]["config"]["as_of"] == request.tags["crunch/cycle_at"]
+    assert len({r.run_key for r in result.run_requests}) == len(result.run_requests)
+    assert result.cursor == due[-1].isoformat()
     again = _evaluate(defs, "btc_updown__cycle_sensor", cursor=result.cursor)
-    assert all(datetime.fromisoformat(r.tags["crunch/cycle_at"]) > cycles[-1] for r in again.run_requests)
+    assert all(datetime.fromisoformat(r.tags["crunch/cycle_at"]) > due[-1] for r in again.run_requests)
+
+
+def test_cycle_sensor_first_start_runs_only_the_current_cycle(competition):
+    _, defs = competition
+    result = _evaluate(defs, "btc_updown__cycle_sensor")
+    assert len(result.run_requests) == 1
+    cycle_at = datetime.fromisoformat(result.run_requests[0].tags["crunch/cycle_at"])
+    assert timedelta(0) <= datetime.now(timezone.utc) - cycle_at < timedelta(minutes=2)
 
 
 def test_cycle_sensor_bounds_live_catch_up(competition):
     spec, defs = competition
     result = _evaluate(defs, "btc_updown__cycle_sensor", cursor=(datetime.now(timezone.utc) - timedelta(days=2)).isoformat())
-    assert len(result.run_requests) <= spec.max_catchup_seconds // 60 + 1
+    oldest_allowed = datetime.now(timezone.utc) - timedelta(seconds=spec.max_catchup_seconds + 60)
+    assert 1 <= len(result.run_requests) <= 2  # one run per hour window touched
+    assert int(result.run_requests[-1].tags["crunch/cycles_due"]) <= spec.max_catchup_seconds // 60 + 1
+    assert all(datetime.fromisoformat(r.tags["crunch/cycle_at"]) > oldest_allowed for r in result.run_requests)
 
 
 def test_settlement_and_rollup_sensors_follow_the_store(competition):

@@ -19,7 +19,6 @@ from resources.feeds.pyth import PythFeed
 from resources.feeds.synthetic import SyntheticFeed
 from resources.model_runners.base import ModelRunnerResource
 from resources.model_runners.local import LocalModelRunner
-from resources.model_runners.orchestrator import OrchestratorModelRunner
 
 MODELS_DIR = Path(__file__).with_name("models")
 LOGIC = "competitions.btc_updown.logic"
@@ -73,6 +72,9 @@ def model_runner_from_environment() -> ModelRunnerResource:
     if choice == "local":
         return LocalModelRunner(models_dir=str(MODELS_DIR), call_timeout_seconds=5.0)
     if choice == "orchestrator":
+        # imported here: model-runner-client brings pandas and grpc (~0.5 s in every run process)
+        from resources.model_runners.orchestrator import OrchestratorModelRunner
+
         return OrchestratorModelRunner(
             host=os.environ["CRUNCH_ORCHESTRATOR_HOST"],
             port=int(os.environ["CRUNCH_ORCHESTRATOR_PORT"]),
