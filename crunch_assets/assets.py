@@ -39,11 +39,15 @@ class WindowRunConfig(dg.Config):
     as_of: str | None = None  # ISO-8601 UTC instant; unset: the partition window's end
 
 
-def resolve_as_of(config: WindowRunConfig, window: dg.TimeWindow) -> datetime:
-    """How far into the window this run goes: never past the window, never into the future."""
+def resolve_as_of(config: WindowRunConfig, window: dg.TimeWindow, wait_up_to_seconds: float = 0.0) -> datetime:
+    """How far into the window this run goes: never past the window, never into the future. A live
+    run launched ahead of its cycle (at most wait_up_to_seconds early) waits for the cycle time."""
     wanted = datetime.fromisoformat(config.as_of) if config.as_of else window.end
     if wanted.tzinfo is None:
         raise ValueError(f"as_of must be timezone-aware UTC, got {config.as_of!r}")
+    early_seconds = (wanted - datetime.now(timezone.utc)).total_seconds()
+    if config.as_of and 0 < early_seconds <= wait_up_to_seconds:
+        time.sleep(early_seconds)
     return min(wanted.astimezone(timezone.utc), window.end, datetime.now(timezone.utc))
 
 
@@ -137,7 +141,7 @@ def build_chain_assets(
         context: dg.AssetExecutionContext, config: WindowRunConfig, database: CrunchDatabase, feed: FeedResource
     ) -> dg.MaterializeResult:
         window = context.partition_time_window
-        as_of = resolve_as_of(config, window)
+        as_of = resolve_as_of(config, window, wait_up_to_seconds=spec.cycle_lead_seconds + 5)
         live = config.as_of is not None
         step = timedelta(seconds=granularity_seconds)
         # A window holds the candles that *close* inside it: the price observed at the window's
@@ -229,7 +233,7 @@ def build_chain_assets(
         model_runner: ModelRunnerResource,
     ) -> dg.MaterializeResult:
         window = context.partition_time_window
-        as_of = resolve_as_of(config, window)
+        as_of = resolve_as_of(config, window, wait_up_to_seconds=spec.cycle_lead_seconds + 5)
         engine = database.engine
         # cycles up to and including as_of, but never the next window's first one
         due_until = min(as_of + timedelta(microseconds=1), window.end)

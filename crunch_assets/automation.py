@@ -85,7 +85,8 @@ def build_automation(
         description="Launches each due prediction cycle (feed + predictions) once.",
     )
     def cycle_sensor(context: dg.SensorEvaluationContext):
-        """One run per hour window with due cycles, as of the latest: the predictions asset runs
+        """One run per hour window with due cycles, as of the latest (launched up to
+        cycle_lead_seconds early; the run waits for the cycle time): the predictions asset runs
         every cycle of the window up to as_of that is not stored yet, so a catch-up after a pause
         is one run, not one per missed cycle. A first start begins with the current cycle; a
         restart catches up at most max_catchup_seconds."""
@@ -98,7 +99,10 @@ def build_automation(
         else:
             earliest = now - timedelta(seconds=min(scope.prediction_interval_seconds for scope in spec.scopes))
         earliest = max(earliest, spec.start)
-        due_times = sorted({cycle_at for cycle_at, _ in spec.cycle_times(earliest, now + timedelta(microseconds=1))})
+        horizon = now + timedelta(seconds=spec.cycle_lead_seconds, microseconds=1)  # launch slightly early
+        # ...but not into the next hour: its partition exists only once the hour has begun.
+        horizon = min(horizon, now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1))
+        due_times = sorted({cycle_at for cycle_at, _ in spec.cycle_times(earliest, horizon)})
         if not due_times:
             return dg.SkipReason(f"no cycle due since {earliest.isoformat()}")
         latest_by_hour: dict[str, datetime] = {}

@@ -87,6 +87,9 @@ class CompetitionSpec:
     # Live catch-up bound: cycles older than this when the sensor first sees them are not run live
     # (backfill them instead).
     max_catchup_seconds: int = 15 * 60
+    # The cycle sensor launches a cycle's run this long before it is due, so the run process has
+    # booted by then; the run waits for the due time before it reads anything (data cutoff = T).
+    cycle_lead_seconds: int = 6
     cycle_sensor_interval_seconds: int = 5
     settlement_sensor_interval_seconds: int = 30
     # Emission accounts (on-chain public keys); the crunch key defaults to the slug in the demo.

@@ -66,3 +66,41 @@ def test_live_cycles_equal_a_backfill(clean_database, btc_csv):
 
     assert backfill_inputs == live_inputs
     assert backfill_predictions == live_predictions
+
+
+def test_a_run_launched_early_waits_for_its_cycle(clean_database):
+    import time
+
+    from competitions.btc_updown.definitions import SPEC, build_definitions
+    from resources.feeds.synthetic import SyntheticFeed
+
+    from crunch_assets.spec import Scope
+
+    # a 15-second cycle keeps the wait for the next due time short
+    spec = replace(SPEC, start=datetime(2026, 11, 6, tzinfo=timezone.utc), scopes=(Scope("BTC", 60, 15),))
+    defs = build_definitions(spec=spec, feed=SyntheticFeed(), automation_running=False)
+    keys = ChainKeys.for_slug(spec.slug)
+
+    def next_cycle(now):
+        return datetime.fromtimestamp((int(now.timestamp()) // 15 + 1) * 15, tz=timezone.utc)
+
+    now = datetime.now(timezone.utc)
+    cycle_at = next_cycle(now)
+    if cycle_at.minute == 0 and cycle_at.second == 0:  # the next hour's partition does not exist yet
+        time.sleep((cycle_at - now).total_seconds() + 0.5)
+        now = datetime.now(timezone.utc)
+        cycle_at = next_cycle(now)
+    if (cycle_at - now).total_seconds() > spec.cycle_lead_seconds:
+        time.sleep((cycle_at - now).total_seconds() - spec.cycle_lead_seconds + 0.5)  # be inside the lead
+    ops = [ChainKeys.op_name(keys.feed_records), ChainKeys.op_name(keys.predictions)]
+    result = dg.materialize(chain_assets(defs, [keys.feed_records, keys.predictions]), resources=defs.resources,
+                            partition_key=cycle_at.strftime("%Y-%m-%d-%H:00"), run_config=as_of_run_config(ops, cycle_at))
+    assert datetime.now(timezone.utc) >= cycle_at  # it waited for the due time
+    metadata = result.asset_materializations_for_node(ops[1])[0].metadata
+    assert metadata["as_of"].value == cycle_at.isoformat()
+    assert metadata["cycles_run"].value >= 1  # the due cycle (and any earlier one of the hour not stored)
+    engine = sa.create_engine(clean_database)
+    with engine.connect() as connection:
+        stored = connection.execute(sa.text("SELECT count(*) FROM crunch.inputs WHERE cycle_at = :c"), {"c": cycle_at}).scalar()
+    engine.dispose()
+    assert stored == 1

@@ -44,7 +44,9 @@ def test_cycle_sensor_requests_due_cycles_once_one_run_per_hour(competition):
     now = datetime.now(timezone.utc)
     cursor = (now - timedelta(minutes=3)).replace(second=0, microsecond=0)
     result = _evaluate(defs, "btc_updown__cycle_sensor", cursor=cursor.isoformat())
-    due = [cursor + timedelta(minutes=m) for m in range(1, 5) if cursor + timedelta(minutes=m) <= datetime.now(timezone.utc)]
+    launch_until = datetime.now(timezone.utc) + timedelta(seconds=spec.cycle_lead_seconds)
+    launch_until = min(launch_until, launch_until.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1))
+    due = [cursor + timedelta(minutes=m) for m in range(1, 5) if cursor + timedelta(minutes=m) <= launch_until]
     # the cycles since the cursor fall in one or two hour windows: one run each, as of its latest cycle
     expected = {}
     for cycle_at in due:
@@ -64,7 +66,8 @@ def test_cycle_sensor_first_start_runs_only_the_current_cycle(competition):
     result = _evaluate(defs, "btc_updown__cycle_sensor")
     assert len(result.run_requests) == 1
     cycle_at = datetime.fromisoformat(result.run_requests[0].tags["crunch/cycle_at"])
-    assert timedelta(0) <= datetime.now(timezone.utc) - cycle_at < timedelta(minutes=2)
+    lead = timedelta(seconds=competition[0].cycle_lead_seconds)
+    assert -lead <= datetime.now(timezone.utc) - cycle_at < timedelta(minutes=2)
 
 
 def test_cycle_sensor_bounds_live_catch_up(competition):
@@ -143,3 +146,16 @@ def test_daily_rollup_schedule_finalises_yesterday(competition):
     before_start = datetime(2026, 11, 3, 0, 15, tzinfo=timezone.utc)  # the day before is before the start
     skipped = schedule.evaluate_tick(dg.build_schedule_context(scheduled_execution_time=before_start, repository_def=defs.get_repository_def()))
     assert not skipped.run_requests and "had not started" in skipped.skip_message
+
+
+def test_cycle_sensor_does_not_launch_early_into_a_partition_not_yet_begun(competition):
+    spec, defs = competition
+    from unittest import mock
+
+    import crunch_assets.automation as automation
+
+    just_before_the_hour = datetime(2026, 11, 22, 9, 59, 57, tzinfo=timezone.utc)
+    with mock.patch.object(automation, "datetime", wraps=datetime) as clock:
+        clock.now.return_value = just_before_the_hour
+        result = _evaluate(defs, "btc_updown__cycle_sensor", cursor="2026-11-22T09:59:00+00:00")
+    assert result.skip_message and not result.run_requests  # 10:00 is launched once its hour exists
