@@ -83,7 +83,7 @@ def main() -> None:
     print(f"prediction statuses: {statuses}; leaderboards stored: {leaderboards}")
     if score_delays:
         print(f"resolvable time -> scores stored: median {statistics.median(score_delays):.1f} s, "
-              f"max {max(score_delays):.1f} s (settlement sensor every 30 s)")
+              f"max {max(score_delays):.1f} s (settlement sensor every 10 s)")
 
 
 if __name__ == "__main__":

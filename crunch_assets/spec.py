@@ -91,7 +91,7 @@ class CompetitionSpec:
     # booted by then; the run waits for the due time before it reads anything (data cutoff = T).
     cycle_lead_seconds: int = 6
     cycle_sensor_interval_seconds: int = 5
-    settlement_sensor_interval_seconds: int = 30
+    settlement_sensor_interval_seconds: int = 10
     # Emission accounts (on-chain public keys); the crunch key defaults to the slug in the demo.
     crunch_pubkey: str = ""
     compute_provider_pubkey: str | None = None
