@@ -242,6 +242,7 @@ def build_chain_assets(
             done = q.stored_cycles(connection, slug, window.start, window.end)
         todo = [(cycle_at, scope) for cycle_at, scope in due if (cycle_at, scope.key) not in done]
         made: dict[str, int] = defaultdict(int)
+        quarantines: list[str] = []
         if todo:
             history = timedelta(seconds=spec.history_seconds)
             with engine.connect() as connection:
@@ -283,6 +284,7 @@ def build_chain_assets(
                                 until = policy.record(health[model_id], cycle_at, failed=row["status"] == "FAILED")
                                 if until is not None:
                                     events.append(_quarantine_event(slug, model_id, cycle_at, until, policy))
+                                    quarantines.append(f"{model_id} at {cycle_at.isoformat()} until {until.isoformat()}")
                                     context.log.warning(f"{model_id} quarantined until {until.isoformat()}")
                         made[row["status"]] += 1
                         rows.append(row)
@@ -313,6 +315,7 @@ def build_chain_assets(
                 "predictions_made": made.get("PENDING", 0),
                 "predictions_failed": made.get("FAILED", 0),
                 "predictions_absent": made.get("ABSENT", 0),
+                "quarantines_started": quarantines,
                 "window_status_counts": totals,
             },
             check_results=[cycle_check],

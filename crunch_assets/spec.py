@@ -89,8 +89,10 @@ class CompetitionSpec:
     max_catchup_seconds: int = 15 * 60
     # The cycle sensor launches a cycle's run this long before it is due, so the run process has
     # booted by then; the run waits for the due time before it reads anything (data cutoff = T).
-    cycle_lead_seconds: int = 6
-    cycle_sensor_interval_seconds: int = 5
+    cycle_lead_seconds: int = 10
+    # Evaluated on every pass of Dagster's sensor daemon (it loops every ~5 s): with the lead above,
+    # every cycle is launched before it is due.
+    cycle_sensor_interval_seconds: int = 1
     settlement_sensor_interval_seconds: int = 10
     # Emission accounts (on-chain public keys); the crunch key defaults to the slug in the demo.
     crunch_pubkey: str = ""

@@ -49,8 +49,14 @@ def test_quarantine_after_consecutive_failures_then_retry(clean_database, tmp_pa
     defs = build_definitions(spec=spec, feed=SyntheticFeed(), automation_running=False,
                              model_runner=LocalModelRunner(models_dir=str(tmp_path / "models"), call_timeout_seconds=2))
     # two runs (as live cycles would be): the policy's state carries over through the store
-    _run_predictions(defs, spec, minutes=4)
-    _run_predictions(defs, spec, minutes=9)
+    first = _run_predictions(defs, spec, minutes=4)
+    second = _run_predictions(defs, spec, minutes=9)
+    op = ChainKeys.op_name(ChainKeys.for_slug(spec.slug).predictions)
+    shown = [r.asset_materializations_for_node(op)[0].metadata["quarantines_started"].value for r in (first, second)]
+    assert shown == [[f"broken at {START + timedelta(minutes=2):%Y-%m-%dT%H:%M:%S+00:00} until "
+                      f"{START + timedelta(minutes=5):%Y-%m-%dT%H:%M:%S+00:00}"],
+                     [f"broken at {START + timedelta(minutes=7):%Y-%m-%dT%H:%M:%S+00:00} until "
+                      f"{START + timedelta(minutes=10):%Y-%m-%dT%H:%M:%S+00:00}"]]
 
     engine = sa.create_engine(clean_database)
     with engine.connect() as connection:
