@@ -7,6 +7,7 @@ backfill leaves it unset and processes the whole window, through the same code.
 """
 
 
+import bisect
 import math
 import threading
 import time
@@ -418,9 +419,12 @@ def build_chain_assets(
                 connection.execute(
                     sa.update(p).where(p.c.id.in_(scored_ids), p.c.status == "PENDING").values(status="SCORED")
                 )
-            for input_id, truth in resolved_inputs.items():
+            if resolved_inputs:  # one executemany, not a statement per input
                 connection.execute(
-                    sa.update(t.inputs).where(t.inputs.c.id == input_id).values(status="RESOLVED", actuals=truth)
+                    sa.update(t.inputs)
+                    .where(t.inputs.c.id == sa.bindparam("input_id"))
+                    .values(status="RESOLVED", actuals=sa.bindparam("truth")),
+                    [{"input_id": input_id, "truth": truth} for input_id, truth in resolved_inputs.items()],
                 )
             # A voided cycle is neither scored nor penalised, for every model in it.
             for input_id, reason in voided_inputs.items():
@@ -640,8 +644,12 @@ def _ceil_hour(instant: datetime) -> datetime:
 
 
 def _history(candles: list[Candle], cycle_at: datetime, history: timedelta) -> list[Candle]:
-    """Candles that closed in (cycle_at - history, cycle_at]: nothing after the cycle time."""
-    return [c for c in candles if cycle_at - history < c.close_time <= cycle_at]
+    """Candles (ascending) that closed in (cycle_at - history, cycle_at]: nothing after the cycle
+    time. Bisected: a day's backfill asks this 1,440 times of the same list."""
+    step = timedelta(seconds=candles[0].granularity_seconds) if candles else timedelta(0)
+    lo = bisect.bisect_right(candles, cycle_at - history - step, key=lambda c: c.ts_event)
+    hi = bisect.bisect_right(candles, cycle_at - step, key=lambda c: c.ts_event)
+    return candles[lo:hi]
 
 
 def _register_models(engine: sa.Engine, slug: str, models: list, first_cycle: datetime, last_cycle: datetime) -> None:
