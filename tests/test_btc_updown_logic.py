@@ -130,3 +130,13 @@ def test_input_contains_only_the_subjects_candles():
         "candles_1m": [{"ts": int((T0 - timedelta(minutes=2)).timestamp()), "open": 1, "high": 2, "low": 0.5,
                         "close": 1.5, "volume": 3.0}],
     }
+
+
+def test_model_calls_are_feed_update_then_predict():
+    from resources.model_runners.base import MethodCall
+
+    payload = {"symbol": "BTC", "asof_ts": 0, "candles_1m": []}
+    assert logic.build_model_calls(SCOPE, payload) == [
+        MethodCall("feed_update", (payload,)),
+        MethodCall("predict", ("BTC", 60, 60)),
+    ]
