@@ -254,7 +254,8 @@ def build_chain_assets(
             policy = QuarantinePolicy(spec.quarantine_after_failures, spec.quarantine_cooldown_seconds)
             with model_runner.open_session(rules.model_interface()) as session:
                 session_models = session.models()
-                _register_models(engine, slug, session_models, first_cycle=todo[0][0], last_cycle=todo[-1][0])
+                with engine.begin() as connection:  # first/last seen as cycle times, so a replay agrees
+                    q.upsert_models(connection, slug, session_models, first_seen=todo[0][0], last_seen=todo[-1][0])
                 # The session's models are the runner's live registry (an announced model that is
                 # stopped or not connected comes back ABSENT); a runner that cannot reach the
                 # registry fails the run instead of blaming every model.
@@ -652,31 +653,6 @@ def _history(candles: list[Candle], cycle_at: datetime, history: timedelta) -> l
     return candles[lo:hi]
 
 
-def _register_models(engine: sa.Engine, slug: str, models: list, first_cycle: datetime, last_cycle: datetime) -> None:
-    """Keep the models table current; first/last seen are cycle times, so a replay agrees."""
-    m = t.models
-    rows = [
-        {"competition": slug, "model_id": info.model_id, "name": info.name, "player_id": info.player_id,
-         "player_name": info.player_name, "deployment_identifier": info.deployment_id, "state": info.state,
-         "first_seen_at": first_cycle, "last_seen_at": last_cycle, "meta": info.meta}
-        for info in models
-    ]
-    if not rows:
-        return
-    with engine.begin() as connection:
-        statement = sa.dialects.postgresql.insert(m).values(rows)
-        statement = statement.on_conflict_do_update(
-            index_elements=["competition", "model_id"],
-            set_={
-                "name": statement.excluded.name,
-                "state": statement.excluded.state,
-                "first_seen_at": sa.func.least(m.c.first_seen_at, statement.excluded.first_seen_at),
-                "last_seen_at": sa.func.greatest(m.c.last_seen_at, statement.excluded.last_seen_at),
-            },
-        )
-        connection.execute(statement)
-
-
 def _quarantined_row(spec: CompetitionSpec, scope: Scope, cycle_at: datetime, model_id: str, until: datetime) -> dict:
     """Not called this cycle; FAILED, so the quarantine counts against the model."""
     row = _prediction_row(
@@ -749,7 +725,7 @@ def _json_safe(value: Any) -> bool:
 
 
 def leaderboard_entries(
-    spec: CompetitionSpec, rows: list, as_of: datetime, names: dict[str, dict], joined: dict[str, datetime]
+    spec: CompetitionSpec, rows: list, as_of: datetime, names: dict[str, str], joined: dict[str, datetime]
 ) -> list[dict]:
     """Per model, each window's count-weighted mean over hourly snapshots starting in
     [ceil_hour(as_of) - window, as_of), ranked by the spec's ranking key. A model is compared from
@@ -763,7 +739,7 @@ def leaderboard_entries(
     longest = max(spec.leaderboard_windows, key=lambda w: w.seconds).name
     entries = []
     for rank, model_id in enumerate(ranked, start=1):
-        entry = {"rank": rank, "model_id": model_id, "model_name": names.get(model_id, {}).get("name", model_id)}
+        entry = {"rank": rank, "model_id": model_id, "model_name": names.get(model_id, model_id)}
         for window in spec.leaderboard_windows:
             details = per_window[window.name].get(model_id)
             entry[window.name] = details["value"] if details else None

@@ -301,30 +301,12 @@ def sync_model_registry(engine: sa.Engine, slug: str, listed: list[ModelInfo], n
             for row in connection.execute(sa.select(m.c.model_id, m.c.state).where(m.c.competition == slug))
         }
         events = []
-        rows = []
         for info in listed:
-            rows.append({"competition": slug, "model_id": info.model_id, "name": info.name,
-                         "player_id": info.player_id, "player_name": info.player_name,
-                         "deployment_identifier": info.deployment_id, "state": info.state,
-                         "first_seen_at": now, "last_seen_at": now, "meta": info.meta})
             if info.model_id not in known:
                 events.append(("JOINED", info.model_id, info.state))
             elif known[info.model_id] != info.state:
                 events.append(("STATE_CHANGED", info.model_id, f"{known[info.model_id]} -> {info.state}"))
-        if rows:
-            statement = sa.dialects.postgresql.insert(m).values(rows)
-            statement = statement.on_conflict_do_update(
-                index_elements=["competition", "model_id"],
-                set_={
-                    "name": statement.excluded.name, "player_id": statement.excluded.player_id,
-                    "player_name": statement.excluded.player_name,
-                    "deployment_identifier": statement.excluded.deployment_identifier,
-                    "state": statement.excluded.state, "meta": statement.excluded.meta,
-                    "first_seen_at": sa.func.coalesce(m.c.first_seen_at, statement.excluded.first_seen_at),
-                    "last_seen_at": statement.excluded.last_seen_at,
-                },
-            )
-            connection.execute(statement)
+        q.upsert_models(connection, slug, listed, first_seen=now, last_seen=now)
         gone = sorted(set(known) - {info.model_id for info in listed} - {k for k, v in known.items() if v == "GONE"})
         if gone:
             connection.execute(sa.update(m).where(m.c.competition == slug, m.c.model_id.in_(gone)).values(state="GONE"))

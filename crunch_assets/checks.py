@@ -10,6 +10,7 @@ import dagster as dg
 import sqlalchemy as sa
 
 from crunch_assets.ranking import FRAC64_ONE
+from crunch_assets.store_queries import load_candles
 from crunch_assets.spec import CompetitionSpec
 from resources.store import schema as t
 
@@ -113,8 +114,6 @@ def check_feed_complete(
 ) -> dg.AssetCheckResult:
     """Every subject has every candle with open time in [open_start, open_end); names the gaps.
     Not blocking: a gap must not stop predictions; its cycles wait for prices or get voided."""
-    from crunch_assets.store_queries import load_candles
-
     step = timedelta(seconds=granularity_seconds)
     expected = []
     instant = open_start

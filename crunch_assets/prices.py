@@ -23,10 +23,6 @@ class PriceSeries:
     def __len__(self) -> int:
         return len(self._observations)
 
-    @property
-    def latest_observed_at(self) -> datetime | None:
-        return self._times[-1] if self._times else None
-
     def last_at_or_before(self, instant: datetime, max_staleness_seconds: float) -> PriceObservation | None:
         """The last observation at or before `instant`, or None if none is fresher than
         max_staleness_seconds (a gap never borrows an old price as if it were current)."""

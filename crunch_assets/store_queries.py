@@ -264,12 +264,36 @@ def load_snapshot_rows(connection: sa.Connection, competition: str, start: datet
     return [SnapshotRow(*row) for row in rows]
 
 
-def model_names(connection: sa.Connection, competition: str) -> dict[str, dict]:
+def model_names(connection: sa.Connection, competition: str) -> dict[str, str]:
     m = t.models
-    rows = connection.execute(
-        sa.select(m.c.model_id, m.c.name, m.c.player_name, m.c.first_seen_at).where(m.c.competition == competition)
+    rows = connection.execute(sa.select(m.c.model_id, m.c.name).where(m.c.competition == competition))
+    return {model_id: name for model_id, name in rows}
+
+
+def upsert_models(
+    connection: sa.Connection, competition: str, models: list, first_seen: datetime, last_seen: datetime
+) -> None:
+    """Record the runner's models (ModelInfo): identity and state are replaced, first and last
+    seen only ever widen (a replay of old cycles and a live sighting both keep the extremes)."""
+    if not models:
+        return
+    m = t.models
+    statement = sa.dialects.postgresql.insert(m).values([
+        {"competition": competition, "model_id": info.model_id, "name": info.name, "player_id": info.player_id,
+         "player_name": info.player_name, "deployment_identifier": info.deployment_id, "state": info.state,
+         "first_seen_at": first_seen, "last_seen_at": last_seen, "meta": info.meta}
+        for info in models
+    ])
+    statement = statement.on_conflict_do_update(
+        index_elements=["competition", "model_id"],
+        set_={
+            **{name: statement.excluded[name] for name in
+               ("name", "player_id", "player_name", "deployment_identifier", "state", "meta")},
+            "first_seen_at": sa.func.least(m.c.first_seen_at, statement.excluded.first_seen_at),
+            "last_seen_at": sa.func.greatest(m.c.last_seen_at, statement.excluded.last_seen_at),
+        },
     )
-    return {model_id: {"name": name, "player_name": player, "first_seen_at": first} for model_id, name, player, first in rows}
+    connection.execute(statement)
 
 
 def prediction_status_counts(connection: sa.Connection, competition: str, start: datetime, end: datetime) -> dict[str, int]:
