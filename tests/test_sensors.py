@@ -116,8 +116,6 @@ def test_checkpoint_sensor_waits_for_a_settled_period(competition):
 
 def test_checkpoint_sensor_requests_a_settled_period_once_rolled_up(clean_database):
     from competitions.btc_updown.definitions import SPEC, build_definitions
-    from crunch_assets.replay import replay
-    from crunch_assets.spec import DAY_SECONDS
     from resources.feeds.synthetic import SyntheticFeed
 
     spec = replace(SPEC, start=START, checkpoint_interval_seconds=6 * 3600)

@@ -13,20 +13,18 @@ from resources.feeds.http import (
     FeedBadRequestError,
     FeedConfigError,
     FeedResponseError,
+    SECONDS_PER_DAY,
     HttpFeedResource,
-    ceil_to_multiple,
     check_ohlcv,
     ohlcv_floats,
     is_integer,
     number_to_float,
-    require_aware_utc,
     unix_ms,
 )
 
 KLINES_PATH = "/api/v3/klines"
 TICKER_PRICE_PATH = "/api/v3/ticker/price"
 KLINES_PAGE_LIMIT = 1000  # Binance's maximum per request
-SECONDS_PER_DAY = 86_400
 
 # Fixed-length Binance intervals; "1M" (calendar month) has no fixed length and is not offered.
 BINANCE_INTERVALS: dict[int, str] = {
@@ -167,14 +165,8 @@ class BinanceFeed(HttpFeedResource):
     def fetch_candles(self, subject: str, start: datetime, end: datetime, *, as_of: datetime) -> FeedFetchResult:
         interval = self.interval()
         symbol = self.symbol_for(subject)
-        start, end, as_of = (require_aware_utc(name, value) for name, value in
-                             (("start", start), ("end", end), ("as_of", as_of)))
+        start, end, as_of, first_open_ms, request_end_ms = self.request_span_ms(start, end, as_of)
         granularity_ms = self.granularity_seconds * 1000
-        first_open_ms = unix_ms(start)
-        if SECONDS_PER_DAY % self.granularity_seconds == 0:
-            first_open_ms = ceil_to_multiple(first_open_ms, granularity_ms)
-        # A bar opening at or after as_of cannot be closed yet: no need to ask for it.
-        request_end_ms = min(unix_ms(end), unix_ms(as_of))
         result = FeedFetchResult(candles=[])
         seen_open_ms: set[int] = set()
         expected_pages = math.ceil(max(0, request_end_ms - first_open_ms) / granularity_ms / KLINES_PAGE_LIMIT)

@@ -24,6 +24,8 @@ from pydantic import Field, PrivateAttr
 
 from resources.feeds.base import FeedResource, truncate_raw
 
+SECONDS_PER_DAY = 86_400
+
 logger = logging.getLogger(__name__)
 
 Params = Mapping[str, Any] | Sequence[tuple[str, Any]] | None
@@ -372,6 +374,20 @@ class HttpFeedResource(FeedResource):
             for name in vars(total):
                 setattr(total, name, getattr(total, name) + getattr(client.stats, name))
         return total
+
+    def request_span_ms(
+        self, start: datetime, end: datetime, as_of: datetime
+    ) -> tuple[datetime, datetime, datetime, int, int]:
+        """The window's times as aware UTC, and the unix-ms span [first bar open, stop) worth asking
+        for: bars of a granularity dividing a day open on its multiples, and a bar opening at or
+        after min(end, as_of) cannot be closed inside the window."""
+        start, end, as_of = (
+            require_aware_utc(name, value) for name, value in (("start", start), ("end", end), ("as_of", as_of))
+        )
+        first_open_ms = unix_ms(start)
+        if SECONDS_PER_DAY % self.granularity_seconds == 0:
+            first_open_ms = ceil_to_multiple(first_open_ms, self.granularity_seconds * 1000)
+        return start, end, as_of, first_open_ms, min(unix_ms(end), unix_ms(as_of))
 
     def close(self) -> None:
         for client in self._clients.values():

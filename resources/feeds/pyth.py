@@ -16,12 +16,11 @@ from resources.feeds.http import (
     FeedConfigError,
     FeedNotFoundError,
     FeedResponseError,
+    SECONDS_PER_DAY,
     HttpFeedResource,
-    ceil_to_multiple,
     check_ohlcv,
     ohlcv_floats,
     is_integer,
-    require_aware_utc,
     unix_ms,
 )
 
@@ -29,7 +28,6 @@ logger = logging.getLogger(__name__)
 
 HISTORY_PATH = "/v1/shims/tradingview/history"
 LATEST_PRICE_PATH = "/v2/updates/price/latest"
-SECONDS_PER_DAY = 86_400
 API_KEY_ENV = "CRUNCH_PYTH_API_KEY"
 
 DEFAULT_FEED_IDS: dict[str, str] = {
@@ -258,15 +256,9 @@ class PythFeed(HttpFeedResource):
     def fetch_candles(self, subject: str, start: datetime, end: datetime, *, as_of: datetime) -> FeedFetchResult:
         resolution = self.resolution()
         symbol = self.history_symbol_for(subject)
-        start, end, as_of = (require_aware_utc(name, value) for name, value in
-                             (("start", start), ("end", end), ("as_of", as_of)))
-        granularity_seconds = self.granularity_seconds
-        first_bar_seconds = -(-unix_ms(start) // 1000)
-        if SECONDS_PER_DAY % granularity_seconds == 0:
-            first_bar_seconds = ceil_to_multiple(first_bar_seconds, granularity_seconds)
-        # A bar opening at or after as_of cannot be closed yet: no need to ask for it.
-        stop_seconds = -(-min(unix_ms(end), unix_ms(as_of)) // 1000)
-        chunk_seconds = max(1, self.max_bars_per_request) * granularity_seconds
+        start, end, as_of, first_open_ms, stop_ms = self.request_span_ms(start, end, as_of)
+        first_bar_seconds, stop_seconds = -(-first_open_ms // 1000), -(-stop_ms // 1000)
+        chunk_seconds = max(1, self.max_bars_per_request) * self.granularity_seconds
         result = FeedFetchResult(candles=[])
         seen_times: set[int] = set()
         for chunk_start in range(first_bar_seconds, stop_seconds, chunk_seconds):
