@@ -77,19 +77,10 @@ def test_a_cycle_at_the_end_instant_is_included_when_asked_for_up_to_it():
 
 
 def _rules(**override):
-    logic = "competitions.btc_updown.logic"
-    slots = dict(
-        failure_score=0.0,
-        model_base_class="competitions.btc_updown.model_base:UpDownModel",
-        input_builder=f"{logic}:build_inference_input",
-        call_builder=f"{logic}:build_model_calls",
-        output_validator=f"{logic}:validate_output",
-        ground_truth_resolver=f"{logic}:resolve_ground_truth",
-        scoring_function=f"{logic}:brier_skill",
-        emission_builder=f"{logic}:build_emission",
-    )
-    slots.update(override)
-    return CallableRules(**slots)
+    """btc_updown's real wiring with some slots replaced."""
+    from competitions.btc_updown.definitions import RULES
+
+    return CallableRules(**{**{name: getattr(RULES, name) for name in CallableRules.model_fields}, **override})
 
 
 @pytest.mark.parametrize(
