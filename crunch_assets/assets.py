@@ -85,24 +85,29 @@ def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _prediction_row(
-    spec: CompetitionSpec, rules: CompetitionRules | None, scope: Scope, cycle_at: datetime, result: ModelCallResult
-) -> dict:
-    """Map a runner result to a prediction row: SUCCESS + valid output -> PENDING; the model
-    raised, timed out, crashed or answered garbage -> FAILED with the reason; no answer -> ABSENT."""
-    row = {
+def _cycle_row(spec: CompetitionSpec, scope: Scope, cycle_at: datetime, model_id: str) -> dict:
+    """The fields every prediction row of a cycle has, whatever happened."""
+    return {
         "competition": spec.slug,
-        "model_id": result.model_id,
+        "model_id": model_id,
         "scope_key": scope.key,
         "cycle_at": cycle_at,
         "resolvable_at": cycle_at + timedelta(seconds=scope.resolve_horizon_seconds),
         "performed_at": cycle_at,
-        "exec_time_ms": result.exec_time_ms,
+        "exec_time_ms": None,
         "scope": scope.as_dict(),
         "inference_output": None,
         "status_reason": None,
         "meta": {},
     }
+
+
+def _prediction_row(
+    spec: CompetitionSpec, rules: CompetitionRules, scope: Scope, cycle_at: datetime, result: ModelCallResult
+) -> dict:
+    """Map a runner result to a prediction row: SUCCESS + valid output -> PENDING; the model
+    raised, timed out, crashed or answered garbage -> FAILED with the reason; no answer -> ABSENT."""
+    row = {**_cycle_row(spec, scope, cycle_at, result.model_id), "exec_time_ms": result.exec_time_ms}
     if result.status is CallStatus.SUCCESS:
         try:
             row["inference_output"] = rules.validate_output(scope, result.output)
@@ -655,13 +660,12 @@ def _history(candles: list[Candle], cycle_at: datetime, history: timedelta) -> l
 
 def _quarantined_row(spec: CompetitionSpec, scope: Scope, cycle_at: datetime, model_id: str, until: datetime) -> dict:
     """Not called this cycle; FAILED, so the quarantine counts against the model."""
-    row = _prediction_row(
-        spec, None, scope, cycle_at,
-        ModelCallResult(model_id, CallStatus.FAILED, detail=f"quarantined until {until.isoformat()}"),
-    )
-    row["status_reason"] = f"quarantined: not called until {until.isoformat()}"
-    row["meta"] = {QUARANTINE_META_KEY: until.isoformat()}
-    return row
+    return {
+        **_cycle_row(spec, scope, cycle_at, model_id),
+        "status": "FAILED",
+        "status_reason": f"quarantined: not called until {until.isoformat()}",
+        "meta": {QUARANTINE_META_KEY: until.isoformat()},
+    }
 
 
 def _quarantine_event(slug: str, model_id: str, cycle_at: datetime, until: datetime, policy: QuarantinePolicy) -> dict:
