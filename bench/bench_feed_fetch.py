@@ -97,9 +97,9 @@ def run_fetch(
             subject_started = time.perf_counter()
             result = feed.fetch_candles(subject, start, end, as_of=as_of)
             timings.per_subject_seconds[subject] = time.perf_counter() - subject_started
-            candles_by_subject[subject] = result.candles
+            candles_by_subject[subject] = result.records
             timings.pages += result.pages_fetched
-            timings.candles += len(result.candles)
+            timings.candles += len(result.records)
             timings.skipped += len(result.skipped)
         timings.wall_seconds = time.perf_counter() - wall_started
         stats = feed.http_stats()  # before the feed's clients are closed

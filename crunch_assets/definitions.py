@@ -1,14 +1,24 @@
-"""One call turns a competition (spec + plug-ins) into a Dagster code location."""
+"""One call turns a competition (spec + rules) into a Dagster code location."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dagster as dg
 
-from crunch_assets.assets import ChainKeys, build_chain_assets
-from crunch_assets.automation import build_automation, build_jobs
+from crunch_assets.checkpoints import PayoutAccounts, build_checkpoint_asset
+from crunch_assets.feed import build_feed_asset
 from crunch_assets.feed_maintenance import build_feed_maintenance
+from crunch_assets.jobs import build_jobs
+from crunch_assets.keys import ChainKeys
 from crunch_assets.partitions import build_partitions
-from crunch_assets.rules import CallableRules, CompetitionRules
+from crunch_assets.predictions import build_predictions_asset
+from crunch_assets.registry import build_registry_asset
+from crunch_assets.rollups import build_rollup_assets
+from crunch_assets.rules import CallableRules, CompetitionRules, FeedGroundTruth, GroundTruthResource
+from crunch_assets.scores import build_scores_asset
+from crunch_assets.sensors import build_sensors
+from crunch_assets.settings import CompetitionSettings, FeedDefaults
 from crunch_assets.spec import CompetitionSpec
 from resources.feeds.base import FeedResource
 from resources.model_runners.base import ModelRunnerResource
@@ -18,28 +28,55 @@ from resources.store.database import CrunchDatabase
 def build_competition_definitions(
     spec: CompetitionSpec,
     rules: CompetitionRules,
-    feed: FeedResource,
-    model_runner: ModelRunnerResource,
+    *,
+    models_dir: str | Path | None = None,
+    feed_defaults: FeedDefaults = FeedDefaults(),
+    feed: FeedResource | None = None,
+    model_runner: ModelRunnerResource | None = None,
+    ground_truth: GroundTruthResource | None = None,
     database: CrunchDatabase | None = None,
-    automation_running: bool = False,
+    payout_accounts: PayoutAccounts | None = None,
+    automation_running: bool | None = None,
+    settings: CompetitionSettings | None = None,
 ) -> dg.Definitions:
-    """Assets (keys prefixed with the slug), their checks, jobs, sensors and schedules.
+    """Assets (keys prefixed with the slug), their checks, jobs, sensors and schedules, and the
+    resources `database`, `rules`, `feed`, `model_runner`, `ground_truth`, `payout_accounts`.
 
-    The wiring is checked here, when the code location loads: a bad callable path or a subject
-    the feed cannot serve fails with a message naming it.
+    Whatever is not passed comes from the environment (crunch_assets.settings), identically for
+    every competition: the feed source (with this competition's kind and granularity), the model
+    runner (local models from `models_dir`, or the orchestrator), the automation switch and the
+    emission accounts. The wiring is checked here, when the code location loads: a bad callable
+    path, a subject the feed cannot serve or a bad setting fails with a message naming it.
     """
+    settings = settings or CompetitionSettings(spec.slug)
     if isinstance(rules, CallableRules):
         rules.check_wiring()
+    feed = feed or settings.feed(feed_defaults, csv_subjects=spec.subjects)
+    feed.validate_stream()
     feed.validate_subjects(spec.subjects)
+    if model_runner is None:
+        if models_dir is None:
+            raise ValueError(f"{spec.slug}: pass models_dir (the local models) or a model_runner")
+        model_runner = settings.model_runner(str(models_dir))
+    running = settings.automation if automation_running is None else automation_running
     partitions = build_partitions(spec)
     keys = ChainKeys.for_slug(spec.slug)
     jobs = build_jobs(spec, partitions, keys)
-    sensors, schedules = build_automation(spec, partitions, keys, jobs, running=automation_running)
+    sensors, schedules = build_sensors(spec, partitions, keys, jobs, running=running)
     archive_assets, maintenance_jobs, maintenance_schedules = build_feed_maintenance(
-        spec, partitions, keys, retention_days=spec.feed_retention_days, running=automation_running
+        spec, partitions, keys, retention_days=spec.feed_retention_days, running=running
     )
+    assets = [
+        build_feed_asset(spec, partitions, keys),
+        build_predictions_asset(spec, partitions, keys),
+        build_scores_asset(spec, partitions, keys),
+        *build_rollup_assets(spec, partitions, keys),
+        build_checkpoint_asset(spec, partitions, keys),
+        build_registry_asset(spec, keys),
+        *archive_assets,
+    ]
     return dg.Definitions(
-        assets=build_chain_assets(spec, partitions, keys) + archive_assets,
+        assets=assets,
         jobs=jobs.all() + maintenance_jobs,
         sensors=sensors,
         schedules=schedules + maintenance_schedules,
@@ -48,6 +85,8 @@ def build_competition_definitions(
             "rules": rules,
             "feed": feed,
             "model_runner": model_runner,
+            "ground_truth": ground_truth or FeedGroundTruth(),
+            "payout_accounts": payout_accounts or settings.payout_accounts(),
         },
         executor=dg.in_process_executor,
     )

@@ -1,14 +1,18 @@
 """Feed history kept small in PostgreSQL: daily Parquet archives, then retention.
 
-- `<slug>/feed_archive` (daily partitions): a day's candles of the competition's feed source and
-  subjects (by ts_event, market time), one Parquet file per subject at
-  `<archive dir>/<source>/<subject>/<YYYY-MM-DD>.parquet`. Writing is atomic (temporary file +
-  rename) and deterministic: the same rows give byte-identical files, and an unchanged file is not
-  rewritten. A day already archived is merged with what the store holds (the store wins for a
-  candle in both), so re-archiving a day whose rows retention has deleted keeps its history.
-- `<slug>__feed_retention_job` (an op, scheduled daily): deletes candles whose day ended more than
-  `retention_days` ago, only for (subject, day)s whose archive holds exactly the rows deleted; any
-  other day is skipped and reported with the reason. History is never lost silently.
+- `<slug>/feed_archive` (daily partitions): a day's records of each of the competition's feed
+  streams (by ts_event, market time), one Parquet file per stream at
+  `<archive dir>/<slug>/<source>/<subject>/<kind>-<granularity>/<YYYY-MM-DD>.parquet`: each
+  competition keeps its own archive, so competitions sharing a source never overwrite each other's
+  files. Writing is atomic (temporary file + rename) and deterministic: the same rows give
+  byte-identical files, and an unchanged file is not rewritten. A day already archived is merged
+  with what the store holds (the store wins for a record in both), so re-archiving a day whose
+  rows retention has deleted keeps its history.
+- `<slug>__feed_retention_job` (an op, scheduled daily): deletes a stream's records whose day
+  ended more than the *longest* retention of every competition subscribed to that stream ago
+  (feed_subscriptions), and only for days this competition's archive holds exactly; any other day
+  is skipped and reported with the reason. History is never lost silently, and one competition's
+  short retention never deletes what another still keeps.
 
 Retention is an op, not an asset: it produces no data; it removes rows of `feed_records` under a
 guard. It reports what it did as an observation of `feed_records` (visible on that asset's page).
@@ -19,28 +23,29 @@ default `.crunch/`), read when a run executes.
 
 import functools
 import io
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import sqlalchemy as sa
 
-from crunch_assets.assets import ChainKeys
+from crunch_assets.feed import feed_streams
+from crunch_assets.keys import ChainKeys
 from crunch_assets.partitions import CompetitionPartitions
 from crunch_assets.spec import CompetitionSpec
 from resources.database_url import default_data_dir
-from resources.feeds.base import FeedResource, granularity_label
-from resources.store import schema as t
+from resources.feeds.base import FeedResource, FeedStream
 from resources.store.database import CrunchDatabase
+from resources.store.feeds import FeedStore
 
 ARCHIVE_DIR_ENV = "CRUNCH_ARCHIVE_DIR"
 DEFAULT_RETENTION_DAYS = 90
 DAY = timedelta(days=1)
 
-ARCHIVE_COLUMNS = ("ts_event", "open", "high", "low", "close", "volume", "price")
+ARCHIVE_COLUMNS = ("ts_event", "open", "high", "low", "close", "volume", "price", "values_json")
 
 
 @functools.cache
@@ -49,11 +54,12 @@ def archive_schema():
     pyarrow alone takes ~0.7 s to import."""
     import pyarrow as pa
 
-    return pa.schema([("ts_event", pa.timestamp("us", tz="UTC"))] + [(name, pa.float64()) for name in ARCHIVE_COLUMNS[1:]])
+    return pa.schema([("ts_event", pa.timestamp("us", tz="UTC"))] + [(name, pa.float64()) for name in ARCHIVE_COLUMNS[1:-1]]
+                     + [("values_json", pa.string())])
 
 
-# One archived candle, in ARCHIVE_COLUMNS order.
-ArchiveRow = tuple[datetime, float, float, float, float, float, float]
+# One archived record, in ARCHIVE_COLUMNS order.
+ArchiveRow = tuple[datetime, float | None, float | None, float | None, float | None, float | None, float | None, str]
 
 
 def archive_root() -> Path:
@@ -61,44 +67,27 @@ def archive_root() -> Path:
     return Path(configured).expanduser().resolve() if configured else default_data_dir() / "archive"
 
 
-def archive_path(root: Path, source: str, subject: str, day: date) -> Path:
-    return root / source / subject / f"{day.isoformat()}.parquet"
+def archive_path(root: Path, slug: str, stream: FeedStream, day: date) -> Path:
+    return root / slug / stream.source / stream.subject / f"{stream.kind}-{stream.granularity}" / f"{day.isoformat()}.parquet"
 
 
-# --- reading the store ---------------------------------------------------------------------------
+# --- rows ----------------------------------------------------------------------------------------
 
 
-def _feed_filter(source: str, subjects: list[str], granularity_seconds: int):
-    r = t.feed_records
-    return (
-        (r.c.source == source) & r.c.subject.in_(subjects) & (r.c.kind == "candle")
-        & (r.c.granularity == granularity_label(granularity_seconds))
-    )
-
-
-def _archive_row(ts_event: datetime, price: float, values: dict[str, Any]) -> ArchiveRow:
+def archive_row(ts_event: datetime, price: float | None, values: dict[str, Any]) -> ArchiveRow:
+    """A stored record as an archive row: candles keep their OHLCV, other records their price and
+    their values as JSON."""
+    get = values.get
     return (
         ts_event.astimezone(timezone.utc),
-        float(values["open"]), float(values["high"]), float(values["low"]), float(values["close"]),
-        float(values["volume"]), float(price),
+        _float(get("open")), _float(get("high")), _float(get("low")), _float(get("close")), _float(get("volume")),
+        _float(price),
+        json.dumps(values, sort_keys=True, separators=(",", ":")),
     )
 
 
-def load_feed_day(
-    connection: sa.Connection, source: str, subjects: list[str], granularity_seconds: int, day_start: datetime
-) -> dict[str, list[ArchiveRow]]:
-    """Stored candles with ts_event in [day_start, day_start + 1 day), per subject, ascending."""
-    r = t.feed_records
-    rows = connection.execute(
-        sa.select(r.c.subject, r.c.ts_event, r.c.price, r.c["values"])
-        .where(_feed_filter(source, subjects, granularity_seconds), r.c.ts_event >= day_start,
-               r.c.ts_event < day_start + DAY)
-        .order_by(r.c.subject, r.c.ts_event)
-    )
-    by_subject: dict[str, list[ArchiveRow]] = {subject: [] for subject in subjects}
-    for subject, ts_event, price, values in rows:
-        by_subject[subject].append(_archive_row(ts_event, price, values))
-    return by_subject
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 # --- Parquet files -------------------------------------------------------------------------------
@@ -178,6 +167,7 @@ class RetentionReport:
     rows_deleted: dict[str, int]  # per subject
     days_deleted: list[str]  # "<subject> <YYYY-MM-DD>"
     days_skipped: dict[str, str]  # "<subject> <YYYY-MM-DD>" -> why
+    kept_days: dict[str, int] = field(default_factory=dict)  # per subject: the retention applied
 
     @property
     def total_rows_deleted(self) -> int:
@@ -209,52 +199,44 @@ def _differences(archived: list[ArchiveRow], deleted: list[ArchiveRow]) -> str |
 
 
 def apply_retention(
-    engine: sa.Engine, root: Path, source: str, subjects: list[str], granularity_seconds: int, cutoff: datetime
+    store: FeedStore, root: Path, slug: str, streams: list[FeedStream], as_of: datetime, retention_days: int
 ) -> RetentionReport:
-    """Delete, per subject and day before `cutoff`, the stored candles whose archive holds exactly
-    those rows (same count, times and values); skip any other day with the reason.
+    """Delete, per stream and day before the cutoff, the stored records whose archive holds
+    exactly those rows (same count, times and values); skip any other day with the reason.
 
-    Each day is deleted in its own transaction with DELETE .. RETURNING and compared with the
-    archive before committing, so a row written between a check and the delete cannot be lost.
+    The cutoff of a stream counts back the longest retention among every competition subscribed to
+    it (and at least `retention_days`), so a competition sharing the stream with one that keeps
+    more never deletes the other's history. Each day is deleted in its own transaction with
+    DELETE .. RETURNING and compared with the archive before committing, so a row written between a
+    check and the delete cannot be lost.
     """
-    r = t.feed_records
-    report = RetentionReport(cutoff=cutoff, rows_deleted={}, days_deleted=[], days_skipped={})
-    day_column = sa.func.date_trunc("day", r.c.ts_event, "UTC")
-    with engine.connect() as connection:
-        days = connection.execute(
-            sa.select(r.c.subject, day_column, sa.func.count())
-            .where(_feed_filter(source, subjects, granularity_seconds), r.c.ts_event < cutoff)
-            .group_by(r.c.subject, day_column)
-            .order_by(r.c.subject, day_column)
-        ).fetchall()
-    for subject, day_start, stored_count in days:
-        day_start = day_start.astimezone(timezone.utc)
-        key = _day_key(subject, day_start)
-        path = archive_path(root, source, subject, day_start.date())
-        if not path.exists():
-            report.days_skipped[key] = f"no archive at {path} ({stored_count} stored row(s)): materialize feed_archive"
-            continue
-        try:
-            archived = read_archive(path)
-        except Exception as error:  # an unreadable archive protects nothing
-            report.days_skipped[key] = f"archive {path} unreadable: {type(error).__name__}: {error}"
-            continue
-        with engine.connect() as connection:
-            transaction = connection.begin()
-            deleted = connection.execute(
-                sa.delete(r)
-                .where(_feed_filter(source, [subject], granularity_seconds), r.c.ts_event >= day_start,
-                       r.c.ts_event < day_start + DAY)
-                .returning(r.c.ts_event, r.c.price, r.c["values"])
-            ).fetchall()
-            problem = _differences(archived, sorted(_archive_row(*row) for row in deleted))
-            if problem:
-                transaction.rollback()
-                report.days_skipped[key] = f"{problem} ({path}): re-materialize feed_archive for the day"
+    report = RetentionReport(cutoff=retention_cutoff(as_of, retention_days), rows_deleted={}, days_deleted=[], days_skipped={})
+    for stream in streams:
+        kept_days = max(retention_days, store.retention_days(stream) or 0)
+        report.kept_days[stream.subject] = kept_days
+        cutoff = retention_cutoff(as_of, kept_days)
+        for day_start, stored_count in store.days_before(stream, cutoff):
+            key = _day_key(stream.subject, day_start)
+            path = archive_path(root, slug, stream, day_start.date())
+            if not path.exists():
+                report.days_skipped[key] = f"no archive at {path} ({stored_count} stored row(s)): materialize feed_archive"
                 continue
-            transaction.commit()
-        report.rows_deleted[subject] = report.rows_deleted.get(subject, 0) + len(deleted)
-        report.days_deleted.append(key)
+            try:
+                archived = read_archive(path)
+            except Exception as error:  # an unreadable archive protects nothing
+                report.days_skipped[key] = f"archive {path} unreadable: {type(error).__name__}: {error}"
+                continue
+
+            def accept(deleted: list[tuple], archived=archived, path=path) -> str | None:
+                problem = _differences(archived, sorted(archive_row(*row) for row in deleted))
+                return f"{problem} ({path}): re-materialize feed_archive for the day" if problem else None
+
+            done, outcome = store.delete_day_if(stream, day_start, accept)
+            if not done:
+                report.days_skipped[key] = outcome
+                continue
+            report.rows_deleted[stream.subject] = report.rows_deleted.get(stream.subject, 0) + outcome
+            report.days_deleted.append(key)
     return report
 
 
@@ -278,7 +260,7 @@ def build_feed_maintenance(
     if retention_days < 1:
         raise ValueError(f"retention_days must be >= 1, got {retention_days}")
     slug = spec.slug
-    archive_key = dg.AssetKey([slug, "feed_archive"])
+    archive_key = keys.feed_archive
     schedule_status = dg.DefaultScheduleStatus.RUNNING if running else dg.DefaultScheduleStatus.STOPPED
 
     @dg.asset(
@@ -291,7 +273,7 @@ def build_feed_maintenance(
             keys.feed_records,
             partition_mapping=dg.TimeWindowPartitionMapping(allow_nonexistent_upstream_partitions=True),
         )],
-        description="A day's candles of the feed, one Parquet file per subject (market time, UTC).",
+        description="A day's records of each feed stream, one Parquet file per stream (market time, UTC).",
         kinds={"parquet"},
     )
     def feed_archive(
@@ -303,17 +285,20 @@ def build_feed_maintenance(
             # A day in progress would archive a partial day (retention would then skip it).
             raise dg.Failure(f"day {window.start.date()} is not over yet (ends {window.end.isoformat()})")
         root = archive_root()
-        source = feed.source_name()
-        with database.engine.connect() as connection:
-            stored = load_feed_day(connection, source, spec.subjects, feed.granularity_seconds, window.start)
-        days = {subject: archive_day(archive_path(root, source, subject, window.start.date()), stored[subject])
-                for subject in spec.subjects}
+        store = database.feeds()
+        days = {
+            stream.subject: archive_day(
+                archive_path(root, slug, stream, window.start.date()),
+                [archive_row(*row) for row in store.load_day(stream, window.start)],
+            )
+            for stream in feed_streams(spec, feed)
+        }
         for subject, day in days.items():
             if day.rows > day.rows_in_store:
                 context.log.info(f"{subject}: the archive keeps {day.rows - day.rows_in_store} row(s) no longer stored")
         return dg.MaterializeResult(
             metadata={
-                "source": source,
+                "source": feed.source_name(),
                 "day": window.start.date().isoformat(),
                 "rows": sum(day.rows for day in days.values()),
                 "rows_by_subject": {subject: day.rows for subject, day in days.items()},
@@ -329,7 +314,7 @@ def build_feed_maintenance(
         selection=dg.AssetSelection.assets(archive_key),
         partitions_def=partitions.daily,
         executor_def=dg.in_process_executor,
-        description="Archive a day's feed candles to Parquet.",
+        description="Archive a day's feed records to Parquet.",
     )
 
     @dg.op(name=f"{slug}__feed_retention", description="Delete archived feed days older than the retention.")
@@ -342,15 +327,17 @@ def build_feed_maintenance(
         as_of = datetime.fromisoformat(config.as_of) if config.as_of else datetime.now(timezone.utc)
         if as_of.tzinfo is None:
             raise ValueError(f"as_of must be timezone-aware UTC, got {config.as_of!r}")
-        cutoff = retention_cutoff(as_of, days_kept)
-        report = apply_retention(
-            database.engine, archive_root(), feed.source_name(), spec.subjects, feed.granularity_seconds, cutoff
-        )
+        store = database.feeds()
+        streams = feed_streams(spec, feed)
+        store.subscribe(slug, streams, days_kept)
+        report = apply_retention(store, archive_root(), slug, streams, as_of, days_kept)
+        cutoff = report.cutoff
         for key, reason in report.days_skipped.items():
             context.log.warning(f"retention skipped {key}: {reason}")
         metadata = {
             "cutoff": cutoff.isoformat(),
             "retention_days": days_kept,
+            "retention_days_applied_by_subject": report.kept_days,
             "rows_deleted": report.total_rows_deleted,
             "rows_deleted_by_subject": report.rows_deleted,
             "days_deleted": report.days_deleted,
@@ -361,8 +348,8 @@ def build_feed_maintenance(
         return dg.Output(report.total_rows_deleted, metadata=metadata)
 
     @dg.job(name=f"{slug}__feed_retention_job", executor_def=dg.in_process_executor,
-            description=f"Delete feed candles older than the retention ({retention_days} days by default) "
-                        "whose day is archived.")
+            description=f"Delete feed records older than the retention ({retention_days} days by default, or "
+                        "longer where another competition keeps the stream) whose day is archived.")
     def feed_retention_job():
         feed_retention()
 

@@ -1,19 +1,25 @@
 """Fault policy: a model that fails N cycles in a row is quarantined (not called) for a cool-down,
 then tried again.
 
-The state is derived from the stored predictions, in cycle order, so a replay quarantines exactly
-as the live run did. A quarantined cycle is recorded as a FAILED prediction (it counts against the
-model: quarantine is no escape from bad cycles), and every quarantine is a row in model_events.
+The state is derived from the store as of a cycle time, the same way in every run: the model's
+newest QUARANTINED event before that time says whether it is quarantined and until when, and its
+trailing FAILED predictions since that quarantine say how close it is to the next one. So a live
+run that calls one cycle reads exactly what a backfill of the hour computed in memory, and a
+replay quarantines as the live run did. A quarantined cycle is recorded as a FAILED prediction (it
+counts against the model: quarantine is no escape from bad cycles).
 """
+
+from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Sequence
 
-import sqlalchemy as sa
-
-from resources.store import schema as t
+from resources.store.competition import CompetitionStore
+from resources.store.rows import ModelEventRow
 
 QUARANTINE_META_KEY = "quarantined_until"
+QUARANTINED = "QUARANTINED"
 
 
 @dataclass
@@ -42,38 +48,37 @@ class QuarantinePolicy:
             return health.quarantined_until
         return None
 
+    def event(self, model_id: str, cycle_at: datetime, until: datetime) -> ModelEventRow:
+        return ModelEventRow(
+            model_id, QUARANTINED, cycle_at, f"{self.failures_before_quarantine} consecutive failed cycles",
+            {QUARANTINE_META_KEY: until.isoformat(), "cooldown_seconds": int(self.cooldown.total_seconds())},
+        )
+
 
 def load_health(
-    connection: sa.Connection, competition: str, model_ids: list[str], before: datetime, lookback: int
+    store: CompetitionStore, model_ids: Sequence[str], before: datetime, policy: QuarantinePolicy
 ) -> dict[str, ModelHealth]:
-    """Each model's state just before `before`, from its last `lookback` predictions."""
-    p = t.predictions
-    ranked = (
-        sa.select(
-            p.c.model_id, p.c.cycle_at, p.c.status, p.c.meta,
-            sa.func.row_number().over(partition_by=p.c.model_id, order_by=p.c.cycle_at.desc()).label("recency"),
-        )
-        .where(p.c.competition == competition, p.c.model_id.in_(model_ids), p.c.cycle_at < before)
-        .subquery()
-    )
-    rows = connection.execute(
-        sa.select(ranked.c.model_id, ranked.c.status, ranked.c.meta)
-        .where(ranked.c.recency <= lookback)
-        .order_by(ranked.c.model_id, ranked.c.cycle_at.desc())
-    ).fetchall()
+    """Each model's state just before `before`."""
     health = {model_id: ModelHealth() for model_id in model_ids}
-    counting = {model_id: True for model_id in model_ids}
-    for model_id, status, meta in rows:
-        state = health[model_id]
-        until = (meta or {}).get(QUARANTINE_META_KEY)
-        if until is not None:
-            # the newest quarantined cycle tells the quarantine's end; it also ends the failure run
-            if state.quarantined_until is None and counting[model_id]:
-                state.quarantined_until = datetime.fromisoformat(until)
-            counting[model_id] = False
-        elif counting[model_id]:
-            if status == "FAILED":
-                state.consecutive_failures += 1
-            else:
-                counting[model_id] = False
+    if not model_ids:
+        return health
+    quarantines = store.latest_events(QUARANTINED, model_ids, before)
+    for model_id, event in quarantines.items():
+        health[model_id].quarantined_until = datetime.fromisoformat(event.meta[QUARANTINE_META_KEY])
+    counting = dict.fromkeys(model_ids, True)
+    # Newest first, as QuarantinePolicy.record saw them: an answer resets the count, a failure adds
+    # one, an absence is not recorded; the cycle that started the last quarantine reset it too.
+    lookback = max(2 * policy.failures_before_quarantine + 10, 20)
+    for row in store.health_rows(model_ids, before, lookback):
+        if not counting[row.model_id]:
+            continue
+        last_quarantine = quarantines.get(row.model_id)
+        if last_quarantine is not None and row.cycle_at <= last_quarantine.at:
+            counting[row.model_id] = False
+        elif row.status == "ABSENT":
+            continue
+        elif row.status == "FAILED" and QUARANTINE_META_KEY not in row.meta:
+            health[row.model_id].consecutive_failures += 1
+        else:
+            counting[row.model_id] = False
     return health

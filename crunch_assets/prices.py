@@ -1,4 +1,4 @@
-"""Prices as the ground truth sees them: the last observation at or before an instant."""
+"""Prices as ground truth sees them: observations of one subject, answered only from stored data."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ class PriceObservation:
 
 
 class PriceSeries:
-    """Observations of one subject, ascending. Answers only from stored data."""
+    """Observations of one subject, ascending by observation time."""
 
     def __init__(self, observations: list[PriceObservation]):
         self._observations = sorted(observations, key=lambda o: o.observed_at)
@@ -22,6 +22,9 @@ class PriceSeries:
 
     def __len__(self) -> int:
         return len(self._observations)
+
+    def __iter__(self):
+        return iter(self._observations)
 
     def last_at_or_before(self, instant: datetime, max_staleness_seconds: float) -> PriceObservation | None:
         """The last observation at or before `instant`, or None if none is fresher than
@@ -31,6 +34,17 @@ class PriceSeries:
             return None
         observation = self._observations[index]
         if (instant - observation.observed_at).total_seconds() > max_staleness_seconds:
+            return None
+        return observation
+
+    def resolution(
+        self, entry: PriceObservation, resolvable_at: datetime, max_staleness_seconds: float
+    ) -> PriceObservation | None:
+        """The price at `resolvable_at`: the last observation at or before it, strictly after the
+        entry observation and at most max_staleness_seconds old. None when there is none: the
+        entry price never stands in for a missing resolution price."""
+        observation = self.last_at_or_before(resolvable_at, max_staleness_seconds)
+        if observation is None or observation.observed_at <= entry.observed_at:
             return None
         return observation
 

@@ -1,17 +1,20 @@
 """Replay a time range through a competition's asset chain in one process, exactly as a backfill
-would (same assets, same partitions, no as_of): used by tests and benchmarks.
+does (same assets, same partitions, no as_of): used by tests, benchmarks and `crunch-dagster replay`.
 
-In production, a replay is a backfill launched from the UI or `dagster asset materialize`.
+In production a replay is a backfill launched from the UI, or
+`dagster asset materialize --partition-range A...B` from the command line.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Callable
 
 import dagster as dg
 
-from crunch_assets.assets import ChainKeys
+from crunch_assets.keys import ChainKeys
 from crunch_assets.partitions import build_partitions
 from crunch_assets.spec import CompetitionSpec
 
@@ -21,7 +24,8 @@ RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 @dataclass
 class ReplayTimings:
-    seconds_by_step: dict[str, float]
+    seconds_by_step: dict[str, float] = field(default_factory=dict)
+    checkpoints: list[str] = field(default_factory=list)
 
 
 def chain_assets(defs: dg.Definitions, keys: list[dg.AssetKey]) -> list[dg.AssetsDefinition]:
@@ -29,14 +33,16 @@ def chain_assets(defs: dg.Definitions, keys: list[dg.AssetKey]) -> list[dg.Asset
     return [a for a in defs.assets if isinstance(a, dg.AssetsDefinition) and set(a.keys) & set(keys)]
 
 
-def _materialize_range(
-    defs: dg.Definitions, keys: list[dg.AssetKey], first_key: str, last_key: str, instance: dg.DagsterInstance | None
+def materialize_range(
+    defs: dg.Definitions, keys: list[dg.AssetKey], first_key: str, last_key: str,
+    instance: dg.DagsterInstance | None = None, run_config: dict | None = None,
 ) -> dg.ExecuteInProcessResult:
     return dg.materialize(
         chain_assets(defs, keys),
         resources=defs.resources,
         instance=instance,
         tags={RANGE_START_TAG: first_key, RANGE_END_TAG: last_key},
+        run_config=run_config,
     )
 
 
@@ -47,39 +53,51 @@ def replay(
     end: datetime,
     instance: dg.DagsterInstance | None = None,
     days_per_run: int = 1,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> ReplayTimings:
-    """Materialize [start, end) (hour boundaries): feed (one hour further, for the last horizons),
-    predictions, scores, then snapshots and leaderboards of the days touched, then every closed
-    checkpoint period inside the range."""
-    import time
-
+    """Materialize [start, end) (hour boundaries): the feed (up to the last resolutions), predictions
+    and scores a chunk at a time, then snapshots and leaderboards of the days touched, then every
+    closed checkpoint period inside the range, in order."""
     partitions = build_partitions(spec)
     keys = ChainKeys.for_slug(spec.slug)
-    timings: dict[str, float] = {}
+    timings = ReplayTimings()
+    instance = instance or dg.DagsterInstance.ephemeral()
 
     def timed(step: str, fn) -> None:
         began = time.perf_counter()
         fn()
-        timings[step] = timings.get(step, 0.0) + time.perf_counter() - began
+        timings.seconds_by_step[step] = timings.seconds_by_step.get(step, 0.0) + time.perf_counter() - began
 
+    horizon = timedelta(seconds=spec.max_horizon_seconds)
     chunk = timedelta(days=days_per_run)
-    cursor = start
+    total_chunks = max(1, -(-int((end - start).total_seconds()) // int(chunk.total_seconds())))
+    cursor, done = start, 0
     while cursor < end:
         chunk_end = min(cursor + chunk, end)
         first, last = partitions.hour_key(cursor), partitions.hour_key(chunk_end - timedelta(hours=1))
-        feed_last = partitions.hour_key(chunk_end)
-        timed("feed_records", lambda: _materialize_range(defs, [keys.feed_records], first, feed_last, instance))
-        timed("predictions", lambda: _materialize_range(defs, [keys.predictions], first, last, instance))
-        timed("scores", lambda: _materialize_range(defs, [keys.scores], first, last, instance))
+        feed_last = partitions.hour_key(chunk_end + horizon)
+        timed("feed_records", lambda: materialize_range(defs, [keys.feed_records], first, feed_last, instance))
+        timed("predictions", lambda: materialize_range(defs, [keys.predictions], first, last, instance))
+        timed("scores", lambda: materialize_range(defs, [keys.scores], first, last, instance))
         cursor = chunk_end
+        done += 1
+        if progress:
+            progress("cycles", done, total_chunks)
+    first_day, last_day = partitions.day_key(start), partitions.day_key(end - timedelta(microseconds=1))
+    timed("snapshots+leaderboard", lambda: materialize_range(defs, [keys.snapshots], first_day, last_day, instance))
     day = start.replace(hour=0)
     while day < end:
         key = partitions.day_key(day)
-        timed("snapshots+leaderboard", lambda: _materialize_range(defs, [keys.snapshots, keys.leaderboard], key, key, instance))
+        timed("snapshots+leaderboard", lambda: materialize_range(defs, [keys.leaderboard], key, key, instance))
         day += timedelta(days=1)
-    checkpoint_defs = partitions.checkpoint
-    for key in checkpoint_defs.get_partition_keys():
-        window = checkpoint_defs.time_window_for_partition_key(key)
-        if window.start >= start.replace(hour=0) and window.end <= end:
-            timed("emission_checkpoints", lambda: _materialize_range(defs, [keys.emission_checkpoints], key, key, instance))
-    return ReplayTimings(timings)
+    periods = partitions.checkpoint
+    closed = [(key, s, e) for key, s, e in periods.periods_between(start.replace(hour=0) - periods.interval, end)
+              if s >= start.replace(hour=0) and e <= end]
+    if periods.is_dynamic and closed:
+        instance.add_dynamic_partitions(periods.definition.name, [key for key, _, _ in closed])
+    for key, _, _ in closed:  # in order: each chains to the previous one's root
+        timed("emission_checkpoints", lambda: materialize_range(defs, [keys.emission_checkpoints], key, key, instance))
+        timings.checkpoints.append(key)
+    if progress:
+        progress("checkpoints", len(closed), len(closed))
+    return timings

@@ -1,9 +1,15 @@
-"""The plug-in contract: what a competition supplies to the engine, as a Dagster resource.
+"""The plug-in contract: what a competition supplies to the engine, as Dagster resources.
 
 `CompetitionRules` is the interface. `CallableRules` implements it from `module:attr` import paths
 (the reference's env-configured callables), checked when the code location loads: a missing or
-mistyped callable, or one without the parameters the engine passes, fails with a message naming
-the slot and the path.
+mistyped callable, one without the parameters the engine passes, or one that requires a parameter
+the engine does not pass, fails the load with a message naming the slot and the path.
+
+Typed shapes are optional: a competition that names pydantic models for its model input, model
+output and score result gets each validated at the boundary, with the model's own error message.
+
+Ground truth usually comes from stored feed records through the `ground_truth_resolver` slot. A
+competition whose truth comes from elsewhere supplies a `GroundTruthResource` instead.
 """
 
 from __future__ import annotations
@@ -17,10 +23,10 @@ from datetime import datetime
 from typing import Any, Callable
 
 import dagster as dg
+import pydantic
 
-from crunch_assets.prices import PriceSeries
+from crunch_assets.records import RecordsView
 from crunch_assets.spec import Scope
-from resources.feeds.base import Candle
 from resources.model_runners.base import MethodCall, ModelInterface
 
 
@@ -28,45 +34,59 @@ class WiringError(ValueError):
     """A competition's plug-in wiring is wrong; the message names the slot and the callable."""
 
 
+class TruthUnavailable(Exception):
+    """Raised by a ground-truth source that knows the truth of a cycle will never come (the cycle
+    is voided with this reason)."""
+
+
 class CompetitionRules(dg.ConfigurableResource):
     """Competition logic plugged into the engine."""
-
-    # The score value recorded for a FAILED or ABSENT prediction, and for an output the scoring
-    # function rejects: it counts against the model in every mean (a model that times out in bad
-    # cycles must not gain from it). Usually the worst possible score.
-    failure_score: float
 
     @abstractmethod
     def model_interface(self) -> ModelInterface: ...
 
     @abstractmethod
-    def build_inference_input(self, scope: Scope, cycle_at: datetime, candles: list[Candle]) -> dict:
-        """The model input of one cycle, from candles that closed at or before cycle_at."""
+    def build_inference_input(self, scope: Scope, cycle_at: datetime, records: RecordsView) -> Any:
+        """The model input of one cycle, from records observed at or before cycle_at."""
 
     @abstractmethod
-    def build_model_calls(self, scope: Scope, inference_input: dict) -> list[MethodCall]:
+    def build_model_calls(self, scope: Scope, inference_input: Any) -> list[MethodCall]:
         """The calls made on each model in one cycle (e.g. feed_update then predict)."""
 
     @abstractmethod
-    def validate_output(self, scope: Scope, output: Any) -> dict:
+    def validate_output(self, scope: Scope, output: Any) -> Any:
         """The normalised output; raise ValueError with the reason when it is unusable."""
 
     @abstractmethod
     def resolve_ground_truth(
-        self, scope: Scope, cycle_at: datetime, resolvable_at: datetime, prices: PriceSeries, max_staleness_seconds: float
-    ) -> dict | None:
-        """What really happened, from stored prices; None while the data to know it is missing."""
+        self, scope: Scope, cycle_at: datetime, resolvable_at: datetime, records: RecordsView, max_staleness_seconds: float
+    ) -> Any | None:
+        """What really happened, from stored records; None while the data to know it is missing."""
 
     @abstractmethod
-    def score_prediction(self, scope: Scope, output: dict, ground_truth: dict) -> dict:
+    def score_prediction(self, scope: Scope, output: Any, ground_truth: Any) -> dict:
         """{"value": float | None, "success": bool, "failed_reason": str | None, ...more fields}."""
-
-    @abstractmethod
-    def build_emission(self, ranked_model_ids: list[str]) -> list[int]:
-        """frac64 rewards (1,000,000,000 = 100 %) in ranking order; they sum to exactly 1e9."""
 
     def summarize_scores(self, results: list[dict]) -> dict:
         return mean_numeric_fields(results)
+
+    def adjust_cycle(self, scope: Scope, cycle_at: datetime, results: dict[str, dict]) -> dict[str, dict]:
+        """The optional cross-sectional step: all successful results of one cycle in, adjusted
+        results out (e.g. scores relative to the field). Default: unchanged."""
+        return results
+
+    def build_emission(self, entries: list) -> list[int] | None:
+        """A custom emission over the ranked, eligible entries; None: the spec's emission policy."""
+        return None
+
+    def input_model(self) -> type[pydantic.BaseModel] | None:
+        return None
+
+    def output_model(self) -> type[pydantic.BaseModel] | None:
+        return None
+
+    def score_model(self) -> type[pydantic.BaseModel] | None:
+        return None
 
 
 def mean_numeric_fields(results: list[dict]) -> dict:
@@ -86,18 +106,20 @@ def mean_numeric_fields(results: list[dict]) -> dict:
 
 # slot -> the parameters the engine passes (by name)
 CALLABLE_SLOTS: dict[str, tuple[str, ...]] = {
-    "input_builder": ("scope", "cycle_at", "candles"),
+    "input_builder": ("scope", "cycle_at", "records"),
     "call_builder": ("scope", "inference_input"),
     "output_validator": ("scope", "output"),
-    "ground_truth_resolver": ("scope", "cycle_at", "resolvable_at", "prices", "max_staleness_seconds"),
+    "ground_truth_resolver": ("scope", "cycle_at", "resolvable_at", "records", "max_staleness_seconds"),
     "scoring_function": ("scope", "output", "ground_truth"),
-    "emission_builder": ("ranked_model_ids",),
     "snapshot_aggregator": ("results",),
+    "cross_sectional": ("scope", "cycle_at", "results"),
+    "emission_builder": ("entries",),
 }
+OPTIONAL_SLOTS = ("snapshot_aggregator", "cross_sectional", "emission_builder")
+SCHEMA_SLOTS = ("input_schema", "output_schema", "score_schema")
 
 
-@functools.lru_cache(maxsize=256)  # resolved once per process, also on the per-prediction path
-def resolve_callable(slot: str, path: str, required_parameters: tuple[str, ...]) -> Callable:
+def import_object(slot: str, path: str) -> Any:
     module_name, separator, attribute = path.partition(":")
     if not separator or not module_name or not attribute:
         raise WiringError(f"{slot}: {path!r} is not an import path of the form 'package.module:attribute'")
@@ -110,15 +132,37 @@ def resolve_callable(slot: str, path: str, required_parameters: tuple[str, ...])
         if not hasattr(target, part):
             raise WiringError(f"{slot}: module {module_name!r} has no attribute {attribute!r} ({path!r})")
         target = getattr(target, part)
+    return target
+
+
+@functools.lru_cache(maxsize=256)  # resolved once per process, also on the per-prediction path
+def resolve_callable(slot: str, path: str, passed_parameters: tuple[str, ...]) -> Callable:
+    target = import_object(slot, path)
     if not callable(target):
         raise WiringError(f"{slot}: {path!r} is not callable")
     parameters = inspect.signature(target).parameters
     accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    missing = [name for name in required_parameters if name not in parameters]
+    missing = [name for name in passed_parameters if name not in parameters]
     if missing and not accepts_any:
+        raise WiringError(f"{slot}: {path!r} must accept parameters {list(passed_parameters)}; missing {missing}")
+    extra = [
+        name for name, p in parameters.items()
+        if name not in passed_parameters and p.default is inspect.Parameter.empty
+        and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    ]
+    if extra:
         raise WiringError(
-            f"{slot}: {path!r} must accept parameters {list(required_parameters)}; missing {missing}"
+            f"{slot}: {path!r} requires parameter(s) {extra} that the engine does not pass "
+            f"(it passes {list(passed_parameters)}); give them defaults or remove them"
         )
+    return target
+
+
+@functools.lru_cache(maxsize=64)
+def resolve_schema(slot: str, path: str) -> type[pydantic.BaseModel]:
+    target = import_object(slot, path)
+    if not (isinstance(target, type) and issubclass(target, pydantic.BaseModel)):
+        raise WiringError(f"{slot}: {path!r} must be a pydantic BaseModel class")
     return target
 
 
@@ -131,14 +175,26 @@ class CallableRules(CompetitionRules):
     output_validator: str
     ground_truth_resolver: str
     scoring_function: str
-    emission_builder: str
     snapshot_aggregator: str = "crunch_assets.rules:mean_numeric_fields"
+    cross_sectional: str | None = None
+    emission_builder: str | None = None
+    input_schema: str | None = None
+    output_schema: str | None = None
+    score_schema: str | None = None
 
     def check_wiring(self) -> None:
         """Resolve every slot now, so a bad path fails the code location's load."""
         for slot, parameters in CALLABLE_SLOTS.items():
-            resolve_callable(slot, getattr(self, slot), parameters)
-        resolve_callable("model_base_class", self.model_base_class, ())
+            path = getattr(self, slot)
+            if path is None and slot in OPTIONAL_SLOTS:
+                continue
+            resolve_callable(slot, path, parameters)
+        for slot in SCHEMA_SLOTS:
+            if getattr(self, slot) is not None:
+                resolve_schema(slot, getattr(self, slot))
+        base = import_object("model_base_class", self.model_base_class)
+        if not isinstance(base, type):
+            raise WiringError(f"model_base_class: {self.model_base_class!r} is not a class")
 
     def _call(self, slot: str, **kwargs: Any) -> Any:
         return resolve_callable(slot, getattr(self, slot), CALLABLE_SLOTS[slot])(**kwargs)
@@ -146,8 +202,8 @@ class CallableRules(CompetitionRules):
     def model_interface(self) -> ModelInterface:
         return ModelInterface(base_class=self.model_base_class)
 
-    def build_inference_input(self, scope, cycle_at, candles):
-        return self._call("input_builder", scope=scope, cycle_at=cycle_at, candles=candles)
+    def build_inference_input(self, scope, cycle_at, records):
+        return self._call("input_builder", scope=scope, cycle_at=cycle_at, records=records)
 
     def build_model_calls(self, scope, inference_input):
         return self._call("call_builder", scope=scope, inference_input=inference_input)
@@ -155,21 +211,68 @@ class CallableRules(CompetitionRules):
     def validate_output(self, scope, output):
         return self._call("output_validator", scope=scope, output=output)
 
-    def resolve_ground_truth(self, scope, cycle_at, resolvable_at, prices, max_staleness_seconds):
+    def resolve_ground_truth(self, scope, cycle_at, resolvable_at, records, max_staleness_seconds):
         return self._call(
-            "ground_truth_resolver",
-            scope=scope,
-            cycle_at=cycle_at,
-            resolvable_at=resolvable_at,
-            prices=prices,
+            "ground_truth_resolver", scope=scope, cycle_at=cycle_at, resolvable_at=resolvable_at, records=records,
             max_staleness_seconds=max_staleness_seconds,
         )
 
     def score_prediction(self, scope, output, ground_truth):
         return self._call("scoring_function", scope=scope, output=output, ground_truth=ground_truth)
 
-    def build_emission(self, ranked_model_ids):
-        return self._call("emission_builder", ranked_model_ids=ranked_model_ids)
-
     def summarize_scores(self, results):
         return self._call("snapshot_aggregator", results=results)
+
+    def adjust_cycle(self, scope, cycle_at, results):
+        if self.cross_sectional is None:
+            return results
+        return self._call("cross_sectional", scope=scope, cycle_at=cycle_at, results=results)
+
+    def build_emission(self, entries):
+        if self.emission_builder is None:
+            return None
+        return self._call("emission_builder", entries=entries)
+
+    def input_model(self):
+        return resolve_schema("input_schema", self.input_schema) if self.input_schema else None
+
+    def output_model(self):
+        return resolve_schema("output_schema", self.output_schema) if self.output_schema else None
+
+    def score_model(self):
+        return resolve_schema("score_schema", self.score_schema) if self.score_schema else None
+
+
+def validation_message(error: pydantic.ValidationError) -> str:
+    """A short, readable summary of a pydantic error: 'field: problem; ...'."""
+    parts = []
+    for item in error.errors()[:5]:
+        location = ".".join(str(part) for part in item.get("loc", ())) or "(root)"
+        parts.append(f"{location}: {item.get('msg')}")
+    return "; ".join(parts)
+
+
+class GroundTruthResource(dg.ConfigurableResource):
+    """Where what really happened comes from.
+
+    `resolve` returns the truth of a cycle, None while it is not known yet, or raises
+    TruthUnavailable when it never will be known (the cycle is voided). `reads_feed` says whether
+    the engine must wait for the stored feed to cover a cycle's resolution before asking.
+    """
+
+    @property
+    def reads_feed(self) -> bool:
+        return True
+
+    @abstractmethod
+    def resolve(
+        self, rules: CompetitionRules, scope: Scope, cycle_at: datetime, resolvable_at: datetime,
+        records: RecordsView, max_staleness_seconds: float,
+    ) -> Any | None: ...
+
+
+class FeedGroundTruth(GroundTruthResource):
+    """The default: the competition's ground_truth_resolver over the stored feed records."""
+
+    def resolve(self, rules, scope, cycle_at, resolvable_at, records, max_staleness_seconds):
+        return rules.resolve_ground_truth(scope, cycle_at, resolvable_at, records, max_staleness_seconds)

@@ -5,8 +5,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from competitions.btc_updown import logic
-from crunch_assets.prices import PriceObservation, PriceSeries
+from crunch_assets.records import LoadedRecords
 from crunch_assets.spec import Scope
+from resources.feeds.base import Candle, FeedStream
 
 SCOPE = Scope("BTC", 60, 60)
 T0 = datetime(2025, 1, 7, 12, 0, tzinfo=timezone.utc)
@@ -73,57 +74,51 @@ def test_position_return_alternative_scoring():
     assert values == pytest.approx([0.10, -0.10, 0.05])
 
 
-def _series(*minute_prices):
-    return PriceSeries([PriceObservation(T0 + timedelta(minutes=m), price) for m, price in minute_prices])
+STREAM = FeedStream("test", "BTC", "candle", 60)
+
+
+def _view(*minute_closes, since=T0 - timedelta(hours=1), as_of=T0 + timedelta(hours=1)):
+    """Stored 1-minute candles closing at T0 + m minutes with the given closes."""
+    candles = [Candle("BTC", T0 + timedelta(minutes=m - 1), close, close, close, close, 1.0) for m, close in minute_closes]
+    return LoadedRecords({STREAM: candles}).view(since, as_of, include_since=True)
 
 
 def test_ground_truth_from_stored_prices():
-    prices = _series((-1, 99.0), (0, 100.0), (1, 101.0))
-    truth = logic.resolve_ground_truth(SCOPE, T0, T0 + timedelta(seconds=60), prices, 120)
+    truth = logic.resolve_ground_truth(SCOPE, T0, T0 + timedelta(seconds=60), _view((-1, 99.0), (0, 100.0), (1, 101.0)), 30)
     assert truth["entry_price"] == 100.0 and truth["resolved_price"] == 101.0
     assert truth["y_up"] is True and truth["return"] == pytest.approx(0.01)
 
 
-def test_ground_truth_waits_for_missing_or_stale_prices():
-    prices = _series((0, 100.0))
-    assert logic.resolve_ground_truth(SCOPE, T0, T0 + timedelta(seconds=60), prices, 120) is not None
+def test_ground_truth_is_missing_when_a_price_is_missing_or_stale():
+    records = _view((0, 100.0), (1, 101.0))
+    assert logic.resolve_ground_truth(SCOPE, T0, T0 + timedelta(seconds=60), records, 30) is not None
     # resolved price missing: 5 minutes later the last price is too old to stand for it
-    assert logic.resolve_ground_truth(SCOPE, T0, T0 + timedelta(minutes=5), prices, 120) is None
+    assert logic.resolve_ground_truth(SCOPE, T0, T0 + timedelta(minutes=5), records, 30) is None
     # entry missing: nothing at or before the cycle
-    assert logic.resolve_ground_truth(SCOPE, T0 - timedelta(minutes=1), T0, prices, 120) is None
+    assert logic.resolve_ground_truth(SCOPE, T0 - timedelta(minutes=1), T0, records, 30) is None
+
+
+def test_a_missing_resolution_price_is_never_the_entry_price():
+    """Issue: with a staleness bound above the horizon, a missing resolution candle made the entry
+    observation itself the 'resolved' price, and p_up 0.9 scored 0.19 as 'not up'."""
+    records = _view((0, 100.0))  # the candle closing at T0 + 60 s is missing
+    assert logic.resolve_ground_truth(SCOPE, T0, T0 + timedelta(seconds=60), records, 59) is None
+    assert logic.resolve_ground_truth(SCOPE, T0, T0 + timedelta(seconds=60), records, 120) is None
 
 
 def test_flat_price_is_not_up():
-    prices = _series((0, 100.0), (1, 100.0))
-    assert logic.resolve_ground_truth(SCOPE, T0, T0 + timedelta(seconds=60), prices, 120)["y_up"] is False
+    truth = logic.resolve_ground_truth(SCOPE, T0, T0 + timedelta(seconds=60), _view((0, 100.0), (1, 100.0)), 30)
+    assert truth["y_up"] is False
 
 
-@pytest.mark.parametrize(
-    "models, expected",
-    [
-        (1, [1_000_000_000]),
-        (2, [625_000_000, 375_000_000]),
-        (3, [500_000_000, 250_000_000, 250_000_000]),
-        (10, [350_000_000] + [100_000_000] * 4 + [50_000_000] * 5),
-        (12, [350_000_000] + [100_000_000] * 4 + [50_000_000] * 5 + [0, 0]),
-    ],
-)
-def test_emission_reference_splits(models, expected):
-    assert logic.build_emission([f"m{i}" for i in range(models)]) == expected
-
-
-@pytest.mark.parametrize("models", range(1, 40))
-def test_emission_always_sums_to_exactly_one_billion(models):
-    rewards = logic.build_emission([f"m{i}" for i in range(models)])
-    assert sum(rewards) == 1_000_000_000 and len(rewards) == models
-    assert all(a >= b for a, b in zip(rewards, rewards[1:]))
-
-
-def test_input_contains_only_the_subjects_candles():
-    from resources.feeds.base import Candle
-
-    candles = [Candle("BTC", T0 - timedelta(minutes=2), 1, 2, 0.5, 1.5, 3.0), Candle("ETH", T0, 1, 1, 1, 1, 0)]
-    payload = logic.build_inference_input(SCOPE, T0, candles)
+def test_input_contains_only_the_subjects_candles_closed_by_the_cycle():
+    eth = FeedStream("test", "ETH", "candle", 60)
+    loaded = LoadedRecords({
+        STREAM: [Candle("BTC", T0 - timedelta(minutes=2), 1, 2, 0.5, 1.5, 3.0),
+                 Candle("BTC", T0, 9, 9, 9, 9, 9.0)],  # closes after the cycle: not seen
+        eth: [Candle("ETH", T0 - timedelta(minutes=1), 1, 1, 1, 1, 0)],
+    })
+    payload = logic.build_inference_input(SCOPE, T0, loaded.view(T0 - timedelta(hours=1), T0))
     assert payload == {
         "symbol": "BTC",
         "asof_ts": int(T0.timestamp()),

@@ -11,12 +11,12 @@ import pytest
 import sqlalchemy as sa
 
 from competitions.btc_updown.definitions import SPEC, build_definitions
-from crunch_assets import store_queries as q
-from crunch_assets.assets import ChainKeys
+from resources.store import feeds as feed_store
+from crunch_assets.keys import ChainKeys
 from crunch_assets.partitions import build_partitions
 from crunch_assets.replay import RANGE_END_TAG, RANGE_START_TAG, chain_assets, replay
 from crunch_assets.spec import DAY_SECONDS
-from resources.feeds.base import Candle
+from resources.feeds.base import Candle, FeedStream
 from resources.feeds.binance import BinanceFeed
 from resources.feeds.csv_replay import CsvReplayFeed
 from resources.feeds.pyth import PythFeed
@@ -156,47 +156,56 @@ def _candles(count: int, subject: str = "BTC", first: datetime = START, close_of
                    0.001 * i) for i in range(count)]
 
 
+def _upsert(connection, source: str, candles: list[Candle]) -> int:
+    """Rows written, for candles of any subjects (one write per stream, as the feed stage does)."""
+    written = 0
+    for subject in dict.fromkeys(c.subject for c in candles):
+        stream = FeedStream(source, subject, "candle", 60)
+        written += feed_store.upsert_records(connection, stream, [c for c in candles if c.subject == subject]).written
+    return written
+
+
 def test_bulk_writes_keep_the_upsert_semantics(clean_database):
     engine = engine_for(clean_database)
     candles = _candles(2000)
-    assert len(candles) >= q.COPY_MIN_CANDLES
+    assert len(candles) >= feed_store.COPY_MIN_RECORDS
     with engine.begin() as connection:
-        assert q.upsert_candles(connection, "copy", candles) == 2000  # COPY into an empty range
+        assert _upsert(connection, "copy", candles) == 2000  # COPY into an empty range
         before = _row_versions(connection, "copy")
     with engine.begin() as connection:
-        assert q.upsert_candles(connection, "copy", candles) == 0  # staged: nothing changes
+        assert _upsert(connection, "copy", candles) == 0  # staged: nothing changes
         assert _row_versions(connection, "copy") == before
     # Two corrected candles and 500 new ones in one batch that overlaps stored rows.
     corrected = {candles[10].ts_event, candles[1500].ts_event}
     batch = [replace(c, close=c.close + 1) if c.ts_event in corrected else c for c in candles[:1800]]
     batch += _candles(500, first=candles[-1].ts_event + timedelta(minutes=1))
     with engine.begin() as connection:
-        assert q.upsert_candles(connection, "copy", batch) == 2 + 500
+        assert _upsert(connection, "copy", batch) == 2 + 500
         after = _row_versions(connection, "copy")
     assert {ts for ts, version in before.items() if after[ts] != version} == corrected
     # What COPY stores is what the multi-row INSERT stores, to the JSON text.
     with engine.begin() as connection:
         for start in range(0, len(batch), 100):  # batches under COPY_MIN_CANDLES take the INSERT
-            q.upsert_candles(connection, "insert", batch[start:start + 100])
+            _upsert(connection, "insert", batch[start:start + 100])
         copied, inserted = _stored(connection, "copy"), _stored(connection, "insert")
     assert len(copied) == 2500 and {ts: copied[ts] for ts in inserted} == inserted
     with engine.begin() as connection:  # ... so rewriting INSERTed rows by COPY changes none
         versions = _row_versions(connection, "insert")
-        assert q.upsert_candles(connection, "insert", batch) == 0
+        assert _upsert(connection, "insert", batch) == 0
         assert _row_versions(connection, "insert") == versions
 
 
 def test_bulk_writes_of_several_subjects_in_one_transaction(clean_database):
     engine = engine_for(clean_database)
     with engine.begin() as connection:
-        assert q.upsert_candles(connection, "binance", _candles(600, "BTC")) == 600
-        assert q.upsert_candles(connection, "binance", _candles(600, "ETH")) == 600
+        assert _upsert(connection, "binance", _candles(600, "BTC")) == 600
+        assert _upsert(connection, "binance", _candles(600, "ETH")) == 600
         # Both staged (overlapping), one after the other in the same transaction's staging table.
-        assert q.upsert_candles(connection, "binance", _candles(700, "BTC")) == 100
-        assert q.upsert_candles(connection, "binance", _candles(600, "ETH", close_offset=0.5)) == 600
+        assert _upsert(connection, "binance", _candles(700, "BTC")) == 100
+        assert _upsert(connection, "binance", _candles(600, "ETH", close_offset=0.5)) == 600
         # A mixed batch, and a subject whose name needs escaping in COPY's text format.
         mixed = _candles(300, "SOL") + _candles(300, "odd\tname\\x")
-        assert q.upsert_candles(connection, "binance", mixed) == 600
+        assert _upsert(connection, "binance", mixed) == 600
     with engine.connect() as connection:
         counts = dict(connection.execute(sa.text(
             "SELECT subject, count(*) FROM crunch.feed_records GROUP BY subject")).fetchall())
@@ -213,11 +222,11 @@ def test_a_row_written_concurrently_sends_the_copy_to_the_conflict_path(clean_da
     engine = engine_for(clean_database)
     candles = _candles(1000)
     with engine.begin() as connection:
-        q.upsert_candles(connection, "binance", candles[500:501])  # the "concurrent" row
-    monkeypatch.setattr(q, "_any_candle_stored", lambda cursor, source, batch: False)
+        _upsert(connection, "binance", candles[500:501])  # the "concurrent" row
+    monkeypatch.setattr(feed_store, "_span_is_empty", lambda connection, stream, batch: True)
     with engine.begin() as connection:
-        assert q.upsert_candles(connection, "binance", _candles(10, "ETH")) == 10
-        assert q.upsert_candles(connection, "binance", candles) == 999
+        assert _upsert(connection, "binance", _candles(10, "ETH")) == 10
+        assert _upsert(connection, "binance", candles) == 999
     with engine.connect() as connection:
         assert connection.execute(sa.text("SELECT count(*) FROM crunch.feed_records")).scalar_one() == 1010
 
@@ -225,5 +234,5 @@ def test_a_row_written_concurrently_sends_the_copy_to_the_conflict_path(clean_da
 def test_an_autocommit_connection_takes_the_insert_path(clean_database):
     engine = engine_for(clean_database)
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        assert q.upsert_candles(connection, "binance", _candles(1000)) == 1000
-        assert q.upsert_candles(connection, "binance", _candles(1000)) == 0
+        assert _upsert(connection, "binance", _candles(1000)) == 1000
+        assert _upsert(connection, "binance", _candles(1000)) == 0

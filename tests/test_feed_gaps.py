@@ -1,6 +1,7 @@
 """A gap in the feed: the gap check names it, the cycles that need the missing prices are not
-scored (no invented price), and once the void deadline passes they are VOIDED: neither scored
-nor penalised, with the reason in the store and in the run's metadata."""
+scored (no invented price), and once the stored feed proves the prices will not come they are
+VOIDED: neither scored nor penalised, with the reason in the store and in the run's metadata. A
+live cycle whose feed is slow waits for it instead of storing an input a replay would not build."""
 
 import csv
 from dataclasses import replace
@@ -9,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 import sqlalchemy as sa
 
-from crunch_assets.assets import ChainKeys
+from crunch_assets.keys import ChainKeys
 from crunch_assets.replay import chain_assets
 from resources.feeds.csv_replay import CsvReplayFeed
 
@@ -59,34 +60,33 @@ def test_a_gap_is_named_waits_then_is_voided(clean_database, btc_csv, tmp_path):
     engine = sa.create_engine(clean_database)
     with engine.connect() as connection:
         pending = connection.execute(sa.text(
-            "SELECT DISTINCT cycle_at FROM crunch.predictions WHERE status = 'PENDING' ORDER BY 1")).scalars().all()
-    # the staleness bound (120 s) bridges one or two missing minutes, not the middle of a 5-minute gap
-    assert pending and all(GAP_FIRST <= c <= GAP_LAST.replace(minute=26) for c in pending)
-    assert len(pending) < 5
+            "SELECT cycle_at FROM crunch.inputs WHERE status = 'RECEIVED' ORDER BY 1")).scalars().all()
+    # the candles closing 01:21 .. 01:25 are missing: the cycles 01:20 .. 01:25 lack an entry or a
+    # resolution price (the 30 s staleness bound never bridges a missing minute)
+    assert pending == [GAP_FIRST + timedelta(minutes=m) for m in range(6)]
 
     strict = replace(patient, void_after_seconds=3600)
     defs_strict = build_definitions(spec=strict, feed=feed, automation_running=False)
-    voiding = _materialize(defs_strict, keys, [keys.scores], hour)
+    voiding = _materialize(defs_strict, keys, [keys.scores], hour)  # a backfill: the stored feed decides
     metadata = voiding.asset_materializations_for_node(ChainKeys.op_name(keys.scores))[0].metadata
-    assert metadata["cycles_voided"].value == len(pending) and metadata["pending"].value == 0
+    assert metadata["cycles_voided"].value == len(pending) and metadata["still_unscored"].value == 0
+    assert all("the stored feed moved past" in reason for reason in metadata["void_reasons"].value)
     with engine.connect() as connection:
         voided = connection.execute(sa.text(
-            "SELECT p.cycle_at, p.status_reason, s.id AS score_id FROM crunch.predictions p "
-            "LEFT JOIN crunch.scores s ON s.prediction_id = p.id WHERE p.status = 'VOIDED'")).fetchall()
-        inputs = connection.execute(sa.text(
-            "SELECT count(*) FROM crunch.inputs WHERE status = 'VOIDED' AND meta ? 'void_reason'")).scalar()
+            "SELECT p.cycle_at, i.meta->>'void_reason' AS reason, s.id AS score_id FROM crunch.predictions p "
+            "JOIN crunch.inputs i ON i.id = p.input_id LEFT JOIN crunch.scores s ON s.prediction_id = p.id "
+            "WHERE i.status = 'VOIDED'")).fetchall()
     engine.dispose()
     assert sorted({v.cycle_at for v in voided}) == pending and len(voided) == 3 * len(pending)
     assert all(v.score_id is None for v in voided)  # neither scored nor penalised
-    assert all("ground truth missing" in v.status_reason for v in voided)
-    assert inputs == len(pending)
+    assert all("ground truth missing" in v.reason for v in voided)
 
 
-def test_a_live_cycle_does_not_wait_for_a_slow_feed(clean_database):
+def test_a_live_cycle_with_a_slow_feed_waits_for_it_and_is_run_exactly_later(clean_database):
     import time
 
     from competitions.btc_updown.definitions import SPEC, build_definitions
-    from crunch_assets.assets import as_of_run_config
+    from crunch_assets.run_config import as_of_run_config
     from resources.feeds.synthetic import SyntheticFeed
 
     class SlowFeed(SyntheticFeed):
@@ -105,17 +105,42 @@ def test_a_live_cycle_does_not_wait_for_a_slow_feed(clean_database):
     def cycle(feed, minute):
         defs = build_definitions(spec=spec, feed=feed, automation_running=False)
         return dg.materialize(chain_assets(defs, [keys.feed_records, keys.predictions]), resources=defs.resources,
-                              partition_key=partition,
+                              partition_key=partition, raise_on_error=False,
                               run_config=as_of_run_config(ops, start + timedelta(minutes=minute)))
 
     cycle(SlowFeed(), 0)  # a healthy feed stores the history
     began = time.monotonic()
     slow = cycle(SlowFeed(delay_seconds=30), 1)
-    assert time.monotonic() - began < 20  # the cycle went on after 0.5 s, not 30 s
+    assert time.monotonic() - began < 20  # the run gave up on the feed after 0.5 s, not 30 s
     feed_metadata = slow.asset_materializations_for_node(ops[0])[0].metadata
     assert "did not answer within 0.5 s" in feed_metadata["feed_errors"].value["BTC"]
     predictions = slow.asset_materializations_for_node(ops[1])[0].metadata
-    assert predictions["cycles_run"].value == 1 and predictions["predictions_made"].value == 3
+    # the cycle is not run on a history that lacks its last minute: it waits, named
+    assert predictions["cycles_run"].value == 0 and predictions["cycles_waiting_for_feed"].value == 1
+    assert "feed not fetched up to the cycle" in predictions["waiting_for_feed"].value[0]
+    check = slow.get_asset_check_evaluations()
+    assert sorted(c.check_name for c in check if not c.passed) == ["every_due_cycle_has_predictions", "feed_has_every_candle"]
+    # the next cycle's run finds the feed: both cycles run, each with the input a replay builds
+    caught_up = cycle(SlowFeed(), 2)
+    predictions = caught_up.asset_materializations_for_node(ops[1])[0].metadata
+    assert predictions["cycles_run"].value == 2 and predictions["predictions_made"].value == 6
+    engine = sa.create_engine(clean_database)
+    with engine.connect() as connection:
+        live_inputs = connection.execute(sa.text("SELECT cycle_at, raw_data FROM crunch.inputs ORDER BY 1")).fetchall()
+        connection.execute(sa.text("DROP SCHEMA crunch CASCADE"))
+        connection.commit()
+    engine.dispose()
+    from resources.store.database import dispose_engines
+
+    dispose_engines()
+    defs = build_definitions(spec=spec, feed=SyntheticFeed(), automation_running=False)
+    dg.materialize(chain_assets(defs, [keys.feed_records, keys.predictions]), resources=defs.resources,
+                   partition_key=partition, run_config=as_of_run_config(ops, start + timedelta(minutes=2)))
+    engine = sa.create_engine(clean_database)
+    with engine.connect() as connection:
+        replayed_inputs = connection.execute(sa.text("SELECT cycle_at, raw_data FROM crunch.inputs ORDER BY 1")).fetchall()
+    engine.dispose()
+    assert live_inputs == replayed_inputs
 
     # a backfill does not swallow feed errors: it fails visibly, to be retried
     class BrokenFeed(SyntheticFeed):

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from competitions.btc_updown.definitions import SPEC, build_definitions
-from crunch_assets.assets import ChainKeys
+from crunch_assets.keys import ChainKeys
 from crunch_assets.feed_maintenance import (
     archive_schema,
     archive_path,
@@ -21,14 +21,27 @@ from crunch_assets.feed_maintenance import (
 )
 from crunch_assets.partitions import build_partitions
 from crunch_assets.replay import RANGE_END_TAG, RANGE_START_TAG, chain_assets
-from crunch_assets import store_queries as q
-from resources.feeds.base import Candle
+import json
+
+from resources.feeds.base import Candle, FeedStream
 from resources.feeds.csv_replay import CsvReplayFeed
+from resources.store.feeds import FeedStore, upsert_records
 
 UTC = timezone.utc
 START = datetime(2025, 1, 7, 1, tzinfo=UTC)  # the file's first candle opens at 00:01
 DAY_1, DAY_2, DAY_3, DAY_4 = (datetime(2025, 1, day, tzinfo=UTC) for day in (7, 8, 9, 10))
 RETENTION_OP = "btc_updown__feed_retention"
+STREAM = FeedStream("csv", "BTC", "candle", 60)
+
+
+def _row(ts, open_, high, low, close, volume):
+    """An archive row as the store's candle gives it."""
+    values = {"open": open_, "high": high, "low": low, "close": close, "volume": volume}
+    return (ts, open_, high, low, close, volume, close, json.dumps(values, sort_keys=True, separators=(",", ":")))
+
+
+def _path(stored, day):
+    return archive_path(stored["root"], "btc_updown", STREAM, day.date())
 
 
 @pytest.fixture(scope="module")
@@ -87,11 +100,11 @@ def _retention(stored, as_of: datetime, retention_days: int = 1):
 def _stored_rows(engine, day: datetime) -> list[tuple]:
     with engine.connect() as connection:
         rows = connection.execute(sa.text(
-            "SELECT ts_event, values->>'open', values->>'high', values->>'low', values->>'close', values->>'volume', "
-            "price FROM crunch.feed_records WHERE source = 'csv' AND subject = 'BTC' "
+            "SELECT ts_event, values->>'open', values->>'high', values->>'low', values->>'close', values->>'volume' "
+            "FROM crunch.feed_records WHERE source = 'csv' AND subject = 'BTC' "
             "AND ts_event >= :start AND ts_event < :end ORDER BY ts_event"
         ), {"start": day, "end": day + timedelta(days=1)}).fetchall()
-    return [(row[0], *(float(value) for value in row[1:])) for row in rows]
+    return [_row(row[0], *(float(value) for value in row[1:])) for row in rows]
 
 
 def _count(engine, day: datetime) -> int:
@@ -100,14 +113,14 @@ def _count(engine, day: datetime) -> int:
 
 def test_archive_equals_store_and_csv_and_rewriting_changes_nothing(stored, csv_rows):
     metadata = _archive(stored, DAY_2)
-    path = archive_path(stored["root"], "csv", "BTC", DAY_2.date())
+    path = _path(stored, DAY_2)
     assert metadata["files"].value == [str(path)]
     assert metadata["status_by_subject"].value == {"BTC": "written"}
 
     table = pq.read_table(path)
     assert table.schema.remove_metadata() == archive_schema()
     archived = read_archive(path)
-    expected = [(ts, *values, values[3]) for ts, values in sorted(csv_rows.items()) if DAY_2 <= ts < DAY_3]
+    expected = [_row(ts, *values) for ts, values in sorted(csv_rows.items()) if DAY_2 <= ts < DAY_3]
     assert len(expected) > 1400  # a real day of minutes (the file may miss a few)
     assert archived == _stored_rows(stored["engine"], DAY_2) == expected
     assert metadata["rows_by_subject"].value == {"BTC": len(expected)}
@@ -128,7 +141,7 @@ def test_retention_deletes_only_archived_days_older_than_the_cutoff(stored):
     # A candle of day 3 corrected after its archive: its archive no longer holds the stored rows.
     corrected_at = DAY_3 + timedelta(hours=5)
     with engine.begin() as connection:
-        assert q.upsert_candles(connection, "csv", [Candle("BTC", corrected_at, 1.0, 2.0, 0.5, 1.5, 7.0)]) == 1
+        assert upsert_records(connection, STREAM, [Candle("BTC", corrected_at, 1.0, 2.0, 0.5, 1.5, 7.0)]).written == 1
 
     as_of = DAY_4 + timedelta(days=1, hours=6)  # retention of 1 day: cutoff at DAY_4 00:00
     assert retention_cutoff(as_of, 1) == DAY_4
@@ -143,23 +156,47 @@ def test_retention_deletes_only_archived_days_older_than_the_cutoff(stored):
     assert {day: _count(engine, day) for day in counts} == {**counts, DAY_2: 0}
 
     # Archiving a day again after retention deleted its rows keeps the file as it was.
-    path = archive_path(stored["root"], "csv", "BTC", DAY_2.date())
+    path = _path(stored, DAY_2)
     content = path.read_bytes()
     assert _archive(stored, DAY_2)["status_by_subject"].value == {"BTC": "unchanged"}
     assert path.read_bytes() == content and len(read_archive(path)) == counts[DAY_2]
 
     # Re-archived with the correction, day 3 goes too; day 1 stays until it is archived.
     assert _archive(stored, DAY_3)["status_by_subject"].value == {"BTC": "written"}
-    assert (corrected_at, 1.0, 2.0, 0.5, 1.5, 7.0, 1.5) in read_archive(archive_path(stored["root"], "csv", "BTC", DAY_3.date()))
+    assert _row(corrected_at, 1.0, 2.0, 0.5, 1.5, 7.0) in read_archive(_path(stored, DAY_3))
     report = _retention(stored, as_of)
     assert report["rows_deleted"] == counts[DAY_3]
     assert report["days_deleted"] == ["BTC 2025-01-09"] and list(report["skipped"]) == ["BTC 2025-01-07"]
     assert {day: _count(engine, day) for day in counts} == {**counts, DAY_2: 0, DAY_3: 0}
 
 
+def test_retention_never_deletes_what_another_competition_still_keeps(stored):
+    """Issue: retention deleted feed rows by source and subject, so two competitions sharing a
+    source could delete each other's history. Each stream's rows go only past every subscriber's
+    retention."""
+    engine = stored["engine"]
+    counts = {day: _count(engine, day) for day in (DAY_1, DAY_2, DAY_3)}
+    for day in (DAY_1, DAY_2, DAY_3):
+        _archive(stored, day)
+    FeedStore(engine).subscribe("other_competition", [STREAM], retention_days=30)
+    report = _retention(stored, DAY_4 + timedelta(days=1, hours=6))  # btc_updown alone would keep 1 day
+    assert report["rows_deleted"] == 0 and report["days_deleted"] == []
+    assert report["retention_days_applied_by_subject"] == {"BTC": 30}
+    assert {day: _count(engine, day) for day in counts} == counts
+    FeedStore(engine).subscribe("other_competition", [STREAM], retention_days=1)  # the other one lets go
+    report = _retention(stored, DAY_4 + timedelta(days=1, hours=6))
+    assert report["days_deleted"] == ["BTC 2025-01-07", "BTC 2025-01-08", "BTC 2025-01-09"]
+
+
+def test_archives_of_competitions_sharing_a_stream_are_their_own(stored):
+    path = _path(stored, DAY_2)
+    assert archive_path(stored["root"], "other_competition", STREAM, DAY_2.date()) != path
+    assert path.relative_to(stored["root"]).parts[:2] == ("btc_updown", "csv")
+
+
 def test_retention_skips_a_day_whose_archive_is_unreadable(stored):
     engine = stored["engine"]
-    path = archive_path(stored["root"], "csv", "BTC", DAY_2.date())
+    path = _path(stored, DAY_2)
     path.parent.mkdir(parents=True)
     path.write_bytes(b"not parquet")
     report = _retention(stored, DAY_4 + timedelta(days=1))

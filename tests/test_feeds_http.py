@@ -120,8 +120,8 @@ def pyth_feed(history_server=None, hermes_server=None, **overrides) -> PythFeed:
 
 
 def assert_equal_to_csv(result: FeedFetchResult, expected_rows) -> None:
-    assert len(result.candles) == len(expected_rows)
-    for candle, row in zip(result.candles, expected_rows):
+    assert len(result.records) == len(expected_rows)
+    for candle, row in zip(result.records, expected_rows):
         assert candle.ts_event == utc(row.ts)
         assert candle.ts_event.tzinfo is not None
         assert (candle.open, candle.high, candle.low, candle.close, candle.volume) == (
@@ -371,8 +371,8 @@ def test_binance_gap_returns_fewer_candles_and_no_invented_prices(binance, csv_c
     gap_start, gap_end = csv_candles[100].ts, csv_candles[130].ts
     assert binance.remove_range("BTCUSDT", gap_start, gap_end) == 30
     result = binance_feed(binance).fetch_candles("BTC", data_start, data_start + 1200 * MINUTE, as_of=after_data)
-    assert len(result.candles) == 1170 and result.skipped == []
-    assert not [candle for candle in result.candles if gap_start <= candle.ts_event.timestamp() < gap_end]
+    assert len(result.records) == 1170 and result.skipped == []
+    assert not [candle for candle in result.records if gap_start <= candle.ts_event.timestamp() < gap_end]
     assert_equal_to_csv(result, csv_candles[:100] + csv_candles[130:1200])
 
 
@@ -381,7 +381,7 @@ def test_binance_still_forming_last_candle_is_dropped(binance, csv_candles, data
     as_of = utc(binance.now_seconds)
     result = binance_feed(binance).fetch_candles("BTC", data_start, data_start + 500 * MINUTE, as_of=as_of)
     assert_equal_to_csv(result, csv_candles[:100])
-    assert result.candles[-1].close_time <= as_of
+    assert result.records[-1].close_time <= as_of
     # The fake does serve the forming bar (with partial values) for that request: the feed dropped it.
     last_request = binance.requests_to("/api/v3/klines")[-1]
     served = requests.get(f"{binance.url}/api/v3/klines",
@@ -436,7 +436,7 @@ def test_pyth_history_splits_when_the_server_says_too_many_datapoints(csv_candle
 def test_pyth_history_no_data_is_empty_not_an_error(history, csv_candles):
     before = utc(csv_candles[0].ts) - timedelta(days=3)
     result = pyth_feed(history).fetch_candles("BTC", before, before + 60 * MINUTE, as_of=before + timedelta(days=1))
-    assert result.candles == [] and result.skipped == [] and result.pages_fetched == 1
+    assert result.records == [] and result.skipped == [] and result.pages_fetched == 1
 
 
 def test_pyth_history_error_is_raised_clearly(history, data_start, after_data):

@@ -8,7 +8,8 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 import sqlalchemy as sa
 
-from crunch_assets.assets import ChainKeys, as_of_run_config
+from crunch_assets.keys import ChainKeys
+from crunch_assets.run_config import as_of_run_config
 from crunch_assets.replay import chain_assets
 
 START = datetime(2025, 1, 7, 2, tzinfo=timezone.utc)

@@ -7,7 +7,8 @@ from pathlib import Path
 import dagster as dg
 import sqlalchemy as sa
 
-from crunch_assets.assets import ChainKeys, as_of_run_config
+from crunch_assets.keys import ChainKeys
+from crunch_assets.run_config import as_of_run_config
 from crunch_assets.replay import chain_assets
 
 START = datetime(2026, 11, 4, tzinfo=timezone.utc)
@@ -66,7 +67,8 @@ def test_quarantine_after_consecutive_failures_then_retry(clean_database, tmp_pa
         steady = connection.execute(sa.text(
             "SELECT DISTINCT status FROM crunch.predictions WHERE model_id = 'steady'")).scalars().all()
         events = connection.execute(sa.text(
-            "SELECT at, event, meta->>'quarantined_until' FROM crunch.model_events ORDER BY at")).fetchall()
+            "SELECT at, event, meta->>'quarantined_until' FROM crunch.model_events WHERE event = 'QUARANTINED' "
+            "ORDER BY at")).fetchall()
     engine.dispose()
     minute = lambda m: START + timedelta(minutes=m)  # noqa: E731
     quarantined = [row.cycle_at for row in broken if row.status_reason.startswith("quarantined")]
@@ -79,7 +81,35 @@ def test_quarantine_after_consecutive_failures_then_retry(clean_database, tmp_pa
     assert steady == ["PENDING"]
 
 
-def test_model_registry_sensor_records_joins_and_leaves(clean_database, tmp_path):
+def test_quarantine_holds_across_one_cycle_live_runs(clean_database, tmp_path):
+    """Issue: live, each run stores one cycle; a quarantined model was still called every cycle
+    (and QUARANTINED written every cycle) because the next run did not read the quarantine."""
+    from competitions.btc_updown.definitions import SPEC, build_definitions
+    from resources.feeds.synthetic import SyntheticFeed
+    from resources.model_runners.local import LocalModelRunner
+
+    calls_log = tmp_path / "calls.log"
+    _write_models(tmp_path / "models", calls_log)
+    spec = replace(SPEC, start=START, quarantine_after_failures=3, quarantine_cooldown_seconds=180)
+    defs = build_definitions(spec=spec, feed=SyntheticFeed(), automation_running=False,
+                             model_runner=LocalModelRunner(models_dir=str(tmp_path / "models"), call_timeout_seconds=2))
+    for minute in range(10):  # one run per cycle, as the cycle sensor launches them
+        _run_predictions(defs, spec, minutes=minute)
+    engine = sa.create_engine(clean_database)
+    with engine.connect() as connection:
+        quarantined = connection.execute(sa.text(
+            "SELECT cycle_at FROM crunch.predictions WHERE model_id = 'broken' AND status_reason LIKE 'quarantined%' "
+            "ORDER BY cycle_at")).scalars().all()
+        events = connection.execute(sa.text(
+            "SELECT at FROM crunch.model_events WHERE event = 'QUARANTINED' ORDER BY at")).scalars().all()
+    engine.dispose()
+    minute = lambda m: START + timedelta(minutes=m)  # noqa: E731
+    assert quarantined == [minute(3), minute(4), minute(8), minute(9)]  # exactly as one run of the hour
+    assert events == [minute(2), minute(7)]
+    assert calls_log.read_text().count("call") == 6
+
+
+def test_model_registry_sensor_requests_a_sync_and_the_asset_records_joins_and_leaves(clean_database, tmp_path):
     from competitions.btc_updown.definitions import SPEC, build_definitions
     from resources.model_runners.local import LocalModelRunner
 
@@ -88,14 +118,18 @@ def test_model_registry_sensor_records_joins_and_leaves(clean_database, tmp_path
     defs = build_definitions(spec=replace(SPEC, start=START), automation_running=True,
                              model_runner=LocalModelRunner(models_dir=str(models)))
     sensor = next(s for s in defs.sensors if s.name == "btc_updown__model_registry_sensor")
+    registry = chain_assets(defs, [ChainKeys.for_slug("btc_updown").model_registry])
 
     def tick():
-        return sensor.evaluate_tick(dg.build_sensor_context(resources=defs.resources, definitions=defs)).skip_message
+        return sensor.evaluate_tick(dg.build_sensor_context(resources=defs.resources, definitions=defs))
 
-    assert tick() == "2 RUNNING; JOINED broken; JOINED steady"
-    assert tick() == "2 RUNNING; no change"
+    first = tick()
+    assert first.run_requests[0].tags["crunch/registry_changes"] == "JOINED broken; JOINED steady"
+    dg.materialize(registry, resources=defs.resources)
+    assert tick().skip_message == "2 model(s), no change"
     (models / "broken.py").unlink()
-    assert tick() == "1 RUNNING; LEFT broken"
+    assert tick().run_requests[0].tags["crunch/registry_changes"] == "LEFT broken"
+    dg.materialize(registry, resources=defs.resources)
     engine = sa.create_engine(clean_database)
     with engine.connect() as connection:
         states = dict(connection.execute(sa.text("SELECT model_id, state FROM crunch.models")).fetchall())

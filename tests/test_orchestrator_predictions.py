@@ -15,7 +15,8 @@ import pytest
 import sqlalchemy as sa
 
 from competitions.btc_updown.model_base import UpDownModel
-from crunch_assets.assets import ChainKeys, as_of_run_config
+from crunch_assets.keys import ChainKeys
+from crunch_assets.run_config import as_of_run_config
 from crunch_assets.replay import chain_assets
 from tests.fakes.model_orchestrator import FakeModelNode, FakeOrchestrator
 

@@ -21,8 +21,8 @@ QUICKSTARTERS = {
     "trend_following": "TrendFollowing",
     "gaussian_density": "GaussianDensity",
 }
-TABLES = ["feed_records", "feed_ingestion_state", "models", "inputs", "predictions", "scores", "snapshots",
-          "leaderboards", "checkpoints"]
+TABLES = ["feed_records", "feed_ingestion_state", "feed_spans", "models", "inputs", "predictions", "scores",
+          "snapshots", "cycle_rollups", "leaderboards", "checkpoints"]
 
 
 def _row_versions(engine) -> dict[str, set]:
@@ -89,7 +89,11 @@ def test_every_cycle_has_one_prediction_per_model(replayed):
     assert len(per_input) == 2 * 24 * 60
     assert {count for _, count in per_input} == {3}
     assert min(c for c, _ in per_input) == START and max(c for c, _ in per_input) == END - timedelta(minutes=1)
-    assert statuses == {"SCORED": 2 * 24 * 60 * 3}
+    # kept as made (never rewritten): every answer was valid and every one has a score
+    assert statuses == {"PENDING": 2 * 24 * 60 * 3}
+    from resources.store.competition import CompetitionStore
+
+    assert CompetitionStore(replayed["engine"], "btc_updown").prediction_statuses(START, END) == {"SCORED": 2880 * 3}
 
 
 def test_scores_equal_independent_recomputation(replayed, closes):
@@ -121,7 +125,9 @@ def test_leaderboard_windows_and_order(replayed, closes):
         # 72 h and 7 days reach back before the start: all cycles so far, flagged incomplete
         assert entry["score_steady"] == pytest.approx(mean(model_id, START), abs=1e-12)
         assert entry["score_anchor"] == pytest.approx(mean(model_id, START), abs=1e-12)
-        assert entry["score_recent_complete"] and not entry["score_steady_complete"]
+        # every model answered every counted cycle of each window so far
+        assert entry["score_recent_complete"] and entry["score_recent_coverage"] == 1.0
+        assert entry["payout"]["eligible"] and entry["payout"]["cycles"] == 24 * 60
     # the recent window really is a window: it differs from the all-time mean
     assert any(by_model[m]["score_recent"] != pytest.approx(by_model[m]["score_anchor"], abs=1e-9) for m in QUICKSTARTERS)
     recent = [e["score_recent"] for e in entries]
@@ -147,10 +153,14 @@ def test_checkpoints_pay_exactly_one_billion_in_ranking_order(replayed, closes):
             means[model_id] = sum(values) / len(values)
         assert [r["model_id"] for r in ranking] == sorted(means, key=lambda m: -means[m])
         assert [r["reward_pct"] for r in ranking] == [500_000_000, 250_000_000, 250_000_000]
-        assert [r["reward_pct"] for r in checkpoint.entries["cruncher_rewards"]] == [r["reward_pct"] for r in ranking]
         for row in ranking:
             assert row["score"] == pytest.approx(means[row["model_id"]], abs=1e-12)
-            assert row["prediction_count"] == hours * 60
+            assert row["prediction_count"] == hours * 60 and row["cycles"] == hours * 60 and row["eligible"]
+            assert row["breakdown"]["scored"] == hours * 60 and row["breakdown"]["failed"] == 0
+        assert checkpoint.entries["cruncher_rewards"] == sorted(
+            ({"cruncher_index": r["cruncher_index"], "reward_pct": r["reward_pct"]} for r in ranking),
+            key=lambda r: r["cruncher_index"],
+        )
 
 
 def test_replaying_again_changes_no_row(replayed):

@@ -6,7 +6,8 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 import pytest
 
-from crunch_assets.assets import ChainKeys, as_of_run_config
+from crunch_assets.keys import ChainKeys
+from crunch_assets.run_config import as_of_run_config
 from crunch_assets.replay import chain_assets
 
 START = datetime(2026, 11, 3, tzinfo=timezone.utc)
@@ -44,6 +45,7 @@ def test_cycle_sensor_requests_due_cycles_once_one_run_per_hour(competition):
     now = datetime.now(timezone.utc)
     cursor = (now - timedelta(minutes=3)).replace(second=0, microsecond=0)
     result = _evaluate(defs, "btc_updown__cycle_sensor", cursor=cursor.isoformat())
+    cycle_requests = [r for r in result.run_requests if ":cycle:" in r.run_key]
     launch_until = datetime.now(timezone.utc) + timedelta(seconds=spec.cycle_lead_seconds)
     launch_until = min(launch_until, launch_until.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1))
     due = [cursor + timedelta(minutes=m) for m in range(1, 5) if cursor + timedelta(minutes=m) <= launch_until]
@@ -51,14 +53,44 @@ def test_cycle_sensor_requests_due_cycles_once_one_run_per_hour(competition):
     expected = {}
     for cycle_at in due:
         expected[cycle_at.strftime("%Y-%m-%d-%H:00")] = cycle_at
-    assert {r.partition_key: datetime.fromisoformat(r.tags["crunch/cycle_at"]) for r in result.run_requests} == expected
+    assert {r.partition_key: datetime.fromisoformat(r.tags["crunch/cycle_at"]) for r in cycle_requests} == expected
     op = ChainKeys.op_name(ChainKeys.for_slug(spec.slug).predictions)
-    for request in result.run_requests:
+    for request in cycle_requests:
         assert request.run_config["ops"][op]["config"]["as_of"] == request.tags["crunch/cycle_at"]
     assert len({r.run_key for r in result.run_requests}) == len(result.run_requests)
     assert result.cursor == due[-1].isoformat()
     again = _evaluate(defs, "btc_updown__cycle_sensor", cursor=result.cursor)
-    assert all(datetime.fromisoformat(r.tags["crunch/cycle_at"]) > due[-1] for r in again.run_requests)
+    assert all(datetime.fromisoformat(r.tags["crunch/cycle_at"]) > due[-1] for r in again.run_requests if ":cycle:" in r.run_key)
+
+
+def test_cycle_sensor_fills_a_missed_last_cycle_of_an_hour(competition):
+    """Issue: a cycle run killed at hh:59 left the hour's last cycle missing for good: the next run
+    belongs to the next hour's partition. Missed cycles inside the catch-up bound are filled."""
+    from unittest import mock
+
+    import crunch_assets.sensors as sensors
+
+    spec, defs = competition
+    keys = ChainKeys.for_slug(spec.slug)
+    hour = datetime(2026, 11, 22, 9, tzinfo=timezone.utc)
+    cycle_ops = [ChainKeys.op_name(keys.feed_records), ChainKeys.op_name(keys.predictions)]
+    # 09:00 .. 09:58 were stored live; the 09:59 run died before storing anything
+    dg.materialize(chain_assets(defs, [keys.feed_records, keys.predictions]), resources=defs.resources,
+                   partition_key="2026-11-22-09:00", run_config=as_of_run_config(cycle_ops, hour + timedelta(minutes=58)))
+    now = hour + timedelta(hours=1, minutes=1, seconds=5)
+    with mock.patch.object(sensors, "datetime", wraps=datetime) as clock:
+        clock.now.return_value = now
+        result = _evaluate(defs, "btc_updown__cycle_sensor", cursor=(hour + timedelta(minutes=59)).isoformat())
+    fills = [r for r in result.run_requests if ":fill:" in r.run_key]
+    assert [r.partition_key for r in fills] == ["2026-11-22-09:00"]
+    assert fills[0].tags["crunch/fill_from"] == (hour + timedelta(minutes=59)).isoformat()
+    dg.materialize(chain_assets(defs, [keys.feed_records, keys.predictions]), resources=defs.resources,
+                   partition_key=fills[0].partition_key, run_config=fills[0].run_config)
+    from resources.store.competition import CompetitionStore
+    from resources.store.database import engine_for
+
+    stored = CompetitionStore(engine_for(), spec.slug).stored_cycles(hour, hour + timedelta(hours=1))
+    assert len(stored) == 60
 
 
 def test_cycle_sensor_first_start_runs_only_the_current_cycle(competition):
@@ -89,19 +121,23 @@ def test_settlement_and_rollup_sensors_follow_the_store(competition):
                    partition_key=partition,
                    run_config=as_of_run_config([ChainKeys.op_name(keys.feed_records), ChainKeys.op_name(keys.predictions)], as_of))
     settle = _evaluate(defs, "btc_updown__settlement_sensor")
-    # the feed covers 00:09, so the cycles 00:00 .. 00:08 (resolving by 00:09) are settled; the
-    # 00:09 cycle waits for a price that will never come and is long past the void deadline
-    assert [(r.partition_key, r.run_key.split(":")[1]) for r in settle.run_requests] == [
-        (partition, "scores"), (partition, "void")]
+    # the feed is fetched up to 00:09, so the cycles 00:00 .. 00:08 (resolving by 00:09) are settled
+    assert [(r.partition_key, r.run_key.split(":")[1]) for r in settle.run_requests] == [(partition, "scores")]
     scores_op = ChainKeys.op_name(keys.scores)
     assert settle.run_requests[0].run_config["ops"][scores_op]["config"]["as_of"] == as_of.isoformat()
-    again = _evaluate(defs, "btc_updown__settlement_sensor", cursor=settle.cursor)
-    assert [r.run_key for r in again.run_requests] == [settle.run_requests[1].run_key]  # deduplicated by run key
     assert _evaluate(defs, "btc_updown__rollup_sensor").skip_message  # no scores yet
     scored = dg.materialize(chain_assets(defs, [keys.scores]), resources=defs.resources, partition_key=partition,
                             run_config=settle.run_requests[0].run_config)
     metadata = scored.asset_materializations_for_node(scores_op)[0].metadata
-    assert metadata["scored"].value == 27 and metadata["cycles_voided"].value == 1 and metadata["pending"].value == 0
+    assert metadata["scored"].value == 27 and metadata["cycles_voided"].value == 0 and metadata["still_unscored"].value == 3
+    # the 00:09 cycle waits for a price that never came and is long past its void deadline
+    again = _evaluate(defs, "btc_updown__settlement_sensor", cursor=settle.cursor)
+    assert [(r.partition_key, r.run_key.split(":")[1]) for r in again.run_requests] == [(partition, "void")]
+    voided = dg.materialize(chain_assets(defs, [keys.scores]), resources=defs.resources, partition_key=partition,
+                            run_config=again.run_requests[0].run_config)
+    metadata = voided.asset_materializations_for_node(scores_op)[0].metadata
+    assert metadata["cycles_voided"].value == 1 and metadata["still_unscored"].value == 0
+    assert "the clock passed" in metadata["void_reasons"].value[0]
     rollup = _evaluate(defs, "btc_updown__rollup_sensor")
     assert [r.partition_key for r in rollup.run_requests] == ["2026-11-03"]
     assert _evaluate(defs, "btc_updown__rollup_sensor", cursor=rollup.cursor).skip_message
@@ -121,15 +157,15 @@ def test_checkpoint_sensor_requests_a_settled_period_once_rolled_up(clean_databa
     spec = replace(SPEC, start=START, checkpoint_interval_seconds=6 * 3600)
     defs = build_definitions(spec=spec, feed=SyntheticFeed(), automation_running=True)
     keys = ChainKeys.for_slug(spec.slug)
-    # predictions and scores for 00:00-06:00, but no snapshots yet: the period is not summarised
+    # predictions and scores for 00:00-06:00 (after the feed they resolve with), but no snapshots yet
     partitions = [f"2026-11-03-0{h}:00" for h in range(6)]
+    for partition in partitions + ["2026-11-03-06:00"]:
+        dg.materialize(chain_assets(defs, [keys.feed_records]), resources=defs.resources, partition_key=partition)
     for partition in partitions:
-        dg.materialize(chain_assets(defs, [keys.feed_records, keys.predictions, keys.scores]),
-                       resources=defs.resources, partition_key=partition)
-    dg.materialize(chain_assets(defs, [keys.feed_records]), resources=defs.resources, partition_key="2026-11-03-06:00")
-    dg.materialize(chain_assets(defs, [keys.scores]), resources=defs.resources, partition_key=partitions[-1])
+        dg.materialize(chain_assets(defs, [keys.predictions, keys.scores]), resources=defs.resources,
+                       partition_key=partition)
     waiting = _evaluate(defs, "btc_updown__checkpoint_sensor")
-    assert not waiting.run_requests and "in snapshots" in waiting.skip_message
+    assert not waiting.run_requests and "summarised" in waiting.skip_message
     dg.materialize(chain_assets(defs, [keys.snapshots]), resources=defs.resources, partition_key="2026-11-03")
     ready = _evaluate(defs, "btc_updown__checkpoint_sensor")
     assert [r.partition_key for r in ready.run_requests] == ["2026-11-03-00:00"]
@@ -150,10 +186,12 @@ def test_cycle_sensor_does_not_launch_early_into_a_partition_not_yet_begun(compe
     spec, defs = competition
     from unittest import mock
 
-    import crunch_assets.automation as automation
+    import crunch_assets.sensors as sensors
 
     just_before_the_hour = datetime(2026, 11, 22, 9, 59, 57, tzinfo=timezone.utc)
-    with mock.patch.object(automation, "datetime", wraps=datetime) as clock:
+    with mock.patch.object(sensors, "datetime", wraps=datetime) as clock:
         clock.now.return_value = just_before_the_hour
         result = _evaluate(defs, "btc_updown__cycle_sensor", cursor="2026-11-22T09:59:00+00:00")
-    assert result.skip_message and not result.run_requests  # 10:00 is launched once its hour exists
+    # 10:00 is launched once its hour exists (the empty store's missing 09:xx cycles get a fill run)
+    assert not [r for r in result.run_requests if r.partition_key == "2026-11-22-10:00"]
+    assert all(":fill:" in r.run_key for r in result.run_requests)

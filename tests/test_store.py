@@ -2,15 +2,19 @@
 
 from datetime import datetime, timedelta, timezone
 
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from crunch_assets import store_queries as q
-from resources.feeds.base import Candle
+from resources.feeds.base import Candle, FeedStream
 from resources.store import schema
+from resources.store.bulk import bulk_upsert
 from resources.store.database import engine_for
+from resources.store.feeds import upsert_records
 from resources.store.migrations import current_revision, head_revision
+
+STREAM = FeedStream("test", "BTC", "candle", 60)
 
 
 def test_upgrading_an_empty_database_gives_exactly_the_metadata(clean_database):
@@ -34,18 +38,63 @@ def test_every_time_column_is_timezone_aware():
                 assert column.type.timezone, f"{table.name}.{column.name} must be timestamptz"
 
 
-def test_candle_upsert_is_idempotent_and_updates_only_changes(clean_database):
+@pytest.mark.parametrize("count", [10, 2000])  # the multi-row INSERT and the COPY paths
+def test_candle_upsert_is_idempotent_and_counts_corrections(clean_database, count):
     engine = engine_for(clean_database)
     start = datetime(2025, 1, 7, tzinfo=timezone.utc)
-    candles = [Candle("BTC", start + timedelta(minutes=i), 100, 101, 99, 100 + i, 1.0) for i in range(2000)]
+    candles = [Candle("BTC", start + timedelta(minutes=i), 100, 101, 99, 100 + i, 1.0) for i in range(count)]
     with engine.begin() as connection:
-        assert q.upsert_candles(connection, "test", candles) == 2000
+        assert upsert_records(connection, STREAM, candles).written == count
     with engine.begin() as connection:
-        assert q.upsert_candles(connection, "test", candles) == 0  # same data: nothing written
-    corrected = [Candle("BTC", start, 100, 101, 99, 150.0, 1.0)]
+        again = upsert_records(connection, STREAM, candles)  # same data: nothing written
+    assert (again.written, again.corrected) == (0, 0)
+    corrected = [Candle("BTC", start, 100, 101, 99, 150.0, 1.0), Candle("BTC", start - timedelta(minutes=1), 1, 1, 1, 1, 1)]
     with engine.begin() as connection:
-        assert q.upsert_candles(connection, "test", corrected) == 1
+        written = upsert_records(connection, STREAM, corrected)
         price = connection.execute(
             sa.select(schema.feed_records.c.price).where(schema.feed_records.c.ts_event == start)
         ).scalar_one()
+    assert (written.written, written.corrected) == (2, 1)  # one new candle, one corrected by the source
     assert price == 150.0
+
+
+@pytest.mark.parametrize("count", [3, 5000])
+def test_bulk_upsert_writes_once_and_updates_only_real_changes(clean_database, count):
+    engine = engine_for(clean_database)
+    table = schema.leaderboards
+    at = datetime(2025, 1, 7, tzinfo=timezone.utc)
+    rows = [("demo", at + timedelta(minutes=i), [{"rank": 1, "value": i / 7, "name": "tab\there"}], {}) for i in range(count)]
+    columns, key = ("competition", "as_of", "entries", "meta"), ("competition", "as_of")
+    with engine.begin() as connection:
+        assert bulk_upsert(connection, table, columns, rows, key, update_columns=("entries",)).written == count
+    with engine.connect() as connection:
+        versions = set(connection.execute(sa.text("SELECT id, xmin::text FROM crunch.leaderboards")).fetchall())
+    with engine.begin() as connection:
+        assert bulk_upsert(connection, table, columns, rows, key, update_columns=("entries",)).written == 0
+    with engine.connect() as connection:
+        assert set(connection.execute(sa.text("SELECT id, xmin::text FROM crunch.leaderboards")).fetchall()) == versions
+        stored = connection.execute(sa.text("SELECT entries FROM crunch.leaderboards ORDER BY as_of LIMIT 1")).scalar_one()
+    assert stored == rows[0][2]
+    changed = [rows[0][:2] + ([{"rank": 2}], {})]
+    with engine.begin() as connection:
+        assert bulk_upsert(connection, table, columns, changed, key, update_columns=("entries",)).written == 1
+        # DO NOTHING: an existing key is left alone and not counted
+        assert bulk_upsert(connection, table, columns, changed, key).written == 0
+
+
+def test_fetched_spans_merge_and_answer_coverage(clean_database):
+    from resources.store.feeds import FeedStore, record_span
+
+    engine = engine_for(clean_database)
+    t0 = datetime(2025, 1, 7, tzinfo=timezone.utc)
+    with engine.begin() as connection:
+        record_span(connection, STREAM, t0, t0 + timedelta(hours=1))
+        record_span(connection, STREAM, t0 + timedelta(hours=2), t0 + timedelta(hours=3))
+    spans = FeedStore(engine).spans([STREAM], t0, t0 + timedelta(hours=3))[STREAM]
+    assert len(spans.spans) == 2
+    assert spans.covers(t0, t0 + timedelta(minutes=59)) and not spans.covers(t0, t0 + timedelta(hours=1))
+    with engine.begin() as connection:  # filling the gap joins all three into one span
+        record_span(connection, STREAM, t0 + timedelta(minutes=30), t0 + timedelta(hours=2))
+    spans = FeedStore(engine).spans([STREAM], t0, t0 + timedelta(hours=3))[STREAM]
+    assert spans.spans == ((t0, t0 + timedelta(hours=3)),)
+    assert FeedStore(engine).fetched_until([STREAM]) == t0 + timedelta(hours=3)

@@ -10,17 +10,15 @@ import math
 from datetime import datetime
 from typing import Any
 
-from crunch_assets.prices import PriceSeries
-from crunch_assets.ranking import tiered_emission
+from crunch_assets.records import RecordsView
 from crunch_assets.spec import Scope
-from resources.feeds.base import Candle
 from resources.model_runners.base import MethodCall
 
 MAX_MIXTURE_COMPONENTS = 64
 
 
-def build_inference_input(scope: Scope, cycle_at: datetime, candles: list[Candle]) -> dict:
-    """The feed_update payload: the subject's recent closed 1-minute candles, oldest first."""
+def build_inference_input(scope: Scope, cycle_at: datetime, records: RecordsView) -> dict:
+    """The feed_update payload: the subject's candles closed in the lookback, oldest first."""
     return {
         "symbol": scope.subject,
         "asof_ts": int(cycle_at.timestamp()),
@@ -33,8 +31,7 @@ def build_inference_input(scope: Scope, cycle_at: datetime, candles: list[Candle
                 "close": c.close,
                 "volume": c.volume,
             }
-            for c in candles
-            if c.subject == scope.subject
+            for c in records.candles(scope.subject)
         ],
     }
 
@@ -109,12 +106,14 @@ def validate_output(scope: Scope, output: Any) -> dict:
 
 
 def resolve_ground_truth(
-    scope: Scope, cycle_at: datetime, resolvable_at: datetime, prices: PriceSeries, max_staleness_seconds: float
+    scope: Scope, cycle_at: datetime, resolvable_at: datetime, records: RecordsView, max_staleness_seconds: float
 ) -> dict | None:
-    """Entry = last stored price at or before the cycle; resolved = last at or before resolvable_at.
-    None (stay pending) while either is missing: never a live or made-up price."""
+    """Entry = the last stored price at or before the cycle; resolved = the last at or before
+    resolvable_at and strictly after the entry observation, each at most max_staleness_seconds
+    old. None (the truth is missing) otherwise: never a live, made-up or borrowed price."""
+    prices = records.prices(scope.subject)
     entry = prices.last_at_or_before(cycle_at, max_staleness_seconds)
-    resolved = prices.last_at_or_before(resolvable_at, max_staleness_seconds)
+    resolved = prices.resolution(entry, resolvable_at, max_staleness_seconds) if entry else None
     if entry is None or resolved is None:
         return None
     return {
@@ -144,6 +143,3 @@ def position_return(scope: Scope, output: dict, ground_truth: dict) -> dict:
     position = 2.0 * p_up - 1.0
     return {"value": position * ground_truth["return"], "success": True, "failed_reason": None, "position": position}
 
-
-def build_emission(ranked_model_ids: list[str]) -> list[int]:
-    return tiered_emission(len(ranked_model_ids))

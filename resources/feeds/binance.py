@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import Field
 
-from resources.feeds.base import Candle, FeedFetchResult, SkippedRow, truncate_raw
+from resources.feeds.base import DUPLICATE_CONFLICT, DUPLICATE_SAME, Candle, FeedFetchResult, SkippedRow, truncate_raw
 from resources.feeds.http import (
     FeedBadRequestError,
     FeedConfigError,
@@ -67,12 +67,14 @@ def parse_klines(
     start: datetime,
     end: datetime,
     as_of: datetime,
-    seen_open_ms: set[int] | None = None,
+    seen_open_ms: dict[int, tuple] | None = None,
 ) -> tuple[list[Candle], list[SkippedRow]]:
     """Closed candles from one /api/v3/klines page whose open time is in [start, end).
 
     The still-forming candle (open + granularity > as_of) is dropped, not counted as malformed.
-    Malformed rows are skipped and reported. `seen_open_ms` drops rows repeated across pages.
+    Malformed rows are skipped and reported. `seen_open_ms` (open time -> values) drops rows
+    repeated across pages; a repeat with other values is a conflict, reported as such (the first
+    row is kept).
     """
     if not isinstance(rows, list):
         raise FeedResponseError(f"binance: klines response is not a list: {truncate_raw(rows)}")
@@ -80,7 +82,7 @@ def parse_klines(
     start_ms, end_ms, as_of_ms = unix_ms(start), unix_ms(end), unix_ms(as_of)
     # Intervals up to a day open on multiples of the interval since the epoch; 3d and 1w do not.
     check_alignment = SECONDS_PER_DAY % granularity_seconds == 0
-    seen = seen_open_ms if seen_open_ms is not None else set()
+    seen = seen_open_ms if seen_open_ms is not None else {}
     candles: list[Candle] = []
     skipped: list[SkippedRow] = []
 
@@ -113,9 +115,10 @@ def parse_klines(
             skip(problem, row)
             continue
         if open_ms in seen:
-            skip("duplicate open time", row)
+            same = seen[open_ms] == (open_, high, low, close, volume)
+            skip(DUPLICATE_SAME if same else DUPLICATE_CONFLICT, row)
             continue
-        seen.add(open_ms)
+        seen[open_ms] = (open_, high, low, close, volume)
         candles.append(Candle(
             subject=subject, ts_event=_utc_from_unix_ms(open_ms), open=open_, high=high, low=low,
             close=close, volume=volume, granularity_seconds=granularity_seconds,
@@ -156,6 +159,11 @@ class BinanceFeed(HttpFeedResource):
             )
         return symbol
 
+    def validate_stream(self) -> None:
+        super().validate_stream()
+        if self.kind != "candle":
+            raise FeedConfigError(f"binance serves candles (klines), not {self.kind!r}")
+
     def validate_subjects(self, subjects: list[str]) -> None:
         self.interval()
         self.retry_policy()  # timeouts and retry budget are sane
@@ -167,8 +175,8 @@ class BinanceFeed(HttpFeedResource):
         symbol = self.symbol_for(subject)
         start, end, as_of, first_open_ms, request_end_ms = self.request_span_ms(start, end, as_of)
         granularity_ms = self.granularity_seconds * 1000
-        result = FeedFetchResult(candles=[])
-        seen_open_ms: set[int] = set()
+        result = FeedFetchResult(records=[])
+        seen_open_ms: dict[int, tuple] = {}
         expected_pages = math.ceil(max(0, request_end_ms - first_open_ms) / granularity_ms / KLINES_PAGE_LIMIT)
         next_open_ms = first_open_ms
         while next_open_ms < request_end_ms:
@@ -178,7 +186,7 @@ class BinanceFeed(HttpFeedResource):
                 subject, rows, granularity_seconds=self.granularity_seconds, start=start, end=end,
                 as_of=as_of, seen_open_ms=seen_open_ms,
             )
-            result.candles.extend(candles)
+            result.records.extend(candles)
             result.skipped.extend(skipped)
             if len(rows) < KLINES_PAGE_LIMIT:
                 break  # the server has nothing more up to endTime
@@ -189,7 +197,7 @@ class BinanceFeed(HttpFeedResource):
                     f"{_utc_from_unix_ms(next_open_ms).isoformat()} (last open time in page: {last_open_ms})"
                 )
             next_open_ms = last_open_ms + granularity_ms
-        result.candles.sort(key=lambda candle: candle.ts_event)
+        result.records.sort(key=lambda candle: candle.ts_event)
         return result
 
     def latest_price(self, subject: str) -> float:

@@ -42,6 +42,11 @@ class CsvReplayFeed(FeedResource):
     def source_name(self) -> str:
         return self.source
 
+    def validate_stream(self) -> None:
+        super().validate_stream()
+        if self.kind != "candle":
+            raise ValueError(f"the CSV replay feed serves candles, not {self.kind!r}")
+
     def validate_subjects(self, subjects: list[str]) -> None:
         if not Path(self.path).is_file():
             raise ValueError(f"CSV replay feed: file not found: {self.path}")
@@ -51,7 +56,7 @@ class CsvReplayFeed(FeedResource):
 
     def fetch_candles(self, subject: str, start: datetime, end: datetime, *, as_of: datetime) -> FeedFetchResult:
         if subject not in self.subjects:
-            return FeedFetchResult(candles=[])
+            return FeedFetchResult(records=[])
         step = self.granularity_seconds
         times, rows, skipped = _load_rows(str(Path(self.path).resolve()), step)
         last_open_exclusive = min(end.timestamp(), as_of.timestamp() - step + 1)
@@ -60,4 +65,4 @@ class CsvReplayFeed(FeedResource):
         candles = [
             Candle(subject, utc_from_unix_seconds(times[i]), *rows[i], granularity_seconds=step) for i in range(lo, hi)
         ]
-        return FeedFetchResult(candles=candles, pages_fetched=1, skipped=list(skipped) if lo == 0 else [])
+        return FeedFetchResult(records=candles, pages_fetched=1, skipped=list(skipped) if lo == 0 else [])

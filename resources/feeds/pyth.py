@@ -5,13 +5,22 @@ from __future__ import annotations
 import logging
 import math
 import re
-from datetime import datetime
+from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from pydantic import Field
 
-from resources.feeds.base import Candle, FeedFetchResult, SkippedRow, truncate_raw, utc_from_unix_seconds
+from resources.feeds.base import (
+    DUPLICATE_CONFLICT,
+    DUPLICATE_SAME,
+    Candle,
+    FeedFetchResult,
+    Tick,
+    SkippedRow,
+    truncate_raw,
+    utc_from_unix_seconds,
+)
 from resources.feeds.http import (
     FeedConfigError,
     FeedNotFoundError,
@@ -94,7 +103,7 @@ def parse_history_bars(
     start: datetime,
     end: datetime,
     as_of: datetime,
-    seen_times: set[int] | None = None,
+    seen_times: dict[int, tuple] | None = None,
 ) -> tuple[list[Candle], list[SkippedRow]]:
     """Closed candles from one UDF history response, bar open time in [start, end).
 
@@ -130,7 +139,7 @@ def parse_history_bars(
 
     granularity_ms = granularity_seconds * 1000
     start_ms, end_ms, as_of_ms = unix_ms(start), unix_ms(end), unix_ms(as_of)
-    seen = seen_times if seen_times is not None else set()
+    seen = seen_times if seen_times is not None else {}
     candles: list[Candle] = []
     skipped: list[SkippedRow] = []
     for bar_time, *values in zip(times, arrays["o"], arrays["h"], arrays["l"], arrays["c"], arrays["v"]):
@@ -147,11 +156,12 @@ def parse_history_bars(
             else:
                 reason = check_ohlcv(open_, high, low, close, volume)
         if reason is None and bar_time in seen:
-            reason = "duplicate open time"
+            same = seen[bar_time] == (open_, high, low, close, volume)
+            reason = DUPLICATE_SAME if same else DUPLICATE_CONFLICT
         if reason is not None:
             skipped.append(SkippedRow(reason=reason, raw=truncate_raw([bar_time, *values])))
             continue
-        seen.add(bar_time)
+        seen[bar_time] = (open_, high, low, close, volume)
         candles.append(Candle(
             subject=subject, ts_event=utc_from_unix_seconds(bar_time), open=open_, high=high, low=low,
             close=close, volume=volume, granularity_seconds=granularity_seconds,
@@ -218,6 +228,9 @@ class PythFeed(HttpFeedResource):
         default_factory=lambda: dict(DEFAULT_HISTORY_SYMBOLS), description="Subject -> UDF symbol."
     )
     max_bars_per_request: int = Field(default=1000, description="History windows are split into chunks of this.")
+    tick_freshness_seconds: float = Field(
+        default=30.0, description="Ticks: a span ending longer ago than this cannot be fetched from Hermes (latest only)."
+    )
 
     def source_name(self) -> str:
         return "pyth"
@@ -244,8 +257,27 @@ class PythFeed(HttpFeedResource):
             )
         return symbol
 
+    def validate_stream(self) -> None:
+        super().validate_stream()
+        if self.kind not in ("candle", "tick"):
+            raise FeedConfigError(f"pyth serves candles (history) and ticks (Hermes latest), not {self.kind!r}")
+
+    def fetch_ticks(self, subject: str, start: datetime, end: datetime, *, as_of: datetime) -> FeedFetchResult:
+        """The Hermes latest price as a tick, when it was published in [start, end) and by as_of.
+        Hermes serves only the present: a fetch of a span that ended more than
+        `tick_freshness_seconds` ago is incomplete (nothing in it is taken as proven missing)."""
+        now = datetime.now(timezone.utc)
+        if (now - min(end, as_of)).total_seconds() > self.tick_freshness_seconds:
+            return FeedFetchResult(records=[], complete=False)
+        latest = self.latest_prices([subject]).get(subject)
+        ticks = []
+        if latest is not None and start <= latest[0] < end and latest[0] <= as_of:
+            ticks.append(Tick(subject, latest[0], latest[1]))
+        return FeedFetchResult(records=ticks, pages_fetched=1)
+
     def validate_subjects(self, subjects: list[str]) -> None:
-        self.resolution()
+        if self.kind == "candle":
+            self.resolution()
         self.retry_policy()  # timeouts and retry budget are sane
         if self.max_bars_per_request < 1:
             raise FeedConfigError(f"pyth: max_bars_per_request must be >= 1, got {self.max_bars_per_request}")
@@ -259,17 +291,17 @@ class PythFeed(HttpFeedResource):
         start, end, as_of, first_open_ms, stop_ms = self.request_span_ms(start, end, as_of)
         first_bar_seconds, stop_seconds = -(-first_open_ms // 1000), -(-stop_ms // 1000)
         chunk_seconds = max(1, self.max_bars_per_request) * self.granularity_seconds
-        result = FeedFetchResult(candles=[])
-        seen_times: set[int] = set()
+        result = FeedFetchResult(records=[])
+        seen_times: dict[int, tuple] = {}
         for chunk_start in range(first_bar_seconds, stop_seconds, chunk_seconds):
             chunk_stop = min(chunk_start + chunk_seconds, stop_seconds)
             self._fetch_history_chunk(subject, symbol, resolution, chunk_start, chunk_stop,
                                       start=start, end=end, as_of=as_of, seen_times=seen_times, result=result)
-        result.candles.sort(key=lambda candle: candle.ts_event)
+        result.records.sort(key=lambda candle: candle.ts_event)
         return result
 
     def _fetch_history_chunk(self, subject: str, symbol: str, resolution: str, chunk_start: int, chunk_stop: int,
-                             *, start: datetime, end: datetime, as_of: datetime, seen_times: set[int],
+                             *, start: datetime, end: datetime, as_of: datetime, seen_times: dict[int, tuple],
                              result: FeedFetchResult) -> None:
         """Bars opening in [chunk_start, chunk_stop) seconds; halves the chunk while the server
         says it holds too many datapoints."""
@@ -298,7 +330,7 @@ class PythFeed(HttpFeedResource):
                 f"{exc} [symbol {symbol!r}; check history_symbols and history_base_url]"
             ) from exc
         result.pages_fetched += 1
-        result.candles.extend(candles)
+        result.records.extend(candles)
         result.skipped.extend(skipped)
 
     def latest_prices(self, subjects: list[str]) -> dict[str, tuple[datetime, float]]:

@@ -9,7 +9,7 @@ import math
 import struct
 from datetime import datetime
 
-from resources.feeds.base import Candle, FeedFetchResult, FeedResource, utc_from_unix_seconds
+from resources.feeds.base import TICK, Candle, FeedFetchResult, FeedResource, Tick, utc_from_unix_seconds
 
 # (period in minutes, amplitude in log-price): layered smooth noise looks like a market with
 # intraday wiggles and multi-day trends, yet each minute is O(len(OCTAVES)) to compute.
@@ -63,10 +63,28 @@ def synthetic_candle(subject: str, open_unix_seconds: int, granularity_seconds: 
 
 
 class SyntheticFeed(FeedResource):
-    """The embedded default: offline, deterministic, every minute available."""
+    """The embedded default: offline, deterministic, every bar of any granularity available; with
+    kind "tick", one tick every tick_interval_seconds."""
+
+    tick_interval_seconds: int = 5
 
     def source_name(self) -> str:
         return "synthetic"
+
+    def validate_stream(self) -> None:
+        super().validate_stream()
+        if self.kind not in ("candle", TICK):
+            raise ValueError(f"SyntheticFeed serves candles and ticks, not {self.kind!r}")
+
+    def fetch_ticks(self, subject: str, start: datetime, end: datetime, *, as_of: datetime) -> FeedFetchResult:
+        step = self.tick_interval_seconds
+        first = math.ceil(start.timestamp() / step) * step
+        stop = min(end.timestamp(), as_of.timestamp() + 1e-6)
+        ticks = [
+            Tick(subject, utc_from_unix_seconds(seconds), round(synthetic_price(subject, seconds), 6))
+            for seconds in range(int(first), int(math.ceil(stop)), step)
+        ]
+        return FeedFetchResult(records=ticks, pages_fetched=1 if ticks else 0)
 
     def fetch_candles(self, subject: str, start: datetime, end: datetime, *, as_of: datetime) -> FeedFetchResult:
         step = self.granularity_seconds
@@ -76,4 +94,4 @@ class SyntheticFeed(FeedResource):
             synthetic_candle(subject, open_seconds, step)
             for open_seconds in range(int(first), int(math.ceil(last_open_exclusive)), step)
         ]
-        return FeedFetchResult(candles=candles, pages_fetched=1 if candles else 0)
+        return FeedFetchResult(records=candles, pages_fetched=1 if candles else 0)

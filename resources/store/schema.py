@@ -38,7 +38,7 @@ feed_records = sa.Table(
     sa.Column("kind", sa.Text, nullable=False),  # tick | candle
     sa.Column("granularity", sa.Text, nullable=False),  # e.g. 1m; "tick" for ticks
     sa.Column("ts_event", TZ, nullable=False),  # candle open time / tick publish time
-    sa.Column("price", sa.Float(53), nullable=False),  # close for candles, price for ticks
+    sa.Column("price", sa.Float(53), nullable=True),  # close for candles, price for ticks; None: not a price
     sa.Column("ts_ingested", TZ, nullable=False, server_default=sa.func.now()),
     _jsonb("values"),
     _jsonb("meta"),
@@ -57,6 +57,38 @@ feed_ingestion_state = sa.Table(
     sa.Column("updated_at", TZ, nullable=False, server_default=sa.func.now()),
     _jsonb("meta"),
     sa.UniqueConstraint("source", "subject", "kind", "granularity", name="uq_feed_ingestion_state"),
+)
+
+# Which observation-time spans of a feed stream have been fetched, whether or not they held rows:
+# a cycle runs, and a missing price is proven missing, only over fetched spans. Adjacent and
+# overlapping spans are merged on write, so a contiguous history is one row.
+feed_spans = sa.Table(
+    "feed_spans",
+    metadata,
+    _id(),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("subject", sa.Text, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("granularity", sa.Text, nullable=False),
+    sa.Column("span_start", TZ, nullable=False),  # observation time, inclusive
+    sa.Column("span_end", TZ, nullable=False),  # observation time, exclusive
+    sa.Index("ix_feed_spans_stream", "source", "subject", "kind", "granularity", "span_start"),
+)
+
+# Which competitions read which feed streams, and how long each keeps them: retention deletes a
+# stream's rows only past every subscriber's retention.
+feed_subscriptions = sa.Table(
+    "feed_subscriptions",
+    metadata,
+    _id(),
+    sa.Column("competition", sa.Text, nullable=False),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("subject", sa.Text, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("granularity", sa.Text, nullable=False),
+    sa.Column("retention_days", sa.Integer, nullable=False),
+    sa.Column("updated_at", TZ, nullable=False, server_default=sa.func.now()),
+    sa.UniqueConstraint("competition", "source", "subject", "kind", "granularity", name="uq_feed_subscriptions"),
 )
 
 prediction_configs = sa.Table(
@@ -83,6 +115,9 @@ models = sa.Table(
     sa.Column("player_name", sa.Text, nullable=True),
     sa.Column("deployment_identifier", sa.Text, nullable=True),
     sa.Column("state", sa.Text, nullable=False, server_default="RUNNING"),
+    # Stable per cruncher (player_id, else the model itself) across checkpoints: the on-chain
+    # index of the participant's rewards, assigned in order of first registration.
+    sa.Column("cruncher_index", sa.Integer, nullable=True),
     sa.Column("first_seen_at", TZ, nullable=True),
     sa.Column("last_seen_at", TZ, nullable=True),
     _jsonb("overall_score"),
@@ -98,14 +133,20 @@ inputs = sa.Table(
     sa.Column("competition", sa.Text, nullable=False),
     sa.Column("scope_key", sa.Text, nullable=False),
     sa.Column("cycle_at", TZ, nullable=False),
-    sa.Column("status", sa.Text, nullable=False),  # RECEIVED | RESOLVED
+    sa.Column("status", sa.Text, nullable=False),  # RECEIVED | RESOLVED | VOIDED
     sa.Column("received_at", TZ, nullable=False),
     sa.Column("resolvable_at", TZ, nullable=False),
     _jsonb("raw_data"),
     sa.Column("actuals", JSONB, nullable=True),
+    # The value a FAILED or ABSENT prediction of this cycle scores (constant or relative to the
+    # field); also what a model missing from the cycle counts at under the coverage policy.
+    sa.Column("failure_value", sa.Float(53), nullable=True),
     _jsonb("scope"),
     _jsonb("meta"),
     sa.UniqueConstraint("competition", "scope_key", "cycle_at", name="uq_inputs_cycle"),
+    # Small: only the voided cycles (sensors watch them; most cycles never are).
+    sa.Index("ix_inputs_voided", "competition", "cycle_at", postgresql_where=sa.text("status = 'VOIDED'")),
+    sa.Index("ix_inputs_received", "competition", "resolvable_at", postgresql_where=sa.text("status = 'RECEIVED'")),
 )
 
 predictions = sa.Table(
@@ -118,7 +159,9 @@ predictions = sa.Table(
     sa.Column("scope_key", sa.Text, nullable=False),
     sa.Column("cycle_at", TZ, nullable=False),
     sa.Column("resolvable_at", TZ, nullable=False),
-    sa.Column("status", sa.Text, nullable=False),  # PENDING | SCORED | FAILED | ABSENT | VOIDED
+    # As made, never rewritten: PENDING (answered) | FAILED | ABSENT. SCORED and VOIDED are derived
+    # (a score row exists; the input is VOIDED).
+    sa.Column("status", sa.Text, nullable=False),
     sa.Column("status_reason", sa.Text, nullable=True),
     sa.Column("exec_time_ms", sa.Float(53), nullable=True),
     sa.Column("performed_at", TZ, nullable=False),
@@ -128,7 +171,8 @@ predictions = sa.Table(
     _jsonb("meta"),
     sa.UniqueConstraint("competition", "model_id", "scope_key", "cycle_at", name="uq_predictions_cycle"),
     sa.Index("ix_predictions_competition_cycle", "competition", "cycle_at"),
-    sa.Index("ix_predictions_competition_status_resolvable", "competition", "status", "resolvable_at"),
+    sa.Index("ix_predictions_input", "input_id"),
+    sa.Index("ix_predictions_competition_model_cycle", "competition", "model_id", "cycle_at"),
 )
 
 scores = sa.Table(
@@ -156,15 +200,39 @@ snapshots = sa.Table(
     _id(),
     sa.Column("competition", sa.Text, nullable=False),
     sa.Column("model_id", sa.Text, nullable=False),
+    sa.Column("scope_key", sa.Text, nullable=False),
     sa.Column("period_start", TZ, nullable=False),
     sa.Column("period_end", TZ, nullable=False),
-    sa.Column("prediction_count", sa.Integer, nullable=False),
+    sa.Column("prediction_count", sa.Integer, nullable=False),  # score rows (penalties included)
     sa.Column("value_sum", sa.Float(53), nullable=False),  # sum of score values: count-weighted means
+    # Sum of the failure values of the cycles this model has rows in: with the cycles' total
+    # (cycle_rollups) it gives what the cycles it missed count at.
+    sa.Column("failure_value_sum", sa.Float(53), nullable=False),
     _created_at(),
     _jsonb("result_summary"),
+    _jsonb("status_counts"),  # {"scored": n, "failed": n, "absent": n, "rejected": n}
     _jsonb("meta"),
-    sa.UniqueConstraint("competition", "model_id", "period_start", "period_end", name="uq_snapshots_period"),
+    sa.UniqueConstraint("competition", "model_id", "scope_key", "period_start", "period_end", name="uq_snapshots_period"),
     sa.Index("ix_snapshots_competition_period", "competition", "period_start"),
+)
+
+# Per scope and hour: the cycles that count (resolved, not voided) and their failure values. The
+# denominator of every coverage-padded mean.
+cycle_rollups = sa.Table(
+    "cycle_rollups",
+    metadata,
+    _id(),
+    sa.Column("competition", sa.Text, nullable=False),
+    sa.Column("scope_key", sa.Text, nullable=False),
+    sa.Column("period_start", TZ, nullable=False),
+    sa.Column("period_end", TZ, nullable=False),
+    sa.Column("cycle_count", sa.Integer, nullable=False),
+    sa.Column("voided_count", sa.Integer, nullable=False),
+    sa.Column("failure_value_sum", sa.Float(53), nullable=False),
+    # What the hour's snapshots were computed from: a rollup recomputes only hours where these moved.
+    sa.Column("score_count", sa.Integer, nullable=False),
+    sa.Column("last_score_id", sa.BigInteger, nullable=True),
+    sa.UniqueConstraint("competition", "scope_key", "period_start", "period_end", name="uq_cycle_rollups_period"),
 )
 
 leaderboards = sa.Table(
@@ -190,7 +258,12 @@ checkpoints = sa.Table(
     sa.Column("tx_hash", sa.Text, nullable=True),
     sa.Column("submitted_at", TZ, nullable=True),
     _created_at(),
-    sa.Column("entries", JSONB, nullable=False),  # the emission
+    sa.Column("entries", JSONB, nullable=False),  # the emission, the ranking and each model's breakdown
+    # Tamper evidence: the Merkle root over the period's scores, and that root chained to the
+    # previous checkpoint's chained root.
+    sa.Column("merkle_root", sa.Text, nullable=True),
+    sa.Column("chained_root", sa.Text, nullable=True),
+    sa.Column("updated_at", TZ, nullable=False, server_default=sa.func.now()),
     _jsonb("meta"),
     sa.UniqueConstraint("competition", "period_start", "period_end", name="uq_checkpoints_period"),
 )

@@ -1,0 +1,49 @@
+"""The jobs a competition's automation launches (each on the in-process executor: small steps,
+one process per run)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import dagster as dg
+
+from crunch_assets.keys import ChainKeys
+from crunch_assets.partitions import CompetitionPartitions
+from crunch_assets.spec import CompetitionSpec
+
+
+@dataclass(frozen=True)
+class CompetitionJobs:
+    feed: dg.UnresolvedAssetJobDefinition
+    cycle: dg.UnresolvedAssetJobDefinition
+    scores: dg.UnresolvedAssetJobDefinition
+    rollup: dg.UnresolvedAssetJobDefinition
+    checkpoint: dg.UnresolvedAssetJobDefinition
+    registry: dg.UnresolvedAssetJobDefinition
+
+    def all(self) -> list[dg.UnresolvedAssetJobDefinition]:
+        return [getattr(self, f.name) for f in fields(self)]
+
+
+def build_jobs(spec: CompetitionSpec, partitions: CompetitionPartitions, keys: ChainKeys) -> CompetitionJobs:
+    def job(name: str, selection: list[dg.AssetKey], partitions_def, description: str):
+        return dg.define_asset_job(
+            f"{spec.slug}__{name}",
+            selection=dg.AssetSelection.assets(*selection),
+            partitions_def=partitions_def,
+            executor_def=dg.in_process_executor,
+            description=description,
+            tags={"crunch/competition": spec.slug},
+        )
+
+    return CompetitionJobs(
+        feed=job("feed_job", [keys.feed_records], partitions.hourly, "Ingest the feed of an hour."),
+        cycle=job("cycle_job", [keys.feed_records, keys.predictions], partitions.hourly,
+                  "Ingest the feed and run the due prediction cycles of an hour."),
+        scores=job("score_job", [keys.scores], partitions.hourly, "Resolve and score the settled cycles of an hour."),
+        rollup=job("rollup_job", [keys.snapshots, keys.leaderboard], partitions.daily,
+                   "Refresh a day's snapshots and the leaderboard."),
+        checkpoint=job("checkpoint_job", [keys.emission_checkpoints], partitions.checkpoint.definition,
+                       "Build a period's emission checkpoint."),
+        registry=job("model_registry_job", [keys.model_registry], None, "Sync the model registry from the model runner."),
+    )

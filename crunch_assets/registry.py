@@ -1,0 +1,50 @@
+"""The model registry: the models table kept current from the model runner, written by this asset
+(and by the predictions stage's sightings, through the same store method)."""
+
+from datetime import datetime, timezone
+
+import dagster as dg
+
+from crunch_assets.keys import ChainKeys
+from crunch_assets.spec import CompetitionSpec
+from crunch_assets.stages import table_metadata
+from resources.model_runners.base import ModelRunnerResource
+from resources.store.database import CrunchDatabase
+
+
+def registry_changes(stored_states: dict[str, str], listed: list) -> list[str]:
+    """What syncing `listed` would change: joins, state changes, leaves (for the sensor)."""
+    changes = []
+    listed_ids = set()
+    for info in listed:
+        listed_ids.add(info.model_id)
+        if info.model_id not in stored_states:
+            changes.append(f"JOINED {info.model_id}")
+        elif stored_states[info.model_id] != info.state:
+            changes.append(f"STATE_CHANGED {info.model_id}: {stored_states[info.model_id]} -> {info.state}")
+    changes += [f"LEFT {m}" for m, state in sorted(stored_states.items()) if m not in listed_ids and state != "GONE"]
+    return changes
+
+
+def build_registry_asset(spec: CompetitionSpec, keys: ChainKeys) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=keys.model_registry,
+        group_name=spec.slug,
+        description="The competition's models (names, crunchers, state, cruncher_index), synced from the model runner; "
+                    "joins, leaves and state changes are model_events.",
+        kinds={"postgres"},
+    )
+    def model_registry(database: CrunchDatabase, model_runner: ModelRunnerResource) -> dg.MaterializeResult:
+        store = database.competition(spec.slug)
+        events = store.sync_models(model_runner.list_models(), datetime.now(timezone.utc), complete=True)
+        models = store.models()
+        return dg.MaterializeResult(metadata={
+            "models": len(models),
+            "changes": [f"{e.event} {e.model_id}" for e in events],
+            "registry": table_metadata(
+                [("model_id", "string"), ("name", "string"), ("cruncher_index", "int"), ("state", "string")],
+                [{"model_id": m.model_id, "name": m.name, "cruncher_index": m.cruncher_index, "state": m.state} for m in models],
+            ),
+        })
+
+    return model_registry

@@ -1,0 +1,263 @@
+"""Stage 3, scores: resolve what happened for each cycle, score every prediction of it.
+
+Per cycle, whatever happens stays in the cycle:
+- the truth is asked only once the feed has been fetched over [cycle - staleness, resolvable_at];
+  a resolver that raises voids the cycle with the error as reason ("resolver error: ..."), the rest
+  of the window is scored and the run succeeds;
+- a cycle whose truth is missing is voided only when the stored feed proves it will not come (the
+  feed has been fetched up to resolvable_at + void_after_seconds without it) or, live (as_of set),
+  when that time has passed on the clock; a backfill in any order decides the same way;
+- a voided cycle is tried again on every materialization while its checkpoint period is not past
+  PENDING: once its prices are stored it is scored, like any other;
+- each answered prediction is scored by the competition (an exception or an unusable value is
+  that prediction's failure, recorded, never retried); the optional cross-sectional step adjusts
+  the cycle's successful scores together; FAILED, ABSENT and unusable predictions score the
+  cycle's failure value (the spec's failure policy: a constant, or relative to the field).
+Predictions are never rewritten: a score row says a prediction was scored, the input's status
+says its cycle was resolved or voided.
+"""
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import dagster as dg
+import pydantic
+
+from crunch_assets import checks
+from crunch_assets.feed import feed_streams
+from crunch_assets.keys import ChainKeys
+from crunch_assets.partitions import CompetitionPartitions, floor_hour, truth_feed_mapping
+from crunch_assets.records import LoadedRecords
+from crunch_assets.rules import CompetitionRules, GroundTruthResource, TruthUnavailable, validation_message
+from crunch_assets.run_config import WindowRunConfig, parse_as_of
+from crunch_assets.spec import CompetitionSpec, Scope
+from crunch_assets.stages import RANGE_BACKFILL, chunks, partition_windows, report_partitions
+from resources.feeds.base import FeedResource
+from resources.store.competition import CompetitionStore
+from resources.store.database import CrunchDatabase
+from resources.store.feeds import FeedStore
+from resources.store.rows import CycleToSettle, Resolution, ScoreRow, StoredPrediction, Voiding
+
+
+@dataclass
+class SettleReport:
+    by_hour: dict[datetime, dict[str, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
+    void_reasons: list[str] = field(default_factory=list)
+    resolver_errors: list[str] = field(default_factory=list)
+
+    def count(self, cycle_at: datetime, what: str, n: int = 1) -> None:
+        self.by_hour[floor_hour(cycle_at)][what] += n
+
+    def merge(self, other: "SettleReport") -> None:
+        for hour, counts in other.by_hour.items():
+            for what, n in counts.items():
+                self.by_hour[hour][what] += n
+        self.void_reasons += other.void_reasons
+        self.resolver_errors += other.resolver_errors
+
+    def hour_metadata(self, hour: datetime) -> dict:
+        counts = self.by_hour.get(hour, {})
+        return {name: counts.get(name, 0) for name in
+                ("scored", "penalised", "waiting_for_ground_truth", "cycles_voided", "cycles_rescored", "resolver_errors")}
+
+
+def _scope_of(spec: CompetitionSpec, cycle: CycleToSettle) -> Scope:
+    scope = spec.scope(cycle.scope_key)
+    if scope is not None:
+        return scope
+    stored = cycle.scope
+    return Scope(stored["subject"], stored["resolve_horizon_seconds"], stored["prediction_interval_seconds"],
+                 stored.get("step_seconds"))
+
+
+def score_answer(rules: CompetitionRules, scope: Scope, prediction: StoredPrediction, truth: Any) -> dict:
+    """The competition's score of one answered prediction; an exception or an unusable result is
+    the prediction's failure (reason kept), never an error of the window."""
+    try:
+        result = dict(rules.score_prediction(scope, prediction.inference_output, truth))
+        schema = rules.score_model()
+        if schema is not None:
+            try:
+                result = schema.model_validate(result).model_dump(mode="json")
+            except pydantic.ValidationError as error:
+                return {"value": None, "success": False, "failed_reason": f"invalid score result: {validation_message(error)}"}
+    except Exception as error:
+        return {"value": None, "success": False, "failed_reason": f"scoring error: {type(error).__name__}: {error}"[:1000]}
+    value = result.get("value")
+    if not (result.get("success") and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
+        result["success"] = False
+        result["failed_reason"] = result.get("failed_reason") or f"unusable score value {value!r}"
+    return result
+
+
+def _json_safe(result: dict) -> dict:
+    return {k: v for k, v in result.items() if not (isinstance(v, float) and not math.isfinite(v))}
+
+
+def score_cycle(
+    spec: CompetitionSpec, rules: CompetitionRules, scope: Scope, cycle: CycleToSettle, truth: Any
+) -> tuple[list[ScoreRow], float | None, str | None]:
+    """(score rows, the cycle's failure value, a reason to void it instead)."""
+    results: dict[int, dict] = {}
+    for prediction in cycle.predictions:
+        if prediction.status == "PENDING":
+            results[prediction.id] = score_answer(rules, scope, prediction, truth)
+    model_of = {p.id: p.model_id for p in cycle.predictions}
+    successful = {model_of[pid]: r for pid, r in results.items() if r["success"]}
+    if successful:
+        try:
+            adjusted = rules.adjust_cycle(scope, cycle.cycle_at, dict(successful))
+            if set(adjusted) != set(successful):
+                raise ValueError(f"returned results for {sorted(adjusted)}, expected {sorted(successful)}")
+            for pid, result in results.items():
+                if model_of[pid] in adjusted:
+                    value = adjusted[model_of[pid]].get("value")
+                    if not (isinstance(value, (int, float)) and math.isfinite(value)):
+                        raise ValueError(f"non-finite adjusted value {value!r} for {model_of[pid]}")
+                    results[pid] = {**adjusted[model_of[pid]], "success": True}
+        except Exception as error:
+            return [], None, f"cross-sectional step error: {type(error).__name__}: {error}"[:1000]
+    failure_value = spec.failure_policy.value_for(
+        [r["value"] for r in results.values() if r["success"]], spec.higher_is_better
+    )
+    if failure_value is None:
+        return [], None, "no successful prediction in the cycle to set its relative failure value"
+    rows = []
+    for prediction in cycle.predictions:
+        base = dict(prediction_id=prediction.id, model_id=prediction.model_id, scope_key=cycle.scope_key,
+                    cycle_at=cycle.cycle_at)
+        result = results.get(prediction.id)
+        if result is None:  # FAILED or ABSENT when made
+            rows.append(ScoreRow(**base, value=failure_value, success=False,
+                                 failed_reason=f"{prediction.status}: {prediction.status_reason}", result={}))
+        elif result["success"]:
+            rows.append(ScoreRow(**base, value=float(result["value"]), success=True, failed_reason=None,
+                                 result=_json_safe(result)))
+        else:
+            rows.append(ScoreRow(**base, value=failure_value, success=False, failed_reason=result["failed_reason"],
+                                 result=_json_safe(result)))
+    return rows, failure_value, None
+
+
+def settle(
+    spec: CompetitionSpec,
+    rules: CompetitionRules,
+    truth: GroundTruthResource,
+    feed: FeedResource,
+    store: CompetitionStore,
+    feeds: FeedStore,
+    start: datetime,
+    end: datetime,
+    as_of: datetime | None,
+    log=None,
+) -> SettleReport:
+    """Resolve and score the unresolved (or voided) cycles of [start, end); see the module doc."""
+    report = SettleReport()
+    now = datetime.now(timezone.utc)
+    live = as_of is not None
+    staleness = timedelta(seconds=spec.max_price_staleness_seconds)
+    void_after = timedelta(seconds=spec.void_after_seconds)
+    resolvable_until = min(as_of or now, now) - timedelta(seconds=spec.settle_delay_seconds)
+    cycles = store.cycles_to_settle(start, end, resolvable_until, not_before=store.locked_until())
+    if not cycles:
+        return report
+    streams = feed_streams(spec, feed)
+    earliest = min(c.cycle_at for c in cycles) - staleness
+    latest = max(c.resolvable_at for c in cycles)
+    spans = feeds.spans(streams, earliest, latest + void_after) if truth.reads_feed else {}
+    loaded = LoadedRecords(feeds.load_records(streams, earliest, latest)) if truth.reads_feed else LoadedRecords({})
+    scores, resolutions, voidings = [], [], []
+
+    def void(cycle: CycleToSettle, reason: str) -> None:
+        if cycle.status != "VOIDED":
+            voidings.append(Voiding(cycle.input_id, reason))
+            report.count(cycle.cycle_at, "cycles_voided")
+            report.void_reasons.append(f"{cycle.cycle_at.isoformat()} {cycle.scope_key}: {reason}")
+
+    for cycle in cycles:
+        scope = _scope_of(spec, cycle)
+        deadline = cycle.resolvable_at + void_after
+        fetched = not truth.reads_feed or all(spans[s].covers(cycle.cycle_at - staleness, cycle.resolvable_at) for s in streams)
+        value = None
+        if fetched:
+            view = loaded.view(cycle.cycle_at - staleness, cycle.resolvable_at, include_since=True)
+            try:
+                value = truth.resolve(rules, scope, cycle.cycle_at, cycle.resolvable_at, view, spec.max_price_staleness_seconds)
+            except TruthUnavailable as unavailable:
+                void(cycle, f"ground truth unavailable: {unavailable}"[:1000])
+                continue
+            except Exception as error:  # one cycle's resolver failure never blocks the window
+                reason = f"resolver error: {type(error).__name__}: {error}"[:1000]
+                report.resolver_errors.append(f"{cycle.cycle_at.isoformat()} {cycle.scope_key}: {reason}")
+                report.count(cycle.cycle_at, "resolver_errors")
+                if log:
+                    log.error(f"{cycle.scope_key} {cycle.cycle_at.isoformat()}: {reason}")
+                void(cycle, reason)
+                continue
+        if value is None:
+            proven = truth.reads_feed and all(spans[s].covers(cycle.cycle_at - staleness, deadline) for s in streams)
+            if proven or (live and now >= deadline):
+                why = "the stored feed moved past" if proven else "the clock passed"
+                void(cycle, f"ground truth missing: no usable price for {cycle.resolvable_at.isoformat()} and {why} "
+                            f"{deadline.isoformat()} ({spec.void_after_seconds} s after resolution)")
+            else:
+                report.count(cycle.cycle_at, "waiting_for_ground_truth", len(cycle.predictions) or 1)
+            continue
+        rows, failure_value, void_reason = score_cycle(spec, rules, scope, cycle, value)
+        if void_reason is not None:
+            void(cycle, void_reason)
+            continue
+        scores += rows
+        resolutions.append(Resolution(cycle.input_id, value, failure_value))
+        if cycle.status == "VOIDED":
+            report.count(cycle.cycle_at, "cycles_rescored")
+        successes = sum(1 for r in rows if r.success)
+        report.count(cycle.cycle_at, "scored", successes)
+        report.count(cycle.cycle_at, "penalised", len(rows) - successes)
+    store.write_settlement(scores, resolutions, voidings)
+    return report
+
+
+def build_scores_asset(spec: CompetitionSpec, partitions: CompetitionPartitions, keys: ChainKeys) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=keys.scores,
+        group_name=spec.slug,
+        partitions_def=partitions.hourly,
+        backfill_policy=RANGE_BACKFILL,
+        deps=[dg.AssetDep(keys.predictions), dg.AssetDep(keys.feed_records, partition_mapping=truth_feed_mapping(spec))],
+        description="One score per prediction of every resolved cycle; FAILED/ABSENT predictions score the cycle's failure value.",
+        kinds={"postgres"},
+        check_specs=[dg.AssetCheckSpec(checks.SCORES_FINITE, asset=keys.scores, blocking=True)],
+    )
+    def scores(
+        context: dg.AssetExecutionContext,
+        config: WindowRunConfig,
+        database: CrunchDatabase,
+        feed: FeedResource,
+        rules: CompetitionRules,
+        ground_truth: GroundTruthResource,
+    ) -> dg.MaterializeResult:
+        as_of = parse_as_of(config)
+        windows = partition_windows(context)
+        store, feeds = database.competition(spec.slug), database.feeds()
+        totals = SettleReport()
+        for group in chunks(windows):
+            totals.merge(settle(spec, rules, ground_truth, feed, store, feeds, group[0].start, group[-1].end, as_of,
+                                log=context.log))
+        report_partitions(context, {
+            w.key: {**totals.hour_metadata(w.start), "still_unscored": store.unsettled_count(w.start, w.end)}
+            for w in windows
+        })
+        return dg.MaterializeResult(
+            metadata={
+                "as_of": as_of.isoformat() if as_of else None,
+                "void_reasons": totals.void_reasons[:10],
+                "resolver_errors": totals.resolver_errors[:10],
+            },
+            check_results=[checks.check_scores_finite(store, keys.scores, windows[0].start, windows[-1].end)],
+        )
+
+    return scores

@@ -1,0 +1,264 @@
+"""Sensors and schedules that run a competition live. Sensors only read (the store and the model
+runner) and request runs; every write happens in an asset.
+
+- cycle sensor: each due cycle -> one run of feed_records + predictions for its hour, as of the
+  cycle time (run key per cycle: a cycle is launched once); missed cycles of any hour inside the
+  catch-up bound are filled by a later run;
+- settlement sensor: cycles whose horizon has passed and whose feed is fetched -> scores; cycles
+  past their void deadline -> a scores run that voids them;
+- rollup sensor: new scores or voided cycles -> snapshots + leaderboard of their days;
+- checkpoint sensor: a closed, settled and rolled-up period -> its checkpoint, in order; a
+  PENDING checkpoint whose data changed is rebuilt;
+- feed sensor: keeps the feed current between sparse cycles;
+- model registry sensor: the runner's models differ from the registry -> a registry run;
+- daily rollup schedule: yesterday's snapshots and leaderboard as of midnight (the final word).
+Each evaluation is a few indexed queries: well inside Dagster's 60 s sensor timeout.
+"""
+
+from datetime import datetime, timedelta, timezone
+
+import dagster as dg
+
+from crunch_assets.feed import feed_streams
+from crunch_assets.jobs import CompetitionJobs
+from crunch_assets.keys import ChainKeys
+from crunch_assets.partitions import CompetitionPartitions, floor_hour
+from crunch_assets.registry import registry_changes
+from crunch_assets.run_config import as_of_run_config
+from crunch_assets.spec import CompetitionSpec
+from resources.feeds.base import FeedResource
+from resources.model_runners.base import ModelRunnerResource
+from resources.store.database import CrunchDatabase
+
+CHECKPOINTS_PER_TICK = 8
+# A missed cycle is filled only once the run that should have stored it has had this long.
+FILL_GRACE_SECONDS = 30
+
+
+def _floor(instant: datetime, seconds: int) -> datetime:
+    return datetime.fromtimestamp(int(instant.timestamp()) // seconds * seconds, tz=timezone.utc)
+
+
+def build_sensors(
+    spec: CompetitionSpec,
+    partitions: CompetitionPartitions,
+    keys: ChainKeys,
+    jobs: CompetitionJobs,
+    running: bool,
+) -> tuple[list[dg.SensorDefinition], list[dg.ScheduleDefinition]]:
+    slug = spec.slug
+    status = dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED
+    cycle_ops = [keys.op("feed_records"), keys.op("predictions")]
+    settle = timedelta(seconds=spec.settle_delay_seconds)
+
+    @dg.sensor(
+        name=f"{slug}__cycle_sensor", job=jobs.cycle, default_status=status,
+        minimum_interval_seconds=spec.cycle_sensor_interval_seconds,
+        description="Launches each due prediction cycle (feed + predictions) once, and fills missed cycles.",
+    )
+    def cycle_sensor(context: dg.SensorEvaluationContext, database: CrunchDatabase):
+        """One run per hour window with due cycles, as of the latest (launched up to
+        cycle_lead_seconds early; the run waits for the cycle time): the predictions asset runs
+        every cycle of the window up to as_of that is not stored yet, so a catch-up is one run per
+        hour, not one per missed cycle. A first start begins with the current cycle; later,
+        cycles missing from the store inside the catch-up bound (a run that died, a cycle that
+        waited for its feed) get a fill run for their hour, whatever the hour."""
+        now = datetime.now(timezone.utc)
+        catch_up_from = max(now - timedelta(seconds=spec.max_catchup_seconds), spec.start)
+        if context.cursor:
+            earliest = max(datetime.fromisoformat(context.cursor) + timedelta(microseconds=1), catch_up_from)
+        else:
+            earliest = max(now - timedelta(seconds=spec.min_interval_seconds), spec.start)
+        horizon = now + timedelta(seconds=spec.cycle_lead_seconds, microseconds=1)  # launch slightly early
+        # ...but not into the next hour: its partition exists only once the hour has begun.
+        horizon = min(horizon, floor_hour(now) + timedelta(hours=1))
+        due_times = sorted({cycle_at for cycle_at, _ in spec.cycle_times(earliest, horizon)})
+        latest_by_hour: dict[str, datetime] = {}
+        for cycle_at in due_times:
+            latest_by_hour[partitions.hour_key(cycle_at)] = cycle_at
+        requests = [
+            dg.RunRequest(
+                run_key=f"{slug}:cycle:{cycle_at.isoformat()}",
+                partition_key=hour_key,
+                run_config=as_of_run_config(cycle_ops, cycle_at),
+                tags={"crunch/cycle_at": cycle_at.isoformat(), "crunch/cycles_due": str(len(due_times))},
+            )
+            for hour_key, cycle_at in latest_by_hour.items()
+        ]
+        if context.cursor:
+            fill_until = now - timedelta(seconds=FILL_GRACE_SECONDS)
+            expected = spec.cycle_times(catch_up_from, fill_until)
+            if expected:
+                stored = database.competition(slug).stored_cycles(expected[0][0], fill_until)
+                missing_by_hour: dict[str, datetime] = {}
+                for cycle_at, scope in expected:
+                    if (cycle_at, scope.key) not in stored and partitions.hour_key(cycle_at) not in latest_by_hour:
+                        missing_by_hour[partitions.hour_key(cycle_at)] = cycle_at
+                for hour_key, cycle_at in missing_by_hour.items():
+                    window_end = floor_hour(cycle_at) + timedelta(hours=1)
+                    as_of = min(window_end - timedelta(microseconds=1), fill_until)
+                    requests.append(dg.RunRequest(
+                        # one fill attempt per hour and minute: a fill that fails is tried again
+                        run_key=f"{slug}:fill:{hour_key}:{_floor(now, 60).isoformat()}",
+                        partition_key=hour_key,
+                        run_config=as_of_run_config(cycle_ops, as_of),
+                        tags={"crunch/fill_from": cycle_at.isoformat()},
+                    ))
+        if due_times:
+            context.update_cursor(due_times[-1].isoformat())
+        return requests or dg.SkipReason(f"no cycle due since {earliest.isoformat()} and none missing")
+
+    @dg.sensor(
+        name=f"{slug}__settlement_sensor", job=jobs.scores, default_status=status,
+        minimum_interval_seconds=spec.settlement_sensor_interval_seconds,
+        description="Scores cycles once their horizon has passed and the feed is fetched; voids what can never be resolved.",
+    )
+    def settlement_sensor(context: dg.SensorEvaluationContext, database: CrunchDatabase, feed: FeedResource):
+        now = datetime.now(timezone.utc)
+        store = database.competition(slug)
+        fetched = database.feeds().fetched_until(feed_streams(spec, feed))
+        if fetched is None:
+            return dg.SkipReason("the feed has not been fetched yet")
+        settled_until = _floor(min(fetched, now - settle), 1)  # spans end just after what they saw
+        since = datetime.fromisoformat(context.cursor) if context.cursor else None
+        hours = store.unsettled_hours(since, settled_until)
+        overdue = store.overdue_hours(now - timedelta(seconds=spec.void_after_seconds))
+        requests = [
+            dg.RunRequest(
+                run_key=f"{slug}:scores:{hour.isoformat()}:{settled_until.isoformat()}",
+                partition_key=partitions.hour_key(hour),
+                run_config=as_of_run_config([keys.op("scores")], min(now, settled_until + settle)),
+            )
+            for hour in hours
+        ] + [
+            dg.RunRequest(
+                run_key=f"{slug}:void:{hour.isoformat()}:{_floor(now, 60).isoformat()}",
+                partition_key=partitions.hour_key(hour),
+                run_config=as_of_run_config([keys.op("scores")], now),
+            )
+            for hour in overdue if hour not in hours
+        ]
+        context.update_cursor(settled_until.isoformat())
+        return requests or dg.SkipReason(f"nothing newly settled up to {settled_until.isoformat()}")
+
+    @dg.sensor(
+        name=f"{slug}__rollup_sensor", job=jobs.rollup, default_status=status, minimum_interval_seconds=60,
+        description="Refreshes snapshots and the leaderboard of the days that got new scores or voided cycles.",
+    )
+    def rollup_sensor(context: dg.SensorEvaluationContext, database: CrunchDatabase):
+        store = database.competition(slug)
+        marker = store.change_marker()
+        if marker == context.cursor:
+            return dg.SkipReason("no new scores or voided cycles")
+        last_score_id, last_voided = (int(x) for x in (context.cursor or "0:0").split(":"))
+        now = datetime.now(timezone.utc)
+        days: set[datetime] = set()
+        first, last = store.changed_days(last_score_id)
+        if first is not None:
+            day = first.replace(hour=0, minute=0, second=0, microsecond=0)
+            while day <= last:
+                days.add(day)
+                day += timedelta(days=1)
+        if int(marker.split(":")[1]) != last_voided:  # voided cycles of periods not yet paid
+            days.update(store.voided_days(store.locked_until()))
+        as_of = _floor(now, 60)
+        requests = [
+            dg.RunRequest(
+                run_key=f"{slug}:rollup:{day.date().isoformat()}:{marker}",
+                partition_key=partitions.day_key(day),
+                run_config=as_of_run_config([keys.op("snapshots"), keys.op("leaderboard")],
+                                            min(as_of, day + timedelta(days=1))),
+            )
+            for day in sorted(days) if day <= now
+        ]
+        context.update_cursor(marker)
+        return requests or dg.SkipReason("nothing to roll up")
+
+    @dg.sensor(
+        name=f"{slug}__checkpoint_sensor", job=jobs.checkpoint, default_status=status, minimum_interval_seconds=60,
+        description="Builds the checkpoint of each closed period once it is settled and rolled up, in order; "
+                    "rebuilds a PENDING one whose data changed.",
+    )
+    def checkpoint_sensor(context: dg.SensorEvaluationContext, database: CrunchDatabase):
+        now = datetime.now(timezone.utc)
+        store = database.competition(slug)
+        periods = partitions.checkpoint
+        first_cycle = store.first_cycle_since(spec.start)
+        if first_cycle is None:
+            return dg.SkipReason("no cycles yet")
+        ready_before = now - timedelta(seconds=spec.max_horizon_seconds) - settle
+        requests, new_keys, waiting = [], [], []
+        for key, start, end in periods.periods_between(first_cycle, ready_before)[:CHECKPOINTS_PER_TICK * 4]:
+            existing = store.checkpoint(start, end)
+            if existing is not None and existing.status != "PENDING":
+                continue
+            unsettled = store.unsettled_count(start, end)
+            fingerprint = store.period_fingerprint(start, end)
+            summarised = store.summarised_count(start, end)
+            if unsettled or fingerprint["scores"] != summarised:
+                waiting.append(f"{key}: {unsettled} unsettled, {fingerprint['scores']} scores vs {summarised} summarised")
+                break  # in order: later periods wait for this one
+            previous = store.previous_checkpoint(start)
+            up_to_date = existing is not None and existing.meta.get("fingerprint") == fingerprint and (
+                existing.meta.get("previous_chained_root") == (previous.chained_root if previous else None)
+            )
+            if fingerprint["scores"] and not up_to_date:
+                if periods.is_dynamic:
+                    new_keys.append(key)
+                requests.append(dg.RunRequest(
+                    run_key=f"{slug}:checkpoint:{key}:{fingerprint['scores']}:{fingerprint['last_score_id']}:"
+                            f"{fingerprint['voided_cycles']}:{previous.chained_root if previous else ''}",
+                    partition_key=key,
+                ))
+                break  # one at a time: the next one chains to this one's root
+        if not requests:
+            return dg.SkipReason("; ".join(waiting) or "every closed period is checkpointed and current")
+        dynamic = [periods.definition.build_add_request(new_keys)] if new_keys else []
+        return dg.SensorResult(run_requests=requests, dynamic_partitions_requests=dynamic)
+
+    @dg.sensor(
+        name=f"{slug}__feed_sensor", job=jobs.feed, default_status=status,
+        minimum_interval_seconds=spec.feed_poll_interval_seconds,
+        description="Keeps the feed current between cycles (ground truth for sparse cycles).",
+    )
+    def feed_sensor(context: dg.SensorEvaluationContext, database: CrunchDatabase, feed: FeedResource):
+        now = datetime.now(timezone.utc)
+        step = max(feed.granularity_seconds, 1)
+        latest_closed = _floor(now, step)
+        fetched = database.feeds().fetched_until(feed_streams(spec, feed))
+        if fetched is not None and fetched > latest_closed:
+            return dg.SkipReason(f"feed fetched up to {fetched.isoformat()}")
+        return dg.RunRequest(
+            run_key=f"{slug}:feed:{latest_closed.isoformat()}",
+            partition_key=partitions.hour_key(latest_closed - timedelta(microseconds=1)),
+            run_config={"ops": {keys.op("feed_records"): {"config": {"as_of": latest_closed.isoformat()}}}},
+        )
+
+    @dg.sensor(
+        name=f"{slug}__model_registry_sensor", job=jobs.registry, default_status=status, minimum_interval_seconds=60,
+        description="Requests a model registry sync when the runner's models differ from the registry.",
+    )
+    def model_registry_sensor(
+        context: dg.SensorEvaluationContext, database: CrunchDatabase, model_runner: ModelRunnerResource
+    ):
+        stored = {m.model_id: m.state for m in database.competition(slug).models()}
+        changes = registry_changes(stored, model_runner.list_models())
+        if not changes:
+            return dg.SkipReason(f"{len(stored)} model(s), no change")
+        return dg.RunRequest(run_key=f"{slug}:registry:{'|'.join(changes)}:{_floor(datetime.now(timezone.utc), 60).isoformat()}",
+                             tags={"crunch/registry_changes": "; ".join(changes)[:200]})
+
+    @dg.schedule(
+        name=f"{slug}__daily_rollup_schedule", job=jobs.rollup, cron_schedule="15 0 * * *",
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING if running else dg.DefaultScheduleStatus.STOPPED,
+        description="Yesterday's final snapshots and leaderboard, as of midnight UTC.",
+    )
+    def daily_rollup_schedule(context: dg.ScheduleEvaluationContext):
+        yesterday = context.scheduled_execution_time.astimezone(timezone.utc) - timedelta(days=1)
+        if yesterday < spec.start.replace(hour=0):
+            return dg.SkipReason("the competition had not started yesterday")
+        return dg.RunRequest(partition_key=partitions.day_key(yesterday))
+
+    sensors = [cycle_sensor, feed_sensor, settlement_sensor, rollup_sensor, checkpoint_sensor, model_registry_sensor]
+    return sensors, [daily_rollup_schedule]

@@ -1,0 +1,212 @@
+"""Typed rows the store reads and writes: the engine works with these, never with tables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class InputRow:
+    """One cycle's model input, as built and sent."""
+
+    scope_key: str
+    cycle_at: datetime
+    resolvable_at: datetime
+    raw_data: Any
+    scope: dict
+
+
+@dataclass(frozen=True)
+class PredictionRow:
+    """One model's answer to one cycle, as made: PENDING (answered), FAILED or ABSENT."""
+
+    model_id: str
+    status: str
+    status_reason: str | None = None
+    exec_time_ms: float | None = None
+    inference_output: Any = None
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CycleWrite:
+    input: InputRow
+    predictions: list[PredictionRow]
+
+
+@dataclass(frozen=True)
+class ModelEventRow:
+    model_id: str
+    event: str  # QUARANTINED | JOINED | LEFT | STATE_CHANGED
+    at: datetime
+    reason: str | None = None
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CyclesWritten:
+    """What this write stored (a cycle another run stored first is not counted)."""
+
+    cycles: int
+    predictions_by_status: dict[str, int]
+    stored: frozenset[tuple[datetime, str]] = frozenset()  # (cycle_at, scope_key) of the cycles stored
+
+
+@dataclass(frozen=True)
+class HealthRow:
+    """A model's recent prediction, for the fault policy."""
+
+    model_id: str
+    cycle_at: datetime
+    status: str
+    meta: dict
+
+
+@dataclass(frozen=True)
+class StoredPrediction:
+    id: int
+    model_id: str
+    status: str
+    status_reason: str | None
+    inference_output: Any
+
+
+@dataclass(frozen=True)
+class CycleToSettle:
+    """A cycle not yet resolved (RECEIVED) or voided, with its predictions that have no score."""
+
+    input_id: int
+    scope_key: str
+    cycle_at: datetime
+    resolvable_at: datetime
+    status: str
+    scope: dict
+    predictions: list[StoredPrediction]
+
+
+@dataclass(frozen=True)
+class ScoreRow:
+    prediction_id: int
+    model_id: str
+    scope_key: str
+    cycle_at: datetime
+    value: float
+    success: bool
+    failed_reason: str | None
+    result: dict
+
+
+@dataclass(frozen=True)
+class Resolution:
+    input_id: int
+    actuals: Any
+    failure_value: float
+
+
+@dataclass(frozen=True)
+class Voiding:
+    input_id: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class SettlementWritten:
+    scores: int
+    cycles_resolved: int
+    cycles_voided: int
+
+
+@dataclass(frozen=True)
+class HourFingerprint:
+    """What an hour's rollup depends on: if none of these moved, its snapshots are current."""
+
+    cycle_count: int
+    voided_count: int
+    failure_value_sum: float
+    score_count: int
+    last_score_id: int | None
+
+
+@dataclass(frozen=True)
+class ScoredPrediction:
+    """A score with what a snapshot summarises of it."""
+
+    score_id: int
+    model_id: str
+    scope_key: str
+    cycle_at: datetime
+    input_id: int
+    value: float
+    success: bool
+    prediction_status: str
+    result: dict
+    failure_value: float | None
+
+
+@dataclass(frozen=True)
+class SnapshotRow:
+    model_id: str
+    scope_key: str
+    period_start: datetime
+    period_end: datetime
+    prediction_count: int
+    value_sum: float
+    failure_value_sum: float
+    result_summary: dict = field(default_factory=dict)
+    status_counts: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CycleRollupRow:
+    scope_key: str
+    period_start: datetime
+    period_end: datetime
+    cycle_count: int
+    voided_count: int
+    failure_value_sum: float
+    score_count: int = 0
+    last_score_id: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    model_id: str
+    name: str
+    player_id: str | None
+    player_name: str | None
+    deployment_identifier: str | None
+    state: str
+    cruncher_index: int | None
+    first_seen_at: datetime | None
+    last_seen_at: datetime | None
+    meta: dict
+
+
+@dataclass(frozen=True)
+class CheckpointRow:
+    id: int
+    period_start: datetime
+    period_end: datetime
+    status: str
+    tx_hash: str | None
+    submitted_at: datetime | None
+    entries: dict
+    merkle_root: str | None
+    chained_root: str | None
+    meta: dict
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class ScoreLeaf:
+    """What a checkpoint commits to for one score."""
+
+    model_id: str
+    scope_key: str
+    cycle_at: datetime
+    inference_output: Any
+    actuals: Any
+    value: float
