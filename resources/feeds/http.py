@@ -3,7 +3,10 @@
 Transient failures (timeouts, connection errors, 5xx, 408) are retried with exponential backoff and
 full jitter; 429 waits what `Retry-After` asks. Failures only an operator can fix (400, 401, 403,
 404, 418, 451, ...) raise at once with a message saying what to change. Every request is bounded in
-attempts and in total time, including the time spent waiting between attempts.
+attempts and in total time, including the time spent waiting between attempts, and every response
+body in size: bodies are streamed, a 2xx body over `max_response_bytes` (declared by Content-Length
+or counted as it arrives, after decompression) raises FeedResponseTooLargeError without being read
+further and is not retried, and of an error status only the first 64 KiB are kept for the message.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ SleepFunction = Callable[[float], None]
 
 _BODY_CHUNK_BYTES = 64 * 1024
 _UPSTREAM_DETAIL_CHARS = 300
+DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024  # a 1000-kline Binance page is ~0.2 MB
+_ERROR_BODY_MAX_BYTES = 64 * 1024  # of a non-2xx body: enough for the upstream's message
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -48,6 +53,16 @@ class FeedConfigError(FeedError, ValueError):
 
 class FeedResponseError(FeedError):
     """The upstream answered 2xx with something unusable (not JSON, unexpected shape, error status)."""
+
+
+class FeedResponseTooLargeError(FeedResponseError):
+    """A 2xx body larger than max_response_bytes: not read further, not retried (the same request
+    would get the same body)."""
+
+    def __init__(self, message: str, *, url: str, max_response_bytes: int) -> None:
+        super().__init__(message)
+        self.url = url
+        self.max_response_bytes = max_response_bytes
 
 
 class FeedUnavailableError(FeedError):
@@ -121,10 +136,13 @@ class RetryPolicy:
     max_total_seconds: float = 60.0
     backoff_base_seconds: float = 0.5
     backoff_max_seconds: float = 10.0
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise FeedConfigError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if self.max_response_bytes < 1:
+            raise FeedConfigError(f"max_response_bytes must be >= 1, got {self.max_response_bytes}")
         for name in ("connect_timeout_seconds", "read_timeout_seconds", "max_total_seconds"):
             if not getattr(self, name) > 0:
                 raise FeedConfigError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -276,19 +294,40 @@ class JsonHttpClient:
         self.stats.requests += 1
         started = time.perf_counter()
         try:
+            # Leaving the `with` early closes the connection: the rest of a body is never read.
             with self._session.get(url, params=params, timeout=timeout, stream=True) as response:
-                # The read timeout is per socket read; checking the deadline between chunks bounds a
-                # server that trickles bytes.
-                chunks = []
+                success = 200 <= response.status_code < 300
+                max_bytes = self.policy.max_response_bytes
+                declared = _content_length(response.headers)
+                if success and declared is not None and declared > max_bytes:
+                    raise self._too_large(response.url, f"Content-Length: {declared}")
+                # An error status only needs the start of its body for the message.
+                keep_bytes = max_bytes if success else min(max_bytes, _ERROR_BODY_MAX_BYTES)
+                body = bytearray()
+                # Counted after decompression (urllib3 inflates at most a chunk at a time), so a
+                # small compressed body cannot expand without bound either. The read timeout is per
+                # socket read; checking the deadline between chunks bounds a server that trickles.
                 for chunk in response.iter_content(_BODY_CHUNK_BYTES):
-                    chunks.append(chunk)
+                    body += chunk
+                    self.stats.bytes_received += len(chunk)
+                    if len(body) > keep_bytes:
+                        if success:
+                            raise self._too_large(response.url, f"more than {max_bytes} bytes received")
+                        del body[keep_bytes:]
+                        break
                     if self._clock() > deadline:
                         raise _DeadlineExceeded(f"body still arriving when max_total_seconds ran out ({url})")
-                body = b"".join(chunks)
-                self.stats.bytes_received += len(body)
-                return response.status_code, response.headers, body
+                return response.status_code, response.headers, bytes(body)
         finally:
             self.stats.http_seconds += time.perf_counter() - started
+
+    def _too_large(self, url: str, how: str) -> FeedResponseTooLargeError:
+        max_bytes = self.policy.max_response_bytes
+        return FeedResponseTooLargeError(
+            f"{self.source}: GET {_truncate_url(url)} returned a body larger than max_response_bytes={max_bytes} "
+            f"({how}); not retried: ask for less per request or raise max_response_bytes",
+            url=url, max_response_bytes=max_bytes,
+        )
 
     def _decode(self, path: str, body: bytes) -> Any:
         started = time.perf_counter()
@@ -344,6 +383,11 @@ class HttpFeedResource(FeedResource):
     )
     backoff_base_seconds: float = Field(default=0.5, description="First retry waits up to this (full jitter).")
     backoff_max_seconds: float = Field(default=10.0, description="Cap of the exponential backoff.")
+    max_response_bytes: int = Field(
+        default=DEFAULT_MAX_RESPONSE_BYTES,
+        description="Largest response body read, after decompression (default 32 MiB); a larger 2xx body "
+        "is a FeedResponseTooLargeError, not retried.",
+    )
 
     # Private state is rebuilt lazily: Dagster copies resources, and pydantic private attributes are
     # not copied with them.
@@ -358,6 +402,7 @@ class HttpFeedResource(FeedResource):
             max_total_seconds=self.max_total_seconds,
             backoff_base_seconds=self.backoff_base_seconds,
             backoff_max_seconds=self.backoff_max_seconds,
+            max_response_bytes=self.max_response_bytes,
         )
 
     def use_sleep(self, sleep: SleepFunction) -> "HttpFeedResource":
@@ -407,6 +452,19 @@ class HttpFeedResource(FeedResource):
             )
             self._clients[key] = client
         return client
+
+
+def _content_length(headers: Mapping[str, str]) -> int | None:
+    """The declared body size, or None when absent or unreadable (then only counting bounds it)."""
+    try:
+        value = int(headers.get("Content-Length", ""))
+    except ValueError:
+        return None
+    return value if value >= 0 else None
+
+
+def _truncate_url(url: str, limit: int = 300) -> str:
+    return url if len(url) <= limit else url[:limit] + "..."
 
 
 def require_aware_utc(name: str, value: datetime) -> datetime:

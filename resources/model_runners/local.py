@@ -10,6 +10,31 @@ Process lifecycle per model:
     STARTING -> BROKEN (import / constructor error, start-up timeout: FAILED for the whole session)
     READY -> NOT_STARTED (timed out, died, sent garbage: killed, and respawned right after the
              cycle so its start-up overlaps the pause between cycles; the next cycle waits for it)
+
+Processes the model starts. A process group is not enough: a child that calls setsid() (or a
+double-forked daemon) leaves it, and killpg does not reach it. Three ways were
+weighed:
+- A cgroup per model (cgroup.kill, or the freezer): exact, but it needs a writable, delegated
+  cgroup hierarchy. The development VM runs as root with CAP_SYS_ADMIN, where cgroup v1 controllers
+  and a cgroup2 mount are writable; an unprivileged container has /sys/fs/cgroup read-only.
+- A PID namespace per model (unshare(CLONE_NEWPID); the namespace dies with its init): it needs
+  CAP_SYS_ADMIN or unprivileged user namespaces, which Docker's default seccomp profile refuses.
+- A child subreaper and sweeps of /proc: no privilege at all (Linux >= 3.4), so it works wherever
+  this runner works. This is the one used.
+Each model process is a small supervisor (PR_SET_CHILD_SUBREAPER) with the worker as its child
+(see local_worker.py), so everything the model starts stays below the supervisor, orphans included.
+When a process ends:
+- detached during a call (orphaned, or out of the worker's process group or session): SIGKILLed by
+  the worker at the end of that call, before its reply; so repeated cycles cannot pile them up;
+- still attached to the worker (a pool, a helper server): may live between calls, and ends with
+  the worker;
+- when the worker ends (session close, restart after a timeout, crash or protocol error): the
+  supervisor ends everything on a worker's own exit; to kill a worker, the coordinator freezes the
+  supervisor's whole tree (SIGSTOP, rescanning /proc until no new process appears) and SIGKILLs it
+  at once, so nothing forks or gets reparented out of reach in between.
+The kernel here has no /proc/<pid>/task/<tid>/children (CONFIG_PROC_CHILDREN), so trees are found
+from the ppid fields of /proc/<pid>/stat. Out of scope: a model that deliberately kills its own
+supervisor; untrusted code needs a real sandbox.
 """
 
 from __future__ import annotations
@@ -40,6 +65,7 @@ from resources.model_runners.base import (
     ModelRunnerResource,
     ModelSession,
 )
+from resources.model_runners.local_worker import kill_process_tree, read_process
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +179,8 @@ class _ModelProcess:
         self.model_id = info.model_id
         self.path = Path(info.meta["path"])
         self.state = _State.NOT_STARTED
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen | None = None  # the supervisor
+        self.model_pid: int | None = None  # the worker under it, from the handshake
         self.broken_detail: str | None = None
         self.startup_deadline = 0.0
         self.restart_count = 0
@@ -175,7 +202,7 @@ class _ModelProcess:
             env=environment,
             bufsize=0,
             close_fds=True,
-            start_new_session=True,  # own process group: killpg reaches the model's children too
+            start_new_session=True,  # own session and process group (for SIGTERM at close)
         )
         # Requests may be megabytes: write without blocking, as the pipe drains.
         os.set_blocking(self.process.stdin.fileno(), False)
@@ -183,11 +210,19 @@ class _ModelProcess:
         self.startup_deadline = time.monotonic() + config.startup_timeout_seconds
 
     def discard(self) -> str:
-        """Kill the process group, reap the process; return how it ended (for details)."""
+        """Kill the supervisor with every process of the model, reap it; return how it ended."""
         process, self.process = self.process, None
+        self.model_pid = None
         if process is None:
             return "no process"
-        _signal_group(process, signal.SIGKILL)  # before reaping: the pgid stays ours until then
+        # Before reaping: until then the pid (and the pgid) are ours, and the supervisor, frozen but
+        # alive, keeps every orphan of the model in its tree. A supervisor that already exited
+        # (reaped, or a zombie) did so after ending everything below it.
+        if process.returncode is None:
+            supervisor = read_process(process.pid)
+            if supervisor is not None and supervisor.state not in ("Z", "X"):
+                kill_process_tree(process.pid)
+        _signal_group(process, signal.SIGKILL)  # what of the group is outside the tree, if anything
         try:
             returncode = process.wait(timeout=REAP_TIMEOUT_SECONDS)
         except subprocess.TimeoutExpired:
@@ -383,8 +418,9 @@ class LocalModelSession(ModelSession):
         return list(self._models)
 
     def process_ids(self) -> dict[str, int]:
-        """Live worker process ids by model_id (diagnostics and tests)."""
-        return {mid: h.process.pid for mid, h in self._handles.items() if h.process is not None}
+        """By model_id, the pid of the live process the model runs in (that of its supervisor
+        while it starts): diagnostics and tests."""
+        return {mid: h.model_pid or h.process.pid for mid, h in self._handles.items() if h.process is not None}
 
     def restart_counts(self) -> dict[str, int]:
         return {mid: h.restart_count for mid, h in self._handles.items()}
@@ -517,6 +553,8 @@ class LocalModelSession(ModelSession):
             return
         if message.get("type") == "ready":
             handle.state = _State.READY
+            pid = message.get("pid")
+            handle.model_pid = pid if isinstance(pid, int) and not isinstance(pid, bool) else None
         else:
             handle.mark_broken(str(message.get("detail")))
 

@@ -9,13 +9,27 @@ Protocol (newline-delimited JSON; `json.dumps` never emits a raw newline):
   moved to private descriptors: fd 0 then reads /dev/null and fd 1 points at stderr, so the model's
   own prints (or reads) cannot corrupt the protocol.
 - First line out is the start-up handshake:
-      {"type": "ready", "class_name": ..., "startup_ms": ...}
+      {"type": "ready", "class_name": ..., "startup_ms": ..., "pid": <the worker's pid>}
       {"type": "startup_failed", "detail": ...}          (then the process exits)
 - Then, per cycle, one request line in and one reply line out:
       in:  {"cycle": n, "calls": [{"method": ..., "args": [...], "kwargs": {...}}, ...]}
       out: {"cycle": n, "ok": true, "exec_time_ms": ..., "output": <last call's output>}
       out: {"cycle": n, "ok": false, "exec_time_ms": ..., "detail": ...}
 - End of input (the coordinator closed the pipe or died) makes the worker exit.
+
+Processes (see `local.py` for why this design): the process the runner starts forks at once. The
+parent stays behind as the *supervisor*: a child subreaper (prctl PR_SET_CHILD_SUBREAPER) that
+imports nothing of the model, ignores SIGTERM and only waits. The child is the *worker* that
+imports the model and serves the protocol. Every process the model starts is therefore a
+descendant of the supervisor for as long as it lives, even after setsid() or a double fork.
+- End of each call (and of start-up): the worker SIGKILLs the processes of the model that detached
+  from it: orphans (reparented to the supervisor) and processes that left the worker's process
+  group or session, with everything below them. Children that stay attached (a pool, a helper
+  server) may live on between calls.
+- End of the worker (end of input, a crash, SIGTERM at session close, SIGKILL): the supervisor
+  SIGKILLs every descendant it still has, reaps them, and exits as the worker did (same exit code
+  or signal). It holds the reply pipe open until then, so the coordinator's EOF means that
+  everything the model started is gone.
 """
 
 from __future__ import annotations
@@ -25,8 +39,9 @@ import sys
 
 # Running by file path puts this directory first on sys.path, where `base.py` (which imports
 # dagster) would shadow any model's or base package's `base` module.
+# (Only when run as a script: the coordinator imports this module for the process-tree functions.)
 _WORKER_DIR = os.path.dirname(os.path.abspath(__file__))
-if sys.path and os.path.abspath(sys.path[0] or os.curdir) == _WORKER_DIR:
+if __name__ == "__main__" and sys.path and os.path.abspath(sys.path[0] or os.curdir) == _WORKER_DIR:
     del sys.path[0]
 
 import importlib  # noqa: E402
@@ -34,7 +49,9 @@ import importlib.util  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import resource  # noqa: E402
+import signal  # noqa: E402
 import time  # noqa: E402
+from typing import Callable, NamedTuple  # noqa: E402
 
 FALLBACK_MODULE_NAME = "participant_model"
 MAX_DETAIL_CHARS = 1000
@@ -45,7 +62,9 @@ _JSON_SCALAR_TYPES = (str, int, bool, type(None))
 def main() -> None:
     config = json.loads(sys.argv[1])
     _limit_resources(config["memory_limit_mb"])
+    supervisor_pid = _split_into_supervisor_and_worker()  # only the worker returns
     requests_in, replies_out_fd = _take_over_stdio()
+    detached = DetachedProcessSweeper(supervisor_pid, os.getpid())
 
     started = time.perf_counter()
     try:
@@ -54,14 +73,17 @@ def main() -> None:
         detail = exc.args[0] if isinstance(exc, _StartupError) else describe_exception(exc)
         _send(replies_out_fd, {"type": "startup_failed", "detail": _truncate(detail)})
         os._exit(0)
+    detached.sweep()
     startup_ms = (time.perf_counter() - started) * 1000.0
-    _send(replies_out_fd, {"type": "ready", "class_name": type(model).__name__, "startup_ms": round(startup_ms, 3)})
+    _send(replies_out_fd, {"type": "ready", "class_name": type(model).__name__, "startup_ms": round(startup_ms, 3),
+                           "pid": os.getpid()})
 
     max_output_bytes = int(config["max_output_bytes"])
     while True:
         line = requests_in.readline()
         if not line:
-            # os._exit: do not wait for threads the model may have left running.
+            # os._exit: do not wait for threads the model may have left running. The supervisor
+            # ends whatever processes the model still has.
             os._exit(0)
         try:
             reply = serve_request(model, json.loads(line), max_output_bytes)
@@ -69,6 +91,7 @@ def main() -> None:
             reply = '{"cycle":null,"ok":false,"exec_time_ms":0,"detail":%s}' % json.dumps(
                 _truncate("worker error: " + describe_exception(exc))
             )
+        detached.sweep()  # before the reply: what detached during the call has ended with it
         _send_encoded(replies_out_fd, reply)
 
 
@@ -82,6 +105,313 @@ def _limit_resources(memory_limit_mb: int) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
     # A crashing model should not litter its directory with core files.
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+# --- the model's processes ----------------------------------------------------------------------
+
+PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
+FREEZE_SECONDS = 2.0
+REAP_SECONDS = 2.0
+NEW_PIDS_SCAN_LIMIT = 4096  # more new pids than this since the last look: scan all of /proc
+_STOPPED_STATES = frozenset("TtZXx")
+
+
+class ProcessInfo(NamedTuple):
+    """The fields of /proc/<pid>/stat used here."""
+
+    ppid: int
+    pgid: int
+    sid: int
+    state: str
+    start_ticks: int  # start time after boot, in clock ticks: with the pid, the process's identity
+
+
+def read_process(pid: int) -> ProcessInfo | None:
+    """/proc/<pid>/stat, or None if there is no such process (or no /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat_file:
+            data = stat_file.read()
+        # The command name (field 2) is in parentheses and may itself contain ") ".
+        fields = data[data.rindex(b")") + 2:].split()
+        return ProcessInfo(int(fields[1]), int(fields[2]), int(fields[3]), fields[0].decode("ascii"), int(fields[19]))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def process_table() -> dict[int, ProcessInfo]:
+    """Every process in /proc (this PID namespace), by pid."""
+    table = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return table
+    for name in names:
+        if name.isdigit():
+            info = read_process(int(name))
+            if info is not None:
+                table[int(name)] = info
+    return table
+
+
+def _children_by_parent(table: dict[int, ProcessInfo]) -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for pid, info in table.items():
+        children.setdefault(info.ppid, []).append(pid)
+    return children
+
+
+def descendants(table: dict[int, ProcessInfo], root: int) -> set[int]:
+    """The pids below `root` (not `root` itself), following the ppid links."""
+    children = _children_by_parent(table)
+    found: set[int] = set()
+    stack = [root]
+    while stack:
+        for child in children.get(stack.pop(), ()):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    return found
+
+
+def detached_processes(table: dict[int, ProcessInfo], supervisor_pid: int, worker_pid: int) -> set[int]:
+    """The model's processes no longer attached to the worker: the supervisor's children other than
+    the worker (orphans), and the worker's descendants that left its process group or session, each
+    with everything below it."""
+    worker = table.get(worker_pid)
+    if worker is None:
+        return set()
+    children = _children_by_parent(table)
+    found: set[int] = set()
+    stack = [(pid, True) for pid in children.get(supervisor_pid, ()) if pid != worker_pid]
+    stack += [(pid, False) for pid in children.get(worker_pid, ())]
+    while stack:
+        pid, detached = stack.pop()
+        info = table[pid]
+        detached = detached or info.pgid != worker.pgid or info.sid != worker.sid
+        if detached:
+            found.add(pid)
+        stack.extend((child, detached) for child in children.get(pid, ()))
+    return found
+
+
+def signal_process(pid: int, start_ticks: int, signum: int) -> bool:
+    """Send `signum` to `pid` only if it is still the process that started at `start_ticks` (a pid
+    may be reused once a process is gone); through a pidfd where the kernel has them, so the check
+    and the signal concern the same process. True if sent."""
+    pidfd = None
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return False
+    except (AttributeError, OSError):
+        pidfd = None  # no pidfds here: the check below is then best effort
+    try:
+        info = read_process(pid)
+        if info is None or info.start_ticks != start_ticks:
+            return False
+        if pidfd is not None:
+            signal.pidfd_send_signal(pidfd, signum)
+        else:
+            os.kill(pid, signum)
+        return True
+    except OSError:  # gone meanwhile, or not ours to signal
+        return False
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def freeze_and_kill(
+    select: Callable[[dict[int, ProcessInfo]], set[int]], seconds: float = FREEZE_SECONDS
+) -> dict[int, ProcessInfo]:
+    """SIGKILL the processes `select` picks from the process table, without letting any slip away.
+
+    Killing processes one by one races with their forking (a child born after the scan is missed)
+    and with their exits (their orphans move to the subreaper). So they are first SIGSTOPped, and
+    the table scanned again, until a scan picks nothing new and every picked process is stopped: a
+    stopped process can neither fork nor exit, and orphans of anything that exited meanwhile were
+    reparented within the tree and picked by the next scan. Then all are SIGKILLed at once.
+    `select` must never pick the caller or its ancestors. Returns what was killed, by pid."""
+    frozen: dict[int, ProcessInfo] = {}
+    deadline = time.monotonic() + seconds
+    while True:
+        table = process_table()
+        fresh = [pid for pid in select(table) if pid not in frozen]
+        for pid in fresh:
+            if signal_process(pid, table[pid].start_ticks, signal.SIGSTOP):
+                frozen[pid] = table[pid]
+        all_stopped = all(pid not in table or table[pid].state in _STOPPED_STATES for pid in frozen)
+        if (not fresh and all_stopped) or time.monotonic() >= deadline:
+            break  # past the deadline (a process stuck in the kernel), kill what is known
+        if not fresh:
+            time.sleep(0.001)  # SIGSTOP is delivered asynchronously
+    for pid, info in frozen.items():
+        signal_process(pid, info.start_ticks, signal.SIGKILL)
+    return frozen
+
+
+def kill_process_tree(root_pid: int, seconds: float = FREEZE_SECONDS) -> dict[int, ProcessInfo]:
+    """SIGKILL `root_pid` and all its descendants (see freeze_and_kill). Used by the coordinator
+    on a supervisor: being a subreaper, it has every process of its model below it."""
+    return freeze_and_kill(lambda table: ({root_pid} | descendants(table, root_pid)) if root_pid in table else set(),
+                           seconds)
+
+
+def _last_pid() -> int | None:
+    """The pid most recently handed out in this PID namespace (/proc/loadavg), or None."""
+    try:
+        with open("/proc/loadavg", "rb") as loadavg:
+            return int(loadavg.read().split()[4])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _pid_max() -> int | None:
+    try:
+        with open("/proc/sys/kernel/pid_max", "rb") as pid_max:
+            return int(pid_max.read())
+    except (OSError, ValueError):
+        return None
+
+
+class DetachedProcessSweeper:
+    """In the worker: end the model's detached processes, cheaply enough to run after every call.
+
+    A process can only join the model's tree by being created, and new processes get the pids
+    handed out since the last look (from the last pid of /proc/loadavg). So only those pids are
+    read, walking their ppid chains up to the worker or the supervisor; /proc is scanned in full
+    only when one of them is detached (or too many pids went by to check them one by one). A call
+    that started no process costs one read of /proc/loadavg."""
+
+    def __init__(self, supervisor_pid: int, worker_pid: int):
+        self.supervisor_pid = supervisor_pid
+        self.worker_pid = worker_pid
+        self.last_pid = _last_pid()
+        self.pid_max = _pid_max()
+
+    def sweep(self) -> None:
+        if os.getppid() != self.supervisor_pid:
+            return  # no supervisor any more (killed from outside): nothing here can be made safe
+        before, now = self.last_pid, _last_pid()
+        if before is not None and now == before:
+            return
+        self.last_pid = now
+        new_pids = self._pids_between(before, now)
+        if new_pids is not None and not any(self._is_detached(pid) for pid in new_pids):
+            return
+        killed = freeze_and_kill(lambda table: detached_processes(table, self.supervisor_pid, self.worker_pid))
+        # The supervisor reaps orphans; children of the worker are reaped here, else they would stay
+        # zombies (the model's own handles to them, if any, then see them gone).
+        own_children = [pid for pid, info in killed.items() if info.ppid == self.worker_pid]
+        deadline = time.monotonic() + REAP_SECONDS
+        while own_children and time.monotonic() < deadline:
+            for pid in list(own_children):
+                try:
+                    if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                        continue
+                except ChildProcessError:
+                    pass
+                own_children.remove(pid)
+            if own_children:
+                time.sleep(0.001)
+
+    def _pids_between(self, before: int | None, now: int | None) -> list[int] | None:
+        """The pids handed out after `before` up to `now`; None when that cannot be told or is too many."""
+        if before is None or now is None:
+            return None
+        if now > before:
+            span = range(before + 1, now + 1)
+            return list(span) if len(span) <= NEW_PIDS_SCAN_LIMIT else None
+        if self.pid_max is None:
+            return None
+        wrapped = [*range(before + 1, self.pid_max), *range(1, now + 1)]  # pids wrapped around
+        return wrapped if len(wrapped) <= NEW_PIDS_SCAN_LIMIT else None
+
+    def _is_detached(self, pid: int) -> bool:
+        """Whether `pid` is one of the model's processes and detached from the worker."""
+        worker = read_process(self.worker_pid)
+        chain: list[ProcessInfo] = []
+        current = pid
+        for _ in range(256):
+            if current == self.worker_pid:
+                return worker is not None and any(p.pgid != worker.pgid or p.sid != worker.sid for p in chain)
+            if current == self.supervisor_pid:
+                return bool(chain)  # below the supervisor, not through the worker: an orphan
+            if current <= 1:
+                return False
+            info = read_process(current)
+            if info is None:
+                return False  # gone; its children, if new, are checked themselves
+            chain.append(info)
+            current = info.ppid
+        return False
+
+
+def _become_subreaper() -> bool:
+    """Orphaned descendants are reparented to this process instead of init (Linux >= 3.4)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _split_into_supervisor_and_worker() -> int:
+    """Fork: the parent stays as the supervisor (never returns), the child returns the supervisor's
+    pid and goes on as the worker."""
+    _become_subreaper()
+    # Ignored from before the fork: SIGTERM to the process group at session close must end the
+    # worker, never the supervisor (its death would hand the model's processes to init).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    supervisor_pid = os.getpid()
+    worker_pid = os.fork()
+    if worker_pid == 0:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        return supervisor_pid
+    _supervise(worker_pid)
+    os._exit(1)  # not reached
+
+
+def _supervise(worker_pid: int) -> None:
+    """Wait for the worker, reaping orphans as they die; then end everything left and exit like it."""
+    devnull_fd = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull_fd, 0)  # requests are the worker's; stdout stays open until this process exits
+    os.close(devnull_fd)
+    worker_status = None
+    while worker_status is None:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+        if pid == worker_pid:
+            worker_status = status
+    me = os.getpid()
+    freeze_and_kill(lambda table: descendants(table, me))
+    deadline = time.monotonic() + REAP_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                time.sleep(0.001)
+        except ChildProcessError:
+            break
+    _exit_like(worker_status)
+
+
+def _exit_like(status: int | None) -> None:
+    """Exit with the worker's exit code, or die of the signal that killed it."""
+    if status is not None and os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
+        try:
+            signal.signal(signum, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass  # SIGKILL cannot be handled, nor needs to be
+        os.kill(os.getpid(), signum)
+        os._exit(128 + signum)  # a signal whose default is not to terminate
+    if status is not None and os.WIFEXITED(status):
+        os._exit(os.WEXITSTATUS(status))
+    os._exit(1)
 
 
 def _take_over_stdio():
