@@ -1,0 +1,20 @@
+"""The `crunch-dagster` command line (click): one group, each family of commands in its own module.
+
+Exit codes scripts can rely on: 0 success, 1 a check or verification failed (the output says
+what), 2 a usage error (click's own).
+"""
+
+from __future__ import annotations
+
+import click
+
+from crunch_assets.cli.audit import audit
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="crunch-dagster")
+def main() -> None:
+    """crunch-dagster: run, audit and scaffold prediction competitions on Dagster."""
+
+
+main.add_command(audit)
