@@ -85,11 +85,7 @@ def replay(
             progress("cycles", done, total_chunks)
     first_day, last_day = partitions.day_key(start), partitions.day_key(end - timedelta(microseconds=1))
     timed("snapshots+leaderboard", lambda: materialize_range(defs, [keys.snapshots], first_day, last_day, instance))
-    day = start.replace(hour=0)
-    while day < end:
-        key = partitions.day_key(day)
-        timed("snapshots+leaderboard", lambda: materialize_range(defs, [keys.leaderboard], key, key, instance))
-        day += timedelta(days=1)
+    timed("snapshots+leaderboard", lambda: materialize_range(defs, [keys.leaderboard], first_day, last_day, instance))
     periods = partitions.checkpoint
     closed = [(key, s, e) for key, s, e in periods.periods_between(start.replace(hour=0) - periods.interval, end)
               if s >= start.replace(hour=0) and e <= end]

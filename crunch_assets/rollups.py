@@ -22,7 +22,7 @@ from crunch_assets.partitions import CompetitionPartitions, ceil_hour, floor_hou
 from crunch_assets.rules import CompetitionRules
 from crunch_assets.run_config import WindowRunConfig, resolve_as_of
 from crunch_assets.spec import CompetitionSpec
-from crunch_assets.stages import table_metadata
+from crunch_assets.stages import partition_windows, table_metadata
 from crunch_assets.standings import rank_models, standings
 from resources.store.competition import CompetitionStore
 from resources.store.database import CrunchDatabase
@@ -185,6 +185,7 @@ def build_rollup_assets(
         key=keys.leaderboard,
         group_name=spec.slug,
         partitions_def=partitions.daily,
+        backfill_policy=dg.BackfillPolicy.single_run(),
         deps=[dg.AssetDep(keys.snapshots, partition_mapping=leaderboard_snapshots_mapping(spec))],
         description="The leaderboard as of the day's end (or the run's as_of): each window per scope and combined, "
                     "ranked, with the standing the current checkpoint period will pay.",
@@ -194,33 +195,43 @@ def build_rollup_assets(
     def leaderboard(
         context: dg.AssetExecutionContext, config: WindowRunConfig, database: CrunchDatabase, rules: CompetitionRules
     ) -> dg.MaterializeResult:
-        window = context.partition_time_window
-        as_of = resolve_as_of(config, window)
         store = database.competition(spec.slug)
-        period = current_period(spec, partitions, as_of - timedelta(microseconds=1))
-        entries = leaderboard_entries(spec, rules, store, as_of, period)
-        store.write_leaderboard(as_of, entries, {"period_start": period[0].isoformat(), "period_end": period[1].isoformat()})
-        windows = [w.name for w in spec.leaderboard_windows]
-        rows = [{"rank": e["rank"], "model": e["model_id"], **{n: e[n] for n in windows},
-                 "coverage": e[f"{spec.ranking_key}_coverage"], "predictions": e["prediction_count"],
-                 "payout_rank": (e["payout"] or {}).get("rank"), "payout_score": (e["payout"] or {}).get("score"),
-                 "eligible": (e["payout"] or {}).get("eligible"),
-                 "projected_reward_pct": ((e["payout"] or {}).get("reward_pct") or 0) / 1e7}
-                for e in entries]
-        columns = [("rank", "int"), ("model", "string"), *[(n, "float") for n in windows], ("coverage", "float"),
-                   ("predictions", "int"), ("payout_rank", "int"), ("payout_score", "float"), ("eligible", "bool"),
-                   ("projected_reward_pct", "float")]
-        plot = {f"{spec.ranking_key}/{e['model_id']}": float(e[spec.ranking_key])
-                for e in entries[:20] if e[spec.ranking_key] is not None}
-        return dg.MaterializeResult(
-            metadata={
-                "as_of": as_of.isoformat(),
-                "models": len(entries),
-                "checkpoint_period": f"{period[0].isoformat()} .. {period[1].isoformat()}",
-                "leaderboard": table_metadata(columns, rows),
-                **plot,
-            },
-            check_results=[checks.check_leaderboard_ranked(spec, keys.leaderboard, entries)],
-        )
+        checks_passed = []
+        for day in partition_windows(context):  # a range run stores each day's leaderboard as of its end
+            as_of = resolve_as_of(config, dg.TimeWindow(day.start, day.end))
+            metadata, entries = _leaderboard_of(spec, partitions, rules, store, as_of)
+            context.add_asset_metadata(metadata, partition_key=day.key)
+            checks_passed.append(checks.check_leaderboard_ranked(spec, keys.leaderboard, entries))
+        failed = [c for c in checks_passed if not c.passed]
+        return dg.MaterializeResult(check_results=[(failed or checks_passed)[-1]])
 
     return [snapshots, leaderboard]
+
+
+def _leaderboard_of(spec: CompetitionSpec, partitions: CompetitionPartitions, rules: CompetitionRules,
+                    store: CompetitionStore, as_of: datetime) -> tuple[dict, list[dict]]:
+    """Store the leaderboard as of `as_of`; its metadata for the UI and its entries."""
+    period = current_period(spec, partitions, as_of - timedelta(microseconds=1))
+    entries = leaderboard_entries(spec, rules, store, as_of, period)
+    store.write_leaderboard(as_of, entries, {"period_start": period[0].isoformat(), "period_end": period[1].isoformat()})
+    windows = [w.name for w in spec.leaderboard_windows]
+    rows = [{"rank": e["rank"], "model": e["model_id"], **{n: e[n] for n in windows},
+             "coverage": e[f"{spec.ranking_key}_coverage"], "predictions": e["prediction_count"],
+             "payout_rank": (e["payout"] or {}).get("rank"), "payout_score": (e["payout"] or {}).get("score"),
+             "eligible": (e["payout"] or {}).get("eligible"),
+             "projected_reward_pct": ((e["payout"] or {}).get("reward_pct") or 0) / 1e7}
+            for e in entries]
+    columns = [("rank", "int"), ("model", "string"), *[(n, "float") for n in windows], ("coverage", "float"),
+               ("predictions", "int"), ("payout_rank", "int"), ("payout_score", "float"), ("eligible", "bool"),
+               ("projected_reward_pct", "float")]
+    # numeric metadata per model: Dagster plots each over the asset's materializations
+    plot = {f"{spec.ranking_key}/{e['model_id']}": float(e[spec.ranking_key])
+            for e in entries[:20] if e[spec.ranking_key] is not None}
+    metadata = {
+        "as_of": as_of.isoformat(),
+        "models": len(entries),
+        "checkpoint_period": f"{period[0].isoformat()} .. {period[1].isoformat()}",
+        "leaderboard": table_metadata(columns, rows),
+        **plot,
+    }
+    return metadata, entries

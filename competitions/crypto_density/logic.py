@@ -1,0 +1,143 @@
+"""crypto_density: density forecasts of BTC, ETH and SOL returns, scored by CRPS.
+
+Every 5 minutes a model forecasts each subject's return over the next 5 minutes, and every 15
+minutes over the next 2 hours, as a normal or a mixture of normals (in basis points). The score is
+the continuous ranked probability score of the realised return (lower is better), in closed form:
+for a normal N(m, s) and outcome y, s * (z (2 Phi(z) - 1) + 2 phi(z) - 1/sqrt(pi)) with
+z = (y - m) / s; for a mixture, E|X - y| - E|X - X'| / 2 with the closed form of E|N(m, s)|.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any
+
+from crunch_assets.records import RecordsView
+from crunch_assets.spec import Scope
+from resources.model_runners.base import MethodCall
+
+MAX_COMPONENTS = 16
+BASIS_POINTS = 10_000.0
+SQRT_PI = math.sqrt(math.pi)
+
+
+def build_inference_input(scope: Scope, cycle_at: datetime, records: RecordsView) -> dict:
+    """Every subject's 5-minute candles closed in the lookback (a cross-asset input)."""
+    return {
+        "asof_ts": int(cycle_at.timestamp()),
+        "candles_5m": {
+            subject: [
+                {"ts": int(c.ts_event.timestamp()), "open": c.open, "high": c.high, "low": c.low, "close": c.close,
+                 "volume": c.volume}
+                for c in records.candles(subject)
+            ]
+            for subject in records.subjects
+        },
+    }
+
+
+def build_model_calls(scope: Scope, inference_input: dict) -> list[MethodCall]:
+    return [
+        MethodCall("feed_update", (inference_input,)),
+        MethodCall("predict", (scope.subject, scope.resolve_horizon_seconds, scope.effective_step_seconds)),
+    ]
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{what} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _normal(density: Any, where: str) -> tuple[float, float]:
+    if not isinstance(density, dict) or density.get("type") != "builtin" or density.get("name") != "norm":
+        raise ValueError(f"{where} must be {{'type': 'builtin', 'name': 'norm', 'params': {{'loc', 'scale'}}}}")
+    params = density.get("params")
+    if not isinstance(params, dict):
+        raise ValueError(f"{where} needs params {{loc, scale}}")
+    loc, scale = _number(params.get("loc"), f"{where}.params.loc"), _number(params.get("scale"), f"{where}.params.scale")
+    if scale <= 0:
+        raise ValueError(f"{where}.params.scale must be > 0, got {scale}")
+    return loc, scale
+
+
+def validate_output(scope: Scope, output: Any) -> dict:
+    """A normal or a mixture of normals, normalised to {"components": [[weight, loc, scale], ...]}
+    with weights summing to 1."""
+    if not isinstance(output, dict):
+        raise ValueError(f"output must be an object, got {type(output).__name__}")
+    if output.get("type") == "builtin":
+        loc, scale = _normal(output, "output")
+        return {"components": [[1.0, loc, scale]]}
+    if output.get("type") == "mixture":
+        components = output.get("components")
+        if not isinstance(components, list) or not components:
+            raise ValueError("a mixture needs a non-empty list of components")
+        if len(components) > MAX_COMPONENTS:
+            raise ValueError(f"a mixture has at most {MAX_COMPONENTS} components, got {len(components)}")
+        parsed = []
+        for i, component in enumerate(components):
+            if not isinstance(component, dict):
+                raise ValueError("mixture components must be objects {density, weight}")
+            weight = _number(component.get("weight", 1.0), f"components[{i}].weight")
+            if weight < 0:
+                raise ValueError(f"components[{i}].weight must be >= 0")
+            parsed.append([weight, *_normal(component.get("density"), f"components[{i}].density")])
+        total = math.fsum(w for w, _, _ in parsed)
+        if total <= 0:
+            raise ValueError("mixture weights sum to 0")
+        return {"components": [[w / total, m, s] for w, m, s in parsed]}
+    raise ValueError("output must be a normal {'type': 'builtin', 'name': 'norm', ...} or {'type': 'mixture', ...}")
+
+
+def resolve_ground_truth(
+    scope: Scope, cycle_at: datetime, resolvable_at: datetime, records: RecordsView, max_staleness_seconds: float
+) -> dict | None:
+    """The realised return in basis points between the last stored close at or before the cycle and
+    the last at or before resolvable_at (strictly after the entry); None while either is missing."""
+    prices = records.prices(scope.subject)
+    entry = prices.last_at_or_before(cycle_at, max_staleness_seconds)
+    resolved = prices.resolution(entry, resolvable_at, max_staleness_seconds) if entry else None
+    if entry is None or resolved is None:
+        return None
+    return {
+        "entry_price": entry.price,
+        "resolved_price": resolved.price,
+        "return_bps": BASIS_POINTS * (resolved.price - entry.price) / entry.price,
+    }
+
+
+def _phi(z: float) -> float:
+    return math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+
+
+def _Phi(z: float) -> float:
+    return 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
+
+
+def _abs_mean(mean: float, sd: float) -> float:
+    """E|X| for X ~ N(mean, sd)."""
+    return 2 * sd * _phi(mean / sd) + mean * (2 * _Phi(mean / sd) - 1)
+
+
+def crps(components: list[list[float]], outcome: float) -> float:
+    """CRPS of a mixture of normals [(weight, loc, scale), ...] for `outcome` (closed form)."""
+    if len(components) == 1:
+        _, loc, scale = components[0]
+        z = (outcome - loc) / scale
+        return scale * (z * (2 * _Phi(z) - 1) + 2 * _phi(z) - 1 / SQRT_PI)
+    spread_to_outcome = math.fsum(w * _abs_mean(outcome - m, s) for w, m, s in components)
+    spread_within = math.fsum(
+        wi * wj * _abs_mean(mi - mj, math.hypot(si, sj)) for wi, mi, si in components for wj, mj, sj in components
+    )
+    return spread_to_outcome - 0.5 * spread_within
+
+
+def crps_score(scope: Scope, output: dict, ground_truth: dict) -> dict:
+    components = output.get("components") if isinstance(output, dict) else None
+    if not components:
+        return {"value": None, "success": False, "failed_reason": "output has no density components"}
+    value = crps(components, ground_truth["return_bps"])
+    return {"value": value, "success": True, "failed_reason": None, "outcome_bps": ground_truth["return_bps"],
+            "mean_bps": math.fsum(w * m for w, m, _ in components)}
