@@ -105,8 +105,9 @@ def ingest(
             if fetch_start >= fetch_end:
                 continue
             try:  # no transaction is held open across the network call
-                def fetch(a=fetch_start, b=fetch_end):
-                    return feed.fetch_records(stream.subject, a, b, as_of=b - AS_OF_INCLUSIVE)
+                def fetch(subject=stream.subject, a=fetch_start, b=fetch_end):
+                    # bound now: a fetch that outlives its deadline must not see a later iteration's values
+                    return feed.fetch_records(subject, a, b, as_of=b - AS_OF_INCLUSIVE)
                 result = call_with_deadline(fetch, deadline - time.monotonic()) if live else fetch()
             except Exception as error:
                 if not live:

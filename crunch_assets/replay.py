@@ -63,9 +63,9 @@ def replay(
     timings = ReplayTimings()
     instance = instance or dg.DagsterInstance.ephemeral()
 
-    def timed(step: str, fn) -> None:
+    def timed(step: str, keys_: list[dg.AssetKey], first_key: str, last_key: str) -> None:
         began = time.perf_counter()
-        fn()
+        materialize_range(defs, keys_, first_key, last_key, instance)
         timings.seconds_by_step[step] = timings.seconds_by_step.get(step, 0.0) + time.perf_counter() - began
 
     horizon = timedelta(seconds=spec.max_horizon_seconds)
@@ -76,23 +76,23 @@ def replay(
         chunk_end = min(cursor + chunk, end)
         first, last = partitions.hour_key(cursor), partitions.hour_key(chunk_end - timedelta(hours=1))
         feed_last = partitions.hour_key(chunk_end + horizon)
-        timed("feed_records", lambda: materialize_range(defs, [keys.feed_records], first, feed_last, instance))
-        timed("predictions", lambda: materialize_range(defs, [keys.predictions], first, last, instance))
-        timed("scores", lambda: materialize_range(defs, [keys.scores], first, last, instance))
+        timed("feed_records", [keys.feed_records], first, feed_last)
+        timed("predictions", [keys.predictions], first, last)
+        timed("scores", [keys.scores], first, last)
         cursor = chunk_end
         done += 1
         if progress:
             progress("cycles", done, total_chunks)
     first_day, last_day = partitions.day_key(start), partitions.day_key(end - timedelta(microseconds=1))
-    timed("snapshots+leaderboard", lambda: materialize_range(defs, [keys.snapshots], first_day, last_day, instance))
-    timed("snapshots+leaderboard", lambda: materialize_range(defs, [keys.leaderboard], first_day, last_day, instance))
+    timed("snapshots+leaderboard", [keys.snapshots], first_day, last_day)
+    timed("snapshots+leaderboard", [keys.leaderboard], first_day, last_day)
     periods = partitions.checkpoint
     closed = [(key, s, e) for key, s, e in periods.periods_between(start.replace(hour=0) - periods.interval, end)
               if s >= start.replace(hour=0) and e <= end]
     if periods.is_dynamic and closed:
         instance.add_dynamic_partitions(periods.definition.name, [key for key, _, _ in closed])
     for key, _, _ in closed:  # in order: each chains to the previous one's root
-        timed("emission_checkpoints", lambda: materialize_range(defs, [keys.emission_checkpoints], key, key, instance))
+        timed("emission_checkpoints", [keys.emission_checkpoints], key, key)
         timings.checkpoints.append(key)
     if progress:
         progress("checkpoints", len(closed), len(closed))

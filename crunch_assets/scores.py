@@ -112,7 +112,7 @@ def score_cycle(
             adjusted = rules.adjust_cycle(scope, cycle.cycle_at, dict(successful))
             if set(adjusted) != set(successful):
                 raise ValueError(f"returned results for {sorted(adjusted)}, expected {sorted(successful)}")
-            for pid, result in results.items():
+            for pid in list(results):
                 if model_of[pid] in adjusted:
                     value = adjusted[model_of[pid]].get("value")
                     if not (isinstance(value, (int, float)) and math.isfinite(value)):

@@ -147,7 +147,7 @@ def test_inputs_are_cross_asset_five_minute_candles(replayed):
 def _standings(spec, expected):
     """Per model: each scope's mean, and the weighted combination."""
     by_scope = {}
-    for (cycle_at, scope_key, model), value in expected.items():
+    for (_cycle_at, scope_key, model), value in expected.items():
         by_scope.setdefault(model, {}).setdefault(scope_key, []).append(value)
     weights = {scope.key: scope.weight for scope in spec.scopes}
     result = {}

@@ -33,7 +33,7 @@ def audit(slug: str, proof_model: str | None, cycle_at: str | None, scope_key: s
         try:
             proof = inclusion_proof(store, checkpoint, proof_model, datetime.fromisoformat(cycle_at), scope_key)
         except LookupError as error:
-            raise click.ClickException(str(error))
+            raise click.ClickException(str(error)) from None
         click.echo(json.dumps(proof, indent=2))
         raise SystemExit(0 if proof["verified"] else 1)
     audits = audit_checkpoints(store)

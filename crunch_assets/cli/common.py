@@ -13,7 +13,7 @@ def load_competition(slug: str):
     try:
         module = importlib.import_module(f"competitions.{slug}.definitions")
     except ModuleNotFoundError as error:
-        raise click.ClickException(f"no competition {slug!r}: cannot import competitions.{slug}.definitions ({error})")
+        raise click.ClickException(f"no competition {slug!r}: cannot import competitions.{slug}.definitions ({error})") from None
     defs = getattr(module, "defs", None)
     spec = getattr(module, "SPEC", None)
     if not isinstance(defs, dg.Definitions) or spec is None:
