@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields
 import dagster as dg
 
 from crunch_assets.keys import ChainKeys
+from crunch_assets.live import build_live_job
 from crunch_assets.partitions import CompetitionPartitions
 from crunch_assets.spec import CompetitionSpec
 
@@ -20,6 +21,7 @@ class CompetitionJobs:
     rollup: dg.UnresolvedAssetJobDefinition
     checkpoint: dg.UnresolvedAssetJobDefinition
     registry: dg.UnresolvedAssetJobDefinition
+    live: dg.JobDefinition
 
     def all(self) -> list[dg.UnresolvedAssetJobDefinition]:
         return [getattr(self, f.name) for f in fields(self)]
@@ -46,4 +48,5 @@ def build_jobs(spec: CompetitionSpec, partitions: CompetitionPartitions, keys: C
         checkpoint=job("checkpoint_job", [keys.emission_checkpoints], partitions.checkpoint.definition,
                        "Build a period's emission checkpoint."),
         registry=job("model_registry_job", [keys.model_registry], None, "Sync the model registry from the model runner."),
+        live=build_live_job(spec, partitions, keys),
     )

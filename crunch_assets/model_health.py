@@ -56,20 +56,25 @@ class QuarantinePolicy:
 
 
 def load_health(
-    store: CompetitionStore, model_ids: Sequence[str], before: datetime, policy: QuarantinePolicy
+    store: CompetitionStore, model_ids: Sequence[str], before: datetime, policy: QuarantinePolicy,
+    rows_per_hour: float = 60.0,
 ) -> dict[str, ModelHealth]:
-    """Each model's state just before `before`."""
+    """Each model's state just before `before`. Only the recent past is read: the rows that can
+    still count (`rows_per_hour`: a model's predictions per hour, all scopes) and the quarantines
+    that can still hold."""
     health = {model_id: ModelHealth() for model_id in model_ids}
     if not model_ids:
         return health
-    quarantines = store.latest_events(QUARANTINED, model_ids, before)
+    lookback = max(2 * policy.failures_before_quarantine + 10, 20)
+    reach = timedelta(hours=2 * lookback / max(rows_per_hour, 1e-9)) + policy.cooldown
+    since = before - reach
+    quarantines = store.latest_events(QUARANTINED, model_ids, before, since=since)
     for model_id, event in quarantines.items():
         health[model_id].quarantined_until = datetime.fromisoformat(event.meta[QUARANTINE_META_KEY])
     counting = dict.fromkeys(model_ids, True)
     # Newest first, as QuarantinePolicy.record saw them: an answer resets the count, a failure adds
     # one, an absence is not recorded; the cycle that started the last quarantine reset it too.
-    lookback = max(2 * policy.failures_before_quarantine + 10, 20)
-    for row in store.health_rows(model_ids, before, lookback):
+    for row in store.health_rows(model_ids, before, lookback, since):
         if not counting[row.model_id]:
             continue
         last_quarantine = quarantines.get(row.model_id)

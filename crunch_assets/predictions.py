@@ -33,7 +33,9 @@ from resources.store.database import CrunchDatabase
 from resources.store.feeds import FeedStore
 from resources.store.rows import CycleWrite, InputRow, ModelEventRow, PredictionRow
 
-CYCLES_PER_WRITE = 30  # a backfill writes every 30 cycles: bounded memory, few statements
+# A backfill writes in batches big enough for the COPY path; a live cycle is written at once.
+PREDICTIONS_PER_WRITE = 2000
+MAX_CYCLES_PER_WRITE = 500
 
 
 class InputSchemaError(ValueError):
@@ -169,7 +171,8 @@ def run_cycles(
     # instead of blaming every model.
     expected = sorted(m.model_id for m in models)
     policy = QuarantinePolicy(spec.quarantine_after_failures, spec.quarantine_cooldown_seconds)
-    health = load_health(store, expected, runnable[0][0], policy)
+    rows_per_hour = sum(3600 / scope.prediction_interval_seconds for scope in spec.scopes)
+    health = load_health(store, expected, runnable[0][0], policy, rows_per_hour)
     pending: list[CycleWrite] = []
     events: list[ModelEventRow] = []
 
@@ -207,7 +210,7 @@ def run_cycles(
                         log.warning(f"{model_id} quarantined until {until.isoformat()}")
             rows.append(row)
         pending.append(CycleWrite(InputRow(scope.key, cycle_at, cycle_at + scope.horizon, model_input, scope.as_dict()), rows))
-        if len(pending) >= CYCLES_PER_WRITE:
+        if len(pending) >= MAX_CYCLES_PER_WRITE or len(pending) * max(1, len(expected)) >= PREDICTIONS_PER_WRITE:
             flush()
     if pending:
         flush()

@@ -93,8 +93,14 @@ def score_answer(rules: CompetitionRules, scope: Scope, prediction: StoredPredic
     return result
 
 
+_STORED_IN_COLUMNS = ("value", "success", "failed_reason")
+
+
 def _json_safe(result: dict) -> dict:
-    return {k: v for k, v in result.items() if not (isinstance(v, float) and not math.isfinite(v))}
+    """The result's own fields for the JSONB column: what the score row's columns already hold is
+    not stored twice, and non-finite numbers (not JSON) are dropped."""
+    return {k: v for k, v in result.items()
+            if k not in _STORED_IN_COLUMNS and not (isinstance(v, float) and not math.isfinite(v))}
 
 
 def score_cycle(

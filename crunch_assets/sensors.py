@@ -1,12 +1,13 @@
 """Sensors and schedules that run a competition live. Sensors only read (the store and the model
 runner) and request runs; every write happens in an asset.
 
-- cycle sensor: each due cycle -> one run of feed_records + predictions for its hour, as of the
-  cycle time (run key per cycle: a cycle is launched once); missed cycles of any hour inside the
-  catch-up bound are filled by a later run;
-- settlement sensor: cycles whose horizon has passed and whose feed is fetched -> scores; cycles
-  past their void deadline -> a scores run that voids them;
-- rollup sensor: new scores or voided cycles -> snapshots + leaderboard of their days;
+- cycle sensor: one live run per hour window (crunch_assets/live.py: cycles, scores and rollups of
+  the hour, as they fall due), replaced when it stops heartbeating; a live run for any past window
+  with cycles missing inside the catch-up bound;
+- settlement sensor: cycles no live run covers whose horizon has passed and whose feed is fetched
+  -> scores; cycles past their void deadline -> a scores run that voids them;
+- rollup sensor: new scores or voided cycles outside what the live run rolls up -> snapshots +
+  leaderboard of their days;
 - checkpoint sensor: a closed, settled and rolled-up period -> its checkpoint, in order; a
   PENDING checkpoint whose data changed is rebuilt;
 - feed sensor: keeps the feed current between sparse cycles;
@@ -18,9 +19,11 @@ Each evaluation is a few indexed queries: well inside Dagster's 60 s sensor time
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
+from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
 
 from crunch_assets.feed import feed_streams
 from crunch_assets.jobs import CompetitionJobs
+from crunch_assets.live import COMPETITION_TAG, HEARTBEAT_TAG, WINDOW_TAG, stale_after_seconds
 from crunch_assets.keys import ChainKeys
 from crunch_assets.partitions import CompetitionPartitions, floor_hour
 from crunch_assets.registry import registry_changes
@@ -51,62 +54,71 @@ def build_sensors(
     cycle_ops = [keys.op("feed_records"), keys.op("predictions")]
     settle = timedelta(seconds=spec.settle_delay_seconds)
 
+    stale_after = timedelta(seconds=stale_after_seconds(spec))
+
+    def live_windows(instance: dg.DagsterInstance, now: datetime) -> dict[str, bool]:
+        """Window start (ISO) -> whether a live run of it is alive: launched and not started yet
+        (for at most two minutes), or started and heartbeating."""
+        alive: dict[str, bool] = {}
+        for record in instance.get_run_records(filters=dg.RunsFilter(
+            job_name=jobs.live.name, tags={COMPETITION_TAG: slug}, statuses=NOT_FINISHED_STATUSES,
+        )):
+            run = record.dagster_run
+            window = run.tags.get(WINDOW_TAG)
+            if run.status == dg.DagsterRunStatus.STARTED:
+                beat = run.tags.get(HEARTBEAT_TAG)
+                started = datetime.fromtimestamp(record.start_time or record.create_timestamp.timestamp(), tz=timezone.utc)
+                last_sign = datetime.fromisoformat(beat) if beat else started
+                ok = now - last_sign < stale_after
+            elif run.status == dg.DagsterRunStatus.CANCELING:
+                ok = False
+            else:
+                ok = now - record.create_timestamp.astimezone(timezone.utc) < timedelta(minutes=2)
+            alive[window] = alive.get(window, False) or ok
+        return alive
+
+    def live_request(window_start: datetime, now: datetime, why: str) -> dg.RunRequest:
+        key = window_start.isoformat()
+        return dg.RunRequest(
+            # one launch per window and staleness period: a replacement gets a new key
+            run_key=f"{slug}:live:{key}:{int(now.timestamp() // stale_after.total_seconds())}",
+            run_config={"ops": {f"{slug}__live_window": {"config": {"window_start": key}}}},
+            tags={WINDOW_TAG: key, "crunch/launched_because": why},
+        )
+
     @dg.sensor(
-        name=f"{slug}__cycle_sensor", job=jobs.cycle, default_status=status,
+        name=f"{slug}__cycle_sensor", job=jobs.live, default_status=status,
         minimum_interval_seconds=spec.cycle_sensor_interval_seconds,
-        description="Launches each due prediction cycle (feed + predictions) once, and fills missed cycles.",
+        description="Keeps one live run per hour window going (launched before the hour, replaced when it stops "
+                    "heartbeating) and fills the missed cycles of past windows.",
     )
     def cycle_sensor(context: dg.SensorEvaluationContext, database: CrunchDatabase):
-        """One run per hour window with due cycles, as of the latest (launched up to
-        cycle_lead_seconds early; the run waits for the cycle time): the predictions asset runs
-        every cycle of the window up to as_of that is not stored yet, so a catch-up is one run per
-        hour, not one per missed cycle. A first start begins with the current cycle; later,
-        cycles missing from the store inside the catch-up bound (a run that died, a cycle that
-        waited for its feed) get a fill run for their hour, whatever the hour."""
+        """The live run of an hour runs every cycle at its due time (see crunch_assets/live.py). This
+        sensor only makes sure one is alive for the current hour, launches the next hour's
+        cycle_lead_seconds early (so its process has booted when the hour begins), replaces a run
+        that stopped heartbeating (killed, machine lost), and launches a run for any past window
+        with cycles missing inside the catch-up bound (a run killed at hh:59 leaves hh:59 missing)."""
         now = datetime.now(timezone.utc)
+        if now < spec.start - timedelta(seconds=spec.cycle_lead_seconds):
+            return dg.SkipReason(f"the competition starts at {spec.start.isoformat()}")
+        alive = live_windows(context.instance, now)
+        requests = []
+        current = floor_hour(now)
+        if current >= spec.start and not alive.get(current.isoformat()):
+            requests.append(live_request(current, now, "current window"))
+        upcoming = current + timedelta(hours=1)
+        if upcoming - now <= timedelta(seconds=spec.cycle_lead_seconds) and not alive.get(upcoming.isoformat()):
+            requests.append(live_request(upcoming, now, "next window, launched early"))
         catch_up_from = max(now - timedelta(seconds=spec.max_catchup_seconds), spec.start)
-        if context.cursor:
-            earliest = max(datetime.fromisoformat(context.cursor) + timedelta(microseconds=1), catch_up_from)
-        else:
-            earliest = max(now - timedelta(seconds=spec.min_interval_seconds), spec.start)
-        horizon = now + timedelta(seconds=spec.cycle_lead_seconds, microseconds=1)  # launch slightly early
-        # ...but not into the next hour: its partition exists only once the hour has begun.
-        horizon = min(horizon, floor_hour(now) + timedelta(hours=1))
-        due_times = sorted({cycle_at for cycle_at, _ in spec.cycle_times(earliest, horizon)})
-        latest_by_hour: dict[str, datetime] = {}
-        for cycle_at in due_times:
-            latest_by_hour[partitions.hour_key(cycle_at)] = cycle_at
-        requests = [
-            dg.RunRequest(
-                run_key=f"{slug}:cycle:{cycle_at.isoformat()}",
-                partition_key=hour_key,
-                run_config=as_of_run_config(cycle_ops, cycle_at),
-                tags={"crunch/cycle_at": cycle_at.isoformat(), "crunch/cycles_due": str(len(due_times))},
-            )
-            for hour_key, cycle_at in latest_by_hour.items()
-        ]
-        if context.cursor:
-            fill_until = now - timedelta(seconds=FILL_GRACE_SECONDS)
-            expected = spec.cycle_times(catch_up_from, fill_until)
-            if expected:
-                stored = database.competition(slug).stored_cycles(expected[0][0], fill_until)
-                missing_by_hour: dict[str, datetime] = {}
-                for cycle_at, scope in expected:
-                    if (cycle_at, scope.key) not in stored and partitions.hour_key(cycle_at) not in latest_by_hour:
-                        missing_by_hour[partitions.hour_key(cycle_at)] = cycle_at
-                for hour_key, cycle_at in missing_by_hour.items():
-                    window_end = floor_hour(cycle_at) + timedelta(hours=1)
-                    as_of = min(window_end - timedelta(microseconds=1), fill_until)
-                    requests.append(dg.RunRequest(
-                        # one fill attempt per hour and minute: a fill that fails is tried again
-                        run_key=f"{slug}:fill:{hour_key}:{_floor(now, 60).isoformat()}",
-                        partition_key=hour_key,
-                        run_config=as_of_run_config(cycle_ops, as_of),
-                        tags={"crunch/fill_from": cycle_at.isoformat()},
-                    ))
-        if due_times:
-            context.update_cursor(due_times[-1].isoformat())
-        return requests or dg.SkipReason(f"no cycle due since {earliest.isoformat()} and none missing")
+        fill_until = min(now - timedelta(seconds=FILL_GRACE_SECONDS), current)
+        expected = spec.cycle_times(catch_up_from, fill_until) if fill_until > catch_up_from else []
+        if expected:
+            stored = database.competition(slug).stored_cycles(expected[0][0], fill_until)
+            missing = sorted({floor_hour(c) for c, scope in expected if (c, scope.key) not in stored})
+            for window in missing:
+                if not alive.get(window.isoformat()):
+                    requests.append(live_request(window, now, "missed cycles in a past window"))
+        return requests or dg.SkipReason(f"live run of {current.isoformat()} alive; nothing missing")
 
     @dg.sensor(
         name=f"{slug}__settlement_sensor", job=jobs.scores, default_status=status,
@@ -114,15 +126,21 @@ def build_sensors(
         description="Scores cycles once their horizon has passed and the feed is fetched; voids what can never be resolved.",
     )
     def settlement_sensor(context: dg.SensorEvaluationContext, database: CrunchDatabase, feed: FeedResource):
+        """A live run settles the windows its horizons reach back to; this sensor scores what no live
+        run covers (after a pause, a backfill's hours) and voids what is past its deadline."""
         now = datetime.now(timezone.utc)
         store = database.competition(slug)
+        live_from = None
+        if live_windows(context.instance, now).get(floor_hour(now).isoformat()):
+            live_from = floor_hour(now - timedelta(seconds=spec.max_horizon_seconds)) - timedelta(hours=1)
         fetched = database.feeds().fetched_until(feed_streams(spec, feed))
         if fetched is None:
             return dg.SkipReason("the feed has not been fetched yet")
         settled_until = _floor(min(fetched, now - settle), 1)  # spans end just after what they saw
         since = datetime.fromisoformat(context.cursor) if context.cursor else None
-        hours = store.unsettled_hours(since, settled_until)
-        overdue = store.overdue_hours(now - timedelta(seconds=spec.void_after_seconds))
+        hours = [h for h in store.unsettled_hours(since, settled_until) if live_from is None or h < live_from]
+        overdue = [h for h in store.overdue_hours(now - timedelta(seconds=spec.void_after_seconds))
+                   if live_from is None or h < live_from]
         requests = [
             dg.RunRequest(
                 run_key=f"{slug}:scores:{hour.isoformat()}:{settled_until.isoformat()}",
@@ -154,13 +172,18 @@ def build_sensors(
         now = datetime.now(timezone.utc)
         days: set[datetime] = set()
         first, last = store.changed_days(last_score_id)
+        live_rolls_up_from = floor_hour(now) - timedelta(hours=2)
+        live = live_windows(context.instance, now).get(floor_hour(now).isoformat(), False)
+        if live and first is not None and first >= live_rolls_up_from:
+            first = None  # the live run rolls these hours up itself
         if first is not None:
             day = first.replace(hour=0, minute=0, second=0, microsecond=0)
             while day <= last:
                 days.add(day)
                 day += timedelta(days=1)
         if int(marker.split(":")[1]) != last_voided:  # voided cycles of periods not yet paid
-            days.update(store.voided_days(store.locked_until()))
+            days.update(d for d in store.voided_days(store.locked_until())
+                        if not (live and d == floor_hour(now).replace(hour=0)))
         as_of = _floor(now, 60)
         requests = [
             dg.RunRequest(
@@ -223,6 +246,8 @@ def build_sensors(
     )
     def feed_sensor(context: dg.SensorEvaluationContext, database: CrunchDatabase, feed: FeedResource):
         now = datetime.now(timezone.utc)
+        if live_windows(context.instance, now).get(floor_hour(now).isoformat()):
+            return dg.SkipReason("the live run keeps the feed current")
         step = max(feed.granularity_seconds, 1)
         latest_closed = _floor(now, step)
         fetched = database.feeds().fetched_until(feed_streams(spec, feed))

@@ -10,6 +10,7 @@ For a competition with slug `my_comp`, `CRUNCH_MY_COMP_<NAME>` wins over `CRUNCH
 | BINANCE_BASE_URL | default https://api.binance.com (or https://data-api.binance.vision) |
 | PYTH_HISTORY_URL, PYTH_HERMES_URL | Pyth endpoints; the API key is read from PYTH_API_KEY via dg.EnvVar |
 | RUNNER | local (default) \\| orchestrator |
+| MODELS_DIR | the local runner's models (default: the competition's `models/`) |
 | ORCHESTRATOR_HOST, ORCHESTRATOR_PORT, ORCHESTRATOR_CRUNCH_ID | the model orchestrator |
 | AUTOMATION | on (default) \\| off: sensors and schedules start RUNNING or STOPPED |
 | START | the first partition, ISO-8601 UTC on an hour |
@@ -144,7 +145,7 @@ class CompetitionSettings:
 
         choice = self.choice("RUNNER", RUNNERS, "local")
         if choice == "local":
-            return LocalModelRunner(models_dir=models_dir, call_timeout_seconds=call_timeout_seconds)
+            return LocalModelRunner(models_dir=self.get("MODELS_DIR", models_dir), call_timeout_seconds=call_timeout_seconds)
         # imported here: model-runner-client brings pandas and grpc (~0.5 s in every run process)
         from resources.model_runners.orchestrator import OrchestratorModelRunner
 

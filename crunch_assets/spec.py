@@ -247,11 +247,12 @@ class CompetitionSpec:
     feed_poll_interval_seconds: int = 30
     # Live catch-up bound: missed cycles older than this are not run live (backfill them).
     max_catchup_seconds: int = 15 * 60
-    # The cycle sensor launches a cycle's run this long before it is due, so the run process has
-    # booted by then; the run waits for the due time before it reads anything (data cutoff = T).
-    cycle_lead_seconds: int = 10
-    cycle_sensor_interval_seconds: int = 1
-    settlement_sensor_interval_seconds: int = 10
+    # The cycle sensor launches an hour's live run this long before the hour, so its process has
+    # booted by then; the run waits for each cycle's due time before it reads anything (cutoff = T).
+    cycle_lead_seconds: int = 30
+    # The live run does each cycle at its due time; the sensors only keep it going and cover the rest.
+    cycle_sensor_interval_seconds: int = 10
+    settlement_sensor_interval_seconds: int = 60
     # Keys of a stored model input the report API may show participants (none by default).
     public_input_keys: tuple[str, ...] = ()
     description: str = ""

@@ -8,6 +8,9 @@ processes (run workers, the daemon), so each resolves the URL the same way.
 
 from __future__ import annotations
 
+import threading
+
+import sqlalchemy as sa
 from dagster import Field, StringSource
 from dagster._serdes import ConfigurableClassData
 from dagster_postgres.event_log import PostgresEventLogStorage
@@ -23,6 +26,26 @@ _CONFIG = {
 }
 
 
+# Dagster builds a new instance (and so new storages) for many requests, e.g. every sensor
+# evaluation in a code server. Each dagster-postgres storage checks its tables by reflection and
+# talks through a NullPool engine (a new server connection, i.e. a forked backend, per query).
+# Live, that was most of the deployment's CPU. So, per process: the tables are checked once per
+# URL, and every storage shares one small pooled engine per URL.
+_checked_urls: set[tuple[type, str]] = set()
+_shared_engines: dict[str, sa.Engine] = {}
+_lock = threading.Lock()
+
+
+def shared_engine(url: str) -> sa.Engine:
+    with _lock:
+        engine = _shared_engines.get(url)
+        if engine is None:
+            engine = sa.create_engine(url, isolation_level="AUTOCOMMIT", pool_size=2, max_overflow=8,
+                                      pool_recycle=1800, pool_pre_ping=True)
+            _shared_engines[url] = engine
+        return engine
+
+
 class _ResolvedUrl:
     """Config without a required URL: resolved like the competition store's (explicit URL,
     $CRUNCH_DATABASE_URL, else the embedded server)."""
@@ -33,11 +56,18 @@ class _ResolvedUrl:
 
     @classmethod
     def from_config_value(cls, inst_data, config_value):
-        return cls(
-            resolve_database_url(config_value.get("postgres_url")),
-            config_value.get("should_autocreate_tables", True),
-            inst_data=inst_data,
-        )
+        return build_storage(cls, resolve_database_url(config_value.get("postgres_url")),
+                             config_value.get("should_autocreate_tables", True), inst_data)
+
+
+def build_storage(cls, url: str, autocreate: bool, inst_data=None):
+    """A storage whose tables are checked once per process and URL, on the shared engine."""
+    check_tables = autocreate and (cls, url) not in _checked_urls
+    storage = cls(url, check_tables, inst_data=inst_data)
+    _checked_urls.add((cls, url))
+    if hasattr(storage, "_engine"):
+        storage._engine = shared_engine(url)
+    return storage
 
 
 class CrunchRunStorage(_ResolvedUrl, PostgresRunStorage):
@@ -55,6 +85,21 @@ class CrunchScheduleStorage(_ResolvedUrl, PostgresScheduleStorage):
 class CrunchPostgresStorage(_ResolvedUrl, DagsterPostgresStorage):
     """The instance storage named in dagster.yaml; its three parts are re-created from the
     instance ref in other processes, so each is one of the classes above."""
+
+    def __init__(self, postgres_url: str, should_autocreate_tables: bool = True, inst_data=None):
+        self.postgres_url = postgres_url
+        self.should_autocreate_tables = should_autocreate_tables
+        self._inst_data = inst_data
+        self._token_provider = None
+        self._run_storage = build_storage(CrunchRunStorage, postgres_url, should_autocreate_tables)
+        self._event_log_storage = build_storage(CrunchEventLogStorage, postgres_url, should_autocreate_tables)
+        self._schedule_storage = build_storage(CrunchScheduleStorage, postgres_url, should_autocreate_tables)
+        super(DagsterPostgresStorage, self).__init__()
+
+    @classmethod
+    def from_config_value(cls, inst_data, config_value):
+        return cls(resolve_database_url(config_value.get("postgres_url")),
+                   config_value.get("should_autocreate_tables", True), inst_data=inst_data)
 
     def _sub_storage_data(self, class_name: str) -> ConfigurableClassData | None:
         if not self.inst_data:

@@ -29,7 +29,7 @@ def _sensor(defs, name):
 
 def _evaluate(defs, name, cursor=None, instance=None):
     context = dg.build_sensor_context(
-        cursor=cursor, resources=defs.resources, instance=instance, definitions=defs
+        cursor=cursor, resources=defs.resources, instance=instance or dg.DagsterInstance.ephemeral(), definitions=defs
     )
     return _sensor(defs, name).evaluate_tick(context)
 
@@ -40,32 +40,14 @@ def test_sensors_and_schedule_start_running_in_the_demo(competition):
     assert {s.default_status for s in defs.schedules} == {dg.DefaultScheduleStatus.RUNNING}
 
 
-def test_cycle_sensor_requests_due_cycles_once_one_run_per_hour(competition):
-    spec, defs = competition
-    now = datetime.now(timezone.utc)
-    cursor = (now - timedelta(minutes=3)).replace(second=0, microsecond=0)
-    result = _evaluate(defs, "btc_updown__cycle_sensor", cursor=cursor.isoformat())
-    cycle_requests = [r for r in result.run_requests if ":cycle:" in r.run_key]
-    launch_until = datetime.now(timezone.utc) + timedelta(seconds=spec.cycle_lead_seconds)
-    launch_until = min(launch_until, launch_until.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1))
-    due = [cursor + timedelta(minutes=m) for m in range(1, 5) if cursor + timedelta(minutes=m) <= launch_until]
-    # the cycles since the cursor fall in one or two hour windows: one run each, as of its latest cycle
-    expected = {}
-    for cycle_at in due:
-        expected[cycle_at.strftime("%Y-%m-%d-%H:00")] = cycle_at
-    assert {r.partition_key: datetime.fromisoformat(r.tags["crunch/cycle_at"]) for r in cycle_requests} == expected
-    op = ChainKeys.op_name(ChainKeys.for_slug(spec.slug).predictions)
-    for request in cycle_requests:
-        assert request.run_config["ops"][op]["config"]["as_of"] == request.tags["crunch/cycle_at"]
-    assert len({r.run_key for r in result.run_requests}) == len(result.run_requests)
-    assert result.cursor == due[-1].isoformat()
-    again = _evaluate(defs, "btc_updown__cycle_sensor", cursor=result.cursor)
-    assert all(datetime.fromisoformat(r.tags["crunch/cycle_at"]) > due[-1] for r in again.run_requests if ":cycle:" in r.run_key)
+def _windows(result):
+    return sorted(r.tags["crunch/live_window"] for r in result.run_requests)
 
 
 def test_cycle_sensor_fills_a_missed_last_cycle_of_an_hour(competition):
     """Issue: a cycle run killed at hh:59 left the hour's last cycle missing for good: the next run
-    belongs to the next hour's partition. Missed cycles inside the catch-up bound are filled."""
+    belongs to the next hour. Missed cycles of a past window inside the catch-up bound get a live
+    run of that window, which runs them and exits."""
     from unittest import mock
 
     import crunch_assets.sensors as sensors
@@ -74,41 +56,38 @@ def test_cycle_sensor_fills_a_missed_last_cycle_of_an_hour(competition):
     keys = ChainKeys.for_slug(spec.slug)
     hour = datetime(2026, 11, 22, 9, tzinfo=timezone.utc)
     cycle_ops = [ChainKeys.op_name(keys.feed_records), ChainKeys.op_name(keys.predictions)]
-    # 09:00 .. 09:58 were stored live; the 09:59 run died before storing anything
+    # 09:00 .. 09:58 were stored; the run died before storing 09:59
     dg.materialize(chain_assets(defs, [keys.feed_records, keys.predictions]), resources=defs.resources,
                    partition_key="2026-11-22-09:00", run_config=as_of_run_config(cycle_ops, hour + timedelta(minutes=58)))
     now = hour + timedelta(hours=1, minutes=1, seconds=5)
     with mock.patch.object(sensors, "datetime", wraps=datetime) as clock:
         clock.now.return_value = now
-        result = _evaluate(defs, "btc_updown__cycle_sensor", cursor=(hour + timedelta(minutes=59)).isoformat())
-    fills = [r for r in result.run_requests if ":fill:" in r.run_key]
-    assert [r.partition_key for r in fills] == ["2026-11-22-09:00"]
-    assert fills[0].tags["crunch/fill_from"] == (hour + timedelta(minutes=59)).isoformat()
-    dg.materialize(chain_assets(defs, [keys.feed_records, keys.predictions]), resources=defs.resources,
-                   partition_key=fills[0].partition_key, run_config=fills[0].run_config)
+        result = _evaluate(defs, "btc_updown__cycle_sensor")
+    assert _windows(result) == [hour.isoformat(), (hour + timedelta(hours=1)).isoformat()]  # the past one, the current one
+    fill = next(r for r in result.run_requests if r.tags["crunch/live_window"] == hour.isoformat())
+    assert fill.tags["crunch/launched_because"] == "missed cycles in a past window"
+    live = defs.get_job_def("btc_updown__live_job")
+    assert live.execute_in_process(run_config=fill.run_config, resources=defs.resources).success
     from resources.store.competition import CompetitionStore
     from resources.store.database import engine_for
 
-    stored = CompetitionStore(engine_for(), spec.slug).stored_cycles(hour, hour + timedelta(hours=1))
-    assert len(stored) == 60
+    assert len(CompetitionStore(engine_for(), spec.slug).stored_cycles(hour, hour + timedelta(hours=1))) == 60
 
 
-def test_cycle_sensor_first_start_runs_only_the_current_cycle(competition):
-    _, defs = competition
-    result = _evaluate(defs, "btc_updown__cycle_sensor")
-    assert len(result.run_requests) == 1
-    cycle_at = datetime.fromisoformat(result.run_requests[0].tags["crunch/cycle_at"])
-    lead = timedelta(seconds=competition[0].cycle_lead_seconds)
-    assert -lead <= datetime.now(timezone.utc) - cycle_at < timedelta(minutes=2)
+def test_cycle_sensor_launches_the_next_window_early_but_not_sooner(competition):
+    from unittest import mock
 
+    import crunch_assets.sensors as sensors
 
-def test_cycle_sensor_bounds_live_catch_up(competition):
     spec, defs = competition
-    result = _evaluate(defs, "btc_updown__cycle_sensor", cursor=(datetime.now(timezone.utc) - timedelta(days=2)).isoformat())
-    oldest_allowed = datetime.now(timezone.utc) - timedelta(seconds=spec.max_catchup_seconds + 60)
-    assert 1 <= len(result.run_requests) <= 2  # one run per hour window touched
-    assert int(result.run_requests[-1].tags["crunch/cycles_due"]) <= spec.max_catchup_seconds // 60 + 1
-    assert all(datetime.fromisoformat(r.tags["crunch/cycle_at"]) > oldest_allowed for r in result.run_requests)
+    hour = datetime(2026, 11, 22, 10, tzinfo=timezone.utc)
+    with mock.patch.object(sensors, "datetime", wraps=datetime) as clock:
+        clock.now.return_value = hour - timedelta(seconds=spec.cycle_lead_seconds - 5)
+        early = _evaluate(defs, "btc_updown__cycle_sensor")
+        clock.now.return_value = hour - timedelta(seconds=spec.cycle_lead_seconds + 60)
+        sooner = _evaluate(defs, "btc_updown__cycle_sensor")
+    assert hour.isoformat() in _windows(early)  # its process boots before the hour begins
+    assert hour.isoformat() not in _windows(sooner)
 
 
 def test_settlement_and_rollup_sensors_follow_the_store(competition):
@@ -180,18 +159,3 @@ def test_daily_rollup_schedule_finalises_yesterday(competition):
     before_start = datetime(2026, 11, 3, 0, 15, tzinfo=timezone.utc)  # the day before is before the start
     skipped = schedule.evaluate_tick(dg.build_schedule_context(scheduled_execution_time=before_start, repository_def=defs.get_repository_def()))
     assert not skipped.run_requests and "had not started" in skipped.skip_message
-
-
-def test_cycle_sensor_does_not_launch_early_into_a_partition_not_yet_begun(competition):
-    spec, defs = competition
-    from unittest import mock
-
-    import crunch_assets.sensors as sensors
-
-    just_before_the_hour = datetime(2026, 11, 22, 9, 59, 57, tzinfo=timezone.utc)
-    with mock.patch.object(sensors, "datetime", wraps=datetime) as clock:
-        clock.now.return_value = just_before_the_hour
-        result = _evaluate(defs, "btc_updown__cycle_sensor", cursor="2026-11-22T09:59:00+00:00")
-    # 10:00 is launched once its hour exists (the empty store's missing 09:xx cycles get a fill run)
-    assert not [r for r in result.run_requests if r.partition_key == "2026-11-22-10:00"]
-    assert all(":fill:" in r.run_key for r in result.run_requests)

@@ -184,3 +184,37 @@ def bulk_upsert_dicts(
         connection, table, columns, [tuple(row[c] for c in columns) for row in rows],
         conflict_columns, update_columns, returning,
     )
+
+
+def bulk_update(
+    connection: sa.Connection, table: sa.Table, key_column: str, columns: Sequence[str], rows: Sequence[tuple],
+    extra_set: str = "",
+) -> int:
+    """UPDATE `table` SET `columns` FROM the given rows ((key, *values) tuples), one statement per
+    page: `UPDATE .. FROM (VALUES ..)`, not a statement per row. `extra_set` adds raw SET clauses
+    (e.g. a JSONB key removal). Returns the rows updated."""
+    if not rows:
+        return 0
+    dialect = postgresql.dialect()
+    names = (key_column, *columns)
+    casts = ", ".join(f"%s::{table.c[name].type.compile(dialect=dialect)}" for name in names)
+    assignments = ", ".join([*(f'"{c}" = v."{c}"' for c in columns), *([extra_set] if extra_set else [])])
+    statement = (
+        f"UPDATE {_qualified(table)} AS stored SET {assignments} FROM (VALUES %s) AS v({_quote(names)}) "
+        f'WHERE stored."{key_column}" = v."{key_column}"'
+    )
+    json_positions = _json_columns(table, names)
+    prepared = [
+        tuple(psycopg2.extras.Json(v) if i in json_positions and v is not None else v for i, v in enumerate(row))
+        for row in rows
+    ]
+    cursor = connection.connection.dbapi_connection.cursor()
+    try:
+        updated = 0
+        for offset in range(0, len(prepared), _PAGE_ROWS):
+            psycopg2.extras.execute_values(cursor, statement, prepared[offset : offset + _PAGE_ROWS],
+                                           template=f"({casts})", page_size=_PAGE_ROWS)
+            updated += cursor.rowcount
+    finally:
+        cursor.close()
+    return updated

@@ -10,7 +10,7 @@ from typing import Any, Iterable, Sequence
 import sqlalchemy as sa
 
 from resources.store import schema as t
-from resources.store.bulk import bulk_upsert, bulk_upsert_dicts
+from resources.store.bulk import bulk_update, bulk_upsert, bulk_upsert_dicts
 from resources.store.rows import (
     CheckpointRow,
     CycleRollupRow,
@@ -122,15 +122,16 @@ class CompetitionStore:
             )
             return {name: int(count) for name, count in rows}
 
-    def health_rows(self, model_ids: Sequence[str], before: datetime, lookback: int) -> list[HealthRow]:
-        """Each model's last `lookback` predictions before `before`, newest first."""
+    def health_rows(self, model_ids: Sequence[str], before: datetime, lookback: int, since: datetime) -> list[HealthRow]:
+        """Each model's last `lookback` predictions in [since, before), newest first."""
         p = t.predictions
         ranked = (
             sa.select(
                 p.c.model_id, p.c.cycle_at, p.c.status, p.c.meta,
                 sa.func.row_number().over(partition_by=p.c.model_id, order_by=p.c.cycle_at.desc()).label("recency"),
             )
-            .where(p.c.competition == self.slug, p.c.model_id.in_(list(model_ids)), p.c.cycle_at < before)
+            .where(p.c.competition == self.slug, p.c.model_id.in_(list(model_ids)), p.c.cycle_at < before,
+                   p.c.cycle_at >= since)
             .subquery()
         )
         with self.engine.connect() as connection:
@@ -141,13 +142,15 @@ class CompetitionStore:
             ).fetchall()
         return [HealthRow(row.model_id, row.cycle_at, row.status, row.meta or {}) for row in rows]
 
-    def latest_events(self, event: str, model_ids: Sequence[str], before: datetime) -> dict[str, ModelEventRow]:
-        """Each model's newest `event` strictly before `before`."""
+    def latest_events(self, event: str, model_ids: Sequence[str], before: datetime,
+                      since: datetime | None = None) -> dict[str, ModelEventRow]:
+        """Each model's newest `event` strictly before `before` (and at or after `since`)."""
         e = t.model_events
         ranked = (
             sa.select(e.c.model_id, e.c.at, e.c.reason, e.c.meta,
                       sa.func.row_number().over(partition_by=e.c.model_id, order_by=e.c.at.desc()).label("recency"))
-            .where(e.c.competition == self.slug, e.c.event == event, e.c.model_id.in_(list(model_ids)), e.c.at < before)
+            .where(e.c.competition == self.slug, e.c.event == event, e.c.model_id.in_(list(model_ids)), e.c.at < before,
+                   *([e.c.at >= since] if since is not None else []))
             .subquery()
         )
         with self.engine.connect() as connection:
@@ -226,13 +229,11 @@ class CompetitionStore:
                 ("prediction_id",),
             ).written
             i = t.inputs
-            if resolutions:
-                connection.execute(
-                    sa.update(i).where(i.c.id == sa.bindparam("input_id"))
-                    .values(status="RESOLVED", actuals=sa.bindparam("actuals"), failure_value=sa.bindparam("failure"),
-                            meta=i.c.meta.op("-")(sa.literal("void_reason", sa.Text))),
-                    [{"input_id": r.input_id, "actuals": r.actuals, "failure": r.failure_value} for r in resolutions],
-                )
+            bulk_update(
+                connection, i, "id", ("status", "actuals", "failure_value"),
+                [(r.input_id, "RESOLVED", r.actuals, r.failure_value) for r in resolutions],
+                extra_set="meta = stored.meta - 'void_reason'",
+            )
             if voidings:
                 connection.execute(
                     sa.update(i).where(i.c.id == sa.bindparam("input_id"))

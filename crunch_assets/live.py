@@ -1,0 +1,246 @@
+"""The live window: one long-lived run per competition and hour does the hour's live work.
+
+Starting a Dagster run costs a process and ~2 CPU-seconds. A run per cycle is what made the live
+deployment expensive. So the cycle sensor launches one `<slug>__live_job` run per hour window.
+That run keeps the model processes warm and, at every cycle's due time, calls the same stage
+functions a backfill calls, as of that instant:
+- `feed.ingest`: fetch what is not fetched yet;
+- `predictions.run_cycles`: every due cycle of the window not stored yet (a catch-up included);
+- `scores.settle`: every cycle that has resolved, over the windows its horizons reach back to.
+
+Between cycles it polls the feed and settles every `poll_seconds`, so scores follow the feed within
+seconds. Every minute it rolls up the current hours and refreshes the live leaderboard. When the
+window is over, it reports each asset partition it materialized (feed, predictions, scores, the
+day's snapshots and leaderboard), with the partition's own figures and the asset checks, and exits.
+
+The numbers are a backfill's: same functions, same store, same as_of discipline. Each tick
+heartbeats on its run's tags (`crunch/heartbeat`). A run that dies (kill -9, lost machine) stops
+heartbeating, and the cycle sensor launches a replacement, which marks the dead run failed and
+catches up. A tick that fails is logged and retried at the next tick; after `MAX_FAILED_TICKS` in
+a row the run fails, so the failure is visible and a fresh run takes over.
+"""
+
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+import dagster as dg
+
+from crunch_assets import checks
+from crunch_assets.feed import FeedReport, ingest
+from crunch_assets.keys import ChainKeys
+from crunch_assets.partitions import CompetitionPartitions, ceil_hour, floor_hour
+from crunch_assets.predictions import CycleReport, SessionOnDemand, run_cycles
+from crunch_assets.rollups import leaderboard_entries, roll_up, current_period
+from crunch_assets.rules import CompetitionRules, GroundTruthResource
+from crunch_assets.scores import SettleReport, settle
+from crunch_assets.spec import CompetitionSpec
+from resources.feeds.base import FeedResource
+from resources.model_runners.base import ModelRunnerResource
+from resources.store.database import CrunchDatabase
+
+WINDOW_TAG = "crunch/live_window"
+HEARTBEAT_TAG = "crunch/heartbeat"
+COMPETITION_TAG = "crunch/competition"
+MAX_FAILED_TICKS = 5
+ROLLUP_EVERY_SECONDS = 60
+HOUR = timedelta(hours=1)
+
+
+class LiveWindowConfig(dg.Config):
+    window_start: str  # ISO-8601 UTC start of the hour window this run serves
+    stop_at: str | None = None  # end the run early, after this instant's tick (tests, benchmarks)
+
+
+def poll_seconds(spec: CompetitionSpec) -> float:
+    """How often the run wakes between cycles (feed, settlement, heartbeat)."""
+    return float(min(spec.min_interval_seconds, spec.feed_poll_interval_seconds, 15))
+
+
+def stale_after_seconds(spec: CompetitionSpec) -> float:
+    """A live run whose heartbeat is older than this is taken for dead."""
+    return max(30.0, 3 * poll_seconds(spec))
+
+
+@dataclass
+class WindowProgress:
+    feed: FeedReport = field(default_factory=FeedReport)
+    cycles: CycleReport = field(default_factory=CycleReport)
+    settled: SettleReport = field(default_factory=SettleReport)
+    ticks: int = 0
+    failed_ticks: int = 0
+
+
+def _merge_feed(total: FeedReport, report: FeedReport) -> None:
+    total.fetched += report.fetched
+    total.written += report.written
+    total.corrected += report.corrected
+    total.pages += report.pages
+    total.errors.update(report.errors)
+    for reason, count in report.skipped_by_reason.items():
+        total.skipped_by_reason[reason] += count
+    for hour, count in report.observed_by_hour.items():
+        total.observed_by_hour[hour] += count
+
+
+class LiveWindow:
+    """One hour window's live work; `tick(as_of)` is one wake-up."""
+
+    def __init__(self, spec, partitions, rules, feed, ground_truth, model_runner, database, session, log):
+        self.spec, self.partitions, self.rules, self.feed = spec, partitions, rules, feed
+        self.ground_truth, self.model_runner, self.log = ground_truth, model_runner, log
+        self.store, self.feeds = database.competition(spec.slug), database.feeds()
+        self.session = session
+        self.progress = WindowProgress()
+        self.last_rollup = 0.0
+
+    def settle_from(self, start: datetime) -> datetime:
+        """Cycles that can still resolve now started at most the longest horizon before."""
+        return floor_hour(start - timedelta(seconds=self.spec.max_horizon_seconds)) - HOUR
+
+    def tick(self, start: datetime, as_of: datetime, final: bool = False) -> None:
+        end = start + HOUR
+        report = ingest(self.spec, self.feed, self.feeds, start, end, as_of, log=self.log)
+        _merge_feed(self.progress.feed, report)
+        self.progress.cycles.merge(run_cycles(
+            self.spec, self.rules, self.feed, self.store, self.feeds, self.session,
+            self.model_runner.call_timeout_seconds, start, end, as_of, log=self.log,
+        ))
+        self.progress.settled.merge(settle(
+            self.spec, self.rules, self.ground_truth, self.feed, self.store, self.feeds,
+            self.settle_from(start), end, as_of, log=self.log,
+        ))
+        if final or time.monotonic() - self.last_rollup >= ROLLUP_EVERY_SECONDS:
+            self.roll_up(as_of)
+        self.progress.ticks += 1
+
+    def roll_up(self, as_of: datetime) -> None:
+        """The hours that can change live, and the live leaderboard (stored as of the hour's end,
+        refreshed in place, since its windows end there)."""
+        roll_up(self.spec, self.rules, self.store, floor_hour(as_of) - 2 * HOUR, ceil_hour(as_of))
+        window_end = ceil_hour(as_of)
+        period = current_period(self.spec, self.partitions, as_of)
+        entries = leaderboard_entries(self.spec, self.rules, self.store, as_of, period)
+        self.store.write_leaderboard(window_end, entries, {
+            "period_start": period[0].isoformat(), "period_end": period[1].isoformat(), "live": True,
+        })
+        self.last_rollup = time.monotonic()
+
+
+def _next_wake(spec: CompetitionSpec, start: datetime, now: datetime) -> datetime:
+    """The next cycle due in the window after now, or the next poll, whichever comes first."""
+    due = [cycle_at for cycle_at, _ in spec.cycle_times(now + timedelta(microseconds=1), start + HOUR)]
+    poll = now + timedelta(seconds=poll_seconds(spec))
+    return min([poll, start + HOUR, *due[:1]])
+
+
+def mark_dead_predecessors(context: dg.OpExecutionContext, spec: CompetitionSpec, window_key: str) -> list[str]:
+    """Other runs of this window still marked in progress whose heartbeat is stale died: mark them
+    failed (the DefaultRunLauncher cannot tell), so the record says what happened."""
+    instance = context.instance
+    stale_before = datetime.now(timezone.utc) - timedelta(seconds=stale_after_seconds(spec))
+    marked = []
+    for run in instance.get_runs(filters=dg.RunsFilter(
+        tags={WINDOW_TAG: window_key, COMPETITION_TAG: spec.slug}, statuses=[dg.DagsterRunStatus.STARTED]
+    )):
+        if run.run_id == context.run_id:
+            continue
+        beat = run.tags.get(HEARTBEAT_TAG)
+        if beat is None or datetime.fromisoformat(beat) < stale_before:
+            instance.report_run_failed(run, message=f"no heartbeat since {beat}: taken over by run {context.run_id}")
+            marked.append(run.run_id)
+    return marked
+
+
+def _heartbeat(context: dg.OpExecutionContext) -> None:
+    context.instance.add_run_tags(context.run_id, {HEARTBEAT_TAG: datetime.now(timezone.utc).isoformat()})
+
+
+def build_live_job(spec: CompetitionSpec, partitions: CompetitionPartitions, keys: ChainKeys) -> dg.JobDefinition:
+    slug = spec.slug
+
+    @dg.op(name=f"{slug}__live_window", description="Runs an hour window live: every cycle at its due time, "
+           "scores as the feed arrives, rollups every minute.")
+    def live_window(
+        context: dg.OpExecutionContext,
+        config: LiveWindowConfig,
+        database: CrunchDatabase,
+        feed: FeedResource,
+        rules: CompetitionRules,
+        model_runner: ModelRunnerResource,
+        ground_truth: GroundTruthResource,
+    ) -> None:
+        start = floor_hour(datetime.fromisoformat(config.window_start))
+        window_key = start.isoformat()
+        for run_id in mark_dead_predecessors(context, spec, window_key):
+            context.log.warning(f"run {run_id} of this window stopped heartbeating: marked failed, taking over")
+        end = start + HOUR
+        stop = min(end, datetime.fromisoformat(config.stop_at)) if config.stop_at else end
+        with ExitStack() as stack:
+            live = LiveWindow(spec, partitions, rules, feed, ground_truth, model_runner, database,
+                              SessionOnDemand(model_runner, rules, stack), context.log)
+            while True:
+                now = datetime.now(timezone.utc)
+                if now >= start:
+                    final = now >= stop
+                    as_of = min(now, end - timedelta(microseconds=1))
+                    try:
+                        live.tick(start, as_of, final=final)
+                        live.progress.failed_ticks = 0
+                    except Exception as error:  # a tick never takes the hour down with it
+                        live.progress.failed_ticks += 1
+                        final = False  # the last tick is retried too
+                        context.log.error(f"tick at {as_of.isoformat()} failed ({live.progress.failed_ticks} in a row): "
+                                          f"{type(error).__name__}: {error}")
+                        if live.progress.failed_ticks >= MAX_FAILED_TICKS:
+                            raise
+                    _heartbeat(context)
+                    scored = sum(c.get("scored", 0) + c.get("penalised", 0) for c in live.progress.settled.by_hour.values())
+                    context.log.info(f"{as_of.isoformat(timespec='seconds')}: {sum(live.progress.cycles.cycles_run.values())} "
+                                     f"cycle(s) stored, {scored} prediction(s) scored in this run")
+                    if final:
+                        break
+                else:
+                    _heartbeat(context)
+                now = datetime.now(timezone.utc)
+                wake = min(start, now + timedelta(seconds=poll_seconds(spec))) if now < start else _next_wake(spec, start, now)
+                wake = min(wake, max(stop, now))
+                time.sleep(max(0.0, (wake - datetime.now(timezone.utc)).total_seconds()))
+        report_window(context, spec, partitions, keys, live, start, min(stop, datetime.now(timezone.utc)))
+
+    return dg.JobDefinition(
+        name=f"{slug}__live_job",
+        description="One hour window of live cycles, scores and rollups (launched by the cycle sensor).",
+        graph_def=dg.GraphDefinition(name=f"{slug}__live_graph", node_defs=[live_window]),
+        executor_def=dg.in_process_executor,
+        tags={COMPETITION_TAG: slug},
+    )
+
+
+def report_window(context, spec: CompetitionSpec, partitions: CompetitionPartitions, keys: ChainKeys,
+                  live: LiveWindow, start: datetime, until: datetime) -> None:
+    """The window's asset partitions as materialized by this run, each with its own figures, and
+    the checks that guard them."""
+    key = partitions.hour_key(start)
+    progress, store = live.progress, live.store
+    context.log_event(dg.AssetMaterialization(keys.feed_records, partition=key, metadata={
+        "records_observed_in_hour": progress.feed.observed_by_hour.get(start, 0), **progress.feed.metadata()}))
+    context.log_event(dg.AssetMaterialization(keys.predictions, partition=key, metadata={
+        **progress.cycles.hour_metadata(start), "window_status_counts": store.prediction_statuses(start, start + HOUR),
+        "quarantines_started": progress.cycles.quarantines, "live_run": True}))
+    for hour in sorted(progress.settled.by_hour):
+        context.log_event(dg.AssetMaterialization(keys.scores, partition=partitions.hour_key(hour), metadata={
+            **progress.settled.hour_metadata(hour), "still_unscored": store.unsettled_count(hour, hour + HOUR)}))
+    day = partitions.day_key(start)
+    context.log_event(dg.AssetMaterialization(keys.snapshots, partition=day, metadata={"live_rollup_until": (start + HOUR).isoformat()}))
+    context.log_event(dg.AssetMaterialization(keys.leaderboard, partition=day, metadata={"as_of": (start + HOUR).isoformat()}))
+    for result in (
+        checks.check_every_cycle_stored(spec, store, keys.predictions, start, min(until, start + HOUR),
+                                        [reason for _, reason in progress.cycles.waiting]),
+        checks.check_scores_finite(store, keys.scores, start, start + HOUR),
+    ):
+        context.log_event(dg.AssetCheckEvaluation(
+            asset_key=result.asset_key, check_name=result.check_name, passed=result.passed,
+            metadata=result.metadata, severity=result.severity,
+        ))

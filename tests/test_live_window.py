@@ -1,0 +1,134 @@
+"""The live window run (crunch_assets/live.py) on the real clock: it runs each cycle at its due time,
+scores cycles as their horizon passes, heartbeats, reports its partitions, and stores exactly what
+a backfill of the same window stores. And the cycle sensor that keeps one alive per hour."""
+
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+
+import dagster as dg
+import sqlalchemy as sa
+from dagster._core.test_utils import create_run_for_test
+
+from crunch_assets.live import HEARTBEAT_TAG, WINDOW_TAG
+from resources.store.database import dispose_engines, engine_for
+
+SLUG = "btc_updown"
+
+
+def _fast_spec(start):
+    from competitions.btc_updown.definitions import SPEC
+    from crunch_assets.spec import Scope
+
+    # a tick every 5 s, a cycle every 10 s resolving 20 s later: a few cycles in under a minute
+    return replace(SPEC, start=start, scopes=(Scope("BTC", 20, 10),), max_price_staleness_seconds=5, history_seconds=60)
+
+
+def _definitions(spec, tmp_path):
+    from competitions.btc_updown.definitions import RULES
+    from crunch_assets.definitions import build_competition_definitions
+    from crunch_assets.rules import CallableRules
+    from resources.feeds.synthetic import SyntheticFeed
+    from tests.rewards_fixtures import write_models
+
+    rules = CallableRules(**{**{n: getattr(RULES, n) for n in CallableRules.model_fields},
+                             "input_builder": "tests.test_engine_shapes:tick_input"})
+    return build_competition_definitions(
+        spec, rules, models_dir=write_models(tmp_path / "models", ["coin", "oracle"]),
+        feed=SyntheticFeed(kind="tick", granularity_seconds=0, tick_interval_seconds=5), automation_running=False,
+    )
+
+
+def _stored(engine, cycles):
+    with engine.connect() as connection:
+        inputs = connection.execute(sa.text(
+            "SELECT cycle_at, raw_data FROM crunch.inputs WHERE cycle_at = ANY(:c) ORDER BY 1"), {"c": cycles}).fetchall()
+        scores = connection.execute(sa.text(
+            "SELECT p.cycle_at, p.model_id, p.inference_output, s.value FROM crunch.predictions p "
+            "JOIN crunch.scores s ON s.prediction_id = p.id WHERE p.cycle_at = ANY(:c) ORDER BY 1, 2"), {"c": cycles}).fetchall()
+    return [tuple(r) for r in inputs], [tuple(r) for r in scores]
+
+
+def test_a_live_window_runs_cycles_when_due_and_equals_a_backfill(clean_database, tmp_path):
+    now = datetime.now(timezone.utc)
+    window = now.replace(minute=0, second=0, microsecond=0)
+    if now - window > timedelta(minutes=58, seconds=30):  # the run must fit in its hour
+        import time
+
+        time.sleep((window + timedelta(hours=1, seconds=1) - now).total_seconds())
+        now = datetime.now(timezone.utc)
+        window = now.replace(minute=0, second=0, microsecond=0)
+    spec = _fast_spec(window)
+    defs = _definitions(spec, tmp_path)
+    stop = now + timedelta(seconds=45)
+    instance = dg.DagsterInstance.ephemeral()
+    job = defs.get_job_def(f"{SLUG}__live_job")
+    result = job.execute_in_process(
+        run_config={"ops": {f"{SLUG}__live_window": {"config": {"window_start": window.isoformat(), "stop_at": stop.isoformat()}}}},
+        instance=instance, resources=defs.resources,
+    )
+    assert result.success
+    engine = engine_for()
+    with engine.connect() as connection:
+        stored = connection.execute(sa.text(
+            "SELECT cycle_at, min(created_at) FROM crunch.predictions GROUP BY 1 ORDER BY 1")).fetchall()
+        scored = connection.execute(sa.text("SELECT DISTINCT cycle_at FROM crunch.scores ORDER BY 1")).scalars().all()
+    due = [c for c, _ in spec.cycle_times(window, stop)]
+    assert [c for c, _ in stored] == due  # every due cycle of the window so far (the catch-up included)
+    live_cycles = [c for c, created in stored if c >= now]
+    assert live_cycles and all(created >= c for c, created in stored if c >= now)  # run when due, never before
+    assert [c for c in scored if c >= now] == [c for c in live_cycles if c + timedelta(seconds=20) <= stop]
+    run = instance.get_run_by_id(result.run_id)
+    assert datetime.fromisoformat(run.tags[HEARTBEAT_TAG]) >= stop
+    materialized = {(m.asset_key.to_user_string(), m.partition) for m in result.asset_materializations_for_node(f"{SLUG}__live_window")}
+    hour_key = window.strftime("%Y-%m-%d-%H:00")
+    assert {(f"{SLUG}/feed_records", hour_key), (f"{SLUG}/predictions", hour_key), (f"{SLUG}/scores", hour_key)} <= materialized
+    checks = [e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+    assert {(c.check_name, c.passed) for c in checks} == {("every_due_cycle_has_predictions", True),
+                                                          ("scores_are_finite_and_unique", True)}
+    live = _stored(engine, list(live_cycles))
+
+    # the same window as a backfill, into an empty store, once the horizons have passed
+    with engine.begin() as connection:
+        connection.execute(sa.text("DROP SCHEMA crunch CASCADE"))
+    dispose_engines()
+    from tests.rewards_fixtures import materialize_hours
+
+    materialize_hours(defs, spec, ["feed_records"], window, window)
+    materialize_hours(defs, spec, ["predictions", "scores"], window, window, raise_on_error=False)
+    backfill = _stored(engine_for(), list(live_cycles))
+    assert backfill[0] == live[0]  # the same inputs
+    assert [r for r in backfill[1] if (r[0], r[1]) in {(x[0], x[1]) for x in live[1]}] == live[1]
+
+
+def _sensor(defs):
+    return next(s for s in defs.sensors if s.name == f"{SLUG}__cycle_sensor")
+
+
+def test_the_cycle_sensor_keeps_one_live_run_per_window_and_replaces_a_dead_one(clean_database, tmp_path):
+    from competitions.btc_updown.definitions import SPEC, build_definitions
+
+    now = datetime.now(timezone.utc)
+    spec = replace(SPEC, start=now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=3))
+    defs = build_definitions(spec=spec, automation_running=True)
+    instance = dg.DagsterInstance.ephemeral()
+
+    def tick():
+        return _sensor(defs).evaluate_tick(dg.build_sensor_context(instance=instance, resources=defs.resources, definitions=defs))
+
+    window = now.replace(minute=0, second=0, microsecond=0).isoformat()
+    first = tick()
+    current = [r for r in first.run_requests if r.tags[WINDOW_TAG] == window]
+    assert len(current) == 1 and current[0].run_config["ops"][f"{SLUG}__live_window"]["config"]["window_start"] == window
+    job_name = f"{SLUG}__live_job"
+    tags = {WINDOW_TAG: window, "crunch/competition": SLUG}
+    healthy = create_run_for_test(instance, job_name=job_name, status=dg.DagsterRunStatus.STARTED,
+                                  tags={**tags, HEARTBEAT_TAG: datetime.now(timezone.utc).isoformat()})
+    assert not [r for r in tick().run_requests if r.tags[WINDOW_TAG] == window]  # alive: nothing to do
+    # the run stops heartbeating (killed): a replacement is requested, under a new run key
+    instance.add_run_tags(healthy.run_id, {HEARTBEAT_TAG: (datetime.now(timezone.utc) - timedelta(minutes=5)).isoformat()})
+    replacement = [r for r in tick().run_requests if r.tags[WINDOW_TAG] == window]
+    assert len(replacement) == 1
+    # an empty store misses the last catch-up bound's cycles: past windows get their live run too
+    past = {r.tags[WINDOW_TAG] for r in first.run_requests} - {window}
+    expected_past = {(now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)).isoformat()}
+    assert past <= expected_past | {(now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)).isoformat()}
