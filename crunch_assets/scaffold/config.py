@@ -304,8 +304,10 @@ def resolve(slug: str | None, pack: str | None, spec_path: Path | None) -> Resol
         problems.append(f"{source}: slug: the spec names {header.slug!r} but the command names {slug!r}; make them agree")
     slug = slug or header.slug
     if slug is None:
-        raise ScaffoldError(["no slug: give it as the argument (crunch-dagster init <slug>) or as \"slug\" in the spec file"])
-    problems += check_slug(slug)
+        problems.append("no slug: give it as the argument (crunch-dagster init <slug>) or as \"slug\" in the spec file")
+        slug = "unnamed"  # the rest of the spec is still checked
+    else:
+        problems += check_slug(slug)
     if header.pack is not None and pack is not None and header.pack != pack:
         problems.append(f"{source}: pack: the spec names {header.pack!r} but --pack is {pack!r}; make them agree")
     pack = pack or header.pack or DEFAULT_PACK
