@@ -1,5 +1,5 @@
-"""`crunch-dagster init` for every pack into a temporary copy of this checkout (its tracked and new
-files), run through the real console script: the generated code locations load with the Dagster
+"""`crunch-dagster init` for every pack into a temporary copy of this checkout (its tracked files),
+run through the real console script: the generated code locations load with the Dagster
 CLI and in `dagster dev` (what ./scripts/demo starts), the generated tests pass, a replay through the
 CLI fills the store and `verify` sees it; the refusals (taken slug, bad slug, typo'd spec) write
 nothing; `doctor` reports every broken callable and every subject the feed cannot serve."""
@@ -26,7 +26,7 @@ from crunch_assets.cli import main as cli
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-SLUG_OF_PACK = {"baseline": "comp_baseline", "realtime": "comp_realtime", "tournament": "my_comp"}
+SLUG_OF_PACK = {"baseline": "scaffold_baseline", "realtime": "scaffold_realtime", "tournament": "scaffold_tournament"}
 # (prediction_interval_seconds, resolve_horizon_seconds, weight, name) per scope, and the feed
 EXPECTED_PACKS = {
     "baseline": ([(60, 60, 1.0, "one_minute")], ("candle", 60)),
@@ -37,15 +37,15 @@ REPLAY_FROM, REPLAY_TO = "2026-11-02T00:00:00+00:00", "2026-11-02T03:00:00+00:00
 
 
 def copy_checkout(destination: Path) -> Path:
-    """The checkout's tracked and untracked-but-not-ignored files (what a clone plus work in
-    progress holds), without .venv, .crunch or caches."""
+    """The checkout's tracked files as they are on disk (what a clone holds, with uncommitted
+    edits), without .venv, .crunch, caches or untracked work."""
     listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        ["git", "ls-files", "--cached", "-z"],
         cwd=PROJECT_ROOT, capture_output=True, check=True,
     ).stdout.decode().split("\0")
     for relative in filter(None, listed):
         source = PROJECT_ROOT / relative
-        if source.is_file() and not relative.startswith("tests/competitions/"):
+        if source.is_file():
             target = destination / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
@@ -82,12 +82,13 @@ def snapshot(checkout: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def checkout(tmp_path_factory, database_url) -> Path:
-    """A copy of the checkout with one competition generated per pack: the README's flow through
-    the console script, the other two through the same command in this process (quicker)."""
+    """A copy of the checkout with one competition generated per pack: the README's flow
+    (`init <slug> --pack tournament`) through the console script, the other two through the same
+    command in this process (quicker). Slugs no real competition would take."""
     root = copy_checkout(tmp_path_factory.mktemp("checkout"))
-    result = crunch(root, "init", "my_comp", "--pack", "tournament")
+    result = crunch(root, "init", "scaffold_tournament", "--pack", "tournament")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "generated my_comp (pack tournament)" in result.stdout
+    assert "generated scaffold_tournament (pack tournament)" in result.stdout
     for pack in ("baseline", "realtime"):
         slug = SLUG_OF_PACK[pack]
         invoked = CliRunner().invoke(cli, ["init", slug, "--pack", pack, "--output", str(root)])
@@ -161,14 +162,14 @@ def test_generated_tests_pass(checkout, pack):
 
 
 def test_replay_cli_fills_the_store_and_verify_waits_for_it(checkout, clean_database):
-    env = {"CRUNCH_MY_COMP_START": REPLAY_FROM, "CRUNCH_MY_COMP_CHECKPOINT_INTERVAL_SECONDS": "3600"}
+    env = {"CRUNCH_SCAFFOLD_TOURNAMENT_START": REPLAY_FROM, "CRUNCH_SCAFFOLD_TOURNAMENT_CHECKPOINT_INTERVAL_SECONDS": "3600"}
     # verify first: it must wait for the scores and the leaderboard the replay is about to write
     verifier = subprocess.Popen(
-        [str(BIN / "crunch-dagster"), "verify", "my_comp", "--timeout-seconds", "300", "--poll-seconds", "0.5"],
+        [str(BIN / "crunch-dagster"), "verify", "scaffold_tournament", "--timeout-seconds", "300", "--poll-seconds", "0.5"],
         cwd=checkout, env=environment(checkout, **env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        replayed = crunch(checkout, "replay", "my_comp", "--from", REPLAY_FROM, "--to", REPLAY_TO, **env)
+        replayed = crunch(checkout, "replay", "scaffold_tournament", "--from", REPLAY_FROM, "--to", REPLAY_TO, **env)
         assert replayed.returncode == 0, replayed.stdout[-3000:] + replayed.stderr[-3000:]
         # tournament: 12 in-sample + 4 out-of-sample cycles an hour, 3 hours, 3 quickstarters
         assert "48 cycles, 144 predictions 144 SCORED" in replayed.stdout
@@ -179,17 +180,17 @@ def test_replay_cli_fills_the_store_and_verify_waits_for_it(checkout, clean_data
             verifier.kill()
             verifier.wait()
     assert verifier.returncode == 0, verified_out + verified_err
-    assert "verified: my_comp has 144 scored predictions and a leaderboard of 3 models" in verified_out
+    assert "verified: scaffold_tournament has 144 scored predictions and a leaderboard of 3 models" in verified_out
 
     engine = sa.create_engine(clean_database)
     with engine.connect() as connection:
         scores = connection.execute(sa.text(
-            "SELECT scope_key, count(*) FROM crunch.scores WHERE competition = 'my_comp' AND success GROUP BY 1 ORDER BY 1"
+            "SELECT scope_key, count(*) FROM crunch.scores WHERE competition = 'scaffold_tournament' AND success GROUP BY 1 ORDER BY 1"
         )).fetchall()
         checkpoints = connection.execute(sa.text(
-            "SELECT period_start, entries FROM crunch.checkpoints WHERE competition = 'my_comp' ORDER BY period_start"
+            "SELECT period_start, entries FROM crunch.checkpoints WHERE competition = 'scaffold_tournament' ORDER BY period_start"
         )).fetchall()
-        boards = connection.execute(sa.text("SELECT count(*) FROM crunch.leaderboards WHERE competition = 'my_comp'")).scalar()
+        boards = connection.execute(sa.text("SELECT count(*) FROM crunch.leaderboards WHERE competition = 'scaffold_tournament'")).scalar()
     engine.dispose()
     assert [tuple(row) for row in scores] == [("BTC-300-300", 36 * 3), ("BTC-900-900", 12 * 3)]
     assert len(checkpoints) == 3 and boards == 1
@@ -197,27 +198,27 @@ def test_replay_cli_fills_the_store_and_verify_waits_for_it(checkout, clean_data
         assert sum(row["reward_pct"] for row in checkpoint.entries["ranking"]) == 1_000_000_000
 
     # the CLI's own refusals: an instant without offset, a range before the competition starts
-    naive = crunch(checkout, "replay", "my_comp", "--from", "2026-11-02T00:00:00", "--to", REPLAY_TO, **env)
+    naive = crunch(checkout, "replay", "scaffold_tournament", "--from", "2026-11-02T00:00:00", "--to", REPLAY_TO, **env)
     assert naive.returncode == 2 and "no UTC offset" in naive.stderr
-    early = crunch(checkout, "replay", "my_comp", "--from", "2026-11-01T00:00:00+00:00", "--to", REPLAY_TO, **env)
-    assert early.returncode == 1 and "before my_comp's first partition" in early.stderr
+    early = crunch(checkout, "replay", "scaffold_tournament", "--from", "2026-11-01T00:00:00+00:00", "--to", REPLAY_TO, **env)
+    assert early.returncode == 1 and "before scaffold_tournament's first partition" in early.stderr
 
 
 def test_verify_times_out_with_a_verdict(checkout, clean_database):
-    result = crunch(checkout, "verify", "comp_baseline", "--timeout-seconds", "1", "--poll-seconds", "0.2")
+    result = crunch(checkout, "verify", "scaffold_baseline", "--timeout-seconds", "1", "--poll-seconds", "0.2")
     assert result.returncode == 1
     assert "NOT verified after 1 s: 0 of 1 scored predictions; no leaderboard entries" in result.stderr
 
 
 def test_challenge_package_imports_from_the_checkout_without_installing(checkout):
     result = run(checkout, sys.executable, "-c",
-                 "import competitions.my_comp, crunch_my_comp.scoring as s; print(s.__file__)")
+                 "import competitions.scaffold_tournament, crunch_scaffold_tournament.scoring as s; print(s.__file__)")
     assert result.returncode == 0, result.stderr
-    assert Path(result.stdout.strip()) == checkout / "challenges/my_comp/crunch_my_comp/scoring.py"
+    assert Path(result.stdout.strip()) == checkout / "challenges/scaffold_tournament/crunch_scaffold_tournament/scoring.py"
 
 
 def test_challenge_package_installs_alone_into_a_fresh_venv(checkout, tmp_path):
-    """pip install ./challenges/my_comp into a new venv, offline: the venv borrows this venv's
+    """pip install ./challenges/scaffold_tournament into a new venv, offline: the venv borrows this venv's
     installed distributions (pip, setuptools, pydantic) read-only through a .pth file; the
     checkout's packages (an editable install, whose finder a borrowed path does not run) stay out."""
     venv = tmp_path / "venv"
@@ -232,18 +233,18 @@ def test_challenge_package_installs_alone_into_a_fresh_venv(checkout, tmp_path):
     env["PIP_CONFIG_FILE"] = os.devnull  # this machine's pip settings play no part
     installed = subprocess.run(
         [str(python), "-m", "pip", "install", "--no-index", "--no-build-isolation", "--disable-pip-version-check",
-         str(checkout / "challenges/my_comp")], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
+         str(checkout / "challenges/scaffold_tournament")], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
     )
     assert installed.returncode == 0, installed.stdout[-3000:] + installed.stderr[-3000:]
-    assert "Successfully installed crunch-my-comp-0.1.0" in installed.stdout
+    assert "Successfully installed crunch-scaffold-tournament-0.1.0" in installed.stdout
     probe = subprocess.run([str(python), "-c", (
-        "import importlib.util, json, crunch_my_comp, crunch_my_comp.schemas as schemas\n"
-        "from crunch_my_comp.examples.trend_following import TrendFollowing\n"
-        "from crunch_my_comp.scoring import self_evaluate\n"
+        "import importlib.util, json, crunch_scaffold_tournament, crunch_scaffold_tournament.schemas as schemas\n"
+        "from crunch_scaffold_tournament.examples.trend_following import TrendFollowing\n"
+        "from crunch_scaffold_tournament.scoring import self_evaluate\n"
         "prices = [(1793577600 + 60 * i, 100.0 + (i % 9)) for i in range(300)]\n"
         "result = self_evaluate(TrendFollowing(), prices, 300, 300, 3600)\n"
         "schemas.ModelOutput.model_validate({'position': 0.25})\n"
-        "print(json.dumps({'file': crunch_my_comp.__file__, 'result': result,\n"
+        "print(json.dumps({'file': crunch_scaffold_tournament.__file__, 'result': result,\n"
         "  'engine': [importlib.util.find_spec(m) is not None for m in ('crunch_assets', 'competitions', 'dagster')]}))"
     )], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
     assert probe.returncode == 0, probe.stderr
@@ -428,9 +429,9 @@ def test_a_write_that_fails_halfway_leaves_nothing_behind(small_checkout):
 
 
 def test_doctor_passes_a_generated_competition(checkout):
-    result = crunch(checkout, "doctor", "my_comp")
+    result = crunch(checkout, "doctor", "scaffold_tournament")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "doctor my_comp: no problem (workspace.yaml, spec, wiring, models, feed 'synthetic' checked)" in result.stdout
+    assert "doctor scaffold_tournament: no problem (workspace.yaml, spec, wiring, models, feed 'synthetic' checked)" in result.stdout
 
 
 def test_doctor_reports_every_broken_callable_and_unservable_subject(tmp_path, database_url):
