@@ -36,7 +36,13 @@ def replay(slug: str, start_text: str, end_text: str, days_per_run: int) -> None
     go to the competition's store either way. Idempotent: replaying again changes nothing."""
     import dagster as dg
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
     from rich.table import Table
 
     from crunch_assets.cli.common import load_competition

@@ -19,7 +19,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from crunch_assets.spec import (
     DEFAULT_WINDOWS,
@@ -75,7 +83,7 @@ class FeedConfig(_Strict):
     granularity_seconds: int = Field(default=60, ge=0)
 
     @model_validator(mode="after")
-    def _granularity_fits_kind(self) -> "FeedConfig":
+    def _granularity_fits_kind(self) -> FeedConfig:
         if self.kind == "candle" and self.granularity_seconds <= 0:
             raise ValueError("a candle feed needs granularity_seconds > 0")
         if self.kind == "tick" and self.granularity_seconds != 0:
@@ -177,7 +185,7 @@ class CompetitionConfig(_Strict):
     callables: CallablesConfig = CallablesConfig()
 
     @model_validator(mode="after")
-    def _unique_scope_names(self) -> "CompetitionConfig":
+    def _unique_scope_names(self) -> CompetitionConfig:
         names = [scope.name for scope in self.scopes]
         if len(set(names)) != len(names):
             raise ValueError(f"scope names must be unique, got {names}")

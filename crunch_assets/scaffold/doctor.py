@@ -12,9 +12,27 @@ from typing import Any
 
 import yaml
 
-from crunch_assets.rules import CALLABLE_SLOTS, OPTIONAL_SLOTS, SCHEMA_SLOTS, WiringError, import_object, resolve_callable, resolve_schema
-from crunch_assets.scaffold.config import ScaffoldError, check_slug, resolve, resolved_start, to_competition_spec
-from crunch_assets.scaffold.generate import WORKSPACE_FILE, package_name, workspace_entry
+from crunch_assets.rules import (
+    CALLABLE_SLOTS,
+    OPTIONAL_SLOTS,
+    SCHEMA_SLOTS,
+    WiringError,
+    import_object,
+    resolve_callable,
+    resolve_schema,
+)
+from crunch_assets.scaffold.config import (
+    ScaffoldError,
+    check_slug,
+    resolve,
+    resolved_start,
+    to_competition_spec,
+)
+from crunch_assets.scaffold.generate import (
+    WORKSPACE_FILE,
+    package_name,
+    workspace_entry,
+)
 from crunch_assets.settings import CompetitionSettings, FeedDefaults, SettingsError
 from crunch_assets.spec import CompetitionSpec, SpecError
 

@@ -12,7 +12,7 @@ import importlib.util
 import json
 import shutil
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import jinja2
@@ -171,6 +171,7 @@ def render(resolved: ResolvedSpec, start: datetime | None = None) -> list[Genera
         "description": config.description,
         "config": config,
         "start": start or resolved_start(config),
+        "replay_end": (start or resolved_start(config)) + timedelta(hours=3),
         "callables": wired_callables(slug, config),
         "failure_text": _failure_text(config),
         **_policy_expressions(config),
