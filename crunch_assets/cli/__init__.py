@@ -9,6 +9,9 @@ from __future__ import annotations
 import click
 
 from crunch_assets.cli.audit import audit
+from crunch_assets.cli.replay import replay
+from crunch_assets.cli.scaffold import doctor, init
+from crunch_assets.cli.verify import verify
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -18,3 +21,7 @@ def main() -> None:
 
 
 main.add_command(audit)
+main.add_command(init)
+main.add_command(doctor)
+main.add_command(replay)
+main.add_command(verify)

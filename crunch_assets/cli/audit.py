@@ -19,7 +19,11 @@ from crunch_assets.cli.common import load_competition
 def audit(slug: str, proof_model: str | None, cycle_at: str | None, scope_key: str | None, checkpoint_id: int | None) -> None:
     """Recompute the Merkle root of every checkpoint's scores from the store and the chain of
     roots; report the first checkpoint whose data changed (exit 1), or print a score's proof."""
-    from crunch_assets.verification import audit_checkpoints, first_problem, inclusion_proof
+    from crunch_assets.verification import (
+        audit_checkpoints,
+        first_problem,
+        inclusion_proof,
+    )
     from resources.store.database import CrunchDatabase
 
     load_competition(slug)
