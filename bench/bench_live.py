@@ -56,7 +56,7 @@ def cpu_seconds(roots: list[psutil.Process]) -> dict[str, float]:
             kind = ("model" if "local_worker" in command
                     else "run" if "multiprocessing.spawn" in command or "execute_run" in command
                     else "daemon" if "dagster._daemon" in command else "webserver" if "dagster_webserver" in command
-                    else "code server" if "api grpc" in command or "code-server" in command
+                    else "code server (grpc)" if "api grpc" in command else "code server (proxy)" if "code-server" in command
                     else "postgres" if "postgres" in command else "dagster dev" if "dagster dev" in command
                     else f"other ({command[:40]})")
             by_kind[kind] = by_kind.get(kind, 0.0) + times.user + times.system + times.children_user + times.children_system

@@ -14,9 +14,9 @@ window is over, it reports each asset partition it materialized (feed, predictio
 day's snapshots and leaderboard), with the partition's own figures and the asset checks, and exits.
 
 The numbers are a backfill's: same functions, same store, same as_of discipline. Each tick
-heartbeats on its run's tags (`crunch/heartbeat`). A run that dies (kill -9, lost machine) stops
-heartbeating, and the cycle sensor launches a replacement, which marks the dead run failed and
-catches up. A tick that fails is logged and retried at the next tick; after `MAX_FAILED_TICKS` in
+logs one line, which is its heartbeat: the cycle sensor reads the time of the run's last event. A
+run that dies (kill -9, lost machine) stops logging, and the cycle sensor launches a replacement,
+which marks the dead run failed and catches up. A tick that fails is logged and retried at the next tick; after `MAX_FAILED_TICKS` in
 a row the run fails, so the failure is visible and a fresh run takes over.
 """
 
@@ -41,7 +41,6 @@ from resources.model_runners.base import ModelRunnerResource
 from resources.store.database import CrunchDatabase
 
 WINDOW_TAG = "crunch/live_window"
-HEARTBEAT_TAG = "crunch/heartbeat"
 COMPETITION_TAG = "crunch/competition"
 MAX_FAILED_TICKS = 5
 ROLLUP_EVERY_SECONDS = 60
@@ -55,12 +54,12 @@ class LiveWindowConfig(dg.Config):
 
 def poll_seconds(spec: CompetitionSpec) -> float:
     """How often the run wakes between cycles (feed, settlement, heartbeat)."""
-    return float(min(spec.min_interval_seconds, spec.feed_poll_interval_seconds, 15))
+    return float(min(spec.min_interval_seconds, spec.feed_poll_interval_seconds, 30))
 
 
 def stale_after_seconds(spec: CompetitionSpec) -> float:
-    """A live run whose heartbeat is older than this is taken for dead."""
-    return max(30.0, 3 * poll_seconds(spec))
+    """A live run that logged nothing for this long is taken for dead."""
+    return max(40.0, 2.5 * poll_seconds(spec))
 
 
 @dataclass
@@ -135,6 +134,12 @@ def _next_wake(spec: CompetitionSpec, start: datetime, now: datetime) -> datetim
     return min([poll, start + HOUR, *due[:1]])
 
 
+def last_sign_of_life(instance: dg.DagsterInstance, run_id: str) -> datetime | None:
+    """The time of the run's newest event (a live run logs at every tick)."""
+    records = instance.get_records_for_run(run_id, limit=1, ascending=False).records
+    return datetime.fromtimestamp(records[0].event_log_entry.timestamp, tz=timezone.utc) if records else None
+
+
 def mark_dead_predecessors(context: dg.OpExecutionContext, spec: CompetitionSpec, window_key: str) -> list[str]:
     """Other runs of this window still marked in progress whose heartbeat is stale died: mark them
     failed (the DefaultRunLauncher cannot tell), so the record says what happened."""
@@ -146,15 +151,15 @@ def mark_dead_predecessors(context: dg.OpExecutionContext, spec: CompetitionSpec
     )):
         if run.run_id == context.run_id:
             continue
-        beat = run.tags.get(HEARTBEAT_TAG)
-        if beat is None or datetime.fromisoformat(beat) < stale_before:
-            instance.report_run_failed(run, message=f"no heartbeat since {beat}: taken over by run {context.run_id}")
+        beat = last_sign_of_life(instance, run.run_id)
+        if beat is None or beat < stale_before:
+            instance.report_run_failed(run, message=f"no sign of life since {beat}: taken over by run {context.run_id}")
             marked.append(run.run_id)
     return marked
 
 
-def _heartbeat(context: dg.OpExecutionContext) -> None:
-    context.instance.add_run_tags(context.run_id, {HEARTBEAT_TAG: datetime.now(timezone.utc).isoformat()})
+def _heartbeat(context: dg.OpExecutionContext, message: str) -> None:
+    context.log.info(message)
 
 
 def build_live_job(spec: CompetitionSpec, partitions: CompetitionPartitions, keys: ChainKeys) -> dg.JobDefinition:
@@ -195,14 +200,13 @@ def build_live_job(spec: CompetitionSpec, partitions: CompetitionPartitions, key
                                           f"{type(error).__name__}: {error}")
                         if live.progress.failed_ticks >= MAX_FAILED_TICKS:
                             raise
-                    _heartbeat(context)
                     scored = sum(c.get("scored", 0) + c.get("penalised", 0) for c in live.progress.settled.by_hour.values())
-                    context.log.info(f"{as_of.isoformat(timespec='seconds')}: {sum(live.progress.cycles.cycles_run.values())} "
-                                     f"cycle(s) stored, {scored} prediction(s) scored in this run")
+                    _heartbeat(context, f"{as_of.isoformat(timespec='seconds')}: {sum(live.progress.cycles.cycles_run.values())} "
+                                        f"cycle(s) stored, {scored} prediction(s) scored in this run")
                     if final:
                         break
                 else:
-                    _heartbeat(context)
+                    _heartbeat(context, f"waiting for the window to begin at {start.isoformat()}")
                 now = datetime.now(timezone.utc)
                 wake = min(start, now + timedelta(seconds=poll_seconds(spec))) if now < start else _next_wake(spec, start, now)
                 wake = min(wake, max(stop, now))

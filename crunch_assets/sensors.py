@@ -23,7 +23,7 @@ from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
 
 from crunch_assets.feed import feed_streams
 from crunch_assets.jobs import CompetitionJobs
-from crunch_assets.live import COMPETITION_TAG, HEARTBEAT_TAG, WINDOW_TAG, stale_after_seconds
+from crunch_assets.live import COMPETITION_TAG, WINDOW_TAG, last_sign_of_life, stale_after_seconds
 from crunch_assets.keys import ChainKeys
 from crunch_assets.partitions import CompetitionPartitions, floor_hour
 from crunch_assets.registry import registry_changes
@@ -51,37 +51,46 @@ def build_sensors(
 ) -> tuple[list[dg.SensorDefinition], list[dg.ScheduleDefinition]]:
     slug = spec.slug
     status = dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED
-    cycle_ops = [keys.op("feed_records"), keys.op("predictions")]
     settle = timedelta(seconds=spec.settle_delay_seconds)
 
     stale_after = timedelta(seconds=stale_after_seconds(spec))
 
-    def live_windows(instance: dg.DagsterInstance, now: datetime) -> dict[str, bool]:
-        """Window start (ISO) -> whether a live run of it is alive: launched and not started yet
-        (for at most two minutes), or started and heartbeating."""
+    def live_runs(instance: dg.DagsterInstance, now: datetime):
+        """Per window start (ISO): whether a live run of it is alive (launched and not started yet,
+        for at most two minutes, or started and logging), its newest run's id, and when that run ended."""
         alive: dict[str, bool] = {}
+        newest: dict[str, str] = {}
+        recent_end: dict[str, datetime] = {}
         for record in instance.get_run_records(filters=dg.RunsFilter(
-            job_name=jobs.live.name, tags={COMPETITION_TAG: slug}, statuses=NOT_FINISHED_STATUSES,
-        )):
+            job_name=jobs.live.name, tags={COMPETITION_TAG: slug}, created_after=now - timedelta(hours=3),
+        )):  # newest first
             run = record.dagster_run
             window = run.tags.get(WINDOW_TAG)
-            if run.status == dg.DagsterRunStatus.STARTED:
-                beat = run.tags.get(HEARTBEAT_TAG)
+            if window not in newest:
+                newest[window] = run.run_id
+                if record.end_time:
+                    recent_end[window] = datetime.fromtimestamp(record.end_time, tz=timezone.utc)
+            if run.status not in NOT_FINISHED_STATUSES:
+                ok = False
+            elif run.status == dg.DagsterRunStatus.STARTED:
                 started = datetime.fromtimestamp(record.start_time or record.create_timestamp.timestamp(), tz=timezone.utc)
-                last_sign = datetime.fromisoformat(beat) if beat else started
+                last_sign = last_sign_of_life(instance, run.run_id) or started
                 ok = now - last_sign < stale_after
             elif run.status == dg.DagsterRunStatus.CANCELING:
                 ok = False
             else:
                 ok = now - record.create_timestamp.astimezone(timezone.utc) < timedelta(minutes=2)
             alive[window] = alive.get(window, False) or ok
-        return alive
+        return alive, newest, recent_end
 
-    def live_request(window_start: datetime, now: datetime, why: str) -> dg.RunRequest:
+    def live_windows(instance: dg.DagsterInstance, now: datetime) -> dict[str, bool]:
+        return live_runs(instance, now)[0]
+
+    def live_request(window_start: datetime, replacing: str | None, why: str) -> dg.RunRequest:
         key = window_start.isoformat()
         return dg.RunRequest(
-            # one launch per window and staleness period: a replacement gets a new key
-            run_key=f"{slug}:live:{key}:{int(now.timestamp() // stale_after.total_seconds())}",
+            # the first run of a window, or the one after a given run: a replacement is never deduplicated away
+            run_key=f"{slug}:live:{key}:after:{replacing or 'none'}",
             run_config={"ops": {f"{slug}__live_window": {"config": {"window_start": key}}}},
             tags={WINDOW_TAG: key, "crunch/launched_because": why},
         )
@@ -101,14 +110,14 @@ def build_sensors(
         now = datetime.now(timezone.utc)
         if now < spec.start - timedelta(seconds=spec.cycle_lead_seconds):
             return dg.SkipReason(f"the competition starts at {spec.start.isoformat()}")
-        alive = live_windows(context.instance, now)
+        alive, newest, recent_end = live_runs(context.instance, now)
         requests = []
         current = floor_hour(now)
         if current >= spec.start and not alive.get(current.isoformat()):
-            requests.append(live_request(current, now, "current window"))
+            requests.append(live_request(current, newest.get(current.isoformat()), "current window"))
         upcoming = current + timedelta(hours=1)
         if upcoming - now <= timedelta(seconds=spec.cycle_lead_seconds) and not alive.get(upcoming.isoformat()):
-            requests.append(live_request(upcoming, now, "next window, launched early"))
+            requests.append(live_request(upcoming, newest.get(upcoming.isoformat()), "next window, launched early"))
         catch_up_from = max(now - timedelta(seconds=spec.max_catchup_seconds), spec.start)
         fill_until = min(now - timedelta(seconds=FILL_GRACE_SECONDS), current)
         expected = spec.cycle_times(catch_up_from, fill_until) if fill_until > catch_up_from else []
@@ -116,8 +125,9 @@ def build_sensors(
             stored = database.competition(slug).stored_cycles(expected[0][0], fill_until)
             missing = sorted({floor_hour(c) for c, scope in expected if (c, scope.key) not in stored})
             for window in missing:
-                if not alive.get(window.isoformat()):
-                    requests.append(live_request(window, now, "missed cycles in a past window"))
+                ended = recent_end.get(window.isoformat())
+                if not alive.get(window.isoformat()) and (ended is None or now - ended > timedelta(seconds=60)):
+                    requests.append(live_request(window, newest.get(window.isoformat()), "missed cycles in a past window"))
         return requests or dg.SkipReason(f"live run of {current.isoformat()} alive; nothing missing")
 
     @dg.sensor(
@@ -160,7 +170,7 @@ def build_sensors(
         return requests or dg.SkipReason(f"nothing newly settled up to {settled_until.isoformat()}")
 
     @dg.sensor(
-        name=f"{slug}__rollup_sensor", job=jobs.rollup, default_status=status, minimum_interval_seconds=60,
+        name=f"{slug}__rollup_sensor", job=jobs.rollup, default_status=status, minimum_interval_seconds=300,
         description="Refreshes snapshots and the leaderboard of the days that got new scores or voided cycles.",
     )
     def rollup_sensor(context: dg.SensorEvaluationContext, database: CrunchDatabase):
@@ -198,7 +208,7 @@ def build_sensors(
         return requests or dg.SkipReason("nothing to roll up")
 
     @dg.sensor(
-        name=f"{slug}__checkpoint_sensor", job=jobs.checkpoint, default_status=status, minimum_interval_seconds=60,
+        name=f"{slug}__checkpoint_sensor", job=jobs.checkpoint, default_status=status, minimum_interval_seconds=300,
         description="Builds the checkpoint of each closed period once it is settled and rolled up, in order; "
                     "rebuilds a PENDING one whose data changed.",
     )
@@ -241,7 +251,7 @@ def build_sensors(
 
     @dg.sensor(
         name=f"{slug}__feed_sensor", job=jobs.feed, default_status=status,
-        minimum_interval_seconds=spec.feed_poll_interval_seconds,
+        minimum_interval_seconds=max(spec.feed_poll_interval_seconds, 120),
         description="Keeps the feed current between cycles (ground truth for sparse cycles).",
     )
     def feed_sensor(context: dg.SensorEvaluationContext, database: CrunchDatabase, feed: FeedResource):
@@ -260,7 +270,7 @@ def build_sensors(
         )
 
     @dg.sensor(
-        name=f"{slug}__model_registry_sensor", job=jobs.registry, default_status=status, minimum_interval_seconds=60,
+        name=f"{slug}__model_registry_sensor", job=jobs.registry, default_status=status, minimum_interval_seconds=120,
         description="Requests a model registry sync when the runner's models differ from the registry.",
     )
     def model_registry_sensor(

@@ -9,7 +9,7 @@ import dagster as dg
 import sqlalchemy as sa
 from dagster._core.test_utils import create_run_for_test
 
-from crunch_assets.live import HEARTBEAT_TAG, WINDOW_TAG
+from crunch_assets.live import WINDOW_TAG, last_sign_of_life
 from resources.store.database import dispose_engines, engine_for
 
 SLUG = "btc_updown"
@@ -78,7 +78,7 @@ def test_a_live_window_runs_cycles_when_due_and_equals_a_backfill(clean_database
     assert live_cycles and all(created >= c for c, created in stored if c >= now)  # run when due, never before
     assert [c for c in scored if c >= now] == [c for c in live_cycles if c + timedelta(seconds=20) <= stop]
     run = instance.get_run_by_id(result.run_id)
-    assert datetime.fromisoformat(run.tags[HEARTBEAT_TAG]) >= stop
+    assert last_sign_of_life(instance, run.run_id) >= stop  # it logged to the end: its heartbeat
     materialized = {(m.asset_key.to_user_string(), m.partition) for m in result.asset_materializations_for_node(f"{SLUG}__live_window")}
     hour_key = window.strftime("%Y-%m-%d-%H:00")
     assert {(f"{SLUG}/feed_records", hour_key), (f"{SLUG}/predictions", hour_key), (f"{SLUG}/scores", hour_key)} <= materialized
@@ -121,13 +121,16 @@ def test_the_cycle_sensor_keeps_one_live_run_per_window_and_replaces_a_dead_one(
     assert len(current) == 1 and current[0].run_config["ops"][f"{SLUG}__live_window"]["config"]["window_start"] == window
     job_name = f"{SLUG}__live_job"
     tags = {WINDOW_TAG: window, "crunch/competition": SLUG}
-    healthy = create_run_for_test(instance, job_name=job_name, status=dg.DagsterRunStatus.STARTED,
-                                  tags={**tags, HEARTBEAT_TAG: datetime.now(timezone.utc).isoformat()})
+    create_run_for_test(instance, job_name=job_name, status=dg.DagsterRunStatus.STARTED, tags=tags)
     assert not [r for r in tick().run_requests if r.tags[WINDOW_TAG] == window]  # alive: nothing to do
-    # the run stops heartbeating (killed): a replacement is requested, under a new run key
-    instance.add_run_tags(healthy.run_id, {HEARTBEAT_TAG: (datetime.now(timezone.utc) - timedelta(minutes=5)).isoformat()})
-    replacement = [r for r in tick().run_requests if r.tags[WINDOW_TAG] == window]
-    assert len(replacement) == 1
+    # the run has logged nothing for five minutes (killed): a replacement is requested, with a new run key
+    from unittest import mock
+
+    import crunch_assets.sensors as sensors
+
+    with mock.patch.object(sensors, "last_sign_of_life", return_value=now - timedelta(minutes=5)):
+        replacement = [r for r in tick().run_requests if r.tags[WINDOW_TAG] == window]
+    assert len(replacement) == 1 and replacement[0].run_key != current[0].run_key
     # an empty store misses the last catch-up bound's cycles: past windows get their live run too
     past = {r.tags[WINDOW_TAG] for r in first.run_requests} - {window}
     expected_past = {(now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)).isoformat()}

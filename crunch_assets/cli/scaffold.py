@@ -34,7 +34,7 @@ def init(slug: str | None, pack: str | None, spec_path: Path | None, output: Pat
         for problem in error.problems:
             click.echo(f"error: {problem}", err=True)
         click.echo("nothing was written", err=True)
-        raise SystemExit(1)
+        raise SystemExit(1) from None
     slug = resolved.slug
     click.echo(f"generated {slug} (pack {resolved.pack}) in {output.resolve()}:")
     for generated in files:
