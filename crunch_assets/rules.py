@@ -70,6 +70,15 @@ class CompetitionRules(dg.ConfigurableResource):
     def summarize_scores(self, results: list[dict]) -> dict:
         return mean_numeric_fields(results)
 
+    def scoring_callable(self) -> Callable[[Scope, Any, Any], dict]:
+        """score_prediction as a plain function, resolved once for a batch of scores."""
+        return self.score_prediction
+
+    @property
+    def adjusts_cycles(self) -> bool:
+        """Whether adjust_cycle does anything (the cross-sectional step is declared)."""
+        return type(self).adjust_cycle is not CompetitionRules.adjust_cycle
+
     def adjust_cycle(self, scope: Scope, cycle_at: datetime, results: dict[str, dict]) -> dict[str, dict]:
         """The optional cross-sectional step: all successful results of one cycle in, adjusted
         results out (e.g. scores relative to the field). Default: unchanged."""
@@ -219,6 +228,14 @@ class CallableRules(CompetitionRules):
 
     def score_prediction(self, scope, output, ground_truth):
         return self._call("scoring_function", scope=scope, output=output, ground_truth=ground_truth)
+
+    def scoring_callable(self):
+        function = resolve_callable("scoring_function", self.scoring_function, CALLABLE_SLOTS["scoring_function"])
+        return lambda scope, output, ground_truth: function(scope=scope, output=output, ground_truth=ground_truth)
+
+    @property
+    def adjusts_cycles(self) -> bool:
+        return self.cross_sectional is not None
 
     def summarize_scores(self, results):
         return self._call("snapshot_aggregator", results=results)

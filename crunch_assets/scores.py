@@ -21,7 +21,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Callable
 
 import dagster as dg
 import pydantic
@@ -73,78 +73,90 @@ def _scope_of(spec: CompetitionSpec, cycle: CycleToSettle) -> Scope:
                  stored.get("step_seconds"))
 
 
-def score_answer(rules: CompetitionRules, scope: Scope, prediction: StoredPrediction, truth: Any) -> dict:
+@dataclass(frozen=True)
+class Scorer:
+    """What scoring a batch needs from the rules, resolved once."""
+
+    score: Callable[[Scope, Any, Any], dict]
+    schema: type[pydantic.BaseModel] | None
+    rules: CompetitionRules
+
+    @classmethod
+    def of(cls, rules: CompetitionRules) -> "Scorer":
+        return cls(rules.scoring_callable(), rules.score_model(), rules)
+
+
+def score_answer(scorer: Scorer, scope: Scope, prediction: StoredPrediction, truth: Any) -> dict:
     """The competition's score of one answered prediction; an exception or an unusable result is
     the prediction's failure (reason kept), never an error of the window."""
     try:
-        result = dict(rules.score_prediction(scope, prediction.inference_output, truth))
-        schema = rules.score_model()
-        if schema is not None:
+        result = dict(scorer.score(scope, prediction.inference_output, truth))
+        if scorer.schema is not None:
             try:
-                result = schema.model_validate(result).model_dump(mode="json")
+                result = scorer.schema.model_validate(result).model_dump(mode="json")
             except pydantic.ValidationError as error:
                 return {"value": None, "success": False, "failed_reason": f"invalid score result: {validation_message(error)}"}
     except Exception as error:
         return {"value": None, "success": False, "failed_reason": f"scoring error: {type(error).__name__}: {error}"[:1000]}
     value = result.get("value")
-    if not (result.get("success") and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
+    if not (result.get("success") and type(value) in (float, int) and math.isfinite(value)):
         result["success"] = False
         result["failed_reason"] = result.get("failed_reason") or f"unusable score value {value!r}"
     return result
 
 
-_STORED_IN_COLUMNS = ("value", "success", "failed_reason")
+_STORED_IN_COLUMNS = frozenset(("value", "success", "failed_reason"))
 
 
 def _json_safe(result: dict) -> dict:
     """The result's own fields for the JSONB column: what the score row's columns already hold is
     not stored twice, and non-finite numbers (not JSON) are dropped."""
     return {k: v for k, v in result.items()
-            if k not in _STORED_IN_COLUMNS and not (isinstance(v, float) and not math.isfinite(v))}
+            if k not in _STORED_IN_COLUMNS and not (type(v) is float and not math.isfinite(v))}
 
 
 def score_cycle(
-    spec: CompetitionSpec, rules: CompetitionRules, scope: Scope, cycle: CycleToSettle, truth: Any
+    spec: CompetitionSpec, scorer: Scorer, scope: Scope, cycle: CycleToSettle, truth: Any
 ) -> tuple[list[ScoreRow], float | None, str | None]:
     """(score rows, the cycle's failure value, a reason to void it instead)."""
     results: dict[int, dict] = {}
     for prediction in cycle.predictions:
         if prediction.status == "PENDING":
-            results[prediction.id] = score_answer(rules, scope, prediction, truth)
-    model_of = {p.id: p.model_id for p in cycle.predictions}
-    successful = {model_of[pid]: r for pid, r in results.items() if r["success"]}
-    if successful:
-        try:
-            adjusted = rules.adjust_cycle(scope, cycle.cycle_at, dict(successful))
-            if set(adjusted) != set(successful):
-                raise ValueError(f"returned results for {sorted(adjusted)}, expected {sorted(successful)}")
-            for pid in list(results):
-                if model_of[pid] in adjusted:
-                    value = adjusted[model_of[pid]].get("value")
-                    if not (isinstance(value, (int, float)) and math.isfinite(value)):
-                        raise ValueError(f"non-finite adjusted value {value!r} for {model_of[pid]}")
-                    results[pid] = {**adjusted[model_of[pid]], "success": True}
-        except Exception as error:
-            return [], None, f"cross-sectional step error: {type(error).__name__}: {error}"[:1000]
+            results[prediction.id] = score_answer(scorer, scope, prediction, truth)
+    if scorer.rules.adjusts_cycles:
+        model_of = {p.id: p.model_id for p in cycle.predictions}
+        successful = {model_of[pid]: r for pid, r in results.items() if r["success"]}
+        if successful:
+            try:
+                adjusted = scorer.rules.adjust_cycle(scope, cycle.cycle_at, dict(successful))
+                if set(adjusted) != set(successful):
+                    raise ValueError(f"returned results for {sorted(adjusted)}, expected {sorted(successful)}")
+                for pid in list(results):
+                    if model_of[pid] in adjusted:
+                        value = adjusted[model_of[pid]].get("value")
+                        if not (isinstance(value, (int, float)) and math.isfinite(value)):
+                            raise ValueError(f"non-finite adjusted value {value!r} for {model_of[pid]}")
+                        results[pid] = {**adjusted[model_of[pid]], "success": True}
+            except Exception as error:
+                return [], None, f"cross-sectional step error: {type(error).__name__}: {error}"[:1000]
     failure_value = spec.failure_policy.value_for(
         [r["value"] for r in results.values() if r["success"]], spec.higher_is_better
     )
     if failure_value is None:
         return [], None, "no successful prediction in the cycle to set its relative failure value"
     rows = []
+    scope_key, cycle_at = cycle.scope_key, cycle.cycle_at
     for prediction in cycle.predictions:
-        base = dict(prediction_id=prediction.id, model_id=prediction.model_id, scope_key=cycle.scope_key,
-                    cycle_at=cycle.cycle_at)
         result = results.get(prediction.id)
         if result is None:  # FAILED or ABSENT when made
-            rows.append(ScoreRow(**base, value=failure_value, success=False,
-                                 failed_reason=f"{prediction.status}: {prediction.status_reason}", result={}))
+            rows.append(ScoreRow(prediction.id, prediction.model_id, scope_key, cycle_at, failure_value, False,
+                                 f"{prediction.status}: {prediction.status_reason}", {}))
         elif result["success"]:
-            rows.append(ScoreRow(**base, value=float(result["value"]), success=True, failed_reason=None,
-                                 result=_json_safe(result)))
+            rows.append(ScoreRow(prediction.id, prediction.model_id, scope_key, cycle_at, float(result["value"]), True,
+                                 None, _json_safe(result)))
         else:
-            rows.append(ScoreRow(**base, value=failure_value, success=False, failed_reason=result["failed_reason"],
-                                 result=_json_safe(result)))
+            rows.append(ScoreRow(prediction.id, prediction.model_id, scope_key, cycle_at, failure_value, False,
+                                 result["failed_reason"], _json_safe(result)))
     return rows, failure_value, None
 
 
@@ -176,6 +188,7 @@ def settle(
     spans = feeds.spans(streams, earliest, latest + void_after) if truth.reads_feed else {}
     loaded = LoadedRecords(feeds.load_records(streams, earliest, latest)) if truth.reads_feed else LoadedRecords({})
     scores, resolutions, voidings = [], [], []
+    scorer = Scorer.of(rules)
 
     def void(cycle: CycleToSettle, reason: str) -> None:
         if cycle.status != "VOIDED":
@@ -212,7 +225,7 @@ def settle(
             else:
                 report.count(cycle.cycle_at, "waiting_for_ground_truth", len(cycle.predictions) or 1)
             continue
-        rows, failure_value, void_reason = score_cycle(spec, rules, scope, cycle, value)
+        rows, failure_value, void_reason = score_cycle(spec, scorer, scope, cycle, value)
         if void_reason is not None:
             void(cycle, void_reason)
             continue

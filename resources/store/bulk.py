@@ -15,15 +15,17 @@ Everything happens in the caller's transaction.
 from __future__ import annotations
 
 import functools
-import json
 import math
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
+import psycopg2.errors
 import psycopg2.extras
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
+
+from resources.store import json_codec
 
 # Above this many rows, COPY + staging beats a multi-row INSERT (measured: bench/bench_store_writes.py).
 COPY_MIN_ROWS = 2000
@@ -109,15 +111,62 @@ def copy_text(value: Any) -> str:
     if isinstance(value, float):
         return repr(value) if math.isfinite(value) else ("NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity"))
     if isinstance(value, (dict, list)):
-        return json.dumps(value, allow_nan=False).translate(_COPY_SPECIALS)
+        return json_codec.dumps(value).translate(_COPY_SPECIALS)
     return str(value).translate(_COPY_SPECIALS)
+
+
+def _text_field(value: Any) -> str:
+    return "\\N" if value is None else str(value).translate(_COPY_SPECIALS)
+
+
+def _json_field(value: Any) -> str:
+    return "\\N" if value is None else json_codec.dumps(value).translate(_COPY_SPECIALS)
+
+
+def _time_field(value: Any) -> str:
+    if value is None:
+        return "\\N"
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r}: the store takes timezone-aware UTC only")
+    return value.isoformat()
+
+
+def _number_field(value: Any) -> str:
+    if value is None:
+        return "\\N"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return repr(value) if isinstance(value, float) else str(int(value))
+
+
+def _bool_field(value: Any) -> str:
+    return "\\N" if value is None else ("t" if value else "f")
+
+
+@functools.lru_cache(maxsize=256)
+def _field_formatters(table: sa.Table, columns: tuple[str, ...]) -> tuple:
+    """One formatter per column, chosen once from its type (no per-value type dispatch)."""
+    formatters = []
+    for name in columns:
+        kind = table.c[name].type
+        if isinstance(kind, postgresql.JSONB):
+            formatters.append(_json_field)
+        elif isinstance(kind, sa.DateTime):
+            formatters.append(_time_field)
+        elif isinstance(kind, sa.Boolean):
+            formatters.append(_bool_field)
+        elif isinstance(kind, (sa.Float, sa.Integer, sa.BigInteger)):
+            formatters.append(_number_field)
+        else:
+            formatters.append(_text_field)
+    return tuple(formatters)
 
 
 class _CopyReader:
     """A file-like source for copy_expert, formatting rows a chunk per read()."""
 
-    def __init__(self, rows: Sequence[tuple]):
-        self._chunks = self._format(rows)
+    def __init__(self, rows: Sequence[tuple], formatters: tuple):
+        self._chunks = self._format(rows, formatters)
 
     def read(self, size: int = -1) -> str:  # psycopg2 passes a size; the chunks are ours
         return next(self._chunks, "")
@@ -125,11 +174,29 @@ class _CopyReader:
     readline = read
 
     @staticmethod
-    def _format(rows: Sequence[tuple]) -> Iterator[str]:
+    def _format(rows: Sequence[tuple], formatters: tuple) -> Iterator[str]:
         for offset in range(0, len(rows), _COPY_CHUNK_ROWS):
             yield "".join(
-                "\t".join(copy_text(v) for v in row) + "\n" for row in rows[offset : offset + _COPY_CHUNK_ROWS]
+                "\t".join([f(v) for f, v in zip(formatters, row)]) + "\n"
+                for row in rows[offset : offset + _COPY_CHUNK_ROWS]
             )
+
+
+class _LineReader:
+    """copy_expert's source for text a caller formats itself (a hot path's own formatter)."""
+
+    def __init__(self, chunks: Iterator[str]):
+        self._chunks = chunks
+
+    def read(self, size: int = -1) -> str:
+        return next(self._chunks, "")
+
+    readline = read
+
+
+def copy_field(value: str | None) -> str:
+    """A text field in COPY's text format."""
+    return "\\N" if value is None else value.translate(_COPY_SPECIALS)
 
 
 def bulk_upsert(
@@ -150,14 +217,15 @@ def bulk_upsert(
         if len(rows) >= COPY_MIN_ROWS and not connection.connection.dbapi_connection.autocommit:
             create, copy, move = _stage_statements(*key)
             cursor.execute(create)
-            cursor.copy_expert(copy, _CopyReader(rows))
+            cursor.copy_expert(copy, _CopyReader(rows, _field_formatters(table, tuple(columns))))
             cursor.execute(move)
             returned = cursor.fetchall()
         else:
             json_positions = _json_columns(table, tuple(columns))
             if json_positions:
                 rows = [
-                    tuple(psycopg2.extras.Json(v) if i in json_positions and v is not None else v for i, v in enumerate(row))
+                    tuple(psycopg2.extras.Json(v, dumps=json_codec.dumps) if i in json_positions and v is not None else v
+                          for i, v in enumerate(row))
                     for row in rows
                 ]
             returned = psycopg2.extras.execute_values(
@@ -205,7 +273,8 @@ def bulk_update(
     )
     json_positions = _json_columns(table, names)
     prepared = [
-        tuple(psycopg2.extras.Json(v) if i in json_positions and v is not None else v for i, v in enumerate(row))
+        tuple(psycopg2.extras.Json(v, dumps=json_codec.dumps) if i in json_positions and v is not None else v
+              for i, v in enumerate(row))
         for row in rows
     ]
     cursor = connection.connection.dbapi_connection.cursor()
@@ -218,3 +287,39 @@ def bulk_update(
     finally:
         cursor.close()
     return updated
+
+
+def insert_new(
+    connection: sa.Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[tuple],
+    conflict_columns: Sequence[str], copy_lines: Callable[[Sequence[tuple]], Iterator[str]] | None = None,
+) -> int:
+    """Insert rows that are expected to be new; returns the rows inserted. Large batches are COPYed
+    straight into the table inside a savepoint: no staging, no conflict handling. If another writer
+    stored one of them meanwhile (a unique violation), the savepoint undoes the COPY and the batch
+    takes bulk_upsert's DO NOTHING path, so the outcome is the same either way."""
+    if not rows:
+        return 0
+    raw = connection.connection.dbapi_connection
+    if len(rows) < COPY_MIN_ROWS or raw.autocommit:
+        return bulk_upsert(connection, table, columns, rows, conflict_columns).written
+    with raw.cursor() as cursor:
+        cursor.execute("SAVEPOINT insert_new")
+        try:
+            source = _LineReader(copy_lines(rows)) if copy_lines else _CopyReader(rows, _field_formatters(table, tuple(columns)))
+            cursor.copy_expert(f"COPY {_qualified(table)} ({_quote(columns)}) FROM STDIN", source)
+        except psycopg2.errors.UniqueViolation:
+            cursor.execute("ROLLBACK TO SAVEPOINT insert_new")
+            cursor.execute("RELEASE SAVEPOINT insert_new")
+            return bulk_upsert(connection, table, columns, rows, conflict_columns).written
+        inserted = cursor.rowcount
+        cursor.execute("RELEASE SAVEPOINT insert_new")
+    return inserted
+
+
+def reserve_ids(connection: sa.Connection, table: sa.Table, count: int) -> list[int]:
+    """`count` values of the table's identity sequence, so rows can be COPYed with their ids."""
+    result = connection.execute(
+        sa.text("SELECT nextval(pg_get_serial_sequence(:table, 'id')) FROM generate_series(1, :n)"),
+        {"table": f"{table.schema}.{table.name}", "n": count},
+    )
+    return [row[0] for row in result]

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import datetime, timedelta
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import sqlalchemy as sa
 
 from resources.store import schema as t
-from resources.store.bulk import bulk_update, bulk_upsert, bulk_upsert_dicts
+from resources.store import json_codec
+from resources.store.bulk import bulk_update, bulk_upsert, bulk_upsert_dicts, copy_field, insert_new
 from resources.store.rows import (
     CheckpointRow,
     CycleRollupRow,
@@ -183,7 +184,7 @@ class CompetitionStore:
     ) -> list[CycleToSettle]:
         """Cycles in [start, end) resolvable by `resolvable_until`, not resolved yet (RECEIVED) or
         voided (they may be resolved again), with their predictions that have no score."""
-        i, p, s = t.inputs, t.predictions, t.scores
+        i = t.inputs
         where = [i.c.competition == self.slug, i.c.cycle_at >= start, i.c.cycle_at < end,
                  i.c.resolvable_at <= resolvable_until, i.c.status.in_(["RECEIVED", "VOIDED"])]
         if not_before is not None:
@@ -195,19 +196,18 @@ class CompetitionStore:
             ).fetchall()
             if not inputs:
                 return []
-            predictions = connection.execute(
-                sa.select(p.c.id, p.c.input_id, p.c.model_id, p.c.status, p.c.status_reason, p.c.inference_output)
-                .outerjoin(s, s.c.prediction_id == p.c.id)
-                .where(p.c.competition == self.slug, p.c.cycle_at >= inputs[0].cycle_at,
-                       p.c.cycle_at <= inputs[-1].cycle_at, p.c.input_id.in_([row.id for row in inputs]),
-                       s.c.id.is_(None))
-                .order_by(p.c.input_id, p.c.model_id)
-            ).fetchall()
+            # An unresolved or voided cycle has no score yet (a cycle is scored whole, in one
+            # transaction). A raw cursor: tens of thousands of rows, no per-row Row objects.
+            with connection.connection.dbapi_connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT id, input_id, model_id, status, status_reason, inference_output FROM crunch.predictions "
+                    "WHERE input_id = ANY(%s) ORDER BY input_id, model_id",
+                    ([row.id for row in inputs],),
+                )
+                predictions = cursor.fetchall()
         by_input: dict[int, list[StoredPrediction]] = defaultdict(list)
-        for row in predictions:
-            by_input[row.input_id].append(
-                StoredPrediction(row.id, row.model_id, row.status, row.status_reason, row.inference_output)
-            )
+        for pid, input_id, model_id, status, reason, output in predictions:
+            by_input[input_id].append(StoredPrediction(pid, model_id, status, reason, output))
         return [
             CycleToSettle(row.id, row.scope_key, row.cycle_at, row.resolvable_at, row.status, row.scope or {},
                           by_input.get(row.id, []))
@@ -220,14 +220,14 @@ class CompetitionStore:
         """Scores (once per prediction), resolved cycles (truth and failure value) and voided
         cycles, in one transaction. A voided cycle's predictions keep their made status."""
         with self.engine.begin() as connection:
-            written = bulk_upsert(
+            written = insert_new(
                 connection, t.scores,
                 ("competition", "prediction_id", "model_id", "scope_key", "cycle_at", "value", "success",
                  "failed_reason", "result"),
                 [(self.slug, r.prediction_id, r.model_id, r.scope_key, r.cycle_at, r.value, r.success,
                   r.failed_reason, r.result) for r in scores],
-                ("prediction_id",),
-            ).written
+                ("prediction_id",), copy_lines=self._score_lines,
+            )
             i = t.inputs
             bulk_update(
                 connection, i, "id", ("status", "actuals", "failure_value"),
@@ -241,6 +241,22 @@ class CompetitionStore:
                     [{"input_id": v.input_id, "reason": v.reason} for v in voidings],
                 )
         return SettlementWritten(written, len(resolutions), len(voidings))
+
+    def _score_lines(self, rows: Sequence[tuple]) -> Iterator[str]:
+        """COPY text of score rows, formatted directly (the scores step's hot path)."""
+        competition = copy_field(self.slug)
+        times: dict[datetime, str] = {}
+        for offset in range(0, len(rows), 2000):
+            lines = []
+            for _, pid, model_id, scope_key, cycle_at, value, success, reason, result in rows[offset : offset + 2000]:
+                at = times.get(cycle_at)
+                if at is None:
+                    at = times[cycle_at] = cycle_at.isoformat()
+                lines.append(
+                    f"{competition}\t{pid}\t{copy_field(model_id)}\t{copy_field(scope_key)}\t{at}\t{value!r}\t"
+                    f"{'t' if success else 'f'}\t{copy_field(reason)}\t{copy_field(json_codec.dumps(result))}\n"
+                )
+            yield "".join(lines)
 
     def unsettled_count(self, start: datetime, end: datetime) -> int:
         """Predictions of cycles in [start, end) with no score, in cycles not voided."""

@@ -7,6 +7,7 @@ import dagster as dg
 import sqlalchemy as sa
 
 from resources.database_url import resolve_database_url
+from resources.store import json_codec
 from resources.store.competition import CompetitionStore
 from resources.store.feeds import FeedStore
 from resources.store.migrations import migrate
@@ -22,7 +23,8 @@ def engine_for(url: str | None = None) -> sa.Engine:
     with _engines_lock:
         engine = _engines.get(resolved)
         if engine is None:
-            engine = sa.create_engine(resolved, pool_pre_ping=True, pool_size=5, max_overflow=5)
+            engine = sa.create_engine(resolved, pool_pre_ping=True, pool_size=5, max_overflow=5,
+                                      json_serializer=json_codec.dumps, json_deserializer=json_codec.loads)
             migrate(engine)
             _engines[resolved] = engine
         return engine

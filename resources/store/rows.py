@@ -64,7 +64,7 @@ class HealthRow:
     meta: dict
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StoredPrediction:
     id: int
     model_id: str
@@ -86,7 +86,7 @@ class CycleToSettle:
     predictions: list[StoredPrediction]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ScoreRow:
     prediction_id: int
     model_id: str
