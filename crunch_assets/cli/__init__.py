@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import click
 
+from crunch_assets.cli.api import api
 from crunch_assets.cli.audit import audit
+from crunch_assets.cli.checkpoints import checkpoints
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -18,3 +20,5 @@ def main() -> None:
 
 
 main.add_command(audit)
+main.add_command(checkpoints)
+main.add_command(api)
