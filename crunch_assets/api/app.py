@@ -63,8 +63,8 @@ def _utc_instant(value: datetime) -> datetime:
 
 UtcInstant = Annotated[AwareDatetime, AfterValidator(_utc_instant)]
 Ident = Annotated[str, Field(pattern=IDENT_PATTERN)]
-CheckpointId = Annotated[int, Path(ge=1, le=ID_MAX, description="checkpoint id")]
-ModelId = Annotated[str, Path(pattern=IDENT_PATTERN, description="model id")]
+CheckpointId = Annotated[int, Path(ge=1, le=ID_MAX, description="checkpoint id", examples=[1])]
+ModelId = Annotated[str, Path(pattern=IDENT_PATTERN, description="model id", examples=["mean_reversion"])]
 TxHash = Annotated[str, Field(pattern=payouts.TX_HASH_PATTERN.pattern, description="on-chain transaction hash")]
 Note = Annotated[str, Field(max_length=payouts.NOTE_MAX_CHARS)]
 
