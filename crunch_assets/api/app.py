@@ -18,9 +18,9 @@ import hmac
 import json
 import os
 from datetime import datetime, timedelta, timezone
-from typing import Annotated, Any, Callable, Literal, Sequence
+from typing import Annotated, Callable, Literal, Sequence
 
-from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Path, Query
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
@@ -324,10 +324,11 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
 
     @router.get("/checkpoints/{checkpoint_id}/gate", tags=["checkpoints"])
     def checkpoint_gate(c: Competition, checkpoint_id: CheckpointId) -> dict:
-        """The stored results of the last gate run, and a fresh run now (nothing is stored)."""
+        """The stored results of the last gate run (null: never run). A fresh run recomputes every
+        checkpoint's Merkle root, so it happens on submission or with `crunch-dagster checkpoints
+        show --gate`, not on a public read."""
         cp = checkpoint_or_404(c, checkpoint_id)
-        return {"checkpoint_id": checkpoint_id, "stored": c.payouts.gate(cp.id),
-                "now": payouts.run_gate(c.spec, c.store, cp, c.accounts, c.settings)}
+        return {"checkpoint_id": checkpoint_id, "gate": c.payouts.gate(cp.id)}
 
     @router.get("/checkpoints/{checkpoint_id}/emission", tags=["emissions"])
     def emission(c: Competition, checkpoint_id: CheckpointId) -> dict:
@@ -438,8 +439,3 @@ def run_server(app: FastAPI, host: str, port: int, log_level: str = "info") -> N
 
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
-
-def json_default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(type(value).__name__)

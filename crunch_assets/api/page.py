@@ -57,8 +57,8 @@ def score_chart_svg(series: dict[str, list[dict]], width: int = 760, height: int
     def y(value: float) -> float:
         return top + (high - value) / (high - low) * (height - top - bottom)
 
-    parts = [f'<svg class="score-chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" role="img" aria-label="score per hour">',
+    parts = [(f'<svg class="score-chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+              f'viewBox="0 0 {width} {height}" role="img" aria-label="score per hour">'),
              f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" stroke="#999"/>',
              f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="#999"/>',
              f'<text x="{left - 4}" y="{top + 4}" text-anchor="end" font-size="11">{high:.3f}</text>',

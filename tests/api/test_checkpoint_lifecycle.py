@@ -79,7 +79,7 @@ def test_pending_to_paid_is_gated_audited_and_idempotent(live_api, api_database_
 
 
 def test_error_codes(live_api, api_database_url):
-    server, client = live_api
+    _, client = live_api
     first, second = _checkpoint_ids(client)
     confirm = f"/reports/checkpoints/{first}/confirm"
     status = f"/reports/checkpoints/{first}/status"
@@ -126,7 +126,7 @@ def test_gate_refuses_without_a_crunch_key_and_stores_why(api_database_url):
 
 def test_gate_refuses_changed_scores_unsettled_cycles_and_bad_rewards(live_api, api_database_url):
     _, client = live_api
-    first, second = _checkpoint_ids(client)
+    first = _checkpoint_ids(client)[0]
     engine = _engine(api_database_url)
     with engine.begin() as connection:
         period = connection.execute(sa.text("SELECT period_start, period_end FROM crunch.checkpoints WHERE id = :id"),
