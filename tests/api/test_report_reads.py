@@ -243,3 +243,23 @@ def test_every_report_filter_has_an_index(db, name):
         connection.execute(sa.text("SET enable_seqscan = off"))  # small tables: ask whether an index *can* serve it
         plan = "\n".join(row[0] for row in connection.execute(sa.text("EXPLAIN " + QUERIES[name])))
     assert "Seq Scan" not in plan and "Index" in plan, plan
+
+
+def test_only_declared_input_keys_are_served(module_database_url, db):
+    from dataclasses import replace
+
+    import httpx
+
+    from crunch_assets.api import ReportCompetition, create_app
+    from resources.store.database import CrunchDatabase
+    from tests.api.conftest import LiveServer, accounts, replay_spec
+
+    with db.connect() as connection:
+        raw = connection.execute(sa.text("SELECT raw_data FROM crunch.inputs ORDER BY cycle_at LIMIT 1")).scalar_one()
+    assert {"asof_ts", "candles_1m"} <= set(raw)  # what is stored: the whole model input
+    spec = replace(replay_spec(), public_input_keys=("asof_ts",))
+    app = create_app([ReportCompetition(spec, accounts(), CrunchDatabase(url=module_database_url))], read_env=False)
+    with LiveServer(app) as server, httpx.Client(base_url=server.url) as client:
+        shown = client.get("/reports/predictions", params={"limit": 5}).json()["predictions"]
+    assert len(shown) == 5
+    assert all(p["input"] == {"asof_ts": raw["asof_ts"]} for p in shown[:3])  # the first cycle's three models
