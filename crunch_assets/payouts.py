@@ -48,8 +48,7 @@ class GateFailed(Exception):
 
     def __init__(self, gate: dict):
         self.gate = gate
-        reasons = [f"{c['name']}: {c['detail']}" for c in gate["checks"] if not c["passed"]]
-        super().__init__("the emission safety gate refused the submission: " + "; ".join(reasons))
+        super().__init__("the emission safety gate refused the submission: " + "; ".join(self.reasons))
 
     @property
     def reasons(self) -> list[str]:

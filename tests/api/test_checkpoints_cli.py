@@ -7,8 +7,10 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -79,3 +81,48 @@ def test_checkpoints_from_pending_to_paid_on_the_command_line(api_database_url):
     engine.dispose()
     assert [tuple(r) for r in audit] == [("SUBMITTED", getpass.getuser(), "from the CLI"),
                                          ("CLAIMABLE", "treasurer", None), ("PAID", getpass.getuser(), None)]
+
+
+def test_a_submission_killed_while_waiting_for_the_lock_leaves_nothing(api_database_url):
+    """SIGKILL of `checkpoints submit` in the middle of its transition (blocked on the checkpoint's
+    row lock held by another session): nothing is recorded, and the next submission goes through."""
+    env = _env(api_database_url)
+    first = min(c["id"] for c in json.loads(_run(env, "list", "btc_updown", "--json").stdout))
+    engine = sa.create_engine(api_database_url)
+    blocker = engine.connect()
+    transaction = blocker.begin()
+    blocker.execute(sa.text("SELECT id FROM crunch.checkpoints WHERE id = :id FOR UPDATE"), {"id": first})
+    process = subprocess.Popen([CLI, "checkpoints", "submit", "btc_updown", str(first), "--tx-hash", TX],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # pg_stat_activity is read afresh only outside a transaction: the watcher autocommits
+    watcher_engine = sa.create_engine(api_database_url, isolation_level="AUTOCOMMIT")
+    waiting = sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                      "AND wait_event_type = 'Lock' AND query LIKE '%FOR UPDATE%'")
+    others = sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                     "AND pid <> pg_backend_pid() AND state <> 'idle'")
+    deadline = time.monotonic() + 120
+    try:
+        with watcher_engine.connect() as watcher:
+            while watcher.execute(waiting).scalar() == 0:  # the gate ran; the transition waits for the lock
+                assert process.poll() is None, "the submission ended before it reached the lock"
+                assert time.monotonic() < deadline, "the submission never waited for the lock"
+                time.sleep(0.05)
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=30)
+            transaction.rollback()
+            blocker.close()
+            while watcher.execute(others).scalar():  # the killed client's backend has ended its transaction
+                assert time.monotonic() < deadline, "a backend is still busy after the kill"
+                time.sleep(0.05)
+            stored = watcher.execute(sa.text("SELECT status, tx_hash FROM crunch.checkpoints WHERE id = :id"),
+                                     {"id": first}).one()
+            audit = watcher.execute(sa.text("SELECT count(*) FROM crunch.checkpoint_audit")).scalar()
+    finally:
+        if process.poll() is None:
+            process.kill()
+        blocker.close()
+        watcher_engine.dispose()
+    assert tuple(stored) == ("PENDING", None) and audit == 0
+    again = _run(env, "submit", "btc_updown", str(first), "--tx-hash", TX)
+    assert again.returncode == 0 and "PENDING -> SUBMITTED" in again.stdout
+    engine.dispose()
