@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import click
 
+from crunch_assets.cli.api import api
 from crunch_assets.cli.audit import audit
+from crunch_assets.cli.checkpoints import checkpoints
 from crunch_assets.cli.replay import replay
 from crunch_assets.cli.scaffold import doctor, init
 from crunch_assets.cli.verify import verify
@@ -25,3 +27,5 @@ main.add_command(init)
 main.add_command(doctor)
 main.add_command(replay)
 main.add_command(verify)
+main.add_command(checkpoints)
+main.add_command(api)

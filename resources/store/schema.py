@@ -173,6 +173,9 @@ predictions = sa.Table(
     sa.Index("ix_predictions_competition_cycle", "competition", "cycle_at"),
     sa.Index("ix_predictions_input", "input_id"),
     sa.Index("ix_predictions_competition_model_cycle", "competition", "model_id", "cycle_at"),
+    # Report filters (by scope, by made status) over a time range.
+    sa.Index("ix_predictions_competition_scope_cycle", "competition", "scope_key", "cycle_at"),
+    sa.Index("ix_predictions_competition_status_cycle", "competition", "status", "cycle_at"),
 )
 
 scores = sa.Table(
@@ -214,6 +217,7 @@ snapshots = sa.Table(
     _jsonb("meta"),
     sa.UniqueConstraint("competition", "model_id", "scope_key", "period_start", "period_end", name="uq_snapshots_period"),
     sa.Index("ix_snapshots_competition_period", "competition", "period_start"),
+    sa.Index("ix_snapshots_competition_model_period", "competition", "model_id", "period_start"),
 )
 
 # Per scope and hour: the cycles that count (resolved, not voided) and their failure values. The
@@ -265,7 +269,25 @@ checkpoints = sa.Table(
     sa.Column("chained_root", sa.Text, nullable=True),
     sa.Column("updated_at", TZ, nullable=False, server_default=sa.func.now()),
     _jsonb("meta"),
+    # The emission safety gate's last results ({passed, checked_at, checks: [...]}); null: never run.
+    sa.Column("gate", JSONB, nullable=True),
     sa.UniqueConstraint("competition", "period_start", "period_end", name="uq_checkpoints_period"),
+    sa.Index("ix_checkpoints_competition_status", "competition", "status", "period_start"),
+)
+
+# Append-only: one row per status transition of a checkpoint (who, when, with which transaction).
+checkpoint_audit = sa.Table(
+    "checkpoint_audit",
+    metadata,
+    _id(),
+    sa.Column("checkpoint_id", sa.BigInteger, sa.ForeignKey(f"{SCHEMA}.checkpoints.id"), nullable=False),
+    sa.Column("from_status", sa.Text, nullable=False),
+    sa.Column("to_status", sa.Text, nullable=False),
+    sa.Column("tx_hash", sa.Text, nullable=True),
+    sa.Column("actor", sa.Text, nullable=False),
+    sa.Column("at", TZ, nullable=False, server_default=sa.func.now()),
+    sa.Column("note", sa.Text, nullable=True),
+    sa.Index("ix_checkpoint_audit_checkpoint", "checkpoint_id", "id"),
 )
 
 model_events = sa.Table(

@@ -1,0 +1,441 @@
+"""The report API (FastAPI): leaderboards, models, predictions, feeds, snapshots, checkpoints and
+their emissions for one or several competitions, the checkpoint lifecycle behind a bearer token,
+exports, health and lag, and the participant page (crunch_assets/api/page.py).
+
+Paths: `/competitions/{slug}/...` for every served competition, and the reference's
+`/reports/...` for the deployment's default one. OpenAPI at /docs. Mutations need
+`Authorization: Bearer <CRUNCH_API_TOKEN>`; with no token configured they are disabled (403) and
+reads stay open. The actor recorded in the audit for an API transition is CRUNCH_API_ACTOR.
+
+No `from __future__ import annotations` here: FastAPI must see the real annotations of the route
+functions, which use aliases local to build_router.
+"""
+
+
+import base64
+import binascii
+import hmac
+import json
+import os
+from datetime import datetime, timedelta, timezone
+from typing import Annotated, Callable, Literal, Sequence
+
+from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Path, Query
+from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+
+from crunch_assets import payouts
+from crunch_assets.api import exports
+from crunch_assets.api.competitions import ReportCompetition
+from crunch_assets.api.views import (
+    checkpoint_summary, checkpoint_view, lag_view, leaderboard_view, model_score_series, models_global, models_params,
+    prediction_view, report_schema, snapshot_view,
+)
+from crunch_assets.verification import inclusion_proof
+from resources.store.payouts import CheckpointNotFound, TransitionConflict
+from resources.store.reports import PREDICTION_STATUSES
+
+API_TOKEN_ENV = "CRUNCH_API_TOKEN"
+API_ACTOR_ENV = "CRUNCH_API_ACTOR"
+DEFAULT_API_ACTOR = "api"
+PAGE_LIMIT_DEFAULT = 100
+PAGE_LIMIT_MAX = 1000
+CHECKPOINT_LIMIT_MAX = 200
+EXPORT_MAX_DAYS = 31
+SERIES_MAX_DAYS = 31
+ID_MAX = 2**63 - 1
+# Identifiers in paths and filters: printable, bounded (NUL and control characters cannot reach SQL).
+IDENT_PATTERN = r"^[A-Za-z0-9_.:@/+=-]{1,200}$"
+EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)
+LATEST = datetime(2200, 1, 1, tzinfo=timezone.utc)
+
+
+def _utc_instant(value: datetime) -> datetime:
+    try:
+        utc = value.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError("instant out of range") from None
+    if not EARLIEST <= utc < LATEST:
+        raise ValueError(f"instant must be between {EARLIEST.year} and {LATEST.year}")
+    return utc
+
+
+UtcInstant = Annotated[AwareDatetime, AfterValidator(_utc_instant)]
+Ident = Annotated[str, Field(pattern=IDENT_PATTERN)]
+CheckpointId = Annotated[int, Path(ge=1, le=ID_MAX, description="checkpoint id", examples=[1])]
+ModelId = Annotated[str, Path(pattern=IDENT_PATTERN, description="model id", examples=["mean_reversion"])]
+TxHash = Annotated[str, Field(pattern=payouts.TX_HASH_PATTERN.pattern, description="on-chain transaction hash")]
+Note = Annotated[str, Field(max_length=payouts.NOTE_MAX_CHARS)]
+
+
+class ConfirmBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tx_hash: TxHash
+    note: Note | None = None
+
+
+class StatusBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    status: Literal["PENDING", "SUBMITTED", "CLAIMABLE", "PAID"]
+    tx_hash: TxHash | None = None
+    note: Note | None = None
+
+
+def encode_cursor(cycle_at: datetime, row_id: int) -> str:
+    raw = json.dumps({"t": cycle_at.isoformat(), "i": row_id}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> tuple[datetime, int] | None:
+    if cursor is None:
+        return None
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        instant = _utc_instant(datetime.fromisoformat(raw["t"]))
+        row_id = int(raw["i"])
+        if not 0 <= row_id <= ID_MAX:
+            raise ValueError("id out of range")
+        return instant, row_id
+    except (ValueError, KeyError, TypeError, binascii.Error, json.JSONDecodeError, UnicodeDecodeError):
+        raise HTTPException(422, "cursor is not one this API returned (use next_cursor as given)") from None
+
+
+def _span(start: datetime | None, end: datetime | None, max_days: int | None = None) -> None:
+    if start is not None and end is not None and end <= start:
+        raise HTTPException(422, "end must be after start")
+    if max_days is not None and (start is None or end is None or end - start > timedelta(days=max_days)):
+        raise HTTPException(422, f"give start and end at most {max_days} days apart")
+
+
+def create_app(
+    competitions: Sequence[ReportCompetition],
+    *,
+    default_slug: str | None = None,
+    api_token: str | None = None,
+    actor: str | None = None,
+    read_env: bool = True,
+) -> FastAPI:
+    """The API serving `competitions` (`/reports/...` is `default_slug`, else the first).
+    `api_token` / `actor` default to $CRUNCH_API_TOKEN / $CRUNCH_API_ACTOR when `read_env`."""
+    if not competitions:
+        raise ValueError("the report API needs at least one competition")
+    by_slug = {c.slug: c for c in competitions}
+    if len(by_slug) != len(competitions):
+        raise ValueError("a competition is listed twice")
+    default = by_slug[default_slug] if default_slug else competitions[0]
+    token = api_token if api_token is not None else (os.environ.get(API_TOKEN_ENV) or None if read_env else None)
+    actor_name = actor or (os.environ.get(API_ACTOR_ENV) if read_env else None) or DEFAULT_API_ACTOR
+
+    app = FastAPI(
+        title="crunch-dagster report API",
+        version="1",
+        description="Leaderboards, predictions, checkpoints and emissions of the served competitions. Mutations "
+                    f"need `Authorization: Bearer <{API_TOKEN_ENV}>`; without a configured token they are disabled.",
+    )
+    app.state.competitions = by_slug
+    app.state.default_slug = default.slug
+    bearer = HTTPBearer(auto_error=False, description=f"the value of {API_TOKEN_ENV}")
+
+    def operator(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
+        if token is None:
+            raise HTTPException(403, f"mutations are disabled: {API_TOKEN_ENV} is not set on the server")
+        if credentials is None or credentials.scheme.lower() != "bearer":
+            raise HTTPException(401, "a bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+        if not hmac.compare_digest(credentials.credentials.encode(), token.encode()):
+            raise HTTPException(403, "wrong token")
+        return actor_name
+
+    def by_slug_dependency(slug: Annotated[str, Path(pattern=r"^[a-z][a-z0-9_]{0,63}$")]) -> ReportCompetition:
+        competition = by_slug.get(slug)
+        if competition is None:
+            raise HTTPException(404, f"no competition {slug!r}; served: {', '.join(sorted(by_slug))}")
+        return competition
+
+    app.include_router(build_router(by_slug_dependency, operator), prefix="/competitions/{slug}")
+    app.include_router(build_router(lambda: default, operator), prefix="/reports")
+
+    @app.get("/health", tags=["health"])
+    def health() -> JSONResponse:
+        """The process is up and the database answers."""
+        try:
+            default.reports.ping()
+        except Exception as error:  # any failure to reach the database is "unavailable"
+            return JSONResponse({"status": "unavailable", "database": f"unreachable: {type(error).__name__}"}, 503)
+        return JSONResponse({"status": "ok", "database": "reachable", "competitions": sorted(by_slug)})
+
+    @app.get("/competitions", tags=["competitions"])
+    def list_competitions() -> dict:
+        return {"default": default.slug, "competitions": [
+            {"slug": c.slug, "description": c.spec.description, "scopes": [s.key for s in c.spec.scopes],
+             "checkpoint_interval_seconds": c.spec.checkpoint_interval_seconds} for c in competitions]}
+
+    from crunch_assets.api.page import build_page_router
+
+    app.include_router(build_page_router(by_slug, default.slug))
+    return app
+
+
+def build_router(competition_dependency: Callable[..., ReportCompetition], operator: Callable[..., str]) -> APIRouter:
+    router = APIRouter()
+    Competition = Annotated[ReportCompetition, Depends(competition_dependency)]
+    Operator = Annotated[str, Depends(operator)]
+
+    def checkpoint_or_404(c: ReportCompetition, checkpoint_id: int):
+        checkpoint = c.store.checkpoint_by_id(checkpoint_id)
+        if checkpoint is None:
+            raise HTTPException(404, f"no checkpoint {checkpoint_id} in {c.slug}")
+        return checkpoint
+
+    def model_or_404(c: ReportCompetition, model_id: str):
+        model = next((m for m in c.store.models() if m.model_id == model_id), None)
+        if model is None:
+            raise HTTPException(404, f"no model {model_id!r} in {c.slug}")
+        return model
+
+    # --- leaderboard and models ------------------------------------------------------------------
+
+    @router.get("/leaderboard", tags=["leaderboard"])
+    def leaderboard(
+        c: Competition,
+        as_of: Annotated[UtcInstant | None, Query(description="the newest leaderboard at or before this instant")] = None,
+        window: Annotated[Ident | None, Query(description="rank by this window (default: the ranking key)")] = None,
+        scope: Annotated[Ident | None, Query(description="values of this scope (default: combined)")] = None,
+    ) -> dict:
+        windows = [w.name for w in c.spec.leaderboard_windows]
+        if window is not None and window not in windows:
+            raise HTTPException(422, f"window {window!r} is not one of {', '.join(windows)}")
+        if scope is not None and c.spec.scope(scope) is None:
+            raise HTTPException(422, f"scope {scope!r} is not one of {', '.join(s.key for s in c.spec.scopes)}")
+        return leaderboard_view(c, c.store.leaderboard(as_of), window or c.spec.ranking_key, scope)
+
+    @router.get("/models", tags=["models"])
+    def models(c: Competition) -> dict:
+        return {"models": [
+            {"model_id": m.model_id, "name": m.name, "player_id": m.player_id, "player_name": m.player_name,
+             "state": m.state, "cruncher_index": m.cruncher_index,
+             "first_seen_at": m.first_seen_at, "last_seen_at": m.last_seen_at} for m in c.store.models()]}
+
+    @router.get("/models/global", tags=["models"])
+    def global_scores(c: Competition) -> dict:
+        return models_global(c, c.store.leaderboard())
+
+    @router.get("/models/params", tags=["models"])
+    def scope_scores(c: Competition) -> dict:
+        return models_params(c, c.store.leaderboard())
+
+    @router.get("/models/{model_id}/scores", tags=["models"])
+    def model_scores(
+        c: Competition, model_id: ModelId,
+        start: Annotated[UtcInstant | None, Query()] = None, end: Annotated[UtcInstant | None, Query()] = None,
+    ) -> dict:
+        """The model's score per hour (combined over scopes, under the eligibility policy)."""
+        model_or_404(c, model_id)
+        _span(start, end)
+        if (start is None) != (end is None):
+            raise HTTPException(422, "give both start and end, or neither (the last 72 hours of data)")
+        if start is not None and end - start > timedelta(days=SERIES_MAX_DAYS):
+            raise HTTPException(422, f"give start and end at most {SERIES_MAX_DAYS} days apart")
+        return model_score_series(c, [model_id], start, end)
+
+    @router.get("/models/{model_id}/export", tags=["exports"],
+                responses={200: {"content": {"text/csv": {}, "application/vnd.apache.parquet": {}}}})
+    def model_export(
+        c: Competition, model_id: ModelId, start: Annotated[UtcInstant, Query()], end: Annotated[UtcInstant, Query()],
+        format: Annotated[Literal["csv", "parquet"], Query()] = "csv",
+    ) -> StreamingResponse:
+        """The model's predictions and scores in [start, end) (at most 31 days), streamed a page at a time."""
+        model_or_404(c, model_id)
+        _span(start, end, EXPORT_MAX_DAYS)
+        batches = c.reports.prediction_batches(model_id, start, end, PAGE_LIMIT_MAX)
+        name = f"{c.slug}-{model_id}-{start:%Y%m%dT%H%M}-{end:%Y%m%dT%H%M}".replace("/", "_")
+        if format == "csv":
+            return StreamingResponse(exports.csv_chunks(batches), media_type="text/csv",
+                                     headers={"Content-Disposition": f'attachment; filename="{name}.csv"'})
+        return StreamingResponse(exports.parquet_chunks(batches), media_type="application/vnd.apache.parquet",
+                                 headers={"Content-Disposition": f'attachment; filename="{name}.parquet"'})
+
+    # --- predictions, feeds, snapshots -----------------------------------------------------------
+
+    @router.get("/predictions", tags=["predictions"])
+    def predictions(
+        c: Competition,
+        model_id: Annotated[Ident | None, Query()] = None,
+        scope: Annotated[Ident | None, Query()] = None,
+        status: Annotated[Literal[PREDICTION_STATUSES] | None, Query()] = None,  # type: ignore[valid-type]
+        start: Annotated[UtcInstant | None, Query()] = None,
+        end: Annotated[UtcInstant | None, Query()] = None,
+        order: Annotated[Literal["asc", "desc"], Query()] = "asc",
+        limit: Annotated[int, Query(ge=1, le=PAGE_LIMIT_MAX)] = PAGE_LIMIT_DEFAULT,
+        cursor: Annotated[str | None, Query(max_length=200)] = None,
+    ) -> dict:
+        """Predictions by cycle time, a page at a time: pass `next_cursor` back as `cursor`."""
+        _span(start, end)
+        public = c.spec.public_input_keys
+        page = c.reports.predictions(model_id=model_id, scope_key=scope, status=status, start=start, end=end,
+                                     after=decode_cursor(cursor), descending=order == "desc", limit=limit,
+                                     with_input=bool(public))
+        return {
+            "predictions": [prediction_view(p, public) for p in page],
+            "next_cursor": encode_cursor(page[-1].cycle_at, page[-1].id) if len(page) == limit else None,
+        }
+
+    @router.get("/feeds", tags=["feeds"])
+    def feeds(c: Competition) -> dict:
+        return {"feeds": [vars(f) for f in c.reports.feeds()]}
+
+    @router.get("/snapshots", tags=["snapshots"])
+    def snapshots(
+        c: Competition,
+        model_id: Annotated[Ident | None, Query()] = None,
+        scope: Annotated[Ident | None, Query()] = None,
+        start: Annotated[UtcInstant | None, Query()] = None,
+        end: Annotated[UtcInstant | None, Query()] = None,
+        limit: Annotated[int, Query(ge=1, le=PAGE_LIMIT_MAX)] = PAGE_LIMIT_DEFAULT,
+        cursor: Annotated[str | None, Query(max_length=200)] = None,
+    ) -> dict:
+        """Hourly snapshots per model and scope, a page at a time."""
+        _span(start, end)
+        page = c.reports.snapshots(model_id=model_id, scope_key=scope, start=start, end=end,
+                                   after=decode_cursor(cursor), limit=limit)
+        return {"snapshots": [snapshot_view(s) for s in page],
+                "next_cursor": encode_cursor(page[-1].period_start, page[-1].id) if len(page) == limit else None}
+
+    # --- checkpoints and emissions ---------------------------------------------------------------
+
+    @router.get("/checkpoints", tags=["checkpoints"])
+    def checkpoints(
+        c: Competition,
+        status: Annotated[Literal["PENDING", "SUBMITTED", "CLAIMABLE", "PAID"] | None, Query()] = None,
+        limit: Annotated[int, Query(ge=1, le=CHECKPOINT_LIMIT_MAX)] = 50,
+    ) -> dict:
+        """The newest checkpoints first, with their reward split."""
+        return {"checkpoints": [checkpoint_summary(cp) for cp in c.reports.checkpoints(status=status, limit=limit)]}
+
+    @router.get("/checkpoints/{checkpoint_id}", tags=["checkpoints"])
+    def checkpoint(c: Competition, checkpoint_id: CheckpointId) -> dict:
+        cp = checkpoint_or_404(c, checkpoint_id)
+        return checkpoint_view(cp, c.payouts.gate(cp.id), c.payouts.audit_trail(cp.id))
+
+    @router.get("/checkpoints/{checkpoint_id}/audit", tags=["checkpoints"])
+    def checkpoint_audit(c: Competition, checkpoint_id: CheckpointId) -> dict:
+        checkpoint_or_404(c, checkpoint_id)
+        return {"checkpoint_id": checkpoint_id, "audit": [vars(a) for a in c.payouts.audit_trail(checkpoint_id)]}
+
+    @router.get("/checkpoints/{checkpoint_id}/gate", tags=["checkpoints"])
+    def checkpoint_gate(c: Competition, checkpoint_id: CheckpointId) -> dict:
+        """The stored results of the last gate run (null: never run). A fresh run recomputes every
+        checkpoint's Merkle root, so it happens on submission or with `crunch-dagster checkpoints
+        show --gate`, not on a public read."""
+        cp = checkpoint_or_404(c, checkpoint_id)
+        return {"checkpoint_id": checkpoint_id, "gate": c.payouts.gate(cp.id)}
+
+    @router.get("/checkpoints/{checkpoint_id}/emission", tags=["emissions"])
+    def emission(c: Competition, checkpoint_id: CheckpointId) -> dict:
+        return payouts.emission_of(checkpoint_or_404(c, checkpoint_id))
+
+    @router.get("/checkpoints/{checkpoint_id}/emission/cli-format", tags=["emissions"])
+    def emission_cli(
+        c: Competition, checkpoint_id: CheckpointId,
+        pool: Annotated[int | None, Query(ge=1, le=10**18, description="prize pool to split (whole units)")] = None,
+    ) -> dict:
+        return payouts.cli_format(checkpoint_or_404(c, checkpoint_id), pool)
+
+    @router.get("/emissions/latest", tags=["emissions"])
+    def latest_emission(c: Competition) -> dict:
+        cp = c.reports.latest_checkpoint()
+        if cp is None:
+            raise HTTPException(404, f"{c.slug} has no checkpoint yet")
+        return {"checkpoint_id": cp.id, "period_start": cp.period_start, "period_end": cp.period_end,
+                "status": cp.status, **payouts.emission_of(cp)}
+
+    @router.get("/checkpoints/{checkpoint_id}/models/{model_id}/breakdown", tags=["rewards"])
+    def reward_breakdown(c: Competition, checkpoint_id: CheckpointId, model_id: ModelId) -> dict:
+        """How the checkpoint paid this model: rank, score, eligibility, the rule, the counts."""
+        cp = checkpoint_or_404(c, checkpoint_id)
+        row = next((r for r in cp.entries.get("ranking", []) if r["model_id"] == model_id), None)
+        if row is None:
+            raise HTTPException(404, f"model {model_id!r} is not in checkpoint {checkpoint_id}")
+        return {"checkpoint_id": cp.id, "status": cp.status, "period_start": cp.period_start,
+                "period_end": cp.period_end, "model_id": model_id, "rank": row["rank"], "score": row["score"],
+                "eligible": row["eligible"], "reward_pct": row["reward_pct"],
+                "reward_percent": payouts.frac64_to_percent(row["reward_pct"]),
+                "cruncher_index": row.get("cruncher_index"), "breakdown": row["breakdown"],
+                "policies": cp.entries.get("policies", {})}
+
+    @router.get("/checkpoints/{checkpoint_id}/models/{model_id}/proof", tags=["rewards"])
+    def merkle_proof(
+        c: Competition, checkpoint_id: CheckpointId, model_id: ModelId,
+        cycle_at: Annotated[UtcInstant, Query(description="the cycle time of the score")],
+        scope: Annotated[Ident | None, Query()] = None,
+    ) -> dict:
+        """The Merkle inclusion proof of one of the model's scores in the checkpoint."""
+        cp = checkpoint_or_404(c, checkpoint_id)
+        if not cp.period_start <= cycle_at < cp.period_end:
+            raise HTTPException(404, f"{cycle_at.isoformat()} is outside checkpoint {checkpoint_id}'s period")
+        try:
+            return inclusion_proof(c.store, cp, model_id, cycle_at, scope)
+        except LookupError as error:
+            raise HTTPException(404, str(error)) from None
+
+    # --- schema and lag --------------------------------------------------------------------------
+
+    @router.get("/schema", tags=["schema"])
+    def schema(c: Competition) -> dict:
+        return report_schema(c.spec)
+
+    @router.get("/schema/leaderboard-columns", tags=["schema"])
+    def schema_columns(c: Competition) -> list[dict]:
+        return report_schema(c.spec)["leaderboard_columns"]
+
+    @router.get("/schema/metrics-widgets", tags=["schema"])
+    def schema_widgets(c: Competition) -> list[dict]:
+        return report_schema(c.spec)["metrics_widgets"]
+
+    @router.get("/lag", tags=["health"])
+    def lag(c: Competition) -> dict:
+        """How far behind now the last stored cycle, score, leaderboard and checkpoint are."""
+        return lag_view(c, c.reports.lag([s.key for s in c.spec.scopes]), datetime.now(timezone.utc))
+
+    # --- mutations -------------------------------------------------------------------------------
+
+    def transition(c: ReportCompetition, checkpoint_id: int, to_status: str, actor: str, tx_hash: str | None,
+                   note: str | None) -> dict:
+        try:
+            outcome = payouts.advance(c.spec, c.store, c.payouts, c.accounts, checkpoint_id, to_status, actor=actor,
+                                      tx_hash=tx_hash, note=note, settings=c.settings)
+        except CheckpointNotFound as error:
+            raise HTTPException(404, str(error)) from None
+        except payouts.InvalidRequest as error:
+            raise HTTPException(422, str(error)) from None
+        except TransitionConflict as error:
+            raise HTTPException(409, {"message": str(error), "status": error.current_status}) from None
+        except payouts.GateFailed as error:
+            raise HTTPException(409, {"message": str(error), "reasons": error.reasons, "gate": error.gate}) from None
+        return {"changed": outcome.changed, "message": outcome.message,
+                "checkpoint": checkpoint_summary(outcome.checkpoint),
+                "audit": vars(outcome.audit) if outcome.audit else None}
+
+    conflict = {409: {"description": "illegal transition, or the safety gate refused"},
+                401: {"description": "no bearer token"}, 403: {"description": "wrong token, or mutations disabled"},
+                404: {"description": "unknown checkpoint"}}
+
+    @router.post("/checkpoints/{checkpoint_id}/confirm", tags=["lifecycle"], responses=conflict)
+    def confirm(c: Competition, actor: Operator, checkpoint_id: CheckpointId, body: Annotated[ConfirmBody, Body()]) -> dict:
+        """PENDING -> SUBMITTED with the on-chain transaction hash, after the emission safety gate."""
+        return transition(c, checkpoint_id, "SUBMITTED", actor, body.tx_hash, body.note)
+
+    @router.patch("/checkpoints/{checkpoint_id}/status", tags=["lifecycle"], responses=conflict)
+    def advance_status(c: Competition, actor: Operator, checkpoint_id: CheckpointId,
+                       body: Annotated[StatusBody, Body()]) -> dict:
+        """One step forward: SUBMITTED (needs tx_hash; gated), CLAIMABLE, PAID."""
+        return transition(c, checkpoint_id, body.status, actor, body.tx_hash, body.note)
+
+    return router
+
+
+def run_server(app: FastAPI, host: str, port: int, log_level: str = "info") -> None:
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
+

@@ -1,0 +1,51 @@
+"""What the report API serves per competition: its spec, its emission accounts, and its stores."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+from crunch_assets.checkpoints import PayoutAccounts
+from crunch_assets.settings import CompetitionSettings
+from crunch_assets.spec import CompetitionSpec
+from resources.store.competition import CompetitionStore
+from resources.store.database import CrunchDatabase
+from resources.store.payouts import PayoutStore
+from resources.store.reports import ReportStore
+
+
+@dataclass(frozen=True)
+class ReportCompetition:
+    spec: CompetitionSpec
+    accounts: PayoutAccounts
+    database: CrunchDatabase
+
+    @property
+    def slug(self) -> str:
+        return self.spec.slug
+
+    @cached_property
+    def settings(self) -> CompetitionSettings:
+        return CompetitionSettings(self.spec.slug)
+
+    @property
+    def store(self) -> CompetitionStore:
+        return self.database.competition(self.slug)
+
+    @property
+    def reports(self) -> ReportStore:
+        return ReportStore(self.database.engine, self.slug)
+
+    @property
+    def payouts(self) -> PayoutStore:
+        return PayoutStore(self.database.engine, self.slug)
+
+
+def load_report_competition(slug: str, database: CrunchDatabase | None = None) -> ReportCompetition:
+    """A competition's code location by slug (competitions/<slug>/definitions.py): its spec and the
+    emission accounts its definitions were configured with (crunch_assets/settings.py)."""
+    from crunch_assets.cli.common import load_competition
+
+    defs, spec = load_competition(slug)
+    accounts = defs.resources.get("payout_accounts") if defs.resources else None
+    return ReportCompetition(spec, accounts or CompetitionSettings(slug).payout_accounts(), database or CrunchDatabase())

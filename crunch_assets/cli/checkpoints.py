@@ -1,0 +1,125 @@
+"""`crunch-dagster checkpoints list|show|submit|advance <slug> ...`: a competition's checkpoints and
+their payment lifecycle from the command line, with the same gate and audit as the report API.
+
+The actor recorded in the audit is the OS user, unless --actor is given.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+
+import click
+
+from crunch_assets.api.competitions import load_report_competition
+
+
+def _json(value) -> str:
+    return json.dumps(value, indent=2, default=lambda v: v.isoformat() if hasattr(v, "isoformat") else str(v))
+
+
+def _actor(actor: str | None) -> str:
+    if actor:
+        return actor
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry for the uid (containers)
+        return "unknown-os-user"
+
+
+@click.group()
+def checkpoints() -> None:
+    """A competition's checkpoints: list, show, submit (PENDING -> SUBMITTED, gated) and advance."""
+
+
+@checkpoints.command("list")
+@click.argument("slug")
+@click.option("--status", type=click.Choice(["PENDING", "SUBMITTED", "CLAIMABLE", "PAID"]))
+@click.option("--limit", type=click.IntRange(1, 200), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def list_checkpoints(slug: str, status: str | None, limit: int, as_json: bool) -> None:
+    """The newest checkpoints first."""
+    from crunch_assets.api.views import checkpoint_summary
+
+    c = load_report_competition(slug)
+    rows = c.reports.checkpoints(status=status, limit=limit)
+    if as_json:
+        click.echo(_json([checkpoint_summary(cp) for cp in rows]))
+        return
+    if not rows:
+        click.echo(f"{slug}: no checkpoint" + (f" {status}" if status else ""))
+    for cp in rows:
+        paid = sum(1 for r in cp.entries.get("ranking", []) if r.get("reward_pct"))
+        click.echo(f"#{cp.id:<5} {cp.period_start.isoformat()} .. {cp.period_end.isoformat()}  {cp.status:9}  "
+                   f"{paid} paid model(s)  root {str(cp.merkle_root)[:16]}" + (f"  tx {cp.tx_hash}" if cp.tx_hash else ""))
+
+
+@checkpoints.command("show")
+@click.argument("slug")
+@click.argument("checkpoint_id", type=click.IntRange(1))
+@click.option("--format", "output", type=click.Choice(["full", "emission", "cli"]), default="full", show_default=True,
+              help="full: everything stored with the audit; emission: the on-chain shape; cli: percentages and prizes")
+@click.option("--pool", type=click.IntRange(1), help="with --format cli: the prize pool to split")
+@click.option("--gate", "run_gate", is_flag=True, help="also run the safety gate now (stores nothing)")
+def show(slug: str, checkpoint_id: int, output: str, pool: int | None, run_gate: bool) -> None:
+    """One checkpoint as JSON."""
+    from crunch_assets import payouts
+    from crunch_assets.api.views import checkpoint_view
+
+    c = load_report_competition(slug)
+    cp = c.store.checkpoint_by_id(checkpoint_id)
+    if cp is None:
+        raise click.ClickException(f"no checkpoint {checkpoint_id} in {slug}")
+    if output == "emission":
+        result = payouts.emission_of(cp)
+    elif output == "cli":
+        result = payouts.cli_format(cp, pool)
+    else:
+        result = checkpoint_view(cp, c.payouts.gate(cp.id), c.payouts.audit_trail(cp.id))
+    if run_gate:
+        result = {**result, "gate_now": payouts.run_gate(c.spec, c.store, cp, c.accounts, c.settings)}
+    click.echo(_json(result))
+
+
+def _transition(slug: str, checkpoint_id: int, status: str, tx_hash: str | None, actor: str | None, note: str | None) -> None:
+    from crunch_assets import payouts
+    from resources.store.payouts import CheckpointNotFound, TransitionConflict
+
+    c = load_report_competition(slug)
+    try:
+        outcome = payouts.advance(c.spec, c.store, c.payouts, c.accounts, checkpoint_id, status, actor=_actor(actor),
+                                  tx_hash=tx_hash, note=note, settings=c.settings)
+    except (CheckpointNotFound, payouts.InvalidRequest, TransitionConflict) as error:
+        raise click.ClickException(str(error)) from error
+    except payouts.GateFailed as error:
+        click.echo("the emission safety gate refused the submission:", err=True)
+        for reason in error.reasons:
+            click.echo(f"  - {reason}", err=True)
+        raise SystemExit(1) from None
+    click.echo(outcome.message)
+    if outcome.audit is not None:
+        click.echo(f"audit #{outcome.audit.id}: {outcome.audit.from_status} -> {outcome.audit.to_status} by "
+                   f"{outcome.audit.actor} at {outcome.audit.at.isoformat()}")
+
+
+@checkpoints.command("submit")
+@click.argument("slug")
+@click.argument("checkpoint_id", type=click.IntRange(1))
+@click.option("--tx-hash", required=True, help="the on-chain transaction hash of the submitted emission")
+@click.option("--actor", help="who does this (default: the OS user)")
+@click.option("--note")
+def submit(slug: str, checkpoint_id: int, tx_hash: str, actor: str | None, note: str | None) -> None:
+    """PENDING -> SUBMITTED, after the emission safety gate (exit 1 with its reasons when it refuses)."""
+    _transition(slug, checkpoint_id, "SUBMITTED", tx_hash, actor, note)
+
+
+@checkpoints.command("advance")
+@click.argument("slug")
+@click.argument("checkpoint_id", type=click.IntRange(1))
+@click.argument("status", type=click.Choice(["SUBMITTED", "CLAIMABLE", "PAID"]))
+@click.option("--tx-hash", help="a transaction hash (required for SUBMITTED)")
+@click.option("--actor", help="who does this (default: the OS user)")
+@click.option("--note")
+def advance(slug: str, checkpoint_id: int, status: str, tx_hash: str | None, actor: str | None, note: str | None) -> None:
+    """One step forward: SUBMITTED -> CLAIMABLE -> PAID (repeating a done step changes nothing)."""
+    _transition(slug, checkpoint_id, status, tx_hash, actor, note)

@@ -1,0 +1,311 @@
+"""From checkpoint to payment: the lifecycle PENDING -> SUBMITTED -> CLAIMABLE -> PAID (forward,
+one step at a time), the emission safety gate that must pass before SUBMITTED, and the CLI / prize
+formats of an emission.
+
+The gate is a list of pure checks over the stored checkpoint and a few store reads; its results
+are stored with the checkpoint (passing or not) and a failing gate refuses the transition with
+every reason. Each transition is one transaction in resources/store/payouts.py, audited there.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from crunch_assets.checkpoints import PayoutAccounts
+from crunch_assets.emission import FRAC64_ONE, largest_remainder
+from crunch_assets.settings import CompetitionSettings
+from crunch_assets.spec import CompetitionSpec
+from crunch_assets.verification import audit_checkpoints
+from resources.store.competition import CompetitionStore
+from resources.store.payouts import CheckpointNotFound, PayoutStore, TransitionConflict, TransitionOutcome
+from resources.store.rows import CheckpointRow
+
+STATUSES = ("PENDING", "SUBMITTED", "CLAIMABLE", "PAID")
+# target -> the one status it can be reached from
+PREVIOUS_STATUS = {"SUBMITTED": "PENDING", "CLAIMABLE": "SUBMITTED", "PAID": "CLAIMABLE"}
+# A transaction hash or signature: hex (0x...) or base58, no spaces.
+TX_HASH_PATTERN = re.compile(r"^(0x)?[0-9A-Za-z]{16,128}$")
+NOTE_MAX_CHARS = 1000
+ACTOR_MAX_CHARS = 200
+
+__all__ = [
+    "CheckpointNotFound", "GateFailed", "InvalidRequest", "TransitionConflict", "TransitionOutcome", "advance",
+    "cli_format", "run_gate",
+]
+
+
+class InvalidRequest(ValueError):
+    """The request itself is wrong (unknown status, missing or malformed tx_hash, a bad pool):
+    nothing was tried."""
+
+
+class GateFailed(Exception):
+    """The emission safety gate refused SUBMITTED; `gate` holds every check and its reason."""
+
+    def __init__(self, gate: dict):
+        self.gate = gate
+        super().__init__("the emission safety gate refused the submission: " + "; ".join(self.reasons))
+
+    @property
+    def reasons(self) -> list[str]:
+        return [f"{c['name']}: {c['detail']}" for c in self.gate["checks"] if not c["passed"]]
+
+
+@dataclass(frozen=True)
+class GateCheck:
+    name: str
+    passed: bool
+    detail: str
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "passed": self.passed, "detail": self.detail}
+
+
+# --- the gate's checks: pure functions -----------------------------------------------------------
+
+def check_reward_sum(entries: dict) -> GateCheck:
+    ranking = entries.get("ranking", [])
+    rewards = [r.get("reward_pct") for r in ranking]
+    emitted = [r.get("reward_pct") for r in entries.get("cruncher_rewards", [])]
+    problems = []
+    if any(not isinstance(r, int) or isinstance(r, bool) or r < 0 for r in rewards + emitted):
+        problems.append("a reward is not a non-negative whole number of frac64 units")
+    elif sum(rewards) != FRAC64_ONE:
+        problems.append(f"the ranking's rewards sum to {sum(rewards):,}, not {FRAC64_ONE:,}")
+    elif sum(emitted) != FRAC64_ONE:
+        problems.append(f"the cruncher rewards sum to {sum(emitted):,}, not {FRAC64_ONE:,}")
+    return GateCheck("rewards_sum_to_one_billion", not problems,
+                     "; ".join(problems) or f"{len(ranking)} model(s), {len(emitted)} cruncher reward(s), sum {FRAC64_ONE:,}")
+
+
+def check_follows_ranking(entries: dict, descending: bool) -> GateCheck:
+    ranking = entries.get("ranking", [])
+    problems = []
+    if [r.get("rank") for r in ranking] != list(range(1, len(ranking) + 1)):
+        problems.append("ranks are not 1..n in order")
+    eligible_flags = [bool(r.get("eligible")) for r in ranking]
+    if eligible_flags != sorted(eligible_flags, reverse=True):
+        problems.append("an ineligible model is ranked above an eligible one")
+    rewards = [r.get("reward_pct") or 0 for r in ranking]
+    if any(a < b for a, b in zip(rewards, rewards[1:])):
+        problems.append("a worse rank is paid more than a better one")
+    scores = [r.get("score") for r in ranking if r.get("eligible")]
+    if any(s is None for s in scores):
+        problems.append("an eligible model has no score")
+    else:
+        worse = [(a, b) for a, b in zip(scores, scores[1:]) if (b - a > 1e-12 if descending else a - b > 1e-12)]
+        if worse:
+            problems.append(f"scores are not in ranking order ({worse[0][0]} before {worse[0][1]})")
+    return GateCheck("rewards_follow_stored_ranking", not problems, "; ".join(problems) or "ranks, scores and rewards agree")
+
+
+def check_paid_models_eligible(entries: dict, spec: CompetitionSpec) -> GateCheck:
+    problems = []
+    for r in entries.get("ranking", []):
+        if not r.get("reward_pct"):
+            continue
+        if not r.get("eligible"):
+            problems.append(f"{r.get('model_id')} is paid but not eligible")
+        elif not spec.eligibility.pads_missing_cycles and (r.get("coverage") or 0.0) + 1e-12 < spec.eligibility.min_coverage:
+            problems.append(f"{r.get('model_id')} is paid with coverage {r.get('coverage')} "
+                            f"< the policy's {spec.eligibility.min_coverage}")
+    rule = ("every_cycle (missed cycles count at the failure value)" if spec.eligibility.pads_missing_cycles
+            else f"min_coverage {spec.eligibility.min_coverage}")
+    return GateCheck("paid_models_are_eligible", not problems, "; ".join(problems) or f"every paid model is eligible under {rule}")
+
+
+def check_crunchers(entries: dict, registry_index: dict[str, int | None]) -> GateCheck:
+    problems = []
+    emitted = [r.get("cruncher_index") for r in entries.get("cruncher_rewards", [])]
+    if len(set(emitted)) != len(emitted):
+        problems.append("a cruncher_index appears twice in cruncher_rewards")
+    by_cruncher: dict = defaultdict(int)
+    for r in entries.get("ranking", []):
+        if r.get("model_id") in registry_index and r.get("cruncher_index") != registry_index[r.get("model_id")]:
+            problems.append(f"{r.get('model_id')}: cruncher_index {r.get('cruncher_index')} is not the registry's "
+                            f"{registry_index[r.get('model_id')]}")
+        if r.get("reward_pct"):
+            if r.get("model_id") not in registry_index:
+                problems.append(f"{r.get('model_id')} is paid but not in the model registry")
+            by_cruncher[r.get("cruncher_index")] += r["reward_pct"]
+    if dict(by_cruncher) != {r.get("cruncher_index"): r.get("reward_pct") for r in entries.get("cruncher_rewards", [])}:
+        problems.append("cruncher_rewards are not the ranking's rewards summed per cruncher")
+    return GateCheck("each_cruncher_once", not problems,
+                     "; ".join(problems) or f"{len(emitted)} cruncher(s), each once, indexes from the model registry")
+
+
+def check_period_continues(checkpoint: CheckpointRow, previous: CheckpointRow | None) -> GateCheck:
+    if previous is None:
+        ok = checkpoint.meta.get("previous_chained_root") is None
+        return GateCheck("period_starts_where_previous_ended", ok,
+                         "the first checkpoint" if ok else "no earlier checkpoint, but it was chained to one")
+    problems = []
+    if previous.period_end != checkpoint.period_start:
+        problems.append(f"the previous checkpoint (#{previous.id}) ends at {previous.period_end.isoformat()}, "
+                        f"this period starts at {checkpoint.period_start.isoformat()}")
+    if previous.status == "PENDING":
+        problems.append(f"the previous checkpoint (#{previous.id}) is still PENDING: submit in order")
+    if checkpoint.meta.get("previous_chained_root") != previous.chained_root:
+        problems.append(f"chained to a root that is not the previous checkpoint's (#{previous.id})")
+    return GateCheck("period_starts_where_previous_ended", not problems,
+                     "; ".join(problems) or f"continues checkpoint #{previous.id} ({previous.status})")
+
+
+def check_settled(unsettled: int, statuses: dict[str, int]) -> GateCheck:
+    pending = statuses.get("PENDING", 0)
+    ok = unsettled == 0 and pending == 0
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())) or "no predictions"
+    return GateCheck("nothing_in_period_pending", ok,
+                     counts if ok else f"{unsettled} prediction(s) of the period have no score yet ({counts})")
+
+
+def check_accounts(entries: dict, accounts: PayoutAccounts, settings: CompetitionSettings) -> GateCheck:
+    problems = []
+    if not accounts.crunch_pubkey:
+        problems.append(f"no crunch public key is configured: set {settings.prefix}CRUNCH_PUBKEY (or CRUNCH_CRUNCH_PUBKEY)")
+    elif entries.get("crunch") != accounts.crunch_pubkey:
+        problems.append(f"the emission names crunch {entries.get('crunch')!r}, the configured key is "
+                        f"{accounts.crunch_pubkey!r}: rebuild the checkpoint (materialize emission_checkpoints "
+                        "for its period) while it is PENDING")
+    for field, key in (("compute_provider_rewards", accounts.compute_provider_pubkey),
+                       ("data_provider_rewards", accounts.data_provider_pubkey)):
+        expected = [{"provider": key, "reward_pct": FRAC64_ONE}] if key else []
+        if entries.get(field, []) != expected:
+            problems.append(f"{field} {entries.get(field)!r} differ from the configured {expected!r}: rebuild the checkpoint")
+    return GateCheck("emission_accounts_configured", not problems,
+                     "; ".join(problems) or f"crunch {accounts.crunch_pubkey}")
+
+
+def check_merkle(checkpoint_id: int, audits) -> GateCheck:
+    audit = next((a for a in audits if a.checkpoint_id == checkpoint_id), None)
+    if audit is None:
+        return GateCheck("merkle_root_verifies", False, "the checkpoint is not in the audit")
+    return GateCheck("merkle_root_verifies", audit.ok,
+                     f"root {audit.recomputed_root[:16]}.. recomputed from {audit.leaves} stored score(s)" if audit.ok
+                     else audit.problem)
+
+
+def run_gate(spec: CompetitionSpec, store: CompetitionStore, checkpoint: CheckpointRow, accounts: PayoutAccounts,
+             settings: CompetitionSettings | None = None, now: datetime | None = None) -> dict:
+    """Every check of the emission safety gate over the stored checkpoint; {"passed", "checks", ...}."""
+    settings = settings or CompetitionSettings(spec.slug)
+    entries = checkpoint.entries
+    registry = {m.model_id: m.cruncher_index for m in store.models()}
+    checks = [
+        check_reward_sum(entries),
+        check_follows_ranking(entries, spec.ranking_descending),
+        check_paid_models_eligible(entries, spec),
+        check_crunchers(entries, registry),
+        check_period_continues(checkpoint, store.previous_checkpoint(checkpoint.period_start)),
+        check_settled(store.unsettled_count(checkpoint.period_start, checkpoint.period_end),
+                      store.prediction_statuses(checkpoint.period_start, checkpoint.period_end)),
+        check_merkle(checkpoint.id, audit_checkpoints(store)),
+        check_accounts(entries, accounts, settings),
+    ]
+    return {
+        "passed": all(c.passed for c in checks),
+        "checked_at": (now or datetime.now(timezone.utc)).isoformat(),
+        "checkpoint_updated_at": checkpoint.updated_at.isoformat(),
+        "merkle_root": checkpoint.merkle_root,
+        "checks": [c.as_dict() for c in checks],
+    }
+
+
+# --- transitions ---------------------------------------------------------------------------------
+
+def validate_request(to_status: str, tx_hash: str | None, actor: str, note: str | None) -> None:
+    if to_status not in STATUSES:
+        raise InvalidRequest(f"status {to_status!r} is not one of {', '.join(STATUSES)}")
+    if tx_hash is not None and not TX_HASH_PATTERN.match(tx_hash):
+        raise InvalidRequest(f"tx_hash {tx_hash!r} is not a transaction hash (16-128 letters or digits, optional 0x)")
+    if to_status == "SUBMITTED" and not tx_hash:
+        raise InvalidRequest("SUBMITTED needs the transaction hash (tx_hash) of the on-chain submission")
+    if not actor or len(actor) > ACTOR_MAX_CHARS:
+        raise InvalidRequest(f"actor must be 1..{ACTOR_MAX_CHARS} characters")
+    if note is not None and len(note) > NOTE_MAX_CHARS:
+        raise InvalidRequest(f"note must be at most {NOTE_MAX_CHARS} characters")
+
+
+def advance(
+    spec: CompetitionSpec, store: CompetitionStore, payouts: PayoutStore, accounts: PayoutAccounts,
+    checkpoint_id: int, to_status: str, *, actor: str, tx_hash: str | None = None, note: str | None = None,
+    settings: CompetitionSettings | None = None,
+) -> TransitionOutcome:
+    """Move a checkpoint one step forward (to `to_status`), gated before SUBMITTED, audited.
+
+    Raises InvalidRequest (bad request), CheckpointNotFound, TransitionConflict (not the status
+    it must come from, or already there with another tx_hash), GateFailed (the gate's reasons;
+    the results are stored with the checkpoint). Repeating a done transition changes nothing."""
+    validate_request(to_status, tx_hash, actor, note)
+    checkpoint = store.checkpoint_by_id(checkpoint_id)
+    if checkpoint is None:
+        raise CheckpointNotFound(f"no checkpoint {checkpoint_id} in {spec.slug}")
+    if to_status == "PENDING":
+        raise TransitionConflict(f"checkpoint {checkpoint_id} is {checkpoint.status}: a checkpoint never goes back to "
+                                 "PENDING", checkpoint.status)
+    from_status = PREVIOUS_STATUS[to_status]
+    if to_status == "SUBMITTED" and checkpoint.status == "PENDING":
+        gate = run_gate(spec, store, checkpoint, accounts, settings)
+        if not gate["passed"]:
+            payouts.record_gate(checkpoint_id, gate)
+            raise GateFailed(gate)
+        return payouts.transition(checkpoint_id, from_status, to_status, actor=actor, tx_hash=tx_hash, note=note,
+                                  gate=gate, gated_version=checkpoint.updated_at)
+    # not gated: a later step, an idempotent repeat, or an illegal move (refused under the lock)
+    return payouts.transition(checkpoint_id, from_status, to_status, actor=actor, tx_hash=tx_hash, note=note)
+
+
+# --- formats -------------------------------------------------------------------------------------
+
+def frac64_to_percent(reward_pct: int) -> float:
+    """600,000,000 -> 60.0 (exact to the frac64 unit: 1e-7 %)."""
+    return round(reward_pct * 100 / FRAC64_ONE, 7)
+
+
+def emission_of(checkpoint: CheckpointRow) -> dict:
+    """The on-chain emission shape, as stored."""
+    e = checkpoint.entries
+    return {
+        "crunch": e.get("crunch"),
+        "cruncher_rewards": e.get("cruncher_rewards", []),
+        "compute_provider_rewards": e.get("compute_provider_rewards", []),
+        "data_provider_rewards": e.get("data_provider_rewards", []),
+    }
+
+
+def prizes(checkpoint: CheckpointRow, pool: int) -> list[dict]:
+    """The pool split by reward (exact: the units left by rounding go to the largest remainders),
+    one prize per paid model, id "<checkpoint_id>-<model_id>"."""
+    paid = [r for r in checkpoint.entries.get("ranking", []) if r.get("reward_pct")]
+    amounts = largest_remainder([float(r["reward_pct"]) for r in paid], pool) if paid else []
+    return [{"prize_id": f"{checkpoint.id}-{r['model_id']}", "model_id": r["model_id"],
+             "cruncher_index": r.get("cruncher_index"), "amount": amount}
+            for r, amount in zip(paid, amounts)]
+
+
+def cli_format(checkpoint: CheckpointRow, pool: int | None = None) -> dict:
+    """The reference CLI's shape: rewards as percentages keyed by model, providers as percentages,
+    and (with a pool) the prizes."""
+    e = checkpoint.entries
+    result = {
+        "checkpoint_id": checkpoint.id,
+        "crunch": e.get("crunch"),
+        "period_start": checkpoint.period_start.isoformat(),
+        "period_end": checkpoint.period_end.isoformat(),
+        "status": checkpoint.status,
+        "rewards": {r["model_id"]: frac64_to_percent(r["reward_pct"]) for r in e.get("ranking", []) if r.get("reward_pct")},
+        "compute_provider_rewards": {p["provider"]: frac64_to_percent(p["reward_pct"])
+                                     for p in e.get("compute_provider_rewards", [])},
+        "data_provider_rewards": {p["provider"]: frac64_to_percent(p["reward_pct"])
+                                  for p in e.get("data_provider_rewards", [])},
+    }
+    if pool is not None:
+        if pool <= 0 or not math.isfinite(pool):
+            raise InvalidRequest(f"pool must be a positive whole number, got {pool}")
+        result["pool"] = pool
+        result["prizes"] = prizes(checkpoint, pool)
+    return result

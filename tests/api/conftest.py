@@ -1,0 +1,164 @@
+"""The report API's fixtures: two days of real BTC/USD candles replayed once per session into a
+database of its own (a template), and a fresh copy of it (CREATE DATABASE .. TEMPLATE) wherever a
+test changes checkpoints; the API served by a real uvicorn on a loopback port."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import socket
+import threading
+import time
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+START = datetime(2025, 1, 7, 1, tzinfo=timezone.utc)
+END = START + timedelta(days=2)
+CRUNCH_PUBKEY = "CrunchTestPubkey1111111111111111111111111111"
+COMPUTE_PUBKEY = "ComputeTestPubkey111111111111111111111111111"
+TOKEN = "test-operator-token-0123456789"
+ACTOR = "payout-operator"
+TEMPLATE_DB = "crunch_api_template"
+_copies = itertools.count()
+
+
+def database_named(url: str, name: str) -> str:
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+def _admin(url: str):
+    return sa.create_engine(url, isolation_level="AUTOCOMMIT")
+
+
+def replay_spec():
+    from competitions.btc_updown.definitions import SPEC
+    from crunch_assets.spec import DAY_SECONDS
+
+    return replace(SPEC, start=START, checkpoint_interval_seconds=DAY_SECONDS)
+
+
+def accounts(crunch: str | None = CRUNCH_PUBKEY):
+    from crunch_assets.checkpoints import PayoutAccounts
+
+    return PayoutAccounts(crunch_pubkey=crunch, compute_provider_pubkey=COMPUTE_PUBKEY)
+
+
+@pytest.fixture(scope="session")
+def api_template_url(database_url, btc_csv) -> str:
+    """A database holding the replay of START..END (daily checkpoints, PENDING), never changed."""
+    from competitions.btc_updown.definitions import build_definitions
+    from crunch_assets.replay import replay
+    from resources.feeds.csv_replay import CsvReplayFeed
+    from resources.store.database import CrunchDatabase, dispose_engines
+
+    admin = _admin(database_url)
+    with admin.connect() as connection:
+        connection.execute(sa.text(f"DROP DATABASE IF EXISTS {TEMPLATE_DB} WITH (FORCE)"))
+        connection.execute(sa.text(f"CREATE DATABASE {TEMPLATE_DB}"))
+    url = database_named(database_url, TEMPLATE_DB)
+    spec = replay_spec()
+    defs = build_definitions(spec=spec, feed=CsvReplayFeed(path=str(btc_csv), source="csv"), automation_running=False,
+                             database=CrunchDatabase(url=url), payout_accounts=accounts())
+    replay(defs, spec, START, END)
+    dispose_engines()  # a template database must have no open connection to be copied
+    yield url
+    dispose_engines()
+    with admin.connect() as connection:
+        connection.execute(sa.text(f"DROP DATABASE IF EXISTS {TEMPLATE_DB} WITH (FORCE)"))
+    admin.dispose()
+
+
+@contextlib.contextmanager
+def fresh_copy(database_url: str):
+    """A new database copied from the template, dropped afterwards."""
+    name = f"crunch_api_copy_{next(_copies)}"
+    admin = _admin(database_url)
+    with admin.connect() as connection:
+        connection.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        connection.execute(sa.text(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}"))
+    try:
+        yield database_named(database_url, name)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
+
+
+@pytest.fixture
+def api_database_url(database_url, api_template_url):
+    """A fresh copy of the replayed database for one test."""
+    with fresh_copy(database_url) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def module_database_url(database_url, api_template_url):
+    """A copy of the replayed database shared by one module's read-only tests."""
+    with fresh_copy(database_url) as url:
+        yield url
+
+
+def report_competition(url: str, crunch: str | None = CRUNCH_PUBKEY):
+    from crunch_assets.api import ReportCompetition
+    from resources.store.database import CrunchDatabase
+
+    return ReportCompetition(replay_spec(), accounts(crunch), CrunchDatabase(url=url))
+
+
+class LiveServer:
+    """uvicorn serving an app on 127.0.0.1 in a thread, on a port the OS picked."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.port = self.socket.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> "LiveServer":
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)  # polling for readiness with a deadline
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.socket.close()
+
+
+def serve(url: str, *, token: str | None = TOKEN, crunch: str | None = CRUNCH_PUBKEY) -> LiveServer:
+    from crunch_assets.api import create_app
+
+    return LiveServer(create_app([report_competition(url, crunch)], api_token=token, actor=ACTOR, read_env=False))
+
+
+@pytest.fixture
+def live_api(api_database_url):
+    """(server, client) over a fresh copy, mutations enabled with TOKEN."""
+    with serve(api_database_url) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+        yield server, client
+
+
+@pytest.fixture(scope="module")
+def read_api(module_database_url):
+    with serve(module_database_url) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+        yield server, client
+
+
+def auth(token: str = TOKEN) -> dict:
+    return {"Authorization": f"Bearer {token}"}

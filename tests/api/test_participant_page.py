@@ -1,0 +1,103 @@
+"""The participant page in a real headless browser (Debian's chromium driven by Playwright): it
+loads, shows the same numbers as the API, the chart renders, and "explain my reward" explains.
+Every page is screenshotted next to the test's tmp dir (look at them when a test fails)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from crunch_assets.payouts import frac64_to_percent
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail("chromium is missing: scripts/test installs it (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        yield instance
+        instance.close()
+
+
+@pytest.fixture
+def page(browser, tmp_path, request):
+    context = browser.new_context(viewport={"width": 1100, "height": 1400})
+    page = context.new_page()
+    yield page
+    page.screenshot(path=str(tmp_path / f"{request.node.name}.png"), full_page=True)
+    context.close()
+
+
+def _percent_text(reward_pct: int) -> str:
+    return f"{frac64_to_percent(reward_pct):g} %"
+
+
+def test_page_shows_the_api_numbers_and_draws_the_chart(read_api, page):
+    server, client = read_api
+    board = client.get("/reports/leaderboard").json()
+    checkpoints = client.get("/reports/checkpoints").json()["checkpoints"]
+    series = client.get("/reports/models/mean_reversion/scores").json()["series"]
+    response = page.goto(server.url + "/")
+    assert response.status == 200
+    rows = page.locator("#leaderboard tbody tr")
+    assert rows.count() == len(board["entries"]) == 3
+    for index, entry in enumerate(board["entries"]):
+        row = rows.nth(index)
+        assert row.get_attribute("data-model") == entry["model_id"]
+        assert row.locator(".rank").inner_text() == str(entry["rank"])
+        for window in ("score_recent", "score_steady", "score_anchor"):
+            shown = row.locator(f'td.window[data-window="{window}"]').inner_text()
+            assert shown == f"{entry['windows'][window]:.6f}"
+            assert row.locator(f'td.coverage[data-window="{window}"]').inner_text() == f"{entry['coverage'][window] * 100:.1f} %"
+        assert row.locator(".projected").inner_text() == _percent_text(entry["payout"]["reward_pct"])
+    sections = page.locator("section.checkpoint")
+    assert sections.count() == len(checkpoints) == 2
+    for index, checkpoint in enumerate(checkpoints):
+        section = sections.nth(index)
+        assert section.get_attribute("data-checkpoint") == str(checkpoint["id"])
+        assert section.locator(".status").inner_text() == checkpoint["status"]
+        for split in checkpoint["reward_split"]:
+            cell = section.locator(f'tr[data-model="{split["model_id"]}"] td.reward')
+            assert cell.get_attribute("data-reward-pct") == str(split["reward_pct"])
+            assert cell.inner_text() == _percent_text(split["reward_pct"])
+    # the chart: one rendered polyline per model, as many points as the API's series
+    lines = page.locator("#chart svg polyline.series")
+    assert lines.count() == 3
+    line = page.locator('#chart svg polyline[data-model="mean_reversion"]')
+    assert int(line.get_attribute("data-points")) == len(series["mean_reversion"]) == 48
+    box = line.bounding_box()
+    assert box is not None and box["width"] > 300 and box["height"] > 10  # really drawn, not collapsed
+    assert len(line.get_attribute("points").split()) == 48
+
+
+def test_explain_my_reward(read_api, page):
+    server, client = read_api
+    checkpoints = client.get("/reports/checkpoints").json()["checkpoints"]
+    page.goto(server.url + "/")
+    page.locator("#explain a", has_text="trend_following").click()
+    page.wait_for_url("**/page/btc_updown/models/trend_following")
+    assert "trend_following" in page.locator("h1").inner_text()
+    entry = next(e for e in client.get("/reports/leaderboard").json()["entries"] if e["model_id"] == "trend_following")
+    assert page.locator('#model-windows tr[data-window="score_recent"] td.window').inner_text() == f"{entry['value']:.6f}"
+    assert f"Rank {entry['rank']} of 3" in page.locator("#current-rank").inner_text()
+    explained = page.locator("section.explain")
+    assert explained.count() == len(checkpoints)
+    for index, checkpoint in enumerate(checkpoints):
+        breakdown = client.get(f"/reports/checkpoints/{checkpoint['id']}/models/trend_following/breakdown").json()
+        section = explained.nth(index)
+        assert section.locator(".reward").get_attribute("data-reward-pct") == str(breakdown["reward_pct"])
+        text = section.inner_text()
+        assert f"rank {breakdown['rank']} of 3" in text
+        assert f"scored {breakdown['breakdown']['scored']}" in text and breakdown["breakdown"]["rule"] in text
+    assert page.locator('#chart svg polyline[data-model="trend_following"]').count() == 1
+    assert client.get("/page/btc_updown/models/nobody").status_code == 404
+    assert client.get("/page/other_comp").status_code == 404
