@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from crunch_assets.cli.audit import audit
+from crunch_assets.cli.serve import db, serve
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -18,3 +19,5 @@ def main() -> None:
 
 
 main.add_command(audit)
+main.add_command(serve)
+main.add_command(db)
