@@ -64,6 +64,14 @@ def failure_payload(slug: str, run: dg.DagsterRun, error: str | None) -> dict:
     }
 
 
+def _assets_of(instance: dg.DagsterInstance, run: dg.DagsterRun) -> set[dg.AssetKey]:
+    """The assets a run set out to materialize (its selection, or its planned materializations)."""
+    keys = set(run.asset_selection or ())
+    planned = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED).records
+    keys.update(r.event_log_entry.dagster_event.asset_key for r in planned if r.event_log_entry.dagster_event)
+    return {key for key in keys if key is not None}
+
+
 def build_run_failure_sensor(spec: CompetitionSpec, *, running: bool) -> dg.SensorDefinition:
     slug = spec.slug
 
@@ -74,11 +82,17 @@ def build_run_failure_sensor(spec: CompetitionSpec, *, running: bool) -> dg.Sens
     )
     def run_failure_sensor(context: dg.RunFailureSensorContext):
         run = context.dagster_run
-        error = context.failure_event.message
+        error = context.failure_event.message or ""
+        for step_failure in context.get_step_failure_events():  # the run's message names the steps only
+            step_error = getattr(step_failure.event_specific_data, "error", None)
+            while step_error is not None and step_error.cause is not None:  # Dagster wraps the user's error
+                step_error = step_error.cause
+            if step_error is not None:
+                error += f"\n{step_failure.step_key}: {step_error.message.strip()}"
         payload = failure_payload(slug, run, error)
         context.log.error(f"run {run.run_id} of {run.job_name} failed"
                           + (f" (partition {payload['partition']})" if payload["partition"] else "") + f": {payload['error'][:500]}")
-        for key in sorted(run.asset_selection or (), key=lambda k: k.to_user_string()):
+        for key in sorted(_assets_of(context.instance, run), key=lambda k: k.to_user_string()):
             context.instance.report_runless_asset_event(dg.AssetObservation(
                 asset_key=key, partition=payload["partition"],
                 metadata={"failed_run_id": run.run_id, "job": run.job_name, "error": dg.MetadataValue.text(payload["error"])},
