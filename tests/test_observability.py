@@ -1,54 +1,18 @@
 """The run failure sensor records a real failed run and alerts a real webhook over loopback, with
 bounded retries and without logging the URL; the freshness checks judge real materializations."""
 
-import json
 import shutil
-import threading
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import dagster as dg
 import pytest
 import requests
 
+from tests.fakes.webhook import SECRET, Webhook
 from crunch_assets.observability import ALERT_WEBHOOK_ENV, build_run_failure_sensor, freshness_bounds, post_alert, redacted
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SECRET = "tok3n-never-logged"
-
-
-class Webhook:
-    """A loopback HTTP server answering POSTs with the given statuses in turn (then 200)."""
-
-    def __init__(self, statuses=()):
-        self.statuses = list(statuses)
-        self.bodies: list[dict] = []
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                length = int(self.headers.get("Content-Length", 0))
-                owner.bodies.append(json.loads(self.rfile.read(length)))
-                status = owner.statuses.pop(0) if owner.statuses else 200
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/hooks/{SECRET}"
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
