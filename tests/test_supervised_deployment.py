@@ -194,16 +194,21 @@ def render_nginx_template(text: str, values: dict[str, str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def nginx(deployment, tmp_path_factory):
+def nginx(deployment):
     binary = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
     if binary is None:
         pytest.skip("nginx is not installed (Debian: apt-get install nginx-light; .ci/run installs it)")
     deployment, _ = deployment
-    root = tmp_path_factory.mktemp("nginx")
+    # nginx's workers read the password files as its unprivileged user, as in the nginx image
+    root = Path(tempfile.mkdtemp(prefix="crunch-nginx-"))
     (root / "certs").mkdir()
     _self_signed(root / "certs")
     (root / "htpasswd.operators").write_text(f"alice:{_ssha('operator-secret')}\n")
     (root / "htpasswd.viewers").write_text(f"bob:{_ssha('viewer-secret')}\n")
+    for path in (root, root / "certs"):
+        path.chmod(0o755)
+    for path in (root / "htpasswd.operators", root / "htpasswd.viewers"):
+        path.chmod(0o644)
     ports = {"operators": PORT + 50, "viewers": PORT + 51}
     server = render_nginx_template((PROJECT_ROOT / "deploy" / "nginx" / "crunch.conf.template").read_text(), {
         "CRUNCH_OPERATORS_UPSTREAM": f"127.0.0.1:{deployment.port}",
@@ -235,6 +240,7 @@ def nginx(deployment, tmp_path_factory):
     yield ports
     process.terminate()
     process.wait(timeout=30)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def test_nginx_lets_each_role_in_to_its_own_ui_only(nginx):
