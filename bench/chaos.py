@@ -71,6 +71,7 @@ class Deployment:
     process: subprocess.Popen | None = None
     ports: dict = field(default_factory=dict)
     extra_args: list = field(default_factory=list)  # more `crunch-dagster serve` options
+    workspace_override: Path | None = None  # default: the fast btc_updown of chaos_competition.py
 
     @property
     def conf(self) -> Path:
@@ -83,11 +84,12 @@ class Deployment:
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.chmod(0o755)  # the embedded server runs as its own user
-        workspace = self.data_dir / "chaos_workspace.yaml"
-        workspace.write_text(
-            "load_from:\n  - python_file:\n"
-            f"      relative_path: {COMPETITION_FILE}\n      location_name: {SLUG}\n"
-        )
+        workspace = self.workspace_override or self.data_dir / "chaos_workspace.yaml"
+        if self.workspace_override is None:
+            workspace.write_text(
+                "load_from:\n  - python_file:\n"
+                f"      relative_path: {COMPETITION_FILE}\n      location_name: {SLUG}\n"
+            )
         env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "CRUNCH_DATABASE_URL")}
         env.update({"CRUNCH_DATA_DIR": str(self.data_dir), "CRUNCH_CHAOS_CYCLE_SECONDS": str(self.cycle_seconds)})
         self.ports = {"webserver": self.port, "webserver_read_only": self.port + 1,
@@ -221,8 +223,8 @@ def kill_mid_cycle(deployment: Deployment, store: Store, target: str, timeout_se
         pid = wait_for("the cycle run's worker pid", lambda: store.run_worker_pid(run_id), 30, 0.1)
     elif target == "postgres":
         pid = deployment.postmaster_pid()
-    else:
-        pid = deployment.running_pid(target)
+    else:  # a program restarted by the previous fault (the holder after its server) may still be starting
+        pid = wait_for(f"{target} running", lambda: deployment.running_pid(target), timeout_seconds)
     if not pid:
         raise ChaosFailure(f"{target}: no process to kill")
     killed_at = datetime.now(timezone.utc)
@@ -234,9 +236,15 @@ def kill_mid_cycle(deployment: Deployment, store: Store, target: str, timeout_se
             timeout_seconds)
     elif target == "postgres":
         wait_for("PostgreSQL running again", lambda: (p := deployment.postmaster_pid()) and p != pid, timeout_seconds)
+        if "db" in deployment.supervisor_status():  # its holder noticed, exited and was restarted
+            wait_for("the database holder running again", lambda: deployment.running_pid("db"), timeout_seconds)
     else:
         wait_for(f"{target} running again", lambda: (p := deployment.running_pid(target)) and p != pid, timeout_seconds)
-    return Kill(target, pid, killed_at, time.monotonic() - began)
+    recovered = time.monotonic() - began
+    # the competition goes on: the first cycle due after the kill is stored before the next fault
+    wait_for("a cycle due after the kill stored",
+             lambda: (latest := store.latest_stored_cycle()) is not None and latest >= killed_at, timeout_seconds)
+    return Kill(target, pid, killed_at, recovered)
 
 
 @dataclass
@@ -352,8 +360,12 @@ def run_chaos(data_dir: Path, cycle_seconds: int = 20, port: int = 3200, targets
     try:
         deployment.start()
         wait_for("the embedded PostgreSQL", deployment.postmaster_pid, 120)
-        wait_for("the first stored cycle", store.latest_stored_cycle, 180)
-        first = store.latest_stored_cycle() + timedelta(seconds=cycle_seconds)  # the first one may be partial
+        wait_for("the first stored cycle", store.latest_stored_cycle, 300)
+        # the first run stores the hour so far (a catch-up, late by design): count from the next due cycle on
+        now = datetime.now(timezone.utc)
+        first = datetime.fromtimestamp((int(now.timestamp()) // cycle_seconds + 1) * cycle_seconds, tz=timezone.utc)
+        wait_for("the first cycle due after start-up stored",
+                 lambda: (latest := store.latest_stored_cycle()) is not None and latest >= first, timeout)
         wait_for("the UI", lambda: deployment.http_ok(deployment.ports["webserver"]), 120)
         available = set(deployment.supervisor_status()) | {"run_worker", "postgres"}
         for target in targets:
