@@ -2,7 +2,6 @@
 container launcher installed, its workspace serves every competition of workspace.yaml over gRPC,
 and the compose file runs a code server for each; the supervised deployment's generated files."""
 
-import os
 import shutil
 from pathlib import Path
 
