@@ -99,10 +99,11 @@ def main() -> None:
         age_days = (datetime.now(timezone.utc) - warm).total_seconds() / 86400
         env_home = data_dir / "serve" / "dagster_home"
         started = time.monotonic()
+        run_config = data_dir / "purge.yaml"
+        run_config.write_text(f"ops:\n  btc_updown__purge_dagster_history:\n    config:\n      older_than_days: {age_days:.6f}\n")
         result = subprocess.run(
             [str(Path(sys.executable).with_name("dagster")), "job", "execute", "-m", "competitions.btc_updown.definitions",
-             "-j", "btc_updown__purge_job", "--config-json",
-             '{"ops": {"btc_updown__purge_dagster_history": {"config": {"older_than_days": %f}}}}' % age_days],
+             "-j", "btc_updown__purge_job", "-c", str(run_config)],
             cwd=PROJECT_ROOT, env={**os.environ, "DAGSTER_HOME": str(env_home), "CRUNCH_DATA_DIR": str(data_dir),
                                    "CRUNCH_AUTOMATION": "off"},
             capture_output=True, text=True, timeout=600)
