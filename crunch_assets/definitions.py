@@ -9,6 +9,7 @@ import dagster as dg
 from crunch_assets.checkpoints import PayoutAccounts, build_checkpoint_asset
 from crunch_assets.feed import build_feed_asset
 from crunch_assets.feed_maintenance import build_feed_maintenance
+from crunch_assets.housekeeping import build_housekeeping
 from crunch_assets.jobs import build_jobs
 from crunch_assets.keys import ChainKeys
 from crunch_assets.partitions import build_partitions
@@ -75,7 +76,7 @@ def build_competition_definitions(
         build_registry_asset(spec, keys),
         *archive_assets,
     ]
-    return dg.Definitions(
+    competition = dg.Definitions(
         assets=assets,
         jobs=jobs.all() + maintenance_jobs,
         sensors=sensors,
@@ -90,3 +91,4 @@ def build_competition_definitions(
         },
         executor=dg.in_process_executor,
     )
+    return dg.Definitions.merge(competition, build_housekeeping(spec, keys, running=running))

@@ -13,6 +13,7 @@ from crunch_assets.cli.audit import audit
 from crunch_assets.cli.checkpoints import checkpoints
 from crunch_assets.cli.replay import replay
 from crunch_assets.cli.scaffold import doctor, init
+from crunch_assets.cli.serve import db, serve
 from crunch_assets.cli.verify import verify
 
 
@@ -29,3 +30,5 @@ main.add_command(replay)
 main.add_command(verify)
 main.add_command(checkpoints)
 main.add_command(api)
+main.add_command(serve)
+main.add_command(db)

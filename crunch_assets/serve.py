@@ -1,0 +1,239 @@
+"""The supervised single-machine deployment: what `crunch-dagster serve` writes and runs.
+
+supervisord (from PyPI) runs each part as its own process, restarts any that dies, starts them
+in order (priority) and keeps their logs, rotated, under the data directory:
+
+| program | command | priority |
+|---|---|---|
+| `db` | `crunch-dagster db`: starts the embedded PostgreSQL and holds it (not with an external database) | 10 |
+| `code_<location>` | `dagster code-server start` of each code location in workspace.yaml, on loopback | 20 |
+| `webserver` | `dagster-webserver` on the generated grpc_server workspace (the operators' UI) | 30 |
+| `webserver_read_only` | `dagster-webserver --read-only` (the viewers' UI) | 30 |
+| `daemon` | `dagster-daemon run` (sensors, schedules, run monitoring, run retries) | 30 |
+| `api` | the report API, `crunch-dagster api`, when the CLI has that command | 40 |
+
+Everything generated lives in `<data dir>/serve/`: `supervisord.conf`, `workspace.yaml` (one
+`grpc_server` entry per code location) and `dagster_home/dagster.yaml` (a copy of the instance
+config). The programs share supervisord's environment, plus DAGSTER_HOME and CRUNCH_DATA_DIR, so
+secrets stay in environment variables and never appear in the generated files.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from resources.database_url import DATABASE_URL_ENV, PROJECT_ROOT
+
+SERVE_DIR = "serve"
+LOGS_DIR = "logs"
+LOG_MAX_BYTES = "20MB"
+LOG_BACKUPS = 3
+
+
+class ServeConfigError(ValueError):
+    """The workspace or the options cannot be served; the message says what."""
+
+
+@dataclass(frozen=True)
+class CodeLocation:
+    name: str
+    module: str | None = None
+    python_file: str | None = None
+    working_directory: str | None = None
+
+    def target_args(self) -> list[str]:
+        if self.module:
+            return ["-m", self.module]
+        return ["-f", str(self.python_file)]
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    data_dir: Path
+    workspace: Path = PROJECT_ROOT / "workspace.yaml"
+    instance_config: Path = PROJECT_ROOT / "dagster.yaml"
+    host: str = "127.0.0.1"
+    webserver_port: int = 3000
+    read_only_port: int | None = 3001
+    code_server_base_port: int = 4000
+    api_port: int | None = 8000
+    api_command: str | None = None  # default: `crunch-dagster api` if the CLI has it
+    embedded_database: bool = True
+    bin_dir: Path = field(default_factory=lambda: Path(sys.executable).parent)
+
+    @property
+    def serve_dir(self) -> Path:
+        return self.data_dir / SERVE_DIR
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.data_dir / LOGS_DIR
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.serve_dir / "dagster_home"
+
+    @property
+    def workspace_file(self) -> Path:
+        return self.serve_dir / "workspace.yaml"
+
+    @property
+    def supervisord_conf(self) -> Path:
+        return self.serve_dir / "supervisord.conf"
+
+    @property
+    def supervisor_socket(self) -> Path:
+        return self.serve_dir / "supervisor.sock"
+
+
+def read_code_locations(workspace: Path) -> list[CodeLocation]:
+    """The code locations of a workspace.yaml of python_module / python_file entries."""
+    try:
+        document = yaml.safe_load(workspace.read_text())
+    except FileNotFoundError:
+        raise ServeConfigError(f"no workspace file at {workspace}") from None
+    entries = (document or {}).get("load_from") or []
+    locations = []
+    for entry in entries:
+        if "python_module" in entry:
+            spec = entry["python_module"]
+            spec = {"module_name": spec} if isinstance(spec, str) else spec
+            module = spec["module_name"]
+            name = spec.get("location_name") or module
+            locations.append(CodeLocation(name, module=module, working_directory=spec.get("working_directory")))
+        elif "python_file" in entry:
+            spec = entry["python_file"]
+            spec = {"relative_path": spec} if isinstance(spec, str) else spec
+            path = (workspace.parent / spec["relative_path"]).resolve()
+            name = spec.get("location_name") or path.stem
+            locations.append(CodeLocation(name, python_file=str(path), working_directory=spec.get("working_directory")))
+        else:
+            raise ServeConfigError(f"{workspace}: only python_module and python_file entries can be served, got {sorted(entry)}")
+    if not locations:
+        raise ServeConfigError(f"{workspace} lists no code location")
+    names = [location.name for location in locations]
+    if len(set(names)) != len(names):
+        raise ServeConfigError(f"{workspace}: code location names must be unique, got {names}")
+    return locations
+
+
+def grpc_workspace(locations: list[CodeLocation], options: ServeOptions) -> dict:
+    return {"load_from": [
+        {"grpc_server": {"host": options.host, "port": options.code_server_base_port + index, "location_name": location.name}}
+        for index, location in enumerate(locations)
+    ]}
+
+
+def default_api_command() -> str | None:
+    from crunch_assets.cli import main
+
+    return "{bin}/crunch-dagster api --host {host} --port {port}" if "api" in main.commands else None
+
+
+def programs(locations: list[CodeLocation], options: ServeOptions) -> dict[str, dict]:
+    """supervisord [program:x] sections, by name."""
+    bin_dir = options.bin_dir
+    workspace = str(options.workspace_file)
+    found: dict[str, dict] = {}
+    if options.embedded_database:
+        found["db"] = {"command": [str(bin_dir / "crunch-dagster"), "db"], "priority": 10,
+                       "stopwaitsecs": 60, "startsecs": 2}
+    for index, location in enumerate(locations):
+        found[f"code_{location.name}"] = {
+            "command": [str(bin_dir / "dagster"), "code-server", "start", *location.target_args(),
+                        "--location-name", location.name, "-h", options.host,
+                        "-p", str(options.code_server_base_port + index)],
+            "priority": 20,
+            "directory": location.working_directory or str(PROJECT_ROOT),
+            # the code server's gRPC child and the runs it started stop with it
+            "stopasgroup": "true", "killasgroup": "true", "stopwaitsecs": 30,
+        }
+    webserver = [str(bin_dir / "dagster-webserver"), "-w", workspace, "-h", options.host]
+    found["webserver"] = {"command": [*webserver, "-p", str(options.webserver_port)], "priority": 30}
+    if options.read_only_port is not None:
+        found["webserver_read_only"] = {"command": [*webserver, "-p", str(options.read_only_port), "--read-only"],
+                                        "priority": 30}
+    found["daemon"] = {"command": [str(bin_dir / "dagster-daemon"), "run", "-w", workspace], "priority": 30,
+                       "stopasgroup": "true", "killasgroup": "true", "stopwaitsecs": 30}
+    api_command = options.api_command if options.api_command is not None else default_api_command()
+    if api_command and options.api_port is not None:
+        line = api_command.format(bin=bin_dir, host=options.host, port=options.api_port)
+        found["api"] = {"command": shlex.split(line), "priority": 40}
+    return found
+
+
+def supervisord_conf(locations: list[CodeLocation], options: ServeOptions) -> str:
+    env = {"DAGSTER_HOME": str(options.dagster_home), "CRUNCH_DATA_DIR": str(options.data_dir), "PYTHONUNBUFFERED": "1"}
+    environment = ",".join(f'{key}="{value}"' for key, value in env.items())
+    lines = [
+        "; Written by `crunch-dagster serve`; regenerated at every start.",
+        "[supervisord]",
+        "nodaemon=true",
+        f"logfile={options.logs_dir / 'supervisord.log'}",
+        f"logfile_maxbytes={LOG_MAX_BYTES}",
+        f"logfile_backups={LOG_BACKUPS}",
+        f"pidfile={options.serve_dir / 'supervisord.pid'}",
+        f"childlogdir={options.logs_dir}",
+        f"directory={PROJECT_ROOT}",
+        f"environment={environment}",
+        "",
+        "[unix_http_server]",
+        f"file={options.supervisor_socket}",
+        "chmod=0700",
+        "",
+        "[rpcinterface:supervisor]",
+        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+        "",
+        "[supervisorctl]",
+        f"serverurl=unix://{options.supervisor_socket}",
+        "",
+    ]
+    for name, program in programs(locations, options).items():
+        settings = {
+            "command": shlex.join(program["command"]),
+            "priority": program["priority"],
+            "directory": program.get("directory", str(PROJECT_ROOT)),
+            "autostart": "true",
+            "autorestart": "true",
+            # a program that dies while starting is retried (1 s, 2 s, ... apart), however often
+            "startsecs": program.get("startsecs", 5),
+            "startretries": 1000,
+            "stopsignal": "TERM",
+            "stopwaitsecs": program.get("stopwaitsecs", 20),
+            "stopasgroup": program.get("stopasgroup", "false"),
+            "killasgroup": program.get("killasgroup", "false"),
+            "redirect_stderr": "true",
+            "stdout_logfile": str(options.logs_dir / f"{name}.log"),
+            "stdout_logfile_maxbytes": LOG_MAX_BYTES,
+            "stdout_logfile_backups": LOG_BACKUPS,
+        }
+        lines.append(f"[program:{name}]")
+        lines.extend(f"{key}={str(value).replace('%', '%%')}" for key, value in settings.items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_serve_files(options: ServeOptions) -> list[CodeLocation]:
+    """Write supervisord.conf, the grpc_server workspace and the instance's dagster.yaml."""
+    locations = read_code_locations(options.workspace)
+    if not options.instance_config.is_file():
+        raise ServeConfigError(f"no instance config at {options.instance_config}")
+    for directory in (options.serve_dir, options.logs_dir, options.dagster_home):
+        directory.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(options.instance_config, options.dagster_home / "dagster.yaml")
+    options.workspace_file.write_text(
+        "# Written by `crunch-dagster serve`: each code location runs as its own code server.\n"
+        + yaml.safe_dump(grpc_workspace(locations, options), sort_keys=False)
+    )
+    options.supervisord_conf.write_text(supervisord_conf(locations, options))
+    return locations
+
+
+def embedded_database_wanted(environ) -> bool:
+    return not environ.get(DATABASE_URL_ENV)

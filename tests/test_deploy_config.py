@@ -1,0 +1,108 @@
+"""The production files load and agree: deploy/dagster.yaml makes a real instance with the
+container launcher installed, its workspace serves every competition of workspace.yaml over gRPC,
+and the compose file runs a code server for each; the supervised deployment's generated files."""
+
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from crunch_assets.serve import ServeConfigError, ServeOptions, programs, read_code_locations, write_serve_files
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = PROJECT_ROOT / "deploy"
+
+
+def _competitions() -> set[str]:
+    return {location.name for location in read_code_locations(PROJECT_ROOT / "workspace.yaml")}
+
+
+def test_the_production_instance_loads_with_the_container_launcher(database_url, tmp_path, monkeypatch):
+    pytest.importorskip("dagster_docker", reason="the deploy extra is not installed: pip install -e '.[deploy]'")
+    from dagster._core.run_coordinator import QueuedRunCoordinator
+    from dagster_docker import DockerRunLauncher
+
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(DEPLOY / "dagster.yaml", home / "dagster.yaml")
+    monkeypatch.setenv("CRUNCH_DATABASE_URL", database_url)  # the one secret, from the environment
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert isinstance(instance.run_launcher, DockerRunLauncher)
+        assert instance.run_launcher.networks == ["crunch"]
+        assert "CRUNCH_DATABASE_URL" in instance.run_launcher.env_vars
+        assert isinstance(instance.run_coordinator, QueuedRunCoordinator)
+        limits = instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
+        assert limits == [{"key": "crunch/competition", "value": {"applyLimitPerUniqueValue": True}, "limit": 4}]
+        assert instance.run_monitoring_enabled and instance.run_monitoring_max_resume_run_attempts == 1
+        assert instance.run_launcher.supports_check_run_worker_health and instance.run_launcher.supports_resume_run
+        assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
+        assert instance.run_storage.get_runs() is not None  # the storage really is that database
+    # no secret is written in the file itself
+    assert "postgresql://" not in (DEPLOY / "dagster.yaml").read_text()
+
+
+def test_the_production_instance_needs_its_database_url(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(DEPLOY / "dagster.yaml", home / "dagster.yaml")
+    monkeypatch.delenv("CRUNCH_DATABASE_URL", raising=False)
+    with pytest.raises(Exception, match="CRUNCH_DATABASE_URL"):
+        dg.DagsterInstance.from_config(str(home))
+
+
+def test_every_competition_is_a_code_server_in_production():
+    workspace = yaml.safe_load((DEPLOY / "workspace.yaml").read_text())
+    served = {entry["grpc_server"]["location_name"]: entry["grpc_server"] for entry in workspace["load_from"]}
+    assert set(served) == _competitions()
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    for name, server in served.items():
+        service = compose["services"][server["host"]]
+        command = service["command"]
+        assert command[command.index("-p") + 1] == str(server["port"]) and name in command
+        assert "DAGSTER_CURRENT_IMAGE" in service["environment"]
+    # only nginx publishes ports, on loopback unless told otherwise
+    published = {name: svc["ports"] for name, svc in compose["services"].items() if svc.get("ports")}
+    assert list(published) == ["nginx"] and all(port.startswith("${CRUNCH_PUBLIC_BIND:-127.0.0.1}:") for port in published["nginx"])
+    assert "--read-only" in compose["services"]["webserver_read_only"]["command"]
+
+
+def test_serve_writes_a_grpc_workspace_and_a_supervisor_config(tmp_path):
+    options = ServeOptions(data_dir=tmp_path, webserver_port=3900, read_only_port=3901, code_server_base_port=4900,
+                           api_port=8900, api_command="{bin}/crunch-dagster api --host {host} --port {port}")
+    locations = write_serve_files(options)
+    workspace = yaml.safe_load(options.workspace_file.read_text())
+    assert [entry["grpc_server"]["location_name"] for entry in workspace["load_from"]] == [loc.name for loc in locations]
+    conf = options.supervisord_conf.read_text()
+    for program in ("db", "webserver", "webserver_read_only", "daemon", "api", *(f"code_{loc.name}" for loc in locations)):
+        assert f"[program:{program}]" in conf
+    assert "autorestart=true" in conf and f"stdout_logfile={tmp_path / 'logs'}" in conf
+    assert (options.dagster_home / "dagster.yaml").read_text() == (PROJECT_ROOT / "dagster.yaml").read_text()
+    assert "CRUNCH_DATABASE_URL" not in conf  # secrets stay in the environment
+    without_db = programs(locations, ServeOptions(data_dir=tmp_path, embedded_database=False, api_port=None))
+    assert "db" not in without_db and "api" not in without_db
+
+
+def test_serve_rejects_a_workspace_it_cannot_serve(tmp_path):
+    bad = tmp_path / "workspace.yaml"
+    bad.write_text("load_from:\n  - grpc_server: {host: x, port: 1}\n")
+    with pytest.raises(ServeConfigError, match="python_module and python_file"):
+        read_code_locations(bad)
+    bad.write_text("load_from: []\n")
+    with pytest.raises(ServeConfigError, match="no code location"):
+        read_code_locations(bad)
+    with pytest.raises(ServeConfigError, match="no workspace file"):
+        read_code_locations(tmp_path / "missing.yaml")
+
+
+def test_the_cli_has_serve_and_db():
+    from click.testing import CliRunner
+
+    from crunch_assets.cli import main
+
+    runner = CliRunner()
+    result = runner.invoke(main, ["serve", "--help"])
+    assert result.exit_code == 0 and "supervisord" in result.output
+    result = runner.invoke(main, ["db", "--help"])
+    assert result.exit_code == 0
