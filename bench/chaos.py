@@ -5,9 +5,9 @@ manual action.
 Starts `crunch-dagster serve` (supervisord: embedded PostgreSQL holder, code server, webserver,
 read-only webserver, daemon, report API when the CLI has it) on a fresh data directory with
 btc_updown at one cycle every --cycle-seconds (bench/chaos_competition.py). For each target it
-waits until a cycle run is in flight, SIGKILLs the target (a supervised program, the PostgreSQL
-postmaster itself, or the cycle run's worker), then waits until the program runs again and a later
-cycle is stored. At the end it stops the deployment and checks the store, the runs and the
+waits until the live run is in flight and just past a cycle's due time (the models are being
+called), SIGKILLs the target (a supervised program, the PostgreSQL postmaster itself, or the live
+run's worker), then waits until the program runs again and a later cycle is stored. At the end it stops the deployment and checks the store, the runs and the
 processes left. Prints one line per kill (recovery seconds) and the figures; exits 1 if a check
 fails.
 
@@ -112,7 +112,7 @@ class Deployment:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
-            raise ChaosFailure("supervisord did not stop within its timeout")
+            raise ChaosFailure("supervisord did not stop within its timeout") from None
 
     def supervisor_status(self) -> dict[str, tuple[str, int]]:
         """program -> (state, pid)."""
@@ -183,10 +183,11 @@ class Store:
         rows = self.query("SELECT max(cycle_at) FROM crunch.inputs WHERE competition = :slug", slug=SLUG)
         return rows[0][0] if rows else None
 
-    def cycle_run_in_flight(self) -> str | None:
+    def live_run_in_flight(self) -> str | None:
+        """The newest started live window run (it runs every cycle of its hour)."""
         rows = self.query(
             "SELECT run_id FROM public.runs WHERE pipeline_name = :job AND status = 'STARTED' "
-            "ORDER BY create_timestamp DESC LIMIT 1", job=f"{SLUG}__cycle_job")
+            "ORDER BY create_timestamp DESC LIMIT 1", job=f"{SLUG}__live_job")
         return rows[0][0] if rows else None
 
     def run_worker_pid(self, run_id: str) -> int | None:
@@ -215,18 +216,32 @@ class Kill:
     recovered_seconds: float
 
 
+# A live cycle is stored about 0.1 s after its due time: this far in, the models are being called.
+MID_CYCLE_SECONDS = 0.02
+
+
+def sleep_until_mid_cycle(cycle_seconds: int) -> datetime:
+    """Until just after the next cycle's due time; returns that due time."""
+    now = time.time()
+    due = (int(now) // cycle_seconds + 1) * cycle_seconds
+    time.sleep(due + MID_CYCLE_SECONDS - now)
+    return datetime.fromtimestamp(due, tz=timezone.utc)
+
+
 def kill_mid_cycle(deployment: Deployment, store: Store, target: str, timeout_seconds: float) -> Kill:
-    """Wait for a cycle run in flight, SIGKILL the target, wait until it runs again (a new
-    process under supervisord; for the run worker: its run marked finished by run monitoring)."""
-    run_id = wait_for("a cycle run in flight", store.cycle_run_in_flight, timeout_seconds, 0.1)
+    """Wait for the live run in flight and the next cycle's due time, SIGKILL the target, wait
+    until it runs again (a new process under supervisord; for the run worker: its run marked
+    finished by run monitoring, and a replacement started by the cycle sensor)."""
+    run_id = wait_for("a live run in flight", store.live_run_in_flight, timeout_seconds, 0.1)
     if target == "run_worker":
-        pid = wait_for("the cycle run's worker pid", lambda: store.run_worker_pid(run_id), 30, 0.1)
+        pid = wait_for("the live run's worker pid", lambda: store.run_worker_pid(run_id), 30, 0.1)
     elif target == "postgres":
         pid = deployment.postmaster_pid()
     else:  # a program restarted by the previous fault (the holder after its server) may still be starting
         pid = wait_for(f"{target} running", lambda: deployment.running_pid(target), timeout_seconds)
     if not pid:
         raise ChaosFailure(f"{target}: no process to kill")
+    due = sleep_until_mid_cycle(deployment.cycle_seconds)
     killed_at = datetime.now(timezone.utc)
     os.kill(pid, signal.SIGKILL)
     began = time.monotonic()
@@ -234,6 +249,7 @@ def kill_mid_cycle(deployment: Deployment, store: Store, target: str, timeout_se
         wait_for(f"run {run_id} marked finished", lambda: (store.query(
             "SELECT status FROM public.runs WHERE run_id = :r", r=run_id) or [("",)])[0][0] in ("FAILURE", "SUCCESS", "CANCELED"),
             timeout_seconds)
+        wait_for("a replacement live run", lambda: (r := store.live_run_in_flight()) and r != run_id, timeout_seconds)
     elif target == "postgres":
         wait_for("PostgreSQL running again", lambda: (p := deployment.postmaster_pid()) and p != pid, timeout_seconds)
         if "db" in deployment.supervisor_status():  # its holder noticed, exited and was restarted
@@ -241,9 +257,10 @@ def kill_mid_cycle(deployment: Deployment, store: Store, target: str, timeout_se
     else:
         wait_for(f"{target} running again", lambda: (p := deployment.running_pid(target)) and p != pid, timeout_seconds)
     recovered = time.monotonic() - began
-    # the competition goes on: the first cycle due after the kill is stored before the next fault
-    wait_for("a cycle due after the kill stored",
-             lambda: (latest := store.latest_stored_cycle()) is not None and latest >= killed_at, timeout_seconds)
+    # the competition goes on: the cycle in flight at the kill is stored (by a replacement run if
+    # the kill took its run down) before the next fault
+    wait_for("the cycle in flight at the kill stored",
+             lambda: (latest := store.latest_stored_cycle()) is not None and latest >= due, timeout_seconds)
     return Kill(target, pid, killed_at, recovered)
 
 
@@ -374,12 +391,12 @@ def run_chaos(data_dir: Path, cycle_seconds: int = 20, port: int = 3200, targets
                 continue
             kill = kill_mid_cycle(deployment, store, target, timeout)
             kills.append(kill)
-            log(f"killed {kill.target:20} pid {kill.pid:>7} at {kill.at:%H:%M:%S} during a cycle run: "
+            log(f"killed {kill.target:20} pid {kill.pid:>7} at {kill.at:%H:%M:%S} mid-cycle: "
                 f"running again after {kill.recovered_seconds:5.1f} s")
         # every part serves again, with no manual action
         for name in ("webserver", "webserver_read_only"):
             if name in available:
-                wait_for(f"{name} answering", lambda: deployment.http_ok(deployment.ports[name]), timeout)
+                wait_for(f"{name} answering", lambda name=name: deployment.http_ok(deployment.ports[name]), timeout)
         last_kill = kills[-1].at if kills else datetime.now(timezone.utc)
         wait_for("two cycles stored after the last kill", lambda: (latest := store.latest_stored_cycle()) is not None
                  and latest >= last_kill + timedelta(seconds=2 * cycle_seconds), timeout)

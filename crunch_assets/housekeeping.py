@@ -6,10 +6,10 @@ Each competition gets:
   CRUNCH_<SLUG>_PURGE_AFTER_DAYS or CRUNCH_PURGE_AFTER_DAYS, else 7) with their event logs and
   compute logs, and the ticks of its sensors and schedules older than that. A run is this
   competition's when its job is one of `<slug>__*`, or it is an ad-hoc asset run (`__ASSET_JOB`:
-  backfills and launches from the UI, freshness-check runs) whose assets and checks are all this
+  backfills, launches and check runs from the UI) whose assets and checks are all this
   competition's. Only Dagster's instance APIs are used; the competition store (schema `crunch`)
   is never touched.
-- the run failure sensor, the freshness checks and their sensor (crunch_assets/observability.py).
+- the run failure sensor, the lag checks and their sensor (crunch_assets/observability.py).
 
 Deleting a run deletes its events, materializations included: the UI then shows partitions older
 than the purge age without a materialization, while the store keeps every row.
@@ -137,7 +137,7 @@ def build_purge(spec: CompetitionSpec, *, running: bool, settings: CompetitionSe
 
 
 def build_housekeeping(spec: CompetitionSpec, keys: ChainKeys, *, running: bool) -> dg.Definitions:
-    """The purge job and schedule, the run failure sensor, the freshness checks and their sensor."""
+    """The purge job and schedule, the run failure sensor, the lag checks and their sensor."""
     from crunch_assets.observability import build_observability
 
     purge_job, purge_schedule = build_purge(spec, running=running)

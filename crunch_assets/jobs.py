@@ -9,6 +9,7 @@ import dagster as dg
 
 from crunch_assets.keys import ChainKeys
 from crunch_assets.live import build_live_job
+from crunch_assets.observability import LAG_CHECKS
 from crunch_assets.partitions import CompetitionPartitions
 from crunch_assets.spec import CompetitionSpec
 
@@ -28,10 +29,14 @@ class CompetitionJobs:
 
 
 def build_jobs(spec: CompetitionSpec, partitions: CompetitionPartitions, keys: ChainKeys) -> CompetitionJobs:
+    # The lag checks judge the whole competition, not the partition a job materializes: their
+    # sensor evaluates them, not every cycle or backfill run.
+    lag_checks = dg.AssetSelection.checks(*(dg.AssetCheckKey(getattr(keys, asset), name) for asset, name in LAG_CHECKS.items()))
+
     def job(name: str, selection: list[dg.AssetKey], partitions_def, description: str):
         return dg.define_asset_job(
             f"{spec.slug}__{name}",
-            selection=dg.AssetSelection.assets(*selection),
+            selection=dg.AssetSelection.assets(*selection) - lag_checks,
             partitions_def=partitions_def,
             executor_def=dg.in_process_executor,
             description=description,

@@ -44,6 +44,7 @@ WINDOW_TAG = "crunch/live_window"
 COMPETITION_TAG = "crunch/competition"
 MAX_FAILED_TICKS = 5
 ROLLUP_EVERY_SECONDS = 60
+PROGRESS_EVERY_SECONDS = 10  # well inside stale_after_seconds (>= 40 s)
 HOUR = timedelta(hours=1)
 
 
@@ -93,6 +94,7 @@ class LiveWindow:
         self.session = session
         self.progress = WindowProgress()
         self.last_rollup = 0.0
+        self.last_progress = time.monotonic()
 
     def settle_from(self, start: datetime) -> datetime:
         """Cycles that can still resolve now started at most the longest horizon before."""
@@ -104,7 +106,7 @@ class LiveWindow:
         _merge_feed(self.progress.feed, report)
         self.progress.cycles.merge(run_cycles(
             self.spec, self.rules, self.feed, self.store, self.feeds, self.session,
-            self.model_runner.call_timeout_seconds, start, end, as_of, log=self.log,
+            self.model_runner.call_timeout_seconds, start, end, as_of, log=self.log, on_cycle=self.cycle_progress,
         ))
         self.progress.settled.merge(settle(
             self.spec, self.rules, self.ground_truth, self.feed, self.store, self.feeds,
@@ -113,6 +115,15 @@ class LiveWindow:
         if final or time.monotonic() - self.last_rollup >= ROLLUP_EVERY_SECONDS:
             self.roll_up(as_of)
         self.progress.ticks += 1
+
+    def cycle_progress(self, cycle_at: datetime, done: int, total: int) -> None:
+        """During a catch-up (many cycles in one tick, slow models), log progress every
+        PROGRESS_EVERY_SECONDS: it shows in the UI and is the heartbeat the cycle sensor reads, so a
+        long tick is not taken for a dead run."""
+        now = time.monotonic()
+        if total > 1 and now - self.last_progress >= PROGRESS_EVERY_SECONDS:
+            self.log.info(f"catching up: cycle {cycle_at.isoformat(timespec='seconds')} run ({done} of {total})")
+            self.last_progress = now
 
     def roll_up(self, as_of: datetime) -> None:
         """The hours that can change live, and the live leaderboard (stored as of the hour's end,
@@ -218,7 +229,9 @@ def build_live_job(spec: CompetitionSpec, partitions: CompetitionPartitions, key
         description="One hour window of live cycles, scores and rollups (launched by the cycle sensor).",
         graph_def=dg.GraphDefinition(name=f"{slug}__live_graph", node_defs=[live_window]),
         executor_def=dg.in_process_executor,
-        tags={COMPETITION_TAG: slug},
+        # The cycle sensor replaces a dead live run (and knows which one it replaces): Dagster's run
+        # retries would start a second one. A queued live run goes ahead of batch runs (catch-ups).
+        tags={COMPETITION_TAG: slug, "dagster/max_retries": "0", "dagster/priority": "100"},
     )
 
 

@@ -5,15 +5,18 @@
   materializing (metadata: run id, job, partition, error), and POSTs a JSON alert to
   $CRUNCH_ALERT_WEBHOOK_URL when it is set (at most WEBHOOK_ATTEMPTS attempts, each bounded by
   WEBHOOK_TIMEOUT_SECONDS; the URL is a secret and never logged).
-- Lag, as Dagster freshness checks on `predictions`, `scores` and `emission_checkpoints` (the
-  last materialization of any partition must be recent; the check's metadata shows when it was
-  and how overdue it is), evaluated by `<slug>__freshness_checks_sensor`.
+- Lag, as asset checks on `predictions` (`cycles_on_time`: the last stored cycle), `scores`
+  (`scores_on_time`: the last scored cycle) and `emission_checkpoints` (`checkpoints_on_time`: the
+  last checkpoint's end), judged on the store against bounds from the spec and recorded without a
+  run by `<slug>__lag_sensor`; the report API's `/lag` serves the same figures.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from urllib.parse import urlsplit
 
 import dagster as dg
@@ -23,6 +26,8 @@ from urllib3.util.retry import Retry
 
 from crunch_assets.keys import ChainKeys
 from crunch_assets.spec import CompetitionSpec
+from resources.store.database import CrunchDatabase
+from resources.store.reports import LagReport, ReportStore
 
 ALERT_WEBHOOK_ENV = "CRUNCH_ALERT_WEBHOOK_URL"
 WEBHOOK_ATTEMPTS = 3
@@ -114,10 +119,20 @@ def build_run_failure_sensor(spec: CompetitionSpec, *, running: bool) -> dg.Sens
     return run_failure_sensor
 
 
-def freshness_bounds(spec: CompetitionSpec) -> dict[str, timedelta]:
-    """How old the last materialization may be before the asset is overdue: two cycles (and at
-    least 3 minutes) for predictions; the longest horizon, the settle delay and 10 minutes for
-    scores; a checkpoint period plus that and 2 hours for checkpoints."""
+LAG_CHECKS = {  # asset -> the check that says whether its newest stored row is recent enough
+    "predictions": "cycles_on_time",
+    "scores": "scores_on_time",
+    "emission_checkpoints": "checkpoints_on_time",
+}
+# An unchanged verdict is reported again this often (the UI shows when it was last judged); a
+# changed one at once. Every report is one row in Dagster's storage.
+LAG_REPORT_EVERY_SECONDS = 600
+
+
+def lag_bounds(spec: CompetitionSpec) -> dict[str, timedelta]:
+    """How far the newest stored row may be behind now before the asset is late: two cycles (and at
+    least 3 minutes) for the last stored cycle; the longest horizon, the settle delay and 10 minutes
+    for the last scored cycle; a checkpoint period plus that and 2 hours for the last checkpoint's end."""
     horizon = timedelta(seconds=spec.max_horizon_seconds + spec.settle_delay_seconds)
     return {
         "predictions": max(timedelta(seconds=2 * spec.min_interval_seconds), timedelta(minutes=3)),
@@ -126,17 +141,106 @@ def freshness_bounds(spec: CompetitionSpec) -> dict[str, timedelta]:
     }
 
 
-def build_freshness(spec: CompetitionSpec, keys: ChainKeys, *, running: bool):
-    checks = []
-    for name, bound in freshness_bounds(spec).items():
-        checks.extend(dg.build_last_update_freshness_checks(assets=[getattr(keys, name)], lower_bound_delta=bound))
-    sensor = dg.build_sensor_for_freshness_checks(
-        freshness_checks=checks, name=f"{spec.slug}__freshness_checks_sensor", minimum_interval_seconds=60,
+@dataclass(frozen=True)
+class LagVerdict:
+    asset: str
+    check_name: str
+    passed: bool
+    last_at: datetime | None  # the newest stored cycle, scored cycle or checkpoint end
+    behind_seconds: float | None
+    bound_seconds: float
+    due_since: datetime  # before this nothing can be late (the competition has just started)
+
+    @property
+    def description(self) -> str:
+        if self.last_at is None:
+            state = "nothing stored yet"
+        else:
+            state = f"newest {self.last_at.isoformat()}, {self.behind_seconds:.0f} s behind"
+        return f"{self.asset}: {state} (bound {self.bound_seconds:.0f} s)" + ("" if self.passed else ": LATE")
+
+    def metadata(self) -> dict:
+        return {
+            "last_at": dg.MetadataValue.text(self.last_at.isoformat() if self.last_at else "none"),
+            "behind_seconds": dg.MetadataValue.float(float(self.behind_seconds if self.behind_seconds is not None else -1)),
+            "bound_seconds": dg.MetadataValue.float(float(self.bound_seconds)),
+            "due_since": dg.MetadataValue.text(self.due_since.isoformat()),
+        }
+
+
+def lag_verdicts(spec: CompetitionSpec, lag: LagReport, now: datetime) -> list[LagVerdict]:
+    """Whether each stage's newest stored row is recent enough (pure: the store's lag figures in,
+    verdicts out). The last stored cycle is the laggiest scope's."""
+    bounds = lag_bounds(spec)
+    cycles = list(lag.last_cycle_by_scope.values())
+    last = {
+        "predictions": None if not cycles or any(c is None for c in cycles) else min(cycles),
+        "scores": lag.last_scored_cycle,
+        "emission_checkpoints": lag.last_checkpoint_end,
+    }
+    first_due = {
+        "predictions": spec.start,
+        "scores": spec.start + timedelta(seconds=spec.max_horizon_seconds + spec.settle_delay_seconds),
+        "emission_checkpoints": spec.start + timedelta(seconds=spec.checkpoint_interval_seconds),
+    }
+    verdicts = []
+    for asset, check_name in LAG_CHECKS.items():
+        bound, at = bounds[asset], last[asset]
+        due_since = first_due[asset] + bound
+        behind = None if at is None else (now - at).total_seconds()
+        passed = now < due_since or (behind is not None and behind <= bound.total_seconds())
+        verdicts.append(LagVerdict(asset, check_name, passed, at, behind, bound.total_seconds(), due_since))
+    return verdicts
+
+
+def current_lag(spec: CompetitionSpec, database: CrunchDatabase, now: datetime) -> list[LagVerdict]:
+    return lag_verdicts(spec, ReportStore(database.engine, spec.slug).lag([s.key for s in spec.scopes]), now)
+
+
+def build_lag_checks(spec: CompetitionSpec, keys: ChainKeys) -> list[dg.AssetChecksDefinition]:
+    """One check per stage, judged on the store (a live run records its materializations at the end
+    of its hour, so Dagster's own last-update time says nothing about lag). The lag sensor reports
+    their evaluations without a run; launching one from the UI judges the same way."""
+
+    def build(asset: str, check_name: str) -> dg.AssetChecksDefinition:
+        @dg.asset_check(asset=getattr(keys, asset), name=check_name,
+                        description=f"The newest stored {asset} row is at most {lag_bounds(spec)[asset]} behind now.")
+        def lag_check(database: CrunchDatabase) -> dg.AssetCheckResult:
+            verdict = next(v for v in current_lag(spec, database, datetime.now(timezone.utc)) if v.check_name == check_name)
+            return dg.AssetCheckResult(passed=verdict.passed, metadata=verdict.metadata(),
+                                       severity=dg.AssetCheckSeverity.WARN, description=verdict.description)
+
+        return lag_check
+
+    return [build(asset, name) for asset, name in LAG_CHECKS.items()]
+
+
+def build_lag_sensor(spec: CompetitionSpec, keys: ChainKeys, *, running: bool) -> dg.SensorDefinition:
+    @dg.sensor(
+        name=f"{spec.slug}__lag_sensor", minimum_interval_seconds=60,
         default_status=dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED,
+        description="Judges the lag checks on the store and records their evaluations (no run): at once when a "
+                    f"verdict changes, otherwise every {LAG_REPORT_EVERY_SECONDS} s.",
     )
-    return checks, sensor
+    def lag_sensor(context: dg.SensorEvaluationContext, database: CrunchDatabase):
+        now = datetime.now(timezone.utc)
+        reported = json.loads(context.cursor) if context.cursor else {}
+        verdicts = current_lag(spec, database, now)
+        for verdict in verdicts:
+            previous = reported.get(verdict.check_name)
+            if previous and previous["passed"] == verdict.passed and now.timestamp() - previous["at"] < LAG_REPORT_EVERY_SECONDS:
+                continue
+            context.instance.report_runless_asset_event(dg.AssetCheckEvaluation(
+                asset_key=getattr(keys, verdict.asset), check_name=verdict.check_name, passed=verdict.passed,
+                metadata=verdict.metadata(), severity=dg.AssetCheckSeverity.WARN, description=verdict.description,
+            ))
+            reported[verdict.check_name] = {"passed": verdict.passed, "at": now.timestamp()}
+        context.update_cursor(json.dumps(reported, sort_keys=True))
+        return dg.SkipReason("; ".join(v.description for v in verdicts))
+
+    return lag_sensor
 
 
 def build_observability(spec: CompetitionSpec, keys: ChainKeys, *, running: bool):
-    checks, freshness_sensor = build_freshness(spec, keys, running=running)
-    return [build_run_failure_sensor(spec, running=running), freshness_sensor], checks
+    return [build_run_failure_sensor(spec, running=running), build_lag_sensor(spec, keys, running=running)], \
+        build_lag_checks(spec, keys)

@@ -11,7 +11,7 @@ from collections import defaultdict
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Callable
 
 import dagster as dg
 import pydantic
@@ -137,9 +137,11 @@ def run_cycles(
     end: datetime,
     as_of: datetime,
     log=None,
+    on_cycle: Callable[[datetime, int, int], None] | None = None,
 ) -> CycleReport:
     """Run every cycle due in [start, end) up to as_of that is not stored yet and whose feed is
-    fetched over its lookback."""
+    fetched over its lookback. `on_cycle(cycle_at, done, total)` is called after each cycle's
+    model calls (the live run's progress and heartbeat during a catch-up)."""
     report = CycleReport()
     due = spec.cycle_times(start, min(as_of + timedelta(microseconds=1), end))
     done = store.stored_cycles(start, end)
@@ -186,7 +188,7 @@ def run_cycles(
         pending.clear()
         events.clear()
 
-    for cycle_at, scope in runnable:
+    for done_count, (cycle_at, scope) in enumerate(runnable, 1):
         model_input = build_input(rules, scope, cycle_at, loaded.view(cycle_at - history, cycle_at))
         quarantined = frozenset(m for m in expected if health[m].is_quarantined(cycle_at))
         results = session.get().run_cycle(
@@ -212,6 +214,8 @@ def run_cycles(
         pending.append(CycleWrite(InputRow(scope.key, cycle_at, cycle_at + scope.horizon, model_input, scope.as_dict()), rows))
         if len(pending) >= MAX_CYCLES_PER_WRITE or len(pending) * max(1, len(expected)) >= PREDICTIONS_PER_WRITE:
             flush()
+        if on_cycle:
+            on_cycle(cycle_at, done_count, len(runnable))
     if pending:
         flush()
     return report

@@ -87,8 +87,10 @@ def replay(
     timed("snapshots+leaderboard", [keys.snapshots], first_day, last_day)
     timed("snapshots+leaderboard", [keys.leaderboard], first_day, last_day)
     periods = partitions.checkpoint
+    # Closed periods that overlap the range (the first may begin before `start`, at midnight: a
+    # competition starting at 01:00 still has its first day's checkpoint); none wholly before it.
     closed = [(key, s, e) for key, s, e in periods.periods_between(start.replace(hour=0) - periods.interval, end)
-              if s >= start.replace(hour=0) and e <= end]
+              if s >= start.replace(hour=0) and e > start and e <= end]
     if periods.is_dynamic and closed:
         instance.add_dynamic_partitions(periods.definition.name, [key for key, _, _ in closed])
     for key, _, _ in closed:  # in order: each chains to the previous one's root

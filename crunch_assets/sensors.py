@@ -56,8 +56,8 @@ def build_sensors(
     stale_after = timedelta(seconds=stale_after_seconds(spec))
 
     def live_runs(instance: dg.DagsterInstance, now: datetime):
-        """Per window start (ISO): whether a live run of it is alive (launched and not started yet,
-        for at most two minutes, or started and logging), its newest run's id, and when that run ended."""
+        """Per window start (ISO): whether a live run of it is alive (queued; launched and not started
+        yet, for at most two minutes; or started and logging), its newest run's id, and when that run ended."""
         alive: dict[str, bool] = {}
         newest: dict[str, str] = {}
         recent_end: dict[str, datetime] = {}
@@ -78,6 +78,8 @@ def build_sensors(
                 ok = now - last_sign < stale_after
             elif run.status == dg.DagsterRunStatus.CANCELING:
                 ok = False
+            elif run.status == dg.DagsterRunStatus.QUEUED:
+                ok = True  # waiting for a slot of the run queue, not dead: a second one would queue beside it
             else:
                 ok = now - record.create_timestamp.astimezone(timezone.utc) < timedelta(minutes=2)
             alive[window] = alive.get(window, False) or ok
@@ -192,8 +194,8 @@ def build_sensors(
                 days.add(day)
                 day += timedelta(days=1)
         if int(marker.split(":")[1]) != last_voided:  # voided cycles of periods not yet paid
-            days.update(d for d in store.voided_days(store.locked_until())
-                        if not (live and d == floor_hour(now).replace(hour=0)))
+            # today's too: the live run rolls up only its last hours, and a cycle can be voided later
+            days.update(store.voided_days(store.locked_until()))
         as_of = _floor(now, 60)
         requests = [
             dg.RunRequest(

@@ -1,5 +1,5 @@
 """The chaos run (bench/chaos.py) on the supervised deployment: kill -9 of each process in turn
-mid-cycle (the cycle run's worker, the code server, the daemon, the PostgreSQL postmaster, its
+mid-cycle (the live run's worker, the code server, the daemon, the PostgreSQL postmaster, its
 holder, both webservers, the report API when there is one), then zero lost and zero duplicated
 rows, every due cycle stored within 2 cycles, no run left stuck, no model process left behind and
 the embedded server stopped with its last user, with no manual action."""

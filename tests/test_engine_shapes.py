@@ -63,6 +63,22 @@ def test_two_competitions_side_by_side_never_change_each_others_rows(clean_datab
     assert _versions(engine, "btc_updown", "synthetic", "1m") == btc_before  # a rerun changes no row either
 
 
+def test_a_replay_checkpoints_only_the_periods_it_replays(clean_database):
+    """Hourly checkpoints, a replay of 03:00-04:00: the hours before it are not its to checkpoint."""
+    from competitions.btc_updown.definitions import SPEC as BTC_SPEC
+    from competitions.btc_updown.definitions import build_definitions as btc_definitions
+    from crunch_assets.replay import replay
+    from resources.feeds.synthetic import SyntheticFeed
+
+    spec = replace(BTC_SPEC, start=START, checkpoint_interval_seconds=3600)
+    defs = btc_definitions(spec=spec, feed=SyntheticFeed(), automation_running=False)
+    timings = replay(defs, spec, START + timedelta(hours=3), START + timedelta(hours=4))
+    assert len(timings.checkpoints) == 1
+    with engine_for().connect() as connection:
+        periods = connection.execute(sa.text("SELECT period_start FROM crunch.checkpoints")).scalars().all()
+    assert periods == [START + timedelta(hours=3)]
+
+
 def tick_input(scope, cycle_at, records):
     ticks = records.ticks(scope.subject)[-12:]
     return {"symbol": scope.subject, "asof_ts": int(cycle_at.timestamp()),

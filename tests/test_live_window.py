@@ -135,3 +135,54 @@ def test_the_cycle_sensor_keeps_one_live_run_per_window_and_replaces_a_dead_one(
     past = {r.tags[WINDOW_TAG] for r in first.run_requests} - {window}
     expected_past = {(now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)).isoformat()}
     assert past <= expected_past | {(now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)).isoformat()}
+
+
+def test_a_queued_live_run_is_waited_for_not_replaced(clean_database):
+    """Under the production run queue a live run can wait for a slot for minutes: it is not dead."""
+    from unittest import mock
+
+    import crunch_assets.sensors as sensors
+    from competitions.btc_updown.definitions import SPEC, build_definitions
+
+    later = datetime.now(timezone.utc) + timedelta(minutes=10)  # the sensor looks 10 minutes after the launch
+    window = later.replace(minute=0, second=0, microsecond=0).isoformat()
+    spec = replace(SPEC, start=later.replace(minute=0, second=0, microsecond=0) - timedelta(hours=3))
+    defs = build_definitions(spec=spec, automation_running=True)
+    instance = dg.DagsterInstance.ephemeral()
+    from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteRepositoryOrigin
+
+    # as the run coordinator queues it: with its code location's origin
+    origin = RemoteRepositoryOrigin(RegisteredCodeLocationOrigin(SLUG), "__repository__").get_job_origin(
+        f"{SLUG}__live_job")
+    create_run_for_test(instance, job_name=f"{SLUG}__live_job", status=dg.DagsterRunStatus.QUEUED,
+                        tags={WINDOW_TAG: window, "crunch/competition": SLUG}, remote_job_origin=origin)
+
+    class Later(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return later.astimezone(tz) if tz else later.replace(tzinfo=None)
+
+    with mock.patch.object(sensors, "datetime", Later):
+        result = _sensor(defs).evaluate_tick(dg.build_sensor_context(instance=instance, resources=defs.resources,
+                                                                     definitions=defs))
+    assert not [r for r in result.run_requests if r.tags[WINDOW_TAG] == window]
+
+
+def test_a_long_catch_up_logs_progress_every_few_seconds(monkeypatch):
+    """A tick that runs many cycles (a catch-up, slow models) logs as it goes: the UI shows each step
+    and the cycle sensor, which reads the run's newest event, does not take it for dead."""
+    from types import SimpleNamespace
+
+    from crunch_assets import live
+
+    clock = [1000.0]
+    monkeypatch.setattr(live.time, "monotonic", lambda: clock[0])
+    logged = []
+    window = live.LiveWindow.__new__(live.LiveWindow)
+    window.log, window.last_progress = SimpleNamespace(info=logged.append), clock[0]
+    start = datetime(2026, 12, 1, 10, tzinfo=timezone.utc)
+    for minute in range(40):  # 40 cycles of 1.5 s each
+        clock[0] += 1.5
+        window.cycle_progress(start + timedelta(minutes=minute), minute + 1, 40)
+    assert len(logged) == 5 and logged[0] == "catching up: cycle 2026-12-01T10:06:00+00:00 run (7 of 40)"
+    assert live.PROGRESS_EVERY_SECONDS * 3 < live.stale_after_seconds(_fast_spec(start))

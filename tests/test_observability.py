@@ -1,8 +1,10 @@
 """The run failure sensor records a real failed run and alerts a real webhook over loopback, with
-bounded retries and without logging the URL; the freshness checks judge real materializations."""
+bounded retries and without logging the URL; the lag checks judge the store, and their sensor
+records each verdict without a run."""
 
 import shutil
-from datetime import timedelta
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import dagster as dg
@@ -10,7 +12,9 @@ import pytest
 import requests
 
 from tests.fakes.webhook import SECRET, Webhook
-from crunch_assets.observability import ALERT_WEBHOOK_ENV, build_run_failure_sensor, freshness_bounds, post_alert, redacted
+from crunch_assets.observability import (
+    ALERT_WEBHOOK_ENV, LAG_CHECKS, build_run_failure_sensor, current_lag, lag_bounds, lag_verdicts, post_alert, redacted,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,32 +100,80 @@ def test_an_unreachable_webhook_raises_after_its_attempts():
     assert redacted(url).endswith(str(closed.server.server_address[1])) and SECRET not in redacted(url)
 
 
-def test_freshness_checks_judge_the_last_materialization(instance):
-    from competitions.btc_updown.definitions import build_definitions
+def _check_history(instance, asset: str, check_name: str):
+    key = dg.AssetCheckKey(dg.AssetKey(["btc_updown", asset]), check_name)
+    return instance.event_log_storage.get_asset_check_execution_history(key, limit=50)
 
-    defs = build_definitions(automation_running=False)
-    check_keys = [key for key in defs.resolve_asset_graph().asset_check_keys if key.asset_key.path[0] == "btc_updown"
-                  and "freshness" in key.name]
-    assert {key.asset_key.path[1] for key in check_keys} == {"predictions", "scores", "emission_checkpoints"}
-    predictions_check = next(key for key in check_keys if key.asset_key.path[1] == "predictions")
-    job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection=set(), asset_check_selection={predictions_check})
-    # never materialized: overdue
-    result = job.execute_in_process(instance=instance)
-    evaluation = result.get_asset_check_evaluations()[0]
-    assert not evaluation.passed
-    # one real cycle run materializes predictions: fresh
-    cycle = defs.resolve_job_def("btc_updown__cycle_job").execute_in_process(instance=instance, partition_key="2026-11-01-00:00")
+
+def test_lag_checks_judge_the_store_and_the_sensor_records_them_without_a_run(instance, clean_database):
+    """A competition that started last hour: with nothing stored its cycles are late; after a real
+    cycle run of that hour the last stored cycle is judged on its age, scores (none: the cycle job
+    does not score) are late, the first checkpoint is not due yet. The cycle run itself evaluates
+    no lag check; the sensor records each verdict once (not every tick) and starts no run."""
+    from competitions.btc_updown.definitions import SPEC, build_definitions
+    from crunch_assets.partitions import floor_hour
+    from resources.store.database import CrunchDatabase
+
+    now = datetime.now(timezone.utc)
+    spec = replace(SPEC, start=floor_hour(now) - timedelta(hours=1))
+    defs = build_definitions(spec, automation_running=False)
+    check_keys = {key for key in defs.resolve_asset_graph().asset_check_keys if key.asset_key.path[0] == "btc_updown"}
+    assert {(key.asset_key.path[1], key.name) for key in check_keys} >= set(LAG_CHECKS.items())
+    database = CrunchDatabase()
+
+    # an hour after the start with nothing stored: cycles are late, the rest not due yet
+    verdicts = {v.check_name: v for v in current_lag(spec, database, now)}
+    assert not verdicts["cycles_on_time"].passed and verdicts["cycles_on_time"].last_at is None
+    assert verdicts["checkpoints_on_time"].passed  # the first week is not over
+
+    # the previous hour's cycles through the real cycle job: the newest cycle is recent
+    cycle = defs.resolve_job_def("btc_updown__cycle_job").execute_in_process(
+        instance=instance, partition_key=spec.start.strftime("%Y-%m-%d-%H:%M"))
     assert cycle.success
-    result = job.execute_in_process(instance=instance)
-    evaluation = result.get_asset_check_evaluations()[0]
-    assert evaluation.passed
-    assert "dagster/last_updated_timestamp" in evaluation.metadata
+    assert not {e.check_name for e in cycle.get_asset_check_evaluations()} & set(LAG_CHECKS.values())
+    verdict = next(v for v in current_lag(spec, database, datetime.now(timezone.utc)) if v.check_name == "cycles_on_time")
+    assert verdict.last_at == spec.start + timedelta(minutes=59)
+    assert verdict.passed == (datetime.now(timezone.utc) - verdict.last_at <= timedelta(minutes=3))
+
+    # launched from the UI, the check judges the same way
+    job = defs.resolve_implicit_global_asset_job_def().get_subset(
+        asset_selection=set(), asset_check_selection={dg.AssetCheckKey(dg.AssetKey(["btc_updown", "predictions"]), "cycles_on_time")})
+    evaluation = job.execute_in_process(instance=instance).get_asset_check_evaluations()[0]
+    assert evaluation.passed == verdict.passed and evaluation.metadata["last_at"].value == verdict.last_at.isoformat()
+
+    sensor = defs.resolve_sensor_def("btc_updown__lag_sensor")
+    before = {name: len(_check_history(instance, asset, name)) for asset, name in LAG_CHECKS.items()}
+    runs_before = len(instance.get_run_records())
+    context = dg.build_sensor_context(instance=instance, resources={"database": database})
+    result = sensor(context)
+    assert isinstance(result, dg.SkipReason) and "predictions: newest" in result.skip_message
+    after = {name: len(_check_history(instance, asset, name)) for asset, name in LAG_CHECKS.items()}
+    assert all(after[name] == before[name] + 1 for name in after), (before, after)
+    assert _check_history(instance, "scores", "scores_on_time")[0].status.value == "FAILED"
+    assert _check_history(instance, "emission_checkpoints", "checkpoints_on_time")[0].status.value == "SUCCEEDED"
+    # the next tick with the same verdicts records nothing new
+    sensor(dg.build_sensor_context(instance=instance, resources={"database": database}, cursor=context.cursor))
+    assert {name: len(_check_history(instance, asset, name)) for asset, name in LAG_CHECKS.items()} == after
+    assert len(instance.get_run_records()) == runs_before
 
 
-def test_freshness_bounds_follow_the_spec():
+def test_lag_verdicts_follow_the_spec_bounds():
     from competitions.btc_updown.definitions import SPEC
+    from resources.store.reports import LagReport
 
-    bounds = freshness_bounds(SPEC)
+    bounds = lag_bounds(SPEC)
     assert bounds["predictions"] == timedelta(minutes=3)  # two 60 s cycles, at least 3 minutes
     assert bounds["scores"] == timedelta(seconds=60) + timedelta(minutes=10)
     assert bounds["emission_checkpoints"] == timedelta(days=7, seconds=60, hours=2)
+    now = SPEC.start + timedelta(days=30)
+    on_time = LagReport({"BTC": now - timedelta(minutes=2)}, now - timedelta(minutes=5), now - timedelta(days=3), now)
+    assert all(v.passed for v in lag_verdicts(SPEC, on_time, now))
+    late = LagReport({"BTC": now - timedelta(minutes=4)}, now - timedelta(minutes=12), now - timedelta(days=8), now)
+    verdicts = {v.check_name: v for v in lag_verdicts(SPEC, late, now)}
+    assert [name for name, v in verdicts.items() if not v.passed] == ["cycles_on_time", "scores_on_time", "checkpoints_on_time"]
+    assert verdicts["cycles_on_time"].behind_seconds == 240.0 and "LATE" in verdicts["cycles_on_time"].description
+    # a scope that never stored a cycle makes the competition's cycles late
+    missing_scope = LagReport({"BTC": now, "ETH": None}, now, now, now)
+    assert not next(v for v in lag_verdicts(SPEC, missing_scope, now) if v.check_name == "cycles_on_time").passed
+    # right after the start nothing is late yet
+    assert all(v.passed for v in lag_verdicts(SPEC, LagReport({"BTC": None}, None, None, None), SPEC.start + timedelta(minutes=2)))

@@ -31,6 +31,60 @@ def test_upgrading_an_empty_database_gives_exactly_the_metadata(clean_database):
     assert tables == {t.name for t in schema.metadata.sorted_tables} | {"alembic_version"}
 
 
+def test_compacting_the_prediction_tables_keeps_every_row_id_and_rule(clean_database):
+    """Migration 0005 rewrites predictions and scores: rows, ids, keys and what ids come next survive."""
+    from resources.store.migrations import migrate
+
+    engine = sa.create_engine(clean_database)
+    migrate(engine, "0004")
+    at = datetime(2026, 1, 5, 10, tzinfo=timezone.utc)
+    with engine.begin() as connection:
+        input_id = connection.execute(sa.text(
+            "INSERT INTO crunch.inputs (competition, scope_key, cycle_at, status, received_at, resolvable_at, actuals) "
+            "VALUES ('c', 's', :at, 'RESOLVED', :at, :later, '{\"y\": 1}') RETURNING id"),
+            {"at": at, "later": at + timedelta(minutes=1)}).scalar_one()
+        for model, status in (("m1", "PENDING"), ("m2", "FAILED"), ("m3", "PENDING")):
+            connection.execute(sa.text(
+                "INSERT INTO crunch.predictions (competition, input_id, model_id, scope_key, cycle_at, resolvable_at, "
+                "status, status_reason, exec_time_ms, performed_at, inference_output) VALUES ('c', :i, :m, 's', :at, "
+                ":later, :status, :reason, 4.5, :at, '{\"p_up\": 0.7}')"),
+                {"i": input_id, "m": model, "at": at, "later": at + timedelta(minutes=1), "status": status,
+                 "reason": "raised" if status == "FAILED" else None})
+        connection.execute(sa.text("DELETE FROM crunch.predictions WHERE model_id = 'm3'"))  # the newest id is gone
+        connection.execute(sa.text(
+            "INSERT INTO crunch.scores (competition, prediction_id, model_id, scope_key, cycle_at, value, success, result) "
+            "SELECT 'c', id, model_id, 's', cycle_at, 0.91, true, '{\"y_up\": 1}' FROM crunch.predictions "
+            "WHERE model_id = 'm1'"))
+        before = connection.execute(sa.text(
+            "SELECT p.id, p.model_id, p.status, p.status_reason, p.exec_time_ms, p.inference_output, s.id, s.value, "
+            "s.result FROM crunch.predictions p LEFT JOIN crunch.scores s ON s.prediction_id = p.id ORDER BY p.id")).fetchall()
+    migrate(engine)
+    with engine.begin() as connection:
+        after = connection.execute(sa.text(
+            "SELECT p.id, p.model_id, p.status, p.status_reason, p.exec_time_ms, p.inference_output, s.id, s.value, "
+            "s.result FROM crunch.predictions p LEFT JOIN crunch.scores s ON s.prediction_id = p.id ORDER BY p.id")).fetchall()
+        assert after == before and len(after) == 2
+        # ids go on after the deleted one, never reusing it
+        new_id = connection.execute(sa.text(
+            "INSERT INTO crunch.predictions (competition, input_id, model_id, scope_key, cycle_at, status) "
+            "VALUES ('c', :i, 'm4', 's', :at, 'ABSENT') RETURNING id"), {"i": input_id, "at": at}).scalar_one()
+        assert new_id == 4
+        options = connection.execute(sa.text(
+            "SELECT reloptions FROM pg_class WHERE oid = 'crunch.inputs'::regclass")).scalar_one()
+        assert "toast_tuple_target=512" in options
+    for statement in (
+        "INSERT INTO crunch.predictions (competition, input_id, model_id, scope_key, cycle_at, status) "
+        "VALUES ('c', %d, 'm1', 's', now(), 'PENDING')" % input_id,  # one per model and input
+        "INSERT INTO crunch.scores (competition, prediction_id, model_id, scope_key, cycle_at, value, success) "
+        "VALUES ('c', 999, 'm1', 's', now(), 1, true)",  # the prediction must exist
+        "INSERT INTO crunch.scores (competition, prediction_id, model_id, scope_key, cycle_at, value, success) "
+        "SELECT 'c', id, 'm1', 's', now(), 1, true FROM crunch.predictions WHERE model_id = 'm1'",  # once
+    ):
+        with pytest.raises(sa.exc.IntegrityError), engine.begin() as connection:
+            connection.execute(sa.text(statement))
+    engine.dispose()
+
+
 def test_every_time_column_is_timezone_aware():
     for table in schema.metadata.sorted_tables:
         for column in table.columns:

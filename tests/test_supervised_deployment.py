@@ -3,8 +3,9 @@ server (gRPC), a separate webserver, a read-only webserver and the daemon under 
 the production instance config (deploy/dagster.yaml: QueuedRunCoordinator with a limit per
 competition, run monitoring, run retries) on the embedded PostgreSQL and the default launcher in
 place of the container one. A cycle runs end to end through the queue; the read-only UI refuses a
-launch the operators' UI accepts; nginx asks for the right password; a killed run worker is
-failed by run monitoring, retried, and alerted to a webhook."""
+launch the operators' UI accepts; nginx asks for the right password; a killed live run worker is
+failed by run monitoring, replaced by the cycle sensor and alerted to a webhook; the lag checks
+are recorded without runs."""
 
 import base64
 import hashlib
@@ -117,14 +118,16 @@ def test_a_cycle_runs_end_to_end_through_the_run_queue(deployment):
                        c=store.latest_stored_cycle())
     assert rows[0] == (3, 3)
     wait_for("scores", lambda: (store.query("SELECT count(*) FROM crunch.scores") or [(0,)])[0][0] > 0, 240)
-    # every run went through the QueuedRunCoordinator, and carries its competition's tag
+    # every run went through the QueuedRunCoordinator and carries its competition's tag; the
+    # cycles ran in live window runs (one per hour, not one per cycle)
     enqueued = store.query("SELECT count(DISTINCT e.run_id) FROM public.event_logs e JOIN public.runs r ON r.run_id = e.run_id "
-                           "WHERE e.dagster_event_type = 'PIPELINE_ENQUEUED' AND r.pipeline_name = 'btc_updown__cycle_job'")[0][0]
-    cycle_runs = store.query("SELECT count(*) FROM public.runs WHERE pipeline_name = 'btc_updown__cycle_job'")[0][0]
-    assert cycle_runs >= 1 and enqueued == cycle_runs
+                           "WHERE e.dagster_event_type = 'PIPELINE_ENQUEUED' AND r.pipeline_name = 'btc_updown__live_job'")[0][0]
+    live_runs = store.query("SELECT count(*) FROM public.runs WHERE pipeline_name = 'btc_updown__live_job'")[0][0]
+    assert 1 <= live_runs <= 3 and enqueued == live_runs  # this hour's, maybe the next one's, maybe a replacement
     tagged = store.query("SELECT count(*) FROM public.run_tags t JOIN public.runs r ON r.run_id = t.run_id "
-                         "WHERE r.pipeline_name = 'btc_updown__cycle_job' AND t.key = 'crunch/competition' AND t.value = 'btc_updown'")[0][0]
-    assert tagged == cycle_runs
+                         "WHERE r.pipeline_name = 'btc_updown__live_job' AND t.key = 'crunch/competition' AND t.value = 'btc_updown'")[0][0]
+    assert tagged == live_runs
+    assert store.query("SELECT count(*) FROM public.runs WHERE pipeline_name = 'btc_updown__cycle_job'")[0][0] == 0
 
 
 def test_the_read_only_ui_refuses_a_launch_the_operators_ui_accepts(deployment):
@@ -138,26 +141,36 @@ def test_the_read_only_ui_refuses_a_launch_the_operators_ui_accepts(deployment):
         "SELECT status FROM public.runs WHERE run_id = :r", r=run_id) or [("",)])[0][0] == "SUCCESS", 180)
 
 
-def test_a_killed_run_worker_is_failed_retried_and_alerted(deployment, webhook):
+def test_a_killed_live_run_worker_is_failed_replaced_and_alerted(deployment, webhook):
+    """Run monitoring fails the run whose worker died; the cycle sensor (not Dagster's run retries,
+    which would start a second live run) starts the window again; the failure is alerted."""
     deployment, store = deployment
-    run_id = wait_for("a cycle run in flight", store.cycle_run_in_flight, 120, 0.1)
+    run_id = wait_for("a live run in flight", store.live_run_in_flight, 120, 0.1)
     pid = wait_for("its worker pid", lambda: store.run_worker_pid(run_id), 60, 0.1)
     os.kill(pid, 9)
+    killed_at = datetime.now(timezone.utc)
     wait_for("run monitoring to fail the run", lambda: (store.query(
         "SELECT status FROM public.runs WHERE run_id = :r", r=run_id) or [("",)])[0][0] == "FAILURE", 120)
-    wait_for("a retry of the run", lambda: store.query(
-        "SELECT run_id FROM public.run_tags WHERE key = 'dagster/parent_run_id' AND value = :r", r=run_id), 120)
+    replacement = wait_for("the cycle sensor's replacement", lambda: store.query(
+        "SELECT run_id FROM public.run_tags WHERE key = 'dagster/run_key' AND value LIKE :k", k=f"%:after:{run_id}"), 120)
+    wait_for("a cycle due after the kill stored", lambda: (c := store.latest_stored_cycle()) and c >= killed_at, 180)
+    assert store.query("SELECT status FROM public.runs WHERE run_id = :r", r=replacement[0][0])[0][0] in ("STARTED", "SUCCESS")
+    assert store.query("SELECT count(*) FROM public.run_tags WHERE key = 'dagster/parent_run_id' AND value = :r",
+                       r=run_id)[0][0] == 0  # no retry beside the replacement
     wait_for("the alert", lambda: any(body.get("run_id") == run_id for body in webhook.bodies), 120)
     alert = next(body for body in webhook.bodies if body.get("run_id") == run_id)
-    assert alert["competition"] == "btc_updown" and alert["job"] == "btc_updown__cycle_job"
+    assert alert["competition"] == "btc_updown" and alert["job"] == "btc_updown__live_job"
 
 
-def test_freshness_checks_are_evaluated_live(deployment):
+def test_lag_checks_are_recorded_live_without_runs(deployment):
     deployment, store = deployment
-    rows = wait_for("freshness check evaluations", lambda: store.query(
-        "SELECT asset_key, check_name, execution_status FROM public.asset_check_executions "
-        "WHERE check_name LIKE '%freshness%' AND execution_status IN ('SUCCEEDED', 'FAILED')"), 240)
-    assert any("predictions" in row[0] for row in rows)
+    rows = wait_for("a lag verdict on the stored cycles", lambda: store.query(
+        "SELECT run_id, execution_status FROM public.asset_check_executions "
+        "WHERE check_name = 'cycles_on_time' AND execution_status = 'SUCCEEDED'"), 240)
+    assert all(run_id in ("", None) for run_id, _ in rows)  # recorded by the lag sensor, no run
+    names = {row[0] for row in store.query("SELECT DISTINCT check_name FROM public.asset_check_executions")}
+    assert {"cycles_on_time", "scores_on_time", "checkpoints_on_time"} <= names
+    assert store.query("SELECT count(*) FROM public.runs WHERE pipeline_name = '__ASSET_JOB'")[0][0] == 0
 
 
 # --- nginx in front of both UIs (deploy/nginx/crunch.conf.template) --------------------------------
@@ -232,7 +245,7 @@ def nginx(deployment):
             return True
         except requests.ConnectionError:
             if process.poll() is not None:
-                raise AssertionError(f"nginx exited: {process.stdout.read().decode()}")
+                raise AssertionError(f"nginx exited: {process.stdout.read().decode()}") from None
             return False
 
     wait_for("nginx", answering, 30)

@@ -47,7 +47,7 @@ def serve(workspace, instance_config, host, webserver_port, read_only_port, code
     try:
         locations = write_serve_files(options)
     except ServeConfigError as error:
-        raise click.ClickException(str(error))
+        raise click.ClickException(str(error)) from error
     if print_config:
         click.echo(options.supervisord_conf.read_text())
         return

@@ -75,14 +75,13 @@ class CompetitionStore:
                     continue  # stored concurrently by another run: theirs stands
                 for p in cycle.predictions:
                     rows.append((self.slug, input_id, p.model_id, cycle.input.scope_key, cycle.input.cycle_at,
-                                 cycle.input.resolvable_at, p.status, p.status_reason, p.exec_time_ms,
-                                 cycle.input.cycle_at, p.inference_output, p.meta))
+                                 p.status, p.status_reason, p.exec_time_ms, p.inference_output, p.meta))
                     by_status[p.status] += 1
             bulk_upsert(
                 connection, t.predictions,
-                ("competition", "input_id", "model_id", "scope_key", "cycle_at", "resolvable_at", "status",
-                 "status_reason", "exec_time_ms", "performed_at", "inference_output", "meta"),
-                rows, ("competition", "model_id", "scope_key", "cycle_at"),
+                ("competition", "input_id", "model_id", "scope_key", "cycle_at", "status", "status_reason",
+                 "exec_time_ms", "inference_output", "meta"),
+                rows, ("input_id", "model_id"),
             )
         return CyclesWritten(len(ids), dict(by_status), frozenset((cycle_at, scope_key) for scope_key, cycle_at in ids))
 

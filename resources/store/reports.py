@@ -93,7 +93,7 @@ class ReportStore:
             ((s.c.id.is_not(None)) & (p.c.status == "PENDING"), "SCORED"),
             else_=p.c.status,
         )
-        columns = [p.c.id, p.c.model_id, p.c.scope_key, p.c.cycle_at, p.c.resolvable_at, status_column.label("status"),
+        columns = [p.c.id, p.c.model_id, p.c.scope_key, p.c.cycle_at, i.c.resolvable_at, status_column.label("status"),
                    p.c.status_reason, p.c.exec_time_ms, p.c.inference_output, s.c.value, s.c.success,
                    s.c.failed_reason, (i.c.raw_data if with_input else sa.null()).label("input_data")]
         where = [p.c.competition == self.slug]

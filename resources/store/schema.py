@@ -147,52 +147,55 @@ inputs = sa.Table(
     # Small: only the voided cycles (sensors watch them; most cycles never are).
     sa.Index("ix_inputs_voided", "competition", "cycle_at", postgresql_where=sa.text("status = 'VOIDED'")),
     sa.Index("ix_inputs_received", "competition", "resolvable_at", postgresql_where=sa.text("status = 'RECEIVED'")),
+    # Migration 0005 sets toast_tuple_target = 512: raw_data (kilobytes) goes compressed to TOAST,
+    # so resolving a cycle copies a pointer, not the data.
 )
 
 predictions = sa.Table(
     "predictions",
     metadata,
+    # 8-byte columns first: no alignment padding (migration 0005 rewrote the table in this order).
     _id(),
-    sa.Column("competition", sa.Text, nullable=False),
     sa.Column("input_id", sa.BigInteger, sa.ForeignKey(f"{SCHEMA}.inputs.id"), nullable=False),
+    sa.Column("cycle_at", TZ, nullable=False),
+    sa.Column("exec_time_ms", sa.Float(53), nullable=True),
+    _created_at(),
+    sa.Column("competition", sa.Text, nullable=False),
     sa.Column("model_id", sa.Text, nullable=False),
     sa.Column("scope_key", sa.Text, nullable=False),
-    sa.Column("cycle_at", TZ, nullable=False),
-    sa.Column("resolvable_at", TZ, nullable=False),
     # As made, never rewritten: PENDING (answered) | FAILED | ABSENT. SCORED and VOIDED are derived
-    # (a score row exists; the input is VOIDED).
+    # (a score row exists; the input is VOIDED). The cycle's resolvable_at and scope are the input's.
     sa.Column("status", sa.Text, nullable=False),
     sa.Column("status_reason", sa.Text, nullable=True),
-    sa.Column("exec_time_ms", sa.Float(53), nullable=True),
-    sa.Column("performed_at", TZ, nullable=False),
-    _created_at(),
-    _jsonb("scope"),
     sa.Column("inference_output", JSONB, nullable=True),
     _jsonb("meta"),
-    sa.UniqueConstraint("competition", "model_id", "scope_key", "cycle_at", name="uq_predictions_cycle"),
+    # A row per model and cycle is the store's biggest cost, so predictions have few, compact
+    # indexes: this key's entries arrive in order (full pages); (competition, model_id) is packed
+    # into posting lists by B-tree deduplication and, with (competition, cycle_at), finds a model's
+    # predictions over a time range.
+    sa.UniqueConstraint("input_id", "model_id", name="uq_predictions_input_model"),
+    sa.Index("ix_predictions_competition_model", "competition", "model_id"),
     sa.Index("ix_predictions_competition_cycle", "competition", "cycle_at"),
-    sa.Index("ix_predictions_input", "input_id"),
-    sa.Index("ix_predictions_competition_model_cycle", "competition", "model_id", "cycle_at"),
-    # Report filters (by scope, by made status) over a time range.
-    sa.Index("ix_predictions_competition_scope_cycle", "competition", "scope_key", "cycle_at"),
-    sa.Index("ix_predictions_competition_status_cycle", "competition", "status", "cycle_at"),
+    # Small: only FAILED and ABSENT predictions (the report API's status filter).
+    sa.Index("ix_predictions_unanswered", "competition", "cycle_at", postgresql_where=sa.text("status <> 'PENDING'")),
 )
 
 scores = sa.Table(
     "scores",
     metadata,
+    # 8-byte columns first, as predictions.
     _id(),
-    sa.Column("competition", sa.Text, nullable=False),
     sa.Column(
         "prediction_id", sa.BigInteger, sa.ForeignKey(f"{SCHEMA}.predictions.id"), nullable=False, unique=True
     ),
-    sa.Column("model_id", sa.Text, nullable=False),
-    sa.Column("scope_key", sa.Text, nullable=False),
     sa.Column("cycle_at", TZ, nullable=False),
     sa.Column("value", sa.Float(53), nullable=False),  # what ranking aggregates, penalty included
-    sa.Column("success", sa.Boolean, nullable=False),
-    sa.Column("failed_reason", sa.Text, nullable=True),
     sa.Column("scored_at", TZ, nullable=False, server_default=sa.func.now()),
+    sa.Column("success", sa.Boolean, nullable=False),
+    sa.Column("competition", sa.Text, nullable=False),
+    sa.Column("model_id", sa.Text, nullable=False),
+    sa.Column("scope_key", sa.Text, nullable=False),
+    sa.Column("failed_reason", sa.Text, nullable=True),
     _jsonb("result"),
     sa.Index("ix_scores_competition_cycle", "competition", "cycle_at"),
 )
