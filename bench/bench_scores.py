@@ -57,7 +57,6 @@ def main() -> None:
         with engine.begin() as connection:  # score the same predictions afresh
             connection.execute(sa.text("DELETE FROM crunch.scores"))
             connection.execute(sa.text("UPDATE crunch.inputs SET status = 'RECEIVED', actuals = NULL, failure_value = NULL"))
-            connection.execute(sa.text("VACUUM ANALYZE") if False else sa.text("SELECT 1"))
         profiler = None
         if args.profile and attempt == args.repeat - 1:
             import cProfile

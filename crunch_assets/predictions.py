@@ -255,9 +255,9 @@ def build_predictions_asset(spec: CompetitionSpec, partitions: CompetitionPartit
                 context.log.info(f"{group[0].key} .. {group[-1].key}: {sum(report.cycles_run.values())} cycle(s) run "
                                  f"up to {as_of.isoformat()}")
         due_until = min(windows[-1].end, as_of + timedelta(microseconds=1))
+        statuses = store.prediction_statuses_by_hour(windows[0].start, windows[-1].end)
         report_partitions(context, {
-            w.key: {**totals.hour_metadata(w.start), "window_status_counts": store.prediction_statuses(w.start, w.end)}
-            for w in windows
+            w.key: {**totals.hour_metadata(w.start), "window_status_counts": statuses.get(w.start, {})} for w in windows
         })
         return dg.MaterializeResult(
             metadata={

@@ -266,9 +266,9 @@ def build_scores_asset(spec: CompetitionSpec, partitions: CompetitionPartitions,
         for group in chunks(windows):
             totals.merge(settle(spec, rules, ground_truth, feed, store, feeds, group[0].start, group[-1].end, as_of,
                                 log=context.log))
+        unsettled = store.unsettled_by_hour(windows[0].start, windows[-1].end)
         report_partitions(context, {
-            w.key: {**totals.hour_metadata(w.start), "still_unscored": store.unsettled_count(w.start, w.end)}
-            for w in windows
+            w.key: {**totals.hour_metadata(w.start), "still_unscored": unsettled.get(w.start, 0)} for w in windows
         })
         return dg.MaterializeResult(
             metadata={

@@ -239,7 +239,7 @@ class CompetitionSpec:
     # scored nor penalised. Decided by the stored feed (it has moved past that time without the
     # price), or, live, by the clock.
     void_after_seconds: int = 3600
-    # How long a live cycle waits for its feed before waiting for the next cycle's run.
+    # How long a live tick waits for the feed before the cycle waits for the next tick.
     live_feed_wait_seconds: float = 10.0
     # Feed rows older than this (by market time) are deleted once archived to Parquet.
     feed_retention_days: int = 90

@@ -35,7 +35,8 @@ def test_the_production_instance_loads_with_the_container_launcher(database_url,
         assert isinstance(instance.run_coordinator, QueuedRunCoordinator)
         limits = instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
         assert limits == [{"key": "crunch/competition", "value": {"applyLimitPerUniqueValue": True}, "limit": 4}]
-        assert instance.run_monitoring_enabled and instance.run_monitoring_max_resume_run_attempts == 1
+        # a dead live run is replaced by the cycle sensor: a resume would run beside the replacement
+        assert instance.run_monitoring_enabled and instance.run_monitoring_max_resume_run_attempts == 0
         assert instance.run_launcher.supports_check_run_worker_health and instance.run_launcher.supports_resume_run
         assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
         assert instance.run_storage.get_runs() is not None  # the storage really is that database

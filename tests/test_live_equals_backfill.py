@@ -1,6 +1,6 @@
-"""A live run (one run per cycle, as the cycle sensor launches them, with as_of = the cycle time)
-and a backfill of the same window into an empty store give the same inputs, predictions and
-scores: the two share one code path."""
+"""Asset runs with as_of = each cycle time (what a sensor-launched run does; the live window run
+calls the same stage functions, tests/test_live_window.py) and a backfill of the same window into
+an empty store give the same inputs, predictions and scores: the two share one code path."""
 
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone

@@ -35,6 +35,16 @@ from resources.store.rows import (
 LOCKED_STATUSES = ("SUBMITTED", "CLAIMABLE", "PAID")
 
 
+def derived_prediction_status(p: sa.Table, s: sa.Table, i: sa.Table) -> sa.ColumnElement[str]:
+    """A prediction's status as reported: VOIDED (its cycle is void), SCORED (answered and scored),
+    else as made (PENDING, FAILED, ABSENT). Over predictions joined to inputs and outer-joined to scores."""
+    return sa.case(
+        (i.c.status == "VOIDED", "VOIDED"),
+        ((s.c.id.is_not(None)) & (p.c.status == "PENDING"), "SCORED"),
+        else_=p.c.status,
+    )
+
+
 class CompetitionStore:
     def __init__(self, engine: sa.Engine, slug: str):
         self.engine = engine
@@ -108,11 +118,7 @@ class CompetitionStore:
         """Predictions of cycles in [start, end) by status: SCORED (answered and scored), PENDING
         (no score yet), FAILED / ABSENT (penalised or waiting), VOIDED (the cycle is void)."""
         p, s, i = t.predictions, t.scores, t.inputs
-        status = sa.case(
-            (i.c.status == "VOIDED", "VOIDED"),
-            ((s.c.id.is_not(None)) & (p.c.status == "PENDING"), "SCORED"),
-            else_=p.c.status,
-        )
+        status = derived_prediction_status(p, s, i)
         with self.engine.connect() as connection:
             rows = connection.execute(
                 sa.select(status, sa.func.count())
@@ -121,6 +127,22 @@ class CompetitionStore:
                 .group_by(status)
             )
             return {name: int(count) for name, count in rows}
+
+    def prediction_statuses_by_hour(self, start: datetime, end: datetime) -> dict[datetime, dict[str, int]]:
+        """prediction_statuses of each hour of [start, end) that has predictions, in one query."""
+        p, s, i = t.predictions, t.scores, t.inputs
+        status = derived_prediction_status(p, s, i)
+        hour = sa.func.date_trunc("hour", p.c.cycle_at, "UTC")
+        by_hour: dict[datetime, dict[str, int]] = defaultdict(dict)
+        with self.engine.connect() as connection:
+            for at, name, count in connection.execute(
+                sa.select(hour, status, sa.func.count())
+                .select_from(p.join(i, i.c.id == p.c.input_id).outerjoin(s, s.c.prediction_id == p.c.id))
+                .where(p.c.competition == self.slug, p.c.cycle_at >= start, p.c.cycle_at < end)
+                .group_by(hour, status)
+            ):
+                by_hour[at][name] = int(count)
+        return dict(by_hour)
 
     def health_rows(self, model_ids: Sequence[str], before: datetime, lookback: int, since: datetime) -> list[HealthRow]:
         """Each model's last `lookback` predictions in [since, before), newest first."""
@@ -267,6 +289,20 @@ class CompetitionStore:
                 .where(p.c.competition == self.slug, p.c.cycle_at >= start, p.c.cycle_at < end,
                        s.c.id.is_(None), i.c.status != "VOIDED")
             ).scalar_one())
+
+    def unsettled_by_hour(self, start: datetime, end: datetime) -> dict[datetime, int]:
+        """unsettled_count of each hour of [start, end) that has any, in one query."""
+        p, s, i = t.predictions, t.scores, t.inputs
+        hour = sa.func.date_trunc("hour", p.c.cycle_at, "UTC")
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(hour, sa.func.count())
+                .select_from(p.join(i, i.c.id == p.c.input_id).outerjoin(s, s.c.prediction_id == p.c.id))
+                .where(p.c.competition == self.slug, p.c.cycle_at >= start, p.c.cycle_at < end,
+                       s.c.id.is_(None), i.c.status != "VOIDED")
+                .group_by(hour)
+            ).fetchall()
+        return {at: int(count) for at, count in rows}
 
     def unsettled_hours(self, resolvable_after: datetime | None, resolvable_until: datetime) -> list[datetime]:
         """Hours holding cycles that resolve in (resolvable_after, resolvable_until] and are not

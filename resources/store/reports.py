@@ -16,7 +16,7 @@ from typing import Any, Iterator, Sequence
 import sqlalchemy as sa
 
 from resources.store import schema as t
-from resources.store.competition import _checkpoint_row
+from resources.store.competition import _checkpoint_row, derived_prediction_status
 from resources.store.rows import CheckpointRow
 
 # Statuses a report shows: as made (PENDING answered and not scored yet, FAILED, ABSENT) or derived
@@ -88,11 +88,7 @@ class ReportStore:
     ) -> list[PredictionReport]:
         """One page of predictions in [start, end), ordered by (cycle_at, id), after the cursor."""
         p, s, i = t.predictions, t.scores, t.inputs
-        status_column = sa.case(
-            (i.c.status == "VOIDED", "VOIDED"),
-            ((s.c.id.is_not(None)) & (p.c.status == "PENDING"), "SCORED"),
-            else_=p.c.status,
-        )
+        status_column = derived_prediction_status(p, s, i)
         columns = [p.c.id, p.c.model_id, p.c.scope_key, p.c.cycle_at, i.c.resolvable_at, status_column.label("status"),
                    p.c.status_reason, p.c.exec_time_ms, p.c.inference_output, s.c.value, s.c.success,
                    s.c.failed_reason, (i.c.raw_data if with_input else sa.null()).label("input_data")]
