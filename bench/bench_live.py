@@ -74,6 +74,29 @@ def dagster_bytes(engine) -> int:
     return total
 
 
+def dagster_max_ids(engine) -> dict[str, int]:
+    """The newest row id of each of Dagster's tables that has one (rows after it are the window's)."""
+    import sqlalchemy as sa
+
+    with engine.connect() as connection:
+        with_id = set(connection.execute(sa.text(
+            "SELECT table_name FROM information_schema.columns WHERE table_schema = 'public' AND column_name = 'id'"
+        )).scalars())
+        return {table: connection.execute(sa.text(f"SELECT coalesce(max(id), 0) FROM public.{table}")).scalar()
+                for table in DAGSTER_TABLES if table in with_id}
+
+
+def dagster_rows_written(engine, before: dict[str, int]) -> dict[str, tuple[int, int]]:
+    """Per table: rows added after `before` and their bytes as stored (pg_column_size of the row;
+    index entries and page overhead not included), still there at the end of the window."""
+    import sqlalchemy as sa
+
+    with engine.connect() as connection:
+        return {table: tuple(connection.execute(sa.text(
+            f"SELECT count(*), coalesce(sum(pg_column_size(t.*)), 0) FROM public.{table} t WHERE id > :id"),
+            {"id": last}).one()) for table, last in before.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=5.0)
@@ -130,9 +153,10 @@ def main() -> None:
     try:
         time.sleep(args.warmup * 60)
         began = datetime.now(timezone.utc)
-        cpu_before, bytes_before = cpu_seconds(roots), dagster_bytes(engine)
+        cpu_before, bytes_before, ids_before = cpu_seconds(roots), dagster_bytes(engine), dagster_max_ids(engine)
         time.sleep(args.minutes * 60)
         cpu_after, bytes_after = cpu_seconds(roots), dagster_bytes(engine)
+        written = dagster_rows_written(engine, ids_before)
         ended = datetime.now(timezone.utc)
     finally:
         os.killpg(dev.pid, signal.SIGTERM)
@@ -146,8 +170,9 @@ def main() -> None:
             "SELECT cycle_at, min(created_at) FROM crunch.predictions WHERE competition = :c AND cycle_at >= :b AND cycle_at < :e "
             "GROUP BY cycle_at ORDER BY 1"), {"c": args.competition, "b": began, "e": ended}).fetchall()
         scored = connection.execute(sa.text(
-            "SELECT p.resolvable_at, max(s.scored_at) FROM crunch.scores s JOIN crunch.predictions p ON p.id = s.prediction_id "
-            "WHERE s.competition = :c AND p.resolvable_at >= :b AND p.resolvable_at < :e GROUP BY p.resolvable_at"),
+            "SELECT i.resolvable_at, max(s.scored_at) FROM crunch.scores s JOIN crunch.predictions p ON p.id = s.prediction_id "
+            "JOIN crunch.inputs i ON i.id = p.input_id "
+            "WHERE s.competition = :c AND i.resolvable_at >= :b AND i.resolvable_at < :e GROUP BY i.resolvable_at"),
             {"c": args.competition, "b": began, "e": ended}).fetchall()
         runs = connection.execute(sa.text("SELECT count(*) FROM runs WHERE create_timestamp >= :b"), {"b": began.replace(tzinfo=None)}).scalar()
         top = connection.execute(sa.text(
@@ -168,8 +193,12 @@ def main() -> None:
     if delays:
         print(f"cycles stored: {len(delays)}; due -> predictions stored: p50 {statistics.median(delays):.3f} s, "
               f"p90 {percentile(delays, 0.9):.3f} s, p99 {percentile(delays, 0.99):.3f} s, max {max(delays):.3f} s")
-        print(f"Dagster storage: {(bytes_after - bytes_before) / 1024:.1f} KiB in the window = "
-              f"{(bytes_after - bytes_before) / len(delays) / 1024:.2f} KiB per cycle")
+        print(f"Dagster storage, pages allocated: {(bytes_after - bytes_before) / 1024:.1f} KiB in the window = "
+              f"{(bytes_after - bytes_before) / len(delays) / 1024:.2f} KiB per cycle (8 KiB steps per table and index)")
+        row_bytes = sum(b for _, b in written.values())
+        print(f"Dagster storage, rows written: {row_bytes / 1024:.1f} KiB = {row_bytes / len(delays) / 1024:.2f} KiB per cycle: "
+              + ", ".join(f"{table} {rows} rows {size / 1024:.1f} KiB" for table, (rows, size) in
+                          sorted(written.items(), key=lambda item: -item[1][1]) if rows))
     else:
         print("no cycle was stored in the window")
     if score_delays:

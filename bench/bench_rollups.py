@@ -548,7 +548,8 @@ def table_rows(engine: sa.Engine) -> dict[str, tuple[int, int]]:
 def describe(admin_url_of, scored_weeks: int, models: int) -> None:
     print(f"\nwhat each database holds (btc_updown, {models} models, now = {NOW.isoformat()}):")
     print(f"  week: {PERIOD_START:%Y-%m-%d} .. now (7.5 days): every cycle's input, prediction and score; snapshots "
-          "and cycle_rollups per hour; a leaderboard per day; the closed period's checkpoint (PENDING)")
+          "and cycle_rollups per hour; a leaderboard per day; the closed period's checkpoint (PENDING, written by "
+          "the first warm-up round, so not counted below on a fresh run)")
     print(f"  year: the same, after 51 more weeks from {YEAR_START:%Y-%m-%d}: every cycle's input (resolved); "
           f"predictions and scores of the last {scored_weeks} of those weeks only; snapshots and cycle_rollups per "
           "hour, a leaderboard per day, a checkpoint per week (PAID) for all of them")

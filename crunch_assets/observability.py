@@ -81,7 +81,7 @@ def build_run_failure_sensor(spec: CompetitionSpec, *, running: bool) -> dg.Sens
     slug = spec.slug
 
     @dg.run_failure_sensor(
-        name=f"{slug}__run_failure_sensor", minimum_interval_seconds=15,
+        name=f"{slug}__run_failure_sensor", minimum_interval_seconds=60,  # a tick costs CPU and a stored row
         default_status=dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED,
         description=f"Records each failed run of {slug} (log, AssetObservation) and alerts ${ALERT_WEBHOOK_ENV} if set.",
     )
@@ -217,7 +217,7 @@ def build_lag_checks(spec: CompetitionSpec, keys: ChainKeys) -> list[dg.AssetChe
 
 def build_lag_sensor(spec: CompetitionSpec, keys: ChainKeys, *, running: bool) -> dg.SensorDefinition:
     @dg.sensor(
-        name=f"{spec.slug}__lag_sensor", minimum_interval_seconds=60,
+        name=f"{spec.slug}__lag_sensor", minimum_interval_seconds=120,
         default_status=dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED,
         description="Judges the lag checks on the store and records their evaluations (no run): at once when a "
                     f"verdict changes, otherwise every {LAG_REPORT_EVERY_SECONDS} s.",

@@ -251,7 +251,8 @@ class CompetitionSpec:
     # booted by then; the run waits for each cycle's due time before it reads anything (cutoff = T).
     cycle_lead_seconds: int = 30
     # The live run does each cycle at its due time; the sensors only keep it going and cover the rest.
-    cycle_sensor_interval_seconds: int = 20
+    # Each sensor tick costs CPU in the code server and the daemon and a row in Dagster's storage.
+    cycle_sensor_interval_seconds: int = 30
     settlement_sensor_interval_seconds: int = 120
     # Keys of a stored model input the report API may show participants (none by default).
     public_input_keys: tuple[str, ...] = ()
