@@ -69,3 +69,17 @@ def btc_csv() -> Path:
     if not BTC_CSV.is_file():
         pytest.fail(f"replay data missing: {BTC_CSV} (shared/ must sit beside the checkout)")
     return BTC_CSV
+
+
+@pytest.fixture
+def instance(database_url, tmp_path, monkeypatch):
+    """A Dagster instance configured by the checkout's dagster.yaml (storage on the test database,
+    compute logs under CRUNCH_DATA_DIR)."""
+    import dagster as dg
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    monkeypatch.setenv("CRUNCH_DATA_DIR", str(tmp_path / "data"))
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        yield instance

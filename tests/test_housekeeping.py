@@ -1,7 +1,6 @@
 """The purge job deletes a competition's old finished runs with their events and compute logs, and
 nothing else: not newer runs, not runs in flight, not another competition's, never the store."""
 
-import shutil
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -12,20 +11,7 @@ from dagster._core.storage.compute_log_manager import ComputeIOType
 
 from crunch_assets.housekeeping import purge_dagster_history
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PARTITION = "2026-11-01-00:00"
-
-
-@pytest.fixture
-def instance(database_url, tmp_path, monkeypatch):
-    """An instance configured by the checkout's dagster.yaml (storage on the test database,
-    compute logs under CRUNCH_DATA_DIR)."""
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
-    monkeypatch.setenv("CRUNCH_DATA_DIR", str(tmp_path / "data"))
-    with dg.DagsterInstance.from_config(str(home)) as instance:
-        yield instance
 
 
 def _run_ids(instance, **filters):

@@ -2,10 +2,8 @@
 bounded retries and without logging the URL; the lag checks judge the store, and their sensor
 records each verdict without a run."""
 
-import shutil
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -16,17 +14,6 @@ from crunch_assets.observability import (
     ALERT_WEBHOOK_ENV, LAG_CHECKS, build_run_failure_sensor, current_lag, lag_bounds, lag_verdicts, post_alert, redacted,
 )
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def instance(database_url, tmp_path, monkeypatch):
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
-    monkeypatch.setenv("CRUNCH_DATA_DIR", str(tmp_path / "data"))
-    with dg.DagsterInstance.from_config(str(home)) as instance:
-        yield instance
 
 
 def _failed_run(instance):
