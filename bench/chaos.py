@@ -410,10 +410,14 @@ def run_chaos(data_dir: Path, cycle_seconds: int = 20, port: int = 3200, targets
                 "WHERE p.cycle_at >= :f AND p.cycle_at <= :u AND s.id IS NULL AND i.status <> 'VOIDED'",
                 f=first, u=scored_until) == [(0,)], timeout)
         # run monitoring leaves no run stuck: nothing starting, started or cancelling for longer than
-        # its start timeout and poll interval allow
+        # its start timeout and poll interval allow, unless it is a run still logging (a live window
+        # run lives for its hour and logs at every tick)
         stuck = store.query(
-            "SELECT run_id, pipeline_name, status FROM public.runs WHERE status IN ('STARTED', 'STARTING', 'CANCELING', 'NOT_STARTED') "
-            "AND update_timestamp < (now() AT TIME ZONE 'UTC') - interval '240 seconds'")
+            "SELECT r.run_id, r.pipeline_name, r.status FROM public.runs r "
+            "WHERE r.status IN ('STARTED', 'STARTING', 'CANCELING', 'NOT_STARTED') "
+            "AND r.update_timestamp < (now() AT TIME ZONE 'UTC') - interval '240 seconds' "
+            "AND NOT EXISTS (SELECT 1 FROM public.event_logs e WHERE e.run_id = r.run_id "
+            "AND e.timestamp > (now() AT TIME ZONE 'UTC') - interval '120 seconds')")
         if stuck:
             problems.append(f"{len(stuck)} run(s) stuck in flight for over 240 s: {stuck[:3]}")
         log(f"stopping the deployment ({deployment.conf})")

