@@ -25,7 +25,11 @@ Each model process is a small supervisor (PR_SET_CHILD_SUBREAPER) with the worke
 (see local_worker.py), so everything the model starts stays below the supervisor, orphans included.
 When a process ends:
 - detached during a call (orphaned, or out of the worker's process group or session): SIGKILLed by
-  the worker at the end of that call, before its reply; so repeated cycles cannot pile them up;
+  its worker at the end of the cycle, before run_cycle returns; so repeated cycles cannot pile
+  them up. The coordinator reads /proc once per cycle for all its models and sends a sweep request
+  only to a model that has such processes. (Each worker looking for itself after every call cost
+  a walk over every pid handed out since its last look, threads included, in each of a hundred
+  processes: on a busy machine, 50 ms of CPU per model and cycle.)
 - still attached to the worker (a pool, a helper server): may live between calls, and ends with
   the worker;
 - when the worker ends (session close, restart after a timeout, crash or protocol error): the
@@ -65,7 +69,17 @@ from resources.model_runners.base import (
     ModelRunnerResource,
     ModelSession,
 )
-from resources.model_runners.local_worker import kill_process_tree, read_process
+from resources.model_runners.local_worker import (
+    FREEZE_SECONDS,
+    REAP_SECONDS,
+    SWEEP_REQUEST,
+    children_by_parent,
+    detached_processes,
+    kill_process_tree,
+    last_pid,
+    process_table,
+    read_process,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +92,7 @@ HANDSHAKE_MAX_BYTES = 64 * 1024
 READ_CHUNK_BYTES = 256 * 1024
 TERMINATE_GRACE_SECONDS = 1.0
 REAP_TIMEOUT_SECONDS = 5.0
+SWEEP_TIMEOUT_SECONDS = FREEZE_SECONDS + REAP_SECONDS + 5.0
 # One process per model on a few cores: numeric libraries must not each start a thread per core.
 SINGLE_THREAD_DEFAULTS = {
     "OMP_NUM_THREADS": "1",
@@ -404,6 +419,7 @@ class LocalModelSession(ModelSession):
         self._environment = worker_config.environment()
         self._handles: dict[str, _ModelProcess] = {info.model_id: _ModelProcess(info) for info in self._models}
         self._cycle_number = 0
+        self._last_pid_swept: int | None = None
         self._closed = False
         self._lock = threading.Lock()
         # Best effort if the session is dropped without close(), and at interpreter exit.
@@ -458,6 +474,7 @@ class LocalModelSession(ModelSession):
             run_exchanges(exchanges)
             for exchange in exchanges:
                 results[exchange.handle.model_id] = self._settle_call(exchange, timeout_seconds)
+            self._end_detached_processes([exchange.handle for exchange in exchanges])
 
             # Restarts boot while the coordinator works on this cycle; a skipped model is likely
             # skipped next cycle too, so it is left alone until it is called again.
@@ -468,6 +485,31 @@ class LocalModelSession(ModelSession):
         with self._lock:
             self._closed = True
             self._finalizer()
+
+    def _end_detached_processes(self, handles: list[_ModelProcess]) -> None:
+        """Have each model whose processes detached from its worker during the cycle end them (see
+        the module doc). A process can only detach by being created (a pid handed out) or by
+        calling setsid() itself; the latter, without a new process, is left to the session's end."""
+        newest_pid = last_pid()
+        if newest_pid is not None and newest_pid == self._last_pid_swept:
+            return
+        self._last_pid_swept = newest_pid
+        ready = [h for h in handles if h.state is _State.READY and h.process is not None and h.model_pid is not None]
+        if not ready:
+            return
+        table = process_table()
+        children = children_by_parent(table)
+        detached = [h for h in ready if detached_processes(table, h.process.pid, h.model_pid, children)]
+        if not detached:
+            return
+        sweeps = [_Exchange(h, SWEEP_REQUEST, time.monotonic() + SWEEP_TIMEOUT_SECONDS, HANDSHAKE_MAX_BYTES)
+                  for h in detached]
+        run_exchanges(sweeps)
+        for sweep in sweeps:
+            if sweep.failure is not None or not (sweep.reply or b"").startswith(b'{"type":"swept"'):
+                logger.warning("model %s: sweep of its detached processes failed (%s): restarting it",
+                               sweep.handle.model_id, sweep.failure or "unexpected reply")
+                sweep.handle.mark_for_restart()  # kills the whole tree
 
     def _settle_call(self, exchange: _Exchange, timeout_seconds: float) -> ModelCallResult:
         handle = exchange.handle

@@ -22,10 +22,13 @@ parent stays behind as the *supervisor*: a child subreaper (prctl PR_SET_CHILD_S
 imports nothing of the model, ignores SIGTERM and only waits. The child is the *worker* that
 imports the model and serves the protocol. Every process the model starts is therefore a
 descendant of the supervisor for as long as it lives, even after setsid() or a double fork.
-- End of each call (and of start-up): the worker SIGKILLs the processes of the model that detached
-  from it: orphans (reparented to the supervisor) and processes that left the worker's process
-  group or session, with everything below them. Children that stay attached (a pool, a helper
-  server) may live on between calls.
+- End of each cycle: the coordinator reads /proc once for all its models; a model with processes
+  detached from its worker (orphans reparented to the supervisor, processes that left the
+  worker's process group or session) gets a sweep request, and the worker SIGKILLs them, with
+  everything below them, and reaps its own:
+      in:  {"sweep": true}
+      out: {"type": "swept", "killed": <count>}
+  Children that stay attached (a pool, a helper server) may live on between calls.
 - End of the worker (end of input, a crash, SIGTERM at session close, SIGKILL): the supervisor
   SIGKILLs every descendant it still has, reaps them, and exits as the worker did (same exit code
   or signal). It holds the reply pipe open until then, so the coordinator's EOF means that
@@ -54,6 +57,7 @@ import time  # noqa: E402
 from typing import Callable, NamedTuple  # noqa: E402
 
 FALLBACK_MODULE_NAME = "participant_model"
+SWEEP_REQUEST = b'{"sweep":true}\n'
 MAX_DETAIL_CHARS = 1000
 MAX_OUTPUT_DEPTH = 100
 _JSON_SCALAR_TYPES = (str, int, bool, type(None))
@@ -64,7 +68,7 @@ def main() -> None:
     _limit_resources(config["memory_limit_mb"])
     supervisor_pid = _split_into_supervisor_and_worker()  # only the worker returns
     requests_in, replies_out_fd = _take_over_stdio()
-    detached = DetachedProcessSweeper(supervisor_pid, os.getpid())
+    worker_pid = os.getpid()
 
     started = time.perf_counter()
     try:
@@ -73,7 +77,6 @@ def main() -> None:
         detail = exc.args[0] if isinstance(exc, _StartupError) else describe_exception(exc)
         _send(replies_out_fd, {"type": "startup_failed", "detail": _truncate(detail)})
         os._exit(0)
-    detached.sweep()
     startup_ms = (time.perf_counter() - started) * 1000.0
     _send(replies_out_fd, {"type": "ready", "class_name": type(model).__name__, "startup_ms": round(startup_ms, 3),
                            "pid": os.getpid()})
@@ -85,13 +88,16 @@ def main() -> None:
             # os._exit: do not wait for threads the model may have left running. The supervisor
             # ends whatever processes the model still has.
             os._exit(0)
+        if line == SWEEP_REQUEST:
+            killed = end_detached_processes(supervisor_pid, worker_pid)
+            _send(replies_out_fd, {"type": "swept", "killed": killed})
+            continue
         try:
             reply = serve_request(model, json.loads(line), max_output_bytes)
         except BaseException as exc:  # noqa: BLE001 - e.g. MemoryError while decoding the request
             reply = '{"cycle":null,"ok":false,"exec_time_ms":0,"detail":%s}' % json.dumps(
                 _truncate("worker error: " + describe_exception(exc))
             )
-        detached.sweep()  # before the reply: what detached during the call has ended with it
         _send_encoded(replies_out_fd, reply)
 
 
@@ -112,7 +118,6 @@ def _limit_resources(memory_limit_mb: int) -> None:
 PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 FREEZE_SECONDS = 2.0
 REAP_SECONDS = 2.0
-NEW_PIDS_SCAN_LIMIT = 4096  # more new pids than this since the last look: scan all of /proc
 _STOPPED_STATES = frozenset("TtZXx")
 
 
@@ -153,7 +158,7 @@ def process_table() -> dict[int, ProcessInfo]:
     return table
 
 
-def _children_by_parent(table: dict[int, ProcessInfo]) -> dict[int, list[int]]:
+def children_by_parent(table: dict[int, ProcessInfo]) -> dict[int, list[int]]:
     children: dict[int, list[int]] = {}
     for pid, info in table.items():
         children.setdefault(info.ppid, []).append(pid)
@@ -162,7 +167,7 @@ def _children_by_parent(table: dict[int, ProcessInfo]) -> dict[int, list[int]]:
 
 def descendants(table: dict[int, ProcessInfo], root: int) -> set[int]:
     """The pids below `root` (not `root` itself), following the ppid links."""
-    children = _children_by_parent(table)
+    children = children_by_parent(table)
     found: set[int] = set()
     stack = [root]
     while stack:
@@ -173,14 +178,17 @@ def descendants(table: dict[int, ProcessInfo], root: int) -> set[int]:
     return found
 
 
-def detached_processes(table: dict[int, ProcessInfo], supervisor_pid: int, worker_pid: int) -> set[int]:
+def detached_processes(
+    table: dict[int, ProcessInfo], supervisor_pid: int, worker_pid: int,
+    children: dict[int, list[int]] | None = None,
+) -> set[int]:
     """The model's processes no longer attached to the worker: the supervisor's children other than
     the worker (orphans), and the worker's descendants that left its process group or session, each
-    with everything below it."""
+    with everything below it. `children`: the table's children_by_parent, when already made."""
     worker = table.get(worker_pid)
     if worker is None:
         return set()
-    children = _children_by_parent(table)
+    children = children_by_parent(table) if children is None else children
     found: set[int] = set()
     stack = [(pid, True) for pid in children.get(supervisor_pid, ()) if pid != worker_pid]
     stack += [(pid, False) for pid in children.get(worker_pid, ())]
@@ -257,7 +265,7 @@ def kill_process_tree(root_pid: int, seconds: float = FREEZE_SECONDS) -> dict[in
                            seconds)
 
 
-def _last_pid() -> int | None:
+def last_pid() -> int | None:
     """The pid most recently handed out in this PID namespace (/proc/loadavg), or None."""
     try:
         with open("/proc/loadavg", "rb") as loadavg:
@@ -266,85 +274,26 @@ def _last_pid() -> int | None:
         return None
 
 
-def _pid_max() -> int | None:
-    try:
-        with open("/proc/sys/kernel/pid_max", "rb") as pid_max:
-            return int(pid_max.read())
-    except (OSError, ValueError):
-        return None
-
-
-class DetachedProcessSweeper:
-    """In the worker: end the model's detached processes, cheaply enough to run after every call.
-
-    A process can only join the model's tree by being created, and new processes get the pids
-    handed out since the last look (from the last pid of /proc/loadavg). So only those pids are
-    read, walking their ppid chains up to the worker or the supervisor; /proc is scanned in full
-    only when one of them is detached (or too many pids went by to check them one by one). A call
-    that started no process costs one read of /proc/loadavg."""
-
-    def __init__(self, supervisor_pid: int, worker_pid: int):
-        self.supervisor_pid = supervisor_pid
-        self.worker_pid = worker_pid
-        self.last_pid = _last_pid()
-        self.pid_max = _pid_max()
-
-    def sweep(self) -> None:
-        if os.getppid() != self.supervisor_pid:
-            return  # no supervisor any more (killed from outside): nothing here can be made safe
-        before, now = self.last_pid, _last_pid()
-        if before is not None and now == before:
-            return
-        self.last_pid = now
-        new_pids = self._pids_between(before, now)
-        if new_pids is not None and not any(self._is_detached(pid) for pid in new_pids):
-            return
-        killed = freeze_and_kill(lambda table: detached_processes(table, self.supervisor_pid, self.worker_pid))
-        # The supervisor reaps orphans; children of the worker are reaped here, else they would stay
-        # zombies (the model's own handles to them, if any, then see them gone).
-        own_children = [pid for pid, info in killed.items() if info.ppid == self.worker_pid]
-        deadline = time.monotonic() + REAP_SECONDS
-        while own_children and time.monotonic() < deadline:
-            for pid in list(own_children):
-                try:
-                    if os.waitpid(pid, os.WNOHANG)[0] == 0:
-                        continue
-                except ChildProcessError:
-                    pass
-                own_children.remove(pid)
-            if own_children:
-                time.sleep(0.001)
-
-    def _pids_between(self, before: int | None, now: int | None) -> list[int] | None:
-        """The pids handed out after `before` up to `now`; None when that cannot be told or is too many."""
-        if before is None or now is None:
-            return None
-        if now > before:
-            span = range(before + 1, now + 1)
-            return list(span) if len(span) <= NEW_PIDS_SCAN_LIMIT else None
-        if self.pid_max is None:
-            return None
-        wrapped = [*range(before + 1, self.pid_max), *range(1, now + 1)]  # pids wrapped around
-        return wrapped if len(wrapped) <= NEW_PIDS_SCAN_LIMIT else None
-
-    def _is_detached(self, pid: int) -> bool:
-        """Whether `pid` is one of the model's processes and detached from the worker."""
-        worker = read_process(self.worker_pid)
-        chain: list[ProcessInfo] = []
-        current = pid
-        for _ in range(256):
-            if current == self.worker_pid:
-                return worker is not None and any(p.pgid != worker.pgid or p.sid != worker.sid for p in chain)
-            if current == self.supervisor_pid:
-                return bool(chain)  # below the supervisor, not through the worker: an orphan
-            if current <= 1:
-                return False
-            info = read_process(current)
-            if info is None:
-                return False  # gone; its children, if new, are checked themselves
-            chain.append(info)
-            current = info.ppid
-        return False
+def end_detached_processes(supervisor_pid: int, worker_pid: int) -> int:
+    """In the worker: SIGKILL the model's processes that detached from it, reap those that are its
+    own children (else they would stay zombies; the model's own handles to them then see them gone),
+    and return how many were killed."""
+    if os.getppid() != supervisor_pid:
+        return 0  # no supervisor any more (killed from outside): nothing here can be made safe
+    killed = freeze_and_kill(lambda table: detached_processes(table, supervisor_pid, worker_pid))
+    own_children = [pid for pid, info in killed.items() if info.ppid == worker_pid]
+    deadline = time.monotonic() + REAP_SECONDS
+    while own_children and time.monotonic() < deadline:
+        for pid in list(own_children):
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                    continue
+            except ChildProcessError:
+                pass
+            own_children.remove(pid)
+        if own_children:
+            time.sleep(0.001)
+    return len(killed)
 
 
 def _become_subreaper() -> bool:
