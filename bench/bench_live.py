@@ -1,11 +1,13 @@
 """The live deployment, measured: CPU per minute, cycle due time -> predictions stored,
 resolvable time -> score stored, and Dagster storage per live cycle.
 
-Starts the real thing (`dagster dev`: webserver, daemon, code server, the live runs they launch,
-each model in its own process) for one competition on a fresh embedded PostgreSQL, lets it warm
-up, then measures a steady window.
+Starts the real thing for one competition on a fresh embedded PostgreSQL: the production topology
+(`crunch-dagster serve`'s: the code location as one `dagster api grpc` server, and a webserver and
+the daemon on a grpc_server workspace, here through `dagster dev`), the live runs they launch and
+each model in its own process. `--topology dev` measures plain `dagster dev` instead, which starts
+its own code-server proxy in front of the gRPC server. Lets it warm up, then measures a steady window.
 
-    .venv/bin/python bench/bench_live.py [--minutes 5] [--warmup 2] [--models 3] [--competition btc_updown]
+    .venv/bin/python bench/bench_live.py [--minutes 5] [--warmup 2] [--models 3] [--competition btc_updown] [--topology grpc|dev]
 """
 
 import argparse
@@ -104,14 +106,19 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=3)
     parser.add_argument("--competition", default="btc_updown")
     parser.add_argument("--port", type=int, default=3011)
+    parser.add_argument("--topology", choices=("grpc", "dev"), default="grpc")
     parser.add_argument("--statements", action="store_true", help="also print the costliest SQL (pg_stat_statements)")
     args = parser.parse_args()
 
     data_dir = Path(tempfile.mkdtemp(prefix="crunch-bench-live-"))
     data_dir.chmod(0o755)
     workspace = data_dir / "workspace.yaml"
-    workspace.write_text(f"load_from:\n  - python_module:\n      module_name: competitions.{args.competition}.definitions\n"
-                         f"      location_name: {args.competition}\n")
+    module = f"competitions.{args.competition}.definitions"
+    grpc_port = args.port + 1
+    workspace.write_text(
+        f"load_from:\n  - grpc_server:\n      host: 127.0.0.1\n      port: {grpc_port}\n      location_name: {args.competition}\n"
+        if args.topology == "grpc" else
+        f"load_from:\n  - python_module:\n      module_name: {module}\n      location_name: {args.competition}\n")
     env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "CRUNCH_DATABASE_URL")}
     env["CRUNCH_DATA_DIR"] = str(data_dir)
     prefix = f"CRUNCH_{args.competition.upper()}_"
@@ -145,11 +152,18 @@ def main() -> None:
             connection.execute(sa.text("CREATE EXTENSION IF NOT EXISTS pg_stat_statements"))
     postgres = [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] and "postgres" in p.info["cmdline"][0]
                 and str(data_dir) in " ".join(p.info["cmdline"])]
-    dev = subprocess.Popen(
-        [str(PROJECT_ROOT / ".venv" / "bin" / "dagster"), "dev", "-w", str(workspace), "-h", "127.0.0.1", "-p", str(args.port)],
+    dagster = str(PROJECT_ROOT / ".venv" / "bin" / "dagster")
+    servers = []
+    if args.topology == "grpc":
+        servers.append(subprocess.Popen(
+            [dagster, "api", "grpc", "-m", module, "-h", "127.0.0.1", "-p", str(grpc_port)],
+            cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        ))
+    servers.append(subprocess.Popen(
+        [dagster, "dev", "-w", str(workspace), "-h", "127.0.0.1", "-p", str(args.port)],
         cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    roots = [psutil.Process(dev.pid), *postgres]
+    ))
+    roots = [*(psutil.Process(server.pid) for server in servers), *postgres]
     try:
         time.sleep(args.warmup * 60)
         began = datetime.now(timezone.utc)
@@ -159,11 +173,12 @@ def main() -> None:
         written = dagster_rows_written(engine, ids_before)
         ended = datetime.now(timezone.utc)
     finally:
-        os.killpg(dev.pid, signal.SIGTERM)
-        try:
-            dev.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(dev.pid, signal.SIGKILL)
+        for server in reversed(servers):
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
 
     with engine.connect() as connection:
         stored = connection.execute(sa.text(
@@ -185,8 +200,8 @@ def main() -> None:
     cpu = {kind: cpu_after.get(kind, 0.0) - cpu_before.get(kind, 0.0) for kind in cpu_after}
     delays = [(created - cycle).total_seconds() for cycle, created in stored]
     score_delays = [(at - resolvable).total_seconds() for resolvable, at in scored]
-    print(f"{args.competition} live with {args.models} local models, {minutes:.1f} min measured after {args.warmup} min warm-up "
-          f"(2 cores, embedded PostgreSQL)")
+    print(f"{args.competition} live with {args.models} local models ({args.topology} topology), {minutes:.1f} min measured "
+          f"after {args.warmup} min warm-up (2 cores, embedded PostgreSQL)")
     print(f"CPU: {sum(cpu.values()) / minutes:.2f} CPU-s/min in all: "
           + ", ".join(f"{kind} {seconds / minutes:.2f}" for kind, seconds in sorted(cpu.items(), key=lambda i: -i[1])))
     print(f"runs started in the window: {runs}")

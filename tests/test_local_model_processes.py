@@ -166,3 +166,31 @@ def test_a_model_process_that_dies_takes_its_detached_processes_with_it(tmp_path
             assert_left_the_session(detached, worker_pid)
         assert wait_until_gone(detached_pids) == []
     assert wait_for(lambda: not marked_processes(marker)), marked_processes(marker)
+
+
+def test_only_a_model_with_detached_processes_is_asked_to_sweep_whatever_else_the_machine_starts(
+    tmp_path, marker, monkeypatch
+):
+    """The coordinator reads /proc once per cycle; processes started elsewhere (here: 50 between
+    cycles) cost the models nothing, and only the model that detached one gets a sweep request."""
+    import subprocess
+
+    from resources.model_runners import local
+
+    swept: list[str] = []
+    real_run_exchanges = local.run_exchanges
+
+    def recording_run_exchanges(exchanges, on_settled=None):
+        swept.extend(e.handle.model_id for e in exchanges if bytes(e.pending_output) == local.SWEEP_REQUEST)
+        return real_run_exchanges(exchanges, on_settled)
+
+    monkeypatch.setattr(local, "run_exchanges", recording_run_exchanges)
+    models_dir = make_models_dir(tmp_path, "good", "echo", "forks_setsid_child")
+    with make_runner(models_dir).open_session(INTERFACE) as session:
+        for _ in range(3):
+            for _ in range(50):
+                subprocess.run(["true"], check=True)
+            results = session.run_cycle(CYCLE_CALLS, timeout_seconds=10.0)
+            assert all(r.status is CallStatus.SUCCESS for r in results.values()), results
+            assert wait_until_gone([results["forks_setsid_child"].output["detached"]["pid"]]) == []
+    assert swept == ["forks_setsid_child"] * 3
