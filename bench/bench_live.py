@@ -99,6 +99,16 @@ def dagster_rows_written(engine, before: dict[str, int]) -> dict[str, tuple[int,
             {"id": last}).one()) for table, last in before.items()}
 
 
+def dagster_ticks_by_instigator(engine, after_id: int) -> list[tuple[str, int, int]]:
+    """Ticks stored after `after_id` per sensor or schedule: name, count, bytes (as stored)."""
+    import sqlalchemy as sa
+
+    with engine.connect() as connection:
+        return [tuple(row) for row in connection.execute(sa.text(
+            "SELECT coalesce(tick_body::json->>'instigator_name', tick_body::json->>'job_name'), count(*), sum(pg_column_size(t.*)) FROM public.job_ticks t "
+            "WHERE id > :id GROUP BY 1 ORDER BY 3 DESC"), {"id": after_id})]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=5.0)
@@ -171,6 +181,7 @@ def main() -> None:
         time.sleep(args.minutes * 60)
         cpu_after, bytes_after = cpu_seconds(roots), dagster_bytes(engine)
         written = dagster_rows_written(engine, ids_before)
+        ticks_by_sensor = dagster_ticks_by_instigator(engine, ids_before.get("job_ticks", 0))
         ended = datetime.now(timezone.utc)
     finally:
         for server in reversed(servers):
@@ -214,6 +225,8 @@ def main() -> None:
         print(f"Dagster storage, rows written: {row_bytes / 1024:.1f} KiB = {row_bytes / len(delays) / 1024:.2f} KiB per cycle: "
               + ", ".join(f"{table} {rows} rows {size / 1024:.1f} KiB" for table, (rows, size) in
                           sorted(written.items(), key=lambda item: -item[1][1]) if rows))
+        print("  ticks per sensor: " + ", ".join(f"{name} {count} ({size / count:.0f} B each)"
+                                                 for name, count, size in ticks_by_sensor))
     else:
         print("no cycle was stored in the window")
     if score_delays:

@@ -13,19 +13,23 @@ seconds. Every minute it rolls up the current hours and refreshes the live leade
 window is over, it reports each asset partition it materialized (feed, predictions, scores, the
 day's snapshots and leaderboard), with the partition's own figures and the asset checks, and exits.
 
-The numbers are a backfill's: same functions, same store, same as_of discipline. Each tick
-logs one line, which is its heartbeat: the cycle sensor reads the time of the run's last event. A
-run that dies (kill -9, lost machine) stops logging, and the cycle sensor launches a replacement,
-which marks the dead run failed and catches up. A tick that fails is logged and retried at the next tick; after `MAX_FAILED_TICKS` in
+The numbers are a backfill's: same functions, same store, same as_of discipline. Each wake-up
+stamps the run's heartbeat, one row of Dagster's key-value store rewritten in place (a log line
+per poll cost ~0.5 KB of event log each), and a line is logged when a cycle is stored or scored, so
+the UI shows each cycle. A run that dies (kill -9, lost machine) stops beating, and the cycle sensor
+launches a replacement, which marks the dead run failed and catches up. A tick that fails is logged and retried at the next tick; after `MAX_FAILED_TICKS` in
 a row the run fails, so the failure is visible and a fresh run takes over.
 """
 
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
+import sqlalchemy as sa
+from dagster._core.storage.runs.schema import KeyValueStoreTable
 
 from crunch_assets import checks
 from crunch_assets.feed import FeedReport, ingest
@@ -59,7 +63,7 @@ def poll_seconds(spec: CompetitionSpec) -> float:
 
 
 def stale_after_seconds(spec: CompetitionSpec) -> float:
-    """A live run that logged nothing for this long is taken for dead."""
+    """A live run whose heartbeat is this old is taken for dead."""
     return max(40.0, 2.5 * poll_seconds(spec))
 
 
@@ -87,9 +91,10 @@ def _merge_feed(total: FeedReport, report: FeedReport) -> None:
 class LiveWindow:
     """One hour window's live work; `tick(as_of)` is one wake-up."""
 
-    def __init__(self, spec, partitions, rules, feed, ground_truth, model_runner, database, session, log):
+    def __init__(self, spec, partitions, rules, feed, ground_truth, model_runner, database, session, log,
+                 beat: Callable[[], None] = lambda: None):
         self.spec, self.partitions, self.rules, self.feed = spec, partitions, rules, feed
-        self.ground_truth, self.model_runner, self.log = ground_truth, model_runner, log
+        self.ground_truth, self.model_runner, self.log, self.beat = ground_truth, model_runner, log, beat
         self.store, self.feeds = database.competition(spec.slug), database.feeds()
         self.session = session
         self.progress = WindowProgress()
@@ -117,12 +122,12 @@ class LiveWindow:
         self.progress.ticks += 1
 
     def cycle_progress(self, cycle_at: datetime, done: int, total: int) -> None:
-        """During a catch-up (many cycles in one tick, slow models), log progress every
-        PROGRESS_EVERY_SECONDS: it shows in the UI and is the heartbeat the cycle sensor reads, so a
-        long tick is not taken for a dead run."""
+        """During a catch-up (many cycles in one tick, slow models), log progress and beat every
+        PROGRESS_EVERY_SECONDS, so the UI shows it and a long tick is not taken for a dead run."""
         now = time.monotonic()
         if total > 1 and now - self.last_progress >= PROGRESS_EVERY_SECONDS:
             self.log.info(f"catching up: cycle {cycle_at.isoformat(timespec='seconds')} run ({done} of {total})")
+            self.beat()
             self.last_progress = now
 
     def roll_up(self, as_of: datetime) -> None:
@@ -145,10 +150,51 @@ def _next_wake(spec: CompetitionSpec, start: datetime, now: datetime) -> datetim
     return min([poll, start + HOUR, *due[:1]])
 
 
+def _heartbeat_key(run_id: str) -> str:
+    return f"crunch/live_heartbeat/{run_id}"
+
+
+def beat(instance: dg.DagsterInstance, run_id: str) -> None:
+    """Stamp the run's heartbeat: one key-value row, rewritten in place."""
+    instance.run_storage.set_cursor_values({_heartbeat_key(run_id): repr(time.time())})
+
+
+def forget_heartbeat(instance: dg.DagsterInstance, run_id: str) -> None:
+    """Drop a run's heartbeat row (Dagster's key-value API has no delete)."""
+    connect = getattr(instance.run_storage, "connect", None)
+    if connect is not None:
+        with connect() as connection:
+            connection.execute(KeyValueStoreTable.delete().where(KeyValueStoreTable.c.key == _heartbeat_key(run_id)))
+
+
+def forget_finished_heartbeats(instance: dg.DagsterInstance) -> int:
+    """Drop the heartbeat rows of runs that are over or gone (a killed run cannot drop its own)."""
+    connect = getattr(instance.run_storage, "connect", None)
+    if connect is None:
+        return 0
+    prefix = _heartbeat_key("")
+    with connect() as connection:
+        keys = connection.execute(sa.select(KeyValueStoreTable.c.key).where(KeyValueStoreTable.c.key.startswith(prefix))).scalars().all()
+    finished = []
+    for key in keys:
+        run = instance.get_run_by_id(key[len(prefix):])
+        if run is None or run.is_finished:
+            finished.append(key)
+    if finished:
+        with connect() as connection:
+            connection.execute(KeyValueStoreTable.delete().where(KeyValueStoreTable.c.key.in_(finished)))
+    return len(finished)
+
+
 def last_sign_of_life(instance: dg.DagsterInstance, run_id: str) -> datetime | None:
-    """The time of the run's newest event (a live run logs at every tick)."""
+    """The run's newest heartbeat or event, whichever is later (a run beats at every wake-up)."""
+    key = _heartbeat_key(run_id)
+    stamped = instance.run_storage.get_cursor_values({key}).get(key)
     records = instance.get_records_for_run(run_id, limit=1, ascending=False).records
-    return datetime.fromtimestamp(records[0].event_log_entry.timestamp, tz=timezone.utc) if records else None
+    times = [datetime.fromtimestamp(float(stamped), tz=timezone.utc)] if stamped else []
+    if records:
+        times.append(datetime.fromtimestamp(records[0].event_log_entry.timestamp, tz=timezone.utc))
+    return max(times, default=None)
 
 
 def mark_dead_predecessors(context: dg.OpExecutionContext, spec: CompetitionSpec, window_key: str) -> list[str]:
@@ -162,15 +208,11 @@ def mark_dead_predecessors(context: dg.OpExecutionContext, spec: CompetitionSpec
     )):
         if run.run_id == context.run_id:
             continue
-        beat = last_sign_of_life(instance, run.run_id)
-        if beat is None or beat < stale_before:
-            instance.report_run_failed(run, message=f"no sign of life since {beat}: taken over by run {context.run_id}")
+        last_beat = last_sign_of_life(instance, run.run_id)
+        if last_beat is None or last_beat < stale_before:
+            instance.report_run_failed(run, message=f"no sign of life since {last_beat}: taken over by run {context.run_id}")
             marked.append(run.run_id)
     return marked
-
-
-def _heartbeat(context: dg.OpExecutionContext, message: str) -> None:
-    context.log.info(message)
 
 
 def build_live_job(spec: CompetitionSpec, partitions: CompetitionPartitions, keys: ChainKeys) -> dg.JobDefinition:
@@ -191,12 +233,17 @@ def build_live_job(spec: CompetitionSpec, partitions: CompetitionPartitions, key
         window_key = start.isoformat()
         for run_id in mark_dead_predecessors(context, spec, window_key):
             context.log.warning(f"run {run_id} of this window stopped heartbeating: marked failed, taking over")
+        forget_finished_heartbeats(context.instance)
         end = start + HOUR
         stop = min(end, datetime.fromisoformat(config.stop_at)) if config.stop_at else end
         with ExitStack() as stack:
+            stack.callback(forget_heartbeat, context.instance, context.run_id)
             live = LiveWindow(spec, partitions, rules, feed, ground_truth, model_runner, database,
-                              SessionOnDemand(model_runner, rules, stack), context.log)
+                              SessionOnDemand(model_runner, rules, stack), context.log,
+                              beat=lambda: beat(context.instance, context.run_id))
+            logged = None  # the progress last logged: a line per change, not per wake-up
             while True:
+                live.beat()
                 now = datetime.now(timezone.utc)
                 if now >= start:
                     final = now >= stop
@@ -211,13 +258,17 @@ def build_live_job(spec: CompetitionSpec, partitions: CompetitionPartitions, key
                                           f"{type(error).__name__}: {error}")
                         if live.progress.failed_ticks >= MAX_FAILED_TICKS:
                             raise
-                    scored = sum(c.get("scored", 0) + c.get("penalised", 0) for c in live.progress.settled.by_hour.values())
-                    _heartbeat(context, f"{as_of.isoformat(timespec='seconds')}: {sum(live.progress.cycles.cycles_run.values())} "
-                                        f"cycle(s) stored, {scored} prediction(s) scored in this run")
+                    progress = (sum(live.progress.cycles.cycles_run.values()),
+                                sum(c.get("scored", 0) + c.get("penalised", 0) for c in live.progress.settled.by_hour.values()))
+                    if progress != logged or final:
+                        context.log.info(f"{as_of.isoformat(timespec='seconds')}: {progress[0]} cycle(s) stored, "
+                                         f"{progress[1]} prediction(s) scored in this run")
+                        logged = progress
                     if final:
                         break
-                else:
-                    _heartbeat(context, f"waiting for the window to begin at {start.isoformat()}")
+                elif logged is None:
+                    context.log.info(f"waiting for the window to begin at {start.isoformat()}")
+                    logged = ()
                 now = datetime.now(timezone.utc)
                 wake = min(start, now + timedelta(seconds=poll_seconds(spec))) if now < start else _next_wake(spec, start, now)
                 wake = min(wake, max(stop, now))

@@ -253,7 +253,7 @@ def build_sensors(
 
     @dg.sensor(
         name=f"{slug}__feed_sensor", job=jobs.feed, default_status=status,
-        minimum_interval_seconds=max(spec.feed_poll_interval_seconds, 120),
+        minimum_interval_seconds=max(spec.feed_poll_interval_seconds, spec.settlement_sensor_interval_seconds),
         description="Keeps the feed current between cycles (ground truth for sparse cycles).",
     )
     def feed_sensor(context: dg.SensorEvaluationContext, database: CrunchDatabase, feed: FeedResource):
@@ -272,7 +272,8 @@ def build_sensors(
         )
 
     @dg.sensor(
-        name=f"{slug}__model_registry_sensor", job=jobs.registry, default_status=status, minimum_interval_seconds=120,
+        name=f"{slug}__model_registry_sensor", job=jobs.registry, default_status=status,
+        minimum_interval_seconds=spec.registry_sensor_interval_seconds,
         description="Requests a model registry sync when the runner's models differ from the registry.",
     )
     def model_registry_sensor(

@@ -252,8 +252,12 @@ class CompetitionSpec:
     cycle_lead_seconds: int = 30
     # The live run does each cycle at its due time; the sensors only keep it going and cover the rest.
     # Each sensor tick costs CPU in the code server and the daemon and a row in Dagster's storage.
+    # The others cover what no live run does (a pause, a backfill's hours, a new model), so they
+    # tick every 5 minutes: each skipped tick is a ~1 KB row, and the run failure and lag sensors add theirs.
     cycle_sensor_interval_seconds: int = 30
-    settlement_sensor_interval_seconds: int = 120
+    settlement_sensor_interval_seconds: int = 300
+    # A model that appears in the runner is registered within this (and predicts from its next cycle).
+    registry_sensor_interval_seconds: int = 300
     # Keys of a stored model input the report API may show participants (none by default).
     public_input_keys: tuple[str, ...] = ()
     description: str = ""
@@ -314,7 +318,8 @@ class CompetitionSpec:
         self.eligibility.validate()
         self.emission.validate()
         for name in ("history_seconds", "void_after_seconds", "feed_retention_days", "feed_poll_interval_seconds",
-                     "max_catchup_seconds", "cycle_sensor_interval_seconds", "settlement_sensor_interval_seconds"):
+                     "max_catchup_seconds", "cycle_sensor_interval_seconds", "settlement_sensor_interval_seconds",
+                     "registry_sensor_interval_seconds"):
             if getattr(self, name) <= 0:
                 raise SpecError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("settle_delay_seconds", "quarantine_after_failures", "quarantine_cooldown_seconds", "cycle_lead_seconds"):

@@ -93,8 +93,13 @@ def test_a_live_window_runs_cycles_when_due_and_equals_a_backfill(clean_database
     dispose_engines()
     from tests.rewards_fixtures import materialize_hours
 
+    from crunch_assets.run_config import as_of_run_config
+
     materialize_hours(defs, spec, ["feed_records"], window, window)
-    materialize_hours(defs, spec, ["predictions", "scores"], window, window, raise_on_error=False)
+    # the cycles up to where the live run stopped (a cycle due after the feed fetch above would wait for it)
+    materialize_hours(defs, spec, ["predictions"], window, window,
+                      run_config=as_of_run_config([f"{SLUG}__predictions"], stop))
+    materialize_hours(defs, spec, ["scores"], window, window, raise_on_error=False)
     backfill = _stored(engine_for(), list(live_cycles))
     assert backfill[0] == live[0]  # the same inputs
     assert [r for r in backfill[1] if (r[0], r[1]) in {(x[0], x[1]) for x in live[1]}] == live[1]
@@ -121,16 +126,24 @@ def test_the_cycle_sensor_keeps_one_live_run_per_window_and_replaces_a_dead_one(
     assert len(current) == 1 and current[0].run_config["ops"][f"{SLUG}__live_window"]["config"]["window_start"] == window
     job_name = f"{SLUG}__live_job"
     tags = {WINDOW_TAG: window, "crunch/competition": SLUG}
-    create_run_for_test(instance, job_name=job_name, status=dg.DagsterRunStatus.STARTED, tags=tags)
+    run = create_run_for_test(instance, job_name=job_name, status=dg.DagsterRunStatus.STARTED, tags=tags)
     assert not [r for r in tick().run_requests if r.tags[WINDOW_TAG] == window]  # alive: nothing to do
-    # the run has logged nothing for five minutes (killed): a replacement is requested, with a new run key
-    from unittest import mock
+    # its heartbeat is five minutes old (killed): a replacement is requested, with a new run key
+    from crunch_assets.live import beat, forget_finished_heartbeats, forget_heartbeat
 
-    import crunch_assets.sensors as sensors
-
-    with mock.patch.object(sensors, "last_sign_of_life", return_value=now - timedelta(minutes=5)):
-        replacement = [r for r in tick().run_requests if r.tags[WINDOW_TAG] == window]
+    key = f"crunch/live_heartbeat/{run.run_id}"
+    instance.run_storage.set_cursor_values({key: repr((now - timedelta(minutes=5)).timestamp())})
+    assert last_sign_of_life(instance, run.run_id) == now - timedelta(minutes=5)
+    replacement = [r for r in tick().run_requests if r.tags[WINDOW_TAG] == window]
     assert len(replacement) == 1 and replacement[0].run_key != current[0].run_key
+    beat(instance, run.run_id)  # it beats again (one row, rewritten in place): alive
+    assert not [r for r in tick().run_requests if r.tags[WINDOW_TAG] == window]
+    # killed: run monitoring marks it failed, and the next live run drops its heartbeat row
+    instance.report_run_failed(instance.get_run_by_id(run.run_id), message="killed")
+    assert forget_finished_heartbeats(instance) == 1 and instance.run_storage.get_cursor_values({key}) == {}
+    beat(instance, run.run_id)
+    forget_heartbeat(instance, run.run_id)  # what a run does at its end
+    assert instance.run_storage.get_cursor_values({key}) == {}
     # an empty store misses the last catch-up bound's cycles: past windows get their live run too
     past = {r.tags[WINDOW_TAG] for r in first.run_requests} - {window}
     expected_past = {(now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)).isoformat()}
@@ -179,10 +192,12 @@ def test_a_long_catch_up_logs_progress_every_few_seconds(monkeypatch):
     monkeypatch.setattr(live.time, "monotonic", lambda: clock[0])
     logged = []
     window = live.LiveWindow.__new__(live.LiveWindow)
-    window.log, window.last_progress = SimpleNamespace(info=logged.append), clock[0]
+    beats = []
+    window.log, window.last_progress, window.beat = SimpleNamespace(info=logged.append), clock[0], lambda: beats.append(clock[0])
     start = datetime(2026, 12, 1, 10, tzinfo=timezone.utc)
     for minute in range(40):  # 40 cycles of 1.5 s each
         clock[0] += 1.5
         window.cycle_progress(start + timedelta(minutes=minute), minute + 1, 40)
     assert len(logged) == 5 and logged[0] == "catching up: cycle 2026-12-01T10:06:00+00:00 run (7 of 40)"
+    assert len(beats) == 5  # the heartbeat is stamped with each progress line: a long catch-up is not a dead run
     assert live.PROGRESS_EVERY_SECONDS * 3 < live.stale_after_seconds(_fast_spec(start))
