@@ -152,3 +152,31 @@ def test_fetched_spans_merge_and_answer_coverage(clean_database):
     spans = FeedStore(engine).spans([STREAM], t0, t0 + timedelta(hours=3))[STREAM]
     assert spans.spans == ((t0, t0 + timedelta(hours=3)),)
     assert FeedStore(engine).fetched_until([STREAM]) == t0 + timedelta(hours=3)
+
+
+@pytest.mark.parametrize("models", [3, 2100])  # below and above COPY_MIN_ROWS: the VALUES and the COPY paths
+def test_scores_round_trip_awkward_text_through_either_write_path(clean_database, models):
+    """Score rows are COPYed as hand-formatted text: tabs, newlines, backslashes and quotes in model
+    ids, reasons and results come back exactly, and a second write of the same scores adds nothing."""
+    from resources.store.competition import CompetitionStore
+    from resources.store.rows import CycleWrite, InputRow, PredictionRow, Resolution, ScoreRow
+
+    store = CompetitionStore(engine_for(clean_database), "demo")
+    at = datetime(2025, 1, 7, 12, tzinfo=timezone.utc)
+    model_ids = [f"m\t{i}\\x\n\"q\"é" for i in range(models)]
+    store.write_cycles([CycleWrite(
+        InputRow("BTC", at, at + timedelta(minutes=1), {"p": 1.0}, {}),
+        [PredictionRow(m, "PENDING", inference_output={"p_up": 0.5}) for m in model_ids],
+    )], [])
+    (cycle,) = store.cycles_to_settle(at, at + timedelta(hours=1), at + timedelta(hours=1), None)
+    assert {p.inference_output["p_up"] for p in cycle.predictions} == {0.5}
+    rows = [ScoreRow(p.id, p.model_id, "BTC", at, i / 3, i % 2 == 0, None if i % 2 == 0 else f"bad\t{i}\\n\nline",
+                     {"note": f"tab\there \\ back\nslash {i}", "x": [1.5, None]})
+            for i, p in enumerate(sorted(cycle.predictions, key=lambda p: p.model_id))]
+    assert store.write_settlement(rows, [Resolution(cycle.input_id, {"up": True}, 0.0)], []).scores == models
+    assert store.write_settlement(rows, [], []).scores == 0
+    with store.engine.connect() as connection:
+        stored = connection.execute(sa.text(
+            "SELECT prediction_id, model_id, scope_key, cycle_at, value, success, failed_reason, result "
+            "FROM crunch.scores ORDER BY prediction_id")).fetchall()
+    assert [tuple(r) for r in stored] == sorted(tuple(r) for r in rows)

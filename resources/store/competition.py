@@ -7,6 +7,7 @@ from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import Any, Iterable, Iterator, Sequence
 
+import psycopg2.extras
 import sqlalchemy as sa
 
 from resources.store import schema as t
@@ -220,6 +221,7 @@ class CompetitionStore:
             # An unresolved or voided cycle has no score yet (a cycle is scored whole, in one
             # transaction). A raw cursor: tens of thousands of rows, no per-row Row objects.
             with connection.connection.dbapi_connection.cursor() as cursor:
+                psycopg2.extras.register_default_jsonb(conn_or_curs=cursor, loads=json_codec.loads)
                 cursor.execute(
                     "SELECT id, input_id, model_id, status, status_reason, inference_output FROM crunch.predictions "
                     "WHERE input_id = ANY(%s) ORDER BY input_id, model_id",
@@ -245,8 +247,7 @@ class CompetitionStore:
                 connection, t.scores,
                 ("competition", "prediction_id", "model_id", "scope_key", "cycle_at", "value", "success",
                  "failed_reason", "result"),
-                [(self.slug, r.prediction_id, r.model_id, r.scope_key, r.cycle_at, r.value, r.success,
-                  r.failed_reason, r.result) for r in scores],
+                [(self.slug, *r) for r in scores],  # ScoreRow's fields are the columns' order
                 ("prediction_id",), copy_lines=self._score_lines,
             )
             i = t.inputs
@@ -267,15 +268,26 @@ class CompetitionStore:
         """COPY text of score rows, formatted directly (the scores step's hot path)."""
         competition = copy_field(self.slug)
         times: dict[datetime, str] = {}
+        names: dict[str, str] = {}  # model ids and scope keys repeat: each is escaped once
+        dumps = json_codec.dumps
         for offset in range(0, len(rows), 2000):
             lines = []
             for _, pid, model_id, scope_key, cycle_at, value, success, reason, result in rows[offset : offset + 2000]:
                 at = times.get(cycle_at)
                 if at is None:
                     at = times[cycle_at] = cycle_at.isoformat()
+                model = names.get(model_id)
+                if model is None:
+                    model = names[model_id] = copy_field(model_id)
+                scope = names.get(scope_key)
+                if scope is None:
+                    scope = names[scope_key] = copy_field(scope_key)
+                encoded = dumps(result)
+                if "\\" in encoded:  # JSON text holds no raw tab, newline or CR: only a backslash needs escaping
+                    encoded = copy_field(encoded)
                 lines.append(
-                    f"{competition}\t{pid}\t{copy_field(model_id)}\t{copy_field(scope_key)}\t{at}\t{value!r}\t"
-                    f"{'t' if success else 'f'}\t{copy_field(reason)}\t{copy_field(json_codec.dumps(result))}\n"
+                    f"{competition}\t{pid}\t{model}\t{scope}\t{at}\t{value!r}\t{'t' if success else 'f'}\t"
+                    f"{copy_field(reason)}\t{encoded}\n"
                 )
             yield "".join(lines)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,7 @@ class HealthRow:
     meta: dict
 
 
-@dataclass(frozen=True, slots=True)
-class StoredPrediction:
+class StoredPrediction(NamedTuple):  # a tuple: tens of thousands per scores run, built in C
     id: int
     model_id: str
     status: str
@@ -86,8 +85,7 @@ class CycleToSettle:
     predictions: list[StoredPrediction]
 
 
-@dataclass(frozen=True, slots=True)
-class ScoreRow:
+class ScoreRow(NamedTuple):  # likewise
     prediction_id: int
     model_id: str
     scope_key: str
