@@ -125,10 +125,9 @@ LAG_CHECKS = {  # asset -> the check that says whether its newest stored row is 
     "emission_checkpoints": "checkpoints_on_time",
 }
 # An unchanged verdict is reported again this often (the UI shows when it was last judged); a
-# changed one at once (within LAG_SENSOR_INTERVAL_SECONDS). Every report is two rows (~2.5 KB) in
-# Dagster's storage.
+# changed one at once (at the sensor's next tick, every spec.lag_sensor_interval_seconds). Every
+# report is two rows (~2.5 KB) in Dagster's storage.
 LAG_REPORT_EVERY_SECONDS = 3600
-LAG_SENSOR_INTERVAL_SECONDS = 300
 
 
 def lag_bounds(spec: CompetitionSpec) -> dict[str, timedelta]:
@@ -219,7 +218,7 @@ def build_lag_checks(spec: CompetitionSpec, keys: ChainKeys) -> list[dg.AssetChe
 
 def build_lag_sensor(spec: CompetitionSpec, keys: ChainKeys, *, running: bool) -> dg.SensorDefinition:
     @dg.sensor(
-        name=f"{spec.slug}__lag_sensor", minimum_interval_seconds=LAG_SENSOR_INTERVAL_SECONDS,
+        name=f"{spec.slug}__lag_sensor", minimum_interval_seconds=spec.lag_sensor_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED,
         description="Judges the lag checks on the store and records their evaluations (no run): at once when a "
                     f"verdict changes, otherwise every {LAG_REPORT_EVERY_SECONDS} s.",

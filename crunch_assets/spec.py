@@ -258,6 +258,8 @@ class CompetitionSpec:
     settlement_sensor_interval_seconds: int = 300
     # A model that appears in the runner is registered within this (and predicts from its next cycle).
     registry_sensor_interval_seconds: int = 300
+    # How often the lag checks are judged (a changed verdict is recorded at once).
+    lag_sensor_interval_seconds: int = 300
     # Keys of a stored model input the report API may show participants (none by default).
     public_input_keys: tuple[str, ...] = ()
     description: str = ""
@@ -319,7 +321,7 @@ class CompetitionSpec:
         self.emission.validate()
         for name in ("history_seconds", "void_after_seconds", "feed_retention_days", "feed_poll_interval_seconds",
                      "max_catchup_seconds", "cycle_sensor_interval_seconds", "settlement_sensor_interval_seconds",
-                     "registry_sensor_interval_seconds"):
+                     "registry_sensor_interval_seconds", "lag_sensor_interval_seconds"):
             if getattr(self, name) <= 0:
                 raise SpecError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("settle_delay_seconds", "quarantine_after_failures", "quarantine_cooldown_seconds", "cycle_lead_seconds"):
