@@ -154,9 +154,14 @@ def _heartbeat_key(run_id: str) -> str:
     return f"crunch/live_heartbeat/{run_id}"
 
 
-def beat(instance: dg.DagsterInstance, run_id: str) -> None:
-    """Stamp the run's heartbeat: one key-value row, rewritten in place."""
-    instance.run_storage.set_cursor_values({_heartbeat_key(run_id): repr(time.time())})
+def beat(instance: dg.DagsterInstance, run_id: str, log=None) -> None:
+    """Stamp the run's heartbeat: one key-value row, rewritten in place. A failed stamp (the
+    database restarting) is logged, never fatal: the next wake-up stamps again."""
+    try:
+        instance.run_storage.set_cursor_values({_heartbeat_key(run_id): repr(time.time())})
+    except Exception as error:
+        if log is not None:
+            log.warning(f"heartbeat not stamped: {type(error).__name__}: {error}")
 
 
 def forget_heartbeat(instance: dg.DagsterInstance, run_id: str) -> None:
@@ -240,7 +245,7 @@ def build_live_job(spec: CompetitionSpec, partitions: CompetitionPartitions, key
             stack.callback(forget_heartbeat, context.instance, context.run_id)
             live = LiveWindow(spec, partitions, rules, feed, ground_truth, model_runner, database,
                               SessionOnDemand(model_runner, rules, stack), context.log,
-                              beat=lambda: beat(context.instance, context.run_id))
+                              beat=lambda: beat(context.instance, context.run_id, context.log))
             logged = None  # the progress last logged: a line per change, not per wake-up
             while True:
                 live.beat()

@@ -251,10 +251,10 @@ class CompetitionSpec:
     # booted by then; the run waits for each cycle's due time before it reads anything (cutoff = T).
     cycle_lead_seconds: int = 30
     # The live run does each cycle at its due time; the sensors only keep it going and cover the rest.
-    # Each sensor tick costs CPU in the code server and the daemon and a row in Dagster's storage.
-    # The others cover what no live run does (a pause, a backfill's hours, a new model), so they
-    # tick every 5 minutes: each skipped tick is a ~1 KB row, and the run failure and lag sensors add theirs.
+    # Each sensor tick costs CPU in the code server and the daemon and a ~1 KB row in Dagster's storage.
     cycle_sensor_interval_seconds: int = 30
+    # The catch-up sensors cover what no live run does (a pause, a backfill's hours, a new model),
+    # so they tick every 5 minutes.
     settlement_sensor_interval_seconds: int = 300
     # A model that appears in the runner is registered within this (and predicts from its next cycle).
     registry_sensor_interval_seconds: int = 300

@@ -201,3 +201,20 @@ def test_a_long_catch_up_logs_progress_every_few_seconds(monkeypatch):
     assert len(logged) == 5 and logged[0] == "catching up: cycle 2026-12-01T10:06:00+00:00 run (7 of 40)"
     assert len(beats) == 5  # the heartbeat is stamped with each progress line: a long catch-up is not a dead run
     assert live.PROGRESS_EVERY_SECONDS * 3 < live.stale_after_seconds(_fast_spec(start))
+
+
+def test_a_heartbeat_the_database_refuses_is_logged_not_fatal():
+    """The database restarting under a live run must not end the run: the stamp is retried at the next wake-up."""
+    from types import SimpleNamespace
+
+    import sqlalchemy.exc
+
+    from crunch_assets.live import beat
+
+    def refuse(pairs):
+        raise sqlalchemy.exc.OperationalError("UPDATE kvs", {}, Exception("server closed the connection"))
+
+    warnings = []
+    instance = SimpleNamespace(run_storage=SimpleNamespace(set_cursor_values=refuse))
+    beat(instance, "run-1", SimpleNamespace(warning=warnings.append))
+    assert len(warnings) == 1 and warnings[0].startswith("heartbeat not stamped: OperationalError")
