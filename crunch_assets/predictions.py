@@ -19,13 +19,13 @@ import pydantic
 from crunch_assets import checks
 from crunch_assets.feed import feed_streams
 from crunch_assets.keys import ChainKeys
-from crunch_assets.model_health import QUARANTINE_META_KEY, QuarantinePolicy, load_health
+from crunch_assets.model_health import QUARANTINE_META_KEY, ModelHealth, QuarantinePolicy, load_health
 from crunch_assets.partitions import CompetitionPartitions, floor_hour, input_feed_mapping
 from crunch_assets.records import LoadedRecords
 from crunch_assets.rules import CompetitionRules, validation_message
 from crunch_assets.run_config import WindowRunConfig, parse_as_of, resolve_as_of
 from crunch_assets.spec import CompetitionSpec, Scope
-from crunch_assets.stages import RANGE_BACKFILL, chunks, partition_windows, report_partitions
+from crunch_assets.stages import RANGE_BACKFILL, WriteBehind, chunks, partition_windows, report_partitions
 from resources.feeds.base import FeedResource
 from resources.model_runners.base import CallStatus, ModelCallResult, ModelRunnerResource, ModelSession
 from resources.store.competition import CompetitionStore
@@ -36,6 +36,9 @@ from resources.store.rows import CycleWrite, InputRow, ModelEventRow, Prediction
 # A backfill writes in batches big enough for the COPY path; a live cycle is written at once.
 PREDICTIONS_PER_WRITE = 2000
 MAX_CYCLES_PER_WRITE = 500
+# A range run sends up to this many consecutive cycles to a model at once (fewer where the
+# quarantine rule could start a quarantine inside them: see _answers_ahead).
+AHEAD_CYCLES = 32
 
 
 class InputSchemaError(ValueError):
@@ -179,46 +182,86 @@ def run_cycles(
     events: list[ModelEventRow] = []
 
     def flush() -> None:
-        written = store.write_cycles(pending, events)
-        for cycle in pending:
-            if (cycle.input.cycle_at, cycle.input.scope_key) in written.stored:
-                report.cycles_run[floor_hour(cycle.input.cycle_at)] += 1
-                for prediction in cycle.predictions:
-                    report.stored_by_hour[floor_hour(cycle.input.cycle_at)][prediction.status] += 1
+        batch = list(pending)
+
+        def count(written) -> None:
+            for cycle in batch:
+                if (cycle.input.cycle_at, cycle.input.scope_key) in written.stored:
+                    report.cycles_run[floor_hour(cycle.input.cycle_at)] += 1
+                    for prediction in cycle.predictions:
+                        report.stored_by_hour[floor_hour(cycle.input.cycle_at)][prediction.status] += 1
+
+        writer.submit(store.write_cycles, batch, list(events), then=count)
         pending.clear()
         events.clear()
 
-    for done_count, (cycle_at, scope) in enumerate(runnable, 1):
-        model_input = build_input(rules, scope, cycle_at, loaded.view(cycle_at - history, cycle_at))
-        quarantined = frozenset(m for m in expected if health[m].is_quarantined(cycle_at))
-        results = session.get().run_cycle(
-            rules.build_model_calls(scope, model_input), call_timeout_seconds, skip_model_ids=quarantined
-        )
-        rows = []
-        for model_id in expected:
-            if model_id in quarantined:
-                until = health[model_id].quarantined_until
-                rows.append(PredictionRow(model_id, "FAILED", f"quarantined: not called until {until.isoformat()}",
-                                          meta={QUARANTINE_META_KEY: until.isoformat()}))
-                continue
-            result = results.get(model_id) or ModelCallResult(model_id, CallStatus.ABSENT, detail="no answer from the model runner")
-            row = _prediction(rules, scope, result)
-            if result.status is not CallStatus.ABSENT:
-                until = policy.record(health[model_id], cycle_at, failed=row.status == "FAILED")
-                if until is not None:
-                    events.append(policy.event(model_id, cycle_at, until))
-                    report.quarantines.append(f"{model_id} at {cycle_at.isoformat()} until {until.isoformat()}")
-                    if log:
-                        log.warning(f"{model_id} quarantined until {until.isoformat()}")
-            rows.append(row)
-        pending.append(CycleWrite(InputRow(scope.key, cycle_at, cycle_at + scope.horizon, model_input, scope.as_dict()), rows))
-        if len(pending) >= MAX_CYCLES_PER_WRITE or len(pending) * max(1, len(expected)) >= PREDICTIONS_PER_WRITE:
+    with WriteBehind() as writer:  # a batch is written while the models answer the next cycles
+        done_count = 0
+        threshold = policy.failures_before_quarantine
+        for batch in _batches(runnable, min(AHEAD_CYCLES, threshold) if threshold else AHEAD_CYCLES):
+            inputs = [build_input(rules, scope, cycle_at, loaded.view(cycle_at - history, cycle_at))
+                      for cycle_at, scope in batch]
+            calls = [rules.build_model_calls(scope, model_input) for (_, scope), model_input in zip(batch, inputs)]
+            answered = _answers_ahead(session, calls, call_timeout_seconds, expected, health, policy,
+                                      [cycle_at for cycle_at, _ in batch])
+            for k, (cycle_at, scope) in enumerate(batch):
+                quarantined = frozenset(m for m in expected if health[m].is_quarantined(cycle_at))
+                results = {m: answers[k] for m, answers in answered.items() if k < len(answers) and m not in quarantined}
+                if len(results) + len(quarantined) < len(expected):  # who was not answered ahead: this cycle alone
+                    results.update(session.get().run_cycle(calls[k], call_timeout_seconds,
+                                                           skip_model_ids=quarantined | results.keys()))
+                rows = []
+                for model_id in expected:
+                    if model_id in quarantined:
+                        until = health[model_id].quarantined_until
+                        rows.append(PredictionRow(model_id, "FAILED", f"quarantined: not called until {until.isoformat()}",
+                                                  meta={QUARANTINE_META_KEY: until.isoformat()}))
+                        continue
+                    result = results.get(model_id) or ModelCallResult(model_id, CallStatus.ABSENT, detail="no answer from the model runner")
+                    row = _prediction(rules, scope, result)
+                    if result.status is not CallStatus.ABSENT:
+                        until = policy.record(health[model_id], cycle_at, failed=row.status == "FAILED")
+                        if until is not None:
+                            events.append(policy.event(model_id, cycle_at, until))
+                            report.quarantines.append(f"{model_id} at {cycle_at.isoformat()} until {until.isoformat()}")
+                            if log:
+                                log.warning(f"{model_id} quarantined until {until.isoformat()}")
+                    rows.append(row)
+                pending.append(CycleWrite(InputRow(scope.key, cycle_at, cycle_at + scope.horizon, inputs[k], scope.as_dict()), rows))
+                if len(pending) >= MAX_CYCLES_PER_WRITE or len(pending) * max(1, len(expected)) >= PREDICTIONS_PER_WRITE:
+                    flush()
+                done_count += 1
+                if on_cycle:
+                    on_cycle(cycle_at, done_count, len(runnable))
+        if pending:
             flush()
-        if on_cycle:
-            on_cycle(cycle_at, done_count, len(runnable))
-    if pending:
-        flush()
     return report
+
+
+def _batches(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _answers_ahead(
+    session: SessionOnDemand, calls: list, timeout_seconds: float, expected: list[str],
+    health: dict[str, ModelHealth], policy: QuarantinePolicy, cycle_times: list[datetime],
+) -> dict[str, list[ModelCallResult]]:
+    """The batch's cycles sent at once to each model whose calls they all are whatever it answers:
+    it is not quarantined during the batch, and it is too far from the failures that start a
+    quarantine for one to begin before the batch's last cycle. So a model sees exactly the calls
+    it would see cycle by cycle; the others (and whatever a model left unanswered) are called one
+    cycle at a time."""
+    if len(calls) < 2:
+        return {}
+    threshold = policy.failures_before_quarantine
+    ahead = frozenset(
+        m for m in expected
+        if not any(health[m].is_quarantined(at) for at in cycle_times)
+        and (not threshold or health[m].consecutive_failures + len(calls) - 1 < threshold)
+    )
+    if not ahead:
+        return {}
+    return session.get().run_cycles_ahead(calls, timeout_seconds, ahead)
 
 
 def build_predictions_asset(spec: CompetitionSpec, partitions: CompetitionPartitions, keys: ChainKeys) -> dg.AssetsDefinition:

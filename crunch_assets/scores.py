@@ -34,12 +34,16 @@ from crunch_assets.records import LoadedRecords
 from crunch_assets.rules import CompetitionRules, GroundTruthResource, TruthUnavailable, validation_message
 from crunch_assets.run_config import WindowRunConfig, parse_as_of
 from crunch_assets.spec import CompetitionSpec, Scope
-from crunch_assets.stages import RANGE_BACKFILL, chunks, partition_windows, report_partitions
+from crunch_assets.stages import RANGE_BACKFILL, WriteBehind, chunks, partition_windows, report_partitions
 from resources.feeds.base import FeedResource
 from resources.store.competition import CompetitionStore
 from resources.store.database import CrunchDatabase
 from resources.store.feeds import FeedStore
 from resources.store.rows import CycleToSettle, Resolution, ScoreRow, StoredPrediction, Voiding
+
+# A range run scores this many hours at a time: small enough that writing one chunk overlaps
+# reading and scoring the next (bench/bench_scores.py), large enough to keep queries few.
+SCORE_CHUNK_HOURS = 6
 
 
 @dataclass
@@ -171,8 +175,11 @@ def settle(
     end: datetime,
     as_of: datetime | None,
     log=None,
+    writer: WriteBehind | None = None,
 ) -> SettleReport:
-    """Resolve and score the unresolved (or voided) cycles of [start, end); see the module doc."""
+    """Resolve and score the unresolved (or voided) cycles of [start, end); see the module doc.
+    With a `writer`, the settlement is written behind (the caller waits for it before reading the
+    scores back); without one, it is committed before this returns."""
     report = SettleReport()
     now = datetime.now(timezone.utc)
     live = as_of is not None
@@ -236,7 +243,10 @@ def settle(
         successes = sum(1 for r in rows if r.success)
         report.count(cycle.cycle_at, "scored", successes)
         report.count(cycle.cycle_at, "penalised", len(rows) - successes)
-    store.write_settlement(scores, resolutions, voidings)
+    if writer is None:
+        store.write_settlement(scores, resolutions, voidings)
+    else:
+        writer.submit(store.write_settlement, scores, resolutions, voidings)
     return report
 
 
@@ -263,9 +273,10 @@ def build_scores_asset(spec: CompetitionSpec, partitions: CompetitionPartitions,
         windows = partition_windows(context)
         store, feeds = database.competition(spec.slug), database.feeds()
         totals = SettleReport()
-        for group in chunks(windows):
-            totals.merge(settle(spec, rules, ground_truth, feed, store, feeds, group[0].start, group[-1].end, as_of,
-                                log=context.log))
+        with WriteBehind() as writer:  # chunk N is written while chunk N+1 is read and scored
+            for group in chunks(windows, SCORE_CHUNK_HOURS):
+                totals.merge(settle(spec, rules, ground_truth, feed, store, feeds, group[0].start, group[-1].end,
+                                    as_of, log=context.log, writer=writer))
         unsettled = store.unsettled_by_hour(windows[0].start, windows[-1].end)
         report_partitions(context, {
             w.key: {**totals.hour_metadata(w.start), "still_unscored": unsettled.get(w.start, 0)} for w in windows

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterator
@@ -58,6 +59,44 @@ def report_partitions(context: dg.AssetExecutionContext, metadata_by_key: dict[s
     counts, not the run's totals)."""
     for key, metadata in metadata_by_key.items():
         context.add_asset_metadata(metadata, partition_key=key)
+
+
+class WriteBehind:
+    """Store writes in one background thread, in order, at most one in flight, so a range run
+    computes its next batch while the database takes the last one (PostgreSQL works on the other
+    core). Each write is its own transaction, as it would be in line; a failed write raises in the
+    caller at the next `submit` or at the end of the `with`, after which nothing more is written.
+    `then(result)` runs in the caller's thread once the write has committed."""
+
+    def __init__(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="write-behind")
+        self._pending: tuple[Future, Callable[[Any], None] | None] | None = None
+
+    def submit(self, write: Callable[..., Any], *args: Any, then: Callable[[Any], None] | None = None) -> None:
+        self.wait()
+        self._pending = (self._executor.submit(write, *args), then)
+
+    def wait(self) -> None:
+        """Until the write in flight has committed (its error raised here)."""
+        if self._pending is not None:
+            future, then = self._pending
+            self._pending = None
+            result = future.result()
+            if then is not None:
+                then(result)
+
+    def __enter__(self) -> "WriteBehind":
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        try:
+            if kind is None:
+                self.wait()
+            elif self._pending is not None:  # the caller failed: let the write in flight finish, keep its error
+                self._pending[0].exception()
+                self._pending = None
+        finally:
+            self._executor.shutdown(wait=True)
 
 
 class FeedTooSlow(TimeoutError):

@@ -348,3 +348,77 @@ def test_a_skipped_model_due_a_restart_is_restarted_only_when_called_again(tmp_p
         called_again = session.run_cycle(CYCLE_CALLS, timeout_seconds=5.0)
         assert called_again["sleeps_on_first_call"].output == {"p_up": 0.6}
         assert session.restart_counts()["sleeps_on_first_call"] == 1
+
+
+STATEFUL_MODEL = '''
+from fixture_base import BaseModel
+
+
+class CountingModel(BaseModel):
+    calls = 0
+
+    def predict(self, subject, resolve_horizon_seconds, step_seconds):
+        self.calls += 1
+        if self.calls == 3:
+            raise ValueError("third call")
+        return {"calls": self.calls, "asof": self.last_feed["asof_ts"]}
+'''
+
+
+def _cycles(count: int, candles: int = 5) -> list[list[MethodCall]]:
+    history = [{**FEED["candles_1m"][0], "ts": FEED["asof_ts"] - 60 * i} for i in range(candles)]
+    return [[MethodCall("feed_update", ({**FEED, "asof_ts": FEED["asof_ts"] + 60 * k, "candles_1m": history},)),
+             CYCLE_CALLS[1]] for k in range(count)]
+
+
+def test_cycles_sent_ahead_are_answered_as_one_cycle_at_a_time(tmp_path):
+    """A range run's batch of cycles in one round trip per model: the same calls in the same
+    order as cycle by cycle; a raising call fails alone, a timeout or a crash cuts that model's
+    list at its cycle and restarts it, and the caller makes the rest one cycle at a time."""
+    models_dir = make_models_dir(tmp_path, "good", "raises", "sleeps_on_first_call", "exits_on_first_call")
+    (models_dir / "counts.py").write_text(STATEFUL_MODEL)
+    cycles = _cycles(6)
+    everyone = frozenset({"counts", "good", "raises", "sleeps_on_first_call", "exits_on_first_call"})
+    with make_runner(models_dir).open_session(INTERFACE) as session:
+        pids = session.process_ids()
+        ahead = session.run_cycles_ahead(cycles, timeout_seconds=1.0, model_ids=everyone - {"good"})
+        one_at_a_time = [session.run_cycle(calls, timeout_seconds=1.0, skip_model_ids=frozenset(ahead)) for calls in cycles]
+        later = session.run_cycle(cycles[0], timeout_seconds=1.0)
+        restarts = session.restart_counts()
+
+    assert set(ahead) == everyone - {"good"}  # only the models asked for
+    assert [(r.status, r.output) for r in ahead["counts"]] == [
+        (CallStatus.SUCCESS, {"calls": 1, "asof": FEED["asof_ts"]}),
+        (CallStatus.SUCCESS, {"calls": 2, "asof": FEED["asof_ts"] + 60}),
+        (CallStatus.FAILED, None),
+        *[(CallStatus.SUCCESS, {"calls": k + 1, "asof": FEED["asof_ts"] + 60 * k}) for k in (3, 4, 5)],
+    ]
+    assert "ValueError: third call" in ahead["counts"][2].detail
+    assert [r.status for r in ahead["raises"]] == [CallStatus.FAILED] * 6
+    assert [(r.status, r.detail) for r in ahead["sleeps_on_first_call"]] == [(CallStatus.TIMEOUT, "timed out after 1.0 s")]
+    assert [(r.status, r.detail) for r in ahead["exits_on_first_call"]] == [
+        (CallStatus.FAILED, "model process exited with code 3")]
+    assert wait_until_gone([pids["sleeps_on_first_call"], pids["exits_on_first_call"]]) == []
+    # the models left out were not called ahead: cycle by cycle they see every cycle from the first
+    assert [r["good"].status for r in one_at_a_time] == [CallStatus.SUCCESS] * 6
+    assert set(one_at_a_time[0]) == {"good"}
+    assert later["sleeps_on_first_call"].output == {"p_up": 0.6} and later["exits_on_first_call"].output == {"p_up": 0.4}
+    assert later["counts"].output == {"calls": 7, "asof": FEED["asof_ts"]}  # the same process, its state kept
+    assert restarts == {"counts": 0, "good": 0, "raises": 0, "sleeps_on_first_call": 1, "exits_on_first_call": 1}
+
+
+def test_cycles_sent_ahead_equal_the_same_cycles_one_at_a_time(tmp_path):
+    models_dir = make_models_dir(tmp_path, "good", "echo", "raises")
+    (models_dir / "counts.py").write_text(STATEFUL_MODEL)
+    cycles = _cycles(40, candles=400)  # 1.4 MB of requests: far more than a pipe holds at once
+    runner = make_runner(models_dir)
+    with runner.open_session(INTERFACE) as session:
+        ahead = session.run_cycles_ahead(cycles, 5.0, frozenset({"good", "echo", "raises", "counts"}))
+    with runner.open_session(INTERFACE) as session:
+        stepped = [session.run_cycle(calls, 5.0) for calls in cycles]
+
+    def comparable(result):
+        return result.status, result.output, result.detail
+
+    for model_id in ("good", "echo", "raises", "counts"):
+        assert [comparable(r) for r in ahead[model_id]] == [comparable(s[model_id]) for s in stepped], model_id

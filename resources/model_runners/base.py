@@ -79,6 +79,20 @@ class ModelSession(AbstractContextManager):
         itself (e.g. as quarantined). Ids of unknown models in it are ignored. Never raises
         because of a model."""
 
+    def run_cycles_ahead(
+        self,
+        calls_per_cycle: Sequence[Sequence[MethodCall]],
+        timeout_seconds: float,
+        model_ids: frozenset[str],
+    ) -> dict[str, list[ModelCallResult]]:
+        """Several consecutive cycles at once for the models `model_ids` (a range run): each
+        model gets the cycles' calls in order, as `run_cycle` would make them one cycle after the
+        other, each cycle within `timeout_seconds` of the one before. Each model's list holds its
+        results in cycle order and may stop short (it timed out, crashed or is not running): the
+        caller makes the remaining cycles with `run_cycle`, one at a time. The default sends
+        nothing ahead, so the caller calls every cycle in turn."""
+        return {}
+
     def __exit__(self, *exc_info) -> None:
         self.close()
         return None

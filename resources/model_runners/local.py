@@ -361,6 +361,38 @@ class _Exchange:
         return False
 
 
+class _PipelinedExchange(_Exchange):
+    """Send several cycles' requests to one model at once and read one reply line per request.
+    The worker answers them in order, starting each as soon as it has answered the one before, so
+    each reply is due within the call timeout of the previous one."""
+
+    def __init__(self, handle: _ModelProcess, requests: list[bytes], timeout_seconds: float, max_reply_bytes: int):
+        super().__init__(handle, b"".join(requests), time.monotonic() + timeout_seconds, max_reply_bytes)
+        self.timeout_seconds = timeout_seconds
+        self.expected = len(requests)
+        self.replies: list[bytes] = []
+
+    def read_some(self) -> bool:
+        try:
+            chunk = os.read(self.stdout_fd, READ_CHUNK_BYTES)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self.failure = "eof"
+            return True
+        self.received += chunk
+        while (newline_at := self.received.find(b"\n")) >= 0:
+            self.replies.append(bytes(self.received[:newline_at]))
+            del self.received[: newline_at + 1]
+            if len(self.replies) == self.expected:
+                return True
+            self.deadline = time.monotonic() + self.timeout_seconds
+        if len(self.received) > self.max_reply_bytes:
+            self.failure = "overflow"
+            return True
+        return False
+
+
 def run_exchanges(
     exchanges: list[_Exchange],
     on_settled: Callable[[_Exchange], list[_Exchange]] | None = None,
@@ -481,6 +513,41 @@ class LocalModelSession(ModelSession):
             self._spawn_waiting(called)
             return {info.model_id: results[info.model_id] for info in self._models if info.model_id in called}
 
+    def run_cycles_ahead(
+        self,
+        calls_per_cycle: Sequence[Sequence[MethodCall]],
+        timeout_seconds: float,
+        model_ids: frozenset[str],
+    ) -> dict[str, list[ModelCallResult]]:
+        """Every cycle's request written to each model at once (a pipe holds several): one round
+        trip per model for the whole batch instead of one per cycle. A model that times out,
+        crashes or breaks the protocol is restarted and its list stops at that cycle."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("run_cycles_ahead on a closed LocalModelSession")
+            called = {model_id: handle for model_id, handle in self._handles.items() if model_id in model_ids}
+            self._start_processes(called)
+            first_cycle = self._cycle_number + 1
+            requests = [_encode_request(first_cycle + k, calls) for k, calls in enumerate(calls_per_cycle)]
+            self._cycle_number += len(requests)
+            max_reply_bytes = self._config.max_output_bytes + REPLY_ENVELOPE_BYTES
+            exchanges = [_PipelinedExchange(handle, requests, timeout_seconds, max_reply_bytes)
+                         for handle in called.values() if handle.state is _State.READY]
+            run_exchanges(exchanges)
+            results: dict[str, list[ModelCallResult]] = {}
+            for exchange in exchanges:
+                answered = results[exchange.handle.model_id] = []
+                for k, reply in enumerate(exchange.replies):
+                    answered.append(self._call_result(exchange.handle, reply, first_cycle + k))
+                    if exchange.handle.state is not _State.READY:  # a protocol error restarted it
+                        break
+                else:
+                    if exchange.failure is not None:
+                        answered.append(self._settle_call(exchange, timeout_seconds))
+            self._end_detached_processes([exchange.handle for exchange in exchanges])
+            self._spawn_waiting(called)
+            return results
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
@@ -526,13 +593,19 @@ class LocalModelSession(ModelSession):
             return ModelCallResult(
                 model_id, CallStatus.FAILED, detail=f"output too large: reply over {exchange.max_reply_bytes} bytes"
             )
+        return self._call_result(handle, exchange.reply, self._cycle_number)
+
+    def _call_result(self, handle: _ModelProcess, reply_line: bytes, cycle_number: int) -> ModelCallResult:
+        """One reply line as the call's result; a reply the worker could not make, or that is not
+        the protocol, restarts the model."""
+        model_id = handle.model_id
         try:
-            reply = json.loads(exchange.reply)
+            reply = json.loads(reply_line)
             if reply.get("cycle") is None and not reply.get("ok"):
                 # The worker itself failed (e.g. out of memory decoding the request): start afresh.
                 handle.mark_for_restart()
                 return ModelCallResult(model_id, CallStatus.FAILED, detail=str(reply.get("detail")))
-            if reply.get("cycle") != self._cycle_number:
+            if reply.get("cycle") != cycle_number:
                 raise ValueError(f"reply for cycle {reply.get('cycle')!r}")
         except (ValueError, AttributeError) as exc:
             handle.mark_for_restart()  # whatever wrote on the protocol pipe, the process is not trusted
