@@ -46,6 +46,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--days", type=int, default=7)
     parser.add_argument("--models", type=int, default=10)
+    parser.add_argument("--days-per-run", type=int,
+                        help="days each step's run covers (default: the whole range in one run, as a UI backfill does)")
     parser.add_argument("--profile", help="write a cProfile of the replay to this file")
     args = parser.parse_args()
     data_dir = Path(tempfile.mkdtemp(prefix="crunch-bench-"))
@@ -72,7 +74,7 @@ def main() -> None:
         profiler = cProfile.Profile()
         profiler.enable()
     began = time.perf_counter()
-    timings = replay(defs, spec, start, start + timedelta(days=args.days))
+    timings = replay(defs, spec, start, start + timedelta(days=args.days), days_per_run=args.days_per_run or args.days)
     total = time.perf_counter() - began
     if profiler:
         profiler.disable()

@@ -240,6 +240,20 @@ def test_requests_of_megabytes_reach_every_model(tmp_path):
     assert results["package_model"].status is CallStatus.SUCCESS
 
 
+def test_values_only_the_standard_json_decoder_reads_reach_the_model_unchanged(tmp_path):
+    """The worker decodes with orjson where it can; NaN, infinities and integers past 64 bits
+    (which json.dumps writes and orjson refuses) still reach the model as Python's json reads them."""
+    import json
+
+    models_dir = make_models_dir(tmp_path, "echo")
+    plain = {**FEED, "extra": [1.5, "é", 2**63 - 1]}
+    unusual = {**FEED, "extra": [float("nan"), float("inf"), -float("inf"), 2**70, "\ud800"]}
+    with make_runner(models_dir).open_session(INTERFACE) as session:
+        answers = [session.run_cycle([MethodCall("feed_update", (feed,)), *CYCLE_CALLS[1:]], timeout_seconds=5.0)
+                   for feed in (plain, unusual)]
+    assert [a["echo"].output["feed_json_chars"] for a in answers] == [len(json.dumps(plain)), len(json.dumps(unusual))]
+
+
 def test_close_leaves_no_process_behind(tmp_path):
     models_dir = make_models_dir(tmp_path, "good", "chatty", "spawns_child", "sleeps_on_first_call")
     session = make_runner(models_dir).open_session(INTERFACE)

@@ -350,14 +350,20 @@ class _Exchange:
         if not chunk:
             self.failure = "eof"
             return True
+        if self._take(chunk):
+            return True
+        if len(self.received) > self.max_reply_bytes:
+            self.failure = "overflow"
+            return True
+        return False
+
+    def _take(self, chunk: bytes) -> bool:
+        """Add what was read; True once the reply line is complete."""
         newline_at = chunk.find(b"\n")
         if newline_at >= 0:
             self.reply = bytes(self.received) + chunk[:newline_at]
             return True
         self.received += chunk
-        if len(self.received) > self.max_reply_bytes:
-            self.failure = "overflow"
-            return True
         return False
 
 
@@ -372,14 +378,9 @@ class _PipelinedExchange(_Exchange):
         self.expected = len(requests)
         self.replies: list[bytes] = []
 
-    def read_some(self) -> bool:
-        try:
-            chunk = os.read(self.stdout_fd, READ_CHUNK_BYTES)
-        except OSError:
-            chunk = b""
-        if not chunk:
-            self.failure = "eof"
-            return True
+    def _take(self, chunk: bytes) -> bool:
+        """Add what was read; True once every reply line is complete. Each complete line starts
+        the next call's time budget."""
         self.received += chunk
         while (newline_at := self.received.find(b"\n")) >= 0:
             self.replies.append(bytes(self.received[:newline_at]))
@@ -387,9 +388,6 @@ class _PipelinedExchange(_Exchange):
             if len(self.replies) == self.expected:
                 return True
             self.deadline = time.monotonic() + self.timeout_seconds
-        if len(self.received) > self.max_reply_bytes:
-            self.failure = "overflow"
-            return True
         return False
 
 

@@ -118,19 +118,15 @@ class CompetitionStore:
     def prediction_statuses(self, start: datetime, end: datetime) -> dict[str, int]:
         """Predictions of cycles in [start, end) by status: SCORED (answered and scored), PENDING
         (no score yet), FAILED / ABSENT (penalised or waiting), VOIDED (the cycle is void)."""
-        p, s, i = t.predictions, t.scores, t.inputs
-        status = derived_prediction_status(p, s, i)
-        with self.engine.connect() as connection:
-            rows = connection.execute(
-                sa.select(status, sa.func.count())
-                .select_from(p.join(i, i.c.id == p.c.input_id).outerjoin(s, s.c.prediction_id == p.c.id))
-                .where(p.c.competition == self.slug, p.c.cycle_at >= start, p.c.cycle_at < end)
-                .group_by(status)
-            )
-            return {name: int(count) for name, count in rows}
+        totals: dict[str, int] = defaultdict(int)
+        for counts in self.prediction_statuses_by_hour(start, end).values():
+            for name, count in counts.items():
+                totals[name] += count
+        return dict(totals)
 
     def prediction_statuses_by_hour(self, start: datetime, end: datetime) -> dict[datetime, dict[str, int]]:
-        """prediction_statuses of each hour of [start, end) that has predictions, in one query."""
+        """Each hour of [start, end) that has predictions: its predictions by status (see
+        prediction_statuses), in one query."""
         p, s, i = t.predictions, t.scores, t.inputs
         status = derived_prediction_status(p, s, i)
         hour = sa.func.date_trunc("hour", p.c.cycle_at, "UTC")
@@ -293,17 +289,11 @@ class CompetitionStore:
 
     def unsettled_count(self, start: datetime, end: datetime) -> int:
         """Predictions of cycles in [start, end) with no score, in cycles not voided."""
-        p, s, i = t.predictions, t.scores, t.inputs
-        with self.engine.connect() as connection:
-            return int(connection.execute(
-                sa.select(sa.func.count())
-                .select_from(p.join(i, i.c.id == p.c.input_id).outerjoin(s, s.c.prediction_id == p.c.id))
-                .where(p.c.competition == self.slug, p.c.cycle_at >= start, p.c.cycle_at < end,
-                       s.c.id.is_(None), i.c.status != "VOIDED")
-            ).scalar_one())
+        return sum(self.unsettled_by_hour(start, end).values())
 
     def unsettled_by_hour(self, start: datetime, end: datetime) -> dict[datetime, int]:
-        """unsettled_count of each hour of [start, end) that has any, in one query."""
+        """Each hour of [start, end) with unsettled predictions (see unsettled_count): how many, in
+        one query."""
         p, s, i = t.predictions, t.scores, t.inputs
         hour = sa.func.date_trunc("hour", p.c.cycle_at, "UTC")
         with self.engine.connect() as connection:
