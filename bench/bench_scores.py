@@ -30,6 +30,7 @@ def main() -> None:
     data_dir.chmod(0o755)
     os.environ.pop("CRUNCH_DATABASE_URL", None)
     os.environ["CRUNCH_DATA_DIR"] = str(data_dir)
+    import dagster as dg
     import sqlalchemy as sa
 
     from competitions.btc_updown.definitions import SPEC, build_definitions
@@ -47,8 +48,9 @@ def main() -> None:
     defs = build_definitions(spec=spec, feed=CsvReplayFeed(path=str(CSV)), model_runner=runner, automation_running=False)
     keys, partitions = ChainKeys.for_slug(spec.slug), build_partitions(spec)
     first, last = partitions.hour_key(start), partitions.hour_key(end - timedelta(hours=1))
-    materialize_range(defs, [keys.feed_records], first, partitions.hour_key(end))
-    materialize_range(defs, [keys.predictions], first, last)
+    instance = dg.DagsterInstance.ephemeral()  # one, as a deployment has: not built again per run
+    materialize_range(defs, [keys.feed_records], first, partitions.hour_key(end), instance)
+    materialize_range(defs, [keys.predictions], first, last, instance)
     engine = engine_for()
     with engine.connect() as connection:
         predictions = connection.execute(sa.text("SELECT count(*) FROM crunch.predictions")).scalar_one()
@@ -64,7 +66,7 @@ def main() -> None:
             profiler = cProfile.Profile()
             profiler.enable()
         began = time.perf_counter()
-        materialize_range(defs, [keys.scores], first, last)
+        materialize_range(defs, [keys.scores], first, last, instance)
         seconds.append(time.perf_counter() - began)
         if profiler:
             profiler.disable()

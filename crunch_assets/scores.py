@@ -273,7 +273,7 @@ def build_scores_asset(spec: CompetitionSpec, partitions: CompetitionPartitions,
         windows = partition_windows(context)
         store, feeds = database.competition(spec.slug), database.feeds()
         totals = SettleReport()
-        with WriteBehind() as writer:  # chunk N is written while chunk N+1 is read and scored
+        with WriteBehind(in_flight=2) as writer:  # chunks are written while the next ones are read and scored
             for group in chunks(windows, SCORE_CHUNK_HOURS):
                 totals.merge(settle(spec, rules, ground_truth, feed, store, feeds, group[0].start, group[-1].end,
                                     as_of, log=context.log, writer=writer))

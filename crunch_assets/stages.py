@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -62,28 +63,33 @@ def report_partitions(context: dg.AssetExecutionContext, metadata_by_key: dict[s
 
 
 class WriteBehind:
-    """Store writes in one background thread, in order, at most one in flight, so a range run
-    computes its next batch while the database takes the last one (PostgreSQL works on the other
-    core). Each write is its own transaction, as it would be in line; a failed write raises in the
-    caller at the next `submit` or at the end of the `with`, after which nothing more is written.
-    `then(result)` runs in the caller's thread once the write has committed."""
+    """Store writes in background threads while the caller computes the next batch (PostgreSQL
+    works on the other core): at most `in_flight` writes at once, each its own transaction, as it
+    would be in line. With more than one, writes may commit in any order, so it is for batches
+    that do not depend on each other. A failed write raises in the caller at a later `submit` or
+    at the end of the `with`, after which nothing more is submitted. `then(result)` runs in the
+    caller's thread once the write has committed, in submission order."""
 
-    def __init__(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="write-behind")
-        self._pending: tuple[Future, Callable[[Any], None] | None] | None = None
+    def __init__(self, in_flight: int = 1) -> None:
+        self._in_flight = in_flight
+        self._executor = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="write-behind")
+        self._pending: deque[tuple[Future, Callable[[Any], None] | None]] = deque()
 
     def submit(self, write: Callable[..., Any], *args: Any, then: Callable[[Any], None] | None = None) -> None:
-        self.wait()
-        self._pending = (self._executor.submit(write, *args), then)
+        while len(self._pending) >= self._in_flight:
+            self._settle_oldest()
+        self._pending.append((self._executor.submit(write, *args), then))
 
     def wait(self) -> None:
-        """Until the write in flight has committed (its error raised here)."""
-        if self._pending is not None:
-            future, then = self._pending
-            self._pending = None
-            result = future.result()
-            if then is not None:
-                then(result)
+        """Until every write submitted has committed (the first error raised here)."""
+        while self._pending:
+            self._settle_oldest()
+
+    def _settle_oldest(self) -> None:
+        future, then = self._pending.popleft()
+        result = future.result()
+        if then is not None:
+            then(result)
 
     def __enter__(self) -> "WriteBehind":
         return self
@@ -92,11 +98,11 @@ class WriteBehind:
         try:
             if kind is None:
                 self.wait()
-            elif self._pending is not None:  # the caller failed: let the write in flight finish, keep its error
-                self._pending[0].exception()
-                self._pending = None
         finally:
+            # On the caller's failure (or a write's), the writes in flight finish; their errors
+            # give way to the one being raised.
             self._executor.shutdown(wait=True)
+            self._pending.clear()
 
 
 class FeedTooSlow(TimeoutError):
