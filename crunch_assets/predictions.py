@@ -246,11 +246,11 @@ def _answers_ahead(
     session: SessionOnDemand, calls: list, timeout_seconds: float, expected: list[str],
     health: dict[str, ModelHealth], policy: QuarantinePolicy, cycle_times: list[datetime],
 ) -> dict[str, list[ModelCallResult]]:
-    """The batch's cycles sent at once to each model whose calls they all are whatever it answers:
-    it is not quarantined during the batch, and it is too far from the failures that start a
-    quarantine for one to begin before the batch's last cycle. So a model sees exactly the calls
-    it would see cycle by cycle; the others (and whatever a model left unanswered) are called one
-    cycle at a time."""
+    """The batch's cycles, sent at once to each model that would be called in every one of them
+    whatever it answers: it is not quarantined during the batch, and it is too few failures away
+    from a quarantine for one to begin before the batch's last cycle. So a model sees exactly the
+    calls it would see cycle by cycle; the other models, and the cycles a model left unanswered,
+    are called one cycle at a time."""
     if len(calls) < 2:
         return {}
     threshold = policy.failures_before_quarantine
