@@ -34,16 +34,24 @@ from crunch_assets.records import LoadedRecords
 from crunch_assets.rules import CompetitionRules, GroundTruthResource, TruthUnavailable, validation_message
 from crunch_assets.run_config import WindowRunConfig, parse_as_of
 from crunch_assets.spec import CompetitionSpec, Scope
-from crunch_assets.stages import RANGE_BACKFILL, WriteBehind, chunks, partition_windows, report_partitions
+from crunch_assets.stages import CHUNK_HOURS, RANGE_BACKFILL, WriteBehind, chunks, partition_windows, report_partitions
 from resources.feeds.base import FeedResource
+from resources.store.bulk import COPY_MIN_ROWS
 from resources.store.competition import CompetitionStore
 from resources.store.database import CrunchDatabase
 from resources.store.feeds import FeedStore
 from resources.store.rows import CycleToSettle, Resolution, ScoreRow, StoredPrediction, Voiding
 
-# A range run scores this many hours at a time: small enough that writing one chunk overlaps
-# reading and scoring the next (bench/bench_scores.py), large enough to keep queries few.
+# A range run scores at least this many hours at a time: small enough that writing one chunk
+# overlaps reading and scoring the next (bench/bench_scores.py), large enough to keep queries few.
 SCORE_CHUNK_HOURS = 6
+
+
+def score_chunk_hours(spec: CompetitionSpec, model_count: int) -> int:
+    """Hours per chunk of a range run: SCORE_CHUNK_HOURS, or more (up to a day) where that would
+    hold fewer score rows than take the COPY path (few models: smaller batches are slower)."""
+    rows_per_hour = max(1, model_count) * sum(3600 / scope.prediction_interval_seconds for scope in spec.scopes)
+    return min(CHUNK_HOURS, max(SCORE_CHUNK_HOURS, math.ceil(COPY_MIN_ROWS / rows_per_hour)))
 
 
 @dataclass
@@ -274,7 +282,7 @@ def build_scores_asset(spec: CompetitionSpec, partitions: CompetitionPartitions,
         store, feeds = database.competition(spec.slug), database.feeds()
         totals = SettleReport()
         with WriteBehind(in_flight=2) as writer:  # chunks are written while the next ones are read and scored
-            for group in chunks(windows, SCORE_CHUNK_HOURS):
+            for group in chunks(windows, score_chunk_hours(spec, len(store.models()))):
                 totals.merge(settle(spec, rules, ground_truth, feed, store, feeds, group[0].start, group[-1].end,
                                     as_of, log=context.log, writer=writer))
         unsettled = store.unsettled_by_hour(windows[0].start, windows[-1].end)
