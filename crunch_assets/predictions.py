@@ -176,7 +176,7 @@ def run_cycles(
     # instead of blaming every model.
     expected = sorted(m.model_id for m in models)
     policy = QuarantinePolicy(spec.quarantine_after_failures, spec.quarantine_cooldown_seconds)
-    rows_per_hour = sum(3600 / scope.prediction_interval_seconds for scope in spec.scopes)
+    rows_per_hour = spec.cycles_per_hour
     health = load_health(store, expected, runnable[0][0], policy, rows_per_hour)
     pending: list[CycleWrite] = []
     events: list[ModelEventRow] = []

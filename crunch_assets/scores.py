@@ -50,7 +50,7 @@ SCORE_CHUNK_HOURS = 6
 def score_chunk_hours(spec: CompetitionSpec, model_count: int) -> int:
     """Hours per chunk of a range run: SCORE_CHUNK_HOURS, or more (up to a day) where that would
     hold fewer score rows than take the COPY path (few models: smaller batches are slower)."""
-    rows_per_hour = max(1, model_count) * sum(3600 / scope.prediction_interval_seconds for scope in spec.scopes)
+    rows_per_hour = max(1, model_count) * spec.cycles_per_hour
     return min(CHUNK_HOURS, max(SCORE_CHUNK_HOURS, math.ceil(COPY_MIN_ROWS / rows_per_hour)))
 
 

@@ -347,6 +347,11 @@ class CompetitionSpec:
     def scope(self, key: str) -> Scope | None:
         return next((scope for scope in self.scopes if scope.key == key), None)
 
+    @property
+    def cycles_per_hour(self) -> float:
+        """Cycles an hour over every scope: one prediction per model each."""
+        return sum(3600 / scope.prediction_interval_seconds for scope in self.scopes)
+
     def cycle_times(self, start: datetime, end: datetime) -> list[tuple[datetime, Scope]]:
         """Every (cycle time, scope) with start <= cycle time < end, in time order. Cycle times are
         multiples of the interval since the epoch, so live and backfill agree on them."""
