@@ -312,3 +312,14 @@ def test_an_oversized_head_is_refused(api_process):
             pass
         answer = _read_response(sock)
     assert answer.startswith(b"HTTP/1.1 400") and b"content-security-policy" in answer.lower(), answer[:200]
+
+
+@pytest.mark.parametrize(("option", "value"), [("--max-connections", "0"), ("--max-connections-per-client", "-1"),
+                                               ("--request-timeout-seconds", "0"), ("--keep-alive-seconds", "0")])
+def test_the_api_command_refuses_a_bound_that_is_given_and_wrong(option, value):
+    from click.testing import CliRunner
+
+    from crunch_assets.cli import main
+
+    result = CliRunner().invoke(main, ["api", option, value])
+    assert result.exit_code == 2 and option in result.output, result.output
