@@ -110,6 +110,7 @@ def _prediction(rules: CompetitionRules, scope: Scope, result: ModelCallResult) 
                                  {"raw_output": repr(result.output)[:2000]})
     if result.status is CallStatus.ABSENT:
         return PredictionRow(result.model_id, "ABSENT", result.detail or "no answer", result.exec_time_ms)
+    # The report API shows the public part of these reasons (crunch_assets/failure_reasons.py reads the prefixes).
     prefix = "timeout" if result.status is CallStatus.TIMEOUT else "error"
     return PredictionRow(result.model_id, "FAILED", f"{prefix}: {result.detail or ''}"[:1000], result.exec_time_ms)
 

@@ -107,3 +107,23 @@ def test_the_cli_has_serve_and_db():
     assert result.exit_code == 0 and "supervisord" in result.output
     result = runner.invoke(main, ["db", "--help"])
     assert result.exit_code == 0
+
+
+def test_nginx_fronts_the_report_api_in_production():
+    """Every template nginx mounts has each of its placeholders set, and the API's upstream is the
+    `api` service's port; the API leaves per-address limits to nginx."""
+    import re
+
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    nginx = compose["services"]["nginx"]
+    templates = [volume.split(":")[0] for volume in nginx["volumes"] if volume.split(":")[0].endswith(".template")]
+    assert "./nginx/api.conf.template" in templates
+    for template in templates:
+        for name in set(re.findall(r"\$\{(CRUNCH_\w+)\}", (DEPLOY / template).read_text())):
+            assert name in nginx["environment"], (template, name)
+    host, port = nginx["environment"]["CRUNCH_API_UPSTREAM"].split(":")
+    command = compose["services"][host]["command"]
+    assert command[:2] == ["crunch-dagster", "api"] and command[command.index("--port") + 1] == port
+    assert command[command.index("--max-connections-per-client") + 1] == "0"
+    listen = nginx["environment"]["CRUNCH_API_LISTEN"]
+    assert any(p.endswith(f":{listen}:{listen}") for p in nginx["ports"])

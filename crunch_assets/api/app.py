@@ -6,6 +6,7 @@ Paths: `/competitions/{slug}/...` for every served competition, and the referenc
 `/reports/...` for the deployment's default one. OpenAPI at /docs. Mutations need
 `Authorization: Bearer <CRUNCH_API_TOKEN>`; with no token configured they are disabled (403) and
 reads stay open. The actor recorded in the audit for an API transition is CRUNCH_API_ACTOR.
+Body limits and security headers: crunch_assets/api/hardening.py; the server: crunch_assets/api/server.py.
 
 No `from __future__ import annotations` here: FastAPI must see the real annotations of the route
 functions, which use aliases local to build_router.
@@ -21,6 +22,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Annotated, Callable, Literal, Sequence
 
 from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Path, Query
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
@@ -28,6 +30,7 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 from crunch_assets import payouts
 from crunch_assets.api import exports
 from crunch_assets.api.competitions import ReportCompetition
+from crunch_assets.api.hardening import HardenedAPI, docs_routes, validation_error
 from crunch_assets.api.views import (
     checkpoint_summary, checkpoint_view, lag_view, leaderboard_view, model_score_series, models_global, models_params,
     prediction_view, report_schema, snapshot_view,
@@ -93,11 +96,11 @@ def decode_cursor(cursor: str | None) -> tuple[datetime, int] | None:
     try:
         raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         instant = _utc_instant(datetime.fromisoformat(raw["t"]))
-        row_id = int(raw["i"])
-        if not 0 <= row_id <= ID_MAX:
+        row_id = raw["i"]
+        if type(row_id) is not int or not 0 <= row_id <= ID_MAX:  # not a float (1e400 is inf), nor a bool
             raise ValueError("id out of range")
         return instant, row_id
-    except (ValueError, KeyError, TypeError, binascii.Error, json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, KeyError, TypeError, OverflowError, binascii.Error, json.JSONDecodeError, UnicodeDecodeError):
         raise HTTPException(422, "cursor is not one this API returned (use next_cursor as given)") from None
 
 
@@ -127,12 +130,15 @@ def create_app(
     token = api_token if api_token is not None else (os.environ.get(API_TOKEN_ENV) or None if read_env else None)
     actor_name = actor or (os.environ.get(API_ACTOR_ENV) if read_env else None) or DEFAULT_API_ACTOR
 
-    app = FastAPI(
+    app = HardenedAPI(
         title="crunch-dagster report API",
         version="1",
         description="Leaderboards, predictions, checkpoints and emissions of the served competitions. Mutations "
                     f"need `Authorization: Bearer <{API_TOKEN_ENV}>`; without a configured token they are disabled.",
+        docs_url=None, redoc_url=None,  # served by docs_routes, with their own content security policy
+        exception_handlers={RequestValidationError: validation_error},
     )
+    app.csp_by_path = docs_routes(app)
     app.state.competitions = by_slug
     app.state.default_slug = default.slug
     bearer = HTTPBearer(auto_error=False, description=f"the value of {API_TOKEN_ENV}")
@@ -146,14 +152,25 @@ def create_app(
             raise HTTPException(403, "wrong token")
         return actor_name
 
+    def operator_if_authenticated(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> bool:
+        """An open read: True when it carries the operator's token (it then shows what only the
+        operator sees); a wrong token is refused rather than silently read as anonymous."""
+        if credentials is None:
+            return False
+        if token is None:
+            raise HTTPException(403, f"operator reads are disabled: {API_TOKEN_ENV} is not set on the server")
+        return bool(operator(credentials))
+
     def by_slug_dependency(slug: Annotated[str, Path(pattern=r"^[a-z][a-z0-9_]{0,63}$")]) -> ReportCompetition:
         competition = by_slug.get(slug)
         if competition is None:
             raise HTTPException(404, f"no competition {slug!r}; served: {', '.join(sorted(by_slug))}")
         return competition
 
-    app.include_router(build_router(by_slug_dependency, operator), prefix="/competitions/{slug}")
-    app.include_router(build_router(lambda: default, operator), prefix="/reports")
+    app.include_router(build_router(by_slug_dependency, operator, operator_if_authenticated), prefix="/competitions/{slug}")
+    app.include_router(build_router(lambda: default, operator, operator_if_authenticated), prefix="/reports")
 
     @app.get("/health", tags=["health"])
     def health() -> JSONResponse:
@@ -176,10 +193,12 @@ def create_app(
     return app
 
 
-def build_router(competition_dependency: Callable[..., ReportCompetition], operator: Callable[..., str]) -> APIRouter:
+def build_router(competition_dependency: Callable[..., ReportCompetition], operator: Callable[..., str],
+                 operator_if_authenticated: Callable[..., bool]) -> APIRouter:
     router = APIRouter()
     Competition = Annotated[ReportCompetition, Depends(competition_dependency)]
     Operator = Annotated[str, Depends(operator)]
+    IsOperator = Annotated[bool, Depends(operator_if_authenticated)]
 
     def checkpoint_or_404(c: ReportCompetition, checkpoint_id: int):
         checkpoint = c.store.checkpoint_by_id(checkpoint_id)
@@ -260,6 +279,7 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
     @router.get("/predictions", tags=["predictions"])
     def predictions(
         c: Competition,
+        is_operator: IsOperator,
         model_id: Annotated[Ident | None, Query()] = None,
         scope: Annotated[Ident | None, Query()] = None,
         status: Annotated[Literal[PREDICTION_STATUSES] | None, Query()] = None,  # type: ignore[valid-type]
@@ -269,14 +289,23 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
         limit: Annotated[int, Query(ge=1, le=PAGE_LIMIT_MAX)] = PAGE_LIMIT_DEFAULT,
         cursor: Annotated[str | None, Query(max_length=200)] = None,
     ) -> dict:
-        """Predictions by cycle time, a page at a time: pass `next_cursor` back as `cursor`."""
+        """Predictions by cycle time, a page at a time: pass `next_cursor` back as `cursor`.
+        `status_reason` says what failed; with the operator's token each prediction also has
+        `status_detail` (the reason as recorded: the model's exception, file and line) and its score
+        `failed_detail`."""
         _span(start, end)
         public = c.spec.public_input_keys
         page = c.reports.predictions(model_id=model_id, scope_key=scope, status=status, start=start, end=end,
                                      after=decode_cursor(cursor), descending=order == "desc", limit=limit,
                                      with_input=bool(public))
+        views = [prediction_view(p, public) for p in page]
+        if is_operator:
+            for view, p in zip(views, page):
+                view["status_detail"] = p.status_reason
+                if view["score"] is not None:
+                    view["score"]["failed_detail"] = p.score_failed_reason
         return {
-            "predictions": [prediction_view(p, public) for p in page],
+            "predictions": views,
             "next_cursor": encode_cursor(page[-1].cycle_at, page[-1].id) if len(page) == limit else None,
         }
 
@@ -433,9 +462,4 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
 
     return router
 
-
-def run_server(app: FastAPI, host: str, port: int, log_level: str = "info") -> None:
-    import uvicorn
-
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
 

@@ -8,6 +8,7 @@ import io
 import json
 from typing import Iterable, Iterator
 
+from crunch_assets.failure_reasons import public_reason, public_score_reason
 from resources.store.reports import PredictionReport
 
 COLUMNS = ("model_id", "scope_key", "cycle_at", "resolvable_at", "status", "status_reason", "exec_time_ms",
@@ -17,9 +18,10 @@ COLUMNS = ("model_id", "scope_key", "cycle_at", "resolvable_at", "status", "stat
 def _row(p: PredictionReport) -> dict:
     return {
         "model_id": p.model_id, "scope_key": p.scope_key, "cycle_at": p.cycle_at, "resolvable_at": p.resolvable_at,
-        "status": p.status, "status_reason": p.status_reason, "exec_time_ms": p.exec_time_ms,
+        "status": p.status, "status_reason": public_reason(p.status, p.status_reason), "exec_time_ms": p.exec_time_ms,
         "inference_output": None if p.inference_output is None else json.dumps(p.inference_output, sort_keys=True),
-        "score_value": p.score_value, "score_success": p.score_success, "score_failed_reason": p.score_failed_reason,
+        "score_value": p.score_value, "score_success": p.score_success,
+        "score_failed_reason": public_score_reason(p.score_failed_reason),
     }
 
 

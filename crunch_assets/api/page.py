@@ -1,14 +1,16 @@
 """The participant page: server-rendered HTML (jinja2 templates kept as package data) with an SVG
 chart, no JavaScript build. `/` is the default competition; `/page/{slug}` any served one;
-`/page/{slug}/models/{model_id}` explains one model's reward."""
+`/page/{slug}/models/{model_id}` explains one model's reward. Its style is a file (`/static/page.css`):
+the content security policy allows no inline script or style."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from importlib import resources
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
@@ -93,6 +95,12 @@ def build_page_router(competitions: dict[str, ReportCompetition], default_slug: 
             series=series, slugs=sorted(competitions), models=c.store.models(),
         )
         return HTMLResponse(html)
+
+    stylesheet = resources.files("crunch_assets.api").joinpath("static/page.css").read_bytes()
+
+    @router.get("/static/page.css")
+    def page_css() -> Response:
+        return Response(stylesheet, media_type="text/css", headers={"Cache-Control": "public, max-age=3600"})
 
     @router.get("/", response_class=HTMLResponse)
     def index() -> HTMLResponse:

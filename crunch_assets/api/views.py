@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from typing import Sequence
 
 from crunch_assets.api.competitions import ReportCompetition
+from crunch_assets.failure_reasons import public_reason, public_score_reason
 from crunch_assets.partitions import ceil_hour
 from crunch_assets.payouts import frac64_to_percent
 from crunch_assets.spec import CompetitionSpec
@@ -106,10 +107,10 @@ def model_score_series(c: ReportCompetition, model_ids: Sequence[str] | None, st
 def prediction_view(p: PredictionReport, public_input_keys: Sequence[str]) -> dict:
     view = {
         "id": p.id, "model_id": p.model_id, "scope_key": p.scope_key, "cycle_at": p.cycle_at,
-        "resolvable_at": p.resolvable_at, "status": p.status, "status_reason": p.status_reason,
+        "resolvable_at": p.resolvable_at, "status": p.status, "status_reason": public_reason(p.status, p.status_reason),
         "exec_time_ms": p.exec_time_ms, "inference_output": p.inference_output,
         "score": None if p.score_value is None and p.score_success is None else
-        {"value": p.score_value, "success": p.score_success, "failed_reason": p.score_failed_reason},
+        {"value": p.score_value, "success": p.score_success, "failed_reason": public_score_reason(p.score_failed_reason)},
     }
     if public_input_keys:
         data = p.input_data if isinstance(p.input_data, dict) else {}

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import click
 
+from crunch_assets.api.server import ServerLimits
+
+DEFAULTS = ServerLimits()
+
 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
@@ -12,11 +16,26 @@ import click
               help="a competition to serve (repeat for several; the first is the default of /reports and /)")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
-def api(host: str, port: int, slugs: tuple[str, ...], log_level: str) -> None:
+@click.option("--max-connections", type=click.IntRange(min=1), default=DEFAULTS.max_connections, show_default=True,
+              help="open connections at most; one more is answered 503 and closed at once")
+@click.option("--max-connections-per-client", type=click.IntRange(min=0), default=DEFAULTS.max_connections_per_client,
+              show_default=True, help="open connections from one address at most; 0: no limit (behind a proxy, "
+                                      "which limits each client itself)")
+@click.option("--request-timeout-seconds", type=click.FloatRange(min=0, min_open=True),
+              default=DEFAULTS.request_timeout_seconds, show_default=True,
+              help="a request (line, headers, body) must arrive within this time of the server waiting for it, "
+                   "or it gets 408 and the connection is closed")
+@click.option("--keep-alive-seconds", type=click.IntRange(min=1), default=DEFAULTS.keep_alive_seconds, show_default=True,
+              help="an idle connection is closed after this long")
+def api(host: str, port: int, slugs: tuple[str, ...], log_level: str, max_connections: int,
+        max_connections_per_client: int, request_timeout_seconds: float, keep_alive_seconds: int) -> None:
     """Serve the report API (OpenAPI at /docs) and the participant page (/). Mutations need
     CRUNCH_API_TOKEN (unset: disabled); the audit names CRUNCH_API_ACTOR (default "api")."""
     from crunch_assets.api import create_app, load_report_competition
-    from crunch_assets.api.app import run_server
+    from crunch_assets.api.server import run_server
 
+    limits = ServerLimits(max_connections=max_connections,
+                          max_connections_per_client=max_connections_per_client or None,
+                          request_timeout_seconds=request_timeout_seconds, keep_alive_seconds=keep_alive_seconds)
     app = create_app([load_report_competition(slug) for slug in slugs])
-    run_server(app, host, port, log_level)
+    run_server(app, host, port, log_level, limits)

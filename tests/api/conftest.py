@@ -111,15 +111,18 @@ def report_competition(url: str, crunch: str | None = CRUNCH_PUBKEY):
 
 
 class LiveServer:
-    """uvicorn serving an app on 127.0.0.1 in a thread, on a port the OS picked."""
+    """uvicorn serving an app on 127.0.0.1 in a thread, on a port the OS picked, configured as
+    `crunch-dagster api` configures it (crunch_assets/api/server.py), with `limits`."""
 
-    def __init__(self, app):
+    def __init__(self, app, limits=None):
         import uvicorn
+
+        from crunch_assets.api.server import ServerLimits, server_config
 
         self.socket = socket.socket()
         self.socket.bind(("127.0.0.1", 0))
         self.port = self.socket.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        self.server = uvicorn.Server(server_config(app, limits or ServerLimits(), log_level="warning", lifespan="off"))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
 
     @property

@@ -101,3 +101,78 @@ def test_explain_my_reward(read_api, page):
     assert page.locator('#chart svg polyline[data-model="trend_following"]').count() == 1
     assert client.get("/page/btc_updown/models/nobody").status_code == 404
     assert client.get("/page/other_comp").status_code == 404
+
+
+# --- the content security policy, enforced by the browser ----------------------------------------
+
+RECORD_VIOLATIONS = """
+window.__violations = [];
+document.addEventListener('securitypolicyviolation',
+    e => window.__violations.push(e.violatedDirective + ' ' + (e.blockedURI || 'inline')));
+"""
+# Stand-ins for the docs' CDN files (no network here): each shows it ran.
+CDN_STUBS = {
+    "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js": (
+        "application/javascript",
+        "window.SwaggerUIBundle = function (config) {"
+        " document.getElementById('swagger-ui').setAttribute('data-spec', config.url); return {}; };"
+        " SwaggerUIBundle.presets = {apis: {}}; SwaggerUIBundle.SwaggerUIStandalonePreset = {};"),
+    "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css": ("text/css", "#swagger-ui { color: rgb(1, 2, 3); }"),
+    "https://cdn.jsdelivr.net/npm/redoc@2/bundles/redoc.standalone.js": (
+        "application/javascript",
+        "var r = document.querySelector('redoc'); r.setAttribute('data-spec', r.getAttribute('spec-url'));"
+        " var s = document.createElement('style'); s.textContent = 'redoc { color: rgb(4, 5, 6); }';"
+        " document.head.appendChild(s);"),
+}
+
+
+def _offline(page, server_url: str) -> None:
+    """Loopback passes, the CDN files are stubbed, anything else is refused."""
+    def handle(route):
+        url = route.request.url
+        if url.startswith(server_url):
+            route.continue_()
+        elif url.split("?")[0] in CDN_STUBS:
+            content_type, body = CDN_STUBS[url.split("?")[0]]
+            route.fulfill(status=200, content_type=content_type, body=body)
+        elif url.startswith("https://fonts.googleapis.com/"):
+            route.fulfill(status=200, content_type="text/css", body="")
+        else:
+            route.abort()
+
+    page.route("**/*", handle)
+    page.add_init_script(RECORD_VIOLATIONS)
+
+
+def test_the_pages_keep_their_content_security_policy(read_api, page):
+    """The page and the model page render with no violation (the style is a file, the bars are
+    SVG); an inline script, had one got in, would not run."""
+    server, _ = read_api
+    _offline(page, server.url)
+    for path in ("/", "/page/btc_updown/models/mean_reversion"):
+        response = page.goto(server.url + path)
+        assert response.status == 200 and "default-src 'self'" in response.headers["content-security-policy"]
+        assert page.evaluate("getComputedStyle(document.querySelector('table')).borderCollapse") == "collapse"
+        assert page.evaluate("window.__violations") == [], path
+    page.goto(server.url + "/")
+    bar = page.locator("section.checkpoint svg.bar rect").first
+    assert float(bar.get_attribute("width")) > 0 and bar.bounding_box()["width"] > 0
+    page.evaluate("() => { const s = document.createElement('script'); s.textContent = 'window.__ran = true';"
+                  " document.body.appendChild(s); }")
+    assert page.evaluate("window.__ran === undefined")
+    assert any(v.startswith("script-src") for v in page.evaluate("window.__violations"))
+
+
+def test_the_docs_run_under_their_own_policy(read_api, page):
+    """Swagger UI's inline script runs (its hash is allowed) with its CDN files; ReDoc runs and
+    writes its styles; nothing is refused on either page."""
+    server, _ = read_api
+    _offline(page, server.url)
+    page.goto(server.url + "/docs")
+    assert page.locator("#swagger-ui").get_attribute("data-spec") == "/openapi.json"
+    assert page.evaluate("getComputedStyle(document.getElementById('swagger-ui')).color") == "rgb(1, 2, 3)"
+    assert page.evaluate("window.__violations") == []
+    page.goto(server.url + "/redoc")
+    assert page.locator("redoc").get_attribute("data-spec") == "/openapi.json"
+    assert page.evaluate("getComputedStyle(document.querySelector('redoc')).color") == "rgb(4, 5, 6)"
+    assert page.evaluate("window.__violations") == []
