@@ -54,6 +54,8 @@ class LiveHour:
     """The competition's definitions over the real candles, on a database of its own."""
 
     def __init__(self, url: str, btc_csv: Path, models_dir: Path):
+        import dagster as dg
+
         from competitions.btc_updown.definitions import build_definitions
         from crunch_assets.keys import ChainKeys
         from resources.feeds.csv_replay import CsvReplayFeed
@@ -61,6 +63,7 @@ class LiveHour:
         from resources.store.database import CrunchDatabase
 
         self.url, self.spec = url, _spec()
+        self.instance = dg.DagsterInstance.ephemeral()  # keeps every run's event log, for the metadata test
         self.keys = ChainKeys.for_slug(self.spec.slug)
         self.defs = build_definitions(
             spec=self.spec, feed=CsvReplayFeed(path=str(btc_csv), source="csv"), automation_running=False,
@@ -78,7 +81,7 @@ class LiveHour:
 
         keys = [getattr(self.keys, name) for name in names]
         config = as_of_run_config([ChainKeys.op_name(k) for k in keys], as_of) if as_of else None
-        result = materialize_range(self.defs, keys, self.hour(first), self.hour(last), run_config=config)
+        result = materialize_range(self.defs, keys, self.hour(first), self.hour(last), self.instance, run_config=config)
         assert result.success
         return result
 
@@ -165,7 +168,7 @@ def test_an_unresolved_output_is_absent_from_open_reads_and_the_token_unlocks_it
                     assert p["embargoed"] is False and p["inference_output"] == output and p["score"] is not None
                     assert p["status_reason"] == reason
             text = json.dumps(list(served.values()))
-            assert not [pid for pid in unresolved if output_text(stored[pid]) in text]
+            assert not [n for n in unresolved_needles(stored) if n in text]
             pending = _all_predictions(client, prefix, status="PENDING")
             assert len(pending) == 30 * 3 and all(p["embargoed"] and p["inference_output"] is None for p in pending)
 
@@ -191,6 +194,12 @@ def output_text(row: tuple) -> str:
     return json.dumps(output["p_up"])
 
 
+def unresolved_needles(stored: dict[int, tuple]) -> set[str]:
+    """The unresolved answers as text, long enough (e.g. 0.37126220372047036) not to turn up by chance."""
+    return {text for text in (output_text(row) for row in stored.values() if not _resolved(row[0], AS_OF))
+            if len(text) >= 8}
+
+
 def _export(client: httpx.Client, model_id: str, fmt: str, headers: dict | None = None) -> list[dict]:
     response = client.get(f"/reports/models/{model_id}/export", params={**RANGE, "format": fmt}, headers=headers or {})
     assert response.status_code == 200, response.text
@@ -203,6 +212,22 @@ def _cycles(rows: list[dict]) -> list[datetime]:
     return [r["cycle_at"] if isinstance(r["cycle_at"], datetime) else datetime.fromisoformat(r["cycle_at"]) for r in rows]
 
 
+def test_no_run_of_the_hour_records_an_unresolved_output_in_dagster(live_hour):
+    """Dagster's UI is the operator's, but the read-only UI shows the same metadata and run logs:
+    nothing the assets record (materialization metadata, check metadata, log lines) may carry an
+    unresolved prediction's output, nor the FAILED reason that quotes it."""
+    from dagster._serdes import serialize_value
+
+    stored = live_hour.stored()
+    needles = unresolved_needles(stored)
+    assert len(needles) > 100  # nearly one distinct answer per model and cycle (120)
+    runs = live_hour.instance.get_runs()
+    assert len(runs) == 3  # the feed, the predictions and the scores of the hour
+    recorded = [serialize_value(entry) for run in runs for entry in live_hour.instance.all_logs(run.run_id)]
+    assert any("predictions_made" in text for text in recorded)  # the metadata is there, and read here
+    assert not [n for n in needles if any(n in text for text in recorded)]
+
+
 def test_the_page_and_the_score_series_show_resolved_cycles_only(live_hour):
     from crunch_assets.keys import ChainKeys
     from crunch_assets.replay import materialize_range
@@ -213,7 +238,7 @@ def test_the_page_and_the_score_series_show_resolved_cycles_only(live_hour):
     assert materialize_range(live_hour.defs, keys, day, day,
                              run_config=as_of_run_config([ChainKeys.op_name(k) for k in keys], AS_OF)).success
     stored = live_hour.stored()
-    needles = {output_text(row) for row in stored.values() if not _resolved(row[0], AS_OF)}
+    needles = unresolved_needles(stored)
     with _serve(live_hour.url) as server, httpx.Client(base_url=server.url, timeout=60) as client:
         pages = [client.get("/"), client.get("/page/btc_updown")]
         pages += [client.get(f"/page/btc_updown/models/{m}") for m in MODELS]
