@@ -27,11 +27,29 @@ import pydantic
 
 from crunch_assets.records import RecordsView
 from crunch_assets.spec import Scope
+from crunch_assets.strict import refuse_unknown_fields
 from resources.model_runners.base import MethodCall, ModelInterface
 
 
 class WiringError(ValueError):
     """A competition's plug-in wiring is wrong; the message names the slot and the callable."""
+
+
+# Fields the rules once had, and where that configuration lives now: a leftover is refused with the way.
+MOVED_RULES_FIELDS = {
+    "failure_score": "a FAILED or ABSENT prediction's score is the spec's failure_policy "
+                     "(FailurePolicy.constant(v) or FailurePolicy.relative(p))",
+    "failure_value": "a FAILED or ABSENT prediction's score is the spec's failure_policy "
+                     "(FailurePolicy.constant(v) or FailurePolicy.relative(p))",
+}
+
+
+def _refuse_unknown_fields(resource: dg.ConfigurableResource, data: dict) -> None:
+    """A rules or ground-truth resource given a keyword that is none of its fields (a typo such
+    as `emision_builder=`, a leftover such as `failure_score=`) fails the load: pydantic would
+    drop it silently and the engine would run on the default (e.g. the spec's tiered emission
+    instead of the competition's builder)."""
+    refuse_unknown_fields(type(resource).__name__, data, type(resource).model_fields, WiringError, MOVED_RULES_FIELDS)
 
 
 class TruthUnavailable(Exception):
@@ -41,6 +59,10 @@ class TruthUnavailable(Exception):
 
 class CompetitionRules(dg.ConfigurableResource):
     """Competition logic plugged into the engine."""
+
+    def __init__(self, **data: Any):
+        _refuse_unknown_fields(self, data)
+        super().__init__(**data)
 
     @abstractmethod
     def model_interface(self) -> ModelInterface: ...
@@ -276,6 +298,10 @@ class GroundTruthResource(dg.ConfigurableResource):
     TruthUnavailable when it never will be known (the cycle is voided). `reads_feed` says whether
     the engine must wait for the stored feed to cover a cycle's resolution before asking.
     """
+
+    def __init__(self, **data: Any):
+        _refuse_unknown_fields(self, data)
+        super().__init__(**data)
 
     @property
     def reads_feed(self) -> bool:
