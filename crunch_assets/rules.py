@@ -57,6 +57,12 @@ class TruthUnavailable(Exception):
     is voided with this reason)."""
 
 
+class TruthMissing(Exception):
+    """Raised by a ground-truth resolver, instead of returning None, to name what is missing (e.g.
+    "no BTC price for the entry at ..."). The cycle waits, as for None; once the stored feed (or,
+    live, the clock) proves the data will not come, it is voided with this as its reason."""
+
+
 class CompetitionRules(dg.ConfigurableResource):
     """Competition logic plugged into the engine."""
 
@@ -83,7 +89,8 @@ class CompetitionRules(dg.ConfigurableResource):
     def resolve_ground_truth(
         self, scope: Scope, cycle_at: datetime, resolvable_at: datetime, records: RecordsView, max_staleness_seconds: float
     ) -> Any | None:
-        """What really happened, from stored records; None while the data to know it is missing."""
+        """What really happened, from stored records; None (or raise TruthMissing naming what) while
+        the data to know it is missing."""
 
     @abstractmethod
     def score_prediction(self, scope: Scope, output: Any, ground_truth: Any) -> dict:
