@@ -56,6 +56,24 @@ def _ranking_standings(
     return period, by_window
 
 
+def emission_builder_name(rules: CompetitionRules) -> str | None:
+    """The competition's own emission builder by its path, if it has one."""
+    if "emission_builder" in type(rules).model_fields:  # CallableRules: the slot's import path
+        return rules.emission_builder or None  # type: ignore[attr-defined]
+    if type(rules).build_emission is not CompetitionRules.build_emission:
+        return f"{type(rules).__module__}:{type(rules).__qualname__}.build_emission"
+    return None
+
+
+def emission_rule(spec: CompetitionSpec, rules: CompetitionRules, builder_paid: bool) -> str:
+    """What paid (or pays) a checkpoint, in words: the competition's builder named by its path, or
+    the spec's emission policy (a builder may answer None and leave a split to the policy)."""
+    builder = emission_builder_name(rules)
+    if builder_paid and builder:
+        return f"the competition's emission builder {builder}"
+    return emission.describe(spec.emission)
+
+
 def payout_entries(
     spec: CompetitionSpec, rules: CompetitionRules, store: CompetitionStore | None,
     snapshots: list[SnapshotRow], rollups: list[CycleRollupRow], start: datetime, end: datetime,
@@ -77,7 +95,7 @@ def payout_entries(
     if entries:
         emission.check_rewards(rewards, len(entries))
     reward_of = dict(zip(paid, rewards))
-    rule = "the competition's own emission builder" if custom is not None else emission.describe(spec.emission)
+    rule = emission_rule(spec, rules, builder_paid=custom is not None)
     result = {}
     for rank, model_id in enumerate(order, start=1):
         s = merged[model_id]
@@ -144,6 +162,16 @@ def emission_payload(ranking: list[dict], accounts: PayoutAccounts) -> dict:
     }
 
 
+def _paying_rule(spec: CompetitionSpec, rules: CompetitionRules, payouts: dict[str, dict]) -> str:
+    """The rule that paid the checkpoint, as each paid model's breakdown names it; with no eligible
+    model nothing was paid, and the rule that would have is named."""
+    rules_paid = {p["breakdown"]["rule"] for p in payouts.values() if p["eligible"]}
+    if len(rules_paid) == 1:
+        return rules_paid.pop()
+    would = emission_rule(spec, rules, builder_paid=emission_builder_name(rules) is not None)
+    return f"{would} (no eligible model: nothing paid)" if not rules_paid else "; ".join(sorted(rules_paid))
+
+
 def build_checkpoint(
     spec: CompetitionSpec, rules: CompetitionRules, store: CompetitionStore, accounts: PayoutAccounts,
     start: datetime, end: datetime,
@@ -165,7 +193,7 @@ def build_checkpoint(
         "failure": spec.failure_policy.describe(),
         "eligibility": eligibility_rule(spec),
         "checkpoint_ranking": spec.checkpoint_ranking,
-        "emission": emission.describe(spec.emission),
+        "emission": _paying_rule(spec, rules, payouts),
         "ranking_descending": spec.ranking_descending,
         "scope_weights": {scope.key: scope.weight for scope in spec.scopes},
     }

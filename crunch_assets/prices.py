@@ -13,6 +13,15 @@ class PriceObservation:
     price: float
 
 
+@dataclass(frozen=True)
+class EntryAndResolution:
+    """The two prices a return is measured between, and, when either is missing, which one."""
+
+    entry: PriceObservation | None
+    resolved: PriceObservation | None
+    missing: str | None  # e.g. "no BTC price for the entry at ... "; None when both are there
+
+
 class PriceSeries:
     """Observations of one subject, ascending by observation time."""
 
@@ -47,6 +56,27 @@ class PriceSeries:
         if observation is None or observation.observed_at <= entry.observed_at:
             return None
         return observation
+
+    def entry_and_resolution(
+        self, subject: str, cycle_at: datetime, resolvable_at: datetime, max_staleness_seconds: float
+    ) -> EntryAndResolution:
+        """The entry (the last observation at or before the cycle) and the resolution (see
+        `resolution`), each at most max_staleness_seconds old; when either is missing, `missing`
+        names which (the entry at the cycle, the resolution at resolvable_at, or both), so that a
+        void reason says what the feed lacks."""
+        entry = self.last_at_or_before(cycle_at, max_staleness_seconds)
+        if entry is not None:
+            resolved = self.resolution(entry, resolvable_at, max_staleness_seconds)
+            resolution_missing = resolved is None
+        else:
+            resolved = None  # never a resolution without an entry; whether one is there, to name it
+            candidate = self.last_at_or_before(resolvable_at, max_staleness_seconds)
+            resolution_missing = candidate is None or candidate.observed_at <= cycle_at
+        gaps = ([f"the entry at {cycle_at.isoformat()}"] if entry is None else []) + (
+            [f"the resolution at {resolvable_at.isoformat()}"] if resolution_missing else [])
+        window = f"none observed in the {max_staleness_seconds:g} s up to {'each' if len(gaps) > 1 else 'it'}"
+        missing = f"no {subject} price for {' nor for '.join(gaps)} ({window})" if gaps else None
+        return EntryAndResolution(entry, resolved, missing)
 
     def window(self, start: datetime, end: datetime) -> list[PriceObservation]:
         """Observations with start < observed_at <= end."""

@@ -27,6 +27,7 @@ import pydantic
 
 from crunch_assets.records import RecordsView
 from crunch_assets.spec import Scope
+from crunch_assets.strict import refuse_unknown_fields
 from resources.model_runners.base import MethodCall, ModelInterface
 
 
@@ -34,13 +35,40 @@ class WiringError(ValueError):
     """A competition's plug-in wiring is wrong; the message names the slot and the callable."""
 
 
+# Fields the rules once had, and where that configuration lives now: a leftover is refused with the way.
+MOVED_RULES_FIELDS = {
+    "failure_score": "a FAILED or ABSENT prediction's score is the spec's failure_policy "
+                     "(FailurePolicy.constant(v) or FailurePolicy.relative(p))",
+    "failure_value": "a FAILED or ABSENT prediction's score is the spec's failure_policy "
+                     "(FailurePolicy.constant(v) or FailurePolicy.relative(p))",
+}
+
+
+def _refuse_unknown_fields(resource: dg.ConfigurableResource, data: dict) -> None:
+    """A rules or ground-truth resource given a keyword that is none of its fields (a typo such
+    as `emision_builder=`, a leftover such as `failure_score=`) fails the load: pydantic would
+    drop it silently and the engine would run on the default (e.g. the spec's tiered emission
+    instead of the competition's builder)."""
+    refuse_unknown_fields(type(resource).__name__, data, type(resource).model_fields, WiringError, MOVED_RULES_FIELDS)
+
+
 class TruthUnavailable(Exception):
     """Raised by a ground-truth source that knows the truth of a cycle will never come (the cycle
     is voided with this reason)."""
 
 
+class TruthMissing(Exception):
+    """Raised by a ground-truth resolver, instead of returning None, to name what is missing (e.g.
+    "no BTC price for the entry at ..."). The cycle waits, as for None; once the stored feed (or,
+    live, the clock) proves the data will not come, it is voided with this as its reason."""
+
+
 class CompetitionRules(dg.ConfigurableResource):
     """Competition logic plugged into the engine."""
+
+    def __init__(self, **data: Any):
+        _refuse_unknown_fields(self, data)
+        super().__init__(**data)
 
     @abstractmethod
     def model_interface(self) -> ModelInterface: ...
@@ -61,7 +89,8 @@ class CompetitionRules(dg.ConfigurableResource):
     def resolve_ground_truth(
         self, scope: Scope, cycle_at: datetime, resolvable_at: datetime, records: RecordsView, max_staleness_seconds: float
     ) -> Any | None:
-        """What really happened, from stored records; None while the data to know it is missing."""
+        """What really happened, from stored records; None (or raise TruthMissing naming what) while
+        the data to know it is missing."""
 
     @abstractmethod
     def score_prediction(self, scope: Scope, output: Any, ground_truth: Any) -> dict:
@@ -276,6 +305,10 @@ class GroundTruthResource(dg.ConfigurableResource):
     TruthUnavailable when it never will be known (the cycle is voided). `reads_feed` says whether
     the engine must wait for the stored feed to cover a cycle's resolution before asking.
     """
+
+    def __init__(self, **data: Any):
+        _refuse_unknown_fields(self, data)
+        super().__init__(**data)
 
     @property
     def reads_feed(self) -> bool:

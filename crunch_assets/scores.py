@@ -6,7 +6,9 @@ Per cycle, whatever happens stays in the cycle:
   of the window is scored and the run succeeds;
 - a cycle whose truth is missing is voided only when the stored feed proves it will not come (the
   feed has been fetched up to resolvable_at + void_after_seconds without it) or, live (as_of set),
-  when that time has passed on the clock; a backfill in any order decides the same way;
+  when that time has passed on the clock; a backfill in any order decides the same way. The void
+  reason is what the resolver named (TruthMissing: e.g. the entry price at the cycle, or the
+  resolution price at resolvable_at);
 - a voided cycle is tried again on every materialization while its checkpoint period is not past
   PENDING: once its prices are stored it is scored, like any other;
 - each answered prediction is scored by the competition (an exception or an unusable value is
@@ -31,7 +33,7 @@ from crunch_assets.feed import feed_streams
 from crunch_assets.keys import ChainKeys
 from crunch_assets.partitions import CompetitionPartitions, floor_hour, truth_feed_mapping
 from crunch_assets.records import LoadedRecords
-from crunch_assets.rules import CompetitionRules, GroundTruthResource, TruthUnavailable, validation_message
+from crunch_assets.rules import CompetitionRules, GroundTruthResource, TruthMissing, TruthUnavailable, validation_message
 from crunch_assets.run_config import WindowRunConfig, parse_as_of
 from crunch_assets.spec import CompetitionSpec, Scope
 from crunch_assets.stages import CHUNK_HOURS, RANGE_BACKFILL, WriteBehind, chunks, partition_windows, report_partitions
@@ -215,11 +217,13 @@ def settle(
         scope = _scope_of(spec, cycle)
         deadline = cycle.resolvable_at + void_after
         fetched = not truth.reads_feed or all(spans[s].covers(cycle.cycle_at - staleness, cycle.resolvable_at) for s in streams)
-        value = None
+        value, missing = None, None
         if fetched:
             view = loaded.view(cycle.cycle_at - staleness, cycle.resolvable_at, include_since=True)
             try:
                 value = truth.resolve(rules, scope, cycle.cycle_at, cycle.resolvable_at, view, spec.max_price_staleness_seconds)
+            except TruthMissing as named:
+                missing = str(named)
             except TruthUnavailable as unavailable:
                 void(cycle, f"ground truth unavailable: {unavailable}"[:1000])
                 continue
@@ -235,8 +239,10 @@ def settle(
             proven = truth.reads_feed and all(spans[s].covers(cycle.cycle_at - staleness, deadline) for s in streams)
             if proven or (live and now >= deadline):
                 why = "the stored feed moved past" if proven else "the clock passed"
-                void(cycle, f"ground truth missing: no usable price for {cycle.resolvable_at.isoformat()} and {why} "
-                            f"{deadline.isoformat()} ({spec.void_after_seconds} s after resolution)")
+                what = missing or (f"the resolver found no truth for the cycle at {cycle.cycle_at.isoformat()} "
+                                   f"resolving at {cycle.resolvable_at.isoformat()} (it did not name what is missing)")
+                void(cycle, f"ground truth missing: {what}; {why} {deadline.isoformat()} "
+                            f"({spec.void_after_seconds} s after resolution)"[:1000])
             else:
                 report.count(cycle.cycle_at, "waiting_for_ground_truth", len(cycle.predictions) or 1)
             continue

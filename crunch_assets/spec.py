@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta, timezone
 from typing import Sequence
+
+from crunch_assets.strict import refuse_unknown_fields
 
 SLUG_PATTERN = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)*$")
 HOUR_SECONDS = 3600
@@ -20,8 +22,21 @@ class SpecError(ValueError):
     """A competition's declaration is wrong; the message names the field."""
 
 
+class Declared:
+    """The base of every declaration in a spec (each dataclass below inherits it): a keyword that
+    is not one of its fields is refused when the spec is built, also through dataclasses.replace,
+    with the field's name and the nearest valid one (SpecError), never ignored."""
+
+    __slots__ = ()
+
+    def __new__(cls, *args, **kwargs):
+        if kwargs:
+            refuse_unknown_fields(cls.__name__, kwargs, [f.name for f in fields(cls) if f.init], SpecError)
+        return super().__new__(cls)
+
+
 @dataclass(frozen=True)
-class Scope:
+class Scope(Declared):
     """One prediction config: what is predicted, how often, when it resolves, and its weight in
     the combined leaderboard."""
 
@@ -54,7 +69,7 @@ class Scope:
 
 
 @dataclass(frozen=True)
-class LeaderboardWindow:
+class LeaderboardWindow(Declared):
     name: str
     seconds: int
 
@@ -67,7 +82,7 @@ DEFAULT_WINDOWS = (
 
 
 @dataclass(frozen=True)
-class FailurePolicy:
+class FailurePolicy(Declared):
     """What a FAILED or ABSENT prediction scores, and what a model missing from a cycle counts at.
 
     - constant(v): always v (the worst possible score, when the score is bounded);
@@ -120,7 +135,7 @@ class FailurePolicy:
 
 
 @dataclass(frozen=True)
-class Eligibility:
+class Eligibility(Declared):
     """Who is ranked over what, identically on the leaderboard and at the checkpoint.
 
     - every_cycle (default): every model with a prediction in the period is ranked over every
@@ -153,7 +168,7 @@ class Eligibility:
 
 
 @dataclass(frozen=True)
-class EmissionPolicy:
+class EmissionPolicy(Declared):
     """How a checkpoint's ranked, eligible models share 1,000,000,000 frac64 (see emission.py).
 
     - tiered(tiers): the reference tiers by rank (default 35 % / 10 % x 4 / 5 % x 5; what fewer
@@ -208,7 +223,7 @@ class EmissionPolicy:
 
 
 @dataclass(frozen=True)
-class CompetitionSpec:
+class CompetitionSpec(Declared):
     slug: str
     start: datetime  # first partition; timezone-aware UTC, on an hour boundary
     scopes: tuple[Scope, ...]

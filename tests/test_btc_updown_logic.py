@@ -6,6 +6,7 @@ import pytest
 
 from competitions.btc_updown import logic
 from crunch_assets.records import LoadedRecords
+from crunch_assets.rules import TruthMissing
 from crunch_assets.spec import Scope
 from resources.feeds.base import Candle, FeedStream
 
@@ -89,21 +90,34 @@ def test_ground_truth_from_stored_prices():
     assert truth["y_up"] is True and truth["return"] == pytest.approx(0.01)
 
 
-def test_ground_truth_is_missing_when_a_price_is_missing_or_stale():
+def test_ground_truth_is_missing_when_a_price_is_missing_or_stale_and_names_which():
+    """Issue: a void reason named the resolution instant when the entry price was what was missing."""
     records = _view((0, 100.0), (1, 101.0))
     assert logic.resolve_ground_truth(SCOPE, T0, T0 + timedelta(seconds=60), records, 30) is not None
     # resolved price missing: 5 minutes later the last price is too old to stand for it
-    assert logic.resolve_ground_truth(SCOPE, T0, T0 + timedelta(minutes=5), records, 30) is None
-    # entry missing: nothing at or before the cycle
-    assert logic.resolve_ground_truth(SCOPE, T0 - timedelta(minutes=1), T0, records, 30) is None
+    resolution = f"no BTC price for the resolution at {(T0 + timedelta(minutes=5)).isoformat()} (none observed in the 30 s"
+    with pytest.raises(TruthMissing) as missing:
+        logic.resolve_ground_truth(SCOPE, T0, T0 + timedelta(minutes=5), records, 30)
+    assert str(missing.value).startswith(resolution)
+    # entry missing: nothing at or before the cycle (the resolution price, T0's close, is there)
+    with pytest.raises(TruthMissing) as missing:
+        logic.resolve_ground_truth(SCOPE, T0 - timedelta(minutes=1), T0, records, 30)
+    assert str(missing.value) == (f"no BTC price for the entry at {(T0 - timedelta(minutes=1)).isoformat()} "
+                                  "(none observed in the 30 s up to it)")
+    # both missing
+    with pytest.raises(TruthMissing) as missing:
+        logic.resolve_ground_truth(SCOPE, T0 + timedelta(minutes=3), T0 + timedelta(minutes=4), records, 30)
+    assert str(missing.value) == (f"no BTC price for the entry at {(T0 + timedelta(minutes=3)).isoformat()} nor for the "
+                                  f"resolution at {(T0 + timedelta(minutes=4)).isoformat()} (none observed in the 30 s up to each)")
 
 
 def test_a_missing_resolution_price_is_never_the_entry_price():
     """Issue: with a staleness bound above the horizon, a missing resolution candle made the entry
     observation itself the 'resolved' price, and p_up 0.9 scored 0.19 as 'not up'."""
     records = _view((0, 100.0))  # the candle closing at T0 + 60 s is missing
-    assert logic.resolve_ground_truth(SCOPE, T0, T0 + timedelta(seconds=60), records, 59) is None
-    assert logic.resolve_ground_truth(SCOPE, T0, T0 + timedelta(seconds=60), records, 120) is None
+    for staleness in (59, 120):
+        with pytest.raises(TruthMissing, match="no BTC price for the resolution at"):
+            logic.resolve_ground_truth(SCOPE, T0, T0 + timedelta(seconds=60), records, staleness)
 
 
 def test_flat_price_is_not_up():

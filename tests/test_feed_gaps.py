@@ -80,6 +80,19 @@ def test_a_gap_is_named_waits_then_is_voided(clean_database, btc_csv, tmp_path):
     assert sorted({v.cycle_at for v in voided}) == pending and len(voided) == 3 * len(pending)
     assert all(v.score_id is None for v in voided)  # neither scored nor penalised
     assert all("ground truth missing" in v.reason for v in voided)
+    # each reason names the missing price: 01:20 lacks its resolution (the close at 01:21), 01:21 ..
+    # 01:24 both, 01:25 its entry (the close at 01:25; the one at 01:26 is there). Issue: every
+    # reason named the resolution instant, also where the entry price was missing.
+    reasons = {v.cycle_at: v.reason for v in voided}
+    assert "no BTC price for the resolution at 2025-01-07T01:21:00+00:00 (none observed" in reasons[GAP_FIRST]
+    assert "the entry" not in reasons[GAP_FIRST]
+    for minute in range(1, 5):
+        cycle = GAP_FIRST + timedelta(minutes=minute)
+        assert (f"no BTC price for the entry at {cycle.isoformat()} nor for the resolution at "
+                f"{(cycle + timedelta(minutes=1)).isoformat()}") in reasons[cycle]
+    last = GAP_FIRST + timedelta(minutes=5)
+    assert f"no BTC price for the entry at {last.isoformat()} (none observed in the 30 s up to it)" in reasons[last]
+    assert "resolution" not in reasons[last].split(";")[0]
 
 
 def test_a_live_cycle_with_a_slow_feed_waits_for_it_and_is_run_exactly_later(clean_database):

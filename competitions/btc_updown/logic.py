@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from crunch_assets.records import RecordsView
+from crunch_assets.rules import TruthMissing
 from crunch_assets.spec import Scope
 from resources.model_runners.base import MethodCall
 
@@ -107,15 +108,16 @@ def validate_output(scope: Scope, output: Any) -> dict:
 
 def resolve_ground_truth(
     scope: Scope, cycle_at: datetime, resolvable_at: datetime, records: RecordsView, max_staleness_seconds: float
-) -> dict | None:
+) -> dict:
     """Entry = the last stored price at or before the cycle; resolved = the last at or before
     resolvable_at and strictly after the entry observation, each at most max_staleness_seconds
-    old. None (the truth is missing) otherwise: never a live, made-up or borrowed price."""
-    prices = records.prices(scope.subject)
-    entry = prices.last_at_or_before(cycle_at, max_staleness_seconds)
-    resolved = prices.resolution(entry, resolvable_at, max_staleness_seconds) if entry else None
-    if entry is None or resolved is None:
-        return None
+    old. Otherwise the truth is missing (TruthMissing names the entry or the resolution price):
+    never a live, made-up or borrowed price."""
+    prices = records.prices(scope.subject).entry_and_resolution(scope.subject, cycle_at, resolvable_at,
+                                                                 max_staleness_seconds)
+    if prices.missing:
+        raise TruthMissing(prices.missing)
+    entry, resolved = prices.entry, prices.resolved
     return {
         "entry_price": entry.price,
         "entry_observed_at": entry.observed_at.isoformat(),

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from crunch_assets.records import RecordsView
+from crunch_assets.rules import TruthMissing
 from crunch_assets.spec import Scope
 from resources.model_runners.base import MethodCall
 
@@ -93,14 +94,15 @@ def validate_output(scope: Scope, output: Any) -> dict:
 
 def resolve_ground_truth(
     scope: Scope, cycle_at: datetime, resolvable_at: datetime, records: RecordsView, max_staleness_seconds: float
-) -> dict | None:
+) -> dict:
     """The realised return in basis points between the last stored close at or before the cycle and
-    the last at or before resolvable_at (strictly after the entry); None while either is missing."""
-    prices = records.prices(scope.subject)
-    entry = prices.last_at_or_before(cycle_at, max_staleness_seconds)
-    resolved = prices.resolution(entry, resolvable_at, max_staleness_seconds) if entry else None
-    if entry is None or resolved is None:
-        return None
+    the last at or before resolvable_at (strictly after the entry); while either is missing,
+    TruthMissing names which."""
+    prices = records.prices(scope.subject).entry_and_resolution(scope.subject, cycle_at, resolvable_at,
+                                                                 max_staleness_seconds)
+    if prices.missing:
+        raise TruthMissing(prices.missing)
+    entry, resolved = prices.entry, prices.resolved
     return {
         "entry_price": entry.price,
         "resolved_price": resolved.price,

@@ -5,7 +5,9 @@ exports, health and lag, and the participant page (crunch_assets/api/page.py).
 Paths: `/competitions/{slug}/...` for every served competition, and the reference's
 `/reports/...` for the deployment's default one. OpenAPI at /docs. Mutations need
 `Authorization: Bearer <CRUNCH_API_TOKEN>`; with no token configured they are disabled (403) and
-reads stay open. The actor recorded in the audit for an API transition is CRUNCH_API_ACTOR.
+reads stay open. Open reads never show the content of a prediction whose cycle is not resolved
+(the embargo: resources/store/reports.py); the same token unlocks it on reads. The actor recorded
+in the audit for an API transition is CRUNCH_API_ACTOR.
 Body limits and security headers: crunch_assets/api/hardening.py; the server: crunch_assets/api/server.py.
 
 No `from __future__ import annotations` here: FastAPI must see the real annotations of the route
@@ -134,7 +136,9 @@ def create_app(
         title="crunch-dagster report API",
         version="1",
         description="Leaderboards, predictions, checkpoints and emissions of the served competitions. Mutations "
-                    f"need `Authorization: Bearer <{API_TOKEN_ENV}>`; without a configured token they are disabled.",
+                    f"need `Authorization: Bearer <{API_TOKEN_ENV}>`; without a configured token they are disabled. "
+                    "A prediction's output is served only once its cycle is resolved (scored or voided), except "
+                    "with the same token.",
         docs_url=None, redoc_url=None,  # served by docs_routes, with their own content security policy
         exception_handlers={RequestValidationError: validation_error},
     )
@@ -152,15 +156,15 @@ def create_app(
             raise HTTPException(403, "wrong token")
         return actor_name
 
-    def operator_if_authenticated(
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    ) -> bool:
-        """An open read: True when it carries the operator's token (it then shows what only the
-        operator sees); a wrong token is refused rather than silently read as anonymous."""
+    def operator_read(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> bool:
+        """An open read: True when it carries the operator's token, which then shows what only the
+        operator sees (unresolved outputs: the embargo, resources/store/reports.py; failure details).
+        A token that is given but wrong is refused, never answered with the open view as if it were right."""
         if credentials is None:
             return False
         if token is None:
-            raise HTTPException(403, f"operator reads are disabled: {API_TOKEN_ENV} is not set on the server")
+            raise HTTPException(403, f"no operator token is configured on the server ({API_TOKEN_ENV}): reads are open, "
+                                     "unresolved predictions embargoed; send no Authorization header")
         return bool(operator(credentials))
 
     def by_slug_dependency(slug: Annotated[str, Path(pattern=r"^[a-z][a-z0-9_]{0,63}$")]) -> ReportCompetition:
@@ -169,8 +173,8 @@ def create_app(
             raise HTTPException(404, f"no competition {slug!r}; served: {', '.join(sorted(by_slug))}")
         return competition
 
-    app.include_router(build_router(by_slug_dependency, operator, operator_if_authenticated), prefix="/competitions/{slug}")
-    app.include_router(build_router(lambda: default, operator, operator_if_authenticated), prefix="/reports")
+    app.include_router(build_router(by_slug_dependency, operator, operator_read), prefix="/competitions/{slug}")
+    app.include_router(build_router(lambda: default, operator, operator_read), prefix="/reports")
 
     @app.get("/health", tags=["health"])
     def health() -> JSONResponse:
@@ -194,11 +198,11 @@ def create_app(
 
 
 def build_router(competition_dependency: Callable[..., ReportCompetition], operator: Callable[..., str],
-                 operator_if_authenticated: Callable[..., bool]) -> APIRouter:
+                 operator_read: Callable[..., bool]) -> APIRouter:
     router = APIRouter()
     Competition = Annotated[ReportCompetition, Depends(competition_dependency)]
     Operator = Annotated[str, Depends(operator)]
-    IsOperator = Annotated[bool, Depends(operator_if_authenticated)]
+    IsOperator = Annotated[bool, Depends(operator_read)]
 
     def checkpoint_or_404(c: ReportCompetition, checkpoint_id: int):
         checkpoint = c.store.checkpoint_by_id(checkpoint_id)
@@ -261,12 +265,14 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
                 responses={200: {"content": {"text/csv": {}, "application/vnd.apache.parquet": {}}}})
     def model_export(
         c: Competition, model_id: ModelId, start: Annotated[UtcInstant, Query()], end: Annotated[UtcInstant, Query()],
-        format: Annotated[Literal["csv", "parquet"], Query()] = "csv",
+        is_operator: IsOperator, format: Annotated[Literal["csv", "parquet"], Query()] = "csv",
     ) -> StreamingResponse:
-        """The model's predictions and scores in [start, end) (at most 31 days), streamed a page at a time."""
+        """The model's predictions and scores in [start, end) (at most 31 days), streamed a page at a time.
+        Predictions whose cycle is not resolved yet are left out, except for the operator (bearer token)."""
         model_or_404(c, model_id)
         _span(start, end, EXPORT_MAX_DAYS)
-        batches = c.reports.prediction_batches(model_id, start, end, PAGE_LIMIT_MAX)
+        batches = c.reports.prediction_batches(model_id, start, end, PAGE_LIMIT_MAX,
+                                               unresolved="shown" if is_operator else "omitted")
         name = f"{c.slug}-{model_id}-{start:%Y%m%dT%H%M}-{end:%Y%m%dT%H%M}".replace("/", "_")
         if format == "csv":
             return StreamingResponse(exports.csv_chunks(batches), media_type="text/csv",
@@ -289,15 +295,16 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
         limit: Annotated[int, Query(ge=1, le=PAGE_LIMIT_MAX)] = PAGE_LIMIT_DEFAULT,
         cursor: Annotated[str | None, Query(max_length=200)] = None,
     ) -> dict:
-        """Predictions by cycle time, a page at a time: pass `next_cursor` back as `cursor`.
-        `status_reason` says what failed; with the operator's token each prediction also has
-        `status_detail` (the reason as recorded: the model's exception, file and line) and its score
-        `failed_detail`."""
+        """Predictions by cycle time, a page at a time: pass `next_cursor` back as `cursor`. A prediction
+        whose cycle is not resolved yet is listed without its output (`embargoed`), except for the
+        operator (bearer token). `status_reason` says what failed; with the operator's token each
+        prediction also has `status_detail` (the reason as recorded: the model's exception, file and
+        line) and its score `failed_detail`."""
         _span(start, end)
         public = c.spec.public_input_keys
         page = c.reports.predictions(model_id=model_id, scope_key=scope, status=status, start=start, end=end,
                                      after=decode_cursor(cursor), descending=order == "desc", limit=limit,
-                                     with_input=bool(public))
+                                     with_input=bool(public), unresolved="shown" if is_operator else "embargoed")
         views = [prediction_view(p, public) for p in page]
         if is_operator:
             for view, p in zip(views, page):

@@ -108,7 +108,7 @@ def prediction_view(p: PredictionReport, public_input_keys: Sequence[str]) -> di
     view = {
         "id": p.id, "model_id": p.model_id, "scope_key": p.scope_key, "cycle_at": p.cycle_at,
         "resolvable_at": p.resolvable_at, "status": p.status, "status_reason": public_reason(p.status, p.status_reason),
-        "exec_time_ms": p.exec_time_ms, "inference_output": p.inference_output,
+        "exec_time_ms": p.exec_time_ms, "inference_output": p.inference_output, "embargoed": p.embargoed,
         "score": None if p.score_value is None and p.score_success is None else
         {"value": p.score_value, "success": p.score_success, "failed_reason": public_score_reason(p.score_failed_reason)},
     }

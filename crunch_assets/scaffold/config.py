@@ -9,7 +9,6 @@ which is merged slot by slot.
 
 from __future__ import annotations
 
-import difflib
 import json
 import keyword
 import math
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
     AwareDatetime,
@@ -41,6 +40,7 @@ from crunch_assets.spec import (
     Scope,
     SpecError,
 )
+from crunch_assets.strict import nearest
 
 SPEC_VERSION = "1"
 PACKS = ("baseline", "realtime", "tournament")
@@ -202,30 +202,46 @@ class SpecHeader(BaseModel):
     pack: Literal["baseline", "realtime", "tournament"] | None = None
 
 
-# Known keys per location, for "did you mean" on a typo.
-_KNOWN_KEYS: dict[str, set[str]] = {
-    "": set(CompetitionConfig.model_fields) | set(HEADER_KEYS),
-    "scopes": set(ScopeConfig.model_fields),
-    "feed": set(FeedConfig.model_fields),
-    "callables": set(CallablesConfig.model_fields),
-    "failure_policy": set(ConstantFailure.model_fields) | set(RelativeFailure.model_fields),
-    "eligibility": set(EveryCycle.model_fields) | set(MinimumCoverage.model_fields),
-    "emission": set(TieredEmission.model_fields) | set(SoftmaxEmission.model_fields) | set(ProportionalEmission.model_fields),
-    "leaderboard_windows": set(WindowConfig.model_fields),
-}
-_UNION_TAGS = {"failure_policy", "eligibility", "emission"}
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The config models an annotation can hold (one; several for a tagged union)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for argument in get_args(annotation) for model in _models_in(argument)]
 
 
-def _location(loc: tuple) -> str:
+def _tags(model: type[BaseModel]) -> set[Any]:
+    """The literal values a model's fields accept (a union variant's tag, e.g. kind "constant")."""
+    return {value for field in model.model_fields.values() if get_origin(field.annotation) is Literal
+            for value in get_args(field.annotation)}
+
+
+def walk_location(loc: tuple) -> tuple[str, type[BaseModel] | None]:
+    """An error's location as the spec file spells it (`scopes[0].subject`; a union's tag, e.g.
+    "constant", is pydantic's and not a key of the file) and the config model the last key belongs
+    to, found from the models themselves: a new config model gets its "did you mean" for free."""
+    model: type[BaseModel] | None = CompetitionConfig
+    owner: type[BaseModel] | None = CompetitionConfig
+    variants: list[type[BaseModel]] | None = None
     text = ""
-    for index, part in enumerate(loc):
+    for part in loc:
         if isinstance(part, int):
             text += f"[{part}]"
-        elif index == 1 and loc[0] in _UNION_TAGS:
-            continue  # pydantic's union tag (e.g. "constant"), not a key of the file
-        else:
-            text += ("." if text else "") + str(part)
-    return text or "(root)"
+            continue
+        if variants is not None:  # the tag that chose the union's variant
+            model, variants = next((m for m in variants if part in _tags(m)), None), None
+            continue
+        owner = model
+        text += ("." if text else "") + str(part)
+        field = model.model_fields.get(str(part)) if model is not None else None
+        models = _models_in(field.annotation) if field is not None else []
+        model, variants = (None, models) if len(models) > 1 else (models[0] if models else None, None)
+    return text or "(root)", owner
+
+
+def known_keys(model: type[BaseModel] | None) -> set[str]:
+    if model is None:
+        return set()
+    return set(model.model_fields) | (set(HEADER_KEYS) if model is CompetitionConfig else set())
 
 
 def describe_errors(error: ValidationError, source: str) -> list[str]:
@@ -233,12 +249,11 @@ def describe_errors(error: ValidationError, source: str) -> list[str]:
     problems = []
     for item in error.errors():
         loc = tuple(item.get("loc", ()))
-        where = _location(loc)
+        where, owner = walk_location(loc)
         if item["type"] == "extra_forbidden":
-            parent = next((str(p) for p in loc[:-1] if not isinstance(p, int)), "")
-            known = sorted(_KNOWN_KEYS.get(parent, set()))
-            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys here: {', '.join(known)}"
+            known = sorted(known_keys(owner))
+            close = nearest(str(loc[-1]), known)
+            hint = f"; did you mean {close!r}?" if close else f"; known keys here: {', '.join(known)}"
             problems.append(f"{source}: {where}: unknown key{hint}")
         elif item["type"] == "missing":
             problems.append(f"{source}: {where}: required key missing")

@@ -153,7 +153,9 @@ def _load_declaration(slug: str) -> tuple[Any, list[Problem]]:
                 continue
             return None, [Problem(f"importing {name} failed: {error}", "install the missing module or fix the import")]
         except SpecError as error:
-            return None, [Problem(f"SPEC: {error}", f"correct it in competitions/{slug}/config.py")]
+            return None, [Problem(f"SPEC: {error}", f"correct it where SPEC is declared ({name.replace('.', '/')}.py)")]
+        except WiringError as error:  # e.g. a misspelt or leftover field of RULES, refused when it is built
+            return None, [Problem(f"RULES: {error}", f"correct it where RULES is declared ({name.replace('.', '/')}.py)")]
         except SettingsError as error:
             return None, [Problem(f"setting: {error}", "fix the environment variable it names")]
         except Exception as error:  # noqa: BLE001 - whatever breaks the load is the problem to report

@@ -22,6 +22,14 @@ from resources.store.rows import CheckpointRow
 # Statuses a report shows: as made (PENDING answered and not scored yet, FAILED, ABSENT) or derived
 # (SCORED: answered and scored; VOIDED: the cycle is void) -- as CompetitionStore.prediction_statuses.
 PREDICTION_STATUSES = ("PENDING", "SCORED", "FAILED", "ABSENT", "VOIDED")
+UNRESOLVED_CHOICES = ("embargoed", "omitted", "shown")
+
+
+def cycle_resolved(p: sa.Table, s: sa.Table, i: sa.Table) -> sa.ColumnElement[bool]:
+    """The embargo's one rule: a prediction's content (its output, and the reason it FAILED, which
+    may quote the answer) is open only once its cycle is resolved: scored, or its input resolved or
+    voided. Until then anyone could copy a live forecast (a 2-hour scope is 2 hours' head start)."""
+    return sa.or_(i.c.status.in_(("RESOLVED", "VOIDED")), s.c.id.is_not(None))
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,9 @@ class PredictionReport:
     score_success: bool | None
     score_failed_reason: str | None
     input_data: Any  # the model input, only when the caller asked for it (public keys only)
+    # The cycle is not resolved and the caller may not see its content: inference_output is None,
+    # and so is a FAILED prediction's status_reason (see cycle_resolved).
+    embargoed: bool = False
 
 
 @dataclass(frozen=True)
@@ -85,14 +96,31 @@ class ReportStore:
         self, *, model_id: str | None = None, scope_key: str | None = None, status: str | None = None,
         start: datetime | None = None, end: datetime | None = None, after: tuple[datetime, int] | None = None,
         descending: bool = False, limit: int, with_input: bool = False,
+        unresolved: str = "embargoed",
     ) -> list[PredictionReport]:
-        """One page of predictions in [start, end), ordered by (cycle_at, id), after the cursor."""
+        """One page of predictions in [start, end), ordered by (cycle_at, id), after the cursor.
+
+        `unresolved`: what becomes of predictions whose cycle is not resolved (cycle_resolved):
+        "embargoed" (the default, what an open read gets) lists them without their content;
+        "omitted" leaves them out (exports); "shown" shows everything (the operator)."""
+        if unresolved not in UNRESOLVED_CHOICES:
+            raise ValueError(f"unresolved must be one of {', '.join(UNRESOLVED_CHOICES)}, got {unresolved!r}")
         p, s, i = t.predictions, t.scores, t.inputs
         status_column = derived_prediction_status(p, s, i)
+        if unresolved == "embargoed":
+            resolved = cycle_resolved(p, s, i)
+            output = sa.case((resolved, p.c.inference_output), else_=sa.null())
+            reason = sa.case((sa.or_(resolved, p.c.status != "FAILED"), p.c.status_reason), else_=sa.null())
+            embargoed = sa.not_(resolved)
+        else:
+            output, reason, embargoed = p.c.inference_output, p.c.status_reason, sa.false()
         columns = [p.c.id, p.c.model_id, p.c.scope_key, p.c.cycle_at, i.c.resolvable_at, status_column.label("status"),
-                   p.c.status_reason, p.c.exec_time_ms, p.c.inference_output, s.c.value, s.c.success,
-                   s.c.failed_reason, (i.c.raw_data if with_input else sa.null()).label("input_data")]
+                   reason.label("status_reason"), p.c.exec_time_ms, output.label("inference_output"), s.c.value,
+                   s.c.success, s.c.failed_reason, (i.c.raw_data if with_input else sa.null()).label("input_data"),
+                   embargoed.label("embargoed")]
         where = [p.c.competition == self.slug]
+        if unresolved == "omitted":
+            where.append(cycle_resolved(p, s, i))
         if model_id is not None:
             where.append(p.c.model_id == model_id)
         if scope_key is not None:
@@ -120,12 +148,14 @@ class ReportStore:
             return [PredictionReport(*row) for row in connection.execute(query)]
 
     def prediction_batches(
-        self, model_id: str, start: datetime, end: datetime, batch_rows: int
+        self, model_id: str, start: datetime, end: datetime, batch_rows: int, *, unresolved: str = "omitted",
     ) -> Iterator[list[PredictionReport]]:
-        """Every prediction of a model in [start, end), a page at a time (for streamed exports)."""
+        """Every prediction of a model in [start, end), a page at a time (for streamed exports);
+        by default without those whose cycle is not resolved (see predictions)."""
         after = None
         while True:
-            page = self.predictions(model_id=model_id, start=start, end=end, after=after, limit=batch_rows)
+            page = self.predictions(model_id=model_id, start=start, end=end, after=after, limit=batch_rows,
+                                    unresolved=unresolved)
             if page:
                 yield page
             if len(page) < batch_rows:
