@@ -231,7 +231,8 @@ def payout_entries(
                 "ranked_by": spec.checkpoint_ranking,
                 "rank": rank,
                 "rank_by_score": by_score[model_id],
-                "rule": rule if reason is None else "not eligible: no reward",
+                "rule": rule if reason is None else ("not eligible: no reward" if not s.eligible
+                                                     else f"not paid: {reason}"),
                 "tied_with": tied.get(model_id, []),
                 "reward_pct": reward_of.get(model_id, 0),
                 "gap_to_next_rank": gap,

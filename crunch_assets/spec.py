@@ -281,17 +281,14 @@ class GatePolicy:
     """Limits the emission safety gate checks before a checkpoint can be SUBMITTED (besides its
     fixed checks, among them: no paid model without a scored answer).
 
-    - min_eligible_participants (default 3): no payout below this many participants with an
-      eligible model (benchmark models do not count);
+    - min_eligible_participants (default 3): no payout below this many participants with a paid
+      model (benchmark models do not count);
     - max_participant_share_pct (default 50.0): no participant paid more than this percentage of
-      the pool (the reference's tiers give rank 1 at most 50 % from three paid participants up);
-    - allow_unresolved_copy_clusters (default False): a copy cluster flagged but not resolved by the
-      operator blocks the submission.
+      the pool (the reference's tiers give rank 1 at most 50 % from three paid participants up).
     """
 
     min_eligible_participants: int = 3
     max_participant_share_pct: float = 50.0
-    allow_unresolved_copy_clusters: bool = False
 
     def validate(self) -> None:
         n = self.min_eligible_participants
@@ -300,9 +297,6 @@ class GatePolicy:
         pct = self.max_participant_share_pct
         if isinstance(pct, bool) or not isinstance(pct, (int, float)) or not (0.0 < pct <= 100.0):
             raise SpecError(f"gate: max_participant_share_pct must be in (0, 100], got {pct!r}")
-        if not isinstance(self.allow_unresolved_copy_clusters, bool):
-            raise SpecError("gate: allow_unresolved_copy_clusters must be True or False, "
-                            f"got {self.allow_unresolved_copy_clusters!r}")
 
 
 @dataclass(frozen=True)
@@ -363,7 +357,7 @@ class CompetitionSpec:
     description: str = ""
     # Who among the eligible models is paid: participants, benchmark models, ties.
     payout: PayoutPolicy = field(default_factory=PayoutPolicy)
-    # The emission safety gate's declared limits (field size, concentration, copy clusters).
+    # The emission safety gate's declared limits (field size, concentration).
     gate: GatePolicy = field(default_factory=GatePolicy)
 
     def __post_init__(self) -> None:
