@@ -93,3 +93,37 @@ def test_the_checkpoint_pays_one_model_per_participant(clean_database, tmp_path)
     materialize_one(competition(every, models), every, "emission_checkpoints", hour_key(START))
     ranking = {r["model_id"]: r["reward_pct"] for r in store.checkpoint(START, START + H).entries["ranking"]}
     assert ranking == {"oracle": 500_000_000, "coin": 250_000_000, "anti": 250_000_000}
+
+
+def test_the_orchestrators_crunchers_are_the_participants(clean_database):
+    """The orchestrator reports each model's cruncher: the registry keeps it and the payout pays
+    one model per cruncher, through the real runner client, store and payout function."""
+    from competitions.btc_updown.definitions import RULES
+    from crunch_assets.checkpoints import payout_entries
+    from resources.model_runners.orchestrator import OrchestratorModelRunner
+    from resources.store.rows import CycleRollupRow, SnapshotRow
+    from tests.fakes.model_orchestrator import AnsweringModel, FakeModelNode, FakeOrchestrator
+
+    orchestrator = FakeOrchestrator(crunch_id="btc-up-down").start()
+    nodes = [FakeModelNode(model_id, AnsweringModel(), model_name=model_id, cruncher_id=cruncher,
+                           cruncher_name=cruncher.upper()).start()
+             for model_id, cruncher in (("m-1", "c-alice"), ("m-2", "c-alice"), ("m-3", "c-bob"))]
+    try:
+        orchestrator.announce(*(node.announcement() for node in nodes))
+        runner = OrchestratorModelRunner(host="127.0.0.1", port=orchestrator.port, crunch_id=orchestrator.crunch_id,
+                                         call_timeout_seconds=2.0, connect_timeout_seconds=5.0)
+        store = CompetitionStore(engine_for(), "btc_updown")
+        store.sync_models(runner.list_models(), START, complete=True)
+    finally:
+        for node in nodes:
+            node.stop()
+        orchestrator.stop()
+    spec = spec_for(START, checkpoint_interval_seconds=3600)
+    counts = {"scored": 60, "failed": 0, "absent": 0, "rejected": 0}
+    snapshots = [SnapshotRow(m, "BTC-60-60", START, START + H, 60, 60 * v, 0.0, status_counts=counts)
+                 for m, v in (("m-1", 0.7), ("m-2", 0.9), ("m-3", 0.8))]
+    rollups = [CycleRollupRow("BTC-60-60", START, START + H, 60, 0, 0.0)]
+    paid = payout_entries(spec, RULES, store, snapshots, rollups, START, START + H)
+    assert {m: (p["participant"], p["reward_pct"]) for m, p in paid.items()} == {
+        "m-2": ("c-alice", 625_000_000), "m-3": ("c-bob", 375_000_000), "m-1": ("c-alice", 0)}
+    assert paid["m-1"]["breakdown"]["unpaid_reason"] == "participant c-alice's best model is m-2: one paid model per participant"
