@@ -163,3 +163,41 @@ def test_the_materialized_checkpoint_pays_only_work_done_and_the_gate_agrees(fie
                                                  for r in checkpoint.entries["ranking"]]}
     refused = payouts.check_paid_models_answered(forged, scored)
     assert not refused.passed and "dead is paid with 0 scored answer(s)" in refused.detail
+
+
+def test_a_benchmark_model_is_shown_marked_and_unpaid_over_http(field, database_url):
+    """Declared as a benchmark, coin_a stays on the leaderboard and the page at its place, marked,
+    and is never paid; its breakdown says why, over the real report API."""
+    import httpx
+
+    from crunch_assets.api import ReportCompetition, create_app
+    from crunch_assets.checkpoints import PayoutAccounts
+    from resources.store.database import CrunchDatabase
+    from tests.api.conftest import LiveServer
+
+    spec = replace(field["spec"], payout=PayoutPolicy(benchmark_models=("coin_a",)))
+    from competitions.btc_updown.definitions import build_definitions
+    from resources.model_runners.local import LocalModelRunner
+
+    defs = build_definitions(spec=spec, feed=field["defs"].resources["feed"], automation_running=False,
+                             model_runner=LocalModelRunner(models_dir=field["defs"].resources["model_runner"].models_dir))
+    materialize_one(defs, spec, "leaderboard", "2025-01-07")  # the day's leaderboard again, with the benchmark
+    materialize_one(defs, spec, "emission_checkpoints", field["key"])
+    app = create_app([ReportCompetition(spec, PayoutAccounts(), CrunchDatabase(url=database_url))], api_token=None,
+                     actor="test", read_env=False)
+    with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+        board = client.get("/competitions/btc_updown/leaderboard").json()
+        entries = {e["model_id"]: e for e in board["entries"]}
+        assert entries["coin_a"]["benchmark"] and entries["coin_a"]["rank"] <= 2  # at its place by score
+        assert not entries["coin_b"]["benchmark"]
+        assert entries["coin_a"]["payout"]["reward_pct"] == 0 and not entries["coin_a"]["payout"]["eligible"]
+        assert entries["coin_a"]["payout"]["unpaid_reason"] == "benchmark model: scored and ranked, never paid"
+        checkpoint_id = client.get("/competitions/btc_updown/checkpoints").json()["checkpoints"][0]["id"]
+        explained = client.get(f"/competitions/btc_updown/checkpoints/{checkpoint_id}/models/coin_a/breakdown").json()
+        assert explained["reward_pct"] == 0 and explained["breakdown"]["benchmark"]
+        dead = client.get(f"/competitions/btc_updown/checkpoints/{checkpoint_id}/models/dead/breakdown").json()
+        assert dead["breakdown"]["unpaid_reason"] == "no scored answer in the period"
+        page = client.get("/page/btc_updown").text
+        assert 'benchmark, not paid' in page and "no scored answer in the period" in page
+        model_page = client.get("/page/btc_updown/models/coin_a").text
+        assert "benchmark model: scored and ranked, never paid" in model_page
