@@ -192,6 +192,7 @@ def payout_entries(
     reward_of = dict(zip(paid, rewards))
     rule = "the competition's own emission builder" if custom is not None else emission.describe(spec.emission)
     tied = _ties(paid, values) if spec.payout.ties == "share" else {}
+    rules_in_words = {"eligibility_rule": eligibility_rule(spec), "payout_rule": payout_rule(spec)}
     result = {}
     for rank, model_id in enumerate(order, start=1):
         s = period[model_id]
@@ -222,11 +223,11 @@ def payout_entries(
                 "mean": value,
                 "coverage": round(s.coverage, 6),
                 "eligible": reason is None,
-                "eligibility_rule": eligibility_rule(spec),
+                "eligibility_rule": rules_in_words["eligibility_rule"],
                 "unpaid_reason": reason,
                 "participant": participants[model_id],
                 "benchmark": model_id in spec.payout.benchmark_models,
-                "payout_rule": payout_rule(spec),
+                "payout_rule": rules_in_words["payout_rule"],
                 **facts,
                 "ranked_by": spec.checkpoint_ranking,
                 "rank": rank,

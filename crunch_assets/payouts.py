@@ -124,11 +124,12 @@ def _participant(row: dict) -> str:
 
 
 def check_field_size(entries: dict, gate: GatePolicy) -> GateCheck:
-    """No payout below the declared number of participants with a paid model."""
-    paid = sorted({_participant(r) for r in entries.get("ranking", []) if r.get("reward_pct")})
-    ok = len(paid) >= gate.min_eligible_participants
+    """No payout below the declared number of eligible participants (with a model the payout may
+    pay: benchmark, excluded and ineligible models do not count)."""
+    eligible = {_participant(r) for r in entries.get("ranking", []) if r.get("eligible")}
+    ok = len(eligible) >= gate.min_eligible_participants
     return GateCheck("minimum_field_size", ok,
-                     f"{len(paid)} participant(s) paid, the policy's minimum is {gate.min_eligible_participants}"
+                     f"{len(eligible)} eligible participant(s), the policy's minimum is {gate.min_eligible_participants}"
                      + ("" if ok else " (declare GatePolicy(min_eligible_participants=...) for a smaller field)"))
 
 

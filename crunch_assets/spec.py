@@ -281,8 +281,8 @@ class GatePolicy:
     """Limits the emission safety gate checks before a checkpoint can be SUBMITTED (besides its
     fixed checks, among them: no paid model without a scored answer).
 
-    - min_eligible_participants (default 3): no payout below this many participants with a paid
-      model (benchmark models do not count);
+    - min_eligible_participants (default 3): no payout below this many participants with an
+      eligible model (benchmark, excluded and ineligible models do not count);
     - max_participant_share_pct (default 50.0): no participant paid more than this percentage of
       the pool (the reference's tiers give rank 1 at most 50 % from three paid participants up).
     """

@@ -267,7 +267,7 @@ def test_new_policies_are_checked_at_load(change, message):
 # --- the gate's new checks -----------------------------------------------------------------------------
 
 def _entries(*rows):
-    return {"ranking": [{"model_id": m, "participant": p, "reward_pct": r, "breakdown": {"scored": s}}
+    return {"ranking": [{"model_id": m, "participant": p, "reward_pct": r, "eligible": r > 0, "breakdown": {"scored": s}}
                         for m, p, r, s in rows]}
 
 
@@ -276,7 +276,11 @@ def test_gate_minimum_field_size():
     assert payouts.check_field_size(three, GatePolicy()).passed
     two_models_one_participant = _entries(("a", "alice", 625_000_000, 5), ("a2", "alice", 375_000_000, 5))
     refused = payouts.check_field_size(two_models_one_participant, GatePolicy(min_eligible_participants=2))
-    assert not refused.passed and "1 participant(s) paid, the policy's minimum is 2" in refused.detail
+    assert not refused.passed and "1 eligible participant(s), the policy's minimum is 2" in refused.detail
+    # benchmark, excluded and ineligible models are listed with eligible False: they do not count
+    listed = {"ranking": three["ranking"] + [{"model_id": "house", "participant": "house", "reward_pct": 0,
+                                              "eligible": False}]}
+    assert "3 eligible participant(s)" in payouts.check_field_size(listed, GatePolicy()).detail
 
 
 def test_gate_concentration_cap_per_participant():
