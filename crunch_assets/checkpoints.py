@@ -3,15 +3,19 @@ the Merkle commitment to the scores it paid for.
 
 The standing that is paid is computed by `payout_entries`, which the leaderboard calls too: the
 period's standings under the eligibility policy, ranked by the declared checkpoint ranking
-("period": the period's value; or a leaderboard window's value as of the period's end), eligible
-models first; the emission (the spec's policy, or the competition's own builder) shares 1e9 over
-the eligible ones; ineligible models are listed with 0. A checkpoint past PENDING is never
-rewritten; a recomputation that disagrees is reported, not written.
+("period": the period's value; or a leaderboard window's value as of the period's end). Who is
+paid follows the declared payout policy (participants, benchmark models, exclusions such as
+copies); paid models come first, and the emission (the spec's policy, or the competition's own
+builder) shares 1e9 over them; every other model is listed with 0 and its reason in words
+(`breakdown["unpaid_reason"]`). A checkpoint past PENDING is never rewritten; a recomputation that
+disagrees is reported, not written.
 """
 
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from types import MappingProxyType
+from typing import Mapping, Sequence
 
 import dagster as dg
 
@@ -22,10 +26,10 @@ from crunch_assets.partitions import CompetitionPartitions, checkpoint_snapshots
 from crunch_assets.rules import CompetitionRules
 from crunch_assets.spec import CompetitionSpec
 from crunch_assets.stages import table_metadata
-from crunch_assets.standings import Standing, payout_order, standings
+from crunch_assets.standings import Standing, rank_models, standings
 from resources.store.competition import CompetitionStore
 from resources.store.database import CrunchDatabase
-from resources.store.rows import CycleRollupRow, SnapshotRow
+from resources.store.rows import CycleRollupRow, ModelRow, SnapshotRow
 
 
 class PayoutAccounts(dg.ConfigurableResource):
@@ -37,11 +41,35 @@ class PayoutAccounts(dg.ConfigurableResource):
 
 
 def eligibility_rule(spec: CompetitionSpec) -> str:
-    if spec.eligibility.pads_missing_cycles:
+    e = spec.eligibility
+    answers = ("at least one scored answer" if e.min_scored_answers == 1
+               else f"at least {e.min_scored_answers} scored answers")
+    scope = ("; a scored answer in every scope" if e.require_every_scope
+             else "; a scope it never answered counts at its failure value")
+    if e.pads_missing_cycles:
         return ("every model with a prediction in the period is ranked over every counted cycle; cycles it missed "
-                f"count at the cycle's failure value ({spec.failure_policy.describe()})")
-    return (f"ranked over its own scored cycles; paid only with predictions in at least "
-            f"{spec.eligibility.min_coverage:.0%} of the period's counted cycles")
+                f"count at the cycle's failure value ({spec.failure_policy.describe()}); paid only with {answers} "
+                f"in the period{scope}")
+    return (f"ranked over its own cycles; paid only with {answers} and scored answers in at least "
+            f"{e.min_coverage:.0%} of the period's counted cycles, combined and in every scope "
+            f"(FAILED, ABSENT and rejected cycles are not coverage){scope}")
+
+
+def payout_rule(spec: CompetitionSpec) -> str:
+    """Who among the eligible models is paid, in words (stored with the checkpoint)."""
+    p = spec.payout
+    parts = ["one paid model per participant (its best)" if p.pay_best_model_per_participant
+             else "every eligible model of a participant can be paid"]
+    if p.max_models_per_participant is not None:
+        parts.append(f"only a participant's first {p.max_models_per_participant} model(s) by registration can be paid")
+    if p.benchmark_models:
+        parts.append(f"benchmark model(s) {', '.join(p.benchmark_models)} are ranked, never paid")
+        if p.benchmark_cutoff:
+            parts.append("a model is paid only with a score strictly better than the best benchmark's")
+    parts.append("equal scores share their ranks' rewards equally" if p.ties == "share"
+                 else "equal scores are ranked by model id")
+    parts.append("an unpaid model's share goes to the paid models by the emission's rule")
+    return "; ".join(parts)
 
 
 def _ranking_standings(
@@ -74,39 +102,129 @@ def emission_rule(spec: CompetitionSpec, rules: CompetitionRules, builder_paid: 
     return emission.describe(spec.emission)
 
 
+def participant_of(model_id: str, registered: ModelRow | None) -> str:
+    """A model's participant: the registry's player (the orchestrator's cruncher, or a local
+    model's declared participant); a model with none is its own participant."""
+    return (registered.player_id if registered is not None and registered.player_id else None) or model_id
+
+
+def _better(a: float, b: float, descending: bool) -> bool:
+    return a > b if descending else a < b
+
+
+def unpaid_reasons(
+    spec: CompetitionSpec, period: dict[str, Standing], values: dict[str, float | None],
+    participants: Mapping[str, str], registration_order: Sequence[str], exclusions: Mapping[str, str],
+) -> tuple[dict[str, str], dict]:
+    """model_id -> why it is not paid, for every model of the period that is not (the rest are
+    paid by the emission); and facts for the breakdown (the benchmark cutoff)."""
+    policy = spec.payout
+    descending = spec.ranking_descending
+    benchmarks = set(policy.benchmark_models)
+    reasons: dict[str, str] = {}
+    for model_id, standing in period.items():
+        if model_id in benchmarks:
+            reasons[model_id] = "benchmark model: scored and ranked, never paid"
+        elif model_id in exclusions:
+            reasons[model_id] = str(exclusions[model_id])
+        elif not standing.eligible:
+            reasons[model_id] = standing.ineligible_reason or "not eligible"
+        elif values.get(model_id) is None:
+            reasons[model_id] = f"no value over the checkpoint ranking {spec.checkpoint_ranking!r}"
+    if policy.max_models_per_participant is not None:
+        position = {model_id: i for i, model_id in enumerate(registration_order)}
+        by_participant: dict[str, list[str]] = defaultdict(list)
+        for model_id in period:
+            if model_id not in benchmarks:
+                by_participant[participants[model_id]].append(model_id)
+        limit = policy.max_models_per_participant
+        for participant, models in by_participant.items():
+            models.sort(key=lambda m: (position.get(m, len(position)), m))
+            for model_id in models[limit:]:
+                reasons.setdefault(model_id, f"participant {participant} has more than {limit} model(s): only its "
+                                             f"first {limit} by registration ({', '.join(models[:limit])}) can be paid")
+    facts: dict = {}
+    if policy.benchmark_cutoff:
+        scored = [(values[m], m) for m in sorted(benchmarks) if values.get(m) is not None]
+        if scored:
+            cutoff, bench = scored[0]
+            for value, model_id in scored[1:]:
+                if _better(value, cutoff, descending):
+                    cutoff, bench = value, model_id
+            facts["benchmark_cutoff"] = {"model_id": bench, "score": cutoff}
+            for model_id in period:
+                if model_id not in reasons and not _better(values[model_id], cutoff, descending):
+                    reasons[model_id] = (f"score {values[model_id]:.6g} is not better than benchmark {bench}'s "
+                                         f"{cutoff:.6g} (the benchmark cutoff)")
+        else:
+            facts["benchmark_cutoff"] = {"model_id": None, "score": None,
+                                         "note": "no benchmark model has a score in the period: no cutoff applied"}
+    if policy.pay_best_model_per_participant:
+        best: dict[str, str] = {}
+        for model_id in rank_models({m: values[m] for m in period if m not in reasons}, descending):
+            participant = participants[model_id]
+            if participant in best:
+                reasons[model_id] = (f"participant {participant}'s best model is {best[participant]}: "
+                                     "one paid model per participant")
+            else:
+                best[participant] = model_id
+    return reasons, facts
+
+
 def payout_entries(
     spec: CompetitionSpec, rules: CompetitionRules, store: CompetitionStore | None,
     snapshots: list[SnapshotRow], rollups: list[CycleRollupRow], start: datetime, end: datetime,
+    *, exclusions: Mapping[str, str] = MappingProxyType({}), registry: Sequence[ModelRow] | None = None,
 ) -> dict[str, dict]:
     """model_id -> what the period [start, end) pays it (rank, score, eligibility, reward, and the
-    breakdown of how), from the hourly rollups."""
+    breakdown of how), from the hourly rollups.
+
+    `exclusions` (model_id -> reason in words, e.g. a copy of another model) are ranked and shown
+    with their reason, paid 0, and their share goes to the paid models by the emission's rule, as
+    for any unpaid model. `registry` (default: the store's model registry) gives each model's
+    participant and registration order."""
     period, ranked_by = _ranking_standings(spec, snapshots, rollups, start, end)
     if not period:
         return {}
-    merged = {m: Standing(m, ranked_by[m].value if m in ranked_by else None, s.scopes, s.cycles, s.predictions,
-                          s.eligible and m in ranked_by and ranked_by[m].value is not None, s.voided_cycles, s.status_counts)
-              for m, s in period.items()}
-    order = payout_order(merged, spec.ranking_descending)
-    paid = [m for m in order if merged[m].eligible]
-    entries = [RankedEntry(m, rank, merged[m].value, merged[m].predictions, merged[m].cycles, merged[m].coverage)
+    if registry is None:
+        registry = store.models() if store is not None else []
+    registered = {m.model_id: m for m in registry}
+    participants = {m: participant_of(m, registered.get(m)) for m in period}
+    registration_order = [m.model_id for m in sorted(
+        registry, key=lambda m: (m.first_seen_at is None, m.first_seen_at or start, m.model_id))]
+    values = {m: (ranked_by[m].value if m in ranked_by else None) for m in period}
+    reasons, facts = unpaid_reasons(spec, period, values, participants, registration_order, exclusions)
+    paid = rank_models({m: values[m] for m in period if m not in reasons}, spec.ranking_descending)
+    unpaid = rank_models({m: values[m] for m in period if m in reasons}, spec.ranking_descending)
+    order = paid + unpaid
+    by_score = {m: i for i, m in enumerate(rank_models(values, spec.ranking_descending), start=1)}
+    entries = [RankedEntry(m, rank, values[m], period[m].predictions, period[m].cycles, period[m].coverage)
                for rank, m in enumerate(paid, start=1)]
     custom = rules.build_emission(entries) if entries else None
     rewards = [int(r) for r in custom] if custom is not None else emission.build(spec.emission, entries, spec.higher_is_better)
     if entries:
         emission.check_rewards(rewards, len(entries))
+        if spec.payout.ties == "share":
+            rewards = emission.share_ties(rewards, [values[m] for m in paid])
+            emission.check_rewards(rewards, len(entries))
     reward_of = dict(zip(paid, rewards))
     rule = emission_rule(spec, rules, builder_paid=custom is not None)
+    tied = _ties(paid, values) if spec.payout.ties == "share" else {}
+    rules_in_words = {"eligibility_rule": eligibility_rule(spec), "payout_rule": payout_rule(spec)}
     result = {}
     for rank, model_id in enumerate(order, start=1):
-        s = merged[model_id]
+        s = period[model_id]
+        value = values[model_id]
         better = order[rank - 2] if rank > 1 else None
         gap = None
-        if better is not None and merged[better].value is not None and s.value is not None:
-            gap = abs(merged[better].value - s.value)
+        if better is not None and values[better] is not None and value is not None:
+            gap = abs(values[better] - value)
+        reason = reasons.get(model_id)
         result[model_id] = {
             "rank": rank,
-            "score": s.value,
-            "eligible": s.eligible,
+            "score": value,
+            "eligible": reason is None,
+            "participant": participants[model_id],
             "reward_pct": reward_of.get(model_id, 0),
             "reward_percent": reward_of.get(model_id, 0) * 100 / FRAC64_ONE,
             "cycles": s.cycles,
@@ -120,20 +238,37 @@ def payout_entries(
                 "rejected": s.status_counts.get("rejected", 0),
                 "missed_cycles": max(0, s.cycles - s.predictions),
                 "voided_cycles": s.voided_cycles,
-                "mean": s.value,
+                "mean": value,
                 "coverage": round(s.coverage, 6),
-                "eligible": s.eligible,
-                "eligibility_rule": eligibility_rule(spec),
+                "eligible": reason is None,
+                "eligibility_rule": rules_in_words["eligibility_rule"],
+                "unpaid_reason": reason,
+                "participant": participants[model_id],
+                "benchmark": model_id in spec.payout.benchmark_models,
+                "payout_rule": rules_in_words["payout_rule"],
+                **facts,
                 "ranked_by": spec.checkpoint_ranking,
                 "rank": rank,
-                "rule": rule if s.eligible else "not eligible: no reward",
+                "rank_by_score": by_score[model_id],
+                "rule": rule if reason is None else ("not eligible: no reward" if not s.eligible
+                                                     else f"not paid: {reason}"),
+                "tied_with": tied.get(model_id, []),
                 "reward_pct": reward_of.get(model_id, 0),
                 "gap_to_next_rank": gap,
                 "scopes": {key: {"value": sc.value, "cycles": sc.cycles, "predictions": sc.predictions,
-                                 "coverage": round(sc.coverage, 6)} for key, sc in s.scopes.items()},
+                                 "scored": sc.answered, "coverage": round(sc.coverage, 6)}
+                           for key, sc in s.scopes.items()},
             },
         }
     return result
+
+
+def _ties(paid: list[str], values: dict[str, float | None]) -> dict[str, list[str]]:
+    """model_id -> the other paid models with exactly its score (they share their ranks' rewards)."""
+    groups: dict[float, list[str]] = defaultdict(list)
+    for model_id in paid:
+        groups[values[model_id]].append(model_id)
+    return {m: [o for o in group if o != m] for group in groups.values() if len(group) > 1 for m in group}
 
 
 @dataclass(frozen=True)
@@ -192,6 +327,7 @@ def build_checkpoint(
     payload["policies"] = {
         "failure": spec.failure_policy.describe(),
         "eligibility": eligibility_rule(spec),
+        "payout": payout_rule(spec),
         "checkpoint_ranking": spec.checkpoint_ranking,
         "emission": _paying_rule(spec, rules, payouts),
         "ranking_descending": spec.ranking_descending,

@@ -14,11 +14,12 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from fractions import Fraction
 
 from crunch_assets.checkpoints import PayoutAccounts
 from crunch_assets.emission import FRAC64_ONE, largest_remainder
 from crunch_assets.settings import CompetitionSettings
-from crunch_assets.spec import CompetitionSpec
+from crunch_assets.spec import CompetitionSpec, GatePolicy
 from crunch_assets.verification import audit_checkpoints
 from resources.store.competition import CompetitionStore
 from resources.store.payouts import CheckpointNotFound, PayoutStore, TransitionConflict, TransitionOutcome
@@ -118,6 +119,53 @@ def check_paid_models_eligible(entries: dict, spec: CompetitionSpec) -> GateChec
     return GateCheck("paid_models_are_eligible", not problems, "; ".join(problems) or f"every paid model is eligible under {rule}")
 
 
+def _participant(row: dict) -> str:
+    return row.get("participant") or row.get("model_id")
+
+
+def check_field_size(entries: dict, gate: GatePolicy) -> GateCheck:
+    """No payout below the declared number of eligible participants (with a model the payout may
+    pay: benchmark, excluded and ineligible models do not count)."""
+    eligible = {_participant(r) for r in entries.get("ranking", []) if r.get("eligible")}
+    ok = len(eligible) >= gate.min_eligible_participants
+    return GateCheck("minimum_field_size", ok,
+                     f"{len(eligible)} eligible participant(s), the policy's minimum is {gate.min_eligible_participants}"
+                     + ("" if ok else " (declare GatePolicy(min_eligible_participants=...) for a smaller field)"))
+
+
+def check_concentration(entries: dict, gate: GatePolicy) -> GateCheck:
+    """No participant paid more than the declared share of the pool (exact, in frac64 units)."""
+    by_participant: dict[str, int] = defaultdict(int)
+    for r in entries.get("ranking", []):
+        if isinstance(r.get("reward_pct"), int):
+            by_participant[_participant(r)] += r["reward_pct"]
+    cap = Fraction(repr(float(gate.max_participant_share_pct))) * FRAC64_ONE / 100
+    over = sorted((p for p, reward in by_participant.items() if reward > cap), key=lambda p: -by_participant[p])
+    top = max(by_participant.values(), default=0)
+    detail = (f"no participant above {gate.max_participant_share_pct:g} % (the largest share is "
+              f"{frac64_to_percent(top):g} %)") if not over else "; ".join(
+        f"participant {p} is paid {frac64_to_percent(by_participant[p]):g} %, above the cap of "
+        f"{gate.max_participant_share_pct:g} % (declare GatePolicy(max_participant_share_pct=...) to allow it)"
+        for p in over)
+    return GateCheck("participant_share_within_cap", not over, detail)
+
+
+def check_paid_models_answered(entries: dict, scored_by_model: dict[str, int]) -> GateCheck:
+    """No paid model without a scored answer in the period: in the checkpoint's own breakdown and
+    in the store's hourly rollups."""
+    problems = []
+    for r in entries.get("ranking", []):
+        if not r.get("reward_pct"):
+            continue
+        stored = (r.get("breakdown") or {}).get("scored", 0) or 0
+        counted = scored_by_model.get(r.get("model_id"), 0)
+        if stored <= 0 or counted <= 0:
+            problems.append(f"{r.get('model_id')} is paid with {min(stored, counted)} scored answer(s) in the period")
+    paid = sum(1 for r in entries.get("ranking", []) if r.get("reward_pct"))
+    return GateCheck("no_paid_model_without_a_scored_answer", not problems,
+                     "; ".join(problems) or f"each of the {paid} paid model(s) has scored answers in the period")
+
+
 def check_crunchers(entries: dict, registry_index: dict[str, int | None]) -> GateCheck:
     problems = []
     emitted = [r.get("cruncher_index") for r in entries.get("cruncher_rewards", [])]
@@ -189,6 +237,15 @@ def check_merkle(checkpoint_id: int, audits) -> GateCheck:
                      else audit.problem)
 
 
+def scored_answers(store: CompetitionStore, checkpoint: CheckpointRow) -> dict[str, int]:
+    """model_id -> its scored answers in the checkpoint's period, from the hourly rollups."""
+    counts: dict[str, int] = defaultdict(int)
+    for row in store.snapshots(checkpoint.period_start, checkpoint.period_end):
+        if row.period_start >= checkpoint.period_start and row.period_end <= checkpoint.period_end:
+            counts[row.model_id] += int(row.status_counts.get("scored", 0))
+    return dict(counts)
+
+
 def run_gate(spec: CompetitionSpec, store: CompetitionStore, checkpoint: CheckpointRow, accounts: PayoutAccounts,
              settings: CompetitionSettings | None = None, now: datetime | None = None) -> dict:
     """Every check of the emission safety gate over the stored checkpoint; {"passed", "checks", ...}."""
@@ -205,6 +262,9 @@ def run_gate(spec: CompetitionSpec, store: CompetitionStore, checkpoint: Checkpo
                       store.prediction_statuses(checkpoint.period_start, checkpoint.period_end)),
         check_merkle(checkpoint.id, audit_checkpoints(store)),
         check_accounts(entries, accounts, settings),
+        check_field_size(entries, spec.gate),
+        check_concentration(entries, spec.gate),
+        check_paid_models_answered(entries, scored_answers(store, checkpoint)),
     ]
     return {
         "passed": all(c.passed for c in checks),

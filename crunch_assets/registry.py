@@ -30,7 +30,8 @@ def build_registry_asset(spec: CompetitionSpec, keys: ChainKeys) -> dg.AssetsDef
     @dg.asset(
         key=keys.model_registry,
         group_name=spec.slug,
-        description="The competition's models (names, crunchers, state, cruncher_index), synced from the model runner; "
+        description="The competition's models (names, participants, state, cruncher_index), synced from the model "
+                    "runner (a local models directory declares participants in participants.json / .toml); "
                     "joins, leaves and state changes are model_events.",
         kinds={"postgres"},
     )
@@ -42,8 +43,10 @@ def build_registry_asset(spec: CompetitionSpec, keys: ChainKeys) -> dg.AssetsDef
             "models": len(models),
             "changes": [f"{e.event} {e.model_id}" for e in events],
             "registry": table_metadata(
-                [("model_id", "string"), ("name", "string"), ("cruncher_index", "int"), ("state", "string")],
-                [{"model_id": m.model_id, "name": m.name, "cruncher_index": m.cruncher_index, "state": m.state} for m in models],
+                [("model_id", "string"), ("name", "string"), ("participant", "string"), ("cruncher_index", "int"),
+                 ("state", "string")],
+                [{"model_id": m.model_id, "name": m.name, "participant": m.player_id or m.model_id,
+                  "cruncher_index": m.cruncher_index, "state": m.state} for m in models],
             ),
         })
 

@@ -121,8 +121,9 @@ def leaderboard_entries(
         w.name: standings(snapshots, rollups, spec.scopes, spec.eligibility, end - timedelta(seconds=w.seconds), end)
         for w in spec.leaderboard_windows
     }
-    payout = payout_entries(spec, rules, store, snapshots, rollups, period[0], min(end, period[1]))
-    models = {m.model_id: m for m in store.models()}
+    registry = store.models()
+    payout = payout_entries(spec, rules, store, snapshots, rollups, period[0], min(end, period[1]), registry=registry)
+    models = {m.model_id: m for m in registry}
     field_ids = sorted({m for by_model in per_window.values() for m in by_model} | set(payout))
     ranked = rank_models({m: (per_window[spec.ranking_key].get(m).value if m in per_window[spec.ranking_key] else None)
                           for m in field_ids}, descending=spec.ranking_descending)
@@ -131,12 +132,15 @@ def leaderboard_entries(
     for rank, model_id in enumerate(ranked, start=1):
         info = models.get(model_id)
         entry = {"rank": rank, "model_id": model_id, "model_name": info.name if info else model_id,
-                 "cruncher_index": info.cruncher_index if info else None, "scopes": {}}
+                 "cruncher_index": info.cruncher_index if info else None,
+                 "participant": (info.player_id if info else None) or model_id,
+                 "benchmark": model_id in spec.payout.benchmark_models, "scopes": {}}
         for w in spec.leaderboard_windows:
             standing = per_window[w.name].get(model_id)
             entry[w.name] = standing.value if standing else None
             entry[f"{w.name}_coverage"] = round(standing.coverage, 6) if standing else 0.0
-            entry[f"{w.name}_complete"] = bool(standing and standing.cycles and standing.predictions >= standing.cycles)
+            # complete: a scored answer in every counted cycle of the window (failures are not answers)
+            entry[f"{w.name}_complete"] = bool(standing and standing.cycles and standing.answered >= standing.cycles)
             for scope_key, scope_standing in (standing.scopes.items() if standing else ()):
                 entry["scopes"].setdefault(scope_key, {})[w.name] = scope_standing.value
         longest_standing = per_window[longest_name].get(model_id)

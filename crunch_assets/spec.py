@@ -136,25 +136,36 @@ class FailurePolicy(Declared):
 
 @dataclass(frozen=True)
 class Eligibility(Declared):
-    """Who is ranked over what, identically on the leaderboard and at the checkpoint.
+    """Who is ranked over what, identically on the leaderboard and at the checkpoint, and who may
+    be paid. Coverage counts scored answers only: FAILED, ABSENT and rejected cycles are never
+    coverage (they still count in the mean, at the failure value).
 
     - every_cycle (default): every model with a prediction in the period is ranked over every
       counted cycle of it; cycles it has no prediction in (before it joined, after it left) count
       at the cycle's failure value, as ABSENT does. A late joiner cannot win on a few lucky cycles.
-    - min_coverage(f): a model is ranked on its own scored cycles, and listed but not paid when it
-      has predictions in fewer than a fraction f of the period's counted cycles.
+    - min_coverage(f): a model is ranked on its own rows, and listed but not paid when its scored
+      answers cover less than a fraction f of the period's counted cycles, combined or in any one
+      scope. A scope it has no row in counts at that scope's failure value in its combined mean.
+    - min_scored_answers (default 1): a model with fewer scored answers in the period is not paid,
+      whatever the mode: a model that never answered did no work.
+    - require_every_scope (default False): True also refuses payment to a model with no scored
+      answer in some scope (by default that scope just counts at its failure value).
     """
 
     mode: str = "every_cycle"
     min_coverage: float = 0.0
+    min_scored_answers: int = 1
+    require_every_scope: bool = False
 
     @classmethod
-    def every_cycle(cls) -> "Eligibility":
-        return cls("every_cycle")
+    def every_cycle(cls, min_scored_answers: int = 1, require_every_scope: bool = False) -> "Eligibility":
+        return cls("every_cycle", min_scored_answers=min_scored_answers, require_every_scope=require_every_scope)
 
     @classmethod
-    def minimum_coverage(cls, fraction: float) -> "Eligibility":
-        return cls("min_coverage", float(fraction))
+    def minimum_coverage(cls, fraction: float, min_scored_answers: int = 1,
+                         require_every_scope: bool = False) -> "Eligibility":
+        return cls("min_coverage", float(fraction), min_scored_answers=min_scored_answers,
+                   require_every_scope=require_every_scope)
 
     @property
     def pads_missing_cycles(self) -> bool:
@@ -165,14 +176,26 @@ class Eligibility(Declared):
             raise SpecError(f"eligibility: mode must be 'every_cycle' or 'min_coverage', got {self.mode!r}")
         if not 0.0 <= self.min_coverage <= 1.0:
             raise SpecError(f"eligibility: min_coverage must be in [0, 1], got {self.min_coverage}")
+        if isinstance(self.min_scored_answers, bool) or not isinstance(self.min_scored_answers, int) \
+                or self.min_scored_answers < 1:
+            raise SpecError(f"eligibility: min_scored_answers must be a whole number >= 1 (a model that never "
+                            f"answered is never paid), got {self.min_scored_answers!r}")
+        if not isinstance(self.require_every_scope, bool):
+            raise SpecError(f"eligibility: require_every_scope must be True or False, got {self.require_every_scope!r}")
+
+
+UNCLAIMED_RULES = ("equal", "pro_rata")
+TIE_RULES = ("share", "by_model_id")
 
 
 @dataclass(frozen=True)
 class EmissionPolicy(Declared):
     """How a checkpoint's ranked, eligible models share 1,000,000,000 frac64 (see emission.py).
 
-    - tiered(tiers): the reference tiers by rank (default 35 % / 10 % x 4 / 5 % x 5; what fewer
-      models leave unclaimed is split equally);
+    - tiered(tiers, unclaimed): the reference tiers by rank (default 35 % / 10 % x 4 / 5 % x 5) over
+      the paid models; what fewer paid models leave unclaimed is split equally over them
+      (unclaimed="equal", the reference) or in proportion to the tier each one holds
+      (unclaimed="pro_rata");
     - softmax(temperature): shares proportional to exp(score / temperature) (direction-aware);
     - proportional(floor_pct): every model gets floor_pct %, the rest is split in proportion to how
       far each score is above the worst one.
@@ -182,10 +205,12 @@ class EmissionPolicy(Declared):
     tiers_pct: tuple[tuple[int, float], ...] = ((1, 35.0), (5, 10.0), (10, 5.0))
     temperature: float = 1.0
     floor_pct: float = 0.0
+    unclaimed: str = "equal"  # tiered: how the tiers no paid model holds are shared ("equal" | "pro_rata")
 
     @classmethod
-    def tiered(cls, tiers_pct: tuple[tuple[int, float], ...] = ((1, 35.0), (5, 10.0), (10, 5.0))) -> "EmissionPolicy":
-        return cls("tiered", tiers_pct=tuple(tiers_pct))
+    def tiered(cls, tiers_pct: tuple[tuple[int, float], ...] = ((1, 35.0), (5, 10.0), (10, 5.0)),
+               unclaimed: str = "equal") -> "EmissionPolicy":
+        return cls("tiered", tiers_pct=tuple(tiers_pct), unclaimed=unclaimed)
 
     @classmethod
     def softmax(cls, temperature: float) -> "EmissionPolicy":
@@ -196,6 +221,8 @@ class EmissionPolicy(Declared):
         return cls("proportional", floor_pct=float(floor_pct))
 
     def validate(self) -> None:
+        if self.unclaimed not in UNCLAIMED_RULES:
+            raise SpecError(f"emission: unclaimed must be one of {', '.join(UNCLAIMED_RULES)}, got {self.unclaimed!r}")
         if self.kind == "tiered":
             last = 0
             for last_rank, pct in self.tiers_pct:
@@ -220,6 +247,71 @@ class EmissionPolicy(Declared):
                 raise SpecError(f"emission: floor_pct must be in [0, 100], got {self.floor_pct}")
         else:
             raise SpecError(f"emission: kind must be 'tiered', 'softmax' or 'proportional', got {self.kind!r}")
+
+
+@dataclass(frozen=True)
+class PayoutPolicy(Declared):
+    """Who among the eligible models is paid (see docs/rewards.md, "Who is paid"). Every model is
+    scored, ranked and shown; an unpaid one gets 0 with its reason, and its share goes to the paid
+    models by the emission's own rule.
+
+    - pay_best_model_per_participant (default True, as CrunchDAO pays): only a participant's best
+      eligible model is paid;
+    - max_models_per_participant (default None: no limit): only a participant's first N models
+      (by registration, then id) can be paid; the others are scored and shown, never paid;
+    - benchmark_models: house models, by id: scored, ranked and shown, never paid;
+    - benchmark_cutoff (default False): True pays no model whose score is not strictly better than
+      the best benchmark model's score in the period;
+    - ties (default "share"): models with exactly equal scores share the rewards of the ranks they
+      hold equally, so a name never decides money; "by_model_id" breaks the tie by model id.
+    """
+
+    pay_best_model_per_participant: bool = True
+    max_models_per_participant: int | None = None
+    benchmark_models: tuple[str, ...] = ()
+    benchmark_cutoff: bool = False
+    ties: str = "share"
+
+    def validate(self) -> None:
+        if not isinstance(self.pay_best_model_per_participant, bool):
+            raise SpecError("payout: pay_best_model_per_participant must be True or False, "
+                            f"got {self.pay_best_model_per_participant!r}")
+        limit = self.max_models_per_participant
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise SpecError(f"payout: max_models_per_participant must be a whole number >= 1 or None, got {limit!r}")
+        if isinstance(self.benchmark_models, str) or not all(isinstance(m, str) and m for m in self.benchmark_models):
+            raise SpecError(f"payout: benchmark_models must be a tuple of model ids, got {self.benchmark_models!r}")
+        if len(set(self.benchmark_models)) != len(self.benchmark_models):
+            raise SpecError(f"payout: benchmark_models lists a model twice: {self.benchmark_models!r}")
+        if not isinstance(self.benchmark_cutoff, bool):
+            raise SpecError(f"payout: benchmark_cutoff must be True or False, got {self.benchmark_cutoff!r}")
+        if self.benchmark_cutoff and not self.benchmark_models:
+            raise SpecError("payout: benchmark_cutoff needs at least one model in benchmark_models")
+        if self.ties not in TIE_RULES:
+            raise SpecError(f"payout: ties must be one of {', '.join(TIE_RULES)}, got {self.ties!r}")
+
+
+@dataclass(frozen=True)
+class GatePolicy(Declared):
+    """Limits the emission safety gate checks before a checkpoint can be SUBMITTED (besides its
+    fixed checks, among them: no paid model without a scored answer).
+
+    - min_eligible_participants (default 3): no payout below this many participants with an
+      eligible model (benchmark, excluded and ineligible models do not count);
+    - max_participant_share_pct (default 50.0): no participant paid more than this percentage of
+      the pool (the reference's tiers give rank 1 at most 50 % from three paid participants up).
+    """
+
+    min_eligible_participants: int = 3
+    max_participant_share_pct: float = 50.0
+
+    def validate(self) -> None:
+        n = self.min_eligible_participants
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise SpecError(f"gate: min_eligible_participants must be a whole number >= 1, got {n!r}")
+        pct = self.max_participant_share_pct
+        if isinstance(pct, bool) or not isinstance(pct, (int, float)) or not (0.0 < pct <= 100.0):
+            raise SpecError(f"gate: max_participant_share_pct must be in (0, 100], got {pct!r}")
 
 
 @dataclass(frozen=True)
@@ -278,6 +370,10 @@ class CompetitionSpec(Declared):
     # Keys of a stored model input the report API may show participants (none by default).
     public_input_keys: tuple[str, ...] = ()
     description: str = ""
+    # Who among the eligible models is paid: participants, benchmark models, ties.
+    payout: PayoutPolicy = field(default_factory=PayoutPolicy)
+    # The emission safety gate's declared limits (field size, concentration).
+    gate: GatePolicy = field(default_factory=GatePolicy)
 
     def __post_init__(self) -> None:
         self._validate()
@@ -332,8 +428,14 @@ class CompetitionSpec(Declared):
         if not isinstance(self.failure_policy, FailurePolicy):
             raise SpecError("failure_policy must be a FailurePolicy (FailurePolicy.constant(v) or .relative(p))")
         self.failure_policy.validate()
+        for name, kind in (("eligibility", Eligibility), ("emission", EmissionPolicy), ("payout", PayoutPolicy),
+                           ("gate", GatePolicy)):
+            if not isinstance(getattr(self, name), kind):
+                raise SpecError(f"{name} must be a {kind.__name__}, got {type(getattr(self, name)).__name__}")
         self.eligibility.validate()
         self.emission.validate()
+        self.payout.validate()
+        self.gate.validate()
         for name in ("history_seconds", "void_after_seconds", "feed_retention_days", "feed_poll_interval_seconds",
                      "max_catchup_seconds", "cycle_sensor_interval_seconds", "settlement_sensor_interval_seconds",
                      "registry_sensor_interval_seconds", "lag_sensor_interval_seconds"):

@@ -96,5 +96,10 @@ def test_checkpoints_pay_proportionally_with_a_floor(replayed):
     for (entries,) in checkpoints:
         rewards = {r["model_id"]: r["reward_pct"] for r in entries["ranking"]}
         assert sum(rewards.values()) == FRAC64_ONE
-        assert rewards["wrong_shape"] == pytest.approx(FRAC64_ONE * 0.2 / 3, abs=1)  # the worst keeps the floor
-        assert entries["ranking"][0]["reward_pct"] >= entries["ranking"][1]["reward_pct"] >= entries["ranking"][2]["reward_pct"]
+        # wrong_shape never gave a usable answer: ranked last and shown, paid nothing (it used to keep
+        # the floor, 20 % / 3); the two models that answered share the pool, the worse keeps 20 % / 2
+        wrong = next(r for r in entries["ranking"] if r["model_id"] == "wrong_shape")
+        assert wrong["reward_pct"] == 0 and wrong["rank"] == 3
+        assert wrong["breakdown"]["unpaid_reason"] == "no scored answer in the period"
+        assert entries["ranking"][1]["reward_pct"] == pytest.approx(FRAC64_ONE * 0.2 / 2, abs=1)  # the worst keeps the floor
+        assert entries["ranking"][0]["reward_pct"] >= entries["ranking"][1]["reward_pct"] > 0

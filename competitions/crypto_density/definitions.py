@@ -17,7 +17,7 @@ import dagster as dg
 from crunch_assets.definitions import build_competition_definitions
 from crunch_assets.rules import CallableRules
 from crunch_assets.settings import CompetitionSettings, FeedDefaults
-from crunch_assets.spec import CompetitionSpec, EmissionPolicy, FailurePolicy, LeaderboardWindow, Scope
+from crunch_assets.spec import CompetitionSpec, EmissionPolicy, FailurePolicy, GatePolicy, LeaderboardWindow, Scope
 
 MODELS_DIR = Path(__file__).with_name("models")
 LOGIC = "competitions.crypto_density.logic"
@@ -42,6 +42,8 @@ SPEC = CompetitionSpec(
                          LeaderboardWindow("crps_7d", 7 * 86400)),
     ranking_key="crps_24h",
     emission=EmissionPolicy.softmax(temperature=2.0),  # shares ~ exp(-CRPS / 2 bp)
+    # softmax pays the clear leader most of the pool by design: declared, so the gate allows it
+    gate=GatePolicy(max_participant_share_pct=100.0),
     checkpoint_interval_seconds=SETTINGS.integer("CHECKPOINT_INTERVAL_SECONDS", 86400),
     history_seconds=6 * 3600,
     max_price_staleness_seconds=60,

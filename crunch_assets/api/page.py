@@ -127,7 +127,7 @@ def build_page_router(competitions: dict[str, ReportCompetition], default_slug: 
         series = model_score_series(c, [model_id], None, None)
         html = templates.get_template("model.html").render(
             c=c, spec=c.spec, model=model, entry=entry, rewards=rewards, chart=score_chart_svg(series["series"]),
-            board=board, slugs=sorted(competitions),
+            board=board, slugs=sorted(competitions), benchmark=model_id in c.spec.payout.benchmark_models,
         )
         return HTMLResponse(html)
 

@@ -42,11 +42,13 @@ def leaderboard_view(c: ReportCompetition, stored: tuple | None, window: str, sc
         payout = e.get("payout") or {}
         rows.append({
             "rank": rank, "model_id": model_id, "model_name": e.get("model_name", model_id),
-            "cruncher_index": e.get("cruncher_index"), "value": values(e)[window], "windows": values(e),
+            "cruncher_index": e.get("cruncher_index"), "participant": e.get("participant", model_id),
+            "benchmark": bool(e.get("benchmark")), "value": values(e)[window], "windows": values(e),
             "coverage": {w.name: e.get(f"{w.name}_coverage") for w in spec.leaderboard_windows},
             "complete": {w.name: e.get(f"{w.name}_complete") for w in spec.leaderboard_windows},
             "prediction_count": e.get("prediction_count"),
             "payout": {"rank": payout.get("rank"), "score": payout.get("score"), "eligible": payout.get("eligible"),
+                       "unpaid_reason": (payout.get("breakdown") or {}).get("unpaid_reason"),
                        "reward_pct": payout.get("reward_pct"),
                        "reward_percent": frac64_to_percent(payout.get("reward_pct") or 0)} if payout else None,
         })
@@ -127,6 +129,8 @@ def snapshot_view(s: SnapshotReport) -> dict:
 def reward_split(cp: CheckpointRow) -> list[dict]:
     return [{"rank": r["rank"], "model_id": r["model_id"], "cruncher_index": r.get("cruncher_index"),
              "score": r["score"], "eligible": r["eligible"], "coverage": r.get("coverage"),
+             "participant": r.get("participant", r["model_id"]), "benchmark": bool((r.get("breakdown") or {}).get("benchmark")),
+             "unpaid_reason": (r.get("breakdown") or {}).get("unpaid_reason"),
              "reward_pct": r["reward_pct"], "reward_percent": frac64_to_percent(r["reward_pct"])}
             for r in cp.entries.get("ranking", [])]
 

@@ -80,6 +80,7 @@ from resources.model_runners.local_worker import (
     process_table,
     read_process,
 )
+from resources.model_runners.participants import read_participants
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +108,8 @@ class LocalModelRunner(ModelRunnerResource):
 
     models_dir: str = Field(
         description="One model per `*.py` file or per package directory (with `__init__.py`); "
-        "model_id is the file stem / directory name. Names starting with '_' or '.' are ignored."
+        "model_id is the file stem / directory name. Names starting with '_' or '.' are ignored. An optional "
+        "participants.json / participants.toml there maps model ids to participants (default: each model its own)."
     )
     memory_limit_mb: int = Field(default=1024, description="Address-space limit (RLIMIT_AS) of each model process; 0 = none.")
     startup_timeout_seconds: float = Field(default=20.0, description="Time for a model process to import and instantiate the model.")
@@ -119,10 +121,16 @@ class LocalModelRunner(ModelRunnerResource):
     )
 
     def list_models(self) -> list[ModelInfo]:
+        models_dir = Path(self.models_dir).resolve()
+        found = discover_models(models_dir)
+        # The participant of each model: the participants file beside the models, or the model itself.
+        declared = read_participants(models_dir, found)
         return [
-            ModelInfo(model_id=model_id, name=model_id, meta={"path": str(path)})
+            ModelInfo(model_id=model_id, name=model_id, meta={"path": str(path)},
+                      player_id=declared[model_id].participant_id if model_id in declared else None,
+                      player_name=declared[model_id].name if model_id in declared else None)
             # Absolute paths: each model process runs in its own directory.
-            for model_id, path in discover_models(Path(self.models_dir).resolve()).items()
+            for model_id, path in found.items()
         ]
 
     def open_session(self, interface: ModelInterface) -> LocalModelSession:
