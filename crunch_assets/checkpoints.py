@@ -86,9 +86,9 @@ def _ranking_standings(
 
 def emission_builder_name(rules: CompetitionRules) -> str | None:
     """The competition's own emission builder by its path, if it has one."""
-    if "emission_builder" in type(rules).model_fields:  # CallableRules: the slot's import path
+    if "emission_builder" in getattr(type(rules), "model_fields", {}):  # CallableRules: the slot's import path
         return rules.emission_builder or None  # type: ignore[attr-defined]
-    if type(rules).build_emission is not CompetitionRules.build_emission:
+    if getattr(type(rules), "build_emission", CompetitionRules.build_emission) is not CompetitionRules.build_emission:
         return f"{type(rules).__module__}:{type(rules).__qualname__}.build_emission"
     return None
 
