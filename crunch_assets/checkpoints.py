@@ -12,10 +12,12 @@ rewritten; a recomputation that disagrees is reported, not written.
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from types import MappingProxyType
+from typing import Mapping
 
 import dagster as dg
 
-from crunch_assets import checks, emission, merkle
+from crunch_assets import checks, copies, emission, merkle
 from crunch_assets.emission import FRAC64_ONE, RankedEntry
 from crunch_assets.keys import ChainKeys
 from crunch_assets.partitions import CompetitionPartitions, checkpoint_snapshots_mapping
@@ -56,17 +58,23 @@ def _ranking_standings(
     return period, by_window
 
 
+NO_EXCLUSIONS: Mapping[str, str] = MappingProxyType({})
+
+
 def payout_entries(
     spec: CompetitionSpec, rules: CompetitionRules, store: CompetitionStore | None,
     snapshots: list[SnapshotRow], rollups: list[CycleRollupRow], start: datetime, end: datetime,
+    exclusions: Mapping[str, str] = NO_EXCLUSIONS,
 ) -> dict[str, dict]:
     """model_id -> what the period [start, end) pays it (rank, score, eligibility, reward, and the
-    breakdown of how), from the hourly rollups."""
+    breakdown of how), from the hourly rollups. `exclusions` (model_id -> why): ranked and shown
+    with breakdown["unpaid_reason"], paid 0; the emission shares over the others."""
     period, ranked_by = _ranking_standings(spec, snapshots, rollups, start, end)
     if not period:
         return {}
     merged = {m: Standing(m, ranked_by[m].value if m in ranked_by else None, s.scopes, s.cycles, s.predictions,
-                          s.eligible and m in ranked_by and ranked_by[m].value is not None, s.voided_cycles, s.status_counts)
+                          s.eligible and m in ranked_by and ranked_by[m].value is not None and m not in exclusions,
+                          s.voided_cycles, s.status_counts)
               for m, s in period.items()}
     order = payout_order(merged, spec.ranking_descending)
     paid = [m for m in order if merged[m].eligible]
@@ -108,13 +116,16 @@ def payout_entries(
                 "eligibility_rule": eligibility_rule(spec),
                 "ranked_by": spec.checkpoint_ranking,
                 "rank": rank,
-                "rule": rule if s.eligible else "not eligible: no reward",
+                "rule": rule if s.eligible else (f"not paid: {exclusions[model_id]}" if model_id in exclusions
+                                                  else "not eligible: no reward"),
                 "reward_pct": reward_of.get(model_id, 0),
                 "gap_to_next_rank": gap,
                 "scopes": {key: {"value": sc.value, "cycles": sc.cycles, "predictions": sc.predictions,
                                  "coverage": round(sc.coverage, 6)} for key, sc in s.scopes.items()},
             },
         }
+        if model_id in exclusions:
+            result[model_id]["breakdown"]["unpaid_reason"] = exclusions[model_id]
     return result
 
 
@@ -153,14 +164,20 @@ def build_checkpoint(
     since = min(start, end - timedelta(seconds=window_reach))
     snapshots = store.snapshots(since, end)
     rollups = store.stored_rollups(since, end)
-    payouts = payout_entries(spec, rules, store, snapshots, rollups, start, end)
+    copy_report = copies.period_report(spec, store, start, end)
+    payouts = payout_entries(spec, rules, store, snapshots, rollups, start, end, exclusions=copy_report.exclusions)
     if not payouts:
         return None
     cruncher = {m.model_id: m.cruncher_index for m in store.models()}
     ranking = [{"model_id": model_id, "cruncher_index": cruncher.get(model_id), **payout}
                for model_id, payout in sorted(payouts.items(), key=lambda item: item[1]["rank"])]
+    copy_breakdowns = copy_report.breakdowns()
+    for row in ranking:
+        if row["model_id"] in copy_breakdowns:
+            row["breakdown"]["copy_cluster"] = copy_breakdowns[row["model_id"]]
     payload = emission_payload(ranking, accounts)
     payload["ranking"] = ranking
+    payload["copy_clusters"] = copy_report.entries()
     payload["policies"] = {
         "failure": spec.failure_policy.describe(),
         "eligibility": eligibility_rule(spec),
@@ -168,6 +185,7 @@ def build_checkpoint(
         "emission": emission.describe(spec.emission),
         "ranking_descending": spec.ranking_descending,
         "scope_weights": {scope.key: scope.weight for scope in spec.scopes},
+        "copy_detection": spec.copy_detection.describe(),
     }
     leaves = [merkle.leaf_hash(leaf) for leaf in store.score_leaves(start, end)]
     root = merkle.merkle_root(leaves)

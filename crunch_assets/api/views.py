@@ -126,7 +126,9 @@ def snapshot_view(s: SnapshotReport) -> dict:
 def reward_split(cp: CheckpointRow) -> list[dict]:
     return [{"rank": r["rank"], "model_id": r["model_id"], "cruncher_index": r.get("cruncher_index"),
              "score": r["score"], "eligible": r["eligible"], "coverage": r.get("coverage"),
-             "reward_pct": r["reward_pct"], "reward_percent": frac64_to_percent(r["reward_pct"])}
+             "reward_pct": r["reward_pct"], "reward_percent": frac64_to_percent(r["reward_pct"]),
+             "copy": (r.get("breakdown", {}).get("copy_cluster") or {}).get("evidence"),
+             "unpaid_reason": r.get("breakdown", {}).get("unpaid_reason")}
             for r in cp.entries.get("ranking", [])]
 
 
@@ -142,7 +144,8 @@ def checkpoint_view(cp: CheckpointRow, gate: dict | None, audit: list[AuditRow])
             "cruncher_rewards": cp.entries.get("cruncher_rewards", []),
             "compute_provider_rewards": cp.entries.get("compute_provider_rewards", []),
             "data_provider_rewards": cp.entries.get("data_provider_rewards", []),
-            "policies": cp.entries.get("policies", {}), "meta": cp.meta, "gate": gate,
+            "policies": cp.entries.get("policies", {}), "copy_clusters": cp.entries.get("copy_clusters", []),
+            "meta": cp.meta, "gate": gate,
             "audit": [vars(a) for a in audit]}
 
 
