@@ -29,8 +29,9 @@ SPEC = CompetitionSpec(
     failure_policy=FailurePolicy.constant(0.0),
     emission=EmissionPolicy.tiered(),
     # The neutral answer is what a model says when it knows nothing: two models agreeing on it are
-    # not copying each other, so it never counts as a match (nor as a common cycle).
-    copy_detection=CopyDetection.pay_first(never_match=({"p_up": 0.5},)),
+    # not copying each other, so it never counts as a match (nor as a common cycle). Compared with
+    # the stored output, as validate_output normalised it.
+    copy_detection=CopyDetection.pay_first(never_match=({"p_up": 0.5, "form": "p_up"},)),
     checkpoint_interval_seconds=SETTINGS.integer("CHECKPOINT_INTERVAL_SECONDS", 604800),
     description="Will BTC/USD be higher one minute from now?",
 )

@@ -127,7 +127,7 @@ def reward_split(cp: CheckpointRow) -> list[dict]:
     return [{"rank": r["rank"], "model_id": r["model_id"], "cruncher_index": r.get("cruncher_index"),
              "score": r["score"], "eligible": r["eligible"], "coverage": r.get("coverage"),
              "reward_pct": r["reward_pct"], "reward_percent": frac64_to_percent(r["reward_pct"]),
-             "copy": (r.get("breakdown", {}).get("copy_cluster") or {}).get("evidence"),
+             "copy_evidence": (r.get("breakdown", {}).get("copy_cluster") or {}).get("evidence"),
              "unpaid_reason": r.get("breakdown", {}).get("unpaid_reason")}
             for r in cp.entries.get("ranking", [])]
 
