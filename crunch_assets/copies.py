@@ -62,8 +62,19 @@ def parse_output(raw: Any) -> Any:
 
 
 def rounded(value: Any, decimals: int) -> Any:
-    """Every number as a float rounded to `decimals` places (so 1 == 1.0 and -0.0 == 0.0)."""
-    if value is None or isinstance(value, (bool, str)):
+    """Every number as a float rounded to `decimals` places (so 1 == 1.0 and -0.0 == 0.0). The
+    hot path of the hashing detection: exact types first, subclasses after."""
+    kind = type(value)
+    if kind is float:
+        return round(value, decimals) + 0.0
+    if kind is dict:
+        return {(k if type(k) is str else str(k)): (round(v, decimals) + 0.0 if type(v) is float else rounded(v, decimals))
+                for k, v in value.items()}
+    if kind is str or kind is bool or value is None:
+        return value
+    if kind is list or kind is tuple:
+        return [round(v, decimals) + 0.0 if type(v) is float else rounded(v, decimals) for v in value]
+    if isinstance(value, (bool, str)):
         return value
     if isinstance(value, (int, float)):
         try:
@@ -184,7 +195,9 @@ def scan_scope(
             tolerance = detection.tolerance
             for members, matrix in groups.values():
                 if len(members) > 1:
-                    same.counts[np.ix_(members, members)] += _within(matrix, matrix, tolerance)
+                    one, other = _near_pairs(matrix, matrix, tolerance, same_set=True)
+                    same.counts[members[one], members[other]] += 1
+                    same.counts[members[other], members[one]] += 1
             for lag, grid in lagged.items():
                 earlier = history.get(position - lag)
                 if not earlier:
@@ -192,7 +205,8 @@ def scan_scope(
                 for key, (members, matrix) in groups.items():
                     before = earlier.get(key)
                     if before is not None:
-                        grid.counts[np.ix_(members, before[0])] += _within(matrix, before[1], tolerance)
+                        later, sooner = _near_pairs(matrix, before[1], tolerance, same_set=False)
+                        grid.counts[members[later], before[0][sooner]] += 1
         if max_lag:
             history[position] = groups
             for old in [p for p in history if p <= position - max_lag]:
@@ -223,15 +237,24 @@ def scan_scope(
 
 def _exact_groups(entries, never, decimals, answered, position) -> dict[bytes, list[int]]:
     groups: dict[bytes, list[int]] = {}
+    dumps, sort_keys, loads = orjson.dumps, orjson.OPT_SORT_KEYS, orjson.loads
     for model, output in entries:
         row = answered[model]
         if row[position]:
             continue  # one output per model and cycle (the store's key); a repeat is ignored
-        key = canonical(parse_output(output), decimals)
+        try:
+            value = loads(output) if type(output) is str else parse_output(output)
+        except orjson.JSONDecodeError:
+            value = parse_output(output)
+        key = dumps(rounded(value, decimals), option=sort_keys)
         if key in never:
             continue
         row[position] = 1
-        groups.setdefault(key, []).append(model)
+        group = groups.get(key)
+        if group is None:
+            groups[key] = [model]
+        else:
+            group.append(model)
     return groups
 
 
@@ -253,12 +276,32 @@ def _near_groups(entries, never, decimals, answered, position) -> dict[bytes, tu
             for shape, (members, vectors) in collected.items()}
 
 
-def _within(a: np.ndarray, b: np.ndarray, tolerance: float) -> np.ndarray:
-    """[i, j] = 1 when every number of a[i] is within `tolerance` of b[j] (Chebyshev distance)."""
-    distance = np.zeros((a.shape[0], b.shape[0]))
-    for column in range(a.shape[1]):
-        np.maximum(distance, np.abs(a[:, column, None] - b[None, :, column]), out=distance)
-    return (distance <= tolerance).astype(np.int32)
+def _near_pairs(a: np.ndarray, b: np.ndarray, tolerance: float, same_set: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (i into a, j into b) whose numbers are all within `tolerance` (Chebyshev
+    distance, in float64); same_set (a is b): i < j only. A sweep over the column that spreads the
+    most: O(n log n) plus the pairs within tolerance on that column, so O(pairs) only when most
+    outputs are that close."""
+    if a.shape[1] == 0:  # no number at all: the same structure is the same output
+        first, second = np.meshgrid(np.arange(len(a)), np.arange(len(b)), indexing="ij")
+        first, second = first.ravel(), second.ravel()
+    else:
+        column = int(np.argmax(np.ptp(a if same_set else np.vstack([a, b]), axis=0)))
+        order = np.argsort(b[:, column], kind="stable")
+        keys = b[order, column]
+        values = a[:, column]
+        slack = 1e-9 * (tolerance + np.abs(values)) + 1e-300  # a superset; the exact test follows
+        lo = np.searchsorted(keys, values - tolerance - slack, side="left")
+        hi = np.searchsorted(keys, values + tolerance + slack, side="right")
+        counts = hi - lo
+        total = int(counts.sum())
+        first = np.repeat(np.arange(len(a)), counts)
+        starts = np.repeat(lo - (np.cumsum(counts) - counts), counts)
+        second = order[starts + np.arange(total)]
+    if same_set:
+        keep = first < second
+        first, second = first[keep], second[keep]
+    close = np.all(np.abs(a[first] - b[second]) <= tolerance, axis=1)
+    return first[close], second[close]
 
 
 # --- links: pairs that match often enough --------------------------------------------------------

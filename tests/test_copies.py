@@ -296,3 +296,19 @@ def test_adding_an_exact_clone_never_raises_its_clusters_total(data, bases, clon
     assert total_after <= total_before
     assert after["zz_clone"]["reward_pct"] == 0 and "copy: " in after["zz_clone"]["breakdown"]["unpaid_reason"]
     assert sum(p["reward_pct"] for p in after.values()) == 1_000_000_000
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data(), st.integers(min_value=1, max_value=3), st.booleans())
+def test_the_near_equality_sweep_finds_exactly_the_pairs_a_full_comparison_finds(data, dims, same_set):
+    import numpy as np
+
+    number = st.sampled_from([0.0, 1e-7, 2e-7, 0.5, 0.5 + 1e-7, 1.0, -3.0]) | st.floats(-2, 2)
+    rows = st.lists(st.lists(number, min_size=dims, max_size=dims), min_size=1, max_size=12)
+    a = np.array(data.draw(rows), dtype=float)
+    b = a if same_set else np.array(data.draw(rows), dtype=float)
+    tolerance = data.draw(st.sampled_from([0.0, 1e-7, 1e-3, 0.5]))
+    found = set(zip(*(x.tolist() for x in copies._near_pairs(a, b, tolerance, same_set))))
+    expected = {(i, j) for i in range(len(a)) for j in range(len(b))
+                if (not same_set or i < j) and all(abs(a[i, k] - b[j, k]) <= tolerance for k in range(dims))}
+    assert found == expected

@@ -308,15 +308,43 @@ def test_the_cli_resolves_a_cluster_and_refuses_a_bad_request(replayed, btc_csv,
     assert (row.decision, row.actor, row.note) == ("pay_all", "alice", "same team, two honest models")
 
 
-def test_the_page_says_which_model_a_copy_is_identical_to(replayed):
+@pytest.fixture(scope="module")
+def browser():
+    from tests.api.test_participant_page import CHROMIUM, LAUNCH_ARGS
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail("chromium is missing: scripts/test installs it (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        yield instance
+        instance.close()
+
+
+def test_the_page_says_which_model_a_copy_is_identical_to(replayed, browser, tmp_path):
     url = replayed["url"]
-    with _serve(url, _spec()) as server, httpx.Client(base_url=server.url, timeout=60) as client:
-        model_page = client.get("/page/btc_updown/models/trend_copy")
-        assert model_page.status_code == 200
-        assert re.search(r"identical to trend_following on 100 % of \d+ cycles", model_page.text)
-        assert "not paid" in model_page.text
-        front = client.get("/")
-        assert re.search(r'class="copy muted">identical to trend_following on 100 % of \d+ cycles', front.text)
-        breakdown = client.get(f"/reports/checkpoints/{_store(url).checkpoint(PERIOD_START, PERIOD_END).id}"
-                               "/models/trend_lagged/breakdown").json()
-        assert breakdown["reward_pct"] == 0 and breakdown["breakdown"]["copy_cluster"]["role"] == "copy"
+    checkpoint_id = _store(url).checkpoint(PERIOD_START, PERIOD_END).id
+    context = browser.new_context(viewport={"width": 1100, "height": 1400})
+    page = context.new_page()
+    try:
+        with _serve(url, _spec()) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+            assert page.goto(server.url + "/page/btc_updown/models/trend_copy").status == 200
+            explained = page.locator(f'section.explain[data-checkpoint="{checkpoint_id}"]')
+            copy = explained.locator("li.copy")
+            assert copy.get_attribute("data-role") == "copy"
+            assert re.search(r"identical to trend_following on 100 % of \d+ cycles", copy.inner_text())
+            assert "the cluster pays trend_following" in copy.inner_text()
+            assert explained.locator(".reward").get_attribute("data-reward-pct") == "0"
+            assert "not paid: copy: identical to trend_following" in explained.inner_text()
+            assert page.goto(server.url + "/").status == 200
+            split = page.locator(f'section.checkpoint[data-checkpoint="{checkpoint_id}"]')
+            row = split.locator('tr[data-model="trend_lagged"]')
+            assert re.fullmatch(r"repeats trend_following's output of 1 cycle\(s\) earlier on \d+ % of \d+ cycles",
+                                row.locator(".copy").inner_text())
+            assert split.locator('tr[data-model="mean_reversion"] .copy').count() == 0
+            page.screenshot(path=str(tmp_path / "copies_front_page.png"), full_page=True)
+            breakdown = client.get(f"/reports/checkpoints/{checkpoint_id}/models/trend_lagged/breakdown").json()
+            assert breakdown["reward_pct"] == 0 and breakdown["breakdown"]["copy_cluster"]["role"] == "copy"
+    finally:
+        context.close()
