@@ -172,6 +172,20 @@ def test_the_same_clusters_in_any_row_order_and_scope_order():
     assert len(expected) == 3
 
 
+def test_a_model_copying_one_scope_of_two_is_a_copy_and_the_scope_is_named():
+    eth = Scope("ETH", 300, 300)
+    end = START + timedelta(hours=1)
+    honest = {"a": _series(30, 12), "b": _series(31, 12)}
+    copied = {"a": _series(32, 12), "b": _series(32, 12)}  # b copies a on ETH only
+    rows = {SCOPE.key: _rows({m: v * 5 for m, v in honest.items()}), eth.key: _rows(copied, eth)}
+    report = copies.detect(CopyDetection(), [SCOPE, eth], rows, START, end,
+                           {"a": START, "b": START + timedelta(minutes=5)}, {})
+    [decision] = report.decisions
+    assert [(link.scope_key, link.matches, link.common) for link in decision.cluster.links
+            if link.kind == copies.SAME_CYCLE] == [(eth.key, 12, 12)]
+    assert report.exclusions["b"].startswith(f"copy: identical to a on 100 % of 12 {eth.key} cycles")
+
+
 def test_rows_out_of_cycle_order_or_off_the_grid_are_refused():
     rows = _rows({"a": _series(1, 3)})
     with pytest.raises(ValueError, match="cycle order"):

@@ -182,11 +182,16 @@ def test_a_copy_of_trend_following_is_paid_nothing_and_the_original_keeps_its_sh
     # stored per checkpoint period, the same as the checkpoint shows
     assert _store(url).copies.clusters(PERIOD_START, PERIOD_END) == checkpoint.entries["copy_clusters"]
 
-    # today's outcome, with detection off: the copy is paid, and like the original when ranks allow
+    assert [(m, r["rank"], r["reward_pct"]) for m, r in sorted(ranking.items(), key=lambda i: i[1]["rank"])] == [
+        ("mean_reversion", 1, 500_000_000), ("gaussian_density", 2, 250_000_000), ("trend_following", 3, 250_000_000),
+        ("trend_lagged", 4, 0), ("trend_copy", 5, 0)]
+
+    # the outcome, with detection off: the copy is paid 150,000,000, the same as the original
     off = _definitions(_spec("off"), replayed["models"], url, btc_csv)
     assert materialize_one(off, _spec("off"), "emission_checkpoints", hour_key(PERIOD_START)).success
     unguarded = _ranking(url)
-    assert unguarded["trend_copy"]["reward_pct"] > 0 and unguarded["trend_lagged"]["reward_pct"] > 0
+    assert unguarded["trend_copy"]["reward_pct"] == unguarded["trend_following"]["reward_pct"] == 150_000_000
+    assert unguarded["trend_lagged"]["reward_pct"] == 150_000_000
     assert _store(url).checkpoint(PERIOD_START, PERIOD_END).entries["copy_clusters"] == []
     assert _store(url).copies.clusters(PERIOD_START, PERIOD_END) == []
 
