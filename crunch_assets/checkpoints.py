@@ -250,6 +250,8 @@ def build_checkpoint_asset(
                      ("coverage", "float"), ("eligible", "bool"), ("predictions", "int"), ("reward_frac64", "int"),
                      ("reward_percent", "float")], rows),
                 "breakdown": {r["model_id"]: r["breakdown"] for r in stored.entries["ranking"]},
+                "copy_clusters": [f"{c['cluster']}: {', '.join(m['model_id'] for m in c['members'])}; pays "
+                                  f"{', '.join(c['paid'])} ({c['status']})" for c in stored.entries.get("copy_clusters", [])],
             }, partition_key=key)
         check = checks.check_rewards(keys.emission_checkpoints, None)
         for stored in results:

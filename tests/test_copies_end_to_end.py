@@ -210,8 +210,12 @@ def test_the_same_clusters_when_the_gate_recomputes_them(replayed, btc_csv):
     assert rebuilt.entries == stored.entries
     again = period_report(spec, _store(url), PERIOD_START, PERIOD_END)
     assert again.entries() == stored.entries["copy_clusters"]
-    assert materialize_one(defs, spec, "emission_checkpoints", hour_key(PERIOD_START)).success
+    result = materialize_one(defs, spec, "emission_checkpoints", hour_key(PERIOD_START))
     assert _store(url).checkpoint(PERIOD_START, PERIOD_END).updated_at == stored.updated_at
+    [materialization] = result.asset_materializations_for_node("btc_updown__emission_checkpoints")
+    key = stored.entries["copy_clusters"][0]["cluster"]
+    assert materialization.metadata["copy_clusters"].value == [
+        f"{key}: trend_copy, trend_following, trend_lagged; pays trend_following (resolved)"]
 
 
 def _serve(url: str, spec):
