@@ -19,7 +19,7 @@ from typing import Mapping, Sequence
 
 import dagster as dg
 
-from crunch_assets import checks, emission, merkle
+from crunch_assets import checks, copies, emission, merkle
 from crunch_assets.emission import FRAC64_ONE, RankedEntry
 from crunch_assets.keys import ChainKeys
 from crunch_assets.partitions import CompetitionPartitions, checkpoint_snapshots_mapping
@@ -82,6 +82,9 @@ def _ranking_standings(
     window = next(w for w in spec.leaderboard_windows if w.name == spec.checkpoint_ranking)
     by_window = standings(snapshots, rollups, spec.scopes, spec.eligibility, end - timedelta(seconds=window.seconds), end)
     return period, by_window
+
+
+NO_EXCLUSIONS: Mapping[str, str] = MappingProxyType({})
 
 
 def emission_builder_name(rules: CompetitionRules) -> str | None:
@@ -174,7 +177,7 @@ def unpaid_reasons(
 def payout_entries(
     spec: CompetitionSpec, rules: CompetitionRules, store: CompetitionStore | None,
     snapshots: list[SnapshotRow], rollups: list[CycleRollupRow], start: datetime, end: datetime,
-    *, exclusions: Mapping[str, str] = MappingProxyType({}), registry: Sequence[ModelRow] | None = None,
+    *, exclusions: Mapping[str, str] = NO_EXCLUSIONS, registry: Sequence[ModelRow] | None = None,
 ) -> dict[str, dict]:
     """model_id -> what the period [start, end) pays it (rank, score, eligibility, reward, and the
     breakdown of how), from the hourly rollups.
@@ -260,6 +263,8 @@ def payout_entries(
                            for key, sc in s.scopes.items()},
             },
         }
+        if model_id in exclusions:
+            result[model_id]["breakdown"]["unpaid_reason"] = exclusions[model_id]
     return result
 
 
@@ -316,14 +321,20 @@ def build_checkpoint(
     since = min(start, end - timedelta(seconds=window_reach))
     snapshots = store.snapshots(since, end)
     rollups = store.stored_rollups(since, end)
-    payouts = payout_entries(spec, rules, store, snapshots, rollups, start, end)
+    copy_report = copies.period_report(spec, store, start, end)
+    payouts = payout_entries(spec, rules, store, snapshots, rollups, start, end, exclusions=copy_report.exclusions)
     if not payouts:
         return None
     cruncher = {m.model_id: m.cruncher_index for m in store.models()}
     ranking = [{"model_id": model_id, "cruncher_index": cruncher.get(model_id), **payout}
                for model_id, payout in sorted(payouts.items(), key=lambda item: item[1]["rank"])]
+    copy_breakdowns = copy_report.breakdowns()
+    for row in ranking:
+        if row["model_id"] in copy_breakdowns:
+            row["breakdown"]["copy_cluster"] = copy_breakdowns[row["model_id"]]
     payload = emission_payload(ranking, accounts)
     payload["ranking"] = ranking
+    payload["copy_clusters"] = copy_report.entries()
     payload["policies"] = {
         "failure": spec.failure_policy.describe(),
         "eligibility": eligibility_rule(spec),
@@ -332,6 +343,7 @@ def build_checkpoint(
         "emission": _paying_rule(spec, rules, payouts),
         "ranking_descending": spec.ranking_descending,
         "scope_weights": {scope.key: scope.weight for scope in spec.scopes},
+        "copy_detection": spec.copy_detection.describe(),
     }
     leaves = [merkle.leaf_hash(leaf) for leaf in store.score_leaves(start, end)]
     root = merkle.merkle_root(leaves)
@@ -396,6 +408,8 @@ def build_checkpoint_asset(
                      ("coverage", "float"), ("eligible", "bool"), ("predictions", "int"), ("reward_frac64", "int"),
                      ("reward_percent", "float")], rows),
                 "breakdown": {r["model_id"]: r["breakdown"] for r in stored.entries["ranking"]},
+                "copy_clusters": [f"{c['cluster']}: {', '.join(m['model_id'] for m in c['members'])}; pays "
+                                  f"{', '.join(c['paid'])} ({c['status']})" for c in stored.entries.get("copy_clusters", [])],
             }, partition_key=key)
         check = checks.check_rewards(keys.emission_checkpoints, None)
         for stored in results:

@@ -22,8 +22,9 @@ from crunch_assets.settings import CompetitionSettings
 from crunch_assets.spec import CompetitionSpec, GatePolicy
 from crunch_assets.verification import audit_checkpoints
 from resources.store.competition import CompetitionStore
+from resources.store.copies import CopyResolutionRefused
 from resources.store.payouts import CheckpointNotFound, PayoutStore, TransitionConflict, TransitionOutcome
-from resources.store.rows import CheckpointRow
+from resources.store.rows import CheckpointRow, CopyResolutionRow
 
 STATUSES = ("PENDING", "SUBMITTED", "CLAIMABLE", "PAID")
 # target -> the one status it can be reached from
@@ -34,8 +35,8 @@ NOTE_MAX_CHARS = 1000
 ACTOR_MAX_CHARS = 200
 
 __all__ = [
-    "CheckpointNotFound", "GateFailed", "InvalidRequest", "TransitionConflict", "TransitionOutcome", "advance",
-    "cli_format", "run_gate",
+    "CheckpointNotFound", "CopyResolutionRefused", "GateFailed", "InvalidRequest", "TransitionConflict",
+    "TransitionOutcome", "advance", "cli_format", "resolve_copy", "run_gate",
 ]
 
 
@@ -246,6 +247,38 @@ def scored_answers(store: CompetitionStore, checkpoint: CheckpointRow) -> dict[s
     return dict(counts)
 
 
+def check_copy_clusters(entries: dict, spec: CompetitionSpec, resolutions: dict, checkpoint_id: int) -> GateCheck:
+    """No unresolved copy cluster: each of the checkpoint's clusters is resolved (by the policy or
+    the operator), the operator's latest resolution is the one the checkpoint applied, and no model
+    its cluster does not pay is paid."""
+    name = "no_unresolved_copy_cluster"
+    detection = spec.copy_detection
+    if not detection.enabled:
+        return GateCheck(name, True, "copy detection is off for this competition")
+    if "copy_clusters" not in entries:
+        return GateCheck(name, False, "the checkpoint was built without copy detection: rebuild it (materialize "
+                                      "emission_checkpoints for its period) while it is PENDING")
+    paid = {r.get("model_id"): r.get("reward_pct") or 0 for r in entries.get("ranking", [])}
+    problems = []
+    for cluster in entries["copy_clusters"]:
+        key = cluster.get("cluster")
+        members = [m.get("model_id") for m in cluster.get("members", [])]
+        latest = resolutions.get(key)
+        applied = (cluster.get("resolution") or {}).get("id")
+        if latest is not None and latest.id != applied:
+            problems.append(f"cluster {key} ({', '.join(members)}) was resolved (#{latest.id}) after the checkpoint was "
+                            "built: the checkpoint sensor rebuilds it (or materialize emission_checkpoints for its period)")
+        elif cluster.get("status") != "resolved":
+            problems.append(f"cluster {key} ({', '.join(members)}) is unresolved ({cluster.get('decided_by')}): "
+                            f"crunch-dagster checkpoints resolve-copy {spec.slug} {checkpoint_id} {key} "
+                            "--pay MODEL | --pay-all")
+        unpaid = [m for m in members if m not in (cluster.get("paid") or [])]
+        problems += [f"{m} is a copy in cluster {key} but is paid {paid[m]:,}" for m in unpaid if paid.get(m)]
+    clusters = len(entries["copy_clusters"])
+    return GateCheck(name, not problems, "; ".join(problems) or (
+        f"{clusters} copy cluster(s), each resolved" if clusters else "no copy cluster in the period"))
+
+
 def run_gate(spec: CompetitionSpec, store: CompetitionStore, checkpoint: CheckpointRow, accounts: PayoutAccounts,
              settings: CompetitionSettings | None = None, now: datetime | None = None) -> dict:
     """Every check of the emission safety gate over the stored checkpoint; {"passed", "checks", ...}."""
@@ -265,6 +298,8 @@ def run_gate(spec: CompetitionSpec, store: CompetitionStore, checkpoint: Checkpo
         check_field_size(entries, spec.gate),
         check_concentration(entries, spec.gate),
         check_paid_models_answered(entries, scored_answers(store, checkpoint)),
+        check_copy_clusters(entries, spec, store.copies.resolutions(checkpoint.period_start, checkpoint.period_end),
+                            checkpoint.id),
     ]
     return {
         "passed": all(c.passed for c in checks),
@@ -317,6 +352,36 @@ def advance(
                                   gate=gate, gated_version=checkpoint.updated_at)
     # not gated: a later step, an idempotent repeat, or an illegal move (refused under the lock)
     return payouts.transition(checkpoint_id, from_status, to_status, actor=actor, tx_hash=tx_hash, note=note)
+
+
+# --- copy clusters: the operator's resolution -----------------------------------------------------
+
+CLUSTER_KEY_PATTERN = re.compile(r"^[0-9a-f]{16}$")
+
+
+def resolve_copy(
+    spec: CompetitionSpec, store: CompetitionStore, checkpoint_id: int, cluster_key: str, *, actor: str,
+    paid_model_id: str | None = None, pay_all: bool = False, note: str | None = None,
+) -> CopyResolutionRow:
+    """Record the operator's decision on one of a PENDING checkpoint's copy clusters: pay only
+    `paid_model_id`, or (`pay_all`) every member. Audited (append-only); the checkpoint applies it
+    at its next build (the checkpoint sensor sees the period's data change).
+
+    Raises InvalidRequest (bad request: nothing was tried), CopyResolutionRefused (no such
+    checkpoint or cluster, not PENDING, not a member)."""
+    if not spec.copy_detection.enabled:
+        raise InvalidRequest(f"copy detection is off in {spec.slug}: there is no cluster to resolve")
+    if not CLUSTER_KEY_PATTERN.match(cluster_key or ""):
+        raise InvalidRequest(f"cluster {cluster_key!r} is not a cluster key (16 hex digits, as the checkpoint lists them)")
+    if pay_all == (paid_model_id is not None):
+        raise InvalidRequest("give either the one model the cluster pays (--pay MODEL / \"pay\") or pay them all "
+                             "(--pay-all / \"pay_all\": true)")
+    if not actor or len(actor) > ACTOR_MAX_CHARS:
+        raise InvalidRequest(f"actor must be 1..{ACTOR_MAX_CHARS} characters")
+    if note is not None and len(note) > NOTE_MAX_CHARS:
+        raise InvalidRequest(f"note must be at most {NOTE_MAX_CHARS} characters")
+    return store.copies.record_resolution(checkpoint_id, cluster_key, "pay_all" if pay_all else "pay_one",
+                                          paid_model_id, actor=actor, note=note)
 
 
 # --- formats -------------------------------------------------------------------------------------

@@ -242,7 +242,8 @@ def build_sensors(
                     new_keys.append(key)
                 requests.append(dg.RunRequest(
                     run_key=f"{slug}:checkpoint:{key}:{fingerprint['scores']}:{fingerprint['last_score_id']}:"
-                            f"{fingerprint['voided_cycles']}:{previous.chained_root if previous else ''}",
+                            f"{fingerprint['voided_cycles']}:{fingerprint.get('copy_resolution_id')}:"
+                            f"{previous.chained_root if previous else ''}",
                     partition_key=key,
                 ))
                 break  # one at a time: the next one chains to this one's root

@@ -3,6 +3,7 @@ checked when the code location loads (an error names the field and what to chang
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field, fields
@@ -249,6 +250,105 @@ class EmissionPolicy(Declared):
             raise SpecError(f"emission: kind must be 'tiered', 'softmax' or 'proportional', got {self.kind!r}")
 
 
+COPY_POLICIES = ("pay_first", "flag", "off")
+COPY_DISTANCES = ("rounded_equality", "max_abs_difference")
+
+
+@dataclass(frozen=True)
+class CopyDetection(Declared):
+    """How a checkpoint finds models that return what another model returns (crunch_assets/copies.py).
+
+    Every pair of models is compared on every cycle of the period where both answered: the same
+    cycle, and model B's output against model A's of `lags` cycles earlier (copying a forecast
+    once it is visible). A pair that matches on at least `match_fraction` of its common cycles of
+    a scope (and on at least `min_common_cycles` of them) links a copy cluster.
+
+    - distance "rounded_equality" (default): equal after rounding every number to `decimals`
+      decimal places (keys sorted; 1 and 1.0 are equal). Grouped by hashing: O(models) per cycle.
+    - distance "max_abs_difference": the same structure and every number within `tolerance`.
+      O(pairs) per cycle (see docs/rewards.md for what that costs).
+    - never_match: outputs that never count as a match nor as a common cycle (e.g. the neutral
+      answer {"p_up": 0.5}), compared after rounding.
+    - policy "pay_first" (default): a cluster is paid once, to the model that made the output
+      first (earliest registered; a lagged copy is always the copier; registered together: the
+      operator decides); "flag": nothing is excluded and the emission safety gate refuses the
+      checkpoint until the operator resolves every cluster; "off": no detection.
+    """
+
+    policy: str = "pay_first"
+    distance: str = "rounded_equality"
+    decimals: int = 6
+    tolerance: float = 0.0
+    match_fraction: float = 0.9
+    min_common_cycles: int = 1
+    lags: tuple[int, ...] = (1,)
+    never_match: tuple = ()
+
+    def __post_init__(self) -> None:
+        for name in ("lags", "never_match"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+            elif not isinstance(value, tuple):
+                raise SpecError(f"copy_detection: {name} must be a tuple, got {value!r}")
+
+    @classmethod
+    def pay_first(cls, **options) -> "CopyDetection":
+        return cls("pay_first", **options)
+
+    @classmethod
+    def flag(cls, **options) -> "CopyDetection":
+        return cls("flag", **options)
+
+    @classmethod
+    def off(cls) -> "CopyDetection":
+        return cls("off")
+
+    @property
+    def enabled(self) -> bool:
+        return self.policy != "off"
+
+    def validate(self) -> None:
+        if self.policy not in COPY_POLICIES:
+            raise SpecError(f"copy_detection: policy must be one of {', '.join(COPY_POLICIES)}, got {self.policy!r}")
+        if self.distance not in COPY_DISTANCES:
+            raise SpecError(f"copy_detection: distance must be one of {', '.join(COPY_DISTANCES)}, got {self.distance!r}")
+        if isinstance(self.decimals, bool) or not isinstance(self.decimals, int) or not 0 <= self.decimals <= 15:
+            raise SpecError(f"copy_detection: decimals must be a whole number in [0, 15], got {self.decimals!r}")
+        if not (isinstance(self.tolerance, (int, float)) and math.isfinite(self.tolerance) and self.tolerance >= 0):
+            raise SpecError(f"copy_detection: tolerance must be a finite number >= 0, got {self.tolerance!r}")
+        if self.distance == "rounded_equality" and self.tolerance:
+            raise SpecError("copy_detection: tolerance is for distance 'max_abs_difference'; rounded_equality "
+                            f"compares after rounding to `decimals` (got tolerance {self.tolerance})")
+        if not (isinstance(self.match_fraction, (int, float)) and 0 < self.match_fraction <= 1):
+            raise SpecError(f"copy_detection: match_fraction must be in (0, 1], got {self.match_fraction!r}")
+        if isinstance(self.min_common_cycles, bool) or not isinstance(self.min_common_cycles, int) \
+                or self.min_common_cycles < 1:
+            raise SpecError(f"copy_detection: min_common_cycles must be a whole number >= 1, got {self.min_common_cycles!r}")
+        if any(isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 10_080 for k in self.lags) \
+                or len(set(self.lags)) != len(self.lags):
+            raise SpecError(f"copy_detection: lags must be distinct whole numbers of cycles in [1, 10080], got {self.lags!r}")
+        for value in self.never_match:
+            try:
+                json.dumps(value, allow_nan=False)
+            except (TypeError, ValueError) as error:
+                raise SpecError(f"copy_detection: never_match {value!r} is not a JSON value: {error}") from None
+
+    def describe(self) -> str:
+        if not self.enabled:
+            return "copy detection off"
+        distance = (f"equal after rounding to {self.decimals} decimals" if self.distance == "rounded_equality"
+                    else f"every number within {self.tolerance:g}")
+        lagged = f", and lagged by {', '.join(str(k) for k in self.lags)} cycle(s)" if self.lags else ""
+        policy = ("a cluster is paid once, to the model that made the output first (earliest registered; a lagged "
+                  "copy is always the copier)" if self.policy == "pay_first"
+                  else "clusters are flagged and the gate blocks until the operator resolves them")
+        ignored = f"; never a match: {', '.join(json.dumps(v, sort_keys=True) for v in self.never_match)}" \
+            if self.never_match else ""
+        return (f"a pair is a copy when {distance} on at least {self.match_fraction:.0%} of its common cycles "
+                f"(at least {self.min_common_cycles}), same cycle{lagged}; {policy}{ignored}")
+
+
 @dataclass(frozen=True)
 class PayoutPolicy(Declared):
     """Who among the eligible models is paid (see docs/rewards.md, "Who is paid"). Every model is
@@ -331,6 +431,7 @@ class CompetitionSpec(Declared):
     checkpoint_ranking: str = "period"
     eligibility: Eligibility = field(default_factory=Eligibility)
     emission: EmissionPolicy = field(default_factory=EmissionPolicy)
+    copy_detection: CopyDetection = field(default_factory=CopyDetection)
     # What a model sees before predicting: records observed in the last history_seconds.
     history_seconds: int = HOUR_SECONDS
     # Ground truth needs a price observed at most this long before the instant it prices; it must
@@ -436,6 +537,9 @@ class CompetitionSpec(Declared):
         self.emission.validate()
         self.payout.validate()
         self.gate.validate()
+        if not isinstance(self.copy_detection, CopyDetection):
+            raise SpecError("copy_detection must be a CopyDetection (CopyDetection.pay_first(...), .flag(...) or .off())")
+        self.copy_detection.validate()
         for name in ("history_seconds", "void_after_seconds", "feed_retention_days", "feed_poll_interval_seconds",
                      "max_catchup_seconds", "cycle_sensor_interval_seconds", "settlement_sensor_interval_seconds",
                      "registry_sensor_interval_seconds", "lag_sensor_interval_seconds"):

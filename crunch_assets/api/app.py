@@ -80,6 +80,13 @@ class ConfirmBody(BaseModel):
     note: Note | None = None
 
 
+class ResolveCopyBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    pay: Ident | None = Field(default=None, description="the one member the cluster pays")
+    pay_all: bool = Field(default=False, description="the members are not copies: pay every one")
+    note: Note | None = None
+
+
 class StatusBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     status: Literal["PENDING", "SUBMITTED", "CLAIMABLE", "PAID"]
@@ -466,6 +473,39 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
                        body: Annotated[StatusBody, Body()]) -> dict:
         """One step forward: SUBMITTED (needs tx_hash; gated), CLAIMABLE, PAID."""
         return transition(c, checkpoint_id, body.status, actor, body.tx_hash, body.note)
+
+    @router.get("/checkpoints/{checkpoint_id}/copy-clusters", tags=["checkpoints"])
+    def copy_clusters(c: Competition, checkpoint_id: CheckpointId) -> dict:
+        """The checkpoint's copy clusters (members, evidence, who is paid) and every resolution
+        recorded for it. Ids, counts and fractions only: never an output."""
+        cp = checkpoint_or_404(c, checkpoint_id)
+        return {"checkpoint_id": cp.id, "status": cp.status, "copy_detection": c.spec.copy_detection.describe(),
+                "copy_clusters": cp.entries.get("copy_clusters", []),
+                "resolutions": [vars(r) for r in c.store.copies.resolution_history(cp.id)]}
+
+    @router.post("/checkpoints/{checkpoint_id}/copy-clusters/{cluster_key}/resolve", tags=["lifecycle"],
+                 responses={**conflict, 409: {"description": "the checkpoint is past PENDING"},
+                            404: {"description": "unknown checkpoint or cluster"}})
+    def resolve_copy(c: Competition, actor: Operator, checkpoint_id: CheckpointId,
+                     cluster_key: Annotated[str, Path(pattern=payouts.CLUSTER_KEY_PATTERN.pattern)],
+                     body: Annotated[ResolveCopyBody, Body()]) -> dict:
+        """Resolve a copy cluster of a PENDING checkpoint (audited): pay one member (`pay`) or every
+        member (`pay_all`). The checkpoint applies it when it is next built (the checkpoint sensor
+        sees the change); until then the gate refuses it."""
+        try:
+            resolution = payouts.resolve_copy(c.spec, c.store, checkpoint_id, cluster_key, actor=actor,
+                                              paid_model_id=body.pay, pay_all=body.pay_all, note=body.note)
+        except payouts.InvalidRequest as error:
+            raise HTTPException(422, str(error)) from None
+        except payouts.CopyResolutionRefused as error:
+            if error.not_found:
+                raise HTTPException(404, str(error)) from None
+            if error.status != "PENDING":
+                raise HTTPException(409, {"message": str(error), "status": error.status}) from None
+            raise HTTPException(422, str(error)) from None
+        return {"resolution": vars(resolution),
+                "message": f"cluster {cluster_key} of checkpoint {checkpoint_id}: resolution #{resolution.id} recorded; "
+                           "the checkpoint applies it when it is rebuilt"}
 
     return router
 

@@ -131,6 +131,7 @@ def reward_split(cp: CheckpointRow) -> list[dict]:
              "score": r["score"], "eligible": r["eligible"], "coverage": r.get("coverage"),
              "participant": r.get("participant", r["model_id"]), "benchmark": bool((r.get("breakdown") or {}).get("benchmark")),
              "unpaid_reason": (r.get("breakdown") or {}).get("unpaid_reason"),
+             "copy_evidence": ((r.get("breakdown") or {}).get("copy_cluster") or {}).get("evidence"),
              "reward_pct": r["reward_pct"], "reward_percent": frac64_to_percent(r["reward_pct"])}
             for r in cp.entries.get("ranking", [])]
 
@@ -147,7 +148,8 @@ def checkpoint_view(cp: CheckpointRow, gate: dict | None, audit: list[AuditRow])
             "cruncher_rewards": cp.entries.get("cruncher_rewards", []),
             "compute_provider_rewards": cp.entries.get("compute_provider_rewards", []),
             "data_provider_rewards": cp.entries.get("data_provider_rewards", []),
-            "policies": cp.entries.get("policies", {}), "meta": cp.meta, "gate": gate,
+            "policies": cp.entries.get("policies", {}), "copy_clusters": cp.entries.get("copy_clusters", []),
+            "meta": cp.meta, "gate": gate,
             "audit": [vars(a) for a in audit]}
 
 

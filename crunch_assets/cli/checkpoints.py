@@ -1,5 +1,6 @@
-"""`crunch-dagster checkpoints list|show|submit|advance <slug> ...`: a competition's checkpoints and
-their payment lifecycle from the command line, with the same gate and audit as the report API.
+"""`crunch-dagster checkpoints list|show|submit|advance|resolve-copy <slug> ...`: a competition's
+checkpoints, their payment lifecycle and their copy clusters from the command line, with the same
+gate and audit as the report API.
 
 The actor recorded in the audit is the OS user, unless --actor is given.
 """
@@ -29,7 +30,7 @@ def _actor(actor: str | None) -> str:
 
 @click.group()
 def checkpoints() -> None:
-    """A competition's checkpoints: list, show, submit (PENDING -> SUBMITTED, gated) and advance."""
+    """A competition's checkpoints: list, show, submit (PENDING -> SUBMITTED, gated), advance, resolve-copy."""
 
 
 @checkpoints.command("list")
@@ -123,3 +124,30 @@ def submit(slug: str, checkpoint_id: int, tx_hash: str, actor: str | None, note:
 def advance(slug: str, checkpoint_id: int, status: str, tx_hash: str | None, actor: str | None, note: str | None) -> None:
     """One step forward: SUBMITTED -> CLAIMABLE -> PAID (repeating a done step changes nothing)."""
     _transition(slug, checkpoint_id, status, tx_hash, actor, note)
+
+
+@checkpoints.command("resolve-copy")
+@click.argument("slug")
+@click.argument("checkpoint_id", type=click.IntRange(1))
+@click.argument("cluster_key")
+@click.option("--pay", "paid_model_id", help="the one member the cluster pays")
+@click.option("--pay-all", is_flag=True, help="the members are not copies: pay every one")
+@click.option("--actor", help="who does this (default: the OS user)")
+@click.option("--note", help="why (kept in the audit)")
+def resolve_copy(slug: str, checkpoint_id: int, cluster_key: str, paid_model_id: str | None, pay_all: bool,
+                 actor: str | None, note: str | None) -> None:
+    """Resolve a copy cluster of a PENDING checkpoint (audited): --pay MODEL or --pay-all. The
+    checkpoint applies it when it is next built (the checkpoint sensor sees the change)."""
+    from crunch_assets import payouts
+
+    c = load_report_competition(slug)
+    try:
+        resolution = payouts.resolve_copy(c.spec, c.store, checkpoint_id, cluster_key, actor=_actor(actor),
+                                          paid_model_id=paid_model_id, pay_all=pay_all, note=note)
+    except (payouts.InvalidRequest, payouts.CopyResolutionRefused) as error:
+        raise click.ClickException(str(error)) from error
+    decision = "pay every member" if resolution.decision == "pay_all" else f"pay only {resolution.paid_model_id}"
+    click.echo(f"resolution #{resolution.id}: cluster {cluster_key} ({', '.join(resolution.members)}) of checkpoint "
+               f"{checkpoint_id}: {decision}, by {resolution.actor} at {resolution.at.isoformat()}")
+    click.echo("the checkpoint applies it when it is rebuilt: the checkpoint sensor does it, or materialize "
+               f"{slug}/emission_checkpoints for its period; `checkpoints submit` refuses it until then")

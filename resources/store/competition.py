@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from resources.store import schema as t
 from resources.store import json_codec
 from resources.store.bulk import bulk_update, bulk_upsert, bulk_upsert_dicts, copy_field, insert_new
+from resources.store.copies import CopyStore, replace_period_clusters
 from resources.store.rows import (
     CheckpointRow,
     CycleRollupRow,
@@ -50,6 +51,11 @@ class CompetitionStore:
     def __init__(self, engine: sa.Engine, slug: str):
         self.engine = engine
         self.slug = slug
+
+    @property
+    def copies(self) -> CopyStore:
+        """Copy detection's reads and writes (outputs, clusters, the operator's resolutions)."""
+        return CopyStore(self.engine, self.slug)
 
     # --- cycles: inputs and predictions ----------------------------------------------------------
 
@@ -545,7 +551,8 @@ class CompetitionStore:
         self, period_start: datetime, period_end: datetime, entries: dict, merkle_root: str, chained_root: str,
         meta: dict,
     ) -> CheckpointRow:
-        """Store (or replace) the period's checkpoint while it is PENDING. A checkpoint past PENDING
+        """Store (or replace) the period's checkpoint while it is PENDING, and with it the period's
+        copy clusters (entries["copy_clusters"], in the same transaction). A checkpoint past PENDING
         is returned unchanged: paid money does not move."""
         c = t.checkpoints
         with self.engine.begin() as connection:
@@ -563,6 +570,7 @@ class CompetitionStore:
                 ("competition", "period_start", "period_end"),
                 update_columns=("entries", "merkle_root", "chained_root", "meta"),
             ).written
+            replace_period_clusters(connection, self.slug, period_start, period_end, entries.get("copy_clusters", []))
             if changed and existing is not None:
                 connection.execute(
                     sa.update(c).where(c.c.competition == self.slug, c.c.period_start == period_start,
@@ -601,7 +609,9 @@ class CompetitionStore:
                     i.c.competition == self.slug, i.c.cycle_at >= start, i.c.cycle_at < end, i.c.status == "VOIDED"
                 )
             ).scalar_one()
-        return {"scores": int(scores[0]), "last_score_id": scores[1], "voided_cycles": int(voided)}
+        resolution = self.copies.latest_resolution_id(start, end)
+        return {"scores": int(scores[0]), "last_score_id": scores[1], "voided_cycles": int(voided),
+                "copy_resolution_id": resolution}
 
     def first_cycle_since(self, since: datetime) -> datetime | None:
         i = t.inputs

@@ -208,3 +208,19 @@ class ScoreLeaf:
     inference_output: Any
     actuals: Any
     value: float
+
+
+@dataclass(frozen=True)
+class CopyResolutionRow:
+    """An operator's decision on a copy cluster of a checkpoint period (append-only, audited):
+    pay one member (`paid_model_id`), or pay them all."""
+
+    id: int
+    cluster_key: str
+    members: tuple[str, ...]
+    decision: str  # pay_one | pay_all
+    paid_model_id: str | None
+    actor: str
+    at: datetime
+    note: str | None = None
+    checkpoint_id: int | None = None

@@ -307,3 +307,43 @@ model_events = sa.Table(
     sa.UniqueConstraint("competition", "model_id", "event", "at", name="uq_model_events"),
     sa.Index("ix_model_events_competition_at", "competition", "at"),
 )
+
+# A checkpoint period's copy clusters (crunch_assets/copies.py), rewritten with the checkpoint while
+# it is PENDING, in the same transaction: `detail` is the cluster as stored in the checkpoint's
+# entries (members, links, roles, who is paid); never an output.
+copy_clusters = sa.Table(
+    "copy_clusters",
+    metadata,
+    _id(),
+    sa.Column("competition", sa.Text, nullable=False),
+    sa.Column("period_start", TZ, nullable=False),
+    sa.Column("period_end", TZ, nullable=False),
+    sa.Column("cluster_key", sa.Text, nullable=False),  # sha256 of the sorted members, 16 hex digits
+    sa.Column("members", JSONB, nullable=False),  # sorted model ids
+    sa.Column("original_model_id", sa.Text, nullable=True),  # None: undecided
+    sa.Column("status", sa.Text, nullable=False),  # resolved | unresolved
+    sa.Column("resolved_by", sa.Text, nullable=True),  # policy | operator
+    _jsonb("detail"),
+    sa.Column("updated_at", TZ, nullable=False, server_default=sa.func.now()),
+    sa.UniqueConstraint("competition", "period_start", "period_end", "cluster_key", name="uq_copy_clusters_period"),
+)
+
+# Append-only: the operator's decisions on copy clusters (who, when, why). The latest decision on a
+# cluster (same period and members) applies at the next build of the checkpoint.
+copy_resolutions = sa.Table(
+    "copy_resolutions",
+    metadata,
+    _id(),
+    sa.Column("competition", sa.Text, nullable=False),
+    sa.Column("checkpoint_id", sa.BigInteger, sa.ForeignKey(f"{SCHEMA}.checkpoints.id"), nullable=False),
+    sa.Column("period_start", TZ, nullable=False),
+    sa.Column("period_end", TZ, nullable=False),
+    sa.Column("cluster_key", sa.Text, nullable=False),
+    sa.Column("members", JSONB, nullable=False),
+    sa.Column("decision", sa.Text, nullable=False),  # pay_one | pay_all
+    sa.Column("paid_model_id", sa.Text, nullable=True),
+    sa.Column("actor", sa.Text, nullable=False),
+    sa.Column("at", TZ, nullable=False, server_default=sa.func.now()),
+    sa.Column("note", sa.Text, nullable=True),
+    sa.Index("ix_copy_resolutions_period", "competition", "period_start", "period_end", "cluster_key", "id"),
+)
