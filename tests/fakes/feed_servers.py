@@ -8,6 +8,9 @@ wire shapes from /work/shared/reference/feeds-and-models.md, plus programmable f
         binance.server_error_next(2)                         # 2 x 503
         binance.server_error_always()                        # 503 forever
         binance.delay_next(1, seconds=2.0)                   # answer after 2 s
+        binance.trickle_next(1, seconds_per_byte=1.0)        # the body one byte a second
+        binance.trickle_next(2, seconds_per_byte=1.0, headers=True)  # headers and body, a byte a second
+        binance.trickle_every(2)                             # every 2nd request trickles (until cleared)
         binance.fail_next(1, 451)                            # any status (418, 451, 401, ...)
         binance.remove_range("BTCUSDT", start_ts, end_ts)    # a gap in the data
         binance.replace_row("BTCUSDT", ts, ["garbage"])      # a malformed row
@@ -162,6 +165,13 @@ class RecordedRequest:
 
 
 @dataclass
+class _PlannedTrickle:
+    remaining: float  # math.inf for "always"
+    seconds_per_byte: float
+    headers: bool  # the status line and headers trickle too, not only the body
+
+
+@dataclass
 class _PlannedFailure:
     remaining: float  # math.inf for "always"
     status: int
@@ -187,6 +197,11 @@ class FakeFeedServer:
         self._lock = threading.Lock()
         self._failures: deque[_PlannedFailure] = deque()
         self._delays: deque[list[float]] = deque()  # [remaining count, seconds]
+        self._trickles: deque[_PlannedTrickle] = deque()
+        self._trickle_every = 0  # every n-th request trickles (0: none)
+        self._trickle_every_seconds_per_byte = 1.0
+        self._answered = 0
+        self.trickled = 0  # requests answered by trickling
         self._stopping = threading.Event()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -254,10 +269,26 @@ class FakeFeedServer:
         with self._lock:
             self._delays.append([count, seconds])
 
+    def trickle_next(self, count: float, *, seconds_per_byte: float = 1.0, headers: bool = False) -> None:
+        """The next `count` answers (math.inf: all) are written one byte every `seconds_per_byte`:
+        the body only, or (headers=True) the status line and headers too. Every single read gets a
+        byte well within any read timeout; only a deadline on the whole response ends it."""
+        with self._lock:
+            self._trickles.append(_PlannedTrickle(count, seconds_per_byte, headers))
+
+    def trickle_every(self, nth: int, *, seconds_per_byte: float = 1.0) -> None:
+        """Every `nth` request from now on trickles its body (0 stops it)."""
+        with self._lock:
+            self._trickle_every = nth
+            self._trickle_every_seconds_per_byte = seconds_per_byte
+            self._answered = 0
+
     def clear_faults(self) -> None:
         with self._lock:
             self._failures.clear()
             self._delays.clear()
+            self._trickles.clear()
+            self._trickle_every = 0
 
     def requests_to(self, path: str) -> list[RecordedRequest]:
         with self._lock:
@@ -280,6 +311,33 @@ class FakeFeedServer:
                 if failure.remaining <= 0:
                     self._failures.popleft()
             return delay_seconds, failure
+
+    def _planned_trickle(self) -> _PlannedTrickle | None:
+        with self._lock:
+            self._answered += 1
+            trickle = None
+            if self._trickles:
+                trickle = self._trickles[0]
+                trickle.remaining -= 1
+                if trickle.remaining <= 0:
+                    self._trickles.popleft()
+            elif self._trickle_every and self._answered % self._trickle_every == 0:
+                trickle = _PlannedTrickle(1, self._trickle_every_seconds_per_byte, False)
+            if trickle is not None:
+                self.trickled += 1
+            return trickle
+
+    def write_trickling(self, wfile, head: bytes, body: bytes, trickle: _PlannedTrickle) -> None:
+        """Write the response a byte at a time (the head at once unless it trickles too), until
+        done, the client leaves, or the server stops."""
+        if not trickle.headers:
+            wfile.write(head)
+            wfile.flush()
+        for byte in (head + body if trickle.headers else body):
+            if self._stopping.wait(trickle.seconds_per_byte):
+                return
+            wfile.write(bytes((byte,)))
+            wfile.flush()
 
     def _answer(self, path: str, query: dict[str, list[str]], headers: dict[str, str]) -> Response:
         with self._lock:
@@ -307,7 +365,16 @@ class _FakeFeedHandler(BaseHTTPRequestHandler):
             status, response_headers, body = self.fake._answer(parts.path, query, headers)
         except Exception as exc:  # a bug in the fake must show, not hang the client
             status, response_headers, body = text_response(f"fake server error: {exc!r}", 500)
+        trickle = self.fake._planned_trickle()
         try:
+            if trickle is not None:
+                self.close_connection = True  # a client that gave up left the rest unread
+                lines = [f"HTTP/1.1 {status} {self.responses.get(status, ('',))[0]}",
+                         *(f"{name}: {value}" for name, value in response_headers.items()),
+                         f"Content-Length: {len(body)}", "Connection: close"]
+                head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+                self.fake.write_trickling(self.wfile, head, body, trickle)
+                return
             self.send_response(status)
             for name, value in response_headers.items():
                 self.send_header(name, value)
