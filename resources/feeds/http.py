@@ -238,6 +238,7 @@ class _ResponseWatch:
         with self._lock:
             self._done = True
         self._timer.cancel()
+        self._timer.join()  # at once: cancelled, or done shutting the socket
         _watched.watch = None
 
     def attach(self, connection: urllib3.connection.HTTPConnection) -> None:

@@ -14,6 +14,7 @@ wire shapes from /work/shared/reference/feeds-and-models.md, plus programmable f
         binance.fail_next(1, 451)                            # any status (418, 451, 401, ...)
         binance.remove_range("BTCUSDT", start_ts, end_ts)    # a gap in the data
         binance.replace_row("BTCUSDT", ts, ["garbage"])      # a malformed row
+        binance.add_row("BTCUSDT", ts, row)                  # a second row for ts (a duplicate)
         binance.now_seconds = ts + 30                        # the bar opening at ts is still forming
 
 Faults are consumed in order, one per request, on every path.
@@ -415,6 +416,7 @@ class FakeBinanceServer(FakeFeedServer):
             series_by_symbol = {"BTCUSDT": load_csv_candles()}
         self.series = {symbol: MinuteSeries(candles) for symbol, candles in series_by_symbol.items()}
         self._replaced_rows: dict[tuple[str, int], Any] = {}
+        self._added_rows: dict[tuple[str, int], list[Any]] = {}
         self._row_json_cache: dict[str, dict[int, str]] = {}  # symbol -> {open ts: encoded row}
 
     def remove_range(self, symbol: str, start_ts: int, end_ts: int) -> int:
@@ -432,6 +434,17 @@ class FakeBinanceServer(FakeFeedServer):
         """Serve `raw_row` (anything JSON) in place of the kline opening at ts."""
         with self._lock:
             self._replaced_rows[(symbol, ts)] = raw_row
+
+    def add_row(self, symbol: str, ts: int, raw_row: Any) -> None:
+        """Serve `raw_row` too, right after the kline opening at ts (a repeated open time)."""
+        with self._lock:
+            self._added_rows.setdefault((symbol, ts), []).append(raw_row)
+
+    def clear_rows(self) -> None:
+        """Serve every kline as it is again (no replaced or added rows)."""
+        with self._lock:
+            self._replaced_rows.clear()
+            self._added_rows.clear()
 
     def route(self, path: str, query: dict[str, list[str]], headers: dict[str, str]) -> Response:
         if path == "/api/v3/klines":
@@ -487,6 +500,7 @@ class FakeBinanceServer(FakeFeedServer):
                         encoded = row_json[ts] = json.dumps(kline_row(series.candle_at(index, None)),
                                                             separators=(",", ":"))
                     parts.append(encoded)
+                parts.extend(json.dumps(extra) for extra in self._added_rows.get((symbol, ts), ()))
         return 200, {"Content-Type": "application/json"}, ("[" + ",".join(parts) + "]").encode()
 
     def _ticker_price(self, query: dict[str, list[str]]) -> Response:
@@ -515,6 +529,7 @@ class FakePythHistoryServer(FakeFeedServer):
         self.max_datapoints = max_datapoints
         self.required_api_key = required_api_key
         self._bar_overrides: dict[tuple[str, int], dict[str, Any]] = {}
+        self._added_bars: dict[tuple[str, int], list[dict[str, Any]]] = {}
         self._ragged_responses = 0
 
     def remove_range(self, symbol: str, start_ts: int, end_ts: int) -> int:
@@ -525,6 +540,17 @@ class FakePythHistoryServer(FakeFeedServer):
         """Serve other values for the bar at ts, e.g. corrupt_bar(s, ts, c=None) or o="abc"."""
         with self._lock:
             self._bar_overrides.setdefault((symbol, ts), {}).update(values)
+
+    def add_bar(self, symbol: str, ts: int, **values: Any) -> None:
+        """Serve a second bar with time ts right after it: the real bar's values, with `values` over them."""
+        with self._lock:
+            self._added_bars.setdefault((symbol, ts), []).append(values)
+
+    def clear_bars(self) -> None:
+        """Serve every bar as it is again (no corrupted or added bars)."""
+        with self._lock:
+            self._bar_overrides.clear()
+            self._added_bars.clear()
 
     def ragged_next(self, count: int) -> None:
         """The next `count` ok-responses have a `c` array one element short."""
@@ -566,8 +592,9 @@ class FakePythHistoryServer(FakeFeedServer):
                 bar = {"t": candle.ts, "o": candle.open, "h": candle.high, "l": candle.low, "c": candle.close,
                        "v": candle.volume}
                 bar.update(self._bar_overrides.get((symbol, candle.ts), {}))
-                for name, values in arrays.items():
-                    values.append(bar[name])
+                for extra in [{}, *self._added_bars.get((symbol, candle.ts), ())]:
+                    for name, values in arrays.items():
+                        values.append({**bar, **extra}[name])
             if self._ragged_responses > 0:
                 self._ragged_responses -= 1
                 arrays["c"].pop()
