@@ -154,6 +154,9 @@ def ingest(
     episodes = store.defect_episodes(streams)
     policy = DefectRefetchPolicy.of(feed)
     deadline = time.monotonic() + spec.live_feed_wait_seconds
+    # The HTTP feeds give up a little before the wait does, so their own error (what the source
+    # did) is the one reported rather than the bare "did not answer".
+    fetch_gives_up = deadline - min(0.5, 0.1 * spec.live_feed_wait_seconds)
 
     def fail(stream: FeedStream, message: str) -> None:
         report.errors[stream.subject] = message[:500]
@@ -181,7 +184,7 @@ def ingest(
 
             def fetch(subject=stream.subject, a=fetch_start, b=fetch_end) -> FeedFetchResult:
                 # bound now: a fetch that outlives its deadline must not see a later iteration's values
-                with fetch_deadline(deadline):  # the HTTP feeds stop at the live wait's end themselves
+                with fetch_deadline(fetch_gives_up):  # the HTTP feeds stop by the live wait's end themselves
                     return feed.fetch_records(subject, a, b, as_of=b - AS_OF_INCLUSIVE)
 
             try:  # no transaction is held open across the network call

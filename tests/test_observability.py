@@ -134,8 +134,8 @@ def test_lag_checks_judge_the_store_and_the_sensor_records_them_without_a_run(in
     sensor = defs.resolve_sensor_def("btc_updown__lag_sensor")
     before = {name: len(_check_history(instance, asset, name)) for asset, name in LAG_CHECKS.items()}
     runs_before = len(instance.get_run_records())
-    context = dg.build_sensor_context(instance=instance, resources={"database": database, "feed": feed})
-    result = sensor(context)
+    with dg.build_sensor_context(instance=instance, resources={"database": database, "feed": feed}) as context:
+        result = sensor(context)
     assert isinstance(result, dg.SkipReason)
     assert re.fullmatch(r"feed_records \d+/180 s(?: LATE)?, predictions \d+/180 s(?: LATE)?, scores (?:none yet|\d+/660 s) LATE, "
                         r"emission_checkpoints (?:none yet|\d+/\d+ s)", result.skip_message)
@@ -144,7 +144,8 @@ def test_lag_checks_judge_the_store_and_the_sensor_records_them_without_a_run(in
     assert _check_history(instance, "scores", "scores_on_time")[0].status.value == "FAILED"
     assert _check_history(instance, "emission_checkpoints", "checkpoints_on_time")[0].status.value == "SUCCEEDED"
     # the next tick with the same verdicts records nothing new
-    sensor(dg.build_sensor_context(instance=instance, resources={"database": database, "feed": feed}, cursor=context.cursor))
+    with dg.build_sensor_context(instance=instance, resources={"database": database, "feed": feed}, cursor=context.cursor) as again:
+        sensor(again)
     assert {name: len(_check_history(instance, asset, name)) for asset, name in LAG_CHECKS.items()} == after
     assert len(instance.get_run_records()) == runs_before
 
@@ -177,3 +178,71 @@ def test_lag_verdicts_follow_the_spec_bounds():
     # right after the start nothing is late yet
     assert all(v.passed for v in lag_verdicts(SPEC, LagReport({"BTC": None}, None, None, None), SPEC.start + timedelta(minutes=2),
                                               FeedLag(None)))
+
+
+def test_a_stalled_feed_alerts_once_per_outage_and_once_at_recovery(instance, clean_database, monkeypatch, capfd):
+    """Before, only a failed run reached the webhook: a feed trickling its answers left every lag
+    check failing in silence. Now a check that turns late POSTs the run failure's alert (event
+    "lag"), naming the feed's last error; the next ticks stay quiet; an alert the webhook refused is
+    sent again at the next tick; and the recovery is told once."""
+    import math
+
+    from competitions.btc_updown.definitions import SPEC, build_definitions
+    from crunch_assets.feed import ingest
+    from crunch_assets.partitions import floor_hour
+    from resources.feeds.binance import BinanceFeed
+    from resources.store.database import CrunchDatabase
+    from tests.fakes.feed_servers import FakeBinanceServer, subject_series
+
+    now = datetime.now(timezone.utc)
+    hour = floor_hour(now)
+    spec = replace(SPEC, start=hour - timedelta(hours=1), live_feed_wait_seconds=5)
+    series = subject_series("BTC", start_ts=int((hour - timedelta(hours=2)).timestamp()), count=4 * 60)
+    webhook = Webhook(statuses=[503, 503, 503])  # the first alert is refused three times: not delivered
+    monkeypatch.setenv(ALERT_WEBHOOK_ENV, webhook.url)
+    database = CrunchDatabase()
+    with FakeBinanceServer({"BTCUSDT": series}) as binance:
+        feed = BinanceFeed(base_url=binance.url, response_timeout_seconds=0.5, max_total_seconds=1.0,
+                           backoff_base_seconds=0.01, backoff_max_seconds=0.02)
+        defs = build_definitions(spec, feed=feed, automation_running=False)
+        sensor = defs.resolve_sensor_def("btc_updown__lag_sensor")
+        cursor = None
+
+        def tick():
+            nonlocal cursor
+            with dg.build_sensor_context(instance=instance, resources={"database": database, "feed": feed},
+                                         cursor=cursor) as context:
+                sensor(context)
+                cursor = context.cursor
+            sent = list(webhook.bodies)
+            webhook.bodies.clear()
+            return sent
+
+        binance.trickle_next(math.inf, seconds_per_byte=0.5)
+        report = ingest(spec, feed, database.feeds(), hour, hour + timedelta(hours=1), datetime.now(timezone.utc))
+        assert "no complete response within" in report.errors["BTC"]
+        try:
+            capfd.readouterr()
+            first = tick()
+            # the feed's alert was refused (3 attempts); the cycles' and the scores' went through
+            assert [body["check"] for body in first] == ["feed_on_time"] * 3 + ["cycles_on_time", "scores_on_time"]
+            feed_alert = first[0]
+            assert {"competition", "event", "run_id", "job", "partition", "tags", "error"} <= set(feed_alert)
+            assert feed_alert["competition"] == "btc_updown" and feed_alert["event"] == "lag"
+            assert feed_alert["error"].startswith("feed_records: nothing stored yet (bound 180 s): LATE; binance BTC: "
+                                                  "last fetch error at ")
+            assert "no complete response within" in feed_alert["error"]
+            second = tick()  # the refused alert again, nothing else
+            assert [(body["check"], body["event"]) for body in second] == [("feed_on_time", "lag")]
+            assert tick() == []  # the outage goes on: quiet
+            binance.clear_faults()  # the feed answers again
+            recovered = ingest(spec, feed, database.feeds(), hour, hour + timedelta(hours=1), datetime.now(timezone.utc))
+            assert recovered.errors == {} and recovered.fetched > 0
+            [recovery] = tick()
+            assert (recovery["check"], recovery["event"]) == ("feed_on_time", "lag_recovered")
+            assert recovery["behind_seconds"] < 60 and "LATE" not in recovery["error"]
+            assert tick() == []
+        finally:
+            webhook.close()
+    logged = capfd.readouterr().err
+    assert "answered 503" in logged and SECRET not in logged
