@@ -682,3 +682,25 @@ def test_csv_replay_reports_conflicts_and_malformed_rows_by_window(tmp_path, csv
     assert len(result.records) == 28  # 30 minutes less the malformed and the conflicting one
     later = feed.fetch_candles("BTC", start + 10 * MINUTE, start + 30 * MINUTE, as_of=start + 2 * 60 * MINUTE)
     assert later.skipped == [] and len(later.records) == 20  # a window reports only its own rows
+
+
+def test_the_response_deadline_cuts_a_trickling_body_over_tls(tmp_path, monkeypatch, csv_candles, data_start, after_data):
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make the test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))  # the client trusts this certificate only
+    with FakeBinanceServer().use_tls(cert, key) as binance:
+        assert binance.url.startswith("https://")
+        binance.trickle_next(1, seconds_per_byte=0.5)
+        feed = binance_feed(binance, response_timeout_seconds=1.0)
+        started = time.monotonic()
+        result = feed.fetch_candles("BTC", data_start, data_start + 5 * MINUTE, as_of=after_data)
+        assert 1.0 <= time.monotonic() - started < 3.0
+        assert_equal_to_csv(result, csv_candles[:5])
+        assert binance.trickled == 1 and len(binance.requests) == 2

@@ -208,12 +208,24 @@ class FakeFeedServer:
         self._thread: threading.Thread | None = None
         self.requests: list[RecordedRequest] = []
         self.now_seconds: int | None = None  # the fake's clock; None = every bar is closed
+        self._tls: tuple[str, str] | None = None
 
     # lifecycle
+
+    def use_tls(self, certfile: str, keyfile: str) -> "FakeFeedServer":
+        """Serve HTTPS with this certificate (before start())."""
+        self._tls = (str(certfile), str(keyfile))
+        return self
 
     def start(self) -> "FakeFeedServer":
         handler = type("FakeFeedHandler", (_FakeFeedHandler,), {"fake": self})
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        if self._tls is not None:
+            import ssl
+
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self._tls)
+            self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
         self._httpd.daemon_threads = True
         self._httpd.handle_error = lambda request, address: None  # clients that gave up are expected
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
@@ -241,7 +253,7 @@ class FakeFeedServer:
     def url(self) -> str:
         assert self._httpd is not None, "server not started"
         host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{'https' if self._tls else 'http'}://{host}:{port}"
 
     # faults
 
