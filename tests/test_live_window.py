@@ -315,10 +315,11 @@ def test_a_feed_trickling_forever_holds_no_tick_beyond_the_feed_wait(clean_datab
         binance.trickle_next(math.inf, seconds_per_byte=1.0)
         spec, defs = _binance_live(window, tmp_path, binance, live_feed_wait_seconds=3)
         stop = datetime.now(timezone.utc) + timedelta(seconds=20)
+        earlier = set(threading.enumerate())
         began = time.monotonic()
         result, _ = _run_live(defs, window, stop)
         ended_after_stop = datetime.now(timezone.utc) - stop
-        fetchers = [thread for thread in threading.enumerate() if thread.name == "feed-fetch"]
+        fetchers = [thread for thread in set(threading.enumerate()) - earlier if thread.name == "feed-fetch"]
         for thread in fetchers:
             thread.join(timeout=2.0)
         assert not [thread for thread in fetchers if thread.is_alive()]  # no fetch outlived its tick

@@ -218,7 +218,7 @@ def test_a_stalled_feed_alerts_once_per_outage_and_once_at_recovery(instance, cl
             webhook.bodies.clear()
             return sent
 
-        binance.trickle_next(math.inf, seconds_per_byte=0.5)
+        binance.trickle_next(math.inf, seconds_per_byte=0.1)  # a byte well within each read's timeout
         report = ingest(spec, feed, database.feeds(), hour, hour + timedelta(hours=1), datetime.now(timezone.utc))
         assert "no complete response within" in report.errors["BTC"]
         try:

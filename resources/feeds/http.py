@@ -326,7 +326,7 @@ class _WatchedAdapter(HTTPAdapter):
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any):
         manager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        if hasattr(manager, "pool_classes_by_scheme"):
+        if isinstance(manager, urllib3.ProxyManager):  # a SOCKS proxy keeps its own pools (not watched)
             manager.pool_classes_by_scheme = _WATCHED_POOLS
         return manager
 
