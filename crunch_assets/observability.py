@@ -299,14 +299,16 @@ def build_lag_sensor(spec: CompetitionSpec, keys: ChainKeys, *, running: bool) -
         now = datetime.now(timezone.utc)
         reported = json.loads(context.cursor) if context.cursor else {}
         verdicts = current_lag(spec, database, now, feed)
+        webhook_failed = False  # one undelivered alert per tick: the others wait for the next tick, not its timeouts
         for verdict in verdicts:
             previous = reported.get(verdict.check_name) or {}
             # What the webhook was last told (an on-time start is not news): a verdict that differs
             # is alerted, once; an alert not delivered is tried again at the next tick.
             alerted_passed = previous.get("alerted_passed", True)
-            if verdict.passed != alerted_passed:
+            if verdict.passed != alerted_passed and not webhook_failed:
                 outcome = send_alert(context.log, lag_payload(spec.slug, verdict))
-                if outcome != ALERT_FAILED:
+                webhook_failed = outcome == ALERT_FAILED
+                if not webhook_failed:
                     alerted_passed = verdict.passed
             entry = {"passed": previous.get("passed"), "at": previous.get("at", 0), "alerted_passed": alerted_passed}
             if entry["passed"] != verdict.passed or now.timestamp() - entry["at"] >= LAG_REPORT_EVERY_SECONDS:
