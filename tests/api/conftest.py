@@ -104,10 +104,14 @@ def module_database_url(database_url, api_template_url):
 
 
 def report_competition(url: str, crunch: str | None = CRUNCH_PUBKEY):
+    """The API's view of the database at `url`: connected as the api role (reads, and the
+    checkpoint functions), with the rules the gate recomputes payouts with."""
+    from competitions.btc_updown.definitions import RULES
     from crunch_assets.api import ReportCompetition
     from resources.store.database import CrunchDatabase
 
-    return ReportCompetition(replay_spec(), accounts(crunch), CrunchDatabase(url=url))
+    return ReportCompetition(replay_spec(), accounts(crunch), CrunchDatabase(role="api", database=make_url(url).database),
+                             RULES)
 
 
 class LiveServer:
