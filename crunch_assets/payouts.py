@@ -26,7 +26,7 @@ from crunch_assets.emission import FRAC64_ONE, largest_remainder
 from crunch_assets.rules import CompetitionRules
 from crunch_assets.settings import CompetitionSettings
 from crunch_assets.spec import CompetitionSpec
-from crunch_assets.verification import audit_checkpoints, lifecycle_problems
+from crunch_assets.verification import CHAIN_PROBLEM, ROOT_PROBLEM, audit_checkpoints, lifecycle_problems
 from resources.store.competition import CompetitionStore
 from resources.store.payouts import AuditRow, CheckpointNotFound, PayoutStore, TransitionConflict, TransitionOutcome
 from resources.store.rows import CheckpointRow, CycleRollupRow, SnapshotRow
@@ -191,12 +191,15 @@ def check_accounts(entries: dict, accounts: PayoutAccounts, settings: Competitio
 
 
 def check_merkle(checkpoint_id: int, audits) -> GateCheck:
+    """The period's scores recompute to the stored root, and the chain of roots (and recorded
+    entries hashes) from the first checkpoint leads to this one's chained root. Whether the entries
+    still hash to what was recorded is entries_committed's to say."""
     audit = next((a for a in audits if a.checkpoint_id == checkpoint_id), None)
     if audit is None:
         return GateCheck("merkle_root_verifies", False, "the checkpoint is not in the audit")
-    return GateCheck("merkle_root_verifies", audit.ok,
-                     f"root {audit.recomputed_root[:16]}.. recomputed from {audit.leaves} stored score(s)" if audit.ok
-                     else audit.problem)
+    problems = ([ROOT_PROBLEM] if not audit.root_matches else []) + ([CHAIN_PROBLEM] if not audit.chain_matches else [])
+    return GateCheck("merkle_root_verifies", not problems, "; ".join(problems) or
+                     f"root {audit.recomputed_root[:16]}.. recomputed from {audit.leaves} stored score(s)")
 
 
 # What a payout differs in, named: these fields of a ranking row pay (or decide who is paid).

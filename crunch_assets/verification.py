@@ -5,7 +5,8 @@ score's inclusion.
 - the Merkle root of its period's stored scores (a score, an output or a truth changed, added or
   removed after it was built);
 - the hash of its stored entries, against the one it recorded (scheme 2: who is paid what);
-- the chain from the first checkpoint (scheme 1: roots only; scheme 2: roots and entries hashes);
+- the chain from the first checkpoint (scheme 1: roots only; scheme 2: roots and the recorded
+  entries hashes);
 - with the audit trails given, its lifecycle (`lifecycle_problems`): a checkpoint past PENDING has
   exactly one audit row per step, each with its actor, chained by digest, the SUBMITTED row with
   the checkpoint's tx hash and submission time, and a stored passing gate result for these very
@@ -27,6 +28,9 @@ from resources.store.rows import CheckpointRow
 STEPS = (("PENDING", "SUBMITTED"), ("SUBMITTED", "CLAIMABLE"), ("CLAIMABLE", "PAID"))
 STATUS_ORDER = ("PENDING", "SUBMITTED", "CLAIMABLE", "PAID")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+ROOT_PROBLEM = "the period's stored scores, outputs or truths differ from what the checkpoint committed to"
+CHAIN_PROBLEM = ("the chained root does not follow from the roots and entries hashes before it: an earlier "
+                 "checkpoint's commitment, or this one's, changed")
 
 
 @dataclass(frozen=True)
@@ -72,15 +76,14 @@ class CheckpointAudit:
     def problems(self) -> list[str]:
         found = []
         if not self.root_matches:
-            found.append("the period's stored scores, outputs or truths differ from what the checkpoint committed to")
+            found.append(ROOT_PROBLEM)
         if not self.entries_match:
             found.append("the checkpoint's entries (who is paid what) differ from what it committed to: entries sha256 "
                          f"{self.recomputed_entries_sha256}, recorded {self.recorded_entries_sha256}")
         if self.scheme_problem:
             found.append(self.scheme_problem)
         if not self.chain_matches:
-            found.append("the chained root does not follow from the roots and entries before it: an earlier checkpoint's "
-                         "commitment, or this one's, changed")
+            found.append(CHAIN_PROBLEM)
         return found + list(self.lifecycle_problems)
 
     @property
@@ -105,7 +108,11 @@ def audit_checkpoints(store: CompetitionStore,
             if scheme < newest_scheme:
                 scheme_problem = (f"commitment scheme {scheme} after a checkpoint of scheme {newest_scheme}: a checkpoint "
                                   "built since migration 0006 commits to its entries")
-            chained = merkle.chained_root(scheme, chained, root, checkpoint.entries)
+            # Scheme 2 chains the entries hash the checkpoint recorded: the chain then shows a changed
+            # chain, and entries_match changed entries, each by its name.
+            recorded = checkpoint.meta.get("entries_sha256")
+            chained = (merkle.chain(chained, root) if scheme == merkle.LEGACY_SCHEME
+                       else merkle.chain_with_entries(chained, root, recorded if _is_hash(recorded) else entries_hash))
         newest_scheme = max(newest_scheme, scheme if scheme in merkle.SCHEMES else newest_scheme)
         lifecycle = tuple(lifecycle_problems(checkpoint, trails.get(checkpoint.id, []))) if trails is not None else ()
         audits.append(CheckpointAudit(
@@ -114,6 +121,10 @@ def audit_checkpoints(store: CompetitionStore,
             scheme, checkpoint.meta.get("entries_sha256"), entries_hash, lifecycle, scheme_problem,
         ))
     return audits
+
+
+def _is_hash(value) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
 def first_problem(audits: list[CheckpointAudit]) -> CheckpointAudit | None:

@@ -31,6 +31,18 @@ def database_named(url: str, name: str) -> str:
     return make_url(url).set(database=name).render_as_string(hide_password=False)
 
 
+def role_env(url: str) -> dict[str, str]:
+    """The database variables of a subprocess working on the database of `url` (a superuser URL
+    of the test server): the migrations' URL and each role's, on that database."""
+    import os
+
+    from resources.database_url import DATABASE_ENV_VARS, DATABASE_URL_ENV
+
+    name = make_url(url).database
+    env = {var: database_named(os.environ[var], name) for var in DATABASE_ENV_VARS if var != DATABASE_URL_ENV}
+    return {DATABASE_URL_ENV: url, **env}
+
+
 def _admin(url: str):
     return sa.create_engine(url, isolation_level="AUTOCOMMIT")
 
