@@ -16,7 +16,7 @@ from resources.store.migrations import current_revision, head_revision, migrate
 from resources.store.roles import check_login_role
 
 ROLES = ("owner", "engine", "api")
-_engines: dict[str, sa.Engine] = {}
+_engines: dict[tuple[str, str], sa.Engine] = {}  # (URL, role): a URL is checked for the role it is used as
 _engines_lock = threading.Lock()
 
 
@@ -36,7 +36,7 @@ def engine_for(url: str | None = None, *, role: str = "owner", database: str | N
         raise ValueError(f"no store role {role!r}: one of {', '.join(ROLES)}")
     resolved = resolve_database_url(url, role, database)
     with _engines_lock:
-        engine = _engines.get(resolved)
+        engine = _engines.get((resolved, role))
         if engine is None:
             engine = sa.create_engine(resolved, pool_pre_ping=True, pool_size=5, max_overflow=5,
                                       json_serializer=json_codec.dumps, json_deserializer=json_codec.loads)
@@ -48,7 +48,7 @@ def engine_for(url: str | None = None, *, role: str = "owner", database: str | N
             except BaseException:
                 engine.dispose()
                 raise
-            _engines[resolved] = engine
+            _engines[(resolved, role)] = engine
         return engine
 
 
