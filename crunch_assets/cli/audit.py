@@ -23,7 +23,7 @@ def audit(slug: str, proof_model: str | None, cycle_at: str | None, scope_key: s
     Report every checkpoint that does not verify (exit 1), or print a score's proof."""
     from crunch_assets.api.competitions import load_report_competition
     from crunch_assets.checkpoints import checkpoint_entries
-    from crunch_assets.payouts import payout_differences
+    from crunch_assets.payouts import accounts_of, payout_differences
     from crunch_assets.verification import audit_checkpoints, first_problem, inclusion_proof
 
     c = load_report_competition(slug)
@@ -48,7 +48,7 @@ def audit(slug: str, proof_model: str | None, cycle_at: str | None, scope_key: s
             cp = by_id.get(a.checkpoint_id)
             if cp is not None and cp.status == "PENDING":
                 differences = payout_differences(cp.entries, checkpoint_entries(
-                    c.spec, c.rules, store, c.accounts, cp.period_start, cp.period_end))
+                    c.spec, c.rules, store, accounts_of(cp.entries), cp.period_start, cp.period_end))
                 if differences:
                     payout_problems[a.checkpoint_id] = [f"the payout does not recompute from the stored snapshots: {d}"
                                                         for d in differences]
