@@ -177,13 +177,11 @@ def ensure_embedded_auth(data_dir: Path) -> None:
     engine = sa.create_engine(embedded_url(directory, "superuser"), isolation_level="AUTOCOMMIT", poolclass=NullPool)
     try:
         with engine.connect() as connection:
-            roles.provision_logins(connection, {r: p for r, p in passwords.items() if r != "superuser"}, "postgres")
+            roles.provision_logins(connection, passwords, "postgres")
             roles.transfer_ownership(connection)
-            connection.execute(sa.text(f"ALTER ROLE {roles.SUPERUSER} PASSWORD :verifier"),
-                               {"verifier": roles.scram_verifier(passwords["superuser"])})
             if hba.read_text() != roles.HBA_CONF:
                 _replace_keeping_owner(hba, roles.HBA_CONF)
-                connection.execute(sa.text("SELECT pg_reload_conf()"))
+                roles.reload_configuration(connection)
     except sa.exc.OperationalError as error:
         if "password" not in str(error):
             raise

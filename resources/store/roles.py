@@ -64,8 +64,8 @@ def scram_verifier(password: str, iterations: int = 4096) -> str:
 
 def provision_logins(connection: sa.Connection, passwords: dict[str, str], database: str) -> None:
     """As a superuser: every login role of EMBEDDED_LOGINS exists with its password (a role absent
-    from `passwords` is left as it is), without any attribute beyond LOGIN; the owner may create
-    the schema; Dagster's storage may create its tables in `public`."""
+    from `passwords` keeps its own; "superuser" sets the superuser's), without any attribute beyond
+    LOGIN; the owner may create the schema; Dagster's storage may create its tables in `public`."""
     for role, login in EMBEDDED_LOGINS.items():
         if role == "superuser":
             continue
@@ -74,12 +74,21 @@ def provision_logins(connection: sa.Connection, passwords: dict[str, str], datab
             % (login, login)))
         connection.execute(sa.text(
             f"ALTER ROLE {login} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT"))
-    for role, password in passwords.items():
-        connection.execute(sa.text(f"ALTER ROLE {EMBEDDED_LOGINS[role]} PASSWORD :verifier"),
-                           {"verifier": scram_verifier(password)})
+    for role, password in passwords.items():  # the superuser's last: a failure before leaves the old one
+        if role != "superuser":
+            connection.execute(sa.text(f"ALTER ROLE {EMBEDDED_LOGINS[role]} PASSWORD :verifier"),
+                               {"verifier": scram_verifier(password)})
+    if "superuser" in passwords:
+        connection.execute(sa.text(f"ALTER ROLE {SUPERUSER} PASSWORD :verifier"),
+                           {"verifier": scram_verifier(passwords["superuser"])})
     quoted = connection.dialect.identifier_preparer.quote(database)
     connection.execute(sa.text(f"GRANT CREATE ON DATABASE {quoted} TO {OWNER_LOGIN}"))
     connection.execute(sa.text(f"GRANT USAGE, CREATE ON SCHEMA public TO {DAGSTER_LOGIN}"))
+
+
+def reload_configuration(connection: sa.Connection) -> None:
+    """As a superuser: the server reads pg_hba.conf again (new connections follow it)."""
+    connection.execute(sa.text("SELECT pg_reload_conf()"))
 
 
 def transfer_ownership(connection: sa.Connection) -> None:
