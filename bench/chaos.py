@@ -90,7 +90,9 @@ class Deployment:
                 "load_from:\n  - python_file:\n"
                 f"      relative_path: {COMPETITION_FILE}\n      location_name: {SLUG}\n"
             )
-        env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "CRUNCH_DATABASE_URL")}
+        from resources.database_url import DATABASE_ENV_VARS  # the deployment uses its own embedded server
+
+        env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", *DATABASE_ENV_VARS)}
         env.update({"CRUNCH_DATA_DIR": str(self.data_dir), "CRUNCH_CHAOS_CYCLE_SECONDS": str(self.cycle_seconds)})
         self.ports = {"webserver": self.port, "webserver_read_only": self.port + 1,
                       "code": self.port + 100, "api": self.port + 2}
@@ -164,8 +166,9 @@ class Store:
                 info = None
             if info is None or info.status != "ready":
                 raise ChaosFailure(f"no PostgreSQL server for {self.pgdata}")
-            self._engine = sa.create_engine(info.get_uri().replace("postgresql://", "postgresql+psycopg2://", 1),
-                                            pool_pre_ping=True)
+            from resources.database_url import embedded_url  # the server asks for the superuser's password
+
+            self._engine = sa.create_engine(embedded_url(self.pgdata.parent, "superuser"), pool_pre_ping=True)
         return self._engine
 
     def query(self, sql: str, **params):

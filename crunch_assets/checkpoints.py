@@ -282,6 +282,7 @@ class CheckpointBuild:
     merkle_root: str
     chained_root: str
     meta: dict
+    commitment_scheme: int = merkle.CURRENT_SCHEME
 
 
 def emission_payload(ranking: list[dict], accounts: PayoutAccounts) -> dict:
@@ -312,13 +313,23 @@ def _paying_rule(spec: CompetitionSpec, rules: CompetitionRules, payouts: dict[s
     return f"{would} (no eligible model: nothing paid)" if not rules_paid else "; ".join(sorted(rules_paid))
 
 
-def build_checkpoint(
+
+
+def ranking_reach(spec: CompetitionSpec, start: datetime, end: datetime) -> datetime:
+    """The earliest hour the checkpoint of [start, end) reads snapshots from."""
+    window_reach = max([w.seconds for w in spec.leaderboard_windows if w.name == spec.checkpoint_ranking] or [0])
+    return min(start, end - timedelta(seconds=window_reach))
+
+
+def checkpoint_entries(
     spec: CompetitionSpec, rules: CompetitionRules, store: CompetitionStore, accounts: PayoutAccounts,
     start: datetime, end: datetime,
-) -> CheckpointBuild | None:
-    """The checkpoint of [start, end), or None when nothing in it was scored."""
-    window_reach = max([w.seconds for w in spec.leaderboard_windows if w.name == spec.checkpoint_ranking] or [0])
-    since = min(start, end - timedelta(seconds=window_reach))
+) -> dict | None:
+    """What the checkpoint of [start, end) pays, from the stored snapshots, cycle rollups and model
+    registry: the ranking with each model's reward and breakdown, the emission and the policies.
+    None when nothing in the period was scored. The checkpoint asset stores it, and the safety
+    gate calls it again before SUBMITTED and refuses any difference."""
+    since = ranking_reach(spec, start, end)
     snapshots = store.snapshots(since, end)
     rollups = store.stored_rollups(since, end)
     copy_report = copies.period_report(spec, store, start, end)
@@ -345,17 +356,32 @@ def build_checkpoint(
         "scope_weights": {scope.key: scope.weight for scope in spec.scopes},
         "copy_detection": spec.copy_detection.describe(),
     }
+    return payload
+
+
+def build_checkpoint(
+    spec: CompetitionSpec, rules: CompetitionRules, store: CompetitionStore, accounts: PayoutAccounts,
+    start: datetime, end: datetime,
+) -> CheckpointBuild | None:
+    """The checkpoint of [start, end), or None when nothing in it was scored: its entries, the
+    Merkle root of the period's scores and the chained root (scheme 2: also committing to the
+    entries' hash)."""
+    payload = checkpoint_entries(spec, rules, store, accounts, start, end)
+    if payload is None:
+        return None
     leaves = [merkle.leaf_hash(leaf) for leaf in store.score_leaves(start, end)]
     root = merkle.merkle_root(leaves)
     previous = store.previous_checkpoint(start)
-    chained = merkle.chain(previous.chained_root if previous else None, root)
+    entries_hash = merkle.entries_sha256(payload)
+    chained = merkle.chain_with_entries(previous.chained_root if previous else None, root, entries_hash)
     meta = {
         "fingerprint": store.period_fingerprint(start, end),
         "leaf_count": len(leaves),
         "previous_checkpoint_id": previous.id if previous else None,
         "previous_chained_root": previous.chained_root if previous else None,
+        "entries_sha256": entries_hash,
     }
-    return CheckpointBuild(payload, root, chained, meta)
+    return CheckpointBuild(payload, root, chained, meta, merkle.CURRENT_SCHEME)
 
 
 def build_checkpoint_asset(
@@ -386,7 +412,8 @@ def build_checkpoint_asset(
                 context.log.info(f"{key}: nothing scored in the period: no checkpoint")
                 context.add_asset_metadata({"checkpoint": "none: nothing scored in the period"}, partition_key=key)
                 continue
-            stored = store.write_pending_checkpoint(start, end, built.entries, built.merkle_root, built.chained_root, built.meta)
+            stored = store.write_pending_checkpoint(start, end, built.entries, built.merkle_root, built.chained_root,
+                                                    built.meta, built.commitment_scheme)
             if stored.status != "PENDING" and (stored.entries != built.entries or stored.merkle_root != built.merkle_root):
                 # Paid money does not move: the disagreement is reported, the stored checkpoint stands.
                 context.log.warning(f"{key}: checkpoint already {stored.status}; the recomputation differs and was not written")

@@ -2,9 +2,14 @@
 one step at a time), the emission safety gate that must pass before SUBMITTED, and the CLI / prize
 formats of an emission.
 
-The gate is a list of pure checks over the stored checkpoint and a few store reads; its results
-are stored with the checkpoint (passing or not) and a failing gate refuses the transition with
-every reason. Each transition is one transaction in resources/store/payouts.py, audited there.
+The gate is a list of checks over the stored checkpoint and the store; its results are stored
+with the checkpoint (passing or not) and a failing gate refuses the transition with every reason.
+Beyond the stored ranking's own consistency, it recomputes the payout: the same function that
+built the checkpoint (`checkpoints.checkpoint_entries`) over the stored snapshots, and those
+snapshots from the stored scores (`rollups.summarise`), and refuses any difference, by model and
+field. Each transition is one call of the database's crunch.advance_checkpoint
+(resources/store/payouts.py), which also checks that the passing gate result it is given is for
+the row as it is, and writes the audit row.
 """
 
 from __future__ import annotations
@@ -16,15 +21,17 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from fractions import Fraction
 
-from crunch_assets.checkpoints import PayoutAccounts
+from crunch_assets import merkle
+from crunch_assets.checkpoints import PayoutAccounts, checkpoint_entries, ranking_reach
 from crunch_assets.emission import FRAC64_ONE, largest_remainder
+from crunch_assets.rules import CompetitionRules
 from crunch_assets.settings import CompetitionSettings
 from crunch_assets.spec import CompetitionSpec, GatePolicy
-from crunch_assets.verification import audit_checkpoints
+from crunch_assets.verification import CHAIN_PROBLEM, ROOT_PROBLEM, audit_checkpoints, lifecycle_problems
 from resources.store.competition import CompetitionStore
 from resources.store.copies import CopyResolutionRefused
-from resources.store.payouts import CheckpointNotFound, PayoutStore, TransitionConflict, TransitionOutcome
-from resources.store.rows import CheckpointRow, CopyResolutionRow
+from resources.store.payouts import AuditRow, CheckpointNotFound, PayoutStore, TransitionConflict, TransitionOutcome
+from resources.store.rows import CheckpointRow, CopyResolutionRow, CycleRollupRow, SnapshotRow
 
 STATUSES = ("PENDING", "SUBMITTED", "CLAIMABLE", "PAID")
 # target -> the one status it can be reached from
@@ -187,7 +194,8 @@ def check_crunchers(entries: dict, registry_index: dict[str, int | None]) -> Gat
                      "; ".join(problems) or f"{len(emitted)} cruncher(s), each once, indexes from the model registry")
 
 
-def check_period_continues(checkpoint: CheckpointRow, previous: CheckpointRow | None) -> GateCheck:
+def check_period_continues(checkpoint: CheckpointRow, previous: CheckpointRow | None,
+                           previous_trail: list[AuditRow] | None = None) -> GateCheck:
     if previous is None:
         ok = checkpoint.meta.get("previous_chained_root") is None
         return GateCheck("period_starts_where_previous_ended", ok,
@@ -200,6 +208,8 @@ def check_period_continues(checkpoint: CheckpointRow, previous: CheckpointRow | 
         problems.append(f"the previous checkpoint (#{previous.id}) is still PENDING: submit in order")
     if checkpoint.meta.get("previous_chained_root") != previous.chained_root:
         problems.append(f"chained to a root that is not the previous checkpoint's (#{previous.id})")
+    if previous.status != "PENDING" and previous_trail is not None:
+        problems += [f"the previous checkpoint (#{previous.id}): {p}" for p in lifecycle_problems(previous, previous_trail)]
     return GateCheck("period_starts_where_previous_ended", not problems,
                      "; ".join(problems) or f"continues checkpoint #{previous.id} ({previous.status})")
 
@@ -230,12 +240,129 @@ def check_accounts(entries: dict, accounts: PayoutAccounts, settings: Competitio
 
 
 def check_merkle(checkpoint_id: int, audits) -> GateCheck:
+    """The period's scores recompute to the stored root, and the chain of roots (and recorded
+    entries hashes) from the first checkpoint leads to this one's chained root. Whether the entries
+    still hash to what was recorded is entries_committed's to say."""
     audit = next((a for a in audits if a.checkpoint_id == checkpoint_id), None)
     if audit is None:
         return GateCheck("merkle_root_verifies", False, "the checkpoint is not in the audit")
-    return GateCheck("merkle_root_verifies", audit.ok,
-                     f"root {audit.recomputed_root[:16]}.. recomputed from {audit.leaves} stored score(s)" if audit.ok
-                     else audit.problem)
+    problems = ([ROOT_PROBLEM] if not audit.root_matches else []) + ([CHAIN_PROBLEM] if not audit.chain_matches else [])
+    return GateCheck("merkle_root_verifies", not problems, "; ".join(problems) or
+                     f"root {audit.recomputed_root[:16]}.. recomputed from {audit.leaves} stored score(s)")
+
+
+# What a payout differs in, named: these fields of a ranking row pay (or decide who is paid).
+PAYING_FIELDS = ("model_id", "cruncher_index", "rank", "reward_pct", "eligible")
+EMISSION_FIELDS = ("crunch", "cruncher_rewards", "compute_provider_rewards", "data_provider_rewards")
+_MAX_NAMED_DIFFERENCES = 12
+
+
+def payout_differences(stored: dict, recomputed: dict | None) -> list[str]:
+    """How the stored entries differ from the recomputed ones: every paying field of every rank and
+    every emission field by name, then whatever else differs (scores, breakdowns, policies)."""
+    if recomputed is None:
+        return ["recomputed from the stored snapshots, the period has no scored model: nothing would be paid"]
+    stored_rows, rows = stored.get("ranking", []), recomputed.get("ranking", [])
+    problems = []
+    if len(stored_rows) != len(rows):
+        problems.append(f"{len(stored_rows)} ranked model(s) stored, {len(rows)} recomputed")
+    for position, (mine, theirs) in enumerate(zip(stored_rows, rows), start=1):
+        for name in PAYING_FIELDS:
+            if mine.get(name) != theirs.get(name):
+                problems.append(f"rank {position}: {name} {_shown(mine.get(name))} stored, {_shown(theirs.get(name))} recomputed")
+    for name in EMISSION_FIELDS:
+        if stored.get(name) != recomputed.get(name):
+            problems.append(f"{name} {_shown(stored.get(name))} stored, {_shown(recomputed.get(name))} recomputed")
+    if not problems and merkle.entries_sha256(stored) != merkle.entries_sha256(recomputed):
+        other = sorted({key for key in set(stored) | set(recomputed) if key != "ranking" and stored.get(key) != recomputed.get(key)}
+                       | {f"ranking[{i}].{key}" for i, (a, b) in enumerate(zip(stored_rows, rows))
+                          for key in set(a) | set(b) if a.get(key) != b.get(key)})
+        problems.append(f"what is paid agrees, but the entries differ in {', '.join(other[:_MAX_NAMED_DIFFERENCES])}")
+    if len(problems) > _MAX_NAMED_DIFFERENCES:
+        problems = problems[:_MAX_NAMED_DIFFERENCES] + [f"... {len(problems) - _MAX_NAMED_DIFFERENCES} more"]
+    return problems
+
+
+def _shown(value) -> str:
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else repr(value)
+
+
+def accounts_of(entries: dict) -> PayoutAccounts:
+    """The accounts an emission names (a provider list other than one entry at 100 % recomputes
+    differently, and is named)."""
+    def provider(field: str) -> str | None:
+        listed = entries.get(field) or []
+        return listed[0].get("provider") if isinstance(listed, list) and listed and isinstance(listed[0], dict) else None
+
+    crunch = entries.get("crunch")
+    return PayoutAccounts(crunch_pubkey=crunch if isinstance(crunch, str) else None,
+                          compute_provider_pubkey=provider("compute_provider_rewards"),
+                          data_provider_pubkey=provider("data_provider_rewards"))
+
+
+def check_payout_recomputes(stored: dict, recomputed: dict | None) -> GateCheck:
+    problems = payout_differences(stored, recomputed)
+    return GateCheck("payout_recomputes", not problems,
+                     "; ".join(problems) or "the ranking, every reward and the emission recompute from the stored snapshots")
+
+
+def snapshot_differences(stored: list[SnapshotRow], recomputed: list[SnapshotRow],
+                         stored_rollups: list[CycleRollupRow], recomputed_rollups: dict) -> list[str]:
+    """How the stored hourly snapshots and cycle rollups differ from those recomputed from the
+    stored scores and cycles."""
+    def key(row):
+        return (row.model_id, row.scope_key, row.period_start)
+
+    mine, theirs = {key(r): r for r in stored}, {key(r): r for r in recomputed}
+    problems = []
+    for k in sorted(set(mine) | set(theirs), key=lambda k: (k[2], k[1], k[0])):
+        a, b = mine.get(k), theirs.get(k)
+        where = f"{k[0]} {k[1]} {k[2].isoformat()}"
+        if a is None or b is None:
+            problems.append(f"{where}: snapshot {'missing' if a is None else 'without a score behind it'}")
+        elif (a.prediction_count, a.value_sum, a.failure_value_sum, a.status_counts) != (
+                b.prediction_count, b.value_sum, b.failure_value_sum, b.status_counts):
+            problems.append(f"{where}: stored {a.prediction_count} score(s) summing {a.value_sum!r}, the scores give "
+                            f"{b.prediction_count} summing {b.value_sum!r}")
+    rollups = {(r.scope_key, r.period_start): r for r in stored_rollups}
+    for (scope_key, hour), fingerprint in sorted(recomputed_rollups.items(), key=lambda item: (item[0][1], item[0][0])):
+        stored_rollup = rollups.get((scope_key, hour))
+        # the database sums failure values in no set order: equal up to rounding, as rollups.roll_up compares
+        if stored_rollup is None or (stored_rollup.cycle_count, stored_rollup.voided_count) != (
+                fingerprint.cycle_count, fingerprint.voided_count) or not math.isclose(
+                stored_rollup.failure_value_sum, fingerprint.failure_value_sum, rel_tol=0, abs_tol=1e-9):
+            problems.append(f"{scope_key} {hour.isoformat()}: the counted cycles or their failure values differ from the "
+                            "stored cycles")
+    return problems
+
+
+def check_snapshots_match_scores(spec: CompetitionSpec, rules: CompetitionRules, store: CompetitionStore,
+                                 checkpoint: CheckpointRow) -> GateCheck:
+    from crunch_assets.rollups import summarise
+
+    since = ranking_reach(spec, checkpoint.period_start, checkpoint.period_end)
+    fingerprints = store.hour_fingerprints(since, checkpoint.period_end)
+    recomputed = summarise(spec, rules, store.scored_predictions(fingerprints))
+    problems = snapshot_differences(store.snapshots(since, checkpoint.period_end), recomputed,
+                                    store.stored_rollups(since, checkpoint.period_end), fingerprints)
+    shown = problems[:_MAX_NAMED_DIFFERENCES] + ([f"... {len(problems) - _MAX_NAMED_DIFFERENCES} more"]
+                                                 if len(problems) > _MAX_NAMED_DIFFERENCES else [])
+    return GateCheck("snapshots_match_scores", not problems,
+                     "; ".join(shown) or f"{len(recomputed)} snapshot(s) from {since.isoformat()} recompute from the stored scores")
+
+
+def check_entries_committed(checkpoint: CheckpointRow) -> GateCheck:
+    if checkpoint.commitment_scheme < merkle.CURRENT_SCHEME:
+        return GateCheck("entries_committed", False,
+                         f"built under commitment scheme {checkpoint.commitment_scheme}, which does not commit to the "
+                         "entries: rebuild the checkpoint (materialize emission_checkpoints for its period) while it is PENDING")
+    recomputed = merkle.entries_sha256(checkpoint.entries)
+    recorded = checkpoint.meta.get("entries_sha256")
+    if recomputed != recorded:
+        return GateCheck("entries_committed", False,
+                         f"the stored entries hash to {recomputed}, the checkpoint recorded {recorded}: they were changed "
+                         "after it was built")
+    return GateCheck("entries_committed", True, f"entries sha256 {recomputed[:16]}.. (RFC 8785), in the chained root")
 
 
 def scored_answers(store: CompetitionStore, checkpoint: CheckpointRow) -> dict[str, int]:
@@ -280,17 +407,36 @@ def check_copy_clusters(entries: dict, spec: CompetitionSpec, resolutions: dict,
 
 
 def run_gate(spec: CompetitionSpec, store: CompetitionStore, checkpoint: CheckpointRow, accounts: PayoutAccounts,
-             settings: CompetitionSettings | None = None, now: datetime | None = None) -> dict:
-    """Every check of the emission safety gate over the stored checkpoint; {"passed", "checks", ...}."""
+             settings: CompetitionSettings | None = None, now: datetime | None = None,
+             rules: CompetitionRules | None = None, payouts: PayoutStore | None = None) -> dict:
+    """Every check of the emission safety gate over the stored checkpoint; {"passed", "checks", ...}.
+    `rules` (the competition's) recompute the payout; without them that check fails. `payouts`
+    lets the previous checkpoint's lifecycle be checked."""
     settings = settings or CompetitionSettings(spec.slug)
     entries = checkpoint.entries
     registry = {m.model_id: m.cruncher_index for m in store.models()}
+    previous = store.previous_checkpoint(checkpoint.period_start)
+    previous_trail = payouts.audit_trail(previous.id) if payouts is not None and previous is not None else None
+    if rules is None:
+        recompute = [GateCheck("payout_recomputes", False, "the competition's rules were not given: the payout cannot be "
+                                                           "recomputed"),
+                     GateCheck("snapshots_match_scores", False, "the competition's rules were not given")]
+    else:
+        # With the emission's own accounts: whether they are the configured ones is
+        # emission_accounts_configured's to say, once.
+        recompute = [
+            check_payout_recomputes(entries, checkpoint_entries(spec, rules, store, accounts_of(entries),
+                                                                checkpoint.period_start, checkpoint.period_end)),
+            check_snapshots_match_scores(spec, rules, store, checkpoint),
+        ]
     checks = [
         check_reward_sum(entries),
         check_follows_ranking(entries, spec.ranking_descending),
         check_paid_models_eligible(entries, spec),
         check_crunchers(entries, registry),
-        check_period_continues(checkpoint, store.previous_checkpoint(checkpoint.period_start)),
+        *recompute,
+        check_entries_committed(checkpoint),
+        check_period_continues(checkpoint, previous, previous_trail),
         check_settled(store.unsettled_count(checkpoint.period_start, checkpoint.period_end),
                       store.prediction_statuses(checkpoint.period_start, checkpoint.period_end)),
         check_merkle(checkpoint.id, audit_checkpoints(store)),
@@ -306,6 +452,9 @@ def run_gate(spec: CompetitionSpec, store: CompetitionStore, checkpoint: Checkpo
         "checked_at": (now or datetime.now(timezone.utc)).isoformat(),
         "checkpoint_updated_at": checkpoint.updated_at.isoformat(),
         "merkle_root": checkpoint.merkle_root,
+        "chained_root": checkpoint.chained_root,
+        "entries_sha256": merkle.entries_sha256(entries),
+        "commitment_scheme": checkpoint.commitment_scheme,
         "checks": [c.as_dict() for c in checks],
     }
 
@@ -328,7 +477,7 @@ def validate_request(to_status: str, tx_hash: str | None, actor: str, note: str 
 def advance(
     spec: CompetitionSpec, store: CompetitionStore, payouts: PayoutStore, accounts: PayoutAccounts,
     checkpoint_id: int, to_status: str, *, actor: str, tx_hash: str | None = None, note: str | None = None,
-    settings: CompetitionSettings | None = None,
+    settings: CompetitionSettings | None = None, rules: CompetitionRules | None = None,
 ) -> TransitionOutcome:
     """Move a checkpoint one step forward (to `to_status`), gated before SUBMITTED, audited.
 
@@ -342,16 +491,14 @@ def advance(
     if to_status == "PENDING":
         raise TransitionConflict(f"checkpoint {checkpoint_id} is {checkpoint.status}: a checkpoint never goes back to "
                                  "PENDING", checkpoint.status)
-    from_status = PREVIOUS_STATUS[to_status]
     if to_status == "SUBMITTED" and checkpoint.status == "PENDING":
-        gate = run_gate(spec, store, checkpoint, accounts, settings)
+        gate = run_gate(spec, store, checkpoint, accounts, settings, rules=rules, payouts=payouts)
         if not gate["passed"]:
             payouts.record_gate(checkpoint_id, gate)
             raise GateFailed(gate)
-        return payouts.transition(checkpoint_id, from_status, to_status, actor=actor, tx_hash=tx_hash, note=note,
-                                  gate=gate, gated_version=checkpoint.updated_at)
-    # not gated: a later step, an idempotent repeat, or an illegal move (refused under the lock)
-    return payouts.transition(checkpoint_id, from_status, to_status, actor=actor, tx_hash=tx_hash, note=note)
+        return payouts.transition(checkpoint_id, to_status, actor=actor, tx_hash=tx_hash, note=note, gate=gate)
+    # not gated: a later step, an idempotent repeat, or an illegal move (refused by the database)
+    return payouts.transition(checkpoint_id, to_status, actor=actor, tx_hash=tx_hash, note=note)
 
 
 # --- copy clusters: the operator's resolution -----------------------------------------------------

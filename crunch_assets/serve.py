@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from resources.database_url import DATABASE_URL_ENV, PROJECT_ROOT
+from resources.database_url import PROJECT_ROOT, uses_embedded_server
 
 SERVE_DIR = "serve"
 LOGS_DIR = "logs"
@@ -236,4 +236,4 @@ def write_serve_files(options: ServeOptions) -> list[CodeLocation]:
 
 
 def embedded_database_wanted(environ) -> bool:
-    return not environ.get(DATABASE_URL_ENV)
+    return uses_embedded_server(environ)

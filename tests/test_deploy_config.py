@@ -2,12 +2,14 @@
 container launcher installed, its workspace serves every competition of workspace.yaml over gRPC,
 and the compose file runs a code server for each; the supervised deployment's generated files."""
 
+import os
 import shutil
 from pathlib import Path
 
 import dagster as dg
 import pytest
 import yaml
+from sqlalchemy.engine import make_url
 
 from crunch_assets.serve import ServeConfigError, ServeOptions, programs, read_code_locations, write_serve_files
 
@@ -27,11 +29,14 @@ def test_the_production_instance_loads_with_the_container_launcher(database_url,
     home = tmp_path / "home"
     home.mkdir()
     shutil.copy(DEPLOY / "dagster.yaml", home / "dagster.yaml")
-    monkeypatch.setenv("CRUNCH_DATABASE_URL", database_url)  # the one secret, from the environment
+    # Dagster's storage connects as its own role, from the environment (conftest set the test server's)
+    assert make_url(os.environ["CRUNCH_DAGSTER_DATABASE_URL"]).username == "crunch_dagster"
     with dg.DagsterInstance.from_config(str(home)) as instance:
         assert isinstance(instance.run_launcher, DockerRunLauncher)
         assert instance.run_launcher.networks == ["crunch"]
-        assert "CRUNCH_DATABASE_URL" in instance.run_launcher.env_vars
+        # a run connects as the engine; the migrations' URL never reaches a run container
+        assert {"CRUNCH_ENGINE_DATABASE_URL", "CRUNCH_DAGSTER_DATABASE_URL"} <= set(instance.run_launcher.env_vars)
+        assert "CRUNCH_DATABASE_URL" not in instance.run_launcher.env_vars
         assert isinstance(instance.run_coordinator, QueuedRunCoordinator)
         limits = instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
         assert limits == [{"key": "crunch/competition", "value": {"applyLimitPerUniqueValue": True}, "limit": 4}]
@@ -48,8 +53,8 @@ def test_the_production_instance_needs_its_database_url(tmp_path, monkeypatch):
     home = tmp_path / "home"
     home.mkdir()
     shutil.copy(DEPLOY / "dagster.yaml", home / "dagster.yaml")
-    monkeypatch.delenv("CRUNCH_DATABASE_URL", raising=False)
-    with pytest.raises(Exception, match="CRUNCH_DATABASE_URL"):
+    monkeypatch.delenv("CRUNCH_DAGSTER_DATABASE_URL", raising=False)
+    with pytest.raises(Exception, match="CRUNCH_DAGSTER_DATABASE_URL"):
         dg.DagsterInstance.from_config(str(home))
 
 
@@ -67,6 +72,12 @@ def test_every_competition_is_a_code_server_in_production():
     published = {name: svc["ports"] for name, svc in compose["services"].items() if svc.get("ports")}
     assert list(published) == ["nginx"] and all(port.startswith("${CRUNCH_PUBLIC_BIND:-127.0.0.1}:") for port in published["nginx"])
     assert "--read-only" in compose["services"]["webserver_read_only"]["command"]
+    # the migrations' URL (deploy/migrate.env) goes to the migrate service only, which the code servers wait for
+    readers = [name for name, svc in compose["services"].items() if "migrate.env" in str(svc.get("env_file", ""))]
+    assert readers == ["migrate"] and compose["services"]["migrate"]["command"] == ["crunch-dagster", "migrate"]
+    assert all(compose["services"][f"code_{name}"]["depends_on"] == {"migrate": {"condition": "service_completed_successfully"}}
+               for name in served)
+    assert not any(line.startswith("CRUNCH_DATABASE_URL=") for line in (DEPLOY / "crunch.env.example").read_text().splitlines())
 
 
 def test_serve_writes_a_grpc_workspace_and_a_supervisor_config(tmp_path):

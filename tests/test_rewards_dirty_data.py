@@ -170,9 +170,15 @@ def test_a_voided_cycle_is_rescored_only_while_its_period_is_unpaid(clean_databa
     materialize_hours(broken, spec, ["predictions", "scores"], START, START)
     materialize_one(broken, spec, "snapshots", "2026-11-10")
     materialize_one(broken, spec, "emission_checkpoints", hour_key(START))
-    engine = engine_for()
-    with engine.begin() as connection:  # the operator submitted the checkpoint on-chain
-        connection.execute(sa.text("UPDATE crunch.checkpoints SET status = 'SUBMITTED', tx_hash = 'tx1'"))
+    # the operator submitted the checkpoint on-chain (through the one way the database allows: with a
+    # passing gate result for the row as stored; the gate itself is tested in tests/test_payout_tampering.py)
+    from resources.store.payouts import PayoutStore
+
+    checkpoint = _store().checkpoints()[0]
+    gate = {"passed": True, "checks": [], "checkpoint_updated_at": checkpoint.updated_at.isoformat(),
+            "merkle_root": checkpoint.merkle_root, "chained_root": checkpoint.chained_root}
+    PayoutStore(engine_for(), spec.slug).transition(checkpoint.id, "SUBMITTED", actor="operator",
+                                                   tx_hash="0x" + "1" * 64, gate=gate)
     fixed = build_competition_definitions(spec, _rules(), models_dir=models, feed=SyntheticFeed(), automation_running=False)
     materialize_one(fixed, spec, "scores", hour_key(START))
     assert _store().prediction_statuses(START, START + H) == {"SCORED": 59, "VOIDED": 1}  # paid periods never move

@@ -20,6 +20,8 @@ import pytest
 import requests
 import sqlalchemy as sa
 import yaml
+
+from resources.database_url import DATABASE_ENV_VARS
 from click.testing import CliRunner
 
 from crunch_assets.cli import main as cli
@@ -54,7 +56,7 @@ def copy_checkout(destination: Path) -> Path:
 
 def environment(checkout: Path, **extra: str) -> dict[str, str]:
     """This process's environment without competition settings, importing from the copy."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CRUNCH_") or k == "CRUNCH_DATABASE_URL"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRUNCH_") or k in DATABASE_ENV_VARS}
     env.update(PYTHONPATH=str(checkout), CRUNCH_AUTOMATION="off", CRUNCH_TEST_DATABASE_URL=os.environ["CRUNCH_DATABASE_URL"])
     env.pop("DAGSTER_HOME", None)
     env.update(extra)

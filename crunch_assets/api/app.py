@@ -34,8 +34,8 @@ from crunch_assets.api import exports
 from crunch_assets.api.competitions import ReportCompetition
 from crunch_assets.api.hardening import HardenedAPI, docs_routes, validation_error
 from crunch_assets.api.views import (
-    checkpoint_summary, checkpoint_view, lag_view, leaderboard_view, model_score_series, models_global, models_params,
-    prediction_view, report_schema, snapshot_view,
+    checkpoint_summary, checkpoint_view, lag_view, leaderboard_view, lifecycle_view, model_score_series, models_global,
+    models_params, prediction_view, report_schema, snapshot_view,
 )
 from crunch_assets.verification import inclusion_proof
 from resources.store.payouts import CheckpointNotFound, TransitionConflict
@@ -352,8 +352,11 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
         status: Annotated[Literal["PENDING", "SUBMITTED", "CLAIMABLE", "PAID"] | None, Query()] = None,
         limit: Annotated[int, Query(ge=1, le=CHECKPOINT_LIMIT_MAX)] = 50,
     ) -> dict:
-        """The newest checkpoints first, with their reward split."""
-        return {"checkpoints": [checkpoint_summary(cp) for cp in c.reports.checkpoints(status=status, limit=limit)]}
+        """The newest checkpoints first, with their reward split; `lifecycle.verified` is false (with the
+        reasons) for a checkpoint past PENDING without a matching audit trail and passing gate result."""
+        trails = c.payouts.audit_trails()
+        return {"checkpoints": [checkpoint_summary(cp, trails.get(cp.id, []))
+                                for cp in c.reports.checkpoints(status=status, limit=limit)]}
 
     @router.get("/checkpoints/{checkpoint_id}", tags=["checkpoints"])
     def checkpoint(c: Competition, checkpoint_id: CheckpointId) -> dict:
@@ -362,8 +365,9 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
 
     @router.get("/checkpoints/{checkpoint_id}/audit", tags=["checkpoints"])
     def checkpoint_audit(c: Competition, checkpoint_id: CheckpointId) -> dict:
-        checkpoint_or_404(c, checkpoint_id)
-        return {"checkpoint_id": checkpoint_id, "audit": [vars(a) for a in c.payouts.audit_trail(checkpoint_id)]}
+        cp = checkpoint_or_404(c, checkpoint_id)
+        trail = c.payouts.audit_trail(checkpoint_id)
+        return {"checkpoint_id": checkpoint_id, "audit": [vars(a) for a in trail], "lifecycle": lifecycle_view(cp, trail)}
 
     @router.get("/checkpoints/{checkpoint_id}/gate", tags=["checkpoints"])
     def checkpoint_gate(c: Competition, checkpoint_id: CheckpointId) -> dict:
@@ -446,7 +450,7 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
                    note: str | None) -> dict:
         try:
             outcome = payouts.advance(c.spec, c.store, c.payouts, c.accounts, checkpoint_id, to_status, actor=actor,
-                                      tx_hash=tx_hash, note=note, settings=c.settings)
+                                      tx_hash=tx_hash, note=note, settings=c.settings, rules=c.rules)
         except CheckpointNotFound as error:
             raise HTTPException(404, str(error)) from None
         except payouts.InvalidRequest as error:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from crunch_assets.checkpoints import PayoutAccounts
+from crunch_assets.rules import CompetitionRules
 from crunch_assets.settings import CompetitionSettings
 from crunch_assets.spec import CompetitionSpec
 from resources.store.competition import CompetitionStore
@@ -16,9 +17,13 @@ from resources.store.reports import ReportStore
 
 @dataclass(frozen=True)
 class ReportCompetition:
+    """`database`: the api role's store (reads, and the checkpoint functions). `rules`: the
+    competition's, with which the safety gate recomputes a payout (without them it refuses)."""
+
     spec: CompetitionSpec
     accounts: PayoutAccounts
     database: CrunchDatabase
+    rules: CompetitionRules | None = None
 
     @property
     def slug(self) -> str:
@@ -48,4 +53,6 @@ def load_report_competition(slug: str, database: CrunchDatabase | None = None) -
 
     defs, spec = load_competition(slug)
     accounts = defs.resources.get("payout_accounts") if defs.resources else None
-    return ReportCompetition(spec, accounts or CompetitionSettings(slug).payout_accounts(), database or CrunchDatabase())
+    rules = defs.resources.get("rules") if defs.resources else None
+    return ReportCompetition(spec, accounts or CompetitionSettings(slug).payout_accounts(),
+                             database or CrunchDatabase(role="api"), rules)

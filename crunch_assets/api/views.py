@@ -12,6 +12,7 @@ from crunch_assets.partitions import ceil_hour
 from crunch_assets.payouts import frac64_to_percent
 from crunch_assets.spec import CompetitionSpec
 from crunch_assets.standings import rank_models, standings
+from crunch_assets.verification import lifecycle_problems
 from resources.store.payouts import AuditRow
 from resources.store.reports import LagReport, PredictionReport, SnapshotReport
 from resources.store.rows import CheckpointRow
@@ -136,15 +137,26 @@ def reward_split(cp: CheckpointRow) -> list[dict]:
             for r in cp.entries.get("ranking", [])]
 
 
-def checkpoint_summary(cp: CheckpointRow) -> dict:
-    return {"id": cp.id, "period_start": cp.period_start, "period_end": cp.period_end, "status": cp.status,
-            "tx_hash": cp.tx_hash, "submitted_at": cp.submitted_at, "merkle_root": cp.merkle_root,
-            "chained_root": cp.chained_root, "created_at": cp.created_at, "updated_at": cp.updated_at,
-            "reward_split": reward_split(cp)}
+def lifecycle_view(cp: CheckpointRow, audit: Sequence[AuditRow]) -> dict:
+    """Whether the checkpoint's status is backed by its audit trail and gate result: a checkpoint
+    shown past PENDING without them (its status written around crunch.advance_checkpoint) is
+    flagged here, with every reason."""
+    problems = lifecycle_problems(cp, audit)
+    return {"verified": not problems, "problems": problems}
+
+
+def checkpoint_summary(cp: CheckpointRow, audit: Sequence[AuditRow] | None = None) -> dict:
+    summary = {"id": cp.id, "period_start": cp.period_start, "period_end": cp.period_end, "status": cp.status,
+               "tx_hash": cp.tx_hash, "submitted_at": cp.submitted_at, "merkle_root": cp.merkle_root,
+               "chained_root": cp.chained_root, "commitment_scheme": cp.commitment_scheme, "created_at": cp.created_at,
+               "updated_at": cp.updated_at, "reward_split": reward_split(cp)}
+    if audit is not None:
+        summary["lifecycle"] = lifecycle_view(cp, audit)
+    return summary
 
 
 def checkpoint_view(cp: CheckpointRow, gate: dict | None, audit: list[AuditRow]) -> dict:
-    return {**checkpoint_summary(cp), "crunch": cp.entries.get("crunch"),
+    return {**checkpoint_summary(cp, audit), "crunch": cp.entries.get("crunch"),
             "cruncher_rewards": cp.entries.get("cruncher_rewards", []),
             "compute_provider_rewards": cp.entries.get("compute_provider_rewards", []),
             "data_provider_rewards": cp.entries.get("data_provider_rewards", []),

@@ -40,19 +40,22 @@ def checkpoints() -> None:
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def list_checkpoints(slug: str, status: str | None, limit: int, as_json: bool) -> None:
     """The newest checkpoints first."""
-    from crunch_assets.api.views import checkpoint_summary
+    from crunch_assets.api.views import checkpoint_summary, lifecycle_view
 
     c = load_report_competition(slug)
     rows = c.reports.checkpoints(status=status, limit=limit)
+    trails = c.payouts.audit_trails()
     if as_json:
-        click.echo(_json([checkpoint_summary(cp) for cp in rows]))
+        click.echo(_json([checkpoint_summary(cp, trails.get(cp.id, [])) for cp in rows]))
         return
     if not rows:
         click.echo(f"{slug}: no checkpoint" + (f" {status}" if status else ""))
     for cp in rows:
         paid = sum(1 for r in cp.entries.get("ranking", []) if r.get("reward_pct"))
+        lifecycle = lifecycle_view(cp, trails.get(cp.id, []))
         click.echo(f"#{cp.id:<5} {cp.period_start.isoformat()} .. {cp.period_end.isoformat()}  {cp.status:9}  "
-                   f"{paid} paid model(s)  root {str(cp.merkle_root)[:16]}" + (f"  tx {cp.tx_hash}" if cp.tx_hash else ""))
+                   f"{paid} paid model(s)  root {str(cp.merkle_root)[:16]}" + (f"  tx {cp.tx_hash}" if cp.tx_hash else "")
+                   + ("" if lifecycle["verified"] else f"  NOT VERIFIED: {lifecycle['problems'][0]}"))
 
 
 @checkpoints.command("show")
@@ -78,7 +81,8 @@ def show(slug: str, checkpoint_id: int, output: str, pool: int | None, run_gate:
     else:
         result = checkpoint_view(cp, c.payouts.gate(cp.id), c.payouts.audit_trail(cp.id))
     if run_gate:
-        result = {**result, "gate_now": payouts.run_gate(c.spec, c.store, cp, c.accounts, c.settings)}
+        result = {**result, "gate_now": payouts.run_gate(c.spec, c.store, cp, c.accounts, c.settings, rules=c.rules,
+                                                          payouts=c.payouts)}
     click.echo(_json(result))
 
 
@@ -89,7 +93,7 @@ def _transition(slug: str, checkpoint_id: int, status: str, tx_hash: str | None,
     c = load_report_competition(slug)
     try:
         outcome = payouts.advance(c.spec, c.store, c.payouts, c.accounts, checkpoint_id, status, actor=_actor(actor),
-                                  tx_hash=tx_hash, note=note, settings=c.settings)
+                                  tx_hash=tx_hash, note=note, settings=c.settings, rules=c.rules)
     except (CheckpointNotFound, payouts.InvalidRequest, TransitionConflict) as error:
         raise click.ClickException(str(error)) from error
     except payouts.GateFailed as error:

@@ -549,11 +549,12 @@ class CompetitionStore:
 
     def write_pending_checkpoint(
         self, period_start: datetime, period_end: datetime, entries: dict, merkle_root: str, chained_root: str,
-        meta: dict,
+        meta: dict, commitment_scheme: int,
     ) -> CheckpointRow:
         """Store (or replace) the period's checkpoint while it is PENDING, and with it the period's
         copy clusters (entries["copy_clusters"], in the same transaction). A checkpoint past PENDING
-        is returned unchanged: paid money does not move."""
+        is returned unchanged: paid money does not move (and the database refuses it: migration
+        0006's guard, which also sets updated_at on every change and stores it PENDING)."""
         c = t.checkpoints
         with self.engine.begin() as connection:
             existing = connection.execute(
@@ -562,20 +563,15 @@ class CompetitionStore:
             ).first()
             if existing is not None and existing.status != "PENDING":
                 return _checkpoint_row(existing)
-            changed = bulk_upsert_dicts(
+            bulk_upsert_dicts(
                 connection, c,
                 [{"competition": self.slug, "period_start": period_start, "period_end": period_end,
-                  "status": "PENDING", "entries": entries, "merkle_root": merkle_root, "chained_root": chained_root,
-                  "meta": meta}],
+                  "entries": entries, "merkle_root": merkle_root, "chained_root": chained_root, "meta": meta,
+                  "commitment_scheme": commitment_scheme}],
                 ("competition", "period_start", "period_end"),
-                update_columns=("entries", "merkle_root", "chained_root", "meta"),
-            ).written
+                update_columns=("entries", "merkle_root", "chained_root", "meta", "commitment_scheme"),
+            )
             replace_period_clusters(connection, self.slug, period_start, period_end, entries.get("copy_clusters", []))
-            if changed and existing is not None:
-                connection.execute(
-                    sa.update(c).where(c.c.competition == self.slug, c.c.period_start == period_start,
-                                       c.c.period_end == period_end).values(updated_at=sa.func.now())
-                )
             row = connection.execute(
                 sa.select(c).where(c.c.competition == self.slug, c.c.period_start == period_start,
                                    c.c.period_end == period_end)
@@ -690,5 +686,6 @@ def _checkpoint_row(row) -> CheckpointRow:
     return CheckpointRow(
         id=row.id, period_start=row.period_start, period_end=row.period_end, status=row.status, tx_hash=row.tx_hash,
         submitted_at=row.submitted_at, entries=row.entries, merkle_root=row.merkle_root, chained_root=row.chained_root,
-        meta=row.meta or {}, created_at=row.created_at, updated_at=row.updated_at,
+        meta=row.meta or {}, created_at=row.created_at, updated_at=row.updated_at, gate=row.gate,
+        commitment_scheme=row.commitment_scheme,
     )

@@ -31,6 +31,18 @@ def database_named(url: str, name: str) -> str:
     return make_url(url).set(database=name).render_as_string(hide_password=False)
 
 
+def role_env(url: str) -> dict[str, str]:
+    """The database variables of a subprocess working on the database of `url` (a superuser URL
+    of the test server): the migrations' URL and each role's, on that database."""
+    import os
+
+    from resources.database_url import DATABASE_ENV_VARS, DATABASE_URL_ENV
+
+    name = make_url(url).database
+    env = {var: database_named(os.environ[var], name) for var in DATABASE_ENV_VARS if var != DATABASE_URL_ENV}
+    return {DATABASE_URL_ENV: url, **env}
+
+
 def _admin(url: str):
     return sa.create_engine(url, isolation_level="AUTOCOMMIT")
 
@@ -104,10 +116,14 @@ def module_database_url(database_url, api_template_url):
 
 
 def report_competition(url: str, crunch: str | None = CRUNCH_PUBKEY):
+    """The API's view of the database at `url`: connected as the api role (reads, and the
+    checkpoint functions), with the rules the gate recomputes payouts with."""
+    from competitions.btc_updown.definitions import RULES
     from crunch_assets.api import ReportCompetition
     from resources.store.database import CrunchDatabase
 
-    return ReportCompetition(replay_spec(), accounts(crunch), CrunchDatabase(url=url))
+    return ReportCompetition(replay_spec(), accounts(crunch), CrunchDatabase(role="api", database=make_url(url).database),
+                             RULES)
 
 
 class LiveServer:

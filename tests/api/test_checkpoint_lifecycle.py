@@ -58,7 +58,8 @@ def test_pending_to_paid_is_gated_audited_and_idempotent(live_api, api_database_
     assert {c["name"] for c in shown["gate"]["checks"]} >= {
         "rewards_sum_to_one_billion", "rewards_follow_stored_ranking", "paid_models_are_eligible",
         "each_cruncher_once", "period_starts_where_previous_ended", "nothing_in_period_pending",
-        "merkle_root_verifies", "emission_accounts_configured"}
+        "merkle_root_verifies", "emission_accounts_configured", "payout_recomputes", "snapshots_match_scores",
+        "entries_committed"}
 
     # the second period continues the first, which is now past PENDING: it may be submitted
     assert client.post(f"/reports/checkpoints/{second}/confirm", json={"tx_hash": TX2}, headers=auth()).status_code == 200
@@ -146,8 +147,11 @@ def test_gate_refuses_changed_scores_unsettled_cycles_and_bad_rewards(live_api, 
     refused = client.post(f"/reports/checkpoints/{first}/confirm", json={"tx_hash": TX1}, headers=auth())
     assert refused.status_code == 409
     failed = {c["name"] for c in refused.json()["detail"]["gate"]["checks"] if not c["passed"]}
+    # the entries no longer hash to what the checkpoint committed to, nor recompute from the snapshots,
+    # and the snapshots no longer recompute from the changed scores
     assert failed == {"rewards_sum_to_one_billion", "rewards_follow_stored_ranking", "each_cruncher_once",
-                      "nothing_in_period_pending", "merkle_root_verifies"}
+                      "nothing_in_period_pending", "merkle_root_verifies", "payout_recomputes", "entries_committed",
+                      "snapshots_match_scores"}
     with engine.connect() as connection:
         assert connection.execute(sa.text("SELECT status FROM crunch.checkpoints WHERE id = :id"), {"id": first}).scalar() == "PENDING"
         assert connection.execute(sa.text("SELECT count(*) FROM crunch.checkpoint_audit")).scalar() == 0
