@@ -856,7 +856,7 @@ class LocalModelSession(ModelSession):
         handle.start_problem = problem
         handle.retry_at = time.monotonic() + self._config.startup_retry_delay_seconds * 2 ** (attempts - 1)
         logger.warning("model %s %s (attempt %d of %d); trying again in %.0f s", handle.model_id, problem, attempts,
-                       self._config.startup_attempts, handle.retry_at - time.monotonic())
+                       self._config.startup_attempts, max(0.0, handle.retry_at - time.monotonic()))
 
 
 def _joined(detail: str, note: str | None) -> str:

@@ -214,8 +214,9 @@ def check_sandbox(kind: str) -> None:
 
 
 def namespace_processes(init_pid: int) -> set[int]:
-    """Every process in the PID namespace whose init is `init_pid` (pids as this namespace sees
-    them), the init included; empty if it is gone. Diagnostics and tests: it reads all of /proc."""
+    """Every live process in the PID namespace whose init is `init_pid` (pids as this namespace
+    sees them), the init included; empty if it is gone. A zombie (killed, not yet collected by its
+    parent) is not counted. Diagnostics and tests: it reads all of /proc."""
     try:
         namespace = os.readlink(f"/proc/{init_pid}/ns/pid")
     except OSError:
@@ -225,8 +226,10 @@ def namespace_processes(init_pid: int) -> set[int]:
         if name.isdigit():
             try:
                 if os.readlink(f"/proc/{name}/ns/pid") == namespace:
-                    found.add(int(name))
-            except OSError:
+                    with open(f"/proc/{name}/stat", "rb") as stat_file:
+                        if stat_file.read().rsplit(b")", 1)[1].split()[0] != b"Z":
+                            found.add(int(name))
+            except (OSError, IndexError):
                 pass
     return found
 
