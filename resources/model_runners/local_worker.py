@@ -181,6 +181,7 @@ def _confine(config: dict) -> None:
         os.setgroups([])
         os.setresgid(gid, gid, gid)
         os.setresuid(uid, uid, uid)  # also clears the permitted, effective and ambient capabilities
+        _clear_inheritable_capabilities()
         if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid) or os.getgroups():
             raise OSError(f"still running as uid {os.getresuid()} gid {os.getresgid()} groups {os.getgroups()}")
     # The supervisor is not dumpable and a change of user resets it: the model's own processes may
@@ -190,6 +191,24 @@ def _confine(config: dict) -> None:
         _prctl(PR_SET_NO_NEW_PRIVS, 1)  # bwrap sets it; without a sandbox it is set here
     except AttributeError:  # pragma: no cover - not Linux
         pass
+
+
+def _clear_inheritable_capabilities() -> None:
+    """capset(2) with every set empty (the permitted and effective ones are already)."""
+    import ctypes
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    header = Header(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3: two Data, for capabilities 0-63
+    data = (Data * 2)()
+    if libc.capset(ctypes.byref(header), data) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"capset: {os.strerror(errno)}")
 
 
 def _empty_bounding_set() -> None:

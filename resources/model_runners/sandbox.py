@@ -131,6 +131,7 @@ def _system_binds() -> list[str]:
             args += ["--symlink", os.readlink(top), top]
         elif os.path.isdir(top):
             args += ["--ro-bind", top, top]
+    args += ["--perms", "0755", "--dir", "/etc"]
     for path in SYSTEM_READ_ONLY_FILES:
         args += ["--ro-bind-try", path, path]
     return args
@@ -154,7 +155,10 @@ def bwrap_command(
         for capability in SUPERVISOR_CAPABILITIES:
             args += ["--cap-add", capability]
     else:
-        args += ["--unshare-user", "--disable-userns"]
+        # As the coordinator's own uid (bwrap's default); run as root (tests), a uid other than 0,
+        # so that the sandbox holds no capability even inside its user namespace.
+        sandbox_uid = str(os.geteuid() or 65534)
+        args += ["--unshare-user", "--disable-userns", "--uid", sandbox_uid, "--gid", sandbox_uid]
     args += ["--clearenv"]
     for name, value in environment.items():
         args += ["--setenv", name, value]
@@ -165,7 +169,7 @@ def bwrap_command(
     args += ["--perms", "1777", "--size", str(tmp_bytes), "--tmpfs", "/tmp"]
     args += ["--perms", "1777", "--size", str(max(tmp_bytes // 4, 1 << 20)), "--tmpfs", "/dev/shm"]
     seen = set()
-    made = {"/", "/tmp", "/dev", "/proc", "/usr"}
+    made = {"/", "/tmp", "/dev", "/proc", "/usr", "/etc"}
     for path in [*_python_roots(), *read_only_paths]:
         if path not in seen and os.path.exists(path):
             seen.add(path)
