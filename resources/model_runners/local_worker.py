@@ -350,6 +350,22 @@ def freeze_and_kill(
     return frozen
 
 
+def wait_until_dead(processes: dict[int, ProcessInfo], seconds: float = REAP_SECONDS) -> bool:
+    """Poll until each process is gone or a zombie (True), or `seconds` pass (False)."""
+    deadline = time.monotonic() + seconds
+    pending = dict(processes)
+    while pending:
+        for pid, info in list(pending.items()):
+            now = read_process(pid)
+            if now is None or now.start_ticks != info.start_ticks or now.state in ("Z", "X", "x"):
+                del pending[pid]
+        if pending:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.001)
+    return True
+
+
 def kill_process_tree(root_pid: int, seconds: float = FREEZE_SECONDS) -> dict[int, ProcessInfo]:
     """SIGKILL `root_pid` and all its descendants (see freeze_and_kill). Used by the coordinator
     on an unsandboxed supervisor: being a subreaper, it has every process of its model below it."""
@@ -406,6 +422,7 @@ class _Supervisor:
             return 0
         killed = freeze_and_kill(lambda table: descendants(table, self.me) - {self.worker_pid}, spare=self.worker_pid)
         self.reap_zombies(wait_for=[pid for pid, info in killed.items() if info.ppid == self.me])
+        wait_until_dead(killed)  # SIGKILL takes effect when the process next runs: dead before the reply
         return len(killed)
 
     def reap_zombies(self, wait_for=(), seconds: float = REAP_SECONDS) -> None:
