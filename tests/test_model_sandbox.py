@@ -191,3 +191,13 @@ def test_a_host_that_cannot_sandbox_refuses_to_start_models_and_names_the_settin
         assert result["good"].output == {"p_up": 0.7}
     finally:
         sandbox._probe.cache_clear()
+
+
+def test_the_sandbox_setting_is_read_by_name_and_a_wrong_value_refused(tmp_path):
+    from crunch_assets.settings import CompetitionSettings, SettingsError
+
+    assert CompetitionSettings("btc_updown", {}).model_runner(str(tmp_path)).sandbox == "on"
+    unsandboxed = CompetitionSettings("btc_updown", {"CRUNCH_MODEL_SANDBOX": "off"}).model_runner(str(tmp_path))
+    assert unsandboxed.sandbox == "off"
+    with pytest.raises(SettingsError, match="CRUNCH_BTC_UPDOWN_MODEL_SANDBOX='of'"):
+        CompetitionSettings("btc_updown", {"CRUNCH_BTC_UPDOWN_MODEL_SANDBOX": "of"}).model_runner(str(tmp_path))

@@ -292,17 +292,22 @@ class _ModelProcess:
         self.startup_deadline = self.started_at + allowed
 
     def init_pid(self) -> int | None:
-        """The sandbox's PID 1 (in the coordinator's PID namespace), once bwrap has told it; a
-        pidfd on it is kept, so the pid cannot be confused with a later process's."""
-        if self._init_pid is None and self._info_file is not None:
+        """The sandbox's PID 1 (in the coordinator's PID namespace), once bwrap has told it (read
+        at the handshake). A pidfd on it is kept, taken while it is still bwrap's child, so the
+        pid is never confused with a later process's."""
+        if self._init_pid is None and self._info_file is not None and self.process is not None:
             pid = sandbox.read_info_pid(self._info_file)
             if pid is not None:
                 self._close_info()
                 try:
-                    self._init_pidfd = os.pidfd_open(pid)
+                    pidfd = os.pidfd_open(pid)
                 except (AttributeError, OSError):
-                    self._init_pidfd = None
-                self._init_pid = pid
+                    return None  # gone already: its namespace with it
+                info = read_process(pid)
+                if info is None or info.ppid != self.process.pid:  # exited, and the pid is another's now
+                    os.close(pidfd)
+                    return None
+                self._init_pidfd, self._init_pid = pidfd, pid
         return self._init_pid
 
     def _close_info(self) -> None:
@@ -836,6 +841,7 @@ class LocalModelSession(ModelSession):
             handle.start_timeouts, handle.start_problem = 0, None
             pid = message.get("pid")
             handle.model_pid = pid if isinstance(pid, int) and not isinstance(pid, bool) else None
+            handle.init_pid()
         elif message.get("ended"):
             handle.mark_broken(f"{message.get('detail')} during start-up")
         else:

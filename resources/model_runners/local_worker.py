@@ -516,10 +516,11 @@ def _supervise(worker_pid: int, replies_from_worker: int, max_line_bytes: int) -
 
 def _relay(supervisor: _Supervisor, pending: bytearray, final: bool) -> None:
     """Write out the complete lines of `pending` (after reaping the model's other processes,
-    noted in the last line as "reaped"); a line too long to hold is passed on as it is."""
+    noted in the last line as "reaped"); a line too long to hold is passed on as it is (the
+    coordinator cuts it off); at the end (`final`), an unfinished line is dropped."""
     end = pending.rfind(b"\n") + 1
     if end == 0:
-        if len(pending) > supervisor.max_line_bytes or (final and pending):
+        if len(pending) > supervisor.max_line_bytes and not final:
             _write_all(1, bytes(pending))
             pending.clear()
         return
