@@ -190,10 +190,10 @@ def test_a_slow_start_is_tried_again_instead_of_failing_the_session(tmp_path):
 
 def test_a_model_that_never_starts_fails_clearly_after_its_attempts(tmp_path):
     models_dir = make_models_dir(tmp_path, "good", "hangs_on_import")
-    runner = make_runner(models_dir, startup_timeout_seconds=0.3, startup_attempts=3, startup_retry_delay_seconds=2.0)
+    runner = make_runner(models_dir, startup_timeout_seconds=1.0, startup_attempts=3, startup_retry_delay_seconds=1.0)
     with runner.open_session(INTERFACE) as session:
         details = []
-        deadline = time.monotonic() + 30.0
+        deadline = time.monotonic() + 60.0
         while time.monotonic() < deadline:
             result = session.run_cycle(CYCLE_CALLS, timeout_seconds=0.5)
             assert result["good"].output == {"p_up": 0.7}
@@ -201,9 +201,9 @@ def test_a_model_that_never_starts_fails_clearly_after_its_attempts(tmp_path):
             if "attempts in a row" in details[-1]:
                 break
             time.sleep(0.25)  # the interval between cycles: the retries are due in seconds
-    assert details[0] == "could not start: did not start within 0.3 s (attempt 1 of 3); trying again in 2 s"
-    assert any(d.startswith("could not start: did not start within 0.6 s (attempt 2 of 3); trying again in") for d in details)
-    assert details[-1] == "could not start: did not start within 1.2 s (3 attempts in a row timed out)"
+    assert details[0] == "could not start: did not start within 1.0 s (attempt 1 of 3); trying again in 1 s"
+    assert any(d.startswith("could not start: did not start within 2.0 s (attempt 2 of 3); trying again in") for d in details)
+    assert details[-1] == "could not start: did not start within 4.0 s (3 attempts in a row timed out)"
     assert all(d.startswith(("could not start:", "not ready: still starting")) for d in details)
 
 
