@@ -15,7 +15,7 @@ Process lifecycle per model:
     READY -> NOT_STARTED (timed out, died, sent garbage: killed, and respawned right after the
              cycle so its start-up overlaps the pause between cycles)
 A cycle never waits for a model that is starting: it is sent its call if its handshake arrives
-within the cycle's time budget, and is otherwise FAILED "not ready" for that cycle while its
+within the cycle's time budget, and is otherwise TIMEOUT "not ready" for that cycle while its
 start-up goes on. So one slow restart (a loaded machine) costs a model a cycle, not the session,
 and never delays the other models.
 
@@ -679,7 +679,9 @@ class LocalModelSession(ModelSession):
                 results[exchange.handle.model_id] = self._settle_call(exchange, timeout_seconds)
             for model_id, handle in called.items():
                 if model_id not in results:
-                    results[model_id] = ModelCallResult(model_id, CallStatus.FAILED, detail=self._why_not_called(handle, timeout_seconds))
+                    # Still starting: no answer within the call's budget, as a timeout (its process is kept).
+                    status = CallStatus.TIMEOUT if handle.state is _State.STARTING else CallStatus.FAILED
+                    results[model_id] = ModelCallResult(model_id, status, detail=self._why_not_called(handle, timeout_seconds))
 
             # Restarts boot while the coordinator works on this cycle; a skipped model is likely
             # skipped next cycle too, so it is left alone until it is called again.
