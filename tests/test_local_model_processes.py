@@ -85,13 +85,15 @@ class ProcessWatcher:
         self._thread.join()
 
 
-def test_processes_started_during_a_call_end_with_the_call_and_never_pile_up(tmp_path):
+@pytest.mark.parametrize("sandbox", ["on", "off"])
+def test_processes_started_during_a_call_end_with_the_call_and_never_pile_up(tmp_path, sandbox):
     """Issue: a model whose attached child ignores SIGTERM accumulated one process per cycle (94
     after an hour of catch-up). Now every process of a model but its worker is killed at the end
-    of each call, attached or detached, and the reply says so."""
+    of each call, attached or detached, and the reply says so; without a sandbox too (the
+    supervisor then finds them in the host's /proc)."""
     names = ("good", "forks_setsid_child", "double_forks", "ignores_sigterm_child")
     models_dir = make_models_dir(tmp_path, *names)
-    with make_runner(models_dir).open_session(INTERFACE) as session:
+    with make_runner(models_dir, sandbox=sandbox).open_session(INTERFACE) as session:
         at_start = {model_id: session.model_processes(model_id) for model_id in names}
         assert all(len(pids) == 2 for pids in at_start.values()), at_start  # the supervisor and the worker
         for _ in range(20):
@@ -233,3 +235,42 @@ def test_close_ends_every_process_of_every_model(tmp_path):
     assert wait_for(lambda: not any(live_in_namespace(ns) for ns in namespaces))
     with pytest.raises(RuntimeError):
         session.run_cycle(NEXT_CYCLE_CALLS, timeout_seconds=1.0)
+
+
+COORDINATOR = """
+import sys, time
+sys.path.insert(0, {root!r})
+from tests.test_local_model_runner import INTERFACE, make_runner
+from pathlib import Path
+session = make_runner(Path({models_dir!r})).open_session(INTERFACE)
+session.run_cycle([], timeout_seconds=5.0)
+print(" ".join(str(min(session.model_processes(m))) for m in ("good", "hostile")), flush=True)
+time.sleep(600)
+"""
+
+
+def test_models_die_with_a_coordinator_killed_halfway(tmp_path):
+    """kill -9 of the run that holds the models (a lost run worker): bwrap's --die-with-parent
+    takes every sandbox, and everything in it, with it."""
+    import signal
+    import subprocess
+    import sys
+
+    from resources.model_runners.local import PROJECT_ROOT
+
+    models_dir = make_models_dir(tmp_path, "good", "hostile")
+    coordinator = subprocess.Popen(
+        [sys.executable, "-c", COORDINATOR.format(root=str(PROJECT_ROOT), models_dir=str(models_dir))],
+        stdout=subprocess.PIPE, text=True, cwd=str(PROJECT_ROOT))
+    try:
+        inits = [int(pid) for pid in coordinator.stdout.readline().split()]
+        namespaces = {pid_namespace(pid) for pid in inits}
+        assert len(inits) == 2 and None not in namespaces and all(live_in_namespace(ns) for ns in namespaces)
+        coordinator.send_signal(signal.SIGKILL)
+        coordinator.wait(timeout=10)
+        assert wait_for(lambda: not any(live_in_namespace(ns) for ns in namespaces)), \
+            [live_in_namespace(ns) for ns in namespaces]
+    finally:
+        if coordinator.poll() is None:
+            coordinator.kill()
+            coordinator.wait()

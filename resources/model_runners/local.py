@@ -241,7 +241,6 @@ class _ModelProcess:
         self.start_problem: str | None = None
         self.leftover = b""  # bytes read past the last complete line
         self._info_file = None  # bwrap's --info-fd, read for the sandbox's PID 1
-        self._init_pidfd: int | None = None
         self._init_pid: int | None = None
 
     def spawn(self, config: _WorkerConfig) -> None:
@@ -293,21 +292,12 @@ class _ModelProcess:
 
     def init_pid(self) -> int | None:
         """The sandbox's PID 1 (in the coordinator's PID namespace), once bwrap has told it (read
-        at the handshake). A pidfd on it is kept, taken while it is still bwrap's child, so the
-        pid is never confused with a later process's."""
+        at the handshake; the pipe is closed then, so a model costs the coordinator two fds)."""
         if self._init_pid is None and self._info_file is not None and self.process is not None:
             pid = sandbox.read_info_pid(self._info_file)
             if pid is not None:
                 self._close_info()
-                try:
-                    pidfd = os.pidfd_open(pid)
-                except (AttributeError, OSError):
-                    return None  # gone already: its namespace with it
-                info = read_process(pid)
-                if info is None or info.ppid != self.process.pid:  # exited, and the pid is another's now
-                    os.close(pidfd)
-                    return None
-                self._init_pidfd, self._init_pid = pidfd, pid
+                self._init_pid = pid
         return self._init_pid
 
     def _close_info(self) -> None:
@@ -345,23 +335,31 @@ class _ModelProcess:
             logger.error("model %s: process %s did not die after SIGKILL", self.model_id, process.pid)
         _close_pipes(process)
         self._close_info()
-        if self._init_pidfd is not None:
-            os.close(self._init_pidfd)
-        self._init_pidfd = self._init_pid = None
+        self._init_pid = None
         return describe_exit(returncode)
 
     def _kill_sandbox(self, process: subprocess.Popen) -> None:
         """SIGKILL the sandbox's PID 1: the kernel kills its whole PID namespace before PID 1's
         exit is reported, so bwrap's monitor, waited for next, exits only after all of it is gone.
-        PID 1 not known yet (bwrap still setting up): SIGKILL the monitor, --die-with-parent
-        takes the sandbox with it."""
-        self.init_pid()
-        if self._init_pidfd is not None:
+        The signal goes through a pidfd taken while the process is still bwrap's child (a pid
+        already reused is never signalled). PID 1 not known or gone: SIGKILL the monitor,
+        --die-with-parent takes the sandbox with it."""
+        init = self.init_pid()
+        if init is not None:
             try:
-                signal.pidfd_send_signal(self._init_pidfd, signal.SIGKILL)
-                return
-            except OSError:
-                pass  # already gone
+                pidfd = os.pidfd_open(init)
+            except (AttributeError, OSError):
+                pidfd = None
+            if pidfd is not None:
+                try:
+                    info = read_process(init)
+                    if info is not None and info.ppid == process.pid:
+                        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                        return
+                except OSError:
+                    pass  # exited meanwhile
+                finally:
+                    os.close(pidfd)
         try:
             process.kill()
         except ProcessLookupError:
@@ -407,7 +405,9 @@ class _ModelProcess:
             return sandbox.namespace_processes(init) if init is not None else set()
         from resources.model_runners.local_worker import descendants, process_table
 
-        return {self.process.pid} | descendants(process_table(), self.process.pid)
+        table = process_table()
+        return {pid for pid in {self.process.pid} | descendants(table, self.process.pid)
+                if pid in table and table[pid].state != "Z"}
 
 
 def _innermost_pid(pid: int) -> int | None:
