@@ -1,7 +1,9 @@
 """Benchmark LocalModelRunner: start-up time and cycle wall time for N trivial models.
 
 Each generated model sleeps MODEL_WORK_MS in predict, so per-model overhead is
-(median cycle - MODEL_WORK_MS) / N. Target: 100 models per cycle within 3 s.
+(median cycle - MODEL_WORK_MS) / N. Target: 100 models per cycle within 3 s. Each model runs in its
+sandbox (`--sandbox off` for the unsandboxed runner); the machine's load average is printed before
+and after, since the figures move with it.
 
     .venv/bin/python bench/bench_local_runner.py          # N = 10, 100
     .venv/bin/python bench/bench_local_runner.py --full   # also N = 500
@@ -10,6 +12,7 @@ Each generated model sleeps MODEL_WORK_MS in predict, so per-model overhead is
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -72,13 +75,14 @@ def write_models(root: Path, model_count: int) -> tuple[Path, Path]:
     return lib_dir, models_dir
 
 
-def bench(model_count: int, cycles: int) -> dict:
+def bench(model_count: int, cycles: int, sandbox: str = "on") -> dict:
     with tempfile.TemporaryDirectory(prefix="bench_local_runner_") as tmp:
         lib_dir, models_dir = write_models(Path(tmp), model_count)
         runner = LocalModelRunner(
             models_dir=str(models_dir),
             extra_pythonpath=[str(lib_dir)],
             startup_timeout_seconds=60.0,
+            sandbox=sandbox,
         )
         startup_started = time.perf_counter()
         with runner.open_session(ModelInterface("bench_base:BenchBase")) as session:
@@ -108,7 +112,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="also run 500 models")
     parser.add_argument("--cycles", type=int, default=7, help="cycles measured per model count")
+    parser.add_argument("--sandbox", choices=("on", "off"), default="on", help="LocalModelRunner.sandbox")
     args = parser.parse_args()
+    print("load average before: %.2f %.2f %.2f" % os.getloadavg())
 
     model_counts = [10, 100] + ([500] if args.full else [])
     print(f"model work {MODEL_WORK_MS:g} ms per cycle; {args.cycles} cycles per model count")
@@ -116,12 +122,13 @@ def main() -> int:
           f"{'overhead/model ms':>18} {'close s':>8} {'failures':>9}")
     target_met = True
     for model_count in model_counts:
-        row = bench(model_count, args.cycles)
+        row = bench(model_count, args.cycles, args.sandbox)
         print(f"{row['models']:>6} {row['startup_seconds']:>10.2f} {row['median_cycle_ms']:>16.1f} "
               f"{row['max_cycle_ms']:>13.1f} {row['overhead_per_model_ms']:>18.3f} {row['close_seconds']:>8.2f} "
               f"{row['failures']:>9}")
         if model_count == TARGET_MODELS:
             target_met = row["median_cycle_ms"] / 1000.0 <= TARGET_CYCLE_SECONDS and row["failures"] == 0
+    print("load average after: %.2f %.2f %.2f" % os.getloadavg())
     verdict = "holds" if target_met else "MISSED"
     print(f"target: {TARGET_MODELS} models per cycle in <= {TARGET_CYCLE_SECONDS:g} s: {verdict}")
     return 0 if target_met else 1

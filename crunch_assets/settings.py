@@ -11,6 +11,7 @@ For a competition with slug `my_comp`, `CRUNCH_MY_COMP_<NAME>` wins over `CRUNCH
 | PYTH_HISTORY_URL, PYTH_HERMES_URL | Pyth endpoints; the API key is read from PYTH_API_KEY via dg.EnvVar |
 | RUNNER | local (default) \\| orchestrator |
 | MODELS_DIR | the local runner's models (default: the competition's `models/`) |
+| MODEL_SANDBOX | on (default) \\| off: the local runner's models sandboxed, or (trusted models only) not |
 | ORCHESTRATOR_HOST, ORCHESTRATOR_PORT, ORCHESTRATOR_CRUNCH_ID | the model orchestrator |
 | AUTOMATION | on (default) \\| off: sensors and schedules start RUNNING or STOPPED |
 | START | the first partition, ISO-8601 UTC on an hour |
@@ -37,6 +38,7 @@ TRUE_WORDS = {"on", "true", "yes", "1"}
 FALSE_WORDS = {"off", "false", "no", "0"}
 FEEDS = ("synthetic", "csv", "binance", "pyth")
 RUNNERS = ("local", "orchestrator")
+MODEL_SANDBOX = ("on", "off")
 
 
 class SettingsError(ValueError):
@@ -145,7 +147,8 @@ class CompetitionSettings:
 
         choice = self.choice("RUNNER", RUNNERS, "local")
         if choice == "local":
-            return LocalModelRunner(models_dir=self.get("MODELS_DIR", models_dir), call_timeout_seconds=call_timeout_seconds)
+            return LocalModelRunner(models_dir=self.get("MODELS_DIR", models_dir), call_timeout_seconds=call_timeout_seconds,
+                                    sandbox=self.choice("MODEL_SANDBOX", MODEL_SANDBOX, "on"))
         # imported here: model-runner-client brings pandas and grpc (~0.5 s in every run process)
         from resources.model_runners.orchestrator import OrchestratorModelRunner
 
