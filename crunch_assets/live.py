@@ -270,7 +270,8 @@ def build_live_job(spec: CompetitionSpec, partitions: CompetitionPartitions, key
                 now = datetime.now(timezone.utc)
                 if now >= start:
                     if not planned:  # the hour's partitions show in progress until reported below
-                        plan_window(context, partitions, keys, start)
+                        plan_window(context.instance, context.run_id, context.job_name,
+                                    context.get_step_execution_context().step.key, partitions, keys, start)
                         planned = True
                     final = now >= stop
                     as_of = min(now, end - timedelta(microseconds=1))
@@ -324,19 +325,19 @@ def window_partitions(partitions: CompetitionPartitions, keys: ChainKeys, start:
             (keys.snapshots, day), (keys.leaderboard, day)]
 
 
-def plan_window(context: dg.OpExecutionContext, partitions: CompetitionPartitions, keys: ChainKeys, start: datetime) -> None:
-    """Record that this run will materialize the window's partitions, as an asset run records it
-    when it starts: Dagster then shows them in progress while the run lives, materialized once
+def plan_window(instance: dg.DagsterInstance, run_id: str, job_name: str, step_key: str,
+                partitions: CompetitionPartitions, keys: ChainKeys, start: datetime) -> None:
+    """Record that run `run_id` will materialize the window's partitions, as an asset run records
+    it when it starts: Dagster then shows them in progress while the run lives, materialized once
     report_window has reported them, failed if the run dies first (and in progress again when a
     replacement plans them). Five rows per hour: the live progress itself is the run's log."""
     from dagster._core.events import AssetMaterializationPlannedData, DagsterEvent
 
-    step_key = context.get_step_execution_context().step.key
     for asset_key, partition in window_partitions(partitions, keys, start):
-        context.instance.report_dagster_event(
+        instance.report_dagster_event(
             DagsterEvent.build_asset_materialization_planned_event(
-                context.job_name, step_key, AssetMaterializationPlannedData(asset_key, partition=partition)),
-            run_id=context.run_id,
+                job_name, step_key, AssetMaterializationPlannedData(asset_key, partition=partition)),
+            run_id=run_id,
         )
 
 
