@@ -11,7 +11,7 @@ from collections import defaultdict
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import dagster as dg
 import pydantic
@@ -286,7 +286,7 @@ def build_predictions_asset(spec: CompetitionSpec, partitions: CompetitionPartit
         feed: FeedResource,
         rules: CompetitionRules,
         model_runner: ModelRunnerResource,
-    ) -> dg.MaterializeResult:
+    ) -> Iterator[dg.MaterializeResult]:
         windows = partition_windows(context)
         live = parse_as_of(config) is not None
         store, feeds = database.competition(spec.slug), database.feeds()
@@ -301,14 +301,12 @@ def build_predictions_asset(spec: CompetitionSpec, partitions: CompetitionPartit
                 totals.merge(report)
                 context.log.info(f"{group[0].key} .. {group[-1].key}: {sum(report.cycles_run.values())} cycle(s) run "
                                  f"up to {as_of.isoformat()}")
-        if totals.registry_changes:
-            report_registry_sync(context, keys, store, totals.registry_changes, model_runner)
         due_until = min(windows[-1].end, as_of + timedelta(microseconds=1))
         statuses = store.prediction_statuses_by_hour(windows[0].start, windows[-1].end)
         report_partitions(context, {
             w.key: {**totals.hour_metadata(w.start), "window_status_counts": statuses.get(w.start, {})} for w in windows
         })
-        return dg.MaterializeResult(
+        yield dg.MaterializeResult(
             metadata={
                 "as_of": as_of.isoformat(),
                 "live": live,
@@ -318,5 +316,7 @@ def build_predictions_asset(spec: CompetitionSpec, partitions: CompetitionPartit
             check_results=[checks.check_every_cycle_stored(spec, store, keys.predictions, windows[0].start, due_until,
                                                            [reason for _, reason in totals.waiting])],
         )
+        if totals.registry_changes:  # after its own: the registry this run's session registered models into
+            report_registry_sync(context, keys, store, totals.registry_changes, model_runner)
 
     return predictions
