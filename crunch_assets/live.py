@@ -9,9 +9,12 @@ functions a backfill calls, as of that instant:
 - `scores.settle`: every cycle that has resolved, over the windows its horizons reach back to.
 
 Between cycles it polls the feed and settles every `poll_seconds`, so scores follow the feed within
-seconds. Every minute it rolls up the current hours and refreshes the live leaderboard. When the
+seconds. Every minute it rolls up the current hours and refreshes the live leaderboard, stored as
+of the last scored cycle (never a time still to come). When its window begins it records the
+hour's partitions as planned, so the UI shows them in progress (failed if the run dies); when the
 window is over, it reports each asset partition it materialized (feed, predictions, scores, the
-day's snapshots and leaderboard), with the partition's own figures and the asset checks, and exits.
+day's snapshots and the leaderboard with its table), with the partition's own figures and the
+asset checks, and exits. A session that registers new models materializes `model_registry`.
 
 The numbers are a backfill's: same functions, same store, same as_of discipline. Each wake-up
 stamps the run's heartbeat, one row of Dagster's key-value store rewritten in place (a log line
