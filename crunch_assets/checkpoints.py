@@ -25,7 +25,7 @@ from crunch_assets.keys import ChainKeys
 from crunch_assets.partitions import CompetitionPartitions, checkpoint_snapshots_mapping
 from crunch_assets.rules import CompetitionRules
 from crunch_assets.spec import CompetitionSpec
-from crunch_assets.stages import table_metadata
+from crunch_assets.stages import readable, table_metadata
 from crunch_assets.standings import Standing, rank_models, standings
 from resources.store.competition import CompetitionStore
 from resources.store.database import CrunchDatabase
@@ -418,9 +418,11 @@ def build_checkpoint_asset(
                 # Paid money does not move: the disagreement is reported, the stored checkpoint stands.
                 context.log.warning(f"{key}: checkpoint already {stored.status}; the recomputation differs and was not written")
             results.append(stored)
-            rows = [{"rank": r["rank"], "model": r["model_id"], "cruncher_index": r["cruncher_index"], "score": r["score"],
-                     "coverage": r["coverage"], "eligible": r["eligible"], "predictions": r["prediction_count"],
-                     "reward_frac64": r["reward_pct"], "reward_percent": r["reward_pct"] * 100 / FRAC64_ONE}
+            # rounded for reading: the exact split is reward_frac64 (and the stored checkpoint)
+            rows = [{"rank": r["rank"], "model": r["model_id"], "cruncher_index": r["cruncher_index"],
+                     "score": readable(r["score"]), "coverage": round(r["coverage"], 4), "eligible": r["eligible"],
+                     "predictions": r["prediction_count"], "reward_frac64": r["reward_pct"],
+                     "reward_percent": readable(r["reward_pct"] * 100 / FRAC64_ONE)}
                     for r in stored.entries["ranking"]]
             context.add_asset_metadata({
                 "checkpoint_id": stored.id,

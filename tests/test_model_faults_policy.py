@@ -125,17 +125,18 @@ def test_model_registry_sensor_requests_a_sync_and_the_asset_records_joins_and_l
                              model_runner=LocalModelRunner(models_dir=str(models)))
     sensor = next(s for s in defs.sensors if s.name == "btc_updown__model_registry_sensor")
     registry = chain_assets(defs, [ChainKeys.for_slug("btc_updown").model_registry])
+    instance = dg.DagsterInstance.ephemeral()  # the sensor also asks whether the registry was ever materialized
 
     def tick():
-        return sensor.evaluate_tick(dg.build_sensor_context(resources=defs.resources, definitions=defs))
+        return sensor.evaluate_tick(dg.build_sensor_context(instance=instance, resources=defs.resources, definitions=defs))
 
     first = tick()
     assert first.run_requests[0].tags["crunch/registry_changes"] == "JOINED broken; JOINED steady"
-    dg.materialize(registry, resources=defs.resources)
+    dg.materialize(registry, resources=defs.resources, instance=instance)
     assert tick().skip_message == "2 model(s), no change"
     (models / "broken.py").unlink()
     assert tick().run_requests[0].tags["crunch/registry_changes"] == "LEFT broken"
-    dg.materialize(registry, resources=defs.resources)
+    dg.materialize(registry, resources=defs.resources, instance=instance)
     engine = sa.create_engine(clean_database)
     with engine.connect() as connection:
         states = dict(connection.execute(sa.text("SELECT model_id, state FROM crunch.models")).fetchall())

@@ -38,6 +38,7 @@ from crunch_assets.api.views import (
     models_params, prediction_view, report_schema, snapshot_view,
 )
 from crunch_assets.verification import inclusion_proof
+from resources.model_ids import MODEL_ID_PATTERN, MODEL_ID_RULE
 from resources.store.payouts import CheckpointNotFound, TransitionConflict
 from resources.store.reports import PREDICTION_STATUSES
 
@@ -51,6 +52,7 @@ EXPORT_MAX_DAYS = 31
 SERIES_MAX_DAYS = 31
 ID_MAX = 2**63 - 1
 # Identifiers in paths and filters: printable, bounded (NUL and control characters cannot reach SQL).
+# A model id has the registration grammar (resources/model_ids.py): every registered model fits it.
 IDENT_PATTERN = r"^[A-Za-z0-9_.:@/+=-]{1,200}$"
 EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)
 LATEST = datetime(2200, 1, 1, tzinfo=timezone.utc)
@@ -69,7 +71,8 @@ def _utc_instant(value: datetime) -> datetime:
 UtcInstant = Annotated[AwareDatetime, AfterValidator(_utc_instant)]
 Ident = Annotated[str, Field(pattern=IDENT_PATTERN)]
 CheckpointId = Annotated[int, Path(ge=1, le=ID_MAX, description="checkpoint id", examples=[1])]
-ModelId = Annotated[str, Path(pattern=IDENT_PATTERN, description="model id", examples=["mean_reversion"])]
+ModelId = Annotated[str, Path(pattern=MODEL_ID_PATTERN, description=f"model id: {MODEL_ID_RULE}", examples=["mean_reversion"])]
+ModelIdFilter = Annotated[str, Field(pattern=MODEL_ID_PATTERN, description=f"model id: {MODEL_ID_RULE}")]
 TxHash = Annotated[str, Field(pattern=payouts.TX_HASH_PATTERN.pattern, description="on-chain transaction hash")]
 Note = Annotated[str, Field(max_length=payouts.NOTE_MAX_CHARS)]
 
@@ -293,7 +296,7 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
     def predictions(
         c: Competition,
         is_operator: IsOperator,
-        model_id: Annotated[Ident | None, Query()] = None,
+        model_id: Annotated[ModelIdFilter | None, Query()] = None,
         scope: Annotated[Ident | None, Query()] = None,
         status: Annotated[Literal[PREDICTION_STATUSES] | None, Query()] = None,  # type: ignore[valid-type]
         start: Annotated[UtcInstant | None, Query()] = None,
@@ -330,7 +333,7 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
     @router.get("/snapshots", tags=["snapshots"])
     def snapshots(
         c: Competition,
-        model_id: Annotated[Ident | None, Query()] = None,
+        model_id: Annotated[ModelIdFilter | None, Query()] = None,
         scope: Annotated[Ident | None, Query()] = None,
         start: Annotated[UtcInstant | None, Query()] = None,
         end: Annotated[UtcInstant | None, Query()] = None,

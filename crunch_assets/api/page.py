@@ -17,8 +17,8 @@ from markupsafe import Markup
 from crunch_assets.api.competitions import ReportCompetition
 from crunch_assets.api.views import checkpoint_summary, leaderboard_view, model_score_series
 from crunch_assets.payouts import frac64_to_percent
+from resources.model_ids import MODEL_ID_PATTERN
 
-IDENT_PATTERN = r"^[A-Za-z0-9_.:@/+=-]{1,200}$"
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22")
 PAGE_CHECKPOINTS = 10
 
@@ -112,7 +112,7 @@ def build_page_router(competitions: dict[str, ReportCompetition], default_slug: 
 
     @router.get("/page/{slug}/models/{model_id}", response_class=HTMLResponse)
     def explain(slug: Annotated[str, Path(pattern=r"^[a-z][a-z0-9_]{0,63}$")],
-                model_id: Annotated[str, Path(pattern=IDENT_PATTERN)]) -> HTMLResponse:
+                model_id: Annotated[str, Path(pattern=MODEL_ID_PATTERN)]) -> HTMLResponse:
         c = competition(slug)
         model = next((m for m in c.store.models() if m.model_id == model_id), None)
         if model is None:

@@ -189,10 +189,15 @@ def doctor_competition(slug: str) -> Report:
     models_dir = getattr(module, "MODELS_DIR", None)
     settings = getattr(module, "SETTINGS", None) or CompetitionSettings(slug)
     if models_dir is not None and settings.get("RUNNER", "local") == "local":
-        from resources.model_runners.local import discover_models
+        from resources.model_ids import MODEL_ID_RULE
+        from resources.model_runners.local import scan_models
 
         try:
-            if not discover_models(Path(models_dir)):
+            found, refused = scan_models(Path(models_dir))
+            for name, reason in refused.items():
+                report.problems.append(Problem(f"model {name!r} in {models_dir} is refused: {reason}",
+                                               f"rename it: a model id is {MODEL_ID_RULE}"))
+            if not found:
                 report.problems.append(Problem(f"{models_dir} holds no model", "add a model file (one *.py per model)"))
         except FileNotFoundError as error:
             report.problems.append(Problem(str(error), "create the models directory"))

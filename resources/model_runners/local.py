@@ -50,6 +50,7 @@ from typing import Callable, Literal, Sequence
 from pydantic import Field
 
 from resources.model_runners import sandbox
+from resources.model_ids import model_id_problem
 from resources.model_runners.base import (
     CallStatus,
     MethodCall,
@@ -126,6 +127,9 @@ class LocalModelRunner(ModelRunnerResource):
             for model_id, path in found.items()
         ]
 
+    def refused_models(self) -> dict[str, str]:
+        return refused_models(Path(self.models_dir).resolve())
+
     def open_session(self, interface: ModelInterface) -> LocalModelSession:
         kind = None
         if self.sandbox == "on":
@@ -158,10 +162,25 @@ class LocalModelRunner(ModelRunnerResource):
 
 
 def discover_models(models_dir: Path) -> dict[str, Path]:
-    """model_id -> path of its file or package directory, sorted by model_id."""
+    """model_id -> path of its file or package directory, sorted by model_id (the files whose
+    name is not a valid model id are refused: see refused_models)."""
+    return scan_models(models_dir)[0]
+
+
+def refused_models(models_dir: Path) -> dict[str, str]:
+    """The model files and packages of models_dir refused for their name: name -> the reason."""
+    return scan_models(models_dir)[1]
+
+
+def scan_models(models_dir: Path) -> tuple[dict[str, Path], dict[str, str]]:
+    """(model_id -> path, sorted by model_id; refused file name -> why). A model's id is its file
+    stem or package name, and must fit the model-id grammar (resources/model_ids.py), the one the
+    report API accepts: a model it could not look up would be ranked and paid, yet could not get
+    its proof or export."""
     if not models_dir.is_dir():
         raise FileNotFoundError(f"models_dir {models_dir} is not a directory")
     found: dict[str, Path] = {}
+    refused: dict[str, str] = {}
     for entry in sorted(models_dir.iterdir()):
         if entry.name.startswith(("_", ".")):
             continue
@@ -171,13 +190,18 @@ def discover_models(models_dir: Path) -> dict[str, Path]:
             model_id = entry.stem
         else:
             continue
+        problem = model_id_problem(model_id)
+        if problem is not None:
+            refused[entry.name] = problem
+            logger.warning("model %r in %s refused, not registered (rename it): %s", entry.name, models_dir, problem)
+            continue
         if model_id in found:
             # As Python's own import system does, a package wins over a module of the same name.
             logger.warning("models_dir has both %s and %s; using the package", found[model_id], entry)
             if entry.is_file():
                 continue
         found[model_id] = entry
-    return dict(sorted(found.items()))
+    return dict(sorted(found.items())), refused
 
 
 @dataclass(frozen=True)

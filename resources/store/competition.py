@@ -502,6 +502,36 @@ class CompetitionStore:
                 [(self.slug, as_of, entries, meta)], ("competition", "as_of"), update_columns=("entries", "meta"),
             )
 
+    def write_live_leaderboard(self, as_of: datetime, entries: list[dict], meta: dict) -> bool:
+        """The live leaderboard as of `as_of` (meta `live: true`), replacing the live one stored
+        earlier in the same hour: one live row per hour, the newest. A row older than the hour's
+        live row is not written (a slower run's last tick never moves the leaderboard back);
+        returns whether it was written."""
+        lb = t.leaderboards
+        hour = as_of.replace(minute=0, second=0, microsecond=0)
+        is_live = lb.c.meta["live"].as_boolean().is_(True)
+        same_hour_live = sa.and_(lb.c.competition == self.slug, lb.c.as_of >= hour, lb.c.as_of < hour + timedelta(hours=1), is_live)
+        with self.engine.begin() as connection:
+            connection.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"live_leaderboard|{self.slug}"})
+            newest = connection.execute(sa.select(sa.func.max(lb.c.as_of)).where(same_hour_live)).scalar()
+            if newest is not None and newest > as_of:
+                return False
+            if connection.execute(sa.select(lb.c.id).where(lb.c.competition == self.slug, lb.c.as_of == as_of,
+                                                           sa.not_(is_live))).first():
+                return False  # a daily leaderboard at this very instant stands
+            connection.execute(sa.delete(lb).where(same_hour_live, lb.c.as_of != as_of))
+            bulk_upsert(
+                connection, lb, ("competition", "as_of", "entries", "meta"),
+                [(self.slug, as_of, entries, {**meta, "live": True})], ("competition", "as_of"), update_columns=("entries", "meta"),
+            )
+        return True
+
+    def last_scored_cycle(self) -> datetime | None:
+        """The newest cycle with a score (what a live leaderboard is as of)."""
+        s = t.scores
+        with self.engine.connect() as connection:
+            return connection.execute(sa.select(sa.func.max(s.c.cycle_at)).where(s.c.competition == self.slug)).scalar()
+
     def leaderboard(self, as_of: datetime | None = None) -> tuple[datetime, list[dict], dict] | None:
         """The newest leaderboard at or before `as_of` (None: the newest of all)."""
         lb = t.leaderboards

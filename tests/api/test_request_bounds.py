@@ -11,7 +11,7 @@ import socket
 import httpx
 import pytest
 
-from crunch_assets.api.hardening import MUTATION_BODY_MAX_BYTES, READ_BODY_MAX_BYTES, STRICT_CSP
+from crunch_assets.api.hardening import DOCS_ASSETS_URL, MUTATION_BODY_MAX_BYTES, READ_BODY_MAX_BYTES, STRICT_CSP
 from crunch_assets.payouts import NOTE_MAX_CHARS
 from tests.api.conftest import LiveServer, auth, report_competition
 
@@ -177,23 +177,35 @@ def test_a_server_error_carries_the_security_headers(api_database_url):
 
 
 def test_the_docs_have_a_policy_of_their_own_that_allows_exactly_what_they_load(live_api):
+    """The docs load every file from the API itself (offline: no CDN), and their policy names no
+    other origin; the one inline script is allowed by its hash."""
     _, client = live_api
     for path in ("/docs", "/redoc"):
         response = client.get(path)
         assert response.status_code == 200
         csp = response.headers["content-security-policy"]
         _assert_security_headers(response, csp)
+        assert "http:" not in csp and "https:" not in csp and "*" not in csp, csp
         directives = dict(d.strip().split(" ", 1) for d in csp.split(";"))
         assert directives["default-src"] == "'self'" and directives["object-src"] == "'none'"
         scripts = directives["script-src"].split()
         assert "'unsafe-inline'" not in scripts and "'unsafe-eval'" not in scripts
-        for src in re.findall(r'<script src="([^"]+)"', response.text):
-            assert any(src.startswith(origin) for origin in scripts if origin.startswith("https://")), src
+        files = re.findall(r'<script src="([^"]+)"', response.text) + re.findall(r'<link[^>]+href="([^"]+)"', response.text)
+        assert files and "https://" not in response.text and "http://" not in response.text
+        for src in files:
+            assert src.startswith(DOCS_ASSETS_URL + "/"), src
+            served = client.get(src)
+            assert served.status_code == 200 and len(served.content) > 1000, src
+            _assert_security_headers(served)
+            kind = served.headers["content-type"]
+            assert kind.startswith({".js": "text/javascript", ".css": "text/css", ".png": "image/png"}[src[src.rindex("."):]]), kind
         for inline in re.findall(r"<script>(.*?)</script>", response.text, flags=re.DOTALL):
             import hashlib
 
             digest = base64.b64encode(hashlib.sha256(inline.encode()).digest()).decode()
             assert f"'sha256-{digest}'" in scripts
-    # the loosened policy is the docs' only
+    # the docs' policy is the docs' only; nothing else is served under the assets path
     assert client.get("/openapi.json").headers["content-security-policy"] == STRICT_CSP
     assert client.get("/docs/").headers["content-security-policy"] == STRICT_CSP
+    assert client.get(f"{DOCS_ASSETS_URL}/../pyproject.toml").status_code == 404
+    assert client.get(f"{DOCS_ASSETS_URL}/%2e%2e/core.py").status_code == 404
