@@ -60,9 +60,10 @@ def check_leaderboard_ranked(spec: CompetitionSpec, key: dg.AssetKey, entries: l
     )
 
 
-def check_rewards(key: dg.AssetKey, checkpoint: dict | None) -> dg.AssetCheckResult:
-    """Money check: rewards sum to exactly 1e9, are non-negative, never increase with rank, and
-    only eligible models are paid."""
+def check_rewards(key: dg.AssetKey, checkpoint: dict | None, by_rank: bool = True) -> dg.AssetCheckResult:
+    """Money check: rewards sum to exactly 1e9, are non-negative, never increase with rank (unless
+    `by_rank` is False: the contribution emission pays by its composite, checked where it is
+    computed, crunch_assets/contribution.py), and only eligible models are paid."""
     if checkpoint is None:
         return dg.AssetCheckResult(asset_key=key, check_name=REWARDS_EXACT, passed=True,
                                    metadata={"checkpoint": "none in this period"})
@@ -75,7 +76,7 @@ def check_rewards(key: dg.AssetKey, checkpoint: dict | None) -> dg.AssetCheckRes
         sum(rewards) == FRAC64_ONE
         and emitted == FRAC64_ONE
         and all(r >= 0 for r in rewards)
-        and all(a >= b for a, b in zip(paid, paid[1:]))
+        and (not by_rank or all(a >= b for a, b in zip(paid, paid[1:])))
         and unpaid_ineligible
     )
     return dg.AssetCheckResult(
