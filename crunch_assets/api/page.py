@@ -15,6 +15,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
 from crunch_assets.api.competitions import ReportCompetition
+from crunch_assets.api.contribution_views import contribution_page
 from crunch_assets.api.views import checkpoint_summary, leaderboard_view, model_score_series
 from crunch_assets.payouts import frac64_to_percent
 from resources.model_ids import MODEL_ID_PATTERN
@@ -125,7 +126,9 @@ def build_page_router(competitions: dict[str, ReportCompetition], default_slug: 
             if row is not None:
                 rewards.append({"checkpoint": checkpoint_summary(cp), "row": row, "models": len(cp.entries["ranking"])})
         series = model_score_series(c, [model_id], None, None)
+        contribution = contribution_page(c, model_id) if c.spec.metrics.enabled else None
         html = templates.get_template("model.html").render(
+            contribution=contribution,
             c=c, spec=c.spec, model=model, entry=entry, rewards=rewards, chart=score_chart_svg(series["series"]),
             board=board, slugs=sorted(competitions), benchmark=model_id in c.spec.payout.benchmark_models,
         )
