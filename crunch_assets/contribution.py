@@ -42,7 +42,7 @@ from fractions import Fraction
 from typing import Any, Callable, Mapping, Sequence
 
 from crunch_assets import ensembles, metrics
-from crunch_assets.emission import FRAC64_ONE, RankedEntry, _largest_remainder_of, exact_score
+from crunch_assets.emission import FRAC64_ONE, RankedEntry, exact_score
 from crunch_assets.spec import CompetitionSpec, EmissionPolicy, Ensemble, Scope
 
 
@@ -187,7 +187,7 @@ def contribution_weighted(entries: Sequence[RankedEntry], contributions: Sequenc
         shares = [Fraction(1, n)] * n
     else:
         shares = [floor + (1 - floor * n) * c / total for c in composite]
-    rewards = _largest_remainder_of([s * FRAC64_ONE for s in shares], FRAC64_ONE)
+    rewards = _largest_remainder(shares, composite)
     check_rewards(rewards, composite, n)
     components = [{
         "rank_part": float(w_rank * r), "contribution_part": float(w_contribution * c),
@@ -195,6 +195,18 @@ def contribution_weighted(entries: Sequence[RankedEntry], contributions: Sequenc
         "rank_normalised": float(r), "contribution_normalised": float(c), "diversity_normalised": float(d),
     } for r, c, d, k, s in zip(rank_part, contribution_part, diversity_part, composite, shares)]
     return rewards, components
+
+
+def _largest_remainder(shares: Sequence[Fraction], composite: Sequence[Fraction]) -> list[int]:
+    """Exact shares summing to 1 -> frac64: floors, then one unit each to the largest remainders;
+    equal remainders to the larger composite, then to the better rank (so a unit never goes to a
+    smaller composite before a larger one)."""
+    quotas = [s * FRAC64_ONE for s in shares]
+    rewards = [math.floor(q) for q in quotas]
+    order = sorted(range(len(quotas)), key=lambda i: (-(quotas[i] - rewards[i]), -composite[i], i))
+    for i in order[:FRAC64_ONE - sum(rewards)]:
+        rewards[i] += 1
+    return rewards
 
 
 def check_rewards(rewards: Sequence[int], composites: Sequence[Fraction | float], count: int) -> None:

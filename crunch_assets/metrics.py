@@ -78,26 +78,42 @@ def spearman(x: Sequence[float], y: Sequence[float], min_pairs: int = MIN_RANK_P
 
 
 def moments(x: Sequence[float], y: Sequence[float]) -> list[float]:
-    """[n, sum x, sum y, sum x^2, sum y^2, sum xy], each exactly rounded."""
-    return [float(len(x)), math.fsum(x), math.fsum(y), math.fsum(a * a for a in x), math.fsum(b * b for b in y),
-            math.fsum(a * b for a, b in zip(x, y))]
+    """[n, mean x, mean y, sum of squared deviations of x, of y, sum of co-deviations]: centred, so
+    that a correlation of values far from 0 keeps its precision."""
+    n = len(x)
+    if n == 0:
+        return [0.0] * 6
+    mx, my = math.fsum(x) / n, math.fsum(y) / n
+    dx, dy = [a - mx for a in x], [b - my for b in y]
+    return [float(n), mx, my, math.fsum(a * a for a in dx), math.fsum(b * b for b in dy),
+            math.fsum(a * b for a, b in zip(dx, dy))]
 
 
 def add_moments(parts: Iterable[Sequence[float]]) -> list[float]:
-    columns = list(zip(*parts))
-    return [math.fsum(c) for c in columns] if columns else [0.0] * 6
+    """The moments of consecutive pieces joined (Chan et al.'s pairwise update), in the order given:
+    a window joins its hours in time order, so the result does not depend on how they were read."""
+    total = [0.0] * 6
+    for part in parts:
+        n_a, n_b = total[0], part[0]
+        if n_b == 0:
+            continue
+        if n_a == 0:
+            total = list(part)
+            continue
+        n = n_a + n_b
+        dx, dy = part[1] - total[1], part[2] - total[2]
+        total = [n, total[1] + dx * n_b / n, total[2] + dy * n_b / n,
+                 total[3] + part[3] + dx * dx * n_a * n_b / n, total[4] + part[4] + dy * dy * n_a * n_b / n,
+                 total[5] + part[5] + dx * dy * n_a * n_b / n]
+    return total
 
 
 def correlation_from_sums(m: Sequence[float]) -> float | None:
-    """Pearson correlation from moments, in exact rational arithmetic over the stored sums."""
-    n, sx, sy, sxx, syy, sxy = (Fraction(v) for v in m)
-    if n < 2:
+    """Pearson correlation from moments (None with fewer than 2 pairs or a constant side)."""
+    n, _, _, sxx, syy, sxy = m
+    if n < 2 or sxx <= 0 or syy <= 0:
         return None
-    vx, vy = n * sxx - sx * sx, n * syy - sy * sy
-    if vx <= 0 or vy <= 0:
-        return None
-    value = float(n * sxy - sx * sy) / math.sqrt(float(vx) * float(vy))
-    return max(-1.0, min(1.0, value))
+    return max(-1.0, min(1.0, sxy / math.sqrt(sxx * syy)))
 
 
 def drawdown_summary(values: Sequence[float]) -> list[float]:
