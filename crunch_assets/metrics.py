@@ -33,7 +33,6 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
-from fractions import Fraction
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from crunch_assets.rules import resolve_callable
