@@ -2,9 +2,10 @@
 `/reports/diversity`, `/reports/models/{id}/diversity`, `/reports/ensemble/history`), and the one
 line of guidance the page shows. Everything is read from what the rollups stored (the hourly
 metric statistics in the snapshots, crunch_assets/metrics.py) and the checkpoints; an ensemble's
-outputs are served through the embargo like any output."""
+outputs are served through the embargo like any output.
 
-from __future__ import annotations
+No `from __future__ import annotations`: FastAPI must see the route functions' real annotations
+(aliases local to add_contribution_routes), as in app.py."""
 
 from datetime import timedelta
 from typing import Annotated, Any, Callable
