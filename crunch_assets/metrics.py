@@ -394,10 +394,10 @@ def scope_value(spec: CompetitionSpec, scope: Scope | None, name: str, hours: Se
         for part in parts[1:]:
             joined = join_drawdowns(joined, part)
         return -joined[3]
-    if name == "contribution":
+    if name == "contribution":  # none for a model that never was a member (and for the ensemble itself)
         key = f"c:{ensemble}"
-        total = math.fsum(h.stats[key][0] for h in ordered if key in h.stats)
-        return total / counted_cycles if counted_cycles else None
+        sums = [h.stats[key][0] for h in ordered if key in h.stats]
+        return math.fsum(sums) / counted_cycles if sums and counted_cycles else None
     raise ValueError(f"unknown metric {name!r}")
 
 
