@@ -478,14 +478,14 @@ def hourly_statistics(spec: CompetitionSpec, rules, store, hours: Iterable[tuple
 
 
 def with_statistics(snapshots: Sequence, statistics: Mapping[tuple[str, str, datetime], dict]) -> list:
-    """The snapshots, each with its hour's statistics in meta["metrics"] (none: no key)."""
+    """The snapshots, each with its hour's statistics in meta["metrics"] ({} when there is nothing
+    to measure: a snapshot without the key was rolled up before the metrics were declared)."""
     from dataclasses import replace
 
     result = []
     for snapshot in snapshots:
         stats = statistics.get((snapshot.model_id, snapshot.scope_key, snapshot.period_start))
         meta = {k: v for k, v in (snapshot.meta or {}).items() if k != META_KEY}
-        if stats:
-            meta[META_KEY] = stats
+        meta[META_KEY] = stats or {}  # {}: computed, nothing to measure (an hour without it was never computed)
         result.append(replace(snapshot, meta=meta))
     return result

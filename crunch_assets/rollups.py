@@ -89,6 +89,8 @@ def roll_up(spec: CompetitionSpec, rules: CompetitionRules, store: CompetitionSt
     }
     changed = sorted(key for key, fingerprint in current.items()
                      if stored.get(key) is None or not _same(stored[key], fingerprint))
+    if metrics.enabled(spec):  # hours rolled up before the metrics were declared are computed once more
+        changed = sorted(set(changed) | (store.hours_without_metrics(start, end) & current.keys()))
     scored = store.scored_predictions(changed)
     snapshots = summarise_with_metrics(spec, rules, store, scored, changed)
     rollups = [

@@ -151,13 +151,21 @@ def score_cycle(
                     raise ValueError(f"returned results for {sorted(adjusted)}, expected {sorted(successful)}")
                 for pid in sorted(virtual & results.keys()):  # each ensemble as one more model of the field
                     if results[pid]["success"]:
-                        alongside = scorer.rules.adjust_cycle(scope, cycle.cycle_at,
-                                                              {**successful, model_of[pid]: results[pid]})
-                        adjusted[model_of[pid]] = alongside[model_of[pid]]
+                        try:
+                            alongside = scorer.rules.adjust_cycle(scope, cycle.cycle_at,
+                                                                  {**successful, model_of[pid]: results[pid]})
+                            adjusted[model_of[pid]] = alongside[model_of[pid]]
+                        except Exception as error:  # the ensemble's failure, never the cycle's
+                            results[pid] = {"value": None, "success": False, "failed_reason":
+                                            f"cross-sectional step error: {type(error).__name__}: {error}"[:1000]}
                 for pid in list(results):
                     if model_of[pid] in adjusted:
                         value = adjusted[model_of[pid]].get("value")
                         if not (isinstance(value, (int, float)) and math.isfinite(value)):
+                            if pid in virtual:  # the ensemble's failure, never the cycle's
+                                results[pid] = {"value": None, "success": False,
+                                                "failed_reason": f"non-finite adjusted value {value!r}"}
+                                continue
                             raise ValueError(f"non-finite adjusted value {value!r} for {model_of[pid]}")
                         results[pid] = {**adjusted[model_of[pid]], "success": True}
             except Exception as error:

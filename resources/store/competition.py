@@ -456,6 +456,18 @@ class CompetitionStore:
             ).fetchall()
         return [ScoredPrediction(*row) for row in rows]
 
+    def hours_without_metrics(self, start: datetime, end: datetime) -> set[tuple[str, datetime]]:
+        """(scope_key, hour)s of [start, end) with a snapshot that has no metric statistics (rolled
+        up before the competition declared its metrics)."""
+        s = t.snapshots
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(s.c.scope_key, s.c.period_start).distinct()
+                .where(s.c.competition == self.slug, s.c.period_start >= start, s.c.period_start < end,
+                       sa.not_(s.c.meta.has_key("metrics")))
+            ).fetchall()
+        return {(row.scope_key, row.period_start) for row in rows}
+
     def resolved_answers(self, hours: Iterable[tuple[str, datetime]]) -> list[ResolvedAnswerRow]:
         """Every prediction of the resolved cycles of the given (scope_key, hour)s, with the cycle's
         truth and failure value and the prediction's score, in (cycle, scope, model) order: what the
