@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
@@ -219,3 +220,64 @@ def test_a_window_reads_its_hours_in_any_order():
     rng.shuffle(shuffled)
     assert metrics.window_metrics(spec, shuffled, {SCOPE.key: 1440},
                                   ["ic", "ic_sharpe", "max_drawdown", "contribution"]) == forward
+
+
+def _toy_cycle(with_ensemble: bool):
+    from resources.store.rows import CycleToSettle, StoredPrediction
+
+    outputs = {"a": {"probabilities": {"rain": 0.7, "dry": 0.3}}, "b": {"probabilities": {"rain": 0.4, "dry": 0.6}},
+               "c": {"probabilities": {"rain": 0.2, "dry": 0.8}}}
+    predictions = [StoredPrediction(i, m, "PENDING", None, o) for i, (m, o) in enumerate(sorted(outputs.items()))]
+    predictions.append(StoredPrediction(9, "d", "FAILED", "error: boom", None))
+    if with_ensemble:
+        predictions.append(StoredPrediction(10, "__ensemble_main__", "PENDING", None,
+                                            {"probabilities": {"rain": 1.3 / 3, "dry": 1.7 / 3}}))
+    at = datetime(2026, 11, 16, 1, tzinfo=timezone.utc)
+    return CycleToSettle(1, "station_a-1800-600", at, at + timedelta(minutes=30), "RECEIVED", {}, predictions)
+
+
+@pytest.mark.parametrize("policy", ["constant", "relative"])
+def test_an_ensemble_never_moves_a_real_models_score_nor_the_failure_value(policy):
+    """The toy competition scores each model as the share of the field it beats (a cross-sectional
+    step), and a relative failure value: the ensemble is scored as one more model of the field,
+    and every real model's value and the failure value are those of the cycle without it."""
+    from crunch_assets.scores import Scorer, score_cycle
+    from crunch_assets.spec import FailurePolicy
+    from tests.toy_competition.definitions import RULES, SPEC
+
+    spec = replace(SPEC, failure_policy=FailurePolicy.relative(50) if policy == "relative" else SPEC.failure_policy)
+    scope = spec.scopes[0]
+    truth = {"category": "rain"}
+    without, failure, void = score_cycle(spec, Scorer.of(RULES), scope, _toy_cycle(False), truth)
+    alongside, failure_with, void_with = score_cycle(spec, Scorer.of(RULES), scope, _toy_cycle(True), truth)
+    assert void is None and void_with is None and failure_with == failure
+    mine = {r.model_id: (r.value, r.success) for r in alongside}
+    assert {r.model_id: (r.value, r.success) for r in without} == {m: v for m, v in mine.items() if m != "__ensemble_main__"}
+    # the ensemble (rain 0.433) beats b (0.4) and c (0.2), not a (0.7): 2 of 3
+    assert mine["__ensemble_main__"] == (pytest.approx(2 / 3), True)
+
+
+def test_a_cross_sectional_step_that_fails_on_the_ensemble_fails_the_ensemble_only(monkeypatch):
+    from crunch_assets.scores import Scorer, score_cycle
+    from tests.toy_competition import logic
+    from tests.toy_competition.definitions import RULES, SPEC
+
+    real = logic.relative_to_field
+
+    def refuses_ensembles(scope, cycle_at, results):
+        if any(m.startswith("__") for m in results):
+            raise RuntimeError("who is this?")
+        return real(scope, cycle_at, results)
+
+    monkeypatch.setattr(logic, "relative_to_field", refuses_ensembles)
+    from crunch_assets.rules import resolve_callable
+
+    resolve_callable.cache_clear()
+    try:
+        rows, _, void = score_cycle(SPEC, Scorer.of(RULES), SPEC.scopes[0], _toy_cycle(True), {"category": "rain"})
+    finally:
+        resolve_callable.cache_clear()
+    assert void is None
+    by_model = {r.model_id: r for r in rows}
+    assert not by_model["__ensemble_main__"].success and "who is this?" in by_model["__ensemble_main__"].failed_reason
+    assert [by_model[m].success for m in "abc"] == [True, True, True]
