@@ -362,6 +362,7 @@ def test_the_api_serves_metrics_diversity_and_the_embargoed_ensemble(template, d
                                   headers={"Authorization": f"Bearer {TOKEN}"}).json()["history"]
             assert all(h["output"] is not None for h in operator)
             assert client.get("/reports/ensembles/other/history").status_code == 404
+            assert client.get("/reports/ensemble/history?limit=120").json()["history"] == history  # the reference's path
 
 
 @pytest.fixture(scope="module")

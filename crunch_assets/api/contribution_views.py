@@ -148,6 +148,17 @@ def add_contribution_routes(router: APIRouter, competition: Callable[..., Any], 
         return {"window": found["window"], "as_of": found["as_of"],
                 **diversity_view(c, model_id, found["models"].get(model_id))}
 
+    @router.get("/ensemble/history", tags=["metrics"])
+    def first_ensemble_history(
+        c: Competition, is_operator: IsOperator,
+        start: Annotated[AwareDatetime | None, Query()] = None, end: Annotated[AwareDatetime | None, Query()] = None,
+        limit: Annotated[int, Query(ge=1, le=HISTORY_LIMIT_MAX)] = 100,
+    ) -> dict:
+        """The reference's path: the first declared ensemble's history (see /ensembles/{name}/history)."""
+        if not c.spec.ensembles:
+            raise HTTPException(404, f"{c.slug} declares no ensemble")
+        return ensemble_history(c, is_operator, c.spec.ensembles[0].name, start, end, limit)
+
     @router.get("/ensembles/{name}/history", tags=["metrics"])
     def ensemble_history(
         c: Competition, is_operator: IsOperator,
