@@ -160,12 +160,17 @@ def main(argv: list[str] | None = None) -> None:
         spec, rules, by_hour = world(models, hours)
         build = bench_build(spec, by_hour)
         rollup, snapshots, _ = bench_rollup(spec, rules, by_hour)
-        today, contribution = bench_checkpoint(spec, rules, snapshots, hours, args.repeats)
+        if hours < week_hours:  # the checkpoint reads a whole period: the measured hours repeated, shifted by whole hours
+            snapshots = [replace(s, period_start=s.period_start + timedelta(hours=k),
+                                 period_end=s.period_end + timedelta(hours=k))
+                         for k in range(0, week_hours, hours) for s in snapshots
+                         if s.period_start + timedelta(hours=k) < START + timedelta(hours=week_hours)]
+        today, contribution = bench_checkpoint(spec, rules, snapshots, week_hours, args.repeats)
         scaled = rollup / hours * week_hours
         print(f"{models:>7} {hours:>5} {build:>11.2f} {rollup:>12.2f} {rollup / hours:>10.3f} "
               f"{scaled:>18.1f}{'*' if hours < week_hours else ' '} {today:>14.3f} {contribution:>19.3f} "
               f"{contribution - today:>8.3f}")
-    print("* measured over fewer hours and scaled. payout columns: checkpoints.payout_entries over the measured hours "
+    print("* measured over fewer hours and scaled. payout columns: checkpoints.payout_entries over the whole period "
           "(the part of a checkpoint the contribution emission changes; a checkpoint also reads the period, hashes "
           "its scores and runs copy detection: bench_rollups.py, bench_copies.py)")
     print(f"load average {os.getloadavg()[0]:.1f} {os.getloadavg()[1]:.1f} {os.getloadavg()[2]:.1f}")
