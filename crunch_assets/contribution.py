@@ -24,6 +24,7 @@ components, each normalised to [0, 1] by min-max over the paid models (a compone
 paid model is equal adds nothing):
 - rank: 1 / rank (the reference's inverse rank; tied scores share the mean of their ranks under
   `ties="share"`);
+(each normalised component is rounded to 12 decimals, exactly, so the sums stay small);
 - contribution: the period's contribution;
 - diversity: 1 - the model's correlation with the field (model_correlation); a model with no
   correlation (a constant answer) has no diversity.
@@ -149,6 +150,17 @@ def _normalised(values: Sequence[Fraction]) -> list[Fraction]:
     return [(v - low) / (high - low) for v in values]
 
 
+COMPONENT_DECIMALS = 12
+
+
+def _quantised(values: Sequence[Fraction]) -> list[Fraction]:
+    """Each normalised component rounded to COMPONENT_DECIMALS decimals (exactly: half to even), so
+    that the composites share one small denominator: a thousand paid models' exact sum stays small
+    (1 / rank over 1,000 ranks would otherwise carry the lcm of 1..1000)."""
+    scale = 10**COMPONENT_DECIMALS
+    return [Fraction(round(v * scale), scale) for v in values]
+
+
 def shared_ranks(entries: Sequence[RankedEntry], share_ties: bool) -> list[Fraction]:
     """Each entry's rank; under `share_ties`, exactly equal scores share the mean of their ranks."""
     ranks = [Fraction(e.rank) for e in entries]
@@ -174,9 +186,9 @@ def contribution_weighted(entries: Sequence[RankedEntry], contributions: Sequenc
     n = len(entries)
     if n == 0:
         return [], []
-    rank_part = _normalised([1 / r for r in shared_ranks(entries, share_ties)])
-    contribution_part = _normalised([exact_score(c or 0.0) for c in contributions])
-    diversity_part = _normalised([exact_score(d) for d in diversities])
+    rank_part = _quantised(_normalised([1 / r for r in shared_ranks(entries, share_ties)]))
+    contribution_part = _quantised(_normalised([exact_score(c or 0.0) for c in contributions]))
+    diversity_part = _quantised(_normalised([exact_score(d) for d in diversities]))
     w_rank, w_contribution, w_diversity = (Fraction(repr(float(w))) for w in (
         policy.rank_weight, policy.contribution_weight, policy.diversity_weight))
     composite = [w_rank * r + w_contribution * c + w_diversity * d

@@ -75,7 +75,10 @@ def test_a_worked_example_by_hand():
     shares = 1 % + 97 % x composite / sum: 58.33 %, 12.01 %, 29.66 %."""
     rewards, components = contribution_weighted(entries_of([0.9, 0.8, 0.7]), [0.02, -0.01, 0.01], [0.1, 0.2, 0.8],
                                                 PRESET)
-    composite = [Fraction(8, 10), Fraction(1, 8) + Fraction(2, 70), Fraction(2, 10) + Fraction(2, 10)]
+    # each normalised component rounded to 12 decimals: 1/7 -> 0.142857142857, 2/3 -> 0.666666666667
+    seventh, two_thirds = Fraction(142857142857, 10**12), Fraction(666666666667, 10**12)
+    composite = [Fraction(5, 10) + Fraction(3, 10), Fraction(1, 8) + Fraction(2, 10) * seventh,
+                 Fraction(3, 10) * two_thirds + Fraction(2, 10)]
     total = sum(composite)
     exact = [(Fraction(1, 100) + Fraction(97, 100) * c / total) * FRAC64_ONE for c in composite]
     assert [c["composite"] for c in components] == [float(c) for c in composite]
