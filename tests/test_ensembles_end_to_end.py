@@ -243,6 +243,9 @@ def test_the_ensemble_and_every_contribution_equal_an_independent_recomputation(
     assert row["breakdown"]["unpaid_reason"].startswith("ensemble: ")
     assert all(ENSEMBLE not in [m["model_id"] for m in c["members"]] for c in checkpoint_of(url).entries["copy_clusters"])
     assert checkpoint_of(url).entries["copy_clusters"] == []  # the near-copy is not caught at 6 decimals
+    # copy detection never reads an ensemble's output (a one-member ensemble would equal its member)
+    compared = {model for _, model, _ in store_of(url).copies.outputs("BTC-60-60", PERIOD_START, PERIOD_END)}
+    assert compared == set(MODELS)
 
 
 def test_a_replay_in_another_order_stores_the_same_bits(template, database_url, btc_csv):
