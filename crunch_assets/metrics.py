@@ -82,10 +82,16 @@ def moments(x: Sequence[float], y: Sequence[float]) -> list[float]:
     n = len(x)
     if n == 0:
         return [0.0] * 6
-    mx, my = math.fsum(x) / n, math.fsum(y) / n
+    # a constant side is exactly constant (its mean the value itself, no spread): rounding must never
+    # give a constant answer a correlation, and so a diversity
+    flat_x, flat_y = min(x) == max(x), min(y) == max(y)
+    mx = float(x[0]) if flat_x else math.fsum(x) / n
+    my = float(y[0]) if flat_y else math.fsum(y) / n
     dx, dy = [a - mx for a in x], [b - my for b in y]
-    return [float(n), mx, my, math.fsum(a * a for a in dx), math.fsum(b * b for b in dy),
-            math.fsum(a * b for a, b in zip(dx, dy))]
+    sxx = 0.0 if flat_x else math.fsum(a * a for a in dx)
+    syy = 0.0 if flat_y else math.fsum(b * b for b in dy)
+    sxy = 0.0 if flat_x or flat_y else math.fsum(a * b for a, b in zip(dx, dy))
+    return [float(n), mx, my, sxx, syy, sxy]
 
 
 def add_moments(parts: Iterable[Sequence[float]]) -> list[float]:

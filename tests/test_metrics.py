@@ -281,3 +281,11 @@ def test_a_cross_sectional_step_that_fails_on_the_ensemble_fails_the_ensemble_on
     by_model = {r.model_id: r for r in rows}
     assert not by_model["__ensemble_main__"].success and "who is this?" in by_model["__ensemble_main__"].failed_reason
     assert [by_model[m].success for m in "abc"] == [True, True, True]
+
+
+def test_a_constant_answer_has_no_correlation_whatever_the_rounding():
+    """0.1 three times: fsum / 3 is not 0.1 in floats; the spread must still be exactly 0, or a
+    constant answer would get a correlation near 0 and the most diversity."""
+    assert metrics.pearson([0.1, 0.1, 0.1], [1.0, 2.0, 4.0]) is None
+    joined = metrics.add_moments([metrics.moments([0.1] * 3, [1.0, 2.0, 4.0]), metrics.moments([0.1] * 5, [3.0] * 5)])
+    assert joined[3] == 0.0 and metrics.correlation_from_sums(joined) is None
