@@ -11,7 +11,11 @@ run's worker), then waits until the program runs again and a later cycle is stor
 processes left. Prints one line per kill (recovery seconds) and the figures; exits 1 if a check
 fails.
 
-    .venv/bin/python bench/chaos.py [--cycle-seconds 20] [--port 3200]
+    .venv/bin/python bench/chaos.py [--cycle-seconds 30] [--port 3200]
+
+The cycle must let every cycle find a candle at most max_price_staleness_seconds (30 s) old on
+btc_updown's 60 s candles: 30 or 60 (20 would leave one cycle in three unresolvable; it is
+refused before anything starts, with the reason).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 COMPETITION_FILE = PROJECT_ROOT / "bench" / "chaos_competition.py"
+DEFAULT_CYCLE_SECONDS = 30  # bench/chaos_competition.py's default
 SLUG = "btc_updown"
 MODELS = 3
 # Every kill is followed by this many cycles stored before the next kill.
@@ -69,7 +74,7 @@ class Deployment:
     cycle_seconds: int
     port: int
     process: subprocess.Popen | None = None
-    ports: dict = field(default_factory=dict)
+    ports: dict = field(default_factory=dict)  # webserver, webserver_read_only, code, api; default: from `port`
     extra_args: list = field(default_factory=list)  # more `crunch-dagster serve` options
     workspace_override: Path | None = None  # default: the fast btc_updown of chaos_competition.py
 
@@ -92,18 +97,19 @@ class Deployment:
             )
         env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "CRUNCH_DATABASE_URL")}
         env.update({"CRUNCH_DATA_DIR": str(self.data_dir), "CRUNCH_CHAOS_CYCLE_SECONDS": str(self.cycle_seconds)})
-        self.ports = {"webserver": self.port, "webserver_read_only": self.port + 1,
-                      "code": self.port + 100, "api": self.port + 2}
+        self.ports = self.ports or {"webserver": self.port, "webserver_read_only": self.port + 1,
+                                    "code": self.port + 100, "api": self.port + 2}
         self.process = subprocess.Popen(
-            [str(BIN / "crunch-dagster"), "serve", "--workspace", str(workspace), "--port", str(self.port),
+            [str(BIN / "crunch-dagster"), "serve", "--workspace", str(workspace), "--port", str(self.ports["webserver"]),
              "--read-only-port", str(self.ports["webserver_read_only"]),
              "--code-server-port", str(self.ports["code"]), "--api-port", str(self.ports["api"]), *self.extra_args],
             cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
 
-    def stop(self, timeout_seconds: float = 120) -> int:
-        """SIGTERM supervisord (it stops every program, the database holder last)."""
+    def stop(self, timeout_seconds: float = 300) -> int:
+        """SIGTERM `crunch-dagster serve`: a planned stop (the runs in flight cancelled, every
+        program stopped, the database holder last)."""
         if self.process is None or self.process.poll() is not None:
             return self.process.returncode if self.process else 0
         self.process.send_signal(signal.SIGTERM)
@@ -112,7 +118,7 @@ class Deployment:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
-            raise ChaosFailure("supervisord did not stop within its timeout") from None
+            raise ChaosFailure("`crunch-dagster serve` did not stop within its timeout") from None
 
     def supervisor_status(self) -> dict[str, tuple[str, int]]:
         """program -> (state, pid)."""
@@ -366,9 +372,23 @@ def _print(line: str) -> None:
     print(line, flush=True)
 
 
-def run_chaos(data_dir: Path, cycle_seconds: int = 20, port: int = 3200, targets: tuple[str, ...] = TARGETS,
-              log=_print) -> tuple[list[Kill], Findings]:
+def refuse_unresolvable_cycle(cycle_seconds: int) -> None:
+    """The chaos competition's spec must load: a cycle whose instants can miss a fresh enough
+    candle is refused here, with the code location's own reason, before anything starts."""
+    from chaos_competition import fast_spec
+
+    from crunch_assets.spec import SpecError, check_feed_cadence
+
+    try:
+        check_feed_cadence(fast_spec(cycle_seconds), "candle", 60)
+    except SpecError as error:
+        raise ChaosFailure(f"--cycle-seconds {cycle_seconds}: {error}") from None
+
+
+def run_chaos(data_dir: Path, cycle_seconds: int = DEFAULT_CYCLE_SECONDS, port: int = 3200,
+              targets: tuple[str, ...] = TARGETS, log=_print) -> tuple[list[Kill], Findings]:
     """The whole chaos run; returns the kills and what the checks found (problems empty: all held)."""
+    refuse_unresolvable_cycle(cycle_seconds)
     deployment = Deployment(data_dir, cycle_seconds, port)
     store = Store(deployment.pgdata)
     timeout = max(120, 6 * cycle_seconds)
@@ -459,11 +479,15 @@ def run_chaos(data_dir: Path, cycle_seconds: int = 20, port: int = 3200, targets
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cycle-seconds", type=int, default=20)
+    parser.add_argument("--cycle-seconds", type=int, default=DEFAULT_CYCLE_SECONDS)
     parser.add_argument("--port", type=int, default=3200)
     parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated, in order")
     parser.add_argument("--keep", action="store_true", help="keep the data directory (logs under logs/)")
     args = parser.parse_args()
+    try:
+        refuse_unresolvable_cycle(args.cycle_seconds)
+    except ChaosFailure as error:
+        parser.exit(2, f"{error}\n")
     data_dir = Path(tempfile.mkdtemp(prefix="crunch-chaos-"))
     began = time.monotonic()
     kills, findings = run_chaos(data_dir, args.cycle_seconds, args.port, tuple(args.targets.split(",")))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import click
               help="The first code server's port; the next location gets the next port.")
 @click.option("--api-port", type=int, default=8000, show_default=True, help="The report API; 0: none.")
 @click.option("--api-command", default=None,
-              help="The report API's command line ({bin}, {host}, {port} are filled in); "
+              help="The report API's command line ({bin}, {host}, {port}, {workspace} are filled in); "
                    "default: `crunch-dagster api` when the CLI has it.")
 @click.option("--print-config", is_flag=True, help="Write the files, print supervisord.conf and exit.")
 def serve(workspace, instance_config, host, webserver_port, read_only_port, code_server_base_port, api_port,
@@ -53,8 +54,102 @@ def serve(workspace, instance_config, host, webserver_port, read_only_port, code
         return
     click.echo(f"serving {', '.join(location.name for location in locations)}: UI http://{host}:{webserver_port}, "
                f"logs in {options.logs_dir}, `supervisorctl -c {options.supervisord_conf} status`", err=True)
+    sys.exit(run_supervised(options))
+
+
+def run_supervised(options) -> int:
+    """supervisord as a child in a session of its own (a Ctrl-C in the terminal reaches this
+    process only), and this process as the deployment's subreaper. SIGTERM or SIGINT here is a
+    planned stop (crunch_assets/cli/lifetime.py): the daemon stops first, the runs in flight are
+    cancelled, the programs stop, whatever is left below this process is ended, the runs still
+    in flight are marked CANCELED, and the database holder goes last. Returns the exit code."""
+    from crunch_assets.cli.lifetime import StopRequested, become_subreaper, stop_on_signals
+
+    become_subreaper()
     supervisord = str(Path(sys.executable).with_name("supervisord"))
-    os.execv(supervisord, [supervisord, "--nodaemon", "--configuration", str(options.supervisord_conf)])
+    process: subprocess.Popen | None = None
+    with stop_on_signals():
+        try:
+            process = subprocess.Popen([supervisord, "--nodaemon", "--configuration", str(options.supervisord_conf)],
+                                       start_new_session=True)
+            code = process.wait()
+            _log(f"supervisord exited with {code}; ending what is left")
+            _end_everything(options)
+            return code
+        except StopRequested as stop:
+            _log(f"{stop}: stopping the deployment")
+            _planned_stop(options, process)
+            return 0
+
+
+def _log(line: str) -> None:
+    click.echo(f"serve: {line}", err=True)
+
+
+def _supervisorctl(options, *arguments: str, timeout_seconds: float = 120) -> bool:
+    command = [str(Path(sys.executable).with_name("supervisorctl")), "-c", str(options.supervisord_conf), *arguments]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_seconds)
+    except (subprocess.TimeoutExpired, OSError) as error:
+        _log(f"supervisorctl {' '.join(arguments)}: {error}")
+        return False
+    if done.returncode != 0:
+        _log(f"supervisorctl {' '.join(arguments)}: {(done.stdout + done.stderr).strip()[-500:]}")
+    return done.returncode == 0
+
+
+def _planned_stop(options, process: subprocess.Popen | None) -> None:
+    from crunch_assets.cli.lifetime import end_descendants, run_runs_step, server_pids
+    from crunch_assets.serve import programs, read_code_locations
+
+    env = {**os.environ, "DAGSTER_HOME": str(options.dagster_home), "CRUNCH_DATA_DIR": str(options.data_dir)}
+    names = list(programs(read_code_locations(options.workspace), options))
+    running = process is not None and process.poll() is None
+    if running and "daemon" in names:
+        _supervisorctl(options, "stop", "daemon")  # no sensor launches a run from here on
+    if running:
+        run_runs_step("cancel", env, log=_log)
+    others = sorted((name for name in names if name not in ("db", "daemon")),
+                    key=lambda name: name.startswith("code_"))  # the code servers after their clients
+    if running and others:
+        _supervisorctl(options, "stop", *others, timeout_seconds=180)
+    pgdata = options.data_dir / "pgdata" if options.embedded_database else None
+    holder = _supervisor_pid(options, "db") if running else None
+    kept = {pid for pid in (holder, process.pid if running else None) if pid}
+    end_descendants(lambda: kept | server_pids(pgdata), log=_log)
+    run_runs_step("settle", env, log=_log)  # with the database holder still up
+    if process is not None and process.poll() is None:
+        process.send_signal(signal.SIGTERM)  # stops the database holder, last
+        try:
+            process.wait(timeout=SUPERVISORD_STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            _log(f"supervisord did not stop within {SUPERVISORD_STOP_SECONDS} s")
+    _end_everything(options)
+
+
+def _end_everything(options) -> None:
+    from crunch_assets.cli.lifetime import end_descendants, server_pids, stop_embedded_server
+
+    pgdata = options.data_dir / "pgdata" if options.embedded_database else None
+    end_descendants(lambda: server_pids(pgdata), log=_log)
+    if pgdata is not None:
+        stop_embedded_server(pgdata, log=_log)
+    end_descendants(log=_log)
+    _log("stopped")
+
+
+def _supervisor_pid(options, program: str) -> int | None:
+    try:
+        done = subprocess.run([str(Path(sys.executable).with_name("supervisorctl")), "-c", str(options.supervisord_conf),
+                               "pid", program], capture_output=True, text=True, timeout=30)
+        pid = int(done.stdout.strip())
+    except (subprocess.TimeoutExpired, OSError, ValueError):
+        return None
+    return pid or None
+
+
+# supervisord stops the database holder, which waits up to LEFTOVER_WAIT_SECONDS for its users.
+SUPERVISORD_STOP_SECONDS = 90
 
 
 @click.command()
