@@ -87,7 +87,7 @@ def main() -> int:
     (see stop_demo)."""
     os.chdir(PROJECT_ROOT)
     sys.path.insert(0, str(PROJECT_ROOT))
-    from crunch_assets.cli.lifetime import StopRequested, become_subreaper, stop_on_signals
+    from crunch_assets.cli.lifetime import StopRequested, become_subreaper, stop_on_signals, wait_reaping
 
     set_demo_defaults()
     become_subreaper()  # an orphan of the demo's tree (a model process whose run died) comes back here
@@ -108,11 +108,9 @@ def main() -> int:
                 [str(VENV_BIN / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", ui_port],
                 start_new_session=True)
             print(f"demo: Dagster UI on http://127.0.0.1:{ui_port}", flush=True)
-            while True:
-                for name, child in children.items():
-                    if child.poll() is not None:
-                        raise ChildExited(f"{name} exited with {child.returncode}")
-                time.sleep(1)  # supervision poll, not synchronisation
+            exited = wait_reaping(children.values())
+            name = next(name for name, child in children.items() if child is exited)
+            raise ChildExited(f"{name} exited with {exited.returncode}")
         except StopRequested as stop:
             print(f"demo: {stop}: stopping everything the demo started", flush=True)
         except ChildExited as exited:

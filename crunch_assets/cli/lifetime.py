@@ -92,6 +92,27 @@ def become_subreaper() -> bool:
 
 # --- processes ------------------------------------------------------------------------------------
 
+def wait_reaping(children: Iterable[subprocess.Popen], poll_seconds: float = 0.2) -> subprocess.Popen:
+    """Wait until one of `children` exits, and reap every orphan this subreaper adopted meanwhile:
+    an adopted process that died stays a zombie until its new parent reaps it, and a zombie still
+    counts as running for whoever watches it (the database holder watches the postmaster, which
+    comes here when pg_ctl exits). Returns the child that exited (its returncode set)."""
+    by_pid = {child.pid: child for child in children}
+    while True:
+        for child in by_pid.values():
+            if child.returncode is not None:
+                return child
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                pid = 0
+            if pid == 0:
+                break
+            if pid in by_pid:
+                by_pid[pid].returncode = os.waitstatus_to_exitcode(status)
+        time.sleep(poll_seconds)  # a poll of exits, not a synchronisation
+
 def postmaster_pid(pgdata: Path | None) -> int | None:
     """The running postmaster of pgdata (from postmaster.pid), if any."""
     import psutil

@@ -63,7 +63,7 @@ def run_supervised(options) -> int:
     planned stop (crunch_assets/cli/lifetime.py): the daemon stops first, the runs in flight are
     cancelled, the programs stop, whatever is left below this process is ended, the runs still
     in flight are marked CANCELED, and the database holder goes last. Returns the exit code."""
-    from crunch_assets.cli.lifetime import StopRequested, become_subreaper, stop_on_signals
+    from crunch_assets.cli.lifetime import StopRequested, become_subreaper, stop_on_signals, wait_reaping
 
     become_subreaper()
     supervisord = str(Path(sys.executable).with_name("supervisord"))
@@ -72,7 +72,7 @@ def run_supervised(options) -> int:
         try:
             process = subprocess.Popen([supervisord, "--nodaemon", "--configuration", str(options.supervisord_conf)],
                                        start_new_session=True)
-            code = process.wait()
+            code = wait_reaping([process]).returncode
             _log(f"supervisord exited with {code}; ending what is left")
             _end_everything(options)
             return code
