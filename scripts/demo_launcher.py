@@ -126,24 +126,28 @@ def stop_demo(children: dict[str, subprocess.Popen]) -> None:
     next start's cycle sensor starts the window again); the API stops; whatever is left below
     this process (code servers, run workers, model processes) is ended; runs still in flight are
     marked CANCELED; the embedded PostgreSQL stops once nothing uses it."""
-    from crunch_assets.cli.lifetime import end_descendants, run_runs_step, server_pids, stop_embedded_server
+    from crunch_assets.cli.lifetime import RunKeeper, end_descendants, server_pids, stop_embedded_server
 
     def log(line: str) -> None:
         print(f"demo: {line}", flush=True)
 
     pgdata = None if os.environ.get("CRUNCH_DATABASE_URL") else data_dir() / "pgdata"
-    dev = children.get("dagster dev")
-    if dev is not None and dev.poll() is None:
-        dev.send_signal(signal.SIGINT)
-        _wait(dev, STOP_WAIT_SECONDS, log)
-    env = dict(os.environ)
-    run_runs_step("cancel", env, instance_dir=PROJECT_ROOT, log=log)
-    api = children.get("api")
-    if api is not None and api.poll() is None:
-        api.send_signal(signal.SIGTERM)
-        _wait(api, STOP_WAIT_SECONDS, log)
-    end_descendants(lambda: server_pids(pgdata), log=log)
-    run_runs_step("settle", env, instance_dir=PROJECT_ROOT, log=log)
+    keeper = RunKeeper(dict(os.environ), instance_dir=PROJECT_ROOT, log=log)  # loads while `dagster dev` stops
+    try:
+        dev = children.get("dagster dev")
+        if dev is not None and dev.poll() is None:
+            dev.send_signal(signal.SIGINT)  # its daemon and webserver stop; its code servers wait for their runs
+            _wait(dev, STOP_WAIT_SECONDS, log)
+        api = children.get("api")
+        if api is not None and api.poll() is None:
+            api.send_signal(signal.SIGTERM)
+        keeper.cancel()
+        if api is not None:
+            _wait(api, STOP_WAIT_SECONDS, log)
+        end_descendants(lambda: {keeper.process.pid if keeper.process else 0, *server_pids(pgdata)}, log=log)
+        keeper.settle()
+    finally:
+        keeper.close()
     end_descendants(lambda: server_pids(pgdata), log=log)
     if pgdata is not None:
         stop_embedded_server(pgdata, log=log)  # unless this process still uses it (the replay): then at its exit

@@ -14,8 +14,8 @@ A planned stop, in order:
 5. the embedded PostgreSQL is stopped once no live process uses it (fast shutdown), also when
    the last of its users was killed and could not detach.
 
-`python -m crunch_assets.cli.lifetime cancel|settle` runs steps 2 and 4 in a process of their own,
-so that the command itself never holds the embedded server.
+Steps 2 and 4 run in a process of their own (RunKeeper), so that the command itself never holds
+the embedded server; it loads while the daemon stops.
 """
 
 from __future__ import annotations
@@ -301,27 +301,77 @@ def settle_runs(instance, reason: str, log: Callable[[str], None] = print) -> li
     return settled
 
 
-def run_runs_step(step: str, env: dict[str, str], instance_dir: Path | None = None, reason: str = PLANNED_STOP,
-                  wait_seconds: float = CANCEL_WAIT_SECONDS, log: Callable[[str], None] = print) -> int:
-    """`cancel` or `settle` in a process of its own (it attaches to the database and detaches when
-    it ends); its output goes to this process's stderr. Returns its exit code (never raises)."""
-    command = [sys.executable, "-m", "crunch_assets.cli.lifetime", step, "--reason", reason,
-               "--wait-seconds", str(wait_seconds)]
-    if instance_dir is not None:
-        command += ["--instance-dir", str(instance_dir)]
-    try:
-        return subprocess.run(command, env=env, timeout=wait_seconds + 120, start_new_session=True).returncode
-    except subprocess.TimeoutExpired:
-        log(f"{step} of the runs did not finish in time; going on with the stop")
-        return 1
-    except OSError as error:
-        log(f"{step} of the runs could not start ({error}); going on with the stop")
-        return 1
+class RunKeeper:
+    """The runs' side of a stop, in a process of its own (`python -m crunch_assets.cli.lifetime`):
+    it loads Dagster and opens the instance while the command stops its daemon, then cancels
+    (`cancel`) and, once the processes are gone, settles (`settle`) on request. This process never
+    attaches to the embedded server itself; the keeper detaches when it exits. Every call is
+    bounded and never raises: a keeper that fails only leaves the runs to `settle` or to run
+    monitoring at the next start."""
+
+    def __init__(self, env: dict[str, str], instance_dir: Path | None = None, reason: str = PLANNED_STOP,
+                 wait_seconds: float = CANCEL_WAIT_SECONDS, log: Callable[[str], None] = print):
+        self.log = log
+        self.wait_seconds = wait_seconds
+        command = [sys.executable, "-m", "crunch_assets.cli.lifetime", "--reason", reason, "--wait-seconds", str(wait_seconds)]
+        if instance_dir is not None:
+            command += ["--instance-dir", str(instance_dir)]
+        try:
+            self.process: subprocess.Popen | None = subprocess.Popen(
+                command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
+        except OSError as error:
+            log(f"the runs' keeper could not start ({error}); going on with the stop")
+            self.process = None
+
+    def _ask(self, step: str, timeout_seconds: float) -> bool:
+        import select
+
+        if self.process is None or self.process.poll() is not None:
+            return False
+        try:
+            self.process.stdin.write(step + "\n")
+            self.process.stdin.flush()
+        except OSError:
+            return False
+        deadline = time.monotonic() + timeout_seconds
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.process.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                break
+            line = self.process.stdout.readline()
+            if not line:  # it ended (its error is on stderr)
+                return False
+            if line.strip() == f"done {step}":
+                return True
+        self.log(f"{step} of the runs did not finish within {timeout_seconds:.0f} s; going on with the stop")
+        return False
+
+    def cancel(self) -> bool:
+        return self._ask("cancel", self.wait_seconds + KEEPER_LOAD_SECONDS)
+
+    def settle(self) -> bool:
+        return self._ask("settle", KEEPER_LOAD_SECONDS)
+
+    def close(self) -> None:
+        if self.process is None:
+            return
+        with contextlib.suppress(OSError):
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+# Loading Dagster and the instance on a loaded machine, with room to spare.
+KEEPER_LOAD_SECONDS = 120.0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Cancel (before a planned stop) or settle (after it) the runs in flight.")
-    parser.add_argument("step", choices=("cancel", "settle"))
+    """The keeper: reads `cancel` and `settle` from stdin, answers `done <step>` on stdout."""
+    parser = argparse.ArgumentParser(description="Cancel (before a planned stop) or settle (after it) the runs in flight, "
+                                                 "as told on stdin.")
     parser.add_argument("--instance-dir", type=Path, default=None,
                         help="the directory of the instance's dagster.yaml (default: $DAGSTER_HOME)")
     parser.add_argument("--reason", default=PLANNED_STOP)
@@ -330,14 +380,23 @@ def main(argv: list[str] | None = None) -> int:
     import dagster as dg
 
     def log(line: str) -> None:
-        print(f"{args.step}: {line}", file=sys.stderr, flush=True)
+        print(f"runs: {line}", file=sys.stderr, flush=True)
 
     instance = dg.DagsterInstance.from_config(str(args.instance_dir)) if args.instance_dir else dg.DagsterInstance.get()
     with instance:
-        if args.step == "cancel":
-            cancel_runs(instance, args.reason, args.wait_seconds, log)
-        else:
-            settle_runs(instance, args.reason, log)
+        for line in sys.stdin:
+            step = line.strip()
+            try:
+                if step == "cancel":
+                    cancel_runs(instance, args.reason, args.wait_seconds, log)
+                elif step == "settle":
+                    settle_runs(instance, args.reason, log)
+                else:
+                    log(f"unknown step {step!r}")
+                    continue
+            except Exception as error:  # noqa: BLE001 - reported; the stop goes on without it
+                log(f"{step} failed: {type(error).__name__}: {error}")
+            print(f"done {step}", flush=True)
     return 0
 
 

@@ -87,37 +87,59 @@ def _log(line: str) -> None:
 
 
 def _supervisorctl(options, *arguments: str, timeout_seconds: float = 120) -> bool:
+    return _finish_supervisorctl(_start_supervisorctl(options, *arguments), timeout_seconds)
+
+
+def _start_supervisorctl(options, *arguments: str) -> subprocess.Popen | None:
     command = [str(Path(sys.executable).with_name("supervisorctl")), "-c", str(options.supervisord_conf), *arguments]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_seconds)
-    except (subprocess.TimeoutExpired, OSError) as error:
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    except OSError as error:
         _log(f"supervisorctl {' '.join(arguments)}: {error}")
+        return None
+
+
+def _finish_supervisorctl(process: subprocess.Popen | None, timeout_seconds: float = 120) -> bool:
+    if process is None:
         return False
-    if done.returncode != 0:
-        _log(f"supervisorctl {' '.join(arguments)}: {(done.stdout + done.stderr).strip()[-500:]}")
-    return done.returncode == 0
+    try:
+        output, _ = process.communicate(timeout=timeout_seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+    if process.returncode != 0:
+        _log(f"{' '.join(process.args[3:])}: {(output or '').strip()[-500:]}")
+    return process.returncode == 0
 
 
 def _planned_stop(options, process: subprocess.Popen | None) -> None:
-    from crunch_assets.cli.lifetime import end_descendants, run_runs_step, server_pids
+    from crunch_assets.cli.lifetime import RunKeeper, end_descendants, server_pids
     from crunch_assets.serve import programs, read_code_locations
 
     env = {**os.environ, "DAGSTER_HOME": str(options.dagster_home), "CRUNCH_DATA_DIR": str(options.data_dir)}
     names = list(programs(read_code_locations(options.workspace), options))
     running = process is not None and process.poll() is None
-    if running and "daemon" in names:
-        _supervisorctl(options, "stop", "daemon")  # no sensor launches a run from here on
-    if running:
-        run_runs_step("cancel", env, log=_log)
-    others = sorted((name for name in names if name not in ("db", "daemon")),
-                    key=lambda name: name.startswith("code_"))  # the code servers after their clients
-    if running and others:
-        _supervisorctl(options, "stop", *others, timeout_seconds=180)
-    pgdata = options.data_dir / "pgdata" if options.embedded_database else None
-    holder = _supervisor_pid(options, "db") if running else None
-    kept = {pid for pid in (holder, process.pid if running else None) if pid}
-    end_descendants(lambda: kept | server_pids(pgdata), log=_log)
-    run_runs_step("settle", env, log=_log)  # with the database holder still up
+    keeper = RunKeeper(env, log=_log)  # loads while the daemon stops
+    try:
+        if running and "daemon" in names:
+            _supervisorctl(options, "stop", "daemon")  # no sensor launches a run from here on
+        # the UIs and the API stop meanwhile (each on its own); the code servers stay for the cancel
+        clients = [_start_supervisorctl(options, "stop", name) for name in names
+                   if running and name not in ("db", "daemon") and not name.startswith("code_")]
+        if running:
+            keeper.cancel()
+        for stopping in clients:
+            _finish_supervisorctl(stopping, timeout_seconds=180)
+        servers = [_start_supervisorctl(options, "stop", name) for name in names if running and name.startswith("code_")]
+        for stopping in servers:
+            _finish_supervisorctl(stopping, timeout_seconds=180)
+        pgdata = options.data_dir / "pgdata" if options.embedded_database else None
+        holder = _supervisor_pid(options, "db") if running else None
+        kept = {pid for pid in (holder, process.pid if running else None, keeper.process and keeper.process.pid) if pid}
+        end_descendants(lambda: kept | server_pids(pgdata), log=_log)
+        keeper.settle()  # with the database holder still up
+    finally:
+        keeper.close()
     if process is not None and process.poll() is None:
         process.send_signal(signal.SIGTERM)  # stops the database holder, last
         try:
