@@ -329,8 +329,12 @@ def check_store(store: Store, cycle_seconds: int, first: datetime, last_due: dat
     figures["feed_gaps"] = len(gaps)
     if gaps:
         problems.append(f"{len(gaps)} gap(s) in the stored feed, e.g. after {gaps[0][0].isoformat()}")
-    # runs in flight when the deployment stopped stay so until its next start (run monitoring then fails them)
-    figures["runs_in_flight_at_stop"] = store.query("SELECT count(*) FROM public.runs WHERE status IN ('STARTED', 'STARTING', 'CANCELING')")[0][0]
+    # the stop is planned: the runs in flight were cancelled (or settled as CANCELED), none is left in flight
+    figures["runs_in_flight_at_stop"] = store.query(
+        "SELECT count(*) FROM public.runs WHERE status IN ('NOT_STARTED', 'QUEUED', 'STARTED', 'STARTING', 'CANCELING')")[0][0]
+    if figures["runs_in_flight_at_stop"]:
+        problems.append(f"{figures['runs_in_flight_at_stop']} run(s) left in flight by the stop")
+    figures["runs_canceled"] = store.query("SELECT count(*) FROM public.runs WHERE status = 'CANCELED'")[0][0]
     figures["runs_failed"] = store.query("SELECT count(*) FROM public.runs WHERE status = 'FAILURE'")[0][0]
     figures["runs_total"] = store.query("SELECT count(*) FROM public.runs")[0][0]
     return Findings(problems, figures)
