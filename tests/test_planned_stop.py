@@ -254,3 +254,48 @@ def test_the_demo_stops_everything_on_sigterm_to_its_launcher():
             store.dispose()
         assert_stopped_cleanly(launcher, survivors, data_dir, [run_id], signal.SIGTERM)
     shutil.rmtree(data_dir, ignore_errors=True)
+
+
+# --- the pieces ---------------------------------------------------------------------------------------
+
+TREE_SCRIPT = r"""
+import json, os, signal, sys, time
+sys.path.insert(0, sys.argv[1])
+from crunch_assets.cli.lifetime import become_subreaper, end_descendants, stop_on_signals, StopRequested
+
+assert become_subreaper()
+read, write = os.pipe()
+if os.fork() == 0:  # a child that leaves a detached, SIGTERM-ignoring grandchild behind (as a model can)
+    if os.fork() == 0:
+        os.setsid()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        os.write(write, f"{os.getpid()}\n".encode())
+        while True:
+            time.sleep(1)
+    os._exit(0)
+grandchild = int(os.fdopen(read).readline())
+time.sleep(0.5)  # the child has exited: the grandchild is an orphan now
+orphan_parent = int(open(f"/proc/{grandchild}/stat").read().rsplit(")", 1)[1].split()[1])
+signals = []
+with stop_on_signals() as state:
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+    except StopRequested as stop:
+        signals.append(str(stop))
+        os.kill(os.getpid(), signal.SIGINT)  # a second signal during the stop: recorded, not raised
+        time.sleep(0.2)
+    killed = end_descendants(grace_seconds=1)
+alive = os.path.exists(f"/proc/{grandchild}") and open(f"/proc/{grandchild}/stat").read().rsplit(")", 1)[1].split()[0] not in "ZX"
+print(json.dumps({"orphan_parent": orphan_parent, "me": os.getpid(), "killed": killed, "grandchild": grandchild,
+                  "alive": alive, "signals": signals, "received": state.received}))
+"""
+
+
+def test_an_orphan_that_ignores_sigterm_comes_back_and_is_killed():
+    done = subprocess.run([sys.executable, "-c", TREE_SCRIPT, str(PROJECT_ROOT)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["orphan_parent"] == result["me"]  # adopted by the subreaper, not by init
+    assert result["grandchild"] in result["killed"] and not result["alive"]
+    assert result["signals"] == ["SIGTERM"] and result["received"] == [signal.SIGTERM, signal.SIGINT]
