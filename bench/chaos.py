@@ -190,10 +190,14 @@ class Store:
         return rows[0][0] if rows else None
 
     def live_run_in_flight(self) -> str | None:
-        """The newest started live window run (it runs every cycle of its hour)."""
+        """The newest started live run of the current hour's window (it runs every cycle of its
+        hour; a run filling a past window's missed cycles ends within seconds)."""
+        window = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0).isoformat()
         rows = self.query(
-            "SELECT run_id FROM public.runs WHERE pipeline_name = :job AND status = 'STARTED' "
-            "ORDER BY create_timestamp DESC LIMIT 1", job=f"{SLUG}__live_job")
+            "SELECT r.run_id FROM public.runs r JOIN public.run_tags t ON t.run_id = r.run_id "
+            "AND t.key = 'crunch/live_window' AND t.value = :window "
+            "WHERE r.pipeline_name = :job AND r.status = 'STARTED' ORDER BY r.create_timestamp DESC LIMIT 1",
+            job=f"{SLUG}__live_job", window=window)
         return rows[0][0] if rows else None
 
     def run_worker_pid(self, run_id: str) -> int | None:
@@ -238,18 +242,25 @@ def kill_mid_cycle(deployment: Deployment, store: Store, target: str, timeout_se
     """Wait for the live run in flight and the next cycle's due time, SIGKILL the target, wait
     until it runs again (a new process under supervisord; for the run worker: its run marked
     finished by run monitoring, and a replacement started by the cycle sensor)."""
-    run_id = wait_for("a live run in flight", store.live_run_in_flight, timeout_seconds, 0.1)
-    if target == "run_worker":
-        pid = wait_for("the live run's worker pid", lambda: store.run_worker_pid(run_id), 30, 0.1)
-    elif target == "postgres":
-        pid = deployment.postmaster_pid()
-    else:  # a program restarted by the previous fault (the holder after its server) may still be starting
-        pid = wait_for(f"{target} running", lambda: deployment.running_pid(target), timeout_seconds)
-    if not pid:
-        raise ChaosFailure(f"{target}: no process to kill")
-    due = sleep_until_mid_cycle(deployment.cycle_seconds)
-    killed_at = datetime.now(timezone.utc)
-    os.kill(pid, signal.SIGKILL)
+    for _attempt in range(3):  # the process picked may end by itself before the cycle comes (its hour ended)
+        run_id = wait_for("a live run in flight", store.live_run_in_flight, timeout_seconds, 0.1)
+        if target == "run_worker":
+            pid = wait_for("the live run's worker pid", lambda run_id=run_id: store.run_worker_pid(run_id), 30, 0.1)
+        elif target == "postgres":
+            pid = deployment.postmaster_pid()
+        else:  # a program restarted by the previous fault (the holder after its server) may still be starting
+            pid = wait_for(f"{target} running", lambda: deployment.running_pid(target), timeout_seconds)
+        if not pid:
+            raise ChaosFailure(f"{target}: no process to kill")
+        due = sleep_until_mid_cycle(deployment.cycle_seconds)
+        killed_at = datetime.now(timezone.utc)
+        try:
+            os.kill(pid, signal.SIGKILL)
+            break
+        except ProcessLookupError:
+            continue
+    else:
+        raise ChaosFailure(f"{target}: each process picked ended before it could be killed")
     began = time.monotonic()
     if target == "run_worker":
         wait_for(f"run {run_id} marked finished", lambda: (store.query(
