@@ -31,7 +31,9 @@ def serve(workspace, instance_config, host, webserver_port, read_only_port, code
           api_command, print_config) -> None:
     """Run the deployment under supervisord: the embedded PostgreSQL (unless CRUNCH_DATABASE_URL
     is set), one code server per code location, the webserver, a read-only webserver, the daemon
-    and the report API, each restarted when it dies. Files and logs go under CRUNCH_DATA_DIR."""
+    and the report API, each restarted when it dies. Files and logs go under CRUNCH_DATA_DIR.
+    SIGTERM or SIGINT to this process stops it all: the runs in flight are cancelled (not failed),
+    every process it started ends, the embedded PostgreSQL last."""
     from crunch_assets.serve import ServeConfigError, ServeOptions, embedded_database_wanted, write_serve_files
     from resources.database_url import PROJECT_ROOT, default_data_dir
 
