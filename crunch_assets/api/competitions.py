@@ -52,7 +52,13 @@ def load_report_competition(slug: str, database: CrunchDatabase | None = None) -
     from crunch_assets.cli.common import load_competition
 
     defs, spec = load_competition(slug)
+    return report_competition(defs, spec, database)
+
+
+def report_competition(defs, spec: CompetitionSpec, database: CrunchDatabase | None = None) -> ReportCompetition:
+    """What the API serves of a loaded code location: the spec it runs (its scopes are what `/lag`
+    and the page read) and the emission accounts its definitions were configured with."""
     accounts = defs.resources.get("payout_accounts") if defs.resources else None
     rules = defs.resources.get("rules") if defs.resources else None
-    return ReportCompetition(spec, accounts or CompetitionSettings(slug).payout_accounts(),
+    return ReportCompetition(spec, accounts or CompetitionSettings(spec.slug).payout_accounts(),
                              database or CrunchDatabase(role="api"), rules)

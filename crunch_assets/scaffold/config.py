@@ -39,6 +39,7 @@ from crunch_assets.spec import (
     LeaderboardWindow,
     Scope,
     SpecError,
+    cadence_problems,
 )
 from crunch_assets.strict import nearest
 
@@ -349,9 +350,13 @@ def resolve(slug: str | None, pack: str | None, spec_path: Path | None) -> Resol
         raise ScaffoldError(problems)
     resolved = ResolvedSpec(slug, pack, config)
     try:
-        to_competition_spec(resolved, start=resolved_start(config))
+        spec = to_competition_spec(resolved, start=resolved_start(config))
     except SpecError as error:
         raise ScaffoldError([f"{source}: {error}"]) from None
+    # the generated feed's granularity (a tick feed's interval is only known to its source)
+    cadence = cadence_problems(spec, config.feed.kind, config.feed.granularity_seconds)
+    if cadence:
+        raise ScaffoldError([f"{source}: {problem.message()}" for problem in cadence])
     return resolved
 
 
