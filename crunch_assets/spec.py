@@ -278,6 +278,9 @@ class CompetitionSpec(Declared):
     # Keys of a stored model input the report API may show participants (none by default).
     public_input_keys: tuple[str, ...] = ()
     description: str = ""
+    # What a score is, for people (the page says it with its direction), e.g. "CRPS of the
+    # predicted return density, in basis points". Empty: the page says "score".
+    score_name: str = ""
 
     def __post_init__(self) -> None:
         self._validate()

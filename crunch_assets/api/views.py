@@ -19,6 +19,26 @@ from resources.store.rows import CheckpointRow
 SERIES_DEFAULT_HOURS = 72
 
 
+def window_label(seconds: int) -> str:
+    """A window's name for people: "last 6 h", "last 24 h", "last 7 days", "last 90 min"."""
+    if seconds % 86400 == 0 and seconds >= 2 * 86400:
+        return f"last {seconds // 86400} days"
+    if seconds % 3600 == 0:
+        return f"last {seconds // 3600} h"
+    if seconds % 60 == 0:
+        return f"last {seconds // 60} min"
+    return f"last {seconds} s"
+
+
+def direction_words(spec: CompetitionSpec) -> str:
+    return "higher is better" if spec.ranking_descending else "lower is better"
+
+
+def score_words(spec: CompetitionSpec) -> str:
+    """What the score is and which way is better, e.g. "CRPS ..., lower is better"."""
+    return f"{spec.score_name or 'score'}; {direction_words(spec)}"
+
+
 def leaderboard_view(c: ReportCompetition, stored: tuple | None, window: str, scope: str | None) -> dict:
     """The stored leaderboard ranked by `window` (of `scope`, or combined)."""
     spec = c.spec

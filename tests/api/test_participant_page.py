@@ -43,9 +43,9 @@ def _percent_text(reward_pct: int) -> str:
 
 def test_page_shows_the_api_numbers_and_draws_the_chart(read_api, page):
     server, client = read_api
-    board = client.get("/reports/leaderboard").json()
-    checkpoints = client.get("/reports/checkpoints").json()["checkpoints"]
-    series = client.get("/reports/models/mean_reversion/scores").json()["series"]
+    board = client.get("/competitions/btc_updown/leaderboard").json()
+    checkpoints = client.get("/competitions/btc_updown/checkpoints").json()["checkpoints"]
+    series = client.get("/competitions/btc_updown/models/mean_reversion/scores").json()["series"]
     response = page.goto(server.url + "/")
     assert response.status == 200
     rows = page.locator("#leaderboard tbody tr")
@@ -81,18 +81,18 @@ def test_page_shows_the_api_numbers_and_draws_the_chart(read_api, page):
 
 def test_explain_my_reward(read_api, page):
     server, client = read_api
-    checkpoints = client.get("/reports/checkpoints").json()["checkpoints"]
+    checkpoints = client.get("/competitions/btc_updown/checkpoints").json()["checkpoints"]
     page.goto(server.url + "/")
     page.locator("#explain a", has_text="trend_following").click()
     page.wait_for_url("**/page/btc_updown/models/trend_following")
     assert "trend_following" in page.locator("h1").inner_text()
-    entry = next(e for e in client.get("/reports/leaderboard").json()["entries"] if e["model_id"] == "trend_following")
+    entry = next(e for e in client.get("/competitions/btc_updown/leaderboard").json()["entries"] if e["model_id"] == "trend_following")
     assert page.locator('#model-windows tr[data-window="score_recent"] td.window').inner_text() == f"{entry['value']:.6f}"
     assert f"Rank {entry['rank']} of 3" in page.locator("#current-rank").inner_text()
     explained = page.locator("section.explain")
     assert explained.count() == len(checkpoints)
     for index, checkpoint in enumerate(checkpoints):
-        breakdown = client.get(f"/reports/checkpoints/{checkpoint['id']}/models/trend_following/breakdown").json()
+        breakdown = client.get(f"/competitions/btc_updown/checkpoints/{checkpoint['id']}/models/trend_following/breakdown").json()
         section = explained.nth(index)
         assert section.locator(".reward").get_attribute("data-reward-pct") == str(breakdown["reward_pct"])
         text = section.inner_text()
