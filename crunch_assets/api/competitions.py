@@ -61,8 +61,8 @@ def load_report_competition(slug: str, database: CrunchDatabase | None = None) -
     defs, spec = load_competition(slug)
     accounts = defs.resources.get("payout_accounts") if defs.resources else None
     settings = CompetitionSettings(slug)
-    return ReportCompetition(spec, accounts or settings.payout_accounts(), database or CrunchDatabase(),
-                             network=settings.network)
+    network = settings.network  # refused by name before anything connects
+    return ReportCompetition(spec, accounts or settings.payout_accounts(), database or CrunchDatabase(), network=network)
 
 
 def workspace_slugs(workspace: Path) -> list[str]:
