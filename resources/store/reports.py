@@ -92,6 +92,13 @@ class FeedRecordReport:
 
 
 @dataclass(frozen=True)
+class LifetimeReward:
+    reward_pct: int  # the model's shares of every checkpoint, summed (frac64: 1e9 = one checkpoint's pool)
+    paid_reward_pct: int  # of the PAID checkpoints
+    checkpoints: int  # the checkpoints that ranked it
+
+
+@dataclass(frozen=True)
 class StoredLeaderboard:
     as_of: datetime
     entries: list[dict]
@@ -217,15 +224,41 @@ class ReportStore:
 
     # --- checkpoints -----------------------------------------------------------------------------
 
-    def checkpoints(self, *, status: str | None = None, limit: int) -> list[CheckpointRow]:
-        """The newest checkpoints first (by period)."""
+    def checkpoints(self, *, status: str | None = None, limit: int, offset: int = 0) -> list[CheckpointRow]:
+        """The newest checkpoints first (by period), skipping the `offset` newest (a page)."""
         c = t.checkpoints
         query = sa.select(c).where(c.c.competition == self.slug)
         if status is not None:
             query = query.where(c.c.status == status)
         with self.engine.connect() as connection:
-            rows = connection.execute(query.order_by(c.c.period_start.desc()).limit(limit)).fetchall()
+            rows = connection.execute(query.order_by(c.c.period_start.desc()).limit(limit).offset(offset)).fetchall()
         return [_checkpoint_row(row) for row in rows]
+
+    def checkpoint_counts(self) -> dict[str, int]:
+        """How many checkpoints are in each status."""
+        c = t.checkpoints
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(c.c.status, sa.func.count()).where(c.c.competition == self.slug).group_by(c.c.status)
+            ).fetchall()
+        return {status: int(count) for status, count in rows}
+
+    def lifetime_rewards(self) -> dict[str, LifetimeReward]:
+        """Per model, the reward shares (frac64) of every checkpoint summed, those of PAID ones, and
+        the checkpoints that ranked it: one aggregate over the checkpoints' rankings."""
+        c = t.checkpoints
+        row = sa.func.jsonb_array_elements(c.c.entries["ranking"]).table_valued("value").alias("row")
+        model_id = row.c.value.op("->>")("model_id")
+        reward = sa.cast(row.c.value.op("->>")("reward_pct"), sa.BigInteger)
+        query = (
+            sa.select(model_id.label("model_id"), sa.func.sum(reward), sa.func.sum(sa.case((c.c.status == "PAID", reward), else_=0)),
+                      sa.func.count())
+            .select_from(c).join(row, sa.true())
+            .where(c.c.competition == self.slug)
+            .group_by(model_id)
+        )
+        with self.engine.connect() as connection:
+            return {m: LifetimeReward(int(total or 0), int(paid or 0), int(n)) for m, total, paid, n in connection.execute(query)}
 
     def latest_checkpoint(self) -> CheckpointRow | None:
         found = self.checkpoints(limit=1)

@@ -262,7 +262,7 @@ def test_a_wrong_network_is_refused_by_name(tmp_path):
     assert CompetitionSettings("btc_updown", {"CRUNCH_NETWORK": "mainnet-beta"}).network == "mainnet-beta"
     assert CompetitionSettings("btc_updown", {}).network is None
     with pytest.raises(SettingsError, match="CRUNCH_BTC_UPDOWN_NETWORK='mainnet'.*mainnet-beta, devnet, testnet"):
-        CompetitionSettings("btc_updown", {"CRUNCH_BTC_UPDOWN_NETWORK": "mainnet"}).network
+        _ = CompetitionSettings("btc_updown", {"CRUNCH_BTC_UPDOWN_NETWORK": "mainnet"}).network
     # the server refuses to start with it, naming the variable
     env = {**os.environ, "CRUNCH_BTC_UPDOWN_NETWORK": "solana-main", "CRUNCH_DATA_DIR": str(tmp_path)}
     result = subprocess.run([str(Path(sys.executable).parent / "crunch-dagster"), "api", "--slug", "btc_updown",
