@@ -21,6 +21,7 @@ No `from __future__ import annotations`: FastAPI must see the real annotations o
 
 import hashlib
 import math
+import re
 from datetime import datetime, timedelta, timezone
 from importlib import resources
 from typing import Annotated
@@ -41,9 +42,9 @@ from crunch_assets.model_health import QUARANTINE_META_KEY, QUARANTINED
 from crunch_assets.payouts import frac64_to_percent
 from crunch_assets.verification import inclusion_proof
 
-SLUG_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
 # Any model id the registry can hold, as the page's path: printable (no control characters), bounded.
 MODEL_ID_PATTERN = r"^[^\x00-\x1f\x7f]{1,200}$"
+MODEL_ID = re.compile(MODEL_ID_PATTERN)
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22")
 PAGE_CHECKPOINTS = 10
 PAGE_MAX = 100_000
@@ -276,8 +277,8 @@ def not_found(message: str, competitions: dict[str, ReportCompetition], current:
 
 def build_page_router(competitions: dict[str, ReportCompetition], default_slug: str) -> APIRouter:
     router = APIRouter(include_in_schema=False)
-    Slug = Annotated[str, Path(pattern=SLUG_PATTERN)]
-    ModelId = Annotated[str, Path(pattern=MODEL_ID_PATTERN)]
+    Slug = Annotated[str, Path(description="a served competition; any other is a 404 page")]
+    ModelId = Annotated[str, Path(description="any model id; one the registry does not hold is a 404 page")]
     Page = Annotated[int, Query(ge=1, le=PAGE_MAX)]
     Status = Annotated[str | None, Query(pattern="^(PENDING|SUBMITTED|CLAIMABLE|PAID)$")]
 
@@ -334,7 +335,7 @@ def build_page_router(competitions: dict[str, ReportCompetition], default_slug: 
         if c is None:
             return not_found(f"No competition {slug!r} is served here.", competitions)
         now = datetime.now(timezone.utc)
-        states = model_states(c, now)
+        states = model_states(c, now) if MODEL_ID.match(model_id) else {}
         if model_id not in states:
             return not_found(f"No model {model_id!r} in {slug}. Its id is the file name of its model "
                              "(without .py), or the id the model orchestrator gave it.", competitions, slug)
@@ -385,8 +386,8 @@ def build_page_router(competitions: dict[str, ReportCompetition], default_slug: 
         if c is None:
             return not_found(f"No competition {slug!r} is served here.", competitions)
         cp = c.store.checkpoint_by_id(checkpoint_id)
-        if cp is None:
-            return not_found(f"No checkpoint {checkpoint_id} in {slug}.", competitions, slug)
+        if cp is None or not MODEL_ID.match(model_id):
+            return not_found(f"No checkpoint {checkpoint_id} with model {model_id!r} in {slug}.", competitions, slug)
         if cycle_at.tzinfo is None:
             return not_found("cycle_at needs its UTC offset, e.g. 2026-11-01T13:05:00+00:00.", competitions, slug)
         try:

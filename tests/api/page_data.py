@@ -26,7 +26,7 @@ DENSITY_END = DENSITY_START + timedelta(hours=24)
 CROWD_START = datetime(2025, 1, 7, 0, tzinfo=timezone.utc)
 CROWD_HOURS = 30
 CROWD_MODELS = 200
-LONG_ID = "a_model_whose_participant_chose_a_very_long_identifier_" + "_".join(f"part{i:02d}" for i in range(21))
+LONG_ID = ("a_model_whose_participant_chose_a_very_long_identifier_" + "_".join(f"part{i:02d}" for i in range(30)))[:180]
 NON_ASCII_ID = "модель-αβγ-Zürich"
 QUARANTINED_ID = "model_003"
 FAILING_ID = "flaky"  # fails 10 of 60 cycles an hour; its last failure is resolved (reason public)
