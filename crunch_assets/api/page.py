@@ -197,22 +197,45 @@ def score_chart_svg(series: dict[str, list[dict]], start: datetime | None, end: 
     return Markup("".join(parts))
 
 
-def chart_context(c: ReportCompetition, series: dict, order: list[str]) -> dict:
-    """The chart, its legend and the coverage of its window (hours with counted cycles)."""
-    start, end = series["start"], series["end"]
-    hours_total = int((end - start).total_seconds() // 3600) if start and end else 0
-    counted = series["hours_with_cycles"]
+def hour_gaps(start: datetime | None, end: datetime | None, counted: set[datetime]) -> list[dict]:
+    """The runs of hours in [start, end) without counted cycles."""
     gaps, at = [], start
-    counted_set = set(counted)
     while at is not None and at < end:
-        if at not in counted_set:
+        if at not in counted:
             gap_end = at
-            while gap_end < end and gap_end not in counted_set:
+            while gap_end < end and gap_end not in counted:
                 gap_end += timedelta(hours=1)
             gaps.append({"start": at, "end": gap_end, "hours": int((gap_end - at).total_seconds() // 3600)})
             at = gap_end
         else:
             at += timedelta(hours=1)
+    return gaps
+
+
+def window_hours(c: ReportCompetition, as_of: datetime | None, seconds: int) -> dict | None:
+    """The hours of the ranking window (from the competition's start at the earliest) in which
+    cycles ran and counted, from the stored rollups: the leaderboard's coverage is of the cycles
+    that ran, this says how many hours had none."""
+    if as_of is None:
+        return None
+    end = as_of if as_of.minute == 0 and as_of.second == 0 and as_of.microsecond == 0 else \
+        as_of.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    start = max(end - timedelta(seconds=seconds), c.spec.start)
+    if end <= start:
+        return None
+    counted = {r.period_start for r in c.store.stored_rollups(start, end) if r.cycle_count > 0 and start <= r.period_start < end}
+    total = int((end - start).total_seconds() // 3600)
+    return {"start": start, "end": end, "hours_total": total, "hours_counted": len(counted),
+            "coverage": len(counted) / total if total else None, "gaps": hour_gaps(start, end, counted)}
+
+
+def chart_context(c: ReportCompetition, series: dict, order: list[str]) -> dict:
+    """The chart, its legend and the coverage of its window (hours with counted cycles)."""
+    start, end = series["start"], series["end"]
+    hours_total = int((end - start).total_seconds() // 3600) if start and end else 0
+    counted = series["hours_with_cycles"]
+    counted_set = set(counted)
+    gaps = hour_gaps(start, end, counted_set)
     drawn = [m for m in order if series["series"].get(m)][:CHART_MODELS_MAX]
     legend = [{"model_id": m, "label": _short(m), "color": PALETTE[i % len(PALETTE)],
                "hours": sum(1 for p in series["series"][m] if p["hour"] in counted_set)} for i, m in enumerate(drawn)]
@@ -306,11 +329,13 @@ def build_page_router(competitions: dict[str, ReportCompetition], default_slug: 
         series = model_score_series(c, None, None, None)
         order = [e["model_id"] for e in board["entries"]]
         base = "/" if c.slug == default_slug and not status and page == 1 else f"/page/{c.slug}"
+        ranking_seconds = next(w.seconds for w in c.spec.leaderboard_windows if w.name == c.spec.ranking_key)
         return render(
             "competition.html", c, board=board, changes=changes, previous=previous, states=states, lifetime=lifetime,
             scopes=scopes, checkpoints=checkpoints, policies=policies_text(checkpoints), counts=counts,
             status=status, pager=page_links(f"/page/{c.slug}", {"status": status}, page, total),
             chart=chart_context(c, series, order), models=c.store.models(), base=base, now=now,
+            ranking_hours=window_hours(c, board["as_of"], ranking_seconds),
         )
 
     stylesheet = resources.files("crunch_assets.api").joinpath("static/page.css").read_bytes()

@@ -228,6 +228,10 @@ def test_the_chart_shows_a_hole_as_a_gap_and_coverage_counts_it(pages_api, page,
                 assert right <= gap_box["x"] + 1 or left >= gap_box["x"] + gap_box["width"] - 1
     for item in chart.locator("#legend li").all():
         assert item.locator(".hours").inner_text() == "18 of 24 h"
+    # the leaderboard says it too: its coverage is of the cycles that ran, and 6 of its 24 hours had none
+    gaps = page.locator("#window-gaps").inner_text()
+    assert "18 of 24 hours" in gaps and "(75.0 %)" in gaps and "2025-01-07 10:00 UTC – 2025-01-07 16:00 UTC (6 h)" in gaps
+    assert all(cell.inner_text() == "100.0 %" for cell in page.locator("#leaderboard td.coverage").all())
     # readable: full width, gridlines, ticks that do not overlap
     main_width = page.locator("main").bounding_box()["width"]
     assert chart.locator("svg.score-chart").bounding_box()["width"] >= 0.9 * main_width

@@ -233,6 +233,15 @@ QUERIES = {
     "latest leaderboard": "SELECT entries FROM crunch.leaderboards WHERE competition = 'btc_updown' "
                           "ORDER BY as_of DESC LIMIT 1",
     "audit": "SELECT * FROM crunch.checkpoint_audit WHERE checkpoint_id = 1 ORDER BY id",
+    # the reference's shapes (crunch_assets/api/reference.py) and the page
+    "models of a list, newest": "SELECT p.id FROM crunch.predictions p WHERE p.competition = 'btc_updown' "
+                                "AND p.model_id IN ('x', 'y') AND p.cycle_at >= '2025-01-07T05:00Z' "
+                                "AND p.cycle_at < '2025-01-08T05:00Z' ORDER BY p.cycle_at DESC, p.id DESC LIMIT 1000",
+    "leaderboards in a range": "SELECT as_of, entries FROM crunch.leaderboards WHERE competition = 'btc_updown' "
+                               "AND as_of >= '2025-01-07T00:00Z' AND as_of < '2025-01-14T00:00Z' ORDER BY as_of LIMIT 2976",
+    "feed tail of a stream": "SELECT ts_event, values FROM crunch.feed_records WHERE source = 'csv' AND subject = 'BTC' "
+                             "AND kind = 'candle' AND granularity = '1m' ORDER BY ts_event DESC LIMIT 20",
+    "checkpoints of a competition": "SELECT entries FROM crunch.checkpoints WHERE competition = 'btc_updown'",
 }
 
 
