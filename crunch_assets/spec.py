@@ -475,6 +475,9 @@ class CompetitionSpec(Declared):
     payout: PayoutPolicy = field(default_factory=PayoutPolicy)
     # The emission safety gate's declared limits (field size, concentration).
     gate: GatePolicy = field(default_factory=GatePolicy)
+    # What a score is, for people (the page says it with its direction), e.g. "CRPS of the
+    # predicted return density, in basis points". Empty: the page says "score".
+    score_name: str = ""
 
     def __post_init__(self) -> None:
         self._validate()

@@ -183,8 +183,20 @@ def create_app(
             raise HTTPException(404, f"no competition {slug!r}; served: {', '.join(sorted(by_slug))}")
         return competition
 
+    from crunch_assets.api import reference
+
+    def default_dependency() -> ReportCompetition:
+        return default
+
+    # Ours on /competitions/{slug}; the reference's shapes (the coordinator webapp's contract) on
+    # /reports (the default competition) and /competitions/{slug}/reports; /reports also answers
+    # our paths the reference has no counterpart of (breakdowns, proofs, audit, gate, lag, exports).
     app.include_router(build_router(by_slug_dependency, operator, operator_read), prefix="/competitions/{slug}")
-    app.include_router(build_router(lambda: default, operator, operator_read), prefix="/reports")
+    app.include_router(reference.build_reference_router(by_slug_dependency, operator),
+                       prefix="/competitions/{slug}/reports")
+    reports = reference.build_reference_router(default_dependency, operator)
+    app.include_router(reports, prefix="/reports")
+    app.include_router(_without(build_router(default_dependency, operator, operator_read), reports), prefix="/reports")
 
     @app.get("/health", tags=["health"])
     def health() -> JSONResponse:
@@ -194,6 +206,22 @@ def create_app(
         except Exception as error:  # any failure to reach the database is "unavailable"
             return JSONResponse({"status": "unavailable", "database": f"unreachable: {type(error).__name__}"}, 503)
         return JSONResponse({"status": "ok", "database": "reachable", "competitions": sorted(by_slug)})
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> JSONResponse:
+        """The reference's name of /health."""
+        return health()
+
+    @app.get("/info", tags=["reference (coordinator webapp)"])
+    def node_info() -> dict:
+        """The node's identity, as the reference's: the default competition's crunch account
+        (CRUNCH_<SLUG>_CRUNCH_PUBKEY; null when not set) and its network (CRUNCH_<SLUG>_NETWORK:
+        mainnet-beta, devnet or testnet; null when not declared), and every served competition's."""
+        return {**reference.info(default), "competitions": [reference.info(c) for c in competitions]}
+
+    @app.get("/competitions/{slug}/info", tags=["reference (coordinator webapp)"])
+    def competition_info(c: Annotated[ReportCompetition, Depends(by_slug_dependency)]) -> dict:
+        return reference.info(c)
 
     @app.get("/competitions", tags=["competitions"])
     def list_competitions() -> dict:
@@ -205,6 +233,14 @@ def create_app(
 
     app.include_router(build_page_router(by_slug, default.slug))
     return app
+
+
+def _without(router: APIRouter, taken_by: APIRouter) -> APIRouter:
+    """`router` less the routes (path and method) `taken_by` already answers."""
+    taken = {(route.path, method) for route in taken_by.routes for method in getattr(route, "methods", ())}
+    router.routes = [route for route in router.routes
+                     if not any((route.path, method) in taken for method in getattr(route, "methods", ()))]
+    return router
 
 
 def build_router(competition_dependency: Callable[..., ReportCompetition], operator: Callable[..., str],

@@ -20,6 +20,26 @@ from resources.store.rows import CheckpointRow
 SERIES_DEFAULT_HOURS = 72
 
 
+def window_label(seconds: int) -> str:
+    """A window's name for people: "last 6 h", "last 24 h", "last 7 days", "last 90 min"."""
+    if seconds % 86400 == 0 and seconds >= 2 * 86400:
+        return f"last {seconds // 86400} days"
+    if seconds % 3600 == 0:
+        return f"last {seconds // 3600} h"
+    if seconds % 60 == 0:
+        return f"last {seconds // 60} min"
+    return f"last {seconds} s"
+
+
+def direction_words(spec: CompetitionSpec) -> str:
+    return "higher is better" if spec.ranking_descending else "lower is better"
+
+
+def score_words(spec: CompetitionSpec) -> str:
+    """What the score is and which way is better, e.g. "CRPS ..., lower is better"."""
+    return f"{spec.score_name or 'score'}; {direction_words(spec)}"
+
+
 def leaderboard_view(c: ReportCompetition, stored: tuple | None, window: str, scope: str | None) -> dict:
     """The stored leaderboard ranked by `window` (of `scope`, or combined)."""
     spec = c.spec
@@ -84,11 +104,14 @@ def model_score_series(c: ReportCompetition, model_ids: Sequence[str] | None, st
     standings the leaderboard computes, one hour at a time). No range: the last 72 hours of data."""
     store = c.store
     if start is None or end is None:
-        last = c.reports.lag([s.key for s in c.spec.scopes]).last_scored_cycle
+        lag = c.reports.lag([s.key for s in c.spec.scopes])
+        # the newest data: the last scored cycle (or, with no score row left, the newest leaderboard)
+        last = lag.last_scored_cycle or (lag.last_leaderboard_as_of - timedelta(microseconds=1)
+                                         if lag.last_leaderboard_as_of else None)
         if last is None:
-            return {"start": None, "end": None, "series": {}}
+            return {"start": None, "end": None, "series": {}, "hours_with_cycles": []}
         end = ceil_hour(last + timedelta(microseconds=1))
-        start = end - timedelta(hours=SERIES_DEFAULT_HOURS)
+        start = max(end - timedelta(hours=SERIES_DEFAULT_HOURS), c.spec.start)  # nothing ran before the start
     snapshots = store.snapshots(start, end)
     rollups = store.stored_rollups(start, end)
     by_hour_snapshots, by_hour_rollups = defaultdict(list), defaultdict(list)
@@ -104,7 +127,9 @@ def model_score_series(c: ReportCompetition, model_ids: Sequence[str] | None, st
         for model_id, standing in sorted(hourly.items()):
             if standing.value is not None:
                 series[model_id].append({"hour": hour, "value": standing.value, "predictions": standing.predictions})
-    return {"start": start, "end": end, "series": dict(series)}
+    # the hours in which cycles ran and count: an hour missing here is a gap (nothing ran, or all void)
+    counted = sorted({row.period_start for row in rollups if row.cycle_count > 0 and start <= row.period_start < end})
+    return {"start": start, "end": end, "series": dict(series), "hours_with_cycles": counted}
 
 
 def prediction_view(p: PredictionReport, public_input_keys: Sequence[str]) -> dict:
