@@ -33,7 +33,15 @@ def api(host: str, port: int, slugs: tuple[str, ...], log_level: str, max_connec
     CRUNCH_API_TOKEN (unset: disabled); the audit names CRUNCH_API_ACTOR (default "api")."""
     from crunch_assets.api import create_app, load_report_competition
     from crunch_assets.api.server import run_server
+    from resources.database_url import DatabaseConfigError, configured_role_url, uses_embedded_server
 
+    if not uses_embedded_server():
+        # A wrong configuration is refused here, by name; the database itself is reached lazily
+        # (a server not up yet is /health's 503, not a failed start).
+        try:
+            configured_role_url("api")
+        except DatabaseConfigError as error:
+            raise click.ClickException(str(error)) from None
     limits = ServerLimits(max_connections=max_connections,
                           max_connections_per_client=max_connections_per_client or None,
                           request_timeout_seconds=request_timeout_seconds, keep_alive_seconds=keep_alive_seconds)
