@@ -46,7 +46,15 @@ def api(host: str, port: int, slugs: tuple[str, ...], workspace: Path, log_level
     from crunch_assets.api.server import run_server
     from crunch_assets.cli.common import exit_cleanly_on_sigterm, load_workspace_competitions
     from crunch_assets.settings import SettingsError
+    from resources.database_url import DatabaseConfigError, configured_role_url, uses_embedded_server
 
+    if not uses_embedded_server():
+        # A wrong configuration is refused here, by name; the database itself is reached lazily
+        # (a server not up yet is /health's 503, not a failed start).
+        try:
+            configured_role_url("api")
+        except DatabaseConfigError as error:
+            raise click.ClickException(str(error)) from None
     limits = ServerLimits(max_connections=max_connections,
                           max_connections_per_client=max_connections_per_client or None,
                           request_timeout_seconds=request_timeout_seconds, keep_alive_seconds=keep_alive_seconds)
