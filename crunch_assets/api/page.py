@@ -88,7 +88,9 @@ def build_page_router(competitions: dict[str, ReportCompetition], default_slug: 
 
     def competition_page(c: ReportCompetition) -> HTMLResponse:
         board = leaderboard_view(c, c.store.leaderboard(), c.spec.ranking_key, None)
-        checkpoints = [checkpoint_summary(cp) for cp in c.reports.checkpoints(limit=PAGE_CHECKPOINTS)]
+        rows = c.reports.checkpoints(limit=PAGE_CHECKPOINTS)
+        trails = c.payouts.audit_trails([cp.id for cp in rows])
+        checkpoints = [checkpoint_summary(cp, trails.get(cp.id, []), c.spec) for cp in rows]
         series = model_score_series(c, None, None, None)
         html = templates.get_template("competition.html").render(
             c=c, spec=c.spec, board=board, checkpoints=checkpoints, chart=score_chart_svg(series["series"]),
@@ -120,10 +122,13 @@ def build_page_router(competitions: dict[str, ReportCompetition], default_slug: 
         board = leaderboard_view(c, c.store.leaderboard(), c.spec.ranking_key, None)
         entry = next((e for e in board["entries"] if e["model_id"] == model_id), None)
         rewards = []
-        for cp in c.reports.checkpoints(limit=PAGE_CHECKPOINTS):
+        rows = c.reports.checkpoints(limit=PAGE_CHECKPOINTS)
+        trails = c.payouts.audit_trails([cp.id for cp in rows])
+        for cp in rows:
             row = next((r for r in cp.entries.get("ranking", []) if r["model_id"] == model_id), None)
             if row is not None:
-                rewards.append({"checkpoint": checkpoint_summary(cp), "row": row, "models": len(cp.entries["ranking"])})
+                rewards.append({"checkpoint": checkpoint_summary(cp, trails.get(cp.id, []), c.spec), "row": row,
+                                "models": len(cp.entries["ranking"])})
         series = model_score_series(c, [model_id], None, None)
         html = templates.get_template("model.html").render(
             c=c, spec=c.spec, model=model, entry=entry, rewards=rewards, chart=score_chart_svg(series["series"]),
