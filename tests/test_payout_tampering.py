@@ -33,6 +33,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from tests.api.conftest import LiveServer, auth, database_named, role_env
+from tests.rewards_fixtures import MODEL_HEADER as _FIXTURE_HEADER
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 START = datetime(2026, 11, 14, tzinfo=timezone.utc)
@@ -45,13 +46,9 @@ _copies = itertools.count()
 
 # Six participants with distinct, constant-quality answers: six distinct ranks, every one paid
 # under the tiered emission (rank 6, the last, gets 83,333,333 of 1e9).
-MODEL_HEADER = """from competitions.btc_updown.model_base import UpDownModel
-from resources.feeds.synthetic_prices import synthetic_price
-
-
-def went_up(asof):
-    return round(synthetic_price("BTC", asof + 60), 6) > round(synthetic_price("BTC", asof), 6)
-
+# A sandboxed model sees nothing of the checkout but its base class: it carries its own copy of the
+# synthetic feed's price function (tests/rewards_fixtures.py).
+MODEL_HEADER = _FIXTURE_HEADER + """
 
 class Model(UpDownModel):
     def predict(self, subject, resolve_horizon_seconds, step_seconds):
