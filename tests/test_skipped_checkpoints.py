@@ -520,3 +520,34 @@ def test_a_skipped_checkpoint_is_never_rebuilt(store_url, models_dir):
     after = query(store_url, "SELECT status, entries, merkle_root, chained_root, updated_at, gate FROM crunch.checkpoints "
                              "WHERE id = :id", {"id": dead})[0]
     assert tuple(after) == tuple(before)
+
+
+def test_the_page_shows_a_skipped_checkpoint_with_its_reason_in_a_browser(store_url):
+    """Headless chromium (as tests/api/test_participant_page.py): the skipped period says it pays
+    nothing, with the operator's reason; the one that cannot be paid yet says why."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.api.test_participant_page import CHROMIUM, LAUNCH_ARGS
+
+    first, dead, thin, _ = checkpoint_ids(store_url)
+    with api(store_url) as client:
+        assert confirm(client, first).status_code == 200
+        assert skip(client, dead, note=REASON).status_code == 200
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+            try:
+                page = browser.new_page()
+                assert page.goto(str(client.base_url) + "/page/btc_updown").status == 200
+                skipped = page.locator(f'section.checkpoint[data-checkpoint="{dead}"]')
+                assert skipped.locator("h3 .status").inner_text() == "SKIPPED"
+                assert skipped.locator(".skip-reason").inner_text() == REASON
+                assert "nothing is paid for this period, now or later" in skipped.locator(".skipped").inner_text()
+                waiting = page.locator(f'section.checkpoint[data-checkpoint="{thin}"]')
+                assert waiting.locator("h3 .status").inner_text() == "PENDING"
+                assert "Cannot be paid as built: minimum_field_size" in waiting.locator(".unpayable").inner_text()
+                assert page.locator(f'section.checkpoint[data-checkpoint="{first}"] .unpayable').count() == 0
+                page.goto(str(client.base_url) + "/page/btc_updown/models/oracle")
+                explained = page.locator(f'section.explain[data-checkpoint="{dead}"]')
+                assert explained.locator(".skip-reason").inner_text() == REASON
+            finally:
+                browser.close()
