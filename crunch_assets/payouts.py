@@ -159,8 +159,9 @@ def check_some_model_is_paid(entries: dict) -> GateCheck:
     if paid:
         return GateCheck("some_model_is_paid", True, f"{paid} of {len(ranking)} ranked model(s) paid")
     reasons = sorted({(r.get("breakdown") or {}).get("unpaid_reason") or "not eligible" for r in ranking})
+    which = "is eligible" if not any(r.get("eligible") for r in ranking) else "is paid"
     return GateCheck("some_model_is_paid", False,
-                     f"no model is paid: none of the {len(ranking)} ranked model(s) is eligible"
+                     f"no model is paid: none of the {len(ranking)} ranked model(s) {which}"
                      + (f" ({'; '.join(reasons[:3])}{'; ...' if len(reasons) > 3 else ''})" if reasons else "")
                      + ": nothing to pay for the period")
 
