@@ -403,6 +403,8 @@ def build_checkpoint_asset(
     def emission_checkpoints(
         context: dg.AssetExecutionContext, database: CrunchDatabase, rules: CompetitionRules, payout_accounts: PayoutAccounts
     ) -> dg.MaterializeResult:
+        from crunch_assets.payouts import unpayable_reasons  # payouts imports this module
+
         store = database.competition(spec.slug)
         results = []
         for key in sorted(context.partition_keys, key=lambda k: periods.window(k)[0]):
@@ -417,6 +419,11 @@ def build_checkpoint_asset(
             if stored.status != "PENDING" and (stored.entries != built.entries or stored.merkle_root != built.merkle_root):
                 # Paid money does not move: the disagreement is reported, the stored checkpoint stands.
                 context.log.warning(f"{key}: checkpoint already {stored.status}; the recomputation differs and was not written")
+            unpayable = unpayable_reasons(stored.entries, spec.gate) if stored.status == "PENDING" else []
+            if unpayable:
+                context.log.warning(f"{key}: checkpoint #{stored.id} can never be submitted as built ({'; '.join(unpayable)}); "
+                                    "later periods wait for it until an operator skips it: crunch-dagster checkpoints skip "
+                                    f"{spec.slug} {stored.id} --reason '<why>'")
             results.append(stored)
             # rounded for reading: the exact split is reward_frac64 (and the stored checkpoint)
             rows = [{"rank": r["rank"], "model": r["model_id"], "cruncher_index": r["cruncher_index"],
@@ -427,6 +434,7 @@ def build_checkpoint_asset(
             context.add_asset_metadata({
                 "checkpoint_id": stored.id,
                 "status": stored.status,
+                "cannot_be_submitted": "; ".join(unpayable) or "nothing in its entries (the gate decides at submission)",
                 "period": f"{start.isoformat()} .. {end.isoformat()}",
                 "models": len(rows),
                 "reward_sum": sum(r["reward_frac64"] for r in rows),
@@ -440,11 +448,14 @@ def build_checkpoint_asset(
                 "copy_clusters": [f"{c['cluster']}: {', '.join(m['model_id'] for m in c['members'])}; pays "
                                   f"{', '.join(c['paid'])} ({c['status']})" for c in stored.entries.get("copy_clusters", [])],
             }, partition_key=key)
+        # one result per run: the first error, else the first warning (a period with nothing to pay)
         check = checks.check_rewards(keys.emission_checkpoints, None)
         for stored in results:
-            check = checks.check_rewards(keys.emission_checkpoints, stored.entries)
-            if not check.passed:
-                break
+            found = checks.check_rewards(keys.emission_checkpoints, stored.entries)
+            if not found.passed and (check.passed or found.severity == dg.AssetCheckSeverity.ERROR):
+                check = found
+                if found.severity == dg.AssetCheckSeverity.ERROR:
+                    break
         return dg.MaterializeResult(metadata={"checkpoints": len(results)}, check_results=[check])
 
     return emission_checkpoints

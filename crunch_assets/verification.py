@@ -10,7 +10,8 @@ score's inclusion.
 - with the audit trails given, its lifecycle (`lifecycle_problems`): a checkpoint past PENDING has
   exactly one audit row per step, each with its actor, chained by digest, the SUBMITTED row with
   the checkpoint's tx hash and submission time, and a stored passing gate result for these very
-  entries and roots.
+  entries and roots; a SKIPPED one, its one PENDING -> SKIPPED row with the reason, no tx hash,
+  and the stored gate result that refused these very entries and roots.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from resources.store.rows import CheckpointRow
 
 STEPS = (("PENDING", "SUBMITTED"), ("SUBMITTED", "CLAIMABLE"), ("CLAIMABLE", "PAID"))
 STATUS_ORDER = ("PENDING", "SUBMITTED", "CLAIMABLE", "PAID")
+SKIP_STEP = ("PENDING", "SKIPPED")  # final: a skipped checkpoint pays nothing, ever
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 ROOT_PROBLEM = "the period's stored scores, outputs or truths differ from what the checkpoint committed to"
 CHAIN_PROBLEM = ("the chained root does not follow from the roots and entries hashes before it: an earlier "
@@ -153,10 +155,11 @@ def lifecycle_problems(checkpoint: CheckpointRow, trail: Sequence[AuditRow]) -> 
     every step up to its status has exactly one audit row, in order, with an actor and an unbroken
     digest chain; the SUBMITTED row names the checkpoint's tx hash and submission time and the
     checkpoint's chained root; a checkpoint past PENDING keeps the passing gate result it was
-    submitted with, for these entries and roots."""
-    if checkpoint.status not in STATUS_ORDER:
+    submitted with, for these entries and roots. A SKIPPED one has its one skip row with the
+    reason (`_skip_problems`)."""
+    if checkpoint.status not in STATUS_ORDER + ("SKIPPED",):
         return [f"status {checkpoint.status!r} is not a checkpoint status"]
-    expected = list(STEPS[:STATUS_ORDER.index(checkpoint.status)])
+    expected = [SKIP_STEP] if checkpoint.status == "SKIPPED" else list(STEPS[:STATUS_ORDER.index(checkpoint.status)])
     found = [(row.from_status, row.to_status) for row in trail]
     problems = []
     if found != expected:
@@ -173,6 +176,8 @@ def lifecycle_problems(checkpoint: CheckpointRow, trail: Sequence[AuditRow]) -> 
         previous = row.digest
     if checkpoint.status == "PENDING":
         return problems
+    if checkpoint.status == "SKIPPED":
+        return problems + _skip_problems(checkpoint, trail)
     submitted = next((row for row in trail if row.to_status == "SUBMITTED"), None)
     if submitted is not None:
         if not checkpoint.tx_hash or submitted.tx_hash != checkpoint.tx_hash:
@@ -194,6 +199,30 @@ def lifecycle_problems(checkpoint: CheckpointRow, trail: Sequence[AuditRow]) -> 
         else:
             if checkpoint.commitment_scheme >= merkle.CURRENT_SCHEME and "entries_sha256" not in gate:
                 problems.append("the stored gate result does not name the entries it passed")
+    return problems
+
+
+def _skip_problems(checkpoint: CheckpointRow, trail: Sequence[AuditRow]) -> list[str]:
+    """A SKIPPED checkpoint: its skip row gives the reason and no tx hash, for the content it still
+    has; it was never submitted; its stored gate result refused that very content."""
+    problems = []
+    skip = next((row for row in trail if (row.from_status, row.to_status) == SKIP_STEP), None)
+    if skip is not None:
+        if not (skip.note or "").strip():
+            problems.append(f"audit row #{skip.id} skipped the checkpoint without a reason")
+        if skip.tx_hash is not None:
+            problems.append(f"audit row #{skip.id} skipped the checkpoint with a tx hash: a skip pays nothing")
+        if skip.chained_root != checkpoint.chained_root:
+            problems.append("the checkpoint's chained root changed after it was skipped")
+    if checkpoint.tx_hash is not None or checkpoint.submitted_at is not None:
+        problems.append("SKIPPED with a tx hash or a submission time: a skipped checkpoint is never submitted")
+    gate = checkpoint.gate
+    if not isinstance(gate, dict) or gate.get("passed") is not False:
+        problems.append("SKIPPED without a stored gate result that refused it")
+    elif any(key in gate and gate[key] != value for key, value in (
+            ("merkle_root", checkpoint.merkle_root), ("chained_root", checkpoint.chained_root),
+            ("entries_sha256", merkle.entries_sha256(checkpoint.entries)))):
+        problems.append("the stored gate result refused another checkpoint content")
     return problems
 
 

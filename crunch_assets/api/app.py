@@ -92,9 +92,9 @@ class ResolveCopyBody(BaseModel):
 
 class StatusBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    status: Literal["PENDING", "SUBMITTED", "CLAIMABLE", "PAID"]
+    status: Literal["PENDING", "SUBMITTED", "CLAIMABLE", "PAID", "SKIPPED"]
     tx_hash: TxHash | None = None
-    note: Note | None = None
+    note: Note | None = Field(default=None, description="kept in the audit; for SKIPPED, required: the reason")
 
 
 def encode_cursor(cycle_at: datetime, row_id: int) -> str:
@@ -388,19 +388,21 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
     @router.get("/checkpoints", tags=["checkpoints"])
     def checkpoints(
         c: Competition,
-        status: Annotated[Literal["PENDING", "SUBMITTED", "CLAIMABLE", "PAID"] | None, Query()] = None,
+        status: Annotated[Literal["PENDING", "SUBMITTED", "CLAIMABLE", "PAID", "SKIPPED"] | None, Query()] = None,
         limit: Annotated[int, Query(ge=1, le=CHECKPOINT_LIMIT_MAX)] = 50,
     ) -> dict:
         """The newest checkpoints first, with their reward split; `lifecycle.verified` is false (with the
-        reasons) for a checkpoint past PENDING without a matching audit trail and passing gate result."""
-        trails = c.payouts.audit_trails()
-        return {"checkpoints": [checkpoint_summary(cp, trails.get(cp.id, []))
-                                for cp in c.reports.checkpoints(status=status, limit=limit)]}
+        reasons) for a checkpoint past PENDING without a matching audit trail and gate result;
+        `skipped` gives a SKIPPED one's reason; `unpayable` says why a PENDING one can never be
+        submitted (and that an operator may skip it)."""
+        rows = c.reports.checkpoints(status=status, limit=limit)
+        trails = c.payouts.audit_trails([cp.id for cp in rows])
+        return {"checkpoints": [checkpoint_summary(cp, trails.get(cp.id, []), c.spec) for cp in rows]}
 
     @router.get("/checkpoints/{checkpoint_id}", tags=["checkpoints"])
     def checkpoint(c: Competition, checkpoint_id: CheckpointId) -> dict:
         cp = checkpoint_or_404(c, checkpoint_id)
-        return checkpoint_view(cp, c.payouts.gate(cp.id), c.payouts.audit_trail(cp.id))
+        return checkpoint_view(cp, c.payouts.gate(cp.id), c.payouts.audit_trail(cp.id), c.spec)
 
     @router.get("/checkpoints/{checkpoint_id}/audit", tags=["checkpoints"])
     def checkpoint_audit(c: Competition, checkpoint_id: CheckpointId) -> dict:
@@ -496,13 +498,14 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
             raise HTTPException(422, str(error)) from None
         except TransitionConflict as error:
             raise HTTPException(409, {"message": str(error), "status": error.current_status}) from None
-        except payouts.GateFailed as error:
+        except (payouts.GateFailed, payouts.SkipRefused) as error:
             raise HTTPException(409, {"message": str(error), "reasons": error.reasons, "gate": error.gate}) from None
         return {"changed": outcome.changed, "message": outcome.message,
                 "checkpoint": checkpoint_summary(outcome.checkpoint),
                 "audit": vars(outcome.audit) if outcome.audit else None}
 
-    conflict = {409: {"description": "illegal transition, or the safety gate refused"},
+    conflict = {409: {"description": "illegal transition, the safety gate refused, or a skip refused (the checkpoint "
+                                     "can be paid, or is not settled, genuine and in order)"},
                 401: {"description": "no bearer token"}, 403: {"description": "wrong token, or mutations disabled"},
                 404: {"description": "unknown checkpoint"}}
 
@@ -514,7 +517,9 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
     @router.patch("/checkpoints/{checkpoint_id}/status", tags=["lifecycle"], responses=conflict)
     def advance_status(c: Competition, actor: Operator, checkpoint_id: CheckpointId,
                        body: Annotated[StatusBody, Body()]) -> dict:
-        """One step forward: SUBMITTED (needs tx_hash; gated), CLAIMABLE, PAID."""
+        """One step forward: SUBMITTED (needs tx_hash; gated), CLAIMABLE, PAID; or SKIPPED, from PENDING
+        with the reason as `note`, for a period nobody can be paid for (the gate must refuse it for
+        that; it then pays nothing, ever, and the next period may be submitted)."""
         return transition(c, checkpoint_id, body.status, actor, body.tx_hash, body.note)
 
     @router.get("/checkpoints/{checkpoint_id}/copy-clusters", tags=["checkpoints"])

@@ -303,7 +303,7 @@ def build_page_router(competitions: dict[str, ReportCompetition], default_slug: 
     Slug = Annotated[str, Path(description="a served competition; any other is a 404 page")]
     ModelId = Annotated[str, Path(description="any model id; one the registry does not hold is a 404 page")]
     Page = Annotated[int, Query(ge=1, le=PAGE_MAX)]
-    Status = Annotated[str | None, Query(pattern="^(PENDING|SUBMITTED|CLAIMABLE|PAID)$")]
+    Status = Annotated[str | None, Query(pattern="^(PENDING|SUBMITTED|CLAIMABLE|PAID|SKIPPED)$")]
 
     def render(name: str, c: ReportCompetition, **context) -> HTMLResponse:
         html = templates.get_template(name).render(
@@ -325,7 +325,9 @@ def build_page_router(competitions: dict[str, ReportCompetition], default_slug: 
         counts = c.reports.checkpoint_counts()
         total = counts.get(status, 0) if status else sum(counts.values())
         rows = c.reports.checkpoints(status=status, limit=PAGE_CHECKPOINTS, offset=(page - 1) * PAGE_CHECKPOINTS)
-        checkpoints = [{**checkpoint_summary(cp), "policies": cp.entries.get("policies", {})} for cp in rows]
+        trails = c.payouts.audit_trails([cp.id for cp in rows])
+        checkpoints = [{**checkpoint_summary(cp, trails.get(cp.id, []), c.spec), "policies": cp.entries.get("policies", {})}
+                       for cp in rows]
         series = model_score_series(c, None, None, None)
         order = [e["model_id"] for e in board["entries"]]
         base = "/" if c.slug == default_slug and not status and page == 1 else f"/page/{c.slug}"
@@ -379,7 +381,9 @@ def build_page_router(competitions: dict[str, ReportCompetition], default_slug: 
                             "reason": None if f.embargoed else public_reason(f.status, f.status_reason)}
         rewards = []
         total = c.reports.checkpoint_counts()
-        for cp in c.reports.checkpoints(limit=PAGE_CHECKPOINTS, offset=(page - 1) * PAGE_CHECKPOINTS):
+        rows = c.reports.checkpoints(limit=PAGE_CHECKPOINTS, offset=(page - 1) * PAGE_CHECKPOINTS)
+        trails = c.payouts.audit_trails([cp.id for cp in rows])
+        for cp in rows:
             row = next((r for r in cp.entries.get("ranking", []) if r["model_id"] == model_id), None)
             if row is None:
                 continue
@@ -391,7 +395,8 @@ def build_page_router(competitions: dict[str, ReportCompetition], default_slug: 
                 proof = {"page": f"/page/{slug}/models/{quote(model_id, safe='')}/checkpoints/{cp.id}/proof?{query}",
                          "api": f"/competitions/{slug}/checkpoints/{cp.id}/models/{quote(model_id, safe='')}/proof?{query}",
                          "cycle_at": scored[0].cycle_at, "scope_key": scored[0].scope_key}
-            rewards.append({"checkpoint": checkpoint_summary(cp), "row": row, "models": len(cp.entries["ranking"]),
+            rewards.append({"checkpoint": checkpoint_summary(cp, trails.get(cp.id, []), c.spec), "row": row,
+                            "models": len(cp.entries["ranking"]),
                             "proof": proof, "policies": cp.entries.get("policies", {})})
         series = model_score_series(c, [model_id], None, None)
         return render(

@@ -9,7 +9,7 @@ from typing import Sequence
 from crunch_assets.api.competitions import ReportCompetition
 from crunch_assets.failure_reasons import public_reason, public_score_reason
 from crunch_assets.partitions import ceil_hour
-from crunch_assets.payouts import frac64_to_percent
+from crunch_assets.payouts import frac64_to_percent, unpayable_reasons
 from crunch_assets.spec import CompetitionSpec
 from crunch_assets.standings import rank_models, standings
 from crunch_assets.verification import lifecycle_problems
@@ -170,18 +170,44 @@ def lifecycle_view(cp: CheckpointRow, audit: Sequence[AuditRow]) -> dict:
     return {"verified": not problems, "problems": problems}
 
 
-def checkpoint_summary(cp: CheckpointRow, audit: Sequence[AuditRow] | None = None) -> dict:
+def skip_view(audit: Sequence[AuditRow]) -> dict | None:
+    """The operator's skip of the checkpoint, from its audit row: the reason, who, when."""
+    row = next((a for a in audit if a.to_status == "SKIPPED"), None)
+    return None if row is None else {"reason": row.note, "actor": row.actor, "at": row.at, "audit_id": row.id}
+
+
+def unpayable_view(cp: CheckpointRow, spec: CompetitionSpec) -> dict | None:
+    """For a PENDING checkpoint whose entries the declared policies can never pay: why, what it
+    blocks, and the operator's way out. None when nothing in its entries says so."""
+    reasons = unpayable_reasons(cp.entries, spec.gate) if cp.status == "PENDING" else []
+    if not reasons:
+        return None
+    return {"reasons": reasons,
+            "blocks": "it can never be submitted, and every later period waits for it (submissions go in order)",
+            "remedy": f"an operator skips it, with the reason: PATCH /competitions/{spec.slug}/checkpoints/{cp.id}/status "
+                      '{"status": "SKIPPED", "note": "<why>"}, or crunch-dagster checkpoints skip '
+                      f"{spec.slug} {cp.id} --reason '<why>'. It then pays nothing, ever; no later period pays it"}
+
+
+def checkpoint_summary(cp: CheckpointRow, audit: Sequence[AuditRow] | None = None,
+                       spec: CompetitionSpec | None = None) -> dict:
+    """One checkpoint with its reward split; with its `audit`, its `lifecycle` and `skipped` (the
+    skip's reason, actor and time, or None); with the `spec`, `unpayable` (why a PENDING one can
+    never be submitted, or None)."""
     summary = {"id": cp.id, "period_start": cp.period_start, "period_end": cp.period_end, "status": cp.status,
                "tx_hash": cp.tx_hash, "submitted_at": cp.submitted_at, "merkle_root": cp.merkle_root,
                "chained_root": cp.chained_root, "commitment_scheme": cp.commitment_scheme, "created_at": cp.created_at,
                "updated_at": cp.updated_at, "reward_split": reward_split(cp)}
     if audit is not None:
         summary["lifecycle"] = lifecycle_view(cp, audit)
+        summary["skipped"] = skip_view(audit) if cp.status == "SKIPPED" else None
+    if spec is not None:
+        summary["unpayable"] = unpayable_view(cp, spec)
     return summary
 
 
-def checkpoint_view(cp: CheckpointRow, gate: dict | None, audit: list[AuditRow]) -> dict:
-    return {**checkpoint_summary(cp, audit), "crunch": cp.entries.get("crunch"),
+def checkpoint_view(cp: CheckpointRow, gate: dict | None, audit: list[AuditRow], spec: CompetitionSpec | None = None) -> dict:
+    return {**checkpoint_summary(cp, audit, spec), "crunch": cp.entries.get("crunch"),
             "cruncher_rewards": cp.entries.get("cruncher_rewards", []),
             "compute_provider_rewards": cp.entries.get("compute_provider_rewards", []),
             "data_provider_rewards": cp.entries.get("data_provider_rewards", []),

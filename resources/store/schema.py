@@ -261,7 +261,7 @@ checkpoints = sa.Table(
     sa.Column("competition", sa.Text, nullable=False),
     sa.Column("period_start", TZ, nullable=False),
     sa.Column("period_end", TZ, nullable=False),
-    # PENDING | SUBMITTED | CLAIMABLE | PAID; moved only by crunch.advance_checkpoint (migration 0006)
+    # PENDING | SUBMITTED | CLAIMABLE | PAID | SKIPPED; moved only by crunch.advance_checkpoint (migrations 0006, 0008)
     sa.Column("status", sa.Text, nullable=False, server_default="PENDING"),
     sa.Column("tx_hash", sa.Text, nullable=True),
     sa.Column("submitted_at", TZ, nullable=True),
