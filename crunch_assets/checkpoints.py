@@ -364,16 +364,17 @@ def build_checkpoint(
     start: datetime, end: datetime,
 ) -> CheckpointBuild | None:
     """The checkpoint of [start, end), or None when nothing in it was scored: its entries, the
-    Merkle root of the period's scores and the chained root (scheme 2: also committing to the
-    entries' hash)."""
+    Merkle root of the period's scores (scheme 3: RFC 8785 leaves) and the chained root, which
+    also commits to the entries' hash."""
     payload = checkpoint_entries(spec, rules, store, accounts, start, end)
     if payload is None:
         return None
-    leaves = [merkle.leaf_hash(leaf) for leaf in store.score_leaves(start, end)]
+    leaves = [merkle.leaf_hash(leaf, merkle.CURRENT_SCHEME) for leaf in store.score_leaves(start, end)]
     root = merkle.merkle_root(leaves)
     previous = store.previous_checkpoint(start)
     entries_hash = merkle.entries_sha256(payload)
-    chained = merkle.chain_with_entries(previous.chained_root if previous else None, root, entries_hash)
+    chained = merkle.chain_with_entries(previous.chained_root if previous else None, root, entries_hash,
+                                        merkle.CURRENT_SCHEME)
     meta = {
         "fingerprint": store.period_fingerprint(start, end),
         "leaf_count": len(leaves),
@@ -382,6 +383,31 @@ def build_checkpoint(
         "entries_sha256": entries_hash,
     }
     return CheckpointBuild(payload, root, chained, meta, merkle.CURRENT_SCHEME)
+
+
+def publish_root(context: dg.AssetExecutionContext, spec: CompetitionSpec, stored, built: CheckpointBuild) -> str:
+    """Publish the chained root of the checkpoint just stored to the competition's sink
+    (crunch_assets/publication.py). A checkpoint the store kept as it was (past PENDING) was
+    published when it was built. A publication that fails does not fail the run: the checkpoint is
+    stored, and the gate refuses it until it is published (the outcome is in the metadata and log)."""
+    from crunch_assets import publication
+    from crunch_assets.settings import CompetitionSettings
+
+    if stored.status != "PENDING" or stored.chained_root != built.chained_root:
+        return "not published again: the stored checkpoint is past PENDING"
+    sink = publication.RootSink.from_settings(CompetitionSettings(spec.slug))
+    try:
+        done = publication.publish(sink, stored)
+    except OSError as error:
+        context.log.error(f"checkpoint #{stored.id}: its chained root could not be published to {sink.path}: {error}; "
+                          f"the gate refuses it until `crunch-dagster checkpoints publish {spec.slug} {stored.id}`")
+        return f"failed: {type(error).__name__} writing {sink.path}"
+    if done.delivered is False:
+        context.log.warning(f"checkpoint #{stored.id}: the publication webhook did not take its chained root "
+                            f"({done.record['webhook']}); the gate refuses it until `crunch-dagster checkpoints publish "
+                            f"{spec.slug} {stored.id}`")
+        return f"appended to {sink.path}; the webhook did not take it"
+    return f"{'published to' if done.appended else 'already in'} {sink.describe()}"
 
 
 def build_checkpoint_asset(
@@ -418,6 +444,7 @@ def build_checkpoint_asset(
                 # Paid money does not move: the disagreement is reported, the stored checkpoint stands.
                 context.log.warning(f"{key}: checkpoint already {stored.status}; the recomputation differs and was not written")
             results.append(stored)
+            published = publish_root(context, spec, stored, built)
             rows = [{"rank": r["rank"], "model": r["model_id"], "cruncher_index": r["cruncher_index"], "score": r["score"],
                      "coverage": r["coverage"], "eligible": r["eligible"], "predictions": r["prediction_count"],
                      "reward_frac64": r["reward_pct"], "reward_percent": r["reward_pct"] * 100 / FRAC64_ONE}
@@ -430,6 +457,7 @@ def build_checkpoint_asset(
                 "reward_sum": sum(r["reward_frac64"] for r in rows),
                 "merkle_root": stored.merkle_root,
                 "chained_root": stored.chained_root,
+                "root_publication": published,
                 "reward_split": table_metadata(
                     [("rank", "int"), ("model", "string"), ("cruncher_index", "int"), ("score", "float"),
                      ("coverage", "float"), ("eligible", "bool"), ("predictions", "int"), ("reward_frac64", "int"),

@@ -78,6 +78,19 @@ def score_chart_svg(series: dict[str, list[dict]], width: int = 760, height: int
     return Markup("".join(parts))
 
 
+def receipt_widget(c: ReportCompetition, checkpoints, model_id: str) -> dict | None:
+    """The receipt the model page checks in the browser: the model's latest (templates/receipt_widget.html)."""
+    from urllib.parse import quote
+
+    from crunch_assets.receipts import latest_receipt_checkpoint
+
+    cp = latest_receipt_checkpoint(checkpoints, model_id)
+    if cp is None:
+        return None
+    return {"checkpoint_id": cp.id,
+            "url": f"/competitions/{c.slug}/checkpoints/{cp.id}/models/{quote(model_id, safe='')}/receipt"}
+
+
 def build_page_router(competitions: dict[str, ReportCompetition], default_slug: str) -> APIRouter:
     router = APIRouter(include_in_schema=False)
 
@@ -123,11 +136,13 @@ def build_page_router(competitions: dict[str, ReportCompetition], default_slug: 
         for cp in c.reports.checkpoints(limit=PAGE_CHECKPOINTS):
             row = next((r for r in cp.entries.get("ranking", []) if r["model_id"] == model_id), None)
             if row is not None:
-                rewards.append({"checkpoint": checkpoint_summary(cp), "row": row, "models": len(cp.entries["ranking"])})
+                rewards.append({"checkpoint": checkpoint_summary(cp), "row": row, "models": len(cp.entries["ranking"]),
+                                "checkpoint_row": cp})
         series = model_score_series(c, [model_id], None, None)
         html = templates.get_template("model.html").render(
             c=c, spec=c.spec, model=model, entry=entry, rewards=rewards, chart=score_chart_svg(series["series"]),
             board=board, slugs=sorted(competitions), benchmark=model_id in c.spec.payout.benchmark_models,
+            receipt=receipt_widget(c, [item["checkpoint_row"] for item in rewards], model_id),
         )
         return HTMLResponse(html)
 
