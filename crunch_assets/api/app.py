@@ -73,7 +73,7 @@ UtcInstant = Annotated[AwareDatetime, AfterValidator(_utc_instant)]
 Ident = Annotated[str, Field(pattern=IDENT_PATTERN)]
 CheckpointId = Annotated[int, Path(ge=1, le=ID_MAX, description="checkpoint id", examples=[1])]
 ModelId = Annotated[str, Path(pattern=IDENT_PATTERN, description="model id", examples=["mean_reversion"])]
-# A receipt's model id: any characters but control characters (a model id need not be ASCII).
+# A receipt's (and a proof's) model id: any characters but control characters (a model id need not be ASCII).
 RECEIPT_MODEL_ID_PATTERN = r"^[^\x00-\x1f\x7f]{1,200}$"
 ReceiptModelId = Annotated[str, Path(pattern=RECEIPT_MODEL_ID_PATTERN, description="model id", examples=["mean_reversion"])]
 # A receipt hashes every leaf of its period: at most this many are built at once per process, and a
@@ -425,7 +425,7 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
 
     @router.get("/checkpoints/{checkpoint_id}/models/{model_id}/proof", tags=["rewards"])
     def merkle_proof(
-        c: Competition, checkpoint_id: CheckpointId, model_id: ModelId,
+        c: Competition, checkpoint_id: CheckpointId, model_id: ReceiptModelId,
         cycle_at: Annotated[UtcInstant, Query(description="the cycle time of the score")],
         scope: Annotated[Ident | None, Query()] = None,
     ) -> dict:

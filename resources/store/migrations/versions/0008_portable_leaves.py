@@ -27,7 +27,7 @@ MINIMUM_SCHEME = 3
 PREVIOUS_MINIMUM_SCHEME = 2
 
 
-def _guard(minimum: int, why: str) -> str:
+def _guard(minimum: int, new_why: str, rebuilt_why: str) -> str:
     """crunch.checkpoints_guard as migration 0006 wrote it, with `minimum` as the floor of a new or
     rebuilt checkpoint's commitment scheme."""
     return f"""
@@ -49,7 +49,7 @@ def _guard(minimum: int, why: str) -> str:
                         USING ERRCODE = 'insufficient_privilege';
                 END IF;
                 IF NEW.commitment_scheme < {minimum} THEN
-                    RAISE EXCEPTION 'commitment scheme % is retired: new checkpoints {why} (scheme {minimum})',
+                    RAISE EXCEPTION 'commitment scheme % is retired: new checkpoints {new_why} (scheme {minimum})',
                         NEW.commitment_scheme USING ERRCODE = 'insufficient_privilege';
                 END IF;
                 RETURN NEW;
@@ -67,7 +67,7 @@ def _guard(minimum: int, why: str) -> str:
                         USING ERRCODE = 'insufficient_privilege';
                 END IF;
                 IF NEW.commitment_scheme < {minimum} THEN
-                    RAISE EXCEPTION 'commitment scheme % is retired: a rebuilt checkpoint {why} (scheme {minimum})',
+                    RAISE EXCEPTION 'commitment scheme % is retired: a rebuilt checkpoint {rebuilt_why} (scheme {minimum})',
                         NEW.commitment_scheme USING ERRCODE = 'insufficient_privilege';
                 END IF;
                 NEW.updated_at := now();
@@ -87,10 +87,10 @@ def _guard(minimum: int, why: str) -> str:
 
 
 def upgrade() -> None:
-    op.execute(_guard(MINIMUM_SCHEME, "have portable leaves"))
+    op.execute(_guard(MINIMUM_SCHEME, "have portable leaves", "has portable leaves"))
     op.alter_column('checkpoints', 'commitment_scheme', server_default=str(MINIMUM_SCHEME), schema='crunch')
 
 
 def downgrade() -> None:
-    op.execute(_guard(PREVIOUS_MINIMUM_SCHEME, "commit to their entries"))
+    op.execute(_guard(PREVIOUS_MINIMUM_SCHEME, "commit to their entries", "commits to its entries"))
     op.alter_column('checkpoints', 'commitment_scheme', server_default=str(PREVIOUS_MINIMUM_SCHEME), schema='crunch')
