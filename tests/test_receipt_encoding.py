@@ -130,3 +130,52 @@ def test_the_verifier_is_a_small_standard_library_module_that_renders_to_itself(
     assert ("challenge/package/verify_receipt.py.j2", "challenges/{slug}/{package}/verify_receipt.py") in OUTPUTS
     assert environment().get_template("challenge/package/verify_receipt.py.j2").render({}) == source
     assert verifier_source().decode() == source
+
+
+class _Leaves:
+    """The one store read a receipt makes (score_leaves), over leaves held in memory."""
+
+    def __init__(self, leaves: list[ScoreLeaf]):
+        self.leaves = leaves
+
+    def score_leaves(self, start, end) -> list[ScoreLeaf]:
+        return [leaf for leaf in self.leaves if start <= leaf.cycle_at < end]
+
+
+def in_memory_receipt(model_id: str = "modèle_π") -> dict:
+    """The server's receipt (crunch_assets.receipts.build_receipt) of a small period of awkward
+    numbers and non-ASCII ids, committed as the checkpoint asset commits a checkpoint."""
+    from datetime import timedelta
+
+    from crunch_assets.receipts import build_receipt
+    from resources.store.rows import CheckpointRow
+
+    start = datetime(2025, 1, 7, 1, tzinfo=timezone.utc)
+    leaves = [ScoreLeaf(m, "BTC-60-60", start + timedelta(minutes=i), {"p_up": p, "note": "é"}, {"y_up": i % 2 == 0}, v)
+              for i, (p, v) in enumerate([(1e-7, 0.25), (1.0, -0.0), (5e-324, 1e21), (0.5, 100.0)])
+              for m in (model_id, "趋势跟随")]
+    root = merkle.merkle_root([merkle.leaf_hash(leaf) for leaf in leaves])
+    entries = {"ranking": [
+        {"model_id": model_id, "rank": 1, "reward_pct": 600_000_000, "eligible": True, "score": 0.25,
+         "cruncher_index": 0, "breakdown": {"scored": 4, "mean": 0.25}},
+        {"model_id": "趋势跟随", "rank": 2, "reward_pct": 400_000_000, "eligible": True, "score": 1e-7,
+         "cruncher_index": 1, "breakdown": {"scored": 4, "mean": 1e-7}}]}
+    entries_hash = merkle.entries_sha256(entries)
+    previous = "ab" * 32
+    checkpoint = CheckpointRow(7, start, start + timedelta(hours=1), "PENDING", None, None, entries, root,
+                               merkle.chain_with_entries(previous, root, entries_hash, merkle.PORTABLE_SCHEME),
+                               {"previous_chained_root": previous, "entries_sha256": entries_hash}, start, start,
+                               commitment_scheme=merkle.PORTABLE_SCHEME)
+    return build_receipt("demo", _Leaves(leaves), checkpoint, model_id)
+
+
+def test_a_receipt_verifies_and_a_changed_one_names_its_field():
+    from resources.store import json_codec
+
+    receipt = json.loads(json_codec.dumps(in_memory_receipt()))  # as a participant receives it
+    assert verifier.verify_receipt(receipt) == "ok"
+    assert len(receipt["leaves"]) == 4 and receipt["leaf_count"] == 8
+    receipt["leaves"][1]["value"] = 0.0  # -0.0 was hashed as 0: the same leaf
+    assert verifier.verify_receipt(receipt) == "ok"
+    receipt["leaves"][1]["value"] = 1e-300
+    assert verifier.verify_receipt(receipt) == "leaves[1].leaf_hash"
