@@ -369,7 +369,7 @@ def build_checkpoint(
     payload = checkpoint_entries(spec, rules, store, accounts, start, end)
     if payload is None:
         return None
-    leaves = [merkle.leaf_hash(leaf, merkle.CURRENT_SCHEME) for leaf in store.score_leaves(start, end)]
+    leaves = merkle.leaf_hashes(store.score_leaves(start, end), merkle.CURRENT_SCHEME)
     root = merkle.merkle_root(leaves)
     previous = store.previous_checkpoint(start)
     entries_hash = merkle.entries_sha256(payload)

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from datetime import timezone
 from typing import Any, Sequence
 
+import orjson
 import rfc8785
 
 from resources.store import json_codec
@@ -57,6 +58,12 @@ def canonical(value: Any) -> bytes:
     """RFC 8785 canonical JSON of `value` as the store keeps it (through its JSON codec: numpy
     numbers as numbers, non-string keys as strings) and as JSON.parse would read it back (whole
     numbers beyond 2**53 as doubles, non-finite numbers as null)."""
+    try:
+        # Plain JSON (str keys; finite doubles; whole numbers within 2**53) is written as it is: the
+        # store's codec and the JavaScript reading change nothing of it. rfc8785 refuses anything else.
+        return rfc8785.dumps(value)
+    except (rfc8785.CanonicalizationError, TypeError, ValueError):
+        pass
     try:
         stored = json_codec.loads(json_codec.dumps(value))
     except TypeError:  # a whole number beyond 64 bits (JSONB holds any): the double it reads as, first
@@ -99,6 +106,39 @@ def portable_leaf_fields(leaf: ScoreLeaf) -> dict:
 
 def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
+
+
+def portable_fields_of(leaves: Sequence[ScoreLeaf]) -> list[dict]:
+    """`portable_leaf_fields` of many leaves, each distinct truth hashed once (a cycle's truth is
+    shared by every model's leaf)."""
+    truths: dict[bytes, str] = {}
+    found = []
+    for leaf in leaves:
+        try:
+            key = orjson.dumps(leaf.actuals, option=orjson.OPT_SORT_KEYS)
+        except TypeError:  # beyond what the fast key can hold: hashed on its own
+            key = None
+        truth = truths.get(key) if key is not None else None
+        if truth is None:
+            truth = sha256_hex(canonical(leaf.actuals))
+            if key is not None:
+                truths[key] = truth
+        found.append({
+            "model_id": leaf.model_id,
+            "cycle_at": cycle_instant(leaf),
+            "scope_key": leaf.scope_key,
+            "output_sha256": sha256_hex(canonical(leaf.inference_output)),
+            "truth_sha256": truth,
+            "value": _finite_or_none(float(leaf.value)),
+        })
+    return found
+
+
+def leaf_hashes(leaves: Sequence[ScoreLeaf], scheme: int = CURRENT_SCHEME) -> list[str]:
+    """The hash of every leaf, in order."""
+    if scheme < PORTABLE_SCHEME:
+        return [leaf_hash(leaf, scheme) for leaf in leaves]
+    return [sha256_hex(leaf_preimage(fields, scheme)) for fields in portable_fields_of(leaves)]
 
 
 def leaf_fields(leaf: ScoreLeaf, scheme: int = CURRENT_SCHEME) -> dict:

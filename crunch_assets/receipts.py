@@ -60,7 +60,7 @@ def build_receipt(slug: str, store: CompetitionStore, checkpoint: CheckpointRow,
     if row is None:
         raise ReceiptUnavailable(f"model {model_id!r} is not in checkpoint {checkpoint.id}")
     leaves = store.score_leaves(checkpoint.period_start, checkpoint.period_end)
-    fields = [merkle.portable_leaf_fields(leaf) for leaf in leaves]
+    fields = merkle.portable_fields_of(leaves)
     hashes = [merkle.sha256_hex(merkle.leaf_preimage(f, merkle.PORTABLE_SCHEME)) for f in fields]
     levels = merkle.tree_levels(hashes)
     mine = []

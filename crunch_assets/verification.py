@@ -103,7 +103,7 @@ def audit_checkpoints(store: CompetitionStore,
         leaves = store.score_leaves(checkpoint.period_start, checkpoint.period_end)
         # each checkpoint's leaves in its own scheme's encoding (an unknown scheme: the current one)
         leaf_scheme = scheme if scheme in merkle.SCHEMES else merkle.CURRENT_SCHEME
-        root = merkle.merkle_root([merkle.leaf_hash(leaf, leaf_scheme) for leaf in leaves])
+        root = merkle.merkle_root(merkle.leaf_hashes(leaves, leaf_scheme))
         entries_hash = merkle.entries_sha256(checkpoint.entries)
         scheme_problem = None
         if scheme not in merkle.SCHEMES:
@@ -209,7 +209,7 @@ def inclusion_proof(store: CompetitionStore, checkpoint: CheckpointRow, model_id
     leaf's fields, its hash, the sibling path and the checkpoint's stored root."""
     leaves = store.score_leaves(checkpoint.period_start, checkpoint.period_end)
     scheme = checkpoint.commitment_scheme if checkpoint.commitment_scheme in merkle.SCHEMES else merkle.CURRENT_SCHEME
-    hashes = [merkle.leaf_hash(leaf, scheme) for leaf in leaves]
+    hashes = merkle.leaf_hashes(leaves, scheme)
     index = next((i for i, leaf in enumerate(leaves) if leaf.model_id == model_id and leaf.cycle_at == cycle_at
                   and (scope_key is None or leaf.scope_key == scope_key)), None)
     if index is None:

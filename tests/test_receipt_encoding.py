@@ -179,3 +179,16 @@ def test_a_receipt_verifies_and_a_changed_one_names_its_field():
     assert verifier.verify_receipt(receipt) == "ok"
     receipt["leaves"][1]["value"] = 1e-300
     assert verifier.verify_receipt(receipt) == "leaves[1].leaf_hash"
+
+
+def test_hashing_many_leaves_at_once_equals_hashing_each():
+    """leaf_hashes hashes each distinct truth once: equal truths in any key order or number form
+    share it, different ones do not."""
+    at = datetime(2025, 1, 7, tzinfo=timezone.utc)
+    truths = [{"a": 1, "b": 2.0}, {"b": 2, "a": 1.0}, {"a": True, "b": 2}, {"a": 1, "b": 2**70}, None, [1e-7]]
+    leaves = [ScoreLeaf(f"m{i}", "s", at, {"p": i / 7}, truth, i * 0.1) for i, truth in enumerate(truths * 2)]
+    for scheme in merkle.SCHEMES:
+        assert merkle.leaf_hashes(leaves, scheme) == [merkle.leaf_hash(leaf, scheme) for leaf in leaves]
+    fields = merkle.portable_fields_of(leaves)
+    assert fields[0]["truth_sha256"] == fields[1]["truth_sha256"] != fields[2]["truth_sha256"]
+    assert fields == [merkle.portable_leaf_fields(leaf) for leaf in leaves]
