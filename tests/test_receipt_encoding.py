@@ -157,7 +157,7 @@ def in_memory_receipt(model_id: str = "modèle_π") -> dict:
     root = merkle.merkle_root([merkle.leaf_hash(leaf) for leaf in leaves])
     entries = {"ranking": [
         {"model_id": model_id, "rank": 1, "reward_pct": 600_000_000, "eligible": True, "score": 0.25,
-         "cruncher_index": 0, "breakdown": {"scored": 4, "mean": 0.25}},
+         "cruncher_index": 0, "breakdown": {"scored": 3, "failed": 1, "absent": 0, "rejected": 0, "mean": 0.25}},
         {"model_id": "趋势跟随", "rank": 2, "reward_pct": 400_000_000, "eligible": True, "score": 1e-7,
          "cruncher_index": 1, "breakdown": {"scored": 4, "mean": 1e-7}}]}
     entries_hash = merkle.entries_sha256(entries)
@@ -179,6 +179,9 @@ def test_a_receipt_verifies_and_a_changed_one_names_its_field():
     assert verifier.verify_receipt(receipt) == "ok"
     receipt["leaves"][1]["value"] = 1e-300
     assert verifier.verify_receipt(receipt) == "leaves[1].leaf_hash"
+    receipt["leaves"][1]["value"] = 0.0
+    dropped = {**receipt, "leaves": receipt["leaves"][:1] + receipt["leaves"][2:]}  # a bad score left out
+    assert verifier.verify_receipt(dropped) == "leaves"
 
 
 def test_hashing_many_leaves_at_once_equals_hashing_each():

@@ -194,6 +194,7 @@ def test_a_tampered_receipt_names_the_first_field_that_does_not_verify(non_ascii
     assert tampered(lambda r: r.update(commitment_scheme=2)) == "commitment_scheme"
     assert tampered(lambda r: r.update(model_id="modèle_moyenne")) == "leaves[0].model_id"
     assert tampered(lambda r: r.pop("entries")).startswith("malformed receipt")
+    assert tampered(lambda r: r["leaves"].pop(11)) == "leaves"  # a (bad) score left out of the receipt
     # the same verdicts from the command line
     for document, expected in ((receipt, "ok"), ({**receipt, "chained_root": "0" * 64}, "does not verify: chained_root")):
         result = subprocess.run([sys.executable, str(verifier.__file__), "/dev/stdin"], input=json.dumps(document),

@@ -99,6 +99,10 @@
     for (const [key, value] of Object.entries(receipt.reward)) {
       if (canonical(value) !== canonical(rows[0][key] === undefined ? null : rows[0][key])) return fail("reward." + key);
     }
+    // every score of the model in the period is a leaf: none left out
+    const counts = rows[0].breakdown;
+    const scores = ["scored", "failed", "absent", "rejected"].reduce((sum, key) => sum + (counts[key] || 0), 0);
+    if (receipt.leaves.length !== scores) return fail("leaves");
     if ("rules_fingerprint" in receipt.entries && receipt.rules_fingerprint !== receipt.entries.rules_fingerprint) {
       return fail("rules_fingerprint");
     }
