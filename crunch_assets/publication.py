@@ -77,7 +77,7 @@ def publication_record(slug: str, checkpoint: CheckpointRow) -> dict:
 
 def read_publications(sink: RootSink) -> list[dict]:
     """Every publication line of the file (none when there is no file); a line that is not a JSON
-    object is skipped: it publishes nothing."""
+    object is skipped: it publishes nothing. Raises OSError when the file cannot be read."""
     try:
         text = sink.path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -106,8 +106,13 @@ def publication_problem(sink: RootSink, checkpoint: CheckpointRow, records: list
     """Why the checkpoint's current chained root does not count as published (None when it does):
     no line of the file names it with these roots, or a webhook is configured and none took it."""
     wanted = publication_record(sink.slug, checkpoint)
-    lines = [r for r in (read_publications(sink) if records is None else records) if _same(r, wanted)]
     fix = f"crunch-dagster checkpoints publish {sink.slug} {checkpoint.id}"
+    if records is None:
+        try:
+            records = read_publications(sink)
+        except OSError as error:
+            return f"the publication file {sink.path} cannot be read ({error.strerror or error}): fix it, then {fix}"
+    lines = [r for r in records if _same(r, wanted)]
     if not lines:
         return (f"chained root {str(checkpoint.chained_root)[:16]}.. of checkpoint #{checkpoint.id} is not in the "
                 f"publication file {sink.path}: {fix}")

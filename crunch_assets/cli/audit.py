@@ -56,10 +56,15 @@ def audit(slug: str, proof_model: str | None, cycle_at: str | None, scope_key: s
                                                         for d in differences]
     # The chained roots as published outside the database when each checkpoint was built.
     sink = RootSink.from_settings(c.settings)
-    published = read_publications(sink)
+    try:
+        published, unreadable = read_publications(sink), None
+    except OSError as error:
+        published, unreadable = [], f"the publication file {sink.path} cannot be read ({error.strerror or error})"
     for a in audits:
         cp = by_id.get(a.checkpoint_id)
         problem = audit_problem(sink, cp, published) if cp is not None else None
+        if problem and unreadable:
+            problem = unreadable
         if problem:
             payout_problems.setdefault(a.checkpoint_id, []).append(problem)
     failing = []

@@ -42,6 +42,7 @@ verifier = load_verifier()
 # Model ids a participant may well choose: accents, CJK, an emoji (a surrogate pair in UTF-16).
 MODEL_FILES = {"modèle_moyenne": "mean_reversion", "趋势跟随": "trend_following", "🚀_densité": "gaussian_density"}
 NON_ASCII_DB = "crunch_receipts_non_ascii"
+REPLAYED: dict = {}  # the replay's definitions, spec and checkpoint partition keys
 HOURS = 3
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -75,6 +76,7 @@ def non_ascii_url(database_url, btc_csv, tmp_path_factory) -> str:
                              model_runner=LocalModelRunner(models_dir=str(models), call_timeout_seconds=5.0))
     timings = replay(defs, spec, START, START + timedelta(hours=HOURS))
     assert len(timings.checkpoints) == HOURS
+    REPLAYED.update(defs=defs, spec=spec, checkpoint_keys=timings.checkpoints)
     yield url
     dispose_engines()
     with _admin(database_url).connect() as connection:
@@ -486,6 +488,36 @@ def test_the_audit_verifies_schemes_1_2_and_3_side_by_side(non_ascii_url, store,
 
 
 # --- the published roots and the gate ------------------------------------------------------------
+
+def test_the_checkpoint_asset_publishes_each_root_and_a_failed_publication_fails_nothing(
+        store, non_ascii_url, tmp_path, monkeypatch):
+    from crunch_assets.settings import CompetitionSettings
+    from tests.rewards_fixtures import materialize_one
+
+    sink = publication.RootSink.from_settings(CompetitionSettings("btc_updown"))
+    published = publication.read_publications(sink)
+    checkpoints = store.checkpoints()
+    for cp in checkpoints:  # as the replay built them, each published with what it commits to
+        assert publication.publication_problem(sink, cp, published) is None
+        line = next(r for r in published if r["chained_root"] == cp.chained_root)
+        assert line["merkle_root"] == cp.merkle_root and line["commitment_scheme"] == merkle.PORTABLE_SCHEME
+        assert line["previous_chained_root"] == cp.meta["previous_chained_root"] and line["webhook"] is None
+        assert datetime.fromisoformat(line["published_at"]) >= cp.created_at
+
+    # the publication directory cannot be written: the checkpoint is still stored, the run succeeds,
+    # and its metadata (and the gate, until `checkpoints publish`) say the root is not published
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory")
+    monkeypatch.setenv("CRUNCH_ROOT_PUBLICATION_DIR", str(blocked))
+    result = materialize_one(REPLAYED["defs"], REPLAYED["spec"], "emission_checkpoints", REPLAYED["checkpoint_keys"][-1])
+    assert result.success
+    [event] = result.get_asset_materialization_events()
+    assert event.materialization.metadata["root_publication"].value.startswith("failed: NotADirectoryError")
+    assert store.checkpoints()[-1].chained_root == checkpoints[-1].chained_root  # rebuilt the same
+    problem = publication.publication_problem(publication.RootSink.from_settings(CompetitionSettings("btc_updown")),
+                                              store.checkpoints()[-1])
+    assert problem.startswith(f"the publication file {blocked}/btc_updown.jsonl cannot be read (Not a directory)")
+
 
 class _Webhook:
     """A loopback HTTP receiver answering `status` and keeping what it was sent."""
