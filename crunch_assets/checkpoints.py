@@ -1,5 +1,6 @@
 """Stage 5, emission checkpoints: a period's reward split in frac64, each model's breakdown, and
-the Merkle commitment to the scores it paid for.
+the Merkle commitment to the scores it paid for (crunch_assets/merkle.py), whose chained root is
+published outside the database as the checkpoint is stored (crunch_assets/publication.py).
 
 The standing that is paid is computed by `payout_entries`, which the leaderboard calls too: the
 period's standings under the eligibility policy, ranked by the declared checkpoint ranking
