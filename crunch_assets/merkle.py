@@ -151,6 +151,11 @@ def leaf_preimage(fields: dict, scheme: int = CURRENT_SCHEME) -> bytes:
     return b"\x00" + (canonical(fields) if scheme >= PORTABLE_SCHEME else canonical_json(fields))
 
 
+def leaf_json(fields: dict, scheme: int = CURRENT_SCHEME) -> str:
+    """The canonical text of a leaf's fields in `scheme` (what is hashed after the 0x00 byte)."""
+    return leaf_preimage(fields, scheme)[1:].decode()
+
+
 def leaf_hash(leaf: ScoreLeaf, scheme: int = CURRENT_SCHEME) -> str:
     return sha256_hex(leaf_preimage(leaf_fields(leaf, scheme), scheme))
 

@@ -105,6 +105,7 @@ def test_the_documented_test_vectors_hold_for_the_server_and_the_verifier():
     served_leaf = json.loads(re.search(r"```json\n(.*?)\n```", section, flags=re.S).group(1))
     canonical_leaf = re.search(r"```text\n(.*?)\n```", section, flags=re.S).group(1)
     assert merkle.canonical(served_leaf).decode() == canonical_leaf == verifier.canonical(served_leaf)
+    assert merkle.leaf_json(served_leaf, merkle.PORTABLE_SCHEME) == canonical_leaf
     assert served_leaf["output_sha256"] == hashlib.sha256(merkle.canonical({"p_up": 0.5})).hexdigest()
     assert served_leaf["truth_sha256"] == hashlib.sha256(
         merkle.canonical({"y_up": True, "close": 94321.5, "previous_close": 94300.0})).hexdigest()
@@ -115,7 +116,7 @@ def test_the_documented_test_vectors_hold_for_the_server_and_the_verifier():
 
 
 def test_the_verifier_is_a_small_standard_library_module_that_renders_to_itself():
-    from crunch_assets.api.receipt_files import verifier_source
+    from crunch_assets.api.receipt_widget import verifier_source
     from crunch_assets.scaffold.generate import OUTPUTS, environment
 
     source = VERIFIER.read_text()

@@ -73,9 +73,6 @@ UtcInstant = Annotated[AwareDatetime, AfterValidator(_utc_instant)]
 Ident = Annotated[str, Field(pattern=IDENT_PATTERN)]
 CheckpointId = Annotated[int, Path(ge=1, le=ID_MAX, description="checkpoint id", examples=[1])]
 ModelId = Annotated[str, Path(pattern=IDENT_PATTERN, description="model id", examples=["mean_reversion"])]
-# A receipt's (and a proof's) model id: any characters but control characters (a model id need not be ASCII).
-RECEIPT_MODEL_ID_PATTERN = r"^[^\x00-\x1f\x7f]{1,200}$"
-ReceiptModelId = Annotated[str, Path(pattern=RECEIPT_MODEL_ID_PATTERN, description="model id", examples=["mean_reversion"])]
 # A receipt hashes every leaf of its period: at most this many are built at once per process, and a
 # request waits at most this long for its turn (then 503).
 RECEIPT_CONCURRENCY = 2
@@ -211,7 +208,7 @@ def create_app(
     from crunch_assets.api.page import build_page_router
 
     app.include_router(build_page_router(by_slug, default.slug))
-    from crunch_assets.api.receipt_files import build_receipt_files_router
+    from crunch_assets.api.receipt_widget import build_receipt_files_router
 
     app.include_router(build_receipt_files_router())
     return app
@@ -425,7 +422,7 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
 
     @router.get("/checkpoints/{checkpoint_id}/models/{model_id}/proof", tags=["rewards"])
     def merkle_proof(
-        c: Competition, checkpoint_id: CheckpointId, model_id: ReceiptModelId,
+        c: Competition, checkpoint_id: CheckpointId, model_id: ModelId,
         cycle_at: Annotated[UtcInstant, Query(description="the cycle time of the score")],
         scope: Annotated[Ident | None, Query()] = None,
     ) -> dict:
@@ -445,7 +442,7 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
                            404: {"description": "unknown checkpoint, a model it does not rank, or a checkpoint built "
                                                 "before portable leaves (scheme 3)"},
                            503: {"description": "too many receipts being built: retry"}})
-    def receipt(c: Competition, checkpoint_id: CheckpointId, model_id: ReceiptModelId) -> Response:
+    def receipt(c: Competition, checkpoint_id: CheckpointId, model_id: ModelId) -> Response:
         """Everything the model's participant needs to check their share offline: each of the model's
         leaves in the period (the fields it is hashed from, its output and truth, its inclusion path),
         the period's Merkle root, the previous and this chained root, the entries and their hash, the

@@ -15,6 +15,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
 from crunch_assets.api.competitions import ReportCompetition
+from crunch_assets.api.receipt_widget import receipt_widget
 from crunch_assets.api.views import checkpoint_summary, leaderboard_view, model_score_series
 from crunch_assets.payouts import frac64_to_percent
 
@@ -37,6 +38,7 @@ templates.filters["number"] = _number
 templates.filters["percent"] = _percent
 templates.filters["reward_percent"] = lambda pct: f"{frac64_to_percent(pct or 0):g} %"
 templates.filters["instant"] = lambda v: "—" if v is None else (v if isinstance(v, str) else v.strftime("%Y-%m-%d %H:%M UTC"))
+templates.globals["receipt_widget"] = receipt_widget  # templates/receipt_widget.html
 
 
 def score_chart_svg(series: dict[str, list[dict]], width: int = 760, height: int = 260) -> Markup:
@@ -76,19 +78,6 @@ def score_chart_svg(series: dict[str, list[dict]], width: int = 760, height: int
         parts.append(f'<text x="{width - right + 8}" y="{top + 14 * (index + 1)}" fill="{color}" font-size="12">{label}</text>')
     parts.append("</svg>")
     return Markup("".join(parts))
-
-
-def receipt_widget(c: ReportCompetition, checkpoints, model_id: str) -> dict | None:
-    """The receipt the model page checks in the browser: the model's latest (templates/receipt_widget.html)."""
-    from urllib.parse import quote
-
-    from crunch_assets.receipts import latest_receipt_checkpoint
-
-    cp = latest_receipt_checkpoint(checkpoints, model_id)
-    if cp is None:
-        return None
-    return {"checkpoint_id": cp.id,
-            "url": f"/competitions/{c.slug}/checkpoints/{cp.id}/models/{quote(model_id, safe='')}/receipt"}
 
 
 def build_page_router(competitions: dict[str, ReportCompetition], default_slug: str) -> APIRouter:
@@ -136,13 +125,11 @@ def build_page_router(competitions: dict[str, ReportCompetition], default_slug: 
         for cp in c.reports.checkpoints(limit=PAGE_CHECKPOINTS):
             row = next((r for r in cp.entries.get("ranking", []) if r["model_id"] == model_id), None)
             if row is not None:
-                rewards.append({"checkpoint": checkpoint_summary(cp), "row": row, "models": len(cp.entries["ranking"]),
-                                "checkpoint_row": cp})
+                rewards.append({"checkpoint": checkpoint_summary(cp), "row": row, "models": len(cp.entries["ranking"])})
         series = model_score_series(c, [model_id], None, None)
         html = templates.get_template("model.html").render(
             c=c, spec=c.spec, model=model, entry=entry, rewards=rewards, chart=score_chart_svg(series["series"]),
             board=board, slugs=sorted(competitions), benchmark=model_id in c.spec.payout.benchmark_models,
-            receipt=receipt_widget(c, [item["checkpoint_row"] for item in rewards], model_id),
         )
         return HTMLResponse(html)
 

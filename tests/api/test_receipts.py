@@ -1,8 +1,8 @@
 """Receipts, portable leaves and published roots, end to end on real replays of real BTC/USD
 candles (../shared/data), over real HTTP, in a real headless chromium:
 
-- every receipt of a replayed period (models with non-ASCII ids) verifies with the participants'
-  standalone verifier, and their leaves together rebuild the stored root; a tampered receipt
+- every receipt of a replayed period (model ids with the grammar's punctuation, percent-encoded in
+  paths) verifies with the participants' standalone verifier, and their leaves together rebuild the stored root; a tampered receipt
   names the first field that does not verify; a score changed in the store breaks its receipt;
 - the browser (WebCrypto, the page's own script) recomputes the same leaves and roots, awkward
   floats and non-ASCII ids included, and the model page shows "verified", or "does not verify" for
@@ -39,9 +39,9 @@ from tests.test_receipt_encoding import load_verifier
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 verifier = load_verifier()
-# Model ids a participant may well choose: accents, CJK, an emoji (a surrogate pair in UTF-16).
-MODEL_FILES = {"modèle_moyenne": "mean_reversion", "趋势跟随": "trend_following", "🚀_densité": "gaussian_density"}
-NON_ASCII_DB = "crunch_receipts_non_ascii"
+# Model ids with every punctuation the model-id grammar allows (they travel percent-encoded in paths).
+MODEL_FILES = {"mean.reversion": "mean_reversion", "trend:following@v2": "trend_following", "density+gauss=1": "gaussian_density"}
+RECEIPTS_DB = "crunch_receipts_replay"
 REPLAYED: dict = {}  # the replay's definitions, spec and checkpoint partition keys
 HOURS = 3
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -54,8 +54,8 @@ def _admin(url: str) -> sa.Engine:
 
 
 @pytest.fixture(scope="module")
-def non_ascii_url(database_url, btc_csv, tmp_path_factory) -> str:
-    """Three hourly checkpoints of a replay of real candles, by models whose ids are not ASCII."""
+def replay_url(database_url, btc_csv, tmp_path_factory) -> str:
+    """Three hourly checkpoints of a replay of real candles, by models whose ids hold `. : @ + =`."""
     from competitions.btc_updown.definitions import SPEC, build_definitions
     from crunch_assets.replay import replay
     from resources.feeds.csv_replay import CsvReplayFeed
@@ -67,9 +67,9 @@ def non_ascii_url(database_url, btc_csv, tmp_path_factory) -> str:
     for model_id, quickstarter in MODEL_FILES.items():
         shutil.copy(PROJECT_ROOT / "competitions/btc_updown/models" / f"{quickstarter}.py", models / f"{model_id}.py")
     with _admin(database_url).connect() as connection:
-        connection.execute(sa.text(f"DROP DATABASE IF EXISTS {NON_ASCII_DB} WITH (FORCE)"))
-        connection.execute(sa.text(f"CREATE DATABASE {NON_ASCII_DB}"))
-    url = database_named(database_url, NON_ASCII_DB)
+        connection.execute(sa.text(f"DROP DATABASE IF EXISTS {RECEIPTS_DB} WITH (FORCE)"))
+        connection.execute(sa.text(f"CREATE DATABASE {RECEIPTS_DB}"))
+    url = database_named(database_url, RECEIPTS_DB)
     spec = replace(SPEC, start=START, checkpoint_interval_seconds=3600)
     defs = build_definitions(spec=spec, feed=CsvReplayFeed(path=str(btc_csv), source="csv"), automation_running=False,
                              database=CrunchDatabase(url=url), payout_accounts=accounts(),
@@ -80,24 +80,24 @@ def non_ascii_url(database_url, btc_csv, tmp_path_factory) -> str:
     yield url
     dispose_engines()
     with _admin(database_url).connect() as connection:
-        connection.execute(sa.text(f"DROP DATABASE IF EXISTS {NON_ASCII_DB} WITH (FORCE)"))
+        connection.execute(sa.text(f"DROP DATABASE IF EXISTS {RECEIPTS_DB} WITH (FORCE)"))
 
 
 @pytest.fixture(scope="module")
-def non_ascii_api(non_ascii_url):
+def replay_api(replay_url):
     from crunch_assets.api import create_app
     from tests.api.conftest import ACTOR, LiveServer
 
-    app = create_app([report_competition(non_ascii_url)], api_token=TOKEN, actor=ACTOR, read_env=False)
+    app = create_app([report_competition(replay_url)], api_token=TOKEN, actor=ACTOR, read_env=False)
     with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=120) as client:
         yield server, client
 
 
 @pytest.fixture(scope="module")
-def store(non_ascii_url):
+def store(replay_url):
     from resources.store.competition import CompetitionStore
 
-    engine = sa.create_engine(non_ascii_url)
+    engine = sa.create_engine(replay_url)
     yield CompetitionStore(engine, "btc_updown")
     engine.dispose()
 
@@ -117,8 +117,8 @@ def _receipts(client: httpx.Client, checkpoint) -> dict[str, dict]:
 
 # --- Python: the participants' standalone verifier ----------------------------------------------
 
-def test_every_receipt_of_a_real_period_verifies_offline_and_rebuilds_the_root(non_ascii_api, store):
-    _, client = non_ascii_api
+def test_every_receipt_of_a_real_period_verifies_offline_and_rebuilds_the_root(replay_api, store):
+    _, client = replay_api
     checkpoints = store.checkpoints()
     assert len(checkpoints) == HOURS and {cp.commitment_scheme for cp in checkpoints} == {merkle.PORTABLE_SCHEME}
     for cp in checkpoints:
@@ -146,7 +146,7 @@ def test_every_receipt_of_a_real_period_verifies_offline_and_rebuilds_the_root(n
         assert [merkle.leaf_hash(leaf) for leaf in store.score_leaves(cp.period_start, cp.period_end)] == \
             [by_index[i] for i in sorted(by_index)]
     # a leaf is what the API serves: the proof endpoint's fields, the prediction's output
-    cp, model_id = checkpoints[1], "趋势跟随"
+    cp, model_id = checkpoints[1], "trend:following@v2"
     leaf = _receipts(client, cp)[model_id]["leaves"][7]
     proof = client.get(f"/competitions/btc_updown/checkpoints/{cp.id}/models/{quote(model_id)}/proof",
                        params={"cycle_at": leaf["cycle_at"]}).json()
@@ -158,15 +158,15 @@ def test_every_receipt_of_a_real_period_verifies_offline_and_rebuilds_the_root(n
                                                                           + timedelta(minutes=1)).isoformat()}).json()
     served = next(p for p in predictions["predictions"] if p["model_id"] == model_id)
     assert served["inference_output"] == leaf["output"] and served["score"]["value"] == leaf["value"]
-    ascii_leaf = _receipts(client, cp)["modèle_moyenne"]["leaves"][0]
-    assert ascii_leaf["model_id"] == "modèle_moyenne"
+    ascii_leaf = _receipts(client, cp)["mean.reversion"]["leaves"][0]
+    assert ascii_leaf["model_id"] == "mean.reversion"
 
 
-def test_a_tampered_receipt_names_the_first_field_that_does_not_verify(non_ascii_api, store):
-    _, client = non_ascii_api
+def test_a_tampered_receipt_names_the_first_field_that_does_not_verify(replay_api, store):
+    _, client = replay_api
     cp = store.checkpoints()[2]
-    receipt = client.get(_receipt_path(cp.id, "🚀_densité")).json()
-    other = client.get(_receipt_path(cp.id, "modèle_moyenne")).json()
+    receipt = client.get(_receipt_path(cp.id, "density+gauss=1")).json()
+    other = client.get(_receipt_path(cp.id, "mean.reversion")).json()
     assert verifier.verify_receipt(receipt) == "ok"
 
     def tampered(change) -> str:
@@ -177,7 +177,7 @@ def test_a_tampered_receipt_names_the_first_field_that_does_not_verify(non_ascii
     assert tampered(lambda r: r["leaves"][3].update(value=r["leaves"][3]["value"] + 1e-9)) == "leaves[3].leaf_hash"
     assert tampered(lambda r: r["leaves"][3]["output"].update(mean=1.0)) == "leaves[3].output"
     assert tampered(lambda r: r["leaves"][0].update(truth={"forged": True})) == "leaves[0].truth"
-    assert tampered(lambda r: r["leaves"][5].update(model_id="modèle_moyenne")) == "leaves[5].model_id"
+    assert tampered(lambda r: r["leaves"][5].update(model_id="mean.reversion")) == "leaves[5].model_id"
     assert tampered(lambda r: r["leaves"][2]["proof"].reverse()) == "leaves[2].proof"
     # another model's leaf, with its own valid path, passed off as this model's
     assert tampered(lambda r: r["leaves"].append({**other["leaves"][0], "model_id": r["model_id"]})) == \
@@ -194,7 +194,7 @@ def test_a_tampered_receipt_names_the_first_field_that_does_not_verify(non_ascii
     assert tampered(pay_me_more) == "entries"
     assert tampered(lambda r: r.update(previous_chained_root="f" * 64)) == "chained_root"
     assert tampered(lambda r: r.update(commitment_scheme=2)) == "commitment_scheme"
-    assert tampered(lambda r: r.update(model_id="modèle_moyenne")) == "leaves[0].model_id"
+    assert tampered(lambda r: r.update(model_id="mean.reversion")) == "leaves[0].model_id"
     assert tampered(lambda r: r.pop("entries")).startswith("malformed receipt")
     assert tampered(lambda r: r["leaves"].pop(11)) == "leaves"  # a (bad) score left out of the receipt
     # the same verdicts from the command line
@@ -204,40 +204,40 @@ def test_a_tampered_receipt_names_the_first_field_that_does_not_verify(non_ascii
         assert result.stdout.strip() == expected and result.returncode == (0 if expected == "ok" else 1)
 
 
-def test_receipt_route_errors(non_ascii_api, store):
-    _, client = non_ascii_api
+def test_receipt_route_errors(replay_api, store):
+    _, client = replay_api
     cp = store.checkpoints()[0]
-    assert client.get(_receipt_path(999999, "趋势跟随")).status_code == 404
+    assert client.get(_receipt_path(999999, "trend:following@v2")).status_code == 404
     absent = client.get(_receipt_path(cp.id, "nobody"))
     assert absent.status_code == 404 and "not in checkpoint" in absent.json()["detail"]
     assert client.get(f"/competitions/btc_updown/checkpoints/{cp.id}/models/a%00b/receipt").status_code == 422
     assert client.get(f"/competitions/btc_updown/checkpoints/{cp.id}/models/{'x' * 201}/receipt").status_code == 422
-    assert client.get(f"/reports/checkpoints/{cp.id}/models/{quote('趋势跟随')}/receipt").status_code == 200
+    assert client.get(f"/reports/checkpoints/{cp.id}/models/{quote('trend:following@v2')}/receipt").status_code == 200
     script = client.get("/static/verify_receipt.py")
     assert script.status_code == 200 and script.content == Path(verifier.__file__).read_bytes()
 
 
-def test_a_score_changed_in_the_store_breaks_its_receipt(non_ascii_api, store, non_ascii_url):
-    _, client = non_ascii_api
+def test_a_score_changed_in_the_store_breaks_its_receipt(replay_api, store, replay_url):
+    _, client = replay_api
     cp = store.checkpoints()[1]
     cycle = cp.period_start + timedelta(minutes=17)
-    engine = sa.create_engine(non_ascii_url)
+    engine = sa.create_engine(replay_url)
     with engine.begin() as connection:
         original = connection.execute(sa.text(
-            "UPDATE crunch.scores SET value = value + 0.25 WHERE model_id = '趋势跟随' AND cycle_at = :c "
+            "UPDATE crunch.scores SET value = value + 0.25 WHERE model_id = 'trend:following@v2' AND cycle_at = :c "
             "RETURNING value - 0.25"), {"c": cycle}).scalar_one()
     try:
-        receipt = client.get(_receipt_path(cp.id, "趋势跟随")).json()
+        receipt = client.get(_receipt_path(cp.id, "trend:following@v2")).json()
         # the server rebuilds the leaf from the store as it is now: its path no longer reaches the committed root
         assert verifier.verify_receipt(receipt) == "leaves[0].proof"
         changed = next(leaf for leaf in receipt["leaves"] if leaf["cycle_at"] == cycle.isoformat())
         assert changed["value"] == pytest.approx(original + 0.25)
     finally:
         with engine.begin() as connection:
-            connection.execute(sa.text("UPDATE crunch.scores SET value = :v WHERE model_id = '趋势跟随' AND cycle_at = :c"),
+            connection.execute(sa.text("UPDATE crunch.scores SET value = :v WHERE model_id = 'trend:following@v2' AND cycle_at = :c"),
                                {"v": original, "c": cycle})
         engine.dispose()
-    assert verifier.verify_receipt(client.get(_receipt_path(cp.id, "趋势跟随")).json()) == "ok"
+    assert verifier.verify_receipt(client.get(_receipt_path(cp.id, "trend:following@v2")).json()) == "ok"
 
 
 # --- the browser: WebCrypto, the page's own script ----------------------------------------------
@@ -291,8 +291,8 @@ RECOMPUTE_PERIOD = """async (urls) => {
 }"""
 
 
-def test_the_browser_recomputes_every_leaf_and_root_of_a_real_period(non_ascii_api, store, page):
-    server, _ = non_ascii_api
+def test_the_browser_recomputes_every_leaf_and_root_of_a_real_period(replay_api, store, page):
+    server, _ = replay_api
     _with_receipt_script(page, server.url)
     for cp in store.checkpoints():
         urls = {row["model_id"]: _receipt_path(cp.id, row["model_id"]) for row in cp.entries["ranking"]}
@@ -308,13 +308,15 @@ def test_the_browser_recomputes_every_leaf_and_root_of_a_real_period(non_ascii_a
 
 AWKWARD_VALUES = [1e-7, 1.0, -0.0, 5e-324, 1e21, 1e-6, 100.0, 1.7976931348623157e308, -2.5e-308, 123456789.125,
                   0.1 + 0.2, 2**53 - 1, 2**53 + 1, 2**64, 1e300, 4.35, -1e-7]
+# Non-ASCII ids (a model registry may refuse them, a leaf may still hold any string): the encoding
+# must not depend on which ids are allowed (non-BMP, full-width, U+2028, escapes).
 AWKWARD_IDS = ["modèle_π", "趋势跟随", "🚀_densité", "ｚ-ｗｉｄｅ", "naïve\u2028line", "tab\tand \"quote\" \\"]
 
 
-def test_awkward_floats_and_non_ascii_ids_encode_alike_in_the_browser(non_ascii_api, page):
+def test_awkward_floats_and_non_ascii_ids_encode_alike_in_the_browser(replay_api, page):
     """Leaves the server hashes (Python, rfc8785) and the same leaves as the API would serve them,
     hashed in chromium: every canonical string, leaf hash and the root agree."""
-    server, _ = non_ascii_api
+    server, _ = replay_api
     _with_receipt_script(page, server.url)
     at = datetime(2025, 1, 7, 1, tzinfo=timezone.utc)
     leaves = []
@@ -400,7 +402,7 @@ def _audit_cli(url: str) -> subprocess.CompletedProcess:
                           env={**os.environ, **role_env(url), "CRUNCH_AUTOMATION": "off"})
 
 
-def test_the_audit_verifies_schemes_1_2_and_3_side_by_side(non_ascii_url, store, non_ascii_api):
+def test_the_audit_verifies_schemes_1_2_and_3_side_by_side(replay_url, store, replay_api):
     """The first checkpoint as stored before migration 0006 (scheme 1), the second as between 0006
     and 0008 (scheme 2), the third as now: each verifies under its own encoding, a score changed in
     any of their periods is found at its checkpoint, receipts are for scheme 3, the gate refuses
@@ -411,7 +413,7 @@ def test_the_audit_verifies_schemes_1_2_and_3_side_by_side(non_ascii_url, store,
     from resources.store.database import engine_for
     from tests.api.conftest import accounts
 
-    _, client = non_ascii_api
+    _, client = replay_api
     first, second, third = store.checkpoints()
     originals = {cp.id: cp for cp in (first, second, third)}
     leaves = {cp.id: store.score_leaves(cp.period_start, cp.period_end) for cp in originals.values()}
@@ -421,8 +423,8 @@ def test_the_audit_verifies_schemes_1_2_and_3_side_by_side(non_ascii_url, store,
     chained2 = merkle.chain_with_entries(chained1, root2, second.meta["entries_sha256"], merkle.ENTRIES_SCHEME)
     chained3 = merkle.chain_with_entries(chained2, third.merkle_root, third.meta["entries_sha256"], merkle.PORTABLE_SCHEME)
     assert root1 != first.merkle_root and root2 != second.merkle_root  # the encodings differ on real data
-    engine = sa.create_engine(non_ascii_url)
-    sink = publication.RootSink.from_settings(report_competition(non_ascii_url).settings)
+    engine = sa.create_engine(replay_url)
+    sink = publication.RootSink.from_settings(report_competition(replay_url).settings)
 
     def restore():
         with engine.begin() as connection:
@@ -443,7 +445,7 @@ def test_the_audit_verifies_schemes_1_2_and_3_side_by_side(non_ascii_url, store,
         publication.publish(sink, rewritten[third.id])  # as when it was built
         audits = audit_checkpoints(store)
         assert [(a.commitment_scheme, a.ok) for a in audits] == [(1, True), (2, True), (3, True)], [a.problems for a in audits]
-        result = _audit_cli(non_ascii_url)
+        result = _audit_cli(replay_url)
         assert result.returncode == 0, result.stdout + result.stderr
         assert "3 checkpoint(s) verified" in result.stdout
         assert [line.split(" scheme ")[1][0] for line in result.stdout.splitlines() if " scheme " in line] == ["1", "2", "3"]
@@ -453,7 +455,7 @@ def test_the_audit_verifies_schemes_1_2_and_3_side_by_side(non_ascii_url, store,
             cycle = cp.period_start + timedelta(minutes=31)
             with engine.begin() as connection:
                 connection.execute(sa.text("UPDATE crunch.scores SET value = value + 1 WHERE cycle_at = :c AND "
-                                           "model_id = 'modèle_moyenne'"), {"c": cycle})
+                                           "model_id = 'mean.reversion'"), {"c": cycle})
             try:
                 problem = first_problem(audit_checkpoints(store))
                 assert problem.checkpoint_id == cp.id and not problem.root_matches
@@ -461,13 +463,13 @@ def test_the_audit_verifies_schemes_1_2_and_3_side_by_side(non_ascii_url, store,
             finally:
                 with engine.begin() as connection:
                     connection.execute(sa.text("UPDATE crunch.scores SET value = value - 1 WHERE cycle_at = :c AND "
-                                               "model_id = 'modèle_moyenne'"), {"c": cycle})
+                                               "model_id = 'mean.reversion'"), {"c": cycle})
         assert first_problem(audit_checkpoints(store)) is None
 
         # receipts start with scheme 3; the gate refuses a scheme-2 checkpoint
-        old = client.get(_receipt_path(second.id, "趋势跟随"))
+        old = client.get(_receipt_path(second.id, "trend:following@v2"))
         assert old.status_code == 404 and "commitment scheme 2" in old.json()["detail"]
-        assert verifier.verify_receipt(client.get(_receipt_path(third.id, "趋势跟随")).json()) == "ok"
+        assert verifier.verify_receipt(client.get(_receipt_path(third.id, "trend:following@v2")).json()) == "ok"
         assert not check_leaves_portable(rewritten[second.id]).passed
         assert check_leaves_portable(rewritten[third.id]).passed
 
@@ -477,7 +479,7 @@ def test_the_audit_verifies_schemes_1_2_and_3_side_by_side(non_ascii_url, store,
 
         spec = replace(SPEC, start=START, checkpoint_interval_seconds=3600)
         built = build_checkpoint(spec, RULES, store, accounts(), third.period_start, third.period_end)
-        engine_store = CompetitionStore(engine_for(role="engine", database=NON_ASCII_DB), "btc_updown")
+        engine_store = CompetitionStore(engine_for(role="engine", database=RECEIPTS_DB), "btc_updown")
         with pytest.raises(psycopg2.errors.InsufficientPrivilege, match="commitment scheme 2 is retired"):
             engine_store.write_pending_checkpoint(third.period_start, third.period_end, built.entries, built.merkle_root,
                                                   built.chained_root, built.meta, merkle.ENTRIES_SCHEME)
@@ -490,7 +492,7 @@ def test_the_audit_verifies_schemes_1_2_and_3_side_by_side(non_ascii_url, store,
 # --- the published roots and the gate ------------------------------------------------------------
 
 def test_the_checkpoint_asset_publishes_each_root_and_a_failed_publication_fails_nothing(
-        store, non_ascii_url, tmp_path, monkeypatch):
+        store, replay_url, tmp_path, monkeypatch):
     from crunch_assets.settings import CompetitionSettings
     from tests.rewards_fixtures import materialize_one
 

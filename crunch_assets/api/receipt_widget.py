@@ -1,14 +1,21 @@
-"""The files behind receipts that the API serves: the page's WebCrypto check (`/static/receipt.js`,
-loaded by the model page's receipt widget: the content security policy allows scripts from the
-page's own origin only) and the standalone verifier (`/static/verify_receipt.py`, the challenge
-package's, for participants of a competition without one: btc_updown, crypto_density)."""
+"""The model page's receipt widget (templates/receipt_widget.html, which calls `receipt_widget`:
+the model's latest receipt) and the files behind it that the API serves: the page's WebCrypto
+check (`/static/receipt.js`: the content security policy allows scripts from the page's own origin
+only) and the standalone verifier (`/static/verify_receipt.py`, the challenge package's, for
+participants of a competition without one: btc_updown, crypto_density)."""
 
 from __future__ import annotations
 
 from importlib import resources
+from urllib.parse import quote
 
 from fastapi import APIRouter
 from fastapi.responses import Response
+
+from crunch_assets.receipts import latest_receipt_checkpoint
+
+# how far back the page looks for a checkpoint of scheme 3 that ranks the model
+RECEIPT_CHECKPOINTS_SEARCHED = 50
 
 VERIFIER_TEMPLATE = "scaffold/templates/challenge/package/verify_receipt.py.j2"
 
@@ -34,3 +41,13 @@ def build_receipt_files_router() -> APIRouter:
                         headers={"Content-Disposition": 'attachment; filename="verify_receipt.py"'})
 
     return router
+
+
+def receipt_widget(c, model_id: str) -> dict | None:
+    """The receipt the model page checks in the browser: the model's latest (of the newest
+    checkpoint of scheme 3 that ranks it), or None."""
+    cp = latest_receipt_checkpoint(c.reports.checkpoints(limit=RECEIPT_CHECKPOINTS_SEARCHED), model_id)
+    if cp is None:
+        return None
+    return {"checkpoint_id": cp.id,
+            "url": f"/competitions/{c.slug}/checkpoints/{cp.id}/models/{quote(model_id, safe='')}/receipt"}
