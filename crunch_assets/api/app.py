@@ -73,10 +73,12 @@ UtcInstant = Annotated[AwareDatetime, AfterValidator(_utc_instant)]
 Ident = Annotated[str, Field(pattern=IDENT_PATTERN)]
 CheckpointId = Annotated[int, Path(ge=1, le=ID_MAX, description="checkpoint id", examples=[1])]
 ModelId = Annotated[str, Path(pattern=IDENT_PATTERN, description="model id", examples=["mean_reversion"])]
-# A receipt hashes every leaf of its period: at most this many are built at once per process, and a
-# request waits at most this long for its turn (then 503).
-RECEIPT_CONCURRENCY = 2
+# A receipt hashes every leaf of its period (seconds of CPU for a day of 100 models): one is built at
+# a time per process, whatever the path or app, so the other core keeps serving; a request waits at
+# most RECEIPT_WAIT_SECONDS for its turn (then 503).
+RECEIPT_CONCURRENCY = 1
 RECEIPT_WAIT_SECONDS = 30.0
+_receipt_slots = threading.BoundedSemaphore(RECEIPT_CONCURRENCY)
 TxHash = Annotated[str, Field(pattern=payouts.TX_HASH_PATTERN.pattern, description="on-chain transaction hash")]
 Note = Annotated[str, Field(max_length=payouts.NOTE_MAX_CHARS)]
 
@@ -435,8 +437,6 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
         except LookupError as error:
             raise HTTPException(404, str(error)) from None
 
-    receipt_slots = threading.BoundedSemaphore(RECEIPT_CONCURRENCY)
-
     @router.get("/checkpoints/{checkpoint_id}/models/{model_id}/receipt", tags=["rewards"],
                 responses={200: {"content": {"application/json": {}}, "description": "the receipt"},
                            404: {"description": "unknown checkpoint, a model it does not rank, or a checkpoint built "
@@ -449,14 +449,14 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
         rules fingerprint, the reward and its breakdown. Check it with `verify_receipt.py` (the
         challenge package's, or `/static/verify_receipt.py`)."""
         cp = checkpoint_or_404(c, checkpoint_id)
-        if not receipt_slots.acquire(timeout=RECEIPT_WAIT_SECONDS):
+        if not _receipt_slots.acquire(timeout=RECEIPT_WAIT_SECONDS):
             raise HTTPException(503, "too many receipts are being built: retry shortly", headers={"Retry-After": "10"})
         try:
             document = build_receipt(c.slug, c.store, cp, model_id)
         except ReceiptUnavailable as error:
             raise HTTPException(404, str(error)) from None
         finally:
-            receipt_slots.release()
+            _receipt_slots.release()
         return Response(json_codec.dumps(document).encode(), media_type="application/json")
 
     # --- schema and lag --------------------------------------------------------------------------

@@ -204,9 +204,20 @@ def test_a_tampered_receipt_names_the_first_field_that_does_not_verify(replay_ap
         assert result.stdout.strip() == expected and result.returncode == (0 if expected == "ok" else 1)
 
 
-def test_receipt_route_errors(replay_api, store):
+def test_receipt_route_errors(replay_api, store, monkeypatch):
+    from crunch_assets.api import app as api_app
+
     _, client = replay_api
     cp = store.checkpoints()[0]
+    # one receipt is built at a time: a request that cannot get its turn is told to retry
+    monkeypatch.setattr(api_app, "RECEIPT_WAIT_SECONDS", 0.2)
+    assert api_app._receipt_slots.acquire(timeout=60)
+    try:
+        busy = client.get(_receipt_path(cp.id, "trend:following@v2"))
+    finally:
+        api_app._receipt_slots.release()
+    assert busy.status_code == 503 and busy.headers["retry-after"] == "10"
+    assert client.get(_receipt_path(cp.id, "trend:following@v2")).status_code == 200
     assert client.get(_receipt_path(999999, "trend:following@v2")).status_code == 404
     absent = client.get(_receipt_path(cp.id, "nobody"))
     assert absent.status_code == 404 and "not in checkpoint" in absent.json()["detail"]
