@@ -377,12 +377,14 @@ def check_leaves_portable(checkpoint: CheckpointRow) -> GateCheck:
 
 def check_root_published(checkpoint: CheckpointRow, sink) -> GateCheck:
     """The checkpoint's current chained root is in the publication file, and delivered to the
-    publication webhook when one is configured (crunch_assets/publication.py)."""
+    publication webhook when one is configured (crunch_assets/publication.py). The result is served
+    to anyone (GET .../gate): it names neither the file's path nor the webhook."""
     from crunch_assets.publication import publication_problem
 
     problem = publication_problem(sink, checkpoint)
+    where = "the publication file" + (" and the publication webhook" if sink.webhook_url else "")
     return GateCheck("chained_root_published", problem is None,
-                     problem or f"chained root {str(checkpoint.chained_root)[:16]}.. published to {sink.describe()}")
+                     problem or f"chained root {str(checkpoint.chained_root)[:16]}.. published to {where}")
 
 
 def scored_answers(store: CompetitionStore, checkpoint: CheckpointRow) -> dict[str, int]:

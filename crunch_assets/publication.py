@@ -104,18 +104,20 @@ def _delivered(record: dict) -> bool:
 
 def publication_problem(sink: RootSink, checkpoint: CheckpointRow, records: list[dict] | None = None) -> str | None:
     """Why the checkpoint's current chained root does not count as published (None when it does):
-    no line of the file names it with these roots, or a webhook is configured and none took it."""
+    no line of the file names it with these roots, or a webhook is configured and none took it.
+    The gate stores and serves this: it names no path or URL."""
     wanted = publication_record(sink.slug, checkpoint)
     fix = f"crunch-dagster checkpoints publish {sink.slug} {checkpoint.id}"
     if records is None:
         try:
             records = read_publications(sink)
         except OSError as error:
-            return f"the publication file {sink.path} cannot be read ({error.strerror or error}): fix it, then {fix}"
+            return (f"the publication file ({DIR_SETTING}) cannot be read ({error.strerror or type(error).__name__}): "
+                    f"fix it, then {fix}")
     lines = [r for r in records if _same(r, wanted)]
     if not lines:
         return (f"chained root {str(checkpoint.chained_root)[:16]}.. of checkpoint #{checkpoint.id} is not in the "
-                f"publication file {sink.path}: {fix}")
+                f"publication file ({DIR_SETTING}): {fix}")
     if sink.webhook_url and not any(_delivered(r) for r in lines):
         return f"chained root of checkpoint #{checkpoint.id} was not delivered to the publication webhook: {fix}"
     return None
