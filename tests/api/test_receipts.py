@@ -617,3 +617,11 @@ def test_the_gate_refuses_a_root_that_was_not_published(api_database_url, tmp_pa
         assert gate["chained_root_published"]["passed"] and gate["leaves_portable"]["passed"]
         cli = client.get(f"/reports/checkpoints/{first['id']}/emission/cli-format").json()
         assert cli["chained_root"] == first["chained_root"] and cli["commitment_scheme"] == merkle.PORTABLE_SCHEME
+        # the receipt of a SUBMITTED checkpoint, from the command line, is the API's
+        printed = subprocess.run([sys.executable, "-m", "crunch_assets.cli", "checkpoints", "receipt", "btc_updown",
+                                  str(first["id"]), "trend_following"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                                 timeout=300, env={**os.environ, **role_env(api_database_url), "CRUNCH_AUTOMATION": "off"})
+        assert printed.returncode == 0, printed.stderr
+        receipt = json.loads(printed.stdout)
+        assert receipt == client.get(f"/reports/checkpoints/{first['id']}/models/trend_following/receipt").json()
+        assert receipt["status"] == "SUBMITTED" and verifier.verify_receipt(receipt) == "ok"
