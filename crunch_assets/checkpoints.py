@@ -1,5 +1,6 @@
 """Stage 5, emission checkpoints: a period's reward split in frac64, each model's breakdown, and
-the Merkle commitment to the scores it paid for.
+the Merkle commitment to the scores it paid for (crunch_assets/merkle.py), whose chained root is
+published outside the database as the checkpoint is stored (crunch_assets/publication.py).
 
 The standing that is paid is computed by `payout_entries`, which the leaderboard calls too: the
 period's standings under the eligibility policy, ranked by the declared checkpoint ranking
@@ -364,16 +365,17 @@ def build_checkpoint(
     start: datetime, end: datetime,
 ) -> CheckpointBuild | None:
     """The checkpoint of [start, end), or None when nothing in it was scored: its entries, the
-    Merkle root of the period's scores and the chained root (scheme 2: also committing to the
-    entries' hash)."""
+    Merkle root of the period's scores (scheme 3: RFC 8785 leaves) and the chained root, which
+    also commits to the entries' hash."""
     payload = checkpoint_entries(spec, rules, store, accounts, start, end)
     if payload is None:
         return None
-    leaves = [merkle.leaf_hash(leaf) for leaf in store.score_leaves(start, end)]
+    leaves = merkle.leaf_hashes(store.score_leaves(start, end), merkle.CURRENT_SCHEME)
     root = merkle.merkle_root(leaves)
     previous = store.previous_checkpoint(start)
     entries_hash = merkle.entries_sha256(payload)
-    chained = merkle.chain_with_entries(previous.chained_root if previous else None, root, entries_hash)
+    chained = merkle.chain_with_entries(previous.chained_root if previous else None, root, entries_hash,
+                                        merkle.CURRENT_SCHEME)
     meta = {
         "fingerprint": store.period_fingerprint(start, end),
         "leaf_count": len(leaves),
@@ -382,6 +384,31 @@ def build_checkpoint(
         "entries_sha256": entries_hash,
     }
     return CheckpointBuild(payload, root, chained, meta, merkle.CURRENT_SCHEME)
+
+
+def publish_root(context: dg.AssetExecutionContext, spec: CompetitionSpec, stored, built: CheckpointBuild) -> str:
+    """Publish the chained root of the checkpoint just stored to the competition's sink
+    (crunch_assets/publication.py). A checkpoint the store kept as it was (past PENDING) was
+    published when it was built. A publication that fails does not fail the run: the checkpoint is
+    stored, and the gate refuses it until it is published (the outcome is in the metadata and log)."""
+    from crunch_assets import publication
+    from crunch_assets.settings import CompetitionSettings
+
+    if stored.status != "PENDING" or stored.chained_root != built.chained_root:
+        return "not published again: the stored checkpoint is past PENDING"
+    sink = publication.RootSink.from_settings(CompetitionSettings(spec.slug))
+    try:
+        done = publication.publish(sink, stored)
+    except OSError as error:
+        context.log.error(f"checkpoint #{stored.id}: its chained root could not be published to {sink.path}: {error}; "
+                          f"the gate refuses it until `crunch-dagster checkpoints publish {spec.slug} {stored.id}`")
+        return f"failed: {type(error).__name__} writing {sink.path}"
+    if done.delivered is False:
+        context.log.warning(f"checkpoint #{stored.id}: the publication webhook did not take its chained root "
+                            f"({done.record['webhook']}); the gate refuses it until `crunch-dagster checkpoints publish "
+                            f"{spec.slug} {stored.id}`")
+        return f"appended to {sink.path}; the webhook did not take it"
+    return f"{'published to' if done.appended else 'already in'} {sink.describe()}"
 
 
 def build_checkpoint_asset(
@@ -425,6 +452,7 @@ def build_checkpoint_asset(
                                     "later periods wait for it until an operator skips it: crunch-dagster checkpoints skip "
                                     f"{spec.slug} {stored.id} --reason '<why>'")
             results.append(stored)
+            published = publish_root(context, spec, stored, built)
             # rounded for reading: the exact split is reward_frac64 (and the stored checkpoint)
             rows = [{"rank": r["rank"], "model": r["model_id"], "cruncher_index": r["cruncher_index"],
                      "score": readable(r["score"]), "coverage": round(r["coverage"], 4), "eligible": r["eligible"],
@@ -440,6 +468,7 @@ def build_checkpoint_asset(
                 "reward_sum": sum(r["reward_frac64"] for r in rows),
                 "merkle_root": stored.merkle_root,
                 "chained_root": stored.chained_root,
+                "root_publication": published,
                 "reward_split": table_metadata(
                     [("rank", "int"), ("model", "string"), ("cruncher_index", "int"), ("score", "float"),
                      ("coverage", "float"), ("eligible", "bool"), ("predictions", "int"), ("reward_frac64", "int"),

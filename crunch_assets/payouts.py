@@ -389,7 +389,7 @@ def check_snapshots_match_scores(spec: CompetitionSpec, rules: CompetitionRules,
 
 
 def check_entries_committed(checkpoint: CheckpointRow) -> GateCheck:
-    if checkpoint.commitment_scheme < merkle.CURRENT_SCHEME:
+    if checkpoint.commitment_scheme < merkle.ENTRIES_SCHEME:
         return GateCheck("entries_committed", False,
                          f"built under commitment scheme {checkpoint.commitment_scheme}, which does not commit to the "
                          "entries: rebuild the checkpoint (materialize emission_checkpoints for its period) while it is PENDING")
@@ -400,6 +400,28 @@ def check_entries_committed(checkpoint: CheckpointRow) -> GateCheck:
                          f"the stored entries hash to {recomputed}, the checkpoint recorded {recorded}: they were changed "
                          "after it was built")
     return GateCheck("entries_committed", True, f"entries sha256 {recomputed[:16]}.. (RFC 8785), in the chained root")
+
+
+def check_leaves_portable(checkpoint: CheckpointRow) -> GateCheck:
+    """Only a checkpoint whose leaves anyone can recompute (scheme 3: RFC 8785) is paid."""
+    scheme = checkpoint.commitment_scheme
+    if scheme < merkle.PORTABLE_SCHEME:
+        return GateCheck("leaves_portable", False,
+                         f"built under commitment scheme {scheme}, whose leaves only Python recomputes: rebuild the "
+                         "checkpoint (materialize emission_checkpoints for its period) while it is PENDING")
+    return GateCheck("leaves_portable", True, f"commitment scheme {scheme}: RFC 8785 leaves, outputs and truths")
+
+
+def check_root_published(checkpoint: CheckpointRow, sink) -> GateCheck:
+    """The checkpoint's current chained root is in the publication file, and delivered to the
+    publication webhook when one is configured (crunch_assets/publication.py). The result is served
+    to anyone (GET .../gate): it names neither the file's path nor the webhook."""
+    from crunch_assets.publication import publication_problem
+
+    problem = publication_problem(sink, checkpoint)
+    where = "the publication file" + (" and the publication webhook" if sink.webhook_url else "")
+    return GateCheck("chained_root_published", problem is None,
+                     problem or f"chained root {str(checkpoint.chained_root)[:16]}.. published to {where}")
 
 
 def scored_answers(store: CompetitionStore, checkpoint: CheckpointRow) -> dict[str, int]:
@@ -449,6 +471,8 @@ def run_gate(spec: CompetitionSpec, store: CompetitionStore, checkpoint: Checkpo
     """Every check of the emission safety gate over the stored checkpoint; {"passed", "checks", ...}.
     `rules` (the competition's) recompute the payout; without them that check fails. `payouts`
     lets the previous checkpoint's lifecycle be checked."""
+    from crunch_assets.publication import RootSink
+
     settings = settings or CompetitionSettings(spec.slug)
     entries = checkpoint.entries
     registry = {m.model_id: m.cruncher_index for m in store.models()}
@@ -473,6 +497,8 @@ def run_gate(spec: CompetitionSpec, store: CompetitionStore, checkpoint: Checkpo
         check_crunchers(entries, registry),
         *recompute,
         check_entries_committed(checkpoint),
+        check_leaves_portable(checkpoint),
+        check_root_published(checkpoint, RootSink.from_settings(settings)),
         check_period_continues(checkpoint, previous, previous_trail),
         check_settled(store.unsettled_count(checkpoint.period_start, checkpoint.period_end),
                       store.prediction_statuses(checkpoint.period_start, checkpoint.period_end)),
@@ -641,7 +667,8 @@ def prizes(checkpoint: CheckpointRow, pool: int) -> list[dict]:
 
 def cli_format(checkpoint: CheckpointRow, pool: int | None = None) -> dict:
     """The reference CLI's shape: rewards as percentages keyed by model, providers as percentages,
-    and (with a pool) the prizes."""
+    and (with a pool) the prizes; with the checkpoint's commitment (its scheme, Merkle root and
+    chained root, as published: crunch_assets/publication.py)."""
     e = checkpoint.entries
     result = {
         "checkpoint_id": checkpoint.id,
@@ -649,6 +676,9 @@ def cli_format(checkpoint: CheckpointRow, pool: int | None = None) -> dict:
         "period_start": checkpoint.period_start.isoformat(),
         "period_end": checkpoint.period_end.isoformat(),
         "status": checkpoint.status,
+        "commitment_scheme": checkpoint.commitment_scheme,
+        "merkle_root": checkpoint.merkle_root,
+        "chained_root": checkpoint.chained_root,
         "rewards": {r["model_id"]: frac64_to_percent(r["reward_pct"]) for r in e.get("ranking", []) if r.get("reward_pct")},
         "compute_provider_rewards": {p["provider"]: frac64_to_percent(p["reward_pct"])
                                      for p in e.get("compute_provider_rewards", [])},

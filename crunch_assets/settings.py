@@ -18,6 +18,7 @@ For a competition with slug `my_comp`, `CRUNCH_MY_COMP_<NAME>` wins over `CRUNCH
 | CHECKPOINT_INTERVAL_SECONDS | any whole number of hours |
 | CRUNCH_PUBKEY, COMPUTE_PROVIDER_PUBKEY, DATA_PROVIDER_PUBKEY | emission accounts |
 | NETWORK | the Solana cluster of the crunch account: mainnet-beta \\| devnet \\| testnet (unset: not declared) |
+| ROOT_PUBLICATION_DIR, ROOT_PUBLICATION_WEBHOOK_URL | where chained roots are published (crunch_assets/publication.py) |
 
 Booleans parse strictly: on/off, true/false, yes/no, 1/0 (any case); anything else is an error
 naming the variable, never "on".

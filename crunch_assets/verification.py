@@ -4,9 +4,11 @@ score's inclusion.
 `audit_checkpoints` walks every checkpoint of a competition in period order and recomputes:
 - the Merkle root of its period's stored scores (a score, an output or a truth changed, added or
   removed after it was built);
-- the hash of its stored entries, against the one it recorded (scheme 2: who is paid what);
-- the chain from the first checkpoint (scheme 1: roots only; scheme 2: roots and the recorded
-  entries hashes);
+- each in its own `commitment_scheme` (crunch_assets/merkle.py): schemes 1 and 2 with Python leaves,
+  scheme 3 with RFC 8785 leaves;
+- the hash of its stored entries, against the one it recorded (schemes 2 and 3: who is paid what);
+- the chain from the first checkpoint (scheme 1: roots only; schemes 2 and 3: roots and the
+  recorded entries hashes);
 - with the audit trails given, its lifecycle (`lifecycle_problems`): a checkpoint past PENDING has
   exactly one audit row per step, each with its actor, chained by digest, the SUBMITTED row with
   the checkpoint's tx hash and submission time, and a stored passing gate result for these very
@@ -62,7 +64,7 @@ class CheckpointAudit:
 
     @property
     def entries_match(self) -> bool:
-        """Scheme 2: the stored entries hash to what the checkpoint recorded (scheme 1 commits to none)."""
+        """Schemes 2 and 3: the stored entries hash to what the checkpoint recorded (scheme 1 commits to none)."""
         return (self.commitment_scheme == merkle.LEGACY_SCHEME
                 or self.recorded_entries_sha256 == self.recomputed_entries_sha256)
 
@@ -99,8 +101,11 @@ def audit_checkpoints(store: CompetitionStore,
     its audit rows), its lifecycle checked too."""
     audits, chained, newest_scheme = [], None, merkle.LEGACY_SCHEME
     for checkpoint in store.checkpoints():
-        root = merkle.merkle_root([merkle.leaf_hash(leaf) for leaf in store.score_leaves(checkpoint.period_start, checkpoint.period_end)])
         scheme = checkpoint.commitment_scheme
+        leaves = store.score_leaves(checkpoint.period_start, checkpoint.period_end)
+        # each checkpoint's leaves in its own scheme's encoding (an unknown scheme: the current one)
+        leaf_scheme = scheme if scheme in merkle.SCHEMES else merkle.CURRENT_SCHEME
+        root = merkle.merkle_root(merkle.leaf_hashes(leaves, leaf_scheme))
         entries_hash = merkle.entries_sha256(checkpoint.entries)
         scheme_problem = None
         if scheme not in merkle.SCHEMES:
@@ -108,13 +113,14 @@ def audit_checkpoints(store: CompetitionStore,
             chained = merkle.chain_with_entries(chained, root, entries_hash)
         else:
             if scheme < newest_scheme:
-                scheme_problem = (f"commitment scheme {scheme} after a checkpoint of scheme {newest_scheme}: a checkpoint "
-                                  "built since migration 0006 commits to its entries")
-            # Scheme 2 chains the entries hash the checkpoint recorded: the chain then shows a changed
-            # chain, and entries_match changed entries, each by its name.
+                scheme_problem = (f"commitment scheme {scheme} after a checkpoint of scheme {newest_scheme}: the database "
+                                  "refuses a new or rebuilt checkpoint below the current scheme")
+            # Schemes 2 and 3 chain the entries hash the checkpoint recorded: the chain then shows a
+            # changed chain, and entries_match changed entries, each by its name.
             recorded = checkpoint.meta.get("entries_sha256")
             chained = (merkle.chain(chained, root) if scheme == merkle.LEGACY_SCHEME
-                       else merkle.chain_with_entries(chained, root, recorded if _is_hash(recorded) else entries_hash))
+                       else merkle.chain_with_entries(chained, root, recorded if _is_hash(recorded) else entries_hash,
+                                                      scheme))
         newest_scheme = max(newest_scheme, scheme if scheme in merkle.SCHEMES else newest_scheme)
         lifecycle = tuple(lifecycle_problems(checkpoint, trails.get(checkpoint.id, []))) if trails is not None else ()
         audits.append(CheckpointAudit(
@@ -197,7 +203,7 @@ def lifecycle_problems(checkpoint: CheckpointRow, trail: Sequence[AuditRow]) -> 
                 problems.append(f"the stored gate result passed another checkpoint content ({key} differs)")
                 break
         else:
-            if checkpoint.commitment_scheme >= merkle.CURRENT_SCHEME and "entries_sha256" not in gate:
+            if checkpoint.commitment_scheme >= merkle.ENTRIES_SCHEME and "entries_sha256" not in gate:
                 problems.append("the stored gate result does not name the entries it passed")
     return problems
 
@@ -231,7 +237,8 @@ def inclusion_proof(store: CompetitionStore, checkpoint: CheckpointRow, model_id
     """Everything a participant needs to check that one of their scores is in a checkpoint: the
     leaf's fields, its hash, the sibling path and the checkpoint's stored root."""
     leaves = store.score_leaves(checkpoint.period_start, checkpoint.period_end)
-    hashes = [merkle.leaf_hash(leaf) for leaf in leaves]
+    scheme = checkpoint.commitment_scheme if checkpoint.commitment_scheme in merkle.SCHEMES else merkle.CURRENT_SCHEME
+    hashes = merkle.leaf_hashes(leaves, scheme)
     index = next((i for i, leaf in enumerate(leaves) if leaf.model_id == model_id and leaf.cycle_at == cycle_at
                   and (scope_key is None or leaf.scope_key == scope_key)), None)
     if index is None:
@@ -239,7 +246,8 @@ def inclusion_proof(store: CompetitionStore, checkpoint: CheckpointRow, model_id
     proof = merkle.inclusion_proof(hashes, index)
     return {
         "checkpoint_id": checkpoint.id,
-        "leaf": merkle.leaf_fields(leaves[index]),
+        "commitment_scheme": scheme,
+        "leaf": merkle.leaf_fields(leaves[index], scheme),
         "leaf_hash": hashes[index],
         "leaf_index": index,
         "proof": [{"side": step.side, "hash": step.hash} for step in proof],

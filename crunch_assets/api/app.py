@@ -20,12 +20,13 @@ import binascii
 import hmac
 import json
 import os
+import threading
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Callable, Literal, Sequence
 
 from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Path, Query
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -37,8 +38,10 @@ from crunch_assets.api.views import (
     checkpoint_summary, checkpoint_view, lag_view, leaderboard_view, lifecycle_view, model_score_series, models_global,
     models_params, prediction_view, report_schema, snapshot_view,
 )
+from crunch_assets.receipts import ReceiptUnavailable, build_receipt
 from crunch_assets.verification import inclusion_proof
 from resources.model_ids import MODEL_ID_PATTERN, MODEL_ID_RULE
+from resources.store import json_codec
 from resources.store.payouts import CheckpointNotFound, TransitionConflict
 from resources.store.reports import PREDICTION_STATUSES
 
@@ -73,6 +76,12 @@ Ident = Annotated[str, Field(pattern=IDENT_PATTERN)]
 CheckpointId = Annotated[int, Path(ge=1, le=ID_MAX, description="checkpoint id", examples=[1])]
 ModelId = Annotated[str, Path(pattern=MODEL_ID_PATTERN, description=f"model id: {MODEL_ID_RULE}", examples=["mean_reversion"])]
 ModelIdFilter = Annotated[str, Field(pattern=MODEL_ID_PATTERN, description=f"model id: {MODEL_ID_RULE}")]
+# A receipt hashes every leaf of its period (seconds of CPU for a day of 100 models): one is built at
+# a time per process, whatever the path or app, so the other core keeps serving; a request waits at
+# most RECEIPT_WAIT_SECONDS for its turn (then 503).
+RECEIPT_CONCURRENCY = 1
+RECEIPT_WAIT_SECONDS = 30.0
+_receipt_slots = threading.BoundedSemaphore(RECEIPT_CONCURRENCY)
 TxHash = Annotated[str, Field(pattern=payouts.TX_HASH_PATTERN.pattern, description="on-chain transaction hash")]
 Note = Annotated[str, Field(max_length=payouts.NOTE_MAX_CHARS)]
 
@@ -232,6 +241,9 @@ def create_app(
     from crunch_assets.api.page import build_page_router
 
     app.include_router(build_page_router(by_slug, default.slug))
+    from crunch_assets.api.receipt_widget import build_receipt_files_router
+
+    app.include_router(build_receipt_files_router())
     return app
 
 
@@ -465,6 +477,28 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
             return inclusion_proof(c.store, cp, model_id, cycle_at, scope)
         except LookupError as error:
             raise HTTPException(404, str(error)) from None
+
+    @router.get("/checkpoints/{checkpoint_id}/models/{model_id}/receipt", tags=["rewards"],
+                responses={200: {"content": {"application/json": {}}, "description": "the receipt"},
+                           404: {"description": "unknown checkpoint, a model it does not rank, or a checkpoint built "
+                                                "before portable leaves (scheme 3)"},
+                           503: {"description": "too many receipts being built: retry"}})
+    def receipt(c: Competition, checkpoint_id: CheckpointId, model_id: ModelId) -> Response:
+        """Everything the model's participant needs to check their share offline: each of the model's
+        leaves in the period (the fields it is hashed from, its output and truth, its inclusion path),
+        the period's Merkle root, the previous and this chained root, the entries and their hash, the
+        rules fingerprint, the reward and its breakdown. Check it with `verify_receipt.py` (the
+        challenge package's, or `/static/verify_receipt.py`)."""
+        cp = checkpoint_or_404(c, checkpoint_id)
+        if not _receipt_slots.acquire(timeout=RECEIPT_WAIT_SECONDS):
+            raise HTTPException(503, "too many receipts are being built: retry shortly", headers={"Retry-After": "10"})
+        try:
+            document = build_receipt(c.slug, c.store, cp, model_id)
+        except ReceiptUnavailable as error:
+            raise HTTPException(404, str(error)) from None
+        finally:
+            _receipt_slots.release()
+        return Response(json_codec.dumps(document).encode(), media_type="application/json")
 
     # --- schema and lag --------------------------------------------------------------------------
 

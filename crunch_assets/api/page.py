@@ -33,11 +33,12 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
 from crunch_assets.api.competitions import ReportCompetition
+from crunch_assets.api.receipt_widget import receipt_widget
 from crunch_assets.api.views import (
     checkpoint_summary, direction_words, leaderboard_view, model_score_series, window_label,
 )
 from crunch_assets.failure_reasons import public_reason
-from crunch_assets.merkle import canonical_json
+from crunch_assets.merkle import leaf_json
 from crunch_assets.model_health import QUARANTINE_META_KEY, QUARANTINED
 from crunch_assets.payouts import frac64_to_percent
 from crunch_assets.verification import inclusion_proof
@@ -90,6 +91,7 @@ templates.filters["instant"] = instant
 templates.filters["rank_change"] = _rank_change
 templates.filters["window"] = window_label
 templates.filters["path"] = lambda value: quote(str(value), safe="")
+templates.globals["receipt_widget"] = receipt_widget  # templates/receipt_widget.html
 
 
 # --- the chart -----------------------------------------------------------------------------------
@@ -424,8 +426,8 @@ def build_page_router(competitions: dict[str, ReportCompetition], default_slug: 
             proof = inclusion_proof(c.store, cp, model_id, cycle_at.astimezone(timezone.utc), scope)
         except LookupError as error:
             return not_found(str(error), competitions, slug)
-        return render("proof.html", c, model_id=model_id, checkpoint=checkpoint_summary(cp), proof=proof,
-                      steps=worked_proof(proof), leaf_json=canonical_json(proof["leaf"]).decode(),
+        return render("proof.html", c, model_id=model_id, checkpoint=checkpoint_summary(cp, c.payouts.audit_trail(cp.id), c.spec), proof=proof,
+                      steps=worked_proof(proof), leaf_json=leaf_json(proof["leaf"], proof["commitment_scheme"]),
                       api=f"/competitions/{slug}/checkpoints/{cp.id}/models/{quote(model_id, safe='')}/proof?"
                           + urlencode({"cycle_at": cycle_at.isoformat(), **({"scope": scope} if scope else {})}))
 

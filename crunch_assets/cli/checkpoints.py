@@ -1,6 +1,7 @@
-"""`crunch-dagster checkpoints list|show|submit|advance|skip|resolve-copy <slug> ...`: a
-competition's checkpoints, their payment lifecycle and their copy clusters from the command line,
-with the same gate and audit as the report API.
+"""`crunch-dagster checkpoints list|show|submit|advance|skip|resolve-copy|publish|receipt <slug> ...`:
+a competition's checkpoints, their payment lifecycle, their copy clusters, the publication of their
+chained roots and participants' receipts from the command line, with the same gate and audit as the
+report API.
 
 The actor recorded in the audit is the OS user, unless --actor is given.
 """
@@ -31,7 +32,7 @@ def _actor(actor: str | None) -> str:
 @click.group()
 def checkpoints() -> None:
     """A competition's checkpoints: list, show, submit (PENDING -> SUBMITTED, gated), advance, skip (PENDING ->
-    SKIPPED, a period nobody can be paid for), resolve-copy."""
+    SKIPPED, a period nobody can be paid for), resolve-copy, publish, receipt."""
 
 
 @checkpoints.command("list")
@@ -183,3 +184,50 @@ def resolve_copy(slug: str, checkpoint_id: int, cluster_key: str, paid_model_id:
                f"{checkpoint_id}: {decision}, by {resolution.actor} at {resolution.at.isoformat()}")
     click.echo("the checkpoint applies it when it is rebuilt: the checkpoint sensor does it, or materialize "
                f"{slug}/emission_checkpoints for its period; `checkpoints submit` refuses it until then")
+
+
+@checkpoints.command("publish")
+@click.argument("slug")
+@click.argument("checkpoint_id", type=click.IntRange(1))
+def publish(slug: str, checkpoint_id: int) -> None:
+    """Publish the checkpoint's chained root to the competition's sink (the publication file, and the
+    webhook when one is set), as the checkpoint asset does when it builds it: after a publication
+    failed, or once the sink is configured. Nothing is done when it is already published."""
+    from crunch_assets.publication import RootSink, publication_problem
+    from crunch_assets.publication import publish as publish_root
+
+    c = load_report_competition(slug)
+    cp = c.store.checkpoint_by_id(checkpoint_id)
+    if cp is None:
+        raise click.ClickException(f"no checkpoint {checkpoint_id} in {slug}")
+    sink = RootSink.from_settings(c.settings)
+    try:
+        done = publish_root(sink, cp)
+    except OSError as error:
+        raise click.ClickException(f"could not write {sink.path}: {error}") from error
+    verb = "published" if done.appended else "already published"
+    click.echo(f"checkpoint #{cp.id}: chained root {cp.chained_root} {verb} to {sink.describe()}")
+    problem = publication_problem(sink, cp)
+    if problem:
+        click.echo(problem, err=True)
+        raise SystemExit(1)
+
+
+@checkpoints.command("receipt")
+@click.argument("slug")
+@click.argument("checkpoint_id", type=click.IntRange(1))
+@click.argument("model_id")
+def receipt(slug: str, checkpoint_id: int, model_id: str) -> None:
+    """A model's receipt for the checkpoint, as JSON (what GET .../models/{model_id}/receipt serves;
+    check it with verify_receipt.py)."""
+    from crunch_assets.receipts import ReceiptUnavailable, build_receipt
+    from resources.store import json_codec
+
+    c = load_report_competition(slug)
+    cp = c.store.checkpoint_by_id(checkpoint_id)
+    if cp is None:
+        raise click.ClickException(f"no checkpoint {checkpoint_id} in {slug}")
+    try:
+        click.echo(json_codec.dumps(build_receipt(slug, c.store, cp, model_id)))
+    except ReceiptUnavailable as error:
+        raise click.ClickException(str(error)) from error

@@ -275,9 +275,10 @@ checkpoints = sa.Table(
     _jsonb("meta"),
     # The emission safety gate's last results ({passed, checked_at, checks: [...]}); null: never run.
     sa.Column("gate", JSONB, nullable=True),
-    # How chained_root was computed (crunch_assets/merkle.py): 1, the scores' root only (checkpoints
-    # stored before migration 0006); 2, also the sha256 of the RFC 8785 canonical entries.
-    sa.Column("commitment_scheme", sa.SmallInteger, nullable=False, server_default="2"),
+    # How the leaves and chained_root were computed (crunch_assets/merkle.py): 1, the scores' root only
+    # (checkpoints stored before migration 0006); 2, also the sha256 of the RFC 8785 canonical entries;
+    # 3 (since migration 0009), with RFC 8785 leaves.
+    sa.Column("commitment_scheme", sa.SmallInteger, nullable=False, server_default="3"),
     sa.UniqueConstraint("competition", "period_start", "period_end", name="uq_checkpoints_period"),
     sa.Index("ix_checkpoints_competition_status", "competition", "status", "period_start"),
 )

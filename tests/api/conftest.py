@@ -33,14 +33,16 @@ def database_named(url: str, name: str) -> str:
 
 def role_env(url: str) -> dict[str, str]:
     """The database variables of a subprocess working on the database of `url` (a superuser URL
-    of the test server): the migrations' URL and each role's, on that database."""
+    of the test server): the migrations' URL and each role's, on that database; and where the test
+    session publishes checkpoint roots (tests/conftest.py)."""
     import os
 
     from resources.database_url import DATABASE_ENV_VARS, DATABASE_URL_ENV
 
     name = make_url(url).database
     env = {var: database_named(os.environ[var], name) for var in DATABASE_ENV_VARS if var != DATABASE_URL_ENV}
-    return {DATABASE_URL_ENV: url, **env}
+    published = {"CRUNCH_ROOT_PUBLICATION_DIR": os.environ["CRUNCH_ROOT_PUBLICATION_DIR"]}
+    return {DATABASE_URL_ENV: url, **env, **published}
 
 
 def _admin(url: str):

@@ -173,7 +173,8 @@ def test_breakdown_and_merkle_proof(read_api, db):
                        params={"cycle_at": cycle.isoformat()}).json()
     assert proof["verified"] is True and proof["merkle_root"] == row.merkle_root
     steps = [merkle.ProofStep(s["side"], s["hash"]) for s in proof["proof"]]
-    leaf = merkle.sha256_hex(b"\x00" + merkle.canonical_json(proof["leaf"]))
+    assert proof["commitment_scheme"] == merkle.PORTABLE_SCHEME
+    leaf = merkle.sha256_hex(b"\x00" + merkle.canonical(proof["leaf"]))  # RFC 8785, from the served fields
     assert leaf == proof["leaf_hash"] and merkle.verify_proof(leaf, steps, row.merkle_root)
     assert client.get(f"/competitions/btc_updown/checkpoints/{row.id}/models/nobody/breakdown").status_code == 404
     outside = client.get(f"/competitions/btc_updown/checkpoints/{row.id}/models/mean_reversion/proof",
