@@ -1,5 +1,6 @@
 """Stage 5, emission checkpoints: a period's reward split in frac64, each model's breakdown, and
-the Merkle commitment to the scores it paid for.
+the Merkle commitment to the scores it paid for (crunch_assets/merkle.py), whose chained root is
+published outside the database as the checkpoint is stored (crunch_assets/publication.py).
 
 The standing that is paid is computed by `payout_entries`, which the leaderboard calls too: the
 period's standings under the eligibility policy, ranked by the declared checkpoint ranking
@@ -400,16 +401,17 @@ def build_checkpoint(
     start: datetime, end: datetime,
 ) -> CheckpointBuild | None:
     """The checkpoint of [start, end), or None when nothing in it was scored: its entries, the
-    Merkle root of the period's scores and the chained root (scheme 2: also committing to the
-    entries' hash)."""
+    Merkle root of the period's scores (scheme 3: RFC 8785 leaves) and the chained root, which
+    also commits to the entries' hash."""
     payload = checkpoint_entries(spec, rules, store, accounts, start, end)
     if payload is None:
         return None
-    leaves = [merkle.leaf_hash(leaf) for leaf in store.score_leaves(start, end)]
+    leaves = merkle.leaf_hashes(store.score_leaves(start, end), merkle.CURRENT_SCHEME)
     root = merkle.merkle_root(leaves)
     previous = store.previous_checkpoint(start)
     entries_hash = merkle.entries_sha256(payload)
-    chained = merkle.chain_with_entries(previous.chained_root if previous else None, root, entries_hash)
+    chained = merkle.chain_with_entries(previous.chained_root if previous else None, root, entries_hash,
+                                        merkle.CURRENT_SCHEME)
     meta = {
         "fingerprint": store.period_fingerprint(start, end),
         "leaf_count": len(leaves),
@@ -418,6 +420,31 @@ def build_checkpoint(
         "entries_sha256": entries_hash,
     }
     return CheckpointBuild(payload, root, chained, meta, merkle.CURRENT_SCHEME)
+
+
+def publish_root(context: dg.AssetExecutionContext, spec: CompetitionSpec, stored, built: CheckpointBuild) -> str:
+    """Publish the chained root of the checkpoint just stored to the competition's sink
+    (crunch_assets/publication.py). A checkpoint the store kept as it was (past PENDING) was
+    published when it was built. A publication that fails does not fail the run: the checkpoint is
+    stored, and the gate refuses it until it is published (the outcome is in the metadata and log)."""
+    from crunch_assets import publication
+    from crunch_assets.settings import CompetitionSettings
+
+    if stored.status != "PENDING" or stored.chained_root != built.chained_root:
+        return "not published again: the stored checkpoint is past PENDING"
+    sink = publication.RootSink.from_settings(CompetitionSettings(spec.slug))
+    try:
+        done = publication.publish(sink, stored)
+    except OSError as error:
+        context.log.error(f"checkpoint #{stored.id}: its chained root could not be published to {sink.path}: {error}; "
+                          f"the gate refuses it until `crunch-dagster checkpoints publish {spec.slug} {stored.id}`")
+        return f"failed: {type(error).__name__} writing {sink.path}"
+    if done.delivered is False:
+        context.log.warning(f"checkpoint #{stored.id}: the publication webhook did not take its chained root "
+                            f"({done.record['webhook']}); the gate refuses it until `crunch-dagster checkpoints publish "
+                            f"{spec.slug} {stored.id}`")
+        return f"appended to {sink.path}; the webhook did not take it"
+    return f"{'published to' if done.appended else 'already in'} {sink.describe()}"
 
 
 def build_checkpoint_asset(
@@ -439,6 +466,8 @@ def build_checkpoint_asset(
     def emission_checkpoints(
         context: dg.AssetExecutionContext, database: CrunchDatabase, rules: CompetitionRules, payout_accounts: PayoutAccounts
     ) -> dg.MaterializeResult:
+        from crunch_assets.payouts import unpayable_reasons  # payouts imports this module
+
         store = database.competition(spec.slug)
         results = []
         for key in sorted(context.partition_keys, key=lambda k: periods.window(k)[0]):
@@ -453,7 +482,13 @@ def build_checkpoint_asset(
             if stored.status != "PENDING" and (stored.entries != built.entries or stored.merkle_root != built.merkle_root):
                 # Paid money does not move: the disagreement is reported, the stored checkpoint stands.
                 context.log.warning(f"{key}: checkpoint already {stored.status}; the recomputation differs and was not written")
+            unpayable = unpayable_reasons(stored.entries, spec.gate) if stored.status == "PENDING" else []
+            if unpayable:
+                context.log.warning(f"{key}: checkpoint #{stored.id} can never be submitted as built ({'; '.join(unpayable)}); "
+                                    "later periods wait for it until an operator skips it: crunch-dagster checkpoints skip "
+                                    f"{spec.slug} {stored.id} --reason '<why>'")
             results.append(stored)
+            published = publish_root(context, spec, stored, built)
             # rounded for reading: the exact split is reward_frac64 (and the stored checkpoint)
             rows = [{"rank": r["rank"], "model": r["model_id"], "cruncher_index": r["cruncher_index"],
                      "score": readable(r["score"]), "coverage": round(r["coverage"], 4), "eligible": r["eligible"],
@@ -463,11 +498,13 @@ def build_checkpoint_asset(
             context.add_asset_metadata({
                 "checkpoint_id": stored.id,
                 "status": stored.status,
+                "cannot_be_submitted": "; ".join(unpayable) or "nothing in its entries (the gate decides at submission)",
                 "period": f"{start.isoformat()} .. {end.isoformat()}",
                 "models": len(rows),
                 "reward_sum": sum(r["reward_frac64"] for r in rows),
                 "merkle_root": stored.merkle_root,
                 "chained_root": stored.chained_root,
+                "root_publication": published,
                 "reward_split": table_metadata(
                     [("rank", "int"), ("model", "string"), ("cruncher_index", "int"), ("score", "float"),
                      ("coverage", "float"), ("eligible", "bool"), ("predictions", "int"), ("reward_frac64", "int"),
@@ -476,12 +513,15 @@ def build_checkpoint_asset(
                 "copy_clusters": [f"{c['cluster']}: {', '.join(m['model_id'] for m in c['members'])}; pays "
                                   f"{', '.join(c['paid'])} ({c['status']})" for c in stored.entries.get("copy_clusters", [])],
             }, partition_key=key)
+        # one result per run: the first error, else the first warning (a period with nothing to pay)
         check = checks.check_rewards(keys.emission_checkpoints, None)
         for stored in results:
-            check = checks.check_rewards(keys.emission_checkpoints, stored.entries,
-                                         by_rank=spec.emission.kind != "contribution")
-            if not check.passed:
-                break
+            found = checks.check_rewards(keys.emission_checkpoints, stored.entries,
+                                          by_rank=spec.emission.kind != "contribution")
+            if not found.passed and (check.passed or found.severity == dg.AssetCheckSeverity.ERROR):
+                check = found
+                if found.severity == dg.AssetCheckSeverity.ERROR:
+                    break
         return dg.MaterializeResult(metadata={"checkpoints": len(results)}, check_results=[check])
 
     return emission_checkpoints

@@ -138,3 +138,68 @@ def test_nginx_fronts_the_report_api_in_production():
     assert command[command.index("--max-connections-per-client") + 1] == "0"
     listen = nginx["environment"]["CRUNCH_API_LISTEN"]
     assert any(p.endswith(f":{listen}:{listen}") for p in nginx["ports"])
+
+
+# --- the report API of a served workspace reads the specs that workspace runs ----------------------
+
+def test_serve_gives_the_api_the_served_workspace(tmp_path):
+    workspace = tmp_path / "fast.yaml"
+    workspace.write_text(f"load_from:\n  - python_file:\n      relative_path: {PROJECT_ROOT / 'bench' / 'chaos_competition.py'}\n"
+                         "      location_name: btc_updown\n")
+    api = programs(read_code_locations(workspace), ServeOptions(data_dir=tmp_path, workspace=workspace))["api"]["command"]
+    assert api[1:2] == ["api"] and api[api.index("--workspace") + 1] == str(workspace)
+
+
+def test_lag_of_a_served_workspace_reads_the_scopes_it_runs(tmp_path, clean_database):
+    """`serve --workspace bench/...chaos_competition.py` runs btc_updown with 30 s cycles (scope
+    BTC-60-30); its API used to load competitions/btc_updown (BTC-60-60), so /lag reported the
+    cycles of a scope nobody runs (none) and ignored the stored ones. Real HTTP, real CLI."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    from datetime import datetime, timedelta, timezone
+
+    import requests
+
+    from crunch_assets.api import load_report_competition
+    from crunch_assets.cli.common import load_workspace_competitions
+    from resources.store.database import CrunchDatabase
+    from resources.store.rows import CycleWrite, InputRow
+
+    workspace = tmp_path / "fast.yaml"
+    workspace.write_text(f"load_from:\n  - python_file:\n      relative_path: {PROJECT_ROOT / 'bench' / 'chaos_competition.py'}\n"
+                         "      location_name: btc_updown\n")
+    assert [scope.key for scope in load_report_competition("btc_updown").spec.scopes] == ["BTC-60-60"]  # what it served
+    [(_, spec)] = load_workspace_competitions(workspace)
+    assert [scope.key for scope in spec.scopes] == ["BTC-60-30"]
+    cycle_at = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(seconds=45)
+    cycle_at -= timedelta(seconds=cycle_at.second % 30)
+    CrunchDatabase().competition("btc_updown").write_cycles(
+        [CycleWrite(InputRow("BTC-60-30", cycle_at, cycle_at + timedelta(seconds=60), {}, spec.scopes[0].as_dict()), [])], [])
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "CRUNCH_DATABASE_URL": clean_database}
+    server = subprocess.Popen([str(Path(sys.executable).with_name("crunch-dagster")), "api", "--port", str(port),
+                               "--workspace", str(workspace), "--log-level", "warning"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                lag = requests.get(f"http://127.0.0.1:{port}/competitions/btc_updown/lag", timeout=10)
+                break
+            except requests.ConnectionError:
+                assert server.poll() is None, server.stderr.read().decode()[-3000:]
+                assert time.monotonic() < deadline, "the API did not answer"
+                time.sleep(0.2)
+        assert lag.status_code == 200, lag.text
+        last_cycle = lag.json()["last_cycle"]
+        assert list(last_cycle) == ["BTC-60-30"]
+        assert datetime.fromisoformat(last_cycle["BTC-60-30"]["at"]) == cycle_at
+    finally:
+        server.terminate()
+        assert server.wait(timeout=60) == 0  # SIGTERM: a clean stop

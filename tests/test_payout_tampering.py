@@ -33,6 +33,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from tests.api.conftest import LiveServer, auth, database_named, role_env
+from tests.rewards_fixtures import SYNTHETIC_PRICES_SOURCE
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 START = datetime(2026, 11, 14, tzinfo=timezone.utc)
@@ -44,9 +45,11 @@ TX = "0x" + "cd" * 32
 _copies = itertools.count()
 
 # Six participants with distinct, constant-quality answers: six distinct ranks, every one paid
-# under the tiered emission (rank 6, the last, gets 83,333,333 of 1e9).
-MODEL_HEADER = """from competitions.btc_updown.model_base import UpDownModel
-from resources.feeds.synthetic_prices import synthetic_price
+# under the tiered emission (rank 6, the last, gets 83,333,333 of 1e9). A sandboxed model sees
+# nothing of the checkout but its base class: each carries the synthetic feed's price function.
+MODEL_HEADER = SYNTHETIC_PRICES_SOURCE + """
+
+from competitions.btc_updown.model_base import UpDownModel
 
 
 def went_up(asof):
@@ -303,6 +306,8 @@ def test_a_rewritten_snapshot_is_refused_even_with_a_rebuilt_checkpoint(store_ur
     """The engine's role may rewrite snapshots (it rolls them up), and could then rebuild the
     checkpoint from them: the gate recomputes the snapshots from the scores, which are INSERT-only."""
     from crunch_assets.checkpoints import build_checkpoint
+    from crunch_assets.publication import RootSink, publish
+    from crunch_assets.settings import CompetitionSettings
     from resources.store.competition import CompetitionStore
 
     engine_url = role_url(store_url, "engine")
@@ -316,8 +321,10 @@ def test_a_rewritten_snapshot_is_refused_even_with_a_rebuilt_checkpoint(store_ur
         cp = store.checkpoint_by_id(checkpoint_id)
         built = build_checkpoint(_spec(), _rules(), store, _accounts(), cp.period_start, cp.period_end)
         assert built.entries["ranking"][0]["model_id"] == "anti"  # the rewritten snapshots would pay anti first
-        store.write_pending_checkpoint(cp.period_start, cp.period_end, built.entries, built.merkle_root,
-                                       built.chained_root, built.meta, built.commitment_scheme)
+        stored = store.write_pending_checkpoint(cp.period_start, cp.period_end, built.entries, built.merkle_root,
+                                                built.chained_root, built.meta, built.commitment_scheme)
+        # and publishes its root, as the checkpoint asset does (the engine's process writes the sink)
+        publish(RootSink.from_settings(CompetitionSettings("btc_updown")), stored)
     finally:
         engine.dispose()
     with api(store_url) as client:

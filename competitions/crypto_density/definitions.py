@@ -57,6 +57,7 @@ SPEC = CompetitionSpec(
         names=("ic", "ic_sharpe", "hit_rate", "model_correlation", "ensemble_correlation", "fnc", "max_drawdown",
                "contribution"),
         signal=f"{LOGIC}:signal", outcome=f"{LOGIC}:realised_return"),
+    score_name="CRPS of the predicted return density, in basis points",
 )
 
 RULES = CallableRules(

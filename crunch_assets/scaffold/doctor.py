@@ -34,7 +34,7 @@ from crunch_assets.scaffold.generate import (
     workspace_entry,
 )
 from crunch_assets.settings import CompetitionSettings, FeedDefaults, SettingsError
-from crunch_assets.spec import CompetitionSpec, SpecError
+from crunch_assets.spec import CompetitionSpec, SpecError, cadence_problems
 
 
 @dataclass(frozen=True)
@@ -128,6 +128,24 @@ def check_feed(settings: CompetitionSettings, feed_defaults: FeedDefaults, subje
     return problems, source
 
 
+def check_cadence(spec: CompetitionSpec, settings: CompetitionSettings, feed_defaults: FeedDefaults) -> list[Problem]:
+    """Every cycle instant and resolution instant of every scope has an observation at most
+    max_price_staleness_seconds old on the feed the environment selects (the check the code
+    location runs when it loads); each scope that has not is explained with its fixes."""
+    from crunch_assets.definitions import observation_interval_seconds
+
+    feed = settings.feed(feed_defaults, csv_subjects=spec.subjects)
+    problems = []
+    for problem in cadence_problems(spec, feed.kind, observation_interval_seconds(feed)):
+        fixes = problem.fixes()
+        problems.append(Problem(
+            problem.describe(),
+            ("change one of: " + "; ".join(fixes)) if fixes else
+            "make the scope's cycle and resolution instants fall on the feed's observations",
+        ))
+    return problems
+
+
 def check_workspace(checkout: Path, slug: str) -> list[Problem]:
     workspace = checkout / WORKSPACE_FILE
     if not workspace.is_file():
@@ -202,9 +220,13 @@ def doctor_competition(slug: str) -> Report:
         except FileNotFoundError as error:
             report.problems.append(Problem(str(error), "create the models directory"))
         report.checked.append("models")
-    feed_problems, source = check_feed(settings, getattr(module, "FEED_DEFAULTS", FeedDefaults()), spec.subjects)
+    feed_defaults = getattr(module, "FEED_DEFAULTS", FeedDefaults())
+    feed_problems, source = check_feed(settings, feed_defaults, spec.subjects)
     report.problems += feed_problems
     report.checked.append(f"feed {source!r}")
+    if not feed_problems:
+        report.problems += check_cadence(spec, settings, feed_defaults)
+        report.checked.append("cadence")
     return report
 
 
