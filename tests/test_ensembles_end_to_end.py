@@ -366,6 +366,13 @@ def test_the_api_serves_metrics_diversity_and_the_embargoed_ensemble(template, d
             assert all(h["output"] is not None for h in operator)
             assert client.get("/reports/ensembles/other/history").status_code == 404
             assert client.get("/reports/ensemble/history?limit=120").json()["history"] == history  # the reference's path
+            # the reference's leaderboard shape hides the ensembles unless asked; ours marks them
+            reference = client.get("/reports/leaderboard").json()
+            assert reference and ENSEMBLE not in {r["model_id"] for r in reference}
+            asked = {r["model_id"]: r for r in client.get("/reports/leaderboard?include_ensembles=true").json()}
+            assert ENSEMBLE in asked and asked[ENSEMBLE]["eligible"] is not True
+            ours = client.get("/competitions/btc_updown/leaderboard").json()["entries"]
+            assert {e["model_id"]: e for e in ours}[ENSEMBLE]["ensemble"] is True
 
 
 @pytest.fixture(scope="module")
