@@ -32,6 +32,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT / "bench"))
 
 from chaos import Deployment, Store, server_processes, wait_for  # noqa: E402
+from resources.database_url import DATABASE_ENV_VARS  # noqa: E402
 
 BIN = Path(sys.executable).parent
 PR_SET_CHILD_SUBREAPER = 36
@@ -106,7 +107,7 @@ def describe(processes) -> list[str]:
 
 def query_store(data_dir: Path, *sql: str) -> list[list[list]]:
     """Each statement's rows, read by a process of its own on the data directory's server."""
-    env = {k: v for k, v in os.environ.items() if k not in ("CRUNCH_DATABASE_URL", "DAGSTER_HOME")}
+    env = {k: v for k, v in os.environ.items() if k not in (*DATABASE_ENV_VARS, "DAGSTER_HOME")}
     done = subprocess.run([sys.executable, "-c", QUERY_SCRIPT, str(PROJECT_ROOT), str(data_dir), json.dumps(list(sql))],
                           env={**env, "CRUNCH_DATA_DIR": str(data_dir)}, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -154,7 +155,7 @@ def test_the_api_stops_with_its_embedded_server(signum):
     running with nobody to stop it."""
     data_dir = fresh_data_dir("crunch-api-stop-")
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("CRUNCH_DATABASE_URL", "DAGSTER_HOME")}
+    env = {k: v for k, v in os.environ.items() if k not in (*DATABASE_ENV_VARS, "DAGSTER_HOME")}
     with adopting_orphans() as survivors:
         api = subprocess.Popen([str(BIN / "crunch-dagster"), "api", "--port", str(port), "--log-level", "warning"],
                                env={**env, "CRUNCH_DATA_DIR": str(data_dir)}, stdout=subprocess.DEVNULL,
@@ -235,7 +236,7 @@ def test_the_demo_stops_everything_on_sigterm_to_its_launcher():
     (data_dir / "demo_start").write_text(this_hour.isoformat())
     (data_dir / "demo_history_done").write_text("skipped by the test")
     env = {k: v for k, v in os.environ.items()
-           if k not in ("CRUNCH_DATABASE_URL", "DAGSTER_HOME") and not k.startswith("CRUNCH_BTC_UPDOWN_")}
+           if k not in (*DATABASE_ENV_VARS, "DAGSTER_HOME") and not k.startswith("CRUNCH_BTC_UPDOWN_")}
     env.update(CRUNCH_DATA_DIR=str(data_dir), CRUNCH_API_PORT=str(free_port()), CRUNCH_UI_PORT=str(free_port()),
                CRUNCH_CRYPTO_DENSITY_AUTOMATION="off", CRUNCH_BTC_UPDOWN_AUTOMATION="on")
     store = Store(data_dir / "pgdata")
