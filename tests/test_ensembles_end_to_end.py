@@ -306,6 +306,10 @@ def test_the_gate_recomputes_the_payout_and_names_tampered_statistics(template, 
         store = store_of(url)
         gate = run_gate(spec, store, checkpoint_of(url), accounts(), rules=RULES)
         checks = {c["name"]: c for c in gate["checks"]}
+        # the ensemble is never an eligible participant of the field the gate counts
+        paid_field = {r["participant"] for r in checkpoint_of(url).entries["ranking"] if r["eligible"]}
+        assert ENSEMBLE not in paid_field and paid_field <= set(MODELS)
+        assert checks["minimum_field_size"]["detail"].startswith(f"{len(paid_field)} eligible participant(s)")
         for name in ("payout_recomputes", "snapshots_match_scores", "rewards_follow_stored_ranking",
                      "paid_models_are_eligible"):
             if name in checks:
