@@ -23,13 +23,14 @@ from crunch_assets import checks, copies, emission, merkle
 from crunch_assets.emission import FRAC64_ONE, RankedEntry
 from crunch_assets.keys import ChainKeys
 from crunch_assets.partitions import CompetitionPartitions, checkpoint_snapshots_mapping
-from crunch_assets.rules import CompetitionRules
+from crunch_assets.fingerprint import CycleLabel, RulesVersion, check_period, rules_book
+from crunch_assets.rules import CompetitionRules, GroundTruthResource
 from crunch_assets.spec import CompetitionSpec
 from crunch_assets.stages import table_metadata
 from crunch_assets.standings import Standing, rank_models, standings
 from resources.store.competition import CompetitionStore
 from resources.store.database import CrunchDatabase
-from resources.store.rows import CycleRollupRow, ModelRow, SnapshotRow
+from resources.store.rows import CycleRollupRow, ModelRow, RulesDocument, SnapshotRow
 
 
 class PayoutAccounts(dg.ConfigurableResource):
@@ -282,6 +283,7 @@ class CheckpointBuild:
     merkle_root: str
     chained_root: str
     meta: dict
+    rules_document: RulesDocument | None = None  # the fingerprint it was built under, to record
 
 
 def emission_payload(ranking: list[dict], accounts: PayoutAccounts) -> dict:
@@ -312,11 +314,24 @@ def _paying_rule(spec: CompetitionSpec, rules: CompetitionRules, payouts: dict[s
     return f"{would} (no eligible model: nothing paid)" if not rules_paid else "; ".join(sorted(rules_paid))
 
 
+def period_rules(spec: CompetitionSpec, rules: CompetitionRules, store: CompetitionStore, start: datetime,
+                 end: datetime, ground_truth: GroundTruthResource | None = None) -> tuple[dict, RulesVersion]:
+    """(the checkpoint's `rules` entry: the fingerprint it is built under, the ones its cycles were
+    scored under and whether they mix undeclared per-cycle rules; the version it is built under)."""
+    book = rules_book(spec, rules, ground_truth)
+    version = book.checkpoint_version(start, end)
+    labels = [CycleLabel(*row) for row in store.rules.cycle_labels(start, end)]
+    fingerprints = sorted({label.fingerprint for label in labels if label.fingerprint})
+    digests = {**{v.fingerprint: v.cycle_digest for v in book.versions}, **store.rules.cycle_digests(fingerprints)}
+    return check_period(book.schedule(), labels, digests, start, end, version.fingerprint), version
+
+
 def build_checkpoint(
     spec: CompetitionSpec, rules: CompetitionRules, store: CompetitionStore, accounts: PayoutAccounts,
-    start: datetime, end: datetime,
+    start: datetime, end: datetime, *, ground_truth: GroundTruthResource | None = None,
 ) -> CheckpointBuild | None:
-    """The checkpoint of [start, end), or None when nothing in it was scored."""
+    """The checkpoint of [start, end), or None when nothing in it was scored. `ground_truth`: the
+    competition's resource (default: the stored feed's), named in the rules fingerprint."""
     window_reach = max([w.seconds for w in spec.leaderboard_windows if w.name == spec.checkpoint_ranking] or [0])
     since = min(start, end - timedelta(seconds=window_reach))
     snapshots = store.snapshots(since, end)
@@ -345,6 +360,7 @@ def build_checkpoint(
         "scope_weights": {scope.key: scope.weight for scope in spec.scopes},
         "copy_detection": spec.copy_detection.describe(),
     }
+    payload["rules"], version = period_rules(spec, rules, store, start, end, ground_truth)
     leaves = [merkle.leaf_hash(leaf) for leaf in store.score_leaves(start, end)]
     root = merkle.merkle_root(leaves)
     previous = store.previous_checkpoint(start)
@@ -354,8 +370,10 @@ def build_checkpoint(
         "leaf_count": len(leaves),
         "previous_checkpoint_id": previous.id if previous else None,
         "previous_chained_root": previous.chained_root if previous else None,
+        "rules_fingerprint": version.fingerprint,
     }
-    return CheckpointBuild(payload, root, chained, meta)
+    return CheckpointBuild(payload, root, chained, meta,
+                           RulesDocument(version.fingerprint, version.cycle_digest, version.document))
 
 
 def build_checkpoint_asset(
@@ -375,17 +393,21 @@ def build_checkpoint_asset(
         check_specs=[dg.AssetCheckSpec(checks.REWARDS_EXACT, asset=keys.emission_checkpoints, blocking=True)],
     )
     def emission_checkpoints(
-        context: dg.AssetExecutionContext, database: CrunchDatabase, rules: CompetitionRules, payout_accounts: PayoutAccounts
+        context: dg.AssetExecutionContext, database: CrunchDatabase, rules: CompetitionRules, payout_accounts: PayoutAccounts,
+        ground_truth: GroundTruthResource,
     ) -> dg.MaterializeResult:
         store = database.competition(spec.slug)
         results = []
         for key in sorted(context.partition_keys, key=lambda k: periods.window(k)[0]):
             start, end = periods.window(key)
-            built = build_checkpoint(spec, rules, store, payout_accounts, start, end)
+            built = build_checkpoint(spec, rules, store, payout_accounts, start, end, ground_truth=ground_truth)
             if built is None:
                 context.log.info(f"{key}: nothing scored in the period: no checkpoint")
                 context.add_asset_metadata({"checkpoint": "none: nothing scored in the period"}, partition_key=key)
                 continue
+            store.rules.record([built.rules_document])
+            if built.entries["rules"]["mixed"]:
+                context.log.warning(f"{key}: {built.entries['rules']['detail']}")
             stored = store.write_pending_checkpoint(start, end, built.entries, built.merkle_root, built.chained_root, built.meta)
             if stored.status != "PENDING" and (stored.entries != built.entries or stored.merkle_root != built.merkle_root):
                 # Paid money does not move: the disagreement is reported, the stored checkpoint stands.
@@ -403,6 +425,9 @@ def build_checkpoint_asset(
                 "reward_sum": sum(r["reward_frac64"] for r in rows),
                 "merkle_root": stored.merkle_root,
                 "chained_root": stored.chained_root,
+                "rules_fingerprint": (stored.entries.get("rules") or {}).get("fingerprint"),
+                "rules_mixed": bool((stored.entries.get("rules") or {}).get("mixed")),
+                "rules": (stored.entries.get("rules") or {}).get("detail"),
                 "reward_split": table_metadata(
                     [("rank", "int"), ("model", "string"), ("cruncher_index", "int"), ("score", "float"),
                      ("coverage", "float"), ("eligible", "bool"), ("predictions", "int"), ("reward_frac64", "int"),

@@ -446,7 +446,7 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
                    note: str | None) -> dict:
         try:
             outcome = payouts.advance(c.spec, c.store, c.payouts, c.accounts, checkpoint_id, to_status, actor=actor,
-                                      tx_hash=tx_hash, note=note, settings=c.settings)
+                                      tx_hash=tx_hash, note=note, settings=c.settings, book=c.rules_book)
         except CheckpointNotFound as error:
             raise HTTPException(404, str(error)) from None
         except payouts.InvalidRequest as error:

@@ -6,8 +6,11 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from crunch_assets.checkpoints import PayoutAccounts
+from crunch_assets.fingerprint import RulesBook, rules_book
+from crunch_assets.rules import CompetitionRules, GroundTruthResource
 from crunch_assets.settings import CompetitionSettings
 from crunch_assets.spec import CompetitionSpec
+from resources.model_runners.base import ModelRunnerResource
 from resources.store.competition import CompetitionStore
 from resources.store.database import CrunchDatabase
 from resources.store.payouts import PayoutStore
@@ -19,6 +22,16 @@ class ReportCompetition:
     spec: CompetitionSpec
     accounts: PayoutAccounts
     database: CrunchDatabase
+    # The competition's rules and ground truth as its code location loads them: the rules
+    # fingerprint, the gate's check that a checkpoint was built under them, what-if and shadow.
+    rules: CompetitionRules | None = None
+    ground_truth: GroundTruthResource | None = None
+    # Other resources the shadow entry needs (the model runner's limits); None: defaults.
+    model_runner: ModelRunnerResource | None = None
+
+    @cached_property
+    def rules_book(self) -> RulesBook | None:
+        return rules_book(self.spec, self.rules, self.ground_truth) if self.rules is not None else None
 
     @property
     def slug(self) -> str:
@@ -47,5 +60,8 @@ def load_report_competition(slug: str, database: CrunchDatabase | None = None) -
     from crunch_assets.cli.common import load_competition
 
     defs, spec = load_competition(slug)
-    accounts = defs.resources.get("payout_accounts") if defs.resources else None
-    return ReportCompetition(spec, accounts or CompetitionSettings(slug).payout_accounts(), database or CrunchDatabase())
+    resources = defs.resources or {}
+    accounts = resources.get("payout_accounts")
+    return ReportCompetition(spec, accounts or CompetitionSettings(slug).payout_accounts(), database or CrunchDatabase(),
+                             rules=resources.get("rules"), ground_truth=resources.get("ground_truth"),
+                             model_runner=resources.get("model_runner"))

@@ -78,7 +78,7 @@ def show(slug: str, checkpoint_id: int, output: str, pool: int | None, run_gate:
     else:
         result = checkpoint_view(cp, c.payouts.gate(cp.id), c.payouts.audit_trail(cp.id))
     if run_gate:
-        result = {**result, "gate_now": payouts.run_gate(c.spec, c.store, cp, c.accounts, c.settings)}
+        result = {**result, "gate_now": payouts.run_gate(c.spec, c.store, cp, c.accounts, c.settings, book=c.rules_book)}
     click.echo(_json(result))
 
 
@@ -89,7 +89,7 @@ def _transition(slug: str, checkpoint_id: int, status: str, tx_hash: str | None,
     c = load_report_competition(slug)
     try:
         outcome = payouts.advance(c.spec, c.store, c.payouts, c.accounts, checkpoint_id, status, actor=_actor(actor),
-                                  tx_hash=tx_hash, note=note, settings=c.settings)
+                                  tx_hash=tx_hash, note=note, settings=c.settings, book=c.rules_book)
     except (CheckpointNotFound, payouts.InvalidRequest, TransitionConflict) as error:
         raise click.ClickException(str(error)) from error
     except payouts.GateFailed as error:

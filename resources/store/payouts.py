@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from resources.store import schema as t
 from resources.store.competition import _checkpoint_row
+from resources.store.disputes import open_dispute_count
 from resources.store.rows import CheckpointRow
 
 
@@ -94,6 +95,13 @@ class PayoutStore:
                 raise TransitionConflict(
                     f"checkpoint {checkpoint_id} was rebuilt while the gate ran; run the transition again", row.status
                 )
+            if to_status == "SUBMITTED":
+                # A dispute opened while the gate ran (disputes take this row's lock too).
+                disputed = open_dispute_count(connection, checkpoint_id)
+                if disputed:
+                    raise TransitionConflict(
+                        f"checkpoint {checkpoint_id} has {disputed} open dispute(s): resolve them before submitting",
+                        row.status)
             values: dict = {"status": to_status, "updated_at": sa.func.now()}
             if to_status == "SUBMITTED":
                 values.update(tx_hash=tx_hash, submitted_at=sa.func.now())
