@@ -15,6 +15,7 @@ from resources.store import json_codec
 from resources.store.bulk import bulk_update, bulk_upsert, bulk_upsert_dicts, copy_field, insert_new
 from resources.store.copies import CopyStore, replace_period_clusters
 from resources.store.disputes import DisputeStore
+from resources.store.history import HistoryStore
 from resources.store.rules import RulesStore, record_documents
 from resources.store.rows import (
     CheckpointRow,
@@ -64,6 +65,11 @@ class CompetitionStore:
     def rules(self) -> RulesStore:
         """Rules fingerprints: their documents, and what each cycle was resolved under."""
         return RulesStore(self.engine, self.slug)
+
+    @property
+    def history(self) -> HistoryStore:
+        """Past cycles as stored (read-only): what a what-if rescores and a shadow entry runs on."""
+        return HistoryStore(self.engine, self.slug)
 
     @property
     def disputes(self) -> DisputeStore:

@@ -257,3 +257,21 @@ class DisputeRow:
     @property
     def is_open(self) -> bool:
         return self.resolution_id is None
+
+
+@dataclass(frozen=True)
+class StoredCycle:
+    """A stored cycle as it happened: its input, status, truth and failure value, and (when read
+    with them) its predictions as made. What a what-if rescores and a shadow entry is run on."""
+
+    input_id: int
+    scope_key: str
+    cycle_at: datetime
+    resolvable_at: datetime
+    status: str  # RECEIVED | RESOLVED | VOIDED
+    scope: dict
+    raw_data: Any
+    actuals: Any
+    failure_value: float | None
+    rules_fingerprint: str | None
+    predictions: list[StoredPrediction] = field(default_factory=list)
