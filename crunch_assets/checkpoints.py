@@ -371,6 +371,7 @@ def build_checkpoint(
         "previous_checkpoint_id": previous.id if previous else None,
         "previous_chained_root": previous.chained_root if previous else None,
         "rules_fingerprint": version.fingerprint,
+        "rules_schedule": rules_book(spec, rules, ground_truth).period_schedule_digest(start, end),
     }
     return CheckpointBuild(payload, root, chained, meta,
                            RulesDocument(version.fingerprint, version.cycle_digest, version.document))

@@ -341,6 +341,11 @@ class RulesBook:
     def schedule(self) -> list[dict]:
         return [v.summary() for v in self.versions]
 
+    def period_schedule_digest(self, start: datetime, end: datetime) -> str:
+        """A digest of the versions in force during [start, end): a checkpoint built under other
+        declared changes (same fingerprint at its end, other versions before) is out of date."""
+        return digest([v.summary() for v in self.in_period(start, end)])
+
     def documents(self) -> dict[str, RulesVersion]:
         return {v.fingerprint: v for v in self.versions}
 
@@ -417,12 +422,18 @@ def check_period(book_schedule: Sequence[dict], labels: Iterable[CycleLabel], cy
                                      if start < datetime.fromisoformat(v["effective_from"]) < end]
     groups: dict[str | None, dict] = {}
     unexpected: list[CycleLabel] = []
+    runs: list[list] = []  # [first cycle, last cycle, fingerprint, cycles]: consecutive cycles under one cycle digest
     unlabelled = 0
     for label in sorted(labels, key=lambda x: (x.cycle_at, x.scope_key)):
         if label.fingerprint is None:
             unlabelled += 1
             continue
         cycle_digest = cycle_digests.get(label.fingerprint, f"unrecorded:{label.fingerprint}")
+        if runs and cycle_digests.get(runs[-1][2], f"unrecorded:{runs[-1][2]}") == cycle_digest:
+            runs[-1][1] = label.cycle_at
+            runs[-1][3] += 1
+        else:
+            runs.append([label.cycle_at, label.cycle_at, label.fingerprint, 1])
         expected = declared(label.cycle_at)
         as_declared = cycle_digest == expected["cycle_digest"]
         group = groups.setdefault(label.fingerprint, {
@@ -437,14 +448,14 @@ def check_period(book_schedule: Sequence[dict], labels: Iterable[CycleLabel], cy
     declared_digests = {v["cycle_digest"] for v in in_period}
     mixed = bool(unexpected) and (len(digests) > 1 or len(declared_digests) > 1)
     if mixed:
-        first = unexpected[0]
-        label_digest = cycle_digests.get(first.fingerprint, f"unrecorded:{first.fingerprint}")
-        detail = (f"the period's cycles were scored under {len(digests)} different per-cycle rules; from "
-                  f"{first.cycle_at.isoformat()} ({first.scope_key}) under {first.fingerprint[:16]} (cycle rules "
-                  f"{label_digest[:16]}), not the rules declared in force then ({declared(first.cycle_at)['fingerprint'][:16]}); "
-                  f"{len(unexpected)} cycle(s) so: declare the change in the spec (rules_changes=(RulesChange("
-                  f"effective_from=<its first cycle>, ...),)) with the rules before it kept importable, or the period "
-                  "cannot be paid")
+        shown = "; ".join(f"{a.isoformat()} .. {b.isoformat()} under {fp[:16]} ({n} cycle(s))"
+                          for a, b, fp, n in runs[:6]) + ("; ..." if len(runs) > 6 else "")
+        changes = ", ".join(run[0].isoformat() for run in runs[1:6])
+        detail = (f"the period's cycles were scored under {len(digests)} different per-cycle rules that no declared "
+                  f"change explains ({len(unexpected)} cycle(s) not under the rules declared in force at their time): "
+                  f"{shown}. Declare each change in the spec at the cycle it took effect (rules_changes=(RulesChange("
+                  f"effective_from=..., ...),): {changes or 'see the cycles above'}), keeping the rules before it "
+                  "importable, or the period cannot be paid")
     elif len(groups) > 1:
         detail = (f"scored under {len(groups)} fingerprints, as declared (the per-cycle rules changed at declared "
                   "cycles, or only the per-period rules changed)")

@@ -308,9 +308,13 @@ def check_rules_fingerprint(entries: dict, store: CompetitionStore, checkpoint: 
     if book is not None and not problems:
         loaded = book.checkpoint_version(start, end).fingerprint
         declared = [v.summary() for v in book.in_period(start, end)]
-        if loaded != stored["fingerprint"] or declared != stored["versions"]:
+        rebuild = "the checkpoint sensor rebuilds it (or materialize emission_checkpoints for its period)"
+        if loaded != stored["fingerprint"]:
             problems.append(f"built under rules {stored['fingerprint'][:16]}, the rules loaded now are {loaded[:16]}: "
-                            "the checkpoint sensor rebuilds it (or materialize emission_checkpoints for its period)")
+                            + rebuild)
+        elif declared != stored["versions"]:
+            problems.append(f"built when {len(stored['versions'])} version(s) of the rules were declared in force "
+                            f"during the period, {len(declared)} are declared now: " + rebuild)
     return GateCheck(name, not problems, "; ".join(problems) or
                      f"built under {stored['fingerprint'][:16]}; {now['detail']}")
 

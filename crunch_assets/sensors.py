@@ -238,17 +238,20 @@ def build_sensors(
                 break  # in order: later periods wait for this one
             previous = store.previous_checkpoint(start)
             # built under other rules than loaded now (a deployment changed them): rebuilt too
-            rules_fingerprint = rules_book(spec, rules, ground_truth).checkpoint_version(start, end).fingerprint
+            book = rules_book(spec, rules, ground_truth)
+            rules_fingerprint = book.checkpoint_version(start, end).fingerprint
             up_to_date = existing is not None and existing.meta.get("fingerprint") == fingerprint and (
                 existing.meta.get("previous_chained_root") == (previous.chained_root if previous else None)
-            ) and existing.meta.get("rules_fingerprint") == rules_fingerprint
+            ) and existing.meta.get("rules_fingerprint") == rules_fingerprint and (
+                existing.meta.get("rules_schedule") == book.period_schedule_digest(start, end))
             if fingerprint["scores"] and not up_to_date:
                 if periods.is_dynamic:
                     new_keys.append(key)
                 requests.append(dg.RunRequest(
                     run_key=f"{slug}:checkpoint:{key}:{fingerprint['scores']}:{fingerprint['last_score_id']}:"
                             f"{fingerprint['voided_cycles']}:{fingerprint.get('copy_resolution_id')}:"
-                            f"{previous.chained_root if previous else ''}:{rules_fingerprint[:16]}",
+                            f"{previous.chained_root if previous else ''}:{rules_fingerprint[:16]}:"
+                            f"{book.period_schedule_digest(start, end)[:16]}",
                     partition_key=key,
                 ))
                 break  # one at a time: the next one chains to this one's root
