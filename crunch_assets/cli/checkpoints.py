@@ -76,7 +76,7 @@ def show(slug: str, checkpoint_id: int, output: str, pool: int | None, run_gate:
     elif output == "cli":
         result = payouts.cli_format(cp, pool)
     else:
-        result = checkpoint_view(cp, c.payouts.gate(cp.id), c.payouts.audit_trail(cp.id))
+        result = checkpoint_view(cp, c.payouts.gate(cp.id), c.payouts.audit_trail(cp.id), c.store.disputes.disputes(cp.id))
     if run_gate:
         result = {**result, "gate_now": payouts.run_gate(c.spec, c.store, cp, c.accounts, c.settings, book=c.rules_book)}
     click.echo(_json(result))
