@@ -326,3 +326,66 @@ def test_whatif_and_shadow_commands(replayed, tmp_path):
     assert report["periods"][0]["candidate"]["reward_pct"] == mine["reward_pct"]
     assert report["periods"][0]["candidate"]["rank"] == mine["rank"]
     assert table_state(replayed) == before
+
+
+def test_shadow_entry_over_http_behind_the_token_with_limits(replayed):
+    import httpx
+
+    from crunch_assets.api import create_app
+    from crunch_assets.whatif import ShadowLimits
+    from tests.api.conftest import ACTOR, TOKEN, LiveServer, auth
+
+    c = _competition(replayed)
+    stored = _stored(replayed)
+    before = table_state(replayed)
+    # a real model file, padded past the 16 KB every other mutation may carry
+    source = (QUICKSTARTERS / "trend_following.py").read_text() + "\n" + "# padding\n" * 2000
+    body = {"model_source": source, "start": START.isoformat(), "end": END.isoformat(), "replaces": "trend_following"}
+
+    def serve(limits):
+        return LiveServer(create_app([c], api_token=TOKEN, actor=ACTOR, read_env=False, shadow=limits))
+
+    with serve(ShadowLimits(max_hours=6, max_runtime_seconds=300)) as server, \
+            httpx.Client(base_url=server.url, timeout=300) as client:
+        assert client.post("/reports/shadow", json=body).status_code == 401
+        assert client.post("/reports/shadow", json=body, headers=auth("wrong")).status_code == 403
+        answered = client.post("/reports/shadow", json=body, headers=auth())
+        assert answered.status_code == 200, answered.text
+        report = answered.json()
+        assert report["requested_by"] == ACTOR and report["limits"]["max_hours"] == 6
+        for period, (start, end) in zip(report["periods"], PERIODS):
+            mine = stored[(start, end)]["trend_following"]
+            assert (period["candidate"]["rank"], period["candidate"]["reward_pct"]) == (mine["rank"], mine["reward_pct"])
+        naive = client.post("/reports/shadow", json={**body, "start": "2025-01-07T03:00:00"}, headers=auth())
+        assert naive.status_code == 422
+        unknown = client.post("/reports/shadow", json={**body, "replaces": "nobody"}, headers=auth())
+        assert unknown.status_code == 422 and "no model 'nobody'" in unknown.text
+    with serve(ShadowLimits(max_hours=3, max_runtime_seconds=300)) as server, \
+            httpx.Client(base_url=server.url, timeout=300) as client:
+        too_long = client.post("/reports/shadow", json=body, headers=auth())
+        assert too_long.status_code == 422 and "over the limit of 3 h" in too_long.text
+    with serve(ShadowLimits(max_hours=6, max_runtime_seconds=0.001)) as server, \
+            httpx.Client(base_url=server.url, timeout=300) as client:
+        too_slow = client.post("/reports/shadow", json=body, headers=auth())
+        assert too_slow.status_code == 422 and "passed its runtime limit" in too_slow.text
+    with serve(None) as server, httpx.Client(base_url=server.url, timeout=300) as client:
+        assert client.post("/reports/shadow", json=body, headers=auth()).status_code == 413  # not enabled: 16 KB
+        small = {**body, "model_source": "pass"}
+        disabled = client.post("/reports/shadow", json=small, headers=auth())
+        assert disabled.status_code == 404 and "CRUNCH_API_SHADOW=on" in disabled.text
+    assert table_state(replayed) == before
+
+
+def test_shadow_settings_are_refused_by_name_when_wrong():
+    from crunch_assets.api.app import shadow_limits_from_env
+    from crunch_assets.settings import SettingsError
+    from crunch_assets.whatif import ShadowLimits
+
+    assert shadow_limits_from_env({}) is None
+    assert shadow_limits_from_env({"CRUNCH_API_SHADOW": "off"}) is None
+    assert shadow_limits_from_env({"CRUNCH_API_SHADOW": "on"}) == ShadowLimits()
+    assert shadow_limits_from_env({"CRUNCH_API_SHADOW": "on", "CRUNCH_API_SHADOW_MAX_HOURS": "24"}).max_hours == 24
+    with pytest.raises(SettingsError, match="CRUNCH_API_SHADOW='maybe'"):
+        shadow_limits_from_env({"CRUNCH_API_SHADOW": "maybe"})
+    with pytest.raises(SettingsError, match="CRUNCH_API_SHADOW_MAX_SECONDS='-5'"):
+        shadow_limits_from_env({"CRUNCH_API_SHADOW": "on", "CRUNCH_API_SHADOW_MAX_SECONDS": "-5"})
