@@ -404,7 +404,7 @@ def whatif(spec: CompetitionSpec, rules: CompetitionRules, truth: GroundTruthRes
     their stored outputs and truth even when the per-cycle rules are unchanged)."""
     proposed_spec, proposed_rules = proposal.apply(spec, rules)
     comparisons = []
-    for period_start, period_end in periods_in(spec, start, end):
+    for period_start, period_end in periods_in(proposed_spec, start, end):  # a proposed interval: its periods
         window_reach = max([w.seconds for w in proposed_spec.leaderboard_windows
                             if w.name == proposed_spec.checkpoint_ranking] or [0])
         since = min(period_start, period_end - timedelta(seconds=window_reach))
