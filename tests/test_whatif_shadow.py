@@ -389,3 +389,30 @@ def test_shadow_settings_are_refused_by_name_when_wrong():
         shadow_limits_from_env({"CRUNCH_API_SHADOW": "maybe"})
     with pytest.raises(SettingsError, match="CRUNCH_API_SHADOW_MAX_SECONDS='-5'"):
         shadow_limits_from_env({"CRUNCH_API_SHADOW": "on", "CRUNCH_API_SHADOW_MAX_SECONDS": "-5"})
+
+
+def test_with_the_shadow_entry_enabled_the_token_leaves_the_environment_models_inherit(replayed, monkeypatch):
+    import httpx
+
+    from crunch_assets.api import create_app
+    from tests.api.conftest import LiveServer, auth
+
+    monkeypatch.setenv("CRUNCH_API_TOKEN", "a-token-no-model-may-read-123")
+    monkeypatch.setenv("CRUNCH_API_SHADOW", "on")
+    app = create_app([_competition(replayed)])
+    assert "CRUNCH_API_TOKEN" not in os.environ
+    probe = '''import os
+from competitions.btc_updown.model_base import UpDownModel
+
+
+class Model(UpDownModel):
+    def predict(self, subject, resolve_horizon_seconds, step_seconds):
+        if "CRUNCH_API_TOKEN" in os.environ:
+            raise RuntimeError("the operator token is readable")
+        return {"p_up": 0.5}
+'''
+    body = {"model_source": probe, "start": START.isoformat(), "end": (START + timedelta(hours=3)).isoformat()}
+    with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=300) as client:
+        report = client.post("/reports/shadow", json=body, headers=auth("a-token-no-model-may-read-123"))
+        assert report.status_code == 200, report.text
+        assert report.json()["statuses"] == {"scored": 180}

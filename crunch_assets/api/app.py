@@ -194,7 +194,9 @@ def create_app(
 ) -> FastAPI:
     """The API serving `competitions` (`/reports/...` is `default_slug`, else the first).
     `api_token` / `actor` default to $CRUNCH_API_TOKEN / $CRUNCH_API_ACTOR when `read_env`;
-    `shadow` (the shadow entry's limits; None: disabled) to $CRUNCH_API_SHADOW and its limits."""
+    `shadow` (the shadow entry's limits; None: disabled) to $CRUNCH_API_SHADOW and its limits. With
+    the shadow entry enabled from the environment, $CRUNCH_API_TOKEN is removed from this process's
+    environment once read, so no candidate model it starts inherits it."""
     if not competitions:
         raise ValueError("the report API needs at least one competition")
     by_slug = {c.slug: c for c in competitions}
@@ -204,6 +206,10 @@ def create_app(
     token = api_token if api_token is not None else (os.environ.get(API_TOKEN_ENV) or None if read_env else None)
     actor_name = actor or (os.environ.get(API_ACTOR_ENV) if read_env else None) or DEFAULT_API_ACTOR
     shadow_limits = shadow if shadow is not None else (shadow_limits_from_env() if read_env else None)
+    if shadow_limits is not None and read_env:
+        # A shadow run starts a participant's model below this process, and a process passes its
+        # environment to its children: the token, read above, leaves the environment.
+        os.environ.pop(API_TOKEN_ENV, None)
 
     app = HardenedAPI(
         title="crunch-dagster report API",
