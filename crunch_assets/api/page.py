@@ -93,6 +93,7 @@ def build_page_router(competitions: dict[str, ReportCompetition], default_slug: 
         html = templates.get_template("competition.html").render(
             c=c, spec=c.spec, board=board, checkpoints=checkpoints, chart=score_chart_svg(series["series"]),
             series=series, slugs=sorted(competitions), models=c.store.models(),
+            rules_fingerprint=c.rules_book.current.fingerprint if c.rules_book else None,
         )
         return HTMLResponse(html)
 
