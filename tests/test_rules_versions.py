@@ -103,12 +103,14 @@ def _scored(url: str) -> dict:
     return {(r.cycle_at, r.model_id): (r.value, r.rules_fingerprint, r.inference_output, r.actuals) for r in rows}
 
 
-def _gate_check(spec, url, book):
+def _gate_check(spec, url, defs):
+    """The gate's rules check, with the rules and ground truth `defs` loaded (the code as deployed)."""
     from crunch_assets.payouts import run_gate
 
     store = _store(url)
     checkpoint = store.checkpoint(START, END)
-    gate = run_gate(spec, store, checkpoint, accounts(), book=book)
+    gate = run_gate(spec, store, checkpoint, accounts(), rules=defs.resources["rules"],
+                    ground_truth=defs.resources["ground_truth"])
     return next(c for c in gate["checks"] if c["name"] == "rules_fingerprint_consistent")
 
 
@@ -145,7 +147,7 @@ def test_a_declared_change_scores_each_cycle_under_its_rules_in_any_order(databa
             expected = (position_return if cycle_at >= CHANGE_AT else brier_skill)(None, output, truth)["value"]
             assert value == expected
             assert fingerprint == (after if cycle_at >= CHANGE_AT else before).fingerprint
-        for url in (in_order, backwards):
+        for url, loaded in ((in_order, defs), (backwards, other)):
             checkpoint = _store(url).checkpoint(START, END)
             rules = checkpoint.entries["rules"]
             assert not rules["mixed"] and rules["fingerprint"] == after.fingerprint
@@ -155,7 +157,7 @@ def test_a_declared_change_scores_each_cycle_under_its_rules_in_any_order(databa
             assert checkpoint.meta["rules_fingerprint"] == after.fingerprint
             documents = _store(url).rules.documents()
             assert set(documents) == {before.fingerprint, after.fingerprint}  # what each fingerprint is the hash of
-            check = _gate_check(spec, url, book)
+            check = _gate_check(spec, url, loaded)
             assert check["passed"], check["detail"]
         assert _store(in_order).checkpoint(START, END).entries["ranking"] == \
             _store(backwards).checkpoint(START, END).entries["ranking"]
@@ -186,12 +188,13 @@ def test_the_same_change_undeclared_is_flagged_and_blocks_the_gate_until_declare
         assert f"RulesChange(effective_from=..., ...),): {deployed_at.isoformat()})" in rules["detail"]
         assert {g["fingerprint"]: g["cycles"] for g in rules["scored_under"]} == \
             {old_book.current.fingerprint: 120, new_book.current.fingerprint: 60}
-        check = _gate_check(_spec(), url, new_book)
+        check = _gate_check(_spec(), url, new)
         assert not check["passed"] and f"{deployed_at.isoformat()} .. " in check["detail"]
         checkpoint = _store(url).checkpoint(START, END)
         with pytest.raises(GateFailed, match="rules_fingerprint_consistent"):
             advance(_spec(), _store(url), PayoutStore(_store(url).engine, "btc_updown"), accounts(), checkpoint.id,
-                    "SUBMITTED", actor="test", tx_hash="7" * 30, book=new_book)
+                    "SUBMITTED", actor="test", tx_hash="7" * 30, rules=new.resources["rules"],
+                    ground_truth=new.resources["ground_truth"])
 
         # the operator declares the change at the cycle it happened (the old function kept importable)
         declared = _definitions(_declared(deployed_at), url, btc_csv)
@@ -199,7 +202,7 @@ def test_the_same_change_undeclared_is_flagged_and_blocks_the_gate_until_declare
         # the declared version is exactly the deployed rules (a declaration is not part of a fingerprint)
         assert declared_book.at(deployed_at).fingerprint == new_book.current.fingerprint
         assert declared_book.at(deployed_at - timedelta(seconds=1)).fingerprint == old_book.current.fingerprint
-        stale = _gate_check(_declared(deployed_at), url, declared_book)
+        stale = _gate_check(_declared(deployed_at), url, declared)
         assert not stale["passed"]
         sensor = next(s for s in declared.sensors if s.name == "btc_updown__checkpoint_sensor")
         tick = sensor.evaluate_tick(dg.build_sensor_context(resources=declared.resources, definitions=declared))
@@ -207,7 +210,7 @@ def test_the_same_change_undeclared_is_flagged_and_blocks_the_gate_until_declare
         assert materialize_one(declared, _declared(deployed_at), "emission_checkpoints", hour_key(START)).success
         rebuilt = _store(url).checkpoint(START, END).entries["rules"]
         assert not rebuilt["mixed"], rebuilt["detail"]
-        check = _gate_check(_declared(deployed_at), url, declared_book)
+        check = _gate_check(_declared(deployed_at), url, declared)
         assert check["passed"], check["detail"]
         again = sensor.evaluate_tick(dg.build_sensor_context(resources=declared.resources, definitions=declared))
         assert not again.run_requests

@@ -1,10 +1,12 @@
-"""Checkpoint disputes: each step a row of crunch.checkpoint_disputes (append-only: a trigger refuses
-UPDATE and DELETE). A dispute is OPENED (who disputes what, which cycles) and RESOLVED once (a
-unique index); an open dispute blocks the checkpoint's submission (the gate, and the transition
-itself under the checkpoint row's lock: resources/store/payouts.py).
+"""Checkpoint disputes: each step a row of crunch.checkpoint_disputes (append-only). A dispute is
+OPENED (who disputes what, which cycles) and RESOLVED once; an open dispute blocks the checkpoint's
+submission (the gate's `no_open_dispute`, and crunch.advance_checkpoint itself, under the
+checkpoint row's lock: migration 0008).
 
-Both steps take the checkpoint row's lock and are refused unless the checkpoint is PENDING: a
-dispute is about money not paid yet.
+Both steps are one call of the database's SECURITY DEFINER functions crunch.open_checkpoint_dispute
+and crunch.resolve_checkpoint_dispute (migration 0008; the api role may write the table no other
+way): under the checkpoint row's lock, refused unless the checkpoint is PENDING (a dispute is about
+money not paid yet), with the cycles inside its period and a dispute resolved once.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
+from resources.store import json_codec
 from resources.store import schema as t
 from resources.store.rows import DisputeRow
 
@@ -30,76 +33,44 @@ class DisputeRefused(Exception):
         self.not_found = not_found
 
 
-def open_dispute_count(connection: sa.Connection, checkpoint_id: int) -> int:
-    """Disputes of the checkpoint opened and not resolved (inside the caller's transaction)."""
-    d = t.checkpoint_disputes
-    resolved = sa.select(d.c.dispute_id).where(d.c.checkpoint_id == checkpoint_id, d.c.action == RESOLVED)
-    return int(connection.execute(
-        sa.select(sa.func.count()).where(d.c.checkpoint_id == checkpoint_id, d.c.action == OPENED,
-                                         d.c.id.not_in(resolved.scalar_subquery()))
-    ).scalar_one())
-
-
 class DisputeStore:
     def __init__(self, engine: sa.Engine, slug: str):
         self.engine = engine
         self.slug = slug
 
-    def _pending(self, connection: sa.Connection, checkpoint_id: int, doing: str):
-        c = t.checkpoints
-        row = connection.execute(
-            sa.select(c.c.status, c.c.period_start, c.c.period_end)
-            .where(c.c.competition == self.slug, c.c.id == checkpoint_id).with_for_update()
-        ).first()
-        if row is None:
-            raise DisputeRefused(f"no checkpoint {checkpoint_id} in {self.slug}", not_found=True)
-        if row.status != "PENDING":
-            raise DisputeRefused(f"checkpoint {checkpoint_id} is {row.status}: a dispute can be {doing} only while "
-                                 "it is PENDING (before it is submitted)", row.status)
-        return row
-
     def open(self, checkpoint_id: int, *, claimant: str, what: str, cycles: list[tuple[datetime, datetime]],
              actor: str, note: str | None = None) -> DisputeRow:
         """Record a dispute of the checkpoint's cycles (each (first, last) cycle time, inclusive,
-        inside its period), under the checkpoint row's lock."""
+        inside its period) through crunch.open_checkpoint_dispute."""
         d = t.checkpoint_disputes
+        ranges = [{"first": a.isoformat(), "last": b.isoformat()} for a, b in cycles]
         with self.engine.begin() as connection:
-            checkpoint = self._pending(connection, checkpoint_id, "opened")
-            for first, last in cycles:
-                if not (checkpoint.period_start <= first <= last < checkpoint.period_end):
-                    raise DisputeRefused(
-                        f"cycles {first.isoformat()} .. {last.isoformat()} are not inside checkpoint {checkpoint_id}'s "
-                        f"period {checkpoint.period_start.isoformat()} .. {checkpoint.period_end.isoformat()} "
-                        "(first <= last, end exclusive)", checkpoint.status)
-            row = connection.execute(
-                sa.insert(d).values(competition=self.slug, checkpoint_id=checkpoint_id, action=OPENED,
-                                    claimant=claimant, what=what,
-                                    cycles=[{"first": a.isoformat(), "last": b.isoformat()} for a, b in cycles],
-                                    actor=actor, note=note).returning(*d.c)
+            outcome, message, status, dispute_id = connection.execute(
+                sa.text("SELECT outcome, message, checkpoint_status, dispute_id FROM crunch.open_checkpoint_dispute("
+                        ":competition, :checkpoint_id, :claimant, :what, CAST(:cycles AS jsonb), :actor, :note)"),
+                {"competition": self.slug, "checkpoint_id": checkpoint_id, "claimant": claimant, "what": what,
+                 "cycles": json_codec.dumps(ranges), "actor": actor, "note": note},
             ).one()
+            if outcome != "opened":
+                raise DisputeRefused(message, status, not_found=outcome == "not_found")
+            row = connection.execute(sa.select(d).where(d.c.id == dispute_id)).one()
         return _dispute(row, None)
 
     def resolve(self, checkpoint_id: int, dispute_id: int, *, resolution: str, actor: str) -> DisputeRow:
-        """Record how an open dispute of the checkpoint was resolved, under the checkpoint row's lock."""
+        """Record how an open dispute of the checkpoint was resolved through
+        crunch.resolve_checkpoint_dispute."""
         d = t.checkpoint_disputes
         with self.engine.begin() as connection:
-            checkpoint = self._pending(connection, checkpoint_id, "resolved")
-            opened = connection.execute(
-                sa.select(d).where(d.c.competition == self.slug, d.c.checkpoint_id == checkpoint_id,
-                                   d.c.id == dispute_id, d.c.action == OPENED)
-            ).first()
-            if opened is None:
-                raise DisputeRefused(f"checkpoint {checkpoint_id} has no dispute {dispute_id}", checkpoint.status,
-                                     not_found=True)
-            done = connection.execute(
-                sa.select(d.c.id).where(d.c.dispute_id == dispute_id, d.c.action == RESOLVED)
-            ).first()
-            if done is not None:
-                raise DisputeRefused(f"dispute {dispute_id} is already resolved (#{done.id})", checkpoint.status)
-            row = connection.execute(
-                sa.insert(d).values(competition=self.slug, checkpoint_id=checkpoint_id, action=RESOLVED,
-                                    dispute_id=dispute_id, actor=actor, note=resolution).returning(*d.c)
+            outcome, message, status, resolution_id = connection.execute(
+                sa.text("SELECT outcome, message, checkpoint_status, resolution_id FROM crunch.resolve_checkpoint_dispute("
+                        ":competition, :checkpoint_id, :dispute_id, :resolution, :actor)"),
+                {"competition": self.slug, "checkpoint_id": checkpoint_id, "dispute_id": dispute_id,
+                 "resolution": resolution, "actor": actor},
             ).one()
+            if outcome != "resolved":
+                raise DisputeRefused(message, status, not_found=outcome == "not_found")
+            opened = connection.execute(sa.select(d).where(d.c.id == dispute_id)).one()
+            row = connection.execute(sa.select(d).where(d.c.id == resolution_id)).one()
         return _dispute(opened, row)
 
     def disputes(self, checkpoint_id: int) -> list[DisputeRow]:

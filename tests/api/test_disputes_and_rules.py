@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 import httpx
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 
 from tests.api.conftest import ACTOR, START, TOKEN, LiveServer, accounts, auth, replay_spec
 from tests.api.test_checkpoints_cli import CLI, _env
@@ -34,7 +35,8 @@ def _competition(url: str, **gate):
     spec = replay_spec()
     if gate:
         spec = replace(spec, gate=replace(spec.gate, **gate))
-    return ReportCompetition(spec, accounts(), CrunchDatabase(url=url), rules=RULES)
+    # as the API connects: the api role (it writes a dispute only through the database's functions)
+    return ReportCompetition(spec, accounts(), CrunchDatabase(role="api", database=make_url(url).database), rules=RULES)
 
 
 def _serve(url: str, **gate) -> LiveServer:
@@ -115,13 +117,13 @@ def test_a_dispute_recorded_while_the_gate_ran_still_blocks_the_transition(api_d
 
     c = _competition(api_database_url)
     checkpoint = min(c.store.checkpoints(), key=lambda cp: cp.period_start)
-    gate = payouts.run_gate(c.spec, c.store, checkpoint, c.accounts, book=c.rules_book)
+    gate = payouts.run_gate(c.spec, c.store, checkpoint, c.accounts, rules=c.rules, payouts=c.payouts,
+                            ground_truth=c.ground_truth)
     assert gate["passed"], [x for x in gate["checks"] if not x["passed"]]
     payouts.open_dispute(c.spec, c.store, checkpoint.id, claimant="bob", what="late", actor="operator",
                          cycles=[(checkpoint.period_start, checkpoint.period_start)])
-    with pytest.raises(TransitionConflict, match="1 open dispute"):
-        c.payouts.transition(checkpoint.id, "PENDING", "SUBMITTED", actor="operator", tx_hash=TX, gate=gate,
-                             gated_version=checkpoint.updated_at)
+    with pytest.raises(TransitionConflict, match="1 open dispute"):  # crunch.advance_checkpoint's own refusal
+        c.payouts.transition(checkpoint.id, "SUBMITTED", actor="operator", tx_hash=TX, gate=gate)
     assert c.store.checkpoint_by_id(checkpoint.id).status == "PENDING"
 
 
