@@ -96,9 +96,10 @@ class SessionOnDemand:
         return self._session
 
 
-def _prediction(rules: CompetitionRules, scope: Scope, result: ModelCallResult) -> PredictionRow:
+def prediction_from_result(rules: CompetitionRules, scope: Scope, result: ModelCallResult) -> PredictionRow:
     """A runner result as a prediction: SUCCESS + valid output -> PENDING; the model raised, timed
-    out, crashed or answered garbage -> FAILED with the reason; no answer -> ABSENT."""
+    out, crashed or answered garbage -> FAILED with the reason; no answer -> ABSENT. The shadow
+    entry (crunch_assets/whatif.py) judges a candidate's answers with it too."""
     if result.status is CallStatus.SUCCESS:
         output = result.output
         try:
@@ -227,7 +228,7 @@ def run_cycles(
                                                   meta={QUARANTINE_META_KEY: until.isoformat()}))
                         continue
                     result = results.get(model_id) or ModelCallResult(model_id, CallStatus.ABSENT, detail="no answer from the model runner")
-                    row = _prediction(batch_rules[k], scope, result)
+                    row = prediction_from_result(batch_rules[k], scope, result)
                     if result.status is not CallStatus.ABSENT:
                         until = policy.record(health[model_id], cycle_at, failed=row.status == "FAILED")
                         if until is not None:

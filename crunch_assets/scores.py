@@ -79,7 +79,9 @@ class SettleReport:
                 ("scored", "penalised", "waiting_for_ground_truth", "cycles_voided", "cycles_rescored", "resolver_errors")}
 
 
-def _scope_of(spec: CompetitionSpec, cycle: CycleToSettle) -> Scope:
+def stored_scope(spec: CompetitionSpec, cycle: CycleToSettle) -> Scope:
+    """The scope a stored cycle was made for: the spec's of its key, else the one stored with the
+    cycle (a scope since removed from the spec). The what-if and shadow entry read it too."""
     scope = spec.scope(cycle.scope_key)
     if scope is not None:
         return scope
@@ -226,7 +228,7 @@ def settle(
         scorer = scorers[fingerprint]
         staleness = timedelta(seconds=cycle_spec.max_price_staleness_seconds)
         void_after = timedelta(seconds=cycle_spec.void_after_seconds)
-        scope = _scope_of(spec, cycle)
+        scope = stored_scope(spec, cycle)
         deadline = cycle.resolvable_at + void_after
         fetched = not truth.reads_feed or all(spans[s].covers(cycle.cycle_at - staleness, cycle.resolvable_at) for s in streams)
         value, missing = None, None

@@ -43,10 +43,10 @@ from crunch_assets.emission import FRAC64_ONE
 from crunch_assets.fingerprint import rules_book
 from crunch_assets.model_health import ModelHealth, QuarantinePolicy
 from crunch_assets.partitions import build_partitions, floor_hour
-from crunch_assets.predictions import _prediction
+from crunch_assets.predictions import prediction_from_result
 from crunch_assets.rollups import summarise
 from crunch_assets.rules import CALLABLE_SLOTS, CallableRules, CompetitionRules, GroundTruthResource, WiringError
-from crunch_assets.scores import Scorer, _scope_of, score_answer, score_cycle
+from crunch_assets.scores import Scorer, stored_scope, score_answer, score_cycle
 from crunch_assets.spec import (
     CompetitionSpec,
     CopyDetection,
@@ -323,7 +323,7 @@ def rescored_rollups(spec: CompetitionSpec, rules: CompetitionRules, truth: Grou
             version = book.at(cycle.cycle_at)
             scorer = scorers.setdefault(version.fingerprint, Scorer.of(version.rules))
             settle_view = _as_settle(cycle)
-            rows, failure_value, void_reason = score_cycle(version.spec, scorer, _scope_of(spec, settle_view),
+            rows, failure_value, void_reason = score_cycle(version.spec, scorer, stored_scope(spec, settle_view),
                                                            settle_view, cycle.actuals)
             if void_reason is not None:
                 tally[1] += 1
@@ -497,7 +497,7 @@ def run_candidate(spec: CompetitionSpec, rules: CompetitionRules, truth: GroundT
                         raise ShadowLimitExceeded(f"the shadow run passed its runtime limit after {run.cycles_run} of "
                                                   f"{total} cycle(s)")
                     version = book.at(cycle.cycle_at)
-                    scope = _scope_of(spec, _as_settle(cycle))
+                    scope = stored_scope(spec, _as_settle(cycle))
                     if health.is_quarantined(cycle.cycle_at):  # as the predictions stage does: FAILED, not called
                         row = PredictionRow(candidate_id, "FAILED",
                                             f"quarantined: not called until {health.quarantined_until.isoformat()}")
@@ -505,7 +505,7 @@ def run_candidate(spec: CompetitionSpec, rules: CompetitionRules, truth: GroundT
                         calls = version.rules.build_model_calls(scope, cycle.raw_data)
                         result = session.run_cycle(calls, runner.call_timeout_seconds).get(runner_id) or \
                             ModelCallResult(runner_id, CallStatus.ABSENT, detail="no answer from the model runner")
-                        row = _prediction(version.rules, scope, result)
+                        row = prediction_from_result(version.rules, scope, result)
                         if result.status is not CallStatus.ABSENT:
                             policy.record(health, cycle.cycle_at, failed=row.status == "FAILED")
                     run.cycles_run += 1
