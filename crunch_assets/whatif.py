@@ -86,6 +86,10 @@ class ShadowLimitExceeded(RuntimeError):
     """The shadow run went past its declared runtime limit (nothing was reported)."""
 
 
+class ShadowRefused(RuntimeError):
+    """The candidate would not run in the model sandbox, and the caller requires it (the API)."""
+
+
 # --- the proposal --------------------------------------------------------------------------------
 
 # Spec fields a proposal may change, and how each is read from JSON.
@@ -446,17 +450,32 @@ class CandidateRun:
     per_cycle: list[dict] = field(default_factory=list)
 
 
+# What a candidate inherits of the competition's local runner: its limits and its sandbox.
+LOCAL_RUNNER_SETTINGS = (
+    "memory_limit_mb", "startup_timeout_seconds", "startup_attempts", "startup_retry_delay_seconds",
+    "extra_pythonpath", "sandbox", "sandbox_read_only_paths", "sandbox_tmp_mb", "max_open_files", "max_processes",
+    "sandbox_first_uid",
+)
+
+
 def _runner_for(models_dir: Path, configured: ModelRunnerResource | None) -> LocalModelRunner:
-    """The local runner over the candidate's directory, with the competition's call limits."""
+    """The local runner over the candidate's directory, with the competition's call limits and,
+    when the competition runs local models, their sandbox and limits: a candidate runs exactly as
+    one of its models would (in the sandbox unless the operator set sandbox='off': only the
+    contract's environment, no network, none of the host's files). Another runner (the
+    orchestrator): the local runner's defaults, sandbox on."""
     settings: dict[str, Any] = {}
     if configured is not None:
         settings.update(call_timeout_seconds=configured.call_timeout_seconds,
                         max_output_bytes=configured.max_output_bytes)
     if isinstance(configured, LocalModelRunner):
-        settings.update(memory_limit_mb=configured.memory_limit_mb,
-                        startup_timeout_seconds=configured.startup_timeout_seconds,
-                        extra_pythonpath=list(configured.extra_pythonpath))
+        settings.update({name: getattr(configured, name) for name in LOCAL_RUNNER_SETTINGS})
     return LocalModelRunner(models_dir=str(models_dir), **settings)
+
+
+def candidate_sandboxed(configured: ModelRunnerResource | None) -> bool:
+    """Whether a candidate would run in the model sandbox (`_runner_for`)."""
+    return not isinstance(configured, LocalModelRunner) or configured.sandbox == "on"
 
 
 def _candidate_dir(model: Path, directory: Path) -> str:
@@ -588,11 +607,16 @@ class ShadowReport:
 def shadow(spec: CompetitionSpec, rules: CompetitionRules, truth: GroundTruthResource | None, store: CompetitionStore,
            accounts: PayoutAccounts, model: Path, start: datetime, end: datetime, *, replaces: str | None = None,
            configured_runner: ModelRunnerResource | None = None, limits: ShadowLimits | None = None,
-           on_cycle: Callable[[int, int], None] | None = None) -> ShadowReport:
+           on_cycle: Callable[[int, int], None] | None = None, require_sandbox: bool = False) -> ShadowReport:
     """The candidate in each checkpoint period inside [start, end): the rank it would have taken,
     the share it would have been paid and its breakdown, with the field as it really was (see the
-    module doc). Raises ValueError for a range with no whole period or over the limits, and
-    ShadowLimitExceeded past the runtime limit."""
+    module doc). Raises ValueError for a range with no whole period or over the limits,
+    ShadowLimitExceeded past the runtime limit, and (`require_sandbox`) ShadowRefused before
+    anything runs when the candidate would run without the model sandbox."""
+    if require_sandbox and not candidate_sandboxed(configured_runner):
+        raise ShadowRefused("a candidate runs only in the model sandbox, and this deployment runs its local models "
+                            "with sandbox='off' (CRUNCH_MODEL_SANDBOX=off): run the shadow entry from the command "
+                            "line instead (crunch-dagster shadow)")
     periods = periods_in(spec, start, end)
     if not periods:
         raise ValueError(f"no whole checkpoint period ({spec.checkpoint_interval_seconds} s) inside "

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 
-from tests.api.conftest import COMPUTE_PUBKEY, CRUNCH_PUBKEY, accounts, database_named
+from tests.api.conftest import COMPUTE_PUBKEY, CRUNCH_PUBKEY, accounts, database_named, role_env
 
 START = datetime(2025, 1, 7, 3, tzinfo=timezone.utc)
 END = START + timedelta(hours=6)
@@ -113,15 +114,19 @@ def replayed(database_url, template_url):
         yield url
 
 
-def _competition(url: str):
+def _competition(url: str, **runner):
+    """As the API serves it: the api role (it reads, and can write nothing here), the competition's
+    local runner (`runner`: its settings, e.g. sandbox)."""
     from competitions.btc_updown.definitions import RULES
     from crunch_assets.api.competitions import ReportCompetition
     from crunch_assets.rules import FeedGroundTruth
     from resources.model_runners.local import LocalModelRunner
     from resources.store.database import CrunchDatabase
 
-    return ReportCompetition(_spec(), accounts(), CrunchDatabase(url=url), rules=RULES, ground_truth=FeedGroundTruth(),
-                             model_runner=LocalModelRunner(models_dir=str(QUICKSTARTERS), call_timeout_seconds=10.0))
+    return ReportCompetition(_spec(), accounts(), CrunchDatabase(role="api", database=make_url(url).database),
+                             rules=RULES, ground_truth=FeedGroundTruth(),
+                             model_runner=LocalModelRunner(models_dir=str(QUICKSTARTERS), call_timeout_seconds=10.0,
+                                                           **runner))
 
 
 def table_state(url: str) -> dict[str, tuple[int, int]]:
@@ -285,7 +290,8 @@ def test_shadow_candidate_sees_the_stored_inputs_and_nothing_later_and_a_raising
 
 def _env(url: str) -> dict:
     env = {key: value for key, value in os.environ.items() if not key.startswith("CRUNCH_")}
-    env.update({"CRUNCH_DATABASE_URL": url, "CRUNCH_AUTOMATION": "off",
+    env.update(role_env(url))  # each role's URL: the commands connect as the api role
+    env.update({"CRUNCH_AUTOMATION": "off",
                 "CRUNCH_BTC_UPDOWN_START": START.isoformat(), "CRUNCH_BTC_UPDOWN_CHECKPOINT_INTERVAL_SECONDS": "10800",
                 "CRUNCH_BTC_UPDOWN_CRUNCH_PUBKEY": CRUNCH_PUBKEY, "CRUNCH_BTC_UPDOWN_COMPUTE_PROVIDER_PUBKEY": COMPUTE_PUBKEY})
     return env
@@ -391,28 +397,127 @@ def test_shadow_settings_are_refused_by_name_when_wrong():
         shadow_limits_from_env({"CRUNCH_API_SHADOW": "on", "CRUNCH_API_SHADOW_MAX_SECONDS": "-5"})
 
 
-def test_with_the_shadow_entry_enabled_the_token_leaves_the_environment_models_inherit(replayed, monkeypatch):
-    import httpx
+# A candidate that looks for what the API process holds: its environment (the operator token, the
+# database URLs), any process's environment it can read, the database's socket and port, the
+# checkout. It answers only if it finds none of them, and raises naming them otherwise.
+PROBE = '''import glob
+import os
+import socket
 
-    from crunch_assets.api import create_app
-    from tests.api.conftest import LiveServer, auth
-
-    monkeypatch.setenv("CRUNCH_API_TOKEN", "a-token-no-model-may-read-123")
-    monkeypatch.setenv("CRUNCH_API_SHADOW", "on")
-    app = create_app([_competition(replayed)])
-    assert "CRUNCH_API_TOKEN" not in os.environ
-    probe = '''import os
 from competitions.btc_updown.model_base import UpDownModel
+
+TOKEN = {token!r}
+SOCKET_DIR = {socket_dir!r}
+TCP = {tcp!r}
+CHECKOUT_FILE = {checkout_file!r}
+
+
+def _leaks():
+    found = [f"environment {{key}}" for key, value in os.environ.items()
+             if key.startswith("CRUNCH") or TOKEN in value or "postgres" in value or "://" in value]
+    for path in glob.glob("/proc/[0-9]*/environ"):
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read()
+        except OSError:
+            continue
+        if TOKEN.encode() in data or b"postgres" in data:
+            found.append(path)
+    if SOCKET_DIR and (os.path.exists(SOCKET_DIR) or glob.glob(os.path.join(SOCKET_DIR, ".s.PGSQL.*"))):
+        found.append(f"the database socket directory {{SOCKET_DIR}}")
+    if TCP:
+        connection = socket.socket()
+        connection.settimeout(2)
+        try:
+            connection.connect(tuple(TCP))
+            found.append(f"the database at {{TCP}}")
+        except OSError:
+            pass
+        finally:
+            connection.close()
+    if os.path.exists(CHECKOUT_FILE):
+        found.append("the checkout")
+    return found
+
+
+LEAKS = _leaks()
 
 
 class Model(UpDownModel):
     def predict(self, subject, resolve_horizon_seconds, step_seconds):
-        if "CRUNCH_API_TOKEN" in os.environ:
-            raise RuntimeError("the operator token is readable")
-        return {"p_up": 0.5}
+        if LEAKS:
+            raise RuntimeError("readable: " + "; ".join(LEAKS))
+        return {{"p_up": 0.5}}
 '''
-    body = {"model_source": probe, "start": START.isoformat(), "end": (START + timedelta(hours=3)).isoformat()}
+
+
+def _probe(token: str) -> str:
+    url = make_url(os.environ["CRUNCH_API_DATABASE_URL"])
+    socket_dir = url.query.get("host")
+    tcp = None if socket_dir else [url.host or "127.0.0.1", url.port or 5432]
+    return PROBE.format(token=token, socket_dir=socket_dir, tcp=tcp,
+                        checkout_file=str(Path(__file__).resolve().parents[1] / "README.md"))
+
+
+def test_the_shadow_entry_runs_the_candidate_in_the_sandbox_with_nothing_of_the_api_process(replayed, monkeypatch,
+                                                                                            tmp_path):
+    """The API process holds the operator token and the database URLs in its environment, and its
+    host's loopback reaches the database: a candidate posted to the shadow entry runs in the model
+    sandbox and finds none of it (nor the checkout). The process's own environment is left as it
+    was. A deployment whose local models run without the sandbox refuses the entry (409)."""
+    import httpx
+
+    from crunch_assets.api import create_app
+    from crunch_assets.whatif import ShadowLimits, ShadowRefused, shadow
+    from tests.api.conftest import LiveServer, auth
+
+    token = "a-token-no-model-may-read-123"
+    monkeypatch.setenv("CRUNCH_API_TOKEN", token)
+    monkeypatch.setenv("CRUNCH_API_SHADOW", "on")
+    app = create_app([_competition(replayed)])
+    assert os.environ["CRUNCH_API_TOKEN"] == token  # nothing of the process's environment is changed
+    before = table_state(replayed)
+    body = {"model_source": _probe(token), "start": START.isoformat(), "end": (START + timedelta(hours=3)).isoformat()}
     with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=300) as client:
-        report = client.post("/reports/shadow", json=body, headers=auth("a-token-no-model-may-read-123"))
+        report = client.post("/reports/shadow", json=body, headers=auth(token))
         assert report.status_code == 200, report.text
         assert report.json()["statuses"] == {"scored": 180}
+        assert token not in report.text and "postgres" not in report.text
+    assert table_state(replayed) == before
+
+    # the same probe without the sandbox finds what it looks for (the check above can fail)
+    unsandboxed = _competition(replayed, sandbox="off")
+    candidate = tmp_path / "probe.py"
+    candidate.write_text(_probe(token))
+    found = shadow(unsandboxed.spec, unsandboxed.rules, unsandboxed.ground_truth, unsandboxed.store,
+                   unsandboxed.accounts, candidate, START, START + timedelta(hours=3),
+                   configured_runner=unsandboxed.model_runner)
+    assert found.statuses == {"failed": 180}
+    reason = found.per_cycle[0]["reason"]
+    assert "readable: " in reason and "the checkout" in reason and "the database" in reason, reason
+    with pytest.raises(ShadowRefused, match="sandbox='off'"):
+        shadow(unsandboxed.spec, unsandboxed.rules, unsandboxed.ground_truth, unsandboxed.store, unsandboxed.accounts,
+               candidate, START, START + timedelta(hours=3), configured_runner=unsandboxed.model_runner,
+               require_sandbox=True)
+    refusing = create_app([unsandboxed], api_token=token, read_env=False,
+                          shadow=ShadowLimits(max_hours=6, max_runtime_seconds=300))
+    with LiveServer(refusing) as server, httpx.Client(base_url=server.url, timeout=300) as client:
+        refused = client.post("/reports/shadow", json=body, headers=auth(token))
+        assert refused.status_code == 409 and "sandbox='off'" in refused.text
+
+
+def test_a_candidate_runs_under_the_competitions_sandbox_and_limits():
+    from crunch_assets.whatif import LOCAL_RUNNER_SETTINGS, _runner_for, candidate_sandboxed
+    from resources.model_runners.local import LocalModelRunner
+    from resources.model_runners.orchestrator import OrchestratorModelRunner
+
+    configured = LocalModelRunner(models_dir=str(QUICKSTARTERS), call_timeout_seconds=3.0, memory_limit_mb=300,
+                                  max_processes=9, max_open_files=40, sandbox_tmp_mb=5, startup_attempts=2,
+                                  sandbox_read_only_paths=["/usr/share"], sandbox_first_uid=2_000_000)
+    runner = _runner_for(Path("/nonexistent"), configured)
+    assert runner.models_dir == "/nonexistent" and runner.call_timeout_seconds == 3.0
+    assert {name: getattr(runner, name) for name in LOCAL_RUNNER_SETTINGS} == \
+        {name: getattr(configured, name) for name in LOCAL_RUNNER_SETTINGS}
+    assert candidate_sandboxed(configured) and not candidate_sandboxed(configured.model_copy(update={"sandbox": "off"}))
+    assert _runner_for(Path("/nonexistent"), None).sandbox == "on"
+    assert candidate_sandboxed(OrchestratorModelRunner.model_construct())

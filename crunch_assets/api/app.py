@@ -42,7 +42,7 @@ from crunch_assets.api.views import (
 )
 from crunch_assets.fingerprint import ENGINE_VERSION, FINGERPRINT_SCHEME, digest
 from crunch_assets.verification import inclusion_proof
-from crunch_assets.whatif import ShadowLimitExceeded, ShadowLimits
+from crunch_assets.whatif import ShadowLimitExceeded, ShadowLimits, ShadowRefused
 from crunch_assets.whatif import shadow as run_shadow
 from resources.model_ids import MODEL_ID_PATTERN, MODEL_ID_RULE
 from resources.store.payouts import CheckpointNotFound, TransitionConflict
@@ -197,9 +197,10 @@ def create_app(
 ) -> FastAPI:
     """The API serving `competitions` (`/reports/...` is `default_slug`, else the first).
     `api_token` / `actor` default to $CRUNCH_API_TOKEN / $CRUNCH_API_ACTOR when `read_env`;
-    `shadow` (the shadow entry's limits; None: disabled) to $CRUNCH_API_SHADOW and its limits. With
-    the shadow entry enabled from the environment, $CRUNCH_API_TOKEN is removed from this process's
-    environment once read, so no candidate model it starts inherits it."""
+    `shadow` (the shadow entry's limits; None: disabled) to $CRUNCH_API_SHADOW and its limits. A
+    shadow candidate runs in the model sandbox, which passes it none of this process's environment
+    (the token, the database URLs) and none of its files or network; the entry refuses to run one
+    without the sandbox."""
     if not competitions:
         raise ValueError("the report API needs at least one competition")
     by_slug = {c.slug: c for c in competitions}
@@ -209,10 +210,6 @@ def create_app(
     token = api_token if api_token is not None else (os.environ.get(API_TOKEN_ENV) or None if read_env else None)
     actor_name = actor or (os.environ.get(API_ACTOR_ENV) if read_env else None) or DEFAULT_API_ACTOR
     shadow_limits = shadow if shadow is not None else (shadow_limits_from_env() if read_env else None)
-    if shadow_limits is not None and read_env:
-        # A shadow run starts a participant's model below this process, and a process passes its
-        # environment to its children: the token, read above, leaves the environment.
-        os.environ.pop(API_TOKEN_ENV, None)
 
     app = HardenedAPI(
         title="crunch-dagster report API",
@@ -675,6 +672,7 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
                  responses={404: {"description": "the shadow entry is not enabled"},
                             422: {"description": "a range with no whole period, over the limits, or a run past its "
                                                  "runtime limit"},
+                            409: {"description": "the deployment runs local models without the sandbox"},
                             429: {"description": "another shadow run is in progress"}})
     def shadow_entry(c: Competition, actor: Operator, body: Annotated[ShadowBody, Body()]) -> dict:
         """Run a participant's model file on the stored inputs of the checkpoint periods inside
@@ -695,7 +693,9 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
                 model.write_text(body.model_source)
                 report = run_shadow(c.spec, c.rules, c.ground_truth, c.store, c.accounts, model, body.start,
                                     body.end, replaces=body.replaces, configured_runner=c.model_runner,
-                                    limits=shadow_limits)
+                                    limits=shadow_limits, require_sandbox=True)
+        except ShadowRefused as error:
+            raise HTTPException(409, str(error)) from None
         except (ValueError, ShadowLimitExceeded) as error:
             raise HTTPException(422, str(error)) from None
         finally:
