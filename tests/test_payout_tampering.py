@@ -33,6 +33,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from tests.api.conftest import LiveServer, auth, database_named, role_env
+from tests.rewards_fixtures import SYNTHETIC_PRICES_SOURCE
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 START = datetime(2026, 11, 14, tzinfo=timezone.utc)
@@ -44,9 +45,11 @@ TX = "0x" + "cd" * 32
 _copies = itertools.count()
 
 # Six participants with distinct, constant-quality answers: six distinct ranks, every one paid
-# under the tiered emission (rank 6, the last, gets 83,333,333 of 1e9).
-MODEL_HEADER = """from competitions.btc_updown.model_base import UpDownModel
-from resources.feeds.synthetic_prices import synthetic_price
+# under the tiered emission (rank 6, the last, gets 83,333,333 of 1e9). A sandboxed model sees
+# nothing of the checkout but its base class: each carries the synthetic feed's price function.
+MODEL_HEADER = SYNTHETIC_PRICES_SOURCE + """
+
+from competitions.btc_updown.model_base import UpDownModel
 
 
 def went_up(asof):
