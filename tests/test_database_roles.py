@@ -31,8 +31,14 @@ from resources.database_url import (
 from resources.store import roles
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-ENGINE_TABLES_INSERT_ONLY = {"predictions", "scores", "model_events"}
-ENGINE_DELETES = {"feed_records", "feed_spans"}
+# (a rules fingerprint's document is recorded once, never rewritten: migration 0008)
+ENGINE_TABLES_INSERT_ONLY = {"predictions", "scores", "model_events", "rules_fingerprints"}
+# Retention deletes feed records and spans; copy detection (migration 0007) replaces a period's
+# copy clusters with its PENDING checkpoint, dropping those no longer detected.
+ENGINE_DELETES = {"feed_records", "feed_spans", "copy_clusters"}
+# Only the owner writes these: the operator's resolutions go through crunch.resolve_copy_cluster,
+# disputes through crunch.open_checkpoint_dispute and crunch.resolve_checkpoint_dispute (0008).
+OWNER_WRITES_ONLY = {"checkpoint_audit", "copy_resolutions", "checkpoint_disputes"}
 
 
 def _query(url: str, statement: str, params: dict | None = None) -> list:
@@ -148,7 +154,9 @@ def test_each_part_connects_as_its_role_with_only_its_privileges(embedded_only, 
         assert privileges[("crunch_engine", table, "DELETE")] == (table in ENGINE_DELETES), table
         if table in ENGINE_TABLES_INSERT_ONLY:
             assert privileges[("crunch_engine", table, "INSERT")] and not privileges[("crunch_engine", table, "UPDATE")]
-    assert not privileges[("crunch_engine", "checkpoint_audit", "INSERT")]
+    for table in OWNER_WRITES_ONLY:
+        assert not any(privileges[(role, table, p)] for role in ("crunch_engine", "crunch_api")
+                       for p in ("INSERT", "UPDATE", "DELETE", "TRUNCATE")), table
     columns = {r[0]: (r[1], r[2]) for r in _query(superuser, """
         SELECT column_name, has_column_privilege('crunch_engine', 'crunch.checkpoints', column_name, 'INSERT'),
                has_column_privilege('crunch_engine', 'crunch.checkpoints', column_name, 'UPDATE')
@@ -156,10 +164,25 @@ def test_each_part_connects_as_its_role_with_only_its_privileges(embedded_only, 
     assert {c for c, (_, update) in columns.items() if update} == {"entries", "merkle_root", "chained_root", "meta",
                                                                     "commitment_scheme"}
     assert not columns["status"][0] and not columns["gate"][0] and not columns["tx_hash"][0]
-    executable = {r[0] for r in _query(superuser, """
-        SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-        WHERE n.nspname = 'crunch' AND has_function_privilege('crunch_api', p.oid, 'EXECUTE')""")}
-    assert executable == {"advance_checkpoint", "record_checkpoint_gate"}
+    def executable(role: str) -> set[str]:
+        return {r[0] for r in _query(superuser, """
+            SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+            WHERE n.nspname = 'crunch' AND has_function_privilege(:role, p.oid, 'EXECUTE')""", {"role": role})}
+
+    assert executable("crunch_api") == {"advance_checkpoint", "record_checkpoint_gate", "resolve_copy_cluster",
+                                        "open_checkpoint_dispute", "resolve_checkpoint_dispute"}
+    assert executable("crunch_engine") == set() and executable("crunch_dagster") == set()
+    # the API's only way to a resolution is the owner's function: a direct write is refused
+    for role in ("api", "engine"):
+        with pytest.raises(sa.exc.ProgrammingError, match="permission denied for table copy_resolutions"):
+            _query(embedded_url(embedded_only, role), """
+                INSERT INTO crunch.copy_resolutions (competition, checkpoint_id, period_start, period_end, cluster_key,
+                                                     members, decision, actor)
+                VALUES ('demo', 1, now(), now(), '0123456789abcdef', '[]', 'pay_all', 'x')""")
+        with pytest.raises(sa.exc.ProgrammingError, match="permission denied for table checkpoint_disputes"):
+            _query(embedded_url(embedded_only, role), """
+                INSERT INTO crunch.checkpoint_disputes (competition, checkpoint_id, action, dispute_id, actor, note)
+                VALUES ('demo', 1, 'RESOLVED', 1, 'x', 'y')""")
     assert not _query(superuser, "SELECT has_schema_privilege('crunch_dagster', 'crunch', 'USAGE')")[0][0]
     owner = sa.create_engine(embedded_url(embedded_only, "owner"), poolclass=NullPool)
     with owner.connect() as connection, pytest.raises(roles.DatabaseRoleError, match="which owns .* the crunch schema"):
@@ -170,7 +193,11 @@ def test_each_part_connects_as_its_role_with_only_its_privileges(embedded_only, 
         SELECT t.tgname, t.tgenabled FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
         JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'crunch' AND NOT t.tgisinternal""")}
     assert triggers == dict.fromkeys(("checkpoint_audit_append_only", "checkpoint_audit_no_truncate",
-                                      "checkpoint_audit_insert_guard", "checkpoints_guard", "checkpoints_no_truncate"), "A")
+                                      "checkpoint_audit_insert_guard", "checkpoints_guard", "checkpoints_no_truncate",
+                                      "copy_resolutions_append_only", "copy_resolutions_no_truncate",
+                                      "rules_fingerprints_append_only", "rules_fingerprints_no_truncate",
+                                      "checkpoint_disputes_append_only", "checkpoint_disputes_no_truncate",
+                                      "checkpoint_disputes_insert_guard"), "A")
 
     # Dagster's own storage: its role owns its tables in public, and reads nothing of the store
     home = tmp_path / "dagster_home"
@@ -251,6 +278,7 @@ def test_a_store_set_up_before_the_roles_is_taken_over_and_still_verifies(fresh_
 def test_configuration_given_and_wrong_is_refused_by_name(database_url, monkeypatch):
     from resources.instance_storage import dagster_url
     from resources.store.database import StoreNotMigrated, engine_for
+    from resources.store.migrations import head_revision
     from resources.store.roles import DatabaseRoleError
 
     engine_url, api_url = os.environ["CRUNCH_ENGINE_DATABASE_URL"], os.environ["CRUNCH_API_DATABASE_URL"]
@@ -296,7 +324,8 @@ def test_configuration_given_and_wrong_is_refused_by_name(database_url, monkeypa
         migrated = subprocess.run([str(Path(sys.executable).with_name("crunch-dagster")), "migrate"], env=env,
                                   capture_output=True, text=True, timeout=300)
         assert migrated.returncode == 0, migrated.stderr
-        assert "the crunch schema is at 0006 (head 0006)" in migrated.stdout
+        head = head_revision()
+        assert f"the crunch schema is at {head} (head {head})" in migrated.stdout
         engine_for(role="engine").dispose()  # now it connects
     finally:
         from resources.store.database import dispose_engines
