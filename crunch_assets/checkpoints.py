@@ -1,5 +1,6 @@
 """Stage 5, emission checkpoints: a period's reward split in frac64, each model's breakdown, and
-the Merkle commitment to the scores it paid for.
+the Merkle commitment to the scores it paid for (crunch_assets/merkle.py), whose chained root is
+published outside the database as the checkpoint is stored (crunch_assets/publication.py).
 
 The standing that is paid is computed by `payout_entries`, which the leaderboard calls too: the
 period's standings under the eligibility policy, ranked by the declared checkpoint ranking
@@ -371,6 +372,9 @@ def checkpoint_entries(
         "copy_detection": spec.copy_detection.describe(),
     }
     payload["rules"], _ = period_rules(spec, rules, store, start, end, ground_truth)
+    # Top level too, where a participant's receipt and its verifiers (verify_receipt.py, receipt.js)
+    # read it: the entries hash, so the chained root, commits to it.
+    payload["rules_fingerprint"] = payload["rules"]["fingerprint"]
     return payload
 
 
@@ -379,18 +383,19 @@ def build_checkpoint(
     start: datetime, end: datetime, *, ground_truth: GroundTruthResource | None = None,
 ) -> CheckpointBuild | None:
     """The checkpoint of [start, end), or None when nothing in it was scored: its entries, the
-    Merkle root of the period's scores, the chained root (scheme 2: also committing to the entries'
-    hash) and the document of the rules fingerprint it is built under."""
+    Merkle root of the period's scores (scheme 3: RFC 8785 leaves), the chained root (which also
+    commits to the entries' hash) and the document of the rules fingerprint it is built under."""
     payload = checkpoint_entries(spec, rules, store, accounts, start, end, ground_truth=ground_truth)
     if payload is None:
         return None
     book = rules_book(spec, rules, ground_truth)
     version = book.checkpoint_version(start, end)
-    leaves = [merkle.leaf_hash(leaf) for leaf in store.score_leaves(start, end)]
+    leaves = merkle.leaf_hashes(store.score_leaves(start, end), merkle.CURRENT_SCHEME)
     root = merkle.merkle_root(leaves)
     previous = store.previous_checkpoint(start)
     entries_hash = merkle.entries_sha256(payload)
-    chained = merkle.chain_with_entries(previous.chained_root if previous else None, root, entries_hash)
+    chained = merkle.chain_with_entries(previous.chained_root if previous else None, root, entries_hash,
+                                        merkle.CURRENT_SCHEME)
     meta = {
         "fingerprint": store.period_fingerprint(start, end),
         "leaf_count": len(leaves),
@@ -402,6 +407,31 @@ def build_checkpoint(
     }
     return CheckpointBuild(payload, root, chained, meta, merkle.CURRENT_SCHEME,
                            RulesDocument(version.fingerprint, version.cycle_digest, version.document))
+
+
+def publish_root(context: dg.AssetExecutionContext, spec: CompetitionSpec, stored, built: CheckpointBuild) -> str:
+    """Publish the chained root of the checkpoint just stored to the competition's sink
+    (crunch_assets/publication.py). A checkpoint the store kept as it was (past PENDING) was
+    published when it was built. A publication that fails does not fail the run: the checkpoint is
+    stored, and the gate refuses it until it is published (the outcome is in the metadata and log)."""
+    from crunch_assets import publication
+    from crunch_assets.settings import CompetitionSettings
+
+    if stored.status != "PENDING" or stored.chained_root != built.chained_root:
+        return "not published again: the stored checkpoint is past PENDING"
+    sink = publication.RootSink.from_settings(CompetitionSettings(spec.slug))
+    try:
+        done = publication.publish(sink, stored)
+    except OSError as error:
+        context.log.error(f"checkpoint #{stored.id}: its chained root could not be published to {sink.path}: {error}; "
+                          f"the gate refuses it until `crunch-dagster checkpoints publish {spec.slug} {stored.id}`")
+        return f"failed: {type(error).__name__} writing {sink.path}"
+    if done.delivered is False:
+        context.log.warning(f"checkpoint #{stored.id}: the publication webhook did not take its chained root "
+                            f"({done.record['webhook']}); the gate refuses it until `crunch-dagster checkpoints publish "
+                            f"{spec.slug} {stored.id}`")
+        return f"appended to {sink.path}; the webhook did not take it"
+    return f"{'published to' if done.appended else 'already in'} {sink.describe()}"
 
 
 def build_checkpoint_asset(
@@ -424,6 +454,8 @@ def build_checkpoint_asset(
         context: dg.AssetExecutionContext, database: CrunchDatabase, rules: CompetitionRules, payout_accounts: PayoutAccounts,
         ground_truth: GroundTruthResource,
     ) -> dg.MaterializeResult:
+        from crunch_assets.payouts import unpayable_reasons  # payouts imports this module
+
         store = database.competition(spec.slug)
         results = []
         for key in sorted(context.partition_keys, key=lambda k: periods.window(k)[0]):
@@ -441,7 +473,13 @@ def build_checkpoint_asset(
             if stored.status != "PENDING" and (stored.entries != built.entries or stored.merkle_root != built.merkle_root):
                 # Paid money does not move: the disagreement is reported, the stored checkpoint stands.
                 context.log.warning(f"{key}: checkpoint already {stored.status}; the recomputation differs and was not written")
+            unpayable = unpayable_reasons(stored.entries, spec.gate) if stored.status == "PENDING" else []
+            if unpayable:
+                context.log.warning(f"{key}: checkpoint #{stored.id} can never be submitted as built ({'; '.join(unpayable)}); "
+                                    "later periods wait for it until an operator skips it: crunch-dagster checkpoints skip "
+                                    f"{spec.slug} {stored.id} --reason '<why>'")
             results.append(stored)
+            published = publish_root(context, spec, stored, built)
             # rounded for reading: the exact split is reward_frac64 (and the stored checkpoint)
             rows = [{"rank": r["rank"], "model": r["model_id"], "cruncher_index": r["cruncher_index"],
                      "score": readable(r["score"]), "coverage": round(r["coverage"], 4), "eligible": r["eligible"],
@@ -451,6 +489,7 @@ def build_checkpoint_asset(
             context.add_asset_metadata({
                 "checkpoint_id": stored.id,
                 "status": stored.status,
+                "cannot_be_submitted": "; ".join(unpayable) or "nothing in its entries (the gate decides at submission)",
                 "period": f"{start.isoformat()} .. {end.isoformat()}",
                 "models": len(rows),
                 "reward_sum": sum(r["reward_frac64"] for r in rows),
@@ -459,6 +498,7 @@ def build_checkpoint_asset(
                 "rules_fingerprint": (stored.entries.get("rules") or {}).get("fingerprint"),
                 "rules_mixed": bool((stored.entries.get("rules") or {}).get("mixed")),
                 "rules": (stored.entries.get("rules") or {}).get("detail"),
+                "root_publication": published,
                 "reward_split": table_metadata(
                     [("rank", "int"), ("model", "string"), ("cruncher_index", "int"), ("score", "float"),
                      ("coverage", "float"), ("eligible", "bool"), ("predictions", "int"), ("reward_frac64", "int"),
@@ -467,11 +507,14 @@ def build_checkpoint_asset(
                 "copy_clusters": [f"{c['cluster']}: {', '.join(m['model_id'] for m in c['members'])}; pays "
                                   f"{', '.join(c['paid'])} ({c['status']})" for c in stored.entries.get("copy_clusters", [])],
             }, partition_key=key)
+        # one result per run: the first error, else the first warning (a period with nothing to pay)
         check = checks.check_rewards(keys.emission_checkpoints, None)
         for stored in results:
-            check = checks.check_rewards(keys.emission_checkpoints, stored.entries)
-            if not check.passed:
-                break
+            found = checks.check_rewards(keys.emission_checkpoints, stored.entries)
+            if not found.passed and (check.passed or found.severity == dg.AssetCheckSeverity.ERROR):
+                check = found
+                if found.severity == dg.AssetCheckSeverity.ERROR:
+                    break
         return dg.MaterializeResult(metadata={"checkpoints": len(results)}, check_results=[check])
 
     return emission_checkpoints

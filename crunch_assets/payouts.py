@@ -1,6 +1,7 @@
 """From checkpoint to payment: the lifecycle PENDING -> SUBMITTED -> CLAIMABLE -> PAID (forward,
-one step at a time), the emission safety gate that must pass before SUBMITTED, and the CLI / prize
-formats of an emission.
+one step at a time), or PENDING -> SKIPPED (final) for a period nobody can be paid for, the
+emission safety gate that must pass before SUBMITTED (and refuse, for a reason that makes the
+period unpayable, before SKIPPED), and the CLI / prize formats of an emission.
 
 The gate is a list of checks over the stored checkpoint and the store; its results are stored
 with the checkpoint (passing or not) and a failing gate refuses the transition with every reason.
@@ -35,18 +36,28 @@ from resources.store.disputes import DisputeRefused
 from resources.store.payouts import AuditRow, CheckpointNotFound, PayoutStore, TransitionConflict, TransitionOutcome
 from resources.store.rows import CheckpointRow, CopyResolutionRow, CycleRollupRow, DisputeRow, SnapshotRow
 
-STATUSES = ("PENDING", "SUBMITTED", "CLAIMABLE", "PAID")
-# target -> the one status it can be reached from
-PREVIOUS_STATUS = {"SUBMITTED": "PENDING", "CLAIMABLE": "SUBMITTED", "PAID": "CLAIMABLE"}
+STATUSES = ("PENDING", "SUBMITTED", "CLAIMABLE", "PAID", "SKIPPED")
+# target -> the one status it can be reached from; SKIPPED is final (it pays nothing, ever)
+PREVIOUS_STATUS = {"SUBMITTED": "PENDING", "CLAIMABLE": "SUBMITTED", "PAID": "CLAIMABLE", "SKIPPED": "PENDING"}
+# The gate checks that say a genuine checkpoint cannot be paid as the declared policies stand:
+# nothing to pay, or the gate's policy refuses the field. Each is a reason to skip the period.
+UNPAYABLE_CHECKS = ("some_model_is_paid", "minimum_field_size", "participant_share_within_cap")
+# The gate checks a skip needs passing: the checkpoint is what the store gives (a tampered one is
+# rebuilt, not skipped), settled (late scores could make it payable), in order, built under the
+# rules in force (other rules could make it payable), and past its disputes and dispute window (a
+# skip is final: a dispute could never be answered after it; the database refuses it too).
+SKIP_NEEDS = ("payout_recomputes", "snapshots_match_scores", "entries_committed", "merkle_root_verifies",
+              "nothing_in_period_pending", "period_starts_where_previous_ended", "rules_fingerprint_consistent",
+              "dispute_window_elapsed", "no_open_dispute")
 # A transaction hash or signature: hex (0x...) or base58, no spaces.
 TX_HASH_PATTERN = re.compile(r"^(0x)?[0-9A-Za-z]{16,128}$")
 NOTE_MAX_CHARS = 1000
 ACTOR_MAX_CHARS = 200
 
 __all__ = [
-    "CheckpointNotFound", "CopyResolutionRefused", "DisputeRefused", "GateFailed", "InvalidRequest",
+    "CheckpointNotFound", "CopyResolutionRefused", "DisputeRefused", "GateFailed", "InvalidRequest", "SkipRefused",
     "TransitionConflict", "TransitionOutcome", "advance", "cli_format", "open_dispute", "resolve_copy",
-    "resolve_dispute", "run_gate",
+    "resolve_dispute", "run_gate", "unpayable_reasons",
 ]
 
 
@@ -65,6 +76,17 @@ class GateFailed(Exception):
     @property
     def reasons(self) -> list[str]:
         return [f"{c['name']}: {c['detail']}" for c in self.gate["checks"] if not c["passed"]]
+
+
+class SkipRefused(Exception):
+    """A skip was refused: the checkpoint can be paid (submit it), or it is not yet what a skip
+    decides on (tampered, unsettled, out of order: rebuild it or wait). `reasons` say which;
+    `gate` is the gate's run (stored with the checkpoint)."""
+
+    def __init__(self, gate: dict, reasons: list[str]):
+        self.gate = gate
+        self.reasons = reasons
+        super().__init__("the checkpoint cannot be skipped: " + "; ".join(reasons))
 
 
 @dataclass(frozen=True)
@@ -132,6 +154,22 @@ def check_paid_models_eligible(entries: dict, spec: CompetitionSpec) -> GateChec
 
 def _participant(row: dict) -> str:
     return row.get("participant") or row.get("model_id")
+
+
+def check_some_model_is_paid(entries: dict) -> GateCheck:
+    """Something to pay: at least one model has a reward. A period where no model is eligible (all
+    dead, all under the benchmark cutoff, all excluded) is stored with every reward 0 and can
+    never be submitted; an operator skips it."""
+    ranking = entries.get("ranking", [])
+    paid = sum(1 for r in ranking if isinstance(r.get("reward_pct"), int) and r["reward_pct"] > 0)
+    if paid:
+        return GateCheck("some_model_is_paid", True, f"{paid} of {len(ranking)} ranked model(s) paid")
+    reasons = sorted({(r.get("breakdown") or {}).get("unpaid_reason") or "not eligible" for r in ranking})
+    which = "is eligible" if not any(r.get("eligible") for r in ranking) else "is paid"
+    return GateCheck("some_model_is_paid", False,
+                     f"no model is paid: none of the {len(ranking)} ranked model(s) {which}"
+                     + (f" ({'; '.join(reasons[:3])}{'; ...' if len(reasons) > 3 else ''})" if reasons else "")
+                     + ": nothing to pay for the period")
 
 
 def check_field_size(entries: dict, gate: GatePolicy) -> GateCheck:
@@ -208,13 +246,15 @@ def check_period_continues(checkpoint: CheckpointRow, previous: CheckpointRow | 
         problems.append(f"the previous checkpoint (#{previous.id}) ends at {previous.period_end.isoformat()}, "
                         f"this period starts at {checkpoint.period_start.isoformat()}")
     if previous.status == "PENDING":
-        problems.append(f"the previous checkpoint (#{previous.id}) is still PENDING: submit in order")
+        problems.append(f"the previous checkpoint (#{previous.id}) is still PENDING: submit in order (a checkpoint "
+                        "nobody can be paid for is skipped: crunch-dagster checkpoints skip)")
     if checkpoint.meta.get("previous_chained_root") != previous.chained_root:
         problems.append(f"chained to a root that is not the previous checkpoint's (#{previous.id})")
     if previous.status != "PENDING" and previous_trail is not None:
         problems += [f"the previous checkpoint (#{previous.id}): {p}" for p in lifecycle_problems(previous, previous_trail)]
+    skipped = " (skipped: it paid nothing)" if previous.status == "SKIPPED" else ""
     return GateCheck("period_starts_where_previous_ended", not problems,
-                     "; ".join(problems) or f"continues checkpoint #{previous.id} ({previous.status})")
+                     "; ".join(problems) or f"continues checkpoint #{previous.id} ({previous.status}){skipped}")
 
 
 def check_settled(unsettled: int, statuses: dict[str, int]) -> GateCheck:
@@ -355,7 +395,7 @@ def check_snapshots_match_scores(spec: CompetitionSpec, rules: CompetitionRules,
 
 
 def check_entries_committed(checkpoint: CheckpointRow) -> GateCheck:
-    if checkpoint.commitment_scheme < merkle.CURRENT_SCHEME:
+    if checkpoint.commitment_scheme < merkle.ENTRIES_SCHEME:
         return GateCheck("entries_committed", False,
                          f"built under commitment scheme {checkpoint.commitment_scheme}, which does not commit to the "
                          "entries: rebuild the checkpoint (materialize emission_checkpoints for its period) while it is PENDING")
@@ -366,6 +406,28 @@ def check_entries_committed(checkpoint: CheckpointRow) -> GateCheck:
                          f"the stored entries hash to {recomputed}, the checkpoint recorded {recorded}: they were changed "
                          "after it was built")
     return GateCheck("entries_committed", True, f"entries sha256 {recomputed[:16]}.. (RFC 8785), in the chained root")
+
+
+def check_leaves_portable(checkpoint: CheckpointRow) -> GateCheck:
+    """Only a checkpoint whose leaves anyone can recompute (scheme 3: RFC 8785) is paid."""
+    scheme = checkpoint.commitment_scheme
+    if scheme < merkle.PORTABLE_SCHEME:
+        return GateCheck("leaves_portable", False,
+                         f"built under commitment scheme {scheme}, whose leaves only Python recomputes: rebuild the "
+                         "checkpoint (materialize emission_checkpoints for its period) while it is PENDING")
+    return GateCheck("leaves_portable", True, f"commitment scheme {scheme}: RFC 8785 leaves, outputs and truths")
+
+
+def check_root_published(checkpoint: CheckpointRow, sink) -> GateCheck:
+    """The checkpoint's current chained root is in the publication file, and delivered to the
+    publication webhook when one is configured (crunch_assets/publication.py). The result is served
+    to anyone (GET .../gate): it names neither the file's path nor the webhook."""
+    from crunch_assets.publication import publication_problem
+
+    problem = publication_problem(sink, checkpoint)
+    where = "the publication file" + (" and the publication webhook" if sink.webhook_url else "")
+    return GateCheck("chained_root_published", problem is None,
+                     problem or f"chained root {str(checkpoint.chained_root)[:16]}.. published to {where}")
 
 
 def scored_answers(store: CompetitionStore, checkpoint: CheckpointRow) -> dict[str, int]:
@@ -479,6 +541,8 @@ def run_gate(spec: CompetitionSpec, store: CompetitionStore, checkpoint: Checkpo
     `rules` and `ground_truth` (the competition's, as loaded) recompute the payout, and the
     checkpoint must have been built under them (its rules fingerprint); without `rules` those checks
     fail. `payouts` lets the previous checkpoint's lifecycle be checked."""
+    from crunch_assets.publication import RootSink
+
     settings = settings or CompetitionSettings(spec.slug)
     now = now or datetime.now(timezone.utc)
     entries = checkpoint.entries
@@ -506,11 +570,14 @@ def run_gate(spec: CompetitionSpec, store: CompetitionStore, checkpoint: Checkpo
         check_crunchers(entries, registry),
         *recompute,
         check_entries_committed(checkpoint),
+        check_leaves_portable(checkpoint),
+        check_root_published(checkpoint, RootSink.from_settings(settings)),
         check_period_continues(checkpoint, previous, previous_trail),
         check_settled(store.unsettled_count(checkpoint.period_start, checkpoint.period_end),
                       store.prediction_statuses(checkpoint.period_start, checkpoint.period_end)),
         check_merkle(checkpoint.id, audit_checkpoints(store)),
         check_accounts(entries, accounts, settings),
+        check_some_model_is_paid(entries),
         check_field_size(entries, spec.gate),
         check_concentration(entries, spec.gate),
         check_paid_models_answered(entries, scored_answers(store, checkpoint)),
@@ -541,6 +608,12 @@ def validate_request(to_status: str, tx_hash: str | None, actor: str, note: str 
         raise InvalidRequest(f"tx_hash {tx_hash!r} is not a transaction hash (16-128 letters or digits, optional 0x)")
     if to_status == "SUBMITTED" and not tx_hash:
         raise InvalidRequest("SUBMITTED needs the transaction hash (tx_hash) of the on-chain submission")
+    if to_status == "SKIPPED":
+        if note is None or not note.strip():
+            raise InvalidRequest("SKIPPED needs the reason (note): why nobody can be paid for the period; it is kept in "
+                                 "the audit")
+        if tx_hash is not None:
+            raise InvalidRequest("SKIPPED pays nothing on-chain: it takes no tx_hash")
     if not actor or len(actor) > ACTOR_MAX_CHARS:
         raise InvalidRequest(f"actor must be 1..{ACTOR_MAX_CHARS} characters")
     if note is not None and len(note) > NOTE_MAX_CHARS:
@@ -553,11 +626,14 @@ def advance(
     settings: CompetitionSettings | None = None, rules: CompetitionRules | None = None,
     ground_truth: GroundTruthResource | None = None,
 ) -> TransitionOutcome:
-    """Move a checkpoint one step forward (to `to_status`), gated before SUBMITTED, audited.
+    """Move a checkpoint one step forward (to `to_status`), gated before SUBMITTED, audited. SKIPPED
+    (from PENDING, with the reason as `note`) is for a period nobody can be paid for: the gate
+    runs and must refuse it for such a reason (`skip_refusals`); it then pays nothing, ever.
 
     Raises InvalidRequest (bad request), CheckpointNotFound, TransitionConflict (not the status
     it must come from, or already there with another tx_hash), GateFailed (the gate's reasons;
-    the results are stored with the checkpoint). Repeating a done transition changes nothing."""
+    the results are stored with the checkpoint), SkipRefused (why it cannot be skipped; the
+    gate's results are stored too). Repeating a done transition changes nothing."""
     validate_request(to_status, tx_hash, actor, note)
     checkpoint = store.checkpoint_by_id(checkpoint_id)
     if checkpoint is None:
@@ -572,8 +648,42 @@ def advance(
             payouts.record_gate(checkpoint_id, gate)
             raise GateFailed(gate)
         return payouts.transition(checkpoint_id, to_status, actor=actor, tx_hash=tx_hash, note=note, gate=gate)
+    if to_status == "SKIPPED" and checkpoint.status == "PENDING":
+        # The gate's refusal is the evidence: stored with the checkpoint (frozen once it is
+        # SKIPPED), and the database skips only a checkpoint whose stored gate refused this very row.
+        gate = run_gate(spec, store, checkpoint, accounts, settings, rules=rules, payouts=payouts,
+                        ground_truth=ground_truth)
+        payouts.record_gate(checkpoint_id, gate)
+        refusals = skip_refusals(gate)
+        if refusals:
+            raise SkipRefused(gate, refusals)
+        return payouts.transition(checkpoint_id, to_status, actor=actor, note=note)
     # not gated: a later step, an idempotent repeat, or an illegal move (refused by the database)
     return payouts.transition(checkpoint_id, to_status, actor=actor, tx_hash=tx_hash, note=note)
+
+
+def unpayable_reasons(entries: dict, gate: GatePolicy) -> list[str]:
+    """Why a checkpoint, as built, can never be submitted under the declared policies ([] when
+    nothing in its entries says so; the whole gate decides): no model paid, the field below the
+    gate's minimum, a participant over its share cap. Entries only: cheap enough for every listing."""
+    checks = (check_some_model_is_paid(entries), check_field_size(entries, gate), check_concentration(entries, gate))
+    return [f"{c.name}: {c.detail}" for c in checks if not c.passed]
+
+
+def skip_refusals(gate: dict) -> list[str]:
+    """Why the gate run `gate` does not justify skipping its checkpoint ([] when it does): a skip
+    needs the gate to refuse the checkpoint for a reason that makes the period unpayable
+    (UNPAYABLE_CHECKS), and the checkpoint to be genuine, settled and in order (SKIP_NEEDS)."""
+    checks = {c["name"]: c for c in gate["checks"]}
+    if gate["passed"]:
+        return ["the emission safety gate passes: the checkpoint can be paid; submit it (a skip is for a period "
+                "nobody can be paid for)"]
+    refusals = [f"{name}: {checks[name]['detail']}" for name in SKIP_NEEDS if name in checks and not checks[name]["passed"]]
+    if not any(name in checks and not checks[name]["passed"] for name in UNPAYABLE_CHECKS):
+        failing = ", ".join(name for name, c in checks.items() if not c["passed"])
+        refusals.append(f"nothing makes the period unpayable ({', '.join(UNPAYABLE_CHECKS)} pass): the gate refuses it "
+                        f"for {failing}, which can be fixed; fix it and submit")
+    return refusals
 
 
 # --- copy clusters: the operator's resolution -----------------------------------------------------
@@ -689,7 +799,8 @@ def prizes(checkpoint: CheckpointRow, pool: int) -> list[dict]:
 
 def cli_format(checkpoint: CheckpointRow, pool: int | None = None) -> dict:
     """The reference CLI's shape: rewards as percentages keyed by model, providers as percentages,
-    and (with a pool) the prizes."""
+    and (with a pool) the prizes; with the checkpoint's commitment (its scheme, Merkle root and
+    chained root, as published: crunch_assets/publication.py)."""
     e = checkpoint.entries
     result = {
         "checkpoint_id": checkpoint.id,
@@ -697,6 +808,9 @@ def cli_format(checkpoint: CheckpointRow, pool: int | None = None) -> dict:
         "period_start": checkpoint.period_start.isoformat(),
         "period_end": checkpoint.period_end.isoformat(),
         "status": checkpoint.status,
+        "commitment_scheme": checkpoint.commitment_scheme,
+        "merkle_root": checkpoint.merkle_root,
+        "chained_root": checkpoint.chained_root,
         "rewards": {r["model_id"]: frac64_to_percent(r["reward_pct"]) for r in e.get("ranking", []) if r.get("reward_pct")},
         "compute_provider_rewards": {p["provider"]: frac64_to_percent(p["reward_pct"])
                                      for p in e.get("compute_provider_rewards", [])},

@@ -17,6 +17,8 @@ For a competition with slug `my_comp`, `CRUNCH_MY_COMP_<NAME>` wins over `CRUNCH
 | START | the first partition, ISO-8601 UTC on an hour |
 | CHECKPOINT_INTERVAL_SECONDS | any whole number of hours |
 | CRUNCH_PUBKEY, COMPUTE_PROVIDER_PUBKEY, DATA_PROVIDER_PUBKEY | emission accounts |
+| NETWORK | the Solana cluster of the crunch account: mainnet-beta \\| devnet \\| testnet (unset: not declared) |
+| ROOT_PUBLICATION_DIR, ROOT_PUBLICATION_WEBHOOK_URL | where chained roots are published (crunch_assets/publication.py) |
 
 Booleans parse strictly: on/off, true/false, yes/no, 1/0 (any case); anything else is an error
 naming the variable, never "on".
@@ -39,6 +41,7 @@ FALSE_WORDS = {"off", "false", "no", "0"}
 FEEDS = ("synthetic", "csv", "binance", "pyth")
 RUNNERS = ("local", "orchestrator")
 MODEL_SANDBOX = ("on", "off")
+NETWORKS = ("mainnet-beta", "devnet", "testnet")  # Solana's clusters, as WalletAdapterNetwork names them
 
 
 class SettingsError(ValueError):
@@ -164,6 +167,13 @@ class CompetitionSettings:
             call_timeout_seconds=call_timeout_seconds,
             connect_timeout_seconds=5.0,  # a cycle must not wait long for an unreachable node
         )
+
+    @property
+    def network(self) -> str | None:
+        """The declared Solana cluster of the crunch account, or None when not declared."""
+        if self.get("NETWORK") is None:
+            return None
+        return self.choice("NETWORK", NETWORKS, "")
 
     def payout_accounts(self):
         from crunch_assets.checkpoints import PayoutAccounts

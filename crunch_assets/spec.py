@@ -569,6 +569,9 @@ class CompetitionSpec(Declared):
     # Declared changes of the per-cycle rules, each in force from its cycle (oldest first): every
     # cycle is scored under the rules in force at its time (crunch_assets/fingerprint.py).
     rules_changes: tuple[RulesChange, ...] = ()
+    # What a score is, for people (the page says it with its direction), e.g. "CRPS of the
+    # predicted return density, in basis points". Empty: the page says "score".
+    score_name: str = ""
 
     def __post_init__(self) -> None:
         self._validate()

@@ -4,13 +4,16 @@ score's inclusion.
 `audit_checkpoints` walks every checkpoint of a competition in period order and recomputes:
 - the Merkle root of its period's stored scores (a score, an output or a truth changed, added or
   removed after it was built);
-- the hash of its stored entries, against the one it recorded (scheme 2: who is paid what);
-- the chain from the first checkpoint (scheme 1: roots only; scheme 2: roots and the recorded
-  entries hashes);
+- each in its own `commitment_scheme` (crunch_assets/merkle.py): schemes 1 and 2 with Python leaves,
+  scheme 3 with RFC 8785 leaves;
+- the hash of its stored entries, against the one it recorded (schemes 2 and 3: who is paid what);
+- the chain from the first checkpoint (scheme 1: roots only; schemes 2 and 3: roots and the
+  recorded entries hashes);
 - with the audit trails given, its lifecycle (`lifecycle_problems`): a checkpoint past PENDING has
   exactly one audit row per step, each with its actor, chained by digest, the SUBMITTED row with
   the checkpoint's tx hash and submission time, and a stored passing gate result for these very
-  entries and roots.
+  entries and roots; a SKIPPED one, its one PENDING -> SKIPPED row with the reason, no tx hash,
+  and the stored gate result that refused these very entries and roots.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from resources.store.rows import CheckpointRow
 
 STEPS = (("PENDING", "SUBMITTED"), ("SUBMITTED", "CLAIMABLE"), ("CLAIMABLE", "PAID"))
 STATUS_ORDER = ("PENDING", "SUBMITTED", "CLAIMABLE", "PAID")
+SKIP_STEP = ("PENDING", "SKIPPED")  # final: a skipped checkpoint pays nothing, ever
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 ROOT_PROBLEM = "the period's stored scores, outputs or truths differ from what the checkpoint committed to"
 CHAIN_PROBLEM = ("the chained root does not follow from the roots and entries hashes before it: an earlier "
@@ -60,7 +64,7 @@ class CheckpointAudit:
 
     @property
     def entries_match(self) -> bool:
-        """Scheme 2: the stored entries hash to what the checkpoint recorded (scheme 1 commits to none)."""
+        """Schemes 2 and 3: the stored entries hash to what the checkpoint recorded (scheme 1 commits to none)."""
         return (self.commitment_scheme == merkle.LEGACY_SCHEME
                 or self.recorded_entries_sha256 == self.recomputed_entries_sha256)
 
@@ -97,8 +101,11 @@ def audit_checkpoints(store: CompetitionStore,
     its audit rows), its lifecycle checked too."""
     audits, chained, newest_scheme = [], None, merkle.LEGACY_SCHEME
     for checkpoint in store.checkpoints():
-        root = merkle.merkle_root([merkle.leaf_hash(leaf) for leaf in store.score_leaves(checkpoint.period_start, checkpoint.period_end)])
         scheme = checkpoint.commitment_scheme
+        leaves = store.score_leaves(checkpoint.period_start, checkpoint.period_end)
+        # each checkpoint's leaves in its own scheme's encoding (an unknown scheme: the current one)
+        leaf_scheme = scheme if scheme in merkle.SCHEMES else merkle.CURRENT_SCHEME
+        root = merkle.merkle_root(merkle.leaf_hashes(leaves, leaf_scheme))
         entries_hash = merkle.entries_sha256(checkpoint.entries)
         scheme_problem = None
         if scheme not in merkle.SCHEMES:
@@ -106,13 +113,14 @@ def audit_checkpoints(store: CompetitionStore,
             chained = merkle.chain_with_entries(chained, root, entries_hash)
         else:
             if scheme < newest_scheme:
-                scheme_problem = (f"commitment scheme {scheme} after a checkpoint of scheme {newest_scheme}: a checkpoint "
-                                  "built since migration 0006 commits to its entries")
-            # Scheme 2 chains the entries hash the checkpoint recorded: the chain then shows a changed
-            # chain, and entries_match changed entries, each by its name.
+                scheme_problem = (f"commitment scheme {scheme} after a checkpoint of scheme {newest_scheme}: the database "
+                                  "refuses a new or rebuilt checkpoint below the current scheme")
+            # Schemes 2 and 3 chain the entries hash the checkpoint recorded: the chain then shows a
+            # changed chain, and entries_match changed entries, each by its name.
             recorded = checkpoint.meta.get("entries_sha256")
             chained = (merkle.chain(chained, root) if scheme == merkle.LEGACY_SCHEME
-                       else merkle.chain_with_entries(chained, root, recorded if _is_hash(recorded) else entries_hash))
+                       else merkle.chain_with_entries(chained, root, recorded if _is_hash(recorded) else entries_hash,
+                                                      scheme))
         newest_scheme = max(newest_scheme, scheme if scheme in merkle.SCHEMES else newest_scheme)
         lifecycle = tuple(lifecycle_problems(checkpoint, trails.get(checkpoint.id, []))) if trails is not None else ()
         audits.append(CheckpointAudit(
@@ -153,10 +161,11 @@ def lifecycle_problems(checkpoint: CheckpointRow, trail: Sequence[AuditRow]) -> 
     every step up to its status has exactly one audit row, in order, with an actor and an unbroken
     digest chain; the SUBMITTED row names the checkpoint's tx hash and submission time and the
     checkpoint's chained root; a checkpoint past PENDING keeps the passing gate result it was
-    submitted with, for these entries and roots."""
-    if checkpoint.status not in STATUS_ORDER:
+    submitted with, for these entries and roots. A SKIPPED one has its one skip row with the
+    reason (`_skip_problems`)."""
+    if checkpoint.status not in STATUS_ORDER + ("SKIPPED",):
         return [f"status {checkpoint.status!r} is not a checkpoint status"]
-    expected = list(STEPS[:STATUS_ORDER.index(checkpoint.status)])
+    expected = [SKIP_STEP] if checkpoint.status == "SKIPPED" else list(STEPS[:STATUS_ORDER.index(checkpoint.status)])
     found = [(row.from_status, row.to_status) for row in trail]
     problems = []
     if found != expected:
@@ -173,6 +182,8 @@ def lifecycle_problems(checkpoint: CheckpointRow, trail: Sequence[AuditRow]) -> 
         previous = row.digest
     if checkpoint.status == "PENDING":
         return problems
+    if checkpoint.status == "SKIPPED":
+        return problems + _skip_problems(checkpoint, trail)
     submitted = next((row for row in trail if row.to_status == "SUBMITTED"), None)
     if submitted is not None:
         if not checkpoint.tx_hash or submitted.tx_hash != checkpoint.tx_hash:
@@ -192,8 +203,32 @@ def lifecycle_problems(checkpoint: CheckpointRow, trail: Sequence[AuditRow]) -> 
                 problems.append(f"the stored gate result passed another checkpoint content ({key} differs)")
                 break
         else:
-            if checkpoint.commitment_scheme >= merkle.CURRENT_SCHEME and "entries_sha256" not in gate:
+            if checkpoint.commitment_scheme >= merkle.ENTRIES_SCHEME and "entries_sha256" not in gate:
                 problems.append("the stored gate result does not name the entries it passed")
+    return problems
+
+
+def _skip_problems(checkpoint: CheckpointRow, trail: Sequence[AuditRow]) -> list[str]:
+    """A SKIPPED checkpoint: its skip row gives the reason and no tx hash, for the content it still
+    has; it was never submitted; its stored gate result refused that very content."""
+    problems = []
+    skip = next((row for row in trail if (row.from_status, row.to_status) == SKIP_STEP), None)
+    if skip is not None:
+        if not (skip.note or "").strip():
+            problems.append(f"audit row #{skip.id} skipped the checkpoint without a reason")
+        if skip.tx_hash is not None:
+            problems.append(f"audit row #{skip.id} skipped the checkpoint with a tx hash: a skip pays nothing")
+        if skip.chained_root != checkpoint.chained_root:
+            problems.append("the checkpoint's chained root changed after it was skipped")
+    if checkpoint.tx_hash is not None or checkpoint.submitted_at is not None:
+        problems.append("SKIPPED with a tx hash or a submission time: a skipped checkpoint is never submitted")
+    gate = checkpoint.gate
+    if not isinstance(gate, dict) or gate.get("passed") is not False:
+        problems.append("SKIPPED without a stored gate result that refused it")
+    elif any(key in gate and gate[key] != value for key, value in (
+            ("merkle_root", checkpoint.merkle_root), ("chained_root", checkpoint.chained_root),
+            ("entries_sha256", merkle.entries_sha256(checkpoint.entries)))):
+        problems.append("the stored gate result refused another checkpoint content")
     return problems
 
 
@@ -202,7 +237,8 @@ def inclusion_proof(store: CompetitionStore, checkpoint: CheckpointRow, model_id
     """Everything a participant needs to check that one of their scores is in a checkpoint: the
     leaf's fields, its hash, the sibling path and the checkpoint's stored root."""
     leaves = store.score_leaves(checkpoint.period_start, checkpoint.period_end)
-    hashes = [merkle.leaf_hash(leaf) for leaf in leaves]
+    scheme = checkpoint.commitment_scheme if checkpoint.commitment_scheme in merkle.SCHEMES else merkle.CURRENT_SCHEME
+    hashes = merkle.leaf_hashes(leaves, scheme)
     index = next((i for i, leaf in enumerate(leaves) if leaf.model_id == model_id and leaf.cycle_at == cycle_at
                   and (scope_key is None or leaf.scope_key == scope_key)), None)
     if index is None:
@@ -210,7 +246,8 @@ def inclusion_proof(store: CompetitionStore, checkpoint: CheckpointRow, model_id
     proof = merkle.inclusion_proof(hashes, index)
     return {
         "checkpoint_id": checkpoint.id,
-        "leaf": merkle.leaf_fields(leaves[index]),
+        "commitment_scheme": scheme,
+        "leaf": merkle.leaf_fields(leaves[index], scheme),
         "leaf_hash": hashes[index],
         "leaf_index": index,
         "proof": [{"side": step.side, "hash": step.hash} for step in proof],

@@ -1,7 +1,7 @@
-"""The demo (run by ./scripts/demo): the report API and participant page on :8000, the previous 24
-hours of synthetic history replayed into the store on first start (hourly checkpoints, so a
-leaderboard with history, checkpoints and their reward split are there at once), then the Dagster
-UI on :3000 with btc_updown running live.
+"""The demo (run by ./scripts/demo): the report API and participant page on :8000 for every
+competition of workspace.yaml, the previous 24 hours of synthetic history of each replayed into the
+store on its first start (hourly checkpoints, so a leaderboard with history, checkpoints and their
+reward split are there at once), then the Dagster UI on :3000 with every competition running live.
 
 Demo defaults, each overridden by the environment: the competition starts 24 h before the first
 start (kept in .crunch/demo_start, so restarts keep the same partitions), hourly checkpoints, and
@@ -43,37 +43,54 @@ def demo_start() -> datetime:
     return start
 
 
+def workspace_competitions() -> list[str]:
+    """Every competition of the checkout's workspace.yaml (a scaffolded one included)."""
+    sys.path.insert(0, str(PROJECT_ROOT))
+    from crunch_assets.api.competitions import workspace_slugs
+
+    return workspace_slugs(PROJECT_ROOT / "workspace.yaml")
+
+
 def set_demo_defaults() -> None:
     os.environ.pop("DAGSTER_HOME", None)  # dagster dev then reads ./dagster.yaml (storage on the store's PostgreSQL)
-    os.environ.setdefault("CRUNCH_BTC_UPDOWN_START", demo_start().isoformat())
-    os.environ.setdefault("CRUNCH_BTC_UPDOWN_CHECKPOINT_INTERVAL_SECONDS", "3600")
-    os.environ.setdefault("CRUNCH_BTC_UPDOWN_CRUNCH_PUBKEY", DEMO_CRUNCH_PUBKEY)
-    os.environ.setdefault("CRUNCH_BTC_UPDOWN_COMPUTE_PROVIDER_PUBKEY", DEMO_COMPUTE_PUBKEY)
+    for slug in workspace_competitions():
+        prefix = f"CRUNCH_{slug.upper()}_"
+        os.environ.setdefault(prefix + "START", demo_start().isoformat())
+        os.environ.setdefault(prefix + "CHECKPOINT_INTERVAL_SECONDS", "3600")
+        os.environ.setdefault(prefix + "CRUNCH_PUBKEY", DEMO_CRUNCH_PUBKEY)
+        os.environ.setdefault(prefix + "COMPUTE_PROVIDER_PUBKEY", DEMO_COMPUTE_PUBKEY)
+
+
+def history_marker(slug: str) -> Path:
+    # btc_updown's marker predates the others (the demo replayed it alone)
+    return data_dir() / ("demo_history_done" if slug == "btc_updown" else f"demo_history_done_{slug}")
 
 
 def replay_history_once() -> None:
-    """Replay [start, the current hour) once (marker .crunch/demo_history_done); the live cycles
-    take over from the current hour."""
-    marker = data_dir() / "demo_history_done"
-    if marker.exists():
-        print(f"demo: history already replayed ({marker.read_text().strip()})", flush=True)
-        return
-    sys.path.insert(0, str(PROJECT_ROOT))
+    """Replay [start, the current hour) of every competition of the workspace once (a marker per
+    competition under .crunch/); the live cycles take over from the current hour."""
     import dagster as dg
 
-    from competitions.btc_updown.definitions import SPEC, defs
+    from crunch_assets.cli.common import load_competition
     from crunch_assets.replay import replay
 
-    start = SPEC.start
-    end = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
-    if end <= start:
-        return
-    print(f"demo: replaying {start.isoformat()} .. {end.isoformat()} of synthetic history (about a minute)", flush=True)
-    began = time.monotonic()
-    with dg.DagsterInstance.from_config(str(PROJECT_ROOT)) as instance:  # the UI shows these materializations
-        timings = replay(defs, SPEC, start, end, instance=instance)
-    marker.write_text(f"{start.isoformat()} .. {end.isoformat()}")
-    print(f"demo: history replayed in {time.monotonic() - began:.0f} s, {len(timings.checkpoints)} checkpoint(s)", flush=True)
+    for slug in workspace_competitions():
+        marker = history_marker(slug)
+        if marker.exists():
+            print(f"demo: {slug}: history already replayed ({marker.read_text().strip()})", flush=True)
+            continue
+        defs, spec = load_competition(slug)
+        start = spec.start
+        end = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+        if end <= start:
+            continue
+        print(f"demo: {slug}: replaying {start.isoformat()} .. {end.isoformat()} of synthetic history", flush=True)
+        began = time.monotonic()
+        with dg.DagsterInstance.from_config(str(PROJECT_ROOT)) as instance:  # the UI shows these materializations
+            timings = replay(defs, spec, start, end, instance=instance)
+        marker.write_text(f"{start.isoformat()} .. {end.isoformat()}")
+        print(f"demo: {slug}: history replayed in {time.monotonic() - began:.0f} s, "
+              f"{len(timings.checkpoints)} checkpoint(s)", flush=True)
 
 
 class ChildExited(Exception):

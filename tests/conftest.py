@@ -13,6 +13,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 BTC_CSV = SHARED_DATA / "btcusd_bitstamp_1min_2025-01-07_2025-02-02.csv"
 sys.path.insert(0, str(PROJECT_ROOT))
+# Checkpoints publish their chained roots (crunch_assets/publication.py) under a directory of this
+# session, never into the checkout's data directory; subprocesses inherit it.
+os.environ.setdefault("CRUNCH_ROOT_PUBLICATION_DIR", tempfile.mkdtemp(prefix="crunch-test-roots-"))
 
 
 @pytest.fixture(scope="session")

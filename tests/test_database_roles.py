@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -31,13 +32,13 @@ from resources.database_url import (
 from resources.store import roles
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-# (a rules fingerprint's document is recorded once, never rewritten: migration 0008)
+# (a rules fingerprint's document is recorded once, never rewritten: migration 0010)
 ENGINE_TABLES_INSERT_ONLY = {"predictions", "scores", "model_events", "rules_fingerprints"}
 # Retention deletes feed records and spans; copy detection (migration 0007) replaces a period's
 # copy clusters with its PENDING checkpoint, dropping those no longer detected.
 ENGINE_DELETES = {"feed_records", "feed_spans", "copy_clusters"}
 # Only the owner writes these: the operator's resolutions go through crunch.resolve_copy_cluster,
-# disputes through crunch.open_checkpoint_dispute and crunch.resolve_checkpoint_dispute (0008).
+# disputes through crunch.open_checkpoint_dispute and crunch.resolve_checkpoint_dispute (0010).
 OWNER_WRITES_ONLY = {"checkpoint_audit", "copy_resolutions", "checkpoint_disputes"}
 
 
@@ -298,6 +299,15 @@ def test_configuration_given_and_wrong_is_refused_by_name(database_url, monkeypa
     monkeypatch.setenv("CRUNCH_API_DATABASE_URL", make_url(api_url).set(database="elsewhere").render_as_string(False))
     with pytest.raises(DatabaseConfigError, match="CRUNCH_API_DATABASE_URL and CRUNCH_DATABASE_URL name different"):
         engine_for(role="api")
+    # the API server refuses to start (rather than answer 503 to every /health), naming the variables
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    served = subprocess.run([str(Path(sys.executable).with_name("crunch-dagster")), "api", "--port", str(port)],
+                            capture_output=True, text=True, timeout=180)
+    assert served.returncode == 1, (served.stdout, served.stderr)
+    assert "CRUNCH_API_DATABASE_URL and CRUNCH_DATABASE_URL name different servers or databases" in served.stderr
+    assert password not in served.stderr
     monkeypatch.setenv("CRUNCH_API_DATABASE_URL", f"mysql://crunch_api:{password}@db/crunch")
     with pytest.raises(DatabaseConfigError, match="CRUNCH_API_DATABASE_URL is not a PostgreSQL URL") as refused:
         engine_for(role="api")

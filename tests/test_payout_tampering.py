@@ -306,6 +306,8 @@ def test_a_rewritten_snapshot_is_refused_even_with_a_rebuilt_checkpoint(store_ur
     """The engine's role may rewrite snapshots (it rolls them up), and could then rebuild the
     checkpoint from them: the gate recomputes the snapshots from the scores, which are INSERT-only."""
     from crunch_assets.checkpoints import build_checkpoint
+    from crunch_assets.publication import RootSink, publish
+    from crunch_assets.settings import CompetitionSettings
     from resources.store.competition import CompetitionStore
 
     engine_url = role_url(store_url, "engine")
@@ -319,8 +321,10 @@ def test_a_rewritten_snapshot_is_refused_even_with_a_rebuilt_checkpoint(store_ur
         cp = store.checkpoint_by_id(checkpoint_id)
         built = build_checkpoint(_spec(), _rules(), store, _accounts(), cp.period_start, cp.period_end)
         assert built.entries["ranking"][0]["model_id"] == "anti"  # the rewritten snapshots would pay anti first
-        store.write_pending_checkpoint(cp.period_start, cp.period_end, built.entries, built.merkle_root,
-                                       built.chained_root, built.meta, built.commitment_scheme)
+        stored = store.write_pending_checkpoint(cp.period_start, cp.period_end, built.entries, built.merkle_root,
+                                                built.chained_root, built.meta, built.commitment_scheme)
+        # and publishes its root, as the checkpoint asset does (the engine's process writes the sink)
+        publish(RootSink.from_settings(CompetitionSettings("btc_updown")), stored)
     finally:
         engine.dispose()
     with api(store_url) as client:
@@ -501,7 +505,7 @@ def test_a_status_forced_with_no_audit_row_at_all_is_flagged(store_url):
         assert "without a matching audit trail" in failed_checks(refused)["period_starts_where_previous_ended"]
 
 
-# --- disputes (migration 0008) -------------------------------------------------------------------
+# --- disputes (migration 0010) -------------------------------------------------------------------
 
 OPEN_DISPUTE = ("SELECT outcome, message, dispute_id FROM crunch.open_checkpoint_dispute('btc_updown', :id, 'alice', "
                 "'scored against a stale price', CAST(:cycles AS jsonb), 'operator')")

@@ -252,6 +252,17 @@ def test_challenge_package_installs_alone_into_a_fresh_venv(checkout, tmp_path):
     assert probe.returncode == 0, probe.stderr
     found = json.loads(probe.stdout)
     assert found["file"].startswith(site)  # the installed copy, not the checkout's source
+    # the receipt verifier ships with the package: a server-built receipt verifies, a changed one is named
+    from tests.test_receipt_encoding import in_memory_receipt
+
+    receipt = in_memory_receipt()
+    for name, document, expected in (("receipt.json", receipt, "ok"),
+                                     ("forged.json", {**receipt, "reward": {**receipt["reward"], "reward_pct": 10**9}},
+                                      "does not verify: reward.reward_pct")):
+        (tmp_path / name).write_text(json.dumps(document, ensure_ascii=False), encoding="utf-8")
+        checked = subprocess.run([str(python), "-m", "crunch_scaffold_tournament.verify_receipt", name],
+                                 capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+        assert checked.stdout.strip() == expected and checked.returncode == (expected != "ok"), checked.stderr
     assert found["result"]["cycles"] == 59 and found["result"]["failed"] == 0  # cycles of 300 s with a price 300 s later
     assert found["engine"] == [False, False, True]  # no coordinator code came along (dagster: only borrowed)
 

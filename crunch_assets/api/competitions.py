@@ -1,9 +1,12 @@
-"""What the report API serves per competition: its spec, its emission accounts, and its stores."""
+"""What the report API serves per competition: its spec, its emission accounts, its network and
+its stores; and which competitions a deployment serves (every competition of workspace.yaml)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
 from crunch_assets.checkpoints import PayoutAccounts
 from crunch_assets.fingerprint import RulesBook, rules_book
@@ -15,6 +18,12 @@ from resources.store.competition import CompetitionStore
 from resources.store.database import CrunchDatabase
 from resources.store.payouts import PayoutStore
 from resources.store.reports import ReportStore
+
+COMPETITION_MODULE = re.compile(r"^competitions\.([a-z][a-z0-9_]{0,63})\.definitions$")
+
+
+class WorkspaceError(ValueError):
+    """workspace.yaml cannot say which competitions to serve; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +40,8 @@ class ReportCompetition:
     ground_truth: GroundTruthResource | None = None
     # Other resources the shadow entry needs (the model runner's limits and sandbox); None: defaults.
     model_runner: ModelRunnerResource | None = None
+    # The Solana cluster the crunch lives on (CRUNCH_<SLUG>_NETWORK), shown by /info; None: not declared.
+    network: str | None = None
 
     @cached_property
     def rules_book(self) -> RulesBook | None:
@@ -58,8 +69,9 @@ class ReportCompetition:
 
 
 def load_report_competition(slug: str, database: CrunchDatabase | None = None) -> ReportCompetition:
-    """A competition's code location by slug (competitions/<slug>/definitions.py): its spec and the
-    emission accounts its definitions were configured with (crunch_assets/settings.py)."""
+    """A competition's code location by slug (competitions/<slug>/definitions.py): its spec, the
+    emission accounts its definitions were configured with and its declared network
+    (crunch_assets/settings.py; a wrong value is refused by name)."""
     from crunch_assets.cli.common import load_competition
 
     defs, spec = load_competition(slug)
@@ -72,6 +84,29 @@ def report_competition(defs, spec: CompetitionSpec, database: CrunchDatabase | N
     ground truth and model runner."""
     resources = defs.resources or {}
     accounts = resources.get("payout_accounts")
-    return ReportCompetition(spec, accounts or CompetitionSettings(spec.slug).payout_accounts(),
-                             database or CrunchDatabase(role="api"), rules=resources.get("rules"),
-                             ground_truth=resources.get("ground_truth"), model_runner=resources.get("model_runner"))
+    settings = CompetitionSettings(spec.slug)
+    network = settings.network  # refused by name before anything connects
+    return ReportCompetition(spec, accounts or settings.payout_accounts(), database or CrunchDatabase(role="api"),
+                             rules=resources.get("rules"), ground_truth=resources.get("ground_truth"),
+                             model_runner=resources.get("model_runner"), network=network)
+
+
+def workspace_slugs(workspace: Path) -> list[str]:
+    """The competitions a workspace.yaml loads, in its order: each code location must be a
+    competition module (`competitions.<slug>.definitions`, location named <slug>)."""
+    from crunch_assets.serve import ServeConfigError, read_code_locations
+
+    try:
+        locations = read_code_locations(workspace)
+    except (ServeConfigError, OSError) as error:
+        raise WorkspaceError(f"{workspace}: {error}") from None
+    slugs = []
+    for location in locations:
+        match = COMPETITION_MODULE.match(location.module or "")
+        if match is None or match.group(1) != location.name:
+            raise WorkspaceError(
+                f"{workspace}: code location {location.name!r} is not a competition module "
+                f"(python_module competitions.<slug>.definitions with location_name <slug>); "
+                "name the competitions to serve with --slug")
+        slugs.append(location.name)
+    return slugs

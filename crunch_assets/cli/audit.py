@@ -16,14 +16,16 @@ import click
 @click.option("--scope", "scope_key", metavar="SCOPE_KEY", help="With --proof: the scope, if the cycle has several.")
 @click.option("--checkpoint", "checkpoint_id", type=int, help="With --proof: the checkpoint holding the score.")
 def audit(slug: str, proof_model: str | None, cycle_at: str | None, scope_key: str | None, checkpoint_id: int | None) -> None:
-    """Recompute the Merkle root of every checkpoint's scores, the hash of its entries and the
-    chain of roots from the store; check that each checkpoint past PENDING has its audit trail
-    (every step, with actor, tx hash and an unbroken digest chain) and the passing gate result it
-    was submitted with; recompute what each PENDING checkpoint pays from the stored snapshots.
+    """Recompute the Merkle root of every checkpoint's scores (in its commitment scheme), the hash
+    of its entries and the chain of roots from the store; check that each checkpoint past PENDING
+    has its audit trail (every step, with actor, tx hash and an unbroken digest chain) and the
+    passing gate result it was submitted with; that each chained root since scheme 3 is in the
+    publication file; recompute what each PENDING checkpoint pays from the stored snapshots.
     Report every checkpoint that does not verify (exit 1), or print a score's proof."""
     from crunch_assets.api.competitions import load_report_competition
     from crunch_assets.checkpoints import checkpoint_entries
     from crunch_assets.payouts import accounts_of, payout_differences
+    from crunch_assets.publication import RootSink, audit_problem, read_publications
     from crunch_assets.verification import audit_checkpoints, first_problem, inclusion_proof
 
     c = load_report_competition(slug)
@@ -53,6 +55,19 @@ def audit(slug: str, proof_model: str | None, cycle_at: str | None, scope_key: s
                 if differences:
                     payout_problems[a.checkpoint_id] = [f"the payout does not recompute from the stored snapshots: {d}"
                                                         for d in differences]
+    # The chained roots as published outside the database when each checkpoint was built.
+    sink = RootSink.from_settings(c.settings)
+    try:
+        published, unreadable = read_publications(sink), None
+    except OSError as error:
+        published, unreadable = [], f"the publication file {sink.path} cannot be read ({error.strerror or error})"
+    for a in audits:
+        cp = by_id.get(a.checkpoint_id)
+        problem = audit_problem(sink, cp, published) if cp is not None else None
+        if problem and unreadable:
+            problem = unreadable
+        if problem:
+            payout_problems.setdefault(a.checkpoint_id, []).append(problem)
     failing = []
     for a in audits:
         problems = a.problems + payout_problems.get(a.checkpoint_id, [])

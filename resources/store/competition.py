@@ -38,7 +38,9 @@ from resources.store.rows import (
     Voiding,
 )
 
-LOCKED_STATUSES = ("SUBMITTED", "CLAIMABLE", "PAID")
+# A checkpoint past PENDING committed its period's scores for good (a SKIPPED one too: its root is
+# in every later chained root), so settlement never changes them.
+LOCKED_STATUSES = ("SUBMITTED", "CLAIMABLE", "PAID", "SKIPPED")
 
 
 def derived_prediction_status(p: sa.Table, s: sa.Table, i: sa.Table) -> sa.ColumnElement[str]:

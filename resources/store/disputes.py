@@ -1,10 +1,10 @@
 """Checkpoint disputes: each step a row of crunch.checkpoint_disputes (append-only). A dispute is
 OPENED (who disputes what, which cycles) and RESOLVED once; an open dispute blocks the checkpoint's
 submission (the gate's `no_open_dispute`, and crunch.advance_checkpoint itself, under the
-checkpoint row's lock: migration 0008).
+checkpoint row's lock: migration 0010).
 
 Both steps are one call of the database's SECURITY DEFINER functions crunch.open_checkpoint_dispute
-and crunch.resolve_checkpoint_dispute (migration 0008; the api role may write the table no other
+and crunch.resolve_checkpoint_dispute (migration 0010; the api role may write the table no other
 way): under the checkpoint row's lock, refused unless the checkpoint is PENDING (a dispute is about
 money not paid yet), with the cycles inside its period and a dispute resolved once.
 """

@@ -2,10 +2,11 @@
 safety-gate results.
 
 Every transition is one call of `crunch.advance_checkpoint` (migration 0006, SECURITY DEFINER;
-replaced by 0008): under a row lock it checks the legal move, the tx hash, that the passing gate
-result given is this very row's and, before SUBMITTED, that no dispute of the checkpoint is open
-and its dispute window has passed, then updates the checkpoint and appends the audit row, in one
-statement. The
+PENDING -> SKIPPED since 0008, replaced again by 0010): under a row lock it checks the legal move,
+the tx hash and that the passing gate result given is this very row's (for SKIPPED: a reason, no
+tx hash, the checkpoint before it past PENDING, and a stored gate result that refused this very
+row) and, before SUBMITTED or SKIPPED, that no dispute of the checkpoint is open and its dispute
+window has passed, then updates the checkpoint and appends the audit row, in one statement. The
 report API's role may do nothing else to a checkpoint (it holds no UPDATE or INSERT privilege),
 and the engine's may not touch its status. Which gate checks a checkpoint must pass is the
 engine's business (crunch_assets/payouts.py).
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Sequence
 
 import sqlalchemy as sa
 
@@ -72,7 +74,9 @@ class PayoutStore:
         (changed=False). SUBMITTED needs `gate`, a passing result for the row as it is now (its
         `checkpoint_updated_at`, `merkle_root` and `chained_root`): a checkpoint rebuilt since is
         refused, and so is one with an open dispute (also one recorded while the gate ran) or within
-        its dispute window; the gate is stored with the checkpoint."""
+        its dispute window; the gate is stored with the checkpoint. SKIPPED needs `note` (the reason)
+        and the refusing gate result stored first (`record_gate`); it takes no tx_hash or gate, and
+        is refused with an open dispute or within the dispute window too."""
         c, a = t.checkpoints, t.checkpoint_audit
         with self.engine.begin() as connection:
             result = connection.execute(
@@ -107,14 +111,15 @@ class PayoutStore:
                 sa.select(c.c.gate).where(c.c.competition == self.slug, c.c.id == checkpoint_id)
             ).scalar()
 
-    def audit_trails(self) -> dict[int, list[AuditRow]]:
-        """checkpoint id -> its audit rows in order, for every checkpoint of the competition."""
+    def audit_trails(self, checkpoint_ids: Sequence[int] | None = None) -> dict[int, list[AuditRow]]:
+        """checkpoint id -> its audit rows in order, for every checkpoint of the competition (or
+        only those of `checkpoint_ids`)."""
         a, c = t.checkpoint_audit, t.checkpoints
+        query = sa.select(a).join(c, c.c.id == a.c.checkpoint_id).where(c.c.competition == self.slug)
+        if checkpoint_ids is not None:
+            query = query.where(a.c.checkpoint_id.in_(list(checkpoint_ids)))
         with self.engine.connect() as connection:
-            rows = connection.execute(
-                sa.select(a).join(c, c.c.id == a.c.checkpoint_id).where(c.c.competition == self.slug)
-                .order_by(a.c.checkpoint_id, a.c.id)
-            ).fetchall()
+            rows = connection.execute(query.order_by(a.c.checkpoint_id, a.c.id)).fetchall()
         trails: dict[int, list[AuditRow]] = {}
         for row in rows:
             trails.setdefault(row.checkpoint_id, []).append(AuditRow(*row))

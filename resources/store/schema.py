@@ -265,7 +265,7 @@ checkpoints = sa.Table(
     sa.Column("competition", sa.Text, nullable=False),
     sa.Column("period_start", TZ, nullable=False),
     sa.Column("period_end", TZ, nullable=False),
-    # PENDING | SUBMITTED | CLAIMABLE | PAID; moved only by crunch.advance_checkpoint (migration 0006)
+    # PENDING | SUBMITTED | CLAIMABLE | PAID | SKIPPED; moved only by crunch.advance_checkpoint (migrations 0006, 0008, 0010)
     sa.Column("status", sa.Text, nullable=False, server_default="PENDING"),
     sa.Column("tx_hash", sa.Text, nullable=True),
     sa.Column("submitted_at", TZ, nullable=True),
@@ -279,9 +279,10 @@ checkpoints = sa.Table(
     _jsonb("meta"),
     # The emission safety gate's last results ({passed, checked_at, checks: [...]}); null: never run.
     sa.Column("gate", JSONB, nullable=True),
-    # How chained_root was computed (crunch_assets/merkle.py): 1, the scores' root only (checkpoints
-    # stored before migration 0006); 2, also the sha256 of the RFC 8785 canonical entries.
-    sa.Column("commitment_scheme", sa.SmallInteger, nullable=False, server_default="2"),
+    # How the leaves and chained_root were computed (crunch_assets/merkle.py): 1, the scores' root only
+    # (checkpoints stored before migration 0006); 2, also the sha256 of the RFC 8785 canonical entries;
+    # 3 (since migration 0009), with RFC 8785 leaves.
+    sa.Column("commitment_scheme", sa.SmallInteger, nullable=False, server_default="3"),
     sa.UniqueConstraint("competition", "period_start", "period_end", name="uq_checkpoints_period"),
     sa.Index("ix_checkpoints_competition_status", "competition", "status", "period_start"),
 )

@@ -132,7 +132,7 @@ def _assert_headers(response: httpx.Response, csp: str) -> None:
 def test_reads_pass_with_the_api_headers_once(fronted):
     url, _, _ = fronted
     with httpx.Client(base_url=url, verify=False, timeout=30) as client:
-        board = client.get("/reports/leaderboard")
+        board = client.get("/competitions/btc_updown/leaderboard")
         assert board.status_code == 200 and board.json()["entries"]
         _assert_headers(board, STRICT_CSP)
         assert board.headers["server"] == "nginx"  # no version

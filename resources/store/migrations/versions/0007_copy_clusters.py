@@ -5,8 +5,10 @@ Roles (migration 0006): the engine writes a period's clusters with its PENDING c
 crunch.copy_resolutions: the operator's decision goes through crunch.resolve_copy_cluster
 (SECURITY DEFINER, EXECUTE granted to crunch_api), which checks under the checkpoint row's lock
 that the checkpoint is PENDING, the cluster is stored for its period and the paid model is one of
-its members, then appends the row. UPDATE, DELETE and TRUNCATE of the resolutions are refused by
-triggers that are ENABLE ALWAYS (a replica-mode session does not skip them).
+its members, then appends the row and moves the checkpoint's updated_at: a gate result computed
+before the decision no longer matches the row, so crunch.advance_checkpoint refuses to submit a
+payout the operator has just overruled. UPDATE, DELETE and TRUNCATE of the resolutions are refused
+by triggers that are ENABLE ALWAYS (a replica-mode session does not skip them).
 
 Revision ID: 0007
 Revises: 0006
@@ -103,7 +105,8 @@ def _resolve_function() -> None:
             IF p_note IS NOT NULL AND length(p_note) > 1000 THEN
                 RETURN QUERY SELECT 'invalid', 'note must be at most 1000 characters', NULL::text, NULL::bigint; RETURN;
             END IF;
-            IF p_decision NOT IN ('pay_one', 'pay_all') OR (p_decision = 'pay_one') = (p_paid_model_id IS NULL) THEN
+            IF p_decision IS NULL OR p_decision NOT IN ('pay_one', 'pay_all')
+               OR (p_decision = 'pay_one') = (p_paid_model_id IS NULL) THEN
                 RETURN QUERY SELECT 'invalid', 'pay one member (pay_one with its model id) or all (pay_all)',
                     NULL::text, NULL::bigint;
                 RETURN;
@@ -145,6 +148,9 @@ def _resolve_function() -> None:
             VALUES (p_competition, p_checkpoint_id, cp.period_start, cp.period_end, p_cluster_key, v_members,
                     p_decision, CASE WHEN p_decision = 'pay_one' THEN p_paid_model_id END, p_actor, p_note)
             RETURNING id INTO v_id;
+            -- A gate result read before this decision names the old updated_at: its submission is refused.
+            UPDATE crunch.checkpoints c SET updated_at = greatest(now(), c.updated_at + interval '1 microsecond')
+            WHERE c.id = p_checkpoint_id;
             RETURN QUERY SELECT 'resolved', NULL::text, cp.status, v_id;
         END $$
     """)
@@ -156,6 +162,7 @@ def _privileges() -> None:
         op.execute(f"GRANT SELECT ON crunch.{table} TO {ENGINE}, {API}")
     op.execute(f"GRANT INSERT, UPDATE, DELETE ON crunch.copy_clusters TO {ENGINE}")
     op.execute(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA crunch TO {ENGINE}")
+    op.execute("REVOKE ALL ON FUNCTION crunch.copy_resolutions_append_only() FROM PUBLIC")  # a trigger's only
     op.execute("REVOKE ALL ON FUNCTION crunch.resolve_copy_cluster(text, bigint, text, text, text, text, text) FROM PUBLIC")
     op.execute(f"GRANT EXECUTE ON FUNCTION crunch.resolve_copy_cluster(text, bigint, text, text, text, text, text) TO {API}")
 

@@ -1,6 +1,6 @@
 """rules fingerprints (on each resolved cycle, and their documents, append-only), checkpoint
-disputes (append-only, written only through the database's functions), and a submission that the
-database itself refuses while a dispute is open or the dispute window runs.
+disputes (append-only, written only through the database's functions), and a submission or skip
+that the database itself refuses while a dispute is open or the dispute window runs.
 
 Roles (migration 0006):
 - crunch_engine writes what the pipeline writes: `inputs.rules_fingerprint` (with the cycle's
@@ -11,9 +11,11 @@ Roles (migration 0006):
   crunch.resolve_copy_cluster does for copy clusters: under the checkpoint row's lock, only while
   it is PENDING; cycles inside its period; a dispute resolved once.
 
-crunch.advance_checkpoint is replaced (same signature, same behaviour) and, for SUBMITTED, also
-refuses under the checkpoint row's lock (the lock the dispute functions take too, so a dispute
-recorded while the gate ran still blocks):
+crunch.advance_checkpoint is replaced (same signature; everything migration 0008 made it do, the
+PENDING -> SKIPPED move and its checks included; 0009 left it alone) and, for SUBMITTED and for
+SKIPPED (a skip is final too: a dispute left open could never be answered, a window cut short
+never used), also refuses under the checkpoint row's lock (the lock the dispute functions take
+too, so a dispute recorded while the gate ran still blocks):
 - `disputed`: a dispute of the checkpoint is open;
 - `dispute_window`: the dispute window has not passed since the checkpoint was last built
   (`updated_at`). The window is the one declared in the rules the checkpoint was built under:
@@ -27,17 +29,17 @@ TRUNCATE of both tables refused; a dispute row is appended only from inside the 
 a PENDING checkpoint of the same competition, a resolution only of an open dispute of the same
 checkpoint (a unique index: once).
 
-Revision ID: 0008
-Revises: 0007
-Create Date: 2026-12-12 09:00:00
+Revision ID: 0010
+Revises: 0009
+Create Date: 2026-12-18 09:00:00
 """
 
 from alembic import op
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-revision = '0008'
-down_revision = '0007'
+revision = '0010'
+down_revision = '0009'
 branch_labels = None
 depends_on = None
 
@@ -52,16 +54,19 @@ RESOLVE_SIGNATURE = "crunch.resolve_checkpoint_dispute(text, bigint, bigint, tex
 ADVANCE_SIGNATURE = "crunch.advance_checkpoint(text, bigint, text, text, text, text, jsonb)"
 MAX_DISPUTED_RANGES = 50  # crunch_assets/payouts.py's
 
-# What 0008 adds to crunch.advance_checkpoint: before SUBMITTED, under the row lock, after the
-# gate result was checked to be this row's.
-SUBMISSION_CHECKS = """
+# What 0010 adds to crunch.advance_checkpoint: before SUBMITTED and before SKIPPED (both final for
+# the period: a skip pays nothing, and nothing moves a skipped checkpoint, so a dispute left open or
+# a window cut short could never be answered), under the row lock, after the move's own checks
+# (SUBMITTED: the passing gate result is this row's; SKIPPED: migration 0008's order and refusing gate).
+DISPUTE_CHECKS = """
+            IF p_to_status IN ('SUBMITTED', 'SKIPPED') THEN
                 SELECT count(*) INTO v_open FROM crunch.checkpoint_disputes d
                 WHERE d.checkpoint_id = cp.id AND d.action = 'OPENED'
                   AND NOT EXISTS (SELECT 1 FROM crunch.checkpoint_disputes r
                                   WHERE r.dispute_id = d.id AND r.action = 'RESOLVED');
                 IF v_open > 0 THEN
                     RETURN QUERY SELECT 'disputed', format('checkpoint %s has %s open dispute(s): resolve them before '
-                        'submitting (crunch-dagster disputes resolve)', cp.id, v_open), cp.status, NULL::bigint;
+                        'it is %s (crunch-dagster disputes resolve)', cp.id, v_open, p_to_status), cp.status, NULL::bigint;
                     RETURN;
                 END IF;
                 v_fingerprint := cp.entries #>> '{rules,fingerprint}';
@@ -81,12 +86,70 @@ SUBMISSION_CHECKS = """
                         cp.status, NULL::bigint;
                     RETURN;
                 END IF;
-"""
+            END IF;"""
+
+DISPUTE_DECLARATIONS = """
+            v_open bigint;
+            v_fingerprint text;
+            v_window_text text;
+            v_window_ends timestamptz;"""
+
+# Migration 0008's additions (PENDING -> SKIPPED), kept verbatim by this replacement and its downgrade.
+SKIP_REQUEST = """
+            IF p_to_status = 'SKIPPED' THEN
+                IF p_note IS NULL OR p_note !~ '[^[:space:]]' THEN
+                    RETURN QUERY SELECT 'invalid', 'SKIPPED needs the reason (a note): why nobody can be paid for the period',
+                        NULL::text, NULL::bigint;
+                    RETURN;
+                END IF;
+                IF p_tx_hash IS NOT NULL OR p_gate IS NOT NULL THEN
+                    RETURN QUERY SELECT 'invalid', 'SKIPPED pays nothing on-chain: it takes no tx_hash and no gate result',
+                        NULL::text, NULL::bigint;
+                    RETURN;
+                END IF;
+            END IF;"""
+SKIPPED_IS_FINAL = """
+            IF cp.status = 'SKIPPED' AND p_to_status <> 'SKIPPED' THEN
+                RETURN QUERY SELECT 'conflict', format('checkpoint %s was SKIPPED: a skipped checkpoint is final, it is never '
+                    'submitted or paid', cp.id), cp.status, NULL::bigint;
+                RETURN;
+            END IF;"""
+SKIP_CHECKS = """
+            IF p_to_status = 'SKIPPED' THEN
+                SELECT c.id, c.status INTO v_previous_id, v_previous_status FROM crunch.checkpoints c
+                WHERE c.competition = cp.competition AND c.period_end <= cp.period_start
+                ORDER BY c.period_end DESC LIMIT 1;
+                IF v_previous_status = 'PENDING' THEN
+                    RETURN QUERY SELECT 'conflict', format('checkpoint %s: the checkpoint before it (#%s) is still PENDING: '
+                        'skip or submit in order', cp.id, v_previous_id), cp.status, NULL::bigint;
+                    RETURN;
+                END IF;
+                IF cp.gate IS NULL OR jsonb_typeof(cp.gate) IS DISTINCT FROM 'object'
+                   OR cp.gate->'passed' IS DISTINCT FROM 'false'::jsonb THEN
+                    RETURN QUERY SELECT 'gate', format('checkpoint %s: SKIPPED needs a stored emission safety gate result that '
+                        'refuses it (a checkpoint the gate passes is submitted, not skipped)', cp.id), cp.status, NULL::bigint;
+                    RETURN;
+                END IF;
+                BEGIN
+                    v_gated_at := (cp.gate->>'checkpoint_updated_at')::timestamptz;
+                EXCEPTION WHEN others THEN
+                    v_gated_at := NULL;
+                END;
+                IF v_gated_at IS DISTINCT FROM cp.updated_at OR cp.gate->>'merkle_root' IS DISTINCT FROM cp.merkle_root
+                   OR cp.gate->>'chained_root' IS DISTINCT FROM cp.chained_root THEN
+                    RETURN QUERY SELECT 'conflict', format('checkpoint %s was rebuilt after its gate ran; run the skip again',
+                        cp.id), cp.status, NULL::bigint;
+                    RETURN;
+                END IF;
+            END IF;"""
 
 
-def _advance_checkpoint(submission_checks: str) -> str:
-    """crunch.advance_checkpoint as migration 0006 made it, with `submission_checks` run before
-    SUBMITTED (upgrade: SUBMISSION_CHECKS; downgrade: none, 0006's function)."""
+def _advance_checkpoint(with_disputes: bool) -> str:
+    """crunch.advance_checkpoint as migration 0008 left it (0006's moves and PENDING -> SKIPPED;
+    0009 did not change it), with DISPUTE_CHECKS before SUBMITTED and SKIPPED (upgrade) or without
+    them (downgrade: 0008's function exactly)."""
+    dispute_declarations = DISPUTE_DECLARATIONS if with_disputes else ""
+    dispute_checks = DISPUTE_CHECKS if with_disputes else ""
     return f"""
         CREATE OR REPLACE FUNCTION crunch.advance_checkpoint(
             p_competition text, p_checkpoint_id bigint, p_to_status text, p_actor text,
@@ -101,10 +164,8 @@ def _advance_checkpoint(submission_checks: str) -> str:
             v_previous text;
             v_gated_at timestamptz;
             v_audit bigint;
-            v_open bigint;
-            v_fingerprint text;
-            v_window_text text;
-            v_window_ends timestamptz;
+            v_previous_id bigint;
+            v_previous_status text;{dispute_declarations}
         BEGIN
             IF p_actor IS NULL OR length(p_actor) NOT BETWEEN 1 AND 200 THEN
                 RETURN QUERY SELECT 'invalid', 'actor must be 1..200 characters', NULL::text, NULL::bigint; RETURN;
@@ -113,10 +174,10 @@ def _advance_checkpoint(submission_checks: str) -> str:
                 RETURN QUERY SELECT 'invalid', 'note must be at most 1000 characters', NULL::text, NULL::bigint; RETURN;
             END IF;
             v_from := CASE p_to_status WHEN 'SUBMITTED' THEN 'PENDING' WHEN 'CLAIMABLE' THEN 'SUBMITTED'
-                                       WHEN 'PAID' THEN 'CLAIMABLE' END;
+                                       WHEN 'PAID' THEN 'CLAIMABLE' WHEN 'SKIPPED' THEN 'PENDING' END;
             IF v_from IS NULL THEN
-                RETURN QUERY SELECT 'invalid', format('a checkpoint moves to SUBMITTED, CLAIMABLE or PAID, not %L', p_to_status),
-                    NULL::text, NULL::bigint;
+                RETURN QUERY SELECT 'invalid', format('a checkpoint moves to SUBMITTED, CLAIMABLE, PAID or SKIPPED, not %L',
+                    p_to_status), NULL::text, NULL::bigint;
                 RETURN;
             END IF;
             IF p_tx_hash IS NOT NULL AND p_tx_hash !~ '{TX_HASH_PATTERN}' THEN
@@ -127,13 +188,13 @@ def _advance_checkpoint(submission_checks: str) -> str:
                 RETURN QUERY SELECT 'invalid', 'SUBMITTED needs the transaction hash of the on-chain submission', NULL::text,
                     NULL::bigint;
                 RETURN;
-            END IF;
+            END IF;{SKIP_REQUEST}
             SELECT * INTO cp FROM crunch.checkpoints c WHERE c.competition = p_competition AND c.id = p_checkpoint_id FOR UPDATE;
             IF NOT FOUND THEN
                 RETURN QUERY SELECT 'not_found', format('no checkpoint %s in %s', p_checkpoint_id, p_competition), NULL::text,
                     NULL::bigint;
                 RETURN;
-            END IF;
+            END IF;{SKIPPED_IS_FINAL}
             IF cp.status = p_to_status THEN
                 IF p_to_status = 'SUBMITTED' THEN
                     v_recorded := cp.tx_hash;
@@ -154,7 +215,7 @@ def _advance_checkpoint(submission_checks: str) -> str:
                 RETURN QUERY SELECT 'conflict', format('checkpoint %s is %s: %s needs it %s', cp.id, cp.status, p_to_status, v_from),
                     cp.status, NULL::bigint;
                 RETURN;
-            END IF;
+            END IF;{SKIP_CHECKS}
             IF p_to_status = 'SUBMITTED' THEN
                 IF p_gate IS NULL OR jsonb_typeof(p_gate) IS DISTINCT FROM 'object' OR p_gate->'passed' IS DISTINCT FROM 'true'::jsonb THEN
                     RETURN QUERY SELECT 'gate', format('checkpoint %s: SUBMITTED needs a passing emission safety gate result', cp.id),
@@ -172,8 +233,7 @@ def _advance_checkpoint(submission_checks: str) -> str:
                         cp.status, NULL::bigint;
                     RETURN;
                 END IF;
-{submission_checks}
-            END IF;
+            END IF;{dispute_checks}
             PERFORM set_config('{TRANSITION_SETTING}', cp.id::text, true);
             UPDATE crunch.checkpoints c SET
                 status = p_to_status,
@@ -435,12 +495,12 @@ def upgrade() -> None:
     _guards()
     _dispute_functions()
     # CREATE OR REPLACE keeps the function's owner and grants (EXECUTE: crunch_api alone).
-    op.execute(_advance_checkpoint(SUBMISSION_CHECKS))
+    op.execute(_advance_checkpoint(with_disputes=True))
     _privileges()
 
 
 def downgrade() -> None:
-    op.execute(_advance_checkpoint(""))
+    op.execute(_advance_checkpoint(with_disputes=False))
     for signature in (OPEN_SIGNATURE, RESOLVE_SIGNATURE):
         op.execute(f"DROP FUNCTION IF EXISTS {signature}")
     op.execute("DROP TRIGGER IF EXISTS checkpoint_disputes_insert_guard ON crunch.checkpoint_disputes")
