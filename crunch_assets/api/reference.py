@@ -458,14 +458,15 @@ def build_reference_router(competition_dependency: Callable[..., ReportCompetiti
                    note: str | None) -> dict:
         try:
             outcome = payouts.advance(c.spec, c.store, c.payouts, c.accounts, checkpoint_id, to_status, actor=actor,
-                                      tx_hash=tx_hash, note=note, settings=c.settings)
+                                      tx_hash=tx_hash, note=note, settings=c.settings, rules=c.rules,
+                                      ground_truth=c.ground_truth)
         except CheckpointNotFound as error:
             raise HTTPException(404, str(error)) from None
         except payouts.InvalidRequest as error:
             raise HTTPException(422, str(error)) from None
         except TransitionConflict as error:
             raise HTTPException(409, {"message": str(error), "status": error.current_status}) from None
-        except payouts.GateFailed as error:
+        except (payouts.GateFailed, payouts.SkipRefused) as error:
             raise HTTPException(409, {"message": str(error), "reasons": error.reasons, "gate": error.gate}) from None
         return node_checkpoint(outcome.checkpoint, c.store.models())
 
