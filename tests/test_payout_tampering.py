@@ -193,7 +193,7 @@ def write_entries(url: str, checkpoint_id: int, entries: dict) -> None:
 
 
 def confirm(client: httpx.Client, checkpoint_id: int) -> httpx.Response:
-    return client.post(f"/reports/checkpoints/{checkpoint_id}/confirm", json={"tx_hash": TX}, headers=auth(TOKEN))
+    return client.post(f"/competitions/btc_updown/checkpoints/{checkpoint_id}/confirm", json={"tx_hash": TX}, headers=auth(TOKEN))
 
 
 def failed_checks(response: httpx.Response) -> dict[str, str]:
@@ -209,10 +209,10 @@ def test_the_untouched_replay_passes_the_gate_and_the_audit(store_url):
     with api(store_url) as client:
         submitted = confirm(client, checkpoint_id)
         assert submitted.status_code == 200, submitted.text
-        gate = client.get(f"/reports/checkpoints/{checkpoint_id}/gate").json()["gate"]
+        gate = client.get(f"/competitions/btc_updown/checkpoints/{checkpoint_id}/gate").json()["gate"]
         assert gate["passed"] and {"payout_recomputes", "snapshots_match_scores", "entries_committed"} <= {
             c["name"] for c in gate["checks"] if c["passed"]}
-        listed = client.get("/reports/checkpoints").json()["checkpoints"]
+        listed = client.get("/competitions/btc_updown/checkpoints").json()["checkpoints"]
         assert all(c["lifecycle"]["verified"] for c in listed), listed
     result = audit_cli(store_url)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -243,7 +243,7 @@ def test_swapping_two_models_in_the_checkpoint_is_refused_and_named(store_url):
         assert f"rank 2: cruncher_index {first['cruncher_index']:,} stored, {second['cruncher_index']:,} recomputed" in failed["payout_recomputes"]
         assert "cruncher_rewards" in failed["payout_recomputes"]
         assert "changed after it was built" in failed["entries_committed"]
-        shown = client.get(f"/reports/checkpoints/{checkpoint_id}").json()
+        shown = client.get(f"/competitions/btc_updown/checkpoints/{checkpoint_id}").json()
         assert shown["status"] == "PENDING" and shown["audit"] == []
     result = audit_cli(store_url)
     assert result.returncode == 1
@@ -360,7 +360,7 @@ def test_a_submitted_checkpoint_is_never_rewritten(store_url):
     assert "the checkpoint's entries (who is paid what) differ from what it committed to" in result.stdout
     assert "the stored gate result passed another checkpoint content (entries_sha256 differs)" in result.stdout
     with api(store_url) as client:
-        shown = client.get(f"/reports/checkpoints/{checkpoint_id}").json()
+        shown = client.get(f"/competitions/btc_updown/checkpoints/{checkpoint_id}").json()
         assert shown["lifecycle"]["verified"] is False
         assert any("entries_sha256 differs" in p for p in shown["lifecycle"]["problems"])
 
@@ -371,7 +371,7 @@ def _submitted(store_url: str) -> int:
     checkpoint_id, _ = first_checkpoint(store_url)
     with api(store_url) as client:
         assert confirm(client, checkpoint_id).status_code == 200
-        assert client.patch(f"/reports/checkpoints/{checkpoint_id}/status", json={"status": "CLAIMABLE"},
+        assert client.patch(f"/competitions/btc_updown/checkpoints/{checkpoint_id}/status", json={"status": "CLAIMABLE"},
                             headers=auth(TOKEN)).status_code == 200
     return checkpoint_id
 
@@ -474,11 +474,11 @@ def test_what_a_superuser_forces_past_the_triggers_is_flagged(store_url):
     assert f"checkpoint #{other} (PAID) does not verify: PAID without a matching audit trail" in result.stderr
     assert "PAID without a stored passing gate result" in result.stdout
     with api(store_url) as client:
-        listed = {c["id"]: c["lifecycle"] for c in client.get("/reports/checkpoints").json()["checkpoints"]}
+        listed = {c["id"]: c["lifecycle"] for c in client.get("/competitions/btc_updown/checkpoints").json()["checkpoints"]}
         assert listed[submitted]["verified"] is False and listed[other]["verified"] is False
         assert any("PAID without a matching audit trail" in p for p in listed[other]["problems"])
         assert any("without a stored passing gate result" in p for p in listed[other]["problems"])
-        trail = client.get(f"/reports/checkpoints/{submitted}/audit").json()
+        trail = client.get(f"/competitions/btc_updown/checkpoints/{submitted}/audit").json()
         assert trail["lifecycle"]["verified"] is False
 
 
@@ -494,7 +494,7 @@ def test_a_status_forced_with_no_audit_row_at_all_is_flagged(store_url):
     assert (f"checkpoint #{checkpoint_id} (PAID) does not verify: PAID without a matching audit trail (the audit holds: "
             "no row)") in result.stderr
     with api(store_url) as client:
-        shown = client.get(f"/reports/checkpoints/{checkpoint_id}").json()
+        shown = client.get(f"/competitions/btc_updown/checkpoints/{checkpoint_id}").json()
         assert shown["status"] == "PAID" and shown["audit"] == []
         assert shown["lifecycle"]["verified"] is False
         assert set(shown["lifecycle"]["problems"]) == {

@@ -97,6 +97,26 @@ TxHash = Annotated[str, Field(pattern=payouts.TX_HASH_PATTERN.pattern, descripti
 Note = Annotated[str, Field(max_length=payouts.NOTE_MAX_CHARS)]
 
 
+
+def advance_over_http(c: ReportCompetition, checkpoint_id: int, to_status: str, actor: str, tx_hash: str | None,
+                      note: str | None):
+    """One checkpoint transition for every router (ours and the reference's /reports paths): the gate
+    recomputes the payout with the competition's rules and ground truth (the checkpoint must have been
+    built under them: its rules fingerprint); each refusal is its HTTP status."""
+    try:
+        return payouts.advance(c.spec, c.store, c.payouts, c.accounts, checkpoint_id, to_status, actor=actor,
+                               tx_hash=tx_hash, note=note, settings=c.settings, rules=c.rules,
+                               ground_truth=c.ground_truth)
+    except CheckpointNotFound as error:
+        raise HTTPException(404, str(error)) from None
+    except payouts.InvalidRequest as error:
+        raise HTTPException(422, str(error)) from None
+    except TransitionConflict as error:
+        raise HTTPException(409, {"message": str(error), "status": error.current_status}) from None
+    except (payouts.GateFailed, payouts.SkipRefused) as error:
+        raise HTTPException(409, {"message": str(error), "reasons": error.reasons, "gate": error.gate}) from None
+
+
 class ConfirmBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     tx_hash: TxHash
@@ -627,18 +647,7 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
 
     def transition(c: ReportCompetition, checkpoint_id: int, to_status: str, actor: str, tx_hash: str | None,
                    note: str | None) -> dict:
-        try:
-            outcome = payouts.advance(c.spec, c.store, c.payouts, c.accounts, checkpoint_id, to_status, actor=actor,
-                                      tx_hash=tx_hash, note=note, settings=c.settings, rules=c.rules,
-                                      ground_truth=c.ground_truth)
-        except CheckpointNotFound as error:
-            raise HTTPException(404, str(error)) from None
-        except payouts.InvalidRequest as error:
-            raise HTTPException(422, str(error)) from None
-        except TransitionConflict as error:
-            raise HTTPException(409, {"message": str(error), "status": error.current_status}) from None
-        except (payouts.GateFailed, payouts.SkipRefused) as error:
-            raise HTTPException(409, {"message": str(error), "reasons": error.reasons, "gate": error.gate}) from None
+        outcome = advance_over_http(c, checkpoint_id, to_status, actor, tx_hash, note)
         return {"changed": outcome.changed, "message": outcome.message,
                 "checkpoint": checkpoint_summary(outcome.checkpoint),
                 "audit": vars(outcome.audit) if outcome.audit else None}

@@ -544,11 +544,15 @@ class CompetitionStore:
             if connection.execute(sa.select(lb.c.id).where(lb.c.competition == self.slug, lb.c.as_of == as_of,
                                                            sa.not_(is_live))).first():
                 return False  # a daily leaderboard at this very instant stands
-            connection.execute(sa.delete(lb).where(same_hour_live, lb.c.as_of != as_of))
-            bulk_upsert(
-                connection, lb, ("competition", "as_of", "entries", "meta"),
-                [(self.slug, as_of, entries, {**meta, "live": True})], ("competition", "as_of"), update_columns=("entries", "meta"),
-            )
+            # the hour's live row moves forward in place: the engine role may UPDATE leaderboards, never DELETE
+            moved = connection.execute(sa.update(lb).where(same_hour_live).values(
+                as_of=as_of, entries=entries, meta={**meta, "live": True})).rowcount
+            if not moved:
+                bulk_upsert(
+                    connection, lb, ("competition", "as_of", "entries", "meta"),
+                    [(self.slug, as_of, entries, {**meta, "live": True})], ("competition", "as_of"),
+                    update_columns=("entries", "meta"),
+                )
         return True
 
     def last_scored_cycle(self) -> datetime | None:

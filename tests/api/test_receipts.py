@@ -384,7 +384,7 @@ def test_awkward_floats_and_non_ascii_ids_encode_alike_in_the_browser(replay_api
 
 
 def _latest_checkpoint(client: httpx.Client) -> dict:
-    return max(client.get("/reports/checkpoints").json()["checkpoints"], key=lambda c: c["period_start"])
+    return max(client.get("/competitions/btc_updown/checkpoints").json()["checkpoints"], key=lambda c: c["period_start"])
 
 
 def test_the_model_page_verifies_its_latest_receipt(read_api, page):
@@ -609,8 +609,8 @@ def test_the_gate_refuses_a_root_that_was_not_published(api_database_url, tmp_pa
     roots = tmp_path / "roots"
     monkeypatch.setenv("CRUNCH_ROOT_PUBLICATION_DIR", str(roots))
     with serve(api_database_url) as server, httpx.Client(base_url=server.url, timeout=300) as client, _Webhook() as hook:
-        first = min(client.get("/reports/checkpoints").json()["checkpoints"], key=lambda c: c["period_start"])
-        refused = client.post(f"/reports/checkpoints/{first['id']}/confirm", json={"tx_hash": "0x" + "cd" * 32},
+        first = min(client.get("/competitions/btc_updown/checkpoints").json()["checkpoints"], key=lambda c: c["period_start"])
+        refused = client.post(f"/competitions/btc_updown/checkpoints/{first['id']}/confirm", json={"tx_hash": "0x" + "cd" * 32},
                               headers=auth())
         assert refused.status_code == 409
         reasons = [r for r in refused.json()["detail"]["reasons"] if r.startswith("chained_root_published")]
@@ -625,7 +625,7 @@ def test_the_gate_refuses_a_root_that_was_not_published(api_database_url, tmp_pa
         assert hook.url not in failed.stdout + failed.stderr  # a secret: never printed
         assert str(roots) not in json.dumps(refused.json())  # the gate's result is public: no path
         assert hook.received and hook.received[-1]["chained_root"] == first["chained_root"]
-        again = client.post(f"/reports/checkpoints/{first['id']}/confirm", json={"tx_hash": "0x" + "cd" * 32},
+        again = client.post(f"/competitions/btc_updown/checkpoints/{first['id']}/confirm", json={"tx_hash": "0x" + "cd" * 32},
                             headers=auth())
         assert again.status_code == 409 and any("not delivered" in r for r in again.json()["detail"]["reasons"])
 
@@ -640,12 +640,12 @@ def test_the_gate_refuses_a_root_that_was_not_published(api_database_url, tmp_pa
         assert repeat.returncode == 0 and "already published" in repeat.stdout
         assert len((roots / "btc_updown.jsonl").read_text().splitlines()) == 2
 
-        submitted = client.post(f"/reports/checkpoints/{first['id']}/confirm", json={"tx_hash": "0x" + "cd" * 32},
+        submitted = client.post(f"/competitions/btc_updown/checkpoints/{first['id']}/confirm", json={"tx_hash": "0x" + "cd" * 32},
                                 headers=auth())
         assert submitted.status_code == 200, submitted.text
-        gate = {c["name"]: c for c in client.get(f"/reports/checkpoints/{first['id']}/gate").json()["gate"]["checks"]}
+        gate = {c["name"]: c for c in client.get(f"/competitions/btc_updown/checkpoints/{first['id']}/gate").json()["gate"]["checks"]}
         assert gate["chained_root_published"]["passed"] and gate["leaves_portable"]["passed"]
-        cli = client.get(f"/reports/checkpoints/{first['id']}/emission/cli-format").json()
+        cli = client.get(f"/competitions/btc_updown/checkpoints/{first['id']}/emission/cli-format").json()
         assert cli["chained_root"] == first["chained_root"] and cli["commitment_scheme"] == merkle.PORTABLE_SCHEME
         # the receipt of a SUBMITTED checkpoint, from the command line, is the API's
         printed = subprocess.run([sys.executable, "-m", "crunch_assets.cli", "checkpoints", "receipt", "btc_updown",
@@ -653,5 +653,5 @@ def test_the_gate_refuses_a_root_that_was_not_published(api_database_url, tmp_pa
                                  timeout=300, env={**os.environ, **role_env(api_database_url), "CRUNCH_AUTOMATION": "off"})
         assert printed.returncode == 0, printed.stderr
         receipt = json.loads(printed.stdout)
-        assert receipt == client.get(f"/reports/checkpoints/{first['id']}/models/trend_following/receipt").json()
+        assert receipt == client.get(f"/competitions/btc_updown/checkpoints/{first['id']}/models/trend_following/receipt").json()
         assert receipt["status"] == "SUBMITTED" and verifier.verify_receipt(receipt) == "ok"
