@@ -46,7 +46,7 @@ def _serve(url: str, **gate) -> LiveServer:
 
 
 def _first_checkpoint(client: httpx.Client) -> dict:
-    return sorted(client.get("/reports/checkpoints").json()["checkpoints"], key=lambda c: c["period_start"])[0]
+    return sorted(client.get("/competitions/btc_updown/checkpoints").json()["checkpoints"], key=lambda c: c["period_start"])[0]
 
 
 def test_an_open_dispute_blocks_submission_until_resolved(api_database_url):
@@ -56,43 +56,43 @@ def test_an_open_dispute_blocks_submission_until_resolved(api_database_url):
         cycle = (START + timedelta(hours=2)).isoformat()
         body = {"claimant": "alice", "what": "my 02:00 answer was scored against a stale price",
                 "cycles": [{"first": cycle, "last": (START + timedelta(hours=2, minutes=5)).isoformat()}]}
-        assert client.post(f"/reports/checkpoints/{cid}/disputes", json=body).status_code == 401
-        assert client.post(f"/reports/checkpoints/{cid}/disputes", json=body, headers=auth("wrong")).status_code == 403
+        assert client.post(f"/competitions/btc_updown/checkpoints/{cid}/disputes", json=body).status_code == 401
+        assert client.post(f"/competitions/btc_updown/checkpoints/{cid}/disputes", json=body, headers=auth("wrong")).status_code == 403
         before_period = datetime.fromisoformat(period_start) - timedelta(minutes=1)
         outside = {**body, "cycles": [{"first": before_period.isoformat(), "last": cycle}]}
-        refused = client.post(f"/reports/checkpoints/{cid}/disputes", json=outside, headers=auth())
+        refused = client.post(f"/competitions/btc_updown/checkpoints/{cid}/disputes", json=outside, headers=auth())
         assert refused.status_code == 422 and "not inside checkpoint" in refused.text
         backwards = {**body, "cycles": [{"first": cycle, "last": period_start}]}
-        assert client.post(f"/reports/checkpoints/{cid}/disputes", json=backwards, headers=auth()).status_code == 422
-        assert client.post("/reports/checkpoints/999/disputes", json=body, headers=auth()).status_code == 404
-        opened = client.post(f"/reports/checkpoints/{cid}/disputes", json=body, headers=auth())
+        assert client.post(f"/competitions/btc_updown/checkpoints/{cid}/disputes", json=backwards, headers=auth()).status_code == 422
+        assert client.post("/competitions/btc_updown/checkpoints/999/disputes", json=body, headers=auth()).status_code == 404
+        opened = client.post(f"/competitions/btc_updown/checkpoints/{cid}/disputes", json=body, headers=auth())
         assert opened.status_code == 200, opened.text
         dispute = opened.json()["dispute"]
         assert dispute["claimant"] == "alice" and dispute["opened_by"] == ACTOR and dispute["resolution_id"] is None
 
-        blocked = client.post(f"/reports/checkpoints/{cid}/confirm", json={"tx_hash": TX}, headers=auth())
+        blocked = client.post(f"/competitions/btc_updown/checkpoints/{cid}/confirm", json={"tx_hash": TX}, headers=auth())
         assert blocked.status_code == 409
         reasons = blocked.json()["detail"]["reasons"]
         assert any(r.startswith("no_open_dispute: dispute #") and "by alice" in r for r in reasons), reasons
-        listed = client.get(f"/reports/checkpoints/{cid}/disputes").json()
+        listed = client.get(f"/competitions/btc_updown/checkpoints/{cid}/disputes").json()
         assert listed["open"] == 1 and listed["disputes"][0]["what"] == body["what"]
-        assert client.get(f"/reports/checkpoints/{cid}").json()["disputes"][0]["id"] == dispute["id"]
+        assert client.get(f"/competitions/btc_updown/checkpoints/{cid}").json()["disputes"][0]["id"] == dispute["id"]
 
         resolve = {"resolution": "the price was the last observed one within the staleness bound: no change"}
-        assert client.post(f"/reports/checkpoints/{cid}/disputes/999/resolve", json=resolve,
+        assert client.post(f"/competitions/btc_updown/checkpoints/{cid}/disputes/999/resolve", json=resolve,
                            headers=auth()).status_code == 404
-        resolved = client.post(f"/reports/checkpoints/{cid}/disputes/{dispute['id']}/resolve", json=resolve,
+        resolved = client.post(f"/competitions/btc_updown/checkpoints/{cid}/disputes/{dispute['id']}/resolve", json=resolve,
                                headers=auth())
         assert resolved.status_code == 200 and resolved.json()["dispute"]["resolution"] == resolve["resolution"]
-        twice = client.post(f"/reports/checkpoints/{cid}/disputes/{dispute['id']}/resolve", json=resolve,
+        twice = client.post(f"/competitions/btc_updown/checkpoints/{cid}/disputes/{dispute['id']}/resolve", json=resolve,
                             headers=auth())
         assert twice.status_code == 422 and "already resolved" in twice.text
-        submitted = client.post(f"/reports/checkpoints/{cid}/confirm", json={"tx_hash": TX}, headers=auth())
+        submitted = client.post(f"/competitions/btc_updown/checkpoints/{cid}/confirm", json={"tx_hash": TX}, headers=auth())
         assert submitted.status_code == 200, submitted.text
-        gate = {c["name"]: c for c in client.get(f"/reports/checkpoints/{cid}/gate").json()["gate"]["checks"]}
+        gate = {c["name"]: c for c in client.get(f"/competitions/btc_updown/checkpoints/{cid}/gate").json()["gate"]["checks"]}
         assert gate["no_open_dispute"]["passed"] and gate["dispute_window_elapsed"]["passed"]
         assert gate["rules_fingerprint_consistent"]["passed"], gate["rules_fingerprint_consistent"]["detail"]
-        late = client.post(f"/reports/checkpoints/{cid}/disputes", json=body, headers=auth())
+        late = client.post(f"/competitions/btc_updown/checkpoints/{cid}/disputes", json=body, headers=auth())
         assert late.status_code == 409 and late.json()["detail"]["status"] == "SUBMITTED"
 
     engine = sa.create_engine(api_database_url)
@@ -133,7 +133,7 @@ def test_a_declared_dispute_window_refuses_submission_until_it_has_passed(api_da
     with _serve(api_database_url, dispute_window_seconds=7 * 86400) as server, \
             httpx.Client(base_url=server.url, timeout=120) as client:
         cid = _first_checkpoint(client)["id"]
-        refused = client.post(f"/reports/checkpoints/{cid}/confirm", json={"tx_hash": TX}, headers=auth())
+        refused = client.post(f"/competitions/btc_updown/checkpoints/{cid}/confirm", json={"tx_hash": TX}, headers=auth())
         assert refused.status_code == 409
         assert [r for r in refused.json()["detail"]["reasons"] if r.startswith("dispute_window_elapsed: the dispute "
                                                                                "window ends at")]
@@ -153,18 +153,18 @@ def test_the_rules_fingerprint_is_served_and_shown(api_database_url):
     fingerprint = c.rules_book.current.fingerprint
     with _serve(api_database_url) as server, httpx.Client(base_url=server.url, timeout=120) as client:
         assert client.get("/competitions").json()["competitions"][0]["rules_fingerprint"] == fingerprint
-        rules = client.get("/reports/rules").json()
+        rules = client.get("/competitions/btc_updown/rules").json()
         assert rules["fingerprint"] == fingerprint and rules["versions"][0]["effective_from"] is None
         # anyone can hash the document again: sha256 of its RFC 8785 canonical bytes
         assert sha256_hex(canonical_bytes(rules["document"])) == fingerprint
         assert "def brier_skill" in rules["document"]["cycle"]["callables"]["scoring_function"]["source"]
-        recorded = client.get(f"/reports/rules/{fingerprint}").json()
+        recorded = client.get(f"/competitions/btc_updown/rules/{fingerprint}").json()
         assert recorded["verified"] and recorded["document"] == rules["document"]
-        assert client.get("/reports/rules/" + "0" * 64).status_code == 404
-        assert client.get("/reports/rules/not-a-fingerprint").status_code == 422
-        summary = client.get("/reports/checkpoints").json()["checkpoints"][0]
+        assert client.get("/competitions/btc_updown/rules/" + "0" * 64).status_code == 404
+        assert client.get("/competitions/btc_updown/rules/not-a-fingerprint").status_code == 422
+        summary = client.get("/competitions/btc_updown/checkpoints").json()["checkpoints"][0]
         assert summary["rules_fingerprint"] == fingerprint and summary["rules_mixed"] is False
-        full = client.get(f"/reports/checkpoints/{summary['id']}").json()
+        full = client.get(f"/competitions/btc_updown/checkpoints/{summary['id']}").json()
         assert full["rules"]["scored_under"][0]["fingerprint"] == fingerprint and not full["rules"]["mixed"]
         page = client.get("/").text
         assert f'title="{fingerprint}"' in page and 'id="rules-fingerprint"' in page

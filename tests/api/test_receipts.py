@@ -440,7 +440,10 @@ def _rewrite(connection, cp_id: int, scheme: int, root: str, chained: str, previ
 def _audit_cli(url: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "crunch_assets.cli", "audit", "btc_updown"], cwd=PROJECT_ROOT,
                           capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **role_env(url), "CRUNCH_AUTOMATION": "off"})
+                          env={**os.environ, **role_env(url), "CRUNCH_AUTOMATION": "off",
+                               # the replay's deployment: the audit recomputes under its rules (fingerprint)
+                               "CRUNCH_BTC_UPDOWN_START": START.isoformat(),
+                               "CRUNCH_BTC_UPDOWN_CHECKPOINT_INTERVAL_SECONDS": "3600"})
 
 
 def test_the_audit_verifies_schemes_1_2_and_3_side_by_side(replay_url, store, replay_api):
