@@ -13,6 +13,7 @@ from crunch_assets.cli.audit import audit
 from crunch_assets.cli.checkpoints import checkpoints
 from crunch_assets.cli.migrate import migrate
 from crunch_assets.cli.replay import replay
+from crunch_assets.cli.rules import disputes, rules, shadow, whatif
 from crunch_assets.cli.scaffold import doctor, init
 from crunch_assets.cli.serve import db, serve
 from crunch_assets.cli.verify import verify
@@ -34,3 +35,7 @@ main.add_command(api)
 main.add_command(serve)
 main.add_command(db)
 main.add_command(migrate)
+main.add_command(rules)
+main.add_command(whatif)
+main.add_command(shadow)
+main.add_command(disputes)
