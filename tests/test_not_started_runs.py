@@ -147,9 +147,16 @@ def test_a_launch_broken_by_a_database_restart_is_failed_with_its_reason_and_ret
         request_context = context.create_request_context()
         run = create_run_as_the_ui_does(instance, request_context)
         postmaster = deployment.postmaster_pid()
-        os.kill(postmaster, signal.SIGKILL)  # PostgreSQL goes away between the run's creation and its launch
-        with pytest.raises(Exception) as launch_error:
-            instance.submit_run(run.run_id, request_context)
+        holder = deployment.running_pid("db")
+        # PostgreSQL goes away between the run's creation and its launch, and stays away for the launch:
+        # its holder (which would start it again within a second or two) is paused meanwhile
+        os.kill(holder, signal.SIGSTOP)
+        try:
+            os.kill(postmaster, signal.SIGKILL)
+            with pytest.raises(Exception) as launch_error:
+                instance.submit_run(run.run_id, request_context)
+        finally:
+            os.kill(holder, signal.SIGCONT)
         said = type(launch_error.value).__name__ + repr(launch_error.value)
         # psycopg2's error, or dagster-postgres' once its own connection retries are spent
         assert "OperationalError" in said or "too many retries for DB connection" in said, said
