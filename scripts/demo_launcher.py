@@ -100,6 +100,14 @@ def replay_history_once() -> None:
               f"{len(timings.checkpoints)} checkpoint(s)", flush=True)
 
 
+def dagster_dev_environment() -> dict[str, str]:
+    """`dagster dev` warns at each start that it is superseded by `dg dev` (a separate package the
+    demo does not need): that one warning is filtered, by its text, for it and its children."""
+    superseded = "ignore:Function `dev_command` is superseded"
+    existing = os.environ.get("PYTHONWARNINGS")
+    return {**os.environ, "PYTHONWARNINGS": f"{existing},{superseded}" if existing else superseded}
+
+
 class ChildExited(Exception):
     pass
 
@@ -133,7 +141,7 @@ def main() -> int:
             children["dagster dev"] = subprocess.Popen(
                 [str(VENV_BIN / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", ui_port,
                  "--log-level", "warning"],
-                start_new_session=True)
+                env=dagster_dev_environment(), start_new_session=True)
             print(f"demo: Dagster UI on http://127.0.0.1:{ui_port}", flush=True)
             exited = wait_reaping(children.values())
             name = next(name for name, child in children.items() if child is exited)
