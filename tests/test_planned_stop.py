@@ -263,6 +263,7 @@ README_TX_HASH = "5DemoReadmeTx0123456789"
 # What the demo prints before its UI is up: its own lines (API, each competition's replay and its
 # end, the UI), never a run's debug events or a library's warning.
 DEMO_START_LINES_BOUND = 12
+DEMO_LINES_BOUND = 20
 
 
 def readme_checkpoint_commands() -> list[list[str]]:
@@ -336,6 +337,12 @@ def test_the_readmes_checkpoint_commands_work_from_a_second_shell_while_the_demo
             done = crunch_dagster(listing)
             first = next(line for line in done.stdout.splitlines() if line.startswith("#1 "))
             assert " PAID " in first and first.endswith(f"tx {README_TX_HASH}"), done.stdout
+
+            # `dagster dev` has been up for as long as these commands took: a warning of Dagster's own
+            # daemon at most, no Python warning, no debug event
+            shown = terminal.read_text().splitlines()
+            assert len(shown) <= DEMO_LINES_BOUND, shown
+            assert [line for line in shown if "Warning:" in line or " - DEBUG - " in line] == [], shown
         finally:
             if launcher.poll() is None:
                 assert_stopped_cleanly(launcher, survivors, data_dir, [], signal.SIGTERM)
