@@ -265,19 +265,37 @@ def check_settled(unsettled: int, statuses: dict[str, int]) -> GateCheck:
                      counts if ok else f"{unsettled} prediction(s) of the period have no score yet ({counts})")
 
 
+REBUILD_HINT = "rebuild the checkpoint (materialize emission_checkpoints for its period) while it is PENDING"
+
+
 def check_accounts(entries: dict, accounts: PayoutAccounts, settings: CompetitionSettings) -> GateCheck:
+    """The emission pays the accounts this process is configured with. Each refusal says which
+    of two causes it is: the key is not configured here (set the variable: a second shell, a
+    service without the deployment's environment) or it differs from the one the checkpoint was
+    built with (the configuration changed: rebuild it, or set the variable back)."""
     problems = []
+    built_crunch = entries.get("crunch")
+    crunch_variable = f"{settings.prefix}CRUNCH_PUBKEY (or CRUNCH_CRUNCH_PUBKEY)"
     if not accounts.crunch_pubkey:
-        problems.append(f"no crunch public key is configured: set {settings.prefix}CRUNCH_PUBKEY (or CRUNCH_CRUNCH_PUBKEY)")
-    elif entries.get("crunch") != accounts.crunch_pubkey:
-        problems.append(f"the emission names crunch {entries.get('crunch')!r}, the configured key is "
-                        f"{accounts.crunch_pubkey!r}: rebuild the checkpoint (materialize emission_checkpoints "
-                        "for its period) while it is PENDING")
-    for field, key in (("compute_provider_rewards", accounts.compute_provider_pubkey),
-                       ("data_provider_rewards", accounts.data_provider_pubkey)):
+        problems.append(f"no crunch public key is configured in this process: set {crunch_variable} to the crunch "
+                        f"account the emission is submitted from (the checkpoint was built for {built_crunch!r})")
+    elif built_crunch != accounts.crunch_pubkey:
+        problems.append(f"the emission names crunch {built_crunch!r}, {crunch_variable} is {accounts.crunch_pubkey!r}: "
+                        f"if the configured key is right, {REBUILD_HINT}; if not, set {crunch_variable} to the right one")
+    for field, name, key in (("compute_provider_rewards", "COMPUTE_PROVIDER_PUBKEY", accounts.compute_provider_pubkey),
+                             ("data_provider_rewards", "DATA_PROVIDER_PUBKEY", accounts.data_provider_pubkey)):
         expected = [{"provider": key, "reward_pct": FRAC64_ONE}] if key else []
-        if entries.get(field, []) != expected:
-            problems.append(f"{field} {entries.get(field)!r} differ from the configured {expected!r}: rebuild the checkpoint")
+        built = entries.get(field, [])
+        if built == expected:
+            continue
+        variable = f"{settings.prefix}{name} (or CRUNCH_{name})"
+        built_keys = [row.get("provider") for row in built] if isinstance(built, list) else built
+        if not key:
+            problems.append(f"{field} pays {built_keys!r}, and no {variable} is configured in this process: set it to "
+                            f"the provider's account if that is right, or {REBUILD_HINT} if the provider was dropped")
+        else:
+            problems.append(f"{field} pays {built_keys!r}, {variable} is {key!r}: if the configured key is right, "
+                            f"{REBUILD_HINT}; if not, set {variable} to the right one")
     return GateCheck("emission_accounts_configured", not problems,
                      "; ".join(problems) or f"crunch {accounts.crunch_pubkey}")
 
