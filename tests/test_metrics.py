@@ -289,3 +289,33 @@ def test_a_constant_answer_has_no_correlation_whatever_the_rounding():
     assert metrics.pearson([0.1, 0.1, 0.1], [1.0, 2.0, 4.0]) is None
     joined = metrics.add_moments([metrics.moments([0.1] * 3, [1.0, 2.0, 4.0]), metrics.moments([0.1] * 5, [3.0] * 5)])
     assert joined[3] == 0.0 and metrics.correlation_from_sums(joined) is None
+
+
+def test_the_rules_fingerprint_covers_the_ensembles_and_metrics_only_when_declared():
+    """An ensemble's combine decides its output and score (the cycle's rules); the metrics' signal
+    decides what the contribution emission pays on (the period's). A competition declaring neither
+    keeps the document it had before they existed, so its stored cycles stay explained."""
+    from dataclasses import replace
+
+    from competitions.btc_updown.definitions import ENSEMBLES, METRICS, RULES, SPEC
+    from crunch_assets.fingerprint import build_book, rules_document
+    from crunch_assets.spec import MetricsPolicy
+
+    plain = rules_document(SPEC, RULES, None)
+    assert "ensembles" not in plain["cycle"]["spec"] and "metrics" not in plain["period"]["spec"]
+    assert "ensembles" not in plain["cycle"]["callables"] and "metrics" not in plain["period"]["callables"]
+    declared = replace(SPEC, ensembles=ENSEMBLES, metrics=METRICS)
+    document = rules_document(declared, RULES, None)
+    combine = document["cycle"]["callables"]["ensembles"]["main"]["combine"]
+    assert combine["path"].endswith(":average_probabilities") and "def average_probabilities" in combine["source"]
+    assert "def signal" in document["period"]["callables"]["metrics"]["signal"]["source"]
+    before = build_book(declared, RULES).current
+    # another combine: another cycle digest (the ensemble's outputs and scores change)
+    other = replace(declared, ensembles=(replace(ENSEMBLES[0], combine="competitions.crypto_density.logic:mix_densities"),))
+    assert build_book(other, RULES).current.cycle_digest != before.cycle_digest
+    # another signal: the same cycles, another period rule
+    resignal = replace(declared, metrics=replace(METRICS, signal="competitions.crypto_density.logic:signal"))
+    after = build_book(resignal, RULES).current
+    assert after.cycle_digest == before.cycle_digest and after.fingerprint != before.fingerprint
+    assert build_book(replace(declared, metrics=MetricsPolicy(names=("contribution",))), RULES).current.fingerprint \
+        != before.fingerprint

@@ -356,7 +356,8 @@ def test_a_payable_tampered_or_unsettled_checkpoint_is_not_skipped(store_url):
 def test_the_database_function_holds_the_rules_for_any_caller(store_url):
     """crunch.advance_checkpoint called directly as the api role (what a leaked API login could
     do): a skip without a reason, with a tx hash or a gate, out of order, without a stored refusal
-    for this very row, or of a SUBMITTED checkpoint is refused; nothing leaves a SKIPPED one."""
+    for this very row, with an open dispute, or of a SUBMITTED checkpoint is refused; nothing
+    leaves a SKIPPED one."""
     from crunch_assets import payouts
     from resources.store.competition import CompetitionStore
     from resources.store.payouts import PayoutStore
@@ -398,6 +399,12 @@ def test_the_database_function_holds_the_rules_for_any_caller(store_url):
         assert advance(dead, "SKIPPED", note=REASON) == (
             "conflict", f"checkpoint {dead} was rebuilt after its gate ran; run the skip again")
         payout_store.record_gate(dead, {**this_row, "passed": False, "checks": []})
+        # an open dispute (migration 0010): a skip is final, the dispute could never be answered after it
+        dispute = store.disputes.open(dead, claimant="alice", what="my model answered that hour",
+                                      cycles=[(checkpoint.period_start, checkpoint.period_start)], actor="console")
+        outcome, message = advance(dead, "SKIPPED", note=REASON)
+        assert outcome == "disputed" and "1 open dispute(s)" in message and "before it is SKIPPED" in message
+        store.disputes.resolve(dead, dispute.id, resolution="it did not: the runner's log", actor="console")
         assert advance(dead, "SKIPPED", note=REASON) == ("changed", f"checkpoint {dead}: PENDING -> SKIPPED")
         assert advance(dead, "SKIPPED", note="again")[0] == "unchanged"
         for target in ("SUBMITTED", "CLAIMABLE", "PAID"):

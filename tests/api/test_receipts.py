@@ -204,6 +204,32 @@ def test_a_tampered_receipt_names_the_first_field_that_does_not_verify(replay_ap
         assert result.stdout.strip() == expected and result.returncode == (0 if expected == "ok" else 1)
 
 
+def test_a_receipt_carries_the_rules_fingerprint_its_checkpoint_was_built_under(replay_api, store):
+    """The receipt's rules fingerprint is the one the API serves for its checkpoint, recomputed here
+    from the replay's own spec, rules and ground truth, recorded with its document; the entries (so
+    the chained root) commit to it: a receipt naming other rules does not verify."""
+    from crunch_assets.fingerprint import rules_book
+
+    _, client = replay_api
+    defs, spec = REPLAYED["defs"], REPLAYED["spec"]
+    book = rules_book(spec, defs.resources["rules"], defs.resources.get("ground_truth"))
+    for cp in store.checkpoints():
+        served = client.get(f"/competitions/btc_updown/checkpoints/{cp.id}").json()
+        fingerprint = served["rules_fingerprint"]
+        assert fingerprint == served["rules"]["fingerprint"] == book.checkpoint_version(cp.period_start, cp.period_end).fingerprint
+        assert len(fingerprint) == 64 and int(fingerprint, 16) >= 0
+        recorded = client.get(f"/competitions/btc_updown/rules/{fingerprint}").json()
+        assert recorded["fingerprint"] == fingerprint and recorded["verified"] is True
+        for model_id, receipt in _receipts(client, cp).items():
+            assert receipt["rules_fingerprint"] == receipt["entries"]["rules_fingerprint"] == fingerprint, model_id
+            assert verifier.verify_receipt(receipt) == "ok"
+    other = "0" * 64
+    assert verifier.verify_receipt({**receipt, "rules_fingerprint": other}) == "rules_fingerprint"
+    # the same lie in the entries too: their hash, which the chained root commits to, breaks
+    assert verifier.verify_receipt({**receipt, "rules_fingerprint": other,
+                                    "entries": {**receipt["entries"], "rules_fingerprint": other}}) == "entries"
+
+
 def test_receipt_route_errors(replay_api, store, monkeypatch):
     from crunch_assets.api import app as api_app
 
@@ -375,7 +401,8 @@ def test_the_model_page_verifies_its_latest_receipt(read_api, page):
 
 
 @pytest.mark.parametrize(("tamper", "field"), [
-    ("reward", "reward.reward_pct"), ("leaf", "leaves[0].leaf_hash"), ("root", "leaves[0].proof")])
+    ("reward", "reward.reward_pct"), ("leaf", "leaves[0].leaf_hash"), ("root", "leaves[0].proof"),
+    ("rules", "rules_fingerprint")])
 def test_a_tampered_receipt_does_not_verify_on_the_page(read_api, page, tamper, field):
     """The API's receipt altered on its way to the browser: the page says it does not verify."""
     server, client = read_api
@@ -387,6 +414,9 @@ def test_a_tampered_receipt_does_not_verify_on_the_page(read_api, page, tamper, 
             receipt["reward"]["reward_pct"] += 10_000_000
         elif tamper == "leaf":
             receipt["leaves"][0]["value"] = 1.0
+        elif tamper == "rules":
+            assert receipt["rules_fingerprint"] == receipt["entries"]["rules_fingerprint"]
+            receipt["rules_fingerprint"] = "0" * 64
         else:
             receipt["merkle_root"] = "ab" * 32
         route.fulfill(status=200, content_type="application/json", body=json.dumps(receipt))
@@ -410,7 +440,10 @@ def _rewrite(connection, cp_id: int, scheme: int, root: str, chained: str, previ
 def _audit_cli(url: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "crunch_assets.cli", "audit", "btc_updown"], cwd=PROJECT_ROOT,
                           capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **role_env(url), "CRUNCH_AUTOMATION": "off"})
+                          env={**os.environ, **role_env(url), "CRUNCH_AUTOMATION": "off",
+                               # the replay's deployment: the audit recomputes under its rules (fingerprint)
+                               "CRUNCH_BTC_UPDOWN_START": START.isoformat(),
+                               "CRUNCH_BTC_UPDOWN_CHECKPOINT_INTERVAL_SECONDS": "3600"})
 
 
 def test_the_audit_verifies_schemes_1_2_and_3_side_by_side(replay_url, store, replay_api):
