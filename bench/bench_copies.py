@@ -226,20 +226,19 @@ def main() -> int:
                 days = min(args.days, args.near_days)
             r = measure(models, days, args.repeats, distance, degenerate)
             label = distance + ("*" if degenerate else "")
-            print(f"{models:>6} {label:>5} {days:>5g} {r['outputs']:>11,} {r['scan_s']:>8.2f} {r['links_s']:>8.2f} "
-                  f"{r['clusters_s']:>8.2f} {r['total_s']:>8.2f} {r['cpu_s']:>8.2f} "
-                  f"{r['cpu_s'] * args.days / days:>9.1f} {r['cpu_s'] / r['outputs'] * 1e6:>10.2f}  "
-                  f"{r['clusters']} ({'as planted' if r['planted_found'] else 'NOT as planted'})",
-                  flush=True)
+            benchkit.figure(f"{models:>6} {label:>5} {days:>5g} {r['outputs']:>11,} {r['scan_s']:>8.2f} {r['links_s']:>8.2f} "
+                            f"{r['clusters_s']:>8.2f} {r['total_s']:>8.2f} {r['cpu_s']:>8.2f} "
+                            f"{r['cpu_s'] * args.days / days:>9.1f} {r['cpu_s'] / r['outputs'] * 1e6:>10.2f}  "
+                            f"{r['clusters']} ({'as planted' if r['planted_found'] else 'NOT as planted'})")
             as_planted = as_planted and r["planted_found"]
     print("*: the degenerate field, every answer within 1e-8 of every other (all pairs match: O(pairs) per cycle)")
     if args.store_days:
         models = int(args.models.split(",")[0])
         r = store_read(models, args.store_days, args.repeats)
-        print(f"the store, {models} models over {args.store_days:g} day(s), {r['rows']:,} predictions in PostgreSQL: "
-              f"streaming read {r['read_wall']:.2f} s wall ({r['read_cpu'] / r['rows'] * 1e6:.2f} us CPU of this "
-              f"process a row); read + hashing detection (period_report) {r['report_wall']:.2f} s wall, "
-              f"{r['report_cpu']:.2f} s CPU", flush=True)
+        benchkit.figure(f"the store, {models} models over {args.store_days:g} day(s), {r['rows']:,} predictions in PostgreSQL: "
+                        f"streaming read {r['read_wall']:.2f} s wall ({r['read_cpu'] / r['rows'] * 1e6:.2f} us CPU of "
+                        f"this process a row); read + hashing detection (period_report) {r['report_wall']:.2f} s wall, "
+                        f"{r['report_cpu']:.2f} s CPU")
     print("load average (1, 5, 15 min):", " ".join(f"{v:.2f}" for v in os.getloadavg()))
     if not as_planted:
         print("FAILED: the clusters found are not the planted copies")

@@ -9,8 +9,9 @@ than the warm-up and measures again.
 
     .venv/bin/python bench/bench_dagster_storage.py [--minutes 15] [--warmup-seconds 90] [--port N] [--smoke]
 
---smoke: btc_updown at a cycle every 5 s (bench/chaos_competition.py), no warm-up after the first
-stored cycle, a 15 s window: it checks that the command runs (and that the purge job succeeds).
+--smoke: btc_updown at a cycle every 5 s (bench/chaos_competition.py), no read-only UI or report
+API, no warm-up after the first stored cycle, a 15 s window: it checks that the command runs (and
+that the purge job succeeds).
 Exits 1 when no cycle is stored in the window or the purge job fails.
 """
 
@@ -96,6 +97,8 @@ def main() -> int:
     data_dir = benchkit.fresh_data_dir("crunch-storage-")
     cycle_seconds = 5 if args.smoke else 60
     deployment = Deployment(data_dir, cycle_seconds, args.port or free_port_base())
+    if args.smoke:  # neither the read-only UI nor the report API: they write nothing to Dagster's tables
+        deployment.extra_args = ["--read-only-port", "0", "--api-port", "0"]
     if not args.smoke:  # the real btc_updown (the smoke mode: chaos_competition.py's, a cycle every 5 s)
         workspace = data_dir / "workspace.yaml"
         workspace.write_text("load_from:\n  - python_module:\n      module_name: competitions.btc_updown.definitions\n"

@@ -52,7 +52,7 @@ DAGSTER_TABLES = ("event_logs", "runs", "run_tags", "job_ticks", "asset_keys", "
 def process_kind(command: str) -> str:
     return ("model" if "local_worker" in command
             else "run" if "multiprocessing.spawn" in command or "execute_run" in command
-            else "daemon" if "dagster._daemon" in command else "webserver" if "dagster_webserver" in command
+            else "daemon" if "dagster._daemon" in command or "dagster-daemon" in command else "webserver" if "dagster_webserver" in command
             else "code server (grpc)" if "api grpc" in command else "code server (proxy)" if "code-server" in command
             else "postgres" if "postgres" in command else "dagster dev" if "dagster dev" in command
             else f"other ({command[:40]})")
@@ -95,11 +95,12 @@ def cpu_by_kind(before: dict, after: dict) -> dict[str, float]:
         if children - children_before > 0:
             label = f"exited under {kind}"
             by_kind[label] = by_kind.get(label, 0.0) + children - children_before
-    for key, (_kind, own, _children, parent) in before.items():
-        if key not in after:
-            parent_kind = (after.get(parent) or before.get(parent) or ("?",))[0]
-            label = f"exited under {parent_kind}"
-            by_kind[label] = by_kind.get(label, 0.0) - own
+    for key, (_kind, own, children, parent) in before.items():
+        if key not in after:  # the live ancestor that reaped it counts its own and its reaped children's CPU
+            while parent in before and parent not in after:
+                parent = before[parent][3]
+            label = f"exited under {after[parent][0] if parent in after else '?'}"
+            by_kind[label] = by_kind.get(label, 0.0) - own - children
     return {kind: seconds for kind, seconds in by_kind.items() if abs(seconds) >= 0.005}
 
 
@@ -240,11 +241,14 @@ def main() -> int:
     parser.add_argument("--competition", default="btc_updown")
     parser.add_argument("--port", type=int, help="the webserver's port (default: a free one; the gRPC server a free one)")
     parser.add_argument("--topology", choices=("grpc", "dev"), default="grpc")
+    parser.add_argument("--no-webserver", action="store_true",
+                        help="run the daemon alone (`dagster-daemon run`) instead of `dagster dev` (the smoke mode does)")
     parser.add_argument("--statements", action="store_true", help="also print the costliest SQL (pg_stat_statements)")
     benchkit.add_smoke_argument(parser)
     args = parser.parse_args()
     if args.smoke:  # the warm-up ends at the first stored cycle
-        args.minutes, args.warmup, args.models, args.cycle_seconds, args.across_hour = 0.25, 0.0, 2, 5, False
+        args.minutes, args.warmup, args.models, args.cycle_seconds, args.across_hour = 0.2, 0.0, 2, 5, False
+        args.no_webserver = True
     benchkit.smoke_banner(args)
     if args.cycle_seconds <= 0 or 3600 % args.cycle_seconds:
         parser.error("--cycle-seconds must divide 3600 (cycles align with the hour windows)")
@@ -307,7 +311,7 @@ def run(args, data_dir: Path) -> int:
     began, ended, boundary = plan_window(now, args.warmup, args.minutes, args.before_hour_minutes, args.across_hour)
     benchkit.conditions(
         f"{args.competition} live, {args.models} local models, a cycle every {args.cycle_seconds} s, {args.topology} "
-        "topology, embedded PostgreSQL 18" + ("" if args.smoke else f"; window {began:%H:%M:%S}-{ended:%H:%M:%S} UTC")
+        f"topology{' without the webserver' if args.no_webserver else ''}, embedded PostgreSQL 18" + ("" if args.smoke else f"; window {began:%H:%M:%S}-{ended:%H:%M:%S} UTC")
         + (f" across the hour boundary {boundary:%H:%M}" if boundary else ""))
     dagster = str(PROJECT_ROOT / ".venv" / "bin" / "dagster")
     servers = []
@@ -316,10 +320,16 @@ def run(args, data_dir: Path) -> int:
             [dagster, "api", "grpc", *location, "-h", "127.0.0.1", "-p", str(grpc_port)],
             cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         ))
-    servers.append(subprocess.Popen(
-        [dagster, "dev", "-w", str(workspace), "-h", "127.0.0.1", "-p", str(port)],
-        cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    ))
+    if args.no_webserver:  # the daemon alone, on the checkout's dagster.yaml (as `dagster dev` uses it)
+        home = data_dir / "dagster_home"
+        home.mkdir()
+        shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+        command = [str(PROJECT_ROOT / ".venv" / "bin" / "dagster-daemon"), "run", "-w", str(workspace)]
+        env = {**env, "DAGSTER_HOME": str(home)}
+    else:
+        command = [dagster, "dev", "-w", str(workspace), "-h", "127.0.0.1", "-p", str(port)]
+    servers.append(subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, start_new_session=True))
     roots = [*(psutil.Process(server.pid) for server in servers), *postgres]
     try:
         if args.smoke:  # the warm-up is the start-up: until a cycle due after it is stored
