@@ -196,6 +196,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     verdict = "meets" if write_rates.median >= WRITE_TARGET_RECORDS_PER_SECOND else "MISSES"
     benchkit.figure(f"write path: {write_rates.describe('records/s', 0)}; {verdict} the "
                     f"{WRITE_TARGET_RECORDS_PER_SECOND:,}/s target")
+    cpu_rates = [run.records / run.write_cpu_seconds for run in runs if run.write_cpu_seconds == run.write_cpu_seconds]
+    if cpu_rates:  # NaN when another backend did part of the writing
+        benchkit.figure("write path per CPU-second (this process + its server backend; what a loaded machine moves "
+                        f"least): {benchkit.band(cpu_rates).describe('records/CPU-s', 0)}")
     benchkit.figure(f"whole backfill: {benchkit.band([run.records_per_second for run in runs]).describe('records/s', 0)}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
