@@ -355,9 +355,9 @@ def run(args, data_dir: Path) -> int:
             settle_until = ended + timedelta(seconds=min(args.cycle_seconds, 30) + 5)
             cpu_after, bytes_after = cpu_snapshot(roots), dagster_bytes(engine)
             ended = datetime.now(timezone.utc)
+            written = dagster_rows_written(engine, ids_before)
+            ticks_by_sensor = dagster_ticks_by_instigator(engine, ids_before.get("job_ticks", 0))
             sleep_until(settle_until)
-        written = dagster_rows_written(engine, ids_before)
-        ticks_by_sensor = dagster_ticks_by_instigator(engine, ids_before.get("job_ticks", 0))
         runs_overlapping = live_runs(engine, began, ended)
     finally:
         for server in reversed(servers):

@@ -843,42 +843,42 @@ def report(args, history, results, reference_python, engine, load_before) -> Non
         mine, theirs, figures, agree = results[days]
         print(f"\n-- {days} day(s) x {args.models} models: {mine.scored:,} predictions --")
         ours_s = median(mine.backlog)
-        print(f"backlog, ours:      scores step {ours_s:.2f} s = {mine.scored / ours_s:,.0f} predictions/s "
+        benchkit.figure(f"backlog, ours:      scores step {ours_s:.2f} s = {mine.scored / ours_s:,.0f} predictions/s "
               f"(median of {len(mine.backlog)}: {', '.join(f'{s:.2f}' for s in mine.backlog)}; ~{mine.commits:,} commits); "
               f"snapshots+leaderboard {mine.rollups:.2f} s, {len(mine.checkpoints)} daily checkpoint(s) "
               f"{sum(mine.checkpoints):.2f} s")
         if theirs.backlog:
             ref_s = median(theirs.backlog)
             score_s = theirs.backlog_parts.get("score", float("nan"))
-            print(f"backlog, reference: score_and_snapshot {ref_s:.1f} s = {theirs.scored / ref_s:,.0f} predictions/s "
+            benchkit.figure(f"backlog, reference: score_and_snapshot {ref_s:.1f} s = {theirs.scored / ref_s:,.0f} predictions/s "
                   f"({theirs.scored:,} scored; median of {len(theirs.backlog)}; ~{theirs.commits:,} commits; "
                   f"{parts_line(theirs.backlog_parts)})")
             whole = sum(mine.backlog_parts.values())
-            print(f"ratio: ours faster x{score_s / ours_s:.1f} at scoring (scores step vs the reference's "
+            benchkit.figure(f"ratio: ours faster x{score_s / ours_s:.1f} at scoring (scores step vs the reference's "
                   f"_score_predictions {score_s:.1f} s), x{ref_s / whole:.1f} for the whole pass "
                   f"(scores, snapshots, leaderboard, checkpoint: {whole:.2f} s vs {ref_s:.1f} s)")
             print(f"agreement: {agree}")
         else:
             print(f"backlog, reference: not scored (more than --reference-backlog-days {args.reference_backlog_days})")
         history_rows = figures["history"]
-        print(f"live cycle, ours:      tick median {median(mine.ticks):.3f} s of {len(mine.ticks)} "
+        benchkit.figure(f"live cycle, ours:      tick median {median(mine.ticks):.3f} s of {len(mine.ticks)} "
               f"({parts_line(median_parts(mine.tick_parts))})")
-        print(f"live cycle, reference: score_and_snapshot median {median(theirs.ticks):.3f} s of {len(theirs.ticks)} "
+        benchkit.figure(f"live cycle, reference: score_and_snapshot median {median(theirs.ticks):.3f} s of {len(theirs.ticks)} "
               f"({parts_line(median_parts(theirs.tick_parts))}) over {history_rows['predictions']:,} predictions, "
               f"{history_rows['snapshots']:,} snapshots ({history_rows['pending']:,} left pending) of live history")
-        print(f"checkpoint of a day:   ours {mine.checkpoint or 0:.2f} s, reference {theirs.checkpoint:.2f} s "
+        benchkit.figure(f"checkpoint of a day:   ours {mine.checkpoint or 0:.2f} s, reference {theirs.checkpoint:.2f} s "
               f"({figures['checkpoint']['snapshots']:,} snapshots)")
     if len(history) > 1:
         a, b = history[0], history[-1]
         (mine_a, theirs_a, _, _), (mine_b, theirs_b, _, _) = results[a], results[b]
         print(f"\n-- growth from {a} to {b} day(s) of history --")
-        print(f"live cycle: ours x{median(mine_b.ticks) / median(mine_a.ticks):.2f}, "
+        benchkit.figure(f"live cycle: ours x{median(mine_b.ticks) / median(mine_a.ticks):.2f}, "
               f"reference x{median(theirs_b.ticks) / median(theirs_a.ticks):.2f}")
-        print(f"checkpoint: ours x{(mine_b.checkpoint or 0) / (mine_a.checkpoint or 1):.2f}, "
+        benchkit.figure(f"checkpoint: ours x{(mine_b.checkpoint or 0) / (mine_a.checkpoint or 1):.2f}, "
               f"reference x{theirs_b.checkpoint / theirs_a.checkpoint:.2f}")
         if mine_a.backlog and mine_b.backlog:
             rate_a, rate_b = mine_a.scored / median(mine_a.backlog), mine_b.scored / median(mine_b.backlog)
-            print(f"backlog scoring rate, ours: {rate_a:,.0f} -> {rate_b:,.0f} predictions/s")
+            benchkit.figure(f"backlog scoring rate, ours: {rate_a:,.0f} -> {rate_b:,.0f} predictions/s")
 
 
 if __name__ == "__main__":
