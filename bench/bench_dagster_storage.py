@@ -9,7 +9,7 @@ than the warm-up and measures again.
 
     .venv/bin/python bench/bench_dagster_storage.py [--minutes 15] [--warmup-seconds 90] [--port N] [--smoke]
 
---smoke: btc_updown at a cycle every 5 s (bench/chaos_competition.py), no read-only UI or report
+--smoke: btc_updown at a cycle every 5 s (bench/live_competition.py), no read-only UI or report
 API, no warm-up after the first stored cycle, a 15 s window: it checks that the command runs (and
 that the purge job succeeds).
 Exits 1 when no cycle is stored in the window or the purge job fails.
@@ -36,6 +36,7 @@ DAGSTER_TABLES = ("runs", "run_tags", "event_logs", "asset_event_tags", "job_tic
                   "asset_keys", "kvs", "daemon_heartbeats", "instigators", "jobs", "snapshots", "secondary_indexes",
                   "asset_daemon_asset_evaluations", "dynamic_partitions", "concurrency_limits", "concurrency_slots",
                   "pending_steps", "bulk_actions", "backfill_tags", "run_cancellation", "instance_info")
+LIVE_COMPETITION = PROJECT_ROOT / "bench" / "live_competition.py"
 CRUNCH_PER_CYCLE_TABLES = ("predictions", "scores", "inputs", "snapshots", "cycle_rollups", "feed_records", "feed_spans", "model_events")
 
 
@@ -97,13 +98,16 @@ def main() -> int:
     data_dir = benchkit.fresh_data_dir("crunch-storage-")
     cycle_seconds = 5 if args.smoke else 60
     deployment = Deployment(data_dir, cycle_seconds, args.port or free_port_base())
-    if args.smoke:  # neither the read-only UI nor the report API: they write nothing to Dagster's tables
+    workspace = data_dir / "workspace.yaml"
+    if args.smoke:  # a cycle every 5 s (live_competition.py); neither the read-only UI nor the report API
+        os.environ["CRUNCH_BENCH_CYCLE_SECONDS"] = str(cycle_seconds)  # the deployment inherits it
+        workspace.write_text(f"load_from:\n  - python_file:\n      relative_path: {LIVE_COMPETITION}\n"
+                             "      location_name: btc_updown\n")
         deployment.extra_args = ["--read-only-port", "0", "--api-port", "0"]
-    if not args.smoke:  # the real btc_updown (the smoke mode: chaos_competition.py's, a cycle every 5 s)
-        workspace = data_dir / "workspace.yaml"
+    else:  # the real btc_updown
         workspace.write_text("load_from:\n  - python_module:\n      module_name: competitions.btc_updown.definitions\n"
                              "      location_name: btc_updown\n")
-        deployment.workspace_override = workspace
+    deployment.workspace_override = workspace
     benchkit.conditions(f"crunch-dagster serve, btc_updown, a cycle every {cycle_seconds} s, 3 local models, "
                         "embedded PostgreSQL 18")
     deployment.start()

@@ -16,9 +16,10 @@ the figures, and prints every cycle's delay around it with the two runs' start a
 faked: the engine sees the real clock.
 
 A real p99 needs >= 100 cycles: at 60 s cycles that is 100 minutes. --cycle-seconds N runs
-btc_updown with one cycle every N seconds (bench/live_competition.py; nothing else changes), so
-e.g. --cycle-seconds 5 --minutes 20 gives 240 cycles. CPU per minute then grows with the cycle rate:
-quote CPU from a 60 s run.
+btc_updown with one cycle every N seconds (bench/live_competition.py: synthetic candles as long as
+the cycle, so that every cycle can be resolved, and the same 60 candles in a model's input; rules,
+models, sensors and hour windows unchanged), so e.g. --cycle-seconds 5 --minutes 20 gives 240
+cycles. CPU per minute then grows with the cycle rate: quote CPU from a 60 s run.
 
     .venv/bin/python bench/bench_live.py [--minutes 5] [--warmup 2] [--models 3] [--cycle-seconds 60]
         [--across-hour] [--before-hour-minutes M] [--competition btc_updown] [--topology grpc|dev] [--smoke]
