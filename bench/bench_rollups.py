@@ -41,9 +41,9 @@ Each step's time is also split by store method.
     .venv/bin/python bench/bench_rollups.py [--models 100] [--repeats 15] [--scored-weeks 51] [--data-dir DIR] [--smoke]
 
 Each step's week and year medians come with their noise band, and the ratio is flagged when it
-exceeds 1.2 in every one of at least 5 rounds (exit 1 outside --smoke). --smoke: 2 models, a "year" of 2 weeks,
-1 round, and a checkpoint period of a day (so the "week" is 1.5 days, the "year" 2 days): it checks
-that the command runs, nothing more.
+exceeds 1.2 in every one of at least 5 rounds (exit 1 outside --smoke). --smoke: 2 models, 1
+round, a checkpoint period of a day (so the "week" is 1.5 days, the "year" 2 days): it checks that
+the command runs, nothing more.
 """
 
 from __future__ import annotations
