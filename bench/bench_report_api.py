@@ -32,18 +32,18 @@ TARGET_RATIO = 1.2
 def reads(lag: dict) -> dict[str, tuple[str, dict]]:
     last = datetime.fromisoformat(lag["last_scored_cycle"]["at"])
     return {
-        "leaderboard": ("/reports/leaderboard", {}),
-        "leaderboard as of a day ago": ("/reports/leaderboard", {"as_of": (last - timedelta(days=1)).isoformat()}),
-        "leaderboard by window": ("/reports/leaderboard", {"window": "score_steady"}),
-        "predictions, newest page": ("/reports/predictions", {"order": "desc", "limit": 100}),
-        "predictions of a model, last hour": ("/reports/predictions", {
+        "leaderboard": ("/competitions/btc_updown/leaderboard", {}),
+        "leaderboard as of a day ago": ("/competitions/btc_updown/leaderboard", {"as_of": (last - timedelta(days=1)).isoformat()}),
+        "leaderboard by window": ("/competitions/btc_updown/leaderboard", {"window": "score_steady"}),
+        "predictions, newest page": ("/competitions/btc_updown/predictions", {"order": "desc", "limit": 100}),
+        "predictions of a model, last hour": ("/competitions/btc_updown/predictions", {
             "model_id": "mean_reversion", "start": (last - timedelta(hours=1)).isoformat(), "limit": 100}),
-        "snapshots of a model, last day": ("/reports/snapshots", {
+        "snapshots of a model, last day": ("/competitions/btc_updown/snapshots", {
             "model_id": "mean_reversion", "start": (last - timedelta(days=1)).isoformat(), "limit": 100}),
-        "checkpoints, newest 5": ("/reports/checkpoints", {"limit": 5}),
-        "emissions/latest": ("/reports/emissions/latest", {}),
-        "model score series (72 h)": ("/reports/models/mean_reversion/scores", {}),
-        "lag": ("/reports/lag", {}),
+        "checkpoints, newest 5": ("/competitions/btc_updown/checkpoints", {"limit": 5}),
+        "emissions/latest": ("/competitions/btc_updown/emissions/latest", {}),
+        "model score series (72 h)": ("/competitions/btc_updown/models/mean_reversion/scores", {}),
+        "lag": ("/competitions/btc_updown/lag", {}),
         "participant page": ("/", {}),
     }
 
@@ -73,7 +73,7 @@ def measure(urls: dict[str, str], requests_per_read: int, checkpoint_hours: int)
             app = create_app([ReportCompetition(spec, PayoutAccounts(), CrunchDatabase(url=url))], read_env=False)
             server = stack.enter_context(LiveServer(app))
             clients[label] = stack.enter_context(httpx.Client(base_url=server.url, timeout=60))
-        plans = {label: reads(client.get("/reports/lag").json()) for label, client in clients.items()}
+        plans = {label: reads(client.get("/competitions/btc_updown/lag").json()) for label, client in clients.items()}
         medians: dict[str, dict[str, float]] = {}
         for name in plans[next(iter(plans))]:
             timings: dict[str, list[float]] = {label: [] for label in clients}

@@ -1,5 +1,6 @@
 """Stage 5, emission checkpoints: a period's reward split in frac64, each model's breakdown, and
-the Merkle commitment to the scores it paid for.
+the Merkle commitment to the scores it paid for (crunch_assets/merkle.py), whose chained root is
+published outside the database as the checkpoint is stored (crunch_assets/publication.py).
 
 The standing that is paid is computed by `payout_entries`, which the leaderboard calls too: the
 period's standings under the eligibility policy, ranked by the declared checkpoint ranking
@@ -25,7 +26,7 @@ from crunch_assets.keys import ChainKeys
 from crunch_assets.partitions import CompetitionPartitions, checkpoint_snapshots_mapping
 from crunch_assets.rules import CompetitionRules
 from crunch_assets.spec import CompetitionSpec
-from crunch_assets.stages import table_metadata
+from crunch_assets.stages import readable, table_metadata
 from crunch_assets.standings import Standing, rank_models, standings
 from resources.store.competition import CompetitionStore
 from resources.store.database import CrunchDatabase
@@ -282,6 +283,7 @@ class CheckpointBuild:
     merkle_root: str
     chained_root: str
     meta: dict
+    commitment_scheme: int = merkle.CURRENT_SCHEME
 
 
 def emission_payload(ranking: list[dict], accounts: PayoutAccounts) -> dict:
@@ -312,13 +314,23 @@ def _paying_rule(spec: CompetitionSpec, rules: CompetitionRules, payouts: dict[s
     return f"{would} (no eligible model: nothing paid)" if not rules_paid else "; ".join(sorted(rules_paid))
 
 
-def build_checkpoint(
+
+
+def ranking_reach(spec: CompetitionSpec, start: datetime, end: datetime) -> datetime:
+    """The earliest hour the checkpoint of [start, end) reads snapshots from."""
+    window_reach = max([w.seconds for w in spec.leaderboard_windows if w.name == spec.checkpoint_ranking] or [0])
+    return min(start, end - timedelta(seconds=window_reach))
+
+
+def checkpoint_entries(
     spec: CompetitionSpec, rules: CompetitionRules, store: CompetitionStore, accounts: PayoutAccounts,
     start: datetime, end: datetime,
-) -> CheckpointBuild | None:
-    """The checkpoint of [start, end), or None when nothing in it was scored."""
-    window_reach = max([w.seconds for w in spec.leaderboard_windows if w.name == spec.checkpoint_ranking] or [0])
-    since = min(start, end - timedelta(seconds=window_reach))
+) -> dict | None:
+    """What the checkpoint of [start, end) pays, from the stored snapshots, cycle rollups and model
+    registry: the ranking with each model's reward and breakdown, the emission and the policies.
+    None when nothing in the period was scored. The checkpoint asset stores it, and the safety
+    gate calls it again before SUBMITTED and refuses any difference."""
+    since = ranking_reach(spec, start, end)
     snapshots = store.snapshots(since, end)
     rollups = store.stored_rollups(since, end)
     copy_report = copies.period_report(spec, store, start, end)
@@ -345,17 +357,58 @@ def build_checkpoint(
         "scope_weights": {scope.key: scope.weight for scope in spec.scopes},
         "copy_detection": spec.copy_detection.describe(),
     }
-    leaves = [merkle.leaf_hash(leaf) for leaf in store.score_leaves(start, end)]
+    return payload
+
+
+def build_checkpoint(
+    spec: CompetitionSpec, rules: CompetitionRules, store: CompetitionStore, accounts: PayoutAccounts,
+    start: datetime, end: datetime,
+) -> CheckpointBuild | None:
+    """The checkpoint of [start, end), or None when nothing in it was scored: its entries, the
+    Merkle root of the period's scores (scheme 3: RFC 8785 leaves) and the chained root, which
+    also commits to the entries' hash."""
+    payload = checkpoint_entries(spec, rules, store, accounts, start, end)
+    if payload is None:
+        return None
+    leaves = merkle.leaf_hashes(store.score_leaves(start, end), merkle.CURRENT_SCHEME)
     root = merkle.merkle_root(leaves)
     previous = store.previous_checkpoint(start)
-    chained = merkle.chain(previous.chained_root if previous else None, root)
+    entries_hash = merkle.entries_sha256(payload)
+    chained = merkle.chain_with_entries(previous.chained_root if previous else None, root, entries_hash,
+                                        merkle.CURRENT_SCHEME)
     meta = {
         "fingerprint": store.period_fingerprint(start, end),
         "leaf_count": len(leaves),
         "previous_checkpoint_id": previous.id if previous else None,
         "previous_chained_root": previous.chained_root if previous else None,
+        "entries_sha256": entries_hash,
     }
-    return CheckpointBuild(payload, root, chained, meta)
+    return CheckpointBuild(payload, root, chained, meta, merkle.CURRENT_SCHEME)
+
+
+def publish_root(context: dg.AssetExecutionContext, spec: CompetitionSpec, stored, built: CheckpointBuild) -> str:
+    """Publish the chained root of the checkpoint just stored to the competition's sink
+    (crunch_assets/publication.py). A checkpoint the store kept as it was (past PENDING) was
+    published when it was built. A publication that fails does not fail the run: the checkpoint is
+    stored, and the gate refuses it until it is published (the outcome is in the metadata and log)."""
+    from crunch_assets import publication
+    from crunch_assets.settings import CompetitionSettings
+
+    if stored.status != "PENDING" or stored.chained_root != built.chained_root:
+        return "not published again: the stored checkpoint is past PENDING"
+    sink = publication.RootSink.from_settings(CompetitionSettings(spec.slug))
+    try:
+        done = publication.publish(sink, stored)
+    except OSError as error:
+        context.log.error(f"checkpoint #{stored.id}: its chained root could not be published to {sink.path}: {error}; "
+                          f"the gate refuses it until `crunch-dagster checkpoints publish {spec.slug} {stored.id}`")
+        return f"failed: {type(error).__name__} writing {sink.path}"
+    if done.delivered is False:
+        context.log.warning(f"checkpoint #{stored.id}: the publication webhook did not take its chained root "
+                            f"({done.record['webhook']}); the gate refuses it until `crunch-dagster checkpoints publish "
+                            f"{spec.slug} {stored.id}`")
+        return f"appended to {sink.path}; the webhook did not take it"
+    return f"{'published to' if done.appended else 'already in'} {sink.describe()}"
 
 
 def build_checkpoint_asset(
@@ -377,6 +430,8 @@ def build_checkpoint_asset(
     def emission_checkpoints(
         context: dg.AssetExecutionContext, database: CrunchDatabase, rules: CompetitionRules, payout_accounts: PayoutAccounts
     ) -> dg.MaterializeResult:
+        from crunch_assets.payouts import unpayable_reasons  # payouts imports this module
+
         store = database.competition(spec.slug)
         results = []
         for key in sorted(context.partition_keys, key=lambda k: periods.window(k)[0]):
@@ -386,23 +441,34 @@ def build_checkpoint_asset(
                 context.log.info(f"{key}: nothing scored in the period: no checkpoint")
                 context.add_asset_metadata({"checkpoint": "none: nothing scored in the period"}, partition_key=key)
                 continue
-            stored = store.write_pending_checkpoint(start, end, built.entries, built.merkle_root, built.chained_root, built.meta)
+            stored = store.write_pending_checkpoint(start, end, built.entries, built.merkle_root, built.chained_root,
+                                                    built.meta, built.commitment_scheme)
             if stored.status != "PENDING" and (stored.entries != built.entries or stored.merkle_root != built.merkle_root):
                 # Paid money does not move: the disagreement is reported, the stored checkpoint stands.
                 context.log.warning(f"{key}: checkpoint already {stored.status}; the recomputation differs and was not written")
+            unpayable = unpayable_reasons(stored.entries, spec.gate) if stored.status == "PENDING" else []
+            if unpayable:
+                context.log.warning(f"{key}: checkpoint #{stored.id} can never be submitted as built ({'; '.join(unpayable)}); "
+                                    "later periods wait for it until an operator skips it: crunch-dagster checkpoints skip "
+                                    f"{spec.slug} {stored.id} --reason '<why>'")
             results.append(stored)
-            rows = [{"rank": r["rank"], "model": r["model_id"], "cruncher_index": r["cruncher_index"], "score": r["score"],
-                     "coverage": r["coverage"], "eligible": r["eligible"], "predictions": r["prediction_count"],
-                     "reward_frac64": r["reward_pct"], "reward_percent": r["reward_pct"] * 100 / FRAC64_ONE}
+            published = publish_root(context, spec, stored, built)
+            # rounded for reading: the exact split is reward_frac64 (and the stored checkpoint)
+            rows = [{"rank": r["rank"], "model": r["model_id"], "cruncher_index": r["cruncher_index"],
+                     "score": readable(r["score"]), "coverage": round(r["coverage"], 4), "eligible": r["eligible"],
+                     "predictions": r["prediction_count"], "reward_frac64": r["reward_pct"],
+                     "reward_percent": readable(r["reward_pct"] * 100 / FRAC64_ONE)}
                     for r in stored.entries["ranking"]]
             context.add_asset_metadata({
                 "checkpoint_id": stored.id,
                 "status": stored.status,
+                "cannot_be_submitted": "; ".join(unpayable) or "nothing in its entries (the gate decides at submission)",
                 "period": f"{start.isoformat()} .. {end.isoformat()}",
                 "models": len(rows),
                 "reward_sum": sum(r["reward_frac64"] for r in rows),
                 "merkle_root": stored.merkle_root,
                 "chained_root": stored.chained_root,
+                "root_publication": published,
                 "reward_split": table_metadata(
                     [("rank", "int"), ("model", "string"), ("cruncher_index", "int"), ("score", "float"),
                      ("coverage", "float"), ("eligible", "bool"), ("predictions", "int"), ("reward_frac64", "int"),
@@ -411,11 +477,14 @@ def build_checkpoint_asset(
                 "copy_clusters": [f"{c['cluster']}: {', '.join(m['model_id'] for m in c['members'])}; pays "
                                   f"{', '.join(c['paid'])} ({c['status']})" for c in stored.entries.get("copy_clusters", [])],
             }, partition_key=key)
+        # one result per run: the first error, else the first warning (a period with nothing to pay)
         check = checks.check_rewards(keys.emission_checkpoints, None)
         for stored in results:
-            check = checks.check_rewards(keys.emission_checkpoints, stored.entries)
-            if not check.passed:
-                break
+            found = checks.check_rewards(keys.emission_checkpoints, stored.entries)
+            if not found.passed and (check.passed or found.severity == dg.AssetCheckSeverity.ERROR):
+                check = found
+                if found.severity == dg.AssetCheckSeverity.ERROR:
+                    break
         return dg.MaterializeResult(metadata={"checkpoints": len(results)}, check_results=[check])
 
     return emission_checkpoints

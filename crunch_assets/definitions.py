@@ -20,7 +20,7 @@ from crunch_assets.rules import CallableRules, CompetitionRules, FeedGroundTruth
 from crunch_assets.scores import build_scores_asset
 from crunch_assets.sensors import build_sensors
 from crunch_assets.settings import CompetitionSettings, FeedDefaults
-from crunch_assets.spec import CompetitionSpec
+from crunch_assets.spec import CompetitionSpec, check_feed_cadence
 from resources.feeds.base import FeedResource
 from resources.model_runners.base import ModelRunnerResource
 from resources.store.database import CrunchDatabase
@@ -47,7 +47,8 @@ def build_competition_definitions(
     every competition: the feed source (with this competition's kind and granularity), the model
     runner (local models from `models_dir`, or the orchestrator), the automation switch and the
     emission accounts. The wiring is checked here, when the code location loads: a bad callable
-    path, a subject the feed cannot serve or a bad setting fails with a message naming it.
+    path, a subject the feed cannot serve, a bad setting, or scopes whose cycles the feed cannot
+    price within max_price_staleness_seconds fail with a message naming it.
     """
     settings = settings or CompetitionSettings(spec.slug)
     if isinstance(rules, CallableRules):
@@ -55,6 +56,9 @@ def build_competition_definitions(
     feed = feed or settings.feed(feed_defaults, csv_subjects=spec.subjects)
     feed.validate_stream()
     feed.validate_subjects(spec.subjects)
+    ground_truth = ground_truth or FeedGroundTruth()
+    if ground_truth.reads_feed:
+        check_feed_cadence(spec, feed.kind, observation_interval_seconds(feed))
     if model_runner is None:
         if models_dir is None:
             raise ValueError(f"{spec.slug}: pass models_dir (the local models) or a model_runner")
@@ -86,9 +90,17 @@ def build_competition_definitions(
             "rules": rules,
             "feed": feed,
             "model_runner": model_runner,
-            "ground_truth": ground_truth or FeedGroundTruth(),
+            "ground_truth": ground_truth,
             "payout_accounts": payout_accounts or settings.payout_accounts(),
         },
         executor=dg.in_process_executor,
     )
     return dg.Definitions.merge(competition, build_housekeeping(spec, keys, running=running))
+
+
+def observation_interval_seconds(feed: FeedResource) -> int | None:
+    """How often the feed observes a price: a candle's (or any barred record's) length, a tick
+    feed's declared interval (the synthetic feed's), None when not known (a live tick source)."""
+    if feed.granularity_seconds > 0:
+        return feed.granularity_seconds
+    return getattr(feed, "tick_interval_seconds", None)

@@ -1,10 +1,16 @@
 """From checkpoint to payment: the lifecycle PENDING -> SUBMITTED -> CLAIMABLE -> PAID (forward,
-one step at a time), the emission safety gate that must pass before SUBMITTED, and the CLI / prize
-formats of an emission.
+one step at a time), or PENDING -> SKIPPED (final) for a period nobody can be paid for, the
+emission safety gate that must pass before SUBMITTED (and refuse, for a reason that makes the
+period unpayable, before SKIPPED), and the CLI / prize formats of an emission.
 
-The gate is a list of pure checks over the stored checkpoint and a few store reads; its results
-are stored with the checkpoint (passing or not) and a failing gate refuses the transition with
-every reason. Each transition is one transaction in resources/store/payouts.py, audited there.
+The gate is a list of checks over the stored checkpoint and the store; its results are stored
+with the checkpoint (passing or not) and a failing gate refuses the transition with every reason.
+Beyond the stored ranking's own consistency, it recomputes the payout: the same function that
+built the checkpoint (`checkpoints.checkpoint_entries`) over the stored snapshots, and those
+snapshots from the stored scores (`rollups.summarise`), and refuses any difference, by model and
+field. Each transition is one call of the database's crunch.advance_checkpoint
+(resources/store/payouts.py), which also checks that the passing gate result it is given is for
+the row as it is, and writes the audit row.
 """
 
 from __future__ import annotations
@@ -16,27 +22,36 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from fractions import Fraction
 
-from crunch_assets.checkpoints import PayoutAccounts
+from crunch_assets import merkle
+from crunch_assets.checkpoints import PayoutAccounts, checkpoint_entries, ranking_reach
 from crunch_assets.emission import FRAC64_ONE, largest_remainder
+from crunch_assets.rules import CompetitionRules
 from crunch_assets.settings import CompetitionSettings
 from crunch_assets.spec import CompetitionSpec, GatePolicy
-from crunch_assets.verification import audit_checkpoints
+from crunch_assets.verification import CHAIN_PROBLEM, ROOT_PROBLEM, audit_checkpoints, lifecycle_problems
 from resources.store.competition import CompetitionStore
 from resources.store.copies import CopyResolutionRefused
-from resources.store.payouts import CheckpointNotFound, PayoutStore, TransitionConflict, TransitionOutcome
-from resources.store.rows import CheckpointRow, CopyResolutionRow
+from resources.store.payouts import AuditRow, CheckpointNotFound, PayoutStore, TransitionConflict, TransitionOutcome
+from resources.store.rows import CheckpointRow, CopyResolutionRow, CycleRollupRow, SnapshotRow
 
-STATUSES = ("PENDING", "SUBMITTED", "CLAIMABLE", "PAID")
-# target -> the one status it can be reached from
-PREVIOUS_STATUS = {"SUBMITTED": "PENDING", "CLAIMABLE": "SUBMITTED", "PAID": "CLAIMABLE"}
+STATUSES = ("PENDING", "SUBMITTED", "CLAIMABLE", "PAID", "SKIPPED")
+# target -> the one status it can be reached from; SKIPPED is final (it pays nothing, ever)
+PREVIOUS_STATUS = {"SUBMITTED": "PENDING", "CLAIMABLE": "SUBMITTED", "PAID": "CLAIMABLE", "SKIPPED": "PENDING"}
+# The gate checks that say a genuine checkpoint cannot be paid as the declared policies stand:
+# nothing to pay, or the gate's policy refuses the field. Each is a reason to skip the period.
+UNPAYABLE_CHECKS = ("some_model_is_paid", "minimum_field_size", "participant_share_within_cap")
+# The gate checks a skip needs passing: the checkpoint is what the store gives (a tampered one is
+# rebuilt, not skipped), settled (late scores could make it payable), and in order.
+SKIP_NEEDS = ("payout_recomputes", "snapshots_match_scores", "entries_committed", "merkle_root_verifies",
+              "nothing_in_period_pending", "period_starts_where_previous_ended")
 # A transaction hash or signature: hex (0x...) or base58, no spaces.
 TX_HASH_PATTERN = re.compile(r"^(0x)?[0-9A-Za-z]{16,128}$")
 NOTE_MAX_CHARS = 1000
 ACTOR_MAX_CHARS = 200
 
 __all__ = [
-    "CheckpointNotFound", "CopyResolutionRefused", "GateFailed", "InvalidRequest", "TransitionConflict",
-    "TransitionOutcome", "advance", "cli_format", "resolve_copy", "run_gate",
+    "CheckpointNotFound", "CopyResolutionRefused", "GateFailed", "InvalidRequest", "SkipRefused", "TransitionConflict",
+    "TransitionOutcome", "advance", "cli_format", "resolve_copy", "run_gate", "unpayable_reasons",
 ]
 
 
@@ -55,6 +70,17 @@ class GateFailed(Exception):
     @property
     def reasons(self) -> list[str]:
         return [f"{c['name']}: {c['detail']}" for c in self.gate["checks"] if not c["passed"]]
+
+
+class SkipRefused(Exception):
+    """A skip was refused: the checkpoint can be paid (submit it), or it is not yet what a skip
+    decides on (tampered, unsettled, out of order: rebuild it or wait). `reasons` say which;
+    `gate` is the gate's run (stored with the checkpoint)."""
+
+    def __init__(self, gate: dict, reasons: list[str]):
+        self.gate = gate
+        self.reasons = reasons
+        super().__init__("the checkpoint cannot be skipped: " + "; ".join(reasons))
 
 
 @dataclass(frozen=True)
@@ -124,6 +150,22 @@ def _participant(row: dict) -> str:
     return row.get("participant") or row.get("model_id")
 
 
+def check_some_model_is_paid(entries: dict) -> GateCheck:
+    """Something to pay: at least one model has a reward. A period where no model is eligible (all
+    dead, all under the benchmark cutoff, all excluded) is stored with every reward 0 and can
+    never be submitted; an operator skips it."""
+    ranking = entries.get("ranking", [])
+    paid = sum(1 for r in ranking if isinstance(r.get("reward_pct"), int) and r["reward_pct"] > 0)
+    if paid:
+        return GateCheck("some_model_is_paid", True, f"{paid} of {len(ranking)} ranked model(s) paid")
+    reasons = sorted({(r.get("breakdown") or {}).get("unpaid_reason") or "not eligible" for r in ranking})
+    which = "is eligible" if not any(r.get("eligible") for r in ranking) else "is paid"
+    return GateCheck("some_model_is_paid", False,
+                     f"no model is paid: none of the {len(ranking)} ranked model(s) {which}"
+                     + (f" ({'; '.join(reasons[:3])}{'; ...' if len(reasons) > 3 else ''})" if reasons else "")
+                     + ": nothing to pay for the period")
+
+
 def check_field_size(entries: dict, gate: GatePolicy) -> GateCheck:
     """No payout below the declared number of eligible participants (with a model the payout may
     pay: benchmark, excluded and ineligible models do not count)."""
@@ -187,7 +229,8 @@ def check_crunchers(entries: dict, registry_index: dict[str, int | None]) -> Gat
                      "; ".join(problems) or f"{len(emitted)} cruncher(s), each once, indexes from the model registry")
 
 
-def check_period_continues(checkpoint: CheckpointRow, previous: CheckpointRow | None) -> GateCheck:
+def check_period_continues(checkpoint: CheckpointRow, previous: CheckpointRow | None,
+                           previous_trail: list[AuditRow] | None = None) -> GateCheck:
     if previous is None:
         ok = checkpoint.meta.get("previous_chained_root") is None
         return GateCheck("period_starts_where_previous_ended", ok,
@@ -197,11 +240,15 @@ def check_period_continues(checkpoint: CheckpointRow, previous: CheckpointRow | 
         problems.append(f"the previous checkpoint (#{previous.id}) ends at {previous.period_end.isoformat()}, "
                         f"this period starts at {checkpoint.period_start.isoformat()}")
     if previous.status == "PENDING":
-        problems.append(f"the previous checkpoint (#{previous.id}) is still PENDING: submit in order")
+        problems.append(f"the previous checkpoint (#{previous.id}) is still PENDING: submit in order (a checkpoint "
+                        "nobody can be paid for is skipped: crunch-dagster checkpoints skip)")
     if checkpoint.meta.get("previous_chained_root") != previous.chained_root:
         problems.append(f"chained to a root that is not the previous checkpoint's (#{previous.id})")
+    if previous.status != "PENDING" and previous_trail is not None:
+        problems += [f"the previous checkpoint (#{previous.id}): {p}" for p in lifecycle_problems(previous, previous_trail)]
+    skipped = " (skipped: it paid nothing)" if previous.status == "SKIPPED" else ""
     return GateCheck("period_starts_where_previous_ended", not problems,
-                     "; ".join(problems) or f"continues checkpoint #{previous.id} ({previous.status})")
+                     "; ".join(problems) or f"continues checkpoint #{previous.id} ({previous.status}){skipped}")
 
 
 def check_settled(unsettled: int, statuses: dict[str, int]) -> GateCheck:
@@ -230,12 +277,151 @@ def check_accounts(entries: dict, accounts: PayoutAccounts, settings: Competitio
 
 
 def check_merkle(checkpoint_id: int, audits) -> GateCheck:
+    """The period's scores recompute to the stored root, and the chain of roots (and recorded
+    entries hashes) from the first checkpoint leads to this one's chained root. Whether the entries
+    still hash to what was recorded is entries_committed's to say."""
     audit = next((a for a in audits if a.checkpoint_id == checkpoint_id), None)
     if audit is None:
         return GateCheck("merkle_root_verifies", False, "the checkpoint is not in the audit")
-    return GateCheck("merkle_root_verifies", audit.ok,
-                     f"root {audit.recomputed_root[:16]}.. recomputed from {audit.leaves} stored score(s)" if audit.ok
-                     else audit.problem)
+    problems = ([ROOT_PROBLEM] if not audit.root_matches else []) + ([CHAIN_PROBLEM] if not audit.chain_matches else [])
+    return GateCheck("merkle_root_verifies", not problems, "; ".join(problems) or
+                     f"root {audit.recomputed_root[:16]}.. recomputed from {audit.leaves} stored score(s)")
+
+
+# What a payout differs in, named: these fields of a ranking row pay (or decide who is paid).
+PAYING_FIELDS = ("model_id", "cruncher_index", "rank", "reward_pct", "eligible")
+EMISSION_FIELDS = ("crunch", "cruncher_rewards", "compute_provider_rewards", "data_provider_rewards")
+_MAX_NAMED_DIFFERENCES = 12
+
+
+def payout_differences(stored: dict, recomputed: dict | None) -> list[str]:
+    """How the stored entries differ from the recomputed ones: every paying field of every rank and
+    every emission field by name, then whatever else differs (scores, breakdowns, policies)."""
+    if recomputed is None:
+        return ["recomputed from the stored snapshots, the period has no scored model: nothing would be paid"]
+    stored_rows, rows = stored.get("ranking", []), recomputed.get("ranking", [])
+    problems = []
+    if len(stored_rows) != len(rows):
+        problems.append(f"{len(stored_rows)} ranked model(s) stored, {len(rows)} recomputed")
+    for position, (mine, theirs) in enumerate(zip(stored_rows, rows), start=1):
+        for name in PAYING_FIELDS:
+            if mine.get(name) != theirs.get(name):
+                problems.append(f"rank {position}: {name} {_shown(mine.get(name))} stored, {_shown(theirs.get(name))} recomputed")
+    for name in EMISSION_FIELDS:
+        if stored.get(name) != recomputed.get(name):
+            problems.append(f"{name} {_shown(stored.get(name))} stored, {_shown(recomputed.get(name))} recomputed")
+    if not problems and merkle.entries_sha256(stored) != merkle.entries_sha256(recomputed):
+        other = sorted({key for key in set(stored) | set(recomputed) if key != "ranking" and stored.get(key) != recomputed.get(key)}
+                       | {f"ranking[{i}].{key}" for i, (a, b) in enumerate(zip(stored_rows, rows))
+                          for key in set(a) | set(b) if a.get(key) != b.get(key)})
+        problems.append(f"what is paid agrees, but the entries differ in {', '.join(other[:_MAX_NAMED_DIFFERENCES])}")
+    if len(problems) > _MAX_NAMED_DIFFERENCES:
+        problems = problems[:_MAX_NAMED_DIFFERENCES] + [f"... {len(problems) - _MAX_NAMED_DIFFERENCES} more"]
+    return problems
+
+
+def _shown(value) -> str:
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else repr(value)
+
+
+def accounts_of(entries: dict) -> PayoutAccounts:
+    """The accounts an emission names (a provider list other than one entry at 100 % recomputes
+    differently, and is named)."""
+    def provider(field: str) -> str | None:
+        listed = entries.get(field) or []
+        return listed[0].get("provider") if isinstance(listed, list) and listed and isinstance(listed[0], dict) else None
+
+    crunch = entries.get("crunch")
+    return PayoutAccounts(crunch_pubkey=crunch if isinstance(crunch, str) else None,
+                          compute_provider_pubkey=provider("compute_provider_rewards"),
+                          data_provider_pubkey=provider("data_provider_rewards"))
+
+
+def check_payout_recomputes(stored: dict, recomputed: dict | None) -> GateCheck:
+    problems = payout_differences(stored, recomputed)
+    return GateCheck("payout_recomputes", not problems,
+                     "; ".join(problems) or "the ranking, every reward and the emission recompute from the stored snapshots")
+
+
+def snapshot_differences(stored: list[SnapshotRow], recomputed: list[SnapshotRow],
+                         stored_rollups: list[CycleRollupRow], recomputed_rollups: dict) -> list[str]:
+    """How the stored hourly snapshots and cycle rollups differ from those recomputed from the
+    stored scores and cycles."""
+    def key(row):
+        return (row.model_id, row.scope_key, row.period_start)
+
+    mine, theirs = {key(r): r for r in stored}, {key(r): r for r in recomputed}
+    problems = []
+    for k in sorted(set(mine) | set(theirs), key=lambda k: (k[2], k[1], k[0])):
+        a, b = mine.get(k), theirs.get(k)
+        where = f"{k[0]} {k[1]} {k[2].isoformat()}"
+        if a is None or b is None:
+            problems.append(f"{where}: snapshot {'missing' if a is None else 'without a score behind it'}")
+        elif (a.prediction_count, a.value_sum, a.failure_value_sum, a.status_counts) != (
+                b.prediction_count, b.value_sum, b.failure_value_sum, b.status_counts):
+            problems.append(f"{where}: stored {a.prediction_count} score(s) summing {a.value_sum!r}, the scores give "
+                            f"{b.prediction_count} summing {b.value_sum!r}")
+    rollups = {(r.scope_key, r.period_start): r for r in stored_rollups}
+    for (scope_key, hour), fingerprint in sorted(recomputed_rollups.items(), key=lambda item: (item[0][1], item[0][0])):
+        stored_rollup = rollups.get((scope_key, hour))
+        # the database sums failure values in no set order: equal up to rounding, as rollups.roll_up compares
+        if stored_rollup is None or (stored_rollup.cycle_count, stored_rollup.voided_count) != (
+                fingerprint.cycle_count, fingerprint.voided_count) or not math.isclose(
+                stored_rollup.failure_value_sum, fingerprint.failure_value_sum, rel_tol=0, abs_tol=1e-9):
+            problems.append(f"{scope_key} {hour.isoformat()}: the counted cycles or their failure values differ from the "
+                            "stored cycles")
+    return problems
+
+
+def check_snapshots_match_scores(spec: CompetitionSpec, rules: CompetitionRules, store: CompetitionStore,
+                                 checkpoint: CheckpointRow) -> GateCheck:
+    from crunch_assets.rollups import summarise
+
+    since = ranking_reach(spec, checkpoint.period_start, checkpoint.period_end)
+    fingerprints = store.hour_fingerprints(since, checkpoint.period_end)
+    recomputed = summarise(spec, rules, store.scored_predictions(fingerprints))
+    problems = snapshot_differences(store.snapshots(since, checkpoint.period_end), recomputed,
+                                    store.stored_rollups(since, checkpoint.period_end), fingerprints)
+    shown = problems[:_MAX_NAMED_DIFFERENCES] + ([f"... {len(problems) - _MAX_NAMED_DIFFERENCES} more"]
+                                                 if len(problems) > _MAX_NAMED_DIFFERENCES else [])
+    return GateCheck("snapshots_match_scores", not problems,
+                     "; ".join(shown) or f"{len(recomputed)} snapshot(s) from {since.isoformat()} recompute from the stored scores")
+
+
+def check_entries_committed(checkpoint: CheckpointRow) -> GateCheck:
+    if checkpoint.commitment_scheme < merkle.ENTRIES_SCHEME:
+        return GateCheck("entries_committed", False,
+                         f"built under commitment scheme {checkpoint.commitment_scheme}, which does not commit to the "
+                         "entries: rebuild the checkpoint (materialize emission_checkpoints for its period) while it is PENDING")
+    recomputed = merkle.entries_sha256(checkpoint.entries)
+    recorded = checkpoint.meta.get("entries_sha256")
+    if recomputed != recorded:
+        return GateCheck("entries_committed", False,
+                         f"the stored entries hash to {recomputed}, the checkpoint recorded {recorded}: they were changed "
+                         "after it was built")
+    return GateCheck("entries_committed", True, f"entries sha256 {recomputed[:16]}.. (RFC 8785), in the chained root")
+
+
+def check_leaves_portable(checkpoint: CheckpointRow) -> GateCheck:
+    """Only a checkpoint whose leaves anyone can recompute (scheme 3: RFC 8785) is paid."""
+    scheme = checkpoint.commitment_scheme
+    if scheme < merkle.PORTABLE_SCHEME:
+        return GateCheck("leaves_portable", False,
+                         f"built under commitment scheme {scheme}, whose leaves only Python recomputes: rebuild the "
+                         "checkpoint (materialize emission_checkpoints for its period) while it is PENDING")
+    return GateCheck("leaves_portable", True, f"commitment scheme {scheme}: RFC 8785 leaves, outputs and truths")
+
+
+def check_root_published(checkpoint: CheckpointRow, sink) -> GateCheck:
+    """The checkpoint's current chained root is in the publication file, and delivered to the
+    publication webhook when one is configured (crunch_assets/publication.py). The result is served
+    to anyone (GET .../gate): it names neither the file's path nor the webhook."""
+    from crunch_assets.publication import publication_problem
+
+    problem = publication_problem(sink, checkpoint)
+    where = "the publication file" + (" and the publication webhook" if sink.webhook_url else "")
+    return GateCheck("chained_root_published", problem is None,
+                     problem or f"chained root {str(checkpoint.chained_root)[:16]}.. published to {where}")
 
 
 def scored_answers(store: CompetitionStore, checkpoint: CheckpointRow) -> dict[str, int]:
@@ -280,21 +466,45 @@ def check_copy_clusters(entries: dict, spec: CompetitionSpec, resolutions: dict,
 
 
 def run_gate(spec: CompetitionSpec, store: CompetitionStore, checkpoint: CheckpointRow, accounts: PayoutAccounts,
-             settings: CompetitionSettings | None = None, now: datetime | None = None) -> dict:
-    """Every check of the emission safety gate over the stored checkpoint; {"passed", "checks", ...}."""
+             settings: CompetitionSettings | None = None, now: datetime | None = None,
+             rules: CompetitionRules | None = None, payouts: PayoutStore | None = None) -> dict:
+    """Every check of the emission safety gate over the stored checkpoint; {"passed", "checks", ...}.
+    `rules` (the competition's) recompute the payout; without them that check fails. `payouts`
+    lets the previous checkpoint's lifecycle be checked."""
+    from crunch_assets.publication import RootSink
+
     settings = settings or CompetitionSettings(spec.slug)
     entries = checkpoint.entries
     registry = {m.model_id: m.cruncher_index for m in store.models()}
+    previous = store.previous_checkpoint(checkpoint.period_start)
+    previous_trail = payouts.audit_trail(previous.id) if payouts is not None and previous is not None else None
+    if rules is None:
+        recompute = [GateCheck("payout_recomputes", False, "the competition's rules were not given: the payout cannot be "
+                                                           "recomputed"),
+                     GateCheck("snapshots_match_scores", False, "the competition's rules were not given")]
+    else:
+        # With the emission's own accounts: whether they are the configured ones is
+        # emission_accounts_configured's to say, once.
+        recompute = [
+            check_payout_recomputes(entries, checkpoint_entries(spec, rules, store, accounts_of(entries),
+                                                                checkpoint.period_start, checkpoint.period_end)),
+            check_snapshots_match_scores(spec, rules, store, checkpoint),
+        ]
     checks = [
         check_reward_sum(entries),
         check_follows_ranking(entries, spec.ranking_descending),
         check_paid_models_eligible(entries, spec),
         check_crunchers(entries, registry),
-        check_period_continues(checkpoint, store.previous_checkpoint(checkpoint.period_start)),
+        *recompute,
+        check_entries_committed(checkpoint),
+        check_leaves_portable(checkpoint),
+        check_root_published(checkpoint, RootSink.from_settings(settings)),
+        check_period_continues(checkpoint, previous, previous_trail),
         check_settled(store.unsettled_count(checkpoint.period_start, checkpoint.period_end),
                       store.prediction_statuses(checkpoint.period_start, checkpoint.period_end)),
         check_merkle(checkpoint.id, audit_checkpoints(store)),
         check_accounts(entries, accounts, settings),
+        check_some_model_is_paid(entries),
         check_field_size(entries, spec.gate),
         check_concentration(entries, spec.gate),
         check_paid_models_answered(entries, scored_answers(store, checkpoint)),
@@ -306,6 +516,9 @@ def run_gate(spec: CompetitionSpec, store: CompetitionStore, checkpoint: Checkpo
         "checked_at": (now or datetime.now(timezone.utc)).isoformat(),
         "checkpoint_updated_at": checkpoint.updated_at.isoformat(),
         "merkle_root": checkpoint.merkle_root,
+        "chained_root": checkpoint.chained_root,
+        "entries_sha256": merkle.entries_sha256(entries),
+        "commitment_scheme": checkpoint.commitment_scheme,
         "checks": [c.as_dict() for c in checks],
     }
 
@@ -319,6 +532,12 @@ def validate_request(to_status: str, tx_hash: str | None, actor: str, note: str 
         raise InvalidRequest(f"tx_hash {tx_hash!r} is not a transaction hash (16-128 letters or digits, optional 0x)")
     if to_status == "SUBMITTED" and not tx_hash:
         raise InvalidRequest("SUBMITTED needs the transaction hash (tx_hash) of the on-chain submission")
+    if to_status == "SKIPPED":
+        if note is None or not note.strip():
+            raise InvalidRequest("SKIPPED needs the reason (note): why nobody can be paid for the period; it is kept in "
+                                 "the audit")
+        if tx_hash is not None:
+            raise InvalidRequest("SKIPPED pays nothing on-chain: it takes no tx_hash")
     if not actor or len(actor) > ACTOR_MAX_CHARS:
         raise InvalidRequest(f"actor must be 1..{ACTOR_MAX_CHARS} characters")
     if note is not None and len(note) > NOTE_MAX_CHARS:
@@ -328,13 +547,16 @@ def validate_request(to_status: str, tx_hash: str | None, actor: str, note: str 
 def advance(
     spec: CompetitionSpec, store: CompetitionStore, payouts: PayoutStore, accounts: PayoutAccounts,
     checkpoint_id: int, to_status: str, *, actor: str, tx_hash: str | None = None, note: str | None = None,
-    settings: CompetitionSettings | None = None,
+    settings: CompetitionSettings | None = None, rules: CompetitionRules | None = None,
 ) -> TransitionOutcome:
-    """Move a checkpoint one step forward (to `to_status`), gated before SUBMITTED, audited.
+    """Move a checkpoint one step forward (to `to_status`), gated before SUBMITTED, audited. SKIPPED
+    (from PENDING, with the reason as `note`) is for a period nobody can be paid for: the gate
+    runs and must refuse it for such a reason (`skip_refusals`); it then pays nothing, ever.
 
     Raises InvalidRequest (bad request), CheckpointNotFound, TransitionConflict (not the status
     it must come from, or already there with another tx_hash), GateFailed (the gate's reasons;
-    the results are stored with the checkpoint). Repeating a done transition changes nothing."""
+    the results are stored with the checkpoint), SkipRefused (why it cannot be skipped; the
+    gate's results are stored too). Repeating a done transition changes nothing."""
     validate_request(to_status, tx_hash, actor, note)
     checkpoint = store.checkpoint_by_id(checkpoint_id)
     if checkpoint is None:
@@ -342,16 +564,47 @@ def advance(
     if to_status == "PENDING":
         raise TransitionConflict(f"checkpoint {checkpoint_id} is {checkpoint.status}: a checkpoint never goes back to "
                                  "PENDING", checkpoint.status)
-    from_status = PREVIOUS_STATUS[to_status]
     if to_status == "SUBMITTED" and checkpoint.status == "PENDING":
-        gate = run_gate(spec, store, checkpoint, accounts, settings)
+        gate = run_gate(spec, store, checkpoint, accounts, settings, rules=rules, payouts=payouts)
         if not gate["passed"]:
             payouts.record_gate(checkpoint_id, gate)
             raise GateFailed(gate)
-        return payouts.transition(checkpoint_id, from_status, to_status, actor=actor, tx_hash=tx_hash, note=note,
-                                  gate=gate, gated_version=checkpoint.updated_at)
-    # not gated: a later step, an idempotent repeat, or an illegal move (refused under the lock)
-    return payouts.transition(checkpoint_id, from_status, to_status, actor=actor, tx_hash=tx_hash, note=note)
+        return payouts.transition(checkpoint_id, to_status, actor=actor, tx_hash=tx_hash, note=note, gate=gate)
+    if to_status == "SKIPPED" and checkpoint.status == "PENDING":
+        # The gate's refusal is the evidence: stored with the checkpoint (frozen once it is
+        # SKIPPED), and the database skips only a checkpoint whose stored gate refused this very row.
+        gate = run_gate(spec, store, checkpoint, accounts, settings, rules=rules, payouts=payouts)
+        payouts.record_gate(checkpoint_id, gate)
+        refusals = skip_refusals(gate)
+        if refusals:
+            raise SkipRefused(gate, refusals)
+        return payouts.transition(checkpoint_id, to_status, actor=actor, note=note)
+    # not gated: a later step, an idempotent repeat, or an illegal move (refused by the database)
+    return payouts.transition(checkpoint_id, to_status, actor=actor, tx_hash=tx_hash, note=note)
+
+
+def unpayable_reasons(entries: dict, gate: GatePolicy) -> list[str]:
+    """Why a checkpoint, as built, can never be submitted under the declared policies ([] when
+    nothing in its entries says so; the whole gate decides): no model paid, the field below the
+    gate's minimum, a participant over its share cap. Entries only: cheap enough for every listing."""
+    checks = (check_some_model_is_paid(entries), check_field_size(entries, gate), check_concentration(entries, gate))
+    return [f"{c.name}: {c.detail}" for c in checks if not c.passed]
+
+
+def skip_refusals(gate: dict) -> list[str]:
+    """Why the gate run `gate` does not justify skipping its checkpoint ([] when it does): a skip
+    needs the gate to refuse the checkpoint for a reason that makes the period unpayable
+    (UNPAYABLE_CHECKS), and the checkpoint to be genuine, settled and in order (SKIP_NEEDS)."""
+    checks = {c["name"]: c for c in gate["checks"]}
+    if gate["passed"]:
+        return ["the emission safety gate passes: the checkpoint can be paid; submit it (a skip is for a period "
+                "nobody can be paid for)"]
+    refusals = [f"{name}: {checks[name]['detail']}" for name in SKIP_NEEDS if name in checks and not checks[name]["passed"]]
+    if not any(name in checks and not checks[name]["passed"] for name in UNPAYABLE_CHECKS):
+        failing = ", ".join(name for name, c in checks.items() if not c["passed"])
+        refusals.append(f"nothing makes the period unpayable ({', '.join(UNPAYABLE_CHECKS)} pass): the gate refuses it "
+                        f"for {failing}, which can be fixed; fix it and submit")
+    return refusals
 
 
 # --- copy clusters: the operator's resolution -----------------------------------------------------
@@ -414,7 +667,8 @@ def prizes(checkpoint: CheckpointRow, pool: int) -> list[dict]:
 
 def cli_format(checkpoint: CheckpointRow, pool: int | None = None) -> dict:
     """The reference CLI's shape: rewards as percentages keyed by model, providers as percentages,
-    and (with a pool) the prizes."""
+    and (with a pool) the prizes; with the checkpoint's commitment (its scheme, Merkle root and
+    chained root, as published: crunch_assets/publication.py)."""
     e = checkpoint.entries
     result = {
         "checkpoint_id": checkpoint.id,
@@ -422,6 +676,9 @@ def cli_format(checkpoint: CheckpointRow, pool: int | None = None) -> dict:
         "period_start": checkpoint.period_start.isoformat(),
         "period_end": checkpoint.period_end.isoformat(),
         "status": checkpoint.status,
+        "commitment_scheme": checkpoint.commitment_scheme,
+        "merkle_root": checkpoint.merkle_root,
+        "chained_root": checkpoint.chained_root,
         "rewards": {r["model_id"]: frac64_to_percent(r["reward_pct"]) for r in e.get("ranking", []) if r.get("reward_pct")},
         "compute_provider_rewards": {p["provider"]: frac64_to_percent(p["reward_pct"])
                                      for p in e.get("compute_provider_rewards", [])},

@@ -11,7 +11,7 @@ from collections import defaultdict
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import dagster as dg
 import pydantic
@@ -22,6 +22,7 @@ from crunch_assets.keys import ChainKeys
 from crunch_assets.model_health import QUARANTINE_META_KEY, ModelHealth, QuarantinePolicy, load_health
 from crunch_assets.partitions import CompetitionPartitions, floor_hour, input_feed_mapping
 from crunch_assets.records import LoadedRecords
+from crunch_assets.registry import report_registry_sync
 from crunch_assets.rules import CompetitionRules, validation_message
 from crunch_assets.run_config import WindowRunConfig, parse_as_of, resolve_as_of
 from crunch_assets.spec import CompetitionSpec, Scope
@@ -54,6 +55,7 @@ class CycleReport:
     waiting: list[tuple[datetime, str]] = field(default_factory=list)
     stored_by_hour: dict[datetime, dict[str, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
     quarantines: list[str] = field(default_factory=list)
+    registry_changes: list[str] = field(default_factory=list)  # models the session saw join the registry
 
     def merge(self, other: "CycleReport") -> None:
         for hour, n in other.cycles_run.items():
@@ -65,6 +67,7 @@ class CycleReport:
             for status, n in counts.items():
                 self.stored_by_hour[hour][status] += n
         self.quarantines += other.quarantines
+        self.registry_changes += other.registry_changes
 
     def hour_metadata(self, hour: datetime) -> dict:
         made = self.stored_by_hour.get(hour, {})
@@ -171,7 +174,7 @@ def run_cycles(
         return report
     loaded = LoadedRecords(feeds.load_records(streams, runnable[0][0] - history, runnable[-1][0]))
     models = session.get().models()
-    store.sync_models(models, runnable[0][0], complete=False)
+    report.registry_changes += [f"{e.event} {e.model_id}" for e in store.sync_models(models, runnable[0][0], complete=False)]
     # The session's models are the runner's live registry (an announced model that is stopped or
     # not connected comes back ABSENT); a runner that cannot reach the registry fails the run
     # instead of blaming every model.
@@ -283,7 +286,7 @@ def build_predictions_asset(spec: CompetitionSpec, partitions: CompetitionPartit
         feed: FeedResource,
         rules: CompetitionRules,
         model_runner: ModelRunnerResource,
-    ) -> dg.MaterializeResult:
+    ) -> Iterator[dg.MaterializeResult]:
         windows = partition_windows(context)
         live = parse_as_of(config) is not None
         store, feeds = database.competition(spec.slug), database.feeds()
@@ -303,7 +306,7 @@ def build_predictions_asset(spec: CompetitionSpec, partitions: CompetitionPartit
         report_partitions(context, {
             w.key: {**totals.hour_metadata(w.start), "window_status_counts": statuses.get(w.start, {})} for w in windows
         })
-        return dg.MaterializeResult(
+        yield dg.MaterializeResult(
             metadata={
                 "as_of": as_of.isoformat(),
                 "live": live,
@@ -313,5 +316,7 @@ def build_predictions_asset(spec: CompetitionSpec, partitions: CompetitionPartit
             check_results=[checks.check_every_cycle_stored(spec, store, keys.predictions, windows[0].start, due_until,
                                                            [reason for _, reason in totals.waiting])],
         )
+        if totals.registry_changes:  # after its own: the registry this run's session registered models into
+            report_registry_sync(context, keys, store, totals.registry_changes, model_runner)
 
     return predictions

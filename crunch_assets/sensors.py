@@ -282,6 +282,8 @@ def build_sensors(
     ):
         stored = {m.model_id: m.state for m in database.competition(slug).models()}
         changes = registry_changes(stored, model_runner.list_models())
+        if not changes and stored and context.instance.get_latest_materialization_event(keys.model_registry) is None:
+            changes = ["never materialized"]  # the store holds models the UI has never shown
         if not changes:
             return dg.SkipReason(f"{len(stored)} model(s), no change")
         return dg.RunRequest(run_key=f"{slug}:registry:{'|'.join(changes)}:{_floor(datetime.now(timezone.utc), 60).isoformat()}",

@@ -475,6 +475,9 @@ class CompetitionSpec(Declared):
     payout: PayoutPolicy = field(default_factory=PayoutPolicy)
     # The emission safety gate's declared limits (field size, concentration).
     gate: GatePolicy = field(default_factory=GatePolicy)
+    # What a score is, for people (the page says it with its direction), e.g. "CRPS of the
+    # predicted return density, in basis points". Empty: the page says "score".
+    score_name: str = ""
 
     def __post_init__(self) -> None:
         self._validate()
@@ -584,3 +587,110 @@ class CompetitionSpec(Declared):
                 cycles.append((datetime.fromtimestamp(seconds, tz=timezone.utc), scope))
         cycles.sort(key=lambda item: (item[0], item[1].key))
         return cycles
+
+
+@dataclass(frozen=True)
+class CadenceProblem:
+    """A scope whose cycle instants (or resolution instants) can fall further from the feed's
+    newest observation than the staleness bound allows: those cycles can never be resolved."""
+
+    scope: Scope
+    observation_interval_seconds: int
+    staleness_seconds: int
+    oldest_entry_seconds: int  # the oldest the newest observation can be at a cycle instant
+    oldest_resolution_seconds: int  # ... at a resolution instant (cycle + horizon)
+    unresolvable_cycles: int  # of every `pattern_cycles` cycles in a row
+    pattern_cycles: int
+    kind: str = "candle"
+
+    @property
+    def oldest_seconds(self) -> int:
+        return max(self.oldest_entry_seconds, self.oldest_resolution_seconds)
+
+    def fixes(self) -> list[str]:
+        """Each change that alone makes every cycle resolvable (empty when none of these does)."""
+        scope, interval, step = self.scope, self.observation_interval_seconds, self.scope.prediction_interval_seconds
+        found = []
+        valid_intervals = [
+            candidate for candidate in range(step + 1, step + interval + 1)
+            if oldest_observation_seconds(candidate, interval, scope.resolve_horizon_seconds) <= self.staleness_seconds
+        ]
+        if valid_intervals:
+            found.append(f"prediction_interval_seconds {valid_intervals[0]}")
+        finer = math.gcd(step, interval, scope.resolve_horizon_seconds)
+        if finer < interval:
+            if self.kind == "tick":
+                found.append(f"a tick feed with a tick every {finer} s")
+            else:
+                unit = "candles" if self.kind == "candle" else f"{self.kind} records"
+                found.append(f"{finer} s {unit} (FEED_DEFAULTS, or feed.granularity_seconds in a spec file)")
+        if self.oldest_seconds < scope.resolve_horizon_seconds:
+            found.append(f"max_price_staleness_seconds {self.oldest_seconds} (it must stay below the "
+                         f"{scope.resolve_horizon_seconds} s horizon)")
+        return found
+
+    def describe(self) -> str:
+        scope = self.scope
+        unit = "ticks" if self.kind == "tick" else ("candles" if self.kind == "candle" else f"{self.kind} records")
+        share = ("no cycle can ever be resolved: every one" if self.unresolvable_cycles == self.pattern_cycles
+                 else f"{self.unresolvable_cycles} cycle(s) in {self.pattern_cycles} can never be resolved and")
+        resolution = f"its resolution instant (cycle + {scope.resolve_horizon_seconds} s)"
+        entry_late = self.oldest_entry_seconds > self.staleness_seconds
+        resolution_late = self.oldest_resolution_seconds > self.staleness_seconds
+        if entry_late and resolution_late and self.oldest_entry_seconds == self.oldest_resolution_seconds:
+            where = f"{self.oldest_entry_seconds} s old at a cycle instant and at {resolution}"
+        else:
+            where = " and ".join(
+                ([f"{self.oldest_entry_seconds} s old at a cycle instant"] if entry_late else [])
+                + ([f"{self.oldest_resolution_seconds} s old at {resolution}"] if resolution_late else [])
+            )
+        return (
+            f"scope {scope.key}: a cycle every {scope.prediction_interval_seconds} s on {self.observation_interval_seconds} s "
+            f"{unit} finds the newest observation up to {where}, over max_price_staleness_seconds "
+            f"({self.staleness_seconds} s): {share} would be voided after void_after_seconds"
+        )
+
+    def message(self) -> str:
+        fixes = self.fixes()
+        return self.describe() + (f"; use one of: {'; '.join(fixes)}" if fixes else "")
+
+
+def oldest_observation_seconds(step_seconds: int, observation_interval_seconds: int, offset_seconds: int = 0) -> int:
+    """How old the newest observation can be at an instant n * step + offset (any whole n), when
+    observations fall on every multiple of observation_interval_seconds since the epoch (a
+    candle's close, a feed's tick): the instants visit every residue modulo the interval that is
+    congruent to the offset modulo gcd(step, interval), the largest being interval - gcd + that."""
+    common = math.gcd(step_seconds, observation_interval_seconds)
+    return observation_interval_seconds - common + offset_seconds % common
+
+
+def cadence_problems(spec: CompetitionSpec, kind: str, observation_interval_seconds: int | None) -> list[CadenceProblem]:
+    """The scopes of `spec` with cycles that can never be resolved on a feed observing every
+    observation_interval_seconds (a candle's bar length, a tick feed's declared interval; None
+    or 0: unknown, nothing to check). Cycle instants are multiples of the interval since the
+    epoch (CompetitionSpec.cycle_times), as are the observations of the engine's feeds."""
+    if not observation_interval_seconds or observation_interval_seconds <= 0:
+        return []
+    interval = int(observation_interval_seconds)
+    staleness = spec.max_price_staleness_seconds
+    problems = []
+    for scope in spec.scopes:
+        step, horizon = scope.prediction_interval_seconds, scope.resolve_horizon_seconds
+        entry = oldest_observation_seconds(step, interval)
+        resolution = oldest_observation_seconds(step, interval, horizon)
+        if entry <= staleness and resolution <= staleness:
+            continue
+        pattern = interval // math.gcd(step, interval)  # cycle instants repeat modulo the interval this often
+        unresolvable = sum(
+            1 for n in range(pattern)
+            if (n * step) % interval > staleness or (n * step + horizon) % interval > staleness
+        )
+        problems.append(CadenceProblem(scope, interval, staleness, entry, resolution, unresolvable, pattern, kind))
+    return problems
+
+
+def check_feed_cadence(spec: CompetitionSpec, kind: str, observation_interval_seconds: int | None) -> None:
+    """Refuse a spec whose cycles cannot all be resolved on this feed (see cadence_problems)."""
+    problems = cadence_problems(spec, kind, observation_interval_seconds)
+    if problems:
+        raise SpecError("; ".join(problem.message() for problem in problems))

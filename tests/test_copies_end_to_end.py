@@ -21,8 +21,9 @@ import dagster as dg
 import httpx
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 
-from tests.api.conftest import ACTOR, TOKEN, LiveServer, accounts, auth, database_named
+from tests.api.conftest import ACTOR, TOKEN, LiveServer, accounts, auth, database_named, role_env
 from tests.rewards_fixtures import hour_key, materialize_hours, materialize_one
 
 QUICKSTARTERS = Path(__file__).resolve().parents[1] / "competitions" / "btc_updown" / "models"
@@ -219,18 +220,23 @@ def test_the_same_clusters_when_the_gate_recomputes_them(replayed, btc_csv):
 
 
 def _serve(url: str, spec):
+    """The report API as `crunch-dagster api` builds it: connected as the api role (reads, and the
+    database's checkpoint and resolution functions), with the rules the gate recomputes with."""
+    from competitions.btc_updown.definitions import RULES
     from crunch_assets.api import ReportCompetition, create_app
     from resources.store.database import CrunchDatabase
 
-    return LiveServer(create_app([ReportCompetition(spec, accounts(), CrunchDatabase(url=url))], api_token=TOKEN,
-                                 actor=ACTOR, read_env=False))
+    competition = ReportCompetition(spec, accounts(), CrunchDatabase(role="api", database=make_url(url).database), RULES)
+    return LiveServer(create_app([competition], api_token=TOKEN, actor=ACTOR, read_env=False))
 
 
 def test_flag_only_blocks_the_gate_until_the_operator_resolves_the_cluster(replayed, btc_csv):
     url = replayed["url"]
     spec = _spec("flag")
     defs = _definitions(spec, replayed["models"], url, btc_csv)
-    assert materialize_one(defs, spec, "emission_checkpoints", hour_key(PERIOD_START)).success
+    # both periods built under the policy the gate recomputes them with (their entries name it)
+    for period in (PERIOD_START - 3 * H, PERIOD_START):
+        assert materialize_one(defs, spec, "emission_checkpoints", hour_key(period)).success
     flagged = _ranking(url)
     assert flagged["trend_copy"]["reward_pct"] > 0  # flag only: nobody is excluded before the operator decides
     checkpoint_id = _store(url).checkpoint(PERIOD_START, PERIOD_END).id
@@ -297,13 +303,41 @@ def test_flag_only_blocks_the_gate_until_the_operator_resolves_the_cluster(repla
             connection.execute(sa.text("UPDATE crunch.copy_resolutions SET paid_model_id = 'trend_copy'"))
 
 
+def test_a_resolution_recorded_while_the_gate_runs_stops_the_submission(replayed):
+    """The gate passes the checkpoint as the policy resolved it; before the submission lands, the
+    operator records another decision. Submitting with the gate result from before must be refused
+    (it was a payout the operator had just overruled); run again, the gate says to rebuild."""
+    from competitions.btc_updown.definitions import RULES
+    from crunch_assets.payouts import GateFailed, advance, run_gate
+    from resources.store.database import CrunchDatabase
+    from resources.store.payouts import PayoutStore, TransitionConflict
+
+    api = CrunchDatabase(role="api", database=make_url(replayed["url"]).database)
+    spec, store, payouts = _spec(), api.competition("btc_updown"), PayoutStore(api.engine, "btc_updown")
+    previous = store.previous_checkpoint(PERIOD_START)
+    advance(spec, store, payouts, accounts(), previous.id, "SUBMITTED", actor=ACTOR, tx_hash=TX + "0", rules=RULES)
+    checkpoint = store.checkpoint(PERIOD_START, PERIOD_END)
+    gate = run_gate(spec, store, checkpoint, accounts(), rules=RULES, payouts=payouts)
+    assert gate["passed"], [c for c in gate["checks"] if not c["passed"]]
+    [cluster] = store.copies.clusters(PERIOD_START, PERIOD_END)
+    assert cluster["paid"] == ["trend_following"]
+    store.copies.record_resolution(checkpoint.id, cluster["cluster"], "pay_all", None, actor=ACTOR,
+                                   note="two honest models")
+    with pytest.raises(TransitionConflict, match="run the transition again"):
+        payouts.transition(checkpoint.id, "SUBMITTED", actor=ACTOR, tx_hash=TX, gate=gate)
+    assert store.checkpoint_by_id(checkpoint.id).status == "PENDING"
+    with pytest.raises(GateFailed, match="after the checkpoint was built"):
+        advance(spec, store, payouts, accounts(), checkpoint.id, "SUBMITTED", actor=ACTOR, tx_hash=TX, rules=RULES)
+
+
 def test_the_cli_resolves_a_cluster_and_refuses_a_bad_request(replayed, btc_csv, monkeypatch):
     from click.testing import CliRunner
 
     from crunch_assets.cli import main
 
     url = replayed["url"]
-    monkeypatch.setenv("CRUNCH_DATABASE_URL", url)
+    for name, value in role_env(url).items():  # every role's URL on the test's database, as a deployment sets them
+        monkeypatch.setenv(name, value)
     checkpoint_id = _store(url).checkpoint(PERIOD_START, PERIOD_END).id
     key = _store(url).copies.clusters(PERIOD_START, PERIOD_END)[0]["cluster"]
     runner = CliRunner()

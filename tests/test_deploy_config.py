@@ -2,12 +2,14 @@
 container launcher installed, its workspace serves every competition of workspace.yaml over gRPC,
 and the compose file runs a code server for each; the supervised deployment's generated files."""
 
+import os
 import shutil
 from pathlib import Path
 
 import dagster as dg
 import pytest
 import yaml
+from sqlalchemy.engine import make_url
 
 from crunch_assets.serve import ServeConfigError, ServeOptions, programs, read_code_locations, write_serve_files
 
@@ -27,11 +29,14 @@ def test_the_production_instance_loads_with_the_container_launcher(database_url,
     home = tmp_path / "home"
     home.mkdir()
     shutil.copy(DEPLOY / "dagster.yaml", home / "dagster.yaml")
-    monkeypatch.setenv("CRUNCH_DATABASE_URL", database_url)  # the one secret, from the environment
+    # Dagster's storage connects as its own role, from the environment (conftest set the test server's)
+    assert make_url(os.environ["CRUNCH_DAGSTER_DATABASE_URL"]).username == "crunch_dagster"
     with dg.DagsterInstance.from_config(str(home)) as instance:
         assert isinstance(instance.run_launcher, DockerRunLauncher)
         assert instance.run_launcher.networks == ["crunch"]
-        assert "CRUNCH_DATABASE_URL" in instance.run_launcher.env_vars
+        # a run connects as the engine; the migrations' URL never reaches a run container
+        assert {"CRUNCH_ENGINE_DATABASE_URL", "CRUNCH_DAGSTER_DATABASE_URL"} <= set(instance.run_launcher.env_vars)
+        assert "CRUNCH_DATABASE_URL" not in instance.run_launcher.env_vars
         assert isinstance(instance.run_coordinator, QueuedRunCoordinator)
         limits = instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
         assert limits == [{"key": "crunch/competition", "value": {"applyLimitPerUniqueValue": True}, "limit": 4}]
@@ -48,8 +53,8 @@ def test_the_production_instance_needs_its_database_url(tmp_path, monkeypatch):
     home = tmp_path / "home"
     home.mkdir()
     shutil.copy(DEPLOY / "dagster.yaml", home / "dagster.yaml")
-    monkeypatch.delenv("CRUNCH_DATABASE_URL", raising=False)
-    with pytest.raises(Exception, match="CRUNCH_DATABASE_URL"):
+    monkeypatch.delenv("CRUNCH_DAGSTER_DATABASE_URL", raising=False)
+    with pytest.raises(Exception, match="CRUNCH_DAGSTER_DATABASE_URL"):
         dg.DagsterInstance.from_config(str(home))
 
 
@@ -67,6 +72,12 @@ def test_every_competition_is_a_code_server_in_production():
     published = {name: svc["ports"] for name, svc in compose["services"].items() if svc.get("ports")}
     assert list(published) == ["nginx"] and all(port.startswith("${CRUNCH_PUBLIC_BIND:-127.0.0.1}:") for port in published["nginx"])
     assert "--read-only" in compose["services"]["webserver_read_only"]["command"]
+    # the migrations' URL (deploy/migrate.env) goes to the migrate service only, which the code servers wait for
+    readers = [name for name, svc in compose["services"].items() if "migrate.env" in str(svc.get("env_file", ""))]
+    assert readers == ["migrate"] and compose["services"]["migrate"]["command"] == ["crunch-dagster", "migrate"]
+    assert all(compose["services"][f"code_{name}"]["depends_on"] == {"migrate": {"condition": "service_completed_successfully"}}
+               for name in served)
+    assert not any(line.startswith("CRUNCH_DATABASE_URL=") for line in (DEPLOY / "crunch.env.example").read_text().splitlines())
 
 
 def test_serve_writes_a_grpc_workspace_and_a_supervisor_config(tmp_path):
@@ -127,3 +138,68 @@ def test_nginx_fronts_the_report_api_in_production():
     assert command[command.index("--max-connections-per-client") + 1] == "0"
     listen = nginx["environment"]["CRUNCH_API_LISTEN"]
     assert any(p.endswith(f":{listen}:{listen}") for p in nginx["ports"])
+
+
+# --- the report API of a served workspace reads the specs that workspace runs ----------------------
+
+def test_serve_gives_the_api_the_served_workspace(tmp_path):
+    workspace = tmp_path / "fast.yaml"
+    workspace.write_text(f"load_from:\n  - python_file:\n      relative_path: {PROJECT_ROOT / 'bench' / 'chaos_competition.py'}\n"
+                         "      location_name: btc_updown\n")
+    api = programs(read_code_locations(workspace), ServeOptions(data_dir=tmp_path, workspace=workspace))["api"]["command"]
+    assert api[1:2] == ["api"] and api[api.index("--workspace") + 1] == str(workspace)
+
+
+def test_lag_of_a_served_workspace_reads_the_scopes_it_runs(tmp_path, clean_database):
+    """`serve --workspace bench/...chaos_competition.py` runs btc_updown with 30 s cycles (scope
+    BTC-60-30); its API used to load competitions/btc_updown (BTC-60-60), so /lag reported the
+    cycles of a scope nobody runs (none) and ignored the stored ones. Real HTTP, real CLI."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    from datetime import datetime, timedelta, timezone
+
+    import requests
+
+    from crunch_assets.api import load_report_competition
+    from crunch_assets.cli.common import load_workspace_competitions
+    from resources.store.database import CrunchDatabase
+    from resources.store.rows import CycleWrite, InputRow
+
+    workspace = tmp_path / "fast.yaml"
+    workspace.write_text(f"load_from:\n  - python_file:\n      relative_path: {PROJECT_ROOT / 'bench' / 'chaos_competition.py'}\n"
+                         "      location_name: btc_updown\n")
+    assert [scope.key for scope in load_report_competition("btc_updown").spec.scopes] == ["BTC-60-60"]  # what it served
+    [(_, spec)] = load_workspace_competitions(workspace)
+    assert [scope.key for scope in spec.scopes] == ["BTC-60-30"]
+    cycle_at = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(seconds=45)
+    cycle_at -= timedelta(seconds=cycle_at.second % 30)
+    CrunchDatabase().competition("btc_updown").write_cycles(
+        [CycleWrite(InputRow("BTC-60-30", cycle_at, cycle_at + timedelta(seconds=60), {}, spec.scopes[0].as_dict()), [])], [])
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "CRUNCH_DATABASE_URL": clean_database}
+    server = subprocess.Popen([str(Path(sys.executable).with_name("crunch-dagster")), "api", "--port", str(port),
+                               "--workspace", str(workspace), "--log-level", "warning"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                lag = requests.get(f"http://127.0.0.1:{port}/competitions/btc_updown/lag", timeout=10)
+                break
+            except requests.ConnectionError:
+                assert server.poll() is None, server.stderr.read().decode()[-3000:]
+                assert time.monotonic() < deadline, "the API did not answer"
+                time.sleep(0.2)
+        assert lag.status_code == 200, lag.text
+        last_cycle = lag.json()["last_cycle"]
+        assert list(last_cycle) == ["BTC-60-30"]
+        assert datetime.fromisoformat(last_cycle["BTC-60-30"]["at"]) == cycle_at
+    finally:
+        server.terminate()
+        assert server.wait(timeout=60) == 0  # SIGTERM: a clean stop

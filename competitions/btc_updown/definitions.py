@@ -34,6 +34,7 @@ SPEC = CompetitionSpec(
     copy_detection=CopyDetection.pay_first(never_match=({"p_up": 0.5, "form": "p_up"},)),
     checkpoint_interval_seconds=SETTINGS.integer("CHECKPOINT_INTERVAL_SECONDS", 604800),
     description="Will BTC/USD be higher one minute from now?",
+    score_name="Brier skill, 1 - (p_up - outcome)^2, from 0 to 1 (0.75 for a coin flip)",
 )
 
 RULES = CallableRules(

@@ -20,12 +20,13 @@ import binascii
 import hmac
 import json
 import os
+import threading
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Callable, Literal, Sequence
 
 from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Path, Query
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -34,10 +35,13 @@ from crunch_assets.api import exports
 from crunch_assets.api.competitions import ReportCompetition
 from crunch_assets.api.hardening import HardenedAPI, docs_routes, validation_error
 from crunch_assets.api.views import (
-    checkpoint_summary, checkpoint_view, lag_view, leaderboard_view, model_score_series, models_global, models_params,
-    prediction_view, report_schema, snapshot_view,
+    checkpoint_summary, checkpoint_view, lag_view, leaderboard_view, lifecycle_view, model_score_series, models_global,
+    models_params, prediction_view, report_schema, snapshot_view,
 )
+from crunch_assets.receipts import ReceiptUnavailable, build_receipt
 from crunch_assets.verification import inclusion_proof
+from resources.model_ids import MODEL_ID_PATTERN, MODEL_ID_RULE
+from resources.store import json_codec
 from resources.store.payouts import CheckpointNotFound, TransitionConflict
 from resources.store.reports import PREDICTION_STATUSES
 
@@ -51,6 +55,7 @@ EXPORT_MAX_DAYS = 31
 SERIES_MAX_DAYS = 31
 ID_MAX = 2**63 - 1
 # Identifiers in paths and filters: printable, bounded (NUL and control characters cannot reach SQL).
+# A model id has the registration grammar (resources/model_ids.py): every registered model fits it.
 IDENT_PATTERN = r"^[A-Za-z0-9_.:@/+=-]{1,200}$"
 EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)
 LATEST = datetime(2200, 1, 1, tzinfo=timezone.utc)
@@ -69,7 +74,14 @@ def _utc_instant(value: datetime) -> datetime:
 UtcInstant = Annotated[AwareDatetime, AfterValidator(_utc_instant)]
 Ident = Annotated[str, Field(pattern=IDENT_PATTERN)]
 CheckpointId = Annotated[int, Path(ge=1, le=ID_MAX, description="checkpoint id", examples=[1])]
-ModelId = Annotated[str, Path(pattern=IDENT_PATTERN, description="model id", examples=["mean_reversion"])]
+ModelId = Annotated[str, Path(pattern=MODEL_ID_PATTERN, description=f"model id: {MODEL_ID_RULE}", examples=["mean_reversion"])]
+ModelIdFilter = Annotated[str, Field(pattern=MODEL_ID_PATTERN, description=f"model id: {MODEL_ID_RULE}")]
+# A receipt hashes every leaf of its period (seconds of CPU for a day of 100 models): one is built at
+# a time per process, whatever the path or app, so the other core keeps serving; a request waits at
+# most RECEIPT_WAIT_SECONDS for its turn (then 503).
+RECEIPT_CONCURRENCY = 1
+RECEIPT_WAIT_SECONDS = 30.0
+_receipt_slots = threading.BoundedSemaphore(RECEIPT_CONCURRENCY)
 TxHash = Annotated[str, Field(pattern=payouts.TX_HASH_PATTERN.pattern, description="on-chain transaction hash")]
 Note = Annotated[str, Field(max_length=payouts.NOTE_MAX_CHARS)]
 
@@ -89,9 +101,9 @@ class ResolveCopyBody(BaseModel):
 
 class StatusBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    status: Literal["PENDING", "SUBMITTED", "CLAIMABLE", "PAID"]
+    status: Literal["PENDING", "SUBMITTED", "CLAIMABLE", "PAID", "SKIPPED"]
     tx_hash: TxHash | None = None
-    note: Note | None = None
+    note: Note | None = Field(default=None, description="kept in the audit; for SKIPPED, required: the reason")
 
 
 def encode_cursor(cycle_at: datetime, row_id: int) -> str:
@@ -180,8 +192,20 @@ def create_app(
             raise HTTPException(404, f"no competition {slug!r}; served: {', '.join(sorted(by_slug))}")
         return competition
 
+    from crunch_assets.api import reference
+
+    def default_dependency() -> ReportCompetition:
+        return default
+
+    # Ours on /competitions/{slug}; the reference's shapes (the coordinator webapp's contract) on
+    # /reports (the default competition) and /competitions/{slug}/reports; /reports also answers
+    # our paths the reference has no counterpart of (breakdowns, proofs, audit, gate, lag, exports).
     app.include_router(build_router(by_slug_dependency, operator, operator_read), prefix="/competitions/{slug}")
-    app.include_router(build_router(lambda: default, operator, operator_read), prefix="/reports")
+    app.include_router(reference.build_reference_router(by_slug_dependency, operator),
+                       prefix="/competitions/{slug}/reports")
+    reports = reference.build_reference_router(default_dependency, operator)
+    app.include_router(reports, prefix="/reports")
+    app.include_router(_without(build_router(default_dependency, operator, operator_read), reports), prefix="/reports")
 
     @app.get("/health", tags=["health"])
     def health() -> JSONResponse:
@@ -192,6 +216,22 @@ def create_app(
             return JSONResponse({"status": "unavailable", "database": f"unreachable: {type(error).__name__}"}, 503)
         return JSONResponse({"status": "ok", "database": "reachable", "competitions": sorted(by_slug)})
 
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> JSONResponse:
+        """The reference's name of /health."""
+        return health()
+
+    @app.get("/info", tags=["reference (coordinator webapp)"])
+    def node_info() -> dict:
+        """The node's identity, as the reference's: the default competition's crunch account
+        (CRUNCH_<SLUG>_CRUNCH_PUBKEY; null when not set) and its network (CRUNCH_<SLUG>_NETWORK:
+        mainnet-beta, devnet or testnet; null when not declared), and every served competition's."""
+        return {**reference.info(default), "competitions": [reference.info(c) for c in competitions]}
+
+    @app.get("/competitions/{slug}/info", tags=["reference (coordinator webapp)"])
+    def competition_info(c: Annotated[ReportCompetition, Depends(by_slug_dependency)]) -> dict:
+        return reference.info(c)
+
     @app.get("/competitions", tags=["competitions"])
     def list_competitions() -> dict:
         return {"default": default.slug, "competitions": [
@@ -201,7 +241,18 @@ def create_app(
     from crunch_assets.api.page import build_page_router
 
     app.include_router(build_page_router(by_slug, default.slug))
+    from crunch_assets.api.receipt_widget import build_receipt_files_router
+
+    app.include_router(build_receipt_files_router())
     return app
+
+
+def _without(router: APIRouter, taken_by: APIRouter) -> APIRouter:
+    """`router` less the routes (path and method) `taken_by` already answers."""
+    taken = {(route.path, method) for route in taken_by.routes for method in getattr(route, "methods", ())}
+    router.routes = [route for route in router.routes
+                     if not any((route.path, method) in taken for method in getattr(route, "methods", ()))]
+    return router
 
 
 def build_router(competition_dependency: Callable[..., ReportCompetition], operator: Callable[..., str],
@@ -293,7 +344,7 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
     def predictions(
         c: Competition,
         is_operator: IsOperator,
-        model_id: Annotated[Ident | None, Query()] = None,
+        model_id: Annotated[ModelIdFilter | None, Query()] = None,
         scope: Annotated[Ident | None, Query()] = None,
         status: Annotated[Literal[PREDICTION_STATUSES] | None, Query()] = None,  # type: ignore[valid-type]
         start: Annotated[UtcInstant | None, Query()] = None,
@@ -330,7 +381,7 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
     @router.get("/snapshots", tags=["snapshots"])
     def snapshots(
         c: Competition,
-        model_id: Annotated[Ident | None, Query()] = None,
+        model_id: Annotated[ModelIdFilter | None, Query()] = None,
         scope: Annotated[Ident | None, Query()] = None,
         start: Annotated[UtcInstant | None, Query()] = None,
         end: Annotated[UtcInstant | None, Query()] = None,
@@ -349,21 +400,27 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
     @router.get("/checkpoints", tags=["checkpoints"])
     def checkpoints(
         c: Competition,
-        status: Annotated[Literal["PENDING", "SUBMITTED", "CLAIMABLE", "PAID"] | None, Query()] = None,
+        status: Annotated[Literal["PENDING", "SUBMITTED", "CLAIMABLE", "PAID", "SKIPPED"] | None, Query()] = None,
         limit: Annotated[int, Query(ge=1, le=CHECKPOINT_LIMIT_MAX)] = 50,
     ) -> dict:
-        """The newest checkpoints first, with their reward split."""
-        return {"checkpoints": [checkpoint_summary(cp) for cp in c.reports.checkpoints(status=status, limit=limit)]}
+        """The newest checkpoints first, with their reward split; `lifecycle.verified` is false (with the
+        reasons) for a checkpoint past PENDING without a matching audit trail and gate result;
+        `skipped` gives a SKIPPED one's reason; `unpayable` says why a PENDING one can never be
+        submitted (and that an operator may skip it)."""
+        rows = c.reports.checkpoints(status=status, limit=limit)
+        trails = c.payouts.audit_trails([cp.id for cp in rows])
+        return {"checkpoints": [checkpoint_summary(cp, trails.get(cp.id, []), c.spec) for cp in rows]}
 
     @router.get("/checkpoints/{checkpoint_id}", tags=["checkpoints"])
     def checkpoint(c: Competition, checkpoint_id: CheckpointId) -> dict:
         cp = checkpoint_or_404(c, checkpoint_id)
-        return checkpoint_view(cp, c.payouts.gate(cp.id), c.payouts.audit_trail(cp.id))
+        return checkpoint_view(cp, c.payouts.gate(cp.id), c.payouts.audit_trail(cp.id), c.spec)
 
     @router.get("/checkpoints/{checkpoint_id}/audit", tags=["checkpoints"])
     def checkpoint_audit(c: Competition, checkpoint_id: CheckpointId) -> dict:
-        checkpoint_or_404(c, checkpoint_id)
-        return {"checkpoint_id": checkpoint_id, "audit": [vars(a) for a in c.payouts.audit_trail(checkpoint_id)]}
+        cp = checkpoint_or_404(c, checkpoint_id)
+        trail = c.payouts.audit_trail(checkpoint_id)
+        return {"checkpoint_id": checkpoint_id, "audit": [vars(a) for a in trail], "lifecycle": lifecycle_view(cp, trail)}
 
     @router.get("/checkpoints/{checkpoint_id}/gate", tags=["checkpoints"])
     def checkpoint_gate(c: Competition, checkpoint_id: CheckpointId) -> dict:
@@ -421,6 +478,28 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
         except LookupError as error:
             raise HTTPException(404, str(error)) from None
 
+    @router.get("/checkpoints/{checkpoint_id}/models/{model_id}/receipt", tags=["rewards"],
+                responses={200: {"content": {"application/json": {}}, "description": "the receipt"},
+                           404: {"description": "unknown checkpoint, a model it does not rank, or a checkpoint built "
+                                                "before portable leaves (scheme 3)"},
+                           503: {"description": "too many receipts being built: retry"}})
+    def receipt(c: Competition, checkpoint_id: CheckpointId, model_id: ModelId) -> Response:
+        """Everything the model's participant needs to check their share offline: each of the model's
+        leaves in the period (the fields it is hashed from, its output and truth, its inclusion path),
+        the period's Merkle root, the previous and this chained root, the entries and their hash, the
+        rules fingerprint, the reward and its breakdown. Check it with `verify_receipt.py` (the
+        challenge package's, or `/static/verify_receipt.py`)."""
+        cp = checkpoint_or_404(c, checkpoint_id)
+        if not _receipt_slots.acquire(timeout=RECEIPT_WAIT_SECONDS):
+            raise HTTPException(503, "too many receipts are being built: retry shortly", headers={"Retry-After": "10"})
+        try:
+            document = build_receipt(c.slug, c.store, cp, model_id)
+        except ReceiptUnavailable as error:
+            raise HTTPException(404, str(error)) from None
+        finally:
+            _receipt_slots.release()
+        return Response(json_codec.dumps(document).encode(), media_type="application/json")
+
     # --- schema and lag --------------------------------------------------------------------------
 
     @router.get("/schema", tags=["schema"])
@@ -446,20 +525,21 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
                    note: str | None) -> dict:
         try:
             outcome = payouts.advance(c.spec, c.store, c.payouts, c.accounts, checkpoint_id, to_status, actor=actor,
-                                      tx_hash=tx_hash, note=note, settings=c.settings)
+                                      tx_hash=tx_hash, note=note, settings=c.settings, rules=c.rules)
         except CheckpointNotFound as error:
             raise HTTPException(404, str(error)) from None
         except payouts.InvalidRequest as error:
             raise HTTPException(422, str(error)) from None
         except TransitionConflict as error:
             raise HTTPException(409, {"message": str(error), "status": error.current_status}) from None
-        except payouts.GateFailed as error:
+        except (payouts.GateFailed, payouts.SkipRefused) as error:
             raise HTTPException(409, {"message": str(error), "reasons": error.reasons, "gate": error.gate}) from None
         return {"changed": outcome.changed, "message": outcome.message,
                 "checkpoint": checkpoint_summary(outcome.checkpoint),
                 "audit": vars(outcome.audit) if outcome.audit else None}
 
-    conflict = {409: {"description": "illegal transition, or the safety gate refused"},
+    conflict = {409: {"description": "illegal transition, the safety gate refused, or a skip refused (the checkpoint "
+                                     "can be paid, or is not settled, genuine and in order)"},
                 401: {"description": "no bearer token"}, 403: {"description": "wrong token, or mutations disabled"},
                 404: {"description": "unknown checkpoint"}}
 
@@ -471,7 +551,9 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
     @router.patch("/checkpoints/{checkpoint_id}/status", tags=["lifecycle"], responses=conflict)
     def advance_status(c: Competition, actor: Operator, checkpoint_id: CheckpointId,
                        body: Annotated[StatusBody, Body()]) -> dict:
-        """One step forward: SUBMITTED (needs tx_hash; gated), CLAIMABLE, PAID."""
+        """One step forward: SUBMITTED (needs tx_hash; gated), CLAIMABLE, PAID; or SKIPPED, from PENDING
+        with the reason as `note`, for a period nobody can be paid for (the gate must refuse it for
+        that; it then pays nothing, ever, and the next period may be submitted)."""
         return transition(c, checkpoint_id, body.status, actor, body.tx_hash, body.note)
 
     @router.get("/checkpoints/{checkpoint_id}/copy-clusters", tags=["checkpoints"])

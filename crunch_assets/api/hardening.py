@@ -8,8 +8,9 @@
   connection, so the rest of the body is never read.
 - Security headers on every response, errors included: a strict Content-Security-Policy (only
   the API's own origin; no inline script or style; no framing), nosniff, no referrer, DENY framing.
-  The interactive docs (/docs, /redoc) load Swagger UI and ReDoc from their CDN: their own policy
-  allows those origins and, for Swagger UI's one inline script, its hash (see docs_routes).
+  The interactive docs (/docs, /redoc) load Swagger UI and ReDoc from the API itself (the files
+  the pinned fastapi-offline package bundles), so they work offline: their own policy names no
+  other origin, and allows Swagger UI's one inline script by its hash (see docs_routes).
 - Validation errors whose input holds NaN or Infinity are answered 422 (JSON has no such numbers:
   they are shown as strings) instead of failing to render.
 """
@@ -18,8 +19,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib.resources
 import math
 import re
+from pathlib import Path
 from typing import Any, Iterable
 
 from fastapi import FastAPI, Request
@@ -27,6 +30,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -46,10 +50,9 @@ STRICT_HEADERS: tuple[tuple[str, str], ...] = (
 )
 _MANAGED = frozenset(name.encode() for name, _ in STRICT_HEADERS)
 
-SWAGGER_CDN = "https://cdn.jsdelivr.net"
-FASTAPI_FAVICON = "https://fastapi.tiangolo.com"
-GOOGLE_FONTS_CSS = "https://fonts.googleapis.com"
-GOOGLE_FONTS = "https://fonts.gstatic.com"
+# Swagger UI and ReDoc, served from the package that bundles them (no CDN: the docs work offline).
+DOCS_ASSETS_URL = "/docs-assets"
+DOCS_ASSETS_PACKAGE = "fastapi_offline"
 
 
 class SecurityHeaders:
@@ -137,31 +140,39 @@ def _policy(directives: Iterable[tuple[str, Iterable[str]]]) -> str:
     return "; ".join(f"{name} {' '.join(sources)}" for name, sources in directives)
 
 
-def docs_routes(app: FastAPI, docs_url: str = "/docs", redoc_url: str = "/redoc") -> dict[str, str]:
-    """Serve Swagger UI and ReDoc (the same pages FastAPI serves) and return their policies.
+def docs_assets_dir() -> Path:
+    """Swagger UI's bundle and stylesheet, ReDoc's standalone bundle and a favicon, as the pinned
+    fastapi-offline package ships them."""
+    return Path(str(importlib.resources.files(DOCS_ASSETS_PACKAGE) / "static"))
 
-    Their scripts and styles come from their CDN (until they are bundled with the API): the
-    policy of each page allows that origin, the hash of Swagger UI's inline script, inline
-    styles (ReDoc writes its styles at run time) and, for ReDoc, its search worker (blob:).
-    Nothing else is loosened, and no other path gets these policies."""
+
+def docs_routes(app: FastAPI, docs_url: str = "/docs", redoc_url: str = "/redoc") -> dict[str, str]:
+    """Serve Swagger UI and ReDoc (the pages FastAPI serves) with their files from the API itself
+    under DOCS_ASSETS_URL, and return the pages' policies.
+
+    Each page's policy names no origin but the API's own: its scripts and styles are files of the
+    API; Swagger UI's one inline script is allowed by its hash; inline styles are allowed (both
+    write styles at run time) and, for ReDoc, its search worker (blob:). No other path gets these
+    policies."""
     openapi_url = app.openapi_url or "/openapi.json"
-    swagger = get_swagger_ui_html(openapi_url=openapi_url, title=f"{app.title} - Swagger UI").body.decode()
-    redoc = get_redoc_html(openapi_url=openapi_url, title=f"{app.title} - ReDoc").body.decode()
+    assets = docs_assets_dir()
+    app.mount(DOCS_ASSETS_URL, StaticFiles(directory=assets), name="docs-assets")
+    swagger = get_swagger_ui_html(
+        openapi_url=openapi_url, title=f"{app.title} - Swagger UI",
+        swagger_js_url=f"{DOCS_ASSETS_URL}/swagger-ui-bundle.js", swagger_css_url=f"{DOCS_ASSETS_URL}/swagger-ui.css",
+        swagger_favicon_url=f"{DOCS_ASSETS_URL}/favicon.png",
+    ).body.decode()
+    redoc = get_redoc_html(
+        openapi_url=openapi_url, title=f"{app.title} - ReDoc", redoc_js_url=f"{DOCS_ASSETS_URL}/redoc.standalone.js",
+        redoc_favicon_url=f"{DOCS_ASSETS_URL}/favicon.png", with_google_fonts=False,
+    ).body.decode()
     common = [("default-src", ["'self'"]), ("base-uri", ["'none'"]), ("form-action", ["'self'"]),
-              ("frame-ancestors", ["'none'"]), ("object-src", ["'none'"]), ("connect-src", ["'self'"])]
+              ("frame-ancestors", ["'none'"]), ("object-src", ["'none'"]), ("connect-src", ["'self'"]),
+              ("img-src", ["'self'", "data:"]), ("style-src", ["'self'", "'unsafe-inline'"])]
     policies = {
-        docs_url: _policy(common + [
-            ("script-src", ["'self'", SWAGGER_CDN, *_script_hashes(swagger)]),
-            ("style-src", ["'self'", SWAGGER_CDN, "'unsafe-inline'"]),
-            ("img-src", ["'self'", "data:", FASTAPI_FAVICON]),
-        ]),
-        redoc_url: _policy(common + [
-            ("script-src", ["'self'", SWAGGER_CDN, *_script_hashes(redoc)]),
-            ("style-src", ["'self'", GOOGLE_FONTS_CSS, "'unsafe-inline'"]),
-            ("font-src", ["'self'", GOOGLE_FONTS]),
-            ("img-src", ["'self'", "data:", FASTAPI_FAVICON]),
-            ("worker-src", ["'self'", "blob:"]),
-        ]),
+        docs_url: _policy(common + [("script-src", ["'self'", *_script_hashes(swagger)])]),
+        redoc_url: _policy(common + [("script-src", ["'self'", *_script_hashes(redoc)]),
+                                     ("worker-src", ["'self'", "blob:"])]),
     }
 
     async def swagger_page(request: Request) -> HTMLResponse:

@@ -11,6 +11,7 @@ import click
 from crunch_assets.cli.api import api
 from crunch_assets.cli.audit import audit
 from crunch_assets.cli.checkpoints import checkpoints
+from crunch_assets.cli.migrate import migrate
 from crunch_assets.cli.replay import replay
 from crunch_assets.cli.scaffold import doctor, init
 from crunch_assets.cli.serve import db, serve
@@ -32,3 +33,4 @@ main.add_command(checkpoints)
 main.add_command(api)
 main.add_command(serve)
 main.add_command(db)
+main.add_command(migrate)

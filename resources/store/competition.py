@@ -34,7 +34,9 @@ from resources.store.rows import (
     Voiding,
 )
 
-LOCKED_STATUSES = ("SUBMITTED", "CLAIMABLE", "PAID")
+# A checkpoint past PENDING committed its period's scores for good (a SKIPPED one too: its root is
+# in every later chained root), so settlement never changes them.
+LOCKED_STATUSES = ("SUBMITTED", "CLAIMABLE", "PAID", "SKIPPED")
 
 
 def derived_prediction_status(p: sa.Table, s: sa.Table, i: sa.Table) -> sa.ColumnElement[str]:
@@ -502,6 +504,36 @@ class CompetitionStore:
                 [(self.slug, as_of, entries, meta)], ("competition", "as_of"), update_columns=("entries", "meta"),
             )
 
+    def write_live_leaderboard(self, as_of: datetime, entries: list[dict], meta: dict) -> bool:
+        """The live leaderboard as of `as_of` (meta `live: true`), replacing the live one stored
+        earlier in the same hour: one live row per hour, the newest. A row older than the hour's
+        live row is not written (a slower run's last tick never moves the leaderboard back);
+        returns whether it was written."""
+        lb = t.leaderboards
+        hour = as_of.replace(minute=0, second=0, microsecond=0)
+        is_live = lb.c.meta["live"].as_boolean().is_(True)
+        same_hour_live = sa.and_(lb.c.competition == self.slug, lb.c.as_of >= hour, lb.c.as_of < hour + timedelta(hours=1), is_live)
+        with self.engine.begin() as connection:
+            connection.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"live_leaderboard|{self.slug}"})
+            newest = connection.execute(sa.select(sa.func.max(lb.c.as_of)).where(same_hour_live)).scalar()
+            if newest is not None and newest > as_of:
+                return False
+            if connection.execute(sa.select(lb.c.id).where(lb.c.competition == self.slug, lb.c.as_of == as_of,
+                                                           sa.not_(is_live))).first():
+                return False  # a daily leaderboard at this very instant stands
+            connection.execute(sa.delete(lb).where(same_hour_live, lb.c.as_of != as_of))
+            bulk_upsert(
+                connection, lb, ("competition", "as_of", "entries", "meta"),
+                [(self.slug, as_of, entries, {**meta, "live": True})], ("competition", "as_of"), update_columns=("entries", "meta"),
+            )
+        return True
+
+    def last_scored_cycle(self) -> datetime | None:
+        """The newest cycle with a score (what a live leaderboard is as of)."""
+        s = t.scores
+        with self.engine.connect() as connection:
+            return connection.execute(sa.select(sa.func.max(s.c.cycle_at)).where(s.c.competition == self.slug)).scalar()
+
     def leaderboard(self, as_of: datetime | None = None) -> tuple[datetime, list[dict], dict] | None:
         """The newest leaderboard at or before `as_of` (None: the newest of all)."""
         lb = t.leaderboards
@@ -549,11 +581,12 @@ class CompetitionStore:
 
     def write_pending_checkpoint(
         self, period_start: datetime, period_end: datetime, entries: dict, merkle_root: str, chained_root: str,
-        meta: dict,
+        meta: dict, commitment_scheme: int,
     ) -> CheckpointRow:
         """Store (or replace) the period's checkpoint while it is PENDING, and with it the period's
         copy clusters (entries["copy_clusters"], in the same transaction). A checkpoint past PENDING
-        is returned unchanged: paid money does not move."""
+        is returned unchanged: paid money does not move (and the database refuses it: migration
+        0006's guard, which also sets updated_at on every change and stores it PENDING)."""
         c = t.checkpoints
         with self.engine.begin() as connection:
             existing = connection.execute(
@@ -562,20 +595,15 @@ class CompetitionStore:
             ).first()
             if existing is not None and existing.status != "PENDING":
                 return _checkpoint_row(existing)
-            changed = bulk_upsert_dicts(
+            bulk_upsert_dicts(
                 connection, c,
                 [{"competition": self.slug, "period_start": period_start, "period_end": period_end,
-                  "status": "PENDING", "entries": entries, "merkle_root": merkle_root, "chained_root": chained_root,
-                  "meta": meta}],
+                  "entries": entries, "merkle_root": merkle_root, "chained_root": chained_root, "meta": meta,
+                  "commitment_scheme": commitment_scheme}],
                 ("competition", "period_start", "period_end"),
-                update_columns=("entries", "merkle_root", "chained_root", "meta"),
-            ).written
+                update_columns=("entries", "merkle_root", "chained_root", "meta", "commitment_scheme"),
+            )
             replace_period_clusters(connection, self.slug, period_start, period_end, entries.get("copy_clusters", []))
-            if changed and existing is not None:
-                connection.execute(
-                    sa.update(c).where(c.c.competition == self.slug, c.c.period_start == period_start,
-                                       c.c.period_end == period_end).values(updated_at=sa.func.now())
-                )
             row = connection.execute(
                 sa.select(c).where(c.c.competition == self.slug, c.c.period_start == period_start,
                                    c.c.period_end == period_end)
@@ -690,5 +718,6 @@ def _checkpoint_row(row) -> CheckpointRow:
     return CheckpointRow(
         id=row.id, period_start=row.period_start, period_end=row.period_end, status=row.status, tx_hash=row.tx_hash,
         submitted_at=row.submitted_at, entries=row.entries, merkle_root=row.merkle_root, chained_root=row.chained_root,
-        meta=row.meta or {}, created_at=row.created_at, updated_at=row.updated_at,
+        meta=row.meta or {}, created_at=row.created_at, updated_at=row.updated_at, gate=row.gate,
+        commitment_scheme=row.commitment_scheme,
     )

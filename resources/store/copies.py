@@ -99,45 +99,22 @@ class CopyStore:
         self, checkpoint_id: int, cluster_key: str, decision: str, paid_model_id: str | None, *, actor: str,
         note: str | None = None,
     ) -> CopyResolutionRow:
-        """Append the operator's decision on one of the checkpoint's clusters, in one transaction
-        under the checkpoint row's lock: refused unless the checkpoint is PENDING, the cluster is
-        stored for its period and `paid_model_id` (pay_one) is one of its members."""
-        cp, c, r = t.checkpoints, t.copy_clusters, t.copy_resolutions
+        """Append the operator's decision on one of the checkpoint's clusters through the database's
+        crunch.resolve_copy_cluster (migration 0007: one statement under the checkpoint row's lock):
+        refused unless the checkpoint is PENDING, the cluster is stored for its period and
+        `paid_model_id` (pay_one) is one of its members."""
+        r = t.copy_resolutions
         with self.engine.begin() as connection:
-            checkpoint = connection.execute(
-                sa.select(cp.c.status, cp.c.period_start, cp.c.period_end)
-                .where(cp.c.competition == self.slug, cp.c.id == checkpoint_id).with_for_update()
-            ).first()
-            if checkpoint is None:
-                raise CopyResolutionRefused(f"no checkpoint {checkpoint_id} in {self.slug}", not_found=True)
-            if checkpoint.status != "PENDING":
-                raise CopyResolutionRefused(
-                    f"checkpoint {checkpoint_id} is {checkpoint.status}: its copy clusters can no longer change",
-                    checkpoint.status)
-            cluster = connection.execute(
-                sa.select(c.c.members).where(c.c.competition == self.slug, c.c.period_start == checkpoint.period_start,
-                                             c.c.period_end == checkpoint.period_end, c.c.cluster_key == cluster_key)
-            ).first()
-            if cluster is None:
-                known = connection.execute(
-                    sa.select(c.c.cluster_key).where(c.c.competition == self.slug,
-                                                     c.c.period_start == checkpoint.period_start,
-                                                     c.c.period_end == checkpoint.period_end).order_by(c.c.cluster_key)
-                ).scalars().all()
-                raise CopyResolutionRefused(
-                    f"checkpoint {checkpoint_id} has no copy cluster {cluster_key!r}; its clusters: "
-                    f"{', '.join(known) or 'none'}", checkpoint.status, not_found=True)
-            members = list(cluster.members)
-            if decision == "pay_one" and paid_model_id not in members:
-                raise CopyResolutionRefused(
-                    f"{paid_model_id!r} is not a member of cluster {cluster_key} ({', '.join(members)})", checkpoint.status)
-            row = connection.execute(
-                sa.insert(r).values(competition=self.slug, checkpoint_id=checkpoint_id,
-                                    period_start=checkpoint.period_start, period_end=checkpoint.period_end,
-                                    cluster_key=cluster_key, members=members, decision=decision,
-                                    paid_model_id=paid_model_id if decision == "pay_one" else None, actor=actor,
-                                    note=note).returning(*r.c)
+            outcome, message, status, resolution_id = connection.execute(
+                sa.text("SELECT outcome, message, checkpoint_status, resolution_id FROM crunch.resolve_copy_cluster("
+                        ":competition, :checkpoint_id, :cluster_key, :decision, :paid_model_id, :actor, :note)"),
+                {"competition": self.slug, "checkpoint_id": checkpoint_id, "cluster_key": cluster_key,
+                 "decision": decision, "paid_model_id": paid_model_id if decision == "pay_one" else None,
+                 "actor": actor, "note": note},
             ).one()
+            if outcome != "resolved":
+                raise CopyResolutionRefused(message, status, not_found=outcome == "not_found")
+            row = connection.execute(sa.select(r).where(r.c.id == resolution_id)).one()
         return _resolution(row)
 
 

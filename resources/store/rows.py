@@ -196,6 +196,8 @@ class CheckpointRow:
     meta: dict
     created_at: datetime
     updated_at: datetime
+    gate: dict | None = None  # the emission safety gate's last stored result
+    commitment_scheme: int = 1  # how chained_root was computed (crunch_assets/merkle.py)
 
 
 @dataclass(frozen=True)

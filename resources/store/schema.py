@@ -261,7 +261,8 @@ checkpoints = sa.Table(
     sa.Column("competition", sa.Text, nullable=False),
     sa.Column("period_start", TZ, nullable=False),
     sa.Column("period_end", TZ, nullable=False),
-    sa.Column("status", sa.Text, nullable=False),  # PENDING | SUBMITTED | CLAIMABLE | PAID
+    # PENDING | SUBMITTED | CLAIMABLE | PAID | SKIPPED; moved only by crunch.advance_checkpoint (migrations 0006, 0008)
+    sa.Column("status", sa.Text, nullable=False, server_default="PENDING"),
     sa.Column("tx_hash", sa.Text, nullable=True),
     sa.Column("submitted_at", TZ, nullable=True),
     _created_at(),
@@ -274,11 +275,17 @@ checkpoints = sa.Table(
     _jsonb("meta"),
     # The emission safety gate's last results ({passed, checked_at, checks: [...]}); null: never run.
     sa.Column("gate", JSONB, nullable=True),
+    # How the leaves and chained_root were computed (crunch_assets/merkle.py): 1, the scores' root only
+    # (checkpoints stored before migration 0006); 2, also the sha256 of the RFC 8785 canonical entries;
+    # 3 (since migration 0009), with RFC 8785 leaves.
+    sa.Column("commitment_scheme", sa.SmallInteger, nullable=False, server_default="3"),
     sa.UniqueConstraint("competition", "period_start", "period_end", name="uq_checkpoints_period"),
     sa.Index("ix_checkpoints_competition_status", "competition", "status", "period_start"),
 )
 
-# Append-only: one row per status transition of a checkpoint (who, when, with which transaction).
+# Append-only: one row per status transition of a checkpoint (who, when, with which transaction),
+# written only by crunch.advance_checkpoint. `digest` chains each row to the previous row of its
+# checkpoint (crunch.audit_row_digest; recomputed by crunch_assets/verification.py).
 checkpoint_audit = sa.Table(
     "checkpoint_audit",
     metadata,
@@ -290,6 +297,8 @@ checkpoint_audit = sa.Table(
     sa.Column("actor", sa.Text, nullable=False),
     sa.Column("at", TZ, nullable=False, server_default=sa.func.now()),
     sa.Column("note", sa.Text, nullable=True),
+    sa.Column("chained_root", sa.Text, nullable=True),  # the checkpoint's, when the row was written
+    sa.Column("digest", sa.Text, nullable=False),
     sa.Index("ix_checkpoint_audit_checkpoint", "checkpoint_id", "id"),
 )
 
