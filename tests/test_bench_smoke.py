@@ -40,6 +40,7 @@ SMOKE_COMMANDS: dict[str, tuple[str, ...]] = {
     "bench_orchestrator_runner.py": ("all SUCCESS", "cycle: median"),
     "bench_feed_fetch.py": ("fetch + parse:",),
     "bench_local_runner.py": ("target: every call answered", "holds"),
+    "bench_receipts.py": ("one model's receipt", "verdict ok"),
 }
 # Modules the commands import or load, not commands.
 MODULES = {"__init__.py", "benchkit.py", "chaos_competition.py", "live_competition.py"}

@@ -521,11 +521,15 @@ class CompetitionStore:
             if connection.execute(sa.select(lb.c.id).where(lb.c.competition == self.slug, lb.c.as_of == as_of,
                                                            sa.not_(is_live))).first():
                 return False  # a daily leaderboard at this very instant stands
-            connection.execute(sa.delete(lb).where(same_hour_live, lb.c.as_of != as_of))
-            bulk_upsert(
-                connection, lb, ("competition", "as_of", "entries", "meta"),
-                [(self.slug, as_of, entries, {**meta, "live": True})], ("competition", "as_of"), update_columns=("entries", "meta"),
-            )
+            # the hour's live row refreshed in place: the engine role may UPDATE leaderboards, never DELETE them
+            live_meta = {**meta, "live": True}
+            refreshed = connection.execute(
+                sa.update(lb).where(same_hour_live).values(as_of=as_of, entries=entries, meta=live_meta)).rowcount
+            if not refreshed:
+                bulk_upsert(
+                    connection, lb, ("competition", "as_of", "entries", "meta"),
+                    [(self.slug, as_of, entries, live_meta)], ("competition", "as_of"), update_columns=("entries", "meta"),
+                )
         return True
 
     def last_scored_cycle(self) -> datetime | None:
