@@ -1,5 +1,6 @@
-"""What an anonymous client costs the report API: `crunch-dagster api` is started on loopback (on
-$CRUNCH_DATABASE_URL, else a fresh embedded PostgreSQL) and attacked; its RSS and open file
+"""What an anonymous client costs the report API: `crunch-dagster api` is started on loopback (as the
+api role: on $CRUNCH_API_DATABASE_URL when the database variables are set, else on a fresh embedded
+PostgreSQL) and attacked; its RSS and open file
 descriptors are read with psutil all along.
 
 1. one anonymous POST of a 200 MB body to a mutation (declared with Content-Length);
@@ -103,20 +104,21 @@ def main() -> int:
         args.connections, args.hold_seconds, args.body_mb = 50, 2.0, 20
     benchkit.smoke_banner(args)
 
-    url = os.environ.get("CRUNCH_DATABASE_URL")
-    if url:
-        return attack(args, url)
-    with benchkit.embedded_server("crunch-bench-abuse-") as (_data_dir, url):
-        return attack(args, url)
+    from resources.database_url import uses_embedded_server
+
+    if not uses_embedded_server():  # an external server: the API reads its own variable, or refuses naming it
+        return attack(args)
+    with benchkit.embedded_server("crunch-bench-abuse-"):  # the API finds its role's login under CRUNCH_DATA_DIR
+        return attack(args)
 
 
-def attack(args, url: str) -> int:
+def attack(args) -> int:
     body_bytes = args.body_mb * 2**20
     benchkit.conditions(f"report API under abuse: {args.body_mb} MiB bodies, {args.connections} slow-loris sockets")
     port = _free_port()
     command = [str(Path(sys.executable).with_name("crunch-dagster")), "api", "--port", str(port), "--log-level",
                "error", *args.api_options]
-    api = subprocess.Popen(command, env={**os.environ, "CRUNCH_DATABASE_URL": url, "CRUNCH_API_TOKEN": "bench-token"})
+    api = subprocess.Popen(command, env={**os.environ, "CRUNCH_API_TOKEN": "bench-token"})
     process = psutil.Process(api.pid)
     deadline = time.monotonic() + 120
     while True:

@@ -10,7 +10,7 @@ than the warm-up and measures again.
     .venv/bin/python bench/bench_dagster_storage.py [--minutes 15] [--warmup-seconds 90] [--port N] [--smoke]
 
 --smoke: btc_updown at a cycle every 5 s (bench/live_competition.py), no read-only UI or report
-API, no warm-up after the first stored cycle, a 15 s window: it checks that the command runs (and
+API, no warm-up after the first stored cycle, a 9 s window: it checks that the command runs (and
 that the purge job succeeds).
 Exits 1 when no cycle is stored in the window or the purge job fails.
 """
@@ -93,7 +93,7 @@ def main() -> int:
     benchkit.add_smoke_argument(parser)
     args = parser.parse_args()
     if args.smoke:
-        args.minutes, args.warmup_seconds = 0.25, 0.0
+        args.minutes, args.warmup_seconds = 0.15, 0.0
     benchkit.smoke_banner(args)
     data_dir = benchkit.fresh_data_dir("crunch-storage-")
     cycle_seconds = 5 if args.smoke else 60

@@ -248,7 +248,7 @@ def main() -> int:
     benchkit.add_smoke_argument(parser)
     args = parser.parse_args()
     if args.smoke:  # the warm-up ends at the first stored cycle
-        args.minutes, args.warmup, args.models, args.cycle_seconds, args.across_hour = 0.2, 0.0, 2, 5, False
+        args.minutes, args.warmup, args.models, args.cycle_seconds, args.across_hour = 0.1, 0.0, 2, 5, False
         args.no_webserver = True
     benchkit.smoke_banner(args)
     if args.cycle_seconds <= 0 or 3600 % args.cycle_seconds:
@@ -280,7 +280,9 @@ def run(args, data_dir: Path) -> int:
     else:
         workspace.write_text(f"load_from:\n  - python_module:\n      module_name: {module}\n"
                              f"      location_name: {args.competition}\n")
-    env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "CRUNCH_DATABASE_URL")}
+    from resources.database_url import DATABASE_ENV_VARS  # the deployment uses the bench's own embedded server
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", *DATABASE_ENV_VARS)}
     env["CRUNCH_DATA_DIR"] = str(data_dir)
     env["CRUNCH_BENCH_CYCLE_SECONDS"] = str(args.cycle_seconds)
     prefix = f"CRUNCH_{args.competition.upper()}_"

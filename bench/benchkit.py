@@ -203,9 +203,11 @@ def fresh_data_dir(prefix: str) -> Path:
 def use_embedded_server(data_dir: Path) -> str:
     """Point this process (and the Dagster storage it configures) at a fresh embedded server under
     data_dir; returns its URL."""
-    os.environ.pop("CRUNCH_DATABASE_URL", None)
+    from resources.database_url import DATABASE_ENV_VARS, start_embedded_server
+
+    for name in DATABASE_ENV_VARS:  # any one of them would mean an external server
+        os.environ.pop(name, None)
     os.environ["CRUNCH_DATA_DIR"] = str(data_dir)
-    from resources.database_url import start_embedded_server
 
     return start_embedded_server(data_dir)
 

@@ -26,8 +26,8 @@ BENCH = PROJECT_ROOT / "bench"
 
 # command -> what its smoke output must contain (besides the smoke banner and a figure with the load)
 SMOKE_COMMANDS: dict[str, tuple[str, ...]] = {
-    "bench_live.py": ("cycles stored:", "due -> predictions stored", "CPU:"),
     "bench_dagster_storage.py": ("Dagster tables:", "purge job", "exit 0"),
+    "bench_live.py": ("cycles stored:", "due -> predictions stored", "CPU:"),
     "bench_rollups.py": ("ratio band", "checkpoint", "1-min load over the window"),
     "bench_reference.py": ("exported for the reference",),
     "bench_report_api.py": ("worst ratio",),
@@ -61,7 +61,9 @@ class SmokeRun:
 
 def run_smoke(command: str) -> SmokeRun:
     # a clean environment: no database or Dagster home of the test session leaks into the command
-    env = {k: v for k, v in os.environ.items() if k not in ("CRUNCH_DATABASE_URL", "CRUNCH_DATA_DIR", "DAGSTER_HOME")}
+    from resources.database_url import DATABASE_ENV_VARS
+
+    env = {k: v for k, v in os.environ.items() if k not in (*DATABASE_ENV_VARS, "CRUNCH_DATA_DIR", "DAGSTER_HOME")}
     began = time.monotonic()
     try:
         completed = subprocess.run([sys.executable, str(BENCH / command), "--smoke"], cwd=PROJECT_ROOT, env=env,
