@@ -24,13 +24,14 @@ from crunch_assets import checks, copies, emission, merkle
 from crunch_assets.emission import FRAC64_ONE, RankedEntry
 from crunch_assets.keys import ChainKeys
 from crunch_assets.partitions import CompetitionPartitions, checkpoint_snapshots_mapping
-from crunch_assets.rules import CompetitionRules
+from crunch_assets.fingerprint import CycleLabel, RulesVersion, check_period, rules_book
+from crunch_assets.rules import CompetitionRules, GroundTruthResource
 from crunch_assets.spec import CompetitionSpec
 from crunch_assets.stages import readable, table_metadata
 from crunch_assets.standings import Standing, rank_models, standings
 from resources.store.competition import CompetitionStore
 from resources.store.database import CrunchDatabase
-from resources.store.rows import CycleRollupRow, ModelRow, SnapshotRow
+from resources.store.rows import CycleRollupRow, ModelRow, RulesDocument, SnapshotRow
 
 
 class PayoutAccounts(dg.ConfigurableResource):
@@ -284,6 +285,7 @@ class CheckpointBuild:
     chained_root: str
     meta: dict
     commitment_scheme: int = merkle.CURRENT_SCHEME
+    rules_document: RulesDocument | None = None  # the fingerprint it was built under, to record
 
 
 def emission_payload(ranking: list[dict], accounts: PayoutAccounts) -> dict:
@@ -314,22 +316,34 @@ def _paying_rule(spec: CompetitionSpec, rules: CompetitionRules, payouts: dict[s
     return f"{would} (no eligible model: nothing paid)" if not rules_paid else "; ".join(sorted(rules_paid))
 
 
-
-
 def ranking_reach(spec: CompetitionSpec, start: datetime, end: datetime) -> datetime:
     """The earliest hour the checkpoint of [start, end) reads snapshots from."""
     window_reach = max([w.seconds for w in spec.leaderboard_windows if w.name == spec.checkpoint_ranking] or [0])
     return min(start, end - timedelta(seconds=window_reach))
 
 
+def period_rules(spec: CompetitionSpec, rules: CompetitionRules, store: CompetitionStore, start: datetime,
+                 end: datetime, ground_truth: GroundTruthResource | None = None) -> tuple[dict, RulesVersion]:
+    """(the checkpoint's `rules` entry: the fingerprint it is built under, the ones its cycles were
+    scored under and whether they mix undeclared per-cycle rules; the version it is built under)."""
+    book = rules_book(spec, rules, ground_truth)
+    version = book.checkpoint_version(start, end)
+    labels = [CycleLabel(*row) for row in store.rules.cycle_labels(start, end)]
+    fingerprints = sorted({label.fingerprint for label in labels if label.fingerprint})
+    digests = {**{v.fingerprint: v.cycle_digest for v in book.versions}, **store.rules.cycle_digests(fingerprints)}
+    return check_period(book.schedule(), labels, digests, start, end, version.fingerprint), version
+
+
 def checkpoint_entries(
     spec: CompetitionSpec, rules: CompetitionRules, store: CompetitionStore, accounts: PayoutAccounts,
-    start: datetime, end: datetime,
+    start: datetime, end: datetime, *, ground_truth: GroundTruthResource | None = None,
 ) -> dict | None:
     """What the checkpoint of [start, end) pays, from the stored snapshots, cycle rollups and model
-    registry: the ranking with each model's reward and breakdown, the emission and the policies.
-    None when nothing in the period was scored. The checkpoint asset stores it, and the safety
-    gate calls it again before SUBMITTED and refuses any difference."""
+    registry: the ranking with each model's reward and breakdown, the emission, the policies and the
+    rules it is built under (`period_rules`; `ground_truth`: the competition's resource, default the
+    stored feed's, named in the rules fingerprint). None when nothing in the period was scored. The
+    checkpoint asset stores it, and the safety gate calls it again before SUBMITTED and refuses any
+    difference."""
     since = ranking_reach(spec, start, end)
     snapshots = store.snapshots(since, end)
     rollups = store.stored_rollups(since, end)
@@ -357,19 +371,25 @@ def checkpoint_entries(
         "scope_weights": {scope.key: scope.weight for scope in spec.scopes},
         "copy_detection": spec.copy_detection.describe(),
     }
+    payload["rules"], _ = period_rules(spec, rules, store, start, end, ground_truth)
+    # Top level too, where a participant's receipt and its verifiers (verify_receipt.py, receipt.js)
+    # read it: the entries hash, so the chained root, commits to it.
+    payload["rules_fingerprint"] = payload["rules"]["fingerprint"]
     return payload
 
 
 def build_checkpoint(
     spec: CompetitionSpec, rules: CompetitionRules, store: CompetitionStore, accounts: PayoutAccounts,
-    start: datetime, end: datetime,
+    start: datetime, end: datetime, *, ground_truth: GroundTruthResource | None = None,
 ) -> CheckpointBuild | None:
     """The checkpoint of [start, end), or None when nothing in it was scored: its entries, the
-    Merkle root of the period's scores (scheme 3: RFC 8785 leaves) and the chained root, which
-    also commits to the entries' hash."""
-    payload = checkpoint_entries(spec, rules, store, accounts, start, end)
+    Merkle root of the period's scores (scheme 3: RFC 8785 leaves), the chained root (which also
+    commits to the entries' hash) and the document of the rules fingerprint it is built under."""
+    payload = checkpoint_entries(spec, rules, store, accounts, start, end, ground_truth=ground_truth)
     if payload is None:
         return None
+    book = rules_book(spec, rules, ground_truth)
+    version = book.checkpoint_version(start, end)
     leaves = merkle.leaf_hashes(store.score_leaves(start, end), merkle.CURRENT_SCHEME)
     root = merkle.merkle_root(leaves)
     previous = store.previous_checkpoint(start)
@@ -382,8 +402,11 @@ def build_checkpoint(
         "previous_checkpoint_id": previous.id if previous else None,
         "previous_chained_root": previous.chained_root if previous else None,
         "entries_sha256": entries_hash,
+        "rules_fingerprint": version.fingerprint,
+        "rules_schedule": book.period_schedule_digest(start, end),
     }
-    return CheckpointBuild(payload, root, chained, meta, merkle.CURRENT_SCHEME)
+    return CheckpointBuild(payload, root, chained, meta, merkle.CURRENT_SCHEME,
+                           RulesDocument(version.fingerprint, version.cycle_digest, version.document))
 
 
 def publish_root(context: dg.AssetExecutionContext, spec: CompetitionSpec, stored, built: CheckpointBuild) -> str:
@@ -428,7 +451,8 @@ def build_checkpoint_asset(
         check_specs=[dg.AssetCheckSpec(checks.REWARDS_EXACT, asset=keys.emission_checkpoints, blocking=True)],
     )
     def emission_checkpoints(
-        context: dg.AssetExecutionContext, database: CrunchDatabase, rules: CompetitionRules, payout_accounts: PayoutAccounts
+        context: dg.AssetExecutionContext, database: CrunchDatabase, rules: CompetitionRules, payout_accounts: PayoutAccounts,
+        ground_truth: GroundTruthResource,
     ) -> dg.MaterializeResult:
         from crunch_assets.payouts import unpayable_reasons  # payouts imports this module
 
@@ -436,11 +460,14 @@ def build_checkpoint_asset(
         results = []
         for key in sorted(context.partition_keys, key=lambda k: periods.window(k)[0]):
             start, end = periods.window(key)
-            built = build_checkpoint(spec, rules, store, payout_accounts, start, end)
+            built = build_checkpoint(spec, rules, store, payout_accounts, start, end, ground_truth=ground_truth)
             if built is None:
                 context.log.info(f"{key}: nothing scored in the period: no checkpoint")
                 context.add_asset_metadata({"checkpoint": "none: nothing scored in the period"}, partition_key=key)
                 continue
+            store.rules.record([built.rules_document])
+            if built.entries["rules"]["mixed"]:
+                context.log.warning(f"{key}: {built.entries['rules']['detail']}")
             stored = store.write_pending_checkpoint(start, end, built.entries, built.merkle_root, built.chained_root,
                                                     built.meta, built.commitment_scheme)
             if stored.status != "PENDING" and (stored.entries != built.entries or stored.merkle_root != built.merkle_root):
@@ -468,6 +495,9 @@ def build_checkpoint_asset(
                 "reward_sum": sum(r["reward_frac64"] for r in rows),
                 "merkle_root": stored.merkle_root,
                 "chained_root": stored.chained_root,
+                "rules_fingerprint": (stored.entries.get("rules") or {}).get("fingerprint"),
+                "rules_mixed": bool((stored.entries.get("rules") or {}).get("mixed")),
+                "rules": (stored.entries.get("rules") or {}).get("detail"),
                 "root_publication": published,
                 "reward_split": table_metadata(
                     [("rank", "int"), ("model", "string"), ("cruncher_index", "int"), ("score", "float"),

@@ -9,6 +9,7 @@ import dagster as dg
 from crunch_assets.checkpoints import PayoutAccounts, build_checkpoint_asset
 from crunch_assets.feed import build_feed_asset
 from crunch_assets.feed_maintenance import build_feed_maintenance
+from crunch_assets.fingerprint import ENGINE_VERSION, rules_book
 from crunch_assets.housekeeping import build_housekeeping
 from crunch_assets.jobs import build_jobs
 from crunch_assets.keys import ChainKeys
@@ -48,7 +49,10 @@ def build_competition_definitions(
     runner (local models from `models_dir`, or the orchestrator), the automation switch and the
     emission accounts. The wiring is checked here, when the code location loads: a bad callable
     path, a subject the feed cannot serve, a bad setting, or scopes whose cycles the feed cannot
-    price within max_price_staleness_seconds fail with a message naming it.
+    price within max_price_staleness_seconds fail with a message naming it. The rules fingerprint
+    is computed here too (crunch_assets/fingerprint.py): the Definitions' metadata
+    `rules_fingerprint` (in force now) and `rules_versions` (every declared version), and the
+    scores and checkpoint assets' metadata.
     """
     settings = settings or CompetitionSettings(spec.slug)
     if isinstance(rules, CallableRules):
@@ -63,6 +67,8 @@ def build_competition_definitions(
         if models_dir is None:
             raise ValueError(f"{spec.slug}: pass models_dir (the local models) or a model_runner")
         model_runner = settings.model_runner(str(models_dir))
+    # The rules fingerprint, computed at load: a declared rules change that cannot apply fails here.
+    book = rules_book(spec, rules, ground_truth)
     running = settings.automation if automation_running is None else automation_running
     partitions = build_partitions(spec)
     keys = ChainKeys.for_slug(spec.slug)
@@ -71,12 +77,18 @@ def build_competition_definitions(
     archive_assets, maintenance_jobs, maintenance_schedules = build_feed_maintenance(
         spec, partitions, keys, retention_days=spec.feed_retention_days, running=running
     )
+    # Shown on the assets written under the rules (each run records the version in force at its cycles).
+    fingerprinted = {"rules_fingerprint": book.current.fingerprint, "rules_engine_version": ENGINE_VERSION,
+                     "rules_versions": len(book.versions)}
+    scores_and_checkpoints = dg.map_asset_specs(
+        lambda asset: asset.merge_attributes(metadata=fingerprinted),
+        [build_scores_asset(spec, partitions, keys), build_checkpoint_asset(spec, partitions, keys)],
+    )
     assets = [
         build_feed_asset(spec, partitions, keys),
         build_predictions_asset(spec, partitions, keys),
-        build_scores_asset(spec, partitions, keys),
+        *scores_and_checkpoints,
         *build_rollup_assets(spec, partitions, keys),
-        build_checkpoint_asset(spec, partitions, keys),
         build_registry_asset(spec, keys),
         *archive_assets,
     ]
@@ -94,6 +106,7 @@ def build_competition_definitions(
             "payout_accounts": payout_accounts or settings.payout_accounts(),
         },
         executor=dg.in_process_executor,
+        metadata={"rules_fingerprint": book.current.fingerprint, "rules_versions": book.schedule()},
     )
     return dg.Definitions.merge(competition, build_housekeeping(spec, keys, running=running))
 

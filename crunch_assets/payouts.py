@@ -19,20 +19,22 @@ import math
 import re
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from fractions import Fraction
 
 from crunch_assets import merkle
 from crunch_assets.checkpoints import PayoutAccounts, checkpoint_entries, ranking_reach
 from crunch_assets.emission import FRAC64_ONE, largest_remainder
-from crunch_assets.rules import CompetitionRules
+from crunch_assets.fingerprint import CycleLabel, RulesBook, check_period, rules_book
+from crunch_assets.rules import CompetitionRules, GroundTruthResource
 from crunch_assets.settings import CompetitionSettings
 from crunch_assets.spec import CompetitionSpec, GatePolicy
 from crunch_assets.verification import CHAIN_PROBLEM, ROOT_PROBLEM, audit_checkpoints, lifecycle_problems
 from resources.store.competition import CompetitionStore
 from resources.store.copies import CopyResolutionRefused
+from resources.store.disputes import DisputeRefused
 from resources.store.payouts import AuditRow, CheckpointNotFound, PayoutStore, TransitionConflict, TransitionOutcome
-from resources.store.rows import CheckpointRow, CopyResolutionRow, CycleRollupRow, SnapshotRow
+from resources.store.rows import CheckpointRow, CopyResolutionRow, CycleRollupRow, DisputeRow, SnapshotRow
 
 STATUSES = ("PENDING", "SUBMITTED", "CLAIMABLE", "PAID", "SKIPPED")
 # target -> the one status it can be reached from; SKIPPED is final (it pays nothing, ever)
@@ -41,17 +43,21 @@ PREVIOUS_STATUS = {"SUBMITTED": "PENDING", "CLAIMABLE": "SUBMITTED", "PAID": "CL
 # nothing to pay, or the gate's policy refuses the field. Each is a reason to skip the period.
 UNPAYABLE_CHECKS = ("some_model_is_paid", "minimum_field_size", "participant_share_within_cap")
 # The gate checks a skip needs passing: the checkpoint is what the store gives (a tampered one is
-# rebuilt, not skipped), settled (late scores could make it payable), and in order.
+# rebuilt, not skipped), settled (late scores could make it payable), in order, built under the
+# rules in force (other rules could make it payable), and past its disputes and dispute window (a
+# skip is final: a dispute could never be answered after it; the database refuses it too).
 SKIP_NEEDS = ("payout_recomputes", "snapshots_match_scores", "entries_committed", "merkle_root_verifies",
-              "nothing_in_period_pending", "period_starts_where_previous_ended")
+              "nothing_in_period_pending", "period_starts_where_previous_ended", "rules_fingerprint_consistent",
+              "dispute_window_elapsed", "no_open_dispute")
 # A transaction hash or signature: hex (0x...) or base58, no spaces.
 TX_HASH_PATTERN = re.compile(r"^(0x)?[0-9A-Za-z]{16,128}$")
 NOTE_MAX_CHARS = 1000
 ACTOR_MAX_CHARS = 200
 
 __all__ = [
-    "CheckpointNotFound", "CopyResolutionRefused", "GateFailed", "InvalidRequest", "SkipRefused", "TransitionConflict",
-    "TransitionOutcome", "advance", "cli_format", "resolve_copy", "run_gate", "unpayable_reasons",
+    "CheckpointNotFound", "CopyResolutionRefused", "DisputeRefused", "GateFailed", "InvalidRequest", "SkipRefused",
+    "TransitionConflict", "TransitionOutcome", "advance", "cli_format", "open_dispute", "resolve_copy",
+    "resolve_dispute", "run_gate", "unpayable_reasons",
 ]
 
 
@@ -259,19 +265,37 @@ def check_settled(unsettled: int, statuses: dict[str, int]) -> GateCheck:
                      counts if ok else f"{unsettled} prediction(s) of the period have no score yet ({counts})")
 
 
+REBUILD_HINT = "rebuild the checkpoint (materialize emission_checkpoints for its period) while it is PENDING"
+
+
 def check_accounts(entries: dict, accounts: PayoutAccounts, settings: CompetitionSettings) -> GateCheck:
+    """The emission pays the accounts this process is configured with. Each refusal says which
+    of two causes it is: the key is not configured here (set the variable: a second shell, a
+    service without the deployment's environment) or it differs from the one the checkpoint was
+    built with (the configuration changed: rebuild it, or set the variable back)."""
     problems = []
+    built_crunch = entries.get("crunch")
+    crunch_variable = f"{settings.prefix}CRUNCH_PUBKEY (or CRUNCH_CRUNCH_PUBKEY)"
     if not accounts.crunch_pubkey:
-        problems.append(f"no crunch public key is configured: set {settings.prefix}CRUNCH_PUBKEY (or CRUNCH_CRUNCH_PUBKEY)")
-    elif entries.get("crunch") != accounts.crunch_pubkey:
-        problems.append(f"the emission names crunch {entries.get('crunch')!r}, the configured key is "
-                        f"{accounts.crunch_pubkey!r}: rebuild the checkpoint (materialize emission_checkpoints "
-                        "for its period) while it is PENDING")
-    for field, key in (("compute_provider_rewards", accounts.compute_provider_pubkey),
-                       ("data_provider_rewards", accounts.data_provider_pubkey)):
+        problems.append(f"no crunch public key is configured in this process: set {crunch_variable} to the crunch "
+                        f"account the emission is submitted from (the checkpoint was built for {built_crunch!r})")
+    elif built_crunch != accounts.crunch_pubkey:
+        problems.append(f"the emission names crunch {built_crunch!r}, {crunch_variable} is {accounts.crunch_pubkey!r}: "
+                        f"if the configured key is right, {REBUILD_HINT}; if not, set {crunch_variable} to the right one")
+    for field, name, key in (("compute_provider_rewards", "COMPUTE_PROVIDER_PUBKEY", accounts.compute_provider_pubkey),
+                             ("data_provider_rewards", "DATA_PROVIDER_PUBKEY", accounts.data_provider_pubkey)):
         expected = [{"provider": key, "reward_pct": FRAC64_ONE}] if key else []
-        if entries.get(field, []) != expected:
-            problems.append(f"{field} {entries.get(field)!r} differ from the configured {expected!r}: rebuild the checkpoint")
+        built = entries.get(field, [])
+        if built == expected:
+            continue
+        variable = f"{settings.prefix}{name} (or CRUNCH_{name})"
+        built_keys = [row.get("provider") for row in built] if isinstance(built, list) else built
+        if not key:
+            problems.append(f"{field} pays {built_keys!r}, and no {variable} is configured in this process: set it to "
+                            f"the provider's account if that is right, or {REBUILD_HINT} if the provider was dropped")
+        else:
+            problems.append(f"{field} pays {built_keys!r}, {variable} is {key!r}: if the configured key is right, "
+                            f"{REBUILD_HINT}; if not, set {variable} to the right one")
     return GateCheck("emission_accounts_configured", not problems,
                      "; ".join(problems) or f"crunch {accounts.crunch_pubkey}")
 
@@ -465,19 +489,85 @@ def check_copy_clusters(entries: dict, spec: CompetitionSpec, resolutions: dict,
         f"{clusters} copy cluster(s), each resolved" if clusters else "no copy cluster in the period"))
 
 
+def check_rules_fingerprint(entries: dict, store: CompetitionStore, checkpoint: CheckpointRow,
+                            book: RulesBook | None) -> GateCheck:
+    """The period was not scored under a mix of per-cycle rules that no declared change explains,
+    recomputed now from the fingerprint stored on each of its cycles; and the checkpoint was built
+    under the rules loaded now (when the caller loaded them)."""
+    name = "rules_fingerprint_consistent"
+    stored = entries.get("rules")
+    if not stored or not stored.get("versions"):
+        return GateCheck(name, False, "the checkpoint was built without a rules fingerprint: rebuild it (materialize "
+                                      "emission_checkpoints for its period) while it is PENDING")
+    start, end = checkpoint.period_start, checkpoint.period_end
+    labels = [CycleLabel(*row) for row in store.rules.cycle_labels(start, end)]
+    fingerprints = sorted({label.fingerprint for label in labels if label.fingerprint})
+    digests = {**{v["fingerprint"]: v["cycle_digest"] for v in stored["versions"]},
+               **store.rules.cycle_digests(fingerprints)}
+    now = check_period(stored["versions"], labels, digests, start, end, stored["fingerprint"])
+    problems = []
+    if now["mixed"]:
+        problems.append(now["detail"])
+    elif now["scored_under"] != stored.get("scored_under") or now["mixed"] != stored.get("mixed"):
+        problems.append("the period's cycles were resolved again since the checkpoint was built: rebuild it")
+    elif stored.get("mixed"):
+        problems.append(stored.get("detail") or "flagged as mixing rules when it was built")
+    if book is not None and not problems:
+        loaded = book.checkpoint_version(start, end).fingerprint
+        declared = [v.summary() for v in book.in_period(start, end)]
+        rebuild = "the checkpoint sensor rebuilds it (or materialize emission_checkpoints for its period)"
+        if loaded != stored["fingerprint"]:
+            problems.append(f"built under rules {stored['fingerprint'][:16]}, the rules loaded now are {loaded[:16]}: "
+                            + rebuild)
+        elif declared != stored["versions"]:
+            problems.append(f"built when {len(stored['versions'])} version(s) of the rules were declared in force "
+                            f"during the period, {len(declared)} are declared now: " + rebuild)
+    return GateCheck(name, not problems, "; ".join(problems) or
+                     f"built under {stored['fingerprint'][:16]}; {now['detail']}")
+
+
+def check_dispute_window(checkpoint: CheckpointRow, gate: GatePolicy, now: datetime) -> GateCheck:
+    """The declared dispute window has passed since the checkpoint was built (or rebuilt with other
+    numbers: `updated_at`)."""
+    name = "dispute_window_elapsed"
+    window = timedelta(seconds=gate.dispute_window_seconds)
+    if not window:
+        return GateCheck(name, True, "no dispute window is declared (gate.dispute_window_seconds = 0)")
+    ends = checkpoint.updated_at + window
+    if now < ends:
+        return GateCheck(name, False, f"the dispute window ends at {ends.isoformat()} ({gate.dispute_window_seconds} s "
+                                      f"after the checkpoint was built at {checkpoint.updated_at.isoformat()}); "
+                                      f"{int((ends - now).total_seconds())} s to go")
+    return GateCheck(name, True, f"the dispute window of {gate.dispute_window_seconds} s ended at {ends.isoformat()}")
+
+
+def check_no_open_dispute(disputes: list[DisputeRow]) -> GateCheck:
+    name = "no_open_dispute"
+    still = [d for d in disputes if d.is_open]
+    if still:
+        return GateCheck(name, False, "; ".join(
+            f"dispute #{d.id} by {d.claimant} ({d.what[:80]}) is open: resolve it (crunch-dagster disputes resolve)"
+            for d in still))
+    return GateCheck(name, True, f"{len(disputes)} dispute(s), each resolved" if disputes else "no dispute recorded")
+
+
 def run_gate(spec: CompetitionSpec, store: CompetitionStore, checkpoint: CheckpointRow, accounts: PayoutAccounts,
              settings: CompetitionSettings | None = None, now: datetime | None = None,
-             rules: CompetitionRules | None = None, payouts: PayoutStore | None = None) -> dict:
+             rules: CompetitionRules | None = None, payouts: PayoutStore | None = None,
+             ground_truth: GroundTruthResource | None = None) -> dict:
     """Every check of the emission safety gate over the stored checkpoint; {"passed", "checks", ...}.
-    `rules` (the competition's) recompute the payout; without them that check fails. `payouts`
-    lets the previous checkpoint's lifecycle be checked."""
+    `rules` and `ground_truth` (the competition's, as loaded) recompute the payout, and the
+    checkpoint must have been built under them (its rules fingerprint); without `rules` those checks
+    fail. `payouts` lets the previous checkpoint's lifecycle be checked."""
     from crunch_assets.publication import RootSink
 
     settings = settings or CompetitionSettings(spec.slug)
+    now = now or datetime.now(timezone.utc)
     entries = checkpoint.entries
     registry = {m.model_id: m.cruncher_index for m in store.models()}
     previous = store.previous_checkpoint(checkpoint.period_start)
     previous_trail = payouts.audit_trail(previous.id) if payouts is not None and previous is not None else None
+    book = rules_book(spec, rules, ground_truth) if rules is not None else None
     if rules is None:
         recompute = [GateCheck("payout_recomputes", False, "the competition's rules were not given: the payout cannot be "
                                                            "recomputed"),
@@ -487,7 +577,8 @@ def run_gate(spec: CompetitionSpec, store: CompetitionStore, checkpoint: Checkpo
         # emission_accounts_configured's to say, once.
         recompute = [
             check_payout_recomputes(entries, checkpoint_entries(spec, rules, store, accounts_of(entries),
-                                                                checkpoint.period_start, checkpoint.period_end)),
+                                                                checkpoint.period_start, checkpoint.period_end,
+                                                                ground_truth=ground_truth)),
             check_snapshots_match_scores(spec, rules, store, checkpoint),
         ]
     checks = [
@@ -510,10 +601,13 @@ def run_gate(spec: CompetitionSpec, store: CompetitionStore, checkpoint: Checkpo
         check_paid_models_answered(entries, scored_answers(store, checkpoint)),
         check_copy_clusters(entries, spec, store.copies.resolutions(checkpoint.period_start, checkpoint.period_end),
                             checkpoint.id),
+        check_rules_fingerprint(entries, store, checkpoint, book),
+        check_dispute_window(checkpoint, spec.gate, now),
+        check_no_open_dispute(store.disputes.disputes(checkpoint.id)),
     ]
     return {
         "passed": all(c.passed for c in checks),
-        "checked_at": (now or datetime.now(timezone.utc)).isoformat(),
+        "checked_at": now.isoformat(),
         "checkpoint_updated_at": checkpoint.updated_at.isoformat(),
         "merkle_root": checkpoint.merkle_root,
         "chained_root": checkpoint.chained_root,
@@ -548,6 +642,7 @@ def advance(
     spec: CompetitionSpec, store: CompetitionStore, payouts: PayoutStore, accounts: PayoutAccounts,
     checkpoint_id: int, to_status: str, *, actor: str, tx_hash: str | None = None, note: str | None = None,
     settings: CompetitionSettings | None = None, rules: CompetitionRules | None = None,
+    ground_truth: GroundTruthResource | None = None,
 ) -> TransitionOutcome:
     """Move a checkpoint one step forward (to `to_status`), gated before SUBMITTED, audited. SKIPPED
     (from PENDING, with the reason as `note`) is for a period nobody can be paid for: the gate
@@ -565,7 +660,8 @@ def advance(
         raise TransitionConflict(f"checkpoint {checkpoint_id} is {checkpoint.status}: a checkpoint never goes back to "
                                  "PENDING", checkpoint.status)
     if to_status == "SUBMITTED" and checkpoint.status == "PENDING":
-        gate = run_gate(spec, store, checkpoint, accounts, settings, rules=rules, payouts=payouts)
+        gate = run_gate(spec, store, checkpoint, accounts, settings, rules=rules, payouts=payouts,
+                        ground_truth=ground_truth)
         if not gate["passed"]:
             payouts.record_gate(checkpoint_id, gate)
             raise GateFailed(gate)
@@ -573,7 +669,8 @@ def advance(
     if to_status == "SKIPPED" and checkpoint.status == "PENDING":
         # The gate's refusal is the evidence: stored with the checkpoint (frozen once it is
         # SKIPPED), and the database skips only a checkpoint whose stored gate refused this very row.
-        gate = run_gate(spec, store, checkpoint, accounts, settings, rules=rules, payouts=payouts)
+        gate = run_gate(spec, store, checkpoint, accounts, settings, rules=rules, payouts=payouts,
+                        ground_truth=ground_truth)
         payouts.record_gate(checkpoint_id, gate)
         refusals = skip_refusals(gate)
         if refusals:
@@ -635,6 +732,59 @@ def resolve_copy(
         raise InvalidRequest(f"note must be at most {NOTE_MAX_CHARS} characters")
     return store.copies.record_resolution(checkpoint_id, cluster_key, "pay_all" if pay_all else "pay_one",
                                           paid_model_id, actor=actor, note=note)
+
+
+# --- disputes: the operator's record, before submission ------------------------------------------
+
+CLAIMANT_MAX_CHARS = 200
+MAX_DISPUTED_RANGES = 50
+
+
+def _text(name: str, value: str | None, max_chars: int) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > max_chars:
+        raise InvalidRequest(f"{name} must be 1..{max_chars} characters of text")
+    if any(ord(ch) < 32 and ch not in "\n\t" for ch in value):
+        raise InvalidRequest(f"{name} must not contain control characters")
+    return value
+
+
+def open_dispute(
+    spec: CompetitionSpec, store: CompetitionStore, checkpoint_id: int, *, claimant: str, what: str,
+    cycles: list[tuple[datetime, datetime]], actor: str, note: str | None = None,
+) -> DisputeRow:
+    """Record that `claimant` disputes `what` about the checkpoint's cycles (each (first, last) cycle
+    time, inclusive, inside its period). Audited (append-only); until resolved, the checkpoint
+    cannot be SUBMITTED. Only while it is PENDING.
+
+    Raises InvalidRequest (bad request: nothing was tried), DisputeRefused (no such checkpoint,
+    not PENDING, cycles outside its period)."""
+    _text("claimant", claimant, CLAIMANT_MAX_CHARS)
+    _text("what", what, NOTE_MAX_CHARS)
+    _text("actor", actor, ACTOR_MAX_CHARS)
+    if note is not None:
+        _text("note", note, NOTE_MAX_CHARS)
+    if not cycles or len(cycles) > MAX_DISPUTED_RANGES:
+        raise InvalidRequest(f"name 1..{MAX_DISPUTED_RANGES} ranges of disputed cycles (first, last)")
+    for first, last in cycles:
+        if first.tzinfo is None or last.tzinfo is None:
+            raise InvalidRequest("cycle times need a UTC offset")
+        if last < first:
+            raise InvalidRequest(f"cycles {first.isoformat()} .. {last.isoformat()}: the last is before the first")
+    return store.disputes.open(checkpoint_id, claimant=claimant, what=what,
+                               cycles=[(a.astimezone(timezone.utc), b.astimezone(timezone.utc)) for a, b in cycles],
+                               actor=actor, note=note)
+
+
+def resolve_dispute(spec: CompetitionSpec, store: CompetitionStore, checkpoint_id: int, dispute_id: int, *,
+                    resolution: str, actor: str) -> DisputeRow:
+    """Record how an open dispute of a PENDING checkpoint was resolved (audited, append-only). What
+    the resolution changes (a rebuild, a rules change, nothing) is done by its own means; this records
+    the decision and lifts the block.
+
+    Raises InvalidRequest, DisputeRefused (no such checkpoint or dispute, not PENDING, already resolved)."""
+    _text("resolution", resolution, NOTE_MAX_CHARS)
+    _text("actor", actor, ACTOR_MAX_CHARS)
+    return store.disputes.resolve(checkpoint_id, dispute_id, resolution=resolution, actor=actor)
 
 
 # --- formats -------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import pydantic
 
 from crunch_assets import checks
 from crunch_assets.feed import feed_streams
+from crunch_assets.fingerprint import rules_book
 from crunch_assets.keys import ChainKeys
 from crunch_assets.model_health import QUARANTINE_META_KEY, ModelHealth, QuarantinePolicy, load_health
 from crunch_assets.partitions import CompetitionPartitions, floor_hour, input_feed_mapping
@@ -95,9 +96,10 @@ class SessionOnDemand:
         return self._session
 
 
-def _prediction(rules: CompetitionRules, scope: Scope, result: ModelCallResult) -> PredictionRow:
+def prediction_from_result(rules: CompetitionRules, scope: Scope, result: ModelCallResult) -> PredictionRow:
     """A runner result as a prediction: SUCCESS + valid output -> PENDING; the model raised, timed
-    out, crashed or answered garbage -> FAILED with the reason; no answer -> ABSENT."""
+    out, crashed or answered garbage -> FAILED with the reason; no answer -> ABSENT. The shadow
+    entry (crunch_assets/whatif.py) judges a candidate's answers with it too."""
     if result.status is CallStatus.SUCCESS:
         output = result.output
         try:
@@ -173,6 +175,7 @@ def run_cycles(
     if not runnable:
         return report
     loaded = LoadedRecords(feeds.load_records(streams, runnable[0][0] - history, runnable[-1][0]))
+    book = rules_book(spec, rules)
     models = session.get().models()
     report.registry_changes += [f"{e.event} {e.model_id}" for e in store.sync_models(models, runnable[0][0], complete=False)]
     # The session's models are the runner's live registry (an announced model that is stopped or
@@ -203,9 +206,12 @@ def run_cycles(
         done_count = 0
         threshold = policy.failures_before_quarantine
         for batch in _batches(runnable, min(AHEAD_CYCLES, threshold) if threshold else AHEAD_CYCLES):
-            inputs = [build_input(rules, scope, cycle_at, loaded.view(cycle_at - history, cycle_at))
-                      for cycle_at, scope in batch]
-            calls = [rules.build_model_calls(scope, model_input) for (_, scope), model_input in zip(batch, inputs)]
+            # each cycle under the rules in force at its time (declared rules changes)
+            batch_rules = [book.at(cycle_at).rules for cycle_at, _ in batch]
+            inputs = [build_input(r, scope, cycle_at, loaded.view(cycle_at - history, cycle_at))
+                      for r, (cycle_at, scope) in zip(batch_rules, batch)]
+            calls = [r.build_model_calls(scope, model_input)
+                     for r, (_, scope), model_input in zip(batch_rules, batch, inputs)]
             answered = _answers_ahead(session, calls, call_timeout_seconds, expected, health, policy,
                                       [cycle_at for cycle_at, _ in batch])
             for k, (cycle_at, scope) in enumerate(batch):
@@ -222,7 +228,7 @@ def run_cycles(
                                                   meta={QUARANTINE_META_KEY: until.isoformat()}))
                         continue
                     result = results.get(model_id) or ModelCallResult(model_id, CallStatus.ABSENT, detail="no answer from the model runner")
-                    row = _prediction(rules, scope, result)
+                    row = prediction_from_result(batch_rules[k], scope, result)
                     if result.status is not CallStatus.ABSENT:
                         until = policy.record(health[model_id], cycle_at, failed=row.status == "FAILED")
                         if until is not None:

@@ -33,9 +33,9 @@ class ReceiptUnavailable(LookupError):
 
 
 def rules_fingerprint_of(checkpoint: CheckpointRow) -> str | None:
-    """RULES_FINGERPRINT: the fingerprint of the rules the checkpoint was computed under (issue 22
-    section 3, another change): read from the checkpoint's entries (where the entries hash, and so the
-    chained root, commits to it), else its meta; None while checkpoints record none."""
+    """The fingerprint of the rules the checkpoint was computed under (issue 22 section 3): read from
+    the checkpoint's entries (`rules_fingerprint`, where the entries hash, and so the chained root,
+    commits to it), else its meta; None for a checkpoint built before rules were fingerprinted."""
     for source in (checkpoint.entries, checkpoint.meta):
         value = source.get("rules_fingerprint") if isinstance(source, dict) else None
         if value is not None:

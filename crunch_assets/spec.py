@@ -399,19 +399,110 @@ class GatePolicy(Declared):
     - min_eligible_participants (default 3): no payout below this many participants with an
       eligible model (benchmark, excluded and ineligible models do not count);
     - max_participant_share_pct (default 50.0): no participant paid more than this percentage of
-      the pool (the reference's tiers give rank 1 at most 50 % from three paid participants up).
+      the pool (the reference's tiers give rank 1 at most 50 % from three paid participants up);
+    - dispute_window_seconds (default 0): a checkpoint cannot be SUBMITTED until this long after it
+      was built (or last rebuilt with other numbers); an open dispute blocks it until resolved.
     """
 
     min_eligible_participants: int = 3
     max_participant_share_pct: float = 50.0
+    # After a checkpoint is built (or rebuilt with other numbers), it cannot be SUBMITTED for this
+    # long: the time participants and the operator have to dispute it (0: today's behaviour).
+    dispute_window_seconds: int = 0
 
     def validate(self) -> None:
+        window = self.dispute_window_seconds
+        if isinstance(window, bool) or not isinstance(window, int) or not 0 <= window <= 90 * DAY_SECONDS:
+            raise SpecError(f"gate: dispute_window_seconds must be a whole number of seconds in [0, {90 * DAY_SECONDS}] "
+                            f"(90 days), got {window!r}")
         n = self.min_eligible_participants
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise SpecError(f"gate: min_eligible_participants must be a whole number >= 1, got {n!r}")
         pct = self.max_participant_share_pct
         if isinstance(pct, bool) or not isinstance(pct, (int, float)) or not (0.0 < pct <= 100.0):
             raise SpecError(f"gate: max_participant_share_pct must be in (0, 100], got {pct!r}")
+
+
+# The callable slots a declared rules change may replace: the ones that act on one cycle (what a
+# model is sent, what a valid answer is, the truth and the score). The model base class (the
+# session's interface) and the emission builder (a period's split) are not per-cycle rules.
+CHANGEABLE_SLOTS = (
+    "input_builder", "call_builder", "output_validator", "ground_truth_resolver", "scoring_function",
+    "cross_sectional", "input_schema", "output_schema", "score_schema",
+)
+# Slots that may be removed by a change (None): the optional ones.
+REMOVABLE_SLOTS = ("cross_sectional", "input_schema", "output_schema", "score_schema")
+
+
+@dataclass(frozen=True)
+class RulesChange(Declared):
+    """A declared change of a competition's per-cycle rules, in force from `effective_from` (a cycle
+    time, aware UTC): every cycle at or after it is run and scored under the changed rules, every
+    cycle before it under the rules before, live and in any replay (crunch_assets/fingerprint.py).
+
+    - slots: callable slot -> import path (`module:attr`; None removes an optional slot), among
+      CHANGEABLE_SLOTS; only for CallableRules;
+    - failure_policy, max_price_staleness_seconds, void_after_seconds: the per-cycle spec fields it
+      changes (None: unchanged);
+    - note: what changed and why, in words (shown with the rules).
+
+    Keep the rules before the change importable (e.g. `score_v1` beside `score_v2`): a checkpoint
+    whose cycles were scored under them is checked against their fingerprint.
+    """
+
+    effective_from: datetime
+    slots: tuple[tuple[str, str | None], ...] = ()
+    failure_policy: FailurePolicy | None = None
+    max_price_staleness_seconds: int | None = None
+    void_after_seconds: int | None = None
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.slots, dict):
+            object.__setattr__(self, "slots", tuple(sorted(self.slots.items())))
+        elif isinstance(self.slots, list):
+            object.__setattr__(self, "slots", tuple(tuple(pair) for pair in self.slots))
+
+    @property
+    def slot_paths(self) -> dict[str, str | None]:
+        return dict(self.slots)
+
+    @property
+    def spec_changes(self) -> dict:
+        """The spec fields this change sets (the ones it leaves unchanged are None)."""
+        return {name: getattr(self, name) for name in ("failure_policy", "max_price_staleness_seconds",
+                                                       "void_after_seconds") if getattr(self, name) is not None}
+
+    def validate(self) -> None:
+        at = self.effective_from
+        if not isinstance(at, datetime) or at.tzinfo is None or at.utcoffset() != timedelta(0):
+            raise SpecError(f"rules_changes: effective_from must be an aware UTC datetime, got {at!r}")
+        if not isinstance(self.slots, tuple) or not all(isinstance(p, tuple) and len(p) == 2 for p in self.slots):
+            raise SpecError(f"rules_changes: slots must map a slot name to an import path, got {self.slots!r}")
+        names = [name for name, _ in self.slots]
+        if len(set(names)) != len(names):
+            raise SpecError(f"rules_changes: a slot is named twice in {names}")
+        for name, path in self.slots:
+            if name not in CHANGEABLE_SLOTS:
+                raise SpecError(f"rules_changes: slot {name!r} cannot change at a cycle; changeable slots: "
+                                f"{', '.join(CHANGEABLE_SLOTS)}")
+            if path is None and name not in REMOVABLE_SLOTS:
+                raise SpecError(f"rules_changes: slot {name!r} cannot be removed (None); give an import path")
+            if path is not None and (not isinstance(path, str) or ":" not in path):
+                raise SpecError(f"rules_changes: slot {name!r} needs an import path 'package.module:attribute', "
+                                f"got {path!r}")
+        if self.failure_policy is not None:
+            if not isinstance(self.failure_policy, FailurePolicy):
+                raise SpecError("rules_changes: failure_policy must be a FailurePolicy")
+            self.failure_policy.validate()
+        for name in ("max_price_staleness_seconds", "void_after_seconds"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise SpecError(f"rules_changes: {name} must be a whole number of seconds > 0, got {value!r}")
+        if not isinstance(self.note, str) or len(self.note) > 1000:
+            raise SpecError("rules_changes: note must be text of at most 1,000 characters")
+        if not self.slots and not self.spec_changes:
+            raise SpecError(f"rules_changes: the change at {at.isoformat()} changes nothing")
 
 
 @dataclass(frozen=True)
@@ -473,8 +564,11 @@ class CompetitionSpec(Declared):
     description: str = ""
     # Who among the eligible models is paid: participants, benchmark models, ties.
     payout: PayoutPolicy = field(default_factory=PayoutPolicy)
-    # The emission safety gate's declared limits (field size, concentration).
+    # The emission safety gate's declared limits (field size, concentration, dispute window).
     gate: GatePolicy = field(default_factory=GatePolicy)
+    # Declared changes of the per-cycle rules, each in force from its cycle (oldest first): every
+    # cycle is scored under the rules in force at its time (crunch_assets/fingerprint.py).
+    rules_changes: tuple[RulesChange, ...] = ()
     # What a score is, for people (the page says it with its direction), e.g. "CRPS of the
     # predicted return density, in basis points". Empty: the page says "score".
     score_name: str = ""
@@ -543,6 +637,16 @@ class CompetitionSpec(Declared):
         if not isinstance(self.copy_detection, CopyDetection):
             raise SpecError("copy_detection must be a CopyDetection (CopyDetection.pay_first(...), .flag(...) or .off())")
         self.copy_detection.validate()
+        if isinstance(self.rules_changes, list):
+            object.__setattr__(self, "rules_changes", tuple(self.rules_changes))
+        if not isinstance(self.rules_changes, tuple) or not all(isinstance(c, RulesChange) for c in self.rules_changes):
+            raise SpecError("rules_changes must be a tuple of RulesChange(effective_from=..., ...)")
+        for change in self.rules_changes:
+            change.validate()
+        times = [c.effective_from for c in self.rules_changes]
+        if any(b <= a for a, b in zip(times, times[1:])):
+            raise SpecError("rules_changes must be in order of effective_from, each at a different time: "
+                            f"{[t.isoformat() for t in times]}")
         for name in ("history_seconds", "void_after_seconds", "feed_retention_days", "feed_poll_interval_seconds",
                      "max_catchup_seconds", "cycle_sensor_interval_seconds", "settlement_sensor_interval_seconds",
                      "registry_sensor_interval_seconds", "lag_sensor_interval_seconds"):

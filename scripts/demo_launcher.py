@@ -52,13 +52,20 @@ def workspace_competitions() -> list[str]:
 
 
 def set_demo_defaults() -> None:
+    """The demo's settings into this process's environment (its children inherit them), and into
+    <data dir>/demo.env, where `crunch-dagster` in a second shell reads them (see
+    crunch_assets/demo_settings.py)."""
+    from crunch_assets.demo_settings import write_demo_settings
+
     os.environ.pop("DAGSTER_HOME", None)  # dagster dev then reads ./dagster.yaml (storage on the store's PostgreSQL)
-    for slug in workspace_competitions():
+    slugs = workspace_competitions()
+    for slug in slugs:
         prefix = f"CRUNCH_{slug.upper()}_"
         os.environ.setdefault(prefix + "START", demo_start().isoformat())
         os.environ.setdefault(prefix + "CHECKPOINT_INTERVAL_SECONDS", "3600")
         os.environ.setdefault(prefix + "CRUNCH_PUBKEY", DEMO_CRUNCH_PUBKEY)
         os.environ.setdefault(prefix + "COMPUTE_PROVIDER_PUBKEY", DEMO_COMPUTE_PUBKEY)
+    write_demo_settings(data_dir(), slugs, os.environ)
 
 
 def history_marker(slug: str) -> Path:
@@ -87,10 +94,18 @@ def replay_history_once() -> None:
         print(f"demo: {slug}: replaying {start.isoformat()} .. {end.isoformat()} of synthetic history", flush=True)
         began = time.monotonic()
         with dg.DagsterInstance.from_config(str(PROJECT_ROOT)) as instance:  # the UI shows these materializations
-            timings = replay(defs, spec, start, end, instance=instance)
+            timings = replay(defs, spec, start, end, instance=instance, quiet=True)  # its runs' events are in the UI
         marker.write_text(f"{start.isoformat()} .. {end.isoformat()}")
         print(f"demo: {slug}: history replayed in {time.monotonic() - began:.0f} s, "
               f"{len(timings.checkpoints)} checkpoint(s)", flush=True)
+
+
+def dagster_dev_environment() -> dict[str, str]:
+    """`dagster dev` warns at each start that it is superseded by `dg dev` (a separate package the
+    demo does not need): that one warning is filtered, by its text, for it and its children."""
+    superseded = "ignore:Function `dev_command` is superseded"
+    existing = os.environ.get("PYTHONWARNINGS")
+    return {**os.environ, "PYTHONWARNINGS": f"{existing},{superseded}" if existing else superseded}
 
 
 class ChildExited(Exception):
@@ -121,9 +136,12 @@ def main() -> int:
             replay_history_once()
             if signals.requested:  # the replay's runs took the interrupt as their own
                 raise StopRequested(signals.received[0])
+            # The daemon's and webserver's own log at WARNING: a line per sensor tick and per run check is
+            # noise in a terminal (the UI shows ticks and runs); runs log INFO (dagster.yaml's python_logs).
             children["dagster dev"] = subprocess.Popen(
-                [str(VENV_BIN / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", ui_port],
-                start_new_session=True)
+                [str(VENV_BIN / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", ui_port,
+                 "--log-level", "warning"],
+                env=dagster_dev_environment(), start_new_session=True)
             print(f"demo: Dagster UI on http://127.0.0.1:{ui_port}", flush=True)
             exited = wait_reaping(children.values())
             name = next(name for name, child in children.items() if child is exited)

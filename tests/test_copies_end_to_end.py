@@ -243,26 +243,26 @@ def test_flag_only_blocks_the_gate_until_the_operator_resolves_the_cluster(repla
     previous = _store(url).previous_checkpoint(PERIOD_START)
     with _serve(url, spec) as server, httpx.Client(base_url=server.url, timeout=120) as client:
         # the period before has no copy (the copies joined at its end): it passes the gate, in order
-        first = client.post(f"/reports/checkpoints/{previous.id}/confirm", json={"tx_hash": TX + "0"}, headers=auth())
+        first = client.post(f"/competitions/btc_updown/checkpoints/{previous.id}/confirm", json={"tx_hash": TX + "0"}, headers=auth())
         assert first.status_code == 200, first.text
-        refused = client.post(f"/reports/checkpoints/{checkpoint_id}/confirm", json={"tx_hash": TX}, headers=auth())
+        refused = client.post(f"/competitions/btc_updown/checkpoints/{checkpoint_id}/confirm", json={"tx_hash": TX}, headers=auth())
         assert refused.status_code == 409, refused.text
         reasons = refused.json()["detail"]["reasons"]
         [reason] = [r for r in reasons if r.startswith("no_unresolved_copy_cluster")]
-        listed = client.get(f"/reports/checkpoints/{checkpoint_id}/copy-clusters").json()
+        listed = client.get(f"/competitions/btc_updown/checkpoints/{checkpoint_id}/copy-clusters").json()
         [cluster] = listed["copy_clusters"]
         key = cluster["cluster"]
         assert cluster["status"] == "unresolved" and key in reason and "resolve-copy" in reason
         assert "p_up" not in str(listed["copy_clusters"])  # ids, counts and fractions: never an output
 
-        path = f"/reports/checkpoints/{checkpoint_id}/copy-clusters/{key}/resolve"
+        path = f"/competitions/btc_updown/checkpoints/{checkpoint_id}/copy-clusters/{key}/resolve"
         assert client.post(path, json={"pay": "trend_following"}).status_code == 401
         assert client.post(path, json={"pay": "trend_following"}, headers=auth("wrong")).status_code == 403
         both = client.post(path, json={"pay": "trend_following", "pay_all": True}, headers=auth())
         assert both.status_code == 422 and "either" in both.text
         stranger = client.post(path, json={"pay": "mean_reversion"}, headers=auth())
         assert stranger.status_code == 422 and "not a member" in stranger.text
-        unknown = client.post(f"/reports/checkpoints/{checkpoint_id}/copy-clusters/{'0' * 16}/resolve",
+        unknown = client.post(f"/competitions/btc_updown/checkpoints/{checkpoint_id}/copy-clusters/{'0' * 16}/resolve",
                               json={"pay_all": True}, headers=auth())
         assert unknown.status_code == 404 and key in unknown.text
         extra = client.post(path, json={"pay": "trend_following", "paid": "x"}, headers=auth())
@@ -274,7 +274,7 @@ def test_flag_only_blocks_the_gate_until_the_operator_resolves_the_cluster(repla
         assert (resolution["decision"], resolution["paid_model_id"], resolution["actor"]) == \
             ("pay_one", "trend_following", ACTOR)
         # recorded, not applied yet: the stored checkpoint still pays the copy, and the gate says so
-        stale = client.post(f"/reports/checkpoints/{checkpoint_id}/confirm", json={"tx_hash": TX}, headers=auth())
+        stale = client.post(f"/competitions/btc_updown/checkpoints/{checkpoint_id}/confirm", json={"tx_hash": TX}, headers=auth())
         assert stale.status_code == 409 and f"was resolved (#{resolution['id']}) after the checkpoint was built" \
             in stale.text
 
@@ -288,14 +288,14 @@ def test_flag_only_blocks_the_gate_until_the_operator_resolves_the_cluster(repla
         assert applied["trend_copy"]["reward_pct"] == 0 and applied["trend_lagged"]["reward_pct"] == 0
         assert "the operator's resolution" in applied["trend_copy"]["breakdown"]["unpaid_reason"]
 
-        submitted = client.post(f"/reports/checkpoints/{checkpoint_id}/confirm", json={"tx_hash": TX}, headers=auth())
+        submitted = client.post(f"/competitions/btc_updown/checkpoints/{checkpoint_id}/confirm", json={"tx_hash": TX}, headers=auth())
         assert submitted.status_code == 200, submitted.text
-        gate = {c["name"]: c for c in client.get(f"/reports/checkpoints/{checkpoint_id}/gate").json()["gate"]["checks"]}
+        gate = {c["name"]: c for c in client.get(f"/competitions/btc_updown/checkpoints/{checkpoint_id}/gate").json()["gate"]["checks"]}
         assert gate["no_unresolved_copy_cluster"]["passed"]
         # paid money does not move: no resolution past PENDING
         late = client.post(path, json={"pay_all": True}, headers=auth())
         assert late.status_code == 409 and "SUBMITTED" in late.text
-        history = client.get(f"/reports/checkpoints/{checkpoint_id}/copy-clusters").json()["resolutions"]
+        history = client.get(f"/competitions/btc_updown/checkpoints/{checkpoint_id}/copy-clusters").json()["resolutions"]
         assert [(r["decision"], r["note"]) for r in history] == [("pay_one", "verbatim copy")]
     # the audit is append-only, even for a database console
     with sa.create_engine(url).connect() as connection:
@@ -387,7 +387,7 @@ def test_the_page_says_which_model_a_copy_is_identical_to(replayed, browser, tmp
                                 row.locator(".copy").inner_text())
             assert split.locator('tr[data-model="mean_reversion"] .copy').count() == 0
             page.screenshot(path=str(tmp_path / "copies_front_page.png"), full_page=True)
-            breakdown = client.get(f"/reports/checkpoints/{checkpoint_id}/models/trend_lagged/breakdown").json()
+            breakdown = client.get(f"/competitions/btc_updown/checkpoints/{checkpoint_id}/models/trend_lagged/breakdown").json()
             assert breakdown["reward_pct"] == 0 and breakdown["breakdown"]["copy_cluster"]["role"] == "copy"
     finally:
         context.close()

@@ -56,7 +56,16 @@ def own_database(database_url, monkeypatch):
     with admin.connect() as connection:
         connection.execute(sa.text(f"CREATE DATABASE {name}"))
     url = database_named(database_url, name)
-    monkeypatch.setenv("CRUNCH_DATABASE_URL", url)
+    from resources.store import roles
+
+    inside = sa.create_engine(url, isolation_level="AUTOCOMMIT")  # the roles' rights in the new database
+    with inside.connect() as connection:
+        roles.provision_logins(connection, {}, name)
+    inside.dispose()
+    from tests.api.conftest import role_env
+
+    for name_, value in role_env(url).items():  # the owner's URL and every role's, on this database
+        monkeypatch.setenv(name_, value)
     yield url
     dispose_engines()
     from resources import instance_storage
@@ -369,7 +378,10 @@ def test_replay_from_the_command_line_records_into_the_deployments_instance(own_
     checkpoint period before the competition's start (13:00) is a partition to be missing."""
     start, end = datetime(2026, 11, 2, 13, tzinfo=timezone.utc), datetime(2026, 11, 2, 16, tzinfo=timezone.utc)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CRUNCH_", "DAGSTER_HOME"))}
-    env.update(CRUNCH_DATABASE_URL=own_database, CRUNCH_DATA_DIR=str(tmp_path / "data"), CRUNCH_AUTOMATION="off",
+    from tests.api.conftest import role_env
+
+    env.update(role_env(own_database))
+    env.update(CRUNCH_DATA_DIR=str(tmp_path / "data"), CRUNCH_AUTOMATION="off",
                CRUNCH_BTC_UPDOWN_START=start.isoformat(), CRUNCH_BTC_UPDOWN_CHECKPOINT_INTERVAL_SECONDS="3600")
     done = subprocess.run([str(BIN / "crunch-dagster"), "replay", SLUG, "--from", start.isoformat(), "--to", end.isoformat()],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

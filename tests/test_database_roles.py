@@ -32,12 +32,14 @@ from resources.database_url import (
 from resources.store import roles
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-ENGINE_TABLES_INSERT_ONLY = {"predictions", "scores", "model_events"}
+# (a rules fingerprint's document is recorded once, never rewritten: migration 0010)
+ENGINE_TABLES_INSERT_ONLY = {"predictions", "scores", "model_events", "rules_fingerprints"}
 # Retention deletes feed records and spans; copy detection (migration 0007) replaces a period's
 # copy clusters with its PENDING checkpoint, dropping those no longer detected.
 ENGINE_DELETES = {"feed_records", "feed_spans", "copy_clusters"}
-# Only the owner writes these: the operator's resolutions go through crunch.resolve_copy_cluster.
-OWNER_WRITES_ONLY = {"checkpoint_audit", "copy_resolutions"}
+# Only the owner writes these: the operator's resolutions go through crunch.resolve_copy_cluster,
+# disputes through crunch.open_checkpoint_dispute and crunch.resolve_checkpoint_dispute (0010).
+OWNER_WRITES_ONLY = {"checkpoint_audit", "copy_resolutions", "checkpoint_disputes"}
 
 
 def _query(url: str, statement: str, params: dict | None = None) -> list:
@@ -168,7 +170,8 @@ def test_each_part_connects_as_its_role_with_only_its_privileges(embedded_only, 
             SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
             WHERE n.nspname = 'crunch' AND has_function_privilege(:role, p.oid, 'EXECUTE')""", {"role": role})}
 
-    assert executable("crunch_api") == {"advance_checkpoint", "record_checkpoint_gate", "resolve_copy_cluster"}
+    assert executable("crunch_api") == {"advance_checkpoint", "record_checkpoint_gate", "resolve_copy_cluster",
+                                        "open_checkpoint_dispute", "resolve_checkpoint_dispute"}
     assert executable("crunch_engine") == set() and executable("crunch_dagster") == set()
     # the API's only way to a resolution is the owner's function: a direct write is refused
     for role in ("api", "engine"):
@@ -177,6 +180,10 @@ def test_each_part_connects_as_its_role_with_only_its_privileges(embedded_only, 
                 INSERT INTO crunch.copy_resolutions (competition, checkpoint_id, period_start, period_end, cluster_key,
                                                      members, decision, actor)
                 VALUES ('demo', 1, now(), now(), '0123456789abcdef', '[]', 'pay_all', 'x')""")
+        with pytest.raises(sa.exc.ProgrammingError, match="permission denied for table checkpoint_disputes"):
+            _query(embedded_url(embedded_only, role), """
+                INSERT INTO crunch.checkpoint_disputes (competition, checkpoint_id, action, dispute_id, actor, note)
+                VALUES ('demo', 1, 'RESOLVED', 1, 'x', 'y')""")
     assert not _query(superuser, "SELECT has_schema_privilege('crunch_dagster', 'crunch', 'USAGE')")[0][0]
     owner = sa.create_engine(embedded_url(embedded_only, "owner"), poolclass=NullPool)
     with owner.connect() as connection, pytest.raises(roles.DatabaseRoleError, match="which owns .* the crunch schema"):
@@ -188,7 +195,10 @@ def test_each_part_connects_as_its_role_with_only_its_privileges(embedded_only, 
         JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'crunch' AND NOT t.tgisinternal""")}
     assert triggers == dict.fromkeys(("checkpoint_audit_append_only", "checkpoint_audit_no_truncate",
                                       "checkpoint_audit_insert_guard", "checkpoints_guard", "checkpoints_no_truncate",
-                                      "copy_resolutions_append_only", "copy_resolutions_no_truncate"), "A")
+                                      "copy_resolutions_append_only", "copy_resolutions_no_truncate",
+                                      "rules_fingerprints_append_only", "rules_fingerprints_no_truncate",
+                                      "checkpoint_disputes_append_only", "checkpoint_disputes_no_truncate",
+                                      "checkpoint_disputes_insert_guard"), "A")
 
     # Dagster's own storage: its role owns its tables in public, and reads nothing of the store
     home = tmp_path / "dagster_home"

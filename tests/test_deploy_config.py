@@ -182,7 +182,9 @@ def test_lag_of_a_served_workspace_reads_the_scopes_it_runs(tmp_path, clean_data
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {**os.environ, "CRUNCH_DATABASE_URL": clean_database}
+    from tests.api.conftest import role_env
+
+    env = {**os.environ, **role_env(clean_database)}
     server = subprocess.Popen([str(Path(sys.executable).with_name("crunch-dagster")), "api", "--port", str(port),
                                "--workspace", str(workspace), "--log-level", "warning"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

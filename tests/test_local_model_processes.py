@@ -229,6 +229,8 @@ def test_close_ends_every_process_of_every_model(tmp_path):
     models_dir = make_models_dir(tmp_path, "good", "sleeps_on_first_call", "hostile")
     session = make_runner(models_dir).open_session(INTERFACE)
     session.run_cycle(CYCLE_CALLS, timeout_seconds=0.5)  # leaves a restarting model
+    models = ("good", "sleeps_on_first_call", "hostile")
+    assert wait_for(lambda: all(session.model_processes(m) for m in models))  # a restart under load takes a moment
     namespaces = {pid_namespace(min(session.model_processes(m))) for m in ("good", "sleeps_on_first_call", "hostile")}
     assert None not in namespaces and len(namespaces) == 3
     session.close()

@@ -151,23 +151,23 @@ def test_a_model_the_api_cannot_serve_is_never_registered_and_every_paid_model_g
 
     app = create_app([ReportCompetition(spec, accounts, CrunchDatabase(url=clean_database))], api_token=None, read_env=False)
     with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=60) as client:
-        checkpoint = client.get("/reports/checkpoints").json()["checkpoints"][0]
+        checkpoint = client.get("/competitions/btc_updown/checkpoints").json()["checkpoints"][0]
         paid = {row["model_id"] for row in checkpoint["reward_split"]}
         assert paid == {"coin", "oracle-v2.1"}
         cycle_at = quote((START + timedelta(minutes=5)).isoformat())
         for model_id in paid:
             path = quote(model_id, safe="")
-            assert client.get(f"/reports/models/{path}/scores").status_code == 200
-            export = client.get(f"/reports/models/{path}/export?start={quote(START.isoformat())}"
+            assert client.get(f"/competitions/btc_updown/models/{path}/scores").status_code == 200
+            export = client.get(f"/competitions/btc_updown/models/{path}/export?start={quote(START.isoformat())}"
                                 f"&end={quote((START + timedelta(hours=1)).isoformat())}")
             assert export.status_code == 200 and model_id in export.text
-            base = f"/reports/checkpoints/{checkpoint['id']}/models/{path}"
+            base = f"/competitions/btc_updown/checkpoints/{checkpoint['id']}/models/{path}"
             assert client.get(f"{base}/breakdown").json()["model_id"] == model_id
             proof = client.get(f"{base}/proof?cycle_at={cycle_at}")
             assert proof.status_code == 200, proof.text
             assert proof.json()["verified"] is True and proof.json()["merkle_root"] == checkpoint["merkle_root"]
         for name in REFUSED:  # what the API answers for such an id: why it could never be served
-            assert client.get(f"/reports/models/{quote(name, safe='')}/scores").status_code == 422
+            assert client.get(f"/competitions/btc_updown/models/{quote(name, safe='')}/scores").status_code == 422
 
 
 def test_an_orchestrator_announcement_with_an_unservable_id_is_ignored(orchestrator, start_node, open_session):  # noqa: F811

@@ -193,7 +193,7 @@ def write_entries(url: str, checkpoint_id: int, entries: dict) -> None:
 
 
 def confirm(client: httpx.Client, checkpoint_id: int) -> httpx.Response:
-    return client.post(f"/reports/checkpoints/{checkpoint_id}/confirm", json={"tx_hash": TX}, headers=auth(TOKEN))
+    return client.post(f"/competitions/btc_updown/checkpoints/{checkpoint_id}/confirm", json={"tx_hash": TX}, headers=auth(TOKEN))
 
 
 def failed_checks(response: httpx.Response) -> dict[str, str]:
@@ -209,10 +209,10 @@ def test_the_untouched_replay_passes_the_gate_and_the_audit(store_url):
     with api(store_url) as client:
         submitted = confirm(client, checkpoint_id)
         assert submitted.status_code == 200, submitted.text
-        gate = client.get(f"/reports/checkpoints/{checkpoint_id}/gate").json()["gate"]
+        gate = client.get(f"/competitions/btc_updown/checkpoints/{checkpoint_id}/gate").json()["gate"]
         assert gate["passed"] and {"payout_recomputes", "snapshots_match_scores", "entries_committed"} <= {
             c["name"] for c in gate["checks"] if c["passed"]}
-        listed = client.get("/reports/checkpoints").json()["checkpoints"]
+        listed = client.get("/competitions/btc_updown/checkpoints").json()["checkpoints"]
         assert all(c["lifecycle"]["verified"] for c in listed), listed
     result = audit_cli(store_url)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -243,7 +243,7 @@ def test_swapping_two_models_in_the_checkpoint_is_refused_and_named(store_url):
         assert f"rank 2: cruncher_index {first['cruncher_index']:,} stored, {second['cruncher_index']:,} recomputed" in failed["payout_recomputes"]
         assert "cruncher_rewards" in failed["payout_recomputes"]
         assert "changed after it was built" in failed["entries_committed"]
-        shown = client.get(f"/reports/checkpoints/{checkpoint_id}").json()
+        shown = client.get(f"/competitions/btc_updown/checkpoints/{checkpoint_id}").json()
         assert shown["status"] == "PENDING" and shown["audit"] == []
     result = audit_cli(store_url)
     assert result.returncode == 1
@@ -360,7 +360,7 @@ def test_a_submitted_checkpoint_is_never_rewritten(store_url):
     assert "the checkpoint's entries (who is paid what) differ from what it committed to" in result.stdout
     assert "the stored gate result passed another checkpoint content (entries_sha256 differs)" in result.stdout
     with api(store_url) as client:
-        shown = client.get(f"/reports/checkpoints/{checkpoint_id}").json()
+        shown = client.get(f"/competitions/btc_updown/checkpoints/{checkpoint_id}").json()
         assert shown["lifecycle"]["verified"] is False
         assert any("entries_sha256 differs" in p for p in shown["lifecycle"]["problems"])
 
@@ -371,7 +371,7 @@ def _submitted(store_url: str) -> int:
     checkpoint_id, _ = first_checkpoint(store_url)
     with api(store_url) as client:
         assert confirm(client, checkpoint_id).status_code == 200
-        assert client.patch(f"/reports/checkpoints/{checkpoint_id}/status", json={"status": "CLAIMABLE"},
+        assert client.patch(f"/competitions/btc_updown/checkpoints/{checkpoint_id}/status", json={"status": "CLAIMABLE"},
                             headers=auth(TOKEN)).status_code == 200
     return checkpoint_id
 
@@ -474,11 +474,11 @@ def test_what_a_superuser_forces_past_the_triggers_is_flagged(store_url):
     assert f"checkpoint #{other} (PAID) does not verify: PAID without a matching audit trail" in result.stderr
     assert "PAID without a stored passing gate result" in result.stdout
     with api(store_url) as client:
-        listed = {c["id"]: c["lifecycle"] for c in client.get("/reports/checkpoints").json()["checkpoints"]}
+        listed = {c["id"]: c["lifecycle"] for c in client.get("/competitions/btc_updown/checkpoints").json()["checkpoints"]}
         assert listed[submitted]["verified"] is False and listed[other]["verified"] is False
         assert any("PAID without a matching audit trail" in p for p in listed[other]["problems"])
         assert any("without a stored passing gate result" in p for p in listed[other]["problems"])
-        trail = client.get(f"/reports/checkpoints/{submitted}/audit").json()
+        trail = client.get(f"/competitions/btc_updown/checkpoints/{submitted}/audit").json()
         assert trail["lifecycle"]["verified"] is False
 
 
@@ -494,7 +494,7 @@ def test_a_status_forced_with_no_audit_row_at_all_is_flagged(store_url):
     assert (f"checkpoint #{checkpoint_id} (PAID) does not verify: PAID without a matching audit trail (the audit holds: "
             "no row)") in result.stderr
     with api(store_url) as client:
-        shown = client.get(f"/reports/checkpoints/{checkpoint_id}").json()
+        shown = client.get(f"/competitions/btc_updown/checkpoints/{checkpoint_id}").json()
         assert shown["status"] == "PAID" and shown["audit"] == []
         assert shown["lifecycle"]["verified"] is False
         assert set(shown["lifecycle"]["problems"]) == {
@@ -503,3 +503,183 @@ def test_a_status_forced_with_no_audit_row_at_all_is_flagged(store_url):
         refused = confirm(client, query(store_url, "SELECT id FROM crunch.checkpoints ORDER BY period_start")[1][0])
         assert refused.status_code == 409
         assert "without a matching audit trail" in failed_checks(refused)["period_starts_where_previous_ended"]
+
+
+# --- disputes (migration 0010) -------------------------------------------------------------------
+
+OPEN_DISPUTE = ("SELECT outcome, message, dispute_id FROM crunch.open_checkpoint_dispute('btc_updown', :id, 'alice', "
+                "'scored against a stale price', CAST(:cycles AS jsonb), 'operator')")
+RESOLVE_DISPUTE = ("SELECT outcome, message, resolution_id FROM crunch.resolve_checkpoint_dispute('btc_updown', :id, "
+                   ":dispute, 'rechecked: no change', 'operator')")
+ADVANCE = ("SELECT outcome, message FROM crunch.advance_checkpoint('btc_updown', :id, 'SUBMITTED', 'forger', :tx, NULL, "
+           "CAST(:gate AS jsonb))")
+
+
+def call(url: str, statement: str, params: dict):
+    """One row of one statement, committed, as the role of `url`."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as connection:
+            return connection.execute(sa.text(statement), params).one()
+    finally:
+        engine.dispose()
+
+
+def forged_gate(url: str, checkpoint_id: int) -> str:
+    """A 'passing gate result' for the row as it is now: what any client calling the function can
+    write without running the gate."""
+    updated_at, merkle_root, chained_root = query(
+        url, "SELECT updated_at, merkle_root, chained_root FROM crunch.checkpoints WHERE id = :id", {"id": checkpoint_id})[0]
+    return json.dumps({"passed": True, "checkpoint_updated_at": updated_at.isoformat(), "merkle_root": merkle_root,
+                       "chained_root": chained_root})
+
+
+def cycles_of(url: str, checkpoint_id: int, shift: timedelta = timedelta(0)) -> str:
+    start = query(url, "SELECT period_start FROM crunch.checkpoints WHERE id = :id", {"id": checkpoint_id})[0][0]
+    return json.dumps([{"first": (start + shift).isoformat(), "last": (start + shift + timedelta(minutes=5)).isoformat()}])
+
+
+def test_a_dispute_opened_through_the_api_roles_function_blocks_advance_checkpoint(store_url):
+    """The api role calling the database's functions itself, with no gate run and a forged passing
+    gate result for the row: a dispute it opens blocks crunch.advance_checkpoint until resolved."""
+    checkpoint_id, _ = first_checkpoint(store_url)
+    api_url = role_url(store_url, "api")
+    opened = call(api_url, OPEN_DISPUTE, {"id": checkpoint_id, "cycles": cycles_of(store_url, checkpoint_id)})
+    assert opened.outcome == "opened", opened.message
+    blocked = call(api_url, ADVANCE, {"id": checkpoint_id, "tx": TX, "gate": forged_gate(store_url, checkpoint_id)})
+    assert blocked.outcome == "disputed" and "1 open dispute" in blocked.message
+    assert query(store_url, "SELECT status FROM crunch.checkpoints WHERE id = :id", {"id": checkpoint_id})[0][0] == "PENDING"
+    assert query(store_url, "SELECT count(*) FROM crunch.checkpoint_audit")[0][0] == 0
+
+    # what the function refuses: cycles outside the period, a time without an offset, an unknown checkpoint
+    outside = call(api_url, OPEN_DISPUTE, {"id": checkpoint_id,
+                                           "cycles": cycles_of(store_url, checkpoint_id, timedelta(minutes=-10))})
+    assert outside.outcome == "outside" and "are not inside checkpoint" in outside.message
+    naive = call(api_url, OPEN_DISPUTE, {"id": checkpoint_id, "cycles": json.dumps(
+        [{"first": "2026-11-14T00:00:00", "last": "2026-11-14T00:05:00"}])})
+    assert naive.outcome == "invalid" and "UTC offset" in naive.message
+    assert call(api_url, OPEN_DISPUTE, {"id": 10**9, "cycles": cycles_of(store_url, checkpoint_id)}).outcome == "not_found"
+
+    resolved = call(api_url, RESOLVE_DISPUTE, {"id": checkpoint_id, "dispute": opened.dispute_id})
+    assert resolved.outcome == "resolved"
+    twice = call(api_url, RESOLVE_DISPUTE, {"id": checkpoint_id, "dispute": opened.dispute_id})
+    assert twice.outcome == "invalid" and "already resolved" in twice.message
+    moved = call(api_url, ADVANCE, {"id": checkpoint_id, "tx": TX, "gate": forged_gate(store_url, checkpoint_id)})
+    assert moved.outcome == "changed", moved.message
+    late = call(api_url, OPEN_DISPUTE, {"id": checkpoint_id, "cycles": cycles_of(store_url, checkpoint_id)})
+    assert late.outcome == "conflict" and "SUBMITTED" in late.message
+    assert [tuple(r) for r in query(store_url, "SELECT action, dispute_id FROM crunch.checkpoint_disputes ORDER BY id")] \
+        == [("OPENED", None), ("RESOLVED", opened.dispute_id)]
+
+
+def test_the_dispute_window_is_the_databases_to_enforce(store_url):
+    """A checkpoint built under rules declaring a 7-day dispute window cannot be moved to SUBMITTED
+    by crunch.advance_checkpoint before it ends, whatever gate result is given; nor can one that
+    names no recorded rules document (its window is unknown)."""
+    from crunch_assets.checkpoints import build_checkpoint
+    from resources.store.competition import CompetitionStore
+
+    first, second = [r[0] for r in query(store_url, "SELECT id FROM crunch.checkpoints ORDER BY period_start")]
+    spec = replace(_spec(), gate=replace(_spec().gate, dispute_window_seconds=7 * 86400))
+    engine = sa.create_engine(role_url(store_url, "engine"))
+    try:  # rebuilt by the engine under those rules, as the checkpoint asset does
+        store = CompetitionStore(engine, "btc_updown")
+        cp = store.checkpoint_by_id(first)
+        built = build_checkpoint(spec, _rules(), store, _accounts(), cp.period_start, cp.period_end)
+        store.rules.record([built.rules_document])
+        store.write_pending_checkpoint(cp.period_start, cp.period_end, built.entries, built.merkle_root,
+                                       built.chained_root, built.meta, built.commitment_scheme)
+    finally:
+        engine.dispose()
+    api_url = role_url(store_url, "api")
+    waiting = call(api_url, ADVANCE, {"id": first, "tx": TX, "gate": forged_gate(store_url, first)})
+    assert waiting.outcome == "dispute_window" and "the dispute window ends at" in waiting.message
+    assert "604800 s after it was built" in waiting.message
+
+    entries = query(store_url, "SELECT entries FROM crunch.checkpoints WHERE id = :id", {"id": second})[0][0]
+    write_entries(store_url, second, {key: value for key, value in entries.items() if key != "rules"})
+    unknown = call(api_url, ADVANCE, {"id": second, "tx": TX, "gate": forged_gate(store_url, second)})
+    assert unknown.outcome == "dispute_window" and "names no recorded rules document" in unknown.message
+    assert query(store_url, "SELECT count(*) FROM crunch.checkpoint_audit")[0][0] == 0
+
+
+@pytest.mark.parametrize("role", ["engine", "api"])
+def test_the_roles_write_disputes_only_through_the_functions(store_url, role):
+    checkpoint_id, _ = first_checkpoint(store_url)
+    api_url = role_url(store_url, "api")
+    opened = call(api_url, OPEN_DISPUTE, {"id": checkpoint_id, "cycles": cycles_of(store_url, checkpoint_id)})
+    url = role_url(store_url, role)
+    attempts = {
+        "INSERT a resolution": [f"INSERT INTO crunch.checkpoint_disputes (competition, checkpoint_id, action, dispute_id, "
+                                f"actor, note) VALUES ('btc_updown', {checkpoint_id}, 'RESOLVED', {opened.dispute_id}, "
+                                "'forger', 'nothing to see')"],
+        "INSERT a dispute": [f"INSERT INTO crunch.checkpoint_disputes (competition, checkpoint_id, action, claimant, what, "
+                             f"cycles, actor) VALUES ('btc_updown', {checkpoint_id}, 'OPENED', 'x', 'y', '[]', 'forger')"],
+        "DELETE the dispute": ["DELETE FROM crunch.checkpoint_disputes"],
+        "UPDATE the dispute": ["UPDATE crunch.checkpoint_disputes SET what = 'nothing'"],
+        "TRUNCATE": ["TRUNCATE crunch.checkpoint_disputes"],
+        "UPDATE a rules document": ["UPDATE crunch.rules_fingerprints SET document = '{}'"],
+        "DELETE a rules document": ["DELETE FROM crunch.rules_fingerprints"],
+    }
+    if role == "api":
+        attempts["INSERT a rules document"] = [
+            "INSERT INTO crunch.rules_fingerprints (competition, fingerprint, cycle_digest, document) "
+            "VALUES ('btc_updown', 'x', 'y', '{}')"]
+        attempts["UPDATE a cycle's fingerprint"] = ["UPDATE crunch.inputs SET rules_fingerprint = 'x'"]
+    else:  # the engine may call no dispute function
+        attempts["open through the function"] = [OPEN_DISPUTE.replace(":id", str(checkpoint_id)).replace(
+            ":cycles", "'[]'")]
+    for name, statements in attempts.items():
+        with pytest.raises(sa.exc.ProgrammingError, match="permission denied") as refused:
+            execute(url, *statements)
+        assert "permission denied" in str(refused.value), name
+    assert [tuple(r) for r in query(store_url, "SELECT action, actor FROM crunch.checkpoint_disputes")] == [
+        ("OPENED", "operator")]
+    blocked = call(api_url, ADVANCE, {"id": checkpoint_id, "tx": TX, "gate": forged_gate(store_url, checkpoint_id)})
+    assert blocked.outcome == "disputed"
+
+
+def test_a_superusers_forged_dispute_resolution_is_refused_by_the_triggers(store_url):
+    """A superuser writing around the dispute functions (to lift a block with a resolution nobody
+    recorded, or to erase a dispute) is refused by triggers that replica mode does not skip; with
+    the functions' own setting forged, every row is still checked. Only disabling the triggers gets
+    past them (docs/operations.md, threat model)."""
+    checkpoint_id, _ = first_checkpoint(store_url)
+    api_url = role_url(store_url, "api")
+    opened = call(api_url, OPEN_DISPUTE, {"id": checkpoint_id, "cycles": cycles_of(store_url, checkpoint_id)})
+
+    def row(action: str, dispute_id: int | None, **more: str) -> str:
+        """An INSERT of a dispute row written around the functions."""
+        columns = ", ".join(["competition", "checkpoint_id", "action", "dispute_id", "actor", "note", *more])
+        values = ", ".join(["'btc_updown'", str(checkpoint_id), f"'{action}'", "NULL" if dispute_id is None else str(dispute_id),
+                            "'forger'", "'nothing to see'", *(f"'{v}'" for v in more.values())])
+        return f"INSERT INTO crunch.checkpoint_disputes ({columns}) VALUES ({values})"
+
+    forged = row("RESOLVED", opened.dispute_id)
+    in_function = f"SELECT set_config('crunch.checkpoint_dispute', '{checkpoint_id}', true)"
+    refusals = {
+        "forged resolution": ([forged], "appended only by crunch.open_checkpoint_dispute"),
+        "replica + forged resolution": (["SET LOCAL session_replication_role = replica", forged], "appended only by"),
+        # the function's setting forged too: each row is still checked
+        "resolution of no dispute": ([in_function, row("RESOLVED", 999999)], "a resolution names how an opened dispute"),
+        "resolution claiming a dispute": ([in_function, row("RESOLVED", opened.dispute_id, claimant="x")],
+                                          "a resolution names how an opened dispute"),
+        "DELETE the dispute": (["DELETE FROM crunch.checkpoint_disputes"], "append-only"),
+        "replica + DELETE": (["SET LOCAL session_replication_role = replica", "DELETE FROM crunch.checkpoint_disputes"],
+                             "append-only"),
+        "UPDATE the dispute": (["UPDATE crunch.checkpoint_disputes SET action = 'RESOLVED'"], "append-only"),
+        "TRUNCATE": (["TRUNCATE crunch.checkpoint_disputes"], "append-only"),
+        "TRUNCATE rules documents": (["TRUNCATE crunch.rules_fingerprints"], "append-only"),
+        "replica + UPDATE rules document": (["SET LOCAL session_replication_role = replica",
+                                             "UPDATE crunch.rules_fingerprints SET document = '{}'"], "append-only"),
+    }
+    for statements, message in refusals.values():
+        with pytest.raises(sa.exc.DBAPIError, match=message):
+            execute(store_url, *statements)
+    assert [tuple(r) for r in query(store_url, "SELECT action FROM crunch.checkpoint_disputes")] == [("OPENED",)]
+    # a resolution forged for a checkpoint past PENDING is refused even from inside (the setting forged)
+    assert call(api_url, RESOLVE_DISPUTE, {"id": checkpoint_id, "dispute": opened.dispute_id}).outcome == "resolved"
+    assert call(api_url, ADVANCE, {"id": checkpoint_id, "tx": TX,
+                                   "gate": forged_gate(store_url, checkpoint_id)}).outcome == "changed"
+    with pytest.raises(sa.exc.DBAPIError, match="a dispute is recorded only while it is PENDING"):
+        execute(store_url, in_function, row("OPENED", None, claimant="x", what="y", cycles="[]"))

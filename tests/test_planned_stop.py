@@ -32,6 +32,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT / "bench"))
 
 from chaos import Deployment, Store, server_processes, wait_for  # noqa: E402
+from resources.database_url import DATABASE_ENV_VARS  # noqa: E402
 
 BIN = Path(sys.executable).parent
 PR_SET_CHILD_SUBREAPER = 36
@@ -106,7 +107,7 @@ def describe(processes) -> list[str]:
 
 def query_store(data_dir: Path, *sql: str) -> list[list[list]]:
     """Each statement's rows, read by a process of its own on the data directory's server."""
-    env = {k: v for k, v in os.environ.items() if k not in ("CRUNCH_DATABASE_URL", "DAGSTER_HOME")}
+    env = {k: v for k, v in os.environ.items() if k not in (*DATABASE_ENV_VARS, "DAGSTER_HOME")}
     done = subprocess.run([sys.executable, "-c", QUERY_SCRIPT, str(PROJECT_ROOT), str(data_dir), json.dumps(list(sql))],
                           env={**env, "CRUNCH_DATA_DIR": str(data_dir)}, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -154,7 +155,7 @@ def test_the_api_stops_with_its_embedded_server(signum):
     running with nobody to stop it."""
     data_dir = fresh_data_dir("crunch-api-stop-")
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("CRUNCH_DATABASE_URL", "DAGSTER_HOME")}
+    env = {k: v for k, v in os.environ.items() if k not in (*DATABASE_ENV_VARS, "DAGSTER_HOME")}
     with adopting_orphans() as survivors:
         api = subprocess.Popen([str(BIN / "crunch-dagster"), "api", "--port", str(port), "--log-level", "warning"],
                                env={**env, "CRUNCH_DATA_DIR": str(data_dir)}, stdout=subprocess.DEVNULL,
@@ -235,7 +236,7 @@ def test_the_demo_stops_everything_on_sigterm_to_its_launcher():
     (data_dir / "demo_start").write_text(this_hour.isoformat())
     (data_dir / "demo_history_done").write_text("skipped by the test")
     env = {k: v for k, v in os.environ.items()
-           if k not in ("CRUNCH_DATABASE_URL", "DAGSTER_HOME") and not k.startswith("CRUNCH_BTC_UPDOWN_")}
+           if k not in (*DATABASE_ENV_VARS, "DAGSTER_HOME") and not k.startswith("CRUNCH_BTC_UPDOWN_")}
     env.update(CRUNCH_DATA_DIR=str(data_dir), CRUNCH_API_PORT=str(free_port()), CRUNCH_UI_PORT=str(free_port()),
                CRUNCH_CRYPTO_DENSITY_AUTOMATION="off", CRUNCH_BTC_UPDOWN_AUTOMATION="on")
     store = Store(data_dir / "pgdata")
@@ -253,6 +254,98 @@ def test_the_demo_stops_everything_on_sigterm_to_its_launcher():
         finally:
             store.dispose()
         assert_stopped_cleanly(launcher, survivors, data_dir, [run_id], signal.SIGTERM)
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
+# --- the demo from a second shell ----------------------------------------------------------------------
+
+README_TX_HASH = "5DemoReadmeTx0123456789"
+# What the demo prints before its UI is up: its own lines (API, each competition's replay and its
+# end, the UI), never a run's debug events or a library's warning.
+DEMO_START_LINES_BOUND = 12
+DEMO_LINES_BOUND = 20
+
+
+def readme_checkpoint_commands() -> list[list[str]]:
+    """README.md's checkpoint commands, as written there (`<hash>` filled in)."""
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    commands = ["checkpoints list btc_updown",
+                "checkpoints submit btc_updown 1 --tx-hash <hash>",
+                "checkpoints advance btc_updown 1 CLAIMABLE",
+                "checkpoints advance btc_updown 1 PAID"]
+    for command in commands:
+        assert f".venv/bin/crunch-dagster {command}" in readme, command
+    return [command.replace("<hash>", README_TX_HASH).split() for command in commands]
+
+
+@pytest.mark.timeout(1200)
+def test_the_readmes_checkpoint_commands_work_from_a_second_shell_while_the_demo_runs():
+    """scripts/demo_launcher.py with two hours of history (two hourly checkpoints of btc_updown
+    built for the demo's emission accounts; crypto_density's replay marked done, automation off:
+    the machine is small). A second process whose environment has none of the demo's settings,
+    nor XDG_RUNTIME_DIR, runs the README's commands: each succeeds, without a warning; the gate
+    still refuses a key the shell sets otherwise, naming the cause. The demo's terminal carries
+    its own lines only."""
+    data_dir = fresh_data_dir("crunch-demo-second-shell-")
+    two_hours_ago = (datetime.now(timezone.utc) - timedelta(hours=2)).replace(minute=0, second=0, microsecond=0)
+    (data_dir / "demo_start").write_text(two_hours_ago.isoformat())
+    (data_dir / "demo_history_done_crypto_density").write_text("skipped by the test")
+    base = {k: v for k, v in os.environ.items()
+            if k not in (*DATABASE_ENV_VARS, "DAGSTER_HOME", "XDG_RUNTIME_DIR")
+            and not k.startswith(("CRUNCH_BTC_UPDOWN_", "CRUNCH_CRYPTO_DENSITY_"))}
+    base["CRUNCH_DATA_DIR"] = str(data_dir)
+    demo_env = {**base, "CRUNCH_API_PORT": str(free_port()), "CRUNCH_UI_PORT": str(free_port()),
+                "CRUNCH_CRYPTO_DENSITY_AUTOMATION": "off", "CRUNCH_BTC_UPDOWN_AUTOMATION": "off"}
+    terminal = data_dir / "demo_terminal.log"
+
+    def crunch_dagster(args: list[str], **extra_env: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "crunch-dagster"), *args], env={**base, **extra_env}, cwd=PROJECT_ROOT,
+                              capture_output=True, text=True, timeout=300)
+
+    with adopting_orphans() as survivors, terminal.open("w") as out:
+        launcher = subprocess.Popen([sys.executable, str(PROJECT_ROOT / "scripts" / "demo_launcher.py")], env=demo_env,
+                                    cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_for("the demo's UI line", lambda: "demo: Dagster UI on" in terminal.read_text() or launcher.poll() is not None,
+                     900, 1)
+            assert launcher.poll() is None, terminal.read_text()[-3000:]
+            started = terminal.read_text().splitlines()
+            assert len(started) <= DEMO_START_LINES_BOUND, started
+            assert [line for line in started if not line.startswith("demo: ")] == [], started
+
+            listing, submitted, claimable, paid = readme_checkpoint_commands()
+            done = crunch_dagster(listing)
+            assert done.returncode == 0 and done.stderr == "", done.stderr
+            assert "#2 " in done.stdout and "#1 " in done.stdout and "PENDING" in done.stdout, done.stdout
+
+            # the shell wins over the demo's file: a different key set there is refused, and says so
+            refused = crunch_dagster(["checkpoints", "submit", "btc_updown", "1", "--tx-hash", README_TX_HASH],
+                                     CRUNCH_BTC_UPDOWN_CRUNCH_PUBKEY="SomeoneElsesCrunch111111111111111111111111111")
+            assert refused.returncode == 1, refused.stdout + refused.stderr
+            assert "CRUNCH_BTC_UPDOWN_CRUNCH_PUBKEY (or CRUNCH_CRUNCH_PUBKEY) is 'SomeoneElsesCrunch" in refused.stderr
+            assert "rebuild the checkpoint" in refused.stderr
+            unset = crunch_dagster(["checkpoints", "submit", "btc_updown", "1", "--tx-hash", README_TX_HASH],
+                                   CRUNCH_CRUNCH_PUBKEY="")
+            assert unset.returncode == 1 and "no crunch public key is configured in this process: set" in unset.stderr, \
+                unset.stderr
+            assert "rebuild" not in unset.stderr.split("no crunch public key")[1].split(";")[0]
+
+            for command, status in ((submitted, "SUBMITTED"), (claimable, "CLAIMABLE"), (paid, "PAID")):
+                done = crunch_dagster(command)
+                assert done.returncode == 0 and done.stderr == "", (command, done.stdout, done.stderr)
+                assert f"-> {status}" in done.stdout, done.stdout
+            done = crunch_dagster(listing)
+            first = next(line for line in done.stdout.splitlines() if line.startswith("#1 "))
+            assert " PAID " in first and first.endswith(f"tx {README_TX_HASH}"), done.stdout
+
+            # `dagster dev` has been up for as long as these commands took: a warning of Dagster's own
+            # daemon at most, no Python warning, no debug event
+            shown = terminal.read_text().splitlines()
+            assert len(shown) <= DEMO_LINES_BOUND, shown
+            assert [line for line in shown if "Warning:" in line or " - DEBUG - " in line] == [], shown
+        finally:
+            if launcher.poll() is None:
+                assert_stopped_cleanly(launcher, survivors, data_dir, [], signal.SIGTERM)
     shutil.rmtree(data_dir, ignore_errors=True)
 
 

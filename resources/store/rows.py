@@ -101,12 +101,14 @@ class Resolution:
     input_id: int
     actuals: Any
     failure_value: float
+    rules_fingerprint: str | None = None  # the rules the cycle was scored under (crunch_assets/fingerprint.py)
 
 
 @dataclass(frozen=True)
 class Voiding:
     input_id: int
     reason: str
+    rules_fingerprint: str | None = None  # the rules the cycle was voided under
 
 
 @dataclass(frozen=True)
@@ -226,3 +228,52 @@ class CopyResolutionRow:
     at: datetime
     note: str | None = None
     checkpoint_id: int | None = None
+
+
+@dataclass(frozen=True)
+class RulesDocument:
+    """A rules fingerprint and the document it is the sha256 of (crunch_assets/fingerprint.py)."""
+
+    fingerprint: str
+    cycle_digest: str
+    document: dict
+
+
+@dataclass(frozen=True)
+class DisputeRow:
+    """A dispute of a checkpoint: opened (who, what, which cycles) and, once, resolved."""
+
+    id: int
+    checkpoint_id: int
+    claimant: str
+    what: str
+    cycles: list
+    opened_by: str
+    opened_at: datetime
+    note: str | None = None
+    resolved_by: str | None = None
+    resolved_at: datetime | None = None
+    resolution: str | None = None
+    resolution_id: int | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self.resolution_id is None
+
+
+@dataclass(frozen=True)
+class StoredCycle:
+    """A stored cycle as it happened: its input, status, truth and failure value, and (when read
+    with them) its predictions as made. What a what-if rescores and a shadow entry is run on."""
+
+    input_id: int
+    scope_key: str
+    cycle_at: datetime
+    resolvable_at: datetime
+    status: str  # RECEIVED | RESOLVED | VOIDED
+    scope: dict
+    raw_data: Any
+    actuals: Any
+    failure_value: float | None
+    rules_fingerprint: str | None
+    predictions: list[StoredPrediction] = field(default_factory=list)

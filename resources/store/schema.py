@@ -143,6 +143,10 @@ inputs = sa.Table(
     sa.Column("failure_value", sa.Float(53), nullable=True),
     _jsonb("scope"),
     _jsonb("meta"),
+    # The rules fingerprint the cycle was resolved (scored, or voided) under: the score batch's
+    # (crunch_assets/fingerprint.py); its document is in rules_fingerprints. Null: not resolved yet,
+    # or resolved before fingerprints were recorded.
+    sa.Column("rules_fingerprint", sa.Text, nullable=True),
     sa.UniqueConstraint("competition", "scope_key", "cycle_at", name="uq_inputs_cycle"),
     # Small: only the voided cycles (sensors watch them; most cycles never are).
     sa.Index("ix_inputs_voided", "competition", "cycle_at", postgresql_where=sa.text("status = 'VOIDED'")),
@@ -261,7 +265,7 @@ checkpoints = sa.Table(
     sa.Column("competition", sa.Text, nullable=False),
     sa.Column("period_start", TZ, nullable=False),
     sa.Column("period_end", TZ, nullable=False),
-    # PENDING | SUBMITTED | CLAIMABLE | PAID | SKIPPED; moved only by crunch.advance_checkpoint (migrations 0006, 0008)
+    # PENDING | SUBMITTED | CLAIMABLE | PAID | SKIPPED; moved only by crunch.advance_checkpoint (migrations 0006, 0008, 0010)
     sa.Column("status", sa.Text, nullable=False, server_default="PENDING"),
     sa.Column("tx_hash", sa.Text, nullable=True),
     sa.Column("submitted_at", TZ, nullable=True),
@@ -355,4 +359,41 @@ copy_resolutions = sa.Table(
     sa.Column("at", TZ, nullable=False, server_default=sa.func.now()),
     sa.Column("note", sa.Text, nullable=True),
     sa.Index("ix_copy_resolutions_period", "competition", "period_start", "period_end", "cluster_key", "id"),
+)
+
+# Append-only: every rules fingerprint a competition scored a cycle or built a checkpoint under,
+# with the document it is the hash of (the spec's fields, the callables' sources, the engine's
+# version), so anyone can read what a fingerprint stands for and hash it again.
+rules_fingerprints = sa.Table(
+    "rules_fingerprints",
+    metadata,
+    _id(),
+    sa.Column("competition", sa.Text, nullable=False),
+    sa.Column("fingerprint", sa.Text, nullable=False),  # sha256 of the RFC 8785 bytes of `document`
+    sa.Column("cycle_digest", sa.Text, nullable=False),  # sha256 of its per-cycle part
+    sa.Column("document", JSONB, nullable=False),
+    sa.Column("recorded_at", TZ, nullable=False, server_default=sa.func.now()),
+    sa.UniqueConstraint("competition", "fingerprint", name="uq_rules_fingerprints"),
+)
+
+# Append-only: disputes of a checkpoint before it is SUBMITTED, each step a row: OPENED (who
+# disputes what, which cycles) and RESOLVED (which dispute, how). An open dispute blocks submission.
+checkpoint_disputes = sa.Table(
+    "checkpoint_disputes",
+    metadata,
+    _id(),
+    sa.Column("competition", sa.Text, nullable=False),
+    sa.Column("checkpoint_id", sa.BigInteger, sa.ForeignKey(f"{SCHEMA}.checkpoints.id"), nullable=False),
+    sa.Column("action", sa.Text, nullable=False),  # OPENED | RESOLVED
+    sa.Column("dispute_id", sa.BigInteger, nullable=True),  # RESOLVED: the OPENED row it closes
+    sa.Column("claimant", sa.Text, nullable=True),  # OPENED: who disputes (a participant, a model)
+    sa.Column("what", sa.Text, nullable=True),  # OPENED: what is disputed
+    sa.Column("cycles", JSONB, nullable=True),  # OPENED: [{"first": t, "last": t}, ...] within the period
+    sa.Column("actor", sa.Text, nullable=False),
+    sa.Column("at", TZ, nullable=False, server_default=sa.func.now()),
+    sa.Column("note", sa.Text, nullable=True),
+    sa.Index("ix_checkpoint_disputes_checkpoint", "checkpoint_id", "id"),
+    # A dispute is resolved once.
+    sa.Index("uq_checkpoint_disputes_resolved", "dispute_id", unique=True,
+             postgresql_where=sa.text("action = 'RESOLVED'")),
 )

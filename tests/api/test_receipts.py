@@ -204,6 +204,32 @@ def test_a_tampered_receipt_names_the_first_field_that_does_not_verify(replay_ap
         assert result.stdout.strip() == expected and result.returncode == (0 if expected == "ok" else 1)
 
 
+def test_a_receipt_carries_the_rules_fingerprint_its_checkpoint_was_built_under(replay_api, store):
+    """The receipt's rules fingerprint is the one the API serves for its checkpoint, recomputed here
+    from the replay's own spec, rules and ground truth, recorded with its document; the entries (so
+    the chained root) commit to it: a receipt naming other rules does not verify."""
+    from crunch_assets.fingerprint import rules_book
+
+    _, client = replay_api
+    defs, spec = REPLAYED["defs"], REPLAYED["spec"]
+    book = rules_book(spec, defs.resources["rules"], defs.resources.get("ground_truth"))
+    for cp in store.checkpoints():
+        served = client.get(f"/competitions/btc_updown/checkpoints/{cp.id}").json()
+        fingerprint = served["rules_fingerprint"]
+        assert fingerprint == served["rules"]["fingerprint"] == book.checkpoint_version(cp.period_start, cp.period_end).fingerprint
+        assert len(fingerprint) == 64 and int(fingerprint, 16) >= 0
+        recorded = client.get(f"/competitions/btc_updown/rules/{fingerprint}").json()
+        assert recorded["fingerprint"] == fingerprint and recorded["verified"] is True
+        for model_id, receipt in _receipts(client, cp).items():
+            assert receipt["rules_fingerprint"] == receipt["entries"]["rules_fingerprint"] == fingerprint, model_id
+            assert verifier.verify_receipt(receipt) == "ok"
+    other = "0" * 64
+    assert verifier.verify_receipt({**receipt, "rules_fingerprint": other}) == "rules_fingerprint"
+    # the same lie in the entries too: their hash, which the chained root commits to, breaks
+    assert verifier.verify_receipt({**receipt, "rules_fingerprint": other,
+                                    "entries": {**receipt["entries"], "rules_fingerprint": other}}) == "entries"
+
+
 def test_receipt_route_errors(replay_api, store, monkeypatch):
     from crunch_assets.api import app as api_app
 
@@ -358,7 +384,7 @@ def test_awkward_floats_and_non_ascii_ids_encode_alike_in_the_browser(replay_api
 
 
 def _latest_checkpoint(client: httpx.Client) -> dict:
-    return max(client.get("/reports/checkpoints").json()["checkpoints"], key=lambda c: c["period_start"])
+    return max(client.get("/competitions/btc_updown/checkpoints").json()["checkpoints"], key=lambda c: c["period_start"])
 
 
 def test_the_model_page_verifies_its_latest_receipt(read_api, page):
@@ -375,7 +401,8 @@ def test_the_model_page_verifies_its_latest_receipt(read_api, page):
 
 
 @pytest.mark.parametrize(("tamper", "field"), [
-    ("reward", "reward.reward_pct"), ("leaf", "leaves[0].leaf_hash"), ("root", "leaves[0].proof")])
+    ("reward", "reward.reward_pct"), ("leaf", "leaves[0].leaf_hash"), ("root", "leaves[0].proof"),
+    ("rules", "rules_fingerprint")])
 def test_a_tampered_receipt_does_not_verify_on_the_page(read_api, page, tamper, field):
     """The API's receipt altered on its way to the browser: the page says it does not verify."""
     server, client = read_api
@@ -387,6 +414,9 @@ def test_a_tampered_receipt_does_not_verify_on_the_page(read_api, page, tamper, 
             receipt["reward"]["reward_pct"] += 10_000_000
         elif tamper == "leaf":
             receipt["leaves"][0]["value"] = 1.0
+        elif tamper == "rules":
+            assert receipt["rules_fingerprint"] == receipt["entries"]["rules_fingerprint"]
+            receipt["rules_fingerprint"] = "0" * 64
         else:
             receipt["merkle_root"] = "ab" * 32
         route.fulfill(status=200, content_type="application/json", body=json.dumps(receipt))
@@ -410,7 +440,10 @@ def _rewrite(connection, cp_id: int, scheme: int, root: str, chained: str, previ
 def _audit_cli(url: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "crunch_assets.cli", "audit", "btc_updown"], cwd=PROJECT_ROOT,
                           capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **role_env(url), "CRUNCH_AUTOMATION": "off"})
+                          env={**os.environ, **role_env(url), "CRUNCH_AUTOMATION": "off",
+                               # the replay's deployment: the audit recomputes under its rules (fingerprint)
+                               "CRUNCH_BTC_UPDOWN_START": START.isoformat(),
+                               "CRUNCH_BTC_UPDOWN_CHECKPOINT_INTERVAL_SECONDS": "3600"})
 
 
 def test_the_audit_verifies_schemes_1_2_and_3_side_by_side(replay_url, store, replay_api):
@@ -579,8 +612,8 @@ def test_the_gate_refuses_a_root_that_was_not_published(api_database_url, tmp_pa
     roots = tmp_path / "roots"
     monkeypatch.setenv("CRUNCH_ROOT_PUBLICATION_DIR", str(roots))
     with serve(api_database_url) as server, httpx.Client(base_url=server.url, timeout=300) as client, _Webhook() as hook:
-        first = min(client.get("/reports/checkpoints").json()["checkpoints"], key=lambda c: c["period_start"])
-        refused = client.post(f"/reports/checkpoints/{first['id']}/confirm", json={"tx_hash": "0x" + "cd" * 32},
+        first = min(client.get("/competitions/btc_updown/checkpoints").json()["checkpoints"], key=lambda c: c["period_start"])
+        refused = client.post(f"/competitions/btc_updown/checkpoints/{first['id']}/confirm", json={"tx_hash": "0x" + "cd" * 32},
                               headers=auth())
         assert refused.status_code == 409
         reasons = [r for r in refused.json()["detail"]["reasons"] if r.startswith("chained_root_published")]
@@ -595,7 +628,7 @@ def test_the_gate_refuses_a_root_that_was_not_published(api_database_url, tmp_pa
         assert hook.url not in failed.stdout + failed.stderr  # a secret: never printed
         assert str(roots) not in json.dumps(refused.json())  # the gate's result is public: no path
         assert hook.received and hook.received[-1]["chained_root"] == first["chained_root"]
-        again = client.post(f"/reports/checkpoints/{first['id']}/confirm", json={"tx_hash": "0x" + "cd" * 32},
+        again = client.post(f"/competitions/btc_updown/checkpoints/{first['id']}/confirm", json={"tx_hash": "0x" + "cd" * 32},
                             headers=auth())
         assert again.status_code == 409 and any("not delivered" in r for r in again.json()["detail"]["reasons"])
 
@@ -610,12 +643,12 @@ def test_the_gate_refuses_a_root_that_was_not_published(api_database_url, tmp_pa
         assert repeat.returncode == 0 and "already published" in repeat.stdout
         assert len((roots / "btc_updown.jsonl").read_text().splitlines()) == 2
 
-        submitted = client.post(f"/reports/checkpoints/{first['id']}/confirm", json={"tx_hash": "0x" + "cd" * 32},
+        submitted = client.post(f"/competitions/btc_updown/checkpoints/{first['id']}/confirm", json={"tx_hash": "0x" + "cd" * 32},
                                 headers=auth())
         assert submitted.status_code == 200, submitted.text
-        gate = {c["name"]: c for c in client.get(f"/reports/checkpoints/{first['id']}/gate").json()["gate"]["checks"]}
+        gate = {c["name"]: c for c in client.get(f"/competitions/btc_updown/checkpoints/{first['id']}/gate").json()["gate"]["checks"]}
         assert gate["chained_root_published"]["passed"] and gate["leaves_portable"]["passed"]
-        cli = client.get(f"/reports/checkpoints/{first['id']}/emission/cli-format").json()
+        cli = client.get(f"/competitions/btc_updown/checkpoints/{first['id']}/emission/cli-format").json()
         assert cli["chained_root"] == first["chained_root"] and cli["commitment_scheme"] == merkle.PORTABLE_SCHEME
         # the receipt of a SUBMITTED checkpoint, from the command line, is the API's
         printed = subprocess.run([sys.executable, "-m", "crunch_assets.cli", "checkpoints", "receipt", "btc_updown",
@@ -623,5 +656,5 @@ def test_the_gate_refuses_a_root_that_was_not_published(api_database_url, tmp_pa
                                  timeout=300, env={**os.environ, **role_env(api_database_url), "CRUNCH_AUTOMATION": "off"})
         assert printed.returncode == 0, printed.stderr
         receipt = json.loads(printed.stdout)
-        assert receipt == client.get(f"/reports/checkpoints/{first['id']}/models/trend_following/receipt").json()
+        assert receipt == client.get(f"/competitions/btc_updown/checkpoints/{first['id']}/models/trend_following/receipt").json()
         assert receipt["status"] == "SUBMITTED" and verifier.verify_receipt(receipt) == "ok"

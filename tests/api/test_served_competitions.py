@@ -39,7 +39,10 @@ def _free_port() -> int:
 
 def test_the_api_serves_every_competition_of_the_workspace(database_url, tmp_path):
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CRUNCH_") or k == "CRUNCH_DATABASE_URL"}
+    from tests.api.conftest import role_env
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRUNCH_")}
+    env.update(role_env(database_url))
     env["CRUNCH_DATA_DIR"] = str(tmp_path)
     server = subprocess.Popen([str(BIN / "crunch-dagster"), "api", "--port", str(port), "--log-level", "warning"],
                               cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
