@@ -298,6 +298,7 @@ class Templates:
     leaderboard: list[dict]
     checkpoint_entries: dict
     checkpoint_meta: dict
+    rules_document: object  # the RulesDocument the checkpoint names (its fingerprint fixes the dispute window)
 
 
 def read_templates(world: World, database) -> Templates:
@@ -307,7 +308,7 @@ def read_templates(world: World, database) -> Templates:
     store = database.competition(world.spec.slug)
     _, entries, _ = store.leaderboard(PERIOD_END)
     built = build_checkpoint(world.spec, world.rules, store, PayoutAccounts(), PERIOD_START, PERIOD_END)
-    return Templates(entries, built.entries, built.meta)
+    return Templates(entries, built.entries, built.meta, built.rules_document)
 
 
 # What a week's rows are: table -> (time column of the range, {column: table whose ids it holds}).
@@ -384,6 +385,7 @@ def write_old_weeks(world: World, database, source: sa.Engine, templates: Templa
     spec = world.spec
     store = database.competition(spec.slug)
     chained, previous_id = None, None
+    store.rules.record([templates.rules_document])  # as a built checkpoint records it: paying one needs it
     began = time.perf_counter()
     for back in range(world.year_weeks - 1, 0, -1):
         week = PERIOD_START - back * PERIOD
