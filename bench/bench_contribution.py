@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import random
 import statistics
 import sys
@@ -34,6 +33,8 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
+
+from bench import benchkit  # noqa: E402
 
 START = datetime(2026, 11, 16, tzinfo=timezone.utc)
 
@@ -151,8 +152,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.smoke:
         args.models, args.days, args.repeats, args.big_hours = "10,100", 2 / 24, 1, 2
     week_hours = round(args.days * 24)
-    print(f"load average {os.getloadavg()[0]:.1f} {os.getloadavg()[1]:.1f} {os.getloadavg()[2]:.1f} "
-          f"on {os.cpu_count()} cores; {week_hours} hours of 60 s cycles")
+    benchkit.smoke_banner(args)
+    benchkit.conditions(f"bench_contribution: {week_hours} hours of 60 s cycles, in memory")
     print(f"{'models':>7} {'hours':>5} {'build CPU s':>11} {'rollup CPU s':>12} {'per hour s':>10} "
           f"{'scaled to period s':>18} {'payout today s':>14} {'with contribution s':>19} {'added s':>8}")
     for models in (int(m) for m in args.models.split(",")):
@@ -167,13 +168,13 @@ def main(argv: list[str] | None = None) -> None:
                          if s.period_start + timedelta(hours=k) < START + timedelta(hours=week_hours)]
         today, contribution = bench_checkpoint(spec, rules, snapshots, week_hours, args.repeats)
         scaled = rollup / hours * week_hours
-        print(f"{models:>7} {hours:>5} {build:>11.2f} {rollup:>12.2f} {rollup / hours:>10.3f} "
-              f"{scaled:>18.1f}{'*' if hours < week_hours else ' '} {today:>14.3f} {contribution:>19.3f} "
-              f"{contribution - today:>8.3f}")
+        benchkit.figure(f"{models:>7} {hours:>5} {build:>11.2f} {rollup:>12.2f} {rollup / hours:>10.3f} "
+                        f"{scaled:>18.1f}{'*' if hours < week_hours else ' '} {today:>14.3f} {contribution:>19.3f} "
+                        f"{contribution - today:>8.3f}")
     print("* measured over fewer hours and scaled. payout columns: checkpoints.payout_entries over the whole period "
           "(the part of a checkpoint the contribution emission changes; a checkpoint also reads the period, hashes "
           "its scores and runs copy detection: bench_rollups.py, bench_copies.py)")
-    print(f"load average {os.getloadavg()[0]:.1f} {os.getloadavg()[1]:.1f} {os.getloadavg()[2]:.1f}")
+    benchkit.figure("done")
 
 
 if __name__ == "__main__":

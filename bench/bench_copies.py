@@ -16,7 +16,9 @@ Prints, per size and path, the median over --repeats of the seconds for the peri
 clusters found (which must be the planted copies: a check that the figures measure real work),
 then `uptime`'s load average.
 
-    .venv/bin/python bench/bench_copies.py [--models 100,1000] [--days 7] [--repeats 3] [--near-days 1] [--store-days 1]
+    .venv/bin/python bench/bench_copies.py [--models 100,1000] [--days 7] [--repeats 3] [--near-days 1] [--store-days 1] [--smoke]
+
+Exits 1 when the clusters found are not the planted ones.
 
 Each size runs four ways: both paths on the field above, and both on a degenerate field where every
 answer is within 1e-8 of every other (everything matches: the O(pairs) worst case of both paths).
@@ -37,6 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import benchkit  # noqa: E402
 from crunch_assets import copies  # noqa: E402
 from crunch_assets.spec import CopyDetection, Scope  # noqa: E402
 
@@ -196,7 +199,7 @@ def store_read(models: int, days: float, repeats: int) -> dict:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="100,1000")
     parser.add_argument("--days", type=float, default=7.0)
@@ -205,7 +208,13 @@ def main() -> None:
                         help="also write this many days of the first size to PostgreSQL and time the store's read (0: skip)")
     parser.add_argument("--near-days", type=float, default=1.0,
                         help="near-equality at >= 1000 models: measure this many days and scale to --days (0: all)")
+    benchkit.add_smoke_argument(parser)
     args = parser.parse_args()
+    if args.smoke:
+        args.models, args.days, args.repeats, args.store_days, args.near_days = "30", 0.1, 3, 0.05, 0
+    benchkit.smoke_banner(args)
+    benchkit.conditions("copy detection")
+    as_planted = True
     print(f"copy detection, {args.days:g} days of 60 s cycles ({int(args.days * 1440):,} cycles), "
           f"median of {args.repeats}; the rows' generation is timed apart and subtracted; wall and CPU seconds")
     print(f"{'models':>6} {'path':>5} {'days':>5} {'outputs':>11} {'scan s':>8} {'links s':>8} {'clust s':>8} "
@@ -217,21 +226,24 @@ def main() -> None:
                 days = min(args.days, args.near_days)
             r = measure(models, days, args.repeats, distance, degenerate)
             label = distance + ("*" if degenerate else "")
-            print(f"{models:>6} {label:>5} {days:>5g} {r['outputs']:>11,} {r['scan_s']:>8.2f} {r['links_s']:>8.2f} "
-                  f"{r['clusters_s']:>8.2f} {r['total_s']:>8.2f} {r['cpu_s']:>8.2f} "
-                  f"{r['cpu_s'] * args.days / days:>9.1f} {r['cpu_s'] / r['outputs'] * 1e6:>10.2f}  "
-                  f"{r['clusters']} ({'as planted' if r['planted_found'] else 'NOT as planted'})",
-                  flush=True)
+            benchkit.figure(f"{models:>6} {label:>5} {days:>5g} {r['outputs']:>11,} {r['scan_s']:>8.2f} {r['links_s']:>8.2f} "
+                            f"{r['clusters_s']:>8.2f} {r['total_s']:>8.2f} {r['cpu_s']:>8.2f} "
+                            f"{r['cpu_s'] * args.days / days:>9.1f} {r['cpu_s'] / r['outputs'] * 1e6:>10.2f}  "
+                            f"{r['clusters']} ({'as planted' if r['planted_found'] else 'NOT as planted'})")
+            as_planted = as_planted and r["planted_found"]
     print("*: the degenerate field, every answer within 1e-8 of every other (all pairs match: O(pairs) per cycle)")
     if args.store_days:
         models = int(args.models.split(",")[0])
         r = store_read(models, args.store_days, args.repeats)
-        print(f"the store, {models} models over {args.store_days:g} day(s), {r['rows']:,} predictions in PostgreSQL: "
-              f"streaming read {r['read_wall']:.2f} s wall ({r['read_cpu'] / r['rows'] * 1e6:.2f} us CPU of this "
-              f"process a row); read + hashing detection (period_report) {r['report_wall']:.2f} s wall, "
-              f"{r['report_cpu']:.2f} s CPU", flush=True)
+        benchkit.figure(f"the store, {models} models over {args.store_days:g} day(s), {r['rows']:,} predictions in PostgreSQL: "
+                        f"streaming read {r['read_wall']:.2f} s wall ({r['read_cpu'] / r['rows'] * 1e6:.2f} us CPU of "
+                        f"this process a row); read + hashing detection (period_report) {r['report_wall']:.2f} s wall, "
+                        f"{r['report_cpu']:.2f} s CPU")
     print("load average (1, 5, 15 min):", " ".join(f"{v:.2f}" for v in os.getloadavg()))
+    if not as_planted:
+        print("FAILED: the clusters found are not the planted copies")
+    return 0 if as_planted else 1
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -8,10 +8,11 @@ Prints, as the median over --repeats:
   checkpoint build, the gate's merkle check, the audit and each receipt pay;
 - building one model's receipt (every leaf hashed, the tree, the model's paths), its size as JSON;
 - checking that receipt with the participants' standalone verifier (standard library only);
-then `uptime`'s load average. A receipt that does not verify stops the bench (the figures must
+each figure with the machine's load. A receipt that does not verify stops the bench (the figures must
 measure real work).
 
     .venv/bin/python bench/bench_receipts.py [--models 100] [--cycles 1440] [--repeats 3]
+    .venv/bin/python bench/bench_receipts.py --smoke   # 3 models x 30 cycles, once: checks that it runs
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import argparse
 import importlib.machinery
 import importlib.util
 import json
-import os
 import random
 import statistics
 import sys
@@ -30,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import benchkit  # noqa: E402
 from crunch_assets import merkle  # noqa: E402
 from crunch_assets.receipts import build_receipt  # noqa: E402
 from resources.store import json_codec  # noqa: E402
@@ -74,12 +75,17 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=100)
     parser.add_argument("--cycles", type=int, default=1440)
     parser.add_argument("--repeats", type=int, default=3)
+    benchkit.add_smoke_argument(parser)
     options = parser.parse_args()
+    if options.smoke:
+        options.models, options.cycles, options.repeats = 3, 30, 1
+    benchkit.smoke_banner(options)
     leaves = period(options.models, options.cycles)
-    print(f"{options.models} models x {options.cycles} cycles: {len(leaves):,} leaves")
+    benchkit.conditions(f"portable leaves and receipts in memory, {options.models} models x {options.cycles} cycles: "
+                        f"{len(leaves):,} leaves, median of {options.repeats}")
     for scheme in (merkle.ENTRIES_SCHEME, merkle.PORTABLE_SCHEME):
         seconds, _ = median_seconds(options.repeats, lambda s=scheme: merkle.merkle_root(merkle.leaf_hashes(leaves, s)))
-        print(f"  scheme {scheme}: every leaf and the root  {seconds:8.2f} s  ({seconds / len(leaves) * 1e6:.1f} µs a leaf)")
+        benchkit.figure(f"  scheme {scheme}: every leaf and the root  {seconds:8.2f} s  ({seconds / len(leaves) * 1e6:.1f} µs a leaf)")
     root = merkle.merkle_root(merkle.leaf_hashes(leaves))
     entries = {"ranking": [{"model_id": f"model_{m:04d}", "rank": m + 1, "reward_pct": 0, "eligible": True,
                             "score": 0.5, "cruncher_index": m, "breakdown": {"scored": options.cycles}}
@@ -93,15 +99,14 @@ def main() -> None:
     seconds, receipt = median_seconds(options.repeats, lambda: build_receipt("bench", InMemoryLeaves(leaves), checkpoint,
                                                                             "model_0000"))
     served = json_codec.dumps(receipt).encode()
-    print(f"  one model's receipt: built {seconds:8.2f} s, {len(receipt['leaves']):,} leaves, {len(served) / 2**20:.1f} MiB")
+    benchkit.figure(f"  one model's receipt: built {seconds:8.2f} s, {len(receipt['leaves']):,} leaves, {len(served) / 2**20:.1f} MiB")
     loader = importlib.machinery.SourceFileLoader("verify_receipt", str(VERIFIER))
     verifier = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
     loader.exec_module(verifier)
     seconds, verdict = median_seconds(options.repeats, lambda: verifier.verify_receipt(json.loads(served)))
     if verdict != "ok":
         raise SystemExit(f"the receipt does not verify: {verdict}")
-    print(f"  verify_receipt.py (stdlib): {seconds:8.2f} s")
-    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    benchkit.figure(f"  verify_receipt.py (stdlib): {seconds:8.2f} s, verdict {verdict}")
 
 
 if __name__ == "__main__":
