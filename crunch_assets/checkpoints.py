@@ -20,7 +20,7 @@ from typing import Mapping, Sequence
 
 import dagster as dg
 
-from crunch_assets import checks, copies, emission, merkle
+from crunch_assets import checks, contribution, copies, emission, merkle
 from crunch_assets.emission import FRAC64_ONE, RankedEntry
 from crunch_assets.keys import ChainKeys
 from crunch_assets.partitions import CompetitionPartitions, checkpoint_snapshots_mapping
@@ -29,6 +29,7 @@ from crunch_assets.rules import CompetitionRules, GroundTruthResource
 from crunch_assets.spec import CompetitionSpec
 from crunch_assets.stages import readable, table_metadata
 from crunch_assets.standings import Standing, rank_models, standings
+from resources.model_ids import is_virtual_model_id
 from resources.store.competition import CompetitionStore
 from resources.store.database import CrunchDatabase
 from resources.store.rows import CycleRollupRow, ModelRow, RulesDocument, SnapshotRow
@@ -104,6 +105,8 @@ def emission_rule(spec: CompetitionSpec, rules: CompetitionRules, builder_paid: 
     builder = emission_builder_name(rules)
     if builder_paid and builder:
         return f"the competition's emission builder {builder}"
+    if spec.emission.kind == "contribution":
+        return contribution.describe(spec.emission, spec.contribution_ensemble.name)
     return emission.describe(spec.emission)
 
 
@@ -130,6 +133,8 @@ def unpaid_reasons(
     for model_id, standing in period.items():
         if model_id in benchmarks:
             reasons[model_id] = "benchmark model: scored and ranked, never paid"
+        elif is_virtual_model_id(model_id):  # crunch_assets/ensembles.py
+            reasons[model_id] = "ensemble: a virtual model built from the members' outputs, scored and ranked, never paid"
         elif model_id in exclusions:
             reasons[model_id] = str(exclusions[model_id])
         elif not standing.eligible:
@@ -140,7 +145,7 @@ def unpaid_reasons(
         position = {model_id: i for i, model_id in enumerate(registration_order)}
         by_participant: dict[str, list[str]] = defaultdict(list)
         for model_id in period:
-            if model_id not in benchmarks:
+            if model_id not in benchmarks and not is_virtual_model_id(model_id):
                 by_participant[participants[model_id]].append(model_id)
         limit = policy.max_models_per_participant
         for participant, models in by_participant.items():
@@ -205,9 +210,20 @@ def payout_entries(
     by_score = {m: i for i, m in enumerate(rank_models(values, spec.ranking_descending), start=1)}
     entries = [RankedEntry(m, rank, values[m], period[m].predictions, period[m].cycles, period[m].coverage)
                for rank, m in enumerate(paid, start=1)]
+    # hook: each model's contribution and diversity over the period, from the hourly metric
+    # statistics (crunch_assets/contribution.py): what the contribution emission pays on
+    contributed = contribution.period_contributions(spec, snapshots, rollups, start, end) if spec.metrics.enabled else {}
     custom = rules.build_emission(entries) if entries else None
-    rewards = [int(r) for r in custom] if custom is not None else emission.build(spec.emission, entries, spec.higher_is_better)
-    if entries:
+    components: dict[str, dict] = {}
+    if custom is not None:
+        rewards = [int(r) for r in custom]
+    elif spec.emission.kind == "contribution":
+        rewards, parts = contribution.contribution_weighted(
+            entries, *contribution.reward_inputs(spec, paid, contributed), spec.emission, spec.payout.ties == "share")
+        components = dict(zip(paid, parts))
+    else:
+        rewards = emission.build(spec.emission, entries, spec.higher_is_better)
+    if entries and not components:  # the contribution emission is checked against its composite instead
         emission.check_rewards(rewards, len(entries))
         if spec.payout.ties == "share":
             rewards = emission.share_ties(rewards, [values[m] for m in paid])
@@ -250,6 +266,7 @@ def payout_entries(
                 "unpaid_reason": reason,
                 "participant": participants[model_id],
                 "benchmark": model_id in spec.payout.benchmark_models,
+                **({"ensemble": True} if is_virtual_model_id(model_id) else {}),
                 "payout_rule": rules_in_words["payout_rule"],
                 **facts,
                 "ranked_by": spec.checkpoint_ranking,
@@ -267,7 +284,26 @@ def payout_entries(
         }
         if model_id in exclusions:
             result[model_id]["breakdown"]["unpaid_reason"] = exclusions[model_id]
+        if model_id in contributed:  # explain my reward: what the model adds to the ensemble
+            c = contributed[model_id]
+            result[model_id]["breakdown"]["contribution"] = {
+                "ensemble": spec.contribution_ensemble.name if spec.contribution_ensemble else None,
+                "contribution": c.contribution, "correlation_with_field": c.correlation,
+                "correlation_with_ensemble": c.ensemble_correlation, "diversity": c.diversity}
+        if model_id in components:
+            result[model_id]["breakdown"]["reward_components"] = {
+                **components[model_id], "field": _component_field(spec, paid, contributed)}
     return result
+
+
+def _component_field(spec: CompetitionSpec, paid: list[str], contributed: Mapping) -> dict:
+    """What the contribution emission's components were normalised over (the paid models)."""
+    values = [contributed[m].contribution for m in paid if m in contributed and contributed[m].contribution is not None]
+    diversities = [contributed[m].diversity if m in contributed else 0.0 for m in paid]
+    return {"models": len(paid), "contribution_min": min(values, default=None), "contribution_max": max(values, default=None),
+            "diversity_min": min(diversities), "diversity_max": max(diversities),
+            "weights": {"rank": spec.emission.rank_weight, "contribution": spec.emission.contribution_weight,
+                        "diversity": spec.emission.diversity_weight}, "floor_pct": spec.emission.floor_pct}
 
 
 def _ties(paid: list[str], values: dict[str, float | None]) -> dict[str, list[str]]:
@@ -510,7 +546,8 @@ def build_checkpoint_asset(
         # one result per run: the first error, else the first warning (a period with nothing to pay)
         check = checks.check_rewards(keys.emission_checkpoints, None)
         for stored in results:
-            found = checks.check_rewards(keys.emission_checkpoints, stored.entries)
+            found = checks.check_rewards(keys.emission_checkpoints, stored.entries,
+                                          by_rank=spec.emission.kind != "contribution")
             if not found.passed and (check.passed or found.severity == dg.AssetCheckSeverity.ERROR):
                 check = found
                 if found.severity == dg.AssetCheckSeverity.ERROR:

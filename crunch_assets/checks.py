@@ -60,11 +60,12 @@ def check_leaderboard_ranked(spec: CompetitionSpec, key: dg.AssetKey, entries: l
     )
 
 
-def check_rewards(key: dg.AssetKey, checkpoint: dict | None) -> dg.AssetCheckResult:
-    """Money check: rewards sum to exactly 1e9, are non-negative, never increase with rank, and
-    only eligible models are paid. A checkpoint that pays nothing at all (no model eligible) fails
-    it as a warning, not an error: the period can only be skipped by an operator, and its run (a
-    replay, a backfill) goes on to the periods after it."""
+def check_rewards(key: dg.AssetKey, checkpoint: dict | None, by_rank: bool = True) -> dg.AssetCheckResult:
+    """Money check: rewards sum to exactly 1e9, are non-negative, never increase with rank (unless
+    `by_rank` is False: the contribution emission pays by its composite, checked where it is
+    computed, crunch_assets/contribution.py), and only eligible models are paid. A checkpoint that
+    pays nothing at all (no model eligible) fails it as a warning, not an error: the period can only
+    be skipped by an operator, and its run (a replay, a backfill) goes on to the periods after it."""
     if checkpoint is None:
         return dg.AssetCheckResult(asset_key=key, check_name=REWARDS_EXACT, passed=True,
                                    metadata={"checkpoint": "none in this period"})
@@ -84,7 +85,7 @@ def check_rewards(key: dg.AssetKey, checkpoint: dict | None) -> dg.AssetCheckRes
         sum(rewards) == FRAC64_ONE
         and emitted == FRAC64_ONE
         and all(r >= 0 for r in rewards)
-        and all(a >= b for a, b in zip(paid, paid[1:]))
+        and (not by_rank or all(a >= b for a, b in zip(paid, paid[1:])))
         and unpaid_ineligible
     )
     return dg.AssetCheckResult(

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from crunch_assets import ensembles
 from crunch_assets.checkpoints import PayoutAccounts, build_checkpoint_asset
 from crunch_assets.feed import build_feed_asset
 from crunch_assets.feed_maintenance import build_feed_maintenance
@@ -57,6 +58,7 @@ def build_competition_definitions(
     settings = settings or CompetitionSettings(spec.slug)
     if isinstance(rules, CallableRules):
         rules.check_wiring()
+    ensembles.check_declarations(spec)  # ensembles' and metrics' callables: a bad path fails the load
     feed = feed or settings.feed(feed_defaults, csv_subjects=spec.subjects)
     feed.validate_stream()
     feed.validate_subjects(spec.subjects)

@@ -43,7 +43,7 @@ import sys
 import threading
 import types
 from collections import OrderedDict
-from dataclasses import dataclass, fields, is_dataclass, replace
+from dataclasses import MISSING, dataclass, fields, is_dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -62,11 +62,15 @@ MONEY_PATH_MODULES = ("crunch_assets.scores", "crunch_assets.standings", "crunch
 CYCLE_SPEC_FIELDS = (
     "scopes", "extra_subjects", "failure_policy", "ranking_descending", "history_seconds",
     "max_price_staleness_seconds", "void_after_seconds", "quarantine_after_failures", "quarantine_cooldown_seconds",
+    "ensembles",
 )
 PERIOD_SPEC_FIELDS = (
     "checkpoint_interval_seconds", "leaderboard_windows", "ranking_key", "checkpoint_ranking", "eligibility",
-    "emission", "copy_detection", "payout", "gate",
+    "emission", "copy_detection", "payout", "gate", "metrics",
 )
+# Fields in the document only when declared (not at their default): a competition that declares
+# none keeps the fingerprint it had before they existed, so its stored cycles stay explained.
+DECLARED_ONLY_SPEC_FIELDS = ("ensembles", "metrics")
 # When things run and what is shown: no score, standing or reward depends on them. `start` is the
 # first partition (cycle times are multiples of the interval since the epoch, whatever it is);
 # `settle_delay_seconds` delays scoring, never changes it; `rules_changes` are the versions themselves.
@@ -244,7 +248,29 @@ def callables_documents(rules: CompetitionRules, ground_truth: GroundTruthResour
 # --- versions ------------------------------------------------------------------------------------
 
 def _spec_part(spec: CompetitionSpec, names: Sequence[str]) -> dict:
-    return {name: to_json(getattr(spec, name)) for name in names}
+    defaults = {f.name: f.default_factory() if f.default_factory is not MISSING else f.default
+                for f in fields(CompetitionSpec) if f.name in DECLARED_ONLY_SPEC_FIELDS}
+    return {name: to_json(getattr(spec, name)) for name in names
+            if name not in defaults or getattr(spec, name) != defaults[name]}
+
+
+def contribution_callables(spec: CompetitionSpec) -> tuple[dict, dict]:
+    """(per-cycle, per-period) documents of the callables the ensembles and the metrics name
+    (crunch_assets/ensembles.py, metrics.py): an ensemble's combine and weighting decide its
+    output and so its score (per cycle); its leave_one_out and the metrics' signal and outcome
+    decide the statistics the contribution emission pays on (per period). Empty when none is declared."""
+    cycle: dict[str, Any] = {}
+    period: dict[str, Any] = {}
+    for ensemble in spec.ensembles:
+        built = {slot: _slot_document(getattr(ensemble, slot)) for slot in ("combine", "weighting")
+                 if ":" in getattr(ensemble, slot)}
+        if built:
+            cycle.setdefault("ensembles", {})[ensemble.name] = built
+        if ensemble.leave_one_out is not None:
+            period.setdefault("ensembles_leave_one_out", {})[ensemble.name] = _slot_document(ensemble.leave_one_out)
+    if spec.metrics.enabled:
+        period["metrics"] = {slot: _slot_document(getattr(spec.metrics, slot)) for slot in ("signal", "outcome")}
+    return cycle, period
 
 
 def _engine_document() -> dict:
@@ -266,6 +292,9 @@ def money_path_sources() -> dict[str, str]:
 
 def rules_document(spec: CompetitionSpec, rules: CompetitionRules, ground_truth: GroundTruthResource | None) -> dict:
     cycle_callables, period_callables = callables_documents(rules, ground_truth)
+    cycle_contribution, period_contribution = contribution_callables(spec)
+    cycle_callables.update(cycle_contribution)
+    period_callables.update(period_contribution)
     return {
         "scheme": FINGERPRINT_SCHEME,
         "cycle": {"spec": _spec_part(spec, CYCLE_SPEC_FIELDS), "callables": cycle_callables},

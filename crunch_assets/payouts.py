@@ -116,7 +116,9 @@ def check_reward_sum(entries: dict) -> GateCheck:
                      "; ".join(problems) or f"{len(ranking)} model(s), {len(emitted)} cruncher reward(s), sum {FRAC64_ONE:,}")
 
 
-def check_follows_ranking(entries: dict, descending: bool) -> GateCheck:
+def check_follows_ranking(entries: dict, descending: bool, by_rank: bool = True) -> GateCheck:
+    """Ranks 1..n, eligible first, scores in order; rewards never increase with rank, or, under the
+    contribution emission (`by_rank` False), never with the stored composite (reward_components)."""
     ranking = entries.get("ranking", [])
     problems = []
     if [r.get("rank") for r in ranking] != list(range(1, len(ranking) + 1)):
@@ -125,8 +127,13 @@ def check_follows_ranking(entries: dict, descending: bool) -> GateCheck:
     if eligible_flags != sorted(eligible_flags, reverse=True):
         problems.append("an ineligible model is ranked above an eligible one")
     rewards = [r.get("reward_pct") or 0 for r in ranking]
-    if any(a < b for a, b in zip(rewards, rewards[1:])):
+    if by_rank and any(a < b for a, b in zip(rewards, rewards[1:])):
         problems.append("a worse rank is paid more than a better one")
+    if not by_rank:
+        paid = sorted(((r.get("breakdown") or {}).get("reward_components", {}).get("composite", 0.0), r.get("reward_pct") or 0)
+                      for r in ranking if r.get("eligible"))
+        if any(ca < cb and ra > rb + 1 for (ca, ra), (cb, rb) in zip(paid, paid[1:])):
+            problems.append("a smaller composite (contribution emission) is paid more than a larger one")
     scores = [r.get("score") for r in ranking if r.get("eligible")]
     if any(s is None for s in scores):
         problems.append("an eligible model has no score")
@@ -385,6 +392,9 @@ def snapshot_differences(stored: list[SnapshotRow], recomputed: list[SnapshotRow
                 b.prediction_count, b.value_sum, b.failure_value_sum, b.status_counts):
             problems.append(f"{where}: stored {a.prediction_count} score(s) summing {a.value_sum!r}, the scores give "
                             f"{b.prediction_count} summing {b.value_sum!r}")
+        elif (a.meta or {}).get("metrics") != (b.meta or {}).get("metrics"):  # contribution pays: recomputed too
+            problems.append(f"{where}: the stored metric statistics differ from those the stored outputs, truths and "
+                            "scores give")
     rollups = {(r.scope_key, r.period_start): r for r in stored_rollups}
     for (scope_key, hour), fingerprint in sorted(recomputed_rollups.items(), key=lambda item: (item[0][1], item[0][0])):
         stored_rollup = rollups.get((scope_key, hour))
@@ -399,11 +409,11 @@ def snapshot_differences(stored: list[SnapshotRow], recomputed: list[SnapshotRow
 
 def check_snapshots_match_scores(spec: CompetitionSpec, rules: CompetitionRules, store: CompetitionStore,
                                  checkpoint: CheckpointRow) -> GateCheck:
-    from crunch_assets.rollups import summarise
+    from crunch_assets.rollups import summarise_with_metrics
 
     since = ranking_reach(spec, checkpoint.period_start, checkpoint.period_end)
     fingerprints = store.hour_fingerprints(since, checkpoint.period_end)
-    recomputed = summarise(spec, rules, store.scored_predictions(fingerprints))
+    recomputed = summarise_with_metrics(spec, rules, store, store.scored_predictions(fingerprints), list(fingerprints))
     problems = snapshot_differences(store.snapshots(since, checkpoint.period_end), recomputed,
                                     store.stored_rollups(since, checkpoint.period_end), fingerprints)
     shown = problems[:_MAX_NAMED_DIFFERENCES] + ([f"... {len(problems) - _MAX_NAMED_DIFFERENCES} more"]
@@ -583,7 +593,7 @@ def run_gate(spec: CompetitionSpec, store: CompetitionStore, checkpoint: Checkpo
         ]
     checks = [
         check_reward_sum(entries),
-        check_follows_ranking(entries, spec.ranking_descending),
+        check_follows_ranking(entries, spec.ranking_descending, by_rank=spec.emission.kind != "contribution"),
         check_paid_models_eligible(entries, spec),
         check_crunchers(entries, registry),
         *recompute,

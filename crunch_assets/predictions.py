@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 import dagster as dg
 import pydantic
 
-from crunch_assets import checks
+from crunch_assets import checks, ensembles
 from crunch_assets.feed import feed_streams
 from crunch_assets.fingerprint import rules_book
 from crunch_assets.keys import ChainKeys
@@ -29,6 +29,7 @@ from crunch_assets.run_config import WindowRunConfig, parse_as_of, resolve_as_of
 from crunch_assets.spec import CompetitionSpec, Scope
 from crunch_assets.stages import RANGE_BACKFILL, WriteBehind, chunks, partition_windows, report_partitions
 from resources.feeds.base import FeedResource
+from resources.model_ids import is_virtual_model_id
 from resources.model_runners.base import CallStatus, ModelCallResult, ModelRunnerResource, ModelSession
 from resources.store.competition import CompetitionStore
 from resources.store.database import CrunchDatabase
@@ -196,7 +197,8 @@ def run_cycles(
                 if (cycle.input.cycle_at, cycle.input.scope_key) in written.stored:
                     report.cycles_run[floor_hour(cycle.input.cycle_at)] += 1
                     for prediction in cycle.predictions:
-                        report.stored_by_hour[floor_hour(cycle.input.cycle_at)][prediction.status] += 1
+                        if not is_virtual_model_id(prediction.model_id):  # the models' own predictions
+                            report.stored_by_hour[floor_hour(cycle.input.cycle_at)][prediction.status] += 1
 
         writer.submit(store.write_cycles, batch, list(events), then=count)
         pending.clear()
@@ -237,6 +239,8 @@ def run_cycles(
                             if log:
                                 log.warning(f"{model_id} quarantined until {until.isoformat()}")
                     rows.append(row)
+                if spec.ensembles:  # hook: the cycle's ensembles, from these rows (crunch_assets/ensembles.py)
+                    rows += ensembles.cycle_rows(spec, scope, rows)
                 pending.append(CycleWrite(InputRow(scope.key, cycle_at, cycle_at + scope.horizon, inputs[k], scope.as_dict()), rows))
                 if len(pending) >= MAX_CYCLES_PER_WRITE or len(pending) * max(1, len(expected)) >= PREDICTIONS_PER_WRITE:
                     flush()

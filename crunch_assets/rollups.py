@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 import dagster as dg
 
-from crunch_assets import checks
+from crunch_assets import checks, metrics
 from crunch_assets.checkpoints import payout_entries
 from crunch_assets.keys import ChainKeys
 from crunch_assets.partitions import CompetitionPartitions, ceil_hour, floor_hour, leaderboard_snapshots_mapping
@@ -24,6 +24,7 @@ from crunch_assets.run_config import WindowRunConfig, resolve_as_of
 from crunch_assets.spec import CompetitionSpec
 from crunch_assets.stages import partition_windows, readable, table_metadata
 from crunch_assets.standings import rank_models, standings
+from resources.model_ids import is_virtual_model_id
 from resources.store.competition import CompetitionStore
 from resources.store.database import CrunchDatabase
 from resources.store.rows import CycleRollupRow, HourFingerprint, ScoredPrediction, SnapshotRow
@@ -70,6 +71,15 @@ def summarise(
     return snapshots
 
 
+def summarise_with_metrics(spec: CompetitionSpec, rules: CompetitionRules, store: CompetitionStore,
+                           scored: list[ScoredPrediction], hours: list[tuple[str, datetime]]) -> list[SnapshotRow]:
+    """summarise, and (hook) each hour's metric statistics in its snapshots (crunch_assets/metrics.py)."""
+    snapshots = summarise(spec, rules, scored)
+    if metrics.enabled(spec):
+        snapshots = metrics.with_statistics(snapshots, metrics.hourly_statistics(spec, rules, store, hours))
+    return snapshots
+
+
 def roll_up(spec: CompetitionSpec, rules: CompetitionRules, store: CompetitionStore, start: datetime, end: datetime) -> RollupReport:
     """Summarise the hours of [start, end) whose inputs or scores changed since their last rollup."""
     current = store.hour_fingerprints(start, end)
@@ -79,8 +89,10 @@ def roll_up(spec: CompetitionSpec, rules: CompetitionRules, store: CompetitionSt
     }
     changed = sorted(key for key, fingerprint in current.items()
                      if stored.get(key) is None or not _same(stored[key], fingerprint))
+    if metrics.enabled(spec):  # hours rolled up before the metrics were declared are computed once more
+        changed = sorted(set(changed) | (store.hours_without_metrics(start, end) & current.keys()))
     scored = store.scored_predictions(changed)
-    snapshots = summarise(spec, rules, scored)
+    snapshots = summarise_with_metrics(spec, rules, store, scored, changed)
     rollups = [
         CycleRollupRow(scope_key, hour, hour + timedelta(hours=1), f.cycle_count, f.voided_count, f.failure_value_sum,
                        f.score_count, f.last_score_id)
@@ -134,7 +146,8 @@ def leaderboard_entries(
         entry = {"rank": rank, "model_id": model_id, "model_name": info.name if info else model_id,
                  "cruncher_index": info.cruncher_index if info else None,
                  "participant": (info.player_id if info else None) or model_id,
-                 "benchmark": model_id in spec.payout.benchmark_models, "scopes": {}}
+                 "benchmark": model_id in spec.payout.benchmark_models, "scopes": {},
+                 **({"ensemble": True} if is_virtual_model_id(model_id) else {})}
         for w in spec.leaderboard_windows:
             standing = per_window[w.name].get(model_id)
             entry[w.name] = standing.value if standing else None

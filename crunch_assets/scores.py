@@ -39,6 +39,7 @@ from crunch_assets.run_config import WindowRunConfig, parse_as_of
 from crunch_assets.spec import CompetitionSpec, Scope
 from crunch_assets.stages import CHUNK_HOURS, RANGE_BACKFILL, WriteBehind, chunks, partition_windows, report_partitions
 from resources.feeds.base import FeedResource
+from resources.model_ids import is_virtual_model_id
 from resources.store.bulk import COPY_MIN_ROWS
 from resources.store.competition import CompetitionStore
 from resources.store.database import CrunchDatabase
@@ -140,24 +141,40 @@ def score_cycle(
     for prediction in cycle.predictions:
         if prediction.status == "PENDING":
             results[prediction.id] = score_answer(scorer, scope, prediction, truth)
+    model_of = {p.id: p.model_id for p in cycle.predictions}
+    # An ensemble (a virtual model) is scored like a model but never moves a real model's score:
+    # it is left out of the cross-sectional step's field and of the relative failure value.
+    virtual = {pid for pid, model_id in model_of.items() if is_virtual_model_id(model_id)}
     if scorer.rules.adjusts_cycles:
-        model_of = {p.id: p.model_id for p in cycle.predictions}
-        successful = {model_of[pid]: r for pid, r in results.items() if r["success"]}
+        successful = {model_of[pid]: r for pid, r in results.items() if r["success"] and pid not in virtual}
         if successful:
             try:
                 adjusted = scorer.rules.adjust_cycle(scope, cycle.cycle_at, dict(successful))
                 if set(adjusted) != set(successful):
                     raise ValueError(f"returned results for {sorted(adjusted)}, expected {sorted(successful)}")
+                for pid in sorted(virtual & results.keys()):  # each ensemble as one more model of the field
+                    if results[pid]["success"]:
+                        try:
+                            alongside = scorer.rules.adjust_cycle(scope, cycle.cycle_at,
+                                                                  {**successful, model_of[pid]: results[pid]})
+                            adjusted[model_of[pid]] = alongside[model_of[pid]]
+                        except Exception as error:  # the ensemble's failure, never the cycle's
+                            results[pid] = {"value": None, "success": False, "failed_reason":
+                                            f"cross-sectional step error: {type(error).__name__}: {error}"[:1000]}
                 for pid in list(results):
                     if model_of[pid] in adjusted:
                         value = adjusted[model_of[pid]].get("value")
                         if not (isinstance(value, (int, float)) and math.isfinite(value)):
+                            if pid in virtual:  # the ensemble's failure, never the cycle's
+                                results[pid] = {"value": None, "success": False,
+                                                "failed_reason": f"non-finite adjusted value {value!r}"}
+                                continue
                             raise ValueError(f"non-finite adjusted value {value!r} for {model_of[pid]}")
                         results[pid] = {**adjusted[model_of[pid]], "success": True}
             except Exception as error:
                 return [], None, f"cross-sectional step error: {type(error).__name__}: {error}"[:1000]
     failure_value = spec.failure_policy.value_for(
-        [r["value"] for r in results.values() if r["success"]], spec.higher_is_better
+        [r["value"] for pid, r in results.items() if r["success"] and pid not in virtual], spec.higher_is_better
     )
     if failure_value is None:
         return [], None, "no successful prediction in the cycle to set its relative failure value"

@@ -8,6 +8,7 @@ import math
 import re
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta, timezone
+from fractions import Fraction
 from typing import Sequence
 
 from crunch_assets.strict import refuse_unknown_fields
@@ -200,6 +201,10 @@ class EmissionPolicy(Declared):
     - softmax(temperature): shares proportional to exp(score / temperature) (direction-aware);
     - proportional(floor_pct): every model gets floor_pct %, the rest is split in proportion to how
       far each score is above the worst one.
+    - contribution(rank, contribution, diversity, floor_pct): a declared blend of the rank, the
+      model's leave-one-out contribution to an ensemble and its diversity (1 - its correlation
+      with the field), each normalised over the paid models; every paid model gets at least
+      floor_pct % (crunch_assets/contribution.py). The reference's preset: 0.5 / 0.3 / 0.2, 1 %.
     """
 
     kind: str = "tiered"
@@ -207,6 +212,12 @@ class EmissionPolicy(Declared):
     temperature: float = 1.0
     floor_pct: float = 0.0
     unclaimed: str = "equal"  # tiered: how the tiers no paid model holds are shared ("equal" | "pro_rata")
+    # contribution: the blend's weights (exact decimals summing to 1) and the ensemble contributed to
+    # (None: the first declared)
+    rank_weight: float = 0.5
+    contribution_weight: float = 0.3
+    diversity_weight: float = 0.2
+    ensemble: str | None = None
 
     @classmethod
     def tiered(cls, tiers_pct: tuple[tuple[int, float], ...] = ((1, 35.0), (5, 10.0), (10, 5.0)),
@@ -220,6 +231,12 @@ class EmissionPolicy(Declared):
     @classmethod
     def proportional(cls, floor_pct: float = 0.0) -> "EmissionPolicy":
         return cls("proportional", floor_pct=float(floor_pct))
+
+    @classmethod
+    def contribution(cls, rank: float = 0.5, contribution: float = 0.3, diversity: float = 0.2,
+                     floor_pct: float = 1.0, ensemble: str | None = None) -> "EmissionPolicy":
+        return cls("contribution", floor_pct=float(floor_pct), rank_weight=float(rank),
+                   contribution_weight=float(contribution), diversity_weight=float(diversity), ensemble=ensemble)
 
     def validate(self) -> None:
         if self.unclaimed not in UNCLAIMED_RULES:
@@ -246,8 +263,19 @@ class EmissionPolicy(Declared):
         elif self.kind == "proportional":
             if not 0.0 <= self.floor_pct <= 100.0:
                 raise SpecError(f"emission: floor_pct must be in [0, 100], got {self.floor_pct}")
+        elif self.kind == "contribution":
+            weights = (self.rank_weight, self.contribution_weight, self.diversity_weight)
+            if any(isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0
+                   for w in weights):
+                raise SpecError(f"emission: contribution weights must be finite numbers >= 0, got {weights}")
+            if sum(Fraction(repr(float(w))) for w in weights) != 1:
+                raise SpecError(f"emission: contribution weights rank + contribution + diversity must sum to exactly 1 "
+                                f"(as decimals), got {' + '.join(f'{w:g}' for w in weights)}")
+            if not 0.0 <= self.floor_pct <= 100.0:
+                raise SpecError(f"emission: floor_pct must be in [0, 100], got {self.floor_pct}")
         else:
-            raise SpecError(f"emission: kind must be 'tiered', 'softmax' or 'proportional', got {self.kind!r}")
+            raise SpecError(f"emission: kind must be 'tiered', 'softmax', 'proportional' or 'contribution', "
+                            f"got {self.kind!r}")
 
 
 COPY_POLICIES = ("pay_first", "flag", "off")
@@ -347,6 +375,102 @@ class CopyDetection(Declared):
             if self.never_match else ""
         return (f"a pair is a copy when {distance} on at least {self.match_fraction:.0%} of its common cycles "
                 f"(at least {self.min_common_cycles}), same cycle{lagged}; {policy}{ignored}")
+
+# The metrics registry (crunch_assets/metrics.py): what a competition may declare it computes.
+SIGNAL_METRICS = ("ic", "ic_sharpe", "hit_rate", "mean_return", "sortino_ratio", "turnover", "fnc",
+                  "model_correlation", "ensemble_correlation")
+METRIC_NAMES = SIGNAL_METRICS + ("max_drawdown", "contribution")
+ENSEMBLE_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+
+
+@dataclass(frozen=True)
+class Ensemble(Declared):
+    """A virtual model (`__ensemble_<name>__`) built every cycle from that cycle's stored outputs
+    (crunch_assets/ensembles.py): every model that answered (made status PENDING) is a member. It is
+    stored as a prediction, resolved and scored like a model, ranked and shown (marked), never paid,
+    and it never changes a real model's score (it is left out of the failure value and of the
+    cross-sectional step).
+
+    - combine: "mean" (the weighted mean of the numeric fields every member's output has), or an
+      import path `module:attr(scope, outputs, weights) -> output` (e.g. a mixture of densities);
+    - weighting: "equal", or an import path `module:attr(scope, model_ids, outputs) -> [weight]`
+      (finite, >= 0, not all 0), from the cycle's outputs only;
+    - leave_one_out: an optional import path `module:attr(scope, outputs, weights, ground_truth) ->
+      [score of the ensemble without member i]` (None where it cannot be scored): the fast path of
+      contribution. Without it, "mean" has the engine's own (O(1) a member); a custom combine is
+      rebuilt without each member (O(members) a member);
+    - min_members: fewer answering members make the ensemble's prediction ABSENT for the cycle.
+    """
+
+    name: str
+    combine: str = "mean"
+    weighting: str = "equal"
+    leave_one_out: str | None = None
+    min_members: int = 1
+
+    @property
+    def model_id(self) -> str:
+        return f"__ensemble_{self.name}__"
+
+    def validate(self) -> None:
+        if not isinstance(self.name, str) or not ENSEMBLE_NAME_PATTERN.match(self.name):
+            raise SpecError(f"ensembles: name {self.name!r} must match {ENSEMBLE_NAME_PATTERN.pattern}")
+        for slot in ("combine", "weighting", "leave_one_out"):
+            value = getattr(self, slot)
+            builtin = {"combine": ("mean",), "weighting": ("equal",), "leave_one_out": ()}[slot]
+            if value is None and slot == "leave_one_out":
+                continue
+            if not isinstance(value, str) or (value not in builtin and ":" not in value):
+                choices = " or ".join([repr(b) for b in builtin] + ["an import path 'package.module:attribute'"])
+                raise SpecError(f"ensemble {self.name}: {slot} must be {choices}, got {value!r}")
+        if isinstance(self.min_members, bool) or not isinstance(self.min_members, int) or self.min_members < 1:
+            raise SpecError(f"ensemble {self.name}: min_members must be a whole number >= 1, got {self.min_members!r}")
+
+
+@dataclass(frozen=True)
+class MetricsPolicy(Declared):
+    """Which metrics of the registry (crunch_assets/metrics.py) the rollups compute per model, scope
+    and hour, and how a model's output and a cycle's truth read as numbers for the metrics that
+    need them (IC, hit rate, correlations, ...):
+
+    - names: metric names from METRIC_NAMES;
+    - signal: import path `module:attr(scope, output) -> float | None` (e.g. p_up - 0.5);
+    - outcome: import path `module:attr(scope, ground_truth) -> float | None` (the realised value).
+    """
+
+    names: tuple[str, ...] = ()
+    signal: str | None = None
+    outcome: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.names, list):
+            object.__setattr__(self, "names", tuple(self.names))
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.names)
+
+    def validate(self) -> None:
+        if isinstance(self.names, str) or not isinstance(self.names, tuple):
+            raise SpecError(f"metrics: names must be a tuple of metric names, got {self.names!r}")
+        unknown = [n for n in self.names if n not in METRIC_NAMES]
+        if unknown:
+            raise SpecError(f"metrics: unknown metric(s) {unknown}; the registry has {', '.join(METRIC_NAMES)}")
+        if len(set(self.names)) != len(self.names):
+            raise SpecError(f"metrics: a metric is listed twice: {self.names!r}")
+        for slot in ("signal", "outcome"):
+            value = getattr(self, slot)
+            if value is not None and (not isinstance(value, str) or ":" not in value):
+                raise SpecError(f"metrics: {slot} must be an import path 'package.module:attribute', got {value!r}")
+        needs_signal = [n for n in self.names if n in SIGNAL_METRICS]
+        if needs_signal and self.signal is None:
+            raise SpecError(f"metrics: {', '.join(needs_signal)} read each output as a number: declare "
+                            "signal='package.module:attribute'")
+        needs_outcome = [n for n in self.names if n in ("ic", "ic_sharpe", "hit_rate", "mean_return", "sortino_ratio",
+                                                        "fnc")]
+        if needs_outcome and self.outcome is None:
+            raise SpecError(f"metrics: {', '.join(needs_outcome)} compare the signal with the realised value: declare "
+                            "outcome='package.module:attribute'")
 
 
 @dataclass(frozen=True)
@@ -566,6 +690,10 @@ class CompetitionSpec(Declared):
     payout: PayoutPolicy = field(default_factory=PayoutPolicy)
     # The emission safety gate's declared limits (field size, concentration, dispute window).
     gate: GatePolicy = field(default_factory=GatePolicy)
+    # Virtual models built every cycle from the cycle's outputs (crunch_assets/ensembles.py).
+    ensembles: tuple[Ensemble, ...] = ()
+    # The metrics the rollups compute per model, scope and hour (crunch_assets/metrics.py).
+    metrics: MetricsPolicy = field(default_factory=MetricsPolicy)
     # Declared changes of the per-cycle rules, each in force from its cycle (oldest first): every
     # cycle is scored under the rules in force at its time (crunch_assets/fingerprint.py).
     rules_changes: tuple[RulesChange, ...] = ()
@@ -634,6 +762,7 @@ class CompetitionSpec(Declared):
         self.emission.validate()
         self.payout.validate()
         self.gate.validate()
+        self._validate_contribution()
         if not isinstance(self.copy_detection, CopyDetection):
             raise SpecError("copy_detection must be a CopyDetection (CopyDetection.pay_first(...), .flag(...) or .off())")
         self.copy_detection.validate()
@@ -655,6 +784,40 @@ class CompetitionSpec(Declared):
         for name in ("settle_delay_seconds", "quarantine_after_failures", "quarantine_cooldown_seconds", "cycle_lead_seconds"):
             if getattr(self, name) < 0:
                 raise SpecError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    def _validate_contribution(self) -> None:
+        """Ensembles, metrics and the contribution emission, and how they depend on each other."""
+        if isinstance(self.ensembles, list):
+            object.__setattr__(self, "ensembles", tuple(self.ensembles))
+        if not isinstance(self.ensembles, tuple) or not all(isinstance(e, Ensemble) for e in self.ensembles):
+            raise SpecError("ensembles must be a tuple of Ensemble(...)")
+        for ensemble in self.ensembles:
+            ensemble.validate()
+        names = [e.name for e in self.ensembles]
+        if len(set(names)) != len(names):
+            raise SpecError(f"ensembles: a name is declared twice: {names}")
+        if not isinstance(self.metrics, MetricsPolicy):
+            raise SpecError(f"metrics must be a MetricsPolicy, got {type(self.metrics).__name__}")
+        self.metrics.validate()
+        needs_ensemble = [n for n in self.metrics.names if n in ("contribution", "ensemble_correlation")]
+        if needs_ensemble and not self.ensembles:
+            raise SpecError(f"metrics: {', '.join(needs_ensemble)} measure(s) a model against an ensemble: declare "
+                            "one in ensembles")
+        if self.emission.kind == "contribution":
+            if not self.ensembles:
+                raise SpecError("emission: the contribution strategy needs an ensemble: declare one in ensembles")
+            if self.emission.ensemble is not None and self.emission.ensemble not in names:
+                raise SpecError(f"emission: ensemble {self.emission.ensemble!r} is not declared; ensembles: {names}")
+            missing = [n for n in ("contribution", "model_correlation") if n not in self.metrics.names]
+            if missing:
+                raise SpecError(f"emission: the contribution strategy pays on {' and '.join(missing)}: add "
+                                f"{'them' if len(missing) > 1 else 'it'} to metrics.names")
+
+    @property
+    def contribution_ensemble(self) -> Ensemble | None:
+        """The ensemble contribution is measured against: the emission's, else the first declared."""
+        wanted = self.emission.ensemble if self.emission.kind == "contribution" else None
+        return next((e for e in self.ensembles if e.name == wanted), self.ensembles[0] if self.ensembles else None)
 
     @property
     def subjects(self) -> list[str]:

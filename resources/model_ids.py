@@ -38,3 +38,13 @@ def model_id_problem(model_id: str) -> str | None:
 
 def is_model_id(model_id: str) -> bool:
     return model_id_problem(model_id) is None
+
+
+# The engine's virtual models (ensembles: crunch_assets/ensembles.py) have ids starting with "__",
+# which the grammar above refuses to every real model: a participant cannot register one.
+VIRTUAL_MODEL_PREFIX = "__"
+
+
+def is_virtual_model_id(model_id: str) -> bool:
+    """An ensemble built by the engine, not a participant's model."""
+    return model_id.startswith(VIRTUAL_MODEL_PREFIX)

@@ -41,6 +41,7 @@ SMOKE_COMMANDS: dict[str, tuple[str, ...]] = {
     "bench_feed_fetch.py": ("fetch + parse:",),
     "bench_local_runner.py": ("target: every call answered", "holds"),
     "bench_receipts.py": ("one model's receipt", "verdict ok"),
+    "bench_contribution.py": ("with contribution s", "payout columns"),
 }
 # Modules the commands import or load, not commands.
 MODULES = {"__init__.py", "benchkit.py", "chaos_competition.py", "live_competition.py"}

@@ -1,7 +1,9 @@
 """crypto_density replayed through the whole chain (5-minute candles of three subjects, a 5-minute
 and a 2-hour scope per subject, CRPS, relative failure values, weighted scopes, softmax), then every
 number recomputed independently: the models called in-process on candles built from the synthetic
-price, the truth from the same prices, the CRPS by numerical integration instead of its closed form."""
+price, the truth from the same prices, the CRPS by numerical integration instead of its closed form.
+The competition's ensemble (the mixture of the answering models' densities) is scored by CRPS like a
+model, recomputed the same way, ranked and never paid, and never moves the relative failure value."""
 
 import importlib
 import math
@@ -19,6 +21,7 @@ START = datetime(2026, 11, 14, tzinfo=timezone.utc)
 HOURS = 6
 END = START + timedelta(hours=HOURS)
 QUICKSTARTERS = {"random_walk": "RandomWalk", "momentum": "Momentum", "regime_mixture": "RegimeMixture"}
+ENSEMBLE = "__ensemble_mixture__"
 FLAKY = """from competitions.crypto_density.model_base import DensityModel
 
 
@@ -85,7 +88,7 @@ def _crps_by_integration(components, outcome):
 
 def _expected(spec):
     """(cycle_at, scope_key, model_id) -> score, recomputed without the engine."""
-    from competitions.crypto_density.logic import validate_output
+    from competitions.crypto_density.logic import mix_densities, validate_output
 
     namespace = {}
     exec(FLAKY, namespace)  # noqa: S102 - the test's own model source
@@ -100,17 +103,21 @@ def _expected(spec):
             for subject in ("BTC", "ETH", "SOL")}}
         entry, resolved = _close_at(scope.subject, cycle_at), _close_at(scope.subject, cycle_at + scope.horizon)
         outcome = 10_000 * (resolved - entry) / entry
-        answered = {}
+        answered, outputs = {}, {}
         for name, model in models.items():
             model.feed_update(data)
             try:
                 output = model.predict(scope.subject, scope.resolve_horizon_seconds, scope.effective_step_seconds)
             except RuntimeError:
                 continue
-            answered[name] = _crps_by_integration(validate_output(scope, output)["components"], outcome)
-        worst = max(answered.values())  # the relative failure value: the worst answer of the cycle
+            outputs[name] = validate_output(scope, output)
+            answered[name] = _crps_by_integration(outputs[name]["components"], outcome)
+        worst = max(answered.values())  # the relative failure value: the worst answer of the cycle's models
         for name in models:
             expected[(cycle_at, scope.key, name)] = answered.get(name, worst)
+        members = sorted(outputs)  # the ensemble: every model that answered, equal weights, by model id
+        mixture = mix_densities(scope, [outputs[m] for m in members], [1.0] * len(members))
+        expected[(cycle_at, scope.key, ENSEMBLE)] = _crps_by_integration(mixture["components"], outcome)
     return expected
 
 
@@ -125,7 +132,7 @@ def test_every_score_equals_the_independent_recomputation(replayed, expected):
         stored = connection.execute(sa.text(
             "SELECT cycle_at, scope_key, model_id, value, success FROM crunch.scores WHERE competition = 'crypto_density'"
         )).fetchall()
-    assert len(stored) == len(expected) == (72 + 24) * 3 * 4
+    assert len(stored) == len(expected) == (72 + 24) * 3 * (4 + 1)  # four models and the ensemble
     for cycle_at, scope_key, model_id, value, success in stored:
         assert value == pytest.approx(expected[(cycle_at, scope_key, model_id)], rel=1e-6, abs=1e-9), (cycle_at, scope_key, model_id)
         fails = model_id == "flaky" and scope_key.endswith("-300-300") and (int(cycle_at.timestamp()) // 300) % 3 == 0
@@ -164,13 +171,21 @@ def test_the_checkpoint_ranks_weighted_scope_means_and_pays_by_softmax(replayed,
         checkpoint = connection.execute(sa.text(
             "SELECT entries FROM crunch.checkpoints WHERE competition = 'crypto_density'")).scalar_one()
     ranking = checkpoint["ranking"]
-    assert [r["model_id"] for r in ranking] == sorted(standings, key=lambda m: (standings[m][1], m))  # lower CRPS first
+    models = [m for m in standings if m != ENSEMBLE]
+    # the paid models, lower CRPS first, then the ensemble: ranked by its score, never paid
+    assert [r["model_id"] for r in ranking] == sorted(models, key=lambda m: (standings[m][1], m)) + [ENSEMBLE]
+    ensemble = ranking[-1]
+    assert ensemble["reward_pct"] == 0 and ensemble["breakdown"]["unpaid_reason"].startswith("ensemble: ")
+    assert ensemble["breakdown"]["rank_by_score"] == 1 + sum(standings[m][1] < standings[ENSEMBLE][1] for m in models)
+    contributions = {r["model_id"]: r["breakdown"]["contribution"]["contribution"] for r in ranking[:-1]}
+    assert all(c is not None and math.isfinite(c) for c in contributions.values())
+    ranking = ranking[:-1]
     for row in ranking:
         means, combined = standings[row["model_id"]]
         assert row["score"] == pytest.approx(combined, rel=1e-6)
         for key, mean in means.items():
             assert row["breakdown"]["scopes"][key]["value"] == pytest.approx(mean, rel=1e-6)
-    values = [standings[r["model_id"]][1] for r in ranking]
+    values = [standings[r["model_id"]][1] for r in ranking]  # softmax over the paid models only
     weights = [math.exp(-(v - min(values)) / spec.emission.temperature) for v in values]
     assert sum(r["reward_pct"] for r in ranking) == FRAC64_ONE
     for row, weight in zip(ranking, weights):

@@ -64,12 +64,17 @@ def test_the_documented_competition_loads_and_replays(tmp_path, database_url):
         print("SCORES", scores[0], scores[1])
         print("CHECKPOINTS", timings.checkpoints)
         print("REWARDS", sum(r["reward_pct"] for r in checkpoint["ranking"]), [r["model_id"] for r in checkpoint["ranking"]])
+        added = {r["model_id"]: r["breakdown"].get("contribution", {}).get("contribution") for r in checkpoint["ranking"]}
+        print("CONTRIBUTIONS", sorted(m for m, c in added.items() if c is not None))
     """)
     environment = {key: value for key, value in os.environ.items() if not key.startswith("PYTHON")}
     result = subprocess.run([sys.executable, "-c", script], cwd=checkout, env={**environment, "PYTHONPATH": str(checkout)},
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     lines = dict(line.split(" ", 1) for line in result.stdout.splitlines() if line.split(" ", 1)[0].isupper())
-    assert lines["SCORES"] == "56 56"  # 28 cycles (every 15 minutes for 7 hours) x 2 models, every one resolved
+    # 28 cycles (every 15 minutes for 7 hours) x (2 models + the ensemble), every one resolved
+    assert lines["SCORES"] == "84 84"
     assert lines["CHECKPOINTS"] == "['2026-11-20-00:00']"
     assert lines["REWARDS"].startswith("1000000000 ")
+    assert lines["REWARDS"].endswith("'__ensemble_mean__']")  # ranked, never paid: after the paid models
+    assert lines["CONTRIBUTIONS"] == "['constant_vol', 'recent_vol']"

@@ -6,6 +6,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
+import pytest
 import sqlalchemy as sa
 from dagster._core.test_utils import create_run_for_test
 
@@ -15,12 +16,13 @@ from resources.store.database import dispose_engines, engine_for
 SLUG = "btc_updown"
 
 
-def _fast_spec(start):
-    from competitions.btc_updown.definitions import SPEC
+def _fast_spec(start, ensemble: bool = False):
+    from competitions.btc_updown.definitions import ENSEMBLES, METRICS, SPEC
     from crunch_assets.spec import Scope
 
     # a tick every 5 s, a cycle every 10 s resolving 20 s later: a few cycles in under a minute
-    return replace(SPEC, start=start, scopes=(Scope("BTC", 20, 10),), max_price_staleness_seconds=5, history_seconds=60)
+    spec = replace(SPEC, start=start, scopes=(Scope("BTC", 20, 10),), max_price_staleness_seconds=5, history_seconds=60)
+    return replace(spec, ensembles=ENSEMBLES, metrics=METRICS) if ensemble else spec
 
 
 def _definitions(spec, tmp_path):
@@ -48,7 +50,8 @@ def _stored(engine, cycles):
     return [tuple(r) for r in inputs], [tuple(r) for r in scores]
 
 
-def test_a_live_window_runs_cycles_when_due_and_equals_a_backfill(clean_database, tmp_path):
+@pytest.mark.parametrize("ensemble", [False, True], ids=["models", "with_an_ensemble"])
+def test_a_live_window_runs_cycles_when_due_and_equals_a_backfill(clean_database, tmp_path, ensemble):
     now = datetime.now(timezone.utc)
     window = now.replace(minute=0, second=0, microsecond=0)
     if now - window > timedelta(minutes=58, seconds=30):  # the run must fit in its hour
@@ -57,7 +60,7 @@ def test_a_live_window_runs_cycles_when_due_and_equals_a_backfill(clean_database
         time.sleep((window + timedelta(hours=1, seconds=1) - now).total_seconds())
         now = datetime.now(timezone.utc)
         window = now.replace(minute=0, second=0, microsecond=0)
-    spec = _fast_spec(window)
+    spec = _fast_spec(window, ensemble)
     defs = _definitions(spec, tmp_path)
     stop = now + timedelta(seconds=45)
     instance = dg.DagsterInstance.ephemeral()
@@ -87,6 +90,8 @@ def test_a_live_window_runs_cycles_when_due_and_equals_a_backfill(clean_database
                                                           ("every_due_cycle_has_predictions", True),
                                                           ("scores_are_finite_and_unique", True)}
     live = _stored(engine, list(live_cycles))
+    # the ensemble is built with each cycle live, scored with it (ensembles.py)
+    assert any(model == "__ensemble_main__" for _, model, _, _ in live[1]) == ensemble
 
     # the same window as a backfill, into an empty store, once the horizons have passed
     with engine.begin() as connection:

@@ -13,11 +13,20 @@ import dagster as dg
 from crunch_assets.definitions import build_competition_definitions
 from crunch_assets.rules import CallableRules
 from crunch_assets.settings import CompetitionSettings
-from crunch_assets.spec import CompetitionSpec, CopyDetection, EmissionPolicy, FailurePolicy, Scope
+from crunch_assets.spec import CompetitionSpec, CopyDetection, EmissionPolicy, Ensemble, FailurePolicy, MetricsPolicy, Scope
 
 MODELS_DIR = Path(__file__).with_name("models")
 LOGIC = "competitions.btc_updown.logic"
 SETTINGS = CompetitionSettings("btc_updown")
+
+# The ensemble of the models' probabilities and the metrics measured against it. Declared here for
+# replays and tests (`replace(SPEC, ensembles=ENSEMBLES, metrics=METRICS)`); see crypto_density's spec
+# for a competition that runs with them.
+ENSEMBLES = (Ensemble("main", combine=f"{LOGIC}:average_probabilities", leave_one_out=f"{LOGIC}:leave_one_out_brier"),)
+METRICS = MetricsPolicy(
+    names=("ic", "ic_sharpe", "hit_rate", "mean_return", "sortino_ratio", "turnover", "model_correlation",
+           "ensemble_correlation", "fnc", "max_drawdown", "contribution"),
+    signal=f"{LOGIC}:signal", outcome=f"{LOGIC}:realised_return")
 
 SPEC = CompetitionSpec(
     slug="btc_updown",

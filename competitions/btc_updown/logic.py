@@ -145,3 +145,33 @@ def position_return(scope: Scope, output: dict, ground_truth: dict) -> dict:
     position = 2.0 * p_up - 1.0
     return {"value": position * ground_truth["return"], "success": True, "failed_reason": None, "position": position}
 
+
+
+# --- the ensemble and the metrics (crunch_assets/ensembles.py, metrics.py) ------------------------
+
+def average_probabilities(scope: Scope, outputs: list[dict], weights: list[float]) -> dict:
+    """The ensemble's output: the members' weighted mean probability, fsum(w p) / fsum(w)."""
+    total = math.fsum(weights)
+    return {"p_up": math.fsum(w * o["p_up"] for w, o in zip(weights, outputs)) / total, "form": "p_up"}
+
+
+def leave_one_out_brier(scope: Scope, outputs: list[dict], weights: list[float], ground_truth: dict) -> list[float | None]:
+    """The Brier skill of average_probabilities without each member, O(1) a member: the others'
+    sums are the exact sums minus the member's term, so each equals the ensemble rebuilt from the
+    others bit for bit."""
+    from crunch_assets.metrics import exact_sum_without_each
+
+    weight_sums = exact_sum_without_each(weights)
+    sums = exact_sum_without_each([w * o["p_up"] for w, o in zip(weights, outputs)])
+    return [brier_skill(scope, {"p_up": s / total}, ground_truth)["value"] if total > 0 else None
+            for s, total in zip(sums, weight_sums)]
+
+
+def signal(scope: Scope, output: dict) -> float | None:
+    """How far the forecast leans up (> 0) or down (< 0)."""
+    p_up = output.get("p_up") if isinstance(output, dict) else None
+    return None if isinstance(p_up, bool) or not isinstance(p_up, (int, float)) else float(p_up) - 0.5
+
+
+def realised_return(scope: Scope, ground_truth: dict) -> float | None:
+    return ground_truth.get("return") if isinstance(ground_truth, dict) else None

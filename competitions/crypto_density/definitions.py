@@ -17,7 +17,9 @@ import dagster as dg
 from crunch_assets.definitions import build_competition_definitions
 from crunch_assets.rules import CallableRules
 from crunch_assets.settings import CompetitionSettings, FeedDefaults
-from crunch_assets.spec import CompetitionSpec, EmissionPolicy, FailurePolicy, GatePolicy, LeaderboardWindow, Scope
+from crunch_assets.spec import (
+    CompetitionSpec, EmissionPolicy, Ensemble, FailurePolicy, GatePolicy, LeaderboardWindow, MetricsPolicy, Scope,
+)
 
 MODELS_DIR = Path(__file__).with_name("models")
 LOGIC = "competitions.crypto_density.logic"
@@ -48,6 +50,13 @@ SPEC = CompetitionSpec(
     history_seconds=6 * 3600,
     max_price_staleness_seconds=60,
     description="Density forecasts of BTC, ETH and SOL returns over 5 minutes and 2 hours, scored by CRPS.",
+    # The ensemble: every cycle, the mixture of the answering models' densities, scored by CRPS like a
+    # model (never paid); what each model adds to it is its contribution (crunch_assets/contribution.py).
+    ensembles=(Ensemble("mixture", combine=f"{LOGIC}:mix_densities", leave_one_out=f"{LOGIC}:leave_one_out_crps"),),
+    metrics=MetricsPolicy(
+        names=("ic", "ic_sharpe", "hit_rate", "model_correlation", "ensemble_correlation", "fnc", "max_drawdown",
+               "contribution"),
+        signal=f"{LOGIC}:signal", outcome=f"{LOGIC}:realised_return"),
     score_name="CRPS of the predicted return density, in basis points",
 )
 

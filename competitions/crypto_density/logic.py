@@ -143,3 +143,75 @@ def crps_score(scope: Scope, output: dict, ground_truth: dict) -> dict:
     value = crps(components, ground_truth["return_bps"])
     return {"value": value, "success": True, "failed_reason": None, "outcome_bps": ground_truth["return_bps"],
             "mean_bps": math.fsum(w * m for w, m, _ in components)}
+
+
+# --- the ensemble and the metrics (crunch_assets/ensembles.py, metrics.py) ------------------------
+
+def mix_densities(scope: Scope, outputs: list[dict], weights: list[float]) -> dict:
+    """The ensemble's output: the mixture of the members' densities, member i's components weighted
+    by w_i / fsum(w) (a mixture is not re-validated: it may hold more than MAX_COMPONENTS)."""
+    total = math.fsum(weights)
+    return {"components": [[w / total * c, m, s] for w, o in zip(weights, outputs) for c, m, s in o["components"]]}
+
+
+def leave_one_out_crps(scope: Scope, outputs: list[dict], weights: list[float], ground_truth: dict) -> list[float | None]:
+    """The CRPS of mix_densities without each member, from the pairwise terms computed once:
+    CRPS = sum_j w_j a_j - 1/2 sum_jl w_j w_l b_jl with a_j = E|X_j - y| and b_jl = E|X_j - X_l|;
+    without member k (components K, weight share omega_k) the sums lose K's rows and columns and
+    the weights are divided by 1 - omega_k. O(components^2) for all members together (numpy),
+    against O(members x components^2) rebuilding each."""
+    import numpy as np
+
+    if len(outputs) < 2:
+        return [None] * len(outputs)
+    total = math.fsum(weights)
+    owner, w, loc, scale = [], [], [], []
+    for k, (weight, output) in enumerate(zip(weights, outputs)):
+        for c, m, sd in output["components"]:
+            owner.append(k)
+            w.append(weight / total * c)
+            loc.append(m)
+            scale.append(sd)
+    owner, w, loc, scale = np.array(owner), np.array(w), np.array(loc), np.array(scale)
+    y = ground_truth["return_bps"]
+    a = _abs_means(y - loc, scale)
+    b = _abs_means(loc[:, None] - loc[None, :], np.hypot(scale[:, None], scale[None, :]))
+    bw = b @ w
+    members = len(outputs)
+    omega = np.bincount(owner, weights=w, minlength=members)
+    a_k = np.bincount(owner, weights=w * a, minlength=members)
+    r_k = np.bincount(owner, weights=w * bw, minlength=members)
+    whole_a, whole_b = float(w @ a), float(w @ bw)
+    result: list[float | None] = []
+    for k in range(members):
+        rest = 1.0 - omega[k]
+        if rest <= 1e-15:
+            result.append(None)
+            continue
+        own = owner == k
+        q_k = float(w[own] @ b[np.ix_(own, own)] @ w[own])
+        value = (whole_a - a_k[k]) / rest - 0.5 * (whole_b - 2 * r_k[k] + q_k) / rest ** 2
+        result.append(float(value))
+    return result
+
+
+def _abs_means(mean, sd):
+    """E|X| for X ~ N(mean, sd), elementwise (as _abs_mean)."""
+    import numpy as np
+
+    z = mean / sd
+    phi = np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+    cdf = 0.5 * (1.0 + np.vectorize(math.erf, otypes=[float])(z / math.sqrt(2.0)))
+    return 2 * sd * phi + mean * (2 * cdf - 1)
+
+
+def signal(scope: Scope, output: dict) -> float | None:
+    """The forecast's mean return in basis points."""
+    components = output.get("components") if isinstance(output, dict) else None
+    if not components:
+        return None
+    return math.fsum(w * m for w, m, _ in components)
+
+
+def realised_return(scope: Scope, ground_truth: dict) -> float | None:
+    return ground_truth.get("return_bps") if isinstance(ground_truth, dict) else None

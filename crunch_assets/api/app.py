@@ -35,6 +35,7 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 from crunch_assets import payouts
 from crunch_assets.api import exports
 from crunch_assets.api.competitions import ReportCompetition
+from crunch_assets.api.contribution_views import add_contribution_routes
 from crunch_assets.api.hardening import HardenedAPI, docs_routes, validation_error
 from crunch_assets.api.views import (
     checkpoint_summary, checkpoint_view, lag_view, leaderboard_view, lifecycle_view, model_score_series, models_global,
@@ -790,6 +791,7 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
                 "limits": {"max_hours": shadow_limits.max_hours,
                            "max_runtime_seconds": shadow_limits.max_runtime_seconds}}
 
+    add_contribution_routes(router, Competition, IsOperator)  # metrics, diversity, ensembles (contribution_views.py)
     return router
 
 

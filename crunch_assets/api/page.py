@@ -33,6 +33,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
 from crunch_assets.api.competitions import ReportCompetition
+from crunch_assets.api.contribution_views import contribution_page
 from crunch_assets.api.receipt_widget import receipt_widget
 from crunch_assets.api.views import (
     checkpoint_summary, direction_words, leaderboard_view, model_score_series, window_label,
@@ -402,13 +403,14 @@ def build_page_router(competitions: dict[str, ReportCompetition], default_slug: 
                             "models": len(cp.entries["ranking"]),
                             "proof": proof, "policies": cp.entries.get("policies", {})})
         series = model_score_series(c, [model_id], None, None)
+        contribution = contribution_page(c, model_id) if c.spec.metrics.enabled else None
         return render(
             "model.html", c, model=states[model_id]["model"], state=states[model_id], entry=entry, board=board,
             change=changes.get(model_id), previous=previous, lifetime=lifetime, last_failure=last_failure,
             period_counts=period_counts, benchmark=model_id in c.spec.payout.benchmark_models,
             rewards=rewards, policies=rewards[0]["policies"] if rewards else None,
             pager=page_links(f"/page/{slug}/models/{quote(model_id, safe='')}", {}, page, sum(total.values())),
-            chart=chart_context(c, series, [model_id]),
+            chart=chart_context(c, series, [model_id]), contribution=contribution,
         )
 
     @router.get("/page/{slug}/models/{model_id}/checkpoints/{checkpoint_id}/proof", response_class=HTMLResponse)

@@ -21,6 +21,7 @@ from crunch_assets.api.competitions import ReportCompetition
 from crunch_assets.api.views import score_words, window_label
 from crunch_assets.failure_reasons import public_score_reason
 from crunch_assets.spec import CompetitionSpec
+from resources.model_ids import is_virtual_model_id
 from resources.store.rows import CheckpointRow, ModelRow
 
 SCHEMA_VERSION = "1"
@@ -315,9 +316,12 @@ def build_reference_router(competition_dependency: Callable[..., ReportCompetiti
         return cp
 
     @router.get("/leaderboard")
-    def leaderboard(c: Competition) -> list[dict]:
-        """LeaderboardPosition[]: the newest leaderboard, best first, one flat row per model."""
-        return leaderboard_rows(c.spec, c.store.leaderboard(), c.store.models())
+    def leaderboard(c: Competition, include_ensembles: Annotated[bool, Query()] = False) -> list[dict]:
+        """LeaderboardPosition[]: the newest leaderboard, best first, one flat row per model. As the
+        reference, the ensembles (virtual models, never paid) only with include_ensembles=true; the
+        other rows keep their stored rank."""
+        rows = leaderboard_rows(c.spec, c.store.leaderboard(), c.store.models())
+        return rows if include_ensembles else [r for r in rows if not is_virtual_model_id(r["model_id"])]
 
     @router.get("/models")
     def models(c: Competition) -> list[dict]:

@@ -64,7 +64,8 @@ def leaderboard_view(c: ReportCompetition, stored: tuple | None, window: str, sc
         rows.append({
             "rank": rank, "model_id": model_id, "model_name": e.get("model_name", model_id),
             "cruncher_index": e.get("cruncher_index"), "participant": e.get("participant", model_id),
-            "benchmark": bool(e.get("benchmark")), "value": values(e)[window], "windows": values(e),
+            "benchmark": bool(e.get("benchmark")), "ensemble": bool(e.get("ensemble")),
+            "value": values(e)[window], "windows": values(e),
             "coverage": {w.name: e.get(f"{w.name}_coverage") for w in spec.leaderboard_windows},
             "complete": {w.name: e.get(f"{w.name}_complete") for w in spec.leaderboard_windows},
             "prediction_count": e.get("prediction_count"),

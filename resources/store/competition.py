@@ -28,6 +28,7 @@ from resources.store.rows import (
     ModelEventRow,
     ModelRow,
     Resolution,
+    ResolvedAnswerRow,
     RulesDocument,
     ScoredPrediction,
     ScoreLeaf,
@@ -480,17 +481,54 @@ class CompetitionStore:
             ).fetchall()
         return [ScoredPrediction(*row) for row in rows]
 
+    def hours_without_metrics(self, start: datetime, end: datetime) -> set[tuple[str, datetime]]:
+        """(scope_key, hour)s of [start, end) with a snapshot that has no metric statistics (rolled
+        up before the competition declared its metrics)."""
+        s = t.snapshots
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(s.c.scope_key, s.c.period_start).distinct()
+                .where(s.c.competition == self.slug, s.c.period_start >= start, s.c.period_start < end,
+                       sa.not_(s.c.meta.has_key("metrics")))
+            ).fetchall()
+        return {(row.scope_key, row.period_start) for row in rows}
+
+    def resolved_answers(self, hours: Iterable[tuple[str, datetime]]) -> list[ResolvedAnswerRow]:
+        """Every prediction of the resolved cycles of the given (scope_key, hour)s, with the cycle's
+        truth and failure value and the prediction's score, in (cycle, scope, model) order: what the
+        hourly metrics are computed from (crunch_assets/metrics.py)."""
+        hours = sorted(set(hours), key=lambda item: (item[1], item[0]))
+        if not hours:
+            return []
+        with self.engine.connect() as connection:
+            with connection.connection.dbapi_connection.cursor() as cursor:
+                psycopg2.extras.register_default_jsonb(conn_or_curs=cursor, loads=json_codec.loads)
+                cursor.execute(
+                    "SELECT i.scope_key, i.cycle_at, i.actuals, i.failure_value, p.model_id, p.status, "
+                    "p.inference_output, p.meta, s.value, s.success "
+                    "FROM crunch.inputs i JOIN crunch.predictions p ON p.input_id = i.id "
+                    "LEFT JOIN crunch.scores s ON s.prediction_id = p.id "
+                    "WHERE i.competition = %(slug)s AND i.status = 'RESOLVED' AND i.cycle_at >= %(start)s "
+                    "AND i.cycle_at < %(end)s AND (i.scope_key, date_trunc('hour', i.cycle_at, 'UTC')) "
+                    "IN (SELECT * FROM unnest(%(scopes)s::text[], %(hours)s::timestamptz[])) "
+                    "ORDER BY i.cycle_at, i.scope_key, p.model_id",
+                    {"slug": self.slug, "start": hours[0][1], "end": max(h for _, h in hours) + timedelta(hours=1),
+                     "scopes": [k for k, _ in hours], "hours": [h for _, h in hours]},
+                )
+                return [ResolvedAnswerRow(*row) for row in cursor.fetchall()]
+
     def write_rollups(self, snapshots: Sequence[SnapshotRow], rollups: Sequence[CycleRollupRow]) -> int:
         """Snapshots and cycle rollups, one transaction; returns snapshot rows written or changed."""
         with self.engine.begin() as connection:
             written = bulk_upsert(
                 connection, t.snapshots,
                 ("competition", "model_id", "scope_key", "period_start", "period_end", "prediction_count",
-                 "value_sum", "failure_value_sum", "result_summary", "status_counts"),
+                 "value_sum", "failure_value_sum", "result_summary", "status_counts", "meta"),
                 [(self.slug, r.model_id, r.scope_key, r.period_start, r.period_end, r.prediction_count, r.value_sum,
-                  r.failure_value_sum, r.result_summary, r.status_counts) for r in snapshots],
+                  r.failure_value_sum, r.result_summary, r.status_counts, r.meta) for r in snapshots],
                 ("competition", "model_id", "scope_key", "period_start", "period_end"),
-                update_columns=("prediction_count", "value_sum", "failure_value_sum", "result_summary", "status_counts"),
+                update_columns=("prediction_count", "value_sum", "failure_value_sum", "result_summary", "status_counts",
+                                "meta"),
             ).written
             bulk_upsert(
                 connection, t.cycle_rollups,
@@ -509,7 +547,7 @@ class CompetitionStore:
         s = t.snapshots
         query = (
             sa.select(s.c.model_id, s.c.scope_key, s.c.period_start, s.c.period_end, s.c.prediction_count,
-                      s.c.value_sum, s.c.failure_value_sum, s.c.result_summary, s.c.status_counts)
+                      s.c.value_sum, s.c.failure_value_sum, s.c.result_summary, s.c.status_counts, s.c.meta)
             .where(s.c.competition == self.slug, s.c.period_start >= start, s.c.period_start < end)
             .order_by(s.c.period_start, s.c.scope_key, s.c.model_id)
         )

@@ -36,7 +36,7 @@ class CopyStore:
 
     def outputs(self, scope_key: str, start: datetime, end: datetime) -> Iterator[tuple[int, str, str]]:
         """(cycle time in epoch seconds, model id, output as JSON text) of every answered prediction
-        (made status PENDING) of the scope's cycles in [start, end) that are not voided, in cycle
+        (made status PENDING) of a real model (not an ensemble) of the scope's cycles in [start, end) that are not voided, in cycle
         order: a server-side cursor, so a week of 1,000 models never sits in memory."""
         with self.engine.connect() as connection:
             with connection.connection.dbapi_connection.cursor(name="copy_outputs") as cursor:
@@ -46,6 +46,8 @@ class CopyStore:
                     "FROM crunch.predictions p JOIN crunch.inputs i ON i.id = p.input_id "
                     "WHERE p.competition = %(slug)s AND p.cycle_at >= %(start)s AND p.cycle_at < %(end)s "
                     "AND p.scope_key = %(scope)s AND p.status = 'PENDING' AND p.inference_output IS NOT NULL "
+                    # an ensemble (a virtual model, id "__...") is built from the members' outputs: never a copy
+                    "AND left(p.model_id, 2) <> '__' "
                     "AND i.status <> 'VOIDED' ORDER BY p.cycle_at",
                     {"slug": self.slug, "start": start, "end": end, "scope": scope_key},
                 )

@@ -156,6 +156,23 @@ class SnapshotRow:
     failure_value_sum: float
     result_summary: dict = field(default_factory=dict)
     status_counts: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)  # {"metrics": statistics of the hour} (crunch_assets/metrics.py)
+
+
+class ResolvedAnswerRow(NamedTuple):
+    """One prediction of a resolved cycle with its cycle's truth and its score: what the hourly
+    metrics read."""
+
+    scope_key: str
+    cycle_at: datetime
+    actuals: Any
+    failure_value: float | None
+    model_id: str
+    status: str
+    inference_output: Any
+    meta: dict | None
+    value: float | None
+    success: bool | None
 
 
 @dataclass(frozen=True)
