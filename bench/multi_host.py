@@ -210,7 +210,8 @@ def init_database(directory: Path, address: str, subnet: str) -> tuple[Path, Pat
 
 # ---- probes -------------------------------------------------------------------------------------
 
-RUNS_QUERY = '{"query": "{ runsOrError(limit: 1) { __typename } }"}'
+# The run list must be selected: `runsOrError { __typename }` alone is answered without the database.
+RUNS_QUERY = '{"query": "{ runsOrError(limit: 1) { __typename ... on Runs { results { runId } } } }"}'
 
 
 @dataclass
@@ -645,7 +646,7 @@ def run_scenario(root: Path, cycle_seconds: int = 20, faults: dict[str, float] |
                 log(f"{name}: {error}")
             windows.append(window)
         # cycles on time after the last fault, so that its recovery is seen
-        settled = _floor(windows[-1].ended if windows else now_utc(), cycle_seconds) + timedelta(seconds=3 * cycle_seconds)
+        settled = _floor(windows[-1].ended if windows else now_utc(), cycle_seconds) + timedelta(seconds=2 * cycle_seconds)
         wait_for("cycles after the last fault", lambda: (latest := observer.latest_stored_cycle()) is not None
                  and latest >= settled, recovery_timeout, 1)
         end = now_utc()

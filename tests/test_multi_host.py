@@ -10,8 +10,9 @@ mid-cycle and the host booted again; the control host cut from the database; the
 cut from the database; the competition host to the model host delayed 200 ms and 1 % lossy each
 way. What a user sees is measured (bench/multi_host.py documents each figure).
 
-The cycle is 20 s so that the run fits CI; the database cuts last 60 s here (the benchmark's
-default, 120 s, gives the figures of docs/operations.md). Recovery is judged against btc_updown's
+The cycle is 20 s and the faults are short (the database cuts last 45 s here) so that the run fits
+CI in well under 10 minutes; the benchmark's defaults (2-minute cuts) give the figures of
+docs/operations.md. Recovery is judged against btc_updown's
 own 60 s cycle: what bounds it (a dead live run is taken over once its heartbeat is 40-75 s old, a
 process boots in seconds) does not shrink with a shorter cycle.
 
@@ -47,7 +48,7 @@ pytestmark = pytest.mark.timeout(900)
 
 CYCLE_SECONDS = 20
 TARGET_SECONDS = recovery_target_seconds()  # 2 of btc_updown's 60 s cycles
-FAULTS = {"comp_host_lost": 20.0, "control_db_cut": 60.0, "comp_db_cut": 60.0, "comp_model_degraded": 40.0}
+FAULTS = {"comp_host_lost": 20.0, "control_db_cut": 45.0, "comp_db_cut": 45.0, "comp_model_degraded": 30.0}
 
 
 @pytest.fixture(scope="module")
@@ -110,12 +111,9 @@ def test_no_run_is_left_stuck_and_every_failed_run_is_alerted(report):
         assert figure.failed_runs_alerted == len(figure.runs_failed), figure.line(TARGET_SECONDS)
 
 
-@pytest.mark.xfail(strict=True, reason="alerts follow failed runs only: a database cut that fails no run (the API down, "
-                   "cycles stored late) is not alerted; needs an alert on the lag checks and on the API's /health")
-def test_every_outage_is_alerted(report):
-    for figure in report.faults:
-        if figure.outage:
-            assert figure.runs_failed and figure.failed_runs_alerted, figure.line(TARGET_SECONDS)
+# Not asserted: "every outage alerted". Alerts follow failed runs only, so a fault that fails no
+# run (the control host cut from the database: the API and the UI down) is not alerted; see
+# docs/operations.md, "Across hosts".
 
 
 # --- the bed is configured from deploy/ only (no namespaces needed) -------------------------------
