@@ -257,6 +257,15 @@ class Probe:
         recent = [sample for sample in list(self.samples) if sample.at >= since]
         return bool(recent) and recent[-1].api_ok and recent[-1].ui_ok
 
+    def back_at(self, began: float, until: float) -> float | None:
+        """When the API and the UI answered again after their last failure within [began, until):
+        None if they never failed, infinity if they were still failing at `until`."""
+        samples = [sample for sample in list(self.samples) if began <= sample.at < until]
+        failing = [index for index, sample in enumerate(samples) if not (sample.api_ok and sample.ui_ok)]
+        if not failing:
+            return None
+        return samples[failing[-1] + 1].at if failing[-1] + 1 < len(samples) else float("inf")
+
     def daemon_back_after(self, ended: float) -> float | None:
         """Seconds after `ended` until the probe saw a daemon heartbeat newer than `ended`."""
         for sample in list(self.samples):
@@ -333,6 +342,16 @@ class Observer:
             "  AND e.timestamp > (now() AT TIME ZONE 'UTC') - make_interval(secs => :quiet)) "
             "AND NOT EXISTS (SELECT 1 FROM public.kvs k WHERE k.key = 'crunch/live_heartbeat/' || r.run_id "
             "  AND k.value::float > extract(epoch FROM now()) - :quiet)", quiet=quiet_seconds)]
+
+    def runs_working_after_failed(self, grace_seconds: float = 5.0) -> list[tuple[str, str, float]]:
+        """Runs marked failed whose own code logged afterwards, (run_id, job, seconds after): a
+        live run taken for dead (its heartbeat stalled on a hung connection) that wakes up and
+        goes on beside its replacement."""
+        return [(row[0], row[1], round(float(row[2]), 1)) for row in self.query(
+            "SELECT r.run_id, r.pipeline_name, extract(epoch FROM max(e.timestamp) - r.update_timestamp) "
+            "FROM public.runs r JOIN public.event_logs e ON e.run_id = r.run_id WHERE r.status = 'FAILURE' "
+            "AND e.dagster_event_type IS NULL AND e.timestamp > r.update_timestamp + make_interval(secs => :grace) "
+            "GROUP BY r.run_id, r.pipeline_name, r.update_timestamp", grace=grace_seconds)]
 
     def duplicated(self) -> dict[str, list]:
         checks = {
@@ -422,6 +441,7 @@ class Report:
     faults: list[FaultFigures]
     duplicated: dict[str, list]
     runs_stuck: list[tuple[str, str, str]]
+    runs_working_after_failed: list[tuple[str, str, float]]
     unscored: int
     wall_seconds: float
     load: str
@@ -584,16 +604,20 @@ def fault_figures(deployment: MultiHostDeployment, window: FaultWindow, until: d
     stored = {c: cycles[c] for c in due if c in cycles and cycles[c][0] >= MODELS}
     delays = {c: (stored_at - c).total_seconds() for c, (_, stored_at) in stored.items()}
     late = [c for c, delay in delays.items() if delay > cycle]
+    # recovered: the last late cycle stored, every cycle after it on time, and the API and the UI
+    # answering again (None: never, within the window)
     recovery = None
-    if len(stored) == len(due):
-        # recovered once every cycle due up to then is stored and cycles are on time from then on
-        on_time_from = None
-        for c in due:
-            if c > window.ended:
-                on_time_from = (on_time_from or c) if delays[c] <= cycle else None
-        if on_time_from is not None:
-            backlog = [stored[c][1] for c in due if c <= on_time_from]
-            recovery = round(max(0.0, (max([on_time_from, *backlog]) - window.ended).total_seconds()), 1)
+    last_late = max(late, default=None)
+    after = [c for c in due if last_late is None or c > last_late]
+    if len(stored) == len(due) and after and all(delays[c] <= cycle for c in after):
+        back = [stored[last_late][1].timestamp()] if last_late is not None else []
+        probe_back = probe.back_at(window.began.timestamp(), until.timestamp())
+        if probe_back is not None:
+            back.append(probe_back)
+        if back and max(back) != float("inf"):
+            recovery = round(max(0.0, max(back) - window.ended.timestamp()), 1)
+        elif not back:
+            recovery = 0.0
     failed = observer.runs_failed(window.began, until)
     first_alert: dict[str, float] = {}
     alert_counts: dict[str, int] = {}
@@ -661,9 +685,13 @@ def run_scenario(root: Path, cycle_seconds: int = 20, faults: dict[str, float] |
         stuck = observer.runs_without_sign_of_life(quiet_seconds=max(120.0, 6 * cycle_seconds))
         scored_until = end - timedelta(seconds=max(180, 6 * cycle_seconds))  # horizon, feed, settlement
         unscored = observer.unscored(baseline_from, scored_until, SPEC.max_price_staleness_seconds)
+        zombies = observer.runs_working_after_failed()
         problems.extend(target_problems(figures, duplicated, stuck, unscored, recovery_target_seconds()))
+        if zombies:
+            problems.append(f"{len(zombies)} run(s) went on working after they were marked failed (run, job, seconds "
+                            f"after): {zombies[:3]}")
         return Report(cycle_seconds, round(statistics.median(baseline_delays), 2) if baseline_delays else None, figures,
-                      duplicated, stuck, unscored, round(time.monotonic() - began, 1), load_average(), problems)
+                      duplicated, stuck, zombies, unscored, round(time.monotonic() - began, 1), load_average(), problems)
     finally:
         deployment.stop()
 
@@ -717,7 +745,8 @@ def main() -> None:
           f"{report.baseline_delay_p50_seconds} s; wall time {report.wall_seconds:.0f} s; {report.load}")
     for figure in report.faults:
         print(figure.line(recovery_target_seconds()))
-    print(f"runs left stuck: {len(report.runs_stuck)}; predictions of resolved cycles unscored: {report.unscored}")
+    print(f"runs left stuck: {len(report.runs_stuck)}; runs working after they were marked failed: "
+          f"{len(report.runs_working_after_failed)}; predictions of resolved cycles unscored: {report.unscored}")
     for problem in report.problems:
         print(f"PROBLEM: {problem}")
     if not arguments.keep:

@@ -103,8 +103,15 @@ def test_a_slow_lossy_model_link_delays_cycles_by_seconds_only(report):
     assert figure.cycles_late == 0 and figure.delay_max_seconds < CYCLE_SECONDS, figure.line(TARGET_SECONDS)
 
 
-def test_no_run_is_left_stuck_and_every_failed_run_is_alerted(report):
+def test_no_run_is_left_stuck(report):
     assert report.runs_stuck == []
+    # Not asserted: a live run hung on a dropped database connection for longer than its heartbeat
+    # bound is taken over, then may wake and go on beside its replacement (a defect of the live
+    # run, docs/operations.md "Across hosts"); printed here when it happens.
+    print(f"runs working after they were marked failed: {report.runs_working_after_failed}")
+
+
+def test_every_failed_run_is_alerted(report):
     lost = report.figures("comp_host_lost")
     assert lost.runs_failed, "the live run that died with its host is marked failed"
     for figure in report.faults:
