@@ -90,10 +90,13 @@ def test_every_fault_is_recovered_from_within_two_cycles(report):
 
 
 def test_the_cycles_go_on_while_the_control_host_is_cut_from_the_database(report):
-    """The live run lives on the competition host: the control plane's outage delays no cycle,
-    but the API and the UI answer errors while it lasts, and the daemon beats again after it."""
+    """The live run lives on the competition host: the control plane's outage delays no cycle of
+    the hour (the next hour's live run, launched by the daemon 30 s before the hour, starts late
+    when the cut spans that moment), but the API and the UI answer errors while it lasts, and the
+    daemon beats again after it."""
     figure = report.figures("control_db_cut")
-    assert figure.cycles_late == 0, figure.line(TARGET_SECONDS)
+    if not figure.spans_hour_handover:
+        assert figure.cycles_late == 0, figure.line(TARGET_SECONDS)
     assert figure.api_down_seconds > 0 and figure.ui_down_seconds > 0, figure.line(TARGET_SECONDS)
     assert figure.daemon_back_seconds is not None and figure.daemon_back_seconds <= TARGET_SECONDS
 
@@ -134,7 +137,7 @@ def test_the_bed_takes_its_configuration_from_deploy(tmp_path):
     assert config["run_launcher"]["class"] == "DefaultRunLauncher"  # no Docker: a run is a process of the code server's host
     assert [entry["grpc_server"]["host"] for entry in workspace()["load_from"]] == ["code_btc_updown"]
     commands = compose_commands(tmp_path / "workspace.yaml")
-    assert commands["code"][1:3] == ["code-server", "start"] and "-f" in commands["code"]
+    assert commands["code"][1:3] == ["api", "grpc"] and "-f" in commands["code"]
     assert commands["daemon"][-1] == str(tmp_path / "workspace.yaml")
     assert commands["api"].count("--slug") == 1
     assert MODELS == 3 and (DEPLOY / "crunch.env.example").is_file()
