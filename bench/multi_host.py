@@ -293,11 +293,15 @@ def _http_ok(url: str, body: str | None = None, typename: str | None = None) -> 
 # ---- the observer: the store and Dagster's tables, through the database's Unix socket ----------
 
 class Observer:
-    def __init__(self, sockets: Path):
+    """The harness's view of the database: the superuser over the db host's Unix socket, outside
+    every network fault."""
+
+    def __init__(self, sockets: Path, database: str = "crunch", **engine_options):
         import sqlalchemy as sa
         from sqlalchemy.pool import NullPool
 
-        self.engine = sa.create_engine(f"postgresql+psycopg2://postgres@/crunch?host={sockets}&port=5432", poolclass=NullPool)
+        self.engine = sa.create_engine(f"postgresql+psycopg2://postgres@/{database}?host={sockets}&port=5432",
+                                       poolclass=NullPool, **engine_options)
 
     def query(self, sql: str, **params) -> list:
         import sqlalchemy as sa
@@ -318,11 +322,6 @@ class Observer:
 
     def latest_stored_cycle(self) -> datetime | None:
         rows = self.query("SELECT max(cycle_at) FROM crunch.inputs WHERE competition = :slug", slug=SLUG)
-        return rows[0][0] if rows else None
-
-    def live_run_in_flight(self) -> str | None:
-        rows = self.query("SELECT run_id FROM public.runs WHERE pipeline_name = :job AND status = 'STARTED' "
-                          "ORDER BY create_timestamp DESC LIMIT 1", job=f"{SLUG}__live_job")
         return rows[0][0] if rows else None
 
     def runs_failed(self, since: datetime, until: datetime) -> list[tuple[str, str, datetime]]:
@@ -488,18 +487,15 @@ class MultiHostDeployment:
 
         self.bed.start_host("db", {"postgres": Program([str(POSTGRES_BIN_PATH / "postgres"), "-D", str(pgdata)],
                                                        user=DB_SYSTEM_USER, stop_wait_seconds=60)})
-        self.observer = Observer(sockets)
-        admin = Observer.__new__(Observer)
         import sqlalchemy as sa
-        from sqlalchemy.pool import NullPool
 
-        admin.engine = sa.create_engine(f"postgresql+psycopg2://postgres@/postgres?host={sockets}&port=5432",
-                                        poolclass=NullPool, isolation_level="AUTOCOMMIT")
+        admin = Observer(sockets, "postgres", isolation_level="AUTOCOMMIT")
         wait_for("PostgreSQL on the db host", lambda: _answers(admin), 120)
-        with admin.engine.connect() as connection:
+        with admin.engine.connect() as connection:  # the role and database compose's postgres service creates
             connection.execute(sa.text(f"CREATE ROLE crunch LOGIN PASSWORD '{self.password}'"))
             connection.execute(sa.text("CREATE DATABASE crunch OWNER crunch"))
-        admin.engine.dispose()
+        admin.dispose()
+        self.observer = Observer(sockets)
 
         with in_namespace(self.bed.netns("control")):
             self.webhook = Webhook(host=self.bed.address("control"))
@@ -567,16 +563,17 @@ class MultiHostDeployment:
         return FaultWindow(name, began, now_utc(), detail)
 
     def recovered(self, window: FaultWindow) -> bool:
-        """Every cycle due since the fault began is stored, the newest one due after its end on
-        time, and the API and the UI answer again."""
+        """Every cycle due since the fault began is stored, the two newest due after its end
+        promptly (within a quarter of a cycle), and the API and the UI answer again."""
         newest_due = _floor(now_utc(), self.cycle_seconds)
-        if newest_due <= window.ended:
+        previous = newest_due - timedelta(seconds=self.cycle_seconds)
+        if previous <= window.ended:
             return False
         first = _floor(window.began, self.cycle_seconds)
         cycles = self.observer.cycles(first)
         if any(cycles.get(c, (0, None))[0] < MODELS for c in _due(first, newest_due, self.cycle_seconds)):
             return False
-        if (cycles[newest_due][1] - newest_due).total_seconds() > self.cycle_seconds:
+        if any((cycles[c][1] - c).total_seconds() > self.cycle_seconds / 4 for c in (previous, newest_due)):
             return False
         return self.probe.healthy_since(window.ended.timestamp())
 
