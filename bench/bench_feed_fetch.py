@@ -2,7 +2,7 @@
 paged from a local fake Binance (real HTTP on 127.0.0.1, the real BTC/USD CSV reused cyclically and
 shifted/scaled per subject).
 
-    .venv/bin/python bench/bench_feed_fetch.py --days 30 --subjects BTC,ETH,SOL
+    .venv/bin/python bench/bench_feed_fetch.py --days 30 --subjects BTC,ETH,SOL [--repeat 5] [--smoke]
 
 `run_fetch(subjects, days)` returns the candles and the timings, for a benchmark that also writes
 them to PostgreSQL.
@@ -23,6 +23,7 @@ from typing import Sequence
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 if str(PROJECT_ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(PROJECT_ROOT))
+from bench import benchkit  # noqa: E402
 
 from resources.feeds.base import Candle  # noqa: E402
 from resources.feeds.binance import BinanceFeed  # noqa: E402
@@ -135,26 +136,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--days", type=float, default=30)
     parser.add_argument("--subjects", default="BTC,ETH,SOL")
-    parser.add_argument("--repeat", type=int, default=1, help="runs (a fresh fake server each)")
+    parser.add_argument("--repeat", type=int, default=5, help="runs (a fresh fake server each)")
     parser.add_argument("--in-process", action="store_true", help="run the fake server in this process")
     parser.add_argument("--json", type=Path, help="also write the timings of every run here")
+    benchkit.add_smoke_argument(parser)
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.days, args.subjects, args.repeat = 1, "BTC,ETH", 3
+    benchkit.smoke_banner(args)
     subjects = [subject.strip() for subject in args.subjects.split(",") if subject.strip()]
+    benchkit.conditions(f"fetch {args.days:g} days x {len(subjects)} subjects from a fake Binance on loopback")
     runs = []
+    failed = False
     for run in range(args.repeat):
         candles_by_subject, timings = run_fetch(subjects, args.days, server_in_subprocess=not args.in_process)
         expected = int(args.days * 1440)
         missing = {subject: expected - len(candles) for subject, candles in candles_by_subject.items()
                    if len(candles) != expected}
-        print(f"run {run + 1}/{args.repeat}")
+        print(f"run {run + 1}/{args.repeat} [{benchkit.load_text()}]")
         print(report(timings, subjects=subjects, days=args.days))
         if missing:
-            print(f"  WARNING: candles missing per subject: {missing}")
+            print(f"  FAILED: candles missing per subject: {missing}")
+            failed = True
         runs.append({**asdict(timings), "records_per_second": timings.records_per_second})
+    benchkit.figure(f"fetch + parse: {benchkit.band([r['records_per_second'] for r in runs]).describe('records/s', 0)}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"subjects": subjects, "days": args.days, "runs": runs}, indent=2))
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

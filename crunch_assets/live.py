@@ -9,9 +9,12 @@ functions a backfill calls, as of that instant:
 - `scores.settle`: every cycle that has resolved, over the windows its horizons reach back to.
 
 Between cycles it polls the feed and settles every `poll_seconds`, so scores follow the feed within
-seconds. Every minute it rolls up the current hours and refreshes the live leaderboard. When the
+seconds. Every minute it rolls up the current hours and refreshes the live leaderboard, stored as
+of the last scored cycle (never a time still to come). When its window begins it records the
+hour's partitions as planned, so the UI shows them in progress (failed if the run dies); when the
 window is over, it reports each asset partition it materialized (feed, predictions, scores, the
-day's snapshots and leaderboard), with the partition's own figures and the asset checks, and exits.
+day's snapshots and the leaderboard with its table), with the partition's own figures and the
+asset checks, and exits. A session that registers new models materializes `model_registry`.
 
 The numbers are a backfill's: same functions, same store, same as_of discipline. Each wake-up
 stamps the run's heartbeat, one row of Dagster's key-value store rewritten in place (a log line
@@ -36,7 +39,8 @@ from crunch_assets.feed import FeedReport, ingest
 from crunch_assets.keys import ChainKeys
 from crunch_assets.partitions import CompetitionPartitions, ceil_hour, floor_hour
 from crunch_assets.predictions import CycleReport, SessionOnDemand, run_cycles
-from crunch_assets.rollups import leaderboard_entries, roll_up, current_period
+from crunch_assets.registry import report_registry_sync
+from crunch_assets.rollups import current_period, leaderboard_entries, leaderboard_metadata, roll_up
 from crunch_assets.rules import CompetitionRules, GroundTruthResource
 from crunch_assets.scores import SettleReport, settle
 from crunch_assets.spec import CompetitionSpec
@@ -77,15 +81,14 @@ class WindowProgress:
 
 
 def _merge_feed(total: FeedReport, report: FeedReport) -> None:
-    total.fetched += report.fetched
-    total.written += report.written
-    total.corrected += report.corrected
-    total.pages += report.pages
-    total.errors.update(report.errors)
-    for reason, count in report.skipped_by_reason.items():
-        total.skipped_by_reason[reason] += count
-    for hour, count in report.observed_by_hour.items():
-        total.observed_by_hour[hour] += count
+    total.merge(report)
+
+
+@dataclass(frozen=True)
+class LiveLeaderboard:
+    as_of: datetime  # the last scored cycle
+    period: tuple[datetime, datetime]
+    entries: list[dict]
 
 
 class LiveWindow:
@@ -100,6 +103,8 @@ class LiveWindow:
         self.progress = WindowProgress()
         self.last_rollup = 0.0
         self.last_progress = time.monotonic()
+        self.rolled_up_until: datetime | None = None
+        self.leaderboard: LiveLeaderboard | None = None  # the last one this run stored
 
     def settle_from(self, start: datetime) -> datetime:
         """Cycles that can still resolve now started at most the longest horizon before."""
@@ -131,15 +136,21 @@ class LiveWindow:
             self.last_progress = now
 
     def roll_up(self, as_of: datetime) -> None:
-        """The hours that can change live, and the live leaderboard (stored as of the hour's end,
-        refreshed in place, since its windows end there)."""
+        """The hours that can change live, and the live leaderboard: stored as of the last scored
+        cycle (what it really shows; never a time still to come), its windows ending with that
+        cycle's hour, one row per hour refreshed in place."""
+        scored_until = self.store.last_scored_cycle()  # read first: the rollup below includes it
         roll_up(self.spec, self.rules, self.store, floor_hour(as_of) - 2 * HOUR, ceil_hour(as_of))
-        window_end = ceil_hour(as_of)
-        period = current_period(self.spec, self.partitions, as_of)
-        entries = leaderboard_entries(self.spec, self.rules, self.store, as_of, period)
-        self.store.write_leaderboard(window_end, entries, {
-            "period_start": period[0].isoformat(), "period_end": period[1].isoformat(), "live": True,
-        })
+        self.rolled_up_until = as_of
+        if scored_until is not None:
+            period = current_period(self.spec, self.partitions, scored_until)
+            windows_end = floor_hour(scored_until) + HOUR
+            entries = leaderboard_entries(self.spec, self.rules, self.store, windows_end, period)
+            if self.store.write_live_leaderboard(scored_until, entries, {
+                "period_start": period[0].isoformat(), "period_end": period[1].isoformat(),
+                "windows_end": windows_end.isoformat(),
+            }):
+                self.leaderboard = LiveLeaderboard(scored_until, period, entries)
         self.last_rollup = time.monotonic()
 
 
@@ -247,15 +258,25 @@ def build_live_job(spec: CompetitionSpec, partitions: CompetitionPartitions, key
                               SessionOnDemand(model_runner, rules, stack), context.log,
                               beat=lambda: beat(context.instance, context.run_id, context.log))
             logged = None  # the progress last logged: a line per change, not per wake-up
+            planned = False
+            registry_reported = 0  # the registry changes already materialized
             while True:
                 live.beat()
                 now = datetime.now(timezone.utc)
                 if now >= start:
+                    if not planned:  # the hour's partitions show in progress until reported below
+                        plan_window(context.instance, context.run_id, context.job_name,
+                                    context.get_step_execution_context().step.key, partitions, keys, start)
+                        planned = True
                     final = now >= stop
                     as_of = min(now, end - timedelta(microseconds=1))
                     try:
                         live.tick(start, as_of, final=final)
                         live.progress.failed_ticks = 0
+                        if len(live.progress.cycles.registry_changes) > registry_reported:
+                            report_registry_sync(context, keys, live.store,
+                                                 live.progress.cycles.registry_changes[registry_reported:], model_runner)
+                            registry_reported = len(live.progress.cycles.registry_changes)
                     except Exception as error:  # a tick never takes the hour down with it
                         live.progress.failed_ticks += 1
                         final = False  # the last tick is retried too
@@ -266,8 +287,9 @@ def build_live_job(spec: CompetitionSpec, partitions: CompetitionPartitions, key
                     progress = (sum(live.progress.cycles.cycles_run.values()),
                                 sum(c.get("scored", 0) + c.get("penalised", 0) for c in live.progress.settled.by_hour.values()))
                     if progress != logged or final:
-                        context.log.info(f"{as_of.isoformat(timespec='seconds')}: {progress[0]} cycle(s) stored, "
-                                         f"{progress[1]} prediction(s) scored in this run")
+                        context.log.info(f"{as_of.isoformat(timespec='seconds')}: {progress[0]} of "
+                                         f"{len(spec.cycle_times(start, end))} cycle(s) of the hour stored in this run, "
+                                         f"{progress[1]} prediction(s) scored")
                         logged = progress
                     if final:
                         break
@@ -291,24 +313,56 @@ def build_live_job(spec: CompetitionSpec, partitions: CompetitionPartitions, key
     )
 
 
+def window_partitions(partitions: CompetitionPartitions, keys: ChainKeys, start: datetime) -> list[tuple[dg.AssetKey, str]]:
+    """The asset partitions a live window run materializes: its hour's, and its day's rollups."""
+    hour, day = partitions.hour_key(start), partitions.day_key(start)
+    return [(keys.feed_records, hour), (keys.predictions, hour), (keys.scores, hour),
+            (keys.snapshots, day), (keys.leaderboard, day)]
+
+
+def plan_window(instance: dg.DagsterInstance, run_id: str, job_name: str, step_key: str,
+                partitions: CompetitionPartitions, keys: ChainKeys, start: datetime) -> None:
+    """Record that run `run_id` will materialize the window's partitions, as an asset run records
+    it when it starts: Dagster then shows them in progress while the run lives, materialized once
+    report_window has reported them, failed if the run dies first (and in progress again when a
+    replacement plans them). Five rows per hour: the live progress itself is the run's log."""
+    from dagster._core.events import AssetMaterializationPlannedData, DagsterEvent
+
+    for asset_key, partition in window_partitions(partitions, keys, start):
+        instance.report_dagster_event(
+            DagsterEvent.build_asset_materialization_planned_event(
+                job_name, step_key, AssetMaterializationPlannedData(asset_key, partition=partition)),
+            run_id=run_id,
+        )
+
+
 def report_window(context, spec: CompetitionSpec, partitions: CompetitionPartitions, keys: ChainKeys,
                   live: LiveWindow, start: datetime, until: datetime) -> None:
     """The window's asset partitions as materialized by this run, each with its own figures, and
-    the checks that guard them."""
+    the checks that guard them. The leaderboard's carries its table, as of the last scored cycle."""
     key = partitions.hour_key(start)
     progress, store = live.progress, live.store
     context.log_event(dg.AssetMaterialization(keys.feed_records, partition=key, metadata={
         "records_observed_in_hour": progress.feed.observed_by_hour.get(start, 0), **progress.feed.metadata()}))
     context.log_event(dg.AssetMaterialization(keys.predictions, partition=key, metadata={
         **progress.cycles.hour_metadata(start), "window_status_counts": store.prediction_statuses(start, start + HOUR),
+        "cycles_due_until_now": len(spec.cycle_times(start, min(until, start + HOUR))),
         "quarantines_started": progress.cycles.quarantines, "live_run": True}))
-    for hour in sorted(progress.settled.by_hour):
+    for hour in sorted(set(progress.settled.by_hour) | {start}):
         context.log_event(dg.AssetMaterialization(keys.scores, partition=partitions.hour_key(hour), metadata={
             **progress.settled.hour_metadata(hour), "still_unscored": store.unsettled_count(hour, hour + HOUR)}))
     day = partitions.day_key(start)
-    context.log_event(dg.AssetMaterialization(keys.snapshots, partition=day, metadata={"live_rollup_until": (start + HOUR).isoformat()}))
-    context.log_event(dg.AssetMaterialization(keys.leaderboard, partition=day, metadata={"as_of": (start + HOUR).isoformat()}))
+    if live.rolled_up_until is not None:
+        context.log_event(dg.AssetMaterialization(keys.snapshots, partition=day, metadata={
+            "live_rollup_until": live.rolled_up_until.isoformat()}))
+    if live.leaderboard is not None:
+        board = live.leaderboard
+        context.log_event(dg.AssetMaterialization(
+            keys.leaderboard, partition=partitions.day_key(board.as_of),
+            metadata=leaderboard_metadata(spec, board.as_of, board.period, board.entries, live=True)))
     for result in (
+        # the gap check a feed_records run evaluates: a defect accepted as missing is named here too
+        checks.check_feed_complete(spec, live.feed, live.feeds, keys.feed_records, start, min(until, start + HOUR)),
         checks.check_every_cycle_stored(spec, store, keys.predictions, start, min(until, start + HOUR),
                                         [reason for _, reason in progress.cycles.waiting]),
         checks.check_scores_finite(store, keys.scores, start, start + HOUR),

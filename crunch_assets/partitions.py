@@ -106,12 +106,24 @@ class CompetitionPartitions:
         return instant.astimezone(timezone.utc).strftime(DAILY_FORMAT)
 
 
+def first_period_start(spec: CompetitionSpec) -> datetime:
+    """Where a cron's checkpoint periods begin: the start of the period holding the competition's
+    start (periods of hours dividing a day), else its midnight. So no period wholly before the
+    start is a partition: such a period has nothing to pay, and the UI would show it missing
+    forever."""
+    midnight = spec.start.astimezone(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    interval = spec.checkpoint_interval_seconds
+    if interval < DAY_SECONDS and interval % HOUR_SECONDS == 0 and DAY_SECONDS % interval == 0:
+        return midnight + timedelta(seconds=(spec.start - midnight).total_seconds() // interval * interval)
+    return midnight
+
+
 def build_partitions(spec: CompetitionSpec) -> CompetitionPartitions:
     interval = timedelta(seconds=spec.checkpoint_interval_seconds)
     cron = checkpoint_cron(spec.checkpoint_interval_seconds)
     if cron is not None:
         checkpoint_definition = dg.TimeWindowPartitionsDefinition(
-            start=spec.start.replace(hour=0), cron_schedule=cron, fmt=HOURLY_FORMAT, timezone="UTC"
+            start=first_period_start(spec), cron_schedule=cron, fmt=HOURLY_FORMAT, timezone="UTC"
         )
     else:
         checkpoint_definition = dg.DynamicPartitionsDefinition(name=f"{spec.slug}__checkpoint_periods")

@@ -11,17 +11,19 @@ from collections import defaultdict
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import dagster as dg
 import pydantic
 
 from crunch_assets import checks
 from crunch_assets.feed import feed_streams
+from crunch_assets.fingerprint import rules_book
 from crunch_assets.keys import ChainKeys
 from crunch_assets.model_health import QUARANTINE_META_KEY, ModelHealth, QuarantinePolicy, load_health
 from crunch_assets.partitions import CompetitionPartitions, floor_hour, input_feed_mapping
 from crunch_assets.records import LoadedRecords
+from crunch_assets.registry import report_registry_sync
 from crunch_assets.rules import CompetitionRules, validation_message
 from crunch_assets.run_config import WindowRunConfig, parse_as_of, resolve_as_of
 from crunch_assets.spec import CompetitionSpec, Scope
@@ -54,6 +56,7 @@ class CycleReport:
     waiting: list[tuple[datetime, str]] = field(default_factory=list)
     stored_by_hour: dict[datetime, dict[str, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
     quarantines: list[str] = field(default_factory=list)
+    registry_changes: list[str] = field(default_factory=list)  # models the session saw join the registry
 
     def merge(self, other: "CycleReport") -> None:
         for hour, n in other.cycles_run.items():
@@ -65,6 +68,7 @@ class CycleReport:
             for status, n in counts.items():
                 self.stored_by_hour[hour][status] += n
         self.quarantines += other.quarantines
+        self.registry_changes += other.registry_changes
 
     def hour_metadata(self, hour: datetime) -> dict:
         made = self.stored_by_hour.get(hour, {})
@@ -92,9 +96,10 @@ class SessionOnDemand:
         return self._session
 
 
-def _prediction(rules: CompetitionRules, scope: Scope, result: ModelCallResult) -> PredictionRow:
+def prediction_from_result(rules: CompetitionRules, scope: Scope, result: ModelCallResult) -> PredictionRow:
     """A runner result as a prediction: SUCCESS + valid output -> PENDING; the model raised, timed
-    out, crashed or answered garbage -> FAILED with the reason; no answer -> ABSENT."""
+    out, crashed or answered garbage -> FAILED with the reason; no answer -> ABSENT. The shadow
+    entry (crunch_assets/whatif.py) judges a candidate's answers with it too."""
     if result.status is CallStatus.SUCCESS:
         output = result.output
         try:
@@ -170,8 +175,9 @@ def run_cycles(
     if not runnable:
         return report
     loaded = LoadedRecords(feeds.load_records(streams, runnable[0][0] - history, runnable[-1][0]))
+    book = rules_book(spec, rules)
     models = session.get().models()
-    store.sync_models(models, runnable[0][0], complete=False)
+    report.registry_changes += [f"{e.event} {e.model_id}" for e in store.sync_models(models, runnable[0][0], complete=False)]
     # The session's models are the runner's live registry (an announced model that is stopped or
     # not connected comes back ABSENT); a runner that cannot reach the registry fails the run
     # instead of blaming every model.
@@ -200,9 +206,12 @@ def run_cycles(
         done_count = 0
         threshold = policy.failures_before_quarantine
         for batch in _batches(runnable, min(AHEAD_CYCLES, threshold) if threshold else AHEAD_CYCLES):
-            inputs = [build_input(rules, scope, cycle_at, loaded.view(cycle_at - history, cycle_at))
-                      for cycle_at, scope in batch]
-            calls = [rules.build_model_calls(scope, model_input) for (_, scope), model_input in zip(batch, inputs)]
+            # each cycle under the rules in force at its time (declared rules changes)
+            batch_rules = [book.at(cycle_at).rules for cycle_at, _ in batch]
+            inputs = [build_input(r, scope, cycle_at, loaded.view(cycle_at - history, cycle_at))
+                      for r, (cycle_at, scope) in zip(batch_rules, batch)]
+            calls = [r.build_model_calls(scope, model_input)
+                     for r, (_, scope), model_input in zip(batch_rules, batch, inputs)]
             answered = _answers_ahead(session, calls, call_timeout_seconds, expected, health, policy,
                                       [cycle_at for cycle_at, _ in batch])
             for k, (cycle_at, scope) in enumerate(batch):
@@ -219,7 +228,7 @@ def run_cycles(
                                                   meta={QUARANTINE_META_KEY: until.isoformat()}))
                         continue
                     result = results.get(model_id) or ModelCallResult(model_id, CallStatus.ABSENT, detail="no answer from the model runner")
-                    row = _prediction(rules, scope, result)
+                    row = prediction_from_result(batch_rules[k], scope, result)
                     if result.status is not CallStatus.ABSENT:
                         until = policy.record(health[model_id], cycle_at, failed=row.status == "FAILED")
                         if until is not None:
@@ -283,7 +292,7 @@ def build_predictions_asset(spec: CompetitionSpec, partitions: CompetitionPartit
         feed: FeedResource,
         rules: CompetitionRules,
         model_runner: ModelRunnerResource,
-    ) -> dg.MaterializeResult:
+    ) -> Iterator[dg.MaterializeResult]:
         windows = partition_windows(context)
         live = parse_as_of(config) is not None
         store, feeds = database.competition(spec.slug), database.feeds()
@@ -303,7 +312,7 @@ def build_predictions_asset(spec: CompetitionSpec, partitions: CompetitionPartit
         report_partitions(context, {
             w.key: {**totals.hour_metadata(w.start), "window_status_counts": statuses.get(w.start, {})} for w in windows
         })
-        return dg.MaterializeResult(
+        yield dg.MaterializeResult(
             metadata={
                 "as_of": as_of.isoformat(),
                 "live": live,
@@ -313,5 +322,7 @@ def build_predictions_asset(spec: CompetitionSpec, partitions: CompetitionPartit
             check_results=[checks.check_every_cycle_stored(spec, store, keys.predictions, windows[0].start, due_until,
                                                            [reason for _, reason in totals.waiting])],
         )
+        if totals.registry_changes:  # after its own: the registry this run's session registered models into
+            report_registry_sync(context, keys, store, totals.registry_changes, model_runner)
 
     return predictions

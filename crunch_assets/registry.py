@@ -9,6 +9,7 @@ from crunch_assets.keys import ChainKeys
 from crunch_assets.spec import CompetitionSpec
 from crunch_assets.stages import table_metadata
 from resources.model_runners.base import ModelRunnerResource
+from resources.store.competition import CompetitionStore
 from resources.store.database import CrunchDatabase
 
 
@@ -26,28 +27,46 @@ def registry_changes(stored_states: dict[str, str], listed: list) -> list[str]:
     return changes
 
 
+def registry_metadata(store: CompetitionStore, changes: list[str], refused: dict[str, str]) -> dict:
+    """What every materialization of the registry shows: the models as stored, what this sync
+    changed, and the models the runner refused to register (with the reason)."""
+    models = store.models()
+    return {
+        "models": len(models),
+        "changes": changes,
+        "registry": table_metadata(
+            [("model_id", "string"), ("name", "string"), ("participant", "string"), ("cruncher_index", "int"),
+             ("state", "string")],
+            [{"model_id": m.model_id, "name": m.name, "participant": m.player_id or m.model_id,
+              "cruncher_index": m.cruncher_index, "state": m.state} for m in models],
+        ),
+        "refused_models": table_metadata([("name", "string"), ("reason", "string")],
+                                         [{"name": name, "reason": reason} for name, reason in sorted(refused.items())]),
+    }
+
+
+def report_registry_sync(context, keys: ChainKeys, store: CompetitionStore, changes: list[str],
+                         model_runner: ModelRunnerResource) -> None:
+    """A run that synced the registry on the way (the models a session sees: predictions, the live
+    run) materializes it, so the UI shows the registry the store holds."""
+    context.log_event(dg.AssetMaterialization(keys.model_registry, metadata={
+        **registry_metadata(store, changes, model_runner.refused_models()), "synced_by": "the models a session saw"}))
+
+
 def build_registry_asset(spec: CompetitionSpec, keys: ChainKeys) -> dg.AssetsDefinition:
     @dg.asset(
         key=keys.model_registry,
         group_name=spec.slug,
         description="The competition's models (names, participants, state, cruncher_index), synced from the model "
                     "runner (a local models directory declares participants in participants.json / .toml); "
-                    "joins, leaves and state changes are model_events.",
+                    "joins, leaves and state changes are model_events. Models whose id the runner refused are listed "
+                    "with the reason.",
         kinds={"postgres"},
     )
     def model_registry(database: CrunchDatabase, model_runner: ModelRunnerResource) -> dg.MaterializeResult:
         store = database.competition(spec.slug)
         events = store.sync_models(model_runner.list_models(), datetime.now(timezone.utc), complete=True)
-        models = store.models()
-        return dg.MaterializeResult(metadata={
-            "models": len(models),
-            "changes": [f"{e.event} {e.model_id}" for e in events],
-            "registry": table_metadata(
-                [("model_id", "string"), ("name", "string"), ("participant", "string"), ("cruncher_index", "int"),
-                 ("state", "string")],
-                [{"model_id": m.model_id, "name": m.name, "participant": m.player_id or m.model_id,
-                  "cruncher_index": m.cruncher_index, "state": m.state} for m in models],
-            ),
-        })
+        return dg.MaterializeResult(metadata=registry_metadata(
+            store, [f"{e.event} {e.model_id}" for e in events], model_runner.refused_models()))
 
     return model_registry

@@ -7,6 +7,7 @@ In production a replay is a backfill launched from the UI, or
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -20,6 +21,11 @@ from crunch_assets.spec import CompetitionSpec
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
+
+
+# The runs' console logger at WARNING: a command's progress bar and summary are its output (the
+# runs' full logs are in the instance).
+QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 @dataclass
@@ -46,6 +52,18 @@ def materialize_range(
     )
 
 
+def deployment_instance() -> dg.DagsterInstance:
+    """The Dagster instance of this deployment, the one its UI shows: $DAGSTER_HOME's when set
+    (`crunch-dagster serve` sets it to a copy of dagster.yaml), otherwise the checkout's
+    dagster.yaml (what ./scripts/demo's `dagster dev` reads). Both keep Dagster's storage on the
+    competition store's PostgreSQL, so a replay from a second shell shows in the running UI."""
+    if os.environ.get("DAGSTER_HOME"):
+        return dg.DagsterInstance.get()
+    from resources.database_url import PROJECT_ROOT
+
+    return dg.DagsterInstance.from_config(str(PROJECT_ROOT))
+
+
 def replay(
     defs: dg.Definitions,
     spec: CompetitionSpec,
@@ -54,10 +72,12 @@ def replay(
     instance: dg.DagsterInstance | None = None,
     days_per_run: int = 1,
     progress: Callable[[str, int, int], None] | None = None,
+    quiet: bool = False,
 ) -> ReplayTimings:
     """Materialize [start, end) (hour boundaries): the feed (up to the last resolutions), predictions
     and scores a chunk at a time, then snapshots and leaderboards of the days touched, then every
-    closed checkpoint period inside the range, in order."""
+    closed checkpoint period inside the range, in order. `quiet`: the runs log warnings only to
+    the console."""
     partitions = build_partitions(spec)
     keys = ChainKeys.for_slug(spec.slug)
     timings = ReplayTimings()
@@ -65,7 +85,7 @@ def replay(
 
     def timed(step: str, keys_: list[dg.AssetKey], first_key: str, last_key: str) -> None:
         began = time.perf_counter()
-        materialize_range(defs, keys_, first_key, last_key, instance)
+        materialize_range(defs, keys_, first_key, last_key, instance, run_config=QUIET_RUN_CONFIG if quiet else None)
         timings.seconds_by_step[step] = timings.seconds_by_step.get(step, 0.0) + time.perf_counter() - began
 
     horizon = timedelta(seconds=spec.max_horizon_seconds)

@@ -22,7 +22,7 @@ from crunch_assets.partitions import CompetitionPartitions, ceil_hour, floor_hou
 from crunch_assets.rules import CompetitionRules
 from crunch_assets.run_config import WindowRunConfig, resolve_as_of
 from crunch_assets.spec import CompetitionSpec
-from crunch_assets.stages import partition_windows, table_metadata
+from crunch_assets.stages import partition_windows, readable, table_metadata
 from crunch_assets.standings import rank_models, standings
 from resources.store.competition import CompetitionStore
 from resources.store.database import CrunchDatabase
@@ -218,24 +218,32 @@ def _leaderboard_of(spec: CompetitionSpec, partitions: CompetitionPartitions, ru
     period = current_period(spec, partitions, as_of - timedelta(microseconds=1))
     entries = leaderboard_entries(spec, rules, store, as_of, period)
     store.write_leaderboard(as_of, entries, {"period_start": period[0].isoformat(), "period_end": period[1].isoformat()})
+    return leaderboard_metadata(spec, as_of, period, entries), entries
+
+
+def leaderboard_metadata(spec: CompetitionSpec, as_of: datetime, period: tuple[datetime, datetime],
+                         entries: list[dict], **extra) -> dict:
+    """What every materialization of the leaderboard shows in the UI: the table (values rounded
+    for reading; the store and the API keep full precision), as of when, the checkpoint period
+    whose standing it shows, and one plotted number per model."""
     windows = [w.name for w in spec.leaderboard_windows]
-    rows = [{"rank": e["rank"], "model": e["model_id"], **{n: e[n] for n in windows},
-             "coverage": e[f"{spec.ranking_key}_coverage"], "predictions": e["prediction_count"],
-             "payout_rank": (e["payout"] or {}).get("rank"), "payout_score": (e["payout"] or {}).get("score"),
+    rows = [{"rank": e["rank"], "model": e["model_id"], **{n: readable(e[n]) for n in windows},
+             "coverage": round(e[f"{spec.ranking_key}_coverage"], 4), "predictions": e["prediction_count"],
+             "payout_rank": (e["payout"] or {}).get("rank"), "payout_score": readable((e["payout"] or {}).get("score")),
              "eligible": (e["payout"] or {}).get("eligible"),
-             "projected_reward_pct": ((e["payout"] or {}).get("reward_pct") or 0) / 1e7}
+             "projected_reward_pct": readable(((e["payout"] or {}).get("reward_pct") or 0) / 1e7)}
             for e in entries]
     columns = [("rank", "int"), ("model", "string"), *[(n, "float") for n in windows], ("coverage", "float"),
                ("predictions", "int"), ("payout_rank", "int"), ("payout_score", "float"), ("eligible", "bool"),
                ("projected_reward_pct", "float")]
     # numeric metadata per model: Dagster plots each over the asset's materializations
-    plot = {f"{spec.ranking_key}/{e['model_id']}": float(e[spec.ranking_key])
+    plot = {f"{spec.ranking_key}/{e['model_id']}": readable(float(e[spec.ranking_key]))
             for e in entries[:20] if e[spec.ranking_key] is not None}
-    metadata = {
+    return {
         "as_of": as_of.isoformat(),
+        **extra,
         "models": len(entries),
         "checkpoint_period": f"{period[0].isoformat()} .. {period[1].isoformat()}",
         "leaderboard": table_metadata(columns, rows),
         **plot,
     }
-    return metadata, entries

@@ -30,6 +30,7 @@ import pydantic
 
 from crunch_assets import checks
 from crunch_assets.feed import feed_streams
+from crunch_assets.fingerprint import rules_book
 from crunch_assets.keys import ChainKeys
 from crunch_assets.partitions import CompetitionPartitions, floor_hour, truth_feed_mapping
 from crunch_assets.records import LoadedRecords
@@ -42,7 +43,7 @@ from resources.store.bulk import COPY_MIN_ROWS
 from resources.store.competition import CompetitionStore
 from resources.store.database import CrunchDatabase
 from resources.store.feeds import FeedStore
-from resources.store.rows import CycleToSettle, Resolution, ScoreRow, StoredPrediction, Voiding
+from resources.store.rows import CycleToSettle, Resolution, RulesDocument, ScoreRow, StoredPrediction, Voiding
 
 # A range run scores at least this many hours at a time: small enough that writing one chunk
 # overlaps reading and scoring the next (bench/bench_scores.py), large enough to keep queries few.
@@ -78,7 +79,9 @@ class SettleReport:
                 ("scored", "penalised", "waiting_for_ground_truth", "cycles_voided", "cycles_rescored", "resolver_errors")}
 
 
-def _scope_of(spec: CompetitionSpec, cycle: CycleToSettle) -> Scope:
+def stored_scope(spec: CompetitionSpec, cycle: CycleToSettle) -> Scope:
+    """The scope a stored cycle was made for: the spec's of its key, else the one stored with the
+    cycle (a scope since removed from the spec). The what-if and shadow entry read it too."""
     scope = spec.scope(cycle.scope_key)
     if scope is not None:
         return scope
@@ -193,39 +196,51 @@ def settle(
     report = SettleReport()
     now = datetime.now(timezone.utc)
     live = as_of is not None
-    staleness = timedelta(seconds=spec.max_price_staleness_seconds)
-    void_after = timedelta(seconds=spec.void_after_seconds)
     resolvable_until = min(as_of or now, now) - timedelta(seconds=spec.settle_delay_seconds)
     cycles = store.cycles_to_settle(start, end, resolvable_until, not_before=store.locked_until())
     if not cycles:
         return report
+    # Each cycle is resolved and scored under the rules in force at its cycle time (declared changes).
+    book = rules_book(spec, rules, truth)
+    versions = book.in_period(cycles[0].cycle_at, cycles[-1].cycle_at + timedelta(microseconds=1))
     streams = feed_streams(spec, feed)
-    earliest = min(c.cycle_at for c in cycles) - staleness
+    earliest = min(c.cycle_at for c in cycles) - timedelta(seconds=max(v.spec.max_price_staleness_seconds for v in versions))
     latest = max(c.resolvable_at for c in cycles)
-    spans = feeds.spans(streams, earliest, latest + void_after) if truth.reads_feed else {}
+    void_reach = timedelta(seconds=max(v.spec.void_after_seconds for v in versions))
+    spans = feeds.spans(streams, earliest, latest + void_reach) if truth.reads_feed else {}
     loaded = LoadedRecords(feeds.load_records(streams, earliest, latest)) if truth.reads_feed else LoadedRecords({})
     scores, resolutions, voidings = [], [], []
-    scorer = Scorer.of(rules)
+    scorers: dict[str, Scorer] = {}
+    documents: dict[str, RulesDocument] = {}
 
-    def void(cycle: CycleToSettle, reason: str) -> None:
+    def void(cycle: CycleToSettle, reason: str, fingerprint: str) -> None:
         if cycle.status != "VOIDED":
-            voidings.append(Voiding(cycle.input_id, reason))
+            voidings.append(Voiding(cycle.input_id, reason, fingerprint))
             report.count(cycle.cycle_at, "cycles_voided")
             report.void_reasons.append(f"{cycle.cycle_at.isoformat()} {cycle.scope_key}: {reason}")
 
     for cycle in cycles:
-        scope = _scope_of(spec, cycle)
+        version = book.at(cycle.cycle_at)
+        cycle_spec, cycle_rules, fingerprint = version.spec, version.rules, version.fingerprint
+        if fingerprint not in scorers:
+            scorers[fingerprint] = Scorer.of(cycle_rules)
+            documents[fingerprint] = RulesDocument(fingerprint, version.cycle_digest, version.document)
+        scorer = scorers[fingerprint]
+        staleness = timedelta(seconds=cycle_spec.max_price_staleness_seconds)
+        void_after = timedelta(seconds=cycle_spec.void_after_seconds)
+        scope = stored_scope(spec, cycle)
         deadline = cycle.resolvable_at + void_after
         fetched = not truth.reads_feed or all(spans[s].covers(cycle.cycle_at - staleness, cycle.resolvable_at) for s in streams)
         value, missing = None, None
         if fetched:
             view = loaded.view(cycle.cycle_at - staleness, cycle.resolvable_at, include_since=True)
             try:
-                value = truth.resolve(rules, scope, cycle.cycle_at, cycle.resolvable_at, view, spec.max_price_staleness_seconds)
+                value = truth.resolve(cycle_rules, scope, cycle.cycle_at, cycle.resolvable_at, view,
+                                      cycle_spec.max_price_staleness_seconds)
             except TruthMissing as named:
                 missing = str(named)
             except TruthUnavailable as unavailable:
-                void(cycle, f"ground truth unavailable: {unavailable}"[:1000])
+                void(cycle, f"ground truth unavailable: {unavailable}"[:1000], fingerprint)
                 continue
             except Exception as error:  # one cycle's resolver failure never blocks the window
                 reason = f"resolver error: {type(error).__name__}: {error}"[:1000]
@@ -233,7 +248,7 @@ def settle(
                 report.count(cycle.cycle_at, "resolver_errors")
                 if log:
                     log.error(f"{cycle.scope_key} {cycle.cycle_at.isoformat()}: {reason}")
-                void(cycle, reason)
+                void(cycle, reason, fingerprint)
                 continue
         if value is None:
             proven = truth.reads_feed and all(spans[s].covers(cycle.cycle_at - staleness, deadline) for s in streams)
@@ -242,25 +257,27 @@ def settle(
                 what = missing or (f"the resolver found no truth for the cycle at {cycle.cycle_at.isoformat()} "
                                    f"resolving at {cycle.resolvable_at.isoformat()} (it did not name what is missing)")
                 void(cycle, f"ground truth missing: {what}; {why} {deadline.isoformat()} "
-                            f"({spec.void_after_seconds} s after resolution)"[:1000])
+                            f"({cycle_spec.void_after_seconds} s after resolution)"[:1000], fingerprint)
             else:
                 report.count(cycle.cycle_at, "waiting_for_ground_truth", len(cycle.predictions) or 1)
             continue
-        rows, failure_value, void_reason = score_cycle(spec, scorer, scope, cycle, value)
+        rows, failure_value, void_reason = score_cycle(cycle_spec, scorer, scope, cycle, value)
         if void_reason is not None:
-            void(cycle, void_reason)
+            void(cycle, void_reason, fingerprint)
             continue
         scores += rows
-        resolutions.append(Resolution(cycle.input_id, value, failure_value))
+        resolutions.append(Resolution(cycle.input_id, value, failure_value, fingerprint))
         if cycle.status == "VOIDED":
             report.count(cycle.cycle_at, "cycles_rescored")
         successes = sum(1 for r in rows if r.success)
         report.count(cycle.cycle_at, "scored", successes)
         report.count(cycle.cycle_at, "penalised", len(rows) - successes)
+    used = {r.rules_fingerprint for r in resolutions} | {v.rules_fingerprint for v in voidings}
+    recorded = [documents[fingerprint] for fingerprint in sorted(used)]
     if writer is None:
-        store.write_settlement(scores, resolutions, voidings)
+        store.write_settlement(scores, resolutions, voidings, recorded)
     else:
-        writer.submit(store.write_settlement, scores, resolutions, voidings)
+        writer.submit(store.write_settlement, scores, resolutions, voidings, recorded)
     return report
 
 

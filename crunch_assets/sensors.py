@@ -22,11 +22,13 @@ import dagster as dg
 from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
 
 from crunch_assets.feed import feed_streams
+from crunch_assets.fingerprint import rules_book
 from crunch_assets.jobs import CompetitionJobs
 from crunch_assets.live import COMPETITION_TAG, WINDOW_TAG, last_sign_of_life, stale_after_seconds
 from crunch_assets.keys import ChainKeys
 from crunch_assets.partitions import CompetitionPartitions, floor_hour
 from crunch_assets.registry import registry_changes
+from crunch_assets.rules import CompetitionRules, GroundTruthResource
 from crunch_assets.run_config import as_of_run_config
 from crunch_assets.spec import CompetitionSpec
 from resources.feeds.base import FeedResource
@@ -214,7 +216,8 @@ def build_sensors(
         description="Builds the checkpoint of each closed period once it is settled and rolled up, in order; "
                     "rebuilds a PENDING one whose data changed.",
     )
-    def checkpoint_sensor(context: dg.SensorEvaluationContext, database: CrunchDatabase):
+    def checkpoint_sensor(context: dg.SensorEvaluationContext, database: CrunchDatabase, rules: CompetitionRules,
+                          ground_truth: GroundTruthResource):
         now = datetime.now(timezone.utc)
         store = database.competition(slug)
         periods = partitions.checkpoint
@@ -234,15 +237,21 @@ def build_sensors(
                 waiting.append(f"{key}: {unsettled} unsettled, {fingerprint['scores']} scores vs {summarised} summarised")
                 break  # in order: later periods wait for this one
             previous = store.previous_checkpoint(start)
+            # built under other rules than loaded now (a deployment changed them): rebuilt too
+            book = rules_book(spec, rules, ground_truth)
+            rules_fingerprint = book.checkpoint_version(start, end).fingerprint
             up_to_date = existing is not None and existing.meta.get("fingerprint") == fingerprint and (
                 existing.meta.get("previous_chained_root") == (previous.chained_root if previous else None)
-            )
+            ) and existing.meta.get("rules_fingerprint") == rules_fingerprint and (
+                existing.meta.get("rules_schedule") == book.period_schedule_digest(start, end))
             if fingerprint["scores"] and not up_to_date:
                 if periods.is_dynamic:
                     new_keys.append(key)
                 requests.append(dg.RunRequest(
                     run_key=f"{slug}:checkpoint:{key}:{fingerprint['scores']}:{fingerprint['last_score_id']}:"
-                            f"{fingerprint['voided_cycles']}:{previous.chained_root if previous else ''}",
+                            f"{fingerprint['voided_cycles']}:{fingerprint.get('copy_resolution_id')}:"
+                            f"{previous.chained_root if previous else ''}:{rules_fingerprint[:16]}:"
+                            f"{book.period_schedule_digest(start, end)[:16]}",
                     partition_key=key,
                 ))
                 break  # one at a time: the next one chains to this one's root
@@ -281,6 +290,8 @@ def build_sensors(
     ):
         stored = {m.model_id: m.state for m in database.competition(slug).models()}
         changes = registry_changes(stored, model_runner.list_models())
+        if not changes and stored and context.instance.get_latest_materialization_event(keys.model_registry) is None:
+            changes = ["never materialized"]  # the store holds models the UI has never shown
         if not changes:
             return dg.SkipReason(f"{len(stored)} model(s), no change")
         return dg.RunRequest(run_key=f"{slug}:registry:{'|'.join(changes)}:{_floor(datetime.now(timezone.utc), 60).isoformat()}",

@@ -10,12 +10,15 @@ in order (priority) and keeps their logs, rotated, under the data directory:
 | `webserver` | `dagster-webserver` on the generated grpc_server workspace (the operators' UI) | 30 |
 | `webserver_read_only` | `dagster-webserver --read-only` (the viewers' UI) | 30 |
 | `daemon` | `dagster-daemon run` (sensors, schedules, run monitoring, run retries) | 30 |
-| `api` | the report API, `crunch-dagster api`, when the CLI has that command | 40 |
+| `api` | the report API, `crunch-dagster api --workspace <the served workspace>`, when the CLI has that command | 40 |
 
 Everything generated lives in `<data dir>/serve/`: `supervisord.conf`, `workspace.yaml` (one
 `grpc_server` entry per code location) and `dagster_home/dagster.yaml` (a copy of the instance
 config). The programs share supervisord's environment, plus DAGSTER_HOME and CRUNCH_DATA_DIR, so
 secrets stay in environment variables and never appear in the generated files.
+
+`crunch-dagster serve` itself stays the parent of supervisord: SIGTERM or SIGINT to it is a planned
+stop (crunch_assets/cli/serve.py, crunch_assets/cli/lifetime.py).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from pathlib import Path
 
 import yaml
 
-from resources.database_url import DATABASE_URL_ENV, PROJECT_ROOT
+from resources.database_url import PROJECT_ROOT, uses_embedded_server
 
 SERVE_DIR = "serve"
 LOGS_DIR = "logs"
@@ -133,7 +136,7 @@ def grpc_workspace(locations: list[CodeLocation], options: ServeOptions) -> dict
 def default_api_command() -> str | None:
     from crunch_assets.cli import main
 
-    return "{bin}/crunch-dagster api --host {host} --port {port}" if "api" in main.commands else None
+    return "{bin}/crunch-dagster api --host {host} --port {port} --workspace {workspace}" if "api" in main.commands else None
 
 
 def programs(locations: list[CodeLocation], options: ServeOptions) -> dict[str, dict]:
@@ -163,7 +166,9 @@ def programs(locations: list[CodeLocation], options: ServeOptions) -> dict[str, 
                        "stopasgroup": "true", "killasgroup": "true", "stopwaitsecs": 30}
     api_command = options.api_command if options.api_command is not None else default_api_command()
     if api_command and options.api_port is not None:
-        line = api_command.format(bin=bin_dir, host=options.host, port=options.api_port)
+        # {workspace}: the served workspace's own file, so that the API reads the specs the code locations run
+        line = api_command.format(bin=bin_dir, host=options.host, port=options.api_port,
+                                  workspace=shlex.quote(str(options.workspace)))
         found["api"] = {"command": shlex.split(line), "priority": 40}
     return found
 
@@ -236,4 +241,4 @@ def write_serve_files(options: ServeOptions) -> list[CodeLocation]:
 
 
 def embedded_database_wanted(environ) -> bool:
-    return not environ.get(DATABASE_URL_ENV)
+    return uses_embedded_server(environ)

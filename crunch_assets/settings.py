@@ -11,11 +11,14 @@ For a competition with slug `my_comp`, `CRUNCH_MY_COMP_<NAME>` wins over `CRUNCH
 | PYTH_HISTORY_URL, PYTH_HERMES_URL | Pyth endpoints; the API key is read from PYTH_API_KEY via dg.EnvVar |
 | RUNNER | local (default) \\| orchestrator |
 | MODELS_DIR | the local runner's models (default: the competition's `models/`) |
+| MODEL_SANDBOX | on (default) \\| off: the local runner's models sandboxed, or (trusted models only) not |
 | ORCHESTRATOR_HOST, ORCHESTRATOR_PORT, ORCHESTRATOR_CRUNCH_ID | the model orchestrator |
 | AUTOMATION | on (default) \\| off: sensors and schedules start RUNNING or STOPPED |
 | START | the first partition, ISO-8601 UTC on an hour |
 | CHECKPOINT_INTERVAL_SECONDS | any whole number of hours |
 | CRUNCH_PUBKEY, COMPUTE_PROVIDER_PUBKEY, DATA_PROVIDER_PUBKEY | emission accounts |
+| NETWORK | the Solana cluster of the crunch account: mainnet-beta \\| devnet \\| testnet (unset: not declared) |
+| ROOT_PUBLICATION_DIR, ROOT_PUBLICATION_WEBHOOK_URL | where chained roots are published (crunch_assets/publication.py) |
 
 Booleans parse strictly: on/off, true/false, yes/no, 1/0 (any case); anything else is an error
 naming the variable, never "on".
@@ -37,6 +40,8 @@ TRUE_WORDS = {"on", "true", "yes", "1"}
 FALSE_WORDS = {"off", "false", "no", "0"}
 FEEDS = ("synthetic", "csv", "binance", "pyth")
 RUNNERS = ("local", "orchestrator")
+MODEL_SANDBOX = ("on", "off")
+NETWORKS = ("mainnet-beta", "devnet", "testnet")  # Solana's clusters, as WalletAdapterNetwork names them
 
 
 class SettingsError(ValueError):
@@ -145,7 +150,8 @@ class CompetitionSettings:
 
         choice = self.choice("RUNNER", RUNNERS, "local")
         if choice == "local":
-            return LocalModelRunner(models_dir=self.get("MODELS_DIR", models_dir), call_timeout_seconds=call_timeout_seconds)
+            return LocalModelRunner(models_dir=self.get("MODELS_DIR", models_dir), call_timeout_seconds=call_timeout_seconds,
+                                    sandbox=self.choice("MODEL_SANDBOX", MODEL_SANDBOX, "on"))
         # imported here: model-runner-client brings pandas and grpc (~0.5 s in every run process)
         from resources.model_runners.orchestrator import OrchestratorModelRunner
 
@@ -161,6 +167,13 @@ class CompetitionSettings:
             call_timeout_seconds=call_timeout_seconds,
             connect_timeout_seconds=5.0,  # a cycle must not wait long for an unreachable node
         )
+
+    @property
+    def network(self) -> str | None:
+        """The declared Solana cluster of the crunch account, or None when not declared."""
+        if self.get("NETWORK") is None:
+            return None
+        return self.choice("NETWORK", NETWORKS, "")
 
     def payout_accounts(self):
         from crunch_assets.checkpoints import PayoutAccounts

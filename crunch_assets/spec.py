@@ -3,6 +3,7 @@ checked when the code location loads (an error names the field and what to chang
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field, fields
@@ -249,6 +250,105 @@ class EmissionPolicy(Declared):
             raise SpecError(f"emission: kind must be 'tiered', 'softmax' or 'proportional', got {self.kind!r}")
 
 
+COPY_POLICIES = ("pay_first", "flag", "off")
+COPY_DISTANCES = ("rounded_equality", "max_abs_difference")
+
+
+@dataclass(frozen=True)
+class CopyDetection(Declared):
+    """How a checkpoint finds models that return what another model returns (crunch_assets/copies.py).
+
+    Every pair of models is compared on every cycle of the period where both answered: the same
+    cycle, and model B's output against model A's of `lags` cycles earlier (copying a forecast
+    once it is visible). A pair that matches on at least `match_fraction` of its common cycles of
+    a scope (and on at least `min_common_cycles` of them) links a copy cluster.
+
+    - distance "rounded_equality" (default): equal after rounding every number to `decimals`
+      decimal places (keys sorted; 1 and 1.0 are equal). Grouped by hashing: O(models) per cycle.
+    - distance "max_abs_difference": the same structure and every number within `tolerance`.
+      O(pairs) per cycle (see docs/rewards.md for what that costs).
+    - never_match: outputs that never count as a match nor as a common cycle (e.g. the neutral
+      answer {"p_up": 0.5}), compared after rounding.
+    - policy "pay_first" (default): a cluster is paid once, to the model that made the output
+      first (earliest registered; a lagged copy is always the copier; registered together: the
+      operator decides); "flag": nothing is excluded and the emission safety gate refuses the
+      checkpoint until the operator resolves every cluster; "off": no detection.
+    """
+
+    policy: str = "pay_first"
+    distance: str = "rounded_equality"
+    decimals: int = 6
+    tolerance: float = 0.0
+    match_fraction: float = 0.9
+    min_common_cycles: int = 1
+    lags: tuple[int, ...] = (1,)
+    never_match: tuple = ()
+
+    def __post_init__(self) -> None:
+        for name in ("lags", "never_match"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+            elif not isinstance(value, tuple):
+                raise SpecError(f"copy_detection: {name} must be a tuple, got {value!r}")
+
+    @classmethod
+    def pay_first(cls, **options) -> "CopyDetection":
+        return cls("pay_first", **options)
+
+    @classmethod
+    def flag(cls, **options) -> "CopyDetection":
+        return cls("flag", **options)
+
+    @classmethod
+    def off(cls) -> "CopyDetection":
+        return cls("off")
+
+    @property
+    def enabled(self) -> bool:
+        return self.policy != "off"
+
+    def validate(self) -> None:
+        if self.policy not in COPY_POLICIES:
+            raise SpecError(f"copy_detection: policy must be one of {', '.join(COPY_POLICIES)}, got {self.policy!r}")
+        if self.distance not in COPY_DISTANCES:
+            raise SpecError(f"copy_detection: distance must be one of {', '.join(COPY_DISTANCES)}, got {self.distance!r}")
+        if isinstance(self.decimals, bool) or not isinstance(self.decimals, int) or not 0 <= self.decimals <= 15:
+            raise SpecError(f"copy_detection: decimals must be a whole number in [0, 15], got {self.decimals!r}")
+        if not (isinstance(self.tolerance, (int, float)) and math.isfinite(self.tolerance) and self.tolerance >= 0):
+            raise SpecError(f"copy_detection: tolerance must be a finite number >= 0, got {self.tolerance!r}")
+        if self.distance == "rounded_equality" and self.tolerance:
+            raise SpecError("copy_detection: tolerance is for distance 'max_abs_difference'; rounded_equality "
+                            f"compares after rounding to `decimals` (got tolerance {self.tolerance})")
+        if not (isinstance(self.match_fraction, (int, float)) and 0 < self.match_fraction <= 1):
+            raise SpecError(f"copy_detection: match_fraction must be in (0, 1], got {self.match_fraction!r}")
+        if isinstance(self.min_common_cycles, bool) or not isinstance(self.min_common_cycles, int) \
+                or self.min_common_cycles < 1:
+            raise SpecError(f"copy_detection: min_common_cycles must be a whole number >= 1, got {self.min_common_cycles!r}")
+        if any(isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 10_080 for k in self.lags) \
+                or len(set(self.lags)) != len(self.lags):
+            raise SpecError(f"copy_detection: lags must be distinct whole numbers of cycles in [1, 10080], got {self.lags!r}")
+        for value in self.never_match:
+            try:
+                json.dumps(value, allow_nan=False)
+            except (TypeError, ValueError) as error:
+                raise SpecError(f"copy_detection: never_match {value!r} is not a JSON value: {error}") from None
+
+    def describe(self) -> str:
+        if not self.enabled:
+            return "copy detection off"
+        distance = (f"equal after rounding to {self.decimals} decimals" if self.distance == "rounded_equality"
+                    else f"every number within {self.tolerance:g}")
+        lagged = f", and lagged by {', '.join(str(k) for k in self.lags)} cycle(s)" if self.lags else ""
+        policy = ("a cluster is paid once, to the model that made the output first (earliest registered; a lagged "
+                  "copy is always the copier)" if self.policy == "pay_first"
+                  else "clusters are flagged and the gate blocks until the operator resolves them")
+        ignored = f"; never a match: {', '.join(json.dumps(v, sort_keys=True) for v in self.never_match)}" \
+            if self.never_match else ""
+        return (f"a pair is a copy when {distance} on at least {self.match_fraction:.0%} of its common cycles "
+                f"(at least {self.min_common_cycles}), same cycle{lagged}; {policy}{ignored}")
+
+
 @dataclass(frozen=True)
 class PayoutPolicy(Declared):
     """Who among the eligible models is paid (see docs/rewards.md, "Who is paid"). Every model is
@@ -299,19 +399,110 @@ class GatePolicy(Declared):
     - min_eligible_participants (default 3): no payout below this many participants with an
       eligible model (benchmark, excluded and ineligible models do not count);
     - max_participant_share_pct (default 50.0): no participant paid more than this percentage of
-      the pool (the reference's tiers give rank 1 at most 50 % from three paid participants up).
+      the pool (the reference's tiers give rank 1 at most 50 % from three paid participants up);
+    - dispute_window_seconds (default 0): a checkpoint cannot be SUBMITTED until this long after it
+      was built (or last rebuilt with other numbers); an open dispute blocks it until resolved.
     """
 
     min_eligible_participants: int = 3
     max_participant_share_pct: float = 50.0
+    # After a checkpoint is built (or rebuilt with other numbers), it cannot be SUBMITTED for this
+    # long: the time participants and the operator have to dispute it (0: today's behaviour).
+    dispute_window_seconds: int = 0
 
     def validate(self) -> None:
+        window = self.dispute_window_seconds
+        if isinstance(window, bool) or not isinstance(window, int) or not 0 <= window <= 90 * DAY_SECONDS:
+            raise SpecError(f"gate: dispute_window_seconds must be a whole number of seconds in [0, {90 * DAY_SECONDS}] "
+                            f"(90 days), got {window!r}")
         n = self.min_eligible_participants
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise SpecError(f"gate: min_eligible_participants must be a whole number >= 1, got {n!r}")
         pct = self.max_participant_share_pct
         if isinstance(pct, bool) or not isinstance(pct, (int, float)) or not (0.0 < pct <= 100.0):
             raise SpecError(f"gate: max_participant_share_pct must be in (0, 100], got {pct!r}")
+
+
+# The callable slots a declared rules change may replace: the ones that act on one cycle (what a
+# model is sent, what a valid answer is, the truth and the score). The model base class (the
+# session's interface) and the emission builder (a period's split) are not per-cycle rules.
+CHANGEABLE_SLOTS = (
+    "input_builder", "call_builder", "output_validator", "ground_truth_resolver", "scoring_function",
+    "cross_sectional", "input_schema", "output_schema", "score_schema",
+)
+# Slots that may be removed by a change (None): the optional ones.
+REMOVABLE_SLOTS = ("cross_sectional", "input_schema", "output_schema", "score_schema")
+
+
+@dataclass(frozen=True)
+class RulesChange(Declared):
+    """A declared change of a competition's per-cycle rules, in force from `effective_from` (a cycle
+    time, aware UTC): every cycle at or after it is run and scored under the changed rules, every
+    cycle before it under the rules before, live and in any replay (crunch_assets/fingerprint.py).
+
+    - slots: callable slot -> import path (`module:attr`; None removes an optional slot), among
+      CHANGEABLE_SLOTS; only for CallableRules;
+    - failure_policy, max_price_staleness_seconds, void_after_seconds: the per-cycle spec fields it
+      changes (None: unchanged);
+    - note: what changed and why, in words (shown with the rules).
+
+    Keep the rules before the change importable (e.g. `score_v1` beside `score_v2`): a checkpoint
+    whose cycles were scored under them is checked against their fingerprint.
+    """
+
+    effective_from: datetime
+    slots: tuple[tuple[str, str | None], ...] = ()
+    failure_policy: FailurePolicy | None = None
+    max_price_staleness_seconds: int | None = None
+    void_after_seconds: int | None = None
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.slots, dict):
+            object.__setattr__(self, "slots", tuple(sorted(self.slots.items())))
+        elif isinstance(self.slots, list):
+            object.__setattr__(self, "slots", tuple(tuple(pair) for pair in self.slots))
+
+    @property
+    def slot_paths(self) -> dict[str, str | None]:
+        return dict(self.slots)
+
+    @property
+    def spec_changes(self) -> dict:
+        """The spec fields this change sets (the ones it leaves unchanged are None)."""
+        return {name: getattr(self, name) for name in ("failure_policy", "max_price_staleness_seconds",
+                                                       "void_after_seconds") if getattr(self, name) is not None}
+
+    def validate(self) -> None:
+        at = self.effective_from
+        if not isinstance(at, datetime) or at.tzinfo is None or at.utcoffset() != timedelta(0):
+            raise SpecError(f"rules_changes: effective_from must be an aware UTC datetime, got {at!r}")
+        if not isinstance(self.slots, tuple) or not all(isinstance(p, tuple) and len(p) == 2 for p in self.slots):
+            raise SpecError(f"rules_changes: slots must map a slot name to an import path, got {self.slots!r}")
+        names = [name for name, _ in self.slots]
+        if len(set(names)) != len(names):
+            raise SpecError(f"rules_changes: a slot is named twice in {names}")
+        for name, path in self.slots:
+            if name not in CHANGEABLE_SLOTS:
+                raise SpecError(f"rules_changes: slot {name!r} cannot change at a cycle; changeable slots: "
+                                f"{', '.join(CHANGEABLE_SLOTS)}")
+            if path is None and name not in REMOVABLE_SLOTS:
+                raise SpecError(f"rules_changes: slot {name!r} cannot be removed (None); give an import path")
+            if path is not None and (not isinstance(path, str) or ":" not in path):
+                raise SpecError(f"rules_changes: slot {name!r} needs an import path 'package.module:attribute', "
+                                f"got {path!r}")
+        if self.failure_policy is not None:
+            if not isinstance(self.failure_policy, FailurePolicy):
+                raise SpecError("rules_changes: failure_policy must be a FailurePolicy")
+            self.failure_policy.validate()
+        for name in ("max_price_staleness_seconds", "void_after_seconds"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise SpecError(f"rules_changes: {name} must be a whole number of seconds > 0, got {value!r}")
+        if not isinstance(self.note, str) or len(self.note) > 1000:
+            raise SpecError("rules_changes: note must be text of at most 1,000 characters")
+        if not self.slots and not self.spec_changes:
+            raise SpecError(f"rules_changes: the change at {at.isoformat()} changes nothing")
 
 
 @dataclass(frozen=True)
@@ -331,6 +522,7 @@ class CompetitionSpec(Declared):
     checkpoint_ranking: str = "period"
     eligibility: Eligibility = field(default_factory=Eligibility)
     emission: EmissionPolicy = field(default_factory=EmissionPolicy)
+    copy_detection: CopyDetection = field(default_factory=CopyDetection)
     # What a model sees before predicting: records observed in the last history_seconds.
     history_seconds: int = HOUR_SECONDS
     # Ground truth needs a price observed at most this long before the instant it prices; it must
@@ -372,8 +564,14 @@ class CompetitionSpec(Declared):
     description: str = ""
     # Who among the eligible models is paid: participants, benchmark models, ties.
     payout: PayoutPolicy = field(default_factory=PayoutPolicy)
-    # The emission safety gate's declared limits (field size, concentration).
+    # The emission safety gate's declared limits (field size, concentration, dispute window).
     gate: GatePolicy = field(default_factory=GatePolicy)
+    # Declared changes of the per-cycle rules, each in force from its cycle (oldest first): every
+    # cycle is scored under the rules in force at its time (crunch_assets/fingerprint.py).
+    rules_changes: tuple[RulesChange, ...] = ()
+    # What a score is, for people (the page says it with its direction), e.g. "CRPS of the
+    # predicted return density, in basis points". Empty: the page says "score".
+    score_name: str = ""
 
     def __post_init__(self) -> None:
         self._validate()
@@ -436,6 +634,19 @@ class CompetitionSpec(Declared):
         self.emission.validate()
         self.payout.validate()
         self.gate.validate()
+        if not isinstance(self.copy_detection, CopyDetection):
+            raise SpecError("copy_detection must be a CopyDetection (CopyDetection.pay_first(...), .flag(...) or .off())")
+        self.copy_detection.validate()
+        if isinstance(self.rules_changes, list):
+            object.__setattr__(self, "rules_changes", tuple(self.rules_changes))
+        if not isinstance(self.rules_changes, tuple) or not all(isinstance(c, RulesChange) for c in self.rules_changes):
+            raise SpecError("rules_changes must be a tuple of RulesChange(effective_from=..., ...)")
+        for change in self.rules_changes:
+            change.validate()
+        times = [c.effective_from for c in self.rules_changes]
+        if any(b <= a for a, b in zip(times, times[1:])):
+            raise SpecError("rules_changes must be in order of effective_from, each at a different time: "
+                            f"{[t.isoformat() for t in times]}")
         for name in ("history_seconds", "void_after_seconds", "feed_retention_days", "feed_poll_interval_seconds",
                      "max_catchup_seconds", "cycle_sensor_interval_seconds", "settlement_sensor_interval_seconds",
                      "registry_sensor_interval_seconds", "lag_sensor_interval_seconds"):
@@ -480,3 +691,110 @@ class CompetitionSpec(Declared):
                 cycles.append((datetime.fromtimestamp(seconds, tz=timezone.utc), scope))
         cycles.sort(key=lambda item: (item[0], item[1].key))
         return cycles
+
+
+@dataclass(frozen=True)
+class CadenceProblem:
+    """A scope whose cycle instants (or resolution instants) can fall further from the feed's
+    newest observation than the staleness bound allows: those cycles can never be resolved."""
+
+    scope: Scope
+    observation_interval_seconds: int
+    staleness_seconds: int
+    oldest_entry_seconds: int  # the oldest the newest observation can be at a cycle instant
+    oldest_resolution_seconds: int  # ... at a resolution instant (cycle + horizon)
+    unresolvable_cycles: int  # of every `pattern_cycles` cycles in a row
+    pattern_cycles: int
+    kind: str = "candle"
+
+    @property
+    def oldest_seconds(self) -> int:
+        return max(self.oldest_entry_seconds, self.oldest_resolution_seconds)
+
+    def fixes(self) -> list[str]:
+        """Each change that alone makes every cycle resolvable (empty when none of these does)."""
+        scope, interval, step = self.scope, self.observation_interval_seconds, self.scope.prediction_interval_seconds
+        found = []
+        valid_intervals = [
+            candidate for candidate in range(step + 1, step + interval + 1)
+            if oldest_observation_seconds(candidate, interval, scope.resolve_horizon_seconds) <= self.staleness_seconds
+        ]
+        if valid_intervals:
+            found.append(f"prediction_interval_seconds {valid_intervals[0]}")
+        finer = math.gcd(step, interval, scope.resolve_horizon_seconds)
+        if finer < interval:
+            if self.kind == "tick":
+                found.append(f"a tick feed with a tick every {finer} s")
+            else:
+                unit = "candles" if self.kind == "candle" else f"{self.kind} records"
+                found.append(f"{finer} s {unit} (FEED_DEFAULTS, or feed.granularity_seconds in a spec file)")
+        if self.oldest_seconds < scope.resolve_horizon_seconds:
+            found.append(f"max_price_staleness_seconds {self.oldest_seconds} (it must stay below the "
+                         f"{scope.resolve_horizon_seconds} s horizon)")
+        return found
+
+    def describe(self) -> str:
+        scope = self.scope
+        unit = "ticks" if self.kind == "tick" else ("candles" if self.kind == "candle" else f"{self.kind} records")
+        share = ("no cycle can ever be resolved: every one" if self.unresolvable_cycles == self.pattern_cycles
+                 else f"{self.unresolvable_cycles} cycle(s) in {self.pattern_cycles} can never be resolved and")
+        resolution = f"its resolution instant (cycle + {scope.resolve_horizon_seconds} s)"
+        entry_late = self.oldest_entry_seconds > self.staleness_seconds
+        resolution_late = self.oldest_resolution_seconds > self.staleness_seconds
+        if entry_late and resolution_late and self.oldest_entry_seconds == self.oldest_resolution_seconds:
+            where = f"{self.oldest_entry_seconds} s old at a cycle instant and at {resolution}"
+        else:
+            where = " and ".join(
+                ([f"{self.oldest_entry_seconds} s old at a cycle instant"] if entry_late else [])
+                + ([f"{self.oldest_resolution_seconds} s old at {resolution}"] if resolution_late else [])
+            )
+        return (
+            f"scope {scope.key}: a cycle every {scope.prediction_interval_seconds} s on {self.observation_interval_seconds} s "
+            f"{unit} finds the newest observation up to {where}, over max_price_staleness_seconds "
+            f"({self.staleness_seconds} s): {share} would be voided after void_after_seconds"
+        )
+
+    def message(self) -> str:
+        fixes = self.fixes()
+        return self.describe() + (f"; use one of: {'; '.join(fixes)}" if fixes else "")
+
+
+def oldest_observation_seconds(step_seconds: int, observation_interval_seconds: int, offset_seconds: int = 0) -> int:
+    """How old the newest observation can be at an instant n * step + offset (any whole n), when
+    observations fall on every multiple of observation_interval_seconds since the epoch (a
+    candle's close, a feed's tick): the instants visit every residue modulo the interval that is
+    congruent to the offset modulo gcd(step, interval), the largest being interval - gcd + that."""
+    common = math.gcd(step_seconds, observation_interval_seconds)
+    return observation_interval_seconds - common + offset_seconds % common
+
+
+def cadence_problems(spec: CompetitionSpec, kind: str, observation_interval_seconds: int | None) -> list[CadenceProblem]:
+    """The scopes of `spec` with cycles that can never be resolved on a feed observing every
+    observation_interval_seconds (a candle's bar length, a tick feed's declared interval; None
+    or 0: unknown, nothing to check). Cycle instants are multiples of the interval since the
+    epoch (CompetitionSpec.cycle_times), as are the observations of the engine's feeds."""
+    if not observation_interval_seconds or observation_interval_seconds <= 0:
+        return []
+    interval = int(observation_interval_seconds)
+    staleness = spec.max_price_staleness_seconds
+    problems = []
+    for scope in spec.scopes:
+        step, horizon = scope.prediction_interval_seconds, scope.resolve_horizon_seconds
+        entry = oldest_observation_seconds(step, interval)
+        resolution = oldest_observation_seconds(step, interval, horizon)
+        if entry <= staleness and resolution <= staleness:
+            continue
+        pattern = interval // math.gcd(step, interval)  # cycle instants repeat modulo the interval this often
+        unresolvable = sum(
+            1 for n in range(pattern)
+            if (n * step) % interval > staleness or (n * step + horizon) % interval > staleness
+        )
+        problems.append(CadenceProblem(scope, interval, staleness, entry, resolution, unresolvable, pattern, kind))
+    return problems
+
+
+def check_feed_cadence(spec: CompetitionSpec, kind: str, observation_interval_seconds: int | None) -> None:
+    """Refuse a spec whose cycles cannot all be resolved on this feed (see cadence_problems)."""
+    problems = cadence_problems(spec, kind, observation_interval_seconds)
+    if problems:
+        raise SpecError("; ".join(problem.message() for problem in problems))

@@ -4,6 +4,7 @@ live feed deadline."""
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -128,6 +129,14 @@ def call_with_deadline(fn: Callable[[], Any], seconds: float) -> Any:
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
+
+
+def readable(value: float | None, significant: int = 6) -> float | None:
+    """A float rounded for reading in the UI (significant digits: a CRPS of 0.000123456 keeps its
+    digits, a reward percentage of 33.33333333 becomes 33.3333). The store keeps full precision."""
+    if value is None or not math.isfinite(value):
+        return value
+    return float(f"{value:.{significant}g}")
 
 
 def table_metadata(columns: list[tuple[str, str]], rows: list[dict[str, Any]]) -> dg.TableMetadataValue:

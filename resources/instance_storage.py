@@ -1,7 +1,9 @@
 """Dagster instance storage on the same PostgreSQL as the competition store.
 
-dagster.yaml names `CrunchPostgresStorage`. With no `postgres_url` in its config and no
-$CRUNCH_DATABASE_URL, it starts the embedded server, so `dagster dev -w workspace.yaml` needs
+dagster.yaml names `CrunchPostgresStorage`. It connects as the dagster role (resources/store/roles.py:
+it owns Dagster's tables in schema `public`, runs Dagster's own schema migrations, and has no
+privilege in the competition store): `postgres_url` in its config, else
+$CRUNCH_DAGSTER_DATABASE_URL, else the embedded server's, so `dagster dev -w workspace.yaml` needs
 nothing configured. The three sub-storages are re-created from the instance ref in other
 processes (run workers, the daemon), so each resolves the URL the same way.
 """
@@ -18,7 +20,8 @@ from dagster_postgres.run_storage import PostgresRunStorage
 from dagster_postgres.schedule_storage import PostgresScheduleStorage
 from dagster_postgres.storage import DagsterPostgresStorage
 
-from resources.database_url import resolve_database_url
+from resources.database_url import DAGSTER_DATABASE_URL_ENV, resolve_database_url, uses_embedded_server
+from resources.store.roles import check_login_role
 
 _CONFIG = {
     "postgres_url": Field(StringSource, is_required=False),
@@ -47,8 +50,8 @@ def shared_engine(url: str) -> sa.Engine:
 
 
 class _ResolvedUrl:
-    """Config without a required URL: resolved like the competition store's (explicit URL,
-    $CRUNCH_DATABASE_URL, else the embedded server)."""
+    """Config without a required URL: resolved like the competition store's, for the dagster role
+    (explicit URL, $CRUNCH_DAGSTER_DATABASE_URL, else the embedded server)."""
 
     @classmethod
     def config_type(cls):
@@ -56,8 +59,22 @@ class _ResolvedUrl:
 
     @classmethod
     def from_config_value(cls, inst_data, config_value):
-        return build_storage(cls, resolve_database_url(config_value.get("postgres_url")),
+        return build_storage(cls, dagster_url(config_value.get("postgres_url")),
                              config_value.get("should_autocreate_tables", True), inst_data)
+
+
+def dagster_url(explicit_url: str | None) -> str:
+    """The dagster role's URL; one from $CRUNCH_DAGSTER_DATABASE_URL is checked once per process not
+    to be a superuser or the competition store's owner (refused, naming the variable)."""
+    url = resolve_database_url(explicit_url, role="dagster")
+    if not explicit_url and not uses_embedded_server() and url not in _checked_roles:
+        with shared_engine(url).connect() as connection:
+            check_login_role(connection, "dagster", DAGSTER_DATABASE_URL_ENV)
+        _checked_roles.add(url)
+    return url
+
+
+_checked_roles: set[str] = set()
 
 
 def build_storage(cls, url: str, autocreate: bool, inst_data=None):
@@ -98,7 +115,7 @@ class CrunchPostgresStorage(_ResolvedUrl, DagsterPostgresStorage):
 
     @classmethod
     def from_config_value(cls, inst_data, config_value):
-        return cls(resolve_database_url(config_value.get("postgres_url")),
+        return cls(dagster_url(config_value.get("postgres_url")),
                    config_value.get("should_autocreate_tables", True), inst_data=inst_data)
 
     def _sub_storage_data(self, class_name: str) -> ConfigurableClassData | None:

@@ -13,8 +13,12 @@ import dagster as dg
 from crunch_assets.keys import ChainKeys
 from crunch_assets.replay import RANGE_END_TAG, RANGE_START_TAG, chain_assets
 
-MODEL_HEADER = """from competitions.btc_updown.model_base import UpDownModel
-from resources.feeds.synthetic_prices import synthetic_price
+# A sandboxed model sees nothing of the checkout but its base class: the oracle carries its own
+# copy of the synthetic feed's price function (stdlib only).
+SYNTHETIC_PRICES_SOURCE = (Path(__file__).resolve().parents[1] / "resources" / "feeds" / "synthetic_prices.py").read_text()
+MODEL_HEADER = SYNTHETIC_PRICES_SOURCE + """
+
+from competitions.btc_updown.model_base import UpDownModel
 
 
 def went_up(asof):

@@ -190,3 +190,27 @@ def test_the_leaderboard_has_per_scope_columns_and_the_combined_ranking(replayed
         assert entry["crps_24h"] == pytest.approx(combined, rel=1e-6)
         assert {k: v["crps_24h"] for k, v in entry["scopes"].items()} == pytest.approx(means, rel=1e-6)
         assert entry["crps_6h"] is None  # nothing was scored in the day's last 6 hours
+
+
+def test_whatif_reproduces_the_checkpoint_and_a_shadow_of_a_model_in_its_place_equals_it(replayed, tmp_path):
+    """What-if with the spec as it is (from the stored rollups, and rescored from the stored outputs and
+    truth under relative failure values and six weighted scopes), and the shadow entry of a
+    quickstarter's own file in its place, give the stored checkpoint to the frac64 unit."""
+    from competitions.crypto_density.definitions import MODELS_DIR, RULES
+    from crunch_assets.checkpoints import PayoutAccounts
+    from crunch_assets.whatif import Proposal, shadow, whatif
+    from resources.model_runners.local import LocalModelRunner
+    from resources.store.competition import CompetitionStore
+
+    spec, engine = replayed
+    store = CompetitionStore(engine, spec.slug)
+    stored = {r["model_id"]: r for r in store.checkpoint(START, END).entries["ranking"]}
+    for rescore in (False, True):
+        (period,) = whatif(spec, RULES, None, store, PayoutAccounts(), Proposal(), START, END, rescore=rescore)
+        assert {m: (a["rank"], a["reward_pct"]) for m, a in period.after.items()} == \
+            {m: (r["rank"], r["reward_pct"]) for m, r in stored.items()}
+    report = shadow(spec, RULES, None, store, PayoutAccounts(), MODELS_DIR / "momentum.py", START, END,
+                    replaces="momentum", configured_runner=LocalModelRunner(models_dir=str(MODELS_DIR)))
+    (period,) = report.periods
+    assert (period.candidate["rank"], period.candidate["reward_pct"]) == (stored["momentum"]["rank"],
+                                                                          stored["momentum"]["reward_pct"])

@@ -2,10 +2,11 @@
 container launcher installed, its workspace serves every competition of workspace.yaml over gRPC,
 and the compose file runs a code server for each; the supervised deployment's generated files.
 
-deploy/crunch.env.example sets what each competition needs (every competition loads with it), the
-Docker launcher forwards exactly what runs read and can launch with it; the Helm values make an
-instance with dagster-k8s's K8sRunLauncher and the same policy as deploy/dagster.yaml, a code server
-per competition, and use only keys the chart defines."""
+deploy/crunch.env.example sets what each competition needs (every competition loads with it) and
+every role's URL (the migrations' in deploy/migrate.env.example alone), the Docker launcher forwards
+exactly what runs read and can launch with it; the runs and the report API share the directory of
+published roots; the Helm values make an instance with dagster-k8s's K8sRunLauncher and the same
+policy as deploy/dagster.yaml, a code server per competition, and use only keys the chart defines."""
 
 import json
 import os
@@ -18,6 +19,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import yaml
+from sqlalchemy.engine import make_url
 
 from crunch_assets.serve import ServeConfigError, ServeOptions, programs, read_code_locations, write_serve_files
 
@@ -37,11 +39,14 @@ def test_the_production_instance_loads_with_the_container_launcher(database_url,
     home = tmp_path / "home"
     home.mkdir()
     shutil.copy(DEPLOY / "dagster.yaml", home / "dagster.yaml")
-    monkeypatch.setenv("CRUNCH_DATABASE_URL", database_url)  # the one secret, from the environment
+    # Dagster's storage connects as its own role, from the environment (conftest set the test server's)
+    assert make_url(os.environ["CRUNCH_DAGSTER_DATABASE_URL"]).username == "crunch_dagster"
     with dg.DagsterInstance.from_config(str(home)) as instance:
         assert isinstance(instance.run_launcher, DockerRunLauncher)
         assert instance.run_launcher.networks == ["crunch"]
-        assert "CRUNCH_DATABASE_URL" in instance.run_launcher.env_vars
+        # a run connects as the engine; the migrations' URL never reaches a run container
+        assert {"CRUNCH_ENGINE_DATABASE_URL", "CRUNCH_DAGSTER_DATABASE_URL"} <= set(instance.run_launcher.env_vars)
+        assert "CRUNCH_DATABASE_URL" not in instance.run_launcher.env_vars
         assert isinstance(instance.run_coordinator, QueuedRunCoordinator)
         limits = instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
         assert limits == [{"key": "crunch/competition", "value": {"applyLimitPerUniqueValue": True}, "limit": 4}]
@@ -58,8 +63,8 @@ def test_the_production_instance_needs_its_database_url(tmp_path, monkeypatch):
     home = tmp_path / "home"
     home.mkdir()
     shutil.copy(DEPLOY / "dagster.yaml", home / "dagster.yaml")
-    monkeypatch.delenv("CRUNCH_DATABASE_URL", raising=False)
-    with pytest.raises(Exception, match="CRUNCH_DATABASE_URL"):
+    monkeypatch.delenv("CRUNCH_DAGSTER_DATABASE_URL", raising=False)
+    with pytest.raises(Exception, match="CRUNCH_DAGSTER_DATABASE_URL"):
         dg.DagsterInstance.from_config(str(home))
 
 
@@ -77,6 +82,12 @@ def test_every_competition_is_a_code_server_in_production():
     published = {name: svc["ports"] for name, svc in compose["services"].items() if svc.get("ports")}
     assert list(published) == ["nginx"] and all(port.startswith("${CRUNCH_PUBLIC_BIND:-127.0.0.1}:") for port in published["nginx"])
     assert "--read-only" in compose["services"]["webserver_read_only"]["command"]
+    # the migrations' URL (deploy/migrate.env) goes to the migrate service only, which the code servers wait for
+    readers = [name for name, svc in compose["services"].items() if "migrate.env" in str(svc.get("env_file", ""))]
+    assert readers == ["migrate"] and compose["services"]["migrate"]["command"] == ["crunch-dagster", "migrate"]
+    assert all(compose["services"][f"code_{name}"]["depends_on"] == {"migrate": {"condition": "service_completed_successfully"}}
+               for name in served)
+    assert not any(line.startswith("CRUNCH_DATABASE_URL=") for line in (DEPLOY / "crunch.env.example").read_text().splitlines())
 
 
 def test_serve_writes_a_grpc_workspace_and_a_supervisor_config(tmp_path):
@@ -141,24 +152,25 @@ def test_nginx_fronts_the_report_api_in_production():
 
 # --- the environment an operator fills in: deploy/crunch.env.example ------------------------------
 
-API_ONLY = {"CRUNCH_API_TOKEN", "CRUNCH_API_ACTOR"}  # read by the report API alone
+API_ONLY = {"CRUNCH_API_DATABASE_URL", "CRUNCH_API_TOKEN", "CRUNCH_API_ACTOR"}  # read by the report API alone
 SENSORS_ONLY = {"CRUNCH_ALERT_WEBHOOK_URL"}  # posted by the code servers' run failure sensors
 PER_COMPETITION = ("FEED", "RUNNER", "ORCHESTRATOR_CRUNCH_ID", "CRUNCH_PUBKEY")
+# role -> (its variable, the login deploy/postgres/init-roles.sh creates for it)
+ROLE_LOGINS = {"engine": ("CRUNCH_ENGINE_DATABASE_URL", "crunch_engine"), "api": ("CRUNCH_API_DATABASE_URL", "crunch_api"),
+               "dagster": ("CRUNCH_DAGSTER_DATABASE_URL", "crunch_dagster")}
 
 
-def env_example() -> tuple[dict[str, str], set[str]]:
-    """The variables set in crunch.env.example, and those only mentioned in a comment."""
-    text = (DEPLOY / "crunch.env.example").read_text()
+def env_example(name: str = "crunch.env.example") -> tuple[dict[str, str], set[str]]:
+    """The variables set in an example environment file, and those only mentioned in a comment."""
+    text = (DEPLOY / name).read_text()
     values = dict(re.findall(r"^([A-Z0-9_]+)=(.*)$", text, re.M))
     commented = set(re.findall(r"^#\s*([A-Z0-9_]+)=", text, re.M))
     return values, commented
 
 
-def filled_in(values: dict[str, str], database_url: str = "postgresql://crunch:pw@postgres:5432/crunch") -> dict[str, str]:
+def filled_in(values: dict[str, str]) -> dict[str, str]:
     """The example as an operator fills it in (CHANGE_ME replaced)."""
-    filled = {key: value.replace("CHANGE_ME", "pw") for key, value in values.items()}
-    filled["CRUNCH_DATABASE_URL"] = database_url
-    return filled
+    return {key: value.replace("CHANGE_ME", "pw") for key, value in values.items()}
 
 
 def test_the_environment_example_sets_what_every_competition_needs():
@@ -167,9 +179,54 @@ def test_the_environment_example_sets_what_every_competition_needs():
         prefix = f"CRUNCH_{slug.upper()}_"
         missing = [prefix + name for name in PER_COMPETITION if prefix + name not in values]
         assert not missing, f"crunch.env.example lacks {missing}"
-    assert values["CRUNCH_DATABASE_URL"].endswith("?options=-csearch_path%3Dpublic")
+    assert values["CRUNCH_DAGSTER_DATABASE_URL"].endswith("?options=-csearch_path%3Dpublic")
     assert {key for key, value in values.items() if "CHANGE_ME" in value} == {
-        "CRUNCH_DATABASE_URL", *(f"CRUNCH_{slug.upper()}_CRUNCH_PUBKEY" for slug in _competitions())}
+        *(variable for variable, _ in ROLE_LOGINS.values()), *(f"CRUNCH_{slug.upper()}_CRUNCH_PUBKEY" for slug in _competitions())}
+
+
+def test_every_role_has_its_url_and_login_and_only_migrate_has_the_owners():
+    """docs/operations.md#database-roles: each part connects as its own role, the migrations' URL
+    reaches the migrate step alone. Each URL names the login deploy/postgres/init-roles.sh creates
+    for that role (with the compose secret of that name), on the compose database."""
+    values, _ = env_example()
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    database = compose["services"]["postgres"]["environment"]
+    init_roles = (DEPLOY / "postgres" / "init-roles.sh").read_text()
+    created = set(re.search(r"^for role in ([a-z ]+); do$", init_roles, re.M).group(1).split())
+    assert created == set(ROLE_LOGINS)
+    for role, (variable, login) in ROLE_LOGINS.items():
+        url = make_url(values[variable].replace("CHANGE_ME", "pw"))
+        assert (url.username, url.host, url.port, url.database) == (login, "postgres", 5432, database["POSTGRES_DB"]), variable
+        assert login == f"crunch_{role}" and f"{login}_password" in compose["services"]["postgres"]["secrets"]
+    assert "CRUNCH_DATABASE_URL" not in values
+    migrate, _ = env_example("migrate.env.example")
+    assert set(migrate) == {"CRUNCH_DATABASE_URL"}
+    owner = make_url(migrate["CRUNCH_DATABASE_URL"].replace("CHANGE_ME", "pw"))
+    assert (owner.username, owner.host, owner.database) == (database["POSTGRES_USER"], "postgres", database["POSTGRES_DB"])
+    # the role URLs of one file agree on the server and database (the API refuses them otherwise)
+    assert len({(make_url(values[v]).host, make_url(values[v]).port, make_url(values[v]).database)
+                for v, _ in ROLE_LOGINS.values()}) == 1
+
+
+def test_the_runs_and_the_api_share_the_published_roots():
+    """docs/operations.md "Published roots": the gate (the API) refuses a checkpoint whose root is
+    not in the file the checkpoint's run appended to, so both must see the same directory. Each
+    run container is a new container: without a shared volume every root would be published
+    into a container deleted with its run, and the API would refuse every checkpoint."""
+    values, _ = env_example()
+    directory = values["CRUNCH_ROOT_PUBLICATION_DIR"]
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    launcher = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())["run_launcher"]["config"]
+    assert "CRUNCH_ROOT_PUBLICATION_DIR" in launcher["env_vars"]
+
+    def volume_at(mounts: list[str]) -> str | None:
+        return next((mount.split(":")[0] for mount in mounts if mount.split(":")[1] == directory), None)
+
+    in_runs = volume_at(launcher["container_kwargs"]["volumes"])
+    in_api = volume_at(compose["services"]["api"].get("volumes", []))
+    assert in_runs and in_runs == in_api, (in_runs, in_api)
+    assert compose["volumes"][in_runs]["name"] == in_runs  # the run containers mount it by that name
+    assert directory in (DEPLOY / "Dockerfile").read_text()  # created in the image, owned by its user
 
 
 def test_every_competition_loads_with_the_example_environment():
@@ -219,11 +276,10 @@ def test_compose_serves_every_competition_through_the_api_and_gives_every_servic
     assert {api[i + 1] for i, part in enumerate(api) if part == "--slug"} == _competitions()
     for name, service in compose["services"].items():
         if name not in ("postgres", "nginx"):
-            assert service["env_file"] == "crunch.env", name
-    database = compose["services"]["postgres"]["environment"]
-    values, _ = env_example()
-    assert values["CRUNCH_DATABASE_URL"].startswith(f"postgresql://{database['POSTGRES_USER']}:CHANGE_ME@postgres:5432/"
-                                                    f"{database['POSTGRES_DB']}?")
+            files = service["env_file"]
+            assert files == "crunch.env" or (name == "migrate" and files == ["crunch.env", "migrate.env"]), name
+    # the API connects as a role the migrations grant: it starts after them, as the code servers do
+    assert compose["services"]["api"]["depends_on"] == {"migrate": {"condition": "service_completed_successfully"}}
 
 
 # --- Helm: deploy/helm/values.yaml -------------------------------------------------------------
@@ -350,8 +406,7 @@ def test_the_helm_instance_loads_with_the_k8s_launcher_and_the_compose_policy(da
     (home / "dagster.yaml").write_text(yaml.safe_dump({
         "storage": {"custom": {"module": "resources.instance_storage", "class": "CrunchPostgresStorage", "config": {}}},
         **config}))
-    monkeypatch.setenv("CRUNCH_DATABASE_URL", database_url)
-    with dg.DagsterInstance.from_config(str(home)) as instance:
+    with dg.DagsterInstance.from_config(str(home)) as instance:  # as the dagster role (conftest's URL)
         assert isinstance(instance.run_launcher, K8sRunLauncher)
         assert instance.run_launcher.supports_check_run_worker_health  # a dead run pod is seen and failed
         assert instance.run_launcher._env_secrets == ["crunch-secrets"]
@@ -392,22 +447,26 @@ def test_the_helm_instance_loads_with_the_k8s_launcher_and_the_compose_policy(da
 
 
 def test_the_documented_database_url_keeps_dagster_off_the_store_schema(database_url):
-    """A role named crunch (as in deploy/) puts the store's schema `crunch` first on PostgreSQL's
-    default search_path, so Dagster's unqualified `snapshots` read the store's table (the multi-host
-    bed found it: every sensor tick failed). The documented URL's options pin search_path=public."""
+    """A login named crunch (as Dagster's was in deploy/ before the roles) puts the store's schema
+    `crunch` first on PostgreSQL's default search_path, so Dagster's unqualified `snapshots` read the
+    store's table (the multi-host bed found it: every sensor tick failed). The documented Dagster
+    URL's options pin search_path=public, whatever its login is named."""
+    import secrets
+
     import sqlalchemy as sa
     from urllib.parse import parse_qs, urlsplit
 
     values, _ = env_example()
-    options = parse_qs(urlsplit(values["CRUNCH_DATABASE_URL"]).query)["options"]
+    options = parse_qs(urlsplit(values["CRUNCH_DAGSTER_DATABASE_URL"]).query)["options"]
     admin = sa.create_engine(database_url, isolation_level="AUTOCOMMIT")
     database = "search_path_probe"
+    password = secrets.token_hex(16)  # every connection to the test server needs one
     with admin.connect() as connection:
         connection.execute(sa.text(f"DROP DATABASE IF EXISTS {database}"))
         connection.execute(sa.text(f"CREATE DATABASE {database}"))
-        if not connection.execute(sa.text("SELECT 1 FROM pg_roles WHERE rolname = 'crunch'")).first():
-            connection.execute(sa.text("CREATE ROLE crunch LOGIN"))
-    as_crunch = sa.engine.make_url(database_url).set(username="crunch", password=None, database=database)
+        exists = connection.execute(sa.text("SELECT 1 FROM pg_roles WHERE rolname = 'crunch'")).first()
+        connection.execute(sa.text(f"{'ALTER' if exists else 'CREATE'} ROLE crunch LOGIN PASSWORD '{password}'"))
+    as_crunch = sa.engine.make_url(database_url).set(username="crunch", password=password, database=database)
     try:
         setup = sa.create_engine(sa.engine.make_url(database_url).set(database=database), isolation_level="AUTOCOMMIT")
         with setup.connect() as connection:
@@ -432,3 +491,70 @@ def test_the_documented_database_url_keeps_dagster_off_the_store_schema(database
         with admin.connect() as connection:
             connection.execute(sa.text(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
         admin.dispose()
+
+
+# --- the report API of a served workspace reads the specs that workspace runs ----------------------
+
+def test_serve_gives_the_api_the_served_workspace(tmp_path):
+    workspace = tmp_path / "fast.yaml"
+    workspace.write_text(f"load_from:\n  - python_file:\n      relative_path: {PROJECT_ROOT / 'bench' / 'chaos_competition.py'}\n"
+                         "      location_name: btc_updown\n")
+    api = programs(read_code_locations(workspace), ServeOptions(data_dir=tmp_path, workspace=workspace))["api"]["command"]
+    assert api[1:2] == ["api"] and api[api.index("--workspace") + 1] == str(workspace)
+
+
+def test_lag_of_a_served_workspace_reads_the_scopes_it_runs(tmp_path, clean_database):
+    """`serve --workspace bench/...chaos_competition.py` runs btc_updown with 30 s cycles (scope
+    BTC-60-30); its API used to load competitions/btc_updown (BTC-60-60), so /lag reported the
+    cycles of a scope nobody runs (none) and ignored the stored ones. Real HTTP, real CLI."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    from datetime import datetime, timedelta, timezone
+
+    import requests
+
+    from crunch_assets.api import load_report_competition
+    from crunch_assets.cli.common import load_workspace_competitions
+    from resources.store.database import CrunchDatabase
+    from resources.store.rows import CycleWrite, InputRow
+
+    workspace = tmp_path / "fast.yaml"
+    workspace.write_text(f"load_from:\n  - python_file:\n      relative_path: {PROJECT_ROOT / 'bench' / 'chaos_competition.py'}\n"
+                         "      location_name: btc_updown\n")
+    assert [scope.key for scope in load_report_competition("btc_updown").spec.scopes] == ["BTC-60-60"]  # what it served
+    [(_, spec)] = load_workspace_competitions(workspace)
+    assert [scope.key for scope in spec.scopes] == ["BTC-60-30"]
+    cycle_at = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(seconds=45)
+    cycle_at -= timedelta(seconds=cycle_at.second % 30)
+    CrunchDatabase().competition("btc_updown").write_cycles(
+        [CycleWrite(InputRow("BTC-60-30", cycle_at, cycle_at + timedelta(seconds=60), {}, spec.scopes[0].as_dict()), [])], [])
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    from tests.api.conftest import role_env
+
+    env = {**os.environ, **role_env(clean_database)}
+    server = subprocess.Popen([str(Path(sys.executable).with_name("crunch-dagster")), "api", "--port", str(port),
+                               "--workspace", str(workspace), "--log-level", "warning"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                lag = requests.get(f"http://127.0.0.1:{port}/competitions/btc_updown/lag", timeout=10)
+                break
+            except requests.ConnectionError:
+                assert server.poll() is None, server.stderr.read().decode()[-3000:]
+                assert time.monotonic() < deadline, "the API did not answer"
+                time.sleep(0.2)
+        assert lag.status_code == 200, lag.text
+        last_cycle = lag.json()["last_cycle"]
+        assert list(last_cycle) == ["BTC-60-30"]
+        assert datetime.fromisoformat(last_cycle["BTC-60-30"]["at"]) == cycle_at
+    finally:
+        server.terminate()
+        assert server.wait(timeout=60) == 0  # SIGTERM: a clean stop

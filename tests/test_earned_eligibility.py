@@ -198,6 +198,8 @@ def test_a_benchmark_model_is_shown_marked_and_unpaid_over_http(field, database_
         dead = client.get(f"/competitions/btc_updown/checkpoints/{checkpoint_id}/models/dead/breakdown").json()
         assert dead["breakdown"]["unpaid_reason"] == "no scored answer in the period"
         page = client.get("/page/btc_updown").text
-        assert 'benchmark, not paid' in page and "no scored answer in the period" in page
+        assert 'benchmark, not paid' in page and "ranked, not paid: each model's page explains" in page
+        # the competition page lists the paid; the dead model's own page says why it is not
+        assert "Not paid: no scored answer in the period." in client.get("/page/btc_updown/models/dead").text
         model_page = client.get("/page/btc_updown/models/coin_a").text
         assert "benchmark model: scored and ranked, never paid" in model_page

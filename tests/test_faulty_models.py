@@ -86,3 +86,45 @@ def test_faulty_models_fail_alone(clean_database, models_dir):
     assert all(r.status_reason.startswith("timeout:") for r in by_model["hangs"])
     assert all("exited with code 7" in r.status_reason for r in by_model["dies"])
     assert all("invalid output: p_up must be a finite number" in r.status_reason for r in by_model["garbage"])
+
+
+def test_a_model_cannot_publish_the_coordinators_secrets(clean_database, tmp_path, monkeypatch):
+    """Issue: a model process received the coordinator's environment and returned it as its
+    output, which the public /predictions served (CRUNCH_API_TOKEN, the database URL). Now what it
+    returns (here: the message of its exception, a prediction's public status_reason) is stored as
+    before, and holds nothing of the coordinator's."""
+    from competitions.btc_updown.definitions import SPEC, build_definitions
+    from resources.feeds.synthetic import SyntheticFeed
+    from resources.model_runners.local import LocalModelRunner
+
+    secrets = {"CRUNCH_API_TOKEN": "token-that-must-not-leak-1f3a", "CRUNCH_DATABASE_URL": clean_database,
+               "CRUNCH_ALERT_WEBHOOK_URL": "https://hooks.example/must-not-leak-77c2"}
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "leaks.py").write_text(
+        "import os\nfrom competitions.btc_updown.model_base import UpDownModel\n\n\n"
+        "class Model(UpDownModel):\n"
+        "    def predict(self, subject, resolve_horizon_seconds, step_seconds):\n"
+        "        raise ValueError(' '.join(f'{k}={v}' for k, v in sorted(os.environ.items())))\n"
+    )
+    spec = replace(SPEC, start=START)
+    runner = LocalModelRunner(models_dir=str(models), call_timeout_seconds=5.0)
+    defs = build_definitions(spec=spec, feed=SyntheticFeed(), model_runner=runner, automation_running=False)
+    keys = ChainKeys.for_slug(spec.slug)
+    assets = [chain_assets(defs, [key])[0] for key in (keys.feed_records, keys.predictions)]
+    ops = [ChainKeys.op_name(k) for k in (keys.feed_records, keys.predictions)]
+    result = dg.materialize(assets, resources=defs.resources, partition_key="2026-11-02-00:00",
+                            run_config=as_of_run_config(ops, START))
+    assert result.success
+    engine = sa.create_engine(clean_database)
+    with engine.connect() as connection:
+        stored = connection.execute(sa.text(
+            "SELECT status, status_reason, meta::text FROM crunch.predictions WHERE model_id = 'leaks'")).fetchall()
+    engine.dispose()
+    assert len(stored) == 1
+    text = " ".join(str(value) for value in stored[0])
+    assert stored[0].status == "FAILED" and "PYTHONPATH=" in text  # it did publish its environment: the contract's
+    for value in secrets.values():
+        assert value not in text

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import re
 import time
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
@@ -534,3 +537,170 @@ def test_pyth_api_key_from_env_var_inside_dagster(hermes, monkeypatch):
     result = dg.materialize([latest_btc], resources={"pyth": feed})
     assert result.success
     assert hermes.requests[-1].headers["authorization"] == "Bearer from-env"
+
+
+# --- a deadline on the whole response -------------------------------------------------------------
+# requests' timeouts are per socket read: a server that sends a byte every half second never trips a
+# 2 s read timeout, and before the response deadline a one-minute fetch trickled this way took as
+# long as its body (~200 bytes: 100 s here, minutes at a byte a second) whatever max_total_seconds said.
+
+
+def _watch_timers() -> list:
+    import threading
+
+    return [thread for thread in threading.enumerate() if isinstance(thread, threading.Timer) and thread.is_alive()]
+
+
+def test_a_trickling_body_is_cut_at_the_response_deadline_and_retried(binance, csv_candles, data_start, after_data):
+    binance.trickle_next(1, seconds_per_byte=0.5)
+    feed = binance_feed(binance, response_timeout_seconds=1.0)
+    started = time.monotonic()
+    result = feed.fetch_candles("BTC", data_start, data_start + 10 * MINUTE, as_of=after_data)
+    elapsed = time.monotonic() - started
+    assert 1.0 <= elapsed < 3.0, elapsed  # the first attempt cut at its deadline, the retry answered at once
+    assert_equal_to_csv(result, csv_candles[:10])
+    assert binance.trickled == 1 and len(binance.requests) == 2 and feed.http_stats().retries == 1
+    assert _watch_timers() == []  # no watchdog left behind
+
+
+@pytest.mark.parametrize("headers", [False, True], ids=["body", "headers"])
+def test_a_server_that_trickles_forever_fails_by_max_total_seconds(binance, data_start, after_data, headers):
+    binance.trickle_next(math.inf, seconds_per_byte=0.2, headers=headers)
+    feed = binance_feed(binance, response_timeout_seconds=0.8, max_total_seconds=2.0)
+    started = time.monotonic()
+    with pytest.raises(FeedUnavailableError) as caught:
+        feed.fetch_candles("BTC", data_start, data_start + MINUTE, as_of=after_data)
+    assert time.monotonic() - started < 2.6
+    message = str(caught.value)
+    assert "max_total_seconds=2.0" in message and "timeout x" in message
+    assert re.search(r"no complete response within 0\.\ds \(connect \+ headers \+ body", message)
+    assert binance.trickled == len(binance.requests) >= 2
+
+
+def test_pyth_history_and_hermes_have_the_response_deadline(history, hermes, csv_candles, data_start, after_data):
+    history.trickle_next(1, seconds_per_byte=0.5)
+    hermes.trickle_next(math.inf, seconds_per_byte=0.5, headers=True)
+    feed = pyth_feed(history, hermes, response_timeout_seconds=0.7, max_total_seconds=2.0)
+    result = feed.fetch_candles("BTC", data_start, data_start + 5 * MINUTE, as_of=after_data)
+    assert_equal_to_csv(result, csv_candles[:5])
+    assert history.trickled == 1 and len(history.requests) == 2
+    started = time.monotonic()
+    with pytest.raises(FeedUnavailableError, match="no complete response within"):
+        feed.latest_prices(["BTC"])
+    assert time.monotonic() - started < 2.6
+
+
+def test_the_callers_fetch_deadline_ends_the_request_itself(binance, data_start, after_data):
+    """A live tick's feed wait is the fetch's own deadline: the request stops there, it does not go
+    on in the background."""
+    from resources.feeds.base import fetch_deadline
+
+    binance.trickle_next(math.inf, seconds_per_byte=0.5)
+    feed = binance_feed(binance, response_timeout_seconds=30.0, max_total_seconds=60.0)
+    started = time.monotonic()
+    with fetch_deadline(started + 1.0), pytest.raises(FeedUnavailableError, match="the caller's deadline, 1.0s away"):
+        feed.fetch_candles("BTC", data_start, data_start + MINUTE, as_of=after_data)
+    assert time.monotonic() - started < 1.6
+    assert _watch_timers() == []
+
+
+def test_response_timeout_seconds_is_validated():
+    with pytest.raises(FeedConfigError, match="response_timeout_seconds must be > 0"):
+        BinanceFeed(response_timeout_seconds=0).validate_subjects(["BTC"])
+    assert BinanceFeed(response_timeout_seconds=4).retry_policy().response_timeout_seconds == 4
+
+
+# --- defects: malformed rows and conflicting duplicates -------------------------------------------
+
+
+def test_binance_conflicting_duplicates_are_reported_with_both_values_and_neither_kept(
+        binance, csv_candles, data_start, after_data):
+    """Before: the first of two different rows for one minute was kept (first wins) and the fetch
+    counted complete. Now neither is kept, both values are reported, and the fetch has a defect."""
+    first, second = csv_candles[3], csv_candles[1003]  # the second in the next page
+    binance.add_row("BTCUSDT", first.ts, kline_row(replace(first, close=first.close + 1, high=first.high + 1)))
+    binance.add_row("BTCUSDT", second.ts, kline_row(second))  # identical: harmless
+    result = binance_feed(binance).fetch_records("BTC", data_start, data_start + 1100 * MINUTE, as_of=after_data)
+    assert result.pages_fetched == 2
+    assert result.skipped_by_reason() == {"conflicting duplicate": 1, "duplicate open time": 1}
+    [conflict] = result.defects
+    assert conflict.ts_event == utc(first.ts)
+    assert f"'first': [{first.open}, {first.high}, {first.low}, {first.close}," in conflict.raw
+    assert f"'other': [{first.open}, {first.high + 1}, {first.low}, {first.close + 1}," in conflict.raw
+    assert utc(first.ts) not in {candle.ts_event for candle in result.records}
+    assert len(result.records) == 1098  # the 1,099 bars closing in the window, without the conflicting one
+
+
+def test_parsers_tell_defects_from_harmless_skips(csv_candles, data_start, after_data):
+    rows = [kline_row(candle) for candle in csv_candles[:4]]
+    rows.append(kline_row(csv_candles[10]))  # outside the window: harmless
+    rows.append(kline_row(csv_candles[1]))  # identical repeat: harmless
+    rows.append(["garbage"])  # malformed: a defect, its time unknown
+    rows.append([csv_candles[2].ts * 1000, "abc", "1", "1", "1", "1"])  # malformed at a known time
+    candles, skipped = parse_klines("BTC", rows, granularity_seconds=60, start=data_start,
+                                    end=data_start + 5 * MINUTE, as_of=after_data)
+    assert [(row.reason, row.defect, row.ts_event) for row in skipped] == [
+        ("outside window", False, utc(csv_candles[10].ts)),
+        ("duplicate open time", False, utc(csv_candles[1].ts)),
+        ("wrong length", True, None),
+        ("non-numeric value", True, utc(csv_candles[2].ts)),
+    ]
+    assert len(candles) == 4
+
+
+def test_pyth_history_conflicting_duplicate_is_a_defect(history, csv_candles, data_start, after_data):
+    history.add_bar("Crypto.BTC/USD", csv_candles[2].ts, c=csv_candles[2].close + 5, h=csv_candles[2].high + 5)
+    history.add_bar("Crypto.BTC/USD", csv_candles[4].ts)  # identical
+    result = pyth_feed(history).fetch_records("BTC", data_start, data_start + 10 * MINUTE, as_of=after_data)
+    assert result.skipped_by_reason() == {"conflicting duplicate": 1, "duplicate open time": 1}
+    assert [row.ts_event for row in result.defects] == [utc(csv_candles[2].ts)]
+    assert utc(csv_candles[2].ts) not in {candle.ts_event for candle in result.records}
+
+
+def test_csv_replay_reports_conflicts_and_malformed_rows_by_window(tmp_path, csv_candles):
+    from resources.feeds.csv_replay import CsvReplayFeed
+
+    lines = ["timestamp,open,high,low,close,volume"]
+    for index, candle in enumerate(csv_candles[:30]):
+        if index == 5:
+            lines.append(f"{candle.ts},abc,1,1,1,1")  # malformed
+            continue
+        lines.append(f"{candle.ts},{candle.open},{candle.high},{candle.low},{candle.close},{candle.volume}")
+        if index == 7:  # the same minute again with another close: before, the last one silently won
+            lines.append(f"{candle.ts},{candle.open},{candle.high + 9},{candle.low},{candle.close + 9},{candle.volume}")
+        if index == 9:
+            lines.append(lines[-1])  # identical
+    lines.append("not-a-time,1,1,1,1,1")
+    path = tmp_path / "dirty.csv"
+    path.write_text("\n".join(lines) + "\n")
+    feed = CsvReplayFeed(path=str(path), source="csv-dirty")
+    start = utc(csv_candles[0].ts)
+    result = feed.fetch_candles("BTC", start, start + 30 * MINUTE, as_of=start + 2 * 60 * MINUTE)
+    assert result.skipped_by_reason() == {"malformed row": 1, "conflicting duplicate": 1, "duplicate open time": 1,
+                                          "unreadable time": 1}
+    assert sorted(row.ts_event for row in result.defects if row.ts_event) == [utc(csv_candles[5].ts), utc(csv_candles[7].ts)]
+    assert len(result.records) == 28  # 30 minutes less the malformed and the conflicting one
+    later = feed.fetch_candles("BTC", start + 10 * MINUTE, start + 30 * MINUTE, as_of=start + 2 * 60 * MINUTE)
+    assert later.skipped == [] and len(later.records) == 20  # a window reports only its own rows
+
+
+def test_the_response_deadline_cuts_a_trickling_body_over_tls(tmp_path, monkeypatch, csv_candles, data_start, after_data):
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make the test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))  # the client trusts this certificate only
+    with FakeBinanceServer().use_tls(cert, key) as binance:
+        assert binance.url.startswith("https://")
+        binance.trickle_next(1, seconds_per_byte=0.5)
+        feed = binance_feed(binance, response_timeout_seconds=1.0)
+        started = time.monotonic()
+        result = feed.fetch_candles("BTC", data_start, data_start + 5 * MINUTE, as_of=after_data)
+        assert 1.0 <= time.monotonic() - started < 3.0
+        assert_equal_to_csv(result, csv_candles[:5])
+        assert binance.trickled == 1 and len(binance.requests) == 2

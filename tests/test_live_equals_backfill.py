@@ -77,9 +77,10 @@ def test_a_run_launched_early_waits_for_its_cycle(clean_database):
 
     from crunch_assets.spec import Scope
 
-    # a 15-second cycle keeps the wait for the next due time short
+    # a 15-second cycle keeps the wait for the next due time short (on 15 s candles: a 60 s candle
+    # would be 45 s old at every fourth cycle, over the 30 s staleness bound, and the load refuses it)
     spec = replace(SPEC, start=datetime(2026, 11, 6, tzinfo=timezone.utc), scopes=(Scope("BTC", 60, 15),))
-    defs = build_definitions(spec=spec, feed=SyntheticFeed(), automation_running=False)
+    defs = build_definitions(spec=spec, feed=SyntheticFeed(granularity_seconds=15), automation_running=False)
     keys = ChainKeys.for_slug(spec.slug)
 
     def next_cycle(now):

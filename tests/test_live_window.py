@@ -83,7 +83,8 @@ def test_a_live_window_runs_cycles_when_due_and_equals_a_backfill(clean_database
     hour_key = window.strftime("%Y-%m-%d-%H:00")
     assert {(f"{SLUG}/feed_records", hour_key), (f"{SLUG}/predictions", hour_key), (f"{SLUG}/scores", hour_key)} <= materialized
     checks = [e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
-    assert {(c.check_name, c.passed) for c in checks} == {("every_due_cycle_has_predictions", True),
+    assert {(c.check_name, c.passed) for c in checks} == {("feed_has_every_candle", True),  # ticks: no cadence to check
+                                                          ("every_due_cycle_has_predictions", True),
                                                           ("scores_are_finite_and_unique", True)}
     live = _stored(engine, list(live_cycles))
 
@@ -218,3 +219,114 @@ def test_a_heartbeat_the_database_refuses_is_logged_not_fatal():
     instance = SimpleNamespace(run_storage=SimpleNamespace(set_cursor_values=refuse))
     beat(instance, "run-1", SimpleNamespace(warning=warnings.append))
     assert len(warnings) == 1 and warnings[0].startswith("heartbeat not stamped: OperationalError")
+
+
+# --- a feed that trickles its answers ------------------------------------------------------------
+
+
+def _hour_with_room(seconds: float) -> datetime:
+    """The current hour window, once `seconds` still fit in it."""
+    import time
+
+    now = datetime.now(timezone.utc)
+    window = now.replace(minute=0, second=0, microsecond=0)
+    if window + timedelta(hours=1) - now < timedelta(seconds=seconds):
+        time.sleep((window + timedelta(hours=1, seconds=1) - now).total_seconds())
+        window += timedelta(hours=1)
+    return window
+
+
+def _binance_live(window, tmp_path, server, **spec_overrides):
+    from competitions.btc_updown.definitions import SPEC, build_definitions
+    from crunch_assets.spec import Scope
+    from resources.feeds.binance import BinanceFeed
+    from resources.model_runners.local import LocalModelRunner
+    from tests.rewards_fixtures import write_models
+
+    # a cycle every 30 s on real 1-minute candles (the entry candle is at most 30 s old)
+    spec = replace(SPEC, start=window, scopes=(Scope("BTC", 60, 30),), history_seconds=120, **spec_overrides)
+    feed = BinanceFeed(base_url=server.url, response_timeout_seconds=1.0, read_timeout_seconds=5.0, max_total_seconds=8.0,
+                       backoff_base_seconds=0.01, backoff_max_seconds=0.05)
+    runner = LocalModelRunner(models_dir=str(write_models(tmp_path / "models", ["coin", "oracle"])), call_timeout_seconds=5.0)
+    return spec, build_definitions(spec=spec, feed=feed, model_runner=runner, automation_running=False)
+
+
+def _live_series(window):
+    from tests.fakes.feed_servers import subject_series
+
+    return {"BTCUSDT": subject_series("BTC", start_ts=int((window - timedelta(hours=1)).timestamp()), count=3 * 60)}
+
+
+def _run_live(defs, window, stop):
+    instance = dg.DagsterInstance.ephemeral()
+    result = defs.get_job_def(f"{SLUG}__live_job").execute_in_process(
+        run_config={"ops": {f"{SLUG}__live_window": {"config": {"window_start": window.isoformat(), "stop_at": stop.isoformat()}}}},
+        instance=instance, resources=defs.resources,
+    )
+    started = instance.all_logs(result.run_id, of_type=dg.DagsterEventType.STEP_START)[0].timestamp
+    return result, datetime.fromtimestamp(started, tz=timezone.utc)
+
+
+def test_a_feed_trickling_every_other_answer_delays_no_live_cycle(clean_database, tmp_path):
+    """Every second answer of the feed trickles (a byte a second; a one-minute page is ~200 bytes).
+    Before, the trickled fetch blocked until the live wait (10 s) gave up, and its cycle waited for
+    the next tick, 30 s on. Now the response deadline (1 s) cuts it, the retry answers, and every
+    cycle is stored within the live feed wait of its due time."""
+    from tests.fakes.feed_servers import FakeBinanceServer
+
+    window = _hour_with_room(150)
+    with FakeBinanceServer(_live_series(window)) as binance:
+        binance.trickle_every(2, seconds_per_byte=1.0)  # every fetch after the first meets one trickle
+        spec, defs = _binance_live(window, tmp_path, binance)
+        # a minute's close (when a cycle needs a new candle, so its tick asks the feed) well inside the run
+        minute = (datetime.now(timezone.utc) + timedelta(seconds=80)).replace(second=0, microsecond=0)
+        stop = minute + timedelta(seconds=5)
+        result, started = _run_live(defs, window, stop)
+        trickled = binance.trickled
+    assert result.success
+    with engine_for().connect() as connection:
+        stored = connection.execute(sa.text(
+            "SELECT cycle_at, min(created_at) FROM crunch.predictions GROUP BY 1 ORDER BY 1")).fetchall()
+    assert [c for c, _ in stored] == [c for c, _ in spec.cycle_times(window, stop)]  # every due cycle
+    live = [(cycle_at, created - cycle_at) for cycle_at, created in stored if cycle_at >= started + timedelta(seconds=5)]
+    # a cycle at a minute's close fetched that minute's candle: its fetch met a trickling answer, cut at 1 s
+    closes = [(cycle_at, lag) for cycle_at, lag in live if cycle_at.second == 0]
+    assert closes and all(lag >= timedelta(seconds=1) for _, lag in closes), (started, live)
+    assert trickled >= len(closes)
+    late = [(c.isoformat(), lag.total_seconds()) for c, lag in live if lag >= timedelta(seconds=spec.live_feed_wait_seconds)]
+    assert late == []  # every cycle was stored within the live feed wait of its due time
+    feed = next(m for m in result.asset_materializations_for_node(f"{SLUG}__live_window")
+                if m.asset_key.path[-1] == "feed_records").metadata
+    assert feed["feed_errors"].value == {}  # each cut attempt was retried within the fetch
+
+
+def test_a_feed_trickling_forever_holds_no_tick_beyond_the_feed_wait(clean_database, tmp_path):
+    """Every answer trickles: each tick gives up on the feed within the live feed wait (the fetch
+    itself ends there, no thread goes on reading), the failure is reported, the cycles wait for
+    their feed as the policy says, and the run ends on time."""
+    import math
+    import threading
+    import time
+
+    from tests.fakes.feed_servers import FakeBinanceServer
+
+    window = _hour_with_room(60)
+    with FakeBinanceServer(_live_series(window)) as binance:
+        binance.trickle_next(math.inf, seconds_per_byte=1.0)
+        spec, defs = _binance_live(window, tmp_path, binance, live_feed_wait_seconds=3)
+        stop = datetime.now(timezone.utc) + timedelta(seconds=20)
+        earlier = set(threading.enumerate())
+        began = time.monotonic()
+        result, _ = _run_live(defs, window, stop)
+        ended_after_stop = datetime.now(timezone.utc) - stop
+        fetchers = [thread for thread in set(threading.enumerate()) - earlier if thread.name == "feed-fetch"]
+        for thread in fetchers:
+            thread.join(timeout=2.0)
+        assert not [thread for thread in fetchers if thread.is_alive()]  # no fetch outlived its tick
+    assert result.success and time.monotonic() - began < 60
+    assert ended_after_stop < timedelta(seconds=spec.live_feed_wait_seconds + 5)  # the last tick was bounded too
+    events = {m.asset_key.path[-1]: m.metadata for m in result.asset_materializations_for_node(f"{SLUG}__live_window")}
+    assert "no complete response within" in events["feed_records"]["feed_errors"].value["BTC"]
+    assert events["predictions"]["cycles_waiting_for_feed"].value > 0
+    with engine_for().connect() as connection:
+        assert connection.execute(sa.text("SELECT count(*) FROM crunch.predictions")).scalar() == 0

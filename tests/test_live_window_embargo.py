@@ -91,8 +91,8 @@ def test_a_live_window_records_no_output_and_serves_none_before_resolution(clean
     competition = ReportCompetition(spec, PayoutAccounts(), CrunchDatabase())
     app = create_app([competition], api_token="operator-token-0123456789", read_env=False)
     with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=60) as client:
-        served = client.get("/reports/predictions", params={"limit": 1000}).json()["predictions"]
-        unlocked = client.get("/reports/predictions", params={"limit": 1000},
+        served = client.get("/competitions/btc_updown/predictions", params={"limit": 1000}).json()["predictions"]
+        unlocked = client.get("/competitions/btc_updown/predictions", params={"limit": 1000},
                               headers=auth("operator-token-0123456789")).json()["predictions"]
     assert {p["id"] for p in served} == {r.id for r in rows}
     assert {p["id"] for p in served if p["embargoed"]} == unresolved

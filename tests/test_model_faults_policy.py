@@ -32,6 +32,14 @@ def _write_models(directory: Path, calls_log: Path) -> None:
     )
 
 
+def _unsandboxed_runner(models_dir: Path):
+    """The broken model logs its calls to a file of the test, which a sandboxed model could not
+    write: what is tested here is the engine's policy, the same whatever the runner."""
+    from resources.model_runners.local import LocalModelRunner
+
+    return LocalModelRunner(models_dir=str(models_dir), call_timeout_seconds=2, sandbox="off")
+
+
 def _run_predictions(defs, spec, minutes):
     keys = ChainKeys.for_slug(spec.slug)
     ops = [ChainKeys.op_name(keys.feed_records), ChainKeys.op_name(keys.predictions)]
@@ -42,13 +50,12 @@ def _run_predictions(defs, spec, minutes):
 def test_quarantine_after_consecutive_failures_then_retry(clean_database, tmp_path):
     from competitions.btc_updown.definitions import SPEC, build_definitions
     from resources.feeds.synthetic import SyntheticFeed
-    from resources.model_runners.local import LocalModelRunner
 
     calls_log = tmp_path / "calls.log"
     _write_models(tmp_path / "models", calls_log)
     spec = replace(SPEC, start=START, quarantine_after_failures=3, quarantine_cooldown_seconds=180)
     defs = build_definitions(spec=spec, feed=SyntheticFeed(), automation_running=False,
-                             model_runner=LocalModelRunner(models_dir=str(tmp_path / "models"), call_timeout_seconds=2))
+                             model_runner=_unsandboxed_runner(tmp_path / "models"))
     # two runs (as live cycles would be): the policy's state carries over through the store
     first = _run_predictions(defs, spec, minutes=4)
     second = _run_predictions(defs, spec, minutes=9)
@@ -86,13 +93,12 @@ def test_quarantine_holds_across_one_cycle_live_runs(clean_database, tmp_path):
     (and QUARANTINED written every cycle) because the next run did not read the quarantine."""
     from competitions.btc_updown.definitions import SPEC, build_definitions
     from resources.feeds.synthetic import SyntheticFeed
-    from resources.model_runners.local import LocalModelRunner
 
     calls_log = tmp_path / "calls.log"
     _write_models(tmp_path / "models", calls_log)
     spec = replace(SPEC, start=START, quarantine_after_failures=3, quarantine_cooldown_seconds=180)
     defs = build_definitions(spec=spec, feed=SyntheticFeed(), automation_running=False,
-                             model_runner=LocalModelRunner(models_dir=str(tmp_path / "models"), call_timeout_seconds=2))
+                             model_runner=_unsandboxed_runner(tmp_path / "models"))
     for minute in range(10):  # one run per cycle, as the cycle sensor launches them
         _run_predictions(defs, spec, minutes=minute)
     engine = sa.create_engine(clean_database)
@@ -119,17 +125,18 @@ def test_model_registry_sensor_requests_a_sync_and_the_asset_records_joins_and_l
                              model_runner=LocalModelRunner(models_dir=str(models)))
     sensor = next(s for s in defs.sensors if s.name == "btc_updown__model_registry_sensor")
     registry = chain_assets(defs, [ChainKeys.for_slug("btc_updown").model_registry])
+    instance = dg.DagsterInstance.ephemeral()  # the sensor also asks whether the registry was ever materialized
 
     def tick():
-        return sensor.evaluate_tick(dg.build_sensor_context(resources=defs.resources, definitions=defs))
+        return sensor.evaluate_tick(dg.build_sensor_context(instance=instance, resources=defs.resources, definitions=defs))
 
     first = tick()
     assert first.run_requests[0].tags["crunch/registry_changes"] == "JOINED broken; JOINED steady"
-    dg.materialize(registry, resources=defs.resources)
+    dg.materialize(registry, resources=defs.resources, instance=instance)
     assert tick().skip_message == "2 model(s), no change"
     (models / "broken.py").unlink()
     assert tick().run_requests[0].tags["crunch/registry_changes"] == "LEFT broken"
-    dg.materialize(registry, resources=defs.resources)
+    dg.materialize(registry, resources=defs.resources, instance=instance)
     engine = sa.create_engine(clean_database)
     with engine.connect() as connection:
         states = dict(connection.execute(sa.text("SELECT model_id, state FROM crunch.models")).fetchall())

@@ -4,7 +4,8 @@ Four hosts, each a network namespace of its own with its own address and PID nam
 bridge (bench/netns_bed.py): PostgreSQL on `db`; btc_updown's gRPC code server on `comp` (its runs
 execute there, Dagster's default run launcher); the daemon, the webserver and the report API on
 `control`; the model orchestrator and the model nodes on `model`. Everything is configured from
-deploy/ (crunch.env.example, dagster.yaml, workspace.yaml, the compose commands) and every
+deploy/ (the database roles of postgres/init-roles.sh, the migrations as the owner with
+migrate.env.example, crunch.env.example, dagster.yaml, workspace.yaml, the compose commands) and every
 connection crosses the bridge over TCP. Then, one after the other: every process of `comp` killed
 mid-cycle and the host booted again; the control host cut from the database; the competition host
 cut from the database; the competition host to the model host delayed 200 ms and 1 % lossy each
@@ -38,6 +39,7 @@ from multi_host import (  # noqa: E402
     compose_commands,
     deployment_environment,
     instance_config,
+    migration_environment,
     recovery_target_seconds,
     run_scenario,
     workspace,
@@ -129,9 +131,19 @@ def test_every_failed_run_is_alerted(report):
 # --- the bed is configured from deploy/ only (no namespaces needed) -------------------------------
 
 def test_the_bed_takes_its_configuration_from_deploy(tmp_path):
-    env = deployment_environment("s3cret", "http://alerts:1/hooks/x")
-    assert env["CRUNCH_DATABASE_URL"].startswith("postgresql://crunch:s3cret@postgres:5432/crunch?")
+    passwords = {"crunch": "own", "crunch_engine": "eng", "crunch_api": "api", "crunch_dagster": "dag"}
+    env = deployment_environment(passwords, "http://alerts:1/hooks/x", tmp_path / "roots")
+    # every role's URL, each with its own login and password; the migrations' URL in no service's environment
+    assert env["CRUNCH_ENGINE_DATABASE_URL"] == "postgresql://crunch_engine:eng@postgres:5432/crunch"
+    assert env["CRUNCH_API_DATABASE_URL"] == "postgresql://crunch_api:api@postgres:5432/crunch"
+    assert env["CRUNCH_DAGSTER_DATABASE_URL"].startswith("postgresql://crunch_dagster:dag@postgres:5432/crunch?")
+    assert "CRUNCH_DATABASE_URL" not in env
+    assert migration_environment(passwords) == {"CRUNCH_DATABASE_URL": "postgresql://crunch:own@postgres:5432/crunch"}
+    assert env["CRUNCH_ROOT_PUBLICATION_DIR"] == str(tmp_path / "roots")  # one directory for the runs and the API
     assert "CHANGE_ME" not in "".join(env.values())
+    with pytest.raises(AssertionError, match="the login 'crunch_api'"):
+        deployment_environment({login: password for login, password in passwords.items() if login != "crunch_api"},
+                               "http://alerts:1/hooks/x", tmp_path / "roots")
     config = instance_config(tmp_path)
     assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"  # deploy/dagster.yaml's, unchanged
     assert config["run_launcher"]["class"] == "DefaultRunLauncher"  # no Docker: a run is a process of the code server's host
@@ -140,4 +152,5 @@ def test_the_bed_takes_its_configuration_from_deploy(tmp_path):
     assert commands["code"][1:3] == ["api", "grpc"] and "-f" in commands["code"]
     assert commands["daemon"][-1] == str(tmp_path / "workspace.yaml")
     assert commands["api"].count("--slug") == 1
+    assert commands["migrate"][1:] == ["migrate"]
     assert MODELS == 3 and (DEPLOY / "crunch.env.example").is_file()

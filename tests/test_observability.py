@@ -108,10 +108,12 @@ def test_lag_checks_judge_the_store_and_the_sensor_records_them_without_a_run(in
     check_keys = {key for key in defs.resolve_asset_graph().asset_check_keys if key.asset_key.path[0] == "btc_updown"}
     assert {(key.asset_key.path[1], key.name) for key in check_keys} >= set(LAG_CHECKS.items())
     database = CrunchDatabase()
+    feed = defs.resources["feed"]
 
-    # an hour after the start with nothing stored: cycles are late, the rest not due yet
-    verdicts = {v.check_name: v for v in current_lag(spec, database, now)}
+    # an hour after the start with nothing stored: the feed and cycles are late, the rest not due yet
+    verdicts = {v.check_name: v for v in current_lag(spec, database, now, feed)}
     assert not verdicts["cycles_on_time"].passed and verdicts["cycles_on_time"].last_at is None
+    assert not verdicts["feed_on_time"].passed and verdicts["feed_on_time"].last_at is None
     assert verdicts["checkpoints_on_time"].passed  # the first week is not over
 
     # the previous hour's cycles through the real cycle job: the newest cycle is recent
@@ -119,7 +121,7 @@ def test_lag_checks_judge_the_store_and_the_sensor_records_them_without_a_run(in
         instance=instance, partition_key=spec.start.strftime("%Y-%m-%d-%H:%M"))
     assert cycle.success
     assert not {e.check_name for e in cycle.get_asset_check_evaluations()} & set(LAG_CHECKS.values())
-    verdict = next(v for v in current_lag(spec, database, datetime.now(timezone.utc)) if v.check_name == "cycles_on_time")
+    verdict = next(v for v in current_lag(spec, database, datetime.now(timezone.utc), feed) if v.check_name == "cycles_on_time")
     assert verdict.last_at == spec.start + timedelta(minutes=59)
     assert verdict.passed == (datetime.now(timezone.utc) - verdict.last_at <= timedelta(minutes=3))
 
@@ -132,37 +134,117 @@ def test_lag_checks_judge_the_store_and_the_sensor_records_them_without_a_run(in
     sensor = defs.resolve_sensor_def("btc_updown__lag_sensor")
     before = {name: len(_check_history(instance, asset, name)) for asset, name in LAG_CHECKS.items()}
     runs_before = len(instance.get_run_records())
-    context = dg.build_sensor_context(instance=instance, resources={"database": database})
-    result = sensor(context)
+    with dg.build_sensor_context(instance=instance, resources={"database": database, "feed": feed}) as context:
+        result = sensor(context)
     assert isinstance(result, dg.SkipReason)
-    assert re.fullmatch(r"predictions \d+/180 s(?: LATE)?, scores (?:none yet|\d+/660 s) LATE, emission_checkpoints (?:none yet|\d+/\d+ s)", result.skip_message)
+    assert re.fullmatch(r"feed_records \d+/180 s(?: LATE)?, predictions \d+/180 s(?: LATE)?, scores (?:none yet|\d+/660 s) LATE, "
+                        r"emission_checkpoints (?:none yet|\d+/\d+ s)", result.skip_message)
     after = {name: len(_check_history(instance, asset, name)) for asset, name in LAG_CHECKS.items()}
     assert all(after[name] == before[name] + 1 for name in after), (before, after)
     assert _check_history(instance, "scores", "scores_on_time")[0].status.value == "FAILED"
     assert _check_history(instance, "emission_checkpoints", "checkpoints_on_time")[0].status.value == "SUCCEEDED"
     # the next tick with the same verdicts records nothing new
-    sensor(dg.build_sensor_context(instance=instance, resources={"database": database}, cursor=context.cursor))
+    with dg.build_sensor_context(instance=instance, resources={"database": database, "feed": feed}, cursor=context.cursor) as again:
+        sensor(again)
     assert {name: len(_check_history(instance, asset, name)) for asset, name in LAG_CHECKS.items()} == after
     assert len(instance.get_run_records()) == runs_before
 
 
 def test_lag_verdicts_follow_the_spec_bounds():
     from competitions.btc_updown.definitions import SPEC
+    from crunch_assets.observability import FeedLag
     from resources.store.reports import LagReport
 
     bounds = lag_bounds(SPEC)
-    assert bounds["predictions"] == timedelta(minutes=3)  # two 60 s cycles, at least 3 minutes
+    assert bounds["predictions"] == bounds["feed_records"] == timedelta(minutes=3)  # two 60 s cycles, at least 3 minutes
     assert bounds["scores"] == timedelta(seconds=60) + timedelta(minutes=10)
     assert bounds["emission_checkpoints"] == timedelta(days=7, seconds=60, hours=2)
     now = SPEC.start + timedelta(days=30)
     on_time = LagReport({"BTC": now - timedelta(minutes=2)}, now - timedelta(minutes=5), now - timedelta(days=3), now)
-    assert all(v.passed for v in lag_verdicts(SPEC, on_time, now))
+    fresh_feed = FeedLag(now - timedelta(seconds=20))
+    assert all(v.passed for v in lag_verdicts(SPEC, on_time, now, fresh_feed))
     late = LagReport({"BTC": now - timedelta(minutes=4)}, now - timedelta(minutes=12), now - timedelta(days=8), now)
-    verdicts = {v.check_name: v for v in lag_verdicts(SPEC, late, now)}
-    assert [name for name, v in verdicts.items() if not v.passed] == ["cycles_on_time", "scores_on_time", "checkpoints_on_time"]
+    stalled = FeedLag(now - timedelta(minutes=5), "binance BTC: last fetch error at ...: FeedUnavailableError: timed out")
+    verdicts = {v.check_name: v for v in lag_verdicts(SPEC, late, now, stalled)}
+    assert [name for name, v in verdicts.items() if not v.passed] == [
+        "feed_on_time", "cycles_on_time", "scores_on_time", "checkpoints_on_time"]
     assert verdicts["cycles_on_time"].behind_seconds == 240.0 and "LATE" in verdicts["cycles_on_time"].description
-    # a scope that never stored a cycle makes the competition's cycles late
+    assert verdicts["feed_on_time"].description.endswith("LATE; binance BTC: last fetch error at ...: FeedUnavailableError: timed out")
+    assert verdicts["cycles_on_time"].detail == ""  # the feed's story is told once, on the feed's check
+    # a scope that never stored a cycle makes the competition's cycles late; a stream never fetched, the feed
     missing_scope = LagReport({"BTC": now, "ETH": None}, now, now, now)
-    assert not next(v for v in lag_verdicts(SPEC, missing_scope, now) if v.check_name == "cycles_on_time").passed
+    assert not next(v for v in lag_verdicts(SPEC, missing_scope, now, fresh_feed) if v.check_name == "cycles_on_time").passed
+    assert not next(v for v in lag_verdicts(SPEC, on_time, now, FeedLag(None)) if v.check_name == "feed_on_time").passed
     # right after the start nothing is late yet
-    assert all(v.passed for v in lag_verdicts(SPEC, LagReport({"BTC": None}, None, None, None), SPEC.start + timedelta(minutes=2)))
+    assert all(v.passed for v in lag_verdicts(SPEC, LagReport({"BTC": None}, None, None, None), SPEC.start + timedelta(minutes=2),
+                                              FeedLag(None)))
+
+
+def test_a_stalled_feed_alerts_once_per_outage_and_once_at_recovery(instance, clean_database, monkeypatch, capfd):
+    """Before, only a failed run reached the webhook: a feed trickling its answers left every lag
+    check failing in silence. Now a check that turns late POSTs the run failure's alert (event
+    "lag"), naming the feed's last error; the next ticks stay quiet; an alert the webhook refused is
+    sent again at the next tick (and the tick sends no more, so a dead webhook costs one alert's
+    attempts per tick); and the recovery is told once."""
+    import math
+
+    from competitions.btc_updown.definitions import SPEC, build_definitions
+    from crunch_assets.feed import ingest
+    from crunch_assets.partitions import floor_hour
+    from resources.feeds.binance import BinanceFeed
+    from resources.store.database import CrunchDatabase
+    from tests.fakes.feed_servers import FakeBinanceServer, subject_series
+
+    now = datetime.now(timezone.utc)
+    hour = floor_hour(now)
+    spec = replace(SPEC, start=hour - timedelta(hours=1), live_feed_wait_seconds=5)
+    series = subject_series("BTC", start_ts=int((hour - timedelta(hours=2)).timestamp()), count=4 * 60)
+    webhook = Webhook(statuses=[503, 503, 503])  # the first alert is refused three times: not delivered
+    monkeypatch.setenv(ALERT_WEBHOOK_ENV, webhook.url)
+    database = CrunchDatabase()
+    with FakeBinanceServer({"BTCUSDT": series}) as binance:
+        feed = BinanceFeed(base_url=binance.url, response_timeout_seconds=0.5, max_total_seconds=1.0,
+                           backoff_base_seconds=0.01, backoff_max_seconds=0.02)
+        defs = build_definitions(spec, feed=feed, automation_running=False)
+        sensor = defs.resolve_sensor_def("btc_updown__lag_sensor")
+        cursor = None
+
+        def tick():
+            nonlocal cursor
+            with dg.build_sensor_context(instance=instance, resources={"database": database, "feed": feed},
+                                         cursor=cursor) as context:
+                sensor(context)
+                cursor = context.cursor
+            sent = list(webhook.bodies)
+            webhook.bodies.clear()
+            return sent
+
+        binance.trickle_next(math.inf, seconds_per_byte=0.1)  # a byte well within each read's timeout
+        report = ingest(spec, feed, database.feeds(), hour, hour + timedelta(hours=1), datetime.now(timezone.utc))
+        assert "no complete response within" in report.errors["BTC"]
+        try:
+            capfd.readouterr()
+            first = tick()
+            # the feed's alert was refused (3 attempts): the others wait for the next tick
+            assert [body["check"] for body in first] == ["feed_on_time"] * 3
+            feed_alert = first[0]
+            assert {"competition", "event", "run_id", "job", "partition", "tags", "error"} <= set(feed_alert)
+            assert feed_alert["competition"] == "btc_updown" and feed_alert["event"] == "lag"
+            assert feed_alert["error"].startswith("feed_records: nothing stored yet (bound 180 s): LATE; binance BTC: "
+                                                  "last fetch error at ")
+            assert "no complete response within" in feed_alert["error"]
+            second = tick()  # the refused alert again, and the ones that waited
+            assert [(body["check"], body["event"]) for body in second] == [
+                ("feed_on_time", "lag"), ("cycles_on_time", "lag"), ("scores_on_time", "lag")]
+            assert tick() == []  # the outage goes on: quiet
+            binance.clear_faults()  # the feed answers again
+            recovered = ingest(spec, feed, database.feeds(), hour, hour + timedelta(hours=1), datetime.now(timezone.utc))
+            assert recovered.errors == {} and recovered.fetched > 0
+            [recovery] = tick()
+            assert (recovery["check"], recovery["event"]) == ("feed_on_time", "lag_recovered")
+            assert recovery["behind_seconds"] < 60 and "LATE" not in recovery["error"]
+            assert tick() == []
+        finally:
+            webhook.close()
+    logged = capfd.readouterr().err
+    assert "answered 503" in logged and SECRET not in logged

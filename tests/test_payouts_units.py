@@ -77,6 +77,29 @@ def test_accounts_check_names_the_variable_and_refuses_a_stale_emission():
                                   settings).passed
 
 
+def test_each_accounts_refusal_names_its_real_cause_and_its_fix():
+    """A key missing in this process (a second shell without the deployment's environment) is
+    fixed by setting the variable, not by rebuilding the checkpoint; a key that differs from the
+    one the checkpoint was built with is fixed by a rebuild or by setting the variable back."""
+    settings = CompetitionSettings("btc_updown", environ={})
+    cp = _checkpoint([_row(1, "a", 10**9, 0.9, 0)])
+    nothing = payouts.check_accounts(cp.entries, PayoutAccounts(), settings)
+    assert not nothing.passed
+    crunch_problem, compute_problem = nothing.detail.split("; ")
+    assert "no crunch public key is configured in this process: set CRUNCH_BTC_UPDOWN_CRUNCH_PUBKEY" in crunch_problem
+    assert "'CrunchKey'" in crunch_problem and "rebuild" not in crunch_problem
+    assert ("compute_provider_rewards pays ['Compute'], and no CRUNCH_BTC_UPDOWN_COMPUTE_PROVIDER_PUBKEY "
+            "(or CRUNCH_COMPUTE_PROVIDER_PUBKEY) is configured in this process: set it") in compute_problem
+    changed = payouts.check_accounts(cp.entries, PayoutAccounts(crunch_pubkey="CrunchKey", compute_provider_pubkey="NewCompute"),
+                                     settings)
+    assert not changed.passed
+    assert "CRUNCH_BTC_UPDOWN_COMPUTE_PROVIDER_PUBKEY (or CRUNCH_COMPUTE_PROVIDER_PUBKEY) is 'NewCompute'" in changed.detail
+    assert "rebuild the checkpoint (materialize emission_checkpoints for its period) while it is PENDING" in changed.detail
+    added = payouts.check_accounts(cp.entries, PayoutAccounts(crunch_pubkey="CrunchKey", compute_provider_pubkey="Compute",
+                                                              data_provider_pubkey="Data"), settings)
+    assert not added.passed and "data_provider_rewards pays []" in added.detail and "rebuild" in added.detail
+
+
 def test_requests_are_validated_before_anything_is_tried():
     for status, tx in (("DONE", None), ("SUBMITTED", None), ("SUBMITTED", "short"), ("PAID", "has space 0123456789")):
         with pytest.raises(payouts.InvalidRequest):

@@ -20,6 +20,8 @@ import pytest
 import requests
 import sqlalchemy as sa
 import yaml
+
+from resources.database_url import DATABASE_ENV_VARS
 from click.testing import CliRunner
 
 from crunch_assets.cli import main as cli
@@ -54,7 +56,7 @@ def copy_checkout(destination: Path) -> Path:
 
 def environment(checkout: Path, **extra: str) -> dict[str, str]:
     """This process's environment without competition settings, importing from the copy."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CRUNCH_") or k == "CRUNCH_DATABASE_URL"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRUNCH_") or k in DATABASE_ENV_VARS}
     env.update(PYTHONPATH=str(checkout), CRUNCH_AUTOMATION="off", CRUNCH_TEST_DATABASE_URL=os.environ["CRUNCH_DATABASE_URL"])
     env.pop("DAGSTER_HOME", None)
     env.update(extra)
@@ -250,6 +252,17 @@ def test_challenge_package_installs_alone_into_a_fresh_venv(checkout, tmp_path):
     assert probe.returncode == 0, probe.stderr
     found = json.loads(probe.stdout)
     assert found["file"].startswith(site)  # the installed copy, not the checkout's source
+    # the receipt verifier ships with the package: a server-built receipt verifies, a changed one is named
+    from tests.test_receipt_encoding import in_memory_receipt
+
+    receipt = in_memory_receipt()
+    for name, document, expected in (("receipt.json", receipt, "ok"),
+                                     ("forged.json", {**receipt, "reward": {**receipt["reward"], "reward_pct": 10**9}},
+                                      "does not verify: reward.reward_pct")):
+        (tmp_path / name).write_text(json.dumps(document, ensure_ascii=False), encoding="utf-8")
+        checked = subprocess.run([str(python), "-m", "crunch_scaffold_tournament.verify_receipt", name],
+                                 capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+        assert checked.stdout.strip() == expected and checked.returncode == (expected != "ok"), checked.stderr
     assert found["result"]["cycles"] == 59 and found["result"]["failed"] == 0  # cycles of 300 s with a price 300 s later
     assert found["engine"] == [False, False, True]  # no coordinator code came along (dagster: only borrowed)
 
@@ -376,6 +389,32 @@ def test_init_refuses_a_bad_spec_value(small_checkout, spec, message):
     assert snapshot(small_checkout) == before
 
 
+def test_init_refuses_cycles_the_feed_cannot_price_within_the_staleness_bound(small_checkout):
+    """20 s cycles on 60 s candles with a 30 s bound: one cycle in three finds only a 40 s old
+    candle and could never be resolved (it would be voided after an hour). Refused, with the
+    scope, the granularity, the bound and the fixes; each fix alone is accepted."""
+    path = small_checkout / "spec.json"
+    scope = {"name": "fast", "subject": "BTC", "prediction_interval_seconds": 20, "resolve_horizon_seconds": 60}
+    path.write_text(json.dumps({"spec_version": "1", "slug": "fast_comp", "scopes": [scope],
+                                "feed": {"kind": "candle", "granularity_seconds": 60}}))
+    before = snapshot(small_checkout)
+    result = _init(small_checkout, "fast_comp", "--spec", str(path))
+    assert result.exit_code == 1, result.output
+    out = " ".join(result.output.split())
+    assert "scope BTC-60-20: a cycle every 20 s on 60 s candles finds the newest observation up to 40 s old" in out
+    assert "over max_price_staleness_seconds (30 s): 1 cycle(s) in 3 can never be resolved" in out
+    assert "use one of: prediction_interval_seconds 30; 20 s candles" in out and "max_price_staleness_seconds 40" in out
+    assert snapshot(small_checkout) == before
+    doctor = CliRunner().invoke(cli, ["doctor", "--spec", str(path)])
+    assert doctor.exit_code == 1 and "scope BTC-60-20" in doctor.output and "fix: " in doctor.output
+    for fix in ({"scopes": [{**scope, "prediction_interval_seconds": 30}]}, {"feed": {"kind": "candle", "granularity_seconds": 20}},
+                {"max_price_staleness_seconds": 40}):
+        path.write_text(json.dumps({"spec_version": "1", "slug": "fast_comp", "scopes": [scope],
+                                    "feed": {"kind": "candle", "granularity_seconds": 60}, **fix}))
+        fixed = CliRunner().invoke(cli, ["doctor", "--spec", str(path)])
+        assert fixed.exit_code == 0 and "no problem" in fixed.output, (fix, fixed.output)
+
+
 def test_init_refuses_a_spec_that_is_not_json(small_checkout):
     path = small_checkout / "spec.json"
     path.write_text('{"spec_version": "1",}')
@@ -431,7 +470,7 @@ def test_a_write_that_fails_halfway_leaves_nothing_behind(small_checkout):
 def test_doctor_passes_a_generated_competition(checkout):
     result = crunch(checkout, "doctor", "scaffold_tournament")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "doctor scaffold_tournament: no problem (workspace.yaml, spec, wiring, models, feed 'synthetic' checked)" in result.stdout
+    assert "doctor scaffold_tournament: no problem (workspace.yaml, spec, wiring, models, feed 'synthetic', cadence checked)" in result.stdout
 
 
 def test_doctor_reports_every_broken_callable_and_unservable_subject(tmp_path, database_url):
@@ -459,6 +498,26 @@ def test_doctor_reports_every_broken_callable_and_unservable_subject(tmp_path, d
     # the synthetic feed serves any subject: only the wiring and the workspace are wrong then
     synthetic = crunch(root, "doctor", "broken_comp")
     assert synthetic.returncode == 1 and "doctor broken_comp: 3 problem(s)" in synthetic.stdout
+
+
+def test_doctor_explains_a_competition_whose_cycles_the_feed_cannot_price(tmp_path, database_url):
+    """A generated competition edited to 20 s cycles on its 60 s candles: doctor names the scope,
+    the granularity and the bound, and what to change; the code location refuses to load."""
+    root = copy_checkout(tmp_path / "checkout")
+    assert crunch(root, "init", "cadence_comp").returncode == 0
+    config = root / "competitions/cadence_comp/config.py"
+    source = config.read_text()
+    assert "prediction_interval_seconds=60" in source
+    config.write_text(source.replace("prediction_interval_seconds=60", "prediction_interval_seconds=20"))
+    result = crunch(root, "doctor", "cadence_comp")
+    assert result.returncode == 1, result.stdout + result.stderr
+    out = " ".join(result.stdout.split())
+    assert "doctor cadence_comp: 1 problem(s)" in out
+    assert ("scope BTC-60-20: a cycle every 20 s on 60 s candles finds the newest observation up to 40 s old at a cycle "
+            "instant and at its resolution instant (cycle + 60 s), over max_price_staleness_seconds (30 s)") in out
+    assert "fix: change one of: prediction_interval_seconds 30; 20 s candles" in out
+    load = run(root, sys.executable, "-c", "import competitions.cadence_comp.definitions")
+    assert load.returncode != 0 and "SpecError: scope BTC-60-20" in load.stderr
 
 
 def test_doctor_checks_a_spec_file(tmp_path):

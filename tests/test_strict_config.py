@@ -132,11 +132,32 @@ def test_an_unknown_spec_field_fails_the_load_naming_it_and_the_nearest(build, m
     assert message in str(refused.value)
 
 
+def _flatten_type_args(hint) -> list:
+    import typing
+
+    found = []
+    for arg in typing.get_args(hint):
+        found += [arg, *_flatten_type_args(arg)]
+    return found
+
+
 def test_every_declaration_in_the_spec_refuses_unknown_fields():
-    """A declaration added to spec.py (a new policy) inherits Declared, or this names it."""
-    declared = [obj for obj in vars(spec_module).values()
-                if isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj.__module__ == spec_module.__name__]
-    assert CompetitionSpec in declared and Scope in declared
+    """A declaration added to spec.py (a new policy) inherits Declared, or this names it. A declaration is
+    any spec.py dataclass a CompetitionSpec can hold, however deep (findings like CadenceProblem are not)."""
+    import typing
+
+    declared, pending = [], [CompetitionSpec]
+    while pending:
+        cls = pending.pop()
+        if cls in declared:
+            continue
+        declared.append(cls)
+        for hint in typing.get_type_hints(cls).values():
+            for held in [hint, *_flatten_type_args(hint)]:
+                if (isinstance(held, type) and dataclasses.is_dataclass(held)
+                        and held.__module__ == spec_module.__name__):
+                    pending.append(held)
+    assert CompetitionSpec in declared and Scope in declared and len(declared) > 5
     assert [cls.__name__ for cls in declared if not issubclass(cls, Declared)] == []
 
 

@@ -86,9 +86,10 @@ def test_a_participant_can_prove_a_score_is_in_a_checkpoint(checkpointed):
     checkpoint = checkpointed.checkpoints()[1]
     proof = inclusion_proof(checkpointed, checkpoint, "oracle", START + timedelta(hours=1, minutes=7))
     assert proof["verified"] and proof["merkle_root"] == checkpoint.merkle_root
-    assert proof["leaf"]["value"] == "1.0"
+    assert proof["commitment_scheme"] == merkle.PORTABLE_SCHEME
+    assert proof["leaf"]["value"] == 1.0 and merkle.canonical(proof["leaf"]["value"]) == b"1"  # RFC 8785, as JavaScript
     # the proof is checkable with nothing but the leaf's fields and sha256
-    leaf = merkle.sha256_hex(b"\x00" + merkle.canonical_json(proof["leaf"]))
+    leaf = merkle.sha256_hex(b"\x00" + merkle.canonical(proof["leaf"]))
     assert leaf == proof["leaf_hash"]
     assert merkle.verify_proof(leaf, [merkle.ProofStep(**step) for step in proof["proof"]], checkpoint.merkle_root)
     with pytest.raises(LookupError):

@@ -13,7 +13,7 @@ import dagster as dg
 from crunch_assets.definitions import build_competition_definitions
 from crunch_assets.rules import CallableRules
 from crunch_assets.settings import CompetitionSettings
-from crunch_assets.spec import CompetitionSpec, EmissionPolicy, FailurePolicy, Scope
+from crunch_assets.spec import CompetitionSpec, CopyDetection, EmissionPolicy, FailurePolicy, Scope
 
 MODELS_DIR = Path(__file__).with_name("models")
 LOGIC = "competitions.btc_updown.logic"
@@ -28,8 +28,13 @@ SPEC = CompetitionSpec(
     # The worst Brier skill: failing, staying silent or joining late never beats answering.
     failure_policy=FailurePolicy.constant(0.0),
     emission=EmissionPolicy.tiered(),
+    # The neutral answer is what a model says when it knows nothing: two models agreeing on it are
+    # not copying each other, so it never counts as a match (nor as a common cycle). Compared with
+    # the stored output, as validate_output normalised it.
+    copy_detection=CopyDetection.pay_first(never_match=({"p_up": 0.5, "form": "p_up"},)),
     checkpoint_interval_seconds=SETTINGS.integer("CHECKPOINT_INTERVAL_SECONDS", 604800),
     description="Will BTC/USD be higher one minute from now?",
+    score_name="Brier skill, 1 - (p_up - outcome)^2, from 0 to 1 (0.75 for a coin flip)",
 )
 
 RULES = CallableRules(

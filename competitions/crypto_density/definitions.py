@@ -48,6 +48,7 @@ SPEC = CompetitionSpec(
     history_seconds=6 * 3600,
     max_price_staleness_seconds=60,
     description="Density forecasts of BTC, ETH and SOL returns over 5 minutes and 2 hours, scored by CRPS.",
+    score_name="CRPS of the predicted return density, in basis points",
 )
 
 RULES = CallableRules(

@@ -20,12 +20,15 @@ import binascii
 import hmac
 import json
 import os
+import pathlib
+import tempfile
+import threading
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Callable, Literal, Sequence
 
 from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Path, Query
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -34,10 +37,16 @@ from crunch_assets.api import exports
 from crunch_assets.api.competitions import ReportCompetition
 from crunch_assets.api.hardening import HardenedAPI, docs_routes, validation_error
 from crunch_assets.api.views import (
-    checkpoint_summary, checkpoint_view, lag_view, leaderboard_view, model_score_series, models_global, models_params,
-    prediction_view, report_schema, snapshot_view,
+    checkpoint_summary, checkpoint_view, lag_view, leaderboard_view, lifecycle_view, model_score_series, models_global,
+    models_params, prediction_view, report_schema, snapshot_view,
 )
+from crunch_assets.fingerprint import ENGINE_VERSION, FINGERPRINT_SCHEME, digest
+from crunch_assets.receipts import ReceiptUnavailable, build_receipt
 from crunch_assets.verification import inclusion_proof
+from crunch_assets.whatif import ShadowLimitExceeded, ShadowLimits, ShadowRefused
+from crunch_assets.whatif import shadow as run_shadow
+from resources.model_ids import MODEL_ID_PATTERN, MODEL_ID_RULE
+from resources.store import json_codec
 from resources.store.payouts import CheckpointNotFound, TransitionConflict
 from resources.store.reports import PREDICTION_STATUSES
 
@@ -51,7 +60,14 @@ EXPORT_MAX_DAYS = 31
 SERIES_MAX_DAYS = 31
 ID_MAX = 2**63 - 1
 # Identifiers in paths and filters: printable, bounded (NUL and control characters cannot reach SQL).
+# A model id has the registration grammar (resources/model_ids.py): every registered model fits it.
 IDENT_PATTERN = r"^[A-Za-z0-9_.:@/+=-]{1,200}$"
+# The shadow entry (POST P/shadow): off unless the operator enables it; its limits.
+SHADOW_ENV = "CRUNCH_API_SHADOW"
+SHADOW_MAX_HOURS_ENV = "CRUNCH_API_SHADOW_MAX_HOURS"
+SHADOW_MAX_SECONDS_ENV = "CRUNCH_API_SHADOW_MAX_SECONDS"
+SHADOW_SOURCE_MAX_CHARS = 100_000
+SHADOW_BODY_MAX_BYTES = 1024 * 1024  # room for the source fully \u-escaped in JSON (6 bytes a character)
 EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)
 LATEST = datetime(2200, 1, 1, tzinfo=timezone.utc)
 
@@ -69,9 +85,36 @@ def _utc_instant(value: datetime) -> datetime:
 UtcInstant = Annotated[AwareDatetime, AfterValidator(_utc_instant)]
 Ident = Annotated[str, Field(pattern=IDENT_PATTERN)]
 CheckpointId = Annotated[int, Path(ge=1, le=ID_MAX, description="checkpoint id", examples=[1])]
-ModelId = Annotated[str, Path(pattern=IDENT_PATTERN, description="model id", examples=["mean_reversion"])]
+ModelId = Annotated[str, Path(pattern=MODEL_ID_PATTERN, description=f"model id: {MODEL_ID_RULE}", examples=["mean_reversion"])]
+ModelIdFilter = Annotated[str, Field(pattern=MODEL_ID_PATTERN, description=f"model id: {MODEL_ID_RULE}")]
+# A receipt hashes every leaf of its period (seconds of CPU for a day of 100 models): one is built at
+# a time per process, whatever the path or app, so the other core keeps serving; a request waits at
+# most RECEIPT_WAIT_SECONDS for its turn (then 503).
+RECEIPT_CONCURRENCY = 1
+RECEIPT_WAIT_SECONDS = 30.0
+_receipt_slots = threading.BoundedSemaphore(RECEIPT_CONCURRENCY)
 TxHash = Annotated[str, Field(pattern=payouts.TX_HASH_PATTERN.pattern, description="on-chain transaction hash")]
 Note = Annotated[str, Field(max_length=payouts.NOTE_MAX_CHARS)]
+
+
+
+def advance_over_http(c: ReportCompetition, checkpoint_id: int, to_status: str, actor: str, tx_hash: str | None,
+                      note: str | None):
+    """One checkpoint transition for every router (ours and the reference's /reports paths): the gate
+    recomputes the payout with the competition's rules and ground truth (the checkpoint must have been
+    built under them: its rules fingerprint); each refusal is its HTTP status."""
+    try:
+        return payouts.advance(c.spec, c.store, c.payouts, c.accounts, checkpoint_id, to_status, actor=actor,
+                               tx_hash=tx_hash, note=note, settings=c.settings, rules=c.rules,
+                               ground_truth=c.ground_truth)
+    except CheckpointNotFound as error:
+        raise HTTPException(404, str(error)) from None
+    except payouts.InvalidRequest as error:
+        raise HTTPException(422, str(error)) from None
+    except TransitionConflict as error:
+        raise HTTPException(409, {"message": str(error), "status": error.current_status}) from None
+    except (payouts.GateFailed, payouts.SkipRefused) as error:
+        raise HTTPException(409, {"message": str(error), "reasons": error.reasons, "gate": error.gate}) from None
 
 
 class ConfirmBody(BaseModel):
@@ -80,11 +123,48 @@ class ConfirmBody(BaseModel):
     note: Note | None = None
 
 
+class ResolveCopyBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    pay: Ident | None = Field(default=None, description="the one member the cluster pays")
+    pay_all: bool = Field(default=False, description="the members are not copies: pay every one")
+    note: Note | None = None
+
+
+class CycleRange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    first: UtcInstant = Field(description="the first disputed cycle time")
+    last: UtcInstant = Field(description="the last disputed cycle time (the same as first: one cycle)")
+
+
+class DisputeBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    claimant: Annotated[str, Field(min_length=1, max_length=payouts.CLAIMANT_MAX_CHARS,
+                                   description="who disputes (a participant, a model)")]
+    what: Annotated[str, Field(min_length=1, max_length=payouts.NOTE_MAX_CHARS, description="what is disputed")]
+    cycles: Annotated[list[CycleRange], Field(min_length=1, max_length=payouts.MAX_DISPUTED_RANGES)]
+    note: Note | None = None
+
+
+class ResolveDisputeBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    resolution: Annotated[str, Field(min_length=1, max_length=payouts.NOTE_MAX_CHARS,
+                                     description="how it was resolved")]
+
+
+class ShadowBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model_source: Annotated[str, Field(min_length=1, max_length=SHADOW_SOURCE_MAX_CHARS,
+                                       description="the candidate's model file (Python source)")]
+    start: UtcInstant = Field(description="every checkpoint period inside [start, end) is reported")
+    end: UtcInstant
+    replaces: Ident | None = Field(default=None, description="the candidate takes this model's place in the field")
+
+
 class StatusBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    status: Literal["PENDING", "SUBMITTED", "CLAIMABLE", "PAID"]
+    status: Literal["PENDING", "SUBMITTED", "CLAIMABLE", "PAID", "SKIPPED"]
     tx_hash: TxHash | None = None
-    note: Note | None = None
+    note: Note | None = Field(default=None, description="kept in the audit; for SKIPPED, required: the reason")
 
 
 def encode_cursor(cycle_at: datetime, row_id: int) -> str:
@@ -113,6 +193,27 @@ def _span(start: datetime | None, end: datetime | None, max_days: int | None = N
         raise HTTPException(422, f"give start and end at most {max_days} days apart")
 
 
+def shadow_limits_from_env(environ=None) -> ShadowLimits | None:
+    """$CRUNCH_API_SHADOW (on/off, default off) and its limits, refused by name when wrong."""
+    from crunch_assets.settings import SettingsError, parse_bool
+
+    environ = os.environ if environ is None else environ
+    if not parse_bool(SHADOW_ENV, environ.get(SHADOW_ENV, "off")):
+        return None
+    limits = {}
+    for name, field_name, kind in ((SHADOW_MAX_HOURS_ENV, "max_hours", int),
+                                   (SHADOW_MAX_SECONDS_ENV, "max_runtime_seconds", float)):
+        if name in environ:
+            try:
+                value = kind(environ[name])
+            except ValueError:
+                raise SettingsError(f"{name}={environ[name]!r}: expected a number") from None
+            if not value > 0:
+                raise SettingsError(f"{name}={environ[name]!r}: must be > 0")
+            limits[field_name] = value
+    return ShadowLimits(**limits)
+
+
 def create_app(
     competitions: Sequence[ReportCompetition],
     *,
@@ -120,9 +221,14 @@ def create_app(
     api_token: str | None = None,
     actor: str | None = None,
     read_env: bool = True,
+    shadow: ShadowLimits | None = None,
 ) -> FastAPI:
     """The API serving `competitions` (`/reports/...` is `default_slug`, else the first).
-    `api_token` / `actor` default to $CRUNCH_API_TOKEN / $CRUNCH_API_ACTOR when `read_env`."""
+    `api_token` / `actor` default to $CRUNCH_API_TOKEN / $CRUNCH_API_ACTOR when `read_env`;
+    `shadow` (the shadow entry's limits; None: disabled) to $CRUNCH_API_SHADOW and its limits. A
+    shadow candidate runs in the model sandbox, which passes it none of this process's environment
+    (the token, the database URLs) and none of its files or network; the entry refuses to run one
+    without the sandbox."""
     if not competitions:
         raise ValueError("the report API needs at least one competition")
     by_slug = {c.slug: c for c in competitions}
@@ -131,6 +237,7 @@ def create_app(
     default = by_slug[default_slug] if default_slug else competitions[0]
     token = api_token if api_token is not None else (os.environ.get(API_TOKEN_ENV) or None if read_env else None)
     actor_name = actor or (os.environ.get(API_ACTOR_ENV) if read_env else None) or DEFAULT_API_ACTOR
+    shadow_limits = shadow if shadow is not None else (shadow_limits_from_env() if read_env else None)
 
     app = HardenedAPI(
         title="crunch-dagster report API",
@@ -143,6 +250,7 @@ def create_app(
         exception_handlers={RequestValidationError: validation_error},
     )
     app.csp_by_path = docs_routes(app)
+    app.body_limit_by_suffix = {"/shadow": SHADOW_BODY_MAX_BYTES} if shadow_limits is not None else {}
     app.state.competitions = by_slug
     app.state.default_slug = default.slug
     bearer = HTTPBearer(auto_error=False, description=f"the value of {API_TOKEN_ENV}")
@@ -173,8 +281,24 @@ def create_app(
             raise HTTPException(404, f"no competition {slug!r}; served: {', '.join(sorted(by_slug))}")
         return competition
 
-    app.include_router(build_router(by_slug_dependency, operator, operator_read), prefix="/competitions/{slug}")
-    app.include_router(build_router(lambda: default, operator, operator_read), prefix="/reports")
+    from crunch_assets.api import reference
+
+    def default_dependency() -> ReportCompetition:
+        return default
+
+    shadow_runs = threading.Lock()  # one shadow run at a time in this process
+    # Ours on /competitions/{slug}; the reference's shapes (the coordinator webapp's contract) on
+    # /reports (the default competition) and /competitions/{slug}/reports; /reports also answers
+    # our paths the reference has no counterpart of (breakdowns, proofs, audit, gate, lag, exports,
+    # rules, disputes, what-if and shadow runs).
+    app.include_router(build_router(by_slug_dependency, operator, operator_read, shadow_limits, shadow_runs),
+                       prefix="/competitions/{slug}")
+    app.include_router(reference.build_reference_router(by_slug_dependency, operator),
+                       prefix="/competitions/{slug}/reports")
+    reports = reference.build_reference_router(default_dependency, operator)
+    app.include_router(reports, prefix="/reports")
+    app.include_router(_without(build_router(default_dependency, operator, operator_read, shadow_limits, shadow_runs),
+                                reports), prefix="/reports")
 
     @app.get("/health", tags=["health"])
     def health() -> JSONResponse:
@@ -185,20 +309,49 @@ def create_app(
             return JSONResponse({"status": "unavailable", "database": f"unreachable: {type(error).__name__}"}, 503)
         return JSONResponse({"status": "ok", "database": "reachable", "competitions": sorted(by_slug)})
 
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> JSONResponse:
+        """The reference's name of /health."""
+        return health()
+
+    @app.get("/info", tags=["reference (coordinator webapp)"])
+    def node_info() -> dict:
+        """The node's identity, as the reference's: the default competition's crunch account
+        (CRUNCH_<SLUG>_CRUNCH_PUBKEY; null when not set) and its network (CRUNCH_<SLUG>_NETWORK:
+        mainnet-beta, devnet or testnet; null when not declared), and every served competition's."""
+        return {**reference.info(default), "competitions": [reference.info(c) for c in competitions]}
+
+    @app.get("/competitions/{slug}/info", tags=["reference (coordinator webapp)"])
+    def competition_info(c: Annotated[ReportCompetition, Depends(by_slug_dependency)]) -> dict:
+        return reference.info(c)
+
     @app.get("/competitions", tags=["competitions"])
     def list_competitions() -> dict:
         return {"default": default.slug, "competitions": [
             {"slug": c.slug, "description": c.spec.description, "scopes": [s.key for s in c.spec.scopes],
-             "checkpoint_interval_seconds": c.spec.checkpoint_interval_seconds} for c in competitions]}
+             "checkpoint_interval_seconds": c.spec.checkpoint_interval_seconds,
+             "rules_fingerprint": c.rules_book.current.fingerprint if c.rules_book else None} for c in competitions]}
 
     from crunch_assets.api.page import build_page_router
 
     app.include_router(build_page_router(by_slug, default.slug))
+    from crunch_assets.api.receipt_widget import build_receipt_files_router
+
+    app.include_router(build_receipt_files_router())
     return app
 
 
+def _without(router: APIRouter, taken_by: APIRouter) -> APIRouter:
+    """`router` less the routes (path and method) `taken_by` already answers."""
+    taken = {(route.path, method) for route in taken_by.routes for method in getattr(route, "methods", ())}
+    router.routes = [route for route in router.routes
+                     if not any((route.path, method) in taken for method in getattr(route, "methods", ()))]
+    return router
+
+
 def build_router(competition_dependency: Callable[..., ReportCompetition], operator: Callable[..., str],
-                 operator_read: Callable[..., bool]) -> APIRouter:
+                 operator_read: Callable[..., bool], shadow_limits: ShadowLimits | None = None,
+                 shadow_runs: "threading.Lock | None" = None) -> APIRouter:
     router = APIRouter()
     Competition = Annotated[ReportCompetition, Depends(competition_dependency)]
     Operator = Annotated[str, Depends(operator)]
@@ -286,7 +439,7 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
     def predictions(
         c: Competition,
         is_operator: IsOperator,
-        model_id: Annotated[Ident | None, Query()] = None,
+        model_id: Annotated[ModelIdFilter | None, Query()] = None,
         scope: Annotated[Ident | None, Query()] = None,
         status: Annotated[Literal[PREDICTION_STATUSES] | None, Query()] = None,  # type: ignore[valid-type]
         start: Annotated[UtcInstant | None, Query()] = None,
@@ -323,7 +476,7 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
     @router.get("/snapshots", tags=["snapshots"])
     def snapshots(
         c: Competition,
-        model_id: Annotated[Ident | None, Query()] = None,
+        model_id: Annotated[ModelIdFilter | None, Query()] = None,
         scope: Annotated[Ident | None, Query()] = None,
         start: Annotated[UtcInstant | None, Query()] = None,
         end: Annotated[UtcInstant | None, Query()] = None,
@@ -342,21 +495,30 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
     @router.get("/checkpoints", tags=["checkpoints"])
     def checkpoints(
         c: Competition,
-        status: Annotated[Literal["PENDING", "SUBMITTED", "CLAIMABLE", "PAID"] | None, Query()] = None,
+        status: Annotated[Literal["PENDING", "SUBMITTED", "CLAIMABLE", "PAID", "SKIPPED"] | None, Query()] = None,
         limit: Annotated[int, Query(ge=1, le=CHECKPOINT_LIMIT_MAX)] = 50,
     ) -> dict:
-        """The newest checkpoints first, with their reward split."""
-        return {"checkpoints": [checkpoint_summary(cp) for cp in c.reports.checkpoints(status=status, limit=limit)]}
+        """The newest checkpoints first, with their reward split; `lifecycle.verified` is false (with the
+        reasons) for a checkpoint past PENDING without a matching audit trail and gate result;
+        `skipped` gives a SKIPPED one's reason; `unpayable` says why a PENDING one can never be
+        submitted (and that an operator may skip it)."""
+        rows = c.reports.checkpoints(status=status, limit=limit)
+        trails = c.payouts.audit_trails([cp.id for cp in rows])
+        return {"checkpoints": [checkpoint_summary(cp, trails.get(cp.id, []), c.spec) for cp in rows]}
 
     @router.get("/checkpoints/{checkpoint_id}", tags=["checkpoints"])
     def checkpoint(c: Competition, checkpoint_id: CheckpointId) -> dict:
+        """One checkpoint: the emission, the policies, the rules fingerprint it was built under (and
+        those its cycles were scored under), the stored gate results, the audit trail and disputes."""
         cp = checkpoint_or_404(c, checkpoint_id)
-        return checkpoint_view(cp, c.payouts.gate(cp.id), c.payouts.audit_trail(cp.id))
+        return checkpoint_view(cp, c.payouts.gate(cp.id), c.payouts.audit_trail(cp.id), c.store.disputes.disputes(cp.id),
+                               c.spec)
 
     @router.get("/checkpoints/{checkpoint_id}/audit", tags=["checkpoints"])
     def checkpoint_audit(c: Competition, checkpoint_id: CheckpointId) -> dict:
-        checkpoint_or_404(c, checkpoint_id)
-        return {"checkpoint_id": checkpoint_id, "audit": [vars(a) for a in c.payouts.audit_trail(checkpoint_id)]}
+        cp = checkpoint_or_404(c, checkpoint_id)
+        trail = c.payouts.audit_trail(checkpoint_id)
+        return {"checkpoint_id": checkpoint_id, "audit": [vars(a) for a in trail], "lifecycle": lifecycle_view(cp, trail)}
 
     @router.get("/checkpoints/{checkpoint_id}/gate", tags=["checkpoints"])
     def checkpoint_gate(c: Competition, checkpoint_id: CheckpointId) -> dict:
@@ -414,6 +576,54 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
         except LookupError as error:
             raise HTTPException(404, str(error)) from None
 
+    @router.get("/checkpoints/{checkpoint_id}/models/{model_id}/receipt", tags=["rewards"],
+                responses={200: {"content": {"application/json": {}}, "description": "the receipt"},
+                           404: {"description": "unknown checkpoint, a model it does not rank, or a checkpoint built "
+                                                "before portable leaves (scheme 3)"},
+                           503: {"description": "too many receipts being built: retry"}})
+    def receipt(c: Competition, checkpoint_id: CheckpointId, model_id: ModelId) -> Response:
+        """Everything the model's participant needs to check their share offline: each of the model's
+        leaves in the period (the fields it is hashed from, its output and truth, its inclusion path),
+        the period's Merkle root, the previous and this chained root, the entries and their hash, the
+        rules fingerprint, the reward and its breakdown. Check it with `verify_receipt.py` (the
+        challenge package's, or `/static/verify_receipt.py`)."""
+        cp = checkpoint_or_404(c, checkpoint_id)
+        if not _receipt_slots.acquire(timeout=RECEIPT_WAIT_SECONDS):
+            raise HTTPException(503, "too many receipts are being built: retry shortly", headers={"Retry-After": "10"})
+        try:
+            document = build_receipt(c.slug, c.store, cp, model_id)
+        except ReceiptUnavailable as error:
+            raise HTTPException(404, str(error)) from None
+        finally:
+            _receipt_slots.release()
+        return Response(json_codec.dumps(document).encode(), media_type="application/json")
+
+    # --- rules -----------------------------------------------------------------------------------
+
+    def book_or_404(c: ReportCompetition):
+        if c.rules_book is None:
+            raise HTTPException(404, f"{c.slug}'s rules are not loaded in this API process")
+        return c.rules_book
+
+    @router.get("/rules", tags=["rules"])
+    def rules(c: Competition) -> dict:
+        """The rules fingerprint in force now, every declared version (each in force from its cycle),
+        and the document the current fingerprint is the sha256 of (RFC 8785 canonical JSON)."""
+        book = book_or_404(c)
+        return {"fingerprint": book.current.fingerprint, "scheme": FINGERPRINT_SCHEME,
+                "engine_version": ENGINE_VERSION, "versions": book.schedule(), "document": book.current.document}
+
+    @router.get("/rules/{fingerprint}", tags=["rules"])
+    def rules_document(c: Competition,
+                       fingerprint: Annotated[str, Path(pattern=r"^[0-9a-f]{64}$", description="a rules fingerprint")]) -> dict:
+        """A fingerprint a cycle was scored or a checkpoint built under, with its recorded document;
+        `verified`: the sha256 of the document's RFC 8785 bytes is the fingerprint."""
+        recorded = c.store.rules.documents([fingerprint]).get(fingerprint)
+        if recorded is None:
+            raise HTTPException(404, f"{c.slug} has recorded no rules fingerprint {fingerprint}")
+        return {"fingerprint": fingerprint, "cycle_digest": recorded.cycle_digest, "document": recorded.document,
+                "verified": digest(recorded.document) == fingerprint}
+
     # --- schema and lag --------------------------------------------------------------------------
 
     @router.get("/schema", tags=["schema"])
@@ -437,22 +647,13 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
 
     def transition(c: ReportCompetition, checkpoint_id: int, to_status: str, actor: str, tx_hash: str | None,
                    note: str | None) -> dict:
-        try:
-            outcome = payouts.advance(c.spec, c.store, c.payouts, c.accounts, checkpoint_id, to_status, actor=actor,
-                                      tx_hash=tx_hash, note=note, settings=c.settings)
-        except CheckpointNotFound as error:
-            raise HTTPException(404, str(error)) from None
-        except payouts.InvalidRequest as error:
-            raise HTTPException(422, str(error)) from None
-        except TransitionConflict as error:
-            raise HTTPException(409, {"message": str(error), "status": error.current_status}) from None
-        except payouts.GateFailed as error:
-            raise HTTPException(409, {"message": str(error), "reasons": error.reasons, "gate": error.gate}) from None
+        outcome = advance_over_http(c, checkpoint_id, to_status, actor, tx_hash, note)
         return {"changed": outcome.changed, "message": outcome.message,
                 "checkpoint": checkpoint_summary(outcome.checkpoint),
                 "audit": vars(outcome.audit) if outcome.audit else None}
 
-    conflict = {409: {"description": "illegal transition, or the safety gate refused"},
+    conflict = {409: {"description": "illegal transition, the safety gate refused, or a skip refused (the checkpoint "
+                                     "can be paid, or is not settled, genuine and in order)"},
                 401: {"description": "no bearer token"}, 403: {"description": "wrong token, or mutations disabled"},
                 404: {"description": "unknown checkpoint"}}
 
@@ -464,8 +665,130 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
     @router.patch("/checkpoints/{checkpoint_id}/status", tags=["lifecycle"], responses=conflict)
     def advance_status(c: Competition, actor: Operator, checkpoint_id: CheckpointId,
                        body: Annotated[StatusBody, Body()]) -> dict:
-        """One step forward: SUBMITTED (needs tx_hash; gated), CLAIMABLE, PAID."""
+        """One step forward: SUBMITTED (needs tx_hash; gated), CLAIMABLE, PAID; or SKIPPED, from PENDING
+        with the reason as `note`, for a period nobody can be paid for (the gate must refuse it for
+        that; it then pays nothing, ever, and the next period may be submitted)."""
         return transition(c, checkpoint_id, body.status, actor, body.tx_hash, body.note)
+
+    @router.get("/checkpoints/{checkpoint_id}/copy-clusters", tags=["checkpoints"])
+    def copy_clusters(c: Competition, checkpoint_id: CheckpointId) -> dict:
+        """The checkpoint's copy clusters (members, evidence, who is paid) and every resolution
+        recorded for it. Ids, counts and fractions only: never an output."""
+        cp = checkpoint_or_404(c, checkpoint_id)
+        return {"checkpoint_id": cp.id, "status": cp.status, "copy_detection": c.spec.copy_detection.describe(),
+                "copy_clusters": cp.entries.get("copy_clusters", []),
+                "resolutions": [vars(r) for r in c.store.copies.resolution_history(cp.id)]}
+
+    @router.post("/checkpoints/{checkpoint_id}/copy-clusters/{cluster_key}/resolve", tags=["lifecycle"],
+                 responses={**conflict, 409: {"description": "the checkpoint is past PENDING"},
+                            404: {"description": "unknown checkpoint or cluster"}})
+    def resolve_copy(c: Competition, actor: Operator, checkpoint_id: CheckpointId,
+                     cluster_key: Annotated[str, Path(pattern=payouts.CLUSTER_KEY_PATTERN.pattern)],
+                     body: Annotated[ResolveCopyBody, Body()]) -> dict:
+        """Resolve a copy cluster of a PENDING checkpoint (audited): pay one member (`pay`) or every
+        member (`pay_all`). The checkpoint applies it when it is next built (the checkpoint sensor
+        sees the change); until then the gate refuses it."""
+        try:
+            resolution = payouts.resolve_copy(c.spec, c.store, checkpoint_id, cluster_key, actor=actor,
+                                              paid_model_id=body.pay, pay_all=body.pay_all, note=body.note)
+        except payouts.InvalidRequest as error:
+            raise HTTPException(422, str(error)) from None
+        except payouts.CopyResolutionRefused as error:
+            if error.not_found:
+                raise HTTPException(404, str(error)) from None
+            if error.status != "PENDING":
+                raise HTTPException(409, {"message": str(error), "status": error.status}) from None
+            raise HTTPException(422, str(error)) from None
+        return {"resolution": vars(resolution),
+                "message": f"cluster {cluster_key} of checkpoint {checkpoint_id}: resolution #{resolution.id} recorded; "
+                           "the checkpoint applies it when it is rebuilt"}
+
+    @router.get("/checkpoints/{checkpoint_id}/disputes", tags=["checkpoints"])
+    def checkpoint_disputes(c: Competition, checkpoint_id: CheckpointId) -> dict:
+        """The checkpoint's disputes (who, what, which cycles), open or resolved, oldest first."""
+        cp = checkpoint_or_404(c, checkpoint_id)
+        disputes = c.store.disputes.disputes(cp.id)
+        return {"checkpoint_id": cp.id, "status": cp.status,
+                "dispute_window_seconds": c.spec.gate.dispute_window_seconds,
+                "open": sum(1 for d in disputes if d.is_open), "disputes": [vars(d) for d in disputes]}
+
+    def dispute_refused(error: payouts.DisputeRefused) -> HTTPException:
+        if error.not_found:
+            return HTTPException(404, str(error))
+        if error.status is not None and error.status != "PENDING":
+            return HTTPException(409, {"message": str(error), "status": error.status})
+        return HTTPException(422, str(error))
+
+    @router.post("/checkpoints/{checkpoint_id}/disputes", tags=["lifecycle"],
+                 responses={**conflict, 409: {"description": "the checkpoint is past PENDING"}})
+    def open_dispute(c: Competition, actor: Operator, checkpoint_id: CheckpointId,
+                     body: Annotated[DisputeBody, Body()]) -> dict:
+        """Record a dispute of a PENDING checkpoint (audited, append-only): it cannot be SUBMITTED
+        until the dispute is resolved."""
+        try:
+            dispute = payouts.open_dispute(c.spec, c.store, checkpoint_id, claimant=body.claimant, what=body.what,
+                                           cycles=[(r.first, r.last) for r in body.cycles], actor=actor, note=body.note)
+        except payouts.InvalidRequest as error:
+            raise HTTPException(422, str(error)) from None
+        except payouts.DisputeRefused as error:
+            raise dispute_refused(error) from None
+        return {"dispute": vars(dispute),
+                "message": f"dispute #{dispute.id} of checkpoint {checkpoint_id} recorded: it blocks submission until "
+                           "resolved"}
+
+    @router.post("/checkpoints/{checkpoint_id}/disputes/{dispute_id}/resolve", tags=["lifecycle"],
+                 responses={**conflict, 409: {"description": "the checkpoint is past PENDING"}})
+    def resolve_dispute(c: Competition, actor: Operator, checkpoint_id: CheckpointId,
+                        dispute_id: Annotated[int, Path(ge=1, le=ID_MAX)],
+                        body: Annotated[ResolveDisputeBody, Body()]) -> dict:
+        """Record how a dispute of a PENDING checkpoint was resolved (audited, append-only)."""
+        try:
+            dispute = payouts.resolve_dispute(c.spec, c.store, checkpoint_id, dispute_id, resolution=body.resolution,
+                                              actor=actor)
+        except payouts.InvalidRequest as error:
+            raise HTTPException(422, str(error)) from None
+        except payouts.DisputeRefused as error:
+            raise dispute_refused(error) from None
+        return {"dispute": vars(dispute), "message": f"dispute #{dispute.id} of checkpoint {checkpoint_id} resolved"}
+
+    # --- shadow entry ----------------------------------------------------------------------------
+
+    @router.post("/shadow", tags=["shadow"],
+                 responses={404: {"description": "the shadow entry is not enabled"},
+                            422: {"description": "a range with no whole period, over the limits, or a run past its "
+                                                 "runtime limit"},
+                            409: {"description": "the deployment runs local models without the sandbox"},
+                            429: {"description": "another shadow run is in progress"}})
+    def shadow_entry(c: Competition, actor: Operator, body: Annotated[ShadowBody, Body()]) -> dict:
+        """Run a participant's model file on the stored inputs of the checkpoint periods inside
+        [start, end) and report, per period, the rank it would have taken, the share it would have
+        been paid and its breakdown, with the field as it really was (or in place of `replaces`).
+        Nothing is written. Enabled by the operator (CRUNCH_API_SHADOW=on), bounded in range and
+        runtime, one run at a time."""
+        if shadow_limits is None:
+            raise HTTPException(404, f"the shadow entry is not enabled on this server ({SHADOW_ENV}=on)")
+        if c.rules is None:
+            raise HTTPException(404, f"{c.slug}'s rules are not loaded in this API process")
+        _span(body.start, body.end)
+        if shadow_runs is not None and not shadow_runs.acquire(blocking=False):
+            raise HTTPException(429, "another shadow run is in progress: try again when it ends")
+        try:
+            with tempfile.TemporaryDirectory(prefix="crunch-shadow-source-") as directory:
+                model = pathlib.Path(directory) / "candidate.py"
+                model.write_text(body.model_source)
+                report = run_shadow(c.spec, c.rules, c.ground_truth, c.store, c.accounts, model, body.start,
+                                    body.end, replaces=body.replaces, configured_runner=c.model_runner,
+                                    limits=shadow_limits, require_sandbox=True)
+        except ShadowRefused as error:
+            raise HTTPException(409, str(error)) from None
+        except (ValueError, ShadowLimitExceeded) as error:
+            raise HTTPException(422, str(error)) from None
+        finally:
+            if shadow_runs is not None:
+                shadow_runs.release()
+        return {**report.as_dict(), "requested_by": actor,
+                "limits": {"max_hours": shadow_limits.max_hours,
+                           "max_runtime_seconds": shadow_limits.max_runtime_seconds}}
 
     return router
 

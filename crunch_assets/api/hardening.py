@@ -8,8 +8,9 @@
   connection, so the rest of the body is never read.
 - Security headers on every response, errors included: a strict Content-Security-Policy (only
   the API's own origin; no inline script or style; no framing), nosniff, no referrer, DENY framing.
-  The interactive docs (/docs, /redoc) load Swagger UI and ReDoc from their CDN: their own policy
-  allows those origins and, for Swagger UI's one inline script, its hash (see docs_routes).
+  The interactive docs (/docs, /redoc) load Swagger UI and ReDoc from the API itself (the files
+  the pinned fastapi-offline package bundles), so they work offline: their own policy names no
+  other origin, and allows Swagger UI's one inline script by its hash (see docs_routes).
 - Validation errors whose input holds NaN or Infinity are answered 422 (JSON has no such numbers:
   they are shown as strings) instead of failing to render.
 """
@@ -18,8 +19,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib.resources
 import math
 import re
+from pathlib import Path
 from typing import Any, Iterable
 
 from fastapi import FastAPI, Request
@@ -27,6 +30,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -46,10 +50,9 @@ STRICT_HEADERS: tuple[tuple[str, str], ...] = (
 )
 _MANAGED = frozenset(name.encode() for name, _ in STRICT_HEADERS)
 
-SWAGGER_CDN = "https://cdn.jsdelivr.net"
-FASTAPI_FAVICON = "https://fastapi.tiangolo.com"
-GOOGLE_FONTS_CSS = "https://fonts.googleapis.com"
-GOOGLE_FONTS = "https://fonts.gstatic.com"
+# Swagger UI and ReDoc, served from the package that bundles them (no CDN: the docs work offline).
+DOCS_ASSETS_URL = "/docs-assets"
+DOCS_ASSETS_PACKAGE = "fastapi_offline"
 
 
 class SecurityHeaders:
@@ -80,27 +83,39 @@ class SecurityHeaders:
 
 
 class BodyLimits:
-    """The body limit of a request by its method, enforced before the app reads the body."""
+    """The body limit of a request by its method, enforced before the app reads the body. A
+    mutation whose path ends with one of `by_suffix`'s keys has that limit instead (the shadow
+    entry's model file, when the operator enables it)."""
 
     def __init__(self, app: ASGIApp, mutation_max_bytes: int = MUTATION_BODY_MAX_BYTES,
-                 read_max_bytes: int = READ_BODY_MAX_BYTES) -> None:
+                 read_max_bytes: int = READ_BODY_MAX_BYTES, by_suffix: dict[str, int] | None = None) -> None:
         self.limits = {True: mutation_max_bytes, False: read_max_bytes}
-        self.limited = {mutation: RequestBodyLimitMiddleware(app, max_body_size=limit)
-                        for mutation, limit in self.limits.items()}
+        self.by_suffix = dict(by_suffix or {})
+        self.limited = {limit: RequestBodyLimitMiddleware(app, max_body_size=limit)
+                        for limit in {*self.limits.values(), *self.by_suffix.values()}}
         self.app = app
+
+    def _limit(self, scope: Scope) -> int:
+        mutation = scope["method"] in MUTATION_METHODS
+        if mutation:
+            path = scope.get("path", "")
+            for suffix, limit in self.by_suffix.items():
+                if path.endswith(suffix):
+                    return limit
+        return self.limits[mutation]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        mutation = scope["method"] in MUTATION_METHODS
+        limit = self._limit(scope)
         declared = _content_length(scope)
-        if declared is not None and declared > self.limits[mutation]:
+        if declared is not None and declared > limit:
             # Refused before routing: nothing runs, nothing reads the body.
-            response = JSONResponse({"detail": f"request body over {self.limits[mutation]} bytes"}, 413)
+            response = JSONResponse({"detail": f"request body over {limit} bytes"}, 413)
             await response(scope, receive, send)
             return
-        await self.limited[mutation](scope, receive, send)
+        await self.limited[limit](scope, receive, send)
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -137,31 +152,39 @@ def _policy(directives: Iterable[tuple[str, Iterable[str]]]) -> str:
     return "; ".join(f"{name} {' '.join(sources)}" for name, sources in directives)
 
 
-def docs_routes(app: FastAPI, docs_url: str = "/docs", redoc_url: str = "/redoc") -> dict[str, str]:
-    """Serve Swagger UI and ReDoc (the same pages FastAPI serves) and return their policies.
+def docs_assets_dir() -> Path:
+    """Swagger UI's bundle and stylesheet, ReDoc's standalone bundle and a favicon, as the pinned
+    fastapi-offline package ships them."""
+    return Path(str(importlib.resources.files(DOCS_ASSETS_PACKAGE) / "static"))
 
-    Their scripts and styles come from their CDN (until they are bundled with the API): the
-    policy of each page allows that origin, the hash of Swagger UI's inline script, inline
-    styles (ReDoc writes its styles at run time) and, for ReDoc, its search worker (blob:).
-    Nothing else is loosened, and no other path gets these policies."""
+
+def docs_routes(app: FastAPI, docs_url: str = "/docs", redoc_url: str = "/redoc") -> dict[str, str]:
+    """Serve Swagger UI and ReDoc (the pages FastAPI serves) with their files from the API itself
+    under DOCS_ASSETS_URL, and return the pages' policies.
+
+    Each page's policy names no origin but the API's own: its scripts and styles are files of the
+    API; Swagger UI's one inline script is allowed by its hash; inline styles are allowed (both
+    write styles at run time) and, for ReDoc, its search worker (blob:). No other path gets these
+    policies."""
     openapi_url = app.openapi_url or "/openapi.json"
-    swagger = get_swagger_ui_html(openapi_url=openapi_url, title=f"{app.title} - Swagger UI").body.decode()
-    redoc = get_redoc_html(openapi_url=openapi_url, title=f"{app.title} - ReDoc").body.decode()
+    assets = docs_assets_dir()
+    app.mount(DOCS_ASSETS_URL, StaticFiles(directory=assets), name="docs-assets")
+    swagger = get_swagger_ui_html(
+        openapi_url=openapi_url, title=f"{app.title} - Swagger UI",
+        swagger_js_url=f"{DOCS_ASSETS_URL}/swagger-ui-bundle.js", swagger_css_url=f"{DOCS_ASSETS_URL}/swagger-ui.css",
+        swagger_favicon_url=f"{DOCS_ASSETS_URL}/favicon.png",
+    ).body.decode()
+    redoc = get_redoc_html(
+        openapi_url=openapi_url, title=f"{app.title} - ReDoc", redoc_js_url=f"{DOCS_ASSETS_URL}/redoc.standalone.js",
+        redoc_favicon_url=f"{DOCS_ASSETS_URL}/favicon.png", with_google_fonts=False,
+    ).body.decode()
     common = [("default-src", ["'self'"]), ("base-uri", ["'none'"]), ("form-action", ["'self'"]),
-              ("frame-ancestors", ["'none'"]), ("object-src", ["'none'"]), ("connect-src", ["'self'"])]
+              ("frame-ancestors", ["'none'"]), ("object-src", ["'none'"]), ("connect-src", ["'self'"]),
+              ("img-src", ["'self'", "data:"]), ("style-src", ["'self'", "'unsafe-inline'"])]
     policies = {
-        docs_url: _policy(common + [
-            ("script-src", ["'self'", SWAGGER_CDN, *_script_hashes(swagger)]),
-            ("style-src", ["'self'", SWAGGER_CDN, "'unsafe-inline'"]),
-            ("img-src", ["'self'", "data:", FASTAPI_FAVICON]),
-        ]),
-        redoc_url: _policy(common + [
-            ("script-src", ["'self'", SWAGGER_CDN, *_script_hashes(redoc)]),
-            ("style-src", ["'self'", GOOGLE_FONTS_CSS, "'unsafe-inline'"]),
-            ("font-src", ["'self'", GOOGLE_FONTS]),
-            ("img-src", ["'self'", "data:", FASTAPI_FAVICON]),
-            ("worker-src", ["'self'", "blob:"]),
-        ]),
+        docs_url: _policy(common + [("script-src", ["'self'", *_script_hashes(swagger)])]),
+        redoc_url: _policy(common + [("script-src", ["'self'", *_script_hashes(redoc)]),
+                                     ("worker-src", ["'self'", "blob:"])]),
     }
 
     async def swagger_page(request: Request) -> HTMLResponse:
@@ -180,6 +203,8 @@ class HardenedAPI(FastAPI):
     the security headers. `csp_by_path` is set by create_app once the docs routes exist."""
 
     csp_by_path: dict[str, str] = {}
+    body_limit_by_suffix: dict[str, int] = {}
 
     def build_middleware_stack(self) -> ASGIApp:
-        return SecurityHeaders(BodyLimits(super().build_middleware_stack()), self.csp_by_path)
+        return SecurityHeaders(BodyLimits(super().build_middleware_stack(), by_suffix=self.body_limit_by_suffix),
+                               self.csp_by_path)

@@ -9,14 +9,35 @@ from typing import Sequence
 from crunch_assets.api.competitions import ReportCompetition
 from crunch_assets.failure_reasons import public_reason, public_score_reason
 from crunch_assets.partitions import ceil_hour
-from crunch_assets.payouts import frac64_to_percent
+from crunch_assets.payouts import frac64_to_percent, unpayable_reasons
 from crunch_assets.spec import CompetitionSpec
 from crunch_assets.standings import rank_models, standings
+from crunch_assets.verification import lifecycle_problems
 from resources.store.payouts import AuditRow
 from resources.store.reports import LagReport, PredictionReport, SnapshotReport
-from resources.store.rows import CheckpointRow
+from resources.store.rows import CheckpointRow, DisputeRow
 
 SERIES_DEFAULT_HOURS = 72
+
+
+def window_label(seconds: int) -> str:
+    """A window's name for people: "last 6 h", "last 24 h", "last 7 days", "last 90 min"."""
+    if seconds % 86400 == 0 and seconds >= 2 * 86400:
+        return f"last {seconds // 86400} days"
+    if seconds % 3600 == 0:
+        return f"last {seconds // 3600} h"
+    if seconds % 60 == 0:
+        return f"last {seconds // 60} min"
+    return f"last {seconds} s"
+
+
+def direction_words(spec: CompetitionSpec) -> str:
+    return "higher is better" if spec.ranking_descending else "lower is better"
+
+
+def score_words(spec: CompetitionSpec) -> str:
+    """What the score is and which way is better, e.g. "CRPS ..., lower is better"."""
+    return f"{spec.score_name or 'score'}; {direction_words(spec)}"
 
 
 def leaderboard_view(c: ReportCompetition, stored: tuple | None, window: str, scope: str | None) -> dict:
@@ -83,11 +104,14 @@ def model_score_series(c: ReportCompetition, model_ids: Sequence[str] | None, st
     standings the leaderboard computes, one hour at a time). No range: the last 72 hours of data."""
     store = c.store
     if start is None or end is None:
-        last = c.reports.lag([s.key for s in c.spec.scopes]).last_scored_cycle
+        lag = c.reports.lag([s.key for s in c.spec.scopes])
+        # the newest data: the last scored cycle (or, with no score row left, the newest leaderboard)
+        last = lag.last_scored_cycle or (lag.last_leaderboard_as_of - timedelta(microseconds=1)
+                                         if lag.last_leaderboard_as_of else None)
         if last is None:
-            return {"start": None, "end": None, "series": {}}
+            return {"start": None, "end": None, "series": {}, "hours_with_cycles": []}
         end = ceil_hour(last + timedelta(microseconds=1))
-        start = end - timedelta(hours=SERIES_DEFAULT_HOURS)
+        start = max(end - timedelta(hours=SERIES_DEFAULT_HOURS), c.spec.start)  # nothing ran before the start
     snapshots = store.snapshots(start, end)
     rollups = store.stored_rollups(start, end)
     by_hour_snapshots, by_hour_rollups = defaultdict(list), defaultdict(list)
@@ -103,7 +127,9 @@ def model_score_series(c: ReportCompetition, model_ids: Sequence[str] | None, st
         for model_id, standing in sorted(hourly.items()):
             if standing.value is not None:
                 series[model_id].append({"hour": hour, "value": standing.value, "predictions": standing.predictions})
-    return {"start": start, "end": end, "series": dict(series)}
+    # the hours in which cycles ran and count: an hour missing here is a gap (nothing ran, or all void)
+    counted = sorted({row.period_start for row in rollups if row.cycle_count > 0 and start <= row.period_start < end})
+    return {"start": start, "end": end, "series": dict(series), "hours_with_cycles": counted}
 
 
 def prediction_view(p: PredictionReport, public_input_keys: Sequence[str]) -> dict:
@@ -131,24 +157,66 @@ def reward_split(cp: CheckpointRow) -> list[dict]:
              "score": r["score"], "eligible": r["eligible"], "coverage": r.get("coverage"),
              "participant": r.get("participant", r["model_id"]), "benchmark": bool((r.get("breakdown") or {}).get("benchmark")),
              "unpaid_reason": (r.get("breakdown") or {}).get("unpaid_reason"),
+             "copy_evidence": ((r.get("breakdown") or {}).get("copy_cluster") or {}).get("evidence"),
              "reward_pct": r["reward_pct"], "reward_percent": frac64_to_percent(r["reward_pct"])}
             for r in cp.entries.get("ranking", [])]
 
 
-def checkpoint_summary(cp: CheckpointRow) -> dict:
-    return {"id": cp.id, "period_start": cp.period_start, "period_end": cp.period_end, "status": cp.status,
-            "tx_hash": cp.tx_hash, "submitted_at": cp.submitted_at, "merkle_root": cp.merkle_root,
-            "chained_root": cp.chained_root, "created_at": cp.created_at, "updated_at": cp.updated_at,
-            "reward_split": reward_split(cp)}
+def lifecycle_view(cp: CheckpointRow, audit: Sequence[AuditRow]) -> dict:
+    """Whether the checkpoint's status is backed by its audit trail and gate result: a checkpoint
+    shown past PENDING without them (its status written around crunch.advance_checkpoint) is
+    flagged here, with every reason."""
+    problems = lifecycle_problems(cp, audit)
+    return {"verified": not problems, "problems": problems}
 
 
-def checkpoint_view(cp: CheckpointRow, gate: dict | None, audit: list[AuditRow]) -> dict:
-    return {**checkpoint_summary(cp), "crunch": cp.entries.get("crunch"),
+def skip_view(audit: Sequence[AuditRow]) -> dict | None:
+    """The operator's skip of the checkpoint, from its audit row: the reason, who, when."""
+    row = next((a for a in audit if a.to_status == "SKIPPED"), None)
+    return None if row is None else {"reason": row.note, "actor": row.actor, "at": row.at, "audit_id": row.id}
+
+
+def unpayable_view(cp: CheckpointRow, spec: CompetitionSpec) -> dict | None:
+    """For a PENDING checkpoint whose entries the declared policies can never pay: why, what it
+    blocks, and the operator's way out. None when nothing in its entries says so."""
+    reasons = unpayable_reasons(cp.entries, spec.gate) if cp.status == "PENDING" else []
+    if not reasons:
+        return None
+    return {"reasons": reasons,
+            "blocks": "it can never be submitted, and every later period waits for it (submissions go in order)",
+            "remedy": f"an operator skips it, with the reason: PATCH /competitions/{spec.slug}/checkpoints/{cp.id}/status "
+                      '{"status": "SKIPPED", "note": "<why>"}, or crunch-dagster checkpoints skip '
+                      f"{spec.slug} {cp.id} --reason '<why>'. It then pays nothing, ever; no later period pays it"}
+
+
+def checkpoint_summary(cp: CheckpointRow, audit: Sequence[AuditRow] | None = None,
+                       spec: CompetitionSpec | None = None) -> dict:
+    """One checkpoint with its reward split and the rules fingerprint it was built under; with its
+    `audit`, its `lifecycle` and `skipped` (the skip's reason, actor and time, or None); with the
+    `spec`, `unpayable` (why a PENDING one can never be submitted, or None)."""
+    rules = cp.entries.get("rules") or {}
+    summary = {"id": cp.id, "period_start": cp.period_start, "period_end": cp.period_end, "status": cp.status,
+               "tx_hash": cp.tx_hash, "submitted_at": cp.submitted_at, "merkle_root": cp.merkle_root,
+               "chained_root": cp.chained_root, "commitment_scheme": cp.commitment_scheme, "created_at": cp.created_at,
+               "updated_at": cp.updated_at, "rules_fingerprint": rules.get("fingerprint"),
+               "rules_mixed": bool(rules.get("mixed")), "reward_split": reward_split(cp)}
+    if audit is not None:
+        summary["lifecycle"] = lifecycle_view(cp, audit)
+        summary["skipped"] = skip_view(audit) if cp.status == "SKIPPED" else None
+    if spec is not None:
+        summary["unpayable"] = unpayable_view(cp, spec)
+    return summary
+
+
+def checkpoint_view(cp: CheckpointRow, gate: dict | None, audit: list[AuditRow],
+                    disputes: list[DisputeRow] | None = None, spec: CompetitionSpec | None = None) -> dict:
+    return {**checkpoint_summary(cp, audit, spec), "crunch": cp.entries.get("crunch"),
             "cruncher_rewards": cp.entries.get("cruncher_rewards", []),
             "compute_provider_rewards": cp.entries.get("compute_provider_rewards", []),
             "data_provider_rewards": cp.entries.get("data_provider_rewards", []),
-            "policies": cp.entries.get("policies", {}), "meta": cp.meta, "gate": gate,
-            "audit": [vars(a) for a in audit]}
+            "policies": cp.entries.get("policies", {}), "copy_clusters": cp.entries.get("copy_clusters", []),
+            "rules": cp.entries.get("rules"), "meta": cp.meta, "gate": gate,
+            "audit": [vars(a) for a in audit], "disputes": [vars(d) for d in disputes or []]}
 
 
 def lag_view(c: ReportCompetition, lag: LagReport, now: datetime) -> dict:

@@ -32,9 +32,9 @@ def replay(slug: str, start_text: str, end_text: str, days_per_run: int) -> None
     """Replay [--from, --to) of competition SLUG through feed, predictions, scores, snapshots,
     leaderboards and every checkpoint period closed inside the range: the same assets and
     partitions as a backfill launched from the UI, so the same numbers. Runs are recorded in the
-    Dagster instance of $DAGSTER_HOME when it is set, otherwise in a temporary one; the results
-    go to the competition's store either way. Idempotent: replaying again changes nothing."""
-    import dagster as dg
+    deployment's Dagster instance ($DAGSTER_HOME's when set, otherwise the checkout's
+    dagster.yaml: the one the demo's UI reads), so the UI shows the replayed partitions
+    materialized. Idempotent: replaying again changes nothing."""
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -46,6 +46,7 @@ def replay(slug: str, start_text: str, end_text: str, days_per_run: int) -> None
     from rich.table import Table
 
     from crunch_assets.cli.common import load_competition
+    from crunch_assets.replay import deployment_instance
     from crunch_assets.replay import replay as replay_range
     from resources.store.database import CrunchDatabase
 
@@ -62,10 +63,8 @@ def replay(slug: str, start_text: str, end_text: str, days_per_run: int) -> None
         raise click.ClickException(f"--to {end.isoformat()} is in the future: only hours that have begun can be replayed")
 
     console = Console(stderr=True)
-    # A temporary instance logs warnings only: the progress bar and the summary are the output.
-    instance = (dg.DagsterInstance.get() if _has_dagster_home()
-                else dg.DagsterInstance.ephemeral(settings={"python_logs": {"python_log_level": "WARNING"}}))
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    instance = deployment_instance()
+    with instance, Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=False) as progress:
         tasks: dict[str, int] = {}
 
@@ -76,7 +75,8 @@ def replay(slug: str, start_text: str, end_text: str, days_per_run: int) -> None
             progress.update(tasks[stage], completed=done if total else 1, total=max(total, 1))
 
         try:
-            timings = replay_range(defs, spec, start, end, instance=instance, days_per_run=days_per_run, progress=report)
+            timings = replay_range(defs, spec, start, end, instance=instance, days_per_run=days_per_run, progress=report,
+                                   quiet=True)
         except Exception as error:  # a failed run: say which, exit 1
             raise click.ClickException(f"replay failed: {type(error).__name__}: {error}") from error
 
@@ -107,8 +107,3 @@ def replay(slug: str, start_text: str, end_text: str, days_per_run: int) -> None
     if not checkpoints:
         out.print(f"no checkpoint period ({spec.checkpoint_interval_seconds} s) closes inside the range")
 
-
-def _has_dagster_home() -> bool:
-    import os
-
-    return bool(os.environ.get("DAGSTER_HOME"))

@@ -35,7 +35,7 @@ def verify(slug: str, timeout_seconds: float, poll_seconds: float, min_scored: i
             raise click.BadParameter(f"{since_text!r} is not an ISO-8601 instant", param_hint="--since") from None
         if since.tzinfo is None:
             raise click.BadParameter(f"{since_text!r} has no UTC offset: add +00:00", param_hint="--since")
-    store = CrunchDatabase().competition(slug)
+    store = CrunchDatabase(role="api").competition(slug)
     deadline = time.monotonic() + timeout_seconds
     last_state = None
     while True:

@@ -39,6 +39,7 @@ from crunch_assets.spec import (
     LeaderboardWindow,
     Scope,
     SpecError,
+    cadence_problems,
 )
 from crunch_assets.strict import nearest
 
@@ -158,6 +159,8 @@ class CompetitionConfig(_Strict):
     """Everything a generated competition is made from (a pack, with a spec file merged over it)."""
 
     description: str = Field(default="", max_length=500)
+    # What a score is, for people: the participant page says it, with its direction.
+    score_name: str = Field(default="position x direction, from -1 to 1", max_length=200)
     # The first partition (UTC, on an hour); unset: midnight UTC of the day `init` runs.
     start: AwareDatetime | None = None
     scopes: list[ScopeConfig] = Field(min_length=1)
@@ -349,9 +352,13 @@ def resolve(slug: str | None, pack: str | None, spec_path: Path | None) -> Resol
         raise ScaffoldError(problems)
     resolved = ResolvedSpec(slug, pack, config)
     try:
-        to_competition_spec(resolved, start=resolved_start(config))
+        spec = to_competition_spec(resolved, start=resolved_start(config))
     except SpecError as error:
         raise ScaffoldError([f"{source}: {error}"]) from None
+    # the generated feed's granularity (a tick feed's interval is only known to its source)
+    cadence = cadence_problems(spec, config.feed.kind, config.feed.granularity_seconds)
+    if cadence:
+        raise ScaffoldError([f"{source}: {problem.message()}" for problem in cadence])
     return resolved
 
 
@@ -407,4 +414,5 @@ def to_competition_spec(resolved: ResolvedSpec, start: datetime) -> CompetitionS
         quarantine_after_failures=c.quarantine_after_failures, quarantine_cooldown_seconds=c.quarantine_cooldown_seconds,
         void_after_seconds=c.void_after_seconds, feed_retention_days=c.feed_retention_days,
         public_input_keys=tuple(c.public_input_keys), description=c.description,
+        score_name=c.score_name,
     )

@@ -34,7 +34,7 @@ from crunch_assets.scaffold.generate import (
     workspace_entry,
 )
 from crunch_assets.settings import CompetitionSettings, FeedDefaults, SettingsError
-from crunch_assets.spec import CompetitionSpec, SpecError
+from crunch_assets.spec import CompetitionSpec, SpecError, cadence_problems
 
 
 @dataclass(frozen=True)
@@ -128,6 +128,24 @@ def check_feed(settings: CompetitionSettings, feed_defaults: FeedDefaults, subje
     return problems, source
 
 
+def check_cadence(spec: CompetitionSpec, settings: CompetitionSettings, feed_defaults: FeedDefaults) -> list[Problem]:
+    """Every cycle instant and resolution instant of every scope has an observation at most
+    max_price_staleness_seconds old on the feed the environment selects (the check the code
+    location runs when it loads); each scope that has not is explained with its fixes."""
+    from crunch_assets.definitions import observation_interval_seconds
+
+    feed = settings.feed(feed_defaults, csv_subjects=spec.subjects)
+    problems = []
+    for problem in cadence_problems(spec, feed.kind, observation_interval_seconds(feed)):
+        fixes = problem.fixes()
+        problems.append(Problem(
+            problem.describe(),
+            ("change one of: " + "; ".join(fixes)) if fixes else
+            "make the scope's cycle and resolution instants fall on the feed's observations",
+        ))
+    return problems
+
+
 def check_workspace(checkout: Path, slug: str) -> list[Problem]:
     workspace = checkout / WORKSPACE_FILE
     if not workspace.is_file():
@@ -189,17 +207,26 @@ def doctor_competition(slug: str) -> Report:
     models_dir = getattr(module, "MODELS_DIR", None)
     settings = getattr(module, "SETTINGS", None) or CompetitionSettings(slug)
     if models_dir is not None and settings.get("RUNNER", "local") == "local":
-        from resources.model_runners.local import discover_models
+        from resources.model_ids import MODEL_ID_RULE
+        from resources.model_runners.local import scan_models
 
         try:
-            if not discover_models(Path(models_dir)):
+            found, refused = scan_models(Path(models_dir))
+            for name, reason in refused.items():
+                report.problems.append(Problem(f"model {name!r} in {models_dir} is refused: {reason}",
+                                               f"rename it: a model id is {MODEL_ID_RULE}"))
+            if not found:
                 report.problems.append(Problem(f"{models_dir} holds no model", "add a model file (one *.py per model)"))
         except FileNotFoundError as error:
             report.problems.append(Problem(str(error), "create the models directory"))
         report.checked.append("models")
-    feed_problems, source = check_feed(settings, getattr(module, "FEED_DEFAULTS", FeedDefaults()), spec.subjects)
+    feed_defaults = getattr(module, "FEED_DEFAULTS", FeedDefaults())
+    feed_problems, source = check_feed(settings, feed_defaults, spec.subjects)
     report.problems += feed_problems
     report.checked.append(f"feed {source!r}")
+    if not feed_problems:
+        report.problems += check_cadence(spec, settings, feed_defaults)
+        report.checked.append("cadence")
     return report
 
 

@@ -48,6 +48,7 @@ OUTPUTS: tuple[tuple[str, str], ...] = (
     ("challenge/package/model.py.j2", "challenges/{slug}/{package}/model.py"),
     ("challenge/package/schemas.py.j2", "challenges/{slug}/{package}/schemas.py"),
     ("challenge/package/scoring.py.j2", "challenges/{slug}/{package}/scoring.py"),
+    ("challenge/package/verify_receipt.py.j2", "challenges/{slug}/{package}/verify_receipt.py"),
     ("challenge/package/examples/__init__.py.j2", "challenges/{slug}/{package}/examples/__init__.py"),
     ("challenge/package/examples/mean_reversion.py.j2", "challenges/{slug}/{package}/examples/mean_reversion.py"),
     ("challenge/package/examples/trend_following.py.j2", "challenges/{slug}/{package}/examples/trend_following.py"),

@@ -9,11 +9,16 @@ spans, model inputs and ground truth are all expressed in observation time.
 from __future__ import annotations
 
 import math
+import time
 from abc import abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
+from pydantic import Field
 
 
 CANDLE = "candle"
@@ -146,15 +151,31 @@ class FeedStream:
         return timedelta(seconds=self.granularity_seconds)
 
 
-# Skip reasons of a row repeated in one fetch: harmless, or a conflict (other values; the first is kept).
+# Why a row was skipped. Harmless skips lose nothing: an identical repeat, a row outside the asked
+# window, an id nobody asked for. Every other skip is a *defect*: for some instant the fetch got no
+# value it can trust (a malformed row, or two different values for one time), so the fetch is not
+# complete and its span is fetched again (crunch_assets/feed.py says how often).
 DUPLICATE_SAME = "duplicate open time"
-DUPLICATE_CONFLICT = "conflicting duplicate (other values; first kept)"
+DUPLICATE_CONFLICT = "conflicting duplicate"
+OUTSIDE_WINDOW = "outside window"
+UNREQUESTED_ID = "unrequested id"
+HARMLESS_SKIPS = frozenset({DUPLICATE_SAME, OUTSIDE_WINDOW, UNREQUESTED_ID})
 
 
 @dataclass(frozen=True)
 class SkippedRow:
     reason: str  # short, groupable: "missing field", "non-numeric price", "outside window", ...
-    raw: str  # the offending row, truncated
+    raw: str  # the offending row, truncated; for a conflict, both values
+    ts_event: datetime | None = None  # the record time the row stood for, when readable
+
+    @property
+    def defect(self) -> bool:
+        return self.reason not in HARMLESS_SKIPS
+
+
+def conflict_row(ts_event: datetime, first: object, other: object) -> SkippedRow:
+    """Two different values for one record time in one fetch: both reported, neither stored."""
+    return SkippedRow(DUPLICATE_CONFLICT, truncate_raw({"first": first, "other": other}, 600), ts_event)
 
 
 @dataclass
@@ -165,6 +186,7 @@ class FeedFetchResult:
     # Whether the fetch saw everything the source has for the asked span (up to as_of). A source
     # that cannot serve a span (e.g. a latest-price API asked about the past) says False, and the
     # span is not recorded as fetched: a missing price there is never taken as proven missing.
+    # Defects (below) make a fetch incomplete too; `complete` is about the source's reach.
     complete: bool = True
 
     def skipped_by_reason(self) -> dict[str, int]:
@@ -172,6 +194,42 @@ class FeedFetchResult:
         for row in self.skipped:
             counts[row.reason] = counts.get(row.reason, 0) + 1
         return counts
+
+    @property
+    def defects(self) -> list[SkippedRow]:
+        """Malformed rows and conflicting duplicates: the span is not complete while there are any."""
+        return [row for row in self.skipped if row.defect]
+
+    def finish(self) -> "FeedFetchResult":
+        """Records ascending by time, without any record at a conflicting time (neither of two
+        different values is taken for the truth: which one came first is an accident of paging)."""
+        conflicting = {row.ts_event for row in self.skipped if row.reason == DUPLICATE_CONFLICT}
+        if conflicting:
+            self.records = [record for record in self.records if record.ts_event not in conflicting]
+        self.records.sort(key=lambda record: record.ts_event)
+        return self
+
+
+# The caller's deadline on a whole fetch (time.monotonic()), honoured by every HTTP request inside
+# it: a live tick's feed wait ends the fetch itself, not only the wait for it.
+_FETCH_DEADLINE: ContextVar[float | None] = ContextVar("feed_fetch_deadline", default=None)
+
+
+@contextmanager
+def fetch_deadline(deadline_monotonic: float) -> Iterator[None]:
+    """Inside the block, fetches give up at `deadline_monotonic` (the earlier of it and any outer one)."""
+    outer = _FETCH_DEADLINE.get()
+    token = _FETCH_DEADLINE.set(deadline_monotonic if outer is None else min(outer, deadline_monotonic))
+    try:
+        yield
+    finally:
+        _FETCH_DEADLINE.reset(token)
+
+
+def fetch_seconds_left() -> float | None:
+    """Seconds left before the caller's fetch deadline (None: no deadline set)."""
+    deadline = _FETCH_DEADLINE.get()
+    return None if deadline is None else deadline - time.monotonic()
 
 
 def truncate_raw(row: object, limit: int = 200) -> str:
@@ -189,6 +247,13 @@ class FeedResource(dg.ConfigurableResource):
 
     kind: str = CANDLE
     granularity_seconds: int = 60  # candles: the bar length; ticks: 0
+    defect_refetches: int = Field(
+        default=3, description="A fetch with malformed rows or conflicting duplicates is refetched up to this many "
+        "times before its defective instants are accepted as missing (the span recorded, the gap named).",
+    )
+    defect_refetch_backoff_seconds: float = Field(
+        default=10.0, description="Wait before the first refetch of a defective span; doubled for each next one.",
+    )
 
     @abstractmethod
     def source_name(self) -> str:
@@ -199,6 +264,11 @@ class FeedResource(dg.ConfigurableResource):
 
     def validate_stream(self) -> None:
         """Fail at load time if this feed cannot serve its configured kind and granularity."""
+        if self.defect_refetches < 0:
+            raise ValueError(f"{type(self).__name__}: defect_refetches must be >= 0, got {self.defect_refetches}")
+        if not (math.isfinite(self.defect_refetch_backoff_seconds) and self.defect_refetch_backoff_seconds >= 0):
+            raise ValueError(f"{type(self).__name__}: defect_refetch_backoff_seconds must be >= 0, "
+                             f"got {self.defect_refetch_backoff_seconds}")
         if self.kind == CANDLE and self.granularity_seconds <= 0:
             raise ValueError(f"{type(self).__name__}: a candle feed needs granularity_seconds > 0")
         if self.kind == TICK and self.granularity_seconds != 0:
@@ -209,12 +279,13 @@ class FeedResource(dg.ConfigurableResource):
 
     def fetch_records(self, subject: str, start: datetime, end: datetime, *, as_of: datetime) -> FeedFetchResult:
         """Final records of `subject` observed in [start, end) and at or before as_of, ascending.
-        Malformed upstream rows are skipped and reported, never raised."""
+        Malformed upstream rows are skipped and reported, never raised; records at a time with
+        conflicting values are left out and reported with both values."""
         if self.kind == CANDLE:
             lag = timedelta(seconds=self.granularity_seconds)
-            return self.fetch_candles(subject, start - lag, end - lag, as_of=as_of)
+            return self.fetch_candles(subject, start - lag, end - lag, as_of=as_of).finish()
         if self.kind == TICK:
-            return self.fetch_ticks(subject, start, end, as_of=as_of)
+            return self.fetch_ticks(subject, start, end, as_of=as_of).finish()
         raise NotImplementedError(f"{type(self).__name__} does not serve records of kind {self.kind!r}")
 
     def fetch_candles(self, subject: str, start: datetime, end: datetime, *, as_of: datetime) -> FeedFetchResult:

@@ -8,7 +8,15 @@ from typing import Any
 
 from pydantic import Field
 
-from resources.feeds.base import DUPLICATE_CONFLICT, DUPLICATE_SAME, Candle, FeedFetchResult, SkippedRow, truncate_raw
+from resources.feeds.base import (
+    DUPLICATE_SAME,
+    OUTSIDE_WINDOW,
+    Candle,
+    FeedFetchResult,
+    SkippedRow,
+    conflict_row,
+    truncate_raw,
+)
 from resources.feeds.http import (
     FeedBadRequestError,
     FeedConfigError,
@@ -72,9 +80,10 @@ def parse_klines(
     """Closed candles from one /api/v3/klines page whose open time is in [start, end).
 
     The still-forming candle (open + granularity > as_of) is dropped, not counted as malformed.
-    Malformed rows are skipped and reported. `seen_open_ms` (open time -> values) drops rows
-    repeated across pages; a repeat with other values is a conflict, reported as such (the first
-    row is kept).
+    Malformed rows are skipped and reported (with their open time when it is readable).
+    `seen_open_ms` (open time -> values) spans the pages of one fetch: a row repeated with the
+    same values is harmless, one with other values is a conflict, reported with both values (the
+    fetch's finish() then leaves that time out).
     """
     if not isinstance(rows, list):
         raise FeedResponseError(f"binance: klines response is not a list: {truncate_raw(rows)}")
@@ -86,8 +95,9 @@ def parse_klines(
     candles: list[Candle] = []
     skipped: list[SkippedRow] = []
 
-    def skip(reason: str, row: Any) -> None:
-        skipped.append(SkippedRow(reason=reason, raw=truncate_raw(row)))
+    def skip(reason: str, row: Any, open_ms: int | None = None) -> None:
+        at = _utc_from_unix_ms(open_ms) if open_ms is not None and abs(open_ms) < 2**53 else None
+        skipped.append(SkippedRow(reason=reason, raw=truncate_raw(row), ts_event=at))
 
     for row in rows:
         if not isinstance(row, (list, tuple)) or len(row) < 6:
@@ -98,27 +108,30 @@ def parse_klines(
             skip("non-numeric open time", row)
             continue
         if check_alignment and open_ms % granularity_ms != 0:
-            skip("unaligned open time", row)
+            skip("unaligned open time", row, open_ms)
             continue
         if not start_ms <= open_ms < end_ms:
-            skip("outside window", row)
+            skip(OUTSIDE_WINDOW, row, open_ms)
             continue
         if open_ms + granularity_ms > as_of_ms:
             continue  # still forming: it becomes final on a later fetch
         try:
             open_, high, low, close, volume = ohlcv_floats(row[1:6])
         except (TypeError, ValueError):
-            skip("non-numeric value", row)
+            skip("non-numeric value", row, open_ms)
             continue
         problem = check_ohlcv(open_, high, low, close, volume)
         if problem:
-            skip(problem, row)
+            skip(problem, row, open_ms)
             continue
+        values = (open_, high, low, close, volume)
         if open_ms in seen:
-            same = seen[open_ms] == (open_, high, low, close, volume)
-            skip(DUPLICATE_SAME if same else DUPLICATE_CONFLICT, row)
+            if seen[open_ms] == values:
+                skip(DUPLICATE_SAME, row, open_ms)
+            else:
+                skipped.append(conflict_row(_utc_from_unix_ms(open_ms), list(seen[open_ms]), list(values)))
             continue
-        seen[open_ms] = (open_, high, low, close, volume)
+        seen[open_ms] = values
         candles.append(Candle(
             subject=subject, ts_event=_utc_from_unix_ms(open_ms), open=open_, high=high, low=low,
             close=close, volume=volume, granularity_seconds=granularity_seconds,
@@ -197,8 +210,7 @@ class BinanceFeed(HttpFeedResource):
                     f"{_utc_from_unix_ms(next_open_ms).isoformat()} (last open time in page: {last_open_ms})"
                 )
             next_open_ms = last_open_ms + granularity_ms
-        result.records.sort(key=lambda candle: candle.ts_event)
-        return result
+        return result.finish()
 
     def latest_price(self, subject: str) -> float:
         """Last traded price (ticker), which moves inside the still-forming candle."""

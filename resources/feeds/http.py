@@ -7,6 +7,13 @@ attempts and in total time, including the time spent waiting between attempts, a
 body in size: bodies are streamed, a 2xx body over `max_response_bytes` (declared by Content-Length
 or counted as it arrives, after decompression) raises FeedResponseTooLargeError without being read
 further and is not retried, and of an error status only the first 64 KiB are kept for the message.
+
+Every attempt has a deadline on the whole response, connect + headers + body
+(`response_timeout_seconds`, and never past `max_total_seconds` or the caller's `fetch_deadline`).
+requests' and urllib3's timeouts are per socket read, so a server that sends a byte now and then
+never trips them, and urllib3 reads a body in blocks that only return once full: a watchdog timer
+shuts the attempt's socket down at its deadline, which ends any read blocked on it, and the
+attempt fails as a timeout (retried while the budget lasts).
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ import json
 import logging
 import math
 import random
+import socket
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -23,9 +32,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 import dagster as dg
 import requests
+import urllib3
 from pydantic import Field, PrivateAttr
+from requests.adapters import HTTPAdapter
 
-from resources.feeds.base import FeedResource, truncate_raw
+from resources.feeds.base import FeedResource, fetch_seconds_left, truncate_raw
 
 SECONDS_PER_DAY = 86_400
 
@@ -132,6 +143,7 @@ def _retryable_status(status: int) -> bool:
 class RetryPolicy:
     connect_timeout_seconds: float = 5.0
     read_timeout_seconds: float = 15.0
+    response_timeout_seconds: float = 30.0  # one attempt, connect + headers + body
     max_attempts: int = 5
     max_total_seconds: float = 60.0
     backoff_base_seconds: float = 0.5
@@ -143,8 +155,8 @@ class RetryPolicy:
             raise FeedConfigError(f"max_attempts must be >= 1, got {self.max_attempts}")
         if self.max_response_bytes < 1:
             raise FeedConfigError(f"max_response_bytes must be >= 1, got {self.max_response_bytes}")
-        for name in ("connect_timeout_seconds", "read_timeout_seconds", "max_total_seconds"):
-            if not getattr(self, name) > 0:
+        for name in ("connect_timeout_seconds", "read_timeout_seconds", "response_timeout_seconds", "max_total_seconds"):
+            if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
                 raise FeedConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.backoff_base_seconds < 0 or self.backoff_max_seconds < 0:
             raise FeedConfigError("backoff_base_seconds and backoff_max_seconds must be >= 0")
@@ -190,8 +202,133 @@ class HttpStats:
     sleep_seconds: float = 0.0  # waiting between attempts
 
 
-class _DeadlineExceeded(Exception):
-    """The body was still arriving when the total time budget ran out."""
+class _ResponseTimeout(Exception):
+    """The response was not complete when the attempt's deadline passed."""
+
+
+# --- the whole-response deadline ---------------------------------------------------------------
+
+
+_watched = threading.local()  # .watch: the _ResponseWatch of the attempt this thread is making
+
+
+class _ResponseWatch:
+    """Ends one attempt at its deadline: a timer shuts down the socket the attempt uses (urllib3
+    tells which, below), so a read blocked on it returns at once. Set as this thread's watch for
+    the attempt; other threads' requests have their own."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expired = False
+        # The connection (its socket may change while connecting) and every socket it had: a
+        # response that closes the connection takes the socket over from it.
+        self._connections: list[urllib3.connection.HTTPConnection] = []
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._done = False
+        self._timer = threading.Timer(max(0.0, seconds), self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> "_ResponseWatch":
+        _watched.watch = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._lock:
+            self._done = True
+        self._timer.cancel()
+        self._timer.join()  # at once: cancelled, or done shutting the socket
+        _watched.watch = None
+
+    def attach(self, connection: urllib3.connection.HTTPConnection) -> None:
+        with self._lock:
+            if connection not in self._connections:
+                self._connections.append(connection)
+            if connection.sock is not None and connection.sock not in self._sockets:
+                self._sockets.append(connection.sock)
+            expired = self.expired and not self._done
+        if expired:
+            self._shut_all()
+
+    def _expire(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self.expired = True
+        self._shut_all()
+
+    def _shut_all(self) -> None:
+        with self._lock:
+            sockets = [*self._sockets, *(c.sock for c in self._connections if c.sock is not None)]
+        for sock in sockets:
+            _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    """Shut the socket down for reading and writing. Not close(): the file descriptor stays the
+    reading thread's to close, so it is never reused under it. The base socket's shutdown, so a
+    TLS socket is cut at the TCP level too."""
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed or not connected
+
+
+def _attach_to_watch(connection: urllib3.connection.HTTPConnection) -> None:
+    watch = getattr(_watched, "watch", None)
+    if watch is not None:
+        watch.attach(connection)
+
+
+class _WatchedConnectionMixin:
+    """A connection that puts itself, and its socket, under the requesting thread's watch: while
+    connecting (the socket exists from the TCP connect on, so a TLS handshake is cut too), once
+    connected, and at each request (a connection reused from the pool)."""
+
+    def connect(self) -> None:
+        _attach_to_watch(self)
+        super().connect()
+        _attach_to_watch(self)  # shuts it at once if the deadline passed meanwhile
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _attach_to_watch(self)
+        result = super().request(*args, **kwargs)
+        _attach_to_watch(self)
+        return result
+
+
+class _WatchedHTTPConnection(_WatchedConnectionMixin, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _WatchedHTTPSConnection(_WatchedConnectionMixin, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _WatchedHTTPConnectionPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSConnectionPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+_WATCHED_POOLS = {"http": _WatchedHTTPConnectionPool, "https": _WatchedHTTPSConnectionPool}
+
+
+class _WatchedAdapter(HTTPAdapter):
+    """requests' adapter whose connections, direct or through an HTTP proxy, can be watched."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _WATCHED_POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any):
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if isinstance(manager, urllib3.ProxyManager):  # a SOCKS proxy keeps its own pools (not watched)
+            manager.pool_classes_by_scheme = _WATCHED_POOLS
+        return manager
 
 
 class JsonHttpClient:
@@ -219,6 +356,9 @@ class JsonHttpClient:
         self._clock = clock
         self._random_fraction = random_fraction
         self._session = session or requests.Session()
+        adapter = _WatchedAdapter()
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
         self._session.headers.update({"Accept": "application/json", "User-Agent": "crunch-dagster-feed"})
         self._session.headers.update(headers or {})
 
@@ -229,7 +369,12 @@ class JsonHttpClient:
         url = f"{self.base_url}{path}"
         started = self._clock()
         deadline = started + self.policy.max_total_seconds
-        last_problem = "no attempt fitted in max_total_seconds"
+        budget = f"max_total_seconds={self.policy.max_total_seconds}"
+        caller_seconds = fetch_seconds_left()
+        if caller_seconds is not None and started + caller_seconds < deadline:
+            deadline = started + max(0.0, caller_seconds)  # the caller (a live tick) waits no longer
+            budget = f"the caller's deadline, {max(0.0, caller_seconds):.1f}s away"
+        last_problem = f"no attempt fitted in {budget}"
         problem_counts: dict[str, int] = {}  # the whole story for the error, not only the last failure
 
         def note(kind: str, detail: str) -> None:
@@ -243,7 +388,7 @@ class JsonHttpClient:
             try:
                 status, headers, body = self._send_once(url, params, deadline)
             except (requests.Timeout, requests.ConnectionError, requests.exceptions.ChunkedEncodingError,
-                    _DeadlineExceeded) as exc:
+                    _ResponseTimeout) as exc:
                 timed_out = isinstance(exc, requests.Timeout) or "timed out" in str(exc)
                 note("timeout" if timed_out else type(exc).__name__,
                      f"{type(exc).__name__}: {truncate_raw(str(exc), 200)}")
@@ -280,46 +425,59 @@ class JsonHttpClient:
         elapsed_seconds = self._clock() - started
         raise FeedUnavailableError(
             f"{self.source}: GET {url} failed after {attempts} attempt(s) in {elapsed_seconds:.1f}s "
-            f"(max_attempts={self.policy.max_attempts}, max_total_seconds={self.policy.max_total_seconds}); "
+            f"(max_attempts={self.policy.max_attempts}, {budget}); "
             f"problems: {', '.join(f'{kind} x{count}' for kind, count in problem_counts.items()) or 'none'}; "
             f"last: {last_problem}"
         )
 
     def _send_once(self, url: str, params: Params, deadline: float) -> tuple[int, Mapping[str, str], bytes]:
-        remaining_seconds = max(0.001, deadline - self._clock())
+        """One attempt, over by the earlier of `deadline` and response_timeout_seconds from now."""
+        attempt_seconds = max(0.001, min(deadline - self._clock(), self.policy.response_timeout_seconds))
         timeout = (
-            min(self.policy.connect_timeout_seconds, remaining_seconds),
-            min(self.policy.read_timeout_seconds, remaining_seconds),
+            min(self.policy.connect_timeout_seconds, attempt_seconds),
+            min(self.policy.read_timeout_seconds, attempt_seconds),
         )
         self.stats.requests += 1
         started = time.perf_counter()
+        watch = _ResponseWatch(attempt_seconds)
         try:
-            # Leaving the `with` early closes the connection: the rest of a body is never read.
-            with self._session.get(url, params=params, timeout=timeout, stream=True) as response:
-                success = 200 <= response.status_code < 300
-                max_bytes = self.policy.max_response_bytes
-                declared = _content_length(response.headers)
-                if success and declared is not None and declared > max_bytes:
-                    raise self._too_large(response.url, f"Content-Length: {declared}")
-                # An error status only needs the start of its body for the message.
-                keep_bytes = max_bytes if success else min(max_bytes, _ERROR_BODY_MAX_BYTES)
-                body = bytearray()
-                # Counted after decompression (urllib3 inflates at most a chunk at a time), so a
-                # small compressed body cannot expand without bound either. The read timeout is per
-                # socket read; checking the deadline between chunks bounds a server that trickles.
-                for chunk in response.iter_content(_BODY_CHUNK_BYTES):
-                    body += chunk
-                    self.stats.bytes_received += len(chunk)
-                    if len(body) > keep_bytes:
-                        if success:
-                            raise self._too_large(response.url, f"more than {max_bytes} bytes received")
-                        del body[keep_bytes:]
-                        break
-                    if self._clock() > deadline:
-                        raise _DeadlineExceeded(f"body still arriving when max_total_seconds ran out ({url})")
-                return response.status_code, response.headers, bytes(body)
+            with watch:
+                answer = self._exchange(url, params, timeout)
+            if watch.expired:  # cut short: what arrived may look whole (headers ended by the shutdown)
+                raise ConnectionError("the response was cut at its deadline")
+            return answer
+        except Exception as exc:
+            if watch.expired and not isinstance(exc, requests.Timeout):  # a read timeout says so itself
+                raise _ResponseTimeout(
+                    f"timed out: no complete response within {attempt_seconds:.1f}s (connect + headers + body; "
+                    f"cut at the deadline: {type(exc).__name__})"
+                ) from exc
+            raise
         finally:
             self.stats.http_seconds += time.perf_counter() - started
+
+    def _exchange(self, url: str, params: Params, timeout: tuple[float, float]) -> tuple[int, Mapping[str, str], bytes]:
+        # Leaving the `with` early closes the connection: the rest of a body is never read.
+        with self._session.get(url, params=params, timeout=timeout, stream=True) as response:
+            success = 200 <= response.status_code < 300
+            max_bytes = self.policy.max_response_bytes
+            declared = _content_length(response.headers)
+            if success and declared is not None and declared > max_bytes:
+                raise self._too_large(response.url, f"Content-Length: {declared}")
+            # An error status only needs the start of its body for the message.
+            keep_bytes = max_bytes if success else min(max_bytes, _ERROR_BODY_MAX_BYTES)
+            body = bytearray()
+            # Counted after decompression (urllib3 inflates at most a chunk at a time), so a
+            # small compressed body cannot expand without bound either.
+            for chunk in response.iter_content(_BODY_CHUNK_BYTES):
+                body += chunk
+                self.stats.bytes_received += len(chunk)
+                if len(body) > keep_bytes:
+                    if success:
+                        raise self._too_large(response.url, f"more than {max_bytes} bytes received")
+                    del body[keep_bytes:]
+                    break
+            return response.status_code, response.headers, bytes(body)
 
     def _too_large(self, url: str, how: str) -> FeedResponseTooLargeError:
         max_bytes = self.policy.max_response_bytes
@@ -376,7 +534,11 @@ class HttpFeedResource(FeedResource):
     """A feed read over HTTP: the timeouts and retry budget are configuration."""
 
     connect_timeout_seconds: float = Field(default=5.0, description="TCP connect timeout per attempt.")
-    read_timeout_seconds: float = Field(default=15.0, description="Socket read timeout per attempt.")
+    read_timeout_seconds: float = Field(default=15.0, description="Socket read timeout (each read) per attempt.")
+    response_timeout_seconds: float = Field(
+        default=30.0, description="Deadline on one attempt's whole response (connect + headers + body): a server "
+        "that trickles its answer is cut off here and the attempt retried.",
+    )
     max_attempts: int = Field(default=5, description="Attempts per request, first one included.")
     max_total_seconds: float = Field(
         default=60.0, description="Bound on one request including retries and waits between them."
@@ -398,6 +560,7 @@ class HttpFeedResource(FeedResource):
         return RetryPolicy(
             connect_timeout_seconds=self.connect_timeout_seconds,
             read_timeout_seconds=self.read_timeout_seconds,
+            response_timeout_seconds=self.response_timeout_seconds,
             max_attempts=self.max_attempts,
             max_total_seconds=self.max_total_seconds,
             backoff_base_seconds=self.backoff_base_seconds,

@@ -12,12 +12,14 @@ from typing import Any
 from pydantic import Field
 
 from resources.feeds.base import (
-    DUPLICATE_CONFLICT,
     DUPLICATE_SAME,
+    OUTSIDE_WINDOW,
+    UNREQUESTED_ID,
     Candle,
     FeedFetchResult,
     Tick,
     SkippedRow,
+    conflict_row,
     truncate_raw,
     utc_from_unix_seconds,
 )
@@ -91,7 +93,14 @@ def _bar_time_problem(bar_time: Any, granularity_seconds: int, start_ms: int, en
     if SECONDS_PER_DAY % granularity_seconds == 0 and bar_time % granularity_seconds != 0:
         return "unaligned open time"
     if not start_ms <= bar_time * 1000 < end_ms:
-        return "outside window"
+        return OUTSIDE_WINDOW
+    return None
+
+
+def _bar_open_time(bar_time: Any) -> datetime | None:
+    """A bar's time as aware UTC when it is a plausible unix-seconds integer, else None."""
+    if is_integer(bar_time) and 0 <= bar_time < 2**35:
+        return utc_from_unix_seconds(bar_time)
     return None
 
 
@@ -135,7 +144,7 @@ def parse_history_bars(
         # Values can no longer be matched to times with certainty: keep none of them.
         lengths = {name: len(values) if isinstance(values, list) else None for name, values in arrays.items()}
         raw = truncate_raw({"t": len(times), **lengths})
-        return [], [SkippedRow(reason="arrays of different lengths", raw=raw) for _ in times]
+        return [], [SkippedRow(reason="arrays of different lengths", raw=raw, ts_event=_bar_open_time(t)) for t in times]
 
     granularity_ms = granularity_seconds * 1000
     start_ms, end_ms, as_of_ms = unix_ms(start), unix_ms(end), unix_ms(as_of)
@@ -155,11 +164,14 @@ def parse_history_bars(
                 reason = "non-numeric value"
             else:
                 reason = check_ohlcv(open_, high, low, close, volume)
+        if reason is None and bar_time in seen and seen[bar_time] != (open_, high, low, close, volume):
+            skipped.append(conflict_row(utc_from_unix_seconds(bar_time), [bar_time, *seen[bar_time]],
+                                        [bar_time, *values]))
+            continue
         if reason is None and bar_time in seen:
-            same = seen[bar_time] == (open_, high, low, close, volume)
-            reason = DUPLICATE_SAME if same else DUPLICATE_CONFLICT
+            reason = DUPLICATE_SAME
         if reason is not None:
-            skipped.append(SkippedRow(reason=reason, raw=truncate_raw([bar_time, *values])))
+            skipped.append(SkippedRow(reason=reason, raw=truncate_raw([bar_time, *values]), ts_event=_bar_open_time(bar_time)))
             continue
         seen[bar_time] = (open_, high, low, close, volume)
         candles.append(Candle(
@@ -187,7 +199,7 @@ def parse_hermes_latest(
             continue
         subjects = subjects_by_feed_id.get(normalize_feed_id(entry["id"]))
         if not subjects:
-            skipped.append(SkippedRow(reason="unrequested id", raw=truncate_raw(entry)))
+            skipped.append(SkippedRow(reason=UNREQUESTED_ID, raw=truncate_raw(entry)))
             continue
         quote = entry.get("price")
         try:
@@ -269,11 +281,13 @@ class PythFeed(HttpFeedResource):
         now = datetime.now(timezone.utc)
         if (now - min(end, as_of)).total_seconds() > self.tick_freshness_seconds:
             return FeedFetchResult(records=[], complete=False)
-        latest = self.latest_prices([subject]).get(subject)
+        prices, skipped = self._latest_prices_and_skipped([subject])
+        latest = prices.get(subject)
         ticks = []
         if latest is not None and start <= latest[0] < end and latest[0] <= as_of:
             ticks.append(Tick(subject, latest[0], latest[1]))
-        return FeedFetchResult(records=ticks, pages_fetched=1)
+        # An entry Hermes sent malformed is a defect: the span is fetched again.
+        return FeedFetchResult(records=ticks, pages_fetched=1, skipped=skipped)
 
     def validate_subjects(self, subjects: list[str]) -> None:
         if self.kind == "candle":
@@ -297,8 +311,7 @@ class PythFeed(HttpFeedResource):
             chunk_stop = min(chunk_start + chunk_seconds, stop_seconds)
             self._fetch_history_chunk(subject, symbol, resolution, chunk_start, chunk_stop,
                                       start=start, end=end, as_of=as_of, seen_times=seen_times, result=result)
-        result.records.sort(key=lambda candle: candle.ts_event)
-        return result
+        return result.finish()
 
     def _fetch_history_chunk(self, subject: str, symbol: str, resolution: str, chunk_start: int, chunk_stop: int,
                              *, start: datetime, end: datetime, as_of: datetime, seen_times: dict[int, tuple],
@@ -336,11 +349,17 @@ class PythFeed(HttpFeedResource):
     def latest_prices(self, subjects: list[str]) -> dict[str, tuple[datetime, float]]:
         """{subject: (publish_time aware UTC, price)} from Hermes. A subject Hermes does not
         answer for is absent: no price is ever made up."""
+        prices, skipped = self._latest_prices_and_skipped(subjects)
+        for row in skipped:
+            logger.warning("pyth: skipped Hermes entry (%s): %s", row.reason, row.raw)
+        return prices
+
+    def _latest_prices_and_skipped(self, subjects: list[str]) -> tuple[dict[str, tuple[datetime, float]], list[SkippedRow]]:
         subjects_by_feed_id: dict[str, list[str]] = {}
         for subject in subjects:
             subjects_by_feed_id.setdefault(self.feed_id_for(subject), []).append(subject)
         if not subjects_by_feed_id:
-            return {}
+            return {}, []
         params = [("ids[]", feed_id) for feed_id in subjects_by_feed_id] + [("parsed", "true")]
         try:
             payload = self._hermes_http().get_json(LATEST_PRICE_PATH, params)
@@ -349,10 +368,7 @@ class PythFeed(HttpFeedResource):
                                   for subject in names)
             raise FeedNotFoundError(f"{exc} [requested {requested}]", status=exc.status,
                                     upstream_detail=exc.upstream_detail) from exc
-        prices, skipped = parse_hermes_latest(payload, subjects_by_feed_id)
-        for row in skipped:
-            logger.warning("pyth: skipped Hermes entry (%s): %s", row.reason, row.raw)
-        return prices
+        return parse_hermes_latest(payload, subjects_by_feed_id)
 
     def _api_key(self) -> str | None:
         return self.api_key.strip() if self.api_key and self.api_key.strip() else None

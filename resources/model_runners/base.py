@@ -113,6 +113,11 @@ class ModelRunnerResource(dg.ConfigurableResource):
     def list_models(self) -> list[ModelInfo]:
         """The registered models, without starting them."""
 
+    def refused_models(self) -> dict[str, str]:
+        """Models the runner refused to register, by name, with the reason (a name that is not a
+        valid model id: resources/model_ids.py)."""
+        return {}
+
     @abstractmethod
     def open_session(self, interface: ModelInterface) -> ModelSession:
         """Start or connect to the models; use as a context manager."""

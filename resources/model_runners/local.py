@@ -1,44 +1,33 @@
-"""Run participant models on this machine: one OS process per model, JSON lines over pipes.
+"""Run participant models on this machine: one sandboxed process per model, JSON lines over pipes.
 
-Each model runs `local_worker.py` in its own process (own process group, RLIMIT_AS memory cap,
-stdout/stderr to /dev/null), so a model that hangs, crashes, prints megabytes or allocates without
-bound only ever costs its own result. The coordinator side is a single-threaded selector loop: a
-cycle writes the request to every model, then collects replies against one deadline per model.
+Each model runs `local_worker.py` in a sandbox of its own (sandbox.py: bubblewrap namespaces, no
+network, read-only binds of only what it needs, its own user, resource limits, an environment of
+only what the contract passes), so a model that hangs, crashes, prints megabytes, allocates
+without bound, forks or reads what it should not only ever costs its own result. The coordinator
+side is a single-threaded selector loop: a cycle writes the request to every model, then collects
+replies against one deadline per model.
 
 Process lifecycle per model:
     NOT_STARTED -> STARTING (spawned, awaiting the handshake) -> READY
-    STARTING -> BROKEN (import / constructor error, start-up timeout: FAILED for the whole session)
+    STARTING -> BROKEN (import / constructor error: FAILED for the whole session)
+    STARTING -> NOT_STARTED (start-up timed out: tried again later, `startup_attempts` in all,
+                each attempt allowed twice as long, after a growing delay; then BROKEN)
     READY -> NOT_STARTED (timed out, died, sent garbage: killed, and respawned right after the
-             cycle so its start-up overlaps the pause between cycles; the next cycle waits for it)
+             cycle so its start-up overlaps the pause between cycles)
+A cycle never waits for a model that is starting: it is sent its call if its handshake arrives
+within the cycle's time budget, and is otherwise TIMEOUT "not ready" for that cycle while its
+start-up goes on. So one slow restart (a loaded machine) costs a model a cycle, not the session,
+and never delays the other models.
 
-Processes the model starts. A process group is not enough: a child that calls setsid() (or a
-double-forked daemon) leaves it, and killpg does not reach it. Three ways were
-weighed:
-- A cgroup per model (cgroup.kill, or the freezer): exact, but it needs a writable, delegated
-  cgroup hierarchy. The development VM runs as root with CAP_SYS_ADMIN, where cgroup v1 controllers
-  and a cgroup2 mount are writable; an unprivileged container has /sys/fs/cgroup read-only.
-- A PID namespace per model (unshare(CLONE_NEWPID); the namespace dies with its init): it needs
-  CAP_SYS_ADMIN or unprivileged user namespaces, which Docker's default seccomp profile refuses.
-- A child subreaper and sweeps of /proc: no privilege at all (Linux >= 3.4), so it works wherever
-  this runner works. This is the one used.
-Each model process is a small supervisor (PR_SET_CHILD_SUBREAPER) with the worker as its child
-(see local_worker.py), so everything the model starts stays below the supervisor, orphans included.
-When a process ends:
-- detached during a call (orphaned, or out of the worker's process group or session): SIGKILLed by
-  its worker at the end of the cycle, before run_cycle returns; so repeated cycles cannot pile
-  them up. The coordinator reads /proc once per cycle for all its models and sends a sweep request
-  only to a model that has such processes. (Each worker looking for itself after every call cost
-  a walk over every pid handed out since its last look, threads included, in each of a hundred
-  processes: on a busy machine, 50 ms of CPU per model and cycle.)
-- still attached to the worker (a pool, a helper server): may live between calls, and ends with
-  the worker;
-- when the worker ends (session close, restart after a timeout, crash or protocol error): the
-  supervisor ends everything on a worker's own exit; to kill a worker, the coordinator freezes the
-  supervisor's whole tree (SIGSTOP, rescanning /proc until no new process appears) and SIGKILLs it
-  at once, so nothing forks or gets reparented out of reach in between.
-The kernel here has no /proc/<pid>/task/<tid>/children (CONFIG_PROC_CHILDREN), so trees are found
-from the ppid fields of /proc/<pid>/stat. Out of scope: a model that deliberately kills its own
-supervisor; untrusted code needs a real sandbox.
+Processes the model starts: the sandbox's PID 1 is the model's supervisor (local_worker.py),
+which ends every process of the model but the worker before it passes a reply on, so none
+survives the call it was started in, attached, detached, double-forked or ignoring SIGTERM. To
+end a model (timeout, crash, protocol error, session close), the coordinator SIGKILLs the
+sandbox's PID 1: the kernel then kills everything in its PID namespace. A model can neither leave
+the namespace nor stop its supervisor. Without a sandbox (`sandbox='off'`: an explicit choice
+where the host cannot make one), the supervisor is a child subreaper and the coordinator kills a
+model by freezing (SIGSTOP) its supervisor's whole tree found in /proc and SIGKILLing it; a model
+that kills its own supervisor then escapes.
 """
 
 from __future__ import annotations
@@ -56,10 +45,12 @@ import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 from pydantic import Field
 
+from resources.model_runners import sandbox
+from resources.model_ids import model_id_problem
 from resources.model_runners.base import (
     CallStatus,
     MethodCall,
@@ -69,17 +60,7 @@ from resources.model_runners.base import (
     ModelRunnerResource,
     ModelSession,
 )
-from resources.model_runners.local_worker import (
-    FREEZE_SECONDS,
-    REAP_SECONDS,
-    SWEEP_REQUEST,
-    children_by_parent,
-    detached_processes,
-    kill_process_tree,
-    last_pid,
-    process_table,
-    read_process,
-)
+from resources.model_runners.local_worker import describe_exit, kill_process_tree, read_process
 from resources.model_runners.participants import read_participants
 
 logger = logging.getLogger(__name__)
@@ -91,20 +72,12 @@ WORKER_SCRIPT = Path(__file__).resolve().with_name("local_worker.py")
 REPLY_ENVELOPE_BYTES = 64 * 1024
 HANDSHAKE_MAX_BYTES = 64 * 1024
 READ_CHUNK_BYTES = 256 * 1024
-TERMINATE_GRACE_SECONDS = 1.0
+CLOSE_GRACE_SECONDS = 1.0
 REAP_TIMEOUT_SECONDS = 5.0
-SWEEP_TIMEOUT_SECONDS = FREEZE_SECONDS + REAP_SECONDS + 5.0
-# One process per model on a few cores: numeric libraries must not each start a thread per core.
-SINGLE_THREAD_DEFAULTS = {
-    "OMP_NUM_THREADS": "1",
-    "OPENBLAS_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-    "NUMEXPR_NUM_THREADS": "1",
-}
 
 
 class LocalModelRunner(ModelRunnerResource):
-    """Participant models from a directory, each run in its own local process."""
+    """Participant models from a directory, each run in its own sandboxed local process."""
 
     models_dir: str = Field(
         description="One model per `*.py` file or per package directory (with `__init__.py`); "
@@ -112,13 +85,34 @@ class LocalModelRunner(ModelRunnerResource):
         "participants.json / participants.toml there maps model ids to participants (default: each model its own)."
     )
     memory_limit_mb: int = Field(default=1024, description="Address-space limit (RLIMIT_AS) of each model process; 0 = none.")
-    startup_timeout_seconds: float = Field(default=20.0, description="Time for a model process to import and instantiate the model.")
+    startup_timeout_seconds: float = Field(
+        default=20.0, description="Time for a model process to import and instantiate the model (first attempt; "
+        "each further attempt is allowed twice as long).")
+    startup_attempts: int = Field(
+        default=3, ge=1, description="Start-ups that time out in a row before a model counts as unable to start "
+        "for the rest of the session. An import or constructor error fails it at once.")
+    startup_retry_delay_seconds: float = Field(
+        default=5.0, ge=0.0, description="Pause before trying again a start-up that timed out, doubled at each attempt.")
     max_models_starting_at_once: int = Field(
         default=0, description="Model processes importing at the same time; 0 = twice the CPU count."
     )
     extra_pythonpath: list[str] = Field(
-        default_factory=list, description="Added to the models' PYTHONPATH after the project root (e.g. where the base class lives)."
+        default_factory=list, description="Added to the models' PYTHONPATH after the project root (e.g. where the "
+        "base class lives); bound read-only into every sandbox."
     )
+    sandbox: Literal["on", "off"] = Field(
+        default="on", description="'on': every model in a sandbox (docs/operations.md, Model sandbox); a host that "
+        "cannot make one refuses to start the models. 'off': models run as the coordinator's user and see what it "
+        "sees (the environment excepted): only for trusted models on a host without namespaces.")
+    sandbox_read_only_paths: list[str] = Field(
+        default_factory=list, description="Further files or directories every model may read (e.g. shared weights).")
+    sandbox_tmp_mb: int = Field(default=64, ge=1, description="Size of each model's private /tmp (and the largest file it may write).")
+    max_open_files: int = Field(default=256, ge=16, description="RLIMIT_NOFILE of each model process.")
+    max_processes: int = Field(
+        default=64, ge=2, description="RLIMIT_NPROC of each model (processes and threads of its own uid; privileged sandbox only).")
+    sandbox_first_uid: int = Field(
+        default=1_000_000_000, ge=1000, description="Models run as uids of their own in "
+        "[sandbox_first_uid, sandbox_first_uid + 2^24) (privileged sandbox).")
 
     def list_models(self) -> list[ModelInfo]:
         models_dir = Path(self.models_dir).resolve()
@@ -133,8 +127,18 @@ class LocalModelRunner(ModelRunnerResource):
             for model_id, path in found.items()
         ]
 
+    def refused_models(self) -> dict[str, str]:
+        return refused_models(Path(self.models_dir).resolve())
+
     def open_session(self, interface: ModelInterface) -> LocalModelSession:
+        kind = None
+        if self.sandbox == "on":
+            kind = sandbox.sandbox_kind()
+            sandbox.check_sandbox(kind)
         starting_at_once = self.max_models_starting_at_once or 2 * (os.cpu_count() or 1)
+        pythonpath = [str(PROJECT_ROOT), *sandbox.resolved(self.extra_pythonpath)]
+        read_only_paths = [*sandbox.resolved(self.extra_pythonpath), *sandbox.resolved(self.sandbox_read_only_paths)]
+        read_only_paths += [str(WORKER_SCRIPT), *sandbox.base_class_files(interface.base_class, read_only_paths)]
         return LocalModelSession(
             models=self.list_models(),
             worker_config=_WorkerConfig(
@@ -142,17 +146,41 @@ class LocalModelRunner(ModelRunnerResource):
                 memory_limit_mb=self.memory_limit_mb,
                 max_output_bytes=self.max_output_bytes,
                 startup_timeout_seconds=self.startup_timeout_seconds,
+                startup_attempts=self.startup_attempts,
+                startup_retry_delay_seconds=self.startup_retry_delay_seconds,
                 max_starting_at_once=max(1, starting_at_once),
-                pythonpath=[str(PROJECT_ROOT), *(str(Path(p).resolve()) for p in self.extra_pythonpath)],
+                pythonpath=pythonpath,
+                sandbox_kind=kind,
+                read_only_paths=read_only_paths,
+                tmp_bytes=self.sandbox_tmp_mb * 1024 * 1024,
+                max_open_files=self.max_open_files,
+                max_processes=self.max_processes,
+                first_uid=self.sandbox_first_uid,
+                models_dir=str(Path(self.models_dir).resolve()),
             ),
         )
 
 
 def discover_models(models_dir: Path) -> dict[str, Path]:
-    """model_id -> path of its file or package directory, sorted by model_id."""
+    """model_id -> path of its file or package directory, sorted by model_id (the files whose
+    name is not a valid model id are refused: see refused_models)."""
+    return scan_models(models_dir)[0]
+
+
+def refused_models(models_dir: Path) -> dict[str, str]:
+    """The model files and packages of models_dir refused for their name: name -> the reason."""
+    return scan_models(models_dir)[1]
+
+
+def scan_models(models_dir: Path) -> tuple[dict[str, Path], dict[str, str]]:
+    """(model_id -> path, sorted by model_id; refused file name -> why). A model's id is its file
+    stem or package name, and must fit the model-id grammar (resources/model_ids.py), the one the
+    report API accepts: a model it could not look up would be ranked and paid, yet could not get
+    its proof or export."""
     if not models_dir.is_dir():
         raise FileNotFoundError(f"models_dir {models_dir} is not a directory")
     found: dict[str, Path] = {}
+    refused: dict[str, str] = {}
     for entry in sorted(models_dir.iterdir()):
         if entry.name.startswith(("_", ".")):
             continue
@@ -162,13 +190,18 @@ def discover_models(models_dir: Path) -> dict[str, Path]:
             model_id = entry.stem
         else:
             continue
+        problem = model_id_problem(model_id)
+        if problem is not None:
+            refused[entry.name] = problem
+            logger.warning("model %r in %s refused, not registered (rename it): %s", entry.name, models_dir, problem)
+            continue
         if model_id in found:
             # As Python's own import system does, a package wins over a module of the same name.
             logger.warning("models_dir has both %s and %s; using the package", found[model_id], entry)
             if entry.is_file():
                 continue
         found[model_id] = entry
-    return dict(sorted(found.items()))
+    return dict(sorted(found.items())), refused
 
 
 @dataclass(frozen=True)
@@ -177,14 +210,39 @@ class _WorkerConfig:
     memory_limit_mb: int
     max_output_bytes: int
     startup_timeout_seconds: float
+    startup_attempts: int
+    startup_retry_delay_seconds: float
     max_starting_at_once: int
     pythonpath: list[str]
+    sandbox_kind: str | None  # sandbox.PRIVILEGED / USER_NAMESPACE, None: no sandbox
+    read_only_paths: list[str]
+    tmp_bytes: int
+    max_open_files: int
+    max_processes: int
+    first_uid: int
+    models_dir: str
 
     def environment(self) -> dict[str, str]:
-        env = {**SINGLE_THREAD_DEFAULTS, **os.environ}
-        inherited = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-        env["PYTHONPATH"] = os.pathsep.join([*self.pythonpath, *inherited])
-        return env
+        return sandbox.contract_environment(self.pythonpath)
+
+    def worker_arguments(self, model_id: str, model_path: Path) -> dict:
+        privileged = self.sandbox_kind == sandbox.PRIVILEGED
+        uid = sandbox.model_uid(self.first_uid, self.models_dir, model_id) if privileged else None
+        return {
+            "model_id": model_id,
+            "model_path": str(model_path),
+            "base_class": self.base_class,
+            "max_output_bytes": self.max_output_bytes,
+            "uid": uid,
+            "gid": uid,
+            "limits": {
+                "memory_mb": self.memory_limit_mb,
+                "open_files": self.max_open_files,
+                # RLIMIT_NPROC counts every process of the uid: a bound of the model's only with a uid of its own.
+                "processes": self.max_processes if privileged else None,
+                "file_bytes": self.tmp_bytes,
+            },
+        }
 
 
 class _State(enum.Enum):
@@ -195,64 +253,149 @@ class _State(enum.Enum):
 
 
 class _ModelProcess:
-    """One model's worker process, its pipes and what is known about it."""
+    """One model's process (the sandbox, or the supervisor without one), its pipes and what is
+    known about it."""
 
     def __init__(self, info: ModelInfo):
         self.info = info
         self.model_id = info.model_id
         self.path = Path(info.meta["path"])
         self.state = _State.NOT_STARTED
-        self.process: subprocess.Popen | None = None  # the supervisor
-        self.model_pid: int | None = None  # the worker under it, from the handshake
+        self.process: subprocess.Popen | None = None  # bwrap's monitor, or the supervisor
+        self.sandboxed = False
+        self.model_pid: int | None = None  # the worker's pid, as the worker sees it (handshake)
         self.broken_detail: str | None = None
+        self.started_at = 0.0
         self.startup_deadline = 0.0
         self.restart_count = 0
+        self.start_timeouts = 0  # consecutive start-ups that timed out
+        self.retry_at = 0.0
+        self.start_problem: str | None = None
+        self.leftover = b""  # bytes read past the last complete line
+        self._info_file = None  # bwrap's --info-fd, read for the sandbox's PID 1
+        self._init_pid: int | None = None
 
-    def spawn(self, config: _WorkerConfig, environment: dict[str, str]) -> None:
-        worker_config = {
-            "model_id": self.model_id,
-            "model_path": str(self.path),
-            "base_class": config.base_class,
-            "memory_limit_mb": config.memory_limit_mb,
-            "max_output_bytes": config.max_output_bytes,
-        }
-        self.process = subprocess.Popen(
-            [sys.executable, str(WORKER_SCRIPT), json.dumps(worker_config)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,  # never an unread pipe: a chatty model would block on it
-            cwd=str(self.path if self.path.is_dir() else self.path.parent),
-            env=environment,
-            bufsize=0,
-            close_fds=True,
-            start_new_session=True,  # own session and process group (for SIGTERM at close)
-        )
+    def spawn(self, config: _WorkerConfig) -> None:
+        arguments = json.dumps(config.worker_arguments(self.model_id, self.path))
+        command = [sys.executable, "-s", str(WORKER_SCRIPT), arguments]
+        working_directory = str(self.path if self.path.is_dir() else self.path.parent)
+        pass_fds: tuple[int, ...] = ()
+        info_write = None
+        if config.sandbox_kind is not None:
+            info_read, info_write = os.pipe()
+            self._info_file = os.fdopen(info_read, "rb")
+            os.set_blocking(info_read, False)
+            pass_fds = (info_write,)
+            command = sandbox.bwrap_command(
+                config.sandbox_kind, read_only_paths=[*config.read_only_paths, str(self.path)],
+                working_directory=working_directory, environment=config.environment(), tmp_bytes=config.tmp_bytes,
+                info_fd=info_write, command=command,
+            )
+            environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}  # bwrap's own; the model's is --setenv
+        else:
+            environment = config.environment()
+        try:
+            self.process = subprocess.Popen(
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,  # never an unread pipe: a chatty model would block on it
+                cwd=working_directory,
+                env=environment,
+                bufsize=0,
+                close_fds=True,
+                pass_fds=pass_fds,
+                start_new_session=True,
+            )
+        except BaseException:
+            self._close_info()
+            raise
+        finally:
+            if info_write is not None:
+                os.close(info_write)
+        self.sandboxed = config.sandbox_kind is not None
         # Requests may be megabytes: write without blocking, as the pipe drains.
         os.set_blocking(self.process.stdin.fileno(), False)
         self.state = _State.STARTING
-        self.startup_deadline = time.monotonic() + config.startup_timeout_seconds
+        self.leftover = b""
+        self.started_at = time.monotonic()
+        allowed = config.startup_timeout_seconds * 2 ** self.start_timeouts
+        self.startup_deadline = self.started_at + allowed
+
+    def init_pid(self) -> int | None:
+        """The sandbox's PID 1 (in the coordinator's PID namespace), once bwrap has told it (read
+        at the handshake; the pipe is closed then, so a model costs the coordinator two fds)."""
+        if self._init_pid is None and self._info_file is not None and self.process is not None:
+            pid = sandbox.read_info_pid(self._info_file)
+            if pid is not None:
+                self._close_info()
+                self._init_pid = pid
+        return self._init_pid
+
+    def _close_info(self) -> None:
+        if self._info_file is not None:
+            try:
+                self._info_file.close()
+            except OSError:
+                pass
+            self._info_file = None
 
     def discard(self) -> str:
-        """Kill the supervisor with every process of the model, reap it; return how it ended."""
+        """Kill every process of the model, reap its process; return how it ended."""
         process, self.process = self.process, None
         self.model_pid = None
         if process is None:
             return "no process"
-        # Before reaping: until then the pid (and the pgid) are ours, and the supervisor, frozen but
-        # alive, keeps every orphan of the model in its tree. A supervisor that already exited
-        # (reaped, or a zombie) did so after ending everything below it.
         if process.returncode is None:
-            supervisor = read_process(process.pid)
-            if supervisor is not None and supervisor.state not in ("Z", "X"):
-                kill_process_tree(process.pid)
-        _signal_group(process, signal.SIGKILL)  # what of the group is outside the tree, if anything
+            if self.sandboxed:
+                self._kill_sandbox(process)
+            else:
+                # Before reaping: until then the pid is ours, and the supervisor, frozen but alive,
+                # keeps every orphan of the model in its tree. A supervisor that already exited did
+                # so after ending everything below it.
+                supervisor = read_process(process.pid)
+                if supervisor is not None and supervisor.state not in ("Z", "X"):
+                    kill_process_tree(process.pid)
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # what of the group is outside the tree, if anything
+        except (ProcessLookupError, PermissionError):
+            pass
         try:
             returncode = process.wait(timeout=REAP_TIMEOUT_SECONDS)
         except subprocess.TimeoutExpired:
             returncode = None
             logger.error("model %s: process %s did not die after SIGKILL", self.model_id, process.pid)
         _close_pipes(process)
+        self._close_info()
+        self._init_pid = None
         return describe_exit(returncode)
+
+    def _kill_sandbox(self, process: subprocess.Popen) -> None:
+        """SIGKILL the sandbox's PID 1: the kernel kills its whole PID namespace before PID 1's
+        exit is reported, so bwrap's monitor, waited for next, exits only after all of it is gone.
+        The signal goes through a pidfd taken while the process is still bwrap's child (a pid
+        already reused is never signalled). PID 1 not known or gone: SIGKILL the monitor,
+        --die-with-parent takes the sandbox with it."""
+        init = self.init_pid()
+        if init is not None:
+            try:
+                pidfd = os.pidfd_open(init)
+            except (AttributeError, OSError):
+                pidfd = None
+            if pidfd is not None:
+                try:
+                    info = read_process(init)
+                    if info is not None and info.ppid == process.pid:
+                        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                        return
+                except OSError:
+                    pass  # exited meanwhile
+                finally:
+                    os.close(pidfd)
+        try:
+            process.kill()
+        except ProcessLookupError:
+            pass
 
     def mark_broken(self, detail: str) -> None:
         self.discard()
@@ -270,24 +413,45 @@ class _ModelProcess:
         self.discard()
         self.state = _State.NOT_STARTED
 
+    def worker_pid_outside(self) -> int | None:
+        """The worker's pid in the coordinator's PID namespace (diagnostics: reads /proc)."""
+        if self.process is None:
+            return None
+        if not self.sandboxed:
+            return self.model_pid or self.process.pid
+        init = self.init_pid()
+        if init is None:
+            return None
+        for pid in sandbox.namespace_processes(init) - {init}:
+            info = read_process(pid)
+            if info is not None and info.ppid == init and _innermost_pid(pid) == self.model_pid:
+                return pid
+        return None
 
-def describe_exit(returncode: int | None) -> str:
-    if returncode is None:
-        return "process did not exit"
-    if returncode < 0:
-        try:
-            signal_name = signal.Signals(-returncode).name
-        except ValueError:
-            signal_name = "unknown signal"
-        return f"process killed by signal {-returncode} ({signal_name})"
-    return f"process exited with code {returncode}"
+    def processes(self) -> set[int]:
+        """Every live process of the model (coordinator's pids): diagnostics and tests."""
+        if self.process is None:
+            return set()
+        if self.sandboxed:
+            init = self.init_pid()
+            return sandbox.namespace_processes(init) if init is not None else set()
+        from resources.model_runners.local_worker import descendants, process_table
+
+        table = process_table()
+        return {pid for pid in {self.process.pid} | descendants(table, self.process.pid)
+                if pid in table and table[pid].state != "Z"}
 
 
-def _signal_group(process: subprocess.Popen, signum: int) -> None:
+def _innermost_pid(pid: int) -> int | None:
+    """The pid a process has in its own PID namespace (the last NSpid field)."""
     try:
-        os.killpg(process.pid, signum)
-    except (ProcessLookupError, PermissionError):
-        pass
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("NSpid:"):
+                    return int(line.split()[-1])
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 def _close_pipes(process: subprocess.Popen) -> None:
@@ -300,12 +464,16 @@ def _close_pipes(process: subprocess.Popen) -> None:
 
 
 def _terminate_processes(live: dict[str, _ModelProcess]) -> None:
-    """SIGTERM every model's group, SIGKILL what is still there after a grace, reap everything.
-    A module-level function so that weakref.finalize can call it without keeping the session alive."""
+    """Close every model's input (the worker exits, its supervisor ends the rest and exits), wait
+    a moment for them, then kill what is left. A module-level function so that weakref.finalize
+    can call it without keeping the session alive."""
     processes = [handle.process for handle in live.values() if handle.process is not None]
     for process in processes:
-        _signal_group(process, signal.SIGTERM)
-    grace_deadline = time.monotonic() + TERMINATE_GRACE_SECONDS
+        try:
+            process.stdin.close()
+        except OSError:
+            pass
+    grace_deadline = time.monotonic() + CLOSE_GRACE_SECONDS
     for process in processes:
         try:
             process.wait(timeout=max(0.0, grace_deadline - time.monotonic()))
@@ -319,11 +487,13 @@ def _terminate_processes(live: dict[str, _ModelProcess]) -> None:
 class _Exchange:
     """Send `outgoing` to one model process and read back one line, before `deadline`."""
 
-    def __init__(self, handle: _ModelProcess, outgoing: bytes, deadline: float, max_reply_bytes: int):
+    def __init__(self, handle: _ModelProcess, outgoing: bytes, deadline: float, max_reply_bytes: int,
+                 handshake: bool = False):
         self.handle = handle
         self.pending_output = memoryview(outgoing)
         self.deadline = deadline
         self.max_reply_bytes = max_reply_bytes
+        self.handshake = handshake
         self.received = bytearray()
         self.reply: bytes | None = None
         self.failure: str | None = None  # "timeout" | "eof" | "overflow"
@@ -349,6 +519,11 @@ class _Exchange:
             self.pending_output = memoryview(b"")
         return True
 
+    def take_leftover(self) -> bool:
+        """Start from what an earlier exchange read past its line; True if that settles this one."""
+        leftover, self.handle.leftover = self.handle.leftover, b""
+        return bool(leftover) and self._take(leftover)
+
     def read_some(self) -> bool:
         """Read what is available; True once the exchange is settled (reply, EOF or overflow)."""
         try:
@@ -370,6 +545,7 @@ class _Exchange:
         newline_at = chunk.find(b"\n")
         if newline_at >= 0:
             self.reply = bytes(self.received) + chunk[:newline_at]
+            self.handle.leftover = chunk[newline_at + 1:]  # e.g. the line saying the worker ended
             return True
         self.received += chunk
         return False
@@ -394,6 +570,7 @@ class _PipelinedExchange(_Exchange):
             self.replies.append(bytes(self.received[:newline_at]))
             del self.received[: newline_at + 1]
             if len(self.replies) == self.expected:
+                self.handle.leftover = bytes(self.received)
                 return True
             self.deadline = time.monotonic() + self.timeout_seconds
         return False
@@ -405,8 +582,10 @@ def run_exchanges(
 ) -> None:
     """Drive all exchanges concurrently until each has a reply or a failure.
 
-    Writes everything it can first, then multiplexes reads and remaining writes. `on_settled` may
-    return new exchanges to add (used to start more processes as earlier ones finish starting)."""
+    Writes everything it can first, then multiplexes reads and remaining writes; what is readable
+    is read before an exchange past its deadline is given up (a handshake already in the pipe
+    counts). `on_settled` may return new exchanges to add (the call of a model that finished
+    starting, more processes to start as earlier ones finish starting)."""
     selector = selectors.DefaultSelector()
     active: set[_Exchange] = set()
 
@@ -426,17 +605,14 @@ def run_exchanges(
         selector.register(exchange.stdout_fd, selectors.EVENT_READ, exchange)
         if not exchange.write_some():
             selector.register(exchange.stdin_fd, selectors.EVENT_WRITE, exchange)
+        if exchange.take_leftover():
+            settle(exchange)
 
     try:
         for exchange in exchanges:
             admit(exchange)
         while active:
             now = time.monotonic()
-            for exchange in [e for e in active if e.deadline <= now]:
-                exchange.failure = "timeout"
-                settle(exchange)
-            if not active:
-                break
             wait_seconds = max(0.0, min(e.deadline for e in active) - now)
             for key, events in selector.select(wait_seconds):
                 exchange = key.data
@@ -446,6 +622,11 @@ def run_exchanges(
                     selector.unregister(exchange.stdin_fd)
                 if events & selectors.EVENT_READ and exchange.read_some():
                     settle(exchange)
+            now = time.monotonic()
+            for exchange in [e for e in active if e.deadline <= now]:
+                if exchange in active:
+                    exchange.failure = "timeout"
+                    settle(exchange)
     finally:
         selector.close()
 
@@ -454,10 +635,8 @@ class LocalModelSession(ModelSession):
     def __init__(self, models: list[ModelInfo], worker_config: _WorkerConfig):
         self._models = list(models)
         self._config = worker_config
-        self._environment = worker_config.environment()
         self._handles: dict[str, _ModelProcess] = {info.model_id: _ModelProcess(info) for info in self._models}
         self._cycle_number = 0
-        self._last_pid_swept: int | None = None
         self._closed = False
         self._lock = threading.Lock()
         # Best effort if the session is dropped without close(), and at interpreter exit.
@@ -472,9 +651,17 @@ class LocalModelSession(ModelSession):
         return list(self._models)
 
     def process_ids(self) -> dict[str, int]:
-        """By model_id, the pid of the live process the model runs in (that of its supervisor
-        while it starts): diagnostics and tests."""
-        return {mid: h.model_pid or h.process.pid for mid, h in self._handles.items() if h.process is not None}
+        """By model_id, the pid of the live process the model's worker runs in (in this process's
+        PID namespace; that of its sandbox or supervisor while it starts): diagnostics and tests."""
+        found = {}
+        for model_id, handle in self._handles.items():
+            if handle.process is not None:
+                found[model_id] = handle.worker_pid_outside() or handle.init_pid() or handle.process.pid
+        return found
+
+    def model_processes(self, model_id: str) -> set[int]:
+        """Every live process of one model, its sandbox's PID 1 included: diagnostics and tests."""
+        return self._handles[model_id].processes()
 
     def restart_counts(self) -> dict[str, int]:
         return {mid: h.restart_count for mid, h in self._handles.items()}
@@ -492,27 +679,41 @@ class LocalModelSession(ModelSession):
             for model_id in self._handles.keys() & skip_model_ids:
                 handle = self._handles[model_id]
                 if handle.state is _State.STARTING:
-                    # A restart begun after the last cycle: waiting for it would hold up this cycle,
-                    # and its start-up deadline would lapse unobserved while the model is skipped.
+                    # A restart begun after the last cycle: its start-up deadline would lapse
+                    # unobserved while the model is skipped.
                     handle.abandon_start()
-            self._start_processes(called)  # models restarted after the last cycle
+            self._spawn_waiting(called)  # models due a (re)start; the cycle does not wait for them
             self._cycle_number += 1
             request = _encode_request(self._cycle_number, calls)
-            results: dict[str, ModelCallResult] = {}
-            for model_id, handle in called.items():
-                if handle.state is _State.BROKEN:
-                    results[model_id] = ModelCallResult(model_id, CallStatus.FAILED, detail=f"could not start: {handle.broken_detail}")
-
+            max_reply_bytes = self._config.max_output_bytes + REPLY_ENVELOPE_BYTES
             deadline = time.monotonic() + timeout_seconds
-            exchanges = [
-                _Exchange(handle, request, deadline, self._config.max_output_bytes + REPLY_ENVELOPE_BYTES)
-                for handle in called.values()
-                if handle.state is _State.READY
-            ]
-            run_exchanges(exchanges)
-            for exchange in exchanges:
+            calls_made: list[_Exchange] = []
+
+            def call(handle: _ModelProcess) -> _Exchange:
+                exchange = _Exchange(handle, request, deadline, max_reply_bytes)
+                calls_made.append(exchange)
+                return exchange
+
+            def on_settled(exchange: _Exchange) -> list[_Exchange]:
+                if not exchange.handshake:
+                    return []
+                self._settle_handshake(exchange)
+                added = [self._handshake(h, deadline) for h in self._spawn_waiting(called)]
+                if exchange.handle.state is _State.READY and time.monotonic() < deadline:
+                    added.append(call(exchange.handle))
+                return added
+
+            exchanges = [call(h) for h in called.values() if h.state is _State.READY]
+            exchanges += [self._handshake(h, deadline) for h in called.values() if h.state is _State.STARTING]
+            run_exchanges(exchanges, on_settled)
+            results: dict[str, ModelCallResult] = {}
+            for exchange in calls_made:
                 results[exchange.handle.model_id] = self._settle_call(exchange, timeout_seconds)
-            self._end_detached_processes([exchange.handle for exchange in exchanges])
+            for model_id, handle in called.items():
+                if model_id not in results:
+                    # Still starting: no answer within the call's budget, as a timeout (its process is kept).
+                    status = CallStatus.TIMEOUT if handle.state is _State.STARTING else CallStatus.FAILED
+                    results[model_id] = ModelCallResult(model_id, status, detail=self._why_not_called(handle, timeout_seconds))
 
             # Restarts boot while the coordinator works on this cycle; a skipped model is likely
             # skipped next cycle too, so it is left alone until it is called again.
@@ -525,14 +726,15 @@ class LocalModelSession(ModelSession):
         timeout_seconds: float,
         model_ids: frozenset[str],
     ) -> dict[str, list[ModelCallResult]]:
-        """Every cycle's request written to each model at once (a pipe holds several): one round
-        trip per model for the whole batch instead of one per cycle. A model that times out,
-        crashes or breaks the protocol is restarted and its list stops at that cycle."""
+        """Every cycle's request written to each ready model at once (a pipe holds several): one
+        round trip per model for the whole batch instead of one per cycle. A model that times out,
+        crashes or breaks the protocol is restarted and its list stops at that cycle; a model not
+        ready (starting) gets no list, and is called cycle by cycle."""
         with self._lock:
             if self._closed:
                 raise RuntimeError("run_cycles_ahead on a closed LocalModelSession")
             called = {model_id: handle for model_id, handle in self._handles.items() if model_id in model_ids}
-            self._start_processes(called)
+            self._spawn_waiting(called)
             first_cycle = self._cycle_number + 1
             requests = [_encode_request(first_cycle + k, calls) for k, calls in enumerate(calls_per_cycle)]
             self._cycle_number += len(requests)
@@ -550,7 +752,6 @@ class LocalModelSession(ModelSession):
                 else:
                     if exchange.failure is not None:
                         answered.append(self._settle_call(exchange, timeout_seconds))
-            self._end_detached_processes([exchange.handle for exchange in exchanges])
             self._spawn_waiting(called)
             return results
 
@@ -558,31 +759,6 @@ class LocalModelSession(ModelSession):
         with self._lock:
             self._closed = True
             self._finalizer()
-
-    def _end_detached_processes(self, handles: list[_ModelProcess]) -> None:
-        """Have each model whose processes detached from its worker during the cycle end them (see
-        the module doc). A process can only detach by being created (a pid handed out) or by
-        calling setsid() itself; the latter, without a new process, is left to the session's end."""
-        newest_pid = last_pid()
-        if newest_pid is not None and newest_pid == self._last_pid_swept:
-            return
-        self._last_pid_swept = newest_pid
-        ready = [h for h in handles if h.state is _State.READY and h.process is not None and h.model_pid is not None]
-        if not ready:
-            return
-        table = process_table()
-        children = children_by_parent(table)
-        detached = [h for h in ready if detached_processes(table, h.process.pid, h.model_pid, children)]
-        if not detached:
-            return
-        sweeps = [_Exchange(h, SWEEP_REQUEST, time.monotonic() + SWEEP_TIMEOUT_SECONDS, HANDSHAKE_MAX_BYTES)
-                  for h in detached]
-        run_exchanges(sweeps)
-        for sweep in sweeps:
-            if sweep.failure is not None or not (sweep.reply or b"").startswith(b'{"type":"swept"'):
-                logger.warning("model %s: sweep of its detached processes failed (%s): restarting it",
-                               sweep.handle.model_id, sweep.failure or "unexpected reply")
-                sweep.handle.mark_for_restart()  # kills the whole tree
 
     def _settle_call(self, exchange: _Exchange, timeout_seconds: float) -> ModelCallResult:
         handle = exchange.handle
@@ -602,15 +778,20 @@ class LocalModelSession(ModelSession):
         return self._call_result(handle, exchange.reply, self._cycle_number)
 
     def _call_result(self, handle: _ModelProcess, reply_line: bytes, cycle_number: int) -> ModelCallResult:
-        """One reply line as the call's result; a reply the worker could not make, or that is not
-        the protocol, restarts the model."""
+        """One reply line as the call's result; a reply the worker could not make, the line saying
+        the worker ended, or one that is not the protocol restarts the model."""
         model_id = handle.model_id
         try:
             reply = json.loads(reply_line)
+            reaped = reply.get("reaped")
+            note = None
+            if isinstance(reaped, int) and reaped > 0:
+                note = f"{reaped} process(es) the model left running were killed at the end of the call"
+                logger.warning("model %s: %s", model_id, note)
             if reply.get("cycle") is None and not reply.get("ok"):
-                # The worker itself failed (e.g. out of memory decoding the request): start afresh.
+                # The worker ended, or failed itself (e.g. out of memory decoding the request): start afresh.
                 handle.mark_for_restart()
-                return ModelCallResult(model_id, CallStatus.FAILED, detail=str(reply.get("detail")))
+                return ModelCallResult(model_id, CallStatus.FAILED, detail=_joined(str(reply.get("detail")), note))
             if reply.get("cycle") != cycle_number:
                 raise ValueError(f"reply for cycle {reply.get('cycle')!r}")
         except (ValueError, AttributeError) as exc:
@@ -618,20 +799,39 @@ class LocalModelSession(ModelSession):
             return ModelCallResult(model_id, CallStatus.FAILED, detail=f"protocol error: {exc}"[:300])
         exec_time_ms = float(reply.get("exec_time_ms") or 0.0)
         if reply.get("ok"):
-            return ModelCallResult(model_id, CallStatus.SUCCESS, output=reply.get("output"), exec_time_ms=exec_time_ms)
-        return ModelCallResult(model_id, CallStatus.FAILED, exec_time_ms=exec_time_ms, detail=str(reply.get("detail")))
+            return ModelCallResult(model_id, CallStatus.SUCCESS, output=reply.get("output"), exec_time_ms=exec_time_ms,
+                                   detail=note)
+        return ModelCallResult(model_id, CallStatus.FAILED, exec_time_ms=exec_time_ms,
+                               detail=_joined(str(reply.get("detail")), note))
+
+    def _why_not_called(self, handle: _ModelProcess, timeout_seconds: float) -> str:
+        if handle.state is _State.BROKEN:
+            return f"could not start: {handle.broken_detail}"
+        if handle.state is _State.STARTING:
+            return (f"not ready: still starting after {time.monotonic() - handle.started_at:.1f} s "
+                    f"(the call's time budget is {float(timeout_seconds)} s); called again next cycle")
+        if handle.start_problem is not None:
+            wait_seconds = max(0.0, handle.retry_at - time.monotonic())
+            return (f"could not start: {handle.start_problem} (attempt {handle.start_timeouts} of "
+                    f"{self._config.startup_attempts}); trying again in {wait_seconds:.0f} s")
+        return "not ready: waiting for its turn to start (too many models starting at once)"
+
+    def _handshake(self, handle: _ModelProcess, cycle_deadline: float | None = None) -> _Exchange:
+        deadline = handle.startup_deadline if cycle_deadline is None else min(handle.startup_deadline, cycle_deadline)
+        return _Exchange(handle, b"", deadline, HANDSHAKE_MAX_BYTES, handshake=True)
 
     def _spawn_waiting(self, candidates: dict[str, _ModelProcess] | None = None) -> list[_ModelProcess]:
-        """Spawn NOT_STARTED models (of `candidates`, default all) while fewer than the limit are
-        starting; return those spawned."""
+        """Spawn NOT_STARTED models (of `candidates`, default all) due a start while fewer than the
+        limit are starting; return those spawned."""
         starting = sum(1 for h in self._handles.values() if h.state is _State.STARTING)
         spawned = []
+        now = time.monotonic()
         for handle in (self._handles if candidates is None else candidates).values():
             if starting >= self._config.max_starting_at_once:
                 break
-            if handle.state is _State.NOT_STARTED:
+            if handle.state is _State.NOT_STARTED and handle.retry_at <= now:
                 try:
-                    handle.spawn(self._config, self._environment)
+                    handle.spawn(self._config)
                 except OSError as exc:  # e.g. out of processes / file descriptors
                     handle.mark_broken(f"cannot start a process: {exc}")
                     continue
@@ -639,28 +839,25 @@ class LocalModelSession(ModelSession):
                 spawned.append(handle)
         return spawned
 
-    def _start_processes(self, candidates: dict[str, _ModelProcess] | None = None) -> None:
-        """Bring every NOT_STARTED / STARTING model (of `candidates`, default all) to READY or
-        BROKEN, a bounded number at once."""
-        candidates = self._handles if candidates is None else candidates
-
-        def handshake(handle: _ModelProcess) -> _Exchange:
-            return _Exchange(handle, b"", handle.startup_deadline, HANDSHAKE_MAX_BYTES)
+    def _start_processes(self) -> None:
+        """Bring every model to READY, BROKEN or a timed-out start (tried again later), a bounded
+        number at once: the session's first start-up, which the first cycle waits for."""
 
         def on_settled(exchange: _Exchange) -> list[_Exchange]:
             self._settle_handshake(exchange)
-            return [handshake(handle) for handle in self._spawn_waiting(candidates)]
+            return [self._handshake(handle) for handle in self._spawn_waiting()]
 
-        self._spawn_waiting(candidates)
-        starting = [handshake(h) for h in candidates.values() if h.state is _State.STARTING]
+        self._spawn_waiting()
+        starting = [self._handshake(h) for h in self._handles.values() if h.state is _State.STARTING]
         if starting:
             run_exchanges(starting, on_settled)
 
     def _settle_handshake(self, exchange: _Exchange) -> None:
         handle = exchange.handle
         if exchange.failure == "timeout":
-            handle.mark_broken(f"did not start within {float(self._config.startup_timeout_seconds)} s")
-            return
+            if time.monotonic() >= handle.startup_deadline:
+                self._start_timed_out(handle)
+            return  # the cycle's time is up, not the start-up's: it goes on
         if exchange.failure == "eof":
             handle.mark_broken(f"model {handle.discard()} during start-up")
             return
@@ -669,15 +866,41 @@ class LocalModelSession(ModelSession):
             return
         try:
             message = json.loads(exchange.reply)
-        except ValueError as exc:
-            handle.mark_broken(f"protocol error: {exc}")
+            kind = message.get("type")
+        except (ValueError, AttributeError) as exc:
+            handle.mark_broken(f"protocol error: {exc}"[:300])
             return
-        if message.get("type") == "ready":
+        if kind == "ready":
             handle.state = _State.READY
+            handle.start_timeouts, handle.start_problem = 0, None
             pid = message.get("pid")
             handle.model_pid = pid if isinstance(pid, int) and not isinstance(pid, bool) else None
+            handle.init_pid()
+        elif message.get("ended"):
+            handle.mark_broken(f"{message.get('detail')} during start-up")
         else:
             handle.mark_broken(str(message.get("detail")))
+
+    def _start_timed_out(self, handle: _ModelProcess) -> None:
+        """A start-up past its time: tried again after a pause, or, after `startup_attempts` in a
+        row, the model cannot start for the rest of the session."""
+        allowed = self._config.startup_timeout_seconds * 2 ** handle.start_timeouts
+        handle.start_timeouts += 1
+        problem = f"did not start within {float(allowed)} s"
+        attempts = handle.start_timeouts
+        if attempts >= self._config.startup_attempts:
+            handle.mark_broken(problem if attempts == 1 else f"{problem} ({attempts} attempts in a row timed out)")
+            return
+        handle.discard()
+        handle.state = _State.NOT_STARTED
+        handle.start_problem = problem
+        handle.retry_at = time.monotonic() + self._config.startup_retry_delay_seconds * 2 ** (attempts - 1)
+        logger.warning("model %s %s (attempt %d of %d); trying again in %.0f s", handle.model_id, problem, attempts,
+                       self._config.startup_attempts, max(0.0, handle.retry_at - time.monotonic()))
+
+
+def _joined(detail: str, note: str | None) -> str:
+    return detail if note is None else f"{detail}; {note}"
 
 
 def _encode_request(cycle_number: int, calls: Sequence[MethodCall]) -> bytes:

@@ -1,14 +1,15 @@
 """Runs ONE participant model inside its own OS process and serves the coordinator's calls.
 
 Started by `LocalModelRunner` as `python local_worker.py '<json config>'` (by file path, not with
-`-m`, so no package `__init__` of the project runs here). Deliberately stdlib-only (orjson, when the
+`-m`, so no package `__init__` of the project runs here), inside the model's sandbox (see
+sandbox.py) unless the operator turned it off. Deliberately stdlib-only (orjson, when the
 interpreter has it, only decodes requests faster) with cheap imports: a hundred of these start on
 a couple of cores.
 
 Protocol (newline-delimited JSON; `json.dumps` never emits a raw newline):
-- fd 0 carries requests, the original fd 1 carries replies. Before the model is imported both are
-  moved to private descriptors: fd 0 then reads /dev/null and fd 1 points at stderr, so the model's
-  own prints (or reads) cannot corrupt the protocol.
+- fd 0 carries requests, fd 1 carries replies. In the worker, both are moved to private
+  descriptors before the model is imported: fd 0 then reads /dev/null and fd 1 points at stderr,
+  so the model's own prints (or reads) cannot corrupt the protocol.
 - First line out is the start-up handshake:
       {"type": "ready", "class_name": ..., "startup_ms": ..., "pid": <the worker's pid>}
       {"type": "startup_failed", "detail": ...}          (then the process exits)
@@ -17,24 +18,25 @@ Protocol (newline-delimited JSON; `json.dumps` never emits a raw newline):
       in:  {"cycle": n, "calls": [{"method": ..., "args": [...], "kwargs": {...}}, ...]}
       out: {"cycle": n, "ok": true, "exec_time_ms": ..., "output": <last call's output>}
       out: {"cycle": n, "ok": false, "exec_time_ms": ..., "detail": ...}
+  A reply after which processes of the model had to be killed carries `"reaped": <count>` first.
+- When the worker ends, a last line says how, and the process exits:
+      out: {"cycle": null, "ok": false, "ended": true, "detail": "model process exited with code 3"}
 - End of input (the coordinator closed the pipe or died) makes the worker exit.
 
-Processes (see `local.py` for why this design): the process the runner starts forks at once. The
-parent stays behind as the *supervisor*: a child subreaper (prctl PR_SET_CHILD_SUBREAPER) that
-imports nothing of the model, ignores SIGTERM and only waits. The child is the *worker* that
-imports the model and serves the protocol. Every process the model starts is therefore a
-descendant of the supervisor for as long as it lives, even after setsid() or a double fork.
-- End of each cycle: the coordinator reads /proc once for all its models; a model with processes
-  detached from its worker (orphans reparented to the supervisor, processes that left the
-  worker's process group or session) gets a sweep request, and the worker SIGKILLs them, with
-  everything below them, and reaps its own:
-      in:  {"sweep": true}
-      out: {"type": "swept", "killed": <count>}
-  Children that stay attached (a pool, a helper server) may live on between calls.
-- End of the worker (end of input, a crash, SIGTERM at session close, SIGKILL): the supervisor
-  SIGKILLs every descendant it still has, reaps them, and exits as the worker did (same exit code
-  or signal). It holds the reply pipe open until then, so the coordinator's EOF means that
-  everything the model started is gone.
+Processes. The process the runner starts (the sandbox's PID 1) is the *supervisor*: it forks the
+*worker*, which sets the model's resource limits, drops to the model's own user (privileged
+sandbox) and only then imports the model and serves the requests. The worker's replies go through
+a pipe to the supervisor, which passes them on to the coordinator. Before it passes on a complete
+line (the end of a call), the supervisor kills every process of the model other than the worker,
+attached or detached: so when the coordinator reads a reply, nothing the model started during the
+call is left. The model cannot prevent it: the supervisor runs as another user (root in the
+sandbox, the model's uid is not), is not dumpable (no ptrace, no /proc/<pid>/mem), and as the
+namespace's init it receives no signal from inside it; a model process cannot leave the PID
+namespace, and when the supervisor dies, the kernel kills the whole namespace. When the worker
+ends (end of input, a crash), the supervisor kills everything left and exits after the last line.
+Without a sandbox (sandbox='off'), the same supervisor is a child subreaper (prctl
+PR_SET_CHILD_SUBREAPER), so the model's orphans stay below it; it then finds the model's processes
+in the host's /proc, and a model that kills its supervisor (same user) can escape.
 """
 
 from __future__ import annotations
@@ -70,18 +72,38 @@ except ImportError:  # pragma: no cover - a worker started by another interprete
     decode_request = json.loads
 
 FALLBACK_MODULE_NAME = "participant_model"
-SWEEP_REQUEST = b'{"sweep":true}\n'
 MAX_DETAIL_CHARS = 1000
 MAX_OUTPUT_DEPTH = 100
 _JSON_SCALAR_TYPES = (str, int, bool, type(None))
+READ_CHUNK_BYTES = 256 * 1024
+# A reply line longer than the model's output bound and this much (without its newline yet) is
+# passed on as it comes: the coordinator cuts off a reply past its own bound.
+RELAY_MARGIN_BYTES = 128 * 1024
 
 
 def main() -> None:
     config = json.loads(sys.argv[1])
-    _limit_resources(config["memory_limit_mb"])
-    supervisor_pid = _split_into_supervisor_and_worker()  # only the worker returns
-    requests_in, replies_out_fd = _take_over_stdio()
-    worker_pid = os.getpid()
+    replies_from_worker, replies_to_supervisor = os.pipe()
+    _become_subreaper()  # without a sandbox; in one, PID 1 inherits every orphan anyway
+    _set_dumpable(False)  # nothing of the model's user may ptrace the supervisor or read its memory
+    worker_pid = os.fork()
+    if worker_pid == 0:
+        os.close(replies_from_worker)
+        _serve(config, replies_to_supervisor)  # never returns
+    os.close(replies_to_supervisor)
+    _supervise(worker_pid, replies_from_worker, int(config["max_output_bytes"]) + RELAY_MARGIN_BYTES)
+
+
+def _serve(config: dict, replies_fd: int) -> None:
+    """The worker: confine, import the model, answer requests until end of input."""
+    replies_out_fd = os.dup(replies_fd)  # a private descriptor; fd 1 becomes the model's stdout
+    os.close(replies_fd)
+    try:
+        _confine(config)
+    except BaseException as exc:  # noqa: BLE001 - never run the model unconfined
+        _send(replies_out_fd, {"type": "startup_failed", "detail": _truncate(f"sandbox: {describe_exception(exc)}")})
+        os._exit(0)
+    requests_in = _take_over_stdio()
 
     started = time.perf_counter()
     try:
@@ -101,10 +123,7 @@ def main() -> None:
             # os._exit: do not wait for threads the model may have left running. The supervisor
             # ends whatever processes the model still has.
             os._exit(0)
-        if line == SWEEP_REQUEST:
-            killed = end_detached_processes(supervisor_pid, worker_pid)
-            _send(replies_out_fd, {"type": "swept", "killed": killed})
-            continue
+        _reap_own_children()
         try:
             reply = serve_request(model, decode_request(line), max_output_bytes)
         except BaseException as exc:  # noqa: BLE001 - e.g. MemoryError while decoding the request
@@ -118,12 +137,88 @@ class _StartupError(Exception):
     """A start-up problem whose message is already the full explanation."""
 
 
-def _limit_resources(memory_limit_mb: int) -> None:
-    if memory_limit_mb and memory_limit_mb > 0:
-        limit_bytes = int(memory_limit_mb) * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
-    # A crashing model should not litter its directory with core files.
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+# --- confinement ---------------------------------------------------------------------------------
+
+PR_SET_DUMPABLE = 4
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+_LIMITS = {
+    "memory_mb": ("RLIMIT_AS", 1024 * 1024),
+    "open_files": ("RLIMIT_NOFILE", 1),
+    "processes": ("RLIMIT_NPROC", 1),
+    "file_bytes": ("RLIMIT_FSIZE", 1),
+}
+
+
+def _prctl(option: int, argument: int) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, argument, 0, 0, 0) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"prctl({option}, {argument}): {os.strerror(errno)}")
+
+
+def _set_dumpable(dumpable: bool) -> None:
+    try:
+        _prctl(PR_SET_DUMPABLE, 1 if dumpable else 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: nothing to protect with it
+
+
+def _confine(config: dict) -> None:
+    """In the worker, before any model code: resource limits (hard: the model cannot raise them),
+    no core files, no new privileges, and in a privileged sandbox the model's own user."""
+    for name, value in (config.get("limits") or {}).items():
+        if value:
+            limit_name, unit = _LIMITS[name]
+            limit = int(value) * unit
+            resource.setrlimit(getattr(resource, limit_name), (limit, limit))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crashing model should not write core files
+    uid, gid = config.get("uid"), config.get("gid")
+    if uid is not None:
+        _empty_bounding_set()
+        os.setgroups([])
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)  # also clears the permitted, effective and ambient capabilities
+        _clear_inheritable_capabilities()
+        if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid) or os.getgroups():
+            raise OSError(f"still running as uid {os.getresuid()} gid {os.getresgid()} groups {os.getgroups()}")
+    # The supervisor is not dumpable and a change of user resets it: the model's own processes may
+    # inspect the worker (its /proc files, a debugger of the model's), nothing else can.
+    _set_dumpable(True)
+    try:
+        _prctl(PR_SET_NO_NEW_PRIVS, 1)  # bwrap sets it; without a sandbox it is set here
+    except AttributeError:  # pragma: no cover - not Linux
+        pass
+
+
+def _clear_inheritable_capabilities() -> None:
+    """capset(2) with every set empty (the permitted and effective ones are already)."""
+    import ctypes
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    header = Header(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3: two Data, for capabilities 0-63
+    data = (Data * 2)()
+    if libc.capset(ctypes.byref(header), data) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"capset: {os.strerror(errno)}")
+
+
+def _empty_bounding_set() -> None:
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as last_cap_file:
+            last_cap = int(last_cap_file.read())
+    except (OSError, ValueError):
+        last_cap = 63
+    for capability in range(last_cap + 1):
+        _prctl(PR_CAPBSET_DROP, capability)
 
 
 # --- the model's processes ----------------------------------------------------------------------
@@ -191,30 +286,6 @@ def descendants(table: dict[int, ProcessInfo], root: int) -> set[int]:
     return found
 
 
-def detached_processes(
-    table: dict[int, ProcessInfo], supervisor_pid: int, worker_pid: int,
-    children: dict[int, list[int]] | None = None,
-) -> set[int]:
-    """The model's processes no longer attached to the worker: the supervisor's children other than
-    the worker (orphans), and the worker's descendants that left its process group or session, each
-    with everything below it. `children`: the table's children_by_parent, when already made."""
-    worker = table.get(worker_pid)
-    if worker is None:
-        return set()
-    children = children_by_parent(table) if children is None else children
-    found: set[int] = set()
-    stack = [(pid, True) for pid in children.get(supervisor_pid, ()) if pid != worker_pid]
-    stack += [(pid, False) for pid in children.get(worker_pid, ())]
-    while stack:
-        pid, detached = stack.pop()
-        info = table[pid]
-        detached = detached or info.pgid != worker.pgid or info.sid != worker.sid
-        if detached:
-            found.add(pid)
-        stack.extend((child, detached) for child in children.get(pid, ()))
-    return found
-
-
 def signal_process(pid: int, start_ticks: int, signum: int) -> bool:
     """Send `signum` to `pid` only if it is still the process that started at `start_ticks` (a pid
     may be reused once a process is gone); through a pidfd where the kernel has them, so the check
@@ -243,7 +314,7 @@ def signal_process(pid: int, start_ticks: int, signum: int) -> bool:
 
 
 def freeze_and_kill(
-    select: Callable[[dict[int, ProcessInfo]], set[int]], seconds: float = FREEZE_SECONDS
+    select: Callable[[dict[int, ProcessInfo]], set[int]], seconds: float = FREEZE_SECONDS, spare: int | None = None,
 ) -> dict[int, ProcessInfo]:
     """SIGKILL the processes `select` picks from the process table, without letting any slip away.
 
@@ -252,34 +323,58 @@ def freeze_and_kill(
     the table scanned again, until a scan picks nothing new and every picked process is stopped: a
     stopped process can neither fork nor exit, and orphans of anything that exited meanwhile were
     reparented within the tree and picked by the next scan. Then all are SIGKILLed at once.
-    `select` must never pick the caller or its ancestors. Returns what was killed, by pid."""
+    `spare` (the worker) is stopped first and continued at the end, never killed: its threads
+    cannot fork meanwhile either. `select` must never pick the caller or its ancestors. Returns
+    what was killed, by pid."""
     frozen: dict[int, ProcessInfo] = {}
+    spared = read_process(spare) if spare is not None else None
+    if spared is not None and not signal_process(spare, spared.start_ticks, signal.SIGSTOP):
+        spared = None
     deadline = time.monotonic() + seconds
     while True:
         table = process_table()
-        fresh = [pid for pid in select(table) if pid not in frozen]
+        fresh = [pid for pid in select(table) if pid not in frozen and pid != spare]
         for pid in fresh:
             if signal_process(pid, table[pid].start_ticks, signal.SIGSTOP):
                 frozen[pid] = table[pid]
-        all_stopped = all(pid not in table or table[pid].state in _STOPPED_STATES for pid in frozen)
+        watched = [*frozen, *([spare] if spared is not None else [])]
+        all_stopped = all(pid not in table or table[pid].state in _STOPPED_STATES for pid in watched)
         if (not fresh and all_stopped) or time.monotonic() >= deadline:
             break  # past the deadline (a process stuck in the kernel), kill what is known
         if not fresh:
             time.sleep(0.001)  # SIGSTOP is delivered asynchronously
     for pid, info in frozen.items():
         signal_process(pid, info.start_ticks, signal.SIGKILL)
+    if spared is not None:
+        signal_process(spare, spared.start_ticks, signal.SIGCONT)
     return frozen
+
+
+def wait_until_dead(processes: dict[int, ProcessInfo], seconds: float = REAP_SECONDS) -> bool:
+    """Poll until each process is gone or a zombie (True), or `seconds` pass (False)."""
+    deadline = time.monotonic() + seconds
+    pending = dict(processes)
+    while pending:
+        for pid, info in list(pending.items()):
+            now = read_process(pid)
+            if now is None or now.start_ticks != info.start_ticks or now.state in ("Z", "X", "x"):
+                del pending[pid]
+        if pending:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.001)
+    return True
 
 
 def kill_process_tree(root_pid: int, seconds: float = FREEZE_SECONDS) -> dict[int, ProcessInfo]:
     """SIGKILL `root_pid` and all its descendants (see freeze_and_kill). Used by the coordinator
-    on a supervisor: being a subreaper, it has every process of its model below it."""
+    on an unsandboxed supervisor: being a subreaper, it has every process of its model below it."""
     return freeze_and_kill(lambda table: ({root_pid} | descendants(table, root_pid)) if root_pid in table else set(),
                            seconds)
 
 
 def last_pid() -> int | None:
-    """The pid most recently handed out in this PID namespace (/proc/loadavg), or None."""
+    """The pid most recently handed out in the caller's PID namespace (/proc/loadavg), or None."""
     try:
         with open("/proc/loadavg", "rb") as loadavg:
             return int(loadavg.read().split()[4])
@@ -287,105 +382,201 @@ def last_pid() -> int | None:
         return None
 
 
-def end_detached_processes(supervisor_pid: int, worker_pid: int) -> int:
-    """In the worker: SIGKILL the model's processes that detached from it, reap those that are its
-    own children (else they would stay zombies; the model's own handles to them then see them gone),
-    and return how many were killed."""
-    if os.getppid() != supervisor_pid:
-        return 0  # no supervisor any more (killed from outside): nothing here can be made safe
-    killed = freeze_and_kill(lambda table: detached_processes(table, supervisor_pid, worker_pid))
-    own_children = [pid for pid, info in killed.items() if info.ppid == worker_pid]
-    deadline = time.monotonic() + REAP_SECONDS
-    while own_children and time.monotonic() < deadline:
-        for pid in list(own_children):
-            try:
-                if os.waitpid(pid, os.WNOHANG)[0] == 0:
-                    continue
-            except ChildProcessError:
-                pass
-            own_children.remove(pid)
-        if own_children:
-            time.sleep(0.001)
-    return len(killed)
-
-
 def _become_subreaper() -> bool:
     """Orphaned descendants are reparented to this process instead of init (Linux >= 3.4)."""
     try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+        _prctl(PR_SET_CHILD_SUBREAPER, 1)
+        return True
     except (OSError, AttributeError):
         return False
 
 
-def _split_into_supervisor_and_worker() -> int:
-    """Fork: the parent stays as the supervisor (never returns), the child returns the supervisor's
-    pid and goes on as the worker."""
-    _become_subreaper()
-    # Ignored from before the fork: SIGTERM to the process group at session close must end the
-    # worker, never the supervisor (its death would hand the model's processes to init).
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    supervisor_pid = os.getpid()
-    worker_pid = os.fork()
-    if worker_pid == 0:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        return supervisor_pid
-    _supervise(worker_pid)
-    os._exit(1)  # not reached
-
-
-def _supervise(worker_pid: int) -> None:
-    """Wait for the worker, reaping orphans as they die; then end everything left and exit like it."""
-    devnull_fd = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull_fd, 0)  # requests are the worker's; stdout stays open until this process exits
-    os.close(devnull_fd)
-    worker_status = None
-    while worker_status is None:
-        try:
-            pid, status = os.waitpid(-1, 0)
-        except ChildProcessError:
-            break
-        if pid == worker_pid:
-            worker_status = status
-    me = os.getpid()
-    freeze_and_kill(lambda table: descendants(table, me))
-    deadline = time.monotonic() + REAP_SECONDS
-    while time.monotonic() < deadline:
+def _reap_own_children() -> None:
+    """In the worker: collect the exit status of children the supervisor killed (or that ended),
+    so none of them lingers as a zombie counted against the model's process limit."""
+    while True:
         try:
             if os.waitpid(-1, os.WNOHANG)[0] == 0:
-                time.sleep(0.001)
+                return
         except ChildProcessError:
-            break
-    _exit_like(worker_status)
+            return
 
 
-def _exit_like(status: int | None) -> None:
-    """Exit with the worker's exit code, or die of the signal that killed it."""
-    if status is not None and os.WIFSIGNALED(status):
-        signum = os.WTERMSIG(status)
+class _Supervisor:
+    """The sandbox's PID 1 (or, without a sandbox, the subreaper above the worker)."""
+
+    def __init__(self, worker_pid: int, max_line_bytes: int):
+        self.me = os.getpid()
+        self.worker_pid = worker_pid
+        self.max_line_bytes = max_line_bytes
+        self.worker_status: int | None = None
+        self.last_pid_seen: int | None = None
+
+    def reap_others(self) -> int:
+        """Kill every process of the model but the worker; return how many."""
+        newest = last_pid()
+        if newest is not None and newest == self.last_pid_seen:
+            return 0  # no process (nor thread) created since the last look: nothing new to end
+        self.last_pid_seen = newest
+        if not descendants(process_table(), self.me) - {self.worker_pid}:
+            return 0
+        killed = freeze_and_kill(lambda table: descendants(table, self.me) - {self.worker_pid}, spare=self.worker_pid)
+        self.reap_zombies(wait_for=[pid for pid, info in killed.items() if info.ppid == self.me])
+        wait_until_dead(killed)  # SIGKILL takes effect when the process next runs: dead before the reply
+        return len(killed)
+
+    def reap_zombies(self, wait_for=(), seconds: float = REAP_SECONDS) -> None:
+        """Collect exited children (orphans reparented here die as our children), noting the
+        worker's status; wait up to `seconds` for those in `wait_for`."""
+        pending = set(wait_for)
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                if not pending or time.monotonic() >= deadline:
+                    return
+                time.sleep(0.001)
+                continue
+            pending.discard(pid)
+            if pid == self.worker_pid:
+                self.worker_status = status
+
+    def end_everything(self) -> None:
+        """The worker is gone or must go: kill every process of the model and collect them."""
+        freeze_and_kill(lambda table: descendants(table, self.me))
+        deadline = time.monotonic() + REAP_SECONDS
+        while time.monotonic() < deadline:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == self.worker_pid:
+                self.worker_status = status
+            elif pid == 0:
+                time.sleep(0.001)
+
+
+def _supervise(worker_pid: int, replies_from_worker: int, max_line_bytes: int) -> None:
+    """Pass the worker's reply lines on, each after ending the model's other processes; when the
+    worker ends, end everything left and say how the worker ended. Never returns."""
+    import selectors
+
+    devnull_fd = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull_fd, 0)  # requests are the worker's
+    os.close(devnull_fd)
+    supervisor = _Supervisor(worker_pid, max_line_bytes)
+    selector = selectors.DefaultSelector()
+    selector.register(replies_from_worker, selectors.EVENT_READ, "replies")
+    try:
+        worker_exit_fd = os.pidfd_open(worker_pid)  # readable once the worker has exited
+        selector.register(worker_exit_fd, selectors.EVENT_READ, "exit")
+    except (AttributeError, OSError):
+        worker_exit_fd = None
+    pending = bytearray()
+    worker_ended = False
+    while not worker_ended:
+        events = selector.select(None if worker_exit_fd is not None else 1.0)
+        if worker_exit_fd is None:
+            supervisor.reap_zombies()
+            worker_ended = supervisor.worker_status is not None
+        for key, _ in events:
+            if key.data == "exit":
+                worker_ended = True
+                continue
+            chunk = os.read(replies_from_worker, READ_CHUNK_BYTES)
+            if not chunk:  # the model closed its reply pipe: it cannot answer any more
+                worker_ended = True
+                break
+            pending += chunk
+            _relay(supervisor, pending, final=False)
+    # Replies the worker wrote before it ended; the pipe may still be held open by a child of it.
+    os.set_blocking(replies_from_worker, False)
+    while True:
         try:
-            signal.signal(signum, signal.SIG_DFL)
-        except (OSError, ValueError):
-            pass  # SIGKILL cannot be handled, nor needs to be
-        os.kill(os.getpid(), signum)
-        os._exit(128 + signum)  # a signal whose default is not to terminate
-    if status is not None and os.WIFEXITED(status):
-        os._exit(os.WEXITSTATUS(status))
-    os._exit(1)
+            chunk = os.read(replies_from_worker, READ_CHUNK_BYTES)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        pending += chunk
+    supervisor.end_everything()
+    _relay(supervisor, pending, final=True)
+    if supervisor.worker_status is None:
+        try:
+            supervisor.worker_status = os.waitpid(worker_pid, 0)[1]
+        except ChildProcessError:
+            pass
+    ending = {"cycle": None, "ok": False, "ended": True, "detail": "model " + describe_wait_status(supervisor.worker_status)}
+    _send(1, ending)
+    os._exit(0)
+
+
+def _relay(supervisor: _Supervisor, pending: bytearray, final: bool) -> None:
+    """Write out the complete lines of `pending` (after reaping the model's other processes,
+    noted in the last line as "reaped"); a line too long to hold is passed on as it is (the
+    coordinator cuts it off); at the end (`final`), an unfinished line is dropped."""
+    end = pending.rfind(b"\n") + 1
+    if end == 0:
+        if len(pending) > supervisor.max_line_bytes and not final:
+            _write_all(1, bytes(pending))
+            pending.clear()
+        return
+    lines = bytes(pending[:end])
+    del pending[:end]
+    reaped = 0 if final else supervisor.reap_others()
+    if reaped:
+        last_start = lines.rfind(b"\n", 0, len(lines) - 1) + 1
+        if lines.startswith(b"{", last_start):
+            lines = lines[:last_start] + b'{"reaped":%d,' % reaped + lines[last_start + 1:]
+    _write_all(1, lines)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            written = os.write(fd, view)
+        except BrokenPipeError:
+            os._exit(0)  # the coordinator is gone
+        view = view[written:]
+
+
+def describe_wait_status(status: int | None) -> str:
+    """How a process ended, from its os.waitpid status."""
+    if status is None:
+        return "process did not exit"
+    if os.WIFSIGNALED(status):
+        return describe_exit(-os.WTERMSIG(status))
+    if os.WIFEXITED(status):
+        return describe_exit(os.WEXITSTATUS(status))
+    return f"process ended with status {status}"
+
+
+def describe_exit(returncode: int | None) -> str:
+    """How a process ended, from its Popen.returncode (negative: the signal that killed it)."""
+    if returncode is None:
+        return "process did not exit"
+    if returncode < 0:
+        try:
+            signal_name = signal.Signals(-returncode).name
+        except ValueError:
+            signal_name = "unknown signal"
+        return f"process killed by signal {-returncode} ({signal_name})"
+    return f"process exited with code {returncode}"
 
 
 def _take_over_stdio():
-    """Keep private copies of fds 0/1 for the protocol; give the model /dev/null and stderr."""
+    """Keep a private copy of fd 0 for the requests; give the model /dev/null and stderr."""
     requests_in = os.fdopen(os.dup(0), "rb")
-    replies_out_fd = os.dup(1)
     devnull_fd = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull_fd, 0)
     os.close(devnull_fd)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    return requests_in, replies_out_fd
+    return requests_in
 
 
 def _instantiate_model(model_path: str, model_id: str, base_class_path: str):

@@ -38,6 +38,8 @@ from model_runner_client.model_concurrent_runners import (
 from model_runner_client.model_runners import DynamicSubclassModelRunner
 from model_runner_client.security.credentials import SecureCredentials
 
+from resources.model_ids import model_id_problem
+
 from .base import (
     CallStatus,
     MethodCall,
@@ -285,7 +287,8 @@ class OrchestratorModelRunner(ModelRunnerResource):
         event = json.loads(message)
         if event.get("event") != "init" or not isinstance(event.get("data"), list):
             raise ConnectionError(f"{self.orchestrator_url} sent {event.get('event')!r} first, expected an 'init' event")
-        return [model_info_from_announcement(entry) for entry in event["data"]]
+        return [model_info_from_announcement(entry) for entry in event["data"]
+                if model_id_problem(str(entry["model_id"])) is None]
 
     def open_session(self, interface: ModelInterface) -> OrchestratorModelSession:
         return OrchestratorModelSession(self, interface)
@@ -477,6 +480,10 @@ class OrchestratorModelSession(ModelSession):
                     logger.warning("Ignoring malformed model announcement: %r", entry)
                     continue
                 model_id = str(entry["model_id"])
+                problem = model_id_problem(model_id)
+                if problem is not None:  # the API could not serve it: never registered, never called
+                    logger.warning("Ignoring model announcement: %s", problem)
+                    continue
                 announced_ids.add(model_id)
                 self._announced[model_id] = model_info_from_announcement(entry, self._announced.get(model_id))
             if event_type == "init":

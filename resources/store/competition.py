@@ -13,6 +13,10 @@ import sqlalchemy as sa
 from resources.store import schema as t
 from resources.store import json_codec
 from resources.store.bulk import bulk_update, bulk_upsert, bulk_upsert_dicts, copy_field, insert_new
+from resources.store.copies import CopyStore, replace_period_clusters
+from resources.store.disputes import DisputeStore
+from resources.store.history import HistoryStore
+from resources.store.rules import RulesStore, record_documents
 from resources.store.rows import (
     CheckpointRow,
     CycleRollupRow,
@@ -24,6 +28,7 @@ from resources.store.rows import (
     ModelEventRow,
     ModelRow,
     Resolution,
+    RulesDocument,
     ScoredPrediction,
     ScoreLeaf,
     ScoreRow,
@@ -33,7 +38,9 @@ from resources.store.rows import (
     Voiding,
 )
 
-LOCKED_STATUSES = ("SUBMITTED", "CLAIMABLE", "PAID")
+# A checkpoint past PENDING committed its period's scores for good (a SKIPPED one too: its root is
+# in every later chained root), so settlement never changes them.
+LOCKED_STATUSES = ("SUBMITTED", "CLAIMABLE", "PAID", "SKIPPED")
 
 
 def derived_prediction_status(p: sa.Table, s: sa.Table, i: sa.Table) -> sa.ColumnElement[str]:
@@ -50,6 +57,26 @@ class CompetitionStore:
     def __init__(self, engine: sa.Engine, slug: str):
         self.engine = engine
         self.slug = slug
+
+    @property
+    def copies(self) -> CopyStore:
+        """Copy detection's reads and writes (outputs, clusters, the operator's resolutions)."""
+        return CopyStore(self.engine, self.slug)
+
+    @property
+    def rules(self) -> RulesStore:
+        """Rules fingerprints: their documents, and what each cycle was resolved under."""
+        return RulesStore(self.engine, self.slug)
+
+    @property
+    def history(self) -> HistoryStore:
+        """Past cycles as stored (read-only): what a what-if rescores and a shadow entry runs on."""
+        return HistoryStore(self.engine, self.slug)
+
+    @property
+    def disputes(self) -> DisputeStore:
+        """Checkpoint disputes (append-only)."""
+        return DisputeStore(self.engine, self.slug)
 
     # --- cycles: inputs and predictions ----------------------------------------------------------
 
@@ -234,11 +261,14 @@ class CompetitionStore:
         ]
 
     def write_settlement(
-        self, scores: Sequence[ScoreRow], resolutions: Sequence[Resolution], voidings: Sequence[Voiding]
+        self, scores: Sequence[ScoreRow], resolutions: Sequence[Resolution], voidings: Sequence[Voiding],
+        rules_documents: Sequence[RulesDocument] = (),
     ) -> SettlementWritten:
-        """Scores (once per prediction), resolved cycles (truth and failure value) and voided
-        cycles, in one transaction. A voided cycle's predictions keep their made status."""
+        """Scores (once per prediction), resolved cycles (truth, failure value and the rules
+        fingerprint they were scored under) and voided cycles, in one transaction, with the
+        documents of the fingerprints they name. A voided cycle's predictions keep their made status."""
         with self.engine.begin() as connection:
+            record_documents(connection, self.slug, rules_documents)
             written = insert_new(
                 connection, t.scores,
                 ("competition", "prediction_id", "model_id", "scope_key", "cycle_at", "value", "success",
@@ -248,15 +278,16 @@ class CompetitionStore:
             )
             i = t.inputs
             bulk_update(
-                connection, i, "id", ("status", "actuals", "failure_value"),
-                [(r.input_id, "RESOLVED", r.actuals, r.failure_value) for r in resolutions],
+                connection, i, "id", ("status", "actuals", "failure_value", "rules_fingerprint"),
+                [(r.input_id, "RESOLVED", r.actuals, r.failure_value, r.rules_fingerprint) for r in resolutions],
                 extra_set="meta = stored.meta - 'void_reason'",
             )
             if voidings:
                 connection.execute(
                     sa.update(i).where(i.c.id == sa.bindparam("input_id"))
-                    .values(status="VOIDED", meta=i.c.meta.op("||")(sa.func.jsonb_build_object("void_reason", sa.bindparam("reason")))),
-                    [{"input_id": v.input_id, "reason": v.reason} for v in voidings],
+                    .values(status="VOIDED", rules_fingerprint=sa.bindparam("fingerprint"),
+                            meta=i.c.meta.op("||")(sa.func.jsonb_build_object("void_reason", sa.bindparam("reason")))),
+                    [{"input_id": v.input_id, "reason": v.reason, "fingerprint": v.rules_fingerprint} for v in voidings],
                 )
         return SettlementWritten(written, len(resolutions), len(voidings))
 
@@ -496,6 +527,40 @@ class CompetitionStore:
                 [(self.slug, as_of, entries, meta)], ("competition", "as_of"), update_columns=("entries", "meta"),
             )
 
+    def write_live_leaderboard(self, as_of: datetime, entries: list[dict], meta: dict) -> bool:
+        """The live leaderboard as of `as_of` (meta `live: true`), replacing the live one stored
+        earlier in the same hour: one live row per hour, the newest. A row older than the hour's
+        live row is not written (a slower run's last tick never moves the leaderboard back);
+        returns whether it was written."""
+        lb = t.leaderboards
+        hour = as_of.replace(minute=0, second=0, microsecond=0)
+        is_live = lb.c.meta["live"].as_boolean().is_(True)
+        same_hour_live = sa.and_(lb.c.competition == self.slug, lb.c.as_of >= hour, lb.c.as_of < hour + timedelta(hours=1), is_live)
+        with self.engine.begin() as connection:
+            connection.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"live_leaderboard|{self.slug}"})
+            newest = connection.execute(sa.select(sa.func.max(lb.c.as_of)).where(same_hour_live)).scalar()
+            if newest is not None and newest > as_of:
+                return False
+            if connection.execute(sa.select(lb.c.id).where(lb.c.competition == self.slug, lb.c.as_of == as_of,
+                                                           sa.not_(is_live))).first():
+                return False  # a daily leaderboard at this very instant stands
+            # the hour's live row moves forward in place: the engine role may UPDATE leaderboards, never DELETE
+            moved = connection.execute(sa.update(lb).where(same_hour_live).values(
+                as_of=as_of, entries=entries, meta={**meta, "live": True})).rowcount
+            if not moved:
+                bulk_upsert(
+                    connection, lb, ("competition", "as_of", "entries", "meta"),
+                    [(self.slug, as_of, entries, {**meta, "live": True})], ("competition", "as_of"),
+                    update_columns=("entries", "meta"),
+                )
+        return True
+
+    def last_scored_cycle(self) -> datetime | None:
+        """The newest cycle with a score (what a live leaderboard is as of)."""
+        s = t.scores
+        with self.engine.connect() as connection:
+            return connection.execute(sa.select(sa.func.max(s.c.cycle_at)).where(s.c.competition == self.slug)).scalar()
+
     def leaderboard(self, as_of: datetime | None = None) -> tuple[datetime, list[dict], dict] | None:
         """The newest leaderboard at or before `as_of` (None: the newest of all)."""
         lb = t.leaderboards
@@ -543,10 +608,12 @@ class CompetitionStore:
 
     def write_pending_checkpoint(
         self, period_start: datetime, period_end: datetime, entries: dict, merkle_root: str, chained_root: str,
-        meta: dict,
+        meta: dict, commitment_scheme: int,
     ) -> CheckpointRow:
-        """Store (or replace) the period's checkpoint while it is PENDING. A checkpoint past PENDING
-        is returned unchanged: paid money does not move."""
+        """Store (or replace) the period's checkpoint while it is PENDING, and with it the period's
+        copy clusters (entries["copy_clusters"], in the same transaction). A checkpoint past PENDING
+        is returned unchanged: paid money does not move (and the database refuses it: migration
+        0006's guard, which also sets updated_at on every change and stores it PENDING)."""
         c = t.checkpoints
         with self.engine.begin() as connection:
             existing = connection.execute(
@@ -555,19 +622,15 @@ class CompetitionStore:
             ).first()
             if existing is not None and existing.status != "PENDING":
                 return _checkpoint_row(existing)
-            changed = bulk_upsert_dicts(
+            bulk_upsert_dicts(
                 connection, c,
                 [{"competition": self.slug, "period_start": period_start, "period_end": period_end,
-                  "status": "PENDING", "entries": entries, "merkle_root": merkle_root, "chained_root": chained_root,
-                  "meta": meta}],
+                  "entries": entries, "merkle_root": merkle_root, "chained_root": chained_root, "meta": meta,
+                  "commitment_scheme": commitment_scheme}],
                 ("competition", "period_start", "period_end"),
-                update_columns=("entries", "merkle_root", "chained_root", "meta"),
-            ).written
-            if changed and existing is not None:
-                connection.execute(
-                    sa.update(c).where(c.c.competition == self.slug, c.c.period_start == period_start,
-                                       c.c.period_end == period_end).values(updated_at=sa.func.now())
-                )
+                update_columns=("entries", "merkle_root", "chained_root", "meta", "commitment_scheme"),
+            )
+            replace_period_clusters(connection, self.slug, period_start, period_end, entries.get("copy_clusters", []))
             row = connection.execute(
                 sa.select(c).where(c.c.competition == self.slug, c.c.period_start == period_start,
                                    c.c.period_end == period_end)
@@ -601,7 +664,9 @@ class CompetitionStore:
                     i.c.competition == self.slug, i.c.cycle_at >= start, i.c.cycle_at < end, i.c.status == "VOIDED"
                 )
             ).scalar_one()
-        return {"scores": int(scores[0]), "last_score_id": scores[1], "voided_cycles": int(voided)}
+        resolution = self.copies.latest_resolution_id(start, end)
+        return {"scores": int(scores[0]), "last_score_id": scores[1], "voided_cycles": int(voided),
+                "copy_resolution_id": resolution}
 
     def first_cycle_since(self, since: datetime) -> datetime | None:
         i = t.inputs
@@ -680,5 +745,6 @@ def _checkpoint_row(row) -> CheckpointRow:
     return CheckpointRow(
         id=row.id, period_start=row.period_start, period_end=row.period_end, status=row.status, tx_hash=row.tx_hash,
         submitted_at=row.submitted_at, entries=row.entries, merkle_root=row.merkle_root, chained_root=row.chained_root,
-        meta=row.meta or {}, created_at=row.created_at, updated_at=row.updated_at,
+        meta=row.meta or {}, created_at=row.created_at, updated_at=row.updated_at, gate=row.gate,
+        commitment_scheme=row.commitment_scheme,
     )

@@ -16,6 +16,7 @@ from typing import Iterable, Iterator, Sequence
 
 import psycopg2.errors
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from resources.feeds.base import CANDLE, TICK, Candle, FeedRecord, FeedStream, Record, Tick
 from resources.store import schema as t
@@ -63,6 +64,42 @@ class StreamSpans:
         return None
 
 
+@dataclass(frozen=True)
+class DefectEpisode:
+    """A stream's fetches that came back defective in a row (malformed rows, conflicting
+    duplicates), kept in the stream's feed_ingestion_state.meta: the refetch schedule holds across
+    ticks, runs and processes."""
+
+    first_seen: datetime
+    last_fetch: datetime
+    fetches: int
+    detail: str  # what the last defective fetch found
+
+    def to_json(self) -> dict:
+        return {"first_seen": self.first_seen.isoformat(), "last_fetch": self.last_fetch.isoformat(),
+                "fetches": self.fetches, "detail": self.detail}
+
+    @classmethod
+    def from_json(cls, value: dict) -> "DefectEpisode":
+        return cls(datetime.fromisoformat(value["first_seen"]), datetime.fromisoformat(value["last_fetch"]),
+                   int(value["fetches"]), str(value.get("detail", "")))
+
+
+@dataclass(frozen=True)
+class StreamHealth:
+    """What an operator needs when a stream falls behind: how far it is fetched, the last fetch
+    error (cleared by the next fetch that returns) and the open defect episode."""
+
+    fetched_until: datetime | None
+    last_error: str | None
+    last_error_at: datetime | None
+    defect: DefectEpisode | None
+
+
+_DEFECT_KEY = "defect"
+_LAST_ERROR_KEY = "last_error"
+
+
 def _stream_filter(stream: FeedStream, table: sa.Table = t.feed_records):
     return (
         (table.c.source == stream.source) & (table.c.subject == stream.subject)
@@ -87,16 +124,45 @@ class FeedStore:
 
     # --- writes ----------------------------------------------------------------------------------
 
-    def store_fetch(self, stream: FeedStream, records: Sequence[Record], span: tuple[datetime, datetime] | None) -> RecordsWritten:
-        """Records, the fetched span (None: the fetch was incomplete) and the watermark, in one
-        transaction: a span is never recorded without its rows."""
+    def store_fetch(self, stream: FeedStream, records: Sequence[Record], span: tuple[datetime, datetime] | None,
+                    defect: DefectEpisode | None = None) -> RecordsWritten:
+        """Records, the fetched span (None: the fetch was incomplete), the watermark and the
+        stream's defect episode (None: none open), in one transaction: a span is never recorded
+        without its rows. A fetch that returned clears the stream's last fetch error."""
         with self.engine.begin() as connection:
             written = upsert_records(connection, stream, records)
             if span is not None and span[0] < span[1]:
                 record_span(connection, stream, *span)
             if records:
                 advance_watermark(connection, stream, max(r.ts_event for r in records))
+            _update_stream_meta(connection, stream, {_DEFECT_KEY: defect.to_json()} if defect else {},
+                                remove=(_LAST_ERROR_KEY,) if defect else (_LAST_ERROR_KEY, _DEFECT_KEY))
         return written
+
+    def note_fetch_error(self, stream: FeedStream, error: str, at: datetime) -> None:
+        """Keep the stream's last fetch error, for the lag check's alert (a live fetch failure is
+        reported, not raised)."""
+        with self.engine.begin() as connection:
+            _update_stream_meta(connection, stream, {_LAST_ERROR_KEY: {"at": at.isoformat(), "error": error[:1000]}})
+
+    def defect_episodes(self, streams: Iterable[FeedStream]) -> dict[FeedStream, DefectEpisode | None]:
+        return {stream: health.defect for stream, health in self.stream_health(streams).items()}
+
+    def stream_health(self, streams: Iterable[FeedStream]) -> dict[FeedStream, StreamHealth]:
+        s, state = t.feed_spans, t.feed_ingestion_state
+        result = {}
+        with self.engine.connect() as connection:
+            for stream in streams:
+                fetched_until = connection.execute(
+                    sa.select(sa.func.max(s.c.span_end)).where(_stream_filter(stream, s))).scalar()
+                meta = connection.execute(sa.select(state.c.meta).where(_stream_filter(stream, state))).scalar() or {}
+                error = meta.get(_LAST_ERROR_KEY) or {}
+                result[stream] = StreamHealth(
+                    fetched_until, error.get("error"),
+                    datetime.fromisoformat(error["at"]) if error.get("at") else None,
+                    DefectEpisode.from_json(meta[_DEFECT_KEY]) if meta.get(_DEFECT_KEY) else None,
+                )
+        return result
 
     def subscribe(self, competition: str, streams: Iterable[FeedStream], retention_days: int) -> None:
         rows = [(competition, s.source, s.subject, s.kind, s.granularity, retention_days) for s in streams]
@@ -356,6 +422,23 @@ def record_span(connection: sa.Connection, stream: FeedStream, start: datetime, 
         source=stream.source, subject=stream.subject, kind=stream.kind, granularity=stream.granularity,
         span_start=merged_start, span_end=merged_end,
     ))
+
+
+def _update_stream_meta(connection: sa.Connection, stream: FeedStream, values: dict, remove: Sequence[str] = ()) -> None:
+    """Set `values` and drop the `remove` keys in the stream's feed_ingestion_state.meta (the row
+    is created if the stream has none yet)."""
+    if not values and not remove:
+        return
+    table = t.feed_ingestion_state
+    statement = postgresql.insert(table).values(
+        source=stream.source, subject=stream.subject, kind=stream.kind, granularity=stream.granularity, meta=values,
+    )
+    kept = table.c.meta.op("-")(sa.literal(list(remove), postgresql.ARRAY(sa.Text))) if remove else table.c.meta
+    statement = statement.on_conflict_do_update(
+        index_elements=["source", "subject", "kind", "granularity"],
+        set_={"meta": kept.op("||", return_type=postgresql.JSONB)(sa.literal(values, postgresql.JSONB))},
+    )
+    connection.execute(statement)
 
 
 def advance_watermark(connection: sa.Connection, stream: FeedStream, last_event: datetime) -> None:

@@ -1,20 +1,26 @@
 """A checkpoint's payment lifecycle: status transitions, their append-only audit, the stored
-safety-gate results. Every transition is one transaction: the checkpoint row is locked
-(`SELECT .. FOR UPDATE`), its status checked, updated, and an audit row appended.
+safety-gate results.
 
-Which transitions are legal and what the gate checks is the engine's business
-(crunch_assets/payouts.py); this module only enforces, under the lock, what the caller states:
-the status the checkpoint must be in, and (for a gated step) that it is still the row the gate
-looked at.
+Every transition is one call of `crunch.advance_checkpoint` (migration 0006, SECURITY DEFINER;
+PENDING -> SKIPPED since 0008, replaced again by 0010): under a row lock it checks the legal move,
+the tx hash and that the passing gate result given is this very row's (for SKIPPED: a reason, no
+tx hash, the checkpoint before it past PENDING, and a stored gate result that refused this very
+row) and, before SUBMITTED or SKIPPED, that no dispute of the checkpoint is open and its dispute
+window has passed, then updates the checkpoint and appends the audit row, in one statement. The
+report API's role may do nothing else to a checkpoint (it holds no UPDATE or INSERT privilege),
+and the engine's may not touch its status. Which gate checks a checkpoint must pass is the
+engine's business (crunch_assets/payouts.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Sequence
 
 import sqlalchemy as sa
 
+from resources.store import json_codec
 from resources.store import schema as t
 from resources.store.competition import _checkpoint_row
 from resources.store.rows import CheckpointRow
@@ -30,6 +36,8 @@ class AuditRow:
     actor: str
     at: datetime
     note: str | None
+    chained_root: str | None = None  # the checkpoint's, when the row was written
+    digest: str | None = None  # chained to the previous row of the checkpoint (crunch.audit_row_digest)
 
 
 @dataclass(frozen=True)
@@ -57,71 +65,44 @@ class PayoutStore:
         self.engine = engine
         self.slug = slug
 
-    def _locked(self, connection: sa.Connection, checkpoint_id: int):
-        c = t.checkpoints
-        row = connection.execute(
-            sa.select(c).where(c.c.competition == self.slug, c.c.id == checkpoint_id).with_for_update()
-        ).first()
-        if row is None:
-            raise CheckpointNotFound(f"no checkpoint {checkpoint_id} in {self.slug}")
-        return row
-
     def transition(
-        self, checkpoint_id: int, from_status: str, to_status: str, *, actor: str, tx_hash: str | None = None,
-        note: str | None = None, gate: dict | None = None, gated_version: datetime | None = None,
+        self, checkpoint_id: int, to_status: str, *, actor: str, tx_hash: str | None = None, note: str | None = None,
+        gate: dict | None = None,
     ) -> TransitionOutcome:
-        """Move the checkpoint from `from_status` to `to_status` and append the audit row, in one
-        transaction. Already at `to_status` with the same tx_hash: nothing changes (changed=False).
-        `gated_version`: the checkpoint's `updated_at` the gate checked; a checkpoint rebuilt since
-        is refused. `gate` is stored with the checkpoint."""
+        """Move the checkpoint to `to_status` (from the one status before it) and append the audit
+        row, in one statement. Already at `to_status` with the same tx_hash: nothing changes
+        (changed=False). SUBMITTED needs `gate`, a passing result for the row as it is now (its
+        `checkpoint_updated_at`, `merkle_root` and `chained_root`): a checkpoint rebuilt since is
+        refused, and so is one with an open dispute (also one recorded while the gate ran) or within
+        its dispute window; the gate is stored with the checkpoint. SKIPPED needs `note` (the reason)
+        and the refusing gate result stored first (`record_gate`); it takes no tx_hash or gate, and
+        is refused with an open dispute or within the dispute window too."""
         c, a = t.checkpoints, t.checkpoint_audit
         with self.engine.begin() as connection:
-            row = self._locked(connection, checkpoint_id)
-            if row.status == to_status:
-                recorded = self._last_tx_hash(connection, checkpoint_id, to_status) if to_status != "SUBMITTED" else row.tx_hash
-                if recorded == tx_hash or (tx_hash is None and to_status != "SUBMITTED"):
-                    return TransitionOutcome(_checkpoint_row(row), False, None,
-                                             f"checkpoint {checkpoint_id} is already {to_status}: nothing changed")
-                raise TransitionConflict(
-                    f"checkpoint {checkpoint_id} is already {to_status} with tx_hash {recorded!r}, not {tx_hash!r}",
-                    row.status,
-                )
-            if row.status != from_status:
-                raise TransitionConflict(
-                    f"checkpoint {checkpoint_id} is {row.status}: {to_status} needs it {from_status}", row.status
-                )
-            if gated_version is not None and row.updated_at != gated_version:
-                raise TransitionConflict(
-                    f"checkpoint {checkpoint_id} was rebuilt while the gate ran; run the transition again", row.status
-                )
-            values: dict = {"status": to_status, "updated_at": sa.func.now()}
-            if to_status == "SUBMITTED":
-                values.update(tx_hash=tx_hash, submitted_at=sa.func.now())
-            if gate is not None:
-                values["gate"] = gate
-            updated = connection.execute(
-                sa.update(c).where(c.c.id == checkpoint_id).values(**values).returning(*c.c)
+            result = connection.execute(
+                sa.text("SELECT outcome, message, checkpoint_status, audit_id FROM crunch.advance_checkpoint("
+                        ":competition, :id, :to_status, :actor, :tx_hash, :note, CAST(:gate AS jsonb))"),
+                {"competition": self.slug, "id": checkpoint_id, "to_status": to_status, "actor": actor,
+                 "tx_hash": tx_hash, "note": note, "gate": None if gate is None else json_codec.dumps(gate)},
             ).one()
-            audit = connection.execute(
-                sa.insert(a).values(checkpoint_id=checkpoint_id, from_status=row.status, to_status=to_status,
-                                    tx_hash=tx_hash, actor=actor, note=note).returning(*a.c)
-            ).one()
-        return TransitionOutcome(_checkpoint_row(updated), True, AuditRow(*audit),
-                                 f"checkpoint {checkpoint_id}: {row.status} -> {to_status}")
-
-    def _last_tx_hash(self, connection: sa.Connection, checkpoint_id: int, to_status: str) -> str | None:
-        a = t.checkpoint_audit
-        return connection.execute(
-            sa.select(a.c.tx_hash).where(a.c.checkpoint_id == checkpoint_id, a.c.to_status == to_status)
-            .order_by(a.c.id.desc()).limit(1)
-        ).scalar()
+            if result.outcome == "not_found":
+                raise CheckpointNotFound(result.message)
+            if result.outcome not in ("changed", "unchanged"):
+                raise TransitionConflict(result.message, result.checkpoint_status)
+            row = connection.execute(sa.select(c).where(c.c.id == checkpoint_id)).one()
+            audit = (connection.execute(sa.select(a).where(a.c.id == result.audit_id)).one()
+                     if result.audit_id is not None else None)
+        return TransitionOutcome(_checkpoint_row(row), result.outcome == "changed",
+                                 AuditRow(*audit) if audit is not None else None, result.message)
 
     def record_gate(self, checkpoint_id: int, gate: dict) -> None:
-        """Store a gate run's results with the checkpoint (also a failing one: operators see why)."""
-        c = t.checkpoints
+        """Store a gate run's results with a PENDING checkpoint (also a failing one: operators see
+        why); the gate a checkpoint was submitted with is never replaced."""
         with self.engine.begin() as connection:
-            self._locked(connection, checkpoint_id)
-            connection.execute(sa.update(c).where(c.c.id == checkpoint_id).values(gate=gate))
+            connection.execute(
+                sa.text("SELECT crunch.record_checkpoint_gate(:competition, :id, CAST(:gate AS jsonb))"),
+                {"competition": self.slug, "id": checkpoint_id, "gate": json_codec.dumps(gate)},
+            )
 
     def gate(self, checkpoint_id: int) -> dict | None:
         c = t.checkpoints
@@ -129,6 +110,20 @@ class PayoutStore:
             return connection.execute(
                 sa.select(c.c.gate).where(c.c.competition == self.slug, c.c.id == checkpoint_id)
             ).scalar()
+
+    def audit_trails(self, checkpoint_ids: Sequence[int] | None = None) -> dict[int, list[AuditRow]]:
+        """checkpoint id -> its audit rows in order, for every checkpoint of the competition (or
+        only those of `checkpoint_ids`)."""
+        a, c = t.checkpoint_audit, t.checkpoints
+        query = sa.select(a).join(c, c.c.id == a.c.checkpoint_id).where(c.c.competition == self.slug)
+        if checkpoint_ids is not None:
+            query = query.where(a.c.checkpoint_id.in_(list(checkpoint_ids)))
+        with self.engine.connect() as connection:
+            rows = connection.execute(query.order_by(a.c.checkpoint_id, a.c.id)).fetchall()
+        trails: dict[int, list[AuditRow]] = {}
+        for row in rows:
+            trails.setdefault(row.checkpoint_id, []).append(AuditRow(*row))
+        return trails
 
     def audit_trail(self, checkpoint_id: int) -> list[AuditRow]:
         a, c = t.checkpoint_audit, t.checkpoints

@@ -75,6 +75,34 @@ class FeedStreamReport:
     first_event: datetime | None
     last_event: datetime | None
     watermark: datetime | None
+    watermark_updated_at: datetime | None = None
+    record_count: int = 0
+
+
+@dataclass(frozen=True)
+class FeedRecordReport:
+    source: str
+    subject: str
+    kind: str
+    granularity: str
+    ts_event: datetime
+    ts_ingested: datetime
+    values: dict
+    meta: dict
+
+
+@dataclass(frozen=True)
+class LifetimeReward:
+    reward_pct: int  # the model's shares of every checkpoint, summed (frac64: 1e9 = one checkpoint's pool)
+    paid_reward_pct: int  # of the PAID checkpoints
+    checkpoints: int  # the checkpoints that ranked it
+
+
+@dataclass(frozen=True)
+class StoredLeaderboard:
+    as_of: datetime
+    entries: list[dict]
+    meta: dict
 
 
 @dataclass(frozen=True)
@@ -93,7 +121,8 @@ class ReportStore:
     # --- predictions -----------------------------------------------------------------------------
 
     def predictions(
-        self, *, model_id: str | None = None, scope_key: str | None = None, status: str | None = None,
+        self, *, model_id: str | None = None, model_ids: Sequence[str] | None = None, scope_key: str | None = None,
+        status: str | None = None,
         start: datetime | None = None, end: datetime | None = None, after: tuple[datetime, int] | None = None,
         descending: bool = False, limit: int, with_input: bool = False,
         unresolved: str = "embargoed",
@@ -123,6 +152,8 @@ class ReportStore:
             where.append(cycle_resolved(p, s, i))
         if model_id is not None:
             where.append(p.c.model_id == model_id)
+        if model_ids is not None:
+            where.append(p.c.model_id.in_(list(model_ids)))
         if scope_key is not None:
             where.append(p.c.scope_key == scope_key)
         if start is not None:
@@ -193,15 +224,41 @@ class ReportStore:
 
     # --- checkpoints -----------------------------------------------------------------------------
 
-    def checkpoints(self, *, status: str | None = None, limit: int) -> list[CheckpointRow]:
-        """The newest checkpoints first (by period)."""
+    def checkpoints(self, *, status: str | None = None, limit: int, offset: int = 0) -> list[CheckpointRow]:
+        """The newest checkpoints first (by period), skipping the `offset` newest (a page)."""
         c = t.checkpoints
         query = sa.select(c).where(c.c.competition == self.slug)
         if status is not None:
             query = query.where(c.c.status == status)
         with self.engine.connect() as connection:
-            rows = connection.execute(query.order_by(c.c.period_start.desc()).limit(limit)).fetchall()
+            rows = connection.execute(query.order_by(c.c.period_start.desc()).limit(limit).offset(offset)).fetchall()
         return [_checkpoint_row(row) for row in rows]
+
+    def checkpoint_counts(self) -> dict[str, int]:
+        """How many checkpoints are in each status."""
+        c = t.checkpoints
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(c.c.status, sa.func.count()).where(c.c.competition == self.slug).group_by(c.c.status)
+            ).fetchall()
+        return {status: int(count) for status, count in rows}
+
+    def lifetime_rewards(self) -> dict[str, LifetimeReward]:
+        """Per model, the reward shares (frac64) of every checkpoint summed, those of PAID ones, and
+        the checkpoints that ranked it: one aggregate over the checkpoints' rankings."""
+        c = t.checkpoints
+        row = sa.func.jsonb_array_elements(c.c.entries["ranking"]).table_valued("value").alias("row")
+        model_id = row.c.value.op("->>")("model_id")
+        reward = sa.cast(row.c.value.op("->>")("reward_pct"), sa.BigInteger)
+        query = (
+            sa.select(model_id.label("model_id"), sa.func.sum(reward), sa.func.sum(sa.case((c.c.status == "PAID", reward), else_=0)),
+                      sa.func.count())
+            .select_from(c).join(row, sa.true())
+            .where(c.c.competition == self.slug)
+            .group_by(model_id)
+        )
+        with self.engine.connect() as connection:
+            return {m: LifetimeReward(int(total or 0), int(paid or 0), int(n)) for m, total, paid, n in connection.execute(query)}
 
     def latest_checkpoint(self) -> CheckpointRow | None:
         found = self.checkpoints(limit=1)
@@ -211,7 +268,8 @@ class ReportStore:
 
     def feeds(self) -> list[FeedStreamReport]:
         """The feed streams this competition subscribes to, with their first and last stored
-        event (index lookups on the stream's unique key) and the ingestion watermark."""
+        event and their record count (index lookups and an index-only count on the stream's
+        unique key), and the ingestion watermark."""
         sub, r, st = t.feed_subscriptions, t.feed_records, t.feed_ingestion_state
 
         def same_stream(table):
@@ -221,14 +279,54 @@ class ReportStore:
         first = sa.select(sa.func.min(r.c.ts_event)).where(same_stream(r)).scalar_subquery()
         last = sa.select(sa.func.max(r.c.ts_event)).where(same_stream(r)).scalar_subquery()
         watermark = sa.select(st.c.last_event_ts).where(same_stream(st)).scalar_subquery()
+        watermark_updated = sa.select(st.c.updated_at).where(same_stream(st)).scalar_subquery()
+        count = sa.select(sa.func.count()).where(same_stream(r)).scalar_subquery()
         query = (
             sa.select(sub.c.source, sub.c.subject, sub.c.kind, sub.c.granularity, sub.c.retention_days,
-                      first, last, watermark)
+                      first, last, watermark, watermark_updated, count)
             .where(sub.c.competition == self.slug)
             .order_by(sub.c.source, sub.c.subject, sub.c.kind, sub.c.granularity)
         )
         with self.engine.connect() as connection:
             return [FeedStreamReport(*row) for row in connection.execute(query)]
+
+    def feed_tail(self, *, source: str | None = None, subject: str | None = None, kind: str | None = None,
+                  granularity: str | None = None, limit: int) -> list[FeedRecordReport]:
+        """The newest `limit` records of the competition's feed streams (those matching the
+        filters), newest first: the newest rows of each stream by its unique key, then merged."""
+        sub, r = t.feed_subscriptions, t.feed_records
+        streams = sa.select(sub.c.source, sub.c.subject, sub.c.kind, sub.c.granularity).where(sub.c.competition == self.slug)
+        for column, value in (("source", source), ("subject", subject), ("kind", kind), ("granularity", granularity)):
+            if value is not None:
+                streams = streams.where(sub.c[column] == value)
+        streams = streams.subquery()
+        newest = (
+            sa.select(r.c.source, r.c.subject, r.c.kind, r.c.granularity, r.c.ts_event, r.c.ts_ingested,
+                      r.c["values"], r.c.meta)
+            .where(r.c.source == streams.c.source, r.c.subject == streams.c.subject, r.c.kind == streams.c.kind,
+                   r.c.granularity == streams.c.granularity)
+            .order_by(r.c.ts_event.desc()).limit(limit)
+            .lateral()
+        )
+        query = sa.select(newest).select_from(streams.join(newest, sa.true())).order_by(
+            newest.c.ts_event.desc(), newest.c.source, newest.c.subject).limit(limit)
+        with self.engine.connect() as connection:
+            rows = connection.execute(query).mappings().fetchall()
+        return [FeedRecordReport(row["source"], row["subject"], row["kind"], row["granularity"], row["ts_event"],
+                                 row["ts_ingested"], row["values"] or {}, row["meta"] or {}) for row in rows]
+
+    # --- leaderboards ----------------------------------------------------------------------------
+
+    def leaderboards(self, start: datetime, end: datetime, limit: int) -> list[StoredLeaderboard]:
+        """The stored leaderboards with as_of in [start, end), oldest first, at most `limit`."""
+        lb = t.leaderboards
+        query = (
+            sa.select(lb.c.as_of, lb.c.entries, lb.c.meta)
+            .where(lb.c.competition == self.slug, lb.c.as_of >= start, lb.c.as_of < end)
+            .order_by(lb.c.as_of).limit(limit)
+        )
+        with self.engine.connect() as connection:
+            return [StoredLeaderboard(row.as_of, row.entries or [], row.meta or {}) for row in connection.execute(query)]
 
     def lag(self, scope_keys: Sequence[str]) -> LagReport:
         i, s, c, lb = t.inputs, t.scores, t.checkpoints, t.leaderboards

@@ -101,12 +101,14 @@ class Resolution:
     input_id: int
     actuals: Any
     failure_value: float
+    rules_fingerprint: str | None = None  # the rules the cycle was scored under (crunch_assets/fingerprint.py)
 
 
 @dataclass(frozen=True)
 class Voiding:
     input_id: int
     reason: str
+    rules_fingerprint: str | None = None  # the rules the cycle was voided under
 
 
 @dataclass(frozen=True)
@@ -196,6 +198,8 @@ class CheckpointRow:
     meta: dict
     created_at: datetime
     updated_at: datetime
+    gate: dict | None = None  # the emission safety gate's last stored result
+    commitment_scheme: int = 1  # how chained_root was computed (crunch_assets/merkle.py)
 
 
 @dataclass(frozen=True)
@@ -208,3 +212,68 @@ class ScoreLeaf:
     inference_output: Any
     actuals: Any
     value: float
+
+
+@dataclass(frozen=True)
+class CopyResolutionRow:
+    """An operator's decision on a copy cluster of a checkpoint period (append-only, audited):
+    pay one member (`paid_model_id`), or pay them all."""
+
+    id: int
+    cluster_key: str
+    members: tuple[str, ...]
+    decision: str  # pay_one | pay_all
+    paid_model_id: str | None
+    actor: str
+    at: datetime
+    note: str | None = None
+    checkpoint_id: int | None = None
+
+
+@dataclass(frozen=True)
+class RulesDocument:
+    """A rules fingerprint and the document it is the sha256 of (crunch_assets/fingerprint.py)."""
+
+    fingerprint: str
+    cycle_digest: str
+    document: dict
+
+
+@dataclass(frozen=True)
+class DisputeRow:
+    """A dispute of a checkpoint: opened (who, what, which cycles) and, once, resolved."""
+
+    id: int
+    checkpoint_id: int
+    claimant: str
+    what: str
+    cycles: list
+    opened_by: str
+    opened_at: datetime
+    note: str | None = None
+    resolved_by: str | None = None
+    resolved_at: datetime | None = None
+    resolution: str | None = None
+    resolution_id: int | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self.resolution_id is None
+
+
+@dataclass(frozen=True)
+class StoredCycle:
+    """A stored cycle as it happened: its input, status, truth and failure value, and (when read
+    with them) its predictions as made. What a what-if rescores and a shadow entry is run on."""
+
+    input_id: int
+    scope_key: str
+    cycle_at: datetime
+    resolvable_at: datetime
+    status: str  # RECEIVED | RESOLVED | VOIDED
+    scope: dict
+    raw_data: Any
+    actuals: Any
+    failure_value: float | None
+    rules_fingerprint: str | None
+    predictions: list[StoredPrediction] = field(default_factory=list)

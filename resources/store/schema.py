@@ -143,6 +143,10 @@ inputs = sa.Table(
     sa.Column("failure_value", sa.Float(53), nullable=True),
     _jsonb("scope"),
     _jsonb("meta"),
+    # The rules fingerprint the cycle was resolved (scored, or voided) under: the score batch's
+    # (crunch_assets/fingerprint.py); its document is in rules_fingerprints. Null: not resolved yet,
+    # or resolved before fingerprints were recorded.
+    sa.Column("rules_fingerprint", sa.Text, nullable=True),
     sa.UniqueConstraint("competition", "scope_key", "cycle_at", name="uq_inputs_cycle"),
     # Small: only the voided cycles (sensors watch them; most cycles never are).
     sa.Index("ix_inputs_voided", "competition", "cycle_at", postgresql_where=sa.text("status = 'VOIDED'")),
@@ -261,7 +265,8 @@ checkpoints = sa.Table(
     sa.Column("competition", sa.Text, nullable=False),
     sa.Column("period_start", TZ, nullable=False),
     sa.Column("period_end", TZ, nullable=False),
-    sa.Column("status", sa.Text, nullable=False),  # PENDING | SUBMITTED | CLAIMABLE | PAID
+    # PENDING | SUBMITTED | CLAIMABLE | PAID | SKIPPED; moved only by crunch.advance_checkpoint (migrations 0006, 0008, 0010)
+    sa.Column("status", sa.Text, nullable=False, server_default="PENDING"),
     sa.Column("tx_hash", sa.Text, nullable=True),
     sa.Column("submitted_at", TZ, nullable=True),
     _created_at(),
@@ -274,11 +279,17 @@ checkpoints = sa.Table(
     _jsonb("meta"),
     # The emission safety gate's last results ({passed, checked_at, checks: [...]}); null: never run.
     sa.Column("gate", JSONB, nullable=True),
+    # How the leaves and chained_root were computed (crunch_assets/merkle.py): 1, the scores' root only
+    # (checkpoints stored before migration 0006); 2, also the sha256 of the RFC 8785 canonical entries;
+    # 3 (since migration 0009), with RFC 8785 leaves.
+    sa.Column("commitment_scheme", sa.SmallInteger, nullable=False, server_default="3"),
     sa.UniqueConstraint("competition", "period_start", "period_end", name="uq_checkpoints_period"),
     sa.Index("ix_checkpoints_competition_status", "competition", "status", "period_start"),
 )
 
-# Append-only: one row per status transition of a checkpoint (who, when, with which transaction).
+# Append-only: one row per status transition of a checkpoint (who, when, with which transaction),
+# written only by crunch.advance_checkpoint. `digest` chains each row to the previous row of its
+# checkpoint (crunch.audit_row_digest; recomputed by crunch_assets/verification.py).
 checkpoint_audit = sa.Table(
     "checkpoint_audit",
     metadata,
@@ -290,6 +301,8 @@ checkpoint_audit = sa.Table(
     sa.Column("actor", sa.Text, nullable=False),
     sa.Column("at", TZ, nullable=False, server_default=sa.func.now()),
     sa.Column("note", sa.Text, nullable=True),
+    sa.Column("chained_root", sa.Text, nullable=True),  # the checkpoint's, when the row was written
+    sa.Column("digest", sa.Text, nullable=False),
     sa.Index("ix_checkpoint_audit_checkpoint", "checkpoint_id", "id"),
 )
 
@@ -306,4 +319,81 @@ model_events = sa.Table(
     _jsonb("meta"),
     sa.UniqueConstraint("competition", "model_id", "event", "at", name="uq_model_events"),
     sa.Index("ix_model_events_competition_at", "competition", "at"),
+)
+
+# A checkpoint period's copy clusters (crunch_assets/copies.py), rewritten with the checkpoint while
+# it is PENDING, in the same transaction: `detail` is the cluster as stored in the checkpoint's
+# entries (members, links, roles, who is paid); never an output.
+copy_clusters = sa.Table(
+    "copy_clusters",
+    metadata,
+    _id(),
+    sa.Column("competition", sa.Text, nullable=False),
+    sa.Column("period_start", TZ, nullable=False),
+    sa.Column("period_end", TZ, nullable=False),
+    sa.Column("cluster_key", sa.Text, nullable=False),  # sha256 of the sorted members, 16 hex digits
+    sa.Column("members", JSONB, nullable=False),  # sorted model ids
+    sa.Column("original_model_id", sa.Text, nullable=True),  # None: undecided
+    sa.Column("status", sa.Text, nullable=False),  # resolved | unresolved
+    sa.Column("resolved_by", sa.Text, nullable=True),  # policy | operator
+    _jsonb("detail"),
+    sa.Column("updated_at", TZ, nullable=False, server_default=sa.func.now()),
+    sa.UniqueConstraint("competition", "period_start", "period_end", "cluster_key", name="uq_copy_clusters_period"),
+)
+
+# Append-only: the operator's decisions on copy clusters (who, when, why). The latest decision on a
+# cluster (same period and members) applies at the next build of the checkpoint.
+copy_resolutions = sa.Table(
+    "copy_resolutions",
+    metadata,
+    _id(),
+    sa.Column("competition", sa.Text, nullable=False),
+    sa.Column("checkpoint_id", sa.BigInteger, sa.ForeignKey(f"{SCHEMA}.checkpoints.id"), nullable=False),
+    sa.Column("period_start", TZ, nullable=False),
+    sa.Column("period_end", TZ, nullable=False),
+    sa.Column("cluster_key", sa.Text, nullable=False),
+    sa.Column("members", JSONB, nullable=False),
+    sa.Column("decision", sa.Text, nullable=False),  # pay_one | pay_all
+    sa.Column("paid_model_id", sa.Text, nullable=True),
+    sa.Column("actor", sa.Text, nullable=False),
+    sa.Column("at", TZ, nullable=False, server_default=sa.func.now()),
+    sa.Column("note", sa.Text, nullable=True),
+    sa.Index("ix_copy_resolutions_period", "competition", "period_start", "period_end", "cluster_key", "id"),
+)
+
+# Append-only: every rules fingerprint a competition scored a cycle or built a checkpoint under,
+# with the document it is the hash of (the spec's fields, the callables' sources, the engine's
+# version), so anyone can read what a fingerprint stands for and hash it again.
+rules_fingerprints = sa.Table(
+    "rules_fingerprints",
+    metadata,
+    _id(),
+    sa.Column("competition", sa.Text, nullable=False),
+    sa.Column("fingerprint", sa.Text, nullable=False),  # sha256 of the RFC 8785 bytes of `document`
+    sa.Column("cycle_digest", sa.Text, nullable=False),  # sha256 of its per-cycle part
+    sa.Column("document", JSONB, nullable=False),
+    sa.Column("recorded_at", TZ, nullable=False, server_default=sa.func.now()),
+    sa.UniqueConstraint("competition", "fingerprint", name="uq_rules_fingerprints"),
+)
+
+# Append-only: disputes of a checkpoint before it is SUBMITTED, each step a row: OPENED (who
+# disputes what, which cycles) and RESOLVED (which dispute, how). An open dispute blocks submission.
+checkpoint_disputes = sa.Table(
+    "checkpoint_disputes",
+    metadata,
+    _id(),
+    sa.Column("competition", sa.Text, nullable=False),
+    sa.Column("checkpoint_id", sa.BigInteger, sa.ForeignKey(f"{SCHEMA}.checkpoints.id"), nullable=False),
+    sa.Column("action", sa.Text, nullable=False),  # OPENED | RESOLVED
+    sa.Column("dispute_id", sa.BigInteger, nullable=True),  # RESOLVED: the OPENED row it closes
+    sa.Column("claimant", sa.Text, nullable=True),  # OPENED: who disputes (a participant, a model)
+    sa.Column("what", sa.Text, nullable=True),  # OPENED: what is disputed
+    sa.Column("cycles", JSONB, nullable=True),  # OPENED: [{"first": t, "last": t}, ...] within the period
+    sa.Column("actor", sa.Text, nullable=False),
+    sa.Column("at", TZ, nullable=False, server_default=sa.func.now()),
+    sa.Column("note", sa.Text, nullable=True),
+    sa.Index("ix_checkpoint_disputes_checkpoint", "checkpoint_id", "id"),
+    # A dispute is resolved once.
+    sa.Index("uq_checkpoint_disputes_resolved", "dispute_id", unique=True,
+             postgresql_where=sa.text("action = 'RESOLVED'")),
 )

@@ -31,6 +31,20 @@ def database_named(url: str, name: str) -> str:
     return make_url(url).set(database=name).render_as_string(hide_password=False)
 
 
+def role_env(url: str) -> dict[str, str]:
+    """The database variables of a subprocess working on the database of `url` (a superuser URL
+    of the test server): the migrations' URL and each role's, on that database; and where the test
+    session publishes checkpoint roots (tests/conftest.py)."""
+    import os
+
+    from resources.database_url import DATABASE_ENV_VARS, DATABASE_URL_ENV
+
+    name = make_url(url).database
+    env = {var: database_named(os.environ[var], name) for var in DATABASE_ENV_VARS if var != DATABASE_URL_ENV}
+    published = {"CRUNCH_ROOT_PUBLICATION_DIR": os.environ["CRUNCH_ROOT_PUBLICATION_DIR"]}
+    return {DATABASE_URL_ENV: url, **env, **published}
+
+
 def _admin(url: str):
     return sa.create_engine(url, isolation_level="AUTOCOMMIT")
 
@@ -74,13 +88,13 @@ def api_template_url(database_url, btc_csv) -> str:
 
 
 @contextlib.contextmanager
-def fresh_copy(database_url: str):
+def fresh_copy(database_url: str, template: str = TEMPLATE_DB):
     """A new database copied from the template, dropped afterwards."""
     name = f"crunch_api_copy_{next(_copies)}"
     admin = _admin(database_url)
     with admin.connect() as connection:
         connection.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        connection.execute(sa.text(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}"))
+        connection.execute(sa.text(f"CREATE DATABASE {name} TEMPLATE {template}"))
     try:
         yield database_named(database_url, name)
     finally:
@@ -104,10 +118,14 @@ def module_database_url(database_url, api_template_url):
 
 
 def report_competition(url: str, crunch: str | None = CRUNCH_PUBKEY):
+    """The API's view of the database at `url`: connected as the api role (reads, and the
+    checkpoint functions), with the rules the gate recomputes payouts with."""
+    from competitions.btc_updown.definitions import RULES
     from crunch_assets.api import ReportCompetition
     from resources.store.database import CrunchDatabase
 
-    return ReportCompetition(replay_spec(), accounts(crunch), CrunchDatabase(url=url))
+    return ReportCompetition(replay_spec(), accounts(crunch), CrunchDatabase(role="api", database=make_url(url).database),
+                             RULES)
 
 
 class LiveServer:
@@ -165,3 +183,50 @@ def read_api(module_database_url):
 
 def auth(token: str = TOKEN) -> dict:
     return {"Authorization": f"Bearer {token}"}
+
+
+PAGE_TEMPLATE_DB = "crunch_page_template"
+
+
+@pytest.fixture(scope="session")
+def page_template_url(database_url) -> str:
+    """A database holding crypto_density (replayed, with a 6-hour hole), "crowd" (200 models) and
+    "empty" (tests/api/page_data.py), never changed."""
+    from resources.store.database import dispose_engines
+    from tests.api import page_data
+
+    admin = _admin(database_url)
+    with admin.connect() as connection:
+        connection.execute(sa.text(f"DROP DATABASE IF EXISTS {PAGE_TEMPLATE_DB} WITH (FORCE)"))
+        connection.execute(sa.text(f"CREATE DATABASE {PAGE_TEMPLATE_DB}"))
+    url = database_named(database_url, PAGE_TEMPLATE_DB)
+    page_data.replay_density(url)
+    page_data.write_crowd(url)
+    dispose_engines()
+    yield url
+    dispose_engines()
+    with admin.connect() as connection:
+        connection.execute(sa.text(f"DROP DATABASE IF EXISTS {PAGE_TEMPLATE_DB} WITH (FORCE)"))
+    admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def page_database_url(database_url, page_template_url):
+    with fresh_copy(database_url, PAGE_TEMPLATE_DB) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def pages_api(module_database_url, page_database_url):
+    """(server, client) serving btc_updown (first: the default), crypto_density, crowd and empty."""
+    from crunch_assets.api import ReportCompetition, create_app
+    from resources.store.database import CrunchDatabase
+    from tests.api import page_data
+
+    database = CrunchDatabase(url=page_database_url)
+    served = [report_competition(module_database_url)] + [
+        ReportCompetition(spec, accounts(), database) for spec in
+        (page_data.density_spec(), page_data.crowd_spec(), page_data.empty_spec())]
+    with LiveServer(create_app(served, api_token=TOKEN, actor=ACTOR, read_env=False)) as server, \
+            httpx.Client(base_url=server.url, timeout=60) as client:
+        yield server, client

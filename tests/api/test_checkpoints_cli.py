@@ -15,7 +15,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from tests.api.conftest import COMPUTE_PUBKEY, CRUNCH_PUBKEY, START
+from tests.api.conftest import COMPUTE_PUBKEY, CRUNCH_PUBKEY, START, role_env
 
 CLI = str(Path(sys.executable).with_name("crunch-dagster"))
 TX = "4" * 24 + "CliSubmission"
@@ -23,8 +23,9 @@ TX = "4" * 24 + "CliSubmission"
 
 def _env(url: str, crunch: str | None = CRUNCH_PUBKEY) -> dict:
     env = {key: value for key, value in os.environ.items() if not key.startswith("CRUNCH_")}
+    env.update(role_env(url))
     env.update({
-        "CRUNCH_DATABASE_URL": url, "CRUNCH_AUTOMATION": "off",
+        "CRUNCH_AUTOMATION": "off",
         "CRUNCH_BTC_UPDOWN_START": START.isoformat(), "CRUNCH_BTC_UPDOWN_CHECKPOINT_INTERVAL_SECONDS": "86400",
         "CRUNCH_BTC_UPDOWN_COMPUTE_PROVIDER_PUBKEY": COMPUTE_PUBKEY,
     })
@@ -97,7 +98,7 @@ def test_a_submission_killed_while_waiting_for_the_lock_leaves_nothing(api_datab
     # pg_stat_activity is read afresh only outside a transaction: the watcher autocommits
     watcher_engine = sa.create_engine(api_database_url, isolation_level="AUTOCOMMIT")
     waiting = sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                      "AND wait_event_type = 'Lock' AND query LIKE '%FOR UPDATE%'")
+                      "AND wait_event_type = 'Lock' AND query LIKE '%advance_checkpoint%'")
     others = sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                      "AND pid <> pg_backend_pid() AND state <> 'idle'")
     deadline = time.monotonic() + 120

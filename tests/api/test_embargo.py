@@ -153,7 +153,7 @@ def test_an_unresolved_output_is_absent_from_open_reads_and_the_token_unlocks_it
     assert all(stored[pid][4] is not None for pid in unresolved if stored[pid][1] != "garbled")
     assert all("got 7.12" in stored[pid][3] for pid in unresolved if stored[pid][1] == "garbled")
     with _serve(live_hour.url) as server, httpx.Client(base_url=server.url, timeout=60) as client:
-        for prefix in ("/reports", "/competitions/btc_updown"):
+        for prefix in ("/competitions/btc_updown",):
             served = {p["id"]: p for p in _all_predictions(client, prefix)}
             assert set(served) == set(stored)  # every prediction is listed, with its status and timing
             for pid, p in served.items():
@@ -180,10 +180,16 @@ def test_an_unresolved_output_is_absent_from_open_reads_and_the_token_unlocks_it
             # a wrong token is refused, never answered with the open view as if it were right
             wrong = client.get(f"{prefix}/predictions", params=RANGE, headers=auth("not-the-token"))
             assert wrong.status_code == 403
+        # the reference's shape (/reports/predictions) has scores only: an unresolved row has none
+        reference = client.get("/reports/predictions", params={**RANGE, "limit": 1000}).json()
+        assert len(reference) == len(stored)
+        late = [row for row in reference if datetime.fromisoformat(row["performed_at"] + "+00:00") + HORIZON > AS_OF]
+        assert len(late) == len(unresolved) and all(row["score_value"] is None for row in late)
+        assert not [n for n in unresolved_needles(stored) if n in json.dumps(reference)]
     with _serve(live_hour.url, token=None) as server, httpx.Client(base_url=server.url, timeout=60) as client:
         # no operator token configured: reads stay open and embargoed; a token cannot unlock anything
-        assert client.get("/reports/predictions", params=RANGE, headers=auth()).status_code == 403
-        assert sum(p["embargoed"] for p in _all_predictions(client, "/reports")) == len(unresolved)
+        assert client.get("/competitions/btc_updown/predictions", params=RANGE, headers=auth()).status_code == 403
+        assert sum(p["embargoed"] for p in _all_predictions(client, "/competitions/btc_updown")) == len(unresolved)
 
 
 def output_text(row: tuple) -> str:
@@ -201,7 +207,7 @@ def unresolved_needles(stored: dict[int, tuple]) -> set[str]:
 
 
 def _export(client: httpx.Client, model_id: str, fmt: str, headers: dict | None = None) -> list[dict]:
-    response = client.get(f"/reports/models/{model_id}/export", params={**RANGE, "format": fmt}, headers=headers or {})
+    response = client.get(f"/competitions/btc_updown/models/{model_id}/export", params={**RANGE, "format": fmt}, headers=headers or {})
     assert response.status_code == 200, response.text
     if fmt == "csv":
         return list(csv.DictReader(io.StringIO(response.text)))
@@ -245,7 +251,7 @@ def test_the_page_and_the_score_series_show_resolved_cycles_only(live_hour):
         assert all(page.status_code == 200 for page in pages)
         assert "leaderboard" in pages[0].text
         for model_id in MODELS:
-            series = client.get(f"/reports/models/{model_id}/scores").json()["series"]
+            series = client.get(f"/competitions/btc_updown/models/{model_id}/scores").json()["series"]
             assert [p["hour"][:16] for p in series[model_id]] == ["2025-01-07T01:00", "2025-01-07T02:00"]
     assert not [n for n in needles if any(n in page.text for page in pages)]
     engine = sa.create_engine(live_hour.url)
@@ -266,12 +272,12 @@ def test_an_export_leaves_unresolved_cycles_out_until_they_are_scored(live_hour)
             for fmt in ("csv", "parquet"):
                 assert _cycles(_export(client, model_id, fmt)) == resolved_cycles, (model_id, fmt)
                 assert _cycles(_export(client, model_id, fmt, auth())) == every_cycle, (model_id, fmt)
-        assert client.get("/reports/models/mean_reversion/export", params=RANGE, headers=auth("wrong")).status_code == 403
+        assert client.get("/competitions/btc_updown/models/mean_reversion/export", params=RANGE, headers=auth("wrong")).status_code == 403
 
         # the hour goes on: the next run scores up to 02:00 + 30 min; every output so far is open
         live_hour.materialize(["scores"], START, START + timedelta(hours=1), as_of=LATER)
         stored = live_hour.stored()
-        served = {p["id"]: p for p in _all_predictions(client, "/reports")}
+        served = {p["id"]: p for p in _all_predictions(client, "/competitions/btc_updown")}
         assert not any(p["embargoed"] for p in served.values())
         assert {pid: p["inference_output"] for pid, p in served.items()} == {pid: row[4] for pid, row in stored.items()}
         assert {pid: p["status_reason"] for pid, p in served.items()} == {pid: row[3] for pid, row in stored.items()}

@@ -97,7 +97,7 @@ def reasons_api(failed_store):
 
 
 def _failed(client: httpx.Client, **headers) -> dict[str, list[dict]]:
-    response = client.get("/reports/predictions", params={"status": "FAILED", "limit": 1000}, headers=headers)
+    response = client.get("/competitions/btc_updown/predictions", params={"status": "FAILED", "limit": 1000}, headers=headers)
     assert response.status_code == 200, response.text
     by_model: dict[str, list[dict]] = {}
     for prediction in response.json()["predictions"]:
@@ -114,7 +114,7 @@ def test_open_reads_say_what_failed_and_not_where(reasons_api):
             assert row["score"]["failed_reason"] == f"FAILED: {PUBLIC[model_id]}"
             assert "status_detail" not in row and "failed_detail" not in row["score"]
             assert not LEAKS.search(row["status_reason"]), row
-    export = reasons_api.get("/reports/models/leaky/export",
+    export = reasons_api.get("/competitions/btc_updown/models/leaky/export",
                              params={"start": START.isoformat(), "end": (START + timedelta(hours=1)).isoformat()})
     rows = list(csv.DictReader(io.StringIO(export.text)))
     assert len(rows) == 3 and {r["status_reason"] for r in rows} == {PUBLIC["leaky"]}
@@ -132,7 +132,7 @@ def test_the_operator_reads_the_whole_reason(reasons_api):
     assert all("ImportError" in row["status_detail"] and "/home/participant" in row["status_detail"]
                for row in by_model["broken"])
     # a wrong token is refused, not read as anonymous
-    response = reasons_api.get("/reports/predictions", params={"status": "FAILED"}, headers=auth("not-the-token"))
+    response = reasons_api.get("/competitions/btc_updown/predictions", params={"status": "FAILED"}, headers=auth("not-the-token"))
     assert response.status_code == 403
 
 

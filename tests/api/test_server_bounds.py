@@ -19,7 +19,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.api.conftest import TOKEN
+from tests.api.conftest import TOKEN, role_env
 
 BODY_BYTES = 200 * 1024 * 1024
 REQUEST_TIMEOUT_SECONDS = 2.0
@@ -43,20 +43,30 @@ class ApiProcess:
                    "--log-level", "warning", "--max-connections", str(MAX_CONNECTIONS),
                    "--max-connections-per-client", str(PER_CLIENT),
                    "--request-timeout-seconds", str(REQUEST_TIMEOUT_SECONDS)]
-        env = {**os.environ, "CRUNCH_DATABASE_URL": database_url, "CRUNCH_API_TOKEN": TOKEN}
+        # every role's URL on the module's copy of the store, as a deployment configures them
+        env = {**os.environ, **role_env(database_url), "CRUNCH_API_TOKEN": TOKEN}
         self.process = subprocess.Popen(command, env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT)
         self.ps = psutil.Process(self.process.pid)
-        deadline = time.monotonic() + 60
+        try:
+            self._wait_healthy(deadline=time.monotonic() + 60)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_healthy(self, deadline: float) -> None:
+        health = None
         while True:
             if self.process.poll() is not None:
                 raise AssertionError(f"the API exited: {self.log.read_text()}")
             try:
-                if httpx.get(f"{self.url}/health", timeout=5).status_code == 200:
-                    break
+                health = httpx.get(f"{self.url}/health", timeout=5)
+                if health.status_code == 200:
+                    return
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                raise AssertionError(f"the API did not answer: {self.log.read_text()}")
+                raise AssertionError(f"the API did not answer: {health.text if health is not None else 'no answer'}; "
+                                     f"its log: {self.log.read_text()}")
             time.sleep(0.1)  # polling for readiness with a deadline
 
     def rss_mb(self) -> float:

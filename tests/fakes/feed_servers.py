@@ -8,9 +8,13 @@ wire shapes from /work/shared/reference/feeds-and-models.md, plus programmable f
         binance.server_error_next(2)                         # 2 x 503
         binance.server_error_always()                        # 503 forever
         binance.delay_next(1, seconds=2.0)                   # answer after 2 s
+        binance.trickle_next(1, seconds_per_byte=1.0)        # the body one byte a second
+        binance.trickle_next(2, seconds_per_byte=1.0, headers=True)  # headers and body, a byte a second
+        binance.trickle_every(2)                             # every 2nd request trickles (until cleared)
         binance.fail_next(1, 451)                            # any status (418, 451, 401, ...)
         binance.remove_range("BTCUSDT", start_ts, end_ts)    # a gap in the data
         binance.replace_row("BTCUSDT", ts, ["garbage"])      # a malformed row
+        binance.add_row("BTCUSDT", ts, row)                  # a second row for ts (a duplicate)
         binance.now_seconds = ts + 30                        # the bar opening at ts is still forming
 
 Faults are consumed in order, one per request, on every path.
@@ -162,6 +166,13 @@ class RecordedRequest:
 
 
 @dataclass
+class _PlannedTrickle:
+    remaining: float  # math.inf for "always"
+    seconds_per_byte: float
+    headers: bool  # the status line and headers trickle too, not only the body
+
+
+@dataclass
 class _PlannedFailure:
     remaining: float  # math.inf for "always"
     status: int
@@ -187,17 +198,34 @@ class FakeFeedServer:
         self._lock = threading.Lock()
         self._failures: deque[_PlannedFailure] = deque()
         self._delays: deque[list[float]] = deque()  # [remaining count, seconds]
+        self._trickles: deque[_PlannedTrickle] = deque()
+        self._trickle_every = 0  # every n-th request trickles (0: none)
+        self._trickle_every_seconds_per_byte = 1.0
+        self._answered = 0
+        self.trickled = 0  # requests answered by trickling
         self._stopping = threading.Event()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.requests: list[RecordedRequest] = []
         self.now_seconds: int | None = None  # the fake's clock; None = every bar is closed
+        self._tls: tuple[str, str] | None = None
 
     # lifecycle
+
+    def use_tls(self, certfile: str, keyfile: str) -> "FakeFeedServer":
+        """Serve HTTPS with this certificate (before start())."""
+        self._tls = (str(certfile), str(keyfile))
+        return self
 
     def start(self) -> "FakeFeedServer":
         handler = type("FakeFeedHandler", (_FakeFeedHandler,), {"fake": self})
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        if self._tls is not None:
+            import ssl
+
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self._tls)
+            self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
         self._httpd.daemon_threads = True
         self._httpd.handle_error = lambda request, address: None  # clients that gave up are expected
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
@@ -225,7 +253,7 @@ class FakeFeedServer:
     def url(self) -> str:
         assert self._httpd is not None, "server not started"
         host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{'https' if self._tls else 'http'}://{host}:{port}"
 
     # faults
 
@@ -254,10 +282,26 @@ class FakeFeedServer:
         with self._lock:
             self._delays.append([count, seconds])
 
+    def trickle_next(self, count: float, *, seconds_per_byte: float = 1.0, headers: bool = False) -> None:
+        """The next `count` answers (math.inf: all) are written one byte every `seconds_per_byte`:
+        the body only, or (headers=True) the status line and headers too. Every single read gets a
+        byte well within any read timeout; only a deadline on the whole response ends it."""
+        with self._lock:
+            self._trickles.append(_PlannedTrickle(count, seconds_per_byte, headers))
+
+    def trickle_every(self, nth: int, *, seconds_per_byte: float = 1.0) -> None:
+        """Every `nth` request from now on trickles its body (0 stops it)."""
+        with self._lock:
+            self._trickle_every = nth
+            self._trickle_every_seconds_per_byte = seconds_per_byte
+            self._answered = 0
+
     def clear_faults(self) -> None:
         with self._lock:
             self._failures.clear()
             self._delays.clear()
+            self._trickles.clear()
+            self._trickle_every = 0
 
     def requests_to(self, path: str) -> list[RecordedRequest]:
         with self._lock:
@@ -280,6 +324,33 @@ class FakeFeedServer:
                 if failure.remaining <= 0:
                     self._failures.popleft()
             return delay_seconds, failure
+
+    def _planned_trickle(self) -> _PlannedTrickle | None:
+        with self._lock:
+            self._answered += 1
+            trickle = None
+            if self._trickles:
+                trickle = self._trickles[0]
+                trickle.remaining -= 1
+                if trickle.remaining <= 0:
+                    self._trickles.popleft()
+            elif self._trickle_every and self._answered % self._trickle_every == 0:
+                trickle = _PlannedTrickle(1, self._trickle_every_seconds_per_byte, False)
+            if trickle is not None:
+                self.trickled += 1
+            return trickle
+
+    def write_trickling(self, wfile, head: bytes, body: bytes, trickle: _PlannedTrickle) -> None:
+        """Write the response a byte at a time (the head at once unless it trickles too), until
+        done, the client leaves, or the server stops."""
+        if not trickle.headers:
+            wfile.write(head)
+            wfile.flush()
+        for byte in (head + body if trickle.headers else body):
+            if self._stopping.wait(trickle.seconds_per_byte):
+                return
+            wfile.write(bytes((byte,)))
+            wfile.flush()
 
     def _answer(self, path: str, query: dict[str, list[str]], headers: dict[str, str]) -> Response:
         with self._lock:
@@ -307,7 +378,16 @@ class _FakeFeedHandler(BaseHTTPRequestHandler):
             status, response_headers, body = self.fake._answer(parts.path, query, headers)
         except Exception as exc:  # a bug in the fake must show, not hang the client
             status, response_headers, body = text_response(f"fake server error: {exc!r}", 500)
+        trickle = self.fake._planned_trickle()
         try:
+            if trickle is not None:
+                self.close_connection = True  # a client that gave up left the rest unread
+                lines = [f"HTTP/1.1 {status} {self.responses.get(status, ('',))[0]}",
+                         *(f"{name}: {value}" for name, value in response_headers.items()),
+                         f"Content-Length: {len(body)}", "Connection: close"]
+                head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+                self.fake.write_trickling(self.wfile, head, body, trickle)
+                return
             self.send_response(status)
             for name, value in response_headers.items():
                 self.send_header(name, value)
@@ -348,6 +428,7 @@ class FakeBinanceServer(FakeFeedServer):
             series_by_symbol = {"BTCUSDT": load_csv_candles()}
         self.series = {symbol: MinuteSeries(candles) for symbol, candles in series_by_symbol.items()}
         self._replaced_rows: dict[tuple[str, int], Any] = {}
+        self._added_rows: dict[tuple[str, int], list[Any]] = {}
         self._row_json_cache: dict[str, dict[int, str]] = {}  # symbol -> {open ts: encoded row}
 
     def remove_range(self, symbol: str, start_ts: int, end_ts: int) -> int:
@@ -365,6 +446,17 @@ class FakeBinanceServer(FakeFeedServer):
         """Serve `raw_row` (anything JSON) in place of the kline opening at ts."""
         with self._lock:
             self._replaced_rows[(symbol, ts)] = raw_row
+
+    def add_row(self, symbol: str, ts: int, raw_row: Any) -> None:
+        """Serve `raw_row` too, right after the kline opening at ts (a repeated open time)."""
+        with self._lock:
+            self._added_rows.setdefault((symbol, ts), []).append(raw_row)
+
+    def clear_rows(self) -> None:
+        """Serve every kline as it is again (no replaced or added rows)."""
+        with self._lock:
+            self._replaced_rows.clear()
+            self._added_rows.clear()
 
     def route(self, path: str, query: dict[str, list[str]], headers: dict[str, str]) -> Response:
         if path == "/api/v3/klines":
@@ -420,6 +512,7 @@ class FakeBinanceServer(FakeFeedServer):
                         encoded = row_json[ts] = json.dumps(kline_row(series.candle_at(index, None)),
                                                             separators=(",", ":"))
                     parts.append(encoded)
+                parts.extend(json.dumps(extra) for extra in self._added_rows.get((symbol, ts), ()))
         return 200, {"Content-Type": "application/json"}, ("[" + ",".join(parts) + "]").encode()
 
     def _ticker_price(self, query: dict[str, list[str]]) -> Response:
@@ -448,6 +541,7 @@ class FakePythHistoryServer(FakeFeedServer):
         self.max_datapoints = max_datapoints
         self.required_api_key = required_api_key
         self._bar_overrides: dict[tuple[str, int], dict[str, Any]] = {}
+        self._added_bars: dict[tuple[str, int], list[dict[str, Any]]] = {}
         self._ragged_responses = 0
 
     def remove_range(self, symbol: str, start_ts: int, end_ts: int) -> int:
@@ -458,6 +552,17 @@ class FakePythHistoryServer(FakeFeedServer):
         """Serve other values for the bar at ts, e.g. corrupt_bar(s, ts, c=None) or o="abc"."""
         with self._lock:
             self._bar_overrides.setdefault((symbol, ts), {}).update(values)
+
+    def add_bar(self, symbol: str, ts: int, **values: Any) -> None:
+        """Serve a second bar with time ts right after it: the real bar's values, with `values` over them."""
+        with self._lock:
+            self._added_bars.setdefault((symbol, ts), []).append(values)
+
+    def clear_bars(self) -> None:
+        """Serve every bar as it is again (no corrupted or added bars)."""
+        with self._lock:
+            self._bar_overrides.clear()
+            self._added_bars.clear()
 
     def ragged_next(self, count: int) -> None:
         """The next `count` ok-responses have a `c` array one element short."""
@@ -499,8 +604,9 @@ class FakePythHistoryServer(FakeFeedServer):
                 bar = {"t": candle.ts, "o": candle.open, "h": candle.high, "l": candle.low, "c": candle.close,
                        "v": candle.volume}
                 bar.update(self._bar_overrides.get((symbol, candle.ts), {}))
-                for name, values in arrays.items():
-                    values.append(bar[name])
+                for extra in [{}, *self._added_bars.get((symbol, candle.ts), ())]:
+                    for name, values in arrays.items():
+                        values.append({**bar, **extra}[name])
             if self._ragged_responses > 0:
                 self._ragged_responses -= 1
                 arrays["c"].pop()

@@ -6,7 +6,10 @@ from sqlalchemy import text
 from resources.store.schema import SCHEMA, metadata
 
 connection = context.config.attributes["connection"]
-connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{SCHEMA}"'))
+# Created only when missing: CREATE SCHEMA needs CREATE on the database, which an external
+# server's migration role may not have once an administrator created the schema for it.
+if connection.execute(text("SELECT 1 FROM pg_namespace WHERE nspname = :name"), {"name": SCHEMA}).first() is None:
+    connection.execute(text(f'CREATE SCHEMA "{SCHEMA}"'))
 context.configure(
     connection=connection,
     target_metadata=metadata,
