@@ -38,7 +38,7 @@ cycles are on time again, the runs left in flight with no sign of life, the runs
 alerts the webhook received, and how long the report API and the UI answered errors. Prints one
 line per fault and the load average; exits 1 if a target is missed.
 
-    .venv/bin/python bench/multi_host.py [--cycle-seconds 20] [--control-db-cut-seconds 120] [--keep]
+    .venv/bin/python bench/multi_host.py [--cycle-seconds 30] [--control-db-cut-seconds 120] [--keep]
 
 Needs root, iproute2, util-linux and iptables (bench/netns_bed.py says why).
 """
@@ -717,7 +717,7 @@ def fault_figures(deployment: MultiHostDeployment, window: FaultWindow, until: d
     )
 
 
-def run_scenario(root: Path, cycle_seconds: int = 20, faults: dict[str, float] | None = None, *, log=print) -> Report:
+def run_scenario(root: Path, cycle_seconds: int = 30, faults: dict[str, float] | None = None, *, log=print) -> Report:
     """Bring the hosts up, inject each fault (name -> seconds it lasts) in turn once the previous
     one is recovered from, and measure. `problems` in the report lists every target missed."""
     faults = DEFAULT_FAULT_SECONDS if faults is None else faults
@@ -807,7 +807,7 @@ def target_problems(figures: list[FaultFigures], duplicated: dict, stuck: list, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cycle-seconds", type=int, default=20)
+    parser.add_argument("--cycle-seconds", type=int, default=30)
     for name, seconds in DEFAULT_FAULT_SECONDS.items():
         parser.add_argument(f"--{name.replace('_', '-')}-seconds", type=float, default=seconds,
                             help=f"how long {name} lasts (0: skip it); default {seconds:.0f}")

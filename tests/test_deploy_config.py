@@ -342,7 +342,8 @@ def chart_instance_config(values: dict, kubeconfig: Path) -> dict:
             "job_namespace": "crunch", "image_pull_policy": k8s.get("imagePullPolicy", "Always"),
             "service_account_name": "crunch-dagster", "dagster_home": "/opt/dagster/dagster_home",
             "instance_config_map": "crunch-dagster-instance", "postgres_password_secret": values["global"]["postgresqlSecretName"],
-            "env_secrets": [secret["name"] for secret in k8s.get("envSecrets", [])]}},
+            "env_secrets": [secret["name"] for secret in k8s.get("envSecrets", [])],
+            "volume_mounts": k8s.get("volumeMounts", []), "volumes": k8s.get("volumes", [])}},
         "run_coordinator": {"module": "dagster.core.run_coordinator", "class": daemon["runCoordinator"]["type"],
                             "config": _snake_keys(daemon["runCoordinator"]["config"]["queuedRunCoordinator"])},
         "run_monitoring": {key: value for key, value in _snake_keys(monitoring).items()},
@@ -410,6 +411,11 @@ def test_the_helm_instance_loads_with_the_k8s_launcher_and_the_compose_policy(da
         assert isinstance(instance.run_launcher, K8sRunLauncher)
         assert instance.run_launcher.supports_check_run_worker_health  # a dead run pod is seen and failed
         assert instance.run_launcher._env_secrets == ["crunch-secrets"]
+        # the run pods publish roots where crunch.env.example says, on a claim the API mounts too
+        directory = env_example()[0]["CRUNCH_ROOT_PUBLICATION_DIR"]
+        [mount] = [m for m in instance.run_launcher.volume_mounts if m["mountPath"] == directory]
+        [volume] = [v for v in instance.run_launcher.volumes if v["name"] == mount["name"]]
+        assert volume["persistentVolumeClaim"]["claimName"]
         helm_policy = {
             "queue": instance.get_concurrency_config().run_queue_config,
             "monitoring": (instance.run_monitoring_enabled, instance.run_monitoring_start_timeout_seconds,
