@@ -44,10 +44,12 @@ SMOKE_COMMANDS: dict[str, tuple[str, ...]] = {
     "bench_contribution.py": ("with contribution s", "payout columns"),
 }
 # Modules the commands import or load, not commands.
-MODULES = {"__init__.py", "benchkit.py", "chaos_competition.py", "live_competition.py"}
+MODULES = {"__init__.py", "benchkit.py", "chaos_competition.py", "live_competition.py", "netns_bed.py",
+           "multi_host_models.py"}
 # Commands whose whole run is a CI test already.
 COVERED_ELSEWHERE = {
     "chaos.py": "tests/test_chaos.py runs bench/chaos.py's run_chaos in full (every kill, every check)",
+    "multi_host.py": "tests/test_multi_host.py runs bench/multi_host.py's faults in full (as root)",
 }
 PARALLEL = 4
 TIMEOUT_SECONDS = 420

@@ -259,8 +259,10 @@ class FakeModelNode:
         cruncher_id: str | None = None,
         cruncher_name: str | None = None,
         deployment_id: str | None = None,
+        host: str = LOOPBACK,
     ) -> None:
         self.model_id = model_id
+        self.host = host  # the address it listens on and is announced at
         self.model = model
         self.model_name = model_name or f"model-{model_id}"
         self.cruncher_id = cruncher_id or f"cruncher-{model_id}"
@@ -279,7 +281,7 @@ class FakeModelNode:
         health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         dynamic_subclass_pb2_grpc.add_DynamicSubclassServiceServicer_to_server(_ExclusiveServicer(self.hosted), server)
-        self.port = server.add_insecure_port(f"{LOOPBACK}:0")
+        self.port = server.add_insecure_port(f"{self.host}:0")
         server.start()
         self._server = server
         return self
@@ -299,7 +301,7 @@ class FakeModelNode:
     def announcement(self, state: str = "RUNNING") -> dict[str, Any]:
         """This node as the orchestrator lists it in `init` / `update` events."""
         return announcement(
-            self.model_id, LOOPBACK, self.port, state=state, deployment_id=self.deployment_id,
+            self.model_id, self.host, self.port, state=state, deployment_id=self.deployment_id,
             model_name=self.model_name, cruncher_id=self.cruncher_id, cruncher_name=self.cruncher_name,
         )
 
@@ -342,9 +344,11 @@ class _OrchestratorState:
 class FakeOrchestrator:
     """The orchestrator's WebSocket, on its own event loop in a background thread."""
 
-    def __init__(self, crunch_id: str = "test-crunch") -> None:
+    def __init__(self, crunch_id: str = "test-crunch", host: str = LOOPBACK, port: int = 0) -> None:
         self.crunch_id = crunch_id
+        self.host = host
         self.port: int | None = None
+        self._listen_port = port  # 0: any free one
         self._state = _OrchestratorState()
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -359,7 +363,7 @@ class FakeOrchestrator:
         self._thread.start()
 
         async def serve() -> Any:
-            return await websockets.serve(self._serve_connection, LOOPBACK, 0)
+            return await websockets.serve(self._serve_connection, self.host, self._listen_port)
 
         self._server = self._on_loop(serve())
         self.port = self._server.sockets[0].getsockname()[1]
@@ -382,7 +386,7 @@ class FakeOrchestrator:
 
     @property
     def url(self) -> str:
-        return f"ws://{LOOPBACK}:{self.port}/{self.crunch_id}"
+        return f"ws://{self.host}:{self.port}/{self.crunch_id}"
 
     # ---- what it announces -------------------------------------------------------------------
 
