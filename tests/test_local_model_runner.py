@@ -277,7 +277,14 @@ def test_close_leaves_no_process_behind(tmp_path):
     assert results["spawns_child"].status is CallStatus.SUCCESS
     pids = list(session.process_ids().values())
     assert len(pids) == 4
-    every_process = set().union(*(session.model_processes(model_id) for model_id in session.process_ids()))
+
+    def live_processes() -> set[int]:
+        return set().union(*(session.model_processes(model_id) for model_id in session.process_ids()))
+
+    deadline = time.monotonic() + 30  # the restarted model's sandbox shows its processes a moment after its start
+    while not set(pids) <= live_processes() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    every_process = live_processes()
     assert set(pids) <= every_process
 
     session.close()

@@ -72,6 +72,10 @@ def deployment(monkeypatch):
         wait_for("the UI", lambda: deployment.http_ok(deployment.port), 300)
         wait_for("the store migrated", lambda: store.query("SELECT count(*) FROM public.runs") is not None, 120)
         wait_for("btc_updown's code server loaded", lambda: location_loaded(deployment.port, "btc_updown"), 300, 1)
+        # Dagster's run retries ignore the failures stored before the daemon's first look at the event log
+        # (no cursor yet: "ignoring older events"); on a loaded machine that first look can come late
+        wait_for("the daemon's run retries watching", lambda: store.query(
+            "SELECT count(*) FROM public.kvs WHERE key = 'EVENT_LOG_CONSUMER_CURSOR-PIPELINE_FAILURE'") == [(1,)], 300, 1)
         yield deployment, store
     finally:
         store.dispose()

@@ -97,6 +97,14 @@ def adopting_orphans():
                 pass
 
 
+def command_line(process) -> str:
+    """The process's command line, or "" once it has exited (a survivor list is a snapshot)."""
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:
+        return ""
+
+
 def describe(processes) -> list[str]:
     out = []
     for process in processes:
@@ -198,7 +206,7 @@ def test_serve_stops_everything_on_sigterm_and_goes_on_at_the_next_start():
         store = Store(deployment.pgdata)
         try:
             first_run = live_run_storing_cycles(store, deployment)
-            models = [p for p in survivors() if "local_worker" in " ".join(p.cmdline())]
+            models = [p for p in survivors() if "local_worker" in command_line(p)]
             assert models, describe(survivors())
             # the report API of this deployment reads the scope it runs (BTC-60-30, not btc_updown's BTC-60-60)
             lag = requests.get(f"http://127.0.0.1:{ports['api']}/competitions/btc_updown/lag", timeout=60).json()
@@ -250,7 +258,7 @@ def test_the_demo_stops_everything_on_sigterm_to_its_launcher():
             wait_for("a cycle stored by it", lambda: (c := store.latest_stored_cycle()) and c >= since - timedelta(seconds=1),
                      300, 1)
             run_id = store.live_run_in_flight() or run_id
-            assert [p for p in survivors() if "local_worker" in " ".join(p.cmdline())], describe(survivors())
+            assert [p for p in survivors() if "local_worker" in command_line(p)], describe(survivors())
         finally:
             store.dispose()
         assert_stopped_cleanly(launcher, survivors, data_dir, [run_id], signal.SIGTERM)

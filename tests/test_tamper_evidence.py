@@ -68,7 +68,10 @@ def checkpointed(database_url, tmp_path_factory):
 
 def _audit_cli() -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "crunch_assets.cli", "audit", "btc_updown"], cwd=PROJECT_ROOT,
-                          capture_output=True, text=True, timeout=120, env={**os.environ, "CRUNCH_AUTOMATION": "off"})
+                          capture_output=True, text=True, timeout=120,
+                          # the deployment the checkpoints were built by: its start and period are in their rules
+                          env={**os.environ, "CRUNCH_AUTOMATION": "off", "CRUNCH_BTC_UPDOWN_START": START.isoformat(),
+                               "CRUNCH_BTC_UPDOWN_CHECKPOINT_INTERVAL_SECONDS": "3600"})
 
 
 def test_untouched_checkpoints_verify_and_chain(checkpointed):
