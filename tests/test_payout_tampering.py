@@ -18,7 +18,6 @@ refused by the database, and what a superuser can still do is refused by the gat
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import os
 import subprocess
@@ -32,7 +31,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from tests.api.conftest import LiveServer, auth, database_named, role_env
+from tests.api.conftest import LiveServer, auth, database_named, fresh_copy, role_env, role_url
 from tests.rewards_fixtures import SYNTHETIC_PRICES_SOURCE
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +41,6 @@ TEMPLATE = "crunch_tamper_template"
 CRUNCH_PUBKEY = "CrunchTamperPubkey111111111111111111111111111"
 TOKEN = "tamper-test-operator-token-0123456789"
 TX = "0x" + "cd" * 32
-_copies = itertools.count()
 
 # Six participants with distinct, constant-quality answers: six distinct ranks, every one paid
 # under the tiered emission (rank 6, the last, gets 83,333,333 of 1e9). A sandboxed model sees
@@ -121,24 +119,8 @@ def template_url(database_url, tmp_path_factory):
 @pytest.fixture
 def store_url(database_url, template_url):
     """A fresh copy of the replay: the superuser's URL of it."""
-    name = f"crunch_tamper_copy_{next(_copies)}"
-    admin = sa.create_engine(database_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(sa.text(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}"))
-    try:
-        yield database_named(database_url, name)
-    finally:
-        from resources.store.database import dispose_engines
-
-        dispose_engines()
-        with admin.connect() as connection:
-            connection.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        admin.dispose()
-
-
-def role_url(store_url: str, role: str) -> str:
-    """The URL of `role` (engine, api) on the database of store_url."""
-    return database_named(os.environ[f"CRUNCH_{role.upper()}_DATABASE_URL"], make_url(store_url).database)
+    with fresh_copy(database_url, TEMPLATE) as url:
+        yield url
 
 
 @contextlib.contextmanager

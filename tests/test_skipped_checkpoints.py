@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import getpass
 from markupsafe import escape
-import itertools
 import json
 import os
 import subprocess
@@ -34,7 +33,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from tests.api.conftest import LiveServer, auth, database_named, role_env
+from tests.api.conftest import LiveServer, auth, database_named, fresh_copy, role_env, role_url
 from tests.rewards_fixtures import MODEL_HEADER, hour_key, materialize_one
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +47,6 @@ TOKEN = "skip-test-operator-token-0123456789"
 ACTOR = "treasury-operator"
 TX = "0x" + "ef" * 32
 REASON = "hour 1: every model failed every cycle (feed incident on the participants' side): nobody to pay"
-_copies = itertools.count()
 
 # hour index -> raises; otherwise each answers with a constant quality: three distinct ranks
 MODEL_BODY = """
@@ -131,23 +129,8 @@ def template_url(database_url, models_dir):
 @pytest.fixture
 def store_url(database_url, template_url):
     """A fresh copy of the replay: the superuser's URL of it."""
-    name = f"crunch_skip_copy_{next(_copies)}"
-    admin = sa.create_engine(database_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(sa.text(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}"))
-    try:
-        yield database_named(database_url, name)
-    finally:
-        from resources.store.database import dispose_engines
-
-        dispose_engines()
-        with admin.connect() as connection:
-            connection.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        admin.dispose()
-
-
-def role_url(store_url: str, role: str) -> str:
-    return database_named(os.environ[f"CRUNCH_{role.upper()}_DATABASE_URL"], make_url(store_url).database)
+    with fresh_copy(database_url, TEMPLATE) as url:
+        yield url
 
 
 @contextlib.contextmanager

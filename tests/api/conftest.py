@@ -98,9 +98,19 @@ def fresh_copy(database_url: str, template: str = TEMPLATE_DB):
     try:
         yield database_named(database_url, name)
     finally:
+        from resources.store.database import dispose_engines
+
+        dispose_engines()  # the test's pooled connections to the copy go with it
         with admin.connect() as connection:
             connection.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         admin.dispose()
+
+
+def role_url(store_url: str, role: str) -> str:
+    """The URL of `role` (engine, api, dagster) on the database of store_url."""
+    import os
+
+    return database_named(os.environ[f"CRUNCH_{role.upper()}_DATABASE_URL"], make_url(store_url).database)
 
 
 @pytest.fixture
