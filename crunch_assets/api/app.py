@@ -350,6 +350,20 @@ def _without(router: APIRouter, taken_by: APIRouter) -> APIRouter:
     return router
 
 
+def checkpoint_or_404(c: ReportCompetition, checkpoint_id: int):
+    checkpoint = c.store.checkpoint_by_id(checkpoint_id)
+    if checkpoint is None:
+        raise HTTPException(404, f"no checkpoint {checkpoint_id} in {c.slug}")
+    return checkpoint
+
+
+def model_or_404(c: ReportCompetition, model_id: str):
+    model = next((m for m in c.store.models() if m.model_id == model_id), None)
+    if model is None:
+        raise HTTPException(404, f"no model {model_id!r} in {c.slug}")
+    return model
+
+
 def build_router(competition_dependency: Callable[..., ReportCompetition], operator: Callable[..., str],
                  operator_read: Callable[..., bool], shadow_limits: ShadowLimits | None = None,
                  shadow_runs: "threading.Lock | None" = None) -> APIRouter:
@@ -357,20 +371,20 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
     Competition = Annotated[ReportCompetition, Depends(competition_dependency)]
     Operator = Annotated[str, Depends(operator)]
     IsOperator = Annotated[bool, Depends(operator_read)]
+    # Each section adds its routes (the aliases carry the dependencies: competition, operator token).
+    _add_model_routes(router, Competition, Operator, IsOperator)
+    _add_record_routes(router, Competition, Operator, IsOperator)
+    _add_checkpoint_routes(router, Competition, Operator, IsOperator)
+    _add_rules_routes(router, Competition, Operator, IsOperator)
+    _add_schema_and_lag_routes(router, Competition, Operator, IsOperator)
+    _add_lifecycle_routes(router, Competition, Operator, IsOperator)
+    _add_shadow_route(router, Competition, Operator, IsOperator, shadow_limits, shadow_runs)
+    add_contribution_routes(router, Competition, IsOperator)  # metrics, diversity, ensembles (contribution_views.py)
+    return router
 
-    def checkpoint_or_404(c: ReportCompetition, checkpoint_id: int):
-        checkpoint = c.store.checkpoint_by_id(checkpoint_id)
-        if checkpoint is None:
-            raise HTTPException(404, f"no checkpoint {checkpoint_id} in {c.slug}")
-        return checkpoint
 
-    def model_or_404(c: ReportCompetition, model_id: str):
-        model = next((m for m in c.store.models() if m.model_id == model_id), None)
-        if model is None:
-            raise HTTPException(404, f"no model {model_id!r} in {c.slug}")
-        return model
-
-    # --- leaderboard and models ------------------------------------------------------------------
+def _add_model_routes(router: APIRouter, Competition, Operator, IsOperator) -> None:
+    """Leaderboard, models, a model's scores and export."""
 
     @router.get("/leaderboard", tags=["leaderboard"])
     def leaderboard(
@@ -434,7 +448,9 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
         return StreamingResponse(exports.parquet_chunks(batches), media_type="application/vnd.apache.parquet",
                                  headers={"Content-Disposition": f'attachment; filename="{name}.parquet"'})
 
-    # --- predictions, feeds, snapshots -----------------------------------------------------------
+
+def _add_record_routes(router: APIRouter, Competition, Operator, IsOperator) -> None:
+    """Predictions (embargoed), feeds, snapshots."""
 
     @router.get("/predictions", tags=["predictions"])
     def predictions(
@@ -491,7 +507,9 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
         return {"snapshots": [snapshot_view(s) for s in page],
                 "next_cursor": encode_cursor(page[-1].period_start, page[-1].id) if len(page) == limit else None}
 
-    # --- checkpoints and emissions ---------------------------------------------------------------
+
+def _add_checkpoint_routes(router: APIRouter, Competition, Operator, IsOperator) -> None:
+    """Checkpoints, their audit and gate, emissions, a model's breakdown, proof and receipt."""
 
     @router.get("/checkpoints", tags=["checkpoints"])
     def checkpoints(
@@ -599,8 +617,9 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
             _receipt_slots.release()
         return Response(json_codec.dumps(document).encode(), media_type="application/json")
 
-    # --- rules -----------------------------------------------------------------------------------
 
+def _add_rules_routes(router: APIRouter, Competition, Operator, IsOperator) -> None:
+    """The rules fingerprint and its recorded documents."""
     def book_or_404(c: ReportCompetition):
         if c.rules_book is None:
             raise HTTPException(404, f"{c.slug}'s rules are not loaded in this API process")
@@ -625,7 +644,9 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
         return {"fingerprint": fingerprint, "cycle_digest": recorded.cycle_digest, "document": recorded.document,
                 "verified": digest(recorded.document) == fingerprint}
 
-    # --- schema and lag --------------------------------------------------------------------------
+
+def _add_schema_and_lag_routes(router: APIRouter, Competition, Operator, IsOperator) -> None:
+    """The report schema and the lag."""
 
     @router.get("/schema", tags=["schema"])
     def schema(c: Competition) -> dict:
@@ -644,8 +665,9 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
         """How far behind now the last stored cycle, score, leaderboard and checkpoint are."""
         return lag_view(c, c.reports.lag([s.key for s in c.spec.scopes]), datetime.now(timezone.utc))
 
-    # --- mutations -------------------------------------------------------------------------------
 
+def _add_lifecycle_routes(router: APIRouter, Competition, Operator, IsOperator) -> None:
+    """The checkpoint lifecycle, copy clusters and disputes (mutations behind the token)."""
     def transition(c: ReportCompetition, checkpoint_id: int, to_status: str, actor: str, tx_hash: str | None,
                    note: str | None) -> dict:
         outcome = advance_over_http(c, checkpoint_id, to_status, actor, tx_hash, note)
@@ -752,7 +774,9 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
             raise dispute_refused(error) from None
         return {"dispute": vars(dispute), "message": f"dispute #{dispute.id} of checkpoint {checkpoint_id} resolved"}
 
-    # --- shadow entry ----------------------------------------------------------------------------
+
+def _add_shadow_route(router: APIRouter, Competition, Operator, IsOperator, shadow_limits: ShadowLimits | None, shadow_runs: "threading.Lock | None") -> None:
+    """The shadow entry (off unless the operator enables it)."""
 
     @router.post("/shadow", tags=["shadow"],
                  responses={404: {"description": "the shadow entry is not enabled"},
@@ -790,8 +814,5 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
         return {**report.as_dict(), "requested_by": actor,
                 "limits": {"max_hours": shadow_limits.max_hours,
                            "max_runtime_seconds": shadow_limits.max_runtime_seconds}}
-
-    add_contribution_routes(router, Competition, IsOperator)  # metrics, diversity, ensembles (contribution_views.py)
-    return router
 
 
