@@ -84,3 +84,82 @@ def test_a_python_definition_is_refused_the_same_way():
         replace(spec, void_after_secs=60)
     # a policy given as its fields (as in a spec file) is the policy
     assert replace(spec, gate={"min_eligible_participants": 5}).gate.min_eligible_participants == 5
+
+
+# --- spec files of `crunch-dagster init` ----------------------------------------------------------------
+
+EVERY_OTHER_FIELD = {
+    "eligibility": {"mode": "every_cycle", "min_scored_answers": 3, "require_every_scope": True},
+    "emission": {"kind": "tiered", "tiers_pct": [[1, 40.0], [4, 20.0]], "unclaimed": "pro_rata"},
+    "payout": {"pay_best_model_per_participant": False, "max_models_per_participant": 2,
+               "benchmark_models": ["house"], "benchmark_cutoff": True, "ties": "by_model_id"},
+    "gate": {"min_eligible_participants": 5, "max_participant_share_pct": 40.0, "dispute_window_seconds": 3600},
+    "copy_detection": {"policy": "flag", "decimals": 4, "lags": [1, 2], "never_match": [{"position": 0.0}]},
+    "live_feed_wait_seconds": 4.5, "feed_poll_interval_seconds": 20, "max_catchup_seconds": 600,
+    "cycle_lead_seconds": 10, "cycle_sensor_interval_seconds": 15, "settlement_sensor_interval_seconds": 120,
+    "registry_sensor_interval_seconds": 90, "lag_sensor_interval_seconds": 100,
+    "rollup_sensor_interval_seconds": 200, "checkpoint_sensor_interval_seconds": 250,
+    "run_failure_sensor_interval_seconds": 30,
+    "rules_changes": [{"effective_from": "2027-01-01T00:00:00Z", "void_after_seconds": 7200, "note": "longer wait"}],
+}
+
+
+def _resolve(tmp_path, body):
+    from crunch_assets.scaffold.config import resolve
+
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps({"spec_version": "1", "start": "2026-11-02T00:00:00Z", **body}))
+    return resolve("every_field", None, path)
+
+
+def test_a_spec_file_sets_fields_init_could_not_set_before(tmp_path):
+    """Before, these fields could not be given in a spec file (unknown key); now every CompetitionSpec
+    field can, and the generated config.py declares exactly the spec `init` checked."""
+    from datetime import datetime, timezone
+
+    from crunch_assets.scaffold.config import to_competition_spec
+    from crunch_assets.scaffold.generate import render
+
+    resolved = _resolve(tmp_path, EVERY_OTHER_FIELD)
+    start = datetime(2026, 11, 2, tzinfo=timezone.utc)
+    spec = to_competition_spec(resolved, start)
+    declared = to_json(spec)
+    for name, value in EVERY_OTHER_FIELD.items():
+        if name != "rules_changes":
+            assert {k: declared[name][k] for k in value} == value if isinstance(value, dict) else declared[name] == value
+    assert spec.rules_changes[0].void_after_seconds == 7200
+    config_py = next(f for f in render(resolved) if f.path.endswith("/config.py"))
+    namespace: dict = {"__file__": str(tmp_path / "config.py")}
+    exec(compile(config_py.content, config_py.path, "exec"), namespace)
+    assert namespace["SPEC"] == spec
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"gat": {"min_eligible_participants": 5}}, "gat: unknown key; did you mean 'gate'?"),
+    ({"gate": {"min_eligible_participant": 5}},
+     "gate.min_eligible_participant: unknown key; did you mean 'min_eligible_participants'?"),
+    ({"rollup_sensor_interval_seconds": "300"}, "rollup_sensor_interval_seconds: Input should be a valid integer"),
+    ({"checkpoint_sensor_interval_seconds": 0}, "checkpoint_sensor_interval_seconds must be > 0, got 0"),
+    ({"payout": {"ties": "coin_flip"}}, "payout: ties must be one of share, by_model_id"),
+])
+def test_a_spec_file_field_is_refused_by_name(tmp_path, body, message):
+    from crunch_assets.scaffold.config import ScaffoldError
+
+    with pytest.raises(ScaffoldError) as refused:
+        _resolve(tmp_path, body)
+    assert any(message in problem for problem in refused.value.problems), refused.value.problems
+
+
+def test_doctor_checks_a_spec_file_against_the_published_schema(tmp_path):
+    from crunch_assets.scaffold.doctor import doctor_spec
+
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps({"spec_version": "1", "slug": "schema_check", "void_after_seconds": "3600",
+                                "gate": {"min_eligible_participant": 5}}))
+    report = doctor_spec(path)
+    schema_lines = [p.what for p in report.problems if p.what.endswith("(JSON schema)")]
+    assert any("void_after_seconds" in line and "integer" in line for line in schema_lines), schema_lines
+    assert any("gate" in line and "min_eligible_participant" in line for line in schema_lines), schema_lines
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"spec_version": "1", "slug": "schema_check", **EVERY_OTHER_FIELD}))
+    assert [p.what for p in doctor_spec(good).problems if p.what.endswith("(JSON schema)")] == []
