@@ -1,17 +1,28 @@
 """What a competition declares: scopes, schedule, windows, and the policies that decide rewards,
-checked when the code location loads (an error names the field and what to change)."""
+checked when the code location loads (an error names the field and what to change).
+
+One schema for every way a spec is given: each declaration below is a pydantic dataclass (frozen,
+unknown fields forbidden, whole numbers and booleans strict: `"30"`, `30.5` or `True` for a number of
+seconds is refused, never coerced), so a Python definition (`CompetitionSpec(...)`,
+`dataclasses.replace(SPEC, ...)`), a spec file (`CompetitionSpec.model_validate(data)`) and
+`crunch-dagster doctor` are checked by the same code, and `CompetitionSpec.model_json_schema()` is
+the published schema (docs/competition-spec.schema.json). Every problem is a SpecError naming the
+field (an unknown one with the nearest valid name)."""
 
 from __future__ import annotations
 
 import json
 import math
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from datetime import datetime, timedelta, timezone
 from fractions import Fraction
-from typing import Sequence
+from typing import Annotated, Any, Sequence, get_args, get_type_hints
 
-from crunch_assets.strict import refuse_unknown_fields
+from pydantic import BeforeValidator, ConfigDict, Strict, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+
+from crunch_assets.strict import nearest, refuse_unknown_fields
 
 SLUG_PATTERN = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)*$")
 HOUR_SECONDS = 3600
@@ -37,16 +48,91 @@ class Declared:
         return super().__new__(cls)
 
 
-@dataclass(frozen=True)
+# Whole numbers and booleans are taken as given: pydantic's lax mode would read "30", 30.0 or True as
+# 30 seconds (or 1), a wrong value silently made right. A float field takes an int (2 -> 2.0).
+Int = Annotated[int, Strict()]
+Bool = Annotated[bool, Strict()]
+Float = Annotated[float, Strict()]
+DECLARATION_CONFIG = ConfigDict(extra="forbid")
+
+
+def _declared_types(hint: Any) -> list[type]:
+    """The declarations a field's type can hold (Scope in tuple[Scope, ...], FailurePolicy | None)."""
+    found = [hint] if isinstance(hint, type) and issubclass(hint, Declared) else []
+    return found + [held for argument in get_args(hint) for held in _declared_types(argument)]
+
+
+def _walk(owner: type, loc: Sequence[Any]) -> tuple[str, type]:
+    """An error's location as a spec file spells it (`scopes[0].weight`) and the declaration the
+    last key belongs to."""
+    where, current, last_owner = "", owner, owner
+    for part in loc:
+        if isinstance(part, int):
+            where += f"[{part}]"
+            continue
+        last_owner = current
+        where += ("." if where else "") + str(part)
+        hints = get_type_hints(current) if current is not None and is_dataclass(current) else {}
+        held = _declared_types(hints.get(str(part)))
+        current = held[0] if held else None
+    return where, last_owner
+
+
+def validation_problems(owner: type, error: ValidationError, positional: Sequence[Any] = ()) -> list[str]:
+    """One line per problem of a pydantic ValidationError, each naming the field (`where: what`);
+    a SpecError raised by a declaration's own checks is kept word for word."""
+    problems = []
+    names = [f.name for f in fields(owner) if f.init]
+    for item in error.errors():
+        loc = list(item.get("loc", ()))
+        if loc and isinstance(loc[0], int) and positional and loc[0] < len(names):
+            loc[0] = names[loc[0]]  # a positional argument, by its field's name
+        cause = (item.get("ctx") or {}).get("error")
+        if isinstance(cause, SpecError):
+            problems.append(str(cause))
+            continue
+        where, declaration = _walk(owner, loc)
+        if item["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
+            valid = sorted(f.name for f in fields(declaration) if f.init) if is_dataclass(declaration) else []
+            close = nearest(str(loc[-1]), valid)
+            hint = f"did you mean {close!r}?" if close else f"known keys here: {', '.join(valid)}"
+            problems.append(f"{owner.__name__}: {where}: unknown key; {hint}")
+        elif item["type"] == "missing" or item["type"] == "missing_argument":
+            problems.append(f"{owner.__name__}: {where}: required field missing")
+        else:
+            shown = item.get("input")
+            value = "" if isinstance(shown, (dict, list)) else f" (got {shown!r})"
+            problems.append(f"{owner.__name__}: {where or '(root)'}: {item.get('msg', 'invalid')}{value}")
+    return problems
+
+
+def declaration(cls: type) -> type:
+    """A spec declaration: a frozen pydantic dataclass refusing unknown fields, whose validation
+    errors are SpecErrors naming the field (a `dataclasses.replace` is validated again the same way)."""
+    cls = pydantic_dataclass(frozen=True, config=DECLARATION_CONFIG)(cls)
+    validated_init = cls.__init__
+
+    def __init__(self, *args, **kwargs):
+        try:
+            validated_init(self, *args, **kwargs)
+        except ValidationError as error:
+            raise SpecError("; ".join(validation_problems(type(self), error, args))) from None
+
+    __init__.__doc__ = validated_init.__doc__
+    cls.__init__ = __init__
+    return cls
+
+
+@declaration
 class Scope(Declared):
     """One prediction config: what is predicted, how often, when it resolves, and its weight in
     the combined leaderboard."""
 
     subject: str
-    resolve_horizon_seconds: int
-    prediction_interval_seconds: int
-    step_seconds: int | None = None
-    weight: float = 1.0
+    resolve_horizon_seconds: Int
+    prediction_interval_seconds: Int
+    step_seconds: Int | None = None
+    weight: Float = 1.0
     name: str | None = None  # a label for reports (e.g. "in-sample"); the key stays derived
 
     @property
@@ -70,10 +156,10 @@ class Scope(Declared):
         }
 
 
-@dataclass(frozen=True)
+@declaration
 class LeaderboardWindow(Declared):
     name: str
-    seconds: int
+    seconds: Int
 
 
 DEFAULT_WINDOWS = (
@@ -83,7 +169,7 @@ DEFAULT_WINDOWS = (
 )
 
 
-@dataclass(frozen=True)
+@declaration
 class FailurePolicy(Declared):
     """What a FAILED or ABSENT prediction scores, and what a model missing from a cycle counts at.
 
@@ -94,8 +180,8 @@ class FailurePolicy(Declared):
     """
 
     kind: str
-    value: float | None = None
-    percentile: float = 100.0
+    value: Float | None = None
+    percentile: Float = 100.0
 
     @classmethod
     def constant(cls, value: float) -> "FailurePolicy":
@@ -136,7 +222,7 @@ class FailurePolicy(Declared):
         )
 
 
-@dataclass(frozen=True)
+@declaration
 class Eligibility(Declared):
     """Who is ranked over what, identically on the leaderboard and at the checkpoint, and who may
     be paid. Coverage counts scored answers only: FAILED, ABSENT and rejected cycles are never
@@ -155,9 +241,9 @@ class Eligibility(Declared):
     """
 
     mode: str = "every_cycle"
-    min_coverage: float = 0.0
-    min_scored_answers: int = 1
-    require_every_scope: bool = False
+    min_coverage: Float = 0.0
+    min_scored_answers: Int = 1
+    require_every_scope: Bool = False
 
     @classmethod
     def every_cycle(cls, min_scored_answers: int = 1, require_every_scope: bool = False) -> "Eligibility":
@@ -190,7 +276,7 @@ UNCLAIMED_RULES = ("equal", "pro_rata")
 TIE_RULES = ("share", "by_model_id")
 
 
-@dataclass(frozen=True)
+@declaration
 class EmissionPolicy(Declared):
     """How a checkpoint's ranked, eligible models share 1,000,000,000 frac64 (see emission.py).
 
@@ -208,15 +294,15 @@ class EmissionPolicy(Declared):
     """
 
     kind: str = "tiered"
-    tiers_pct: tuple[tuple[int, float], ...] = ((1, 35.0), (5, 10.0), (10, 5.0))
-    temperature: float = 1.0
-    floor_pct: float = 0.0
+    tiers_pct: tuple[tuple[Int, Float], ...] = ((1, 35.0), (5, 10.0), (10, 5.0))
+    temperature: Float = 1.0
+    floor_pct: Float = 0.0
     unclaimed: str = "equal"  # tiered: how the tiers no paid model holds are shared ("equal" | "pro_rata")
     # contribution: the blend's weights (exact decimals summing to 1) and the ensemble contributed to
     # (None: the first declared)
-    rank_weight: float = 0.5
-    contribution_weight: float = 0.3
-    diversity_weight: float = 0.2
+    rank_weight: Float = 0.5
+    contribution_weight: Float = 0.3
+    diversity_weight: Float = 0.2
     ensemble: str | None = None
 
     @classmethod
@@ -282,7 +368,7 @@ COPY_POLICIES = ("pay_first", "flag", "off")
 COPY_DISTANCES = ("rounded_equality", "max_abs_difference")
 
 
-@dataclass(frozen=True)
+@declaration
 class CopyDetection(Declared):
     """How a checkpoint finds models that return what another model returns (crunch_assets/copies.py).
 
@@ -305,11 +391,11 @@ class CopyDetection(Declared):
 
     policy: str = "pay_first"
     distance: str = "rounded_equality"
-    decimals: int = 6
-    tolerance: float = 0.0
-    match_fraction: float = 0.9
-    min_common_cycles: int = 1
-    lags: tuple[int, ...] = (1,)
+    decimals: Int = 6
+    tolerance: Float = 0.0
+    match_fraction: Float = 0.9
+    min_common_cycles: Int = 1
+    lags: tuple[Int, ...] = (1,)
     never_match: tuple = ()
 
     def __post_init__(self) -> None:
@@ -383,7 +469,7 @@ METRIC_NAMES = SIGNAL_METRICS + ("max_drawdown", "contribution")
 ENSEMBLE_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 
 
-@dataclass(frozen=True)
+@declaration
 class Ensemble(Declared):
     """A virtual model (`__ensemble_<name>__`) built every cycle from that cycle's stored outputs
     (crunch_assets/ensembles.py): every model that answered (made status PENDING) is a member. It is
@@ -406,7 +492,7 @@ class Ensemble(Declared):
     combine: str = "mean"
     weighting: str = "equal"
     leave_one_out: str | None = None
-    min_members: int = 1
+    min_members: Int = 1
 
     @property
     def model_id(self) -> str:
@@ -427,7 +513,7 @@ class Ensemble(Declared):
             raise SpecError(f"ensemble {self.name}: min_members must be a whole number >= 1, got {self.min_members!r}")
 
 
-@dataclass(frozen=True)
+@declaration
 class MetricsPolicy(Declared):
     """Which metrics of the registry (crunch_assets/metrics.py) the rollups compute per model, scope
     and hour, and how a model's output and a cycle's truth read as numbers for the metrics that
@@ -473,7 +559,7 @@ class MetricsPolicy(Declared):
                             "outcome='package.module:attribute'")
 
 
-@dataclass(frozen=True)
+@declaration
 class PayoutPolicy(Declared):
     """Who among the eligible models is paid (see docs/rewards.md, "Who is paid"). Every model is
     scored, ranked and shown; an unpaid one gets 0 with its reason, and its share goes to the paid
@@ -490,10 +576,10 @@ class PayoutPolicy(Declared):
       hold equally, so a name never decides money; "by_model_id" breaks the tie by model id.
     """
 
-    pay_best_model_per_participant: bool = True
-    max_models_per_participant: int | None = None
+    pay_best_model_per_participant: Bool = True
+    max_models_per_participant: Int | None = None
     benchmark_models: tuple[str, ...] = ()
-    benchmark_cutoff: bool = False
+    benchmark_cutoff: Bool = False
     ties: str = "share"
 
     def validate(self) -> None:
@@ -515,7 +601,7 @@ class PayoutPolicy(Declared):
             raise SpecError(f"payout: ties must be one of {', '.join(TIE_RULES)}, got {self.ties!r}")
 
 
-@dataclass(frozen=True)
+@declaration
 class GatePolicy(Declared):
     """Limits the emission safety gate checks before a checkpoint can be SUBMITTED (besides its
     fixed checks, among them: no paid model without a scored answer).
@@ -528,11 +614,11 @@ class GatePolicy(Declared):
       was built (or last rebuilt with other numbers); an open dispute blocks it until resolved.
     """
 
-    min_eligible_participants: int = 3
-    max_participant_share_pct: float = 50.0
+    min_eligible_participants: Int = 3
+    max_participant_share_pct: Float = 50.0
     # After a checkpoint is built (or rebuilt with other numbers), it cannot be SUBMITTED for this
     # long: the time participants and the operator have to dispute it (0: today's behaviour).
-    dispute_window_seconds: int = 0
+    dispute_window_seconds: Int = 0
 
     def validate(self) -> None:
         window = self.dispute_window_seconds
@@ -558,7 +644,12 @@ CHANGEABLE_SLOTS = (
 REMOVABLE_SLOTS = ("cross_sectional", "input_schema", "output_schema", "score_schema")
 
 
-@dataclass(frozen=True)
+def _slots_as_pairs(value: Any) -> Any:
+    """A change's slots given as a mapping (slot -> import path) are kept as sorted pairs."""
+    return tuple(sorted(value.items())) if isinstance(value, dict) else value
+
+
+@declaration
 class RulesChange(Declared):
     """A declared change of a competition's per-cycle rules, in force from `effective_from` (a cycle
     time, aware UTC): every cycle at or after it is run and scored under the changed rules, every
@@ -575,10 +666,10 @@ class RulesChange(Declared):
     """
 
     effective_from: datetime
-    slots: tuple[tuple[str, str | None], ...] = ()
+    slots: Annotated[tuple[tuple[str, str | None], ...], BeforeValidator(_slots_as_pairs)] = ()
     failure_policy: FailurePolicy | None = None
-    max_price_staleness_seconds: int | None = None
-    void_after_seconds: int | None = None
+    max_price_staleness_seconds: Int | None = None
+    void_after_seconds: Int | None = None
     note: str = ""
 
     def __post_init__(self) -> None:
@@ -629,7 +720,7 @@ class RulesChange(Declared):
             raise SpecError(f"rules_changes: the change at {at.isoformat()} changes nothing")
 
 
-@dataclass(frozen=True)
+@declaration
 class CompetitionSpec(Declared):
     slug: str
     start: datetime  # first partition; timezone-aware UTC, on an hour boundary
@@ -637,10 +728,10 @@ class CompetitionSpec(Declared):
     failure_policy: FailurePolicy
     # Subjects the inputs may read besides the scopes' own (cross-asset inputs).
     extra_subjects: tuple[str, ...] = ()
-    checkpoint_interval_seconds: int = WEEK_SECONDS  # any whole number of hours
+    checkpoint_interval_seconds: Int = WEEK_SECONDS  # any whole number of hours
     leaderboard_windows: tuple[LeaderboardWindow, ...] = DEFAULT_WINDOWS
     ranking_key: str = "score_recent"
-    ranking_descending: bool = True  # True: higher scores are better
+    ranking_descending: Bool = True  # True: higher scores are better
     # What the checkpoint ranks by: "period" (the period's mean under the eligibility policy, the
     # default) or the name of a leaderboard window (its value as of the period's end).
     checkpoint_ranking: str = "period"
@@ -648,41 +739,45 @@ class CompetitionSpec(Declared):
     emission: EmissionPolicy = field(default_factory=EmissionPolicy)
     copy_detection: CopyDetection = field(default_factory=CopyDetection)
     # What a model sees before predicting: records observed in the last history_seconds.
-    history_seconds: int = HOUR_SECONDS
+    history_seconds: Int = HOUR_SECONDS
     # Ground truth needs a price observed at most this long before the instant it prices; it must
     # be shorter than every horizon, or the entry price could stand in for the resolved one.
-    max_price_staleness_seconds: int = 30
+    max_price_staleness_seconds: Int = 30
     # Extra wait after a prediction resolves before it is scored (late feed rows).
-    settle_delay_seconds: int = 0
+    settle_delay_seconds: Int = 0
     # Fault policy: after this many FAILED cycles in a row a model is not called for the cool-down
     # (0 disables quarantine).
-    quarantine_after_failures: int = 5
-    quarantine_cooldown_seconds: int = 600
+    quarantine_after_failures: Int = 5
+    quarantine_cooldown_seconds: Int = 600
     # A cycle whose ground truth is still missing this long after it resolved is VOIDED: neither
     # scored nor penalised. Decided by the stored feed (it has moved past that time without the
     # price), or, live, by the clock.
-    void_after_seconds: int = 3600
+    void_after_seconds: Int = 3600
     # How long a live tick waits for the feed before the cycle waits for the next tick.
-    live_feed_wait_seconds: float = 10.0
+    live_feed_wait_seconds: Float = 10.0
     # Feed rows older than this (by market time) are deleted once archived to Parquet.
-    feed_retention_days: int = 90
+    feed_retention_days: Int = 90
     # Live feed polling between cycles (keeps ground truth fresh when cycles are sparse).
-    feed_poll_interval_seconds: int = 30
+    feed_poll_interval_seconds: Int = 30
     # Live catch-up bound: missed cycles older than this are not run live (backfill them).
-    max_catchup_seconds: int = 15 * 60
+    max_catchup_seconds: Int = 15 * 60
     # The cycle sensor launches an hour's live run this long before the hour, so its process has
     # booted by then; the run waits for each cycle's due time before it reads anything (cutoff = T).
-    cycle_lead_seconds: int = 30
+    cycle_lead_seconds: Int = 30
     # The live run does each cycle at its due time; the sensors only keep it going and cover the rest.
     # Each sensor tick costs CPU in the code server and the daemon and a ~1 KB row in Dagster's storage.
-    cycle_sensor_interval_seconds: int = 30
+    cycle_sensor_interval_seconds: Int = 30
     # The catch-up sensors cover what no live run does (a pause, a backfill's hours, a new model),
     # so they tick every 5 minutes.
-    settlement_sensor_interval_seconds: int = 300
+    settlement_sensor_interval_seconds: Int = 300
     # A model that appears in the runner is registered within this (and predicts from its next cycle).
-    registry_sensor_interval_seconds: int = 300
+    registry_sensor_interval_seconds: Int = 300
     # How often the lag checks are judged (a changed verdict is recorded at once).
-    lag_sensor_interval_seconds: int = 300
+    lag_sensor_interval_seconds: Int = 300
+    # How often the rollup, checkpoint and run-failure sensors look for work.
+    rollup_sensor_interval_seconds: Int = 300
+    checkpoint_sensor_interval_seconds: Int = 300
+    run_failure_sensor_interval_seconds: Int = 60
     # Keys of a stored model input the report API may show participants (none by default).
     public_input_keys: tuple[str, ...] = ()
     description: str = ""
@@ -778,7 +873,9 @@ class CompetitionSpec(Declared):
                             f"{[t.isoformat() for t in times]}")
         for name in ("history_seconds", "void_after_seconds", "feed_retention_days", "feed_poll_interval_seconds",
                      "max_catchup_seconds", "cycle_sensor_interval_seconds", "settlement_sensor_interval_seconds",
-                     "registry_sensor_interval_seconds", "lag_sensor_interval_seconds"):
+                     "registry_sensor_interval_seconds", "lag_sensor_interval_seconds",
+                     "rollup_sensor_interval_seconds", "checkpoint_sensor_interval_seconds",
+                     "run_failure_sensor_interval_seconds"):
             if getattr(self, name) <= 0:
                 raise SpecError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("settle_delay_seconds", "quarantine_after_failures", "quarantine_cooldown_seconds", "cycle_lead_seconds"):
@@ -812,6 +909,25 @@ class CompetitionSpec(Declared):
             if missing:
                 raise SpecError(f"emission: the contribution strategy pays on {' and '.join(missing)}: add "
                                 f"{'them' if len(missing) > 1 else 'it'} to metrics.names")
+
+    @classmethod
+    def model_json_schema(cls) -> dict:
+        """The JSON schema of a spec (published as docs/competition-spec.schema.json; `doctor`
+        validates spec files against it). Types and field names only: the checks between fields
+        (a horizon longer than the staleness bound, ...) are the model's own."""
+        return TypeAdapter(cls).json_schema()
+
+    @classmethod
+    def model_validate(cls, data: Any) -> "CompetitionSpec":
+        """A spec from plain data (a spec file's JSON object: datetimes as ISO-8601 text, tuples as
+        lists). Raises SpecError whose `problems` lists every problem, each naming its field."""
+        try:
+            return TypeAdapter(cls).validate_python(data)
+        except ValidationError as error:
+            problems = validation_problems(cls, error)
+            refused = SpecError("; ".join(problems))
+            refused.problems = problems
+            raise refused from None
 
     @property
     def contribution_ensemble(self) -> Ensemble | None:
@@ -961,3 +1077,19 @@ def check_feed_cadence(spec: CompetitionSpec, kind: str, observation_interval_se
     problems = cadence_problems(spec, kind, observation_interval_seconds)
     if problems:
         raise SpecError("; ".join(problem.message() for problem in problems))
+
+
+SCHEMA_DOCUMENT = "docs/competition-spec.schema.json"
+
+
+def schema_text() -> str:
+    """The published JSON schema of CompetitionSpec, as docs/competition-spec.schema.json holds it
+    (tests/test_spec_schema.py checks the file equals it; regenerate with
+    `.venv/bin/python -m crunch_assets.spec`)."""
+    return json.dumps(CompetitionSpec.model_json_schema(), indent=2, sort_keys=True) + "\n"
+
+
+if __name__ == "__main__":
+    from pathlib import Path
+
+    Path(__file__).resolve().parents[1].joinpath(SCHEMA_DOCUMENT).write_text(schema_text())

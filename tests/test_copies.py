@@ -197,7 +197,7 @@ def test_rows_out_of_cycle_order_or_off_the_grid_are_refused():
 @pytest.mark.parametrize("options, message", [
     ({"policy": "pay_last"}, "policy"), ({"decimals": 16}, "decimals"), ({"tolerance": 0.1}, "tolerance is for"),
     ({"distance": "max_abs_difference", "tolerance": float("nan")}, "tolerance"), ({"match_fraction": 1.5}, "match_fraction"),
-    ({"min_common_cycles": 0}, "min_common_cycles"), ({"lags": (1, 1)}, "lags"), ({"lags": 1}, "lags must be a tuple"),
+    ({"min_common_cycles": 0}, "min_common_cycles"), ({"lags": (1, 1)}, "lags"), ({"lags": 1}, "lags: Input should be a valid tuple"),
     ({"never_match": ({1, 2},)}, "never_match"),
 ])
 def test_a_wrong_copy_policy_is_refused_by_name(options, message):

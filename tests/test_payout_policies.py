@@ -246,22 +246,26 @@ def test_largest_remainder_is_exact_on_equal_float_weights():
 # --- the spec refuses what it cannot mean ------------------------------------------------------------
 
 @pytest.mark.parametrize("change, message", [
-    ({"eligibility": Eligibility.every_cycle(min_scored_answers=0)}, "min_scored_answers"),
-    ({"eligibility": Eligibility(require_every_scope="yes")}, "require_every_scope"),
-    ({"emission": EmissionPolicy.tiered(unclaimed="lottery")}, "unclaimed"),
-    ({"payout": PayoutPolicy(max_models_per_participant=0)}, "max_models_per_participant"),
-    ({"payout": PayoutPolicy(benchmark_models="house")}, "benchmark_models"),
-    ({"payout": PayoutPolicy(benchmark_models=("h", "h"))}, "twice"),
-    ({"payout": PayoutPolicy(benchmark_cutoff=True)}, "benchmark_cutoff needs"),
-    ({"payout": PayoutPolicy(ties="coin_flip")}, "ties"),
-    ({"gate": GatePolicy(min_eligible_participants=0)}, "min_eligible_participants"),
-    ({"gate": GatePolicy(max_participant_share_pct=0)}, "max_participant_share_pct"),
-    ({"gate": GatePolicy(max_participant_share_pct=120)}, "max_participant_share_pct"),
-    ({"payout": {"ties": "share"}}, "payout must be a PayoutPolicy"),
+    (lambda: {"eligibility": Eligibility.every_cycle(min_scored_answers=0)}, "min_scored_answers"),
+    (lambda: {"eligibility": Eligibility(require_every_scope="yes")}, "require_every_scope"),
+    (lambda: {"emission": EmissionPolicy.tiered(unclaimed="lottery")}, "unclaimed"),
+    (lambda: {"payout": PayoutPolicy(max_models_per_participant=0)}, "max_models_per_participant"),
+    (lambda: {"payout": PayoutPolicy(benchmark_models="house")}, "benchmark_models"),
+    (lambda: {"payout": PayoutPolicy(benchmark_models=("h", "h"))}, "twice"),
+    (lambda: {"payout": PayoutPolicy(benchmark_cutoff=True)}, "benchmark_cutoff needs"),
+    (lambda: {"payout": PayoutPolicy(ties="coin_flip")}, "ties"),
+    (lambda: {"gate": GatePolicy(min_eligible_participants=0)}, "min_eligible_participants"),
+    (lambda: {"gate": GatePolicy(max_participant_share_pct=0)}, "max_participant_share_pct"),
+    (lambda: {"gate": GatePolicy(max_participant_share_pct=120)}, "max_participant_share_pct"),
+    # a policy may be given as its fields (as a spec file gives it), and is checked the same way
+    (lambda: {"payout": {"ties": "coin_flip"}}, "ties must be one of share, by_model_id"),
+    (lambda: {"payout": "share"}, "payout: Input should be a dictionary or an instance of PayoutPolicy"),
 ])
 def test_new_policies_are_checked_at_load(change, message):
+    """Refused when the policy is built (a bad field of its own) or when the spec is (a check
+    between fields), either way a SpecError naming the field."""
     with pytest.raises(SpecError, match=message):
-        replace(SPEC, **change)
+        replace(SPEC, **change())
 
 
 # --- the gate's new checks -----------------------------------------------------------------------------

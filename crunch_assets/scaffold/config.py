@@ -5,6 +5,11 @@ known key for a typo), never silently dropped.
 
 Merge rule: every top-level key of the spec file replaces the pack's value, except `callables`,
 which is merged slot by slot.
+
+One schema: every field of `CompetitionSpec` can be set in a spec file. The keys below that shape
+what `init` renders (scopes, policies, windows, ...) are checked here first; every other field of
+`CompetitionSpec` (payout, gate, copy_detection, ensembles, metrics, rules_changes, the sensor
+intervals, ...) is passed to `CompetitionSpec` as given and checked by it, with the same messages.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import json
 import keyword
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
@@ -104,11 +109,15 @@ class RelativeFailure(_Strict):
 
 class EveryCycle(_Strict):
     mode: Literal["every_cycle"]
+    min_scored_answers: int = Field(default=1, ge=1)
+    require_every_scope: bool = False
 
 
 class MinimumCoverage(_Strict):
     mode: Literal["min_coverage"]
     min_coverage: FiniteFloat = Field(ge=0, le=1)
+    min_scored_answers: int = Field(default=1, ge=1)
+    require_every_scope: bool = False
 
 
 class TieredEmission(_Strict):
@@ -116,6 +125,7 @@ class TieredEmission(_Strict):
     tiers_pct: list[tuple[Annotated[int, Field(ge=1)], Annotated[FiniteFloat, Field(ge=0)]]] = Field(
         default=[(1, 35.0), (5, 10.0), (10, 5.0)], min_length=1
     )
+    unclaimed: Literal["equal", "pro_rata"] = "equal"
 
 
 class SoftmaxEmission(_Strict):
@@ -126,6 +136,15 @@ class SoftmaxEmission(_Strict):
 class ProportionalEmission(_Strict):
     kind: Literal["proportional"]
     floor_pct: FiniteFloat = Field(default=0.0, ge=0, le=100)
+
+
+class ContributionEmission(_Strict):
+    kind: Literal["contribution"]
+    rank_weight: FiniteFloat = Field(default=0.5, ge=0)
+    contribution_weight: FiniteFloat = Field(default=0.3, ge=0)
+    diversity_weight: FiniteFloat = Field(default=0.2, ge=0)
+    floor_pct: FiniteFloat = Field(default=1.0, ge=0, le=100)
+    ensemble: str | None = None
 
 
 class WindowConfig(_Strict):
@@ -152,7 +171,8 @@ class CallablesConfig(_Strict):
 
 FailurePolicyConfig = Annotated[Union[ConstantFailure, RelativeFailure], Field(discriminator="kind")]
 EligibilityConfig = Annotated[Union[EveryCycle, MinimumCoverage], Field(discriminator="mode")]
-EmissionConfig = Annotated[Union[TieredEmission, SoftmaxEmission, ProportionalEmission], Field(discriminator="kind")]
+EmissionConfig = Annotated[Union[TieredEmission, SoftmaxEmission, ProportionalEmission, ContributionEmission],
+                           Field(discriminator="kind")]
 
 
 class CompetitionConfig(_Strict):
@@ -241,10 +261,16 @@ def walk_location(loc: tuple) -> tuple[str, type[BaseModel] | None]:
     return text or "(root)", owner
 
 
+def spec_only_keys() -> set[str]:
+    """The CompetitionSpec fields a spec file gives as they are (checked by CompetitionSpec)."""
+    return {f.name for f in fields(CompetitionSpec)} - set(CompetitionConfig.model_fields) - {"slug"}
+
+
 def known_keys(model: type[BaseModel] | None) -> set[str]:
     if model is None:
         return set()
-    return set(model.model_fields) | (set(HEADER_KEYS) if model is CompetitionConfig else set())
+    top = set(HEADER_KEYS) | spec_only_keys() if model is CompetitionConfig else set()
+    return set(model.model_fields) | top
 
 
 def describe_errors(error: ValidationError, source: str) -> list[str]:
@@ -311,6 +337,8 @@ class ResolvedSpec:
     slug: str
     pack: str
     config: CompetitionConfig
+    # the CompetitionSpec fields the spec file (or pack) gives beyond CompetitionConfig's, as given
+    spec_fields: dict = field(default_factory=dict)
 
 
 def resolve(slug: str | None, pack: str | None, spec_path: Path | None) -> ResolvedSpec:
@@ -344,13 +372,15 @@ def resolve(slug: str | None, pack: str | None, spec_path: Path | None) -> Resol
             merged["callables"] = {**merged.get("callables", {}), **value}
         else:
             merged[key] = value
+    passed_through = spec_only_keys()
+    spec_fields = {key: merged.pop(key) for key in sorted(set(merged) & passed_through)}
     try:
         config = CompetitionConfig.model_validate(merged)
     except ValidationError as error:
         raise ScaffoldError(problems + describe_errors(error, source)) from None
     if problems:
         raise ScaffoldError(problems)
-    resolved = ResolvedSpec(slug, pack, config)
+    resolved = ResolvedSpec(slug, pack, config, spec_fields)
     try:
         spec = to_competition_spec(resolved, start=resolved_start(config))
     except SpecError as error:
@@ -378,15 +408,21 @@ def failure_policy(config: CompetitionConfig) -> FailurePolicy:
 
 def eligibility(config: CompetitionConfig) -> Eligibility:
     policy = config.eligibility
-    return Eligibility.every_cycle() if isinstance(policy, EveryCycle) else Eligibility.minimum_coverage(policy.min_coverage)
+    options = {"min_scored_answers": policy.min_scored_answers, "require_every_scope": policy.require_every_scope}
+    if isinstance(policy, EveryCycle):
+        return Eligibility.every_cycle(**options)
+    return Eligibility.minimum_coverage(policy.min_coverage, **options)
 
 
 def emission(config: CompetitionConfig) -> EmissionPolicy:
     policy = config.emission
     if isinstance(policy, TieredEmission):
-        return EmissionPolicy.tiered(tuple((int(rank), float(pct)) for rank, pct in policy.tiers_pct))
+        return EmissionPolicy.tiered(tuple((int(rank), float(pct)) for rank, pct in policy.tiers_pct), policy.unclaimed)
     if isinstance(policy, SoftmaxEmission):
         return EmissionPolicy.softmax(policy.temperature)
+    if isinstance(policy, ContributionEmission):
+        return EmissionPolicy.contribution(policy.rank_weight, policy.contribution_weight, policy.diversity_weight,
+                                           policy.floor_pct, policy.ensemble)
     return EmissionPolicy.proportional(policy.floor_pct)
 
 
@@ -414,5 +450,5 @@ def to_competition_spec(resolved: ResolvedSpec, start: datetime) -> CompetitionS
         quarantine_after_failures=c.quarantine_after_failures, quarantine_cooldown_seconds=c.quarantine_cooldown_seconds,
         void_after_seconds=c.void_after_seconds, feed_retention_days=c.feed_retention_days,
         public_input_keys=tuple(c.public_input_keys), description=c.description,
-        score_name=c.score_name,
+        score_name=c.score_name, **resolved.spec_fields,
     )

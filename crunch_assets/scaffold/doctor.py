@@ -6,7 +6,7 @@ No database, no network, no model process."""
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from crunch_assets.rules import (
 from crunch_assets.scaffold.config import (
     ScaffoldError,
     check_slug,
+    read_spec_file,
     resolve,
     resolved_start,
     to_competition_spec,
@@ -34,7 +35,7 @@ from crunch_assets.scaffold.generate import (
     workspace_entry,
 )
 from crunch_assets.settings import CompetitionSettings, FeedDefaults, SettingsError
-from crunch_assets.spec import CompetitionSpec, SpecError, cadence_problems
+from crunch_assets.spec import SCHEMA_DOCUMENT, CompetitionSpec, SpecError, cadence_problems
 
 
 @dataclass(frozen=True)
@@ -230,8 +231,27 @@ def doctor_competition(slug: str) -> Report:
     return report
 
 
+def schema_problems(spec_path: Path) -> list[Problem]:
+    """The spec file's CompetitionSpec fields checked against the published JSON schema
+    (docs/competition-spec.schema.json, CompetitionSpec.model_json_schema()); a file gives only what
+    it changes (the pack gives the rest), so no field is required here."""
+    import jsonschema_rs
+
+    try:
+        data = read_spec_file(spec_path)
+    except ScaffoldError:
+        return []  # resolve() reports it
+    body = {key: value for key, value in data.items() if key in {f.name for f in fields(CompetitionSpec)}}
+    schema = {key: value for key, value in CompetitionSpec.model_json_schema().items() if key != "required"}
+    return [Problem(f"{spec_path}: {'.'.join(str(part) for part in error.instance_path) or '(root)'}: {error.message} "
+                    "(JSON schema)", f"see {SCHEMA_DOCUMENT}")
+            for error in jsonschema_rs.validator_for(schema).iter_errors(body)]
+
+
 def doctor_spec(spec_path: Path, pack: str | None = None) -> Report:
     report = Report(str(spec_path), [], [])
+    report.problems += schema_problems(spec_path)
+    report.checked.append(f"schema ({SCHEMA_DOCUMENT})")
     try:
         resolved = resolve(None, pack, spec_path)
     except ScaffoldError as error:

@@ -21,6 +21,7 @@ import yaml
 from crunch_assets.scaffold.config import (
     CompetitionConfig,
     ConstantFailure,
+    ContributionEmission,
     EveryCycle,
     ResolvedSpec,
     ScaffoldError,
@@ -100,6 +101,13 @@ def _py(value) -> str:
     raise TypeError(f"no Python literal for {type(value).__name__}")
 
 
+def _py_data(value) -> str:
+    """A Python literal of JSON data (a spec field given as a spec file gives it: CompetitionSpec
+    validates a policy given as its fields exactly as the file's)."""
+    json.dumps(value, allow_nan=False)  # JSON data only: anything else is a bug here
+    return repr(value)
+
+
 def _py_tuple(values) -> str:
     items = [_py(v) for v in values]
     return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
@@ -123,7 +131,7 @@ def environment() -> jinja2.Environment:
         keep_trailing_newline=True,
         autoescape=False,  # Python, TOML, YAML and Markdown: nothing is HTML
     )
-    env.filters.update(py=_py, py_tuple=_py_tuple, py_datetime=_py_datetime, toml=_toml)
+    env.filters.update(py=_py, py_data=_py_data, py_tuple=_py_tuple, py_datetime=_py_datetime, toml=_toml)
     return env
 
 
@@ -132,14 +140,20 @@ def _policy_expressions(config: CompetitionConfig) -> dict[str, str]:
     failure_text = (f"FailurePolicy.constant({failure.value!r})" if isinstance(failure, ConstantFailure)
                     else f"FailurePolicy.relative({failure.percentile!r})")
     eligibility = config.eligibility
-    eligibility_text = ("Eligibility.every_cycle()" if isinstance(eligibility, EveryCycle)
-                        else f"Eligibility.minimum_coverage({eligibility.min_coverage!r})")
+    options = "".join(f", {name}={getattr(eligibility, name)!r}" for name, default in
+                      (("min_scored_answers", 1), ("require_every_scope", False)) if getattr(eligibility, name) != default)
+    eligibility_text = (f"Eligibility.every_cycle({options.lstrip(', ')})" if isinstance(eligibility, EveryCycle)
+                        else f"Eligibility.minimum_coverage({eligibility.min_coverage!r}{options})")
     emission = config.emission
     if isinstance(emission, TieredEmission):
         tiers = ", ".join(f"({int(rank)}, {float(pct)!r})" for rank, pct in emission.tiers_pct)
-        emission_text = f"EmissionPolicy.tiered(({tiers}{',' if len(emission.tiers_pct) == 1 else ''}))"
+        unclaimed = "" if emission.unclaimed == "equal" else f", unclaimed={emission.unclaimed!r}"
+        emission_text = f"EmissionPolicy.tiered(({tiers}{',' if len(emission.tiers_pct) == 1 else ''}){unclaimed})"
     elif isinstance(emission, SoftmaxEmission):
         emission_text = f"EmissionPolicy.softmax({emission.temperature!r})"
+    elif isinstance(emission, ContributionEmission):
+        emission_text = (f"EmissionPolicy.contribution({emission.rank_weight!r}, {emission.contribution_weight!r}, "
+                         f"{emission.diversity_weight!r}, floor_pct={emission.floor_pct!r}, ensemble={emission.ensemble!r})")
     else:
         emission_text = f"EmissionPolicy.proportional({emission.floor_pct!r})"
     return {"failure_policy": failure_text, "eligibility": eligibility_text, "emission": emission_text}
@@ -174,6 +188,7 @@ def render(resolved: ResolvedSpec, start: datetime | None = None) -> list[Genera
         "start": start or resolved_start(config),
         "replay_end": (start or resolved_start(config)) + timedelta(hours=3),
         "callables": wired_callables(slug, config),
+        "spec_fields": resolved.spec_fields,
         "failure_text": _failure_text(config),
         **_policy_expressions(config),
     }
