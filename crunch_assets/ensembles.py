@@ -247,12 +247,14 @@ def answered_outputs(rows: Iterable[tuple[str, str, Any]]) -> list[tuple[str, An
             if status == "PENDING" and output is not None and not is_virtual_model_id(model_id)]
 
 
-def window_stats(scores: Iterable[tuple[datetime, str, float]], start: datetime, end: datetime,
-                 cycles: set[datetime]) -> dict[str, WindowStats]:
-    """model_id -> its statistics over the score values (cycle_at, model_id, value) of `cycles`
-    in [start, end); virtual models are left out. Values are summed in cycle order (fsum: exact)."""
+def window_stats(scores_by_cycle: Mapping[datetime, Iterable[tuple[str, float]]],
+                 cycles: Iterable[datetime]) -> dict[str, WindowStats]:
+    """model_id -> its statistics over its score values (model_id, value) in `cycles` (the
+    window's RESOLVED cycles); virtual models are left out. Values are taken in cycle order and
+    summed with fsum (exact), so the order they were stored or read in never changes a bit."""
     values: dict[str, list[float]] = {}
-    for cycle_at, model_id, value in sorted(scores, key=lambda s: (s[0], s[1])):
-        if start <= cycle_at < end and cycle_at in cycles and not is_virtual_model_id(model_id):
-            values.setdefault(model_id, []).append(float(value))
-    return {m: WindowStats.of(v) for m, v in values.items()}
+    for cycle_at in sorted(set(cycles)):
+        for model_id, value in scores_by_cycle.get(cycle_at, ()):
+            if not is_virtual_model_id(model_id):
+                values.setdefault(model_id, []).append(float(value))
+    return {m: WindowStats.of(v) for m, v in sorted(values.items())}

@@ -206,7 +206,7 @@ class EnsembleWindows:
         self.store = store
         self.reach = max((e.window_seconds for v in versions for e in v.spec.ensembles if e.windowed), default=0)
         self.statuses: dict[str, dict[datetime, str]] = {}
-        self.values: dict[str, list[tuple[datetime, str, float]]] = {}
+        self.values: dict[str, dict[datetime, list[tuple[str, float]]]] = {}
         self.span = (min(c.cycle_at for c in cycles) - timedelta(seconds=self.reach), max(c.cycle_at for c in cycles))
 
     def needed(self, cycle_spec: CompetitionSpec, cycle: CycleToSettle) -> bool:
@@ -215,13 +215,16 @@ class EnsembleWindows:
 
     def _read(self, scope_key: str) -> None:
         if scope_key not in self.statuses:
-            self.statuses[scope_key], self.values[scope_key] = self.store.window_scores(scope_key, *self.span)
+            self.statuses[scope_key], values = self.store.window_scores(scope_key, *self.span)
+            by_cycle = self.values[scope_key] = defaultdict(list)
+            for cycle_at, model_id, value in values:
+                by_cycle[cycle_at].append((model_id, value))
 
     def settled(self, cycle: CycleToSettle, rows: list[ScoreRow]) -> None:
         if self.reach:
             self._read(cycle.scope_key)
             self.statuses[cycle.scope_key][cycle.cycle_at] = "VOIDED" if not rows else "RESOLVED"
-            self.values[cycle.scope_key] += [(r.cycle_at, r.model_id, r.value) for r in rows]
+            self.values[cycle.scope_key][cycle.cycle_at] = [(r.model_id, r.value) for r in rows]
 
     def add_ensembles(self, cycle_spec: CompetitionSpec, scope: Scope,
                       cycle: CycleToSettle) -> tuple[CycleToSettle, str | None]:
@@ -241,8 +244,7 @@ class EnsembleWindows:
                 return cycle, (f"{cycle.cycle_at.isoformat()} {cycle.scope_key}: ensemble {ensemble.name} waits for "
                                f"{len(unsettled)} cycle(s) of its window to be stored and scored, first "
                                f"{unsettled[0].isoformat()} ({statuses.get(unsettled[0], 'not stored')})")
-            stats = ensembles.window_stats(self.values[cycle.scope_key], ensembles.window_start(cycle_spec, ensemble, cycle.cycle_at),
-                                           cycle.cycle_at, {at for at in due if statuses[at] == "RESOLVED"})
+            stats = ensembles.window_stats(self.values[cycle.scope_key], [at for at in due if statuses[at] == "RESOLVED"])
             built.append(ensembles.build(ensemble, scope, members, stats, cycle_spec.higher_is_better))
         ids = self.store.add_predictions(cycle.input_id, cycle.scope_key, cycle.cycle_at, built)
         added = [StoredPrediction(ids[r.model_id], r.model_id, r.status, r.status_reason, r.inference_output) for r in built]

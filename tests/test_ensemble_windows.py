@@ -82,12 +82,15 @@ def test_the_window_is_the_cycles_resolved_by_the_cycle_and_not_before_the_start
 
 def test_window_stats_are_exact_and_leave_virtual_models_and_other_cycles_out():
     at = [T - timedelta(minutes=k) for k in (3, 2, 1)]
-    scores = [(at[2], "a", 0.3), (at[0], "a", 0.1), (at[1], "a", 0.2), (at[0], "__ensemble_x__", 9.0),
-              (at[0], "b", 1.0), (T - timedelta(minutes=10), "b", -5.0), (at[1], "c", 0.5)]
-    stats = ensembles.window_stats(scores, T - timedelta(minutes=5), T, set(at) - {at[1]})
+    by_cycle = {at[2]: [("a", 0.3)], at[0]: [("__ensemble_x__", 9.0), ("b", 1.0), ("a", 0.1)],
+                at[1]: [("a", 0.2), ("c", 0.5)], T - timedelta(minutes=10): [("b", -5.0)]}
+    stats = ensembles.window_stats(by_cycle, [at[2], at[0]])
     assert set(stats) == {"a", "b"}
     assert stats["a"] == WindowStats(2, (0.1 + 0.3) / 2, ((0.1 - 0.2) ** 2 + (0.3 - 0.2) ** 2) / 2)
     assert stats["b"] == WindowStats(1, 1.0, 0.0)
+    # the order cycles and rows are read in never changes a bit
+    shuffled = {k: list(reversed(v)) for k, v in reversed(list(by_cycle.items()))}
+    assert ensembles.window_stats(shuffled, [at[0], at[2]]) == stats
 
 
 def _stats(**means):
