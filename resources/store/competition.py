@@ -717,7 +717,11 @@ class CompetitionStore:
             rows = connection.execute(
                 sa.select(s.c.model_id, s.c.scope_key, s.c.cycle_at, p.c.inference_output, i.c.actuals, s.c.value)
                 .select_from(s.join(p, p.c.id == s.c.prediction_id).join(i, i.c.id == p.c.input_id))
-                .where(s.c.competition == self.slug, s.c.cycle_at >= start, s.c.cycle_at < end)
+                # a score's prediction and input have its cycle_at: restricting them as well keeps
+                # the join to the period (no scan of every stored prediction: bench_rollups.py)
+                .where(s.c.competition == self.slug, s.c.cycle_at >= start, s.c.cycle_at < end,
+                       p.c.competition == self.slug, p.c.cycle_at >= start, p.c.cycle_at < end,
+                       i.c.competition == self.slug, i.c.cycle_at >= start, i.c.cycle_at < end)
                 .order_by(s.c.cycle_at, s.c.scope_key, s.c.model_id)
             )
             return [ScoreLeaf(*row) for row in rows]
