@@ -135,3 +135,15 @@ def test_inverse_variance_weights_and_the_meta_that_explains_them():
     expected = math.fsum(w * p for w, p in zip(weights, (0.8, 0.6, 0.2))) / math.fsum(weights)
     assert row.inference_output == {"p_up": expected}
     assert row.meta["window"] == {"a": [4, 0.5, 0.04], "b": [4, 0.5, 0.01], "c": [4, 0.7, 0.0]}
+
+
+def test_the_window_declaration_is_in_the_cycles_rules_fingerprint():
+    """top_n, the window and the weighting decide the ensemble's output and score: the cycle's rules."""
+    from competitions.btc_updown.definitions import RULES
+    from crunch_assets.fingerprint import build_book
+
+    top = Ensemble("top", members="top_n", top_n=2, window_seconds=600)
+    digests = {build_book(_spec(ensembles=(e,)), RULES).current.cycle_digest
+               for e in (top, replace(top, top_n=3), replace(top, window_seconds=1200),
+                         replace(top, weighting="inverse_variance", min_history_cycles=2))}
+    assert len(digests) == 4
