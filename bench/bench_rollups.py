@@ -1,5 +1,7 @@
 """Rollup, leaderboard and checkpoint steps with 1 week vs 1 year of history stored: a step must
-not grow with history (target: year / week <= 1.2 for each).
+not grow with history (target: year / week <= 1.2 for each), with the competition's declared
+metrics (btc_updown's METRICS: the whole registry) computed in the rollups, its ensemble stored
+every cycle and the contribution-weighted emission in the checkpoint.
 
 Two databases on one embedded PostgreSQL, competition btc_updown (60 s cycles, one scope, weekly
 checkpoint periods from Monday 00:00 UTC), --models models, "now" = Monday 2026-11-23 12:30 UTC:
@@ -87,7 +89,7 @@ DATABASES = ("bench_rollups_week", "bench_rollups_year")
 SCRATCH = "bench_rollups_recent"  # the recent rows through the engine, copied into both, then dropped
 LABELS = {"bench_rollups_week": "week", "bench_rollups_year": "year"}
 TABLES = ("inputs", "predictions", "scores", "snapshots", "cycle_rollups", "leaderboards", "checkpoints", "model_events")
-FORMAT_VERSION = "1"  # bump when what is generated changes (a kept --data-dir is then rebuilt)
+FORMAT_VERSION = "2"  # bump when what is generated changes (a kept --data-dir is then rebuilt)
 
 
 # --- synthetic world: prices, truths, model answers (seeded: both databases get the same rows) ---
@@ -235,12 +237,17 @@ class World:
 
 
 def make_world(models: int, year_weeks: int) -> World:
-    from competitions.btc_updown.definitions import RULES, SPEC
+    from competitions.btc_updown.definitions import ENSEMBLES, METRICS, RULES, SPEC
     from crunch_assets.partitions import build_partitions
+    from crunch_assets.spec import EmissionPolicy
     from resources.feeds.synthetic import SyntheticFeed
 
     year_start = PERIOD_START - (year_weeks - 1) * PERIOD
-    spec = replace(SPEC, start=year_start, checkpoint_interval_seconds=int(PERIOD.total_seconds()))
+    # btc_updown with its declared ensemble and every metric of the registry it computes, paid by
+    # the contribution-weighted emission: the rollups compute the metrics' hourly statistics, the
+    # leaderboard and the checkpoint combine them (and the checkpoint the contributions).
+    spec = replace(SPEC, start=year_start, checkpoint_interval_seconds=int(PERIOD.total_seconds()),
+                   ensembles=ENSEMBLES, metrics=METRICS, emission=EmissionPolicy.contribution())
     walk = PriceWalk(year_start)
     return World(spec, build_partitions(spec), RULES, walk, model_listing(models), make_truth_resource(walk), SyntheticFeed(),
                  year_weeks)
@@ -249,6 +256,7 @@ def make_world(models: int, year_weeks: int) -> World:
 def write_engine_span(world: World, database, start: datetime, end: datetime) -> None:
     """[start, end) through the engine: cycles (inputs + predictions) via write_cycles, then per
     day `settle`, `roll_up` and (a whole day) the day's leaderboard."""
+    from crunch_assets import ensembles
     from crunch_assets.partitions import ceil_hour
     from crunch_assets.rollups import _leaderboard_of, roll_up
     from crunch_assets.scores import settle
@@ -262,8 +270,10 @@ def write_engine_span(world: World, database, start: datetime, end: datetime) ->
         pending = []
         for cycle_at, scope in spec.cycle_times(day, day_end):
             resolvable_at = cycle_at + scope.horizon
+            rows = predictions_of(world.models, walk, cycle_at, resolvable_at)
+            rows += ensembles.cycle_rows(spec, scope, rows)  # as predictions.run_cycles stores them
             pending.append(CycleWrite(InputRow(scope.key, cycle_at, resolvable_at, walk.model_input(cycle_at), scope.as_dict()),
-                                      predictions_of(world.models, walk, cycle_at, resolvable_at)))
+                                      rows))
             if len(pending) * len(world.models) >= 12_000:
                 store.write_cycles(pending, [])
                 pending = []

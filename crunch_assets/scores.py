@@ -21,14 +21,14 @@ says its cycle was resolved or voided.
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 import dagster as dg
 import pydantic
 
-from crunch_assets import checks
+from crunch_assets import checks, ensembles
 from crunch_assets.feed import feed_streams
 from crunch_assets.fingerprint import rules_book
 from crunch_assets.keys import ChainKeys
@@ -63,6 +63,7 @@ class SettleReport:
     by_hour: dict[datetime, dict[str, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
     void_reasons: list[str] = field(default_factory=list)
     resolver_errors: list[str] = field(default_factory=list)
+    ensemble_waits: list[str] = field(default_factory=list)
 
     def count(self, cycle_at: datetime, what: str, n: int = 1) -> None:
         self.by_hour[floor_hour(cycle_at)][what] += n
@@ -73,11 +74,13 @@ class SettleReport:
                 self.by_hour[hour][what] += n
         self.void_reasons += other.void_reasons
         self.resolver_errors += other.resolver_errors
+        self.ensemble_waits += other.ensemble_waits
 
     def hour_metadata(self, hour: datetime) -> dict:
         counts = self.by_hour.get(hour, {})
         return {name: counts.get(name, 0) for name in
-                ("scored", "penalised", "waiting_for_ground_truth", "cycles_voided", "cycles_rescored", "resolver_errors")}
+                ("scored", "penalised", "waiting_for_ground_truth", "waiting_for_ensemble_window", "cycles_voided",
+                 "cycles_rescored", "resolver_errors")}
 
 
 def stored_scope(spec: CompetitionSpec, cycle: CycleToSettle) -> Scope:
@@ -194,6 +197,60 @@ def score_cycle(
     return rows, failure_value, None
 
 
+class EnsembleWindows:
+    """The score windows of the windowed ensembles (members top_n / min_metric, weighting
+    inverse_variance; crunch_assets/ensembles.py) of one settle call: read once from the store for
+    the call's cycles, with the cycles this call settles before a later one added as they are."""
+
+    def __init__(self, spec: CompetitionSpec, store: CompetitionStore, cycles: list[CycleToSettle], versions) -> None:
+        self.store = store
+        self.reach = max((e.window_seconds for v in versions for e in v.spec.ensembles if e.windowed), default=0)
+        self.statuses: dict[str, dict[datetime, str]] = {}
+        self.values: dict[str, dict[datetime, list[tuple[str, float]]]] = {}
+        self.span = (min(c.cycle_at for c in cycles) - timedelta(seconds=self.reach), max(c.cycle_at for c in cycles))
+
+    def needed(self, cycle_spec: CompetitionSpec, cycle: CycleToSettle) -> bool:
+        stored = {p.model_id for p in cycle.predictions}
+        return any(e.windowed and e.model_id not in stored for e in cycle_spec.ensembles)
+
+    def _read(self, scope_key: str) -> None:
+        if scope_key not in self.statuses:
+            self.statuses[scope_key], values = self.store.window_scores(scope_key, *self.span)
+            by_cycle = self.values[scope_key] = defaultdict(list)
+            for cycle_at, model_id, value in values:
+                by_cycle[cycle_at].append((model_id, value))
+
+    def settled(self, cycle: CycleToSettle, rows: list[ScoreRow]) -> None:
+        if self.reach:
+            self._read(cycle.scope_key)
+            self.statuses[cycle.scope_key][cycle.cycle_at] = "VOIDED" if not rows else "RESOLVED"
+            self.values[cycle.scope_key][cycle.cycle_at] = [(r.model_id, r.value) for r in rows]
+
+    def add_ensembles(self, cycle_spec: CompetitionSpec, scope: Scope,
+                      cycle: CycleToSettle) -> tuple[CycleToSettle, str | None]:
+        """The cycle with its windowed ensembles' predictions added (stored now, once), or the
+        reason it waits: a cycle of a window not stored or not settled yet."""
+        self._read(cycle.scope_key)
+        statuses = self.statuses[cycle.scope_key]
+        members = ensembles.answered_outputs((p.model_id, p.status, p.inference_output) for p in cycle.predictions)
+        stored = {p.model_id for p in cycle.predictions}
+        built = []
+        for ensemble in cycle_spec.ensembles:
+            if not ensemble.windowed or ensemble.model_id in stored:
+                continue
+            due = ensembles.window_cycles_due(cycle_spec, ensemble, scope, cycle.cycle_at)
+            unsettled = [at for at in due if statuses.get(at) not in ("RESOLVED", "VOIDED")]
+            if unsettled:
+                return cycle, (f"{cycle.cycle_at.isoformat()} {cycle.scope_key}: ensemble {ensemble.name} waits for "
+                               f"{len(unsettled)} cycle(s) of its window to be stored and scored, first "
+                               f"{unsettled[0].isoformat()} ({statuses.get(unsettled[0], 'not stored')})")
+            stats = ensembles.window_stats(self.values[cycle.scope_key], [at for at in due if statuses[at] == "RESOLVED"])
+            built.append(ensembles.build(ensemble, scope, members, stats, cycle_spec.higher_is_better))
+        ids = self.store.add_predictions(cycle.input_id, cycle.scope_key, cycle.cycle_at, built)
+        added = [StoredPrediction(ids[r.model_id], r.model_id, r.status, r.status_reason, r.inference_output) for r in built]
+        return replace(cycle, predictions=sorted([*cycle.predictions, *added], key=lambda p: p.model_id)), None
+
+
 def settle(
     spec: CompetitionSpec,
     rules: CompetitionRules,
@@ -227,10 +284,14 @@ def settle(
     spans = feeds.spans(streams, earliest, latest + void_reach) if truth.reads_feed else {}
     loaded = LoadedRecords(feeds.load_records(streams, earliest, latest)) if truth.reads_feed else LoadedRecords({})
     scores, resolutions, voidings = [], [], []
+    windows = EnsembleWindows(spec, store, cycles, versions)
+    if windows.reach and writer is not None:
+        writer.wait()  # a window reads the scores of the chunks written behind
     scorers: dict[str, Scorer] = {}
     documents: dict[str, RulesDocument] = {}
 
     def void(cycle: CycleToSettle, reason: str, fingerprint: str) -> None:
+        windows.settled(cycle, [])
         if cycle.status != "VOIDED":
             voidings.append(Voiding(cycle.input_id, reason, fingerprint))
             report.count(cycle.cycle_at, "cycles_voided")
@@ -278,10 +339,19 @@ def settle(
             else:
                 report.count(cycle.cycle_at, "waiting_for_ground_truth", len(cycle.predictions) or 1)
             continue
+        if windows.needed(cycle_spec, cycle):  # windowed ensembles are built now, from a settled window
+            cycle, waiting = windows.add_ensembles(cycle_spec, scope, cycle)
+            if waiting:
+                report.count(cycle.cycle_at, "waiting_for_ensemble_window", len(cycle.predictions) or 1)
+                report.ensemble_waits.append(waiting)
+                if log:
+                    log.warning(waiting)
+                continue
         rows, failure_value, void_reason = score_cycle(cycle_spec, scorer, scope, cycle, value)
         if void_reason is not None:
             void(cycle, void_reason, fingerprint)
             continue
+        windows.settled(cycle, rows)
         scores += rows
         resolutions.append(Resolution(cycle.input_id, value, failure_value, fingerprint))
         if cycle.status == "VOIDED":
@@ -334,6 +404,7 @@ def build_scores_asset(spec: CompetitionSpec, partitions: CompetitionPartitions,
                 "as_of": as_of.isoformat() if as_of else None,
                 "void_reasons": totals.void_reasons[:10],
                 "resolver_errors": totals.resolver_errors[:10],
+                "ensemble_waits": totals.ensemble_waits[:10],
             },
             check_results=[checks.check_scores_finite(store, keys.scores, windows[0].start, windows[-1].end)],
         )

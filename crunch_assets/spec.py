@@ -466,6 +466,9 @@ class CopyDetection(Declared):
 SIGNAL_METRICS = ("ic", "ic_sharpe", "hit_rate", "mean_return", "sortino_ratio", "turnover", "fnc",
                   "model_correlation", "ensemble_correlation")
 METRIC_NAMES = SIGNAL_METRICS + ("max_drawdown", "contribution")
+ENSEMBLE_MEMBERS = ("all", "top_n", "min_metric")
+ENSEMBLE_WEIGHTINGS = ("equal", "inverse_variance")
+ENSEMBLE_WINDOW_METRICS = ("mean_score",)  # over the model's scores of the window (ensembles.window_stats)
 ENSEMBLE_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 
 
@@ -486,6 +489,13 @@ class Ensemble(Declared):
       contribution. Without it, "mean" has the engine's own (O(1) a member); a custom combine is
       rebuilt without each member (O(members) a member);
     - min_members: fewer answering members make the ensemble's prediction ABSENT for the cycle.
+    - members: "all" (every model that answered), "top_n" (the `top_n` best by `metric` over the
+      window), "min_metric" (those whose `metric` over the window passes `min_metric`: >= when higher
+      is better, else <=). weighting "inverse_variance": 1 / the variance of the member's scores
+      over the window. The window of a cycle at t: the model's scores of the same scope's cycles
+      in [t - window_seconds, t) that resolved by t, fixed before the cycle; a model with fewer than
+      min_history_cycles of them is not a member. Such an ensemble is built when its cycle is
+      scored, once every cycle of its window is settled (crunch_assets/ensembles.py, docs/rewards.md).
     """
 
     name: str
@@ -493,6 +503,12 @@ class Ensemble(Declared):
     weighting: str = "equal"
     leave_one_out: str | None = None
     min_members: Int = 1
+    members: str = "all"
+    top_n: Int | None = None
+    min_metric: Float | None = None
+    metric: str = "mean_score"
+    window_seconds: Int | None = None
+    min_history_cycles: Int = 1
 
     @property
     def model_id(self) -> str:
@@ -503,7 +519,7 @@ class Ensemble(Declared):
             raise SpecError(f"ensembles: name {self.name!r} must match {ENSEMBLE_NAME_PATTERN.pattern}")
         for slot in ("combine", "weighting", "leave_one_out"):
             value = getattr(self, slot)
-            builtin = {"combine": ("mean",), "weighting": ("equal",), "leave_one_out": ()}[slot]
+            builtin = {"combine": ("mean",), "weighting": ENSEMBLE_WEIGHTINGS, "leave_one_out": ()}[slot]
             if value is None and slot == "leave_one_out":
                 continue
             if not isinstance(value, str) or (value not in builtin and ":" not in value):
@@ -511,6 +527,43 @@ class Ensemble(Declared):
                 raise SpecError(f"ensemble {self.name}: {slot} must be {choices}, got {value!r}")
         if isinstance(self.min_members, bool) or not isinstance(self.min_members, int) or self.min_members < 1:
             raise SpecError(f"ensemble {self.name}: min_members must be a whole number >= 1, got {self.min_members!r}")
+        self._validate_window()
+
+    @property
+    def windowed(self) -> bool:
+        """Whether its members or weights read the models' scores over a window (built when scored)."""
+        return self.members != "all" or self.weighting == "inverse_variance"
+
+    def _validate_window(self) -> None:
+        def whole(value, least: int) -> bool:
+            return not isinstance(value, bool) and isinstance(value, int) and value >= least
+
+        if self.members not in ENSEMBLE_MEMBERS:
+            raise SpecError(f"ensemble {self.name}: members must be one of {list(ENSEMBLE_MEMBERS)}, got {self.members!r}")
+        if self.metric not in ENSEMBLE_WINDOW_METRICS:
+            raise SpecError(f"ensemble {self.name}: metric must be one of {list(ENSEMBLE_WINDOW_METRICS)}, "
+                            f"got {self.metric!r}")
+        if (self.members == "top_n") != (self.top_n is not None):
+            raise SpecError(f"ensemble {self.name}: top_n is declared with members='top_n' and only then "
+                            f"(members={self.members!r}, top_n={self.top_n!r})")
+        if self.top_n is not None and not whole(self.top_n, 1):
+            raise SpecError(f"ensemble {self.name}: top_n must be a whole number >= 1, got {self.top_n!r}")
+        if (self.members == "min_metric") != (self.min_metric is not None):
+            raise SpecError(f"ensemble {self.name}: min_metric is declared with members='min_metric' and only then "
+                            f"(members={self.members!r}, min_metric={self.min_metric!r})")
+        if self.min_metric is not None and (isinstance(self.min_metric, bool) or not isinstance(self.min_metric, (int, float))
+                                            or not math.isfinite(self.min_metric)):
+            raise SpecError(f"ensemble {self.name}: min_metric must be a finite number, got {self.min_metric!r}")
+        if self.windowed != (self.window_seconds is not None):
+            raise SpecError(f"ensemble {self.name}: window_seconds is declared with members 'top_n' or 'min_metric' "
+                            f"or weighting 'inverse_variance', and only then (window_seconds={self.window_seconds!r})")
+        if self.window_seconds is not None and not whole(self.window_seconds, 1):
+            raise SpecError(f"ensemble {self.name}: window_seconds must be a whole number of seconds >= 1, "
+                            f"got {self.window_seconds!r}")
+        least = 2 if self.weighting == "inverse_variance" else 1
+        if not whole(self.min_history_cycles, least):
+            raise SpecError(f"ensemble {self.name}: min_history_cycles must be a whole number >= {least}"
+                            f"{' (a variance needs two scores)' if least == 2 else ''}, got {self.min_history_cycles!r}")
 
 
 @declaration

@@ -411,6 +411,11 @@ def test_the_page_shows_what_a_model_adds_with_one_line_of_guidance(template, da
                 assert float(cell) == pytest.approx(api["values"]["contribution"], abs=5e-5)
                 period = page.locator(f'#contribution-per-period tr[data-checkpoint="{checkpoint_of(url).id}"]')
                 assert "rank" in period.inner_text() and "diversity" in period.inner_text()
+                field = next(r for r in checkpoint_of(url).entries["ranking"]
+                             if r["model_id"] == "leader_copy")["breakdown"]["reward_components"]["field"]
+                shown_field = period.locator(".field-range").inner_text()  # its contribution against the field's
+                assert f"{field['contribution_min']:.5f} to {field['contribution_max']:.5f}" in shown_field
+                assert f"over {field['models']} paid models" in shown_field
                 page.screenshot(path=str(tmp_path / "what_it_adds.png"), full_page=True)
                 assert page.goto(server.url + "/").status == 200
                 marked = page.locator(f'#leaderboard tr[data-model="{ENSEMBLE}"] .ensemble')

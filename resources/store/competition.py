@@ -27,6 +27,7 @@ from resources.store.rows import (
     HourFingerprint,
     ModelEventRow,
     ModelRow,
+    PredictionRow,
     Resolution,
     ResolvedAnswerRow,
     RulesDocument,
@@ -260,6 +261,39 @@ class CompetitionStore:
                           by_input.get(row.id, []))
             for row in inputs
         ]
+
+    def window_scores(
+        self, scope_key: str, start: datetime, end: datetime
+    ) -> tuple[dict[datetime, str], list[tuple[datetime, str, float]]]:
+        """The windowed ensembles' read (crunch_assets/ensembles.py): ({cycle_at: status} of the
+        scope's stored cycles in [start, end), [(cycle_at, model_id, value)] of their scores)."""
+        i, s = t.inputs, t.scores
+        with self.engine.connect() as connection:
+            statuses = {row.cycle_at: row.status for row in connection.execute(
+                sa.select(i.c.cycle_at, i.c.status).where(
+                    i.c.competition == self.slug, i.c.scope_key == scope_key, i.c.cycle_at >= start, i.c.cycle_at < end))}
+            values = [(row.cycle_at, row.model_id, row.value) for row in connection.execute(
+                sa.select(s.c.cycle_at, s.c.model_id, s.c.value).where(
+                    s.c.competition == self.slug, s.c.scope_key == scope_key, s.c.cycle_at >= start, s.c.cycle_at < end))]
+        return statuses, values
+
+    def add_predictions(self, input_id: int, scope_key: str, cycle_at: datetime,
+                        predictions: Sequence[PredictionRow]) -> dict[str, int]:
+        """Predictions added to a stored cycle (a windowed ensemble's, built when the cycle is
+        scored): model_id -> prediction id. One already stored is kept as it is (its id returned)."""
+        p = t.predictions
+        with self.engine.begin() as connection:
+            bulk_upsert(
+                connection, p,
+                ("competition", "input_id", "model_id", "scope_key", "cycle_at", "status", "status_reason",
+                 "exec_time_ms", "inference_output", "meta"),
+                [(self.slug, input_id, r.model_id, scope_key, cycle_at, r.status, r.status_reason, r.exec_time_ms,
+                  r.inference_output, r.meta) for r in predictions],
+                ("input_id", "model_id"),
+            )
+            return {row.model_id: row.id for row in connection.execute(
+                sa.select(p.c.model_id, p.c.id).where(p.c.input_id == input_id,
+                                                      p.c.model_id.in_([r.model_id for r in predictions])))}
 
     def write_settlement(
         self, scores: Sequence[ScoreRow], resolutions: Sequence[Resolution], voidings: Sequence[Voiding],
@@ -683,7 +717,11 @@ class CompetitionStore:
             rows = connection.execute(
                 sa.select(s.c.model_id, s.c.scope_key, s.c.cycle_at, p.c.inference_output, i.c.actuals, s.c.value)
                 .select_from(s.join(p, p.c.id == s.c.prediction_id).join(i, i.c.id == p.c.input_id))
-                .where(s.c.competition == self.slug, s.c.cycle_at >= start, s.c.cycle_at < end)
+                # a score's prediction and input have its cycle_at: restricting them as well keeps
+                # the join to the period (no scan of every stored prediction: bench_rollups.py)
+                .where(s.c.competition == self.slug, s.c.cycle_at >= start, s.c.cycle_at < end,
+                       p.c.competition == self.slug, p.c.cycle_at >= start, p.c.cycle_at < end,
+                       i.c.competition == self.slug, i.c.cycle_at >= start, i.c.cycle_at < end)
                 .order_by(s.c.cycle_at, s.c.scope_key, s.c.model_id)
             )
             return [ScoreLeaf(*row) for row in rows]
