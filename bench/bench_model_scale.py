@@ -10,7 +10,7 @@ cycle's due time, runs the cycle (the same two calls as bench_local_runner.py: a
 feed_update and a predict) and records due -> every answer in hand, the moment `run_cycles` stores
 the cycle (the store's own write is bench_live.py's figure: it runs the whole deployment, at
 fewer models). Memory: PSS of every process of each model (the sandbox's PID 1 supervisor, the
-worker, bwrap's monitor outside) from /proc/<pid>/smaps_rollup, once the session is up: PSS
+worker, bwrap's monitor outside) from /proc/<pid>/smaps_rollup, after the run's last cycle: PSS
 divides each shared page among the processes sharing it, so the sum is what the models cost.
 
     .venv/bin/python bench/bench_model_scale.py --models 1000 --lead-seconds 90 --cycle-seconds 5
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -62,16 +63,29 @@ def pss_kib(pid: int) -> int:
 
 
 def session_memory(session) -> dict:
-    """PSS of every process of every model of a LocalModelSession, with bwrap's monitor."""
-    total_kib, processes = 0, 0
-    for model_id in session.process_ids():
-        handle = session._handles[model_id]  # the monitor outside the sandbox is not among model_processes
-        pids = set(session.model_processes(model_id))
-        if handle.process is not None:
-            pids.add(handle.process.pid)
+    """PSS of every process of every model of a LocalModelSession: each sandbox's processes (its
+    PID namespace: supervisor, worker, anything the model started) and bwrap's monitor outside.
+    One pass over /proc (per-model lookups read all of /proc once per model: minutes at 1,000)."""
+    by_namespace: dict[str, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                by_namespace.setdefault(os.readlink(f"/proc/{name}/ns/pid"), []).append(int(name))
+            except OSError:
+                pass
+    total_kib, processes, models = 0, 0, 0
+    for handle in session._handles.values():  # the bench reads the runner's own handles
+        init = handle.init_pid() if handle.process is not None else None
+        if init is None:
+            continue
+        try:
+            pids = set(by_namespace.get(os.readlink(f"/proc/{init}/ns/pid"), ())) | {handle.process.pid}
+        except OSError:
+            continue
+        models += 1
         processes += len(pids)
         total_kib += sum(pss_kib(pid) for pid in pids)
-    models = max(1, len(session.process_ids()))
+    models = max(1, models)
     return {"pss_mib_per_model": total_kib / 1024 / models, "processes_per_model": processes / models,
             "pss_gib_total": total_kib / 1024 / 1024}
 
@@ -103,7 +117,6 @@ def serve(args) -> int:
         report["start_seconds"] = prewarm_models(on_demand, window_start, args.lead_seconds, Log())
         report["ready_at"] = clock.now().isoformat()
         session = on_demand.get()
-        report["memory"] = session_memory(session)
         report["load_at_ready"] = benchkit.load_text()
         due = window_start
         while due < window_end:
@@ -117,6 +130,7 @@ def serve(args) -> int:
                                      "failed": failed, "answers": len(results)})
             due += timedelta(seconds=args.cycle_seconds)
         report["restarts"] = sum(session.restart_counts().values())
+        report["memory"] = session_memory(session)  # after the cycles: what a model holds once it has run
     Path(args.out).write_text(json.dumps(report))
     return 0
 
@@ -158,8 +172,9 @@ def main() -> int:
     if args.smoke:
         args.models, args.lead_seconds, args.cycle_seconds, args.cycles_before, args.cycles_after = 3, 6.0, 2.0, 5, 3
     benchkit.smoke_banner(args)
-    benchkit.conditions(f"{args.models} local models (sandbox on), two live runs handing over, lead {args.lead_seconds:g} s, "
-                        f"a cycle every {args.cycle_seconds:g} s, {args.cycles_before} + {args.cycles_after} cycles")
+    runs = "one live run (--single)" if args.single else f"two live runs handing over, lead {args.lead_seconds:g} s"
+    benchkit.conditions(f"{args.models} local models (sandbox on), {runs}, a cycle every {args.cycle_seconds:g} s, "
+                        f"{args.cycles_before}{'' if args.single else f' + {args.cycles_after}'} cycles")
     need_mib = (1 if args.single else 2) * args.models * ASSUMED_MIB_PER_MODEL
     if available_mib() < 1.2 * need_mib:
         print(f"refused: both runs' models need ~{need_mib / 1024:.1f} GiB at the handover, "
