@@ -213,10 +213,12 @@ def summarize(args, reports: list[dict], boundary: datetime, launch_b_at: dateti
                         f"{'(failed)' if start is None else f'{start:.1f} s'}, ready {run['ready_at']}; "
                         f"PSS {memory['pss_mib_per_model']:.2f} MiB per model ({memory['processes_per_model']:.1f} processes "
                         f"each), {memory['pss_gib_total']:.2f} GiB in all (at its start: {run['load_at_ready']})")
-    print(f"boundary {boundary.isoformat()}; run B launched {launch_b_at.isoformat()} ({args.lead_seconds:g} s before)")
+    single = len(reports) == 1
+    if not single:
+        print(f"boundary {boundary.isoformat()}; run B launched {launch_b_at.isoformat()} ({args.lead_seconds:g} s before)")
     around = [(run["name"], cycle) for run in reports for cycle in run["cycles"]
               if abs((datetime.fromisoformat(cycle["due"]) - boundary).total_seconds()) <= args.lead_seconds + 2 * args.cycle_seconds]
-    print("cycles around the boundary (run, due, due -> answered, failed calls):")
+    print("cycles" + ("" if single else " around the boundary") + " (run, due, due -> answered, failed calls):")
     for name, cycle in around:
         print(f"  {name} {cycle['due']} {cycle['delay_seconds']:.3f} s {cycle['failed']}")
     delays = [c["delay_seconds"] for run in reports for c in run["cycles"]]
@@ -224,8 +226,9 @@ def summarize(args, reports: list[dict], boundary: datetime, launch_b_at: dateti
     before_lead = [c["delay_seconds"] for c in a["cycles"] if datetime.fromisoformat(c["due"]) < launch_b_at]
     after = [c["delay_seconds"] for c in b["cycles"]] if len(reports) == 2 else []
     benchkit.figure(f"due -> answered, all {len(delays)} cycles: {benchkit.tail_text(delays)}")
-    benchkit.figure(f"  run A before B's launch: {benchkit.tail_text(before_lead)}; while B starts its models: "
-                    f"{benchkit.tail_text(during_lead)}; run B after the boundary: {benchkit.tail_text(after)}")
+    if not single:
+        benchkit.figure(f"  run A before B's launch: {benchkit.tail_text(before_lead)}; while B starts its models: "
+                        f"{benchkit.tail_text(during_lead)}; run B after the boundary: {benchkit.tail_text(after)}")
     print(f"1-min load over the window: {benchkit.band(load_samples).describe('', 1, 'samples')}")
     failed = sum(c["failed"] for run in reports for c in run["cycles"])
     expected = args.cycles_before + args.cycles_after
