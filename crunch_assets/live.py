@@ -16,6 +16,10 @@ window is over, it reports each asset partition it materialized (feed, predictio
 day's snapshots and the leaderboard with its table), with the partition's own figures and the
 asset checks, and exits. A session that registers new models materializes `model_registry`.
 
+The run is launched `cycle_lead_seconds` before its hour and starts its model processes at once
+(`prewarm_models`), while the previous hour's run still serves its last cycles: at the handover the
+new hour's first cycle finds its models ready (the two runs' model processes overlap for the lead).
+
 The numbers are a backfill's: same functions, same store, same as_of discipline. Each wake-up
 stamps the run's heartbeat, one row of Dagster's key-value store rewritten in place (a log line
 per poll cost ~0.5 KB of event log each), and a line is logged when a cycle is stored or scored, so
@@ -152,6 +156,29 @@ class LiveWindow:
             }):
                 self.leaderboard = LiveLeaderboard(scored_until, period, entries)
         self.last_rollup = time.monotonic()
+
+
+def prewarm_models(session: SessionOnDemand, start: datetime, lead_seconds: float, log) -> float | None:
+    """Start the hour's model processes before the hour, while the previous hour's run still serves
+    its last cycles, so the first cycle of the hour finds them ready instead of waiting for a
+    thousand imports. Returns the seconds it took (None if the session could not be opened: logged,
+    and left to the first tick); a start that ran past the hour is logged with what to raise (the
+    sensor launches this run `cycle_lead_seconds` before the hour)."""
+    started = time.monotonic()
+    try:
+        session.get()
+    except Exception as error:  # the hour's first tick opens it again and fails as a tick does
+        log.error(f"model processes could not be started before the window: {type(error).__name__}: {error}")
+        return None
+    seconds = time.monotonic() - started
+    late_seconds = (datetime.now(timezone.utc) - start).total_seconds()
+    if late_seconds > 0:
+        log.warning(f"the model processes took {seconds:.1f} s to start and were ready {late_seconds:.1f} s after "
+                    f"the window began: the first cycles of the hour waited for them; raise cycle_lead_seconds "
+                    f"(now {lead_seconds:g}) well above the {seconds:.1f} s the models took (the run's own start comes first)")
+    else:
+        log.info(f"model processes started in {seconds:.1f} s, {-late_seconds:.1f} s before the window begins")
+    return seconds
 
 
 def _next_wake(spec: CompetitionSpec, start: datetime, now: datetime) -> datetime:
@@ -295,6 +322,7 @@ def build_live_job(spec: CompetitionSpec, partitions: CompetitionPartitions, key
                         break
                 elif logged is None:
                     context.log.info(f"waiting for the window to begin at {start.isoformat()}")
+                    prewarm_models(live.session, start, spec.cycle_lead_seconds, context.log)
                     logged = ()
                 now = datetime.now(timezone.utc)
                 wake = min(start, now + timedelta(seconds=poll_seconds(spec))) if now < start else _next_wake(spec, start, now)

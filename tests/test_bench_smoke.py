@@ -40,6 +40,7 @@ SMOKE_COMMANDS: dict[str, tuple[str, ...]] = {
     "bench_orchestrator_runner.py": ("all SUCCESS", "cycle: median"),
     "bench_feed_fetch.py": ("fetch + parse:",),
     "bench_local_runner.py": ("target: every call answered", "holds"),
+    "bench_model_scale.py": ("PSS", "MiB per model", "due -> answered", "run B ready before the boundary"),
     "bench_receipts.py": ("one model's receipt", "verdict ok"),
     "bench_contribution.py": ("with contribution s", "payout columns"),
 }

@@ -257,8 +257,8 @@ def test_requests_of_megabytes_reach_every_model(tmp_path):
 
 
 def test_values_only_the_standard_json_decoder_reads_reach_the_model_unchanged(tmp_path):
-    """The worker decodes with orjson where it can; NaN, infinities and integers past 64 bits
-    (which json.dumps writes and orjson refuses) still reach the model as Python's json reads them."""
+    """NaN, infinities and integers past 64 bits (which json.dumps writes and stricter decoders
+    such as orjson refuse) reach the model as Python's json reads them."""
     import json
 
     models_dir = make_models_dir(tmp_path, "echo")

@@ -2,9 +2,9 @@
 
 Started by `LocalModelRunner` as `python local_worker.py '<json config>'` (by file path, not with
 `-m`, so no package `__init__` of the project runs here), inside the model's sandbox (see
-sandbox.py) unless the operator turned it off. Deliberately stdlib-only (orjson, when the
-interpreter has it, only decodes requests faster) with cheap imports: a hundred of these start on
-a couple of cores.
+sandbox.py) unless the operator turned it off. Deliberately stdlib-only with cheap imports: a
+thousand of these start on a couple of cores, and every module imported here is memory each model
+pays (docs/operations.md, "1,000 local models").
 
 Protocol (newline-delimited JSON; `json.dumps` never emits a raw newline):
 - fd 0 carries requests, fd 1 carries replies. In the worker, both are moved to private
@@ -58,18 +58,13 @@ import math  # noqa: E402
 import resource  # noqa: E402
 import signal  # noqa: E402
 import time  # noqa: E402
-from typing import Callable, NamedTuple  # noqa: E402
+from collections import namedtuple  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 
-try:  # the coordinator's environment has orjson: requests decode several times faster, same values
-    import orjson  # noqa: E402
-
-    def decode_request(line):
-        try:
-            return orjson.loads(line)
-        except orjson.JSONDecodeError:  # NaN / Infinity literals, integers past 64 bits: json reads them
-            return json.loads(line)
-except ImportError:  # pragma: no cover - a worker started by another interpreter
-    decode_request = json.loads
+# The standard library's decoder, not orjson: importing orjson (and the modules it imports) costs
+# each model ~1.6 MiB of private memory, 1.6 GiB at 1,000 models; json decodes a cycle's 5 KB
+# request in ~0.25 ms instead of ~0.05 ms, 0.2 CPU-s per cycle at 1,000 models (bench_model_scale.py).
+decode_request = json.loads
 
 FALLBACK_MODULE_NAME = "participant_model"
 MAX_DETAIL_CHARS = 1000
@@ -229,14 +224,9 @@ REAP_SECONDS = 2.0
 _STOPPED_STATES = frozenset("TtZXx")
 
 
-class ProcessInfo(NamedTuple):
-    """The fields of /proc/<pid>/stat used here."""
-
-    ppid: int
-    pgid: int
-    sid: int
-    state: str
-    start_ticks: int  # start time after boot, in clock ticks: with the pid, the process's identity
+# The fields of /proc/<pid>/stat used here; start_ticks (start time after boot, in clock ticks)
+# with the pid is the process's identity. (collections, not typing: typing costs each model 0.5 MiB.)
+ProcessInfo = namedtuple("ProcessInfo", ["ppid", "pgid", "sid", "state", "start_ticks"])
 
 
 def read_process(pid: int) -> ProcessInfo | None:
