@@ -7,20 +7,20 @@ from pathlib import Path
 import dagster as dg
 
 from crunch_assets import ensembles
-from crunch_assets.checkpoints import PayoutAccounts, build_checkpoint_asset
-from crunch_assets.feed import build_feed_asset
-from crunch_assets.feed_maintenance import build_feed_maintenance
+from crunch_assets.defs.checkpoints.assets import PayoutAccounts, build_checkpoint_asset
+from crunch_assets.defs.feed.assets import build_feed_asset
+from crunch_assets.defs.feed_maintenance.assets import build_feed_maintenance
 from crunch_assets.fingerprint import ENGINE_VERSION, rules_book
-from crunch_assets.housekeeping import build_housekeeping
+from crunch_assets.defs.housekeeping.purge import build_housekeeping
 from crunch_assets.jobs import build_jobs
 from crunch_assets.keys import ChainKeys
 from crunch_assets.partitions import build_partitions
-from crunch_assets.predictions import build_predictions_asset
-from crunch_assets.registry import build_registry_asset
-from crunch_assets.rollups import build_rollup_assets
+from crunch_assets.defs.predictions.assets import build_predictions_asset
+from crunch_assets.defs.registry.assets import build_registry_asset
+from crunch_assets.defs.rollups.assets import build_rollup_assets
 from crunch_assets.rules import CallableRules, CompetitionRules, FeedGroundTruth, GroundTruthResource
-from crunch_assets.scores import build_scores_asset
-from crunch_assets.sensors import build_sensors
+from crunch_assets.defs.scores.assets import build_scores_asset
+from crunch_assets.defs.live_window.sensor import build_sensors
 from crunch_assets.settings import CompetitionSettings, FeedDefaults
 from crunch_assets.spec import CompetitionSpec, check_feed_cadence
 from resources.feeds.base import FeedResource

@@ -50,7 +50,7 @@ def test_cycle_sensor_fills_a_missed_last_cycle_of_an_hour(competition):
     run of that window, which runs them and exits."""
     from unittest import mock
 
-    import crunch_assets.sensors as sensors
+    import crunch_assets.defs.live_window.sensor as sensors
 
     spec, defs = competition
     keys = ChainKeys.for_slug(spec.slug)
@@ -77,7 +77,7 @@ def test_cycle_sensor_fills_a_missed_last_cycle_of_an_hour(competition):
 def test_cycle_sensor_launches_the_next_window_early_but_not_sooner(competition):
     from unittest import mock
 
-    import crunch_assets.sensors as sensors
+    import crunch_assets.defs.live_window.sensor as sensors
 
     spec, defs = competition
     hour = datetime(2026, 11, 22, 10, tzinfo=timezone.utc)

@@ -81,7 +81,7 @@ def _rules():
 
 
 def _accounts():
-    from crunch_assets.checkpoints import PayoutAccounts
+    from crunch_assets.defs.checkpoints.assets import PayoutAccounts
 
     return PayoutAccounts(crunch_pubkey=CRUNCH_PUBKEY)
 

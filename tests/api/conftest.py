@@ -57,7 +57,7 @@ def replay_spec():
 
 
 def accounts(crunch: str | None = CRUNCH_PUBKEY):
-    from crunch_assets.checkpoints import PayoutAccounts
+    from crunch_assets.defs.checkpoints.assets import PayoutAccounts
 
     return PayoutAccounts(crunch_pubkey=crunch, compute_provider_pubkey=COMPUTE_PUBKEY)
 

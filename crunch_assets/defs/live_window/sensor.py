@@ -1,7 +1,7 @@
 """Sensors and schedules that run a competition live. Sensors only read (the store and the model
 runner) and request runs; every write happens in an asset.
 
-- cycle sensor: one live run per hour window (crunch_assets/live.py: cycles, scores and rollups of
+- cycle sensor: one live run per hour window (crunch_assets/defs/live_window/window.py: cycles, scores and rollups of
   the hour, as they fall due), replaced when it stops heartbeating; a live run for any past window
   with cycles missing inside the catch-up bound;
 - settlement sensor: cycles no live run covers whose horizon has passed and whose feed is fetched
@@ -21,13 +21,13 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
 
-from crunch_assets.feed import feed_streams
+from crunch_assets.defs.feed.assets import feed_streams
 from crunch_assets.fingerprint import rules_book
 from crunch_assets.jobs import CompetitionJobs
-from crunch_assets.live import COMPETITION_TAG, WINDOW_TAG, last_sign_of_life, stale_after_seconds
+from crunch_assets.defs.live_window.window import COMPETITION_TAG, WINDOW_TAG, last_sign_of_life, stale_after_seconds
 from crunch_assets.keys import ChainKeys
 from crunch_assets.partitions import CompetitionPartitions, floor_hour
-from crunch_assets.registry import registry_changes
+from crunch_assets.defs.registry.assets import registry_changes
 from crunch_assets.rules import CompetitionRules, GroundTruthResource
 from crunch_assets.run_config import as_of_run_config
 from crunch_assets.spec import CompetitionSpec
@@ -106,7 +106,7 @@ def build_sensors(
                     "heartbeating) and fills the missed cycles of past windows.",
     )
     def cycle_sensor(context: dg.SensorEvaluationContext, database: CrunchDatabase):
-        """The live run of an hour runs every cycle at its due time (see crunch_assets/live.py). This
+        """The live run of an hour runs every cycle at its due time (see crunch_assets/defs/live_window/window.py). This
         sensor only makes sure one is alive for the current hour, launches the next hour's
         cycle_lead_seconds early (so its process has booted when the hour begins), replaces a run
         that stopped heartbeating (killed, machine lost), and launches a run for any past window

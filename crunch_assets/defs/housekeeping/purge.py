@@ -9,7 +9,7 @@ Each competition gets:
   backfills, launches and check runs from the UI) whose assets and checks are all this
   competition's. Only Dagster's instance APIs are used; the competition store (schema `crunch`)
   is never touched.
-- the run failure sensor, the lag checks and their sensor (crunch_assets/observability.py).
+- the run failure sensor, the lag checks and their sensor (crunch_assets/defs/housekeeping/observability.py).
 
 Deleting a run deletes its events, materializations included: the UI then shows partitions older
 than the purge age without a materialization, while the store keeps every row.
@@ -138,7 +138,7 @@ def build_purge(spec: CompetitionSpec, *, running: bool, settings: CompetitionSe
 
 def build_housekeeping(spec: CompetitionSpec, keys: ChainKeys, *, running: bool) -> dg.Definitions:
     """The purge job and schedule, the run failure sensor, the lag checks and their sensor."""
-    from crunch_assets.observability import build_observability
+    from crunch_assets.defs.housekeeping.observability import build_observability
 
     purge_job, purge_schedule = build_purge(spec, running=running)
     sensors, checks = build_observability(spec, keys, running=running)

@@ -28,7 +28,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from crunch_assets.feed import feed_streams
+from crunch_assets.defs.feed.assets import feed_streams
 from crunch_assets.keys import ChainKeys
 from crunch_assets.spec import CompetitionSpec
 from resources.feeds.base import FeedResource
