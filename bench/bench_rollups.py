@@ -303,7 +303,8 @@ class Templates:
 
 def read_templates(world: World, database) -> Templates:
     """The closed period's last daily leaderboard, and its checkpoint (built by the engine here)."""
-    from crunch_assets.defs.checkpoints.assets import PayoutAccounts, build_checkpoint
+    from crunch_assets.defs.checkpoints.assets import build_checkpoint
+    from resources.payout_accounts import PayoutAccounts
 
     store = database.competition(world.spec.slug)
     _, entries, _ = store.leaderboard(PERIOD_END)
@@ -513,7 +514,8 @@ def new_scores_of_latest_cycle(world: World, database) -> None:
 
 def run_steps(world: World, database) -> dict[str, tuple[float, dict[str, float]]]:
     """step -> (seconds, seconds by store method) for one round on one database."""
-    from crunch_assets.defs.checkpoints.assets import PayoutAccounts, build_checkpoint
+    from crunch_assets.defs.checkpoints.assets import build_checkpoint
+    from resources.payout_accounts import PayoutAccounts
     from crunch_assets.partitions import ceil_hour, floor_hour
     from crunch_assets.defs.rollups.assets import _leaderboard_of, roll_up
 

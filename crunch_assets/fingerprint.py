@@ -78,7 +78,8 @@ OPERATIONAL_SPEC_FIELDS = (
     "slug", "start", "description", "public_input_keys", "settle_delay_seconds", "live_feed_wait_seconds",
     "feed_retention_days", "feed_poll_interval_seconds", "max_catchup_seconds", "cycle_lead_seconds",
     "cycle_sensor_interval_seconds", "settlement_sensor_interval_seconds", "registry_sensor_interval_seconds",
-    "lag_sensor_interval_seconds", "rules_changes", "score_name",
+    "lag_sensor_interval_seconds", "rollup_sensor_interval_seconds", "checkpoint_sensor_interval_seconds",
+    "run_failure_sensor_interval_seconds", "rules_changes", "score_name",
 )
 CYCLE_SLOTS = ("model_base_class", "input_builder", "call_builder", "output_validator", "ground_truth_resolver",
                "scoring_function", "cross_sectional", "input_schema", "output_schema", "score_schema")

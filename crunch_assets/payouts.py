@@ -23,7 +23,8 @@ from datetime import datetime, timedelta, timezone
 from fractions import Fraction
 
 from crunch_assets import merkle
-from crunch_assets.defs.checkpoints.assets import PayoutAccounts, checkpoint_entries, ranking_reach
+from crunch_assets.defs.checkpoints.assets import checkpoint_entries, ranking_reach
+from resources.payout_accounts import PayoutAccounts
 from crunch_assets.emission import FRAC64_ONE, largest_remainder
 from crunch_assets.fingerprint import CycleLabel, RulesBook, check_period, rules_book
 from crunch_assets.rules import CompetitionRules, GroundTruthResource

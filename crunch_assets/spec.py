@@ -683,6 +683,12 @@ class CompetitionSpec(Declared):
     registry_sensor_interval_seconds: int = 300
     # How often the lag checks are judged (a changed verdict is recorded at once).
     lag_sensor_interval_seconds: int = 300
+    # How often the rollup sensor looks for new scores or voids outside the live run's rollups.
+    rollup_sensor_interval_seconds: int = 300
+    # How often the checkpoint sensor looks for a closed, settled, rolled-up period.
+    checkpoint_sensor_interval_seconds: int = 300
+    # How often the run failure sensor looks for failed runs (a tick costs CPU and a stored row).
+    run_failure_sensor_interval_seconds: int = 120
     # Keys of a stored model input the report API may show participants (none by default).
     public_input_keys: tuple[str, ...] = ()
     description: str = ""
@@ -778,7 +784,8 @@ class CompetitionSpec(Declared):
                             f"{[t.isoformat() for t in times]}")
         for name in ("history_seconds", "void_after_seconds", "feed_retention_days", "feed_poll_interval_seconds",
                      "max_catchup_seconds", "cycle_sensor_interval_seconds", "settlement_sensor_interval_seconds",
-                     "registry_sensor_interval_seconds", "lag_sensor_interval_seconds"):
+                     "registry_sensor_interval_seconds", "lag_sensor_interval_seconds", "rollup_sensor_interval_seconds",
+                     "checkpoint_sensor_interval_seconds", "run_failure_sensor_interval_seconds"):
             if getattr(self, name) <= 0:
                 raise SpecError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("settle_delay_seconds", "quarantine_after_failures", "quarantine_cooldown_seconds", "cycle_lead_seconds"):

@@ -38,7 +38,9 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import orjson
 
-from crunch_assets.defs.checkpoints.assets import PayoutAccounts, build_checkpoint
+from crunch_assets.defs.checkpoints.assets import build_checkpoint
+
+from resources.payout_accounts import PayoutAccounts
 from crunch_assets.emission import FRAC64_ONE
 from crunch_assets.fingerprint import rules_book
 from crunch_assets.model_health import ModelHealth, QuarantinePolicy

@@ -178,7 +178,7 @@ def _significant_digits(value: float) -> int:
 def test_the_live_hour_shows_in_progress_then_materialized_with_the_leaderboard_table(
         dagster_home, own_database, tmp_path, browser):
     from crunch_assets.api import ReportCompetition, create_app
-    from crunch_assets.defs.checkpoints.assets import PayoutAccounts
+    from resources.payout_accounts import PayoutAccounts
     from resources.store.database import CrunchDatabase
     from tests.dagster_ui_definitions import views_definitions
     from tests.rewards_fixtures import write_models

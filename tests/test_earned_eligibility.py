@@ -171,7 +171,7 @@ def test_a_benchmark_model_is_shown_marked_and_unpaid_over_http(field, database_
     import httpx
 
     from crunch_assets.api import ReportCompetition, create_app
-    from crunch_assets.defs.checkpoints.assets import PayoutAccounts
+    from resources.payout_accounts import PayoutAccounts
     from resources.store.database import CrunchDatabase
     from tests.api.conftest import LiveServer
 

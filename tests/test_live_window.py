@@ -158,10 +158,8 @@ def test_the_cycle_sensor_keeps_one_live_run_per_window_and_replaces_a_dead_one(
 
 def test_a_queued_live_run_is_waited_for_not_replaced(clean_database):
     """Under the production run queue a live run can wait for a slot for minutes: it is not dead."""
-    from unittest import mock
-
-    import crunch_assets.defs.live_window.sensor as sensors
     from competitions.btc_updown.definitions import SPEC, build_definitions
+    from resources import clock
 
     later = datetime.now(timezone.utc) + timedelta(minutes=10)  # the sensor looks 10 minutes after the launch
     window = later.replace(minute=0, second=0, microsecond=0).isoformat()
@@ -176,12 +174,7 @@ def test_a_queued_live_run_is_waited_for_not_replaced(clean_database):
     create_run_for_test(instance, job_name=f"{SLUG}__live_job", status=dg.DagsterRunStatus.QUEUED,
                         tags={WINDOW_TAG: window, "crunch/competition": SLUG}, remote_job_origin=origin)
 
-    class Later(datetime):
-        @classmethod
-        def now(cls, tz=None):
-            return later.astimezone(tz) if tz else later.replace(tzinfo=None)
-
-    with mock.patch.object(sensors, "datetime", Later):
+    with clock.use_clock(clock.TestClock(later)):
         result = _sensor(defs).evaluate_tick(dg.build_sensor_context(instance=instance, resources=defs.resources,
                                                                      definitions=defs))
     assert not [r for r in result.run_requests if r.tags[WINDOW_TAG] == window]

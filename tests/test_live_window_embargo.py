@@ -43,7 +43,7 @@ def _definitions(spec, tmp_path):
 def test_a_live_window_records_no_output_and_serves_none_before_resolution(clean_database, tmp_path):
     from competitions.btc_updown.definitions import SPEC
     from crunch_assets.api import ReportCompetition, create_app
-    from crunch_assets.defs.checkpoints.assets import PayoutAccounts
+    from resources.payout_accounts import PayoutAccounts
     from crunch_assets.spec import Scope
     from dagster._serdes import serialize_value
     from resources.store.database import CrunchDatabase, engine_for

@@ -23,7 +23,6 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 from dagster._core.storage.dagster_run import FINISHED_STATUSES
 
-from crunch_assets.keys import ChainKeys
 from crunch_assets.settings import CompetitionSettings
 from crunch_assets.spec import CompetitionSpec
 
@@ -134,12 +133,3 @@ def build_purge(spec: CompetitionSpec, *, running: bool, settings: CompetitionSe
         description=f"Daily: runs, events, compute logs and ticks of {slug} older than {default_days} day(s).",
     )
     return purge_job, schedule
-
-
-def build_housekeeping(spec: CompetitionSpec, keys: ChainKeys, *, running: bool) -> dg.Definitions:
-    """The purge job and schedule, the run failure sensor, the lag checks and their sensor."""
-    from crunch_assets.defs.housekeeping.observability import build_observability
-
-    purge_job, purge_schedule = build_purge(spec, running=running)
-    sensors, checks = build_observability(spec, keys, running=running)
-    return dg.Definitions(jobs=[purge_job], schedules=[purge_schedule], sensors=sensors, asset_checks=checks)
