@@ -122,7 +122,7 @@ def bench_rollup(spec, rules, by_hour) -> tuple[float, list, dict]:
 def bench_checkpoint(spec, rules, snapshots, hours: int, repeats: int) -> tuple[float, float]:
     """Median wall seconds of payout_entries over the period: today's (tiered, no metrics) and with
     the contribution emission."""
-    from crunch_assets.checkpoints import payout_entries
+    from crunch_assets.defs.checkpoints.assets import payout_entries
     from crunch_assets.spec import EmissionPolicy, MetricsPolicy
     from resources.store.rows import CycleRollupRow
 

@@ -4,7 +4,7 @@ cycle's due -> answered delay across an hour handover.
 Two "live runs", each its own process as Dagster's live runs are, each with its own
 LocalModelRunner session over the same N sandboxed models: run A serves the hour that ends at the
 boundary; run B is launched --lead-seconds before the boundary (the cycle sensor's
-cycle_lead_seconds), starts its models at once (crunch_assets/live.py `prewarm_models`, the code the
+cycle_lead_seconds), starts its models at once (crunch_assets/defs/live_window/window.py `prewarm_models`, the code the
 live run calls) while A keeps serving, and serves from the boundary on. Each run sleeps until each
 cycle's due time, runs the cycle (the same two calls as bench_local_runner.py: a 60-candle
 feed_update and a predict) and records due -> every answer in hand, the moment `run_cycles` stores
@@ -92,8 +92,8 @@ def session_memory(session) -> dict:
 
 def serve(args) -> int:
     """One live run: start the models now, then serve every cycle due in [window_start, window_end)."""
-    from crunch_assets.live import prewarm_models
-    from crunch_assets.predictions import SessionOnDemand
+    from crunch_assets.defs.live_window.window import prewarm_models
+    from crunch_assets.defs.predictions.assets import SessionOnDemand
     from resources.model_runners.base import CallStatus, ModelInterface
     from resources.model_runners.local import LocalModelRunner
 

@@ -527,11 +527,11 @@ class Ours:
         import sqlalchemy as sa
 
         from competitions.btc_updown.definitions import SPEC, build_definitions
-        from crunch_assets import live
+        from crunch_assets.defs.live_window import window as live
         from crunch_assets.keys import ChainKeys
         from crunch_assets.partitions import build_partitions
         from crunch_assets.replay import materialize_range
-        from crunch_assets.predictions import SessionOnDemand
+        from crunch_assets.defs.predictions.assets import SessionOnDemand
         from resources.feeds.csv_replay import CsvReplayFeed
         from resources.model_runners.local import LocalModelRunner
         from resources.store.database import engine_for

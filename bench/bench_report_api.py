@@ -62,7 +62,7 @@ def measure(urls: dict[str, str], requests_per_read: int, checkpoint_hours: int)
     import httpx
 
     from crunch_assets.api import ReportCompetition, create_app
-    from crunch_assets.checkpoints import PayoutAccounts
+    from resources.payout_accounts import PayoutAccounts
     from resources.store.database import CrunchDatabase
     from tests.api.conftest import LiveServer
 

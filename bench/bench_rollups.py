@@ -258,8 +258,8 @@ def write_engine_span(world: World, database, start: datetime, end: datetime) ->
     day `settle`, `roll_up` and (a whole day) the day's leaderboard."""
     from crunch_assets import ensembles
     from crunch_assets.partitions import ceil_hour
-    from crunch_assets.rollups import _leaderboard_of, roll_up
-    from crunch_assets.scores import settle
+    from crunch_assets.defs.rollups.assets import _leaderboard_of, roll_up
+    from crunch_assets.defs.scores.assets import settle
     from resources.store.rows import CycleWrite, InputRow
 
     spec, rules, walk = world.spec, world.rules, world.walk
@@ -313,7 +313,8 @@ class Templates:
 
 def read_templates(world: World, database) -> Templates:
     """The closed period's last daily leaderboard, and its checkpoint (built by the engine here)."""
-    from crunch_assets.checkpoints import PayoutAccounts, build_checkpoint
+    from crunch_assets.defs.checkpoints.assets import build_checkpoint
+    from resources.payout_accounts import PayoutAccounts
 
     store = database.competition(world.spec.slug)
     _, entries, _ = store.leaderboard(PERIOD_END)
@@ -390,7 +391,7 @@ def write_old_weeks(world: World, database, source: sa.Engine, templates: Templa
     `scored_weeks` weeks, its predictions and scores); a leaderboard per day and a checkpoint
     (chained to the previous one, then paid) through the store."""
     from crunch_assets import merkle
-    from crunch_assets.rollups import current_period
+    from crunch_assets.defs.rollups.assets import current_period
 
     spec = world.spec
     store = database.competition(spec.slug)
@@ -467,7 +468,7 @@ def generate(world: World, admin: sa.Engine, url_of, scored_weeks: int) -> dict[
 def rebuild_leaderboards(world: World, database) -> None:
     """The recent days' leaderboards, computed in this database (the year's reach back into its
     older snapshots). The closed period's checkpoint is built by the first (warm-up) round."""
-    from crunch_assets.rollups import _leaderboard_of
+    from crunch_assets.defs.rollups.assets import _leaderboard_of
 
     store = database.competition(world.spec.slug)
     day = PERIOD_START + DAY
@@ -508,7 +509,7 @@ def new_scores_of_latest_cycle(world: World, database) -> None:
     """The latest cycle's scores arrive (again): deleted with its resolution, then settled by the
     engine, so they get new ids and the latest hour's fingerprint moves. Not timed."""
     from crunch_assets.partitions import floor_hour
-    from crunch_assets.scores import settle
+    from crunch_assets.defs.scores.assets import settle
 
     spec = world.spec
     latest = spec.cycle_times(NOW - MINUTE, NOW)[-1][0]
@@ -523,9 +524,10 @@ def new_scores_of_latest_cycle(world: World, database) -> None:
 
 def run_steps(world: World, database) -> dict[str, tuple[float, dict[str, float]]]:
     """step -> (seconds, seconds by store method) for one round on one database."""
-    from crunch_assets.checkpoints import PayoutAccounts, build_checkpoint
+    from crunch_assets.defs.checkpoints.assets import build_checkpoint
+    from resources.payout_accounts import PayoutAccounts
     from crunch_assets.partitions import ceil_hour, floor_hour
-    from crunch_assets.rollups import _leaderboard_of, roll_up
+    from crunch_assets.defs.rollups.assets import _leaderboard_of, roll_up
 
     spec, rules = world.spec, world.rules
     results = {}

@@ -7,25 +7,34 @@ from pathlib import Path
 import dagster as dg
 
 from crunch_assets import ensembles
-from crunch_assets.checkpoints import PayoutAccounts, build_checkpoint_asset
-from crunch_assets.feed import build_feed_asset
-from crunch_assets.feed_maintenance import build_feed_maintenance
+from crunch_assets.defs.checkpoints.definitions import build_checkpoints_definitions
+from crunch_assets.defs.feed.definitions import build_feed_definitions
+from crunch_assets.defs.feed_maintenance.definitions import build_feed_maintenance_definitions
+from crunch_assets.defs.housekeeping.definitions import build_housekeeping_definitions
+from crunch_assets.defs.live_window.definitions import build_live_window_definitions
+from crunch_assets.defs.predictions.definitions import build_predictions_definitions
+from crunch_assets.defs.registry.definitions import build_registry_definitions
+from crunch_assets.defs.rollups.definitions import build_rollups_definitions
+from crunch_assets.defs.scores.definitions import build_scores_definitions
+from crunch_assets.defs.stage import StageContext
 from crunch_assets.fingerprint import ENGINE_VERSION, rules_book
-from crunch_assets.housekeeping import build_housekeeping
 from crunch_assets.jobs import build_jobs
 from crunch_assets.keys import ChainKeys
 from crunch_assets.partitions import build_partitions
-from crunch_assets.predictions import build_predictions_asset
-from crunch_assets.registry import build_registry_asset
-from crunch_assets.rollups import build_rollup_assets
 from crunch_assets.rules import CallableRules, CompetitionRules, FeedGroundTruth, GroundTruthResource
-from crunch_assets.scores import build_scores_asset
-from crunch_assets.sensors import build_sensors
 from crunch_assets.settings import CompetitionSettings, FeedDefaults
 from crunch_assets.spec import CompetitionSpec, check_feed_cadence
+from resources.payout_accounts import PayoutAccounts
 from resources.feeds.base import FeedResource
 from resources.model_runners.base import ModelRunnerResource
 from resources.store.database import CrunchDatabase
+
+# Each stage's own Definitions (crunch_assets/defs/<stage>/definitions.py), merged into the code location.
+STAGES = (
+    build_feed_definitions, build_predictions_definitions, build_scores_definitions, build_rollups_definitions,
+    build_checkpoints_definitions, build_registry_definitions, build_feed_maintenance_definitions,
+    build_live_window_definitions, build_housekeeping_definitions,
+)
 
 
 def build_competition_definitions(
@@ -74,31 +83,11 @@ def build_competition_definitions(
     running = settings.automation if automation_running is None else automation_running
     partitions = build_partitions(spec)
     keys = ChainKeys.for_slug(spec.slug)
-    jobs = build_jobs(spec, partitions, keys)
-    sensors, schedules = build_sensors(spec, partitions, keys, jobs, running=running)
-    archive_assets, maintenance_jobs, maintenance_schedules = build_feed_maintenance(
-        spec, partitions, keys, retention_days=spec.feed_retention_days, running=running
-    )
     # Shown on the assets written under the rules (each run records the version in force at its cycles).
     fingerprinted = {"rules_fingerprint": book.current.fingerprint, "rules_engine_version": ENGINE_VERSION,
                      "rules_versions": len(book.versions)}
-    scores_and_checkpoints = dg.map_asset_specs(
-        lambda asset: asset.merge_attributes(metadata=fingerprinted),
-        [build_scores_asset(spec, partitions, keys), build_checkpoint_asset(spec, partitions, keys)],
-    )
-    assets = [
-        build_feed_asset(spec, partitions, keys),
-        build_predictions_asset(spec, partitions, keys),
-        *scores_and_checkpoints,
-        *build_rollup_assets(spec, partitions, keys),
-        build_registry_asset(spec, keys),
-        *archive_assets,
-    ]
+    stage = StageContext(spec, partitions, keys, build_jobs(spec, partitions, keys), running, fingerprinted)
     competition = dg.Definitions(
-        assets=assets,
-        jobs=jobs.all() + maintenance_jobs,
-        sensors=sensors,
-        schedules=schedules + maintenance_schedules,
         resources={
             "database": database or CrunchDatabase(),
             "rules": rules,
@@ -110,7 +99,7 @@ def build_competition_definitions(
         executor=dg.in_process_executor,
         metadata={"rules_fingerprint": book.current.fingerprint, "rules_versions": book.schedule()},
     )
-    return dg.Definitions.merge(competition, build_housekeeping(spec, keys, running=running))
+    return dg.Definitions.merge(competition, *(build_stage(stage) for build_stage in STAGES))
 
 
 def observation_interval_seconds(feed: FeedResource) -> int | None:

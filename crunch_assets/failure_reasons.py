@@ -5,7 +5,7 @@ The store keeps the full reason as made (`predictions.status_reason`, `scores.fa
 the operator reads it (the report API with the bearer token, the database, the run logs) and
 passes it on to the participant. Open reads show `public_reason` of it.
 
-The stored reasons are "<kind>: <detail>" (crunch_assets/predictions.py): `timeout`, `error`,
+The stored reasons are "<kind>: <detail>" (crunch_assets/defs/predictions/assets.py): `timeout`, `error`,
 `invalid output` (the competition's validator, not the participant's code), `quarantined`
 (the engine); ABSENT reasons come from the runner. Only details the runners write themselves
 (timeouts, exit codes, size limits) are shown as they are, matched in full; a model's exception is

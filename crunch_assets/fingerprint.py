@@ -56,8 +56,8 @@ FINGERPRINT_SCHEME = "crunch-rules/1"
 # The money path's version: raise it when a change of the engine changes any number for the same
 # spec and callables (and say so in the change). Not raised for refactors that change no number.
 ENGINE_VERSION = "1"
-MONEY_PATH_MODULES = ("crunch_assets.scores", "crunch_assets.standings", "crunch_assets.emission",
-                      "crunch_assets.checkpoints", "crunch_assets.copies", "crunch_assets.rollups")
+MONEY_PATH_MODULES = ("crunch_assets.defs.scores.assets", "crunch_assets.standings", "crunch_assets.emission",
+                      "crunch_assets.defs.checkpoints.assets", "crunch_assets.copies", "crunch_assets.defs.rollups.assets")
 
 CYCLE_SPEC_FIELDS = (
     "scopes", "extra_subjects", "failure_policy", "ranking_descending", "history_seconds",

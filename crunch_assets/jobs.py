@@ -8,8 +8,8 @@ from dataclasses import dataclass, fields
 import dagster as dg
 
 from crunch_assets.keys import ChainKeys
-from crunch_assets.live import build_live_job
-from crunch_assets.observability import LAG_CHECKS
+from crunch_assets.defs.live_window.window import build_live_job
+from crunch_assets.defs.housekeeping.observability import LAG_CHECKS
 from crunch_assets.partitions import CompetitionPartitions
 from crunch_assets.spec import CompetitionSpec
 

@@ -23,7 +23,8 @@ from datetime import datetime, timedelta, timezone
 from fractions import Fraction
 
 from crunch_assets import merkle
-from crunch_assets.checkpoints import PayoutAccounts, checkpoint_entries, ranking_reach
+from crunch_assets.defs.checkpoints.assets import checkpoint_entries, ranking_reach
+from resources.payout_accounts import PayoutAccounts
 from crunch_assets.emission import FRAC64_ONE, largest_remainder
 from crunch_assets.fingerprint import CycleLabel, RulesBook, check_period, rules_book
 from crunch_assets.rules import CompetitionRules, GroundTruthResource
@@ -409,7 +410,7 @@ def snapshot_differences(stored: list[SnapshotRow], recomputed: list[SnapshotRow
 
 def check_snapshots_match_scores(spec: CompetitionSpec, rules: CompetitionRules, store: CompetitionStore,
                                  checkpoint: CheckpointRow) -> GateCheck:
-    from crunch_assets.rollups import summarise_with_metrics
+    from crunch_assets.defs.rollups.assets import summarise_with_metrics
 
     since = ranking_reach(spec, checkpoint.period_start, checkpoint.period_end)
     fingerprints = store.hour_fingerprints(since, checkpoint.period_end)

@@ -55,7 +55,7 @@ class RootSink:
         return cls(settings.slug, directory / f"{settings.slug}.jsonl", settings.get(WEBHOOK_SETTING) or None)
 
     def describe(self) -> str:
-        from crunch_assets.observability import redacted
+        from crunch_assets.defs.housekeeping.observability import redacted
 
         return str(self.path) + (f" and the webhook {redacted(self.webhook_url)}" if self.webhook_url else "")
 
@@ -176,7 +176,7 @@ def _post(url: str, record: dict) -> dict:
     """The webhook's outcome: {"delivered", "status"} or {"delivered": false, "error"} (never the URL)."""
     import requests
 
-    from crunch_assets.observability import post_alert
+    from crunch_assets.defs.housekeeping.observability import post_alert
 
     try:
         status = post_alert(url, {"event": WEBHOOK_EVENT, **record})

@@ -176,7 +176,7 @@ class CompetitionSettings:
         return self.choice("NETWORK", NETWORKS, "")
 
     def payout_accounts(self):
-        from crunch_assets.checkpoints import PayoutAccounts
+        from resources.payout_accounts import PayoutAccounts
 
         return PayoutAccounts(
             crunch_pubkey=self.get("CRUNCH_PUBKEY"),

@@ -827,10 +827,12 @@ class CompetitionSpec(Declared):
     registry_sensor_interval_seconds: Int = 300
     # How often the lag checks are judged (a changed verdict is recorded at once).
     lag_sensor_interval_seconds: Int = 300
-    # How often the rollup, checkpoint and run-failure sensors look for work.
+    # How often the rollup sensor looks for new scores or voids outside the live run's rollups.
     rollup_sensor_interval_seconds: Int = 300
+    # How often the checkpoint sensor looks for a closed, settled, rolled-up period.
     checkpoint_sensor_interval_seconds: Int = 300
-    run_failure_sensor_interval_seconds: Int = 60
+    # How often the run failure sensor looks for failed runs (a tick costs CPU and a stored row).
+    run_failure_sensor_interval_seconds: Int = 120
     # Keys of a stored model input the report API may show participants (none by default).
     public_input_keys: tuple[str, ...] = ()
     description: str = ""

@@ -38,15 +38,17 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import orjson
 
-from crunch_assets.checkpoints import PayoutAccounts, build_checkpoint
+from crunch_assets.defs.checkpoints.assets import build_checkpoint
+
+from resources.payout_accounts import PayoutAccounts
 from crunch_assets.emission import FRAC64_ONE
 from crunch_assets.fingerprint import rules_book
 from crunch_assets.model_health import ModelHealth, QuarantinePolicy
 from crunch_assets.partitions import build_partitions, floor_hour
-from crunch_assets.predictions import prediction_from_result
-from crunch_assets.rollups import summarise
+from crunch_assets.defs.predictions.assets import prediction_from_result
+from crunch_assets.defs.rollups.assets import summarise
 from crunch_assets.rules import CALLABLE_SLOTS, CallableRules, CompetitionRules, GroundTruthResource, WiringError
-from crunch_assets.scores import Scorer, stored_scope, score_answer, score_cycle
+from crunch_assets.defs.scores.assets import Scorer, stored_scope, score_answer, score_cycle
 from crunch_assets.spec import (
     CompetitionSpec,
     CopyDetection,

@@ -3,7 +3,7 @@
 dagster.yaml names `CrunchComputeLogManager`. Without a `base_dir` it writes to
 `$CRUNCH_DATA_DIR/compute_logs` (default `.crunch/compute_logs` in the checkout), resolved in every
 process that re-creates it from the instance ref, like the database URL. The purge job
-(crunch_assets/housekeeping.py) deletes a run's logs with the run.
+(crunch_assets/defs/housekeeping/purge.py) deletes a run's logs with the run.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crunch_assets import copies
-from crunch_assets.checkpoints import payout_entries
+from crunch_assets.defs.checkpoints.assets import payout_entries
 from crunch_assets.payouts import check_copy_clusters
 from crunch_assets.spec import CopyDetection, Scope, SpecError
 from resources.store.rows import CopyResolutionRow, CycleRollupRow, SnapshotRow

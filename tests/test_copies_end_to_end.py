@@ -200,7 +200,7 @@ def test_a_copy_of_trend_following_is_paid_nothing_and_the_original_keeps_its_sh
 def test_the_same_clusters_when_the_gate_recomputes_them(replayed, btc_csv):
     """The checkpoint's clusters are a function of the stored data: rebuilding gives the same
     entries, and the stored checkpoint is untouched (no new row version)."""
-    from crunch_assets.checkpoints import build_checkpoint
+    from crunch_assets.defs.checkpoints.assets import build_checkpoint
     from crunch_assets.copies import period_report
 
     url = replayed["url"]

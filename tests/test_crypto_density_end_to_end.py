@@ -212,7 +212,7 @@ def test_whatif_reproduces_the_checkpoint_and_a_shadow_of_a_model_in_its_place_e
     truth under relative failure values and six weighted scopes), and the shadow entry of a
     quickstarter's own file in its place, give the stored checkpoint to the frac64 unit."""
     from competitions.crypto_density.definitions import MODELS_DIR, RULES
-    from crunch_assets.checkpoints import PayoutAccounts
+    from resources.payout_accounts import PayoutAccounts
     from crunch_assets.whatif import Proposal, shadow, whatif
     from resources.model_runners.local import LocalModelRunner
     from resources.store.competition import CompetitionStore

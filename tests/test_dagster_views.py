@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from dagster._core.test_utils import create_run_for_test
 
 from crunch_assets.keys import ChainKeys
-from crunch_assets.live import plan_window
+from crunch_assets.defs.live_window.window import plan_window
 from crunch_assets.partitions import build_partitions
 from tests.api.conftest import LiveServer, database_named
 from tests.conftest import PROJECT_ROOT
@@ -178,7 +178,7 @@ def _significant_digits(value: float) -> int:
 def test_the_live_hour_shows_in_progress_then_materialized_with_the_leaderboard_table(
         dagster_home, own_database, tmp_path, browser):
     from crunch_assets.api import ReportCompetition, create_app
-    from crunch_assets.checkpoints import PayoutAccounts
+    from resources.payout_accounts import PayoutAccounts
     from resources.store.database import CrunchDatabase
     from tests.dagster_ui_definitions import views_definitions
     from tests.rewards_fixtures import write_models

@@ -78,3 +78,52 @@ def test_the_documented_competition_loads_and_replays(tmp_path, database_url):
     assert lines["REWARDS"].startswith("1000000000 ")
     assert lines["REWARDS"].endswith("'__ensemble_mean__']")  # ranked, never paid: after the paid models
     assert lines["CONTRIBUTIONS"] == "['constant_vol', 'recent_vol']"
+
+
+ARCHITECTURE = PROJECT_ROOT / "docs" / "architecture.md"
+# Where a module path the docs name relative to a package is looked for.
+MODULE_ROOTS = ("", "crunch_assets/", "resources/", "resources/store/")
+# Backticked words in the docs that read as an asset check's name (a check's name says what holds).
+CHECK_NAME_SHAPE = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)*_(?:on_time|has_every_\w+|are_\w+|follows_\w+|sum_to_\w+)$"
+                              r"|^every_\w+_has_\w+$")
+
+
+def tracked_files() -> set[str]:
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=PROJECT_ROOT, capture_output=True, check=True).stdout
+    return set(filter(None, listed.decode().split("\0")))
+
+
+def test_every_module_path_in_the_architecture_exists():
+    text = ARCHITECTURE.read_text()
+    named = set(re.findall(r"(?<![\w/.<>-])((?:[\w.-]+/)*[\w-]+\.py)\b", text))
+    assert {"crunch_assets/definitions.py", "crunch_assets/defs/live_window/sensor.py"} <= named
+    tracked = tracked_files()
+    basenames = {Path(name).name.removesuffix(".j2") for name in tracked}  # a challenge package's file is rendered
+    missing = [name for name in sorted(named) if not (
+        any((PROJECT_ROOT / root / name).is_file() for root in MODULE_ROOTS) if "/" in name else name in basenames)]
+    assert not missing, f"docs/architecture.md names modules that do not exist: {missing}"
+
+
+def code_check_names() -> set[str]:
+    from competitions.btc_updown.definitions import build_definitions
+    from resources.feeds.synthetic import SyntheticFeed
+
+    defs = build_definitions(feed=SyntheticFeed(), automation_running=False)
+    return {key.name for key in defs.resolve_asset_graph().asset_check_keys}
+
+
+def test_every_asset_check_the_docs_name_exists_and_the_architecture_names_every_one():
+    checks = code_check_names()
+    assert len(checks) == 9
+    # the payout gate's checks (docs/api.md) are not asset checks
+    gate_checks = set(re.findall(r'GateCheck\(\s*"(\w+)"', (PROJECT_ROOT / "crunch_assets" / "payouts.py").read_text()))
+    assert "paid_models_are_eligible" in gate_checks
+    named = {}
+    for doc in sorted((PROJECT_ROOT / "docs").glob("*.md")) + [PROJECT_ROOT / "README.md"]:
+        for word in re.findall(r"`([a-z_0-9]+)`", doc.read_text()):
+            if word in checks or (CHECK_NAME_SHAPE.match(word) and word not in gate_checks):
+                named.setdefault(word, doc.name)
+    unknown = {word: doc for word, doc in named.items() if word not in checks}
+    assert not unknown, f"the docs name asset checks the code does not define: {unknown}"
+    stage_table = ARCHITECTURE.read_text().split("| stage | compute + asset factory", 1)[1].split("\n\n", 1)[0]
+    assert checks == set(re.findall(r"`([a-z_0-9]+)`", stage_table)) & checks

@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from crunch_assets import payouts
-from crunch_assets.checkpoints import payout_entries
+from crunch_assets.defs.checkpoints.assets import payout_entries
 from crunch_assets.partitions import build_partitions
 from crunch_assets.replay import replay
 from crunch_assets.spec import DAY_SECONDS, Eligibility, PayoutPolicy
@@ -171,7 +171,7 @@ def test_a_benchmark_model_is_shown_marked_and_unpaid_over_http(field, database_
     import httpx
 
     from crunch_assets.api import ReportCompetition, create_app
-    from crunch_assets.checkpoints import PayoutAccounts
+    from resources.payout_accounts import PayoutAccounts
     from resources.store.database import CrunchDatabase
     from tests.api.conftest import LiveServer
 

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from crunch_assets.checkpoints import payout_entries
+from crunch_assets.defs.checkpoints.assets import payout_entries
 from crunch_assets.spec import Eligibility, Scope
 from resources.feeds.csv_replay import CsvReplayFeed
 from resources.store.competition import CompetitionStore

@@ -308,7 +308,7 @@ def test_write_behind_bounds_the_writes_in_flight_and_raises_a_failed_write(in_f
 
 def test_score_chunks_are_long_enough_for_the_copy_path():
     from competitions.btc_updown.definitions import SPEC  # one scope, a cycle a minute
-    from crunch_assets.scores import SCORE_CHUNK_HOURS, score_chunk_hours
+    from crunch_assets.defs.scores.assets import SCORE_CHUNK_HOURS, score_chunk_hours
     from resources.store.bulk import COPY_MIN_ROWS
 
     assert score_chunk_hours(SPEC, 10) == SCORE_CHUNK_HOURS == 6  # 3,600 rows a chunk already

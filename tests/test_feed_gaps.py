@@ -202,7 +202,7 @@ def test_malformed_rows_leave_the_span_open_until_a_refetch_completes_it(clean_d
     """Before: a window with two malformed rows was recorded as fetched with 28 of 30 candles, and
     the gap was never fetched again. Now the span stays open, the refetch waits its backoff (the
     source is not asked again meanwhile), and once the source answers well the span is complete."""
-    from crunch_assets.feed import ingest
+    from crunch_assets.defs.feed.assets import ingest
     from resources.store.database import CrunchDatabase
     from tests.fakes.feed_servers import FakeBinanceServer
 
@@ -247,7 +247,7 @@ def test_a_conflict_that_persists_is_accepted_as_missing_after_bounded_refetches
     """Two different values for one minute, every time: neither is ever stored; after the
     configured refetches (waits of 5 s then 10 s, here recorded instead of slept) the span is
     recorded with that minute missing, the gap check names it and the report says why."""
-    from crunch_assets.feed import ingest
+    from crunch_assets.defs.feed.assets import ingest
     from resources.store.database import CrunchDatabase
     from tests.fakes.feed_servers import FakeBinanceServer, kline_row, load_csv_candles
 
@@ -313,7 +313,7 @@ def test_a_live_ingest_never_outlives_its_feed_wait_on_a_trickling_feed(clean_da
     import threading
     import time
 
-    from crunch_assets.feed import ingest
+    from crunch_assets.defs.feed.assets import ingest
     from resources.store.database import CrunchDatabase
     from tests.fakes.feed_servers import FakeBinanceServer
 

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from competitions.btc_updown.definitions import SPEC, build_definitions
 from crunch_assets.keys import ChainKeys
-from crunch_assets.feed_maintenance import (
+from crunch_assets.defs.feed_maintenance.assets import (
     archive_schema,
     archive_path,
     build_feed_maintenance,

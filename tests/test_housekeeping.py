@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 from dagster._core.storage.compute_log_manager import ComputeIOType
 
-from crunch_assets.housekeeping import purge_dagster_history
+from crunch_assets.defs.housekeeping.purge import purge_dagster_history
 
 PARTITION = "2026-11-01-00:00"
 
@@ -90,7 +90,7 @@ def test_purge_refuses_a_naive_cutoff(instance):
 
 
 def test_purge_schedule_is_daily_and_uses_the_configured_age(monkeypatch):
-    from crunch_assets.housekeeping import build_purge
+    from crunch_assets.defs.housekeeping.purge import build_purge
     from crunch_assets.settings import CompetitionSettings
     from competitions.btc_updown.definitions import SPEC
 

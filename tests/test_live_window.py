@@ -1,4 +1,4 @@
-"""The live window run (crunch_assets/live.py) on the real clock: it runs each cycle at its due time,
+"""The live window run (crunch_assets/defs/live_window/window.py) on the real clock: it runs each cycle at its due time,
 scores cycles as their horizon passes, heartbeats, reports its partitions, and stores exactly what
 a backfill of the same window stores. And the cycle sensor that keeps one alive per hour."""
 
@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 from dagster._core.test_utils import create_run_for_test
 
-from crunch_assets.live import WINDOW_TAG, last_sign_of_life
+from crunch_assets.defs.live_window.window import WINDOW_TAG, last_sign_of_life
 from resources.store.database import dispose_engines, engine_for
 
 SLUG = "btc_updown"
@@ -135,7 +135,7 @@ def test_the_cycle_sensor_keeps_one_live_run_per_window_and_replaces_a_dead_one(
     run = create_run_for_test(instance, job_name=job_name, status=dg.DagsterRunStatus.STARTED, tags=tags)
     assert not [r for r in tick().run_requests if r.tags[WINDOW_TAG] == window]  # alive: nothing to do
     # its heartbeat is five minutes old (killed): a replacement is requested, with a new run key
-    from crunch_assets.live import beat, forget_finished_heartbeats, forget_heartbeat
+    from crunch_assets.defs.live_window.window import beat, forget_finished_heartbeats, forget_heartbeat
 
     key = f"crunch/live_heartbeat/{run.run_id}"
     instance.run_storage.set_cursor_values({key: repr((now - timedelta(minutes=5)).timestamp())})
@@ -158,10 +158,8 @@ def test_the_cycle_sensor_keeps_one_live_run_per_window_and_replaces_a_dead_one(
 
 def test_a_queued_live_run_is_waited_for_not_replaced(clean_database):
     """Under the production run queue a live run can wait for a slot for minutes: it is not dead."""
-    from unittest import mock
-
-    import crunch_assets.sensors as sensors
     from competitions.btc_updown.definitions import SPEC, build_definitions
+    from resources import clock
 
     later = datetime.now(timezone.utc) + timedelta(minutes=10)  # the sensor looks 10 minutes after the launch
     window = later.replace(minute=0, second=0, microsecond=0).isoformat()
@@ -176,12 +174,7 @@ def test_a_queued_live_run_is_waited_for_not_replaced(clean_database):
     create_run_for_test(instance, job_name=f"{SLUG}__live_job", status=dg.DagsterRunStatus.QUEUED,
                         tags={WINDOW_TAG: window, "crunch/competition": SLUG}, remote_job_origin=origin)
 
-    class Later(datetime):
-        @classmethod
-        def now(cls, tz=None):
-            return later.astimezone(tz) if tz else later.replace(tzinfo=None)
-
-    with mock.patch.object(sensors, "datetime", Later):
+    with clock.use_clock(clock.TestClock(later)):
         result = _sensor(defs).evaluate_tick(dg.build_sensor_context(instance=instance, resources=defs.resources,
                                                                      definitions=defs))
     assert not [r for r in result.run_requests if r.tags[WINDOW_TAG] == window]
@@ -192,7 +185,7 @@ def test_a_long_catch_up_logs_progress_every_few_seconds(monkeypatch):
     and the cycle sensor, which reads the run's newest event, does not take it for dead."""
     from types import SimpleNamespace
 
-    from crunch_assets import live
+    from crunch_assets.defs.live_window import window as live
 
     clock = [1000.0]
     monkeypatch.setattr(live.time, "monotonic", lambda: clock[0])
@@ -215,7 +208,7 @@ def test_a_heartbeat_the_database_refuses_is_logged_not_fatal():
 
     import sqlalchemy.exc
 
-    from crunch_assets.live import beat
+    from crunch_assets.defs.live_window.window import beat
 
     def refuse(pairs):
         raise sqlalchemy.exc.OperationalError("UPDATE kvs", {}, Exception("server closed the connection"))

@@ -1,4 +1,4 @@
-"""The embargo on the real clock: a live window run (crunch_assets/live.py) whose last cycles are
+"""The embargo on the real clock: a live window run (crunch_assets/defs/live_window/window.py) whose last cycles are
 answered but not resolved when it stops. Dagster's record of the run (metadata, checks, log lines:
 what the read-only UI shows) holds no model output, and the report API over real HTTP lists the
 unresolved predictions without theirs."""
@@ -43,7 +43,7 @@ def _definitions(spec, tmp_path):
 def test_a_live_window_records_no_output_and_serves_none_before_resolution(clean_database, tmp_path):
     from competitions.btc_updown.definitions import SPEC
     from crunch_assets.api import ReportCompetition, create_app
-    from crunch_assets.checkpoints import PayoutAccounts
+    from resources.payout_accounts import PayoutAccounts
     from crunch_assets.spec import Scope
     from dagster._serdes import serialize_value
     from resources.store.database import CrunchDatabase, engine_for

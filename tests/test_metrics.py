@@ -241,7 +241,7 @@ def test_an_ensemble_never_moves_a_real_models_score_nor_the_failure_value(polic
     """The toy competition scores each model as the share of the field it beats (a cross-sectional
     step), and a relative failure value: the ensemble is scored as one more model of the field,
     and every real model's value and the failure value are those of the cycle without it."""
-    from crunch_assets.scores import Scorer, score_cycle
+    from crunch_assets.defs.scores.assets import Scorer, score_cycle
     from crunch_assets.spec import FailurePolicy
     from tests.toy_competition.definitions import RULES, SPEC
 
@@ -258,7 +258,7 @@ def test_an_ensemble_never_moves_a_real_models_score_nor_the_failure_value(polic
 
 
 def test_a_cross_sectional_step_that_fails_on_the_ensemble_fails_the_ensemble_only(monkeypatch):
-    from crunch_assets.scores import Scorer, score_cycle
+    from crunch_assets.defs.scores.assets import Scorer, score_cycle
     from tests.toy_competition import logic
     from tests.toy_competition.definitions import RULES, SPEC
 

@@ -118,7 +118,7 @@ def test_a_model_the_api_cannot_serve_is_never_registered_and_every_paid_model_g
     422 for it. Now it is refused at registration (visible on the registry's materialization) and
     never called; every model that is paid gets its scores, export, breakdown and proof."""
     from crunch_assets.api import ReportCompetition, create_app
-    from crunch_assets.checkpoints import PayoutAccounts
+    from resources.payout_accounts import PayoutAccounts
     from resources.store.database import CrunchDatabase
 
     models = write_models(tmp_path / "models", ["oracle", "coin"])

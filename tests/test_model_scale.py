@@ -13,8 +13,8 @@ from contextlib import ExitStack
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from crunch_assets.live import prewarm_models
-from crunch_assets.predictions import SessionOnDemand
+from crunch_assets.defs.live_window.window import prewarm_models
+from crunch_assets.defs.predictions.assets import SessionOnDemand
 from resources.model_runners.base import CallStatus
 from tests.test_local_model_runner import (
     CYCLE_CALLS,

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from tests.fakes.webhook import SECRET, Webhook
-from crunch_assets.observability import (
+from crunch_assets.defs.housekeeping.observability import (
     ALERT_WEBHOOK_ENV, LAG_CHECKS, build_run_failure_sensor, current_lag, lag_bounds, lag_verdicts, post_alert, redacted,
 )
 
@@ -152,7 +152,7 @@ def test_lag_checks_judge_the_store_and_the_sensor_records_them_without_a_run(in
 
 def test_lag_verdicts_follow_the_spec_bounds():
     from competitions.btc_updown.definitions import SPEC
-    from crunch_assets.observability import FeedLag
+    from crunch_assets.defs.housekeeping.observability import FeedLag
     from resources.store.reports import LagReport
 
     bounds = lag_bounds(SPEC)
@@ -189,7 +189,7 @@ def test_a_stalled_feed_alerts_once_per_outage_and_once_at_recovery(instance, cl
     import math
 
     from competitions.btc_updown.definitions import SPEC, build_definitions
-    from crunch_assets.feed import ingest
+    from crunch_assets.defs.feed.assets import ingest
     from crunch_assets.partitions import floor_hour
     from resources.feeds.binance import BinanceFeed
     from resources.store.database import CrunchDatabase

@@ -99,7 +99,7 @@ def test_the_orchestrators_crunchers_are_the_participants(clean_database):
     """The orchestrator reports each model's cruncher: the registry keeps it and the payout pays
     one model per cruncher, through the real runner client, store and payout function."""
     from competitions.btc_updown.definitions import RULES
-    from crunch_assets.checkpoints import payout_entries
+    from crunch_assets.defs.checkpoints.assets import payout_entries
     from resources.model_runners.orchestrator import OrchestratorModelRunner
     from resources.store.rows import CycleRollupRow, SnapshotRow
     from tests.fakes.model_orchestrator import AnsweringModel, FakeModelNode, FakeOrchestrator

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crunch_assets import emission, payouts
-from crunch_assets.checkpoints import payout_entries
+from crunch_assets.defs.checkpoints.assets import payout_entries
 from crunch_assets.emission import FRAC64_ONE
 from crunch_assets.spec import (
     CompetitionSpec,

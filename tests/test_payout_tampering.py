@@ -80,7 +80,7 @@ def _rules():
 
 
 def _accounts():
-    from crunch_assets.checkpoints import PayoutAccounts
+    from resources.payout_accounts import PayoutAccounts
 
     return PayoutAccounts(crunch_pubkey=CRUNCH_PUBKEY)
 
@@ -287,7 +287,7 @@ def test_rewritten_entries_and_roots_together_are_still_refused(store_url):
 def test_a_rewritten_snapshot_is_refused_even_with_a_rebuilt_checkpoint(store_url):
     """The engine's role may rewrite snapshots (it rolls them up), and could then rebuild the
     checkpoint from them: the gate recomputes the snapshots from the scores, which are INSERT-only."""
-    from crunch_assets.checkpoints import build_checkpoint
+    from crunch_assets.defs.checkpoints.assets import build_checkpoint
     from crunch_assets.publication import RootSink, publish
     from crunch_assets.settings import CompetitionSettings
     from resources.store.competition import CompetitionStore
@@ -558,7 +558,7 @@ def test_the_dispute_window_is_the_databases_to_enforce(store_url):
     """A checkpoint built under rules declaring a 7-day dispute window cannot be moved to SUBMITTED
     by crunch.advance_checkpoint before it ends, whatever gate result is given; nor can one that
     names no recorded rules document (its window is unknown)."""
-    from crunch_assets.checkpoints import build_checkpoint
+    from crunch_assets.defs.checkpoints.assets import build_checkpoint
     from resources.store.competition import CompetitionStore
 
     first, second = [r[0] for r in query(store_url, "SELECT id FROM crunch.checkpoints ORDER BY period_start")]

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from crunch_assets import payouts
-from crunch_assets.checkpoints import PayoutAccounts
+from resources.payout_accounts import PayoutAccounts
 from crunch_assets.settings import CompetitionSettings
 from crunch_assets.spec import Eligibility
 from resources.store.rows import CheckpointRow

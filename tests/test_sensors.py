@@ -48,9 +48,7 @@ def test_cycle_sensor_fills_a_missed_last_cycle_of_an_hour(competition):
     """Issue: a cycle run killed at hh:59 left the hour's last cycle missing for good: the next run
     belongs to the next hour. Missed cycles of a past window inside the catch-up bound get a live
     run of that window, which runs them and exits."""
-    from unittest import mock
-
-    import crunch_assets.sensors as sensors
+    from resources import clock
 
     spec, defs = competition
     keys = ChainKeys.for_slug(spec.slug)
@@ -60,8 +58,7 @@ def test_cycle_sensor_fills_a_missed_last_cycle_of_an_hour(competition):
     dg.materialize(chain_assets(defs, [keys.feed_records, keys.predictions]), resources=defs.resources,
                    partition_key="2026-11-22-09:00", run_config=as_of_run_config(cycle_ops, hour + timedelta(minutes=58)))
     now = hour + timedelta(hours=1, minutes=1, seconds=5)
-    with mock.patch.object(sensors, "datetime", wraps=datetime) as clock:
-        clock.now.return_value = now
+    with clock.use_clock(clock.TestClock(now)):
         result = _evaluate(defs, "btc_updown__cycle_sensor")
     assert _windows(result) == [hour.isoformat(), (hour + timedelta(hours=1)).isoformat()]  # the past one, the current one
     fill = next(r for r in result.run_requests if r.tags["crunch/live_window"] == hour.isoformat())
@@ -75,16 +72,13 @@ def test_cycle_sensor_fills_a_missed_last_cycle_of_an_hour(competition):
 
 
 def test_cycle_sensor_launches_the_next_window_early_but_not_sooner(competition):
-    from unittest import mock
-
-    import crunch_assets.sensors as sensors
+    from resources import clock
 
     spec, defs = competition
     hour = datetime(2026, 11, 22, 10, tzinfo=timezone.utc)
-    with mock.patch.object(sensors, "datetime", wraps=datetime) as clock:
-        clock.now.return_value = hour - timedelta(seconds=spec.cycle_lead_seconds - 5)
+    with clock.use_clock(clock.TestClock(hour - timedelta(seconds=spec.cycle_lead_seconds - 5))):
         early = _evaluate(defs, "btc_updown__cycle_sensor")
-        clock.now.return_value = hour - timedelta(seconds=spec.cycle_lead_seconds + 60)
+    with clock.use_clock(clock.TestClock(hour - timedelta(seconds=spec.cycle_lead_seconds + 60))):
         sooner = _evaluate(defs, "btc_updown__cycle_sensor")
     assert hour.isoformat() in _windows(early)  # its process boots before the hour begins
     assert hour.isoformat() not in _windows(sooner)

@@ -81,7 +81,7 @@ def _rules():
 
 
 def _accounts():
-    from crunch_assets.checkpoints import PayoutAccounts
+    from resources.payout_accounts import PayoutAccounts
 
     return PayoutAccounts(crunch_pubkey=CRUNCH_PUBKEY)
 

@@ -15,7 +15,7 @@ from crunch_assets.spec import SCHEMA_DOCUMENT, CompetitionSpec, SpecError, sche
 
 ROOT = Path(__file__).resolve().parents[1]
 SENSOR_INTERVALS = {"rollup_sensor_interval_seconds": 300, "checkpoint_sensor_interval_seconds": 300,
-                    "run_failure_sensor_interval_seconds": 60}
+                    "run_failure_sensor_interval_seconds": 120}
 
 
 def _specs() -> list[CompetitionSpec]:

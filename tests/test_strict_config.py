@@ -96,7 +96,7 @@ def test_a_correctly_spelt_builder_pays_and_the_checkpoint_names_it(clean_databa
 
 def test_the_stored_emission_policy_is_the_spec_s_when_no_builder_paid():
     from competitions.btc_updown.definitions import RULES, SPEC
-    from crunch_assets.checkpoints import _paying_rule, emission_rule
+    from crunch_assets.defs.checkpoints.assets import _paying_rule, emission_rule
 
     assert emission_rule(SPEC, RULES, builder_paid=False).startswith("tiered by rank")
     with_builder = CallableRules(**_rules_fields(emission_builder=BUILDER))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from crunch_assets.checkpoints import PayoutAccounts
+from resources.payout_accounts import PayoutAccounts
 from crunch_assets.fingerprint import RulesBook, rules_book
 from crunch_assets.rules import CompetitionRules, GroundTruthResource
 from crunch_assets.settings import CompetitionSettings

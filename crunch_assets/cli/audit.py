@@ -23,7 +23,7 @@ def audit(slug: str, proof_model: str | None, cycle_at: str | None, scope_key: s
     publication file; recompute what each PENDING checkpoint pays from the stored snapshots.
     Report every checkpoint that does not verify (exit 1), or print a score's proof."""
     from crunch_assets.api.competitions import load_report_competition
-    from crunch_assets.checkpoints import checkpoint_entries
+    from crunch_assets.defs.checkpoints.assets import checkpoint_entries
     from crunch_assets.payouts import accounts_of, payout_differences
     from crunch_assets.publication import RootSink, audit_problem, read_publications
     from crunch_assets.verification import audit_checkpoints, first_problem, inclusion_proof

@@ -154,7 +154,7 @@ class FeedStream:
 # Why a row was skipped. Harmless skips lose nothing: an identical repeat, a row outside the asked
 # window, an id nobody asked for. Every other skip is a *defect*: for some instant the fetch got no
 # value it can trust (a malformed row, or two different values for one time), so the fetch is not
-# complete and its span is fetched again (crunch_assets/feed.py says how often).
+# complete and its span is fetched again (crunch_assets/defs/feed/assets.py says how often).
 DUPLICATE_SAME = "duplicate open time"
 DUPLICATE_CONFLICT = "conflicting duplicate"
 OUTSIDE_WINDOW = "outside window"

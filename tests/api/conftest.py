@@ -57,7 +57,7 @@ def replay_spec():
 
 
 def accounts(crunch: str | None = CRUNCH_PUBKEY):
-    from crunch_assets.checkpoints import PayoutAccounts
+    from resources.payout_accounts import PayoutAccounts
 
     return PayoutAccounts(crunch_pubkey=crunch, compute_provider_pubkey=COMPUTE_PUBKEY)
 

@@ -92,10 +92,10 @@ class Listed:
 
 def write_crowd(url: str) -> None:
     from competitions.btc_updown.definitions import RULES
-    from crunch_assets.checkpoints import build_checkpoint
+    from crunch_assets.defs.checkpoints.assets import build_checkpoint
     from crunch_assets.publication import RootSink, publish
     from crunch_assets.model_health import QUARANTINE_META_KEY, QUARANTINED
-    from crunch_assets.rollups import leaderboard_entries
+    from crunch_assets.defs.rollups.assets import leaderboard_entries
     from crunch_assets.settings import CompetitionSettings
     from resources.store.database import CrunchDatabase
     from resources.store.rows import (

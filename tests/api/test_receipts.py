@@ -519,7 +519,7 @@ def test_the_audit_verifies_schemes_1_2_and_3_side_by_side(replay_url, store, re
 
         # the database refuses a rebuilt checkpoint below scheme 3 (migration 0009), for the engine too
         from competitions.btc_updown.definitions import RULES, SPEC
-        from crunch_assets.checkpoints import build_checkpoint
+        from crunch_assets.defs.checkpoints.assets import build_checkpoint
 
         spec = replace(SPEC, start=START, checkpoint_interval_seconds=3600)
         built = build_checkpoint(spec, RULES, store, accounts(), third.period_start, third.period_end)

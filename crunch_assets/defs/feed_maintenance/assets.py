@@ -32,7 +32,7 @@ from typing import Any
 
 import dagster as dg
 
-from crunch_assets.feed import feed_streams
+from crunch_assets.defs.feed.assets import feed_streams
 from crunch_assets.keys import ChainKeys
 from crunch_assets.partitions import CompetitionPartitions
 from crunch_assets.spec import CompetitionSpec

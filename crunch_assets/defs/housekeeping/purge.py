@@ -9,7 +9,7 @@ Each competition gets:
   backfills, launches and check runs from the UI) whose assets and checks are all this
   competition's. Only Dagster's instance APIs are used; the competition store (schema `crunch`)
   is never touched.
-- the run failure sensor, the lag checks and their sensor (crunch_assets/observability.py).
+- the run failure sensor, the lag checks and their sensor (crunch_assets/defs/housekeeping/observability.py).
 
 Deleting a run deletes its events, materializations included: the UI then shows partitions older
 than the purge age without a materialization, while the store keeps every row.
@@ -23,7 +23,6 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 from dagster._core.storage.dagster_run import FINISHED_STATUSES
 
-from crunch_assets.keys import ChainKeys
 from crunch_assets.settings import CompetitionSettings
 from crunch_assets.spec import CompetitionSpec
 
@@ -134,12 +133,3 @@ def build_purge(spec: CompetitionSpec, *, running: bool, settings: CompetitionSe
         description=f"Daily: runs, events, compute logs and ticks of {slug} older than {default_days} day(s).",
     )
     return purge_job, schedule
-
-
-def build_housekeeping(spec: CompetitionSpec, keys: ChainKeys, *, running: bool) -> dg.Definitions:
-    """The purge job and schedule, the run failure sensor, the lag checks and their sensor."""
-    from crunch_assets.observability import build_observability
-
-    purge_job, purge_schedule = build_purge(spec, running=running)
-    sensors, checks = build_observability(spec, keys, running=running)
-    return dg.Definitions(jobs=[purge_job], schedules=[purge_schedule], sensors=sensors, asset_checks=checks)

@@ -17,13 +17,13 @@ import dagster as dg
 import pydantic
 
 from crunch_assets import checks, ensembles
-from crunch_assets.feed import feed_streams
+from crunch_assets.defs.feed.assets import feed_streams
 from crunch_assets.fingerprint import rules_book
 from crunch_assets.keys import ChainKeys
 from crunch_assets.model_health import QUARANTINE_META_KEY, ModelHealth, QuarantinePolicy, load_health
 from crunch_assets.partitions import CompetitionPartitions, floor_hour, input_feed_mapping
 from crunch_assets.records import LoadedRecords
-from crunch_assets.registry import report_registry_sync
+from crunch_assets.defs.registry.assets import report_registry_sync
 from crunch_assets.rules import CompetitionRules, validation_message
 from crunch_assets.run_config import WindowRunConfig, parse_as_of, resolve_as_of
 from crunch_assets.spec import CompetitionSpec, Scope

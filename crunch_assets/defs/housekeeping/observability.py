@@ -28,7 +28,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from crunch_assets.feed import feed_streams
+from crunch_assets.defs.feed.assets import feed_streams
 from crunch_assets.keys import ChainKeys
 from crunch_assets.spec import CompetitionSpec
 from resources.feeds.base import FeedResource
@@ -108,7 +108,7 @@ def build_run_failure_sensor(spec: CompetitionSpec, *, running: bool) -> dg.Sens
     slug = spec.slug
 
     @dg.run_failure_sensor(
-        name=f"{slug}__run_failure_sensor", minimum_interval_seconds=120,  # a tick costs CPU and a stored row
+        name=f"{slug}__run_failure_sensor", minimum_interval_seconds=spec.run_failure_sensor_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED,
         description=f"Records each failed run of {slug} (log, AssetObservation) and alerts ${ALERT_WEBHOOK_ENV} if set.",
     )

@@ -30,17 +30,10 @@ from crunch_assets.spec import CompetitionSpec
 from crunch_assets.stages import readable, table_metadata
 from crunch_assets.standings import Standing, rank_models, standings
 from resources.model_ids import is_virtual_model_id
+from resources.payout_accounts import PayoutAccounts
 from resources.store.competition import CompetitionStore
 from resources.store.database import CrunchDatabase
 from resources.store.rows import CycleRollupRow, ModelRow, RulesDocument, SnapshotRow
-
-
-class PayoutAccounts(dg.ConfigurableResource):
-    """The on-chain accounts of a competition's emission (public keys, not secrets)."""
-
-    crunch_pubkey: str | None = None
-    compute_provider_pubkey: str | None = None
-    data_provider_pubkey: str | None = None
 
 
 def eligibility_rule(spec: CompetitionSpec) -> str:

@@ -29,7 +29,7 @@ import dagster as dg
 import pydantic
 
 from crunch_assets import checks, ensembles
-from crunch_assets.feed import feed_streams
+from crunch_assets.defs.feed.assets import feed_streams
 from crunch_assets.fingerprint import rules_book
 from crunch_assets.keys import ChainKeys
 from crunch_assets.partitions import CompetitionPartitions, floor_hour, truth_feed_mapping

@@ -39,14 +39,14 @@ import sqlalchemy as sa
 from dagster._core.storage.runs.schema import KeyValueStoreTable
 
 from crunch_assets import checks
-from crunch_assets.feed import FeedReport, ingest
+from crunch_assets.defs.feed.assets import FeedReport, ingest
 from crunch_assets.keys import ChainKeys
 from crunch_assets.partitions import CompetitionPartitions, ceil_hour, floor_hour
-from crunch_assets.predictions import CycleReport, SessionOnDemand, run_cycles
-from crunch_assets.registry import report_registry_sync
-from crunch_assets.rollups import current_period, leaderboard_entries, leaderboard_metadata, roll_up
+from crunch_assets.defs.predictions.assets import CycleReport, SessionOnDemand, run_cycles
+from crunch_assets.defs.registry.assets import report_registry_sync
+from crunch_assets.defs.rollups.assets import current_period, leaderboard_entries, leaderboard_metadata, roll_up
 from crunch_assets.rules import CompetitionRules, GroundTruthResource
-from crunch_assets.scores import SettleReport, settle
+from crunch_assets.defs.scores.assets import SettleReport, settle
 from crunch_assets.spec import CompetitionSpec
 from resources.feeds.base import FeedResource
 from resources.model_runners.base import ModelRunnerResource
