@@ -544,10 +544,9 @@ def build_checkpoint_asset(
                                   f"{', '.join(c['paid'])} ({c['status']})" for c in stored.entries.get("copy_clusters", [])],
             }, partition_key=key)
         # one result per run: the first error, else the first warning (a period with nothing to pay)
-        check = checks.check_rewards(keys.emission_checkpoints, None)
+        check = checks.check_rewards(keys.emission_checkpoints, None, spec)
         for stored in results:
-            found = checks.check_rewards(keys.emission_checkpoints, stored.entries,
-                                          by_rank=spec.emission.kind != "contribution")
+            found = checks.check_rewards(keys.emission_checkpoints, stored.entries, spec)
             if not found.passed and (check.passed or found.severity == dg.AssetCheckSeverity.ERROR):
                 check = found
                 if found.severity == dg.AssetCheckSeverity.ERROR:

@@ -80,10 +80,6 @@ class WindowProgress:
     failed_ticks: int = 0
 
 
-def _merge_feed(total: FeedReport, report: FeedReport) -> None:
-    total.merge(report)
-
-
 @dataclass(frozen=True)
 class LiveLeaderboard:
     as_of: datetime  # the last scored cycle
@@ -113,7 +109,7 @@ class LiveWindow:
     def tick(self, start: datetime, as_of: datetime, final: bool = False) -> None:
         end = start + HOUR
         report = ingest(self.spec, self.feed, self.feeds, start, end, as_of, log=self.log)
-        _merge_feed(self.progress.feed, report)
+        self.progress.feed.merge(report)  # the one merge a feed_records run uses too
         self.progress.cycles.merge(run_cycles(
             self.spec, self.rules, self.feed, self.store, self.feeds, self.session,
             self.model_runner.call_timeout_seconds, start, end, as_of, log=self.log, on_cycle=self.cycle_progress,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from fractions import Fraction
 
-from crunch_assets import merkle
+from crunch_assets import merkle, money
 from crunch_assets.checkpoints import PayoutAccounts, checkpoint_entries, ranking_reach
 from crunch_assets.emission import FRAC64_ONE, largest_remainder
 from crunch_assets.fingerprint import CycleLabel, RulesBook, check_period, rules_book
@@ -102,58 +102,21 @@ class GateCheck:
 # --- the gate's checks: pure functions -----------------------------------------------------------
 
 def check_reward_sum(entries: dict) -> GateCheck:
-    ranking = entries.get("ranking", [])
-    rewards = [r.get("reward_pct") for r in ranking]
-    emitted = [r.get("reward_pct") for r in entries.get("cruncher_rewards", [])]
-    problems = []
-    if any(not isinstance(r, int) or isinstance(r, bool) or r < 0 for r in rewards + emitted):
-        problems.append("a reward is not a non-negative whole number of frac64 units")
-    elif sum(rewards) != FRAC64_ONE:
-        problems.append(f"the ranking's rewards sum to {sum(rewards):,}, not {FRAC64_ONE:,}")
-    elif sum(emitted) != FRAC64_ONE:
-        problems.append(f"the cruncher rewards sum to {sum(emitted):,}, not {FRAC64_ONE:,}")
+    problems = money.reward_sum_problems(entries)
     return GateCheck("rewards_sum_to_one_billion", not problems,
-                     "; ".join(problems) or f"{len(ranking)} model(s), {len(emitted)} cruncher reward(s), sum {FRAC64_ONE:,}")
+                     "; ".join(problems) or f"{len(entries.get('ranking', []))} model(s), "
+                     f"{len(entries.get('cruncher_rewards', []))} cruncher reward(s), sum {FRAC64_ONE:,}")
 
 
 def check_follows_ranking(entries: dict, descending: bool, by_rank: bool = True) -> GateCheck:
     """Ranks 1..n, eligible first, scores in order; rewards never increase with rank, or, under the
     contribution emission (`by_rank` False), never with the stored composite (reward_components)."""
-    ranking = entries.get("ranking", [])
-    problems = []
-    if [r.get("rank") for r in ranking] != list(range(1, len(ranking) + 1)):
-        problems.append("ranks are not 1..n in order")
-    eligible_flags = [bool(r.get("eligible")) for r in ranking]
-    if eligible_flags != sorted(eligible_flags, reverse=True):
-        problems.append("an ineligible model is ranked above an eligible one")
-    rewards = [r.get("reward_pct") or 0 for r in ranking]
-    if by_rank and any(a < b for a, b in zip(rewards, rewards[1:])):
-        problems.append("a worse rank is paid more than a better one")
-    if not by_rank:
-        paid = sorted(((r.get("breakdown") or {}).get("reward_components", {}).get("composite", 0.0), r.get("reward_pct") or 0)
-                      for r in ranking if r.get("eligible"))
-        if any(ca < cb and ra > rb + 1 for (ca, ra), (cb, rb) in zip(paid, paid[1:])):
-            problems.append("a smaller composite (contribution emission) is paid more than a larger one")
-    scores = [r.get("score") for r in ranking if r.get("eligible")]
-    if any(s is None for s in scores):
-        problems.append("an eligible model has no score")
-    else:
-        worse = [(a, b) for a, b in zip(scores, scores[1:]) if (b - a > 1e-12 if descending else a - b > 1e-12)]
-        if worse:
-            problems.append(f"scores are not in ranking order ({worse[0][0]} before {worse[0][1]})")
+    problems = money.ranking_problems(entries, descending, by_rank)
     return GateCheck("rewards_follow_stored_ranking", not problems, "; ".join(problems) or "ranks, scores and rewards agree")
 
 
 def check_paid_models_eligible(entries: dict, spec: CompetitionSpec) -> GateCheck:
-    problems = []
-    for r in entries.get("ranking", []):
-        if not r.get("reward_pct"):
-            continue
-        if not r.get("eligible"):
-            problems.append(f"{r.get('model_id')} is paid but not eligible")
-        elif not spec.eligibility.pads_missing_cycles and (r.get("coverage") or 0.0) + 1e-12 < spec.eligibility.min_coverage:
-            problems.append(f"{r.get('model_id')} is paid with coverage {r.get('coverage')} "
-                            f"< the policy's {spec.eligibility.min_coverage}")
+    problems = money.paid_eligibility_problems(entries, spec.eligibility)
     rule = ("every_cycle (missed cycles count at the failure value)" if spec.eligibility.pads_missing_cycles
             else f"min_coverage {spec.eligibility.min_coverage}")
     return GateCheck("paid_models_are_eligible", not problems, "; ".join(problems) or f"every paid model is eligible under {rule}")
@@ -168,7 +131,7 @@ def check_some_model_is_paid(entries: dict) -> GateCheck:
     dead, all under the benchmark cutoff, all excluded) is stored with every reward 0 and can
     never be submitted; an operator skips it."""
     ranking = entries.get("ranking", [])
-    paid = sum(1 for r in ranking if isinstance(r.get("reward_pct"), int) and r["reward_pct"] > 0)
+    paid = money.paid_models(entries)
     if paid:
         return GateCheck("some_model_is_paid", True, f"{paid} of {len(ranking)} ranked model(s) paid")
     reasons = sorted({(r.get("breakdown") or {}).get("unpaid_reason") or "not eligible" for r in ranking})
@@ -223,21 +186,14 @@ def check_paid_models_answered(entries: dict, scored_by_model: dict[str, int]) -
 
 
 def check_crunchers(entries: dict, registry_index: dict[str, int | None]) -> GateCheck:
-    problems = []
-    emitted = [r.get("cruncher_index") for r in entries.get("cruncher_rewards", [])]
-    if len(set(emitted)) != len(emitted):
-        problems.append("a cruncher_index appears twice in cruncher_rewards")
-    by_cruncher: dict = defaultdict(int)
+    problems = money.cruncher_reward_problems(entries)
+    emitted = entries.get("cruncher_rewards", [])
     for r in entries.get("ranking", []):
         if r.get("model_id") in registry_index and r.get("cruncher_index") != registry_index[r.get("model_id")]:
             problems.append(f"{r.get('model_id')}: cruncher_index {r.get('cruncher_index')} is not the registry's "
                             f"{registry_index[r.get('model_id')]}")
-        if r.get("reward_pct"):
-            if r.get("model_id") not in registry_index:
-                problems.append(f"{r.get('model_id')} is paid but not in the model registry")
-            by_cruncher[r.get("cruncher_index")] += r["reward_pct"]
-    if dict(by_cruncher) != {r.get("cruncher_index"): r.get("reward_pct") for r in entries.get("cruncher_rewards", [])}:
-        problems.append("cruncher_rewards are not the ranking's rewards summed per cruncher")
+        if r.get("reward_pct") and r.get("model_id") not in registry_index:
+            problems.append(f"{r.get('model_id')} is paid but not in the model registry")
     return GateCheck("each_cruncher_once", not problems,
                      "; ".join(problems) or f"{len(emitted)} cruncher(s), each once, indexes from the model registry")
 
