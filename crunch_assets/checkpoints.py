@@ -20,12 +20,13 @@ from typing import Mapping, Sequence
 
 import dagster as dg
 
-from crunch_assets import checks, contribution, copies, emission, merkle
+from crunch_assets import checks, contribution, copies, emission, merkle, money
 from crunch_assets.emission import FRAC64_ONE, RankedEntry
 from crunch_assets.keys import ChainKeys
 from crunch_assets.partitions import CompetitionPartitions, checkpoint_snapshots_mapping
 from crunch_assets.fingerprint import CycleLabel, RulesVersion, check_period, rules_book
 from crunch_assets.rules import CompetitionRules, GroundTruthResource
+from crunch_assets.settings import PayoutAccounts  # the resource the checkpoint asset is given
 from crunch_assets.spec import CompetitionSpec
 from crunch_assets.stages import readable, table_metadata
 from crunch_assets.standings import Standing, rank_models, standings
@@ -33,14 +34,6 @@ from resources.model_ids import is_virtual_model_id
 from resources.store.competition import CompetitionStore
 from resources.store.database import CrunchDatabase
 from resources.store.rows import CycleRollupRow, ModelRow, RulesDocument, SnapshotRow
-
-
-class PayoutAccounts(dg.ConfigurableResource):
-    """The on-chain accounts of a competition's emission (public keys, not secrets)."""
-
-    crunch_pubkey: str | None = None
-    compute_provider_pubkey: str | None = None
-    data_provider_pubkey: str | None = None
 
 
 def eligibility_rule(spec: CompetitionSpec) -> str:
@@ -490,8 +483,6 @@ def build_checkpoint_asset(
         context: dg.AssetExecutionContext, database: CrunchDatabase, rules: CompetitionRules, payout_accounts: PayoutAccounts,
         ground_truth: GroundTruthResource,
     ) -> dg.MaterializeResult:
-        from crunch_assets.payouts import unpayable_reasons  # payouts imports this module
-
         store = database.competition(spec.slug)
         results = []
         for key in sorted(context.partition_keys, key=lambda k: periods.window(k)[0]):
@@ -509,7 +500,7 @@ def build_checkpoint_asset(
             if stored.status != "PENDING" and (stored.entries != built.entries or stored.merkle_root != built.merkle_root):
                 # Paid money does not move: the disagreement is reported, the stored checkpoint stands.
                 context.log.warning(f"{key}: checkpoint already {stored.status}; the recomputation differs and was not written")
-            unpayable = unpayable_reasons(stored.entries, spec.gate) if stored.status == "PENDING" else []
+            unpayable = money.unpayable_reasons(stored.entries, spec.gate) if stored.status == "PENDING" else []
             if unpayable:
                 context.log.warning(f"{key}: checkpoint #{stored.id} can never be submitted as built ({'; '.join(unpayable)}); "
                                     "later periods wait for it until an operator skips it: crunch-dagster checkpoints skip "

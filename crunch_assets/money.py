@@ -4,14 +4,20 @@ Each is a pure function over the stored entries (`{"ranking": [...], "cruncher_r
 returning the problems it finds, in words; an empty list means the invariant holds. Two callers
 check them, and must agree: the checkpoint's asset check (`checks.check_rewards`, when the
 checkpoint is built) and the emission safety gate (`payouts.run_gate`, before it is paid).
+
+Beside them, the gate's policy checks that say a genuine checkpoint cannot be paid as the declared
+policies stand (`unpayable_reasons`: nothing paid, a field below the minimum, a participant above
+its share cap), which the checkpoint asset, the API's listings and the gate all evaluate.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
+from fractions import Fraction
 
 from crunch_assets.emission import FRAC64_ONE
-from crunch_assets.spec import Eligibility
+from crunch_assets.spec import Eligibility, GatePolicy
 
 SCORE_ORDER_TOLERANCE = 1e-12
 
@@ -110,3 +116,75 @@ def invariant_problems(entries: dict, descending: bool, eligibility: Eligibility
     """Every money invariant of the entries, as the asset check evaluates them."""
     return (reward_sum_problems(entries) + ranking_problems(entries, descending, by_rank)
             + paid_eligibility_problems(entries, eligibility) + cruncher_reward_problems(entries))
+
+
+# --- payability under the declared gate policy ---------------------------------------------------
+
+@dataclass(frozen=True)
+class GateCheck:
+    name: str
+    passed: bool
+    detail: str
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "passed": self.passed, "detail": self.detail}
+
+
+def frac64_to_percent(reward_pct: int) -> float:
+    """600,000,000 -> 60.0 (exact to the frac64 unit: 1e-7 %)."""
+    return round(reward_pct * 100 / FRAC64_ONE, 7)
+
+
+def _participant(row: dict) -> str:
+    return row.get("participant") or row.get("model_id")
+
+
+def check_some_model_is_paid(entries: dict) -> GateCheck:
+    """Something to pay: at least one model has a reward. A period where no model is eligible (all
+    dead, all under the benchmark cutoff, all excluded) is stored with every reward 0 and can
+    never be submitted; an operator skips it."""
+    ranking = entries.get("ranking", [])
+    paid = paid_models(entries)
+    if paid:
+        return GateCheck("some_model_is_paid", True, f"{paid} of {len(ranking)} ranked model(s) paid")
+    reasons = sorted({(r.get("breakdown") or {}).get("unpaid_reason") or "not eligible" for r in ranking})
+    which = "is eligible" if not any(r.get("eligible") for r in ranking) else "is paid"
+    return GateCheck("some_model_is_paid", False,
+                     f"no model is paid: none of the {len(ranking)} ranked model(s) {which}"
+                     + (f" ({'; '.join(reasons[:3])}{'; ...' if len(reasons) > 3 else ''})" if reasons else "")
+                     + ": nothing to pay for the period")
+
+
+def check_field_size(entries: dict, gate: GatePolicy) -> GateCheck:
+    """No payout below the declared number of eligible participants (with a model the payout may
+    pay: benchmark, excluded and ineligible models do not count)."""
+    eligible = {_participant(r) for r in entries.get("ranking", []) if r.get("eligible")}
+    ok = len(eligible) >= gate.min_eligible_participants
+    return GateCheck("minimum_field_size", ok,
+                     f"{len(eligible)} eligible participant(s), the policy's minimum is {gate.min_eligible_participants}"
+                     + ("" if ok else " (declare GatePolicy(min_eligible_participants=...) for a smaller field)"))
+
+
+def check_concentration(entries: dict, gate: GatePolicy) -> GateCheck:
+    """No participant paid more than the declared share of the pool (exact, in frac64 units)."""
+    by_participant: dict[str, int] = defaultdict(int)
+    for r in entries.get("ranking", []):
+        if isinstance(r.get("reward_pct"), int):
+            by_participant[_participant(r)] += r["reward_pct"]
+    cap = Fraction(repr(float(gate.max_participant_share_pct))) * FRAC64_ONE / 100
+    over = sorted((p for p, reward in by_participant.items() if reward > cap), key=lambda p: -by_participant[p])
+    top = max(by_participant.values(), default=0)
+    detail = (f"no participant above {gate.max_participant_share_pct:g} % (the largest share is "
+              f"{frac64_to_percent(top):g} %)") if not over else "; ".join(
+        f"participant {p} is paid {frac64_to_percent(by_participant[p]):g} %, above the cap of "
+        f"{gate.max_participant_share_pct:g} % (declare GatePolicy(max_participant_share_pct=...) to allow it)"
+        for p in over)
+    return GateCheck("participant_share_within_cap", not over, detail)
+
+
+def unpayable_reasons(entries: dict, gate: GatePolicy) -> list[str]:
+    """Why a checkpoint, as built, can never be submitted under the declared policies ([] when
+    nothing in its entries says so; the whole gate decides): no model paid, the field below the
+    gate's minimum, a participant over its share cap. Entries only: cheap enough for every listing."""
+    checks = (check_some_model_is_paid(entries), check_field_size(entries, gate), check_concentration(entries, gate))
+    return [f"{c.name}: {c.detail}" for c in checks if not c.passed]

@@ -18,11 +18,13 @@ from __future__ import annotations
 import math
 import re
 from collections import defaultdict
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from fractions import Fraction
 
 from crunch_assets import merkle, money
+from crunch_assets.money import (
+    GateCheck, check_concentration, check_field_size, check_some_model_is_paid, frac64_to_percent,
+    unpayable_reasons,
+)
 from crunch_assets.checkpoints import PayoutAccounts, checkpoint_entries, ranking_reach
 from crunch_assets.emission import FRAC64_ONE, largest_remainder
 from crunch_assets.fingerprint import CycleLabel, RulesBook, check_period, rules_book
@@ -89,16 +91,6 @@ class SkipRefused(Exception):
         super().__init__("the checkpoint cannot be skipped: " + "; ".join(reasons))
 
 
-@dataclass(frozen=True)
-class GateCheck:
-    name: str
-    passed: bool
-    detail: str
-
-    def as_dict(self) -> dict:
-        return {"name": self.name, "passed": self.passed, "detail": self.detail}
-
-
 # --- the gate's checks: pure functions -----------------------------------------------------------
 
 def check_reward_sum(entries: dict) -> GateCheck:
@@ -120,53 +112,6 @@ def check_paid_models_eligible(entries: dict, spec: CompetitionSpec) -> GateChec
     rule = ("every_cycle (missed cycles count at the failure value)" if spec.eligibility.pads_missing_cycles
             else f"min_coverage {spec.eligibility.min_coverage}")
     return GateCheck("paid_models_are_eligible", not problems, "; ".join(problems) or f"every paid model is eligible under {rule}")
-
-
-def _participant(row: dict) -> str:
-    return row.get("participant") or row.get("model_id")
-
-
-def check_some_model_is_paid(entries: dict) -> GateCheck:
-    """Something to pay: at least one model has a reward. A period where no model is eligible (all
-    dead, all under the benchmark cutoff, all excluded) is stored with every reward 0 and can
-    never be submitted; an operator skips it."""
-    ranking = entries.get("ranking", [])
-    paid = money.paid_models(entries)
-    if paid:
-        return GateCheck("some_model_is_paid", True, f"{paid} of {len(ranking)} ranked model(s) paid")
-    reasons = sorted({(r.get("breakdown") or {}).get("unpaid_reason") or "not eligible" for r in ranking})
-    which = "is eligible" if not any(r.get("eligible") for r in ranking) else "is paid"
-    return GateCheck("some_model_is_paid", False,
-                     f"no model is paid: none of the {len(ranking)} ranked model(s) {which}"
-                     + (f" ({'; '.join(reasons[:3])}{'; ...' if len(reasons) > 3 else ''})" if reasons else "")
-                     + ": nothing to pay for the period")
-
-
-def check_field_size(entries: dict, gate: GatePolicy) -> GateCheck:
-    """No payout below the declared number of eligible participants (with a model the payout may
-    pay: benchmark, excluded and ineligible models do not count)."""
-    eligible = {_participant(r) for r in entries.get("ranking", []) if r.get("eligible")}
-    ok = len(eligible) >= gate.min_eligible_participants
-    return GateCheck("minimum_field_size", ok,
-                     f"{len(eligible)} eligible participant(s), the policy's minimum is {gate.min_eligible_participants}"
-                     + ("" if ok else " (declare GatePolicy(min_eligible_participants=...) for a smaller field)"))
-
-
-def check_concentration(entries: dict, gate: GatePolicy) -> GateCheck:
-    """No participant paid more than the declared share of the pool (exact, in frac64 units)."""
-    by_participant: dict[str, int] = defaultdict(int)
-    for r in entries.get("ranking", []):
-        if isinstance(r.get("reward_pct"), int):
-            by_participant[_participant(r)] += r["reward_pct"]
-    cap = Fraction(repr(float(gate.max_participant_share_pct))) * FRAC64_ONE / 100
-    over = sorted((p for p, reward in by_participant.items() if reward > cap), key=lambda p: -by_participant[p])
-    top = max(by_participant.values(), default=0)
-    detail = (f"no participant above {gate.max_participant_share_pct:g} % (the largest share is "
-              f"{frac64_to_percent(top):g} %)") if not over else "; ".join(
-        f"participant {p} is paid {frac64_to_percent(by_participant[p]):g} %, above the cap of "
-        f"{gate.max_participant_share_pct:g} % (declare GatePolicy(max_participant_share_pct=...) to allow it)"
-        for p in over)
-    return GateCheck("participant_share_within_cap", not over, detail)
 
 
 def check_paid_models_answered(entries: dict, scored_by_model: dict[str, int]) -> GateCheck:
@@ -646,14 +591,6 @@ def advance(
     return payouts.transition(checkpoint_id, to_status, actor=actor, tx_hash=tx_hash, note=note)
 
 
-def unpayable_reasons(entries: dict, gate: GatePolicy) -> list[str]:
-    """Why a checkpoint, as built, can never be submitted under the declared policies ([] when
-    nothing in its entries says so; the whole gate decides): no model paid, the field below the
-    gate's minimum, a participant over its share cap. Entries only: cheap enough for every listing."""
-    checks = (check_some_model_is_paid(entries), check_field_size(entries, gate), check_concentration(entries, gate))
-    return [f"{c.name}: {c.detail}" for c in checks if not c.passed]
-
-
 def skip_refusals(gate: dict) -> list[str]:
     """Why the gate run `gate` does not justify skipping its checkpoint ([] when it does): a skip
     needs the gate to refuse the checkpoint for a reason that makes the period unpayable
@@ -754,11 +691,6 @@ def resolve_dispute(spec: CompetitionSpec, store: CompetitionStore, checkpoint_i
 
 
 # --- formats -------------------------------------------------------------------------------------
-
-def frac64_to_percent(reward_pct: int) -> float:
-    """600,000,000 -> 60.0 (exact to the frac64 unit: 1e-7 %)."""
-    return round(reward_pct * 100 / FRAC64_ONE, 7)
-
 
 def emission_of(checkpoint: CheckpointRow) -> dict:
     """The on-chain emission shape, as stored."""

@@ -175,11 +175,17 @@ class CompetitionSettings:
             return None
         return self.choice("NETWORK", NETWORKS, "")
 
-    def payout_accounts(self):
-        from crunch_assets.checkpoints import PayoutAccounts
-
+    def payout_accounts(self) -> PayoutAccounts:
         return PayoutAccounts(
             crunch_pubkey=self.get("CRUNCH_PUBKEY"),
             compute_provider_pubkey=self.get("COMPUTE_PROVIDER_PUBKEY"),
             data_provider_pubkey=self.get("DATA_PROVIDER_PUBKEY"),
         )
+
+
+class PayoutAccounts(dg.ConfigurableResource):
+    """The on-chain accounts of a competition's emission (public keys, not secrets)."""
+
+    crunch_pubkey: str | None = None
+    compute_provider_pubkey: str | None = None
+    data_provider_pubkey: str | None = None

@@ -16,7 +16,7 @@ from typing import Annotated, Callable, Literal
 from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query
 
 from crunch_assets import payouts
-from crunch_assets.api.app import ConfirmBody, Ident, StatusBody, UtcInstant, advance_over_http
+from crunch_assets.api.bodies import ConfirmBody, Ident, StatusBody, UtcInstant, advance_over_http
 from crunch_assets.api.competitions import ReportCompetition
 from crunch_assets.api.views import score_words, window_label
 from crunch_assets.failure_reasons import public_score_reason

@@ -45,7 +45,7 @@ def replay(slug: str, start_text: str, end_text: str, days_per_run: int) -> None
     )
     from rich.table import Table
 
-    from crunch_assets.cli.common import load_competition
+    from crunch_assets.code_locations import load_competition
     from crunch_assets.replay import deployment_instance
     from crunch_assets.replay import replay as replay_range
     from resources.store.database import CrunchDatabase

@@ -23,7 +23,7 @@ def verify(slug: str, timeout_seconds: float, poll_seconds: float, min_scored: i
     """Wait until competition SLUG has at least --min-scored scored predictions and a leaderboard
     with entries in its store; exit 0 with a verdict, or exit 1 at the timeout saying what is
     still missing. Reads the store only ($CRUNCH_DATABASE_URL or the embedded server)."""
-    from crunch_assets.cli.common import load_competition
+    from crunch_assets.code_locations import load_competition
     from resources.store.database import CrunchDatabase
 
     _, spec = load_competition(slug)
