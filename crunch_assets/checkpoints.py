@@ -34,6 +34,7 @@ from resources.model_ids import is_virtual_model_id
 from resources.store.competition import CompetitionStore
 from resources.store.database import CrunchDatabase
 from resources.store.rows import CycleRollupRow, ModelRow, RulesDocument, SnapshotRow
+from resources.store.lifecycles import CheckpointStatus
 
 
 def eligibility_rule(spec: CompetitionSpec) -> str:
@@ -446,7 +447,7 @@ def publish_root(context: dg.AssetExecutionContext, spec: CompetitionSpec, store
     from crunch_assets import publication
     from crunch_assets.settings import CompetitionSettings
 
-    if stored.status != "PENDING" or stored.chained_root != built.chained_root:
+    if stored.status != CheckpointStatus.PENDING or stored.chained_root != built.chained_root:
         return "not published again: the stored checkpoint is past PENDING"
     sink = publication.RootSink.from_settings(CompetitionSettings(spec.slug))
     try:
@@ -497,10 +498,10 @@ def build_checkpoint_asset(
                 context.log.warning(f"{key}: {built.entries['rules']['detail']}")
             stored = store.write_pending_checkpoint(start, end, built.entries, built.merkle_root, built.chained_root,
                                                     built.meta, built.commitment_scheme)
-            if stored.status != "PENDING" and (stored.entries != built.entries or stored.merkle_root != built.merkle_root):
+            if stored.status != CheckpointStatus.PENDING and (stored.entries != built.entries or stored.merkle_root != built.merkle_root):
                 # Paid money does not move: the disagreement is reported, the stored checkpoint stands.
                 context.log.warning(f"{key}: checkpoint already {stored.status}; the recomputation differs and was not written")
-            unpayable = money.unpayable_reasons(stored.entries, spec.gate) if stored.status == "PENDING" else []
+            unpayable = money.unpayable_reasons(stored.entries, spec.gate) if stored.status == CheckpointStatus.PENDING else []
             if unpayable:
                 context.log.warning(f"{key}: checkpoint #{stored.id} can never be submitted as built ({'; '.join(unpayable)}); "
                                     "later periods wait for it until an operator skips it: crunch-dagster checkpoints skip "

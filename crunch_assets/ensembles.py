@@ -31,6 +31,7 @@ from crunch_assets.rules import WiringError, resolve_callable
 from crunch_assets.spec import CompetitionSpec, Ensemble, Scope
 from resources.model_ids import is_virtual_model_id
 from resources.store.rows import PredictionRow
+from resources.store.lifecycles import PredictionStatus
 
 # slot -> the parameters the engine passes (by name), as rules.CALLABLE_SLOTS
 ENSEMBLE_SLOTS: dict[str, tuple[str, ...]] = {
@@ -133,7 +134,7 @@ def build(ensemble: Ensemble, scope: Scope, members: Sequence[tuple[str, Any]]) 
     outputs = [o for _, o in ordered]
     meta = {META_KEY: ensemble.name, "members": model_ids}
     if len(ordered) < ensemble.min_members:
-        return PredictionRow(ensemble.model_id, "ABSENT",
+        return PredictionRow(ensemble.model_id, PredictionStatus.ABSENT,
                              f"{len(ordered)} member(s) answered, fewer than the ensemble's {ensemble.min_members}",
                              meta=meta)
     try:
@@ -142,9 +143,9 @@ def build(ensemble: Ensemble, scope: Scope, members: Sequence[tuple[str, Any]]) 
         output = combine(ensemble, scope, outputs, weights)
         _check_output(output)
     except Exception as error:  # the declared callables' failure is this cycle's ensemble's, never the cycle's
-        return PredictionRow(ensemble.model_id, "FAILED", f"ensemble error: {type(error).__name__}: {error}"[:1000],
+        return PredictionRow(ensemble.model_id, PredictionStatus.FAILED, f"ensemble error: {type(error).__name__}: {error}"[:1000],
                              meta=meta)
-    return PredictionRow(ensemble.model_id, "PENDING", None, None, output, meta)
+    return PredictionRow(ensemble.model_id, PredictionStatus.PENDING, None, None, output, meta)
 
 
 def _check_output(output: Any) -> None:
@@ -169,5 +170,5 @@ def cycle_rows(spec: CompetitionSpec, scope: Scope, rows: Sequence[PredictionRow
     """Every declared ensemble's prediction of a cycle, from the cycle's rows as they are stored.
     The hook of predictions.run_cycles (and of nothing else: an ensemble is never built later)."""
     members = [(r.model_id, r.inference_output) for r in rows
-               if r.status == "PENDING" and r.inference_output is not None and not is_virtual_model_id(r.model_id)]
+               if r.status == PredictionStatus.PENDING and r.inference_output is not None and not is_virtual_model_id(r.model_id)]
     return [build(ensemble, scope, members) for ensemble in spec.ensembles]

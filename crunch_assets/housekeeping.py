@@ -18,7 +18,7 @@ than the purge age without a materialization, while the store keeps every row.
 
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import dagster as dg
 from dagster._core.storage.dagster_run import FINISHED_STATUSES
@@ -26,6 +26,7 @@ from dagster._core.storage.dagster_run import FINISHED_STATUSES
 from crunch_assets.keys import ChainKeys
 from crunch_assets.settings import CompetitionSettings
 from crunch_assets.spec import CompetitionSpec
+from resources import clock
 
 ASSET_JOB_NAME = "__ASSET_JOB"
 DEFAULT_PURGE_AFTER_DAYS = 7
@@ -116,7 +117,7 @@ def build_purge(spec: CompetitionSpec, *, running: bool, settings: CompetitionSe
     @dg.op(name=f"{slug}__purge_dagster_history",
            description="Delete this competition's finished runs, their event and compute logs, and its ticks, older than the age.")
     def purge_op(context: dg.OpExecutionContext, config: PurgeConfig) -> dg.Output[dict]:
-        older_than = datetime.now(timezone.utc) - timedelta(days=config.older_than_days)
+        older_than = clock.now() - timedelta(days=config.older_than_days)
         result = purge_dagster_history(context.instance, slug, older_than, max_runs=config.max_runs, log=context.log)
         summary = {"runs_deleted": result.runs_deleted, "compute_log_dirs_deleted": result.compute_log_dirs_deleted,
                    "instigators_purged": result.instigators_purged, "older_than": result.older_than.isoformat()}

@@ -44,6 +44,7 @@ from crunch_assets.rollups import current_period, leaderboard_entries, leaderboa
 from crunch_assets.rules import CompetitionRules, GroundTruthResource
 from crunch_assets.scores import SettleReport, settle
 from crunch_assets.spec import CompetitionSpec
+from resources import clock
 from resources.feeds.base import FeedResource
 from resources.model_runners.base import ModelRunnerResource
 from resources.store.database import CrunchDatabase
@@ -165,7 +166,7 @@ def beat(instance: dg.DagsterInstance, run_id: str, log=None) -> None:
     """Stamp the run's heartbeat: one key-value row, rewritten in place. A failed stamp (the
     database restarting) is logged, never fatal: the next wake-up stamps again."""
     try:
-        instance.run_storage.set_cursor_values({_heartbeat_key(run_id): repr(time.time())})
+        instance.run_storage.set_cursor_values({_heartbeat_key(run_id): repr(clock.now().timestamp())})
     except Exception as error:
         if log is not None:
             log.warning(f"heartbeat not stamped: {type(error).__name__}: {error}")
@@ -213,7 +214,7 @@ def mark_dead_predecessors(context: dg.OpExecutionContext, spec: CompetitionSpec
     """Other runs of this window still marked in progress whose heartbeat is stale died: mark them
     failed (the DefaultRunLauncher cannot tell), so the record says what happened."""
     instance = context.instance
-    stale_before = datetime.now(timezone.utc) - timedelta(seconds=stale_after_seconds(spec))
+    stale_before = clock.now() - timedelta(seconds=stale_after_seconds(spec))
     marked = []
     for run in instance.get_runs(filters=dg.RunsFilter(
         tags={WINDOW_TAG: window_key, COMPETITION_TAG: spec.slug}, statuses=[dg.DagsterRunStatus.STARTED]
@@ -258,7 +259,7 @@ def build_live_job(spec: CompetitionSpec, partitions: CompetitionPartitions, key
             registry_reported = 0  # the registry changes already materialized
             while True:
                 live.beat()
-                now = datetime.now(timezone.utc)
+                now = clock.now()
                 if now >= start:
                     if not planned:  # the hour's partitions show in progress until reported below
                         plan_window(context.instance, context.run_id, context.job_name,
@@ -292,11 +293,11 @@ def build_live_job(spec: CompetitionSpec, partitions: CompetitionPartitions, key
                 elif logged is None:
                     context.log.info(f"waiting for the window to begin at {start.isoformat()}")
                     logged = ()
-                now = datetime.now(timezone.utc)
+                now = clock.now()
                 wake = min(start, now + timedelta(seconds=poll_seconds(spec))) if now < start else _next_wake(spec, start, now)
                 wake = min(wake, max(stop, now))
-                time.sleep(max(0.0, (wake - datetime.now(timezone.utc)).total_seconds()))
-        report_window(context, spec, partitions, keys, live, start, min(stop, datetime.now(timezone.utc)))
+                clock.sleep(max(0.0, (wake - clock.now()).total_seconds()))
+        report_window(context, spec, partitions, keys, live, start, min(stop, clock.now()))
 
     return dg.JobDefinition(
         name=f"{slug}__live_job",

@@ -32,15 +32,18 @@ from crunch_assets.rules import CompetitionRules, GroundTruthResource
 from crunch_assets.settings import CompetitionSettings
 from crunch_assets.spec import CompetitionSpec, GatePolicy
 from crunch_assets.verification import CHAIN_PROBLEM, ROOT_PROBLEM, audit_checkpoints, lifecycle_problems
+from resources import clock
 from resources.store.competition import CompetitionStore
 from resources.store.copies import CopyResolutionRefused
 from resources.store.disputes import DisputeRefused
 from resources.store.payouts import AuditRow, CheckpointNotFound, PayoutStore, TransitionConflict, TransitionOutcome
 from resources.store.rows import CheckpointRow, CopyResolutionRow, CycleRollupRow, DisputeRow, SnapshotRow
+from resources.store.lifecycles import CheckpointStatus, PredictionReportStatus
 
-STATUSES = ("PENDING", "SUBMITTED", "CLAIMABLE", "PAID", "SKIPPED")
+STATUSES = tuple(CheckpointStatus)
 # target -> the one status it can be reached from; SKIPPED is final (it pays nothing, ever)
-PREVIOUS_STATUS = {"SUBMITTED": "PENDING", "CLAIMABLE": "SUBMITTED", "PAID": "CLAIMABLE", "SKIPPED": "PENDING"}
+PREVIOUS_STATUS = {CheckpointStatus.SUBMITTED: CheckpointStatus.PENDING, CheckpointStatus.CLAIMABLE: CheckpointStatus.SUBMITTED,
+                   CheckpointStatus.PAID: CheckpointStatus.CLAIMABLE, CheckpointStatus.SKIPPED: CheckpointStatus.PENDING}
 # The gate checks that say a genuine checkpoint cannot be paid as the declared policies stand:
 # nothing to pay, or the gate's policy refuses the field. Each is a reason to skip the period.
 UNPAYABLE_CHECKS = ("some_model_is_paid", "minimum_field_size", "participant_share_within_cap")
@@ -153,20 +156,20 @@ def check_period_continues(checkpoint: CheckpointRow, previous: CheckpointRow | 
     if previous.period_end != checkpoint.period_start:
         problems.append(f"the previous checkpoint (#{previous.id}) ends at {previous.period_end.isoformat()}, "
                         f"this period starts at {checkpoint.period_start.isoformat()}")
-    if previous.status == "PENDING":
+    if previous.status == CheckpointStatus.PENDING:
         problems.append(f"the previous checkpoint (#{previous.id}) is still PENDING: submit in order (a checkpoint "
                         "nobody can be paid for is skipped: crunch-dagster checkpoints skip)")
     if checkpoint.meta.get("previous_chained_root") != previous.chained_root:
         problems.append(f"chained to a root that is not the previous checkpoint's (#{previous.id})")
-    if previous.status != "PENDING" and previous_trail is not None:
+    if previous.status != CheckpointStatus.PENDING and previous_trail is not None:
         problems += [f"the previous checkpoint (#{previous.id}): {p}" for p in lifecycle_problems(previous, previous_trail)]
-    skipped = " (skipped: it paid nothing)" if previous.status == "SKIPPED" else ""
+    skipped = " (skipped: it paid nothing)" if previous.status == CheckpointStatus.SKIPPED else ""
     return GateCheck("period_starts_where_previous_ended", not problems,
                      "; ".join(problems) or f"continues checkpoint #{previous.id} ({previous.status}){skipped}")
 
 
 def check_settled(unsettled: int, statuses: dict[str, int]) -> GateCheck:
-    pending = statuses.get("PENDING", 0)
+    pending = statuses.get(PredictionReportStatus.PENDING, 0)
     ok = unsettled == 0 and pending == 0
     counts = ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())) or "no predictions"
     return GateCheck("nothing_in_period_pending", ok,
@@ -473,7 +476,7 @@ def run_gate(spec: CompetitionSpec, store: CompetitionStore, checkpoint: Checkpo
     from crunch_assets.publication import RootSink
 
     settings = settings or CompetitionSettings(spec.slug)
-    now = now or datetime.now(timezone.utc)
+    now = now or clock.now()
     entries = checkpoint.entries
     registry = {m.model_id: m.cruncher_index for m in store.models()}
     previous = store.previous_checkpoint(checkpoint.period_start)
@@ -535,9 +538,9 @@ def validate_request(to_status: str, tx_hash: str | None, actor: str, note: str 
         raise InvalidRequest(f"status {to_status!r} is not one of {', '.join(STATUSES)}")
     if tx_hash is not None and not TX_HASH_PATTERN.match(tx_hash):
         raise InvalidRequest(f"tx_hash {tx_hash!r} is not a transaction hash (16-128 letters or digits, optional 0x)")
-    if to_status == "SUBMITTED" and not tx_hash:
+    if to_status == CheckpointStatus.SUBMITTED and not tx_hash:
         raise InvalidRequest("SUBMITTED needs the transaction hash (tx_hash) of the on-chain submission")
-    if to_status == "SKIPPED":
+    if to_status == CheckpointStatus.SKIPPED:
         if note is None or not note.strip():
             raise InvalidRequest("SKIPPED needs the reason (note): why nobody can be paid for the period; it is kept in "
                                  "the audit")
@@ -567,17 +570,17 @@ def advance(
     checkpoint = store.checkpoint_by_id(checkpoint_id)
     if checkpoint is None:
         raise CheckpointNotFound(f"no checkpoint {checkpoint_id} in {spec.slug}")
-    if to_status == "PENDING":
+    if to_status == CheckpointStatus.PENDING:
         raise TransitionConflict(f"checkpoint {checkpoint_id} is {checkpoint.status}: a checkpoint never goes back to "
                                  "PENDING", checkpoint.status)
-    if to_status == "SUBMITTED" and checkpoint.status == "PENDING":
+    if to_status == CheckpointStatus.SUBMITTED and checkpoint.status == CheckpointStatus.PENDING:
         gate = run_gate(spec, store, checkpoint, accounts, settings, rules=rules, payouts=payouts,
                         ground_truth=ground_truth)
         if not gate["passed"]:
             payouts.record_gate(checkpoint_id, gate)
             raise GateFailed(gate)
         return payouts.transition(checkpoint_id, to_status, actor=actor, tx_hash=tx_hash, note=note, gate=gate)
-    if to_status == "SKIPPED" and checkpoint.status == "PENDING":
+    if to_status == CheckpointStatus.SKIPPED and checkpoint.status == CheckpointStatus.PENDING:
         # The gate's refusal is the evidence: stored with the checkpoint (frozen once it is
         # SKIPPED), and the database skips only a checkpoint whose stored gate refused this very row.
         gate = run_gate(spec, store, checkpoint, accounts, settings, rules=rules, payouts=payouts,

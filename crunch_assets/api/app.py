@@ -23,7 +23,7 @@ import os
 import pathlib
 import tempfile
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Annotated, Callable, Literal, Sequence
 
 from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Path, Query
@@ -50,9 +50,11 @@ from crunch_assets.receipts import ReceiptUnavailable, build_receipt
 from crunch_assets.verification import inclusion_proof
 from crunch_assets.whatif import ShadowLimitExceeded, ShadowLimits, ShadowRefused
 from crunch_assets.whatif import shadow as run_shadow
+from resources import clock
 from resources.model_ids import MODEL_ID_PATTERN, MODEL_ID_RULE
 from resources.store import json_codec
 from resources.store.reports import PREDICTION_STATUSES
+from resources.store.lifecycles import CheckpointStatus
 
 API_TOKEN_ENV = "CRUNCH_API_TOKEN"
 API_ACTOR_ENV = "CRUNCH_API_ACTOR"
@@ -555,7 +557,7 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
     @router.get("/lag", tags=["health"])
     def lag(c: Competition) -> dict:
         """How far behind now the last stored cycle, score, leaderboard and checkpoint are."""
-        return lag_view(c, c.reports.lag([s.key for s in c.spec.scopes]), datetime.now(timezone.utc))
+        return lag_view(c, c.reports.lag([s.key for s in c.spec.scopes]), clock.now())
 
     # --- mutations -------------------------------------------------------------------------------
 
@@ -574,7 +576,7 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
     @router.post("/checkpoints/{checkpoint_id}/confirm", tags=["lifecycle"], responses=conflict)
     def confirm(c: Competition, actor: Operator, checkpoint_id: CheckpointId, body: Annotated[ConfirmBody, Body()]) -> dict:
         """PENDING -> SUBMITTED with the on-chain transaction hash, after the emission safety gate."""
-        return transition(c, checkpoint_id, "SUBMITTED", actor, body.tx_hash, body.note)
+        return transition(c, checkpoint_id, CheckpointStatus.SUBMITTED, actor, body.tx_hash, body.note)
 
     @router.patch("/checkpoints/{checkpoint_id}/status", tags=["lifecycle"], responses=conflict)
     def advance_status(c: Competition, actor: Operator, checkpoint_id: CheckpointId,
@@ -610,7 +612,7 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
         except payouts.CopyResolutionRefused as error:
             if error.not_found:
                 raise HTTPException(404, str(error)) from None
-            if error.status != "PENDING":
+            if error.status != CheckpointStatus.PENDING:
                 raise HTTPException(409, {"message": str(error), "status": error.status}) from None
             raise HTTPException(422, str(error)) from None
         return {"resolution": vars(resolution),
@@ -629,7 +631,7 @@ def build_router(competition_dependency: Callable[..., ReportCompetition], opera
     def dispute_refused(error: payouts.DisputeRefused) -> HTTPException:
         if error.not_found:
             return HTTPException(404, str(error))
-        if error.status is not None and error.status != "PENDING":
+        if error.status is not None and error.status != CheckpointStatus.PENDING:
             return HTTPException(409, {"message": str(error), "status": error.status})
         return HTTPException(422, str(error))
 

@@ -14,6 +14,7 @@ import json
 import click
 
 from crunch_assets.api.competitions import load_report_competition
+from resources.store.lifecycles import CheckpointStatus
 
 
 def _json(value) -> str:
@@ -133,7 +134,7 @@ def _transition(slug: str, checkpoint_id: int, status: str, tx_hash: str | None,
 @click.option("--note")
 def submit(slug: str, checkpoint_id: int, tx_hash: str, actor: str | None, note: str | None) -> None:
     """PENDING -> SUBMITTED, after the emission safety gate (exit 1 with its reasons when it refuses)."""
-    _transition(slug, checkpoint_id, "SUBMITTED", tx_hash, actor, note)
+    _transition(slug, checkpoint_id, CheckpointStatus.SUBMITTED, tx_hash, actor, note)
 
 
 @checkpoints.command("advance")
@@ -158,7 +159,7 @@ def skip(slug: str, checkpoint_id: int, reason: str, actor: str | None) -> None:
     submitted. Only for a checkpoint the gate refuses because nobody can be paid (no model paid,
     the field below the gate's minimum, a participant over its cap), settled, genuine and in order
     (exit 1 with the reasons otherwise)."""
-    _transition(slug, checkpoint_id, "SKIPPED", None, actor, reason)
+    _transition(slug, checkpoint_id, CheckpointStatus.SKIPPED, None, actor, reason)
 
 
 @checkpoints.command("resolve-copy")
