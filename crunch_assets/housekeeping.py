@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import dagster as dg
-from dagster._core.storage.dagster_run import FINISHED_STATUSES
 
 from crunch_assets.keys import ChainKeys
 from crunch_assets.settings import CompetitionSettings
@@ -29,6 +28,9 @@ from crunch_assets.spec import CompetitionSpec
 from resources import clock
 
 ASSET_JOB_NAME = "__ASSET_JOB"
+# A run that is over (Dagster's FINISHED_STATUSES, which it does not export; tests/test_dagster_internals.py
+# holds the two equal).
+FINISHED_RUN_STATUSES = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
 DEFAULT_PURGE_AFTER_DAYS = 7
 PURGE_BATCH_SIZE = 500
 # One purge run deletes at most this many runs (a first purge of a long history takes a few days).
@@ -55,8 +57,8 @@ def _belongs_to(run: dg.DagsterRun, slug: str) -> bool:
 def _candidate_runs(instance: dg.DagsterInstance, slug: str, older_than: datetime, limit: int):
     """Finished runs updated before `older_than` that may be this competition's, newest first."""
     for filters in (
-        dg.RunsFilter(tags={"crunch/competition": slug}, statuses=list(FINISHED_STATUSES), updated_before=older_than),
-        dg.RunsFilter(job_name=ASSET_JOB_NAME, statuses=list(FINISHED_STATUSES), updated_before=older_than),
+        dg.RunsFilter(tags={"crunch/competition": slug}, statuses=list(FINISHED_RUN_STATUSES), updated_before=older_than),
+        dg.RunsFilter(job_name=ASSET_JOB_NAME, statuses=list(FINISHED_RUN_STATUSES), updated_before=older_than),
     ):
         cursor = None
         while True:

@@ -323,11 +323,11 @@ def plan_window(instance: dg.DagsterInstance, run_id: str, job_name: str, step_k
     it when it starts: Dagster then shows them in progress while the run lives, materialized once
     report_window has reported them, failed if the run dies first (and in progress again when a
     replacement plans them). Five rows per hour: the live progress itself is the run's log."""
-    from dagster._core.events import AssetMaterializationPlannedData, DagsterEvent
+    from dagster._core.events import AssetMaterializationPlannedData  # not exported: see docs/dagster-internals.md
 
     for asset_key, partition in window_partitions(partitions, keys, start):
         instance.report_dagster_event(
-            DagsterEvent.build_asset_materialization_planned_event(
+            dg.DagsterEvent.build_asset_materialization_planned_event(
                 job_name, step_key, AssetMaterializationPlannedData(asset_key, partition=partition)),
             run_id=run_id,
         )
