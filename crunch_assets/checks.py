@@ -41,10 +41,12 @@ def check_every_cycle_stored(
 
 
 def check_scores_finite(store: CompetitionStore, key: dg.AssetKey, start: datetime, end: datetime) -> dg.AssetCheckResult:
-    scores, non_finite = store.score_value_problems(start, end)
+    """Every score of the window is finite and unique (one per prediction, one per model, scope and
+    cycle): what the rollups average and the checkpoint pays on."""
+    scores, non_finite, duplicates = store.score_value_problems(start, end)
     return dg.AssetCheckResult(
-        asset_key=key, check_name=SCORES_FINITE, passed=non_finite == 0,
-        metadata={"scores": scores, "non_finite": non_finite},
+        asset_key=key, check_name=SCORES_FINITE, passed=non_finite == 0 and duplicates == 0,
+        metadata={"scores": scores, "non_finite": non_finite, "duplicates": duplicates},
     )
 
 

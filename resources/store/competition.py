@@ -401,17 +401,23 @@ class CompetitionStore:
                 )
             ).scalar_one())
 
-    def score_value_problems(self, start: datetime, end: datetime) -> tuple[int, int]:
-        """(scores, non-finite values) of cycles in [start, end)."""
+    def score_value_problems(self, start: datetime, end: datetime) -> tuple[int, int, int]:
+        """(scores, non-finite values, duplicates) of cycles in [start, end). A duplicate is a
+        score beyond the first for one prediction, or for one model, scope and cycle: the database's
+        unique keys refuse both, so any found means they were bypassed (dropped, or rows written
+        around them), and a mean over such scores would count an answer twice."""
         s = t.scores
         bad = sa.or_(s.c.value == float("nan"), s.c.value == float("inf"), s.c.value == float("-inf"))
         with self.engine.connect() as connection:
             row = connection.execute(
-                sa.select(sa.func.count(), sa.func.count().filter(bad)).where(
+                sa.select(sa.func.count(), sa.func.count().filter(bad),
+                          sa.func.count(sa.distinct(s.c.prediction_id)),
+                          sa.func.count(sa.distinct(sa.tuple_(s.c.model_id, s.c.scope_key, s.c.cycle_at)))).where(
                     s.c.competition == self.slug, s.c.cycle_at >= start, s.c.cycle_at < end
                 )
             ).one()
-        return int(row[0]), int(row[1])
+        scores = int(row[0])
+        return scores, int(row[1]), scores - min(int(row[2]), int(row[3]))
 
     def cycle_truths(self, start: datetime, end: datetime) -> dict[tuple[datetime, str], Any]:
         i = t.inputs
