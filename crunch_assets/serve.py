@@ -10,7 +10,7 @@ in order (priority) and keeps their logs, rotated, under the data directory:
 | `webserver` | `dagster-webserver` on the generated grpc_server workspace (the operators' UI) | 30 |
 | `webserver_read_only` | `dagster-webserver --read-only` (the viewers' UI) | 30 |
 | `daemon` | `dagster-daemon run` (sensors, schedules, run monitoring, run retries) | 30 |
-| `api` | the report API, `crunch-dagster api --workspace <the served workspace>`, when the CLI has that command | 40 |
+| `api` | the report API, `crunch-dagster api --workspace <the served workspace>` (unless `--api-port 0`) | 40 |
 
 Everything generated lives in `<data dir>/serve/`: `supervisord.conf`, `workspace.yaml` (one
 `grpc_server` entry per code location) and `dagster_home/dagster.yaml` (a copy of the instance

@@ -4,6 +4,9 @@ values, JSON and metadata stay exactly the strings they were ("PENDING" == Check
 The database holds the same sets as CHECK constraints (migration 0011); tests/test_lifecycles.py
 reads them from PostgreSQL's catalog and requires them equal to these enums. SQL text in this
 package may spell the values out; Python code names them here.
+
+Each member's name is its value: an Enum hashes by name, so only then does a member find the plain
+string as a dict key (the counts the store returns are keyed by the stored strings).
 """
 
 from __future__ import annotations
