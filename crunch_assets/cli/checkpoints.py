@@ -38,7 +38,7 @@ def checkpoints() -> None:
 
 @checkpoints.command("list")
 @click.argument("slug")
-@click.option("--status", type=click.Choice(["PENDING", "SUBMITTED", "CLAIMABLE", "PAID", "SKIPPED"]))
+@click.option("--status", type=click.Choice([status.value for status in CheckpointStatus]))
 @click.option("--limit", type=click.IntRange(1, 200), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def list_checkpoints(slug: str, status: str | None, limit: int, as_json: bool) -> None:
@@ -140,7 +140,8 @@ def submit(slug: str, checkpoint_id: int, tx_hash: str, actor: str | None, note:
 @checkpoints.command("advance")
 @click.argument("slug")
 @click.argument("checkpoint_id", type=click.IntRange(1))
-@click.argument("status", type=click.Choice(["SUBMITTED", "CLAIMABLE", "PAID"]))
+@click.argument("status", type=click.Choice([CheckpointStatus.SUBMITTED.value, CheckpointStatus.CLAIMABLE.value,
+                                             CheckpointStatus.PAID.value]))
 @click.option("--tx-hash", help="a transaction hash (required for SUBMITTED)")
 @click.option("--actor", help="who does this (default: the OS user)")
 @click.option("--note")
