@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 
 import dagster as dg
 
-from crunch_assets.emission import FRAC64_ONE
+from crunch_assets import money
 from crunch_assets.spec import CompetitionSpec
 from resources.feeds.base import CANDLE, FeedResource
 from resources.store.competition import CompetitionStore
@@ -41,10 +41,12 @@ def check_every_cycle_stored(
 
 
 def check_scores_finite(store: CompetitionStore, key: dg.AssetKey, start: datetime, end: datetime) -> dg.AssetCheckResult:
-    scores, non_finite = store.score_value_problems(start, end)
+    """Every score of the window is finite and unique (one per prediction, one per model, scope and
+    cycle): what the rollups average and the checkpoint pays on."""
+    scores, non_finite, duplicates = store.score_value_problems(start, end)
     return dg.AssetCheckResult(
-        asset_key=key, check_name=SCORES_FINITE, passed=non_finite == 0,
-        metadata={"scores": scores, "non_finite": non_finite},
+        asset_key=key, check_name=SCORES_FINITE, passed=non_finite == 0 and duplicates == 0,
+        metadata={"scores": scores, "non_finite": non_finite, "duplicates": duplicates},
     )
 
 
@@ -60,37 +62,31 @@ def check_leaderboard_ranked(spec: CompetitionSpec, key: dg.AssetKey, entries: l
     )
 
 
-def check_rewards(key: dg.AssetKey, checkpoint: dict | None, by_rank: bool = True) -> dg.AssetCheckResult:
-    """Money check: rewards sum to exactly 1e9, are non-negative, never increase with rank (unless
-    `by_rank` is False: the contribution emission pays by its composite, checked where it is
-    computed, crunch_assets/contribution.py), and only eligible models are paid. A checkpoint that
-    pays nothing at all (no model eligible) fails it as a warning, not an error: the period can only
-    be skipped by an operator, and its run (a replay, a backfill) goes on to the periods after it."""
+def check_rewards(key: dg.AssetKey, checkpoint: dict | None, spec: CompetitionSpec) -> dg.AssetCheckResult:
+    """Money check: every invariant of crunch_assets/money.py, the same functions the payout gate
+    runs: rewards whole, non-negative and summing to exactly 1e9 (ranking and cruncher rewards),
+    ranks 1..n with eligible models first and scores in order, rewards never increasing with rank
+    (under the contribution emission, with the composite), only eligible models paid, cruncher
+    rewards the ranking's summed per cruncher. A checkpoint that pays nothing at all (no model
+    eligible) fails it as a warning, not an error: the period can only be skipped by an operator,
+    and its run (a replay, a backfill) goes on to the periods after it."""
     if checkpoint is None:
         return dg.AssetCheckResult(asset_key=key, check_name=REWARDS_EXACT, passed=True,
                                    metadata={"checkpoint": "none in this period"})
-    ranking = checkpoint["ranking"]
-    rewards = [entry["reward_pct"] for entry in ranking]
-    paid = [entry["reward_pct"] for entry in ranking if entry["eligible"]]
-    unpaid_ineligible = all(entry["reward_pct"] == 0 for entry in ranking if not entry["eligible"])
-    emitted = sum(entry["reward_pct"] for entry in checkpoint["cruncher_rewards"])
-    if not any(rewards) and not checkpoint["cruncher_rewards"] and not any(entry["eligible"] for entry in ranking):
+    rewards = [entry.get("reward_pct") for entry in checkpoint.get("ranking", [])]
+    if money.pays_nothing(checkpoint):
         return dg.AssetCheckResult(
             asset_key=key, check_name=REWARDS_EXACT, passed=False, severity=dg.AssetCheckSeverity.WARN,
             metadata={"reward_sum": 0, "models": len(rewards), "paid_models": 0,
                       "nothing_to_pay": "no model is eligible: the checkpoint pays nothing and can never be submitted; "
                                         "an operator skips it (crunch-dagster checkpoints skip)"},
         )
-    passed = (
-        sum(rewards) == FRAC64_ONE
-        and emitted == FRAC64_ONE
-        and all(r >= 0 for r in rewards)
-        and (not by_rank or all(a >= b for a, b in zip(paid, paid[1:])))
-        and unpaid_ineligible
-    )
+    problems = money.invariant_problems(checkpoint, spec.ranking_descending, spec.eligibility,
+                                        by_rank=spec.emission.kind != "contribution")
     return dg.AssetCheckResult(
-        asset_key=key, check_name=REWARDS_EXACT, passed=passed,
-        metadata={"reward_sum": sum(rewards), "models": len(rewards), "paid_models": sum(1 for r in rewards if r)},
+        asset_key=key, check_name=REWARDS_EXACT, passed=not problems,
+        metadata={"reward_sum": sum(r for r in rewards if isinstance(r, int)), "models": len(rewards),
+                  "paid_models": money.paid_models(checkpoint), "problems": problems[:10]},
     )
 
 

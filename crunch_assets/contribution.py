@@ -45,6 +45,7 @@ from typing import Any, Callable, Mapping, Sequence
 from crunch_assets import ensembles, metrics
 from crunch_assets.emission import FRAC64_ONE, RankedEntry, exact_score
 from crunch_assets.spec import CompetitionSpec, EmissionPolicy, Ensemble, Scope
+from resources.store.lifecycles import PredictionStatus
 
 
 # --- leave one out -------------------------------------------------------------------------------
@@ -91,7 +92,7 @@ def cycle_contributions(ensemble: Ensemble, scope: Scope, cycle: "metrics.Resolv
     """model_id -> c_k(t) for the members of the cycle's ensemble (nothing when the ensemble has no
     scored answer in the cycle)."""
     answer = cycle.answers.get(ensemble.model_id)
-    if answer is None or answer.status != "PENDING" or answer.output is None or not answer.success:
+    if answer is None or answer.status != PredictionStatus.PENDING or answer.output is None or not answer.success:
         return {}
     members = list((answer.meta or {}).get("members") or [])
     weights = [float(w) for w in (answer.meta or {}).get("weights") or []]

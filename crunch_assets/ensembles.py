@@ -45,6 +45,7 @@ from crunch_assets.rules import WiringError, resolve_callable
 from crunch_assets.spec import CompetitionSpec, Ensemble, Scope
 from resources.model_ids import is_virtual_model_id
 from resources.store.rows import PredictionRow
+from resources.store.lifecycles import PredictionStatus
 
 # slot -> the parameters the engine passes (by name), as rules.CALLABLE_SLOTS
 ENSEMBLE_SLOTS: dict[str, tuple[str, ...]] = {
@@ -203,7 +204,7 @@ def build(ensemble: Ensemble, scope: Scope, members: Sequence[tuple[str, Any]],
         meta["window"] = {m: [stats[m].count, stats[m].mean_score, stats[m].variance] for m in model_ids}
     if len(ordered) < ensemble.min_members:
         what = "answered and passed the filter" if ensemble.windowed else "answered"
-        return PredictionRow(ensemble.model_id, "ABSENT",
+        return PredictionRow(ensemble.model_id, PredictionStatus.ABSENT,
                              f"{len(ordered)} member(s) {what}, fewer than the ensemble's {ensemble.min_members}",
                              meta=meta)
     try:
@@ -212,9 +213,9 @@ def build(ensemble: Ensemble, scope: Scope, members: Sequence[tuple[str, Any]],
         output = combine(ensemble, scope, outputs, weights)
         _check_output(output)
     except Exception as error:  # the declared callables' failure is this cycle's ensemble's, never the cycle's
-        return PredictionRow(ensemble.model_id, "FAILED", f"ensemble error: {type(error).__name__}: {error}"[:1000],
+        return PredictionRow(ensemble.model_id, PredictionStatus.FAILED, f"ensemble error: {type(error).__name__}: {error}"[:1000],
                              meta=meta)
-    return PredictionRow(ensemble.model_id, "PENDING", None, None, output, meta)
+    return PredictionRow(ensemble.model_id, PredictionStatus.PENDING, None, None, output, meta)
 
 
 def _check_output(output: Any) -> None:
@@ -244,7 +245,7 @@ def cycle_rows(spec: CompetitionSpec, scope: Scope, rows: Sequence[PredictionRow
 
 def answered_outputs(rows: Iterable[tuple[str, str, Any]]) -> list[tuple[str, Any]]:
     return [(model_id, output) for model_id, status, output in rows
-            if status == "PENDING" and output is not None and not is_virtual_model_id(model_id)]
+            if status == PredictionStatus.PENDING and output is not None and not is_virtual_model_id(model_id)]
 
 
 def window_stats(scores_by_cycle: Mapping[datetime, Iterable[tuple[str, float]]],

@@ -16,6 +16,7 @@ module does not know shows too little, never too much.
 from __future__ import annotations
 
 import re
+from resources.store.lifecycles import PredictionStatus
 
 PUBLIC_REASON_MAX_CHARS = 300
 
@@ -76,7 +77,7 @@ def public_reason(status: str | None, reason: str | None) -> str | None:
     """The public part of a prediction's stored `status_reason`."""
     if reason is None:
         return None
-    if status == "ABSENT":
+    if status == PredictionStatus.ABSENT:
         return reason[:PUBLIC_REASON_MAX_CHARS]  # the runner's own words: no answer, not connected
     kind, separator, detail = reason.partition(": ")
     if not separator:
@@ -96,6 +97,6 @@ def public_score_reason(reason: str | None) -> str | None:
     if reason is None:
         return None
     status, separator, detail = reason.partition(": ")
-    if separator and status in ("FAILED", "ABSENT"):
+    if separator and status in (PredictionStatus.FAILED, PredictionStatus.ABSENT):
         return f"{status}: {public_reason(status, detail)}"
     return reason[:PUBLIC_REASON_MAX_CHARS]

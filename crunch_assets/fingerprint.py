@@ -51,6 +51,7 @@ import rfc8785
 
 from crunch_assets.rules import CallableRules, CompetitionRules, FeedGroundTruth, GroundTruthResource, WiringError
 from crunch_assets.spec import CompetitionSpec, SpecError
+from resources import clock
 
 FINGERPRINT_SCHEME = "crunch-rules/1"
 # The money path's version: raise it when a change of the engine changes any number for the same
@@ -357,7 +358,7 @@ class RulesBook:
     @property
     def current(self) -> RulesVersion:
         """In force now (the fingerprint computed at load)."""
-        return self.at(datetime.now(timezone.utc))
+        return self.at(clock.now())
 
     def in_period(self, start: datetime, end: datetime) -> list[RulesVersion]:
         """The versions in force at some instant of [start, end), oldest first."""

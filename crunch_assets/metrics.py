@@ -38,6 +38,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from crunch_assets.rules import resolve_callable
 from crunch_assets.spec import CompetitionSpec, Scope
 from resources.model_ids import is_virtual_model_id
+from resources.store.lifecycles import PredictionStatus
 
 META_KEY = "metrics"
 MIN_RANK_PAIRS = 3
@@ -257,7 +258,7 @@ def hour_statistics(spec: CompetitionSpec, scope: Scope, cycles: Sequence[Resolv
         if want_signal and read.signal is not None:
             for model_id in sorted(answers):
                 answer = answers[model_id]
-                if answer.status == "PENDING" and answer.output is not None:
+                if answer.status == PredictionStatus.PENDING and answer.output is not None:
                     try:
                         value = read.signal(scope, answer.output)
                     except Exception:  # an output the signal cannot read is no signal

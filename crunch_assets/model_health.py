@@ -17,6 +17,7 @@ from typing import Sequence
 
 from resources.store.competition import CompetitionStore
 from resources.store.rows import ModelEventRow
+from resources.store.lifecycles import PredictionStatus
 
 QUARANTINE_META_KEY = "quarantined_until"
 QUARANTINED = "QUARANTINED"
@@ -80,9 +81,9 @@ def load_health(
         last_quarantine = quarantines.get(row.model_id)
         if last_quarantine is not None and row.cycle_at <= last_quarantine.at:
             counting[row.model_id] = False
-        elif row.status == "ABSENT":
+        elif row.status == PredictionStatus.ABSENT:
             continue
-        elif row.status == "FAILED" and QUARANTINE_META_KEY not in row.meta:
+        elif row.status == PredictionStatus.FAILED and QUARANTINE_META_KEY not in row.meta:
             health[row.model_id].consecutive_failures += 1
         else:
             counting[row.model_id] = False

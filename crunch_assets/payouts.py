@@ -18,12 +18,14 @@ from __future__ import annotations
 import math
 import re
 from collections import defaultdict
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from fractions import Fraction
 
-from crunch_assets import merkle
+from crunch_assets import merkle, money
 from crunch_assets.defs.checkpoints.assets import checkpoint_entries, ranking_reach
+from crunch_assets.money import (
+    GateCheck, check_concentration, check_field_size, check_some_model_is_paid, frac64_to_percent,
+    unpayable_reasons,
+)
 from resources.payout_accounts import PayoutAccounts
 from crunch_assets.emission import FRAC64_ONE, largest_remainder
 from crunch_assets.fingerprint import CycleLabel, RulesBook, check_period, rules_book
@@ -31,15 +33,18 @@ from crunch_assets.rules import CompetitionRules, GroundTruthResource
 from crunch_assets.settings import CompetitionSettings
 from crunch_assets.spec import CompetitionSpec, GatePolicy
 from crunch_assets.verification import CHAIN_PROBLEM, ROOT_PROBLEM, audit_checkpoints, lifecycle_problems
+from resources import clock
 from resources.store.competition import CompetitionStore
 from resources.store.copies import CopyResolutionRefused
 from resources.store.disputes import DisputeRefused
 from resources.store.payouts import AuditRow, CheckpointNotFound, PayoutStore, TransitionConflict, TransitionOutcome
 from resources.store.rows import CheckpointRow, CopyResolutionRow, CycleRollupRow, DisputeRow, SnapshotRow
+from resources.store.lifecycles import CheckpointStatus, PredictionReportStatus
 
-STATUSES = ("PENDING", "SUBMITTED", "CLAIMABLE", "PAID", "SKIPPED")
+STATUSES = tuple(CheckpointStatus)
 # target -> the one status it can be reached from; SKIPPED is final (it pays nothing, ever)
-PREVIOUS_STATUS = {"SUBMITTED": "PENDING", "CLAIMABLE": "SUBMITTED", "PAID": "CLAIMABLE", "SKIPPED": "PENDING"}
+PREVIOUS_STATUS = {CheckpointStatus.SUBMITTED: CheckpointStatus.PENDING, CheckpointStatus.CLAIMABLE: CheckpointStatus.SUBMITTED,
+                   CheckpointStatus.PAID: CheckpointStatus.CLAIMABLE, CheckpointStatus.SKIPPED: CheckpointStatus.PENDING}
 # The gate checks that say a genuine checkpoint cannot be paid as the declared policies stand:
 # nothing to pay, or the gate's policy refuses the field. Each is a reason to skip the period.
 UNPAYABLE_CHECKS = ("some_model_is_paid", "minimum_field_size", "participant_share_within_cap")
@@ -90,121 +95,27 @@ class SkipRefused(Exception):
         super().__init__("the checkpoint cannot be skipped: " + "; ".join(reasons))
 
 
-@dataclass(frozen=True)
-class GateCheck:
-    name: str
-    passed: bool
-    detail: str
-
-    def as_dict(self) -> dict:
-        return {"name": self.name, "passed": self.passed, "detail": self.detail}
-
-
 # --- the gate's checks: pure functions -----------------------------------------------------------
 
 def check_reward_sum(entries: dict) -> GateCheck:
-    ranking = entries.get("ranking", [])
-    rewards = [r.get("reward_pct") for r in ranking]
-    emitted = [r.get("reward_pct") for r in entries.get("cruncher_rewards", [])]
-    problems = []
-    if any(not isinstance(r, int) or isinstance(r, bool) or r < 0 for r in rewards + emitted):
-        problems.append("a reward is not a non-negative whole number of frac64 units")
-    elif sum(rewards) != FRAC64_ONE:
-        problems.append(f"the ranking's rewards sum to {sum(rewards):,}, not {FRAC64_ONE:,}")
-    elif sum(emitted) != FRAC64_ONE:
-        problems.append(f"the cruncher rewards sum to {sum(emitted):,}, not {FRAC64_ONE:,}")
+    problems = money.reward_sum_problems(entries)
     return GateCheck("rewards_sum_to_one_billion", not problems,
-                     "; ".join(problems) or f"{len(ranking)} model(s), {len(emitted)} cruncher reward(s), sum {FRAC64_ONE:,}")
+                     "; ".join(problems) or f"{len(entries.get('ranking', []))} model(s), "
+                     f"{len(entries.get('cruncher_rewards', []))} cruncher reward(s), sum {FRAC64_ONE:,}")
 
 
 def check_follows_ranking(entries: dict, descending: bool, by_rank: bool = True) -> GateCheck:
     """Ranks 1..n, eligible first, scores in order; rewards never increase with rank, or, under the
     contribution emission (`by_rank` False), never with the stored composite (reward_components)."""
-    ranking = entries.get("ranking", [])
-    problems = []
-    if [r.get("rank") for r in ranking] != list(range(1, len(ranking) + 1)):
-        problems.append("ranks are not 1..n in order")
-    eligible_flags = [bool(r.get("eligible")) for r in ranking]
-    if eligible_flags != sorted(eligible_flags, reverse=True):
-        problems.append("an ineligible model is ranked above an eligible one")
-    rewards = [r.get("reward_pct") or 0 for r in ranking]
-    if by_rank and any(a < b for a, b in zip(rewards, rewards[1:])):
-        problems.append("a worse rank is paid more than a better one")
-    if not by_rank:
-        paid = sorted(((r.get("breakdown") or {}).get("reward_components", {}).get("composite", 0.0), r.get("reward_pct") or 0)
-                      for r in ranking if r.get("eligible"))
-        if any(ca < cb and ra > rb + 1 for (ca, ra), (cb, rb) in zip(paid, paid[1:])):
-            problems.append("a smaller composite (contribution emission) is paid more than a larger one")
-    scores = [r.get("score") for r in ranking if r.get("eligible")]
-    if any(s is None for s in scores):
-        problems.append("an eligible model has no score")
-    else:
-        worse = [(a, b) for a, b in zip(scores, scores[1:]) if (b - a > 1e-12 if descending else a - b > 1e-12)]
-        if worse:
-            problems.append(f"scores are not in ranking order ({worse[0][0]} before {worse[0][1]})")
+    problems = money.ranking_problems(entries, descending, by_rank)
     return GateCheck("rewards_follow_stored_ranking", not problems, "; ".join(problems) or "ranks, scores and rewards agree")
 
 
 def check_paid_models_eligible(entries: dict, spec: CompetitionSpec) -> GateCheck:
-    problems = []
-    for r in entries.get("ranking", []):
-        if not r.get("reward_pct"):
-            continue
-        if not r.get("eligible"):
-            problems.append(f"{r.get('model_id')} is paid but not eligible")
-        elif not spec.eligibility.pads_missing_cycles and (r.get("coverage") or 0.0) + 1e-12 < spec.eligibility.min_coverage:
-            problems.append(f"{r.get('model_id')} is paid with coverage {r.get('coverage')} "
-                            f"< the policy's {spec.eligibility.min_coverage}")
+    problems = money.paid_eligibility_problems(entries, spec.eligibility)
     rule = ("every_cycle (missed cycles count at the failure value)" if spec.eligibility.pads_missing_cycles
             else f"min_coverage {spec.eligibility.min_coverage}")
     return GateCheck("paid_models_are_eligible", not problems, "; ".join(problems) or f"every paid model is eligible under {rule}")
-
-
-def _participant(row: dict) -> str:
-    return row.get("participant") or row.get("model_id")
-
-
-def check_some_model_is_paid(entries: dict) -> GateCheck:
-    """Something to pay: at least one model has a reward. A period where no model is eligible (all
-    dead, all under the benchmark cutoff, all excluded) is stored with every reward 0 and can
-    never be submitted; an operator skips it."""
-    ranking = entries.get("ranking", [])
-    paid = sum(1 for r in ranking if isinstance(r.get("reward_pct"), int) and r["reward_pct"] > 0)
-    if paid:
-        return GateCheck("some_model_is_paid", True, f"{paid} of {len(ranking)} ranked model(s) paid")
-    reasons = sorted({(r.get("breakdown") or {}).get("unpaid_reason") or "not eligible" for r in ranking})
-    which = "is eligible" if not any(r.get("eligible") for r in ranking) else "is paid"
-    return GateCheck("some_model_is_paid", False,
-                     f"no model is paid: none of the {len(ranking)} ranked model(s) {which}"
-                     + (f" ({'; '.join(reasons[:3])}{'; ...' if len(reasons) > 3 else ''})" if reasons else "")
-                     + ": nothing to pay for the period")
-
-
-def check_field_size(entries: dict, gate: GatePolicy) -> GateCheck:
-    """No payout below the declared number of eligible participants (with a model the payout may
-    pay: benchmark, excluded and ineligible models do not count)."""
-    eligible = {_participant(r) for r in entries.get("ranking", []) if r.get("eligible")}
-    ok = len(eligible) >= gate.min_eligible_participants
-    return GateCheck("minimum_field_size", ok,
-                     f"{len(eligible)} eligible participant(s), the policy's minimum is {gate.min_eligible_participants}"
-                     + ("" if ok else " (declare GatePolicy(min_eligible_participants=...) for a smaller field)"))
-
-
-def check_concentration(entries: dict, gate: GatePolicy) -> GateCheck:
-    """No participant paid more than the declared share of the pool (exact, in frac64 units)."""
-    by_participant: dict[str, int] = defaultdict(int)
-    for r in entries.get("ranking", []):
-        if isinstance(r.get("reward_pct"), int):
-            by_participant[_participant(r)] += r["reward_pct"]
-    cap = Fraction(repr(float(gate.max_participant_share_pct))) * FRAC64_ONE / 100
-    over = sorted((p for p, reward in by_participant.items() if reward > cap), key=lambda p: -by_participant[p])
-    top = max(by_participant.values(), default=0)
-    detail = (f"no participant above {gate.max_participant_share_pct:g} % (the largest share is "
-              f"{frac64_to_percent(top):g} %)") if not over else "; ".join(
-        f"participant {p} is paid {frac64_to_percent(by_participant[p]):g} %, above the cap of "
-        f"{gate.max_participant_share_pct:g} % (declare GatePolicy(max_participant_share_pct=...) to allow it)"
-        for p in over)
-    return GateCheck("participant_share_within_cap", not over, detail)
 
 
 def check_paid_models_answered(entries: dict, scored_by_model: dict[str, int]) -> GateCheck:
@@ -224,21 +135,14 @@ def check_paid_models_answered(entries: dict, scored_by_model: dict[str, int]) -
 
 
 def check_crunchers(entries: dict, registry_index: dict[str, int | None]) -> GateCheck:
-    problems = []
-    emitted = [r.get("cruncher_index") for r in entries.get("cruncher_rewards", [])]
-    if len(set(emitted)) != len(emitted):
-        problems.append("a cruncher_index appears twice in cruncher_rewards")
-    by_cruncher: dict = defaultdict(int)
+    problems = money.cruncher_reward_problems(entries)
+    emitted = entries.get("cruncher_rewards", [])
     for r in entries.get("ranking", []):
         if r.get("model_id") in registry_index and r.get("cruncher_index") != registry_index[r.get("model_id")]:
             problems.append(f"{r.get('model_id')}: cruncher_index {r.get('cruncher_index')} is not the registry's "
                             f"{registry_index[r.get('model_id')]}")
-        if r.get("reward_pct"):
-            if r.get("model_id") not in registry_index:
-                problems.append(f"{r.get('model_id')} is paid but not in the model registry")
-            by_cruncher[r.get("cruncher_index")] += r["reward_pct"]
-    if dict(by_cruncher) != {r.get("cruncher_index"): r.get("reward_pct") for r in entries.get("cruncher_rewards", [])}:
-        problems.append("cruncher_rewards are not the ranking's rewards summed per cruncher")
+        if r.get("reward_pct") and r.get("model_id") not in registry_index:
+            problems.append(f"{r.get('model_id')} is paid but not in the model registry")
     return GateCheck("each_cruncher_once", not problems,
                      "; ".join(problems) or f"{len(emitted)} cruncher(s), each once, indexes from the model registry")
 
@@ -253,20 +157,20 @@ def check_period_continues(checkpoint: CheckpointRow, previous: CheckpointRow | 
     if previous.period_end != checkpoint.period_start:
         problems.append(f"the previous checkpoint (#{previous.id}) ends at {previous.period_end.isoformat()}, "
                         f"this period starts at {checkpoint.period_start.isoformat()}")
-    if previous.status == "PENDING":
+    if previous.status == CheckpointStatus.PENDING:
         problems.append(f"the previous checkpoint (#{previous.id}) is still PENDING: submit in order (a checkpoint "
                         "nobody can be paid for is skipped: crunch-dagster checkpoints skip)")
     if checkpoint.meta.get("previous_chained_root") != previous.chained_root:
         problems.append(f"chained to a root that is not the previous checkpoint's (#{previous.id})")
-    if previous.status != "PENDING" and previous_trail is not None:
+    if previous.status != CheckpointStatus.PENDING and previous_trail is not None:
         problems += [f"the previous checkpoint (#{previous.id}): {p}" for p in lifecycle_problems(previous, previous_trail)]
-    skipped = " (skipped: it paid nothing)" if previous.status == "SKIPPED" else ""
+    skipped = " (skipped: it paid nothing)" if previous.status == CheckpointStatus.SKIPPED else ""
     return GateCheck("period_starts_where_previous_ended", not problems,
                      "; ".join(problems) or f"continues checkpoint #{previous.id} ({previous.status}){skipped}")
 
 
 def check_settled(unsettled: int, statuses: dict[str, int]) -> GateCheck:
-    pending = statuses.get("PENDING", 0)
+    pending = statuses.get(PredictionReportStatus.PENDING, 0)
     ok = unsettled == 0 and pending == 0
     counts = ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())) or "no predictions"
     return GateCheck("nothing_in_period_pending", ok,
@@ -573,7 +477,7 @@ def run_gate(spec: CompetitionSpec, store: CompetitionStore, checkpoint: Checkpo
     from crunch_assets.publication import RootSink
 
     settings = settings or CompetitionSettings(spec.slug)
-    now = now or datetime.now(timezone.utc)
+    now = now or clock.now()
     entries = checkpoint.entries
     registry = {m.model_id: m.cruncher_index for m in store.models()}
     previous = store.previous_checkpoint(checkpoint.period_start)
@@ -635,9 +539,9 @@ def validate_request(to_status: str, tx_hash: str | None, actor: str, note: str 
         raise InvalidRequest(f"status {to_status!r} is not one of {', '.join(STATUSES)}")
     if tx_hash is not None and not TX_HASH_PATTERN.match(tx_hash):
         raise InvalidRequest(f"tx_hash {tx_hash!r} is not a transaction hash (16-128 letters or digits, optional 0x)")
-    if to_status == "SUBMITTED" and not tx_hash:
+    if to_status == CheckpointStatus.SUBMITTED and not tx_hash:
         raise InvalidRequest("SUBMITTED needs the transaction hash (tx_hash) of the on-chain submission")
-    if to_status == "SKIPPED":
+    if to_status == CheckpointStatus.SKIPPED:
         if note is None or not note.strip():
             raise InvalidRequest("SKIPPED needs the reason (note): why nobody can be paid for the period; it is kept in "
                                  "the audit")
@@ -667,17 +571,17 @@ def advance(
     checkpoint = store.checkpoint_by_id(checkpoint_id)
     if checkpoint is None:
         raise CheckpointNotFound(f"no checkpoint {checkpoint_id} in {spec.slug}")
-    if to_status == "PENDING":
+    if to_status == CheckpointStatus.PENDING:
         raise TransitionConflict(f"checkpoint {checkpoint_id} is {checkpoint.status}: a checkpoint never goes back to "
                                  "PENDING", checkpoint.status)
-    if to_status == "SUBMITTED" and checkpoint.status == "PENDING":
+    if to_status == CheckpointStatus.SUBMITTED and checkpoint.status == CheckpointStatus.PENDING:
         gate = run_gate(spec, store, checkpoint, accounts, settings, rules=rules, payouts=payouts,
                         ground_truth=ground_truth)
         if not gate["passed"]:
             payouts.record_gate(checkpoint_id, gate)
             raise GateFailed(gate)
         return payouts.transition(checkpoint_id, to_status, actor=actor, tx_hash=tx_hash, note=note, gate=gate)
-    if to_status == "SKIPPED" and checkpoint.status == "PENDING":
+    if to_status == CheckpointStatus.SKIPPED and checkpoint.status == CheckpointStatus.PENDING:
         # The gate's refusal is the evidence: stored with the checkpoint (frozen once it is
         # SKIPPED), and the database skips only a checkpoint whose stored gate refused this very row.
         gate = run_gate(spec, store, checkpoint, accounts, settings, rules=rules, payouts=payouts,
@@ -689,14 +593,6 @@ def advance(
         return payouts.transition(checkpoint_id, to_status, actor=actor, note=note)
     # not gated: a later step, an idempotent repeat, or an illegal move (refused by the database)
     return payouts.transition(checkpoint_id, to_status, actor=actor, tx_hash=tx_hash, note=note)
-
-
-def unpayable_reasons(entries: dict, gate: GatePolicy) -> list[str]:
-    """Why a checkpoint, as built, can never be submitted under the declared policies ([] when
-    nothing in its entries says so; the whole gate decides): no model paid, the field below the
-    gate's minimum, a participant over its share cap. Entries only: cheap enough for every listing."""
-    checks = (check_some_model_is_paid(entries), check_field_size(entries, gate), check_concentration(entries, gate))
-    return [f"{c.name}: {c.detail}" for c in checks if not c.passed]
 
 
 def skip_refusals(gate: dict) -> list[str]:
@@ -799,11 +695,6 @@ def resolve_dispute(spec: CompetitionSpec, store: CompetitionStore, checkpoint_i
 
 
 # --- formats -------------------------------------------------------------------------------------
-
-def frac64_to_percent(reward_pct: int) -> float:
-    """600,000,000 -> 60.0 (exact to the frac64 unit: 1e-7 %)."""
-    return round(reward_pct * 100 / FRAC64_ONE, 7)
-
 
 def emission_of(checkpoint: CheckpointRow) -> dict:
     """The on-chain emission shape, as stored."""

@@ -27,8 +27,10 @@ from pathlib import Path
 
 from crunch_assets import merkle
 from crunch_assets.settings import CompetitionSettings
+from resources import clock
 from resources.database_url import default_data_dir
 from resources.store.rows import CheckpointRow
+from resources.store.lifecycles import CheckpointStatus
 
 DIR_SETTING = "ROOT_PUBLICATION_DIR"
 WEBHOOK_SETTING = "ROOT_PUBLICATION_WEBHOOK_URL"
@@ -131,7 +133,7 @@ def audit_problem(sink: RootSink, checkpoint: CheckpointRow, records: list[dict]
     wanted = publication_record(sink.slug, checkpoint)
     if any(_same(r, wanted) for r in records):
         return None
-    if checkpoint.status == "PENDING":
+    if checkpoint.status == CheckpointStatus.PENDING:
         return (f"its chained root was never published to {sink.path}: crunch-dagster checkpoints publish "
                 f"{sink.slug} {checkpoint.id}")
     return (f"{checkpoint.status}, but its stored chained root is not in the publication file {sink.path}: the "
@@ -158,7 +160,7 @@ def publish(sink: RootSink, checkpoint: CheckpointRow, now: datetime | None = No
     for existing in read_publications(sink):
         if _same(existing, record) and (not sink.webhook_url or _delivered(existing)):
             return Publication(existing, appended=False)
-    line = {**record, "published_at": (now or datetime.now(timezone.utc)).isoformat(),
+    line = {**record, "published_at": (now or clock.now()).isoformat(),
             "webhook": _post(sink.webhook_url, record) if sink.webhook_url else None}
     sink.path.parent.mkdir(parents=True, exist_ok=True)
     with open(sink.path, "ab") as handle:  # O_APPEND: each write lands at the end

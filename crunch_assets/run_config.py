@@ -8,10 +8,10 @@ came is voided once its deadline has passed).
 
 from __future__ import annotations
 
-import time
 from datetime import datetime, timezone
 
 import dagster as dg
+from resources import clock
 
 
 class WindowRunConfig(dg.Config):
@@ -32,11 +32,11 @@ def resolve_as_of(config: WindowRunConfig, window: dg.TimeWindow, wait_up_to_sec
     run launched ahead of its cycle (at most wait_up_to_seconds early) waits for the cycle time."""
     wanted = parse_as_of(config)
     if wanted is None:
-        return min(window.end, datetime.now(timezone.utc))
-    early_seconds = (wanted - datetime.now(timezone.utc)).total_seconds()
+        return min(window.end, clock.now())
+    early_seconds = (wanted - clock.now()).total_seconds()
     if 0 < early_seconds <= wait_up_to_seconds:
-        time.sleep(early_seconds)
-    return min(wanted, window.end, datetime.now(timezone.utc))
+        clock.sleep(early_seconds)
+    return min(wanted, window.end, clock.now())
 
 
 def as_of_run_config(op_names: list[str], as_of: datetime) -> dict:

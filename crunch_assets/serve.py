@@ -10,7 +10,7 @@ in order (priority) and keeps their logs, rotated, under the data directory:
 | `webserver` | `dagster-webserver` on the generated grpc_server workspace (the operators' UI) | 30 |
 | `webserver_read_only` | `dagster-webserver --read-only` (the viewers' UI) | 30 |
 | `daemon` | `dagster-daemon run` (sensors, schedules, run monitoring, run retries) | 30 |
-| `api` | the report API, `crunch-dagster api --workspace <the served workspace>`, when the CLI has that command | 40 |
+| `api` | the report API, `crunch-dagster api --workspace <the served workspace>` (unless `--api-port 0`) | 40 |
 
 Everything generated lives in `<data dir>/serve/`: `supervisord.conf`, `workspace.yaml` (one
 `grpc_server` entry per code location) and `dagster_home/dagster.yaml` (a copy of the instance
@@ -31,29 +31,13 @@ from pathlib import Path
 
 import yaml
 
+from crunch_assets.code_locations import CodeLocation, ServeConfigError, read_code_locations
 from resources.database_url import PROJECT_ROOT, uses_embedded_server
 
 SERVE_DIR = "serve"
 LOGS_DIR = "logs"
 LOG_MAX_BYTES = "20MB"
 LOG_BACKUPS = 3
-
-
-class ServeConfigError(ValueError):
-    """The workspace or the options cannot be served; the message says what."""
-
-
-@dataclass(frozen=True)
-class CodeLocation:
-    name: str
-    module: str | None = None
-    python_file: str | None = None
-    working_directory: str | None = None
-
-    def target_args(self) -> list[str]:
-        if self.module:
-            return ["-m", self.module]
-        return ["-f", str(self.python_file)]
 
 
 @dataclass(frozen=True)
@@ -66,7 +50,7 @@ class ServeOptions:
     read_only_port: int | None = 3001
     code_server_base_port: int = 4000
     api_port: int | None = 8000
-    api_command: str | None = None  # default: `crunch-dagster api` if the CLI has it
+    api_command: str | None = None  # default: `crunch-dagster api` (default_api_command)
     embedded_database: bool = True
     bin_dir: Path = field(default_factory=lambda: Path(sys.executable).parent)
 
@@ -95,37 +79,6 @@ class ServeOptions:
         return self.serve_dir / "supervisor.sock"
 
 
-def read_code_locations(workspace: Path) -> list[CodeLocation]:
-    """The code locations of a workspace.yaml of python_module / python_file entries."""
-    try:
-        document = yaml.safe_load(workspace.read_text())
-    except FileNotFoundError:
-        raise ServeConfigError(f"no workspace file at {workspace}") from None
-    entries = (document or {}).get("load_from") or []
-    locations = []
-    for entry in entries:
-        if "python_module" in entry:
-            spec = entry["python_module"]
-            spec = {"module_name": spec} if isinstance(spec, str) else spec
-            module = spec["module_name"]
-            name = spec.get("location_name") or module
-            locations.append(CodeLocation(name, module=module, working_directory=spec.get("working_directory")))
-        elif "python_file" in entry:
-            spec = entry["python_file"]
-            spec = {"relative_path": spec} if isinstance(spec, str) else spec
-            path = (workspace.parent / spec["relative_path"]).resolve()
-            name = spec.get("location_name") or path.stem
-            locations.append(CodeLocation(name, python_file=str(path), working_directory=spec.get("working_directory")))
-        else:
-            raise ServeConfigError(f"{workspace}: only python_module and python_file entries can be served, got {sorted(entry)}")
-    if not locations:
-        raise ServeConfigError(f"{workspace} lists no code location")
-    names = [location.name for location in locations]
-    if len(set(names)) != len(names):
-        raise ServeConfigError(f"{workspace}: code location names must be unique, got {names}")
-    return locations
-
-
 def grpc_workspace(locations: list[CodeLocation], options: ServeOptions) -> dict:
     return {"load_from": [
         {"grpc_server": {"host": options.host, "port": options.code_server_base_port + index, "location_name": location.name}}
@@ -133,10 +86,8 @@ def grpc_workspace(locations: list[CodeLocation], options: ServeOptions) -> dict
     ]}
 
 
-def default_api_command() -> str | None:
-    from crunch_assets.cli import main
-
-    return "{bin}/crunch-dagster api --host {host} --port {port} --workspace {workspace}" if "api" in main.commands else None
+def default_api_command() -> str:
+    return "{bin}/crunch-dagster api --host {host} --port {port} --workspace {workspace}"
 
 
 def programs(locations: list[CodeLocation], options: ServeOptions) -> dict[str, dict]:

@@ -35,6 +35,7 @@ import dagster as dg
 
 from resources.feeds.base import FeedResource
 from resources.model_runners.base import ModelRunnerResource
+from resources.payout_accounts import PayoutAccounts
 
 TRUE_WORDS = {"on", "true", "yes", "1"}
 FALSE_WORDS = {"off", "false", "no", "0"}
@@ -175,11 +176,10 @@ class CompetitionSettings:
             return None
         return self.choice("NETWORK", NETWORKS, "")
 
-    def payout_accounts(self):
-        from resources.payout_accounts import PayoutAccounts
-
+    def payout_accounts(self) -> PayoutAccounts:
         return PayoutAccounts(
             crunch_pubkey=self.get("CRUNCH_PUBKEY"),
             compute_provider_pubkey=self.get("COMPUTE_PROVIDER_PUBKEY"),
             data_provider_pubkey=self.get("DATA_PROVIDER_PUBKEY"),
         )
+

@@ -27,10 +27,12 @@ from crunch_assets import merkle
 from resources.store.competition import CompetitionStore
 from resources.store.payouts import AuditRow
 from resources.store.rows import CheckpointRow
+from resources.store.lifecycles import CheckpointStatus
 
-STEPS = (("PENDING", "SUBMITTED"), ("SUBMITTED", "CLAIMABLE"), ("CLAIMABLE", "PAID"))
-STATUS_ORDER = ("PENDING", "SUBMITTED", "CLAIMABLE", "PAID")
-SKIP_STEP = ("PENDING", "SKIPPED")  # final: a skipped checkpoint pays nothing, ever
+STEPS = ((CheckpointStatus.PENDING, CheckpointStatus.SUBMITTED), (CheckpointStatus.SUBMITTED, CheckpointStatus.CLAIMABLE),
+         (CheckpointStatus.CLAIMABLE, CheckpointStatus.PAID))
+STATUS_ORDER = (CheckpointStatus.PENDING, CheckpointStatus.SUBMITTED, CheckpointStatus.CLAIMABLE, CheckpointStatus.PAID)
+SKIP_STEP = (CheckpointStatus.PENDING, CheckpointStatus.SKIPPED)  # final: a skipped checkpoint pays nothing, ever
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 ROOT_PROBLEM = "the period's stored scores, outputs or truths differ from what the checkpoint committed to"
 CHAIN_PROBLEM = ("the chained root does not follow from the roots and entries hashes before it: an earlier "
@@ -163,9 +165,9 @@ def lifecycle_problems(checkpoint: CheckpointRow, trail: Sequence[AuditRow]) -> 
     checkpoint's chained root; a checkpoint past PENDING keeps the passing gate result it was
     submitted with, for these entries and roots. A SKIPPED one has its one skip row with the
     reason (`_skip_problems`)."""
-    if checkpoint.status not in STATUS_ORDER + ("SKIPPED",):
+    if checkpoint.status not in STATUS_ORDER + (CheckpointStatus.SKIPPED,):
         return [f"status {checkpoint.status!r} is not a checkpoint status"]
-    expected = [SKIP_STEP] if checkpoint.status == "SKIPPED" else list(STEPS[:STATUS_ORDER.index(checkpoint.status)])
+    expected = [SKIP_STEP] if checkpoint.status == CheckpointStatus.SKIPPED else list(STEPS[:STATUS_ORDER.index(checkpoint.status)])
     found = [(row.from_status, row.to_status) for row in trail]
     problems = []
     if found != expected:
@@ -180,11 +182,11 @@ def lifecycle_problems(checkpoint: CheckpointRow, trail: Sequence[AuditRow]) -> 
                             "removed or forged: its digest does not follow")
             break
         previous = row.digest
-    if checkpoint.status == "PENDING":
+    if checkpoint.status == CheckpointStatus.PENDING:
         return problems
-    if checkpoint.status == "SKIPPED":
+    if checkpoint.status == CheckpointStatus.SKIPPED:
         return problems + _skip_problems(checkpoint, trail)
-    submitted = next((row for row in trail if row.to_status == "SUBMITTED"), None)
+    submitted = next((row for row in trail if row.to_status == CheckpointStatus.SUBMITTED), None)
     if submitted is not None:
         if not checkpoint.tx_hash or submitted.tx_hash != checkpoint.tx_hash:
             problems.append(f"the checkpoint's tx_hash {checkpoint.tx_hash!r} is not the one its SUBMITTED audit row "

@@ -75,6 +75,7 @@ from resources.store.rows import (
     StoredCycle,
     StoredPrediction,
 )
+from resources.store.lifecycles import InputStatus, PredictionReportStatus, PredictionStatus
 
 # A period is rescored (what-if) or run (shadow) this many hours at a time: bounded memory.
 CHUNK_HOURS = 6
@@ -320,10 +321,10 @@ def rescored_rollups(spec: CompetitionSpec, rules: CompetitionRules, truth: Grou
     while chunk < end:
         chunk_end = min(chunk + timedelta(hours=CHUNK_HOURS), end)
         scored: list[ScoredPrediction] = []
-        for cycle in store.history.cycles(chunk, chunk_end, with_predictions=True, statuses=("RESOLVED", "VOIDED")):
+        for cycle in store.history.cycles(chunk, chunk_end, with_predictions=True, statuses=(InputStatus.RESOLVED, InputStatus.VOIDED)):
             hour = floor_hour(cycle.cycle_at)
             tally = counts.setdefault((cycle.scope_key, hour), [0, 0, [], 0])
-            if cycle.status == "VOIDED":
+            if cycle.status == InputStatus.VOIDED:
                 tally[1] += 1
                 continue
             version = book.at(cycle.cycle_at)
@@ -520,7 +521,7 @@ def run_candidate(spec: CompetitionSpec, rules: CompetitionRules, truth: GroundT
                     version = book.at(cycle.cycle_at)
                     scope = stored_scope(spec, _as_settle(cycle))
                     if health.is_quarantined(cycle.cycle_at):  # as the predictions stage does: FAILED, not called
-                        row = PredictionRow(candidate_id, "FAILED",
+                        row = PredictionRow(candidate_id, PredictionStatus.FAILED,
                                             f"quarantined: not called until {health.quarantined_until.isoformat()}")
                     else:
                         calls = version.rules.build_model_calls(scope, cycle.raw_data)
@@ -528,7 +529,7 @@ def run_candidate(spec: CompetitionSpec, rules: CompetitionRules, truth: GroundT
                             ModelCallResult(runner_id, CallStatus.ABSENT, detail="no answer from the model runner")
                         row = prediction_from_result(version.rules, scope, result)
                         if result.status is not CallStatus.ABSENT:
-                            policy.record(health, cycle.cycle_at, failed=row.status == "FAILED")
+                            policy.record(health, cycle.cycle_at, failed=row.status == PredictionStatus.FAILED)
                     run.cycles_run += 1
                     if on_cycle:
                         on_cycle(run.cycles_run, total)
@@ -538,11 +539,11 @@ def run_candidate(spec: CompetitionSpec, rules: CompetitionRules, truth: GroundT
 
 
 def _score_candidate(run: CandidateRun, version, scope, cycle: StoredCycle, row) -> None:
-    answered = row.status == "PENDING"
-    if answered and cycle.status != "VOIDED":
+    answered = row.status == PredictionStatus.PENDING
+    if answered and cycle.status != InputStatus.VOIDED:
         run.outputs[cycle.scope_key].append((int(cycle.cycle_at.timestamp()), run.model_id,
                                              orjson.dumps(row.inference_output).decode()))
-    if cycle.status != "RESOLVED":
+    if cycle.status != InputStatus.RESOLVED:
         return
     failure_value = cycle.failure_value
     scorer = Scorer.of(version.rules)
@@ -551,14 +552,14 @@ def _score_candidate(run: CandidateRun, version, scope, cycle: StoredCycle, row)
         result = score_answer(scorer, scope, candidate, cycle.actuals)
         if result["success"] and version.rules.adjusts_cycles:
             field_results = {p.model_id: score_answer(scorer, scope, p, cycle.actuals)
-                             for p in cycle.predictions if p.status == "PENDING" and p.model_id != run.model_id}
+                             for p in cycle.predictions if p.status == PredictionStatus.PENDING and p.model_id != run.model_id}
             successful = {m: r for m, r in field_results.items() if r["success"]}
             try:
                 adjusted = version.rules.adjust_cycle(scope, cycle.cycle_at, {**successful, run.model_id: result})
                 result = {**adjusted[run.model_id], "success": True}
             except Exception as error:  # the field's cycle would have been voided: the candidate gets nothing
                 run.per_cycle.append({"cycle_at": cycle.cycle_at.isoformat(), "scope_key": cycle.scope_key,
-                                      "status": "VOIDED", "reason": f"cross-sectional step error: {error}"})
+                                      "status": PredictionReportStatus.VOIDED, "reason": f"cross-sectional step error: {error}"})
                 return
         success = bool(result.get("success"))
         value = float(result["value"]) if success else failure_value

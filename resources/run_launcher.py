@@ -12,16 +12,15 @@ its containers instead (deploy/).
 
 from __future__ import annotations
 
+import dagster as dg
 import psutil
-from dagster._core.events import DagsterEventType
-from dagster._core.launcher import DefaultRunLauncher
 from dagster._core.launcher.base import CheckRunHealthResult, WorkerStatus
 
 # A process created this long after Dagster recorded its pid is another process (the pid was reused).
 PID_REUSE_SLACK_SECONDS = 5.0
 
 
-class CrunchRunLauncher(DefaultRunLauncher):
+class CrunchRunLauncher(dg.DefaultRunLauncher):
     @property
     def supports_check_run_worker_health(self) -> bool:
         return True
@@ -42,7 +41,7 @@ class CrunchRunLauncher(DefaultRunLauncher):
 
     def _worker_start(self, run_id: str) -> tuple[int, float] | None:
         records = self._instance.event_log_storage.get_logs_for_run(
-            run_id, of_type={DagsterEventType.ENGINE_EVENT}, ascending=False,
+            run_id, of_type={dg.DagsterEventType.ENGINE_EVENT}, ascending=False,
         )
         for entry in records:
             event = entry.dagster_event

@@ -78,7 +78,7 @@ def replay_history_once() -> None:
     competition under .crunch/); the live cycles take over from the current hour."""
     import dagster as dg
 
-    from crunch_assets.cli.common import load_competition
+    from crunch_assets.code_locations import load_competition
     from crunch_assets.replay import replay
 
     for slug in workspace_competitions():

@@ -523,7 +523,7 @@ def test_lag_of_a_served_workspace_reads_the_scopes_it_runs(tmp_path, clean_data
     import requests
 
     from crunch_assets.api import load_report_competition
-    from crunch_assets.cli.common import load_workspace_competitions
+    from crunch_assets.code_locations import load_workspace_competitions
     from resources.store.database import CrunchDatabase
     from resources.store.rows import CycleWrite, InputRow
 

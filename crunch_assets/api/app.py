@@ -23,17 +23,21 @@ import os
 import pathlib
 import tempfile
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Annotated, Callable, Literal, Sequence
 
 from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Path, Query
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from crunch_assets import payouts
 from crunch_assets.api import exports
+from crunch_assets.api.bodies import (
+    ConfirmBody, DisputeBody, Ident, ResolveCopyBody, ResolveDisputeBody, ShadowBody, StatusBody, UtcInstant,
+    _utc_instant, advance_over_http,
+)
 from crunch_assets.api.competitions import ReportCompetition
 from crunch_assets.api.contribution_views import add_contribution_routes
 from crunch_assets.api.hardening import HardenedAPI, docs_routes, validation_error
@@ -46,10 +50,11 @@ from crunch_assets.receipts import ReceiptUnavailable, build_receipt
 from crunch_assets.verification import inclusion_proof
 from crunch_assets.whatif import ShadowLimitExceeded, ShadowLimits, ShadowRefused
 from crunch_assets.whatif import shadow as run_shadow
+from resources import clock
 from resources.model_ids import MODEL_ID_PATTERN, MODEL_ID_RULE
 from resources.store import json_codec
-from resources.store.payouts import CheckpointNotFound, TransitionConflict
 from resources.store.reports import PREDICTION_STATUSES
+from resources.store.lifecycles import CheckpointStatus
 
 API_TOKEN_ENV = "CRUNCH_API_TOKEN"
 API_ACTOR_ENV = "CRUNCH_API_ACTOR"
@@ -60,31 +65,11 @@ CHECKPOINT_LIMIT_MAX = 200
 EXPORT_MAX_DAYS = 31
 SERIES_MAX_DAYS = 31
 ID_MAX = 2**63 - 1
-# Identifiers in paths and filters: printable, bounded (NUL and control characters cannot reach SQL).
-# A model id has the registration grammar (resources/model_ids.py): every registered model fits it.
-IDENT_PATTERN = r"^[A-Za-z0-9_.:@/+=-]{1,200}$"
 # The shadow entry (POST P/shadow): off unless the operator enables it; its limits.
 SHADOW_ENV = "CRUNCH_API_SHADOW"
 SHADOW_MAX_HOURS_ENV = "CRUNCH_API_SHADOW_MAX_HOURS"
 SHADOW_MAX_SECONDS_ENV = "CRUNCH_API_SHADOW_MAX_SECONDS"
-SHADOW_SOURCE_MAX_CHARS = 100_000
 SHADOW_BODY_MAX_BYTES = 1024 * 1024  # room for the source fully \u-escaped in JSON (6 bytes a character)
-EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)
-LATEST = datetime(2200, 1, 1, tzinfo=timezone.utc)
-
-
-def _utc_instant(value: datetime) -> datetime:
-    try:
-        utc = value.astimezone(timezone.utc)
-    except OverflowError:
-        raise ValueError("instant out of range") from None
-    if not EARLIEST <= utc < LATEST:
-        raise ValueError(f"instant must be between {EARLIEST.year} and {LATEST.year}")
-    return utc
-
-
-UtcInstant = Annotated[AwareDatetime, AfterValidator(_utc_instant)]
-Ident = Annotated[str, Field(pattern=IDENT_PATTERN)]
 CheckpointId = Annotated[int, Path(ge=1, le=ID_MAX, description="checkpoint id", examples=[1])]
 ModelId = Annotated[str, Path(pattern=MODEL_ID_PATTERN, description=f"model id: {MODEL_ID_RULE}", examples=["mean_reversion"])]
 ModelIdFilter = Annotated[str, Field(pattern=MODEL_ID_PATTERN, description=f"model id: {MODEL_ID_RULE}")]
@@ -94,78 +79,8 @@ ModelIdFilter = Annotated[str, Field(pattern=MODEL_ID_PATTERN, description=f"mod
 RECEIPT_CONCURRENCY = 1
 RECEIPT_WAIT_SECONDS = 30.0
 _receipt_slots = threading.BoundedSemaphore(RECEIPT_CONCURRENCY)
-TxHash = Annotated[str, Field(pattern=payouts.TX_HASH_PATTERN.pattern, description="on-chain transaction hash")]
-Note = Annotated[str, Field(max_length=payouts.NOTE_MAX_CHARS)]
 
 
-
-def advance_over_http(c: ReportCompetition, checkpoint_id: int, to_status: str, actor: str, tx_hash: str | None,
-                      note: str | None):
-    """One checkpoint transition for every router (ours and the reference's /reports paths): the gate
-    recomputes the payout with the competition's rules and ground truth (the checkpoint must have been
-    built under them: its rules fingerprint); each refusal is its HTTP status."""
-    try:
-        return payouts.advance(c.spec, c.store, c.payouts, c.accounts, checkpoint_id, to_status, actor=actor,
-                               tx_hash=tx_hash, note=note, settings=c.settings, rules=c.rules,
-                               ground_truth=c.ground_truth)
-    except CheckpointNotFound as error:
-        raise HTTPException(404, str(error)) from None
-    except payouts.InvalidRequest as error:
-        raise HTTPException(422, str(error)) from None
-    except TransitionConflict as error:
-        raise HTTPException(409, {"message": str(error), "status": error.current_status}) from None
-    except (payouts.GateFailed, payouts.SkipRefused) as error:
-        raise HTTPException(409, {"message": str(error), "reasons": error.reasons, "gate": error.gate}) from None
-
-
-class ConfirmBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    tx_hash: TxHash
-    note: Note | None = None
-
-
-class ResolveCopyBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    pay: Ident | None = Field(default=None, description="the one member the cluster pays")
-    pay_all: bool = Field(default=False, description="the members are not copies: pay every one")
-    note: Note | None = None
-
-
-class CycleRange(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    first: UtcInstant = Field(description="the first disputed cycle time")
-    last: UtcInstant = Field(description="the last disputed cycle time (the same as first: one cycle)")
-
-
-class DisputeBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    claimant: Annotated[str, Field(min_length=1, max_length=payouts.CLAIMANT_MAX_CHARS,
-                                   description="who disputes (a participant, a model)")]
-    what: Annotated[str, Field(min_length=1, max_length=payouts.NOTE_MAX_CHARS, description="what is disputed")]
-    cycles: Annotated[list[CycleRange], Field(min_length=1, max_length=payouts.MAX_DISPUTED_RANGES)]
-    note: Note | None = None
-
-
-class ResolveDisputeBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    resolution: Annotated[str, Field(min_length=1, max_length=payouts.NOTE_MAX_CHARS,
-                                     description="how it was resolved")]
-
-
-class ShadowBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    model_source: Annotated[str, Field(min_length=1, max_length=SHADOW_SOURCE_MAX_CHARS,
-                                       description="the candidate's model file (Python source)")]
-    start: UtcInstant = Field(description="every checkpoint period inside [start, end) is reported")
-    end: UtcInstant
-    replaces: Ident | None = Field(default=None, description="the candidate takes this model's place in the field")
-
-
-class StatusBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    status: Literal["PENDING", "SUBMITTED", "CLAIMABLE", "PAID", "SKIPPED"]
-    tx_hash: TxHash | None = None
-    note: Note | None = Field(default=None, description="kept in the audit; for SKIPPED, required: the reason")
 
 
 def encode_cursor(cycle_at: datetime, row_id: int) -> str:
@@ -663,7 +578,7 @@ def _add_schema_and_lag_routes(router: APIRouter, Competition, Operator, IsOpera
     @router.get("/lag", tags=["health"])
     def lag(c: Competition) -> dict:
         """How far behind now the last stored cycle, score, leaderboard and checkpoint are."""
-        return lag_view(c, c.reports.lag([s.key for s in c.spec.scopes]), datetime.now(timezone.utc))
+        return lag_view(c, c.reports.lag([s.key for s in c.spec.scopes]), clock.now())
 
 
 def _add_lifecycle_routes(router: APIRouter, Competition, Operator, IsOperator) -> None:
@@ -683,7 +598,7 @@ def _add_lifecycle_routes(router: APIRouter, Competition, Operator, IsOperator) 
     @router.post("/checkpoints/{checkpoint_id}/confirm", tags=["lifecycle"], responses=conflict)
     def confirm(c: Competition, actor: Operator, checkpoint_id: CheckpointId, body: Annotated[ConfirmBody, Body()]) -> dict:
         """PENDING -> SUBMITTED with the on-chain transaction hash, after the emission safety gate."""
-        return transition(c, checkpoint_id, "SUBMITTED", actor, body.tx_hash, body.note)
+        return transition(c, checkpoint_id, CheckpointStatus.SUBMITTED, actor, body.tx_hash, body.note)
 
     @router.patch("/checkpoints/{checkpoint_id}/status", tags=["lifecycle"], responses=conflict)
     def advance_status(c: Competition, actor: Operator, checkpoint_id: CheckpointId,
@@ -719,7 +634,7 @@ def _add_lifecycle_routes(router: APIRouter, Competition, Operator, IsOperator) 
         except payouts.CopyResolutionRefused as error:
             if error.not_found:
                 raise HTTPException(404, str(error)) from None
-            if error.status != "PENDING":
+            if error.status != CheckpointStatus.PENDING:
                 raise HTTPException(409, {"message": str(error), "status": error.status}) from None
             raise HTTPException(422, str(error)) from None
         return {"resolution": vars(resolution),
@@ -738,7 +653,7 @@ def _add_lifecycle_routes(router: APIRouter, Competition, Operator, IsOperator) 
     def dispute_refused(error: payouts.DisputeRefused) -> HTTPException:
         if error.not_found:
             return HTTPException(404, str(error))
-        if error.status is not None and error.status != "PENDING":
+        if error.status is not None and error.status != CheckpointStatus.PENDING:
             return HTTPException(409, {"message": str(error), "status": error.status})
         return HTTPException(422, str(error))
 

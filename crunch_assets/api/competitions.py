@@ -72,7 +72,7 @@ def load_report_competition(slug: str, database: CrunchDatabase | None = None) -
     """A competition's code location by slug (competitions/<slug>/definitions.py): its spec, the
     emission accounts its definitions were configured with and its declared network
     (crunch_assets/settings.py; a wrong value is refused by name)."""
-    from crunch_assets.cli.common import load_competition
+    from crunch_assets.code_locations import load_competition
 
     defs, spec = load_competition(slug)
     return report_competition(defs, spec, database)
@@ -94,7 +94,7 @@ def report_competition(defs, spec: CompetitionSpec, database: CrunchDatabase | N
 def workspace_slugs(workspace: Path) -> list[str]:
     """The competitions a workspace.yaml loads, in its order: each code location must be a
     competition module (`competitions.<slug>.definitions`, location named <slug>)."""
-    from crunch_assets.serve import ServeConfigError, read_code_locations
+    from crunch_assets.code_locations import ServeConfigError, read_code_locations
 
     try:
         locations = read_code_locations(workspace)

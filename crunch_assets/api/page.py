@@ -43,7 +43,9 @@ from crunch_assets.merkle import leaf_json
 from crunch_assets.model_health import QUARANTINE_META_KEY, QUARANTINED
 from crunch_assets.payouts import frac64_to_percent
 from crunch_assets.verification import inclusion_proof
+from resources import clock
 from resources.model_ids import MODEL_ID_PATTERN
+from resources.store.lifecycles import CheckpointStatus, PredictionReportStatus
 
 # The page's model path takes the one model-id grammar (resources/model_ids.py) the registry enforces.
 MODEL_ID = re.compile(MODEL_ID_PATTERN)
@@ -51,7 +53,7 @@ PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e
 PAGE_CHECKPOINTS = 10
 PAGE_MAX = 100_000
 CHART_MODELS_MAX = 10  # more lines than this cannot be told apart: the best-ranked are drawn
-STATUSES = ("PENDING", "SUBMITTED", "CLAIMABLE", "PAID")
+STATUSES = (CheckpointStatus.PENDING, CheckpointStatus.SUBMITTED, CheckpointStatus.CLAIMABLE, CheckpointStatus.PAID)
 DATE_FORMAT = "%Y-%m-%d %H:%M"  # the one format of the page (UTC)
 
 templates = Environment(loader=PackageLoader("crunch_assets.api", "templates"), autoescape=select_autoescape(["html"]))
@@ -317,7 +319,7 @@ def build_page_router(competitions: dict[str, ReportCompetition], default_slug: 
         return HTMLResponse(html)
 
     def competition_page(c: ReportCompetition, page: int, status: str | None) -> HTMLResponse:
-        now = datetime.now(timezone.utc)
+        now = clock.now()
         stored = c.store.leaderboard()
         board = leaderboard_view(c, stored, c.spec.ranking_key, None)
         changes, previous = rank_changes(c, board)
@@ -365,7 +367,7 @@ def build_page_router(competitions: dict[str, ReportCompetition], default_slug: 
         c = competitions.get(slug)
         if c is None:
             return not_found(f"No competition {slug!r} is served here.", competitions)
-        now = datetime.now(timezone.utc)
+        now = clock.now()
         states = model_states(c, now) if MODEL_ID.match(model_id) else {}
         if model_id not in states:
             return not_found(f"No model {model_id!r} in {slug}. Its id is the file name of its model "
@@ -377,7 +379,7 @@ def build_page_router(competitions: dict[str, ReportCompetition], default_slug: 
         period_counts = ((raw or {}).get("payout") or {}).get("breakdown")
         changes, previous = rank_changes(c, board)
         lifetime = c.reports.lifetime_rewards().get(model_id)
-        failures = c.reports.predictions(model_id=model_id, status="FAILED", descending=True, limit=1)
+        failures = c.reports.predictions(model_id=model_id, status=PredictionReportStatus.FAILED, descending=True, limit=1)
         last_failure = None
         if failures:
             f = failures[0]
@@ -391,7 +393,7 @@ def build_page_router(competitions: dict[str, ReportCompetition], default_slug: 
             row = next((r for r in cp.entries.get("ranking", []) if r["model_id"] == model_id), None)
             if row is None:
                 continue
-            scored = c.reports.predictions(model_id=model_id, status="SCORED", start=cp.period_start,
+            scored = c.reports.predictions(model_id=model_id, status=PredictionReportStatus.SCORED, start=cp.period_start,
                                            end=cp.period_end, limit=1)
             proof = None
             if scored:

@@ -16,13 +16,15 @@ from typing import Annotated, Callable, Literal
 from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query
 
 from crunch_assets import payouts
-from crunch_assets.api.app import ConfirmBody, Ident, StatusBody, UtcInstant, advance_over_http
+from crunch_assets.api.bodies import ConfirmBody, Ident, StatusBody, UtcInstant, advance_over_http
 from crunch_assets.api.competitions import ReportCompetition
 from crunch_assets.api.views import score_words, window_label
 from crunch_assets.failure_reasons import public_score_reason
 from crunch_assets.spec import CompetitionSpec
+from resources import clock
 from resources.model_ids import is_virtual_model_id
 from resources.store.rows import CheckpointRow, ModelRow
+from resources.store.lifecycles import CheckpointStatus, PredictionReportStatus
 
 SCHEMA_VERSION = "1"
 CHECKPOINT_LIMIT_MAX = 200
@@ -289,7 +291,7 @@ def _project_ids(raw: list[str] | None) -> set[str] | None:
 
 
 def _range(start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
-    end = end or datetime.now(timezone.utc)
+    end = end or clock.now()
     start = start or end - timedelta(days=DEFAULT_SPAN_DAYS)
     if end <= start:
         raise HTTPException(422, "end must be after start")
@@ -365,7 +367,7 @@ def build_reference_router(competition_dependency: Callable[..., ReportCompetiti
                 "score_value": p.score_value, "score_success": bool(p.score_success),
                 "score_failed": (not p.score_success) if scored else True,
                 "score_failed_reason": public_score_reason(p.score_failed_reason) if scored else
-                ("void: not scored" if p.status == "VOIDED" else "Prediction not scored"),
+                ("void: not scored" if p.status == PredictionReportStatus.VOIDED else "Prediction not scored"),
                 "performed_at": _naive_utc(p.cycle_at), "resolvable_at": _naive_utc(p.resolvable_at),
             })
         return rows
@@ -469,7 +471,7 @@ def build_reference_router(competition_dependency: Callable[..., ReportCompetiti
     @router.post("/checkpoints/{checkpoint_id}/confirm", responses=conflict)
     def confirm(c: Competition, actor: Operator, checkpoint_id: CheckpointId, body: Annotated[ConfirmBody, Body()]) -> dict:
         """PENDING -> SUBMITTED with the transaction hash, after the safety gate; the checkpoint as NodeCheckpoint."""
-        return transition(c, checkpoint_id, "SUBMITTED", actor, body.tx_hash, body.note)
+        return transition(c, checkpoint_id, CheckpointStatus.SUBMITTED, actor, body.tx_hash, body.note)
 
     @router.patch("/checkpoints/{checkpoint_id}/status", responses=conflict)
     def advance_status(c: Competition, actor: Operator, checkpoint_id: CheckpointId,

@@ -16,6 +16,7 @@ from crunch_assets.verification import lifecycle_problems
 from resources.store.payouts import AuditRow
 from resources.store.reports import LagReport, PredictionReport, SnapshotReport
 from resources.store.rows import CheckpointRow, DisputeRow
+from resources.store.lifecycles import CheckpointStatus
 
 SERIES_DEFAULT_HOURS = 72
 
@@ -173,14 +174,14 @@ def lifecycle_view(cp: CheckpointRow, audit: Sequence[AuditRow]) -> dict:
 
 def skip_view(audit: Sequence[AuditRow]) -> dict | None:
     """The operator's skip of the checkpoint, from its audit row: the reason, who, when."""
-    row = next((a for a in audit if a.to_status == "SKIPPED"), None)
+    row = next((a for a in audit if a.to_status == CheckpointStatus.SKIPPED), None)
     return None if row is None else {"reason": row.note, "actor": row.actor, "at": row.at, "audit_id": row.id}
 
 
 def unpayable_view(cp: CheckpointRow, spec: CompetitionSpec) -> dict | None:
     """For a PENDING checkpoint whose entries the declared policies can never pay: why, what it
     blocks, and the operator's way out. None when nothing in its entries says so."""
-    reasons = unpayable_reasons(cp.entries, spec.gate) if cp.status == "PENDING" else []
+    reasons = unpayable_reasons(cp.entries, spec.gate) if cp.status == CheckpointStatus.PENDING else []
     if not reasons:
         return None
     return {"reasons": reasons,
@@ -203,7 +204,7 @@ def checkpoint_summary(cp: CheckpointRow, audit: Sequence[AuditRow] | None = Non
                "rules_mixed": bool(rules.get("mixed")), "reward_split": reward_split(cp)}
     if audit is not None:
         summary["lifecycle"] = lifecycle_view(cp, audit)
-        summary["skipped"] = skip_view(audit) if cp.status == "SKIPPED" else None
+        summary["skipped"] = skip_view(audit) if cp.status == CheckpointStatus.SKIPPED else None
     if spec is not None:
         summary["unpayable"] = unpayable_view(cp, spec)
     return summary

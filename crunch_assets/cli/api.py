@@ -44,7 +44,8 @@ def api(host: str, port: int, slugs: tuple[str, ...], workspace: Path, log_level
     from crunch_assets.api import create_app, load_report_competition
     from crunch_assets.api.competitions import WorkspaceError, report_competition
     from crunch_assets.api.server import run_server
-    from crunch_assets.cli.common import exit_cleanly_on_sigterm, load_workspace_competitions
+    from crunch_assets.cli.common import exit_cleanly_on_sigterm
+    from crunch_assets.code_locations import load_workspace_competitions
     from crunch_assets.settings import SettingsError
     from resources.database_url import DatabaseConfigError, configured_role_url, uses_embedded_server
 

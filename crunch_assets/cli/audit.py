@@ -7,6 +7,7 @@ import json
 from datetime import datetime
 
 import click
+from resources.store.lifecycles import CheckpointStatus
 
 
 @click.command()
@@ -48,7 +49,7 @@ def audit(slug: str, proof_model: str | None, cycle_at: str | None, scope_key: s
     if c.rules is not None:
         for a in audits:
             cp = by_id.get(a.checkpoint_id)
-            if cp is not None and cp.status == "PENDING":
+            if cp is not None and cp.status == CheckpointStatus.PENDING:
                 differences = payout_differences(cp.entries, checkpoint_entries(
                     c.spec, c.rules, store, accounts_of(cp.entries), cp.period_start, cp.period_end,
                     ground_truth=c.ground_truth))

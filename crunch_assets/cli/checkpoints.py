@@ -14,6 +14,7 @@ import json
 import click
 
 from crunch_assets.api.competitions import load_report_competition
+from resources.store.lifecycles import CheckpointStatus
 
 
 def _json(value) -> str:
@@ -37,7 +38,7 @@ def checkpoints() -> None:
 
 @checkpoints.command("list")
 @click.argument("slug")
-@click.option("--status", type=click.Choice(["PENDING", "SUBMITTED", "CLAIMABLE", "PAID", "SKIPPED"]))
+@click.option("--status", type=click.Choice([status.value for status in CheckpointStatus]))
 @click.option("--limit", type=click.IntRange(1, 200), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def list_checkpoints(slug: str, status: str | None, limit: int, as_json: bool) -> None:
@@ -133,13 +134,14 @@ def _transition(slug: str, checkpoint_id: int, status: str, tx_hash: str | None,
 @click.option("--note")
 def submit(slug: str, checkpoint_id: int, tx_hash: str, actor: str | None, note: str | None) -> None:
     """PENDING -> SUBMITTED, after the emission safety gate (exit 1 with its reasons when it refuses)."""
-    _transition(slug, checkpoint_id, "SUBMITTED", tx_hash, actor, note)
+    _transition(slug, checkpoint_id, CheckpointStatus.SUBMITTED, tx_hash, actor, note)
 
 
 @checkpoints.command("advance")
 @click.argument("slug")
 @click.argument("checkpoint_id", type=click.IntRange(1))
-@click.argument("status", type=click.Choice(["SUBMITTED", "CLAIMABLE", "PAID"]))
+@click.argument("status", type=click.Choice([CheckpointStatus.SUBMITTED.value, CheckpointStatus.CLAIMABLE.value,
+                                             CheckpointStatus.PAID.value]))
 @click.option("--tx-hash", help="a transaction hash (required for SUBMITTED)")
 @click.option("--actor", help="who does this (default: the OS user)")
 @click.option("--note")
@@ -158,7 +160,7 @@ def skip(slug: str, checkpoint_id: int, reason: str, actor: str | None) -> None:
     submitted. Only for a checkpoint the gate refuses because nobody can be paid (no model paid,
     the field below the gate's minimum, a participant over its cap), settled, genuine and in order
     (exit 1 with the reasons otherwise)."""
-    _transition(slug, checkpoint_id, "SKIPPED", None, actor, reason)
+    _transition(slug, checkpoint_id, CheckpointStatus.SKIPPED, None, actor, reason)
 
 
 @checkpoints.command("resolve-copy")

@@ -41,6 +41,10 @@ TERM_GRACE_SECONDS = 10.0
 SERVER_STOP_SECONDS = 30.0
 RUN_STATUSES_IN_FLIGHT = ("NOT_STARTED", "QUEUED", "STARTING", "STARTED", "CANCELING")
 
+# The tag Dagster's launcher puts on a run it sends to a code server (not exported by Dagster;
+# tests/test_dagster_internals.py holds it equal to Dagster's own).
+GRPC_INFO_TAG = ".dagster/grpc_info"
+
 
 class StopRequested(KeyboardInterrupt):
     """Raised in the main thread by the first SIGTERM or SIGINT: a KeyboardInterrupt, so that
@@ -243,8 +247,6 @@ def _runs_in_flight(instance) -> list:
 def _launched_to_a_code_server(run) -> bool:
     """Launched by this deployment's launcher to a code server (which can cancel it); a run
     executed in a process of its own (a `replay`, a test) has no such tag and is left alone."""
-    from dagster._core.storage.tags import GRPC_INFO_TAG
-
     return GRPC_INFO_TAG in run.tags
 
 

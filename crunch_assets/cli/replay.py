@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import click
+from resources import clock
 
 
 def parse_hour(option: str, value: str) -> datetime:
@@ -45,7 +46,7 @@ def replay(slug: str, start_text: str, end_text: str, days_per_run: int) -> None
     )
     from rich.table import Table
 
-    from crunch_assets.cli.common import load_competition
+    from crunch_assets.code_locations import load_competition
     from crunch_assets.replay import deployment_instance
     from crunch_assets.replay import replay as replay_range
     from resources.store.database import CrunchDatabase
@@ -59,7 +60,7 @@ def replay(slug: str, start_text: str, end_text: str, days_per_run: int) -> None
             f"--from {start.isoformat()} is before {slug}'s first partition {spec.start.isoformat()} "
             f"(move the start with CRUNCH_{slug.upper()}_START)"
         )
-    if end > datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1):
+    if end > clock.now().replace(minute=0, second=0, microsecond=0) + timedelta(hours=1):
         raise click.ClickException(f"--to {end.isoformat()} is in the future: only hours that have begun can be replayed")
 
     console = Console(stderr=True)

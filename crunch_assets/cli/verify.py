@@ -4,9 +4,11 @@ holds scored predictions and a leaderboard with entries (the reference's `make v
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import click
+from resources import clock
+from resources.store.lifecycles import PredictionReportStatus
 
 
 @click.command()
@@ -23,7 +25,7 @@ def verify(slug: str, timeout_seconds: float, poll_seconds: float, min_scored: i
     """Wait until competition SLUG has at least --min-scored scored predictions and a leaderboard
     with entries in its store; exit 0 with a verdict, or exit 1 at the timeout saying what is
     still missing. Reads the store only ($CRUNCH_DATABASE_URL or the embedded server)."""
-    from crunch_assets.cli.common import load_competition
+    from crunch_assets.code_locations import load_competition
     from resources.store.database import CrunchDatabase
 
     _, spec = load_competition(slug)
@@ -39,9 +41,9 @@ def verify(slug: str, timeout_seconds: float, poll_seconds: float, min_scored: i
     deadline = time.monotonic() + timeout_seconds
     last_state = None
     while True:
-        until = datetime.now(timezone.utc) + timedelta(days=1)
+        until = clock.now() + timedelta(days=1)
         statuses = store.prediction_statuses(since, until)
-        scored = statuses.get("SCORED", 0)
+        scored = statuses.get(PredictionReportStatus.SCORED, 0)
         board = store.leaderboard()
         entries = len(board[1]) if board else 0
         state = (scored, entries, tuple(sorted(statuses.items())))

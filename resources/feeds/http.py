@@ -36,6 +36,7 @@ import urllib3
 from pydantic import Field, PrivateAttr
 from requests.adapters import HTTPAdapter
 
+from resources import clock
 from resources.feeds.base import FeedResource, fetch_seconds_left, truncate_raw
 
 SECONDS_PER_DAY = 86_400
@@ -183,7 +184,7 @@ def parse_retry_after_seconds(value: str | None, *, now: datetime | None = None)
             return None
         if when.tzinfo is None:
             when = when.replace(tzinfo=timezone.utc)
-        seconds = (when - (now or datetime.now(timezone.utc))).total_seconds()
+        seconds = (when - (now or clock.now())).total_seconds()
     return max(0.0, seconds) if seconds == seconds else None  # NaN -> unreadable
 
 

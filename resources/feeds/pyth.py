@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import math
 import re
-from datetime import datetime, timezone
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from pydantic import Field
 
+from resources import clock
 from resources.feeds.base import (
     DUPLICATE_SAME,
     OUTSIDE_WINDOW,
@@ -278,7 +279,7 @@ class PythFeed(HttpFeedResource):
         """The Hermes latest price as a tick, when it was published in [start, end) and by as_of.
         Hermes serves only the present: a fetch of a span that ended more than
         `tick_freshness_seconds` ago is incomplete (nothing in it is taken as proven missing)."""
-        now = datetime.now(timezone.utc)
+        now = clock.now()
         if (now - min(end, as_of)).total_seconds() > self.tick_freshness_seconds:
             return FeedFetchResult(records=[], complete=False)
         prices, skipped = self._latest_prices_and_skipped([subject])

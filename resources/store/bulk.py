@@ -27,7 +27,9 @@ from sqlalchemy.dialects import postgresql
 
 from resources.store import json_codec
 
-# Above this many rows, COPY + staging beats a multi-row INSERT (measured: bench/bench_store_writes.py).
+# Above this many rows, COPY + staging is used instead of a multi-row INSERT. A threshold set when the
+# bulk path was written; no benchmark in bench/ measures it alone (bench_scores.py and bench_replay.py
+# measure the writes it serves, end to end).
 COPY_MIN_ROWS = 2000
 _PAGE_ROWS = 1000
 _COPY_CHUNK_ROWS = 1000

@@ -39,18 +39,19 @@ from resources.store.rows import (
     StoredPrediction,
     Voiding,
 )
+from resources.store.lifecycles import CheckpointStatus, InputStatus, PredictionReportStatus, PredictionStatus
 
 # A checkpoint past PENDING committed its period's scores for good (a SKIPPED one too: its root is
 # in every later chained root), so settlement never changes them.
-LOCKED_STATUSES = ("SUBMITTED", "CLAIMABLE", "PAID", "SKIPPED")
+LOCKED_STATUSES = (CheckpointStatus.SUBMITTED, CheckpointStatus.CLAIMABLE, CheckpointStatus.PAID, CheckpointStatus.SKIPPED)
 
 
 def derived_prediction_status(p: sa.Table, s: sa.Table, i: sa.Table) -> sa.ColumnElement[str]:
     """A prediction's status as reported: VOIDED (its cycle is void), SCORED (answered and scored),
     else as made (PENDING, FAILED, ABSENT). Over predictions joined to inputs and outer-joined to scores."""
     return sa.case(
-        (i.c.status == "VOIDED", "VOIDED"),
-        ((s.c.id.is_not(None)) & (p.c.status == "PENDING"), "SCORED"),
+        (i.c.status == InputStatus.VOIDED, PredictionReportStatus.VOIDED),
+        ((s.c.id.is_not(None)) & (p.c.status == PredictionStatus.PENDING), PredictionReportStatus.SCORED),
         else_=p.c.status,
     )
 
@@ -102,7 +103,7 @@ class CompetitionStore:
             inputs = bulk_upsert(
                 connection, t.inputs,
                 ("competition", "scope_key", "cycle_at", "status", "received_at", "resolvable_at", "raw_data", "scope"),
-                [(self.slug, c.input.scope_key, c.input.cycle_at, "RECEIVED", c.input.cycle_at, c.input.resolvable_at,
+                [(self.slug, c.input.scope_key, c.input.cycle_at, InputStatus.RECEIVED, c.input.cycle_at, c.input.resolvable_at,
                   c.input.raw_data, c.input.scope) for c in cycles],
                 ("competition", "scope_key", "cycle_at"),
                 returning=("id", "scope_key", "cycle_at"),
@@ -233,7 +234,7 @@ class CompetitionStore:
         voided (they may be resolved again), with their predictions that have no score."""
         i = t.inputs
         where = [i.c.competition == self.slug, i.c.cycle_at >= start, i.c.cycle_at < end,
-                 i.c.resolvable_at <= resolvable_until, i.c.status.in_(["RECEIVED", "VOIDED"])]
+                 i.c.resolvable_at <= resolvable_until, i.c.status.in_([InputStatus.RECEIVED, InputStatus.VOIDED])]
         if not_before is not None:
             where.append(i.c.cycle_at >= not_before)
         with self.engine.connect() as connection:
@@ -314,13 +315,13 @@ class CompetitionStore:
             i = t.inputs
             bulk_update(
                 connection, i, "id", ("status", "actuals", "failure_value", "rules_fingerprint"),
-                [(r.input_id, "RESOLVED", r.actuals, r.failure_value, r.rules_fingerprint) for r in resolutions],
+                [(r.input_id, InputStatus.RESOLVED, r.actuals, r.failure_value, r.rules_fingerprint) for r in resolutions],
                 extra_set="meta = stored.meta - 'void_reason'",
             )
             if voidings:
                 connection.execute(
                     sa.update(i).where(i.c.id == sa.bindparam("input_id"))
-                    .values(status="VOIDED", rules_fingerprint=sa.bindparam("fingerprint"),
+                    .values(status=InputStatus.VOIDED, rules_fingerprint=sa.bindparam("fingerprint"),
                             meta=i.c.meta.op("||")(sa.func.jsonb_build_object("void_reason", sa.bindparam("reason")))),
                     [{"input_id": v.input_id, "reason": v.reason, "fingerprint": v.rules_fingerprint} for v in voidings],
                 )
@@ -367,7 +368,7 @@ class CompetitionStore:
                 sa.select(hour, sa.func.count())
                 .select_from(p.join(i, i.c.id == p.c.input_id).outerjoin(s, s.c.prediction_id == p.c.id))
                 .where(p.c.competition == self.slug, p.c.cycle_at >= start, p.c.cycle_at < end,
-                       s.c.id.is_(None), i.c.status != "VOIDED")
+                       s.c.id.is_(None), i.c.status != InputStatus.VOIDED)
                 .group_by(hour)
             ).fetchall()
         return {at: int(count) for at, count in rows}
@@ -376,7 +377,7 @@ class CompetitionStore:
         """Hours holding cycles that resolve in (resolvable_after, resolvable_until] and are not
         resolved (RECEIVED), for the settlement sensor."""
         i = t.inputs
-        where = [i.c.competition == self.slug, i.c.status == "RECEIVED", i.c.resolvable_at <= resolvable_until]
+        where = [i.c.competition == self.slug, i.c.status == InputStatus.RECEIVED, i.c.resolvable_at <= resolvable_until]
         if resolvable_after is not None:
             where.append(i.c.resolvable_at > resolvable_after)
         hour = sa.func.date_trunc("hour", i.c.cycle_at, "UTC")
@@ -389,7 +390,7 @@ class CompetitionStore:
         hour = sa.func.date_trunc("hour", i.c.cycle_at, "UTC")
         with self.engine.connect() as connection:
             return sorted(connection.execute(
-                sa.select(hour).where(i.c.competition == self.slug, i.c.status == "RECEIVED",
+                sa.select(hour).where(i.c.competition == self.slug, i.c.status == InputStatus.RECEIVED,
                                       i.c.resolvable_at <= resolvable_before).group_by(hour)
             ).scalars().all())
 
@@ -399,7 +400,7 @@ class CompetitionStore:
         with self.engine.connect() as connection:
             last_score = connection.execute(sa.select(sa.func.max(s.c.id)).where(s.c.competition == self.slug)).scalar()
             voided = connection.execute(
-                sa.select(sa.func.count()).where(i.c.competition == self.slug, i.c.status == "VOIDED")
+                sa.select(sa.func.count()).where(i.c.competition == self.slug, i.c.status == InputStatus.VOIDED)
             ).scalar_one()
         return f"{last_score or 0}:{voided}"
 
@@ -418,7 +419,7 @@ class CompetitionStore:
         """Days holding voided cycles (at or after `since`)."""
         i = t.inputs
         day = sa.func.date_trunc("day", i.c.cycle_at, "UTC")
-        where = [i.c.competition == self.slug, i.c.status == "VOIDED"]
+        where = [i.c.competition == self.slug, i.c.status == InputStatus.VOIDED]
         if since is not None:
             where.append(i.c.cycle_at >= since)
         with self.engine.connect() as connection:
@@ -434,24 +435,30 @@ class CompetitionStore:
                 )
             ).scalar_one())
 
-    def score_value_problems(self, start: datetime, end: datetime) -> tuple[int, int]:
-        """(scores, non-finite values) of cycles in [start, end)."""
+    def score_value_problems(self, start: datetime, end: datetime) -> tuple[int, int, int]:
+        """(scores, non-finite values, duplicates) of cycles in [start, end). A duplicate is a
+        score beyond the first for one prediction, or for one model, scope and cycle: the database's
+        unique keys refuse both, so any found means they were bypassed (dropped, or rows written
+        around them), and a mean over such scores would count an answer twice."""
         s = t.scores
         bad = sa.or_(s.c.value == float("nan"), s.c.value == float("inf"), s.c.value == float("-inf"))
         with self.engine.connect() as connection:
             row = connection.execute(
-                sa.select(sa.func.count(), sa.func.count().filter(bad)).where(
+                sa.select(sa.func.count(), sa.func.count().filter(bad),
+                          sa.func.count(sa.distinct(s.c.prediction_id)),
+                          sa.func.count(sa.distinct(sa.tuple_(s.c.model_id, s.c.scope_key, s.c.cycle_at)))).where(
                     s.c.competition == self.slug, s.c.cycle_at >= start, s.c.cycle_at < end
                 )
             ).one()
-        return int(row[0]), int(row[1])
+        scores = int(row[0])
+        return scores, int(row[1]), scores - min(int(row[2]), int(row[3]))
 
     def cycle_truths(self, start: datetime, end: datetime) -> dict[tuple[datetime, str], Any]:
         i = t.inputs
         with self.engine.connect() as connection:
             rows = connection.execute(
                 sa.select(i.c.cycle_at, i.c.scope_key, i.c.actuals).where(
-                    i.c.competition == self.slug, i.c.cycle_at >= start, i.c.cycle_at < end, i.c.status == "RESOLVED"
+                    i.c.competition == self.slug, i.c.cycle_at >= start, i.c.cycle_at < end, i.c.status == InputStatus.RESOLVED
                 )
             )
             return {(row.cycle_at, row.scope_key): row.actuals for row in rows}
@@ -466,9 +473,9 @@ class CompetitionStore:
         with self.engine.connect() as connection:
             cycles = connection.execute(
                 sa.select(i.c.scope_key, input_hour,
-                          sa.func.count().filter(i.c.status == "RESOLVED"),
-                          sa.func.count().filter(i.c.status == "VOIDED"),
-                          sa.func.coalesce(sa.func.sum(i.c.failure_value).filter(i.c.status == "RESOLVED"), 0.0))
+                          sa.func.count().filter(i.c.status == InputStatus.RESOLVED),
+                          sa.func.count().filter(i.c.status == InputStatus.VOIDED),
+                          sa.func.coalesce(sa.func.sum(i.c.failure_value).filter(i.c.status == InputStatus.RESOLVED), 0.0))
                 .where(i.c.competition == self.slug, i.c.cycle_at >= start, i.c.cycle_at < end)
                 .group_by(i.c.scope_key, input_hour)
             ).fetchall()
@@ -692,7 +699,7 @@ class CompetitionStore:
                 sa.select(c).where(c.c.competition == self.slug, c.c.period_start == period_start,
                                    c.c.period_end == period_end).with_for_update()
             ).first()
-            if existing is not None and existing.status != "PENDING":
+            if existing is not None and existing.status != CheckpointStatus.PENDING:
                 return _checkpoint_row(existing)
             bulk_upsert_dicts(
                 connection, c,
@@ -737,7 +744,7 @@ class CompetitionStore:
             ).one()
             voided = connection.execute(
                 sa.select(sa.func.count()).where(
-                    i.c.competition == self.slug, i.c.cycle_at >= start, i.c.cycle_at < end, i.c.status == "VOIDED"
+                    i.c.competition == self.slug, i.c.cycle_at >= start, i.c.cycle_at < end, i.c.status == InputStatus.VOIDED
                 )
             ).scalar_one()
         resolution = self.copies.latest_resolution_id(start, end)

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from resources.store import json_codec
 from resources.store import schema as t
 from resources.store.rows import StoredCycle, StoredPrediction
+from resources.store.lifecycles import InputStatus
 
 
 class HistoryStore:
@@ -21,7 +22,7 @@ class HistoryStore:
         self.slug = slug
 
     def cycles(self, start: datetime, end: datetime, *, with_inputs: bool = False,
-               with_predictions: bool = False, statuses: tuple[str, ...] = ("RECEIVED", "RESOLVED", "VOIDED"),
+               with_predictions: bool = False, statuses: tuple[str, ...] = (InputStatus.RECEIVED, InputStatus.RESOLVED, InputStatus.VOIDED),
                model_ids: tuple[str, ...] | None = None) -> list[StoredCycle]:
         """The stored cycles of [start, end) in (cycle time, scope) order: with their model input
         (`with_inputs`) and their predictions as made (`with_predictions`, of `model_ids` only

@@ -18,10 +18,11 @@ import sqlalchemy as sa
 from resources.store import schema as t
 from resources.store.competition import _checkpoint_row, derived_prediction_status
 from resources.store.rows import CheckpointRow
+from resources.store.lifecycles import CheckpointStatus, InputStatus, PredictionReportStatus, PredictionStatus
 
 # Statuses a report shows: as made (PENDING answered and not scored yet, FAILED, ABSENT) or derived
 # (SCORED: answered and scored; VOIDED: the cycle is void) -- as CompetitionStore.prediction_statuses.
-PREDICTION_STATUSES = ("PENDING", "SCORED", "FAILED", "ABSENT", "VOIDED")
+PREDICTION_STATUSES = tuple(status.value for status in PredictionReportStatus)  # plain strings: the API declares them as a Literal
 UNRESOLVED_CHOICES = ("embargoed", "omitted", "shown")
 
 
@@ -29,7 +30,7 @@ def cycle_resolved(p: sa.Table, s: sa.Table, i: sa.Table) -> sa.ColumnElement[bo
     """The embargo's one rule: a prediction's content (its output, and the reason it FAILED, which
     may quote the answer) is open only once its cycle is resolved: scored, or its input resolved or
     voided. Until then anyone could copy a live forecast (a 2-hour scope is 2 hours' head start)."""
-    return sa.or_(i.c.status.in_(("RESOLVED", "VOIDED")), s.c.id.is_not(None))
+    return sa.or_(i.c.status.in_((InputStatus.RESOLVED, InputStatus.VOIDED)), s.c.id.is_not(None))
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,7 @@ class ReportStore:
         if unresolved == "embargoed":
             resolved = cycle_resolved(p, s, i)
             output = sa.case((resolved, p.c.inference_output), else_=sa.null())
-            reason = sa.case((sa.or_(resolved, p.c.status != "FAILED"), p.c.status_reason), else_=sa.null())
+            reason = sa.case((sa.or_(resolved, p.c.status != PredictionStatus.FAILED), p.c.status_reason), else_=sa.null())
             embargoed = sa.not_(resolved)
         else:
             output, reason, embargoed = p.c.inference_output, p.c.status_reason, sa.false()
@@ -251,7 +252,7 @@ class ReportStore:
         model_id = row.c.value.op("->>")("model_id")
         reward = sa.cast(row.c.value.op("->>")("reward_pct"), sa.BigInteger)
         query = (
-            sa.select(model_id.label("model_id"), sa.func.sum(reward), sa.func.sum(sa.case((c.c.status == "PAID", reward), else_=0)),
+            sa.select(model_id.label("model_id"), sa.func.sum(reward), sa.func.sum(sa.case((c.c.status == CheckpointStatus.PAID, reward), else_=0)),
                       sa.func.count())
             .select_from(c).join(row, sa.true())
             .where(c.c.competition == self.slug)
@@ -352,13 +353,13 @@ class ReportStore:
 
 
 def _status_filter(status: str, p: sa.Table, s: sa.Table, i: sa.Table) -> list:
-    if status == "VOIDED":
-        return [i.c.status == "VOIDED"]
-    not_void = i.c.status != "VOIDED"
-    if status == "SCORED":
-        return [not_void, p.c.status == "PENDING", s.c.id.is_not(None)]
-    if status == "PENDING":
-        return [not_void, p.c.status == "PENDING", s.c.id.is_(None)]
-    if status in ("FAILED", "ABSENT"):
+    if status == PredictionReportStatus.VOIDED:
+        return [i.c.status == InputStatus.VOIDED]
+    not_void = i.c.status != InputStatus.VOIDED
+    if status == PredictionReportStatus.SCORED:
+        return [not_void, p.c.status == PredictionStatus.PENDING, s.c.id.is_not(None)]
+    if status == PredictionReportStatus.PENDING:
+        return [not_void, p.c.status == PredictionStatus.PENDING, s.c.id.is_(None)]
+    if status in (PredictionReportStatus.FAILED, PredictionReportStatus.ABSENT):
         return [not_void, p.c.status == status]
     raise ValueError(f"unknown prediction status {status!r}; one of {', '.join(PREDICTION_STATUSES)}")

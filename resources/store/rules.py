@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from resources.store import schema as t
 from resources.store.rows import RulesDocument
+from resources.store.lifecycles import InputStatus
 
 
 def record_documents(connection: sa.Connection, slug: str, documents: Iterable[RulesDocument]) -> None:
@@ -61,6 +62,6 @@ class RulesStore:
             return [tuple(row) for row in connection.execute(
                 sa.select(i.c.cycle_at, i.c.scope_key, i.c.rules_fingerprint)
                 .where(i.c.competition == self.slug, i.c.cycle_at >= start, i.c.cycle_at < end,
-                       i.c.status.in_(["RESOLVED", "VOIDED"]))
+                       i.c.status.in_([InputStatus.RESOLVED, InputStatus.VOIDED]))
                 .order_by(i.c.cycle_at, i.c.scope_key)
             )]

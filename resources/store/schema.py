@@ -10,6 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
+from resources.store.lifecycles import CheckpointStatus, InputStatus, PredictionStatus
+
 SCHEMA = "crunch"
 metadata = sa.MetaData(schema=SCHEMA)
 
@@ -22,6 +24,11 @@ def _id() -> sa.Column:
 
 def _jsonb(name: str) -> sa.Column:
     return sa.Column(name, JSONB, nullable=False, server_default=sa.text("'{}'::jsonb"))
+
+
+def _one_of(column: str, lifecycle: type, name: str) -> sa.CheckConstraint:
+    """The column holds only its lifecycle's values (migration 0011)."""
+    return sa.CheckConstraint(f"{column} IN ({', '.join(repr(str(value)) for value in lifecycle)})", name=name)
 
 
 def _created_at() -> sa.Column:
@@ -148,6 +155,7 @@ inputs = sa.Table(
     # or resolved before fingerprints were recorded.
     sa.Column("rules_fingerprint", sa.Text, nullable=True),
     sa.UniqueConstraint("competition", "scope_key", "cycle_at", name="uq_inputs_cycle"),
+    _one_of("status", InputStatus, "ck_inputs_status"),
     # Small: only the voided cycles (sensors watch them; most cycles never are).
     sa.Index("ix_inputs_voided", "competition", "cycle_at", postgresql_where=sa.text("status = 'VOIDED'")),
     sa.Index("ix_inputs_received", "competition", "resolvable_at", postgresql_where=sa.text("status = 'RECEIVED'")),
@@ -178,6 +186,7 @@ predictions = sa.Table(
     # into posting lists by B-tree deduplication and, with (competition, cycle_at), finds a model's
     # predictions over a time range.
     sa.UniqueConstraint("input_id", "model_id", name="uq_predictions_input_model"),
+    _one_of("status", PredictionStatus, "ck_predictions_status"),
     sa.Index("ix_predictions_competition_model", "competition", "model_id"),
     sa.Index("ix_predictions_competition_cycle", "competition", "cycle_at"),
     # Small: only FAILED and ABSENT predictions (the report API's status filter).
@@ -266,7 +275,7 @@ checkpoints = sa.Table(
     sa.Column("period_start", TZ, nullable=False),
     sa.Column("period_end", TZ, nullable=False),
     # PENDING | SUBMITTED | CLAIMABLE | PAID | SKIPPED; moved only by crunch.advance_checkpoint (migrations 0006, 0008, 0010)
-    sa.Column("status", sa.Text, nullable=False, server_default="PENDING"),
+    sa.Column("status", sa.Text, nullable=False, server_default=CheckpointStatus.PENDING.value),
     sa.Column("tx_hash", sa.Text, nullable=True),
     sa.Column("submitted_at", TZ, nullable=True),
     _created_at(),
@@ -284,6 +293,7 @@ checkpoints = sa.Table(
     # 3 (since migration 0009), with RFC 8785 leaves.
     sa.Column("commitment_scheme", sa.SmallInteger, nullable=False, server_default="3"),
     sa.UniqueConstraint("competition", "period_start", "period_end", name="uq_checkpoints_period"),
+    _one_of("status", CheckpointStatus, "ck_checkpoints_status"),
     sa.Index("ix_checkpoints_competition_status", "competition", "status", "period_start"),
 )
 
@@ -304,6 +314,8 @@ checkpoint_audit = sa.Table(
     sa.Column("chained_root", sa.Text, nullable=True),  # the checkpoint's, when the row was written
     sa.Column("digest", sa.Text, nullable=False),
     sa.Index("ix_checkpoint_audit_checkpoint", "checkpoint_id", "id"),
+    _one_of("from_status", CheckpointStatus, "ck_checkpoint_audit_from_status"),
+    _one_of("to_status", CheckpointStatus, "ck_checkpoint_audit_to_status"),
 )
 
 model_events = sa.Table(

@@ -20,7 +20,7 @@ from typing import Mapping, Sequence
 
 import dagster as dg
 
-from crunch_assets import checks, contribution, copies, emission, merkle
+from crunch_assets import checks, contribution, copies, emission, merkle, money
 from crunch_assets.emission import FRAC64_ONE, RankedEntry
 from crunch_assets.keys import ChainKeys
 from crunch_assets.partitions import CompetitionPartitions, checkpoint_snapshots_mapping
@@ -34,6 +34,7 @@ from resources.payout_accounts import PayoutAccounts
 from resources.store.competition import CompetitionStore
 from resources.store.database import CrunchDatabase
 from resources.store.rows import CycleRollupRow, ModelRow, RulesDocument, SnapshotRow
+from resources.store.lifecycles import CheckpointStatus
 
 
 def eligibility_rule(spec: CompetitionSpec) -> str:
@@ -446,7 +447,7 @@ def publish_root(context: dg.AssetExecutionContext, spec: CompetitionSpec, store
     from crunch_assets import publication
     from crunch_assets.settings import CompetitionSettings
 
-    if stored.status != "PENDING" or stored.chained_root != built.chained_root:
+    if stored.status != CheckpointStatus.PENDING or stored.chained_root != built.chained_root:
         return "not published again: the stored checkpoint is past PENDING"
     sink = publication.RootSink.from_settings(CompetitionSettings(spec.slug))
     try:
@@ -483,8 +484,6 @@ def build_checkpoint_asset(
         context: dg.AssetExecutionContext, database: CrunchDatabase, rules: CompetitionRules, payout_accounts: PayoutAccounts,
         ground_truth: GroundTruthResource,
     ) -> dg.MaterializeResult:
-        from crunch_assets.payouts import unpayable_reasons  # payouts imports this module
-
         store = database.competition(spec.slug)
         results = []
         for key in sorted(context.partition_keys, key=lambda k: periods.window(k)[0]):
@@ -499,10 +498,10 @@ def build_checkpoint_asset(
                 context.log.warning(f"{key}: {built.entries['rules']['detail']}")
             stored = store.write_pending_checkpoint(start, end, built.entries, built.merkle_root, built.chained_root,
                                                     built.meta, built.commitment_scheme)
-            if stored.status != "PENDING" and (stored.entries != built.entries or stored.merkle_root != built.merkle_root):
+            if stored.status != CheckpointStatus.PENDING and (stored.entries != built.entries or stored.merkle_root != built.merkle_root):
                 # Paid money does not move: the disagreement is reported, the stored checkpoint stands.
                 context.log.warning(f"{key}: checkpoint already {stored.status}; the recomputation differs and was not written")
-            unpayable = unpayable_reasons(stored.entries, spec.gate) if stored.status == "PENDING" else []
+            unpayable = money.unpayable_reasons(stored.entries, spec.gate) if stored.status == CheckpointStatus.PENDING else []
             if unpayable:
                 context.log.warning(f"{key}: checkpoint #{stored.id} can never be submitted as built ({'; '.join(unpayable)}); "
                                     "later periods wait for it until an operator skips it: crunch-dagster checkpoints skip "
@@ -537,10 +536,9 @@ def build_checkpoint_asset(
                                   f"{', '.join(c['paid'])} ({c['status']})" for c in stored.entries.get("copy_clusters", [])],
             }, partition_key=key)
         # one result per run: the first error, else the first warning (a period with nothing to pay)
-        check = checks.check_rewards(keys.emission_checkpoints, None)
+        check = checks.check_rewards(keys.emission_checkpoints, None, spec)
         for stored in results:
-            found = checks.check_rewards(keys.emission_checkpoints, stored.entries,
-                                          by_rank=spec.emission.kind != "contribution")
+            found = checks.check_rewards(keys.emission_checkpoints, stored.entries, spec)
             if not found.passed and (check.passed or found.severity == dg.AssetCheckSeverity.ERROR):
                 check = found
                 if found.severity == dg.AssetCheckSeverity.ERROR:

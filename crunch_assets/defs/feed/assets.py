@@ -20,7 +20,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import dagster as dg
 
@@ -30,6 +30,7 @@ from crunch_assets.partitions import CompetitionPartitions, floor_hour
 from crunch_assets.run_config import WindowRunConfig, resolve_as_of
 from crunch_assets.spec import CompetitionSpec
 from crunch_assets.stages import RANGE_BACKFILL, call_with_deadline, chunks, partition_windows, report_partitions
+from resources import clock
 from resources.feeds.base import DUPLICATE_CONFLICT, FeedFetchResult, FeedResource, FeedStream, fetch_deadline
 from resources.store.database import CrunchDatabase
 from resources.store.feeds import AS_OF_INCLUSIVE, DefectEpisode, FeedStore, StreamSpans
@@ -134,7 +135,7 @@ def ingest(
     *,
     refetch: bool = False,
     log=None,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] = clock.sleep,
 ) -> FeedReport:
     """Fetch and store the records observed in [start, end) (up to as_of), plus the lookback
     before `start` where it is not fetched yet.
@@ -143,7 +144,7 @@ def ingest(
     every fetch of every stream, which the HTTP feeds honour themselves, so no fetch outlives the
     wait. A fetch that fails or does not fit is reported (and kept as the stream's last error),
     not raised, and the cycles it holds back wait for a later tick. A backfill raises."""
-    now = datetime.now(timezone.utc)
+    now = clock.now()
     live = as_of is not None
     until = min(end, (as_of or now) + AS_OF_INCLUSIVE, now + AS_OF_INCLUSIVE)
     history_start = start - timedelta(seconds=spec.history_seconds)
@@ -160,7 +161,7 @@ def ingest(
 
     def fail(stream: FeedStream, message: str) -> None:
         report.errors[stream.subject] = message[:500]
-        store.note_fetch_error(stream, report.errors[stream.subject], datetime.now(timezone.utc))
+        store.note_fetch_error(stream, report.errors[stream.subject], clock.now())
         if log:
             log.error(f"{stream.subject}: feed fetch failed; the cycles that need it wait: {report.errors[stream.subject]}")
 
@@ -170,7 +171,7 @@ def ingest(
             episode = episodes.get(stream)
             if episode is not None:
                 due = policy.next_fetch_at(episode)
-                wait_seconds = (due - datetime.now(timezone.utc)).total_seconds()
+                wait_seconds = (due - clock.now()).total_seconds()
                 if wait_seconds > 0 and live:
                     report.defective_fetches.append(
                         f"{stream.subject}: {episode.fetches} defective fetch(es) since {episode.first_seen.isoformat()}, "
@@ -221,8 +222,8 @@ def ingest(
                         log.error(f"feed defects accepted as missing, {what}")
                 else:
                     span = None
-                    next_episode = DefectEpisode(episode.first_seen if episode else datetime.now(timezone.utc),
-                                                 datetime.now(timezone.utc), fetches, found[:500])
+                    next_episode = DefectEpisode(episode.first_seen if episode else clock.now(),
+                                                 clock.now(), fetches, found[:500])
                     report.defective_fetches.append(f"{what}; not recorded, refetch {fetches} of {policy.refetches} "
                                                     f"at {policy.next_fetch_at(next_episode).isoformat()}")
                     if log:

@@ -36,6 +36,7 @@ from crunch_assets.defs.feed.assets import feed_streams
 from crunch_assets.keys import ChainKeys
 from crunch_assets.partitions import CompetitionPartitions
 from crunch_assets.spec import CompetitionSpec
+from resources import clock
 from resources.database_url import default_data_dir
 from resources.feeds.base import FeedResource, FeedStream
 from resources.store.database import CrunchDatabase
@@ -280,7 +281,7 @@ def build_feed_maintenance(
         context: dg.AssetExecutionContext, database: CrunchDatabase, feed: FeedResource
     ) -> dg.MaterializeResult:
         window = context.partition_time_window
-        now = datetime.now(timezone.utc)
+        now = clock.now()
         if window.end > now:
             # A day in progress would archive a partial day (retention would then skip it).
             raise dg.Failure(f"day {window.start.date()} is not over yet (ends {window.end.isoformat()})")
@@ -324,7 +325,7 @@ def build_feed_maintenance(
         days_kept = retention_days if config.retention_days is None else config.retention_days
         if days_kept < 1:
             raise ValueError(f"retention_days must be >= 1, got {days_kept}")
-        as_of = datetime.fromisoformat(config.as_of) if config.as_of else datetime.now(timezone.utc)
+        as_of = datetime.fromisoformat(config.as_of) if config.as_of else clock.now()
         if as_of.tzinfo is None:
             raise ValueError(f"as_of must be timezone-aware UTC, got {config.as_of!r}")
         store = database.feeds()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
 import dagster as dg
@@ -31,6 +31,7 @@ from urllib3.util.retry import Retry
 from crunch_assets.defs.feed.assets import feed_streams
 from crunch_assets.keys import ChainKeys
 from crunch_assets.spec import CompetitionSpec
+from resources import clock
 from resources.feeds.base import FeedResource
 from resources.store.database import CrunchDatabase
 from resources.store.reports import LagReport, ReportStore
@@ -277,7 +278,7 @@ def build_lag_checks(spec: CompetitionSpec, keys: ChainKeys) -> list[dg.AssetChe
         @dg.asset_check(asset=getattr(keys, asset), name=check_name,
                         description=f"The newest stored {asset} row is at most {lag_bounds(spec)[asset]} behind now.")
         def lag_check(database: CrunchDatabase, feed: FeedResource) -> dg.AssetCheckResult:
-            verdict = next(v for v in current_lag(spec, database, datetime.now(timezone.utc), feed)
+            verdict = next(v for v in current_lag(spec, database, clock.now(), feed)
                            if v.check_name == check_name)
             return dg.AssetCheckResult(passed=verdict.passed, metadata=verdict.metadata(),
                                        severity=dg.AssetCheckSeverity.WARN, description=verdict.description)
@@ -296,7 +297,7 @@ def build_lag_sensor(spec: CompetitionSpec, keys: ChainKeys, *, running: bool) -
                     f"alerts ${ALERT_WEBHOOK_ENV} once, and once more when it recovers.",
     )
     def lag_sensor(context: dg.SensorEvaluationContext, database: CrunchDatabase, feed: FeedResource):
-        now = datetime.now(timezone.utc)
+        now = clock.now()
         reported = json.loads(context.cursor) if context.cursor else {}
         verdicts = current_lag(spec, database, now, feed)
         webhook_failed = False  # one undelivered alert per tick: the others wait for the next tick, not its timeouts

@@ -18,15 +18,18 @@ than the purge age without a materialization, while the store keeps every row.
 
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import dagster as dg
-from dagster._core.storage.dagster_run import FINISHED_STATUSES
 
 from crunch_assets.settings import CompetitionSettings
 from crunch_assets.spec import CompetitionSpec
+from resources import clock
 
 ASSET_JOB_NAME = "__ASSET_JOB"
+# A run that is over (Dagster's FINISHED_STATUSES, which it does not export; tests/test_dagster_internals.py
+# holds the two equal).
+FINISHED_RUN_STATUSES = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
 DEFAULT_PURGE_AFTER_DAYS = 7
 PURGE_BATCH_SIZE = 500
 # One purge run deletes at most this many runs (a first purge of a long history takes a few days).
@@ -53,8 +56,8 @@ def _belongs_to(run: dg.DagsterRun, slug: str) -> bool:
 def _candidate_runs(instance: dg.DagsterInstance, slug: str, older_than: datetime, limit: int):
     """Finished runs updated before `older_than` that may be this competition's, newest first."""
     for filters in (
-        dg.RunsFilter(tags={"crunch/competition": slug}, statuses=list(FINISHED_STATUSES), updated_before=older_than),
-        dg.RunsFilter(job_name=ASSET_JOB_NAME, statuses=list(FINISHED_STATUSES), updated_before=older_than),
+        dg.RunsFilter(tags={"crunch/competition": slug}, statuses=list(FINISHED_RUN_STATUSES), updated_before=older_than),
+        dg.RunsFilter(job_name=ASSET_JOB_NAME, statuses=list(FINISHED_RUN_STATUSES), updated_before=older_than),
     ):
         cursor = None
         while True:
@@ -115,7 +118,7 @@ def build_purge(spec: CompetitionSpec, *, running: bool, settings: CompetitionSe
     @dg.op(name=f"{slug}__purge_dagster_history",
            description="Delete this competition's finished runs, their event and compute logs, and its ticks, older than the age.")
     def purge_op(context: dg.OpExecutionContext, config: PurgeConfig) -> dg.Output[dict]:
-        older_than = datetime.now(timezone.utc) - timedelta(days=config.older_than_days)
+        older_than = clock.now() - timedelta(days=config.older_than_days)
         result = purge_dagster_history(context.instance, slug, older_than, max_runs=config.max_runs, log=context.log)
         summary = {"runs_deleted": result.runs_deleted, "compute_log_dirs_deleted": result.compute_log_dirs_deleted,
                    "instigators_purged": result.instigators_purged, "older_than": result.older_than.isoformat()}

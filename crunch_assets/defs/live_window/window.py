@@ -48,6 +48,7 @@ from crunch_assets.defs.rollups.assets import current_period, leaderboard_entrie
 from crunch_assets.rules import CompetitionRules, GroundTruthResource
 from crunch_assets.defs.scores.assets import SettleReport, settle
 from crunch_assets.spec import CompetitionSpec
+from resources import clock
 from resources.feeds.base import FeedResource
 from resources.model_runners.base import ModelRunnerResource
 from resources.store.database import CrunchDatabase
@@ -84,10 +85,6 @@ class WindowProgress:
     failed_ticks: int = 0
 
 
-def _merge_feed(total: FeedReport, report: FeedReport) -> None:
-    total.merge(report)
-
-
 @dataclass(frozen=True)
 class LiveLeaderboard:
     as_of: datetime  # the last scored cycle
@@ -117,7 +114,7 @@ class LiveWindow:
     def tick(self, start: datetime, as_of: datetime, final: bool = False) -> None:
         end = start + HOUR
         report = ingest(self.spec, self.feed, self.feeds, start, end, as_of, log=self.log)
-        _merge_feed(self.progress.feed, report)
+        self.progress.feed.merge(report)  # the one merge a feed_records run uses too
         self.progress.cycles.merge(run_cycles(
             self.spec, self.rules, self.feed, self.store, self.feeds, self.session,
             self.model_runner.call_timeout_seconds, start, end, as_of, log=self.log, on_cycle=self.cycle_progress,
@@ -196,7 +193,7 @@ def beat(instance: dg.DagsterInstance, run_id: str, log=None) -> None:
     """Stamp the run's heartbeat: one key-value row, rewritten in place. A failed stamp (the
     database restarting) is logged, never fatal: the next wake-up stamps again."""
     try:
-        instance.run_storage.set_cursor_values({_heartbeat_key(run_id): repr(time.time())})
+        instance.run_storage.set_cursor_values({_heartbeat_key(run_id): repr(clock.now().timestamp())})
     except Exception as error:
         if log is not None:
             log.warning(f"heartbeat not stamped: {type(error).__name__}: {error}")
@@ -244,7 +241,7 @@ def mark_dead_predecessors(context: dg.OpExecutionContext, spec: CompetitionSpec
     """Other runs of this window still marked in progress whose heartbeat is stale died: mark them
     failed (the DefaultRunLauncher cannot tell), so the record says what happened."""
     instance = context.instance
-    stale_before = datetime.now(timezone.utc) - timedelta(seconds=stale_after_seconds(spec))
+    stale_before = clock.now() - timedelta(seconds=stale_after_seconds(spec))
     marked = []
     for run in instance.get_runs(filters=dg.RunsFilter(
         tags={WINDOW_TAG: window_key, COMPETITION_TAG: spec.slug}, statuses=[dg.DagsterRunStatus.STARTED]
@@ -289,7 +286,7 @@ def build_live_job(spec: CompetitionSpec, partitions: CompetitionPartitions, key
             registry_reported = 0  # the registry changes already materialized
             while True:
                 live.beat()
-                now = datetime.now(timezone.utc)
+                now = clock.now()
                 if now >= start:
                     if not planned:  # the hour's partitions show in progress until reported below
                         plan_window(context.instance, context.run_id, context.job_name,
@@ -324,11 +321,11 @@ def build_live_job(spec: CompetitionSpec, partitions: CompetitionPartitions, key
                     context.log.info(f"waiting for the window to begin at {start.isoformat()}")
                     prewarm_models(live.session, start, spec.cycle_lead_seconds, context.log)
                     logged = ()
-                now = datetime.now(timezone.utc)
+                now = clock.now()
                 wake = min(start, now + timedelta(seconds=poll_seconds(spec))) if now < start else _next_wake(spec, start, now)
                 wake = min(wake, max(stop, now))
-                time.sleep(max(0.0, (wake - datetime.now(timezone.utc)).total_seconds()))
-        report_window(context, spec, partitions, keys, live, start, min(stop, datetime.now(timezone.utc)))
+                clock.sleep(max(0.0, (wake - clock.now()).total_seconds()))
+        report_window(context, spec, partitions, keys, live, start, min(stop, clock.now()))
 
     return dg.JobDefinition(
         name=f"{slug}__live_job",
@@ -354,11 +351,11 @@ def plan_window(instance: dg.DagsterInstance, run_id: str, job_name: str, step_k
     it when it starts: Dagster then shows them in progress while the run lives, materialized once
     report_window has reported them, failed if the run dies first (and in progress again when a
     replacement plans them). Five rows per hour: the live progress itself is the run's log."""
-    from dagster._core.events import AssetMaterializationPlannedData, DagsterEvent
+    from dagster._core.events import AssetMaterializationPlannedData  # not exported: see docs/dagster-internals.md
 
     for asset_key, partition in window_partitions(partitions, keys, start):
         instance.report_dagster_event(
-            DagsterEvent.build_asset_materialization_planned_event(
+            dg.DagsterEvent.build_asset_materialization_planned_event(
                 job_name, step_key, AssetMaterializationPlannedData(asset_key, partition=partition)),
             run_id=run_id,
         )

@@ -35,6 +35,7 @@ from resources.store.competition import CompetitionStore
 from resources.store.database import CrunchDatabase
 from resources.store.feeds import FeedStore
 from resources.store.rows import CycleWrite, InputRow, ModelEventRow, PredictionRow
+from resources.store.lifecycles import PredictionStatus
 
 # A backfill writes in batches big enough for the COPY path; a live cycle is written at once.
 PREDICTIONS_PER_WRITE = 2000
@@ -77,9 +78,9 @@ class CycleReport:
             "cycles_run": self.cycles_run.get(hour, 0),
             "cycles_already_stored": self.cycles_already_stored.get(hour, 0),
             "cycles_waiting_for_feed": sum(1 for at, _ in self.waiting if floor_hour(at) == hour),
-            "predictions_made": made.get("PENDING", 0),
-            "predictions_failed": made.get("FAILED", 0),
-            "predictions_absent": made.get("ABSENT", 0),
+            "predictions_made": made.get(PredictionStatus.PENDING, 0),
+            "predictions_failed": made.get(PredictionStatus.FAILED, 0),
+            "predictions_absent": made.get(PredictionStatus.ABSENT, 0),
         }
 
 
@@ -110,15 +111,15 @@ def prediction_from_result(rules: CompetitionRules, scope: Scope, result: ModelC
                     output = schema.model_validate(output).model_dump(mode="json")
                 except pydantic.ValidationError as error:
                     raise ValueError(validation_message(error)) from None
-            return PredictionRow(result.model_id, "PENDING", None, result.exec_time_ms, rules.validate_output(scope, output))
+            return PredictionRow(result.model_id, PredictionStatus.PENDING, None, result.exec_time_ms, rules.validate_output(scope, output))
         except Exception as error:  # the competition's validator names what is wrong
-            return PredictionRow(result.model_id, "FAILED", f"invalid output: {error}"[:1000], result.exec_time_ms, None,
+            return PredictionRow(result.model_id, PredictionStatus.FAILED, f"invalid output: {error}"[:1000], result.exec_time_ms, None,
                                  {"raw_output": repr(result.output)[:2000]})
     if result.status is CallStatus.ABSENT:
-        return PredictionRow(result.model_id, "ABSENT", result.detail or "no answer", result.exec_time_ms)
+        return PredictionRow(result.model_id, PredictionStatus.ABSENT, result.detail or "no answer", result.exec_time_ms)
     # The report API shows the public part of these reasons (crunch_assets/failure_reasons.py reads the prefixes).
     prefix = "timeout" if result.status is CallStatus.TIMEOUT else "error"
-    return PredictionRow(result.model_id, "FAILED", f"{prefix}: {result.detail or ''}"[:1000], result.exec_time_ms)
+    return PredictionRow(result.model_id, PredictionStatus.FAILED, f"{prefix}: {result.detail or ''}"[:1000], result.exec_time_ms)
 
 
 def build_input(rules: CompetitionRules, scope: Scope, cycle_at: datetime, records) -> Any:
@@ -226,13 +227,13 @@ def run_cycles(
                 for model_id in expected:
                     if model_id in quarantined:
                         until = health[model_id].quarantined_until
-                        rows.append(PredictionRow(model_id, "FAILED", f"quarantined: not called until {until.isoformat()}",
+                        rows.append(PredictionRow(model_id, PredictionStatus.FAILED, f"quarantined: not called until {until.isoformat()}",
                                                   meta={QUARANTINE_META_KEY: until.isoformat()}))
                         continue
                     result = results.get(model_id) or ModelCallResult(model_id, CallStatus.ABSENT, detail="no answer from the model runner")
                     row = prediction_from_result(batch_rules[k], scope, result)
                     if result.status is not CallStatus.ABSENT:
-                        until = policy.record(health[model_id], cycle_at, failed=row.status == "FAILED")
+                        until = policy.record(health[model_id], cycle_at, failed=row.status == PredictionStatus.FAILED)
                         if until is not None:
                             events.append(policy.event(model_id, cycle_at, until))
                             report.quarantines.append(f"{model_id} at {cycle_at.isoformat()} until {until.isoformat()}")

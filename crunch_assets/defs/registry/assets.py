@@ -1,13 +1,13 @@
 """The model registry: the models table kept current from the model runner, written by this asset
 (and by the predictions stage's sightings, through the same store method)."""
 
-from datetime import datetime, timezone
 
 import dagster as dg
 
 from crunch_assets.keys import ChainKeys
 from crunch_assets.spec import CompetitionSpec
 from crunch_assets.stages import table_metadata
+from resources import clock
 from resources.model_runners.base import ModelRunnerResource
 from resources.store.competition import CompetitionStore
 from resources.store.database import CrunchDatabase
@@ -65,7 +65,7 @@ def build_registry_asset(spec: CompetitionSpec, keys: ChainKeys) -> dg.AssetsDef
     )
     def model_registry(database: CrunchDatabase, model_runner: ModelRunnerResource) -> dg.MaterializeResult:
         store = database.competition(spec.slug)
-        events = store.sync_models(model_runner.list_models(), datetime.now(timezone.utc), complete=True)
+        events = store.sync_models(model_runner.list_models(), clock.now(), complete=True)
         return dg.MaterializeResult(metadata=registry_metadata(
             store, [f"{e.event} {e.model_id}" for e in events], model_runner.refused_models()))
 

@@ -28,6 +28,7 @@ from resources.model_ids import is_virtual_model_id
 from resources.store.competition import CompetitionStore
 from resources.store.database import CrunchDatabase
 from resources.store.rows import CycleRollupRow, HourFingerprint, ScoredPrediction, SnapshotRow
+from resources.store.lifecycles import PredictionStatus
 
 
 @dataclass(frozen=True)
@@ -41,9 +42,9 @@ class RollupReport:
 def _status_key(row: ScoredPrediction) -> str:
     if row.success:
         return "scored"
-    if row.prediction_status == "PENDING":
+    if row.prediction_status == PredictionStatus.PENDING:
         return "rejected"  # answered, but the answer could not be scored
-    return "failed" if row.prediction_status == "FAILED" else "absent"
+    return "failed" if row.prediction_status == PredictionStatus.FAILED else "absent"
 
 
 def summarise(

@@ -22,7 +22,7 @@ says its cycle was resolved or voided.
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Callable
 
 import dagster as dg
@@ -38,6 +38,7 @@ from crunch_assets.rules import CompetitionRules, GroundTruthResource, TruthMiss
 from crunch_assets.run_config import WindowRunConfig, parse_as_of
 from crunch_assets.spec import CompetitionSpec, Scope
 from crunch_assets.stages import CHUNK_HOURS, RANGE_BACKFILL, WriteBehind, chunks, partition_windows, report_partitions
+from resources import clock
 from resources.feeds.base import FeedResource
 from resources.model_ids import is_virtual_model_id
 from resources.store.bulk import COPY_MIN_ROWS
@@ -45,6 +46,7 @@ from resources.store.competition import CompetitionStore
 from resources.store.database import CrunchDatabase
 from resources.store.feeds import FeedStore
 from resources.store.rows import CycleToSettle, Resolution, RulesDocument, ScoreRow, StoredPrediction, Voiding
+from resources.store.lifecycles import InputStatus, PredictionStatus
 
 # A range run scores at least this many hours at a time: small enough that writing one chunk
 # overlaps reading and scoring the next (bench/bench_scores.py), large enough to keep queries few.
@@ -142,7 +144,7 @@ def score_cycle(
     """(score rows, the cycle's failure value, a reason to void it instead)."""
     results: dict[int, dict] = {}
     for prediction in cycle.predictions:
-        if prediction.status == "PENDING":
+        if prediction.status == PredictionStatus.PENDING:
             results[prediction.id] = score_answer(scorer, scope, prediction, truth)
     model_of = {p.id: p.model_id for p in cycle.predictions}
     # An ensemble (a virtual model) is scored like a model but never moves a real model's score:
@@ -268,7 +270,7 @@ def settle(
     With a `writer`, the settlement is written behind (the caller waits for it before reading the
     scores back); without one, it is committed before this returns."""
     report = SettleReport()
-    now = datetime.now(timezone.utc)
+    now = clock.now()
     live = as_of is not None
     resolvable_until = min(as_of or now, now) - timedelta(seconds=spec.settle_delay_seconds)
     cycles = store.cycles_to_settle(start, end, resolvable_until, not_before=store.locked_until())
@@ -292,7 +294,7 @@ def settle(
 
     def void(cycle: CycleToSettle, reason: str, fingerprint: str) -> None:
         windows.settled(cycle, [])
-        if cycle.status != "VOIDED":
+        if cycle.status != InputStatus.VOIDED:
             voidings.append(Voiding(cycle.input_id, reason, fingerprint))
             report.count(cycle.cycle_at, "cycles_voided")
             report.void_reasons.append(f"{cycle.cycle_at.isoformat()} {cycle.scope_key}: {reason}")
@@ -354,7 +356,7 @@ def settle(
         windows.settled(cycle, rows)
         scores += rows
         resolutions.append(Resolution(cycle.input_id, value, failure_value, fingerprint))
-        if cycle.status == "VOIDED":
+        if cycle.status == InputStatus.VOIDED:
             report.count(cycle.cycle_at, "cycles_rescored")
         successes = sum(1 for r in rows if r.success)
         report.count(cycle.cycle_at, "scored", successes)
