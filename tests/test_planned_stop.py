@@ -36,6 +36,8 @@ from resources.database_url import DATABASE_ENV_VARS  # noqa: E402
 
 BIN = Path(sys.executable).parent
 PR_SET_CHILD_SUBREAPER = 36
+pytestmark = pytest.mark.system
+
 # How long a stop may take on this (shared, loaded) machine: the run's cancel, each program's stop.
 STOP_BOUND_SECONDS = 240
 AFTER_STOP_SECONDS = 30
