@@ -23,9 +23,12 @@ os.environ.setdefault("CRUNCH_ROOT_PUBLICATION_DIR", tempfile.mkdtemp(prefix="cr
 TIERS = ("unit", "integration", "system")
 # A test not marked with a tier gets one from its fixtures (their closure: a fixture built on
 # database_url counts): a browser makes it a system test, a database or a Dagster instance an
-# integration test; anything else is a unit test, held to that by _unit_tier_guard.
+# integration test, and so does a test whose own code runs a materialization, builds a Dagster
+# instance, starts the embedded server or a subprocess; anything else is a unit test, held to that by
+# _unit_tier_guard.
 SYSTEM_FIXTURES = frozenset({"browser"})
 INTEGRATION_FIXTURES = frozenset({"database_url", "clean_database", "instance"})
+INTEGRATION_CALLS = ("materialize(", "DagsterInstance", "start_embedded_server(", "subprocess.", "Popen(")
 # In xdist runs the slower tiers start first, so that the longest files do not start last.
 _TIER_ORDER = {"system": 0, "integration": 1, "unit": 2}
 _TIER_REASON = pytest.StashKey[str]()
@@ -45,7 +48,19 @@ def assigned_tier(item) -> tuple[str, str]:
         return "system", f"uses {', '.join(sorted(fixtures & SYSTEM_FIXTURES))}"
     if fixtures & INTEGRATION_FIXTURES:
         return "integration", f"uses {', '.join(sorted(fixtures & INTEGRATION_FIXTURES))}"
+    calls = [call for call in INTEGRATION_CALLS if call in _source(item)]
+    if calls:
+        return "integration", f"calls {', '.join(calls)}"
     return "unit", "not marked, and uses no database, Dagster instance or browser fixture"
+
+
+def _source(item) -> str:
+    import inspect
+
+    try:
+        return inspect.getsource(item.function)
+    except (AttributeError, OSError, TypeError):
+        return ""
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m selects by marker, and before xdist reads xdist_group
