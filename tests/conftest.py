@@ -140,6 +140,9 @@ def database_url() -> str:
     from resources.database_url import DATABASE_ENV_VARS, start_embedded_server, with_psycopg2_driver
 
     external = os.environ.get("CRUNCH_TEST_DATABASE_URL")
+    if external and int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+        pytest.fail("CRUNCH_TEST_DATABASE_URL is one database for every xdist worker (each drops and migrates the "
+                    "store): run with one process (CRUNCH_TEST_WORKERS=0 ./scripts/test, or without -n)")
     # Not pytest's tmp_path: that is private to root (0700), and the embedded server runs as its
     # own system user, which must reach its data directory to stop cleanly.
     data_dir = Path(tempfile.mkdtemp(prefix="crunch-test-db-"))
