@@ -17,7 +17,7 @@ sys.path.insert(0, str(PROJECT_ROOT / "bench"))
 from chaos import run_chaos  # noqa: E402
 from tests.ports import deployment_ports  # noqa: E402
 
-pytestmark = [pytest.mark.system, pytest.mark.xdist_group("exclusive_host")]  # kills every process of a deployment; shares no worker with the multi-host bed
+pytestmark = pytest.mark.system  # never beside the multi-host bed: tests/conftest.py SERIAL_GROUPS
 
 CYCLE_SECONDS = 30
 
