@@ -28,6 +28,7 @@ def materializes():
     return dg.materialize([])
 
 
+@pytest.mark.unit  # by hand: the text "materialize(" below would make it integration
 def test_the_tier_follows_the_fixtures_then_the_calls():
     assert assigned_tier(fake_item(["tmp_path"], function=pure))[0] == "unit"
     assert assigned_tier(fake_item(["clean_database", "database_url"], function=pure))[0] == "integration"
