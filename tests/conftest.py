@@ -142,7 +142,7 @@ def pytest_xdist_make_scheduler(config, log):
 
 
 @pytest.fixture(scope="session")
-def database_url() -> str:
+def database_url(request) -> str:
     """A real PostgreSQL, as its superuser: $CRUNCH_TEST_DATABASE_URL, or an embedded server in a
     temporary directory, deleted at the end. CRUNCH_DATABASE_URL (the migrations' role: here the
     superuser) and the engine, api and dagster roles' URLs are set so that every resource and
@@ -150,7 +150,9 @@ def database_url() -> str:
     from resources.database_url import DATABASE_ENV_VARS, start_embedded_server, with_psycopg2_driver
 
     external = os.environ.get("CRUNCH_TEST_DATABASE_URL")
-    if external and int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    # this session's own workers (a pytest run by a test inherits PYTEST_XDIST_* but is one process)
+    workers = getattr(request.config, "workerinput", {}).get("workercount", 1)
+    if external and workers > 1:
         pytest.fail("CRUNCH_TEST_DATABASE_URL is one database for every xdist worker (each drops and migrates the "
                     "store): run with one process (CRUNCH_TEST_WORKERS=0 ./scripts/test, or without -n)")
     # Not pytest's tmp_path: that is private to root (0700), and the embedded server runs as its
