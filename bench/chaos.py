@@ -404,10 +404,12 @@ def refuse_unresolvable_cycle(cycle_seconds: int) -> None:
 
 
 def run_chaos(data_dir: Path, cycle_seconds: int = DEFAULT_CYCLE_SECONDS, port: int = 3200,
-              targets: tuple[str, ...] = TARGETS, log=_print) -> tuple[list[Kill], Findings]:
-    """The whole chaos run; returns the kills and what the checks found (problems empty: all held)."""
+              targets: tuple[str, ...] = TARGETS, log=_print,
+              ports: dict | None = None) -> tuple[list[Kill], Findings]:
+    """The whole chaos run; returns the kills and what the checks found (problems empty: all held).
+    `ports` (webserver, webserver_read_only, code, api) replaces the ones derived from `port`."""
     refuse_unresolvable_cycle(cycle_seconds)
-    deployment = Deployment(data_dir, cycle_seconds, port)
+    deployment = Deployment(data_dir, cycle_seconds, port, ports=dict(ports or {}))
     store = Store(deployment.pgdata)
     timeout = max(120, 6 * cycle_seconds)
     kills: list[Kill] = []

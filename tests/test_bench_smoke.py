@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.system
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BENCH = PROJECT_ROOT / "bench"
 

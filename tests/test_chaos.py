@@ -15,6 +15,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT / "bench"))
 
 from chaos import run_chaos  # noqa: E402
+from tests.ports import deployment_ports  # noqa: E402
+
+pytestmark = pytest.mark.system  # never beside the multi-host bed: tests/conftest.py SERIAL_GROUPS
 
 CYCLE_SECONDS = 30
 
@@ -23,7 +26,9 @@ CYCLE_SECONDS = 30
 def test_every_process_killed_in_turn_loses_and_duplicates_nothing():
     data_dir = Path(tempfile.mkdtemp(prefix="crunch-chaos-test-"))
     lines: list[str] = []
-    kills, findings = run_chaos(data_dir, cycle_seconds=CYCLE_SECONDS, port=3620, log=lines.append)
+    ports = deployment_ports()
+    kills, findings = run_chaos(data_dir, cycle_seconds=CYCLE_SECONDS, port=ports["webserver"], log=lines.append,
+                                ports=ports)
     report = "\n".join([*lines, *(f"{k}: {v}" for k, v in findings.figures.items())])
     assert findings.problems == [], report + "\nlogs kept in " + str(data_dir / "logs")
     assert {kill.target for kill in kills} >= {"run_worker", "code_btc_updown", "daemon", "postgres", "db",

@@ -31,6 +31,8 @@ from resources.database_url import (
 )
 from resources.store import roles
 
+pytestmark = pytest.mark.integration  # starts embedded servers of its own
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # (a rules fingerprint's document is recorded once, never rewritten: migration 0010)
 ENGINE_TABLES_INSERT_ONLY = {"predictions", "scores", "model_events", "rules_fingerprints"}

@@ -19,6 +19,8 @@ from crunch_assets.demo_settings import (
     write_demo_settings,
 )
 
+pytestmark = pytest.mark.integration
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEMO_ENVIRON = {"CRUNCH_BTC_UPDOWN_START": "2026-12-06T18:00:00+00:00", "CRUNCH_BTC_UPDOWN_CRUNCH_PUBKEY": "DemoCrunch1",
                 "CRUNCH_BTC_UPDOWN_COMPUTE_PROVIDER_PUBKEY": "DemoCompute1", "CRUNCH_API_TOKEN": "not-a-demo-setting",

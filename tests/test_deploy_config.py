@@ -22,6 +22,7 @@ import yaml
 from sqlalchemy.engine import make_url
 
 from crunch_assets.serve import ServeConfigError, ServeOptions, programs, read_code_locations, write_serve_files
+from tests.ports import free_ports
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = PROJECT_ROOT / "deploy"
@@ -91,8 +92,9 @@ def test_every_competition_is_a_code_server_in_production():
 
 
 def test_serve_writes_a_grpc_workspace_and_a_supervisor_config(tmp_path):
-    options = ServeOptions(data_dir=tmp_path, webserver_port=3900, read_only_port=3901, code_server_base_port=4900,
-                           api_port=8900, api_command="{bin}/crunch-dagster api --host {host} --port {port}")
+    webserver, read_only, code, api = free_ports(4)  # written into the files only, never bound here
+    options = ServeOptions(data_dir=tmp_path, webserver_port=webserver, read_only_port=read_only, code_server_base_port=code,
+                           api_port=api, api_command="{bin}/crunch-dagster api --host {host} --port {port}")
     locations = write_serve_files(options)
     workspace = yaml.safe_load(options.workspace_file.read_text())
     assert [entry["grpc_server"]["location_name"] for entry in workspace["load_from"]] == [loc.name for loc in locations]
@@ -229,6 +231,7 @@ def test_the_runs_and_the_api_share_the_published_roots():
     assert directory in (DEPLOY / "Dockerfile").read_text()  # created in the image, owned by its user
 
 
+@pytest.mark.integration  # imports every code location in a subprocess
 def test_every_competition_loads_with_the_example_environment():
     """What a code server and a run do first: import the competition with crunch.env's values. A
     setting missing or wrong (an orchestrator without its crunch id, a bad feed) fails here."""

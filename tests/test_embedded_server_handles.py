@@ -23,7 +23,7 @@ import pytest
 
 from resources.database_url import HANDLE_STARTS_FILE, process_start_ticks, prune_dead_handles
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 HANDLES_FILE = ".handle_pids.json"

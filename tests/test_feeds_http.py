@@ -48,6 +48,7 @@ from tests.fakes.feed_servers import (
 )
 
 pytestmark = [
+    pytest.mark.integration,
     pytest.mark.timeout(60),
     pytest.mark.skipif(not BTCUSD_CSV_PATH.exists(), reason=f"real candles CSV missing: {BTCUSD_CSV_PATH}"),
 ]

@@ -32,7 +32,7 @@ from resources.feeds.http import (
     RetryPolicy,
 )
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 HUGE_BYTES = 400 * 1024 * 1024

@@ -26,6 +26,8 @@ from tests.test_local_model_runner import (
     wait_until_gone,
 )
 
+pytestmark = pytest.mark.integration
+
 SETTLE_SECONDS = 10.0  # a deadline for polling, never a wait
 
 

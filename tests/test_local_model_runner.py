@@ -14,6 +14,8 @@ import pytest
 from resources.model_runners.base import CallStatus, MethodCall, ModelInterface
 from resources.model_runners.local import LocalModelRunner
 
+pytestmark = pytest.mark.integration
+
 FIXTURES_DIR = Path(__file__).parent / "fixtures" / "local_models"
 FIXTURE_MODELS_DIR = FIXTURES_DIR / "models"
 INTERFACE = ModelInterface(base_class="fixture_base:BaseModel")

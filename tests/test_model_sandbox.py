@@ -22,6 +22,8 @@ from resources.model_runners.base import CallStatus, MethodCall
 from resources.model_runners.local import PROJECT_ROOT
 from tests.test_local_model_runner import CYCLE_CALLS, FIXTURES_DIR, INTERFACE, make_models_dir, make_runner
 
+pytestmark = pytest.mark.integration
+
 SECRETS = {
     "CRUNCH_API_TOKEN": "token-" + uuid.uuid4().hex,
     "CRUNCH_ALERT_WEBHOOK_URL": "https://hooks.example/" + uuid.uuid4().hex,

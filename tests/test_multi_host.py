@@ -46,7 +46,7 @@ from multi_host import (  # noqa: E402
 )
 from netns_bed import missing_prerequisites  # noqa: E402
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.system, pytest.mark.timeout(900)]  # one bed at a time: tests/conftest.py SERIAL_GROUPS
 
 CYCLE_SECONDS = 30  # the shortest btc_updown accepts on 60 s candles (bench/chaos_competition.py)
 TARGET_SECONDS = recovery_target_seconds()  # 2 of btc_updown's 60 s cycles

@@ -129,6 +129,7 @@ def create_run_as_the_ui_does(instance, request_context):
     )
 
 
+@pytest.mark.system
 @pytest.mark.timeout(900)
 def test_a_launch_broken_by_a_database_restart_is_failed_with_its_reason_and_retried(deployment, tmp_path):
     from dagster._core.workspace.context import WorkspaceProcessContext

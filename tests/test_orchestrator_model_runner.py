@@ -24,7 +24,7 @@ from tests.fakes.model_orchestrator import (
     UnrelatedModel,
 )
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 INTERFACE = ModelInterface(base_class=FAKE_MODEL_BASE_CLASS)
 PREDICT = MethodCall("predict", ("BTC",), {"horizon_seconds": 60, "step_seconds": 60})
@@ -74,11 +74,21 @@ def runner_for(orchestrator: FakeOrchestrator, **settings: Any) -> OrchestratorM
 
 
 def wait_until(condition: Callable[[], bool], timeout_seconds: float = 10.0) -> None:
+    """Poll `condition` until it holds; at the deadline fail naming it (its source line)."""
     deadline = time.monotonic() + timeout_seconds
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
+            raise AssertionError(f"not within {timeout_seconds} s: {_described(condition)}")
         time.sleep(0.02)
+
+
+def _described(condition: Callable[[], bool]) -> str:
+    import inspect
+
+    try:
+        return inspect.getsource(condition).strip()
+    except (OSError, TypeError):
+        return repr(condition)
 
 
 def statuses(results: dict) -> dict[str, CallStatus]:

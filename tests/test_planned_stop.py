@@ -36,6 +36,8 @@ from resources.database_url import DATABASE_ENV_VARS  # noqa: E402
 
 BIN = Path(sys.executable).parent
 PR_SET_CHILD_SUBREAPER = 36
+pytestmark = pytest.mark.system
+
 # How long a stop may take on this (shared, loaded) machine: the run's cancel, each program's stop.
 STOP_BOUND_SECONDS = 240
 AFTER_STOP_SECONDS = 30
@@ -366,7 +368,8 @@ from crunch_assets.cli.lifetime import become_subreaper, end_descendants, stop_o
 
 assert become_subreaper()
 read, write = os.pipe()
-if os.fork() == 0:  # a child that leaves a detached, SIGTERM-ignoring grandchild behind (as a model can)
+child = os.fork()
+if child == 0:  # a child that leaves a detached, SIGTERM-ignoring grandchild behind (as a model can)
     if os.fork() == 0:
         os.setsid()
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -375,7 +378,7 @@ if os.fork() == 0:  # a child that leaves a detached, SIGTERM-ignoring grandchil
             time.sleep(1)
     os._exit(0)
 grandchild = int(os.fdopen(read).readline())
-time.sleep(0.5)  # the child has exited: the grandchild is an orphan now
+os.waitpid(child, 0)  # the child has exited (reaped): the grandchild is an orphan now
 orphan_parent = int(open(f"/proc/{grandchild}/stat").read().rsplit(")", 1)[1].split()[1])
 signals = []
 with stop_on_signals() as state:

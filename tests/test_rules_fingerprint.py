@@ -51,6 +51,7 @@ def test_every_spec_field_is_classified_once():
         f"unclassified: {sorted(set(names) - set(classified))}; unknown: {sorted(set(classified) - set(names))}")
 
 
+@pytest.mark.integration  # a second interpreter
 def test_the_fingerprint_is_the_sha256_of_the_documents_rfc8785_bytes_and_stable_across_processes():
     spec, rules = _btc()
     version = build_book(spec, rules).current

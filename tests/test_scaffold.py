@@ -540,6 +540,7 @@ def test_doctor_checks_a_spec_file(tmp_path):
     assert usage.exit_code == 2
 
 
+@pytest.mark.integration  # runs the console script
 def test_every_command_has_help():
     runner = CliRunner()
     for command in ("init", "doctor", "replay", "verify"):

@@ -27,8 +27,10 @@ sys.path.insert(0, str(PROJECT_ROOT / "bench"))
 from chaos import Deployment, Store, wait_for  # noqa: E402
 from resources.database_url import DATABASE_ENV_VARS  # noqa: E402
 from tests.fakes.webhook import Webhook  # noqa: E402
+from tests.ports import deployment_ports, free_ports  # noqa: E402
 
-PORT = 3470
+pytestmark = pytest.mark.system
+
 CYCLE_SECONDS = 30  # 20 s cycles on 60 s candles are refused at load (one cycle in three unresolvable)
 LAUNCH = """mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
   __typename ... on LaunchRunSuccess { run { runId } } ... on UnauthorizedError { message } ... on PythonError { message } } }"""
@@ -60,7 +62,8 @@ def deployment(webhook):
     instance_config = production_instance_config(data_dir / "production_dagster.yaml")
     previous = {k: os.environ.get(k) for k in ("CRUNCH_ALERT_WEBHOOK_URL",)}
     os.environ["CRUNCH_ALERT_WEBHOOK_URL"] = webhook.url
-    deployment = Deployment(data_dir, CYCLE_SECONDS, PORT)
+    ports = deployment_ports()
+    deployment = Deployment(data_dir, CYCLE_SECONDS, ports["webserver"], ports=ports)
     deployment.extra_args = ["--instance-config", str(instance_config)]
     deployment.start()
     store = Store(deployment.pgdata)
@@ -90,7 +93,7 @@ def graphql(port: int, query: str, variables: dict | None = None, **kwargs) -> d
 def test_code_locations_are_served_over_grpc_to_a_separate_webserver(deployment):
     deployment, _ = deployment
     workspace = yaml.safe_load((deployment.data_dir / "serve" / "workspace.yaml").read_text())
-    assert workspace["load_from"] == [{"grpc_server": {"host": "127.0.0.1", "port": PORT + 100, "location_name": "btc_updown"}}]
+    assert workspace["load_from"] == [{"grpc_server": {"host": "127.0.0.1", "port": deployment.ports["code"], "location_name": "btc_updown"}}]
     status = deployment.supervisor_status()
     assert {name for name, (state, _) in status.items() if state == "RUNNING"} >= {
         "db", "code_btc_updown", "webserver", "webserver_read_only", "daemon"}
@@ -223,7 +226,7 @@ def nginx(deployment):
         path.chmod(0o755)
     for path in (root / "htpasswd.operators", root / "htpasswd.viewers"):
         path.chmod(0o644)
-    ports = {"operators": PORT + 50, "viewers": PORT + 51}
+    ports = dict(zip(("operators", "viewers"), free_ports(2), strict=True))
     server = render_nginx_template((PROJECT_ROOT / "deploy" / "nginx" / "crunch.conf.template").read_text(), {
         "CRUNCH_OPERATORS_UPSTREAM": f"127.0.0.1:{deployment.port}",
         "CRUNCH_VIEWERS_UPSTREAM": f"127.0.0.1:{deployment.ports['webserver_read_only']}",

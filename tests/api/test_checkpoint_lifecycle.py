@@ -106,14 +106,14 @@ def test_error_codes(live_api, api_database_url):
     audit = client.get(f"/competitions/btc_updown/checkpoints/{first}/audit").json()["audit"]
     assert [(a["to_status"], a["tx_hash"]) for a in audit] == [("SUBMITTED", TX1)]
 
-    with serve(api_database_url, token=None) as read_only, httpx.Client(base_url=read_only.url) as other:
+    with serve(api_database_url, token=None) as read_only, httpx.Client(base_url=read_only.url, timeout=60) as other:
         disabled = other.post(f"/competitions/btc_updown/checkpoints/{second}/confirm", json={"tx_hash": TX2}, headers=auth())
         assert disabled.status_code == 403 and "disabled" in disabled.json()["detail"]
         assert other.get("/competitions/btc_updown/checkpoints").status_code == 200  # reads stay open
 
 
 def test_gate_refuses_without_a_crunch_key_and_stores_why(api_database_url):
-    with serve(api_database_url, crunch=None) as server, httpx.Client(base_url=server.url) as client:
+    with serve(api_database_url, crunch=None) as server, httpx.Client(base_url=server.url, timeout=60) as client:
         first = _checkpoint_ids(client)[0]
         refused = client.post(f"/competitions/btc_updown/checkpoints/{first}/confirm", json={"tx_hash": TX1}, headers=auth())
         assert refused.status_code == 409
@@ -193,7 +193,7 @@ def test_token_from_the_environment(monkeypatch, api_database_url):
     monkeypatch.setenv("CRUNCH_API_TOKEN", "environment-token")
     monkeypatch.setenv("CRUNCH_API_ACTOR", "treasury-bot")
     with LiveServer(create_app([report_competition(api_database_url)])) as server, \
-            httpx.Client(base_url=server.url) as client:
+            httpx.Client(base_url=server.url, timeout=60) as client:
         first = _checkpoint_ids(client)[0]
         assert client.post(f"/competitions/btc_updown/checkpoints/{first}/confirm", json={"tx_hash": TX1},
                            headers=auth(TOKEN)).status_code == 403

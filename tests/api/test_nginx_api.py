@@ -21,6 +21,8 @@ import pytest
 from crunch_assets.api.hardening import STRICT_CSP
 from tests.api.conftest import serve
 
+pytestmark = pytest.mark.system
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 NGINX_CSP = "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 HEADER_TIMEOUT_SECONDS = 10  # client_header_timeout and client_body_timeout of the template

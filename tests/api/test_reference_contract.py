@@ -256,6 +256,7 @@ def test_info_names_the_crunch_account_and_its_declared_network(module_database_
         assert client.get("/info").json()["crunch_address"] is None and client.get("/info").json()["network"] is None
 
 
+@pytest.mark.integration  # runs the console script
 def test_a_wrong_network_is_refused_by_name(tmp_path):
     from crunch_assets.settings import CompetitionSettings, SettingsError
 
