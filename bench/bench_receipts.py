@@ -37,7 +37,7 @@ from resources.store import json_codec  # noqa: E402
 from resources.store.rows import CheckpointRow, ScoreLeaf  # noqa: E402
 
 START = datetime(2025, 1, 7, tzinfo=timezone.utc)
-VERIFIER = Path(__file__).resolve().parents[1] / "crunch_assets/scaffold/templates/challenge/package/verify_receipt.py.j2"
+VERIFIER = Path(__file__).resolve().parents[1] / "crunch_assets/scaffold/templates/competition/verify_receipt.py.j2"
 
 
 class InMemoryLeaves:

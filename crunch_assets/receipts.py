@@ -12,7 +12,7 @@ offline and with sha256 alone, what the checkpoint committed to about one model 
 - the rules fingerprint (issue 22 section 3) when the checkpoint records one.
 
 `verify_receipt.py` (the challenge package's, stdlib only: crunch_assets/scaffold/templates/
-challenge/package/verify_receipt.py.j2) and the participant page (crunch_assets/api/static/
+competition/verify_receipt.py.j2) and the participant page (crunch_assets/api/static/
 receipt.js, WebCrypto) check it field by field.
 """
 

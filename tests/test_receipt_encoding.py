@@ -23,7 +23,7 @@ from crunch_assets import merkle
 from resources.store.rows import ScoreLeaf
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-VERIFIER = PROJECT_ROOT / "crunch_assets/scaffold/templates/challenge/package/verify_receipt.py.j2"
+VERIFIER = PROJECT_ROOT / "crunch_assets/scaffold/templates/competition/verify_receipt.py.j2"
 REWARDS_DOC = PROJECT_ROOT / "docs" / "rewards.md"
 
 
@@ -128,8 +128,8 @@ def test_the_verifier_is_a_small_standard_library_module_that_renders_to_itself(
     docstring_lines = len((ast.get_docstring(tree) or "").splitlines()) + 1
     assert len(code_lines) - docstring_lines <= 105, len(code_lines) - docstring_lines
     # the challenge package gets it as it is (no template syntax), and the API serves the same bytes
-    assert ("challenge/package/verify_receipt.py.j2", "challenges/{slug}/{package}/verify_receipt.py") in OUTPUTS
-    assert environment().get_template("challenge/package/verify_receipt.py.j2").render({}) == source
+    assert ("competition/verify_receipt.py.j2", "competitions/{slug}/verify_receipt.py") in OUTPUTS
+    assert environment().get_template("competition/verify_receipt.py.j2").render({}) == source
     assert verifier_source().decode() == source
 
 

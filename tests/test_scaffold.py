@@ -104,8 +104,8 @@ def test_init_generates_the_pack(checkout, pack):
     slug = SLUG_OF_PACK[pack]
     for relative in (f"competitions/{slug}/definitions.py", f"competitions/{slug}/config.py", f"competitions/{slug}/logic.py",
                      f"competitions/{slug}/SKILL.md", f"challenges/{slug}/SKILL.md", f"challenges/{slug}/README.md",
-                     f"challenges/{slug}/pyproject.toml", f"challenges/{slug}/crunch_{slug}/model.py",
-                     f"challenges/{slug}/crunch_{slug}/scoring.py", f"challenges/{slug}/crunch_{slug}/schemas.py",
+                     f"challenges/{slug}/pyproject.toml", f"competitions/{slug}/model_base.py",
+                     f"competitions/{slug}/scoring.py", f"competitions/{slug}/schemas.py",
                      f"tests/competitions/test_{slug}.py"):
         assert (checkout / relative).is_file(), relative
     assert sorted(p.name for p in (checkout / f"competitions/{slug}/models").glob("*.py")) == [
@@ -121,7 +121,7 @@ def test_init_generates_the_pack(checkout, pack):
     scopes, feed = EXPECTED_PACKS[pack]
     assert [tuple(s) for s in declared["scopes"]] == scopes
     assert tuple(declared["feed"]) == feed
-    assert declared["base"] == f"crunch_{slug}.model:{''.join(p.capitalize() for p in slug.split('_'))}Model"
+    assert declared["base"] == f"competitions.{slug}.model_base:{''.join(p.capitalize() for p in slug.split('_'))}Model"
     assert declared["failure"] == -1.0  # the worst score of the default scoring: failing never pays
     skill = (checkout / f"competitions/{slug}/SKILL.md").read_text()
     for must in ("config.py", "logic.py", "ground_truth_resolver", f"crunch-dagster doctor {slug}",
@@ -212,11 +212,21 @@ def test_verify_times_out_with_a_verdict(checkout, clean_database):
     assert "NOT verified after 1 s: 0 of 1 scored predictions; no leaderboard entries" in result.stderr
 
 
-def test_challenge_package_imports_from_the_checkout_without_installing(checkout):
-    result = run(checkout, sys.executable, "-c",
-                 "import competitions.scaffold_tournament, crunch_scaffold_tournament.scoring as s; print(s.__file__)")
+def test_public_modules_import_from_the_checkout_without_any_sys_path_edit(checkout):
+    """The coordinator imports the public modules as competitions.<slug> (one copy, in the
+    competition's directory). Before, importing the competition put challenges/<slug>/ first on
+    sys.path; now loading the code location leaves sys.path as it was, and the participants' name
+    crunch_<slug> exists only once installed."""
+    result = run(checkout, sys.executable, "-c", (
+        "import importlib.util, json, sys\n"
+        "before = list(sys.path)\n"
+        "import competitions.scaffold_tournament.definitions, competitions.scaffold_tournament.scoring as s\n"
+        "print(json.dumps({'file': s.__file__, 'same_path': sys.path == before,\n"
+        "  'installed_name': importlib.util.find_spec('crunch_scaffold_tournament') is not None}))"))
     assert result.returncode == 0, result.stderr
-    assert Path(result.stdout.strip()) == checkout / "challenges/scaffold_tournament/crunch_scaffold_tournament/scoring.py"
+    found = json.loads(result.stdout)
+    assert Path(found["file"]) == checkout / "competitions/scaffold_tournament/scoring.py"
+    assert found["same_path"] and not found["installed_name"]
 
 
 def test_challenge_package_installs_alone_into_a_fresh_venv(checkout, tmp_path):
@@ -479,7 +489,7 @@ def test_doctor_reports_every_broken_callable_and_unservable_subject(tmp_path, d
     config = root / "competitions/broken_comp/config.py"
     source = config.read_text()
     source = source.replace("logic:score_prediction", "logic:score_predictions")
-    source = source.replace("crunch_broken_comp.schemas:ModelOutput", "crunch_broken_comp.nowhere:ModelOutput")
+    source = source.replace("competitions.broken_comp.schemas:ModelOutput", "competitions.broken_comp.nowhere:ModelOutput")
     source = source.replace('Scope(subject="BTC"', 'Scope(subject="DOGEX"')
     config.write_text(source)
     workspace = root / "workspace.yaml"
@@ -490,7 +500,7 @@ def test_doctor_reports_every_broken_callable_and_unservable_subject(tmp_path, d
     out = result.stdout
     assert "doctor broken_comp: 4 problem(s)" in out
     assert "RULES.scoring_function: scoring_function: module 'competitions.broken_comp.logic' has no attribute 'score_predictions'" in out
-    assert "RULES.output_schema: output_schema: cannot import module 'crunch_broken_comp.nowhere'" in out
+    assert "RULES.output_schema: output_schema: cannot import module 'competitions.broken_comp.nowhere'" in out
     assert "feed 'binance', subject 'DOGEX': binance: subject 'DOGEX' has no Binance symbol" in out
     assert "workspace.yaml has no code location for 'broken_comp'" in out
     assert out.count("   fix: ") == 4

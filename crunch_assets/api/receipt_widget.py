@@ -17,7 +17,7 @@ from crunch_assets.receipts import latest_receipt_checkpoint
 # how far back the page looks for a checkpoint of scheme 3 that ranks the model
 RECEIPT_CHECKPOINTS_SEARCHED = 50
 
-VERIFIER_TEMPLATE = "scaffold/templates/challenge/package/verify_receipt.py.j2"
+VERIFIER_TEMPLATE = "scaffold/templates/competition/verify_receipt.py.j2"
 
 
 def verifier_source() -> bytes:

@@ -16,8 +16,9 @@ from crunch_assets.scaffold.config import PACKS
 @click.option("--output", "output", type=click.Path(file_okay=False, path_type=Path),
               default=Path("."), show_default=True, help="The checkout to generate into (it holds workspace.yaml).")
 def init(slug: str | None, pack: str | None, spec_path: Path | None, output: Path) -> None:
-    """Generate the competition SLUG: competitions/SLUG/ (spec, callables, models, SKILL.md), the
-    public challenge package challenges/SLUG/, tests/competitions/test_SLUG.py and its code
+    """Generate the competition SLUG: competitions/SLUG/ (spec, callables, model base, public
+    schemas and scoring, models, SKILL.md), challenges/SLUG/ (the participants' distribution of
+    those public modules), tests/competitions/test_SLUG.py and its code
     location in workspace.yaml. Refuses a taken or malformed slug and a spec with any unknown key
     or bad value (exit 1), writing nothing."""
     from crunch_assets.scaffold.config import ScaffoldError, resolve

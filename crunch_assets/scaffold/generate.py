@@ -32,28 +32,29 @@ from crunch_assets.scaffold.config import (
 
 WORKSPACE_FILE = "workspace.yaml"
 
-# template -> output path ({slug}, {package} filled in)
+# template -> output path ({slug} filled in): the one competition layout (docs/adding-a-competition.md);
+# challenges/{slug}/ holds only the participants' distribution metadata, mapping {package} onto
+# competitions/{slug}/
 OUTPUTS: tuple[tuple[str, str], ...] = (
     ("competition/__init__.py.j2", "competitions/{slug}/__init__.py"),
     ("competition/config.py.j2", "competitions/{slug}/config.py"),
     ("competition/definitions.py.j2", "competitions/{slug}/definitions.py"),
     ("competition/logic.py.j2", "competitions/{slug}/logic.py"),
+    ("competition/model_base.py.j2", "competitions/{slug}/model_base.py"),
+    ("competition/schemas.py.j2", "competitions/{slug}/schemas.py"),
+    ("competition/scoring.py.j2", "competitions/{slug}/scoring.py"),
+    ("competition/verify_receipt.py.j2", "competitions/{slug}/verify_receipt.py"),
     ("competition/SKILL.md.j2", "competitions/{slug}/SKILL.md"),
+    ("competition/examples/__init__.py.j2", "competitions/{slug}/examples/__init__.py"),
+    ("competition/examples/mean_reversion.py.j2", "competitions/{slug}/examples/mean_reversion.py"),
+    ("competition/examples/trend_following.py.j2", "competitions/{slug}/examples/trend_following.py"),
+    ("competition/examples/volatility_regime.py.j2", "competitions/{slug}/examples/volatility_regime.py"),
     ("competition/models/mean_reversion.py.j2", "competitions/{slug}/models/mean_reversion.py"),
     ("competition/models/trend_following.py.j2", "competitions/{slug}/models/trend_following.py"),
     ("competition/models/volatility_regime.py.j2", "competitions/{slug}/models/volatility_regime.py"),
     ("challenge/pyproject.toml.j2", "challenges/{slug}/pyproject.toml"),
     ("challenge/README.md.j2", "challenges/{slug}/README.md"),
     ("challenge/SKILL.md.j2", "challenges/{slug}/SKILL.md"),
-    ("challenge/package/__init__.py.j2", "challenges/{slug}/{package}/__init__.py"),
-    ("challenge/package/model.py.j2", "challenges/{slug}/{package}/model.py"),
-    ("challenge/package/schemas.py.j2", "challenges/{slug}/{package}/schemas.py"),
-    ("challenge/package/scoring.py.j2", "challenges/{slug}/{package}/scoring.py"),
-    ("challenge/package/verify_receipt.py.j2", "challenges/{slug}/{package}/verify_receipt.py"),
-    ("challenge/package/examples/__init__.py.j2", "challenges/{slug}/{package}/examples/__init__.py"),
-    ("challenge/package/examples/mean_reversion.py.j2", "challenges/{slug}/{package}/examples/mean_reversion.py"),
-    ("challenge/package/examples/trend_following.py.j2", "challenges/{slug}/{package}/examples/trend_following.py"),
-    ("challenge/package/examples/volatility_regime.py.j2", "challenges/{slug}/{package}/examples/volatility_regime.py"),
     ("tests/test_competition.py.j2", "tests/competitions/test_{slug}.py"),
 )
 
@@ -71,9 +72,9 @@ def class_prefix(slug: str) -> str:
 
 
 def default_callables(slug: str) -> dict[str, str]:
-    logic, package = f"competitions.{slug}.logic", package_name(slug)
+    logic, package = f"competitions.{slug}.logic", f"competitions.{slug}"
     return {
-        "model_base_class": f"{package}.model:{class_prefix(slug)}Model",
+        "model_base_class": f"{package}.model_base:{class_prefix(slug)}Model",
         "input_builder": f"{logic}:build_inference_input",
         "call_builder": f"{logic}:build_model_calls",
         "output_validator": f"{logic}:validate_output",
@@ -195,7 +196,7 @@ def render(resolved: ResolvedSpec, start: datetime | None = None) -> list[Genera
     env = environment()
     files = []
     for template_name, output in OUTPUTS:
-        path = output.format(slug=slug, package=package_name(slug))
+        path = output.format(slug=slug)
         content = env.get_template(template_name).render(context)
         if path.endswith(".py"):
             compile(content, path, "exec")  # a template bug fails here, before anything is written
