@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import re
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from crunch_assets import merkle, money
@@ -147,16 +148,38 @@ def check_crunchers(entries: dict, registry_index: dict[str, int | None]) -> Gat
                      "; ".join(problems) or f"{len(emitted)} cruncher(s), each once, indexes from the model registry")
 
 
+@dataclass(frozen=True)
+class PeriodGap:
+    """What the store holds between the previous checkpoint's end and this period's start: a period
+    in which nothing was scored builds no checkpoint (there is nothing to pay), and the next one
+    chains across it."""
+
+    start: datetime
+    end: datetime
+    scores: int
+    unsettled: int
+
+    @property
+    def nothing_to_pay(self) -> bool:
+        return self.start < self.end and self.scores == 0 and self.unsettled == 0
+
+
 def check_period_continues(checkpoint: CheckpointRow, previous: CheckpointRow | None,
-                           previous_trail: list[AuditRow] | None = None) -> GateCheck:
+                           previous_trail: list[AuditRow] | None = None, gap: PeriodGap | None = None) -> GateCheck:
     if previous is None:
         ok = checkpoint.meta.get("previous_chained_root") is None
         return GateCheck("period_starts_where_previous_ended", ok,
                          "the first checkpoint" if ok else "no earlier checkpoint, but it was chained to one")
     problems = []
+    across = ""
     if previous.period_end != checkpoint.period_start:
-        problems.append(f"the previous checkpoint (#{previous.id}) ends at {previous.period_end.isoformat()}, "
-                        f"this period starts at {checkpoint.period_start.isoformat()}")
+        if gap is not None and gap.nothing_to_pay and (gap.start, gap.end) == (previous.period_end, checkpoint.period_start):
+            across = (f", across [{gap.start.isoformat()}, {gap.end.isoformat()}) where nothing was scored and nothing "
+                      "waits to be (no checkpoint: nothing to pay)")
+        else:
+            between = f" (between them: {gap.scores} score(s), {gap.unsettled} unsettled prediction(s))" if gap else ""
+            problems.append(f"the previous checkpoint (#{previous.id}) ends at {previous.period_end.isoformat()}, "
+                            f"this period starts at {checkpoint.period_start.isoformat()}{between}")
     if previous.status == CheckpointStatus.PENDING:
         problems.append(f"the previous checkpoint (#{previous.id}) is still PENDING: submit in order (a checkpoint "
                         "nobody can be paid for is skipped: crunch-dagster checkpoints skip)")
@@ -166,7 +189,7 @@ def check_period_continues(checkpoint: CheckpointRow, previous: CheckpointRow | 
         problems += [f"the previous checkpoint (#{previous.id}): {p}" for p in lifecycle_problems(previous, previous_trail)]
     skipped = " (skipped: it paid nothing)" if previous.status == CheckpointStatus.SKIPPED else ""
     return GateCheck("period_starts_where_previous_ended", not problems,
-                     "; ".join(problems) or f"continues checkpoint #{previous.id} ({previous.status}){skipped}")
+                     "; ".join(problems) or f"continues checkpoint #{previous.id} ({previous.status}){skipped}{across}")
 
 
 def check_settled(unsettled: int, statuses: dict[str, int]) -> GateCheck:
@@ -482,6 +505,11 @@ def run_gate(spec: CompetitionSpec, store: CompetitionStore, checkpoint: Checkpo
     registry = {m.model_id: m.cruncher_index for m in store.models()}
     previous = store.previous_checkpoint(checkpoint.period_start)
     previous_trail = payouts.audit_trail(previous.id) if payouts is not None and previous is not None else None
+    gap = None
+    if previous is not None and previous.period_end < checkpoint.period_start:
+        gap = PeriodGap(previous.period_end, checkpoint.period_start,
+                        store.period_fingerprint(previous.period_end, checkpoint.period_start)["scores"],
+                        store.unsettled_count(previous.period_end, checkpoint.period_start))
     book = rules_book(spec, rules, ground_truth) if rules is not None else None
     if rules is None:
         recompute = [GateCheck("payout_recomputes", False, "the competition's rules were not given: the payout cannot be "
@@ -505,7 +533,7 @@ def run_gate(spec: CompetitionSpec, store: CompetitionStore, checkpoint: Checkpo
         check_entries_committed(checkpoint),
         check_leaves_portable(checkpoint),
         check_root_published(checkpoint, RootSink.from_settings(settings)),
-        check_period_continues(checkpoint, previous, previous_trail),
+        check_period_continues(checkpoint, previous, previous_trail, gap),
         check_settled(store.unsettled_count(checkpoint.period_start, checkpoint.period_end),
                       store.prediction_statuses(checkpoint.period_start, checkpoint.period_end)),
         check_merkle(checkpoint.id, audit_checkpoints(store)),

@@ -107,3 +107,36 @@ def test_requests_are_validated_before_anything_is_tried():
     with pytest.raises(payouts.InvalidRequest):
         payouts.validate_request("PAID", None, "", None)
     payouts.validate_request("SUBMITTED", "0x" + "f" * 64, "operator", "ok")
+
+
+def _period(checkpoint_id, start, days, status, chained_root, previous_root=None) -> CheckpointRow:
+    return CheckpointRow(checkpoint_id, start, start + timedelta(days=days), status, None, None, {}, "m", chained_root,
+                         {"previous_chained_root": previous_root}, start, start)
+
+
+def test_a_period_with_nothing_scored_is_crossed_only_when_the_store_shows_nothing_to_pay():
+    # Week 1 paid, week 2 had no scores at all (a feed outage): no checkpoint was built for it, and
+    # week 3's checkpoint chains to week 1's. Before, the gate refused week 3 forever (its period does
+    # not start where the previous one ended) and no later period could ever be paid.
+    week1 = _period(1, T0, 7, "PAID", "root1")
+    week3 = _period(3, T0 + timedelta(days=14), 7, "PENDING", "root3", previous_root="root1")
+    empty = payouts.PeriodGap(week1.period_end, week3.period_start, scores=0, unsettled=0)
+    crossed = payouts.check_period_continues(week3, week1, None, empty)
+    assert crossed.passed, crossed.detail
+    assert "where nothing was scored" in crossed.detail
+
+    # Scores in the gap (its checkpoint not built yet, or deleted), or predictions waiting there: refused, with why.
+    for gap in (replace(empty, scores=12), replace(empty, unsettled=3)):
+        refused = payouts.check_period_continues(week3, week1, None, gap)
+        assert not refused.passed
+        assert f"{gap.scores} score(s), {gap.unsettled} unsettled" in refused.detail
+    # No facts about the gap: refused as before.
+    assert not payouts.check_period_continues(week3, week1, None, None).passed
+    # Facts about another span than the one between them do not bridge it.
+    elsewhere = payouts.PeriodGap(week1.period_end, week3.period_start - timedelta(days=1), scores=0, unsettled=0)
+    assert not payouts.check_period_continues(week3, week1, None, elsewhere).passed
+    # Crossing a gap never excuses the rest: a wrong chain or a PENDING previous checkpoint is still refused.
+    forged = _period(3, week3.period_start, 7, "PENDING", "root3", previous_root="other")
+    assert "not the previous checkpoint's" in payouts.check_period_continues(forged, week1, None, empty).detail
+    pending = replace(week1, status="PENDING")
+    assert "still PENDING" in payouts.check_period_continues(week3, pending, None, empty).detail
