@@ -300,22 +300,34 @@ def _range(start: datetime | None, end: datetime | None) -> tuple[datetime, date
     return start, end
 
 
+Instant = Annotated[UtcInstant | None, Query()]
+CheckpointId = Annotated[int, Path(ge=1, le=ID_MAX, description="checkpoint id", examples=[1])]
+ProjectIds = Annotated[list[Annotated[str, Query(max_length=10_000)]] | None,
+                       Query(alias="projectIds", description="model ids, repeated or comma-separated")]
+
+
+def checkpoint_or_404(c: ReportCompetition, checkpoint_id: int) -> CheckpointRow:
+    cp = c.store.checkpoint_by_id(checkpoint_id)
+    if cp is None:
+        raise HTTPException(404, f"no checkpoint {checkpoint_id} in {c.slug}")
+    return cp
+
+
 def build_reference_router(competition_dependency: Callable[..., ReportCompetition],
                            operator: Callable[..., str]) -> APIRouter:
     """The reference's read and lifecycle paths (to be mounted on a `/reports` prefix)."""
     router = APIRouter(tags=["reference (coordinator webapp)"])
     Competition = Annotated[ReportCompetition, Depends(competition_dependency)]
     Operator = Annotated[str, Depends(operator)]
-    Instant = Annotated[UtcInstant | None, Query()]
-    CheckpointId = Annotated[int, Path(ge=1, le=ID_MAX, description="checkpoint id", examples=[1])]
-    ProjectIds = Annotated[list[Annotated[str, Query(max_length=10_000)]] | None,
-                           Query(alias="projectIds", description="model ids, repeated or comma-separated")]
+    _add_model_and_record_routes(router, Competition)
+    _add_checkpoint_routes(router, Competition)
+    _add_schema_routes(router, Competition)
+    _add_lifecycle_routes(router, Competition, Operator)
+    return router
 
-    def checkpoint_or_404(c: ReportCompetition, checkpoint_id: int) -> CheckpointRow:
-        cp = c.store.checkpoint_by_id(checkpoint_id)
-        if cp is None:
-            raise HTTPException(404, f"no checkpoint {checkpoint_id} in {c.slug}")
-        return cp
+
+def _add_model_and_record_routes(router: APIRouter, Competition) -> None:
+    """The leaderboard, the registry, the window series, predictions (scores only), feeds, snapshots."""
 
     @router.get("/leaderboard")
     def leaderboard(c: Competition, include_ensembles: Annotated[bool, Query()] = False) -> list[dict]:
@@ -402,6 +414,10 @@ def build_reference_router(competition_dependency: Callable[..., ReportCompetiti
                  "result_summary": s.result_summary}
                 for s in c.reports.snapshots(model_id=model_id, start=since, end=until, limit=limit)]
 
+
+def _add_checkpoint_routes(router: APIRouter, Competition) -> None:
+    """Checkpoints and emissions in the reference's shapes (NodeCheckpoint, NodeEmission, the CLI file)."""
+
     @router.get("/checkpoints")
     def checkpoints(c: Competition,
                     status: Annotated[Literal["PENDING", "SUBMITTED", "CLAIMABLE", "PAID"] | None, Query()] = None,
@@ -446,6 +462,10 @@ def build_reference_router(competition_dependency: Callable[..., ReportCompetiti
         return {"checkpoint_id": str(cp.id), "status": cp.status, "period_start": _iso(cp.period_start),
                 "period_end": _iso(cp.period_end), "emission": node_checkpoint(cp, [])["entries"][0]}
 
+
+def _add_schema_routes(router: APIRouter, Competition) -> None:
+    """The report schema the webapp renders from."""
+
     @router.get("/schema")
     def schema(c: Competition) -> dict:
         """{schema_version, leaderboard_columns: LeaderboardColumn[], metrics_widgets: Widget[]}."""
@@ -458,6 +478,10 @@ def build_reference_router(competition_dependency: Callable[..., ReportCompetiti
     @router.get("/schema/metrics-widgets")
     def schema_widgets(c: Competition) -> list[dict]:
         return report_schema(c.spec)["metrics_widgets"]
+
+
+def _add_lifecycle_routes(router: APIRouter, Competition, Operator) -> None:
+    """The lifecycle behind the token: confirm and advance, through the same gate as every router."""
 
     def transition(c: ReportCompetition, checkpoint_id: int, to_status: str, actor: str, tx_hash: str | None,
                    note: str | None) -> dict:
@@ -478,5 +502,3 @@ def build_reference_router(competition_dependency: Callable[..., ReportCompetiti
                        body: Annotated[StatusBody, Body()]) -> dict:
         """One step forward (SUBMITTED needs tx_hash; gated); the checkpoint as NodeCheckpoint."""
         return transition(c, checkpoint_id, body.status, actor, body.tx_hash, body.note)
-
-    return router
