@@ -2,7 +2,7 @@
 
 Each is a pure function over the stored entries (`{"ranking": [...], "cruncher_rewards": [...]}`)
 returning the problems it finds, in words; an empty list means the invariant holds. Two callers
-check them, and must agree: the checkpoint's asset check (`checks.check_rewards`, when the
+check them, and must agree: the checkpoint's asset check (`crunch_assets/defs/checkpoints/checks.py` `check_rewards`, when the
 checkpoint is built) and the emission safety gate (`payouts.run_gate`, before it is paid).
 
 Beside them, the gate's policy checks that say a genuine checkpoint cannot be paid as the declared

@@ -56,7 +56,7 @@ def test_architecture_counts_what_a_competitions_definitions_hold(repository):
     keys = {key.path[-1] for key in repository.asset_graph.get_all_asset_keys()}
     assert NUMBERS[assets.group(1)] == len(keys) and _named(assets.group(2)) == keys
 
-    checks = _bullet(text, r"- (\w+) asset checks: (\w+) evaluated inside their assets \(`crunch_assets/checks.py`\) and (\w+) lag\s+checks")
+    checks = _bullet(text, r"- (\w+) asset checks: (\w+) evaluated inside their assets \(each stage's `checks.py`\) and (\w+) lag\s+checks")
     names = {key.name for key in repository.asset_graph.asset_check_keys}
     lag = {name for name in names if name.endswith("_on_time")}
     assert NUMBERS[checks.group(1)] == len(names)

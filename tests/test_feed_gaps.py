@@ -193,7 +193,7 @@ def _stored_opens(store, feed, spec):
 
 
 def _gap_check(spec, feed, store):
-    from crunch_assets import checks
+    from crunch_assets.defs.feed import checks
 
     return checks.check_feed_complete(spec, feed, store, ChainKeys.for_slug(spec.slug).feed_records, DEFECT_START, DEFECT_END)
 

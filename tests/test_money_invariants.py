@@ -8,7 +8,8 @@ from dataclasses import replace
 import dagster as dg
 import pytest
 
-from crunch_assets import checks, money, payouts
+from crunch_assets import money, payouts
+from crunch_assets.defs.checkpoints import checks
 from crunch_assets.spec import Eligibility
 
 KEY = dg.AssetKey("emission_checkpoints")

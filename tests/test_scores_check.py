@@ -8,7 +8,7 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from crunch_assets import checks
+from crunch_assets.defs.scores import checks
 from resources.store import schema as t
 from resources.store.competition import CompetitionStore
 from resources.store.database import engine_for

@@ -20,7 +20,8 @@ from typing import Mapping, Sequence
 
 import dagster as dg
 
-from crunch_assets import checks, contribution, copies, emission, merkle, money
+from crunch_assets.defs.checkpoints import checks
+from crunch_assets import contribution, copies, emission, merkle, money
 from crunch_assets.emission import FRAC64_ONE, RankedEntry
 from crunch_assets.keys import ChainKeys
 from crunch_assets.partitions import CompetitionPartitions, checkpoint_snapshots_mapping

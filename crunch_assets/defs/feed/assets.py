@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 
 import dagster as dg
 
-from crunch_assets import checks
+from crunch_assets.defs.feed import checks
 from crunch_assets.keys import ChainKeys
 from crunch_assets.partitions import CompetitionPartitions, floor_hour
 from crunch_assets.run_config import WindowRunConfig, resolve_as_of

@@ -38,7 +38,9 @@ import dagster as dg
 import sqlalchemy as sa
 from dagster._core.storage.runs.schema import KeyValueStoreTable
 
-from crunch_assets import checks
+from crunch_assets.defs.feed import checks as feed_checks
+from crunch_assets.defs.predictions import checks as prediction_checks
+from crunch_assets.defs.scores import checks as score_checks
 from crunch_assets.defs.feed.assets import FeedReport, ingest
 from crunch_assets.keys import ChainKeys
 from crunch_assets.partitions import CompetitionPartitions, ceil_hour, floor_hour
@@ -387,10 +389,10 @@ def report_window(context, spec: CompetitionSpec, partitions: CompetitionPartiti
             metadata=leaderboard_metadata(spec, board.as_of, board.period, board.entries, live=True)))
     for result in (
         # the gap check a feed_records run evaluates: a defect accepted as missing is named here too
-        checks.check_feed_complete(spec, live.feed, live.feeds, keys.feed_records, start, min(until, start + HOUR)),
-        checks.check_every_cycle_stored(spec, store, keys.predictions, start, min(until, start + HOUR),
-                                        [reason for _, reason in progress.cycles.waiting]),
-        checks.check_scores_finite(store, keys.scores, start, start + HOUR),
+        feed_checks.check_feed_complete(spec, live.feed, live.feeds, keys.feed_records, start, min(until, start + HOUR)),
+        prediction_checks.check_every_cycle_stored(spec, store, keys.predictions, start, min(until, start + HOUR),
+                                                   [reason for _, reason in progress.cycles.waiting]),
+        score_checks.check_scores_finite(store, keys.scores, start, start + HOUR),
     ):
         context.log_event(dg.AssetCheckEvaluation(
             asset_key=result.asset_key, check_name=result.check_name, passed=result.passed,

@@ -15,7 +15,8 @@ from datetime import datetime, timedelta
 
 import dagster as dg
 
-from crunch_assets import checks, metrics
+from crunch_assets.defs.rollups import checks
+from crunch_assets import metrics
 from crunch_assets.defs.checkpoints.assets import payout_entries
 from crunch_assets.keys import ChainKeys
 from crunch_assets.partitions import CompetitionPartitions, ceil_hour, floor_hour, leaderboard_snapshots_mapping

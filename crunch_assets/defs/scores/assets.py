@@ -28,7 +28,8 @@ from typing import Any, Callable
 import dagster as dg
 import pydantic
 
-from crunch_assets import checks, ensembles
+from crunch_assets.defs.scores import checks
+from crunch_assets import ensembles
 from crunch_assets.defs.feed.assets import feed_streams
 from crunch_assets.fingerprint import rules_book
 from crunch_assets.keys import ChainKeys
