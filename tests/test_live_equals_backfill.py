@@ -70,34 +70,24 @@ def test_live_cycles_equal_a_backfill(clean_database, btc_csv):
 
 
 def test_a_run_launched_early_waits_for_its_cycle(clean_database):
-    import time
-
     from competitions.btc_updown.definitions import SPEC, build_definitions
+    from resources.clock import TestClock, use_clock
     from resources.feeds.synthetic import SyntheticFeed
 
     from crunch_assets.spec import Scope
 
-    # a 15-second cycle keeps the wait for the next due time short (on 15 s candles: a 60 s candle
-    # would be 45 s old at every fourth cycle, over the 30 s staleness bound, and the load refuses it)
+    # a 15-second cycle (on 15 s candles: a 60 s candle would be 45 s old at every fourth cycle, over
+    # the 30 s staleness bound, and the load refuses it)
     spec = replace(SPEC, start=datetime(2026, 11, 6, tzinfo=timezone.utc), scopes=(Scope("BTC", 60, 15),))
     defs = build_definitions(spec=spec, feed=SyntheticFeed(granularity_seconds=15), automation_running=False)
     keys = ChainKeys.for_slug(spec.slug)
-
-    def next_cycle(now):
-        return datetime.fromtimestamp((int(now.timestamp()) // 15 + 1) * 15, tz=timezone.utc)
-
-    now = datetime.now(timezone.utc)
-    cycle_at = next_cycle(now)
-    if cycle_at.minute == 0 and cycle_at.second == 0:  # the next hour's partition does not exist yet
-        time.sleep((cycle_at - now).total_seconds() + 0.5)
-        now = datetime.now(timezone.utc)
-        cycle_at = next_cycle(now)
-    if (cycle_at - now).total_seconds() > spec.cycle_lead_seconds:
-        time.sleep((cycle_at - now).total_seconds() - spec.cycle_lead_seconds + 0.5)  # be inside the lead
+    cycle_at = datetime(2026, 11, 6, 10, 20, 15, tzinfo=timezone.utc)
+    launched = cycle_at - timedelta(seconds=spec.cycle_lead_seconds) + timedelta(seconds=0.5)  # inside the lead
     ops = [ChainKeys.op_name(keys.feed_records), ChainKeys.op_name(keys.predictions)]
-    result = dg.materialize(chain_assets(defs, [keys.feed_records, keys.predictions]), resources=defs.resources,
-                            partition_key=cycle_at.strftime("%Y-%m-%d-%H:00"), run_config=as_of_run_config(ops, cycle_at))
-    assert datetime.now(timezone.utc) >= cycle_at  # it waited for the due time
+    with use_clock(TestClock(launched)) as clock:  # its wait advances the clock instead of the test waiting
+        result = dg.materialize(chain_assets(defs, [keys.feed_records, keys.predictions]), resources=defs.resources,
+                                partition_key=cycle_at.strftime("%Y-%m-%d-%H:00"), run_config=as_of_run_config(ops, cycle_at))
+        assert launched < cycle_at <= clock.now()  # it waited for the due time
     metadata = result.asset_materializations_for_node(ops[1])[0].metadata
     assert metadata["as_of"].value == cycle_at.isoformat()
     assert metadata["cycles_run"].value >= 1  # the due cycle (and any earlier one of the hour not stored)

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from dagster._core.test_utils import create_run_for_test
 
 from crunch_assets.defs.live_window.window import WINDOW_TAG, last_sign_of_life
+from resources.clock import TestClock, use_clock
 from resources.store.database import dispose_engines, engine_for
 
 SLUG = "btc_updown"
@@ -50,38 +51,57 @@ def _stored(engine, cycles):
     return [tuple(r) for r in inputs], [tuple(r) for r in scores]
 
 
+class _WatchedClock(TestClock):
+    """A test clock that notes, at each wait of the run, which cycles the store holds by then: the
+    clock stands still inside a tick, so a cycle first seen at a wait was stored at that time."""
+
+    __test__ = False
+
+    def __init__(self, at, engine):
+        super().__init__(at)
+        self.engine, self.first_seen = engine, {}
+
+    def sleep(self, seconds):
+        with self.engine.connect() as connection:
+            stored = connection.execute(sa.text("SELECT DISTINCT cycle_at FROM crunch.predictions")).scalars().all()
+        for cycle_at in stored:
+            self.first_seen.setdefault(cycle_at, self.now())
+        super().sleep(seconds)
+
+
 @pytest.mark.parametrize("ensemble", [False, True], ids=["models", "with_an_ensemble"])
 def test_a_live_window_runs_cycles_when_due_and_equals_a_backfill(clean_database, tmp_path, ensemble):
-    now = datetime.now(timezone.utc)
-    window = now.replace(minute=0, second=0, microsecond=0)
-    if now - window > timedelta(minutes=58, seconds=30):  # the run must fit in its hour
-        import time
-
-        time.sleep((window + timedelta(hours=1, seconds=1) - now).total_seconds())
-        now = datetime.now(timezone.utc)
-        window = now.replace(minute=0, second=0, microsecond=0)
+    # on a test clock two minutes into a past hour (Dagster lists partitions up to the wall time): the
+    # run's waits advance the clock at once
+    window = datetime(2026, 11, 5, 13, tzinfo=timezone.utc)
+    now = window + timedelta(minutes=2, seconds=3)
     spec = _fast_spec(window, ensemble)
     defs = _definitions(spec, tmp_path)
     stop = now + timedelta(seconds=45)
     instance = dg.DagsterInstance.ephemeral()
     job = defs.get_job_def(f"{SLUG}__live_job")
-    result = job.execute_in_process(
-        run_config={"ops": {f"{SLUG}__live_window": {"config": {"window_start": window.isoformat(), "stop_at": stop.isoformat()}}}},
-        instance=instance, resources=defs.resources,
-    )
-    assert result.success
     engine = engine_for()
+    with use_clock(_WatchedClock(now, engine)) as clock:
+        result = job.execute_in_process(
+            run_config={"ops": {f"{SLUG}__live_window": {"config": {"window_start": window.isoformat(), "stop_at": stop.isoformat()}}}},
+            instance=instance, resources=defs.resources,
+        )
+        clock.sleep(0)  # what the last tick stored
+    assert result.success
+    assert clock.now() >= stop  # the run went on to its stop on the clock
     with engine.connect() as connection:
         stored = connection.execute(sa.text(
-            "SELECT cycle_at, min(created_at) FROM crunch.predictions GROUP BY 1 ORDER BY 1")).fetchall()
+            "SELECT DISTINCT cycle_at FROM crunch.predictions ORDER BY 1")).scalars().all()
         scored = connection.execute(sa.text("SELECT DISTINCT cycle_at FROM crunch.scores ORDER BY 1")).scalars().all()
     due = [c for c, _ in spec.cycle_times(window, stop)]
-    assert [c for c, _ in stored] == due  # every due cycle of the window so far (the catch-up included)
-    live_cycles = [c for c, created in stored if c >= now]
-    assert live_cycles and all(created >= c for c, created in stored if c >= now)  # run when due, never before
+    assert stored == due  # every due cycle of the window so far (the catch-up included)
+    live_cycles = [c for c in stored if c >= now]
+    # run when due, never before: each cycle was first stored at a time of the clock at or after it
+    assert live_cycles and all(clock.first_seen[c] >= c for c in live_cycles), clock.first_seen
     assert [c for c in scored if c >= now] == [c for c in live_cycles if c + timedelta(seconds=20) <= stop]
-    run = instance.get_run_by_id(result.run_id)
-    assert last_sign_of_life(instance, run.run_id) >= stop  # it logged to the end: its heartbeat
+    # it logged to the end (its events carry the wall time, the engine's time is in its progress lines)
+    progress = [e.user_message for e in instance.all_logs(result.run_id) if " cycle(s) of the hour stored" in e.user_message]
+    assert progress and datetime.fromisoformat(progress[-1].split(": ", 1)[0]) >= stop, progress[-3:]
     materialized = {(m.asset_key.to_user_string(), m.partition) for m in result.asset_materializations_for_node(f"{SLUG}__live_window")}
     hour_key = window.strftime("%Y-%m-%d-%H:00")
     assert {(f"{SLUG}/feed_records", hour_key), (f"{SLUG}/predictions", hour_key), (f"{SLUG}/scores", hour_key)} <= materialized
@@ -101,11 +121,12 @@ def test_a_live_window_runs_cycles_when_due_and_equals_a_backfill(clean_database
 
     from crunch_assets.run_config import as_of_run_config
 
-    materialize_hours(defs, spec, ["feed_records"], window, window)
-    # the cycles up to where the live run stopped (a cycle due after the feed fetch above would wait for it)
-    materialize_hours(defs, spec, ["predictions"], window, window,
-                      run_config=as_of_run_config([f"{SLUG}__predictions"], stop))
-    materialize_hours(defs, spec, ["scores"], window, window, raise_on_error=False)
+    with use_clock(TestClock(stop + timedelta(seconds=30))):  # the horizons of the live cycles have passed
+        materialize_hours(defs, spec, ["feed_records"], window, window)
+        # the cycles up to where the live run stopped (a cycle due after the feed fetch above would wait for it)
+        materialize_hours(defs, spec, ["predictions"], window, window,
+                          run_config=as_of_run_config([f"{SLUG}__predictions"], stop))
+        materialize_hours(defs, spec, ["scores"], window, window, raise_on_error=False)
     backfill = _stored(engine_for(), list(live_cycles))
     assert backfill[0] == live[0]  # the same inputs
     assert [r for r in backfill[1] if (r[0], r[1]) in {(x[0], x[1]) for x in live[1]}] == live[1]
@@ -118,13 +139,17 @@ def _sensor(defs):
 def test_the_cycle_sensor_keeps_one_live_run_per_window_and_replaces_a_dead_one(clean_database, tmp_path):
     from competitions.btc_updown.definitions import SPEC, build_definitions
 
+    # the sensor decides on a test clock standing at the wall time the test began (Dagster stamps run
+    # records with the wall time): no hour can turn between the test's reading and the sensor's
     now = datetime.now(timezone.utc)
     spec = replace(SPEC, start=now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=3))
     defs = build_definitions(spec=spec, automation_running=True)
     instance = dg.DagsterInstance.ephemeral()
 
     def tick():
-        return _sensor(defs).evaluate_tick(dg.build_sensor_context(instance=instance, resources=defs.resources, definitions=defs))
+        with use_clock(TestClock(now)):
+            return _sensor(defs).evaluate_tick(dg.build_sensor_context(instance=instance, resources=defs.resources,
+                                                                       definitions=defs))
 
     window = now.replace(minute=0, second=0, microsecond=0).isoformat()
     first = tick()
@@ -142,7 +167,8 @@ def test_the_cycle_sensor_keeps_one_live_run_per_window_and_replaces_a_dead_one(
     assert last_sign_of_life(instance, run.run_id) == now - timedelta(minutes=5)
     replacement = [r for r in tick().run_requests if r.tags[WINDOW_TAG] == window]
     assert len(replacement) == 1 and replacement[0].run_key != current[0].run_key
-    beat(instance, run.run_id)  # it beats again (one row, rewritten in place): alive
+    with use_clock(TestClock(now)):
+        beat(instance, run.run_id)  # it beats again (one row, rewritten in place): alive
     assert not [r for r in tick().run_requests if r.tags[WINDOW_TAG] == window]
     # killed: run monitoring marks it failed, and the next live run drops its heartbeat row
     instance.report_run_failed(instance.get_run_by_id(run.run_id), message="killed")
@@ -222,16 +248,29 @@ def test_a_heartbeat_the_database_refuses_is_logged_not_fatal():
 # --- a feed that trickles its answers ------------------------------------------------------------
 
 
-def _hour_with_room(seconds: float) -> datetime:
-    """The current hour window, once `seconds` still fit in it."""
-    import time
+class _ShiftedWallClock:
+    """The wall clock moved by a fixed offset into an hour with room for the run: real time passes
+    (the trickles are real slowness, cut by real deadlines), no test waits for the next hour. The
+    store stamps created_at with the database's (wall) time: `of_wall` gives it on this clock."""
 
-    now = datetime.now(timezone.utc)
-    window = now.replace(minute=0, second=0, microsecond=0)
-    if window + timedelta(hours=1) - now < timedelta(seconds=seconds):
-        time.sleep((window + timedelta(hours=1, seconds=1) - now).total_seconds())
-        window += timedelta(hours=1)
-    return window
+    def __init__(self, at: datetime):
+        self.offset = at - datetime.now(timezone.utc)
+
+    def now(self) -> datetime:
+        return datetime.now(timezone.utc) + self.offset
+
+    def sleep(self, seconds: float) -> None:
+        import time
+
+        time.sleep(seconds)
+
+    def of_wall(self, wall: datetime) -> datetime:
+        return wall + self.offset
+
+
+# a past hour (Dagster lists partitions up to the wall time), two minutes in: the run and its catch-up
+# fit, whatever the wall time
+TRICKLE_WINDOW = datetime(2026, 11, 5, 13, tzinfo=timezone.utc)
 
 
 def _binance_live(window, tmp_path, server, **spec_overrides):
@@ -255,14 +294,15 @@ def _live_series(window):
     return {"BTCUSDT": subject_series("BTC", start_ts=int((window - timedelta(hours=1)).timestamp()), count=3 * 60)}
 
 
-def _run_live(defs, window, stop):
+def _run_live(defs, window, stop, clock):
     instance = dg.DagsterInstance.ephemeral()
-    result = defs.get_job_def(f"{SLUG}__live_job").execute_in_process(
-        run_config={"ops": {f"{SLUG}__live_window": {"config": {"window_start": window.isoformat(), "stop_at": stop.isoformat()}}}},
-        instance=instance, resources=defs.resources,
-    )
+    with use_clock(clock):
+        result = defs.get_job_def(f"{SLUG}__live_job").execute_in_process(
+            run_config={"ops": {f"{SLUG}__live_window": {"config": {"window_start": window.isoformat(), "stop_at": stop.isoformat()}}}},
+            instance=instance, resources=defs.resources,
+        )
     started = instance.all_logs(result.run_id, of_type=dg.DagsterEventType.STEP_START)[0].timestamp
-    return result, datetime.fromtimestamp(started, tz=timezone.utc)
+    return result, clock.of_wall(datetime.fromtimestamp(started, tz=timezone.utc))
 
 
 def test_a_feed_trickling_every_other_answer_delays_no_live_cycle(clean_database, tmp_path):
@@ -272,21 +312,23 @@ def test_a_feed_trickling_every_other_answer_delays_no_live_cycle(clean_database
     cycle is stored within the live feed wait of its due time."""
     from tests.fakes.feed_servers import FakeBinanceServer
 
-    window = _hour_with_room(150)
+    window = TRICKLE_WINDOW
+    clock = _ShiftedWallClock(window + timedelta(minutes=2, seconds=3))
     with FakeBinanceServer(_live_series(window)) as binance:
         binance.trickle_every(2, seconds_per_byte=1.0)  # every fetch after the first meets one trickle
         spec, defs = _binance_live(window, tmp_path, binance)
         # a minute's close (when a cycle needs a new candle, so its tick asks the feed) well inside the run
-        minute = (datetime.now(timezone.utc) + timedelta(seconds=80)).replace(second=0, microsecond=0)
+        minute = (clock.now() + timedelta(seconds=80)).replace(second=0, microsecond=0)
         stop = minute + timedelta(seconds=5)
-        result, started = _run_live(defs, window, stop)
+        result, started = _run_live(defs, window, stop, clock)
         trickled = binance.trickled
     assert result.success
     with engine_for().connect() as connection:
         stored = connection.execute(sa.text(
             "SELECT cycle_at, min(created_at) FROM crunch.predictions GROUP BY 1 ORDER BY 1")).fetchall()
     assert [c for c, _ in stored] == [c for c, _ in spec.cycle_times(window, stop)]  # every due cycle
-    live = [(cycle_at, created - cycle_at) for cycle_at, created in stored if cycle_at >= started + timedelta(seconds=5)]
+    live = [(cycle_at, clock.of_wall(created) - cycle_at) for cycle_at, created in stored
+            if cycle_at >= started + timedelta(seconds=5)]
     # a cycle at a minute's close fetched that minute's candle: its fetch met a trickling answer, cut at 1 s
     closes = [(cycle_at, lag) for cycle_at, lag in live if cycle_at.second == 0]
     assert closes and all(lag >= timedelta(seconds=1) for _, lag in closes), (started, live)
@@ -308,15 +350,16 @@ def test_a_feed_trickling_forever_holds_no_tick_beyond_the_feed_wait(clean_datab
 
     from tests.fakes.feed_servers import FakeBinanceServer
 
-    window = _hour_with_room(60)
+    window = TRICKLE_WINDOW
+    clock = _ShiftedWallClock(window + timedelta(minutes=2, seconds=3))
     with FakeBinanceServer(_live_series(window)) as binance:
         binance.trickle_next(math.inf, seconds_per_byte=1.0)
         spec, defs = _binance_live(window, tmp_path, binance, live_feed_wait_seconds=3)
-        stop = datetime.now(timezone.utc) + timedelta(seconds=20)
+        stop = clock.now() + timedelta(seconds=20)
         earlier = set(threading.enumerate())
         began = time.monotonic()
-        result, _ = _run_live(defs, window, stop)
-        ended_after_stop = datetime.now(timezone.utc) - stop
+        result, _ = _run_live(defs, window, stop, clock)
+        ended_after_stop = clock.now() - stop
         fetchers = [thread for thread in set(threading.enumerate()) - earlier if thread.name == "feed-fetch"]
         for thread in fetchers:
             thread.join(timeout=2.0)

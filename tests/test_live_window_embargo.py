@@ -47,26 +47,25 @@ def test_a_live_window_records_no_output_and_serves_none_before_resolution(clean
     from crunch_assets.spec import Scope
     from dagster._serdes import serialize_value
     from resources.store.database import CrunchDatabase, engine_for
+    from resources.clock import TestClock, use_clock
     from tests.api.conftest import LiveServer, auth
 
-    now = datetime.now(timezone.utc)
-    window = now.replace(minute=0, second=0, microsecond=0)
-    if now - window > timedelta(minutes=58, seconds=30):  # the run must fit in its hour
-        import time
-
-        time.sleep((window + timedelta(hours=1, seconds=1) - now).total_seconds())
-        now = datetime.now(timezone.utc)
-        window = now.replace(minute=0, second=0, microsecond=0)
+    # on a test clock two minutes into a past hour (Dagster lists partitions up to the wall time): the
+    # run's waits advance the clock at once
+    window = datetime(2026, 11, 5, 13, tzinfo=timezone.utc)
+    now = window + timedelta(minutes=2, seconds=3)
     # a cycle every 10 s resolving 20 s later, no quarantine of the garbled model; a short catch-up
     spec = replace(SPEC, start=window, scopes=(Scope("BTC", HORIZON_SECONDS, 10),), max_price_staleness_seconds=5,
                    history_seconds=60, quarantine_after_failures=0, max_catchup_seconds=60)
     defs = _definitions(spec, tmp_path)
     stop = now + timedelta(seconds=30)
     instance = dg.DagsterInstance.ephemeral()
-    result = defs.get_job_def(f"{SLUG}__live_job").execute_in_process(
-        run_config={"ops": {f"{SLUG}__live_window": {"config": {"window_start": window.isoformat(), "stop_at": stop.isoformat()}}}},
-        instance=instance, resources=defs.resources,
-    )
+    with use_clock(TestClock(now)) as clock:
+        result = defs.get_job_def(f"{SLUG}__live_job").execute_in_process(
+            run_config={"ops": {f"{SLUG}__live_window": {"config": {"window_start": window.isoformat(), "stop_at": stop.isoformat()}}}},
+            instance=instance, resources=defs.resources,
+        )
+    assert clock.now() >= stop  # the run went on to its stop on the clock
     assert result.success
 
     engine = engine_for()
