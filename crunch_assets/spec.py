@@ -123,6 +123,17 @@ def declaration(cls: type) -> type:
     return cls
 
 
+def refuse_settings_of_other_kinds(policy: Any, section: str, kind: str, settings_of: dict[str, tuple[str, ...]]) -> None:
+    """A policy's setting that its kind does not use (a softmax emission's floor_pct) is refused by
+    name when it is given (differs from its default), never silently ignored."""
+    for f in fields(policy):
+        kinds = settings_of.get(f.name)
+        if kinds is not None and kind not in kinds and getattr(policy, f.name) != f.default:
+            own = [name for name, used_by in settings_of.items() if kind in used_by]
+            raise SpecError(f"{section}: {f.name} is not a setting of the {kind} {section.replace('_', ' ')} "
+                            f"(its settings: {', '.join(own) or 'none'})")
+
+
 @declaration
 class Scope(Declared):
     """One prediction config: what is predicted, how often, when it resolves, and its weight in
@@ -200,6 +211,7 @@ class FailurePolicy(Declared):
                 raise SpecError(f"failure_policy: percentile must be in [0, 100], got {self.percentile}")
         else:
             raise SpecError(f"failure_policy: kind must be 'constant' or 'relative', got {self.kind!r}")
+        refuse_settings_of_other_kinds(self, "failure_policy", self.kind, {"value": ("constant",), "percentile": ("relative",)})
 
     def value_for(self, successful_values: Sequence[float], higher_is_better: bool) -> float | None:
         """The cycle's failure value; None when a relative policy has no successful value."""
@@ -270,6 +282,7 @@ class Eligibility(Declared):
                             f"answered is never paid), got {self.min_scored_answers!r}")
         if not isinstance(self.require_every_scope, bool):
             raise SpecError(f"eligibility: require_every_scope must be True or False, got {self.require_every_scope!r}")
+        refuse_settings_of_other_kinds(self, "eligibility", self.mode, {"min_coverage": ("min_coverage",)})
 
 
 UNCLAIMED_RULES = ("equal", "pro_rata")
@@ -362,6 +375,10 @@ class EmissionPolicy(Declared):
         else:
             raise SpecError(f"emission: kind must be 'tiered', 'softmax', 'proportional' or 'contribution', "
                             f"got {self.kind!r}")
+        refuse_settings_of_other_kinds(self, "emission", self.kind, {
+            "tiers_pct": ("tiered",), "unclaimed": ("tiered",), "temperature": ("softmax",),
+            "floor_pct": ("proportional", "contribution"), "rank_weight": ("contribution",),
+            "contribution_weight": ("contribution",), "diversity_weight": ("contribution",), "ensemble": ("contribution",)})
 
 
 COPY_POLICIES = ("pay_first", "flag", "off")
