@@ -139,10 +139,14 @@ LAID_OUT_FIELDS = frozenset({
 
 
 def _declaration_text(value) -> str:
-    """A policy as Python: its declaration with the fields that differ from their defaults
-    (`EmissionPolicy(kind='softmax', temperature=0.5)`), equal to the checked one."""
-    given = [f"{f.name}={getattr(value, f.name)!r}" for f in fields(value)
-             if f.name in ("kind", "mode") or f.default is MISSING or getattr(value, f.name) != f.default]
+    """A policy as Python: its declaration with its kind, the settings its kind uses, and any other
+    field that differs from its default (`EmissionPolicy(kind="softmax", temperature=0.5)`), equal to
+    the checked one."""
+    kind = getattr(value, "kind", None) or value.mode
+    given = [f"{f.name}={_py(getattr(value, f.name)) if isinstance(getattr(value, f.name), str) else repr(getattr(value, f.name))}"
+             for f in fields(value)
+             if f.name in ("kind", "mode") or kind in value.SETTINGS_OF.get(f.name, ())
+             or f.default is MISSING or getattr(value, f.name) != f.default]
     return f"{type(value).__name__}({', '.join(given)})"
 
 
