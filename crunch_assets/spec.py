@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from datetime import datetime, timedelta, timezone
 from fractions import Fraction
-from typing import Annotated, Any, Sequence, get_args, get_type_hints
+from typing import Annotated, Any, ClassVar, Sequence, get_args, get_type_hints
 
 from pydantic import BeforeValidator, ConfigDict, Strict, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass as pydantic_dataclass
@@ -123,6 +123,17 @@ def declaration(cls: type) -> type:
     return cls
 
 
+def refuse_settings_of_other_kinds(policy: Any, section: str, kind: str, settings_of: dict[str, tuple[str, ...]]) -> None:
+    """A policy's setting that its kind does not use (a softmax emission's floor_pct) is refused by
+    name when it is given (differs from its default), never silently ignored."""
+    for f in fields(policy):
+        kinds = settings_of.get(f.name)
+        if kinds is not None and kind not in kinds and getattr(policy, f.name) != f.default:
+            own = [name for name, used_by in settings_of.items() if kind in used_by]
+            raise SpecError(f"{section}: {f.name} is not a setting of the {kind} {section.replace('_', ' ')} "
+                            f"(its settings: {', '.join(own) or 'none'})")
+
+
 @declaration
 class Scope(Declared):
     """One prediction config: what is predicted, how often, when it resolves, and its weight in
@@ -182,6 +193,8 @@ class FailurePolicy(Declared):
     kind: str
     value: Float | None = None
     percentile: Float = 100.0
+    # the settings only some kinds use (the others are refused when given)
+    SETTINGS_OF: ClassVar[dict[str, tuple[str, ...]]] = {"value": ("constant",), "percentile": ("relative",)}
 
     @classmethod
     def constant(cls, value: float) -> "FailurePolicy":
@@ -200,6 +213,7 @@ class FailurePolicy(Declared):
                 raise SpecError(f"failure_policy: percentile must be in [0, 100], got {self.percentile}")
         else:
             raise SpecError(f"failure_policy: kind must be 'constant' or 'relative', got {self.kind!r}")
+        refuse_settings_of_other_kinds(self, "failure_policy", self.kind, self.SETTINGS_OF)
 
     def value_for(self, successful_values: Sequence[float], higher_is_better: bool) -> float | None:
         """The cycle's failure value; None when a relative policy has no successful value."""
@@ -242,6 +256,8 @@ class Eligibility(Declared):
 
     mode: str = "every_cycle"
     min_coverage: Float = 0.0
+    # the settings only some modes use (the others are refused when given)
+    SETTINGS_OF: ClassVar[dict[str, tuple[str, ...]]] = {"min_coverage": ("min_coverage",)}
     min_scored_answers: Int = 1
     require_every_scope: Bool = False
 
@@ -270,6 +286,7 @@ class Eligibility(Declared):
                             f"answered is never paid), got {self.min_scored_answers!r}")
         if not isinstance(self.require_every_scope, bool):
             raise SpecError(f"eligibility: require_every_scope must be True or False, got {self.require_every_scope!r}")
+        refuse_settings_of_other_kinds(self, "eligibility", self.mode, self.SETTINGS_OF)
 
 
 UNCLAIMED_RULES = ("equal", "pro_rata")
@@ -304,6 +321,11 @@ class EmissionPolicy(Declared):
     contribution_weight: Float = 0.3
     diversity_weight: Float = 0.2
     ensemble: str | None = None
+    # the settings only some kinds use (the others are refused when given)
+    SETTINGS_OF: ClassVar[dict[str, tuple[str, ...]]] = {
+        "tiers_pct": ("tiered",), "unclaimed": ("tiered",), "temperature": ("softmax",),
+        "floor_pct": ("proportional", "contribution"), "rank_weight": ("contribution",),
+        "contribution_weight": ("contribution",), "diversity_weight": ("contribution",), "ensemble": ("contribution",)}
 
     @classmethod
     def tiered(cls, tiers_pct: tuple[tuple[int, float], ...] = ((1, 35.0), (5, 10.0), (10, 5.0)),
@@ -362,6 +384,7 @@ class EmissionPolicy(Declared):
         else:
             raise SpecError(f"emission: kind must be 'tiered', 'softmax', 'proportional' or 'contribution', "
                             f"got {self.kind!r}")
+        refuse_settings_of_other_kinds(self, "emission", self.kind, self.SETTINGS_OF)
 
 
 COPY_POLICIES = ("pay_first", "flag", "off")

@@ -377,7 +377,12 @@ def test_init_refuses_a_spec_with_typos_naming_every_key(small_checkout):
     assert result.exit_code == 1
     assert "scopes[0].subjet: unknown key; did you mean 'subject'?" in result.output
     assert "checkpoint_intervall_seconds: unknown key; did you mean 'checkpoint_interval_seconds'?" in result.output
-    assert "emission.temperature: Input should be greater than 0" in result.output
+    assert snapshot(small_checkout) == before
+    # once the keys and types are right, CompetitionSpec's own rules run (here: the temperature)
+    spec.write_text(json.dumps({"spec_version": "1", "emission": {"kind": "softmax", "temperature": 0}}))
+    before = snapshot(small_checkout)
+    result = _init(small_checkout, "typo_comp", "--spec", str(spec))
+    assert result.exit_code == 1 and "emission: softmax temperature must be > 0, got 0" in result.output, result.output
     assert snapshot(small_checkout) == before
 
 
@@ -388,7 +393,11 @@ def test_init_refuses_a_spec_with_typos_naming_every_key(small_checkout):
     ({"spec_version": "1", "slug": "other_name"}, "the spec names 'other_name' but the command names 'spec_comp'"),
     ({"spec_version": "1", "callables": {"scoring_function": "no colon here"}}, "callables.scoring_function: String should match pattern"),
     ({"spec_version": "1", "scopes": [{"name": "a", "subject": "BTC", "prediction_interval_seconds": 0, "resolve_horizon_seconds": 60}]},
-     "scopes[0].prediction_interval_seconds: Input should be greater than or equal to 1"),
+     "scope BTC-60-0: prediction_interval_seconds must be in [1, 604800]"),
+    ({"spec_version": "1", "scopes": [{"name": "a", "subject": "BTC", "prediction_interval_seconds": "60", "resolve_horizon_seconds": 60}]},
+     "scopes[0].prediction_interval_seconds: Input should be a valid integer (got '60')"),
+    ({"spec_version": "1", "emission": {"kind": "softmax", "temperature": 2.0, "floor_pct": 5.0}},
+     "emission: floor_pct is not a setting of the softmax emission (its settings: temperature)"),
 ])
 def test_init_refuses_a_bad_spec_value(small_checkout, spec, message):
     path = small_checkout / "spec.json"

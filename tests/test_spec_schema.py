@@ -82,6 +82,13 @@ def test_a_python_definition_is_refused_the_same_way():
         replace(spec, void_after_seconds="3600")
     with pytest.raises(SpecError, match="CompetitionSpec: unknown field 'void_after_secs'; did you mean 'void_after_seconds'"):
         replace(spec, void_after_secs=60)
+    # a setting its kind does not use is refused by name, never ignored (a spec file's too)
+    with pytest.raises(SpecError, match="emission: floor_pct is not a setting of the softmax emission"):
+        replace(spec, emission={"kind": "softmax", "temperature": 2.0, "floor_pct": 5.0})
+    with pytest.raises(SpecError, match="failure_policy: percentile is not a setting of the constant failure policy"):
+        replace(spec, failure_policy={"kind": "constant", "value": -1.0, "percentile": 50.0})
+    with pytest.raises(SpecError, match="eligibility: min_coverage is not a setting of the every_cycle eligibility"):
+        replace(spec, eligibility={"mode": "every_cycle", "min_coverage": 0.5})
     # a policy given as its fields (as in a spec file) is the policy
     assert replace(spec, gate={"min_eligible_participants": 5}).gate.min_eligible_participants == 5
 

@@ -189,18 +189,36 @@ def test_an_unknown_spec_file_key_is_refused_with_the_nearest(tmp_path, body, me
 
 
 def test_every_spec_file_section_forbids_unknown_keys():
-    """A config model added to the spec file's schema refuses unknown keys, or this names it."""
-    from crunch_assets.scaffold.config import CompetitionConfig, _models_in
+    """Every section of a spec file refuses unknown keys, or this names it: the spec's own
+    declarations (CompetitionSpec validates the spec keys) and the scaffold's few models (feed, callables)."""
+    from dataclasses import fields
+    from typing import get_args, get_type_hints
 
-    seen, todo = set(), [CompetitionConfig]
+    from pydantic import BaseModel
+
+    from crunch_assets.scaffold.config import ScaffoldConfig
+    from crunch_assets.spec import CompetitionSpec, _declared_types
+
+    def held_models(annotation):
+        found = [annotation] if isinstance(annotation, type) and issubclass(annotation, BaseModel) else []
+        return found + [m for argument in get_args(annotation) for m in held_models(argument)]
+
+    seen, todo = set(), [ScaffoldConfig]
     while todo:
         model = todo.pop()
-        if model in seen:
-            continue
-        seen.add(model)
-        todo += [m for field in model.model_fields.values() for m in _models_in(field.annotation)]
-    assert len(seen) > 10
+        if model not in seen:
+            seen.add(model)
+            todo += [m for field in model.model_fields.values() for m in held_models(field.annotation)]
     assert [m.__name__ for m in seen if m.model_config.get("extra") != "forbid"] == []
+    declarations, todo = set(), [CompetitionSpec]
+    while todo:
+        declaration = todo.pop()
+        if declaration not in declarations:
+            declarations.add(declaration)
+            hints = get_type_hints(declaration)
+            todo += [held for f in fields(declaration) for held in _declared_types(hints[f.name])]
+    assert len(declarations) > 10
+    assert [d.__name__ for d in declarations if d.__pydantic_config__.get("extra") != "forbid"] == []
 
 
 def test_doctor_reports_an_unknown_key_of_a_spec_file(tmp_path):

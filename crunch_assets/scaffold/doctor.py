@@ -26,8 +26,6 @@ from crunch_assets.scaffold.config import (
     check_slug,
     read_spec_file,
     resolve,
-    resolved_start,
-    to_competition_spec,
 )
 from crunch_assets.scaffold.generate import (
     WORKSPACE_FILE,
@@ -261,11 +259,10 @@ def doctor_spec(spec_path: Path, pack: str | None = None) -> Report:
     slug = resolved.slug
     # Callables inside the modules init generates do not exist before init; the others must exist now.
     generated = (f"competitions.{slug}.", f"{package_name(slug)}.", f"{package_name(slug)}:")
-    named = {slot: path for slot, path in resolved.config.callables.model_dump().items() if path is not None}
+    named = {slot: path for slot, path in resolved.scaffold.callables.model_dump().items() if path is not None}
     report.problems += check_wiring(_Paths(named), skip_prefixes=generated)
     report.checked.append("callables")
-    spec = to_competition_spec(resolved, resolved_start(resolved.config))
-    feed = resolved.config.feed
+    spec, feed = resolved.spec, resolved.scaffold.feed
     feed_problems, source = check_feed(CompetitionSettings(slug), FeedDefaults(feed.kind, feed.granularity_seconds), spec.subjects)
     report.problems += feed_problems
     report.checked.append(f"feed {source!r}")

@@ -11,24 +11,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import jinja2
 import yaml
 
-from crunch_assets.scaffold.config import (
-    CompetitionConfig,
-    ConstantFailure,
-    ContributionEmission,
-    EveryCycle,
-    ResolvedSpec,
-    ScaffoldError,
-    SoftmaxEmission,
-    TieredEmission,
-    resolved_start,
-)
+from crunch_assets.scaffold.config import ResolvedSpec, ScaffoldConfig, ScaffoldError
+from crunch_assets.spec import CompetitionSpec
 
 WORKSPACE_FILE = "workspace.yaml"
 
@@ -86,7 +77,7 @@ def default_callables(slug: str) -> dict[str, str]:
     }
 
 
-def wired_callables(slug: str, config: CompetitionConfig) -> dict[str, str]:
+def wired_callables(slug: str, config: ScaffoldConfig) -> dict[str, str]:
     """Every slot RULES sets: the generated defaults, with the spec's callables over them."""
     chosen = default_callables(slug)
     chosen.update({slot: path for slot, path in config.callables.model_dump().items() if path is not None})
@@ -136,33 +127,36 @@ def environment() -> jinja2.Environment:
     return env
 
 
-def _policy_expressions(config: CompetitionConfig) -> dict[str, str]:
-    failure = config.failure_policy
-    failure_text = (f"FailurePolicy.constant({failure.value!r})" if isinstance(failure, ConstantFailure)
-                    else f"FailurePolicy.relative({failure.percentile!r})")
-    eligibility = config.eligibility
-    options = "".join(f", {name}={getattr(eligibility, name)!r}" for name, default in
-                      (("min_scored_answers", 1), ("require_every_scope", False)) if getattr(eligibility, name) != default)
-    eligibility_text = (f"Eligibility.every_cycle({options.lstrip(', ')})" if isinstance(eligibility, EveryCycle)
-                        else f"Eligibility.minimum_coverage({eligibility.min_coverage!r}{options})")
-    emission = config.emission
-    if isinstance(emission, TieredEmission):
-        tiers = ", ".join(f"({int(rank)}, {float(pct)!r})" for rank, pct in emission.tiers_pct)
-        unclaimed = "" if emission.unclaimed == "equal" else f", unclaimed={emission.unclaimed!r}"
-        emission_text = f"EmissionPolicy.tiered(({tiers}{',' if len(emission.tiers_pct) == 1 else ''}){unclaimed})"
-    elif isinstance(emission, SoftmaxEmission):
-        emission_text = f"EmissionPolicy.softmax({emission.temperature!r})"
-    elif isinstance(emission, ContributionEmission):
-        emission_text = (f"EmissionPolicy.contribution({emission.rank_weight!r}, {emission.contribution_weight!r}, "
-                         f"{emission.diversity_weight!r}, floor_pct={emission.floor_pct!r}, ensemble={emission.ensemble!r})")
-    else:
-        emission_text = f"EmissionPolicy.proportional({emission.floor_pct!r})"
-    return {"failure_policy": failure_text, "eligibility": eligibility_text, "emission": emission_text}
+# The spec fields the generated config.py lays out itself (from the checked spec); every other
+# field the spec file or pack gives is written as given (ResolvedSpec.spec_fields).
+LAID_OUT_FIELDS = frozenset({
+    "slug", "start", "scopes", "extra_subjects", "failure_policy", "eligibility", "emission",
+    "checkpoint_interval_seconds", "leaderboard_windows", "ranking_key", "ranking_descending", "checkpoint_ranking",
+    "history_seconds", "max_price_staleness_seconds", "settle_delay_seconds", "void_after_seconds",
+    "quarantine_after_failures", "quarantine_cooldown_seconds", "feed_retention_days", "public_input_keys",
+    "description", "score_name",
+})
 
 
-def _failure_text(config: CompetitionConfig) -> str:
-    failure = config.failure_policy
-    if isinstance(failure, ConstantFailure):
+def _declaration_text(value) -> str:
+    """A policy as Python: its declaration with its kind, the settings its kind uses, and any other
+    field that differs from its default (`EmissionPolicy(kind="softmax", temperature=0.5)`), equal to
+    the checked one."""
+    kind = getattr(value, "kind", None) or value.mode
+    given = [f"{f.name}={_py(getattr(value, f.name)) if isinstance(getattr(value, f.name), str) else repr(getattr(value, f.name))}"
+             for f in fields(value)
+             if f.name in ("kind", "mode") or kind in value.SETTINGS_OF.get(f.name, ())
+             or f.default is MISSING or getattr(value, f.name) != f.default]
+    return f"{type(value).__name__}({', '.join(given)})"
+
+
+def _policy_expressions(spec: CompetitionSpec) -> dict[str, str]:
+    return {name: _declaration_text(getattr(spec, name)) for name in ("failure_policy", "eligibility", "emission")}
+
+
+def _failure_text(spec: CompetitionSpec) -> str:
+    failure = spec.failure_policy
+    if failure.kind == "constant":
         return f"{failure.value:g} (the worst score)" if failure.value == -1.0 else f"{failure.value:g}"
     return "as the worst answer of the cycle" if failure.percentile == 100 else (
         f"the {failure.percentile:g}th percentile, from the best, of the cycle's scores")
@@ -176,7 +170,7 @@ class GeneratedFile:
 
 def render(resolved: ResolvedSpec, start: datetime | None = None) -> list[GeneratedFile]:
     """Every generated file, rendered and (for Python) compiled; nothing is written."""
-    slug, config = resolved.slug, resolved.config
+    slug, spec = resolved.slug, resolved.spec
     context = {
         "slug": slug,
         "pack": resolved.pack,
@@ -184,14 +178,15 @@ def render(resolved: ResolvedSpec, start: datetime | None = None) -> list[Genera
         "distribution": distribution_name(slug),
         "class_prefix": class_prefix(slug),
         "title": slug.replace("_", " ").capitalize(),
-        "description": config.description,
-        "config": config,
-        "start": start or resolved_start(config),
-        "replay_end": (start or resolved_start(config)) + timedelta(hours=3),
-        "callables": wired_callables(slug, config),
-        "spec_fields": resolved.spec_fields,
-        "failure_text": _failure_text(config),
-        **_policy_expressions(config),
+        "description": spec.description,
+        "spec": spec,
+        "feed": resolved.scaffold.feed,
+        "start": start or spec.start,
+        "replay_end": (start or spec.start) + timedelta(hours=3),
+        "callables": wired_callables(slug, resolved.scaffold),
+        "spec_fields": {k: v for k, v in resolved.spec_fields.items() if k not in LAID_OUT_FIELDS},
+        "failure_text": _failure_text(spec),
+        **_policy_expressions(spec),
     }
     env = environment()
     files = []
