@@ -112,7 +112,7 @@ EVERY_OTHER_FIELD = {
 
 
 def _resolve(tmp_path, body):
-    from crunch_assets.scaffold.config import resolve
+    from crunch_assets.scaffold.config import SPEC_VERSION, resolve
 
     path = tmp_path / "spec.json"
     path.write_text(json.dumps({"spec_version": "1", "start": "2026-11-02T00:00:00Z", **body}))
@@ -170,3 +170,19 @@ def test_doctor_checks_a_spec_file_against_the_published_schema(tmp_path):
     good = tmp_path / "good.json"
     good.write_text(json.dumps({"spec_version": "1", "slug": "schema_check", **EVERY_OTHER_FIELD}))
     assert [p.what for p in doctor_spec(good).problems if p.what.endswith("(JSON schema)")] == []
+
+
+def test_a_spec_files_contribution_emission_keeps_the_presets_floor_unless_it_gives_one(tmp_path):
+    # The 1 % floor of the reference's preset is what a spec file that left floor_pct out always paid;
+    # the declaration's own default (no floor) would silently change that file's payout.
+    import json
+
+    from crunch_assets.scaffold.config import SPEC_VERSION, resolve
+
+    for given, floor in (({"kind": "contribution"}, 1.0), ({"kind": "contribution", "floor_pct": 0}, 0.0)):
+        path = tmp_path / "spec.json"
+        path.write_text(json.dumps({"spec_version": SPEC_VERSION, "slug": "floors", "emission": given,
+                                    "ensembles": [{"name": "field"}],
+                                    "metrics": {"names": ["contribution", "model_correlation"],
+                                                "signal": "competitions.btc_updown.logic:signal"}}))
+        assert resolve(None, None, path).spec.emission.floor_pct == floor

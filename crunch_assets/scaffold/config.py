@@ -36,6 +36,7 @@ from pydantic import (
 from crunch_assets.spec import (
     SLUG_PATTERN,
     CompetitionSpec,
+    EmissionPolicy,
     SpecError,
     cadence_problems,
 )
@@ -53,6 +54,7 @@ ImportPath = Annotated[str, StringConstraints(pattern=IMPORT_PATH_PATTERN)]
 # Values, not rules: what every pack gives where CompetitionSpec has no default (failure_policy) or
 # where the generated logic needs another one (its scores lie in [-1, 1]: -1 is the worst, so failing
 # never beats answering). A pack or a spec file replaces each; CompetitionSpec checks the result.
+CONTRIBUTION_PRESET_FLOOR_PCT = EmissionPolicy.contribution().floor_pct
 PACK_DEFAULTS: dict[str, Any] = {
     "failure_policy": {"kind": "constant", "value": -1.0},
     "score_name": "position x direction, from -1 to 1",
@@ -271,6 +273,12 @@ def resolve(slug: str | None, pack: str | None, spec_path: Path | None) -> Resol
     except ValidationError as error:
         problems += describe_errors(error, source)
     spec_fields = {key: merged[key] for key in sorted(set(merged) & spec_keys())}
+    emission_given = spec_fields.get("emission")
+    if isinstance(emission_given, dict) and emission_given.get("kind") == "contribution" and "floor_pct" not in emission_given:
+        # A spec file's contribution emission is the reference's preset (EmissionPolicy.contribution():
+        # a 1 % floor), as it was before the spec file was checked by CompetitionSpec itself; the
+        # declaration's own default (no floor) would change what a file that left it out pays.
+        spec_fields["emission"] = {**emission_given, "floor_pct": CONTRIBUTION_PRESET_FLOOR_PCT}
     competition = None
     try:
         # the rest of the spec is checked even when the slug is wrong (reported above)
