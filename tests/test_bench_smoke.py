@@ -26,6 +26,8 @@ BENCH = PROJECT_ROOT / "bench"
 
 # command -> what its smoke output must contain (besides the smoke banner and a figure with the load)
 SMOKE_COMMANDS: dict[str, tuple[str, ...]] = {
+    "bench_many_competitions.py": ("due -> predictions stored, every competition", "database connections in use",
+                                   "where the one database becomes the limit", "CPU per competition"),
     "bench_dagster_storage.py": ("Dagster tables:", "purge job", "exit 0"),
     "bench_live.py": ("cycles stored:", "due -> predictions stored", "CPU:"),
     "bench_rollups.py": ("ratio band", "checkpoint", "1-min load over the window"),
