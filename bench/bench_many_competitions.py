@@ -17,12 +17,17 @@ libpq reads): pg_stat_activity then says whose each connection is. CPU is attrib
 tree: a competition is its code server (its sensors are evaluated there), its runs and its models;
 the daemon and PostgreSQL are shared and shown apart, and also as a share per competition.
 
+--topology three-hosts (root, iproute2, iptables) spreads the competitions round robin over three
+competition hosts, with the daemon on a control host and PostgreSQL alone on a database host:
+network namespaces of this machine joined over TCP (bench/netns_bed.py), configured from deploy/ as
+bench/multi_host.py does.
+
 After every competition has stored a cycle due after the start, and --warmup more minutes, a
-window of --minutes is measured. A real p99 needs >= 100 cycles: per competition that is 100
+window of --minutes is measured; memory (PSS) is read at its end. A real p99 needs >= 100 cycles: per competition that is 100
 cycles (50 minutes at 30 s cycles), overall N x the cycles of the window.
 
     .venv/bin/python bench/bench_many_competitions.py [--competitions 10] [--cycle-seconds 30] [--models 3]
-        [--minutes 10] [--warmup 1] [--smoke]
+        [--minutes 10] [--warmup 1] [--topology one-host|three-hosts] [--keep] [--smoke]
 
 Exits 1 when a code server or the daemon died, a competition stored no cycle within the start-up
 bound, or a due cycle of the window was never stored.
@@ -213,6 +218,22 @@ def due_cycles(began: datetime, ended: datetime, cycle_seconds: int) -> list[dat
     first = -(-int(began.timestamp()) // cycle_seconds) * cycle_seconds
     return [datetime.fromtimestamp(at, tz=timezone.utc) for at in range(first, int(ended.timestamp()) + 1, cycle_seconds)
             if began <= datetime.fromtimestamp(at, tz=timezone.utc) < ended]
+
+
+def tree_pss_mib(roots: list[psutil.Process]) -> float:
+    """Proportional set size of every live process under `roots` (shared pages split among their users), MiB."""
+    total = 0
+    for root in roots:
+        try:
+            processes = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        for process in processes:
+            try:
+                total += process.memory_full_info().pss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+    return total / 2**20
 
 
 def tree_cpu(before: dict, after: dict) -> float:
@@ -529,6 +550,7 @@ def measure(args, deployment: Deployment, started: datetime) -> int:
         cpu_after = {name: cpu_snapshot(processes_of) for name, processes_of in roots.items()}
         counters_after = database_counters(engine)
         ended = datetime.now(timezone.utc)
+        memory = {name: tree_pss_mib(processes_of) for name, processes_of in roots.items()}
         # the window's last cycles get a cycle and a few seconds to be stored
         time.sleep(min(args.cycle_seconds, 30) + 5)
     died = deployment.dead()
@@ -547,14 +569,15 @@ def measure(args, deployment: Deployment, started: datetime) -> int:
         print(f"FAILED: died during the run: {', '.join(died)}")
         failed = True
 
-    print(f"{'competition':<14} {'CPU-s/min':>9} {'stored/due':>10} {'p50 s':>7} {'p90 s':>7} {'max s':>7} {'DB conn peak':>12}")
+    print(f"{'competition':<14} {'CPU-s/min':>9} {'PSS MiB':>8} {'stored/due':>10} {'p50 s':>7} {'p90 s':>7} {'max s':>7} "
+          f"{'DB conn peak':>12}")
     every_delay: list[float] = []
     for slug in names:
         mine = delays.get(slug, {})
         values = list(mine.values())
         every_delay += values
         missing = [at for at in due if at not in mine]
-        print(f"{slug:<14} {cpu[slug]:>9.2f} {len(mine):>4}/{len(due):<5} "
+        print(f"{slug:<14} {cpu[slug]:>9.2f} {memory[slug]:>8.0f} {len(mine):>4}/{len(due):<5} "
               + (f"{statistics.median(values):>7.3f} {benchkit.percentile(values, 0.9):>7.3f} {max(values):>7.3f}"
                  if values else f"{'-':>7} {'-':>7} {'-':>7}")
               + f" {connections.peak(slug):>12}")
@@ -566,6 +589,8 @@ def measure(args, deployment: Deployment, started: datetime) -> int:
     shared = cpu["daemon"] + cpu["postgres"]
     benchkit.figure(f"CPU per competition (its code server, runs and models): "
                     f"{benchkit.band(per_competition).describe('CPU-s/min', samples='competitions')}")
+    benchkit.figure(f"memory (PSS) at the window's end: per competition median {statistics.median(memory[slug] for slug in names):.0f} MiB "
+                    f"(its code server, live run and models), daemon {memory['daemon']:.0f} MiB, PostgreSQL {memory['postgres']:.0f} MiB")
     benchkit.figure(f"CPU shared: daemon {cpu['daemon']:.2f} CPU-s/min, PostgreSQL {cpu['postgres']:.2f} CPU-s/min "
                     f"({shared / len(names):.2f} per competition); whole deployment "
                     f"{sum(per_competition) + shared:.2f} CPU-s/min = {(sum(per_competition) + shared) / 60:.2f} cores")
