@@ -28,6 +28,8 @@ BENCH = PROJECT_ROOT / "bench"
 
 # command -> what its smoke output must contain (besides the smoke banner and a figure with the load)
 SMOKE_COMMANDS: dict[str, tuple[str, ...]] = {
+    "bench_many_competitions.py": ("due -> predictions stored, every competition", "database connections in use",
+                                   "where the one database becomes the limit", "CPU per competition"),
     "bench_dagster_storage.py": ("Dagster tables:", "purge job", "exit 0"),
     "bench_live.py": ("cycles stored:", "due -> predictions stored", "CPU:"),
     "bench_rollups.py": ("ratio band", "checkpoint", "1-min load over the window"),
@@ -155,3 +157,28 @@ def test_live_cpu_counts_a_run_that_exits_in_the_window_once():
     cpu = cpu_by_kind(before, after)
     assert abs(sum(cpu.values()) - (0.5 + 2.0 + 1.0 + 3.0)) < 1e-9, cpu
     assert abs(cpu["exited under code server (grpc)"] - 3.0) < 1e-9 and cpu["run"] == 3.0, cpu
+
+
+def test_many_competitions_spec_passes_init_and_cycles_are_counted_in_the_window(tmp_path):
+    """bench_many_competitions.py generates its competitions from a spec file over the baseline pack:
+    every cycle length it offers must pass init's own validation (the feed cadence included), and
+    the window's due cycles are the multiples of the cycle inside [began, ended)."""
+    import json
+    from datetime import datetime, timezone
+
+    from bench.bench_many_competitions import due_cycles, spec_file
+    from crunch_assets.scaffold.config import ScaffoldError, resolve
+
+    path = tmp_path / "spec.json"
+    for cycle_seconds in (10, 15, 30, 60):
+        path.write_text(json.dumps(spec_file(cycle_seconds)))
+        resolved = resolve("many_01", None, path)
+        assert resolved.config.scopes[0].prediction_interval_seconds == cycle_seconds
+    stale = {**spec_file(30), "feed": {"kind": "candle", "granularity_seconds": 300}}  # 5-minute candles: unresolvable
+    path.write_text(json.dumps(stale))
+    with pytest.raises(ScaffoldError):
+        resolve("many_01", None, path)
+    began = datetime(2026, 12, 7, 23, 0, 5, tzinfo=timezone.utc)
+    ended = datetime(2026, 12, 7, 23, 1, 30, tzinfo=timezone.utc)
+    assert [at.strftime("%M:%S") for at in due_cycles(began, ended, 30)] == ["00:30", "01:00"]
+    assert due_cycles(began.replace(second=0), ended, 30)[0] == began.replace(second=0)  # due at the start counts
