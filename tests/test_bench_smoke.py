@@ -173,7 +173,7 @@ def test_many_competitions_spec_passes_init_and_cycles_are_counted_in_the_window
     for cycle_seconds in (10, 15, 30, 60):
         path.write_text(json.dumps(spec_file(cycle_seconds)))
         resolved = resolve("many_01", None, path)
-        assert resolved.config.scopes[0].prediction_interval_seconds == cycle_seconds
+        assert resolved.spec.scopes[0].prediction_interval_seconds == cycle_seconds
     stale = {**spec_file(30), "feed": {"kind": "candle", "granularity_seconds": 300}}  # 5-minute candles: unresolvable
     path.write_text(json.dumps(stale))
     with pytest.raises(ScaffoldError):

@@ -112,7 +112,7 @@ EVERY_OTHER_FIELD = {
 
 
 def _resolve(tmp_path, body):
-    from crunch_assets.scaffold.config import SPEC_VERSION, resolve
+    from crunch_assets.scaffold.config import resolve
 
     path = tmp_path / "spec.json"
     path.write_text(json.dumps({"spec_version": "1", "start": "2026-11-02T00:00:00Z", **body}))

@@ -175,6 +175,7 @@ def test_mutations_are_rate_limited_per_address(fronted):
         assert all(client.get("/health").status_code == 200 for _ in range(10))
 
 
+@pytest.mark.timing
 def test_slow_clients_are_cut_off_by_nginx_and_never_reach_the_api(fronted):
     """From one address: a request head trickled a byte a second, and 40 requests whose body never
     comes. nginx holds 32 of the latter (its per-address connection limit; 8 get 429 at once),

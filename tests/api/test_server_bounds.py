@@ -216,6 +216,7 @@ def _watch_closes(sockets: list[socket.socket], started: float, limit: float) ->
     return [(closed_at[sock], received[sock]) for sock in sockets]
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("what", ["head", "body", "nothing"])
 def test_slow_clients_are_cut_off_and_others_served(api_process, what):
     """200 connections from one address trickle a request (its head, or its body after a complete
