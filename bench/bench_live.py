@@ -59,28 +59,34 @@ def process_kind(command: str) -> str:
             else f"other ({command[:40]})")
 
 
+def tree_processes(roots: list[psutil.Process]) -> list[psutil.Process]:
+    """Every live process under `roots`, the roots included (a root that has exited is left out)."""
+    processes = []
+    for root in roots:
+        try:
+            processes += [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+    return processes
+
+
 def cpu_snapshot(roots: list[psutil.Process]) -> dict[tuple[int, float], tuple[str, float, float, tuple[int, float] | None]]:
     """Every live process under `roots`: (pid, start time) -> (kind, its own user + system CPU,
     the CPU of its exited and reaped children, its parent's key)."""
     snapshot = {}
-    for root in roots:
+    for process in tree_processes(roots):
         try:
-            processes = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
+            with process.oneshot():
+                key = (process.pid, process.create_time())
+                if key in snapshot:
+                    continue
+                times = process.cpu_times()
+                parent = process.parent()
+                parent_key = (parent.pid, parent.create_time()) if parent else None
+                snapshot[key] = (process_kind(" ".join(process.cmdline())), times.user + times.system,
+                                 times.children_user + times.children_system, parent_key)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        for process in processes:
-            try:
-                with process.oneshot():
-                    key = (process.pid, process.create_time())
-                    if key in snapshot:
-                        continue
-                    times = process.cpu_times()
-                    parent = process.parent()
-                    parent_key = (parent.pid, parent.create_time()) if parent else None
-                    snapshot[key] = (process_kind(" ".join(process.cmdline())), times.user + times.system,
-                                     times.children_user + times.children_system, parent_key)
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
     return snapshot
 
 

@@ -54,7 +54,7 @@ import psutil
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 from bench import benchkit  # noqa: E402
-from bench.bench_live import cpu_by_kind, cpu_snapshot, free_port  # noqa: E402
+from bench.bench_live import cpu_by_kind, cpu_snapshot, free_port, tree_processes  # noqa: E402
 
 BIN = Path(sys.executable).parent
 SLUG_PREFIX = "many_"
@@ -223,16 +223,11 @@ def due_cycles(began: datetime, ended: datetime, cycle_seconds: int) -> list[dat
 def tree_pss_mib(roots: list[psutil.Process]) -> float:
     """Proportional set size of every live process under `roots` (shared pages split among their users), MiB."""
     total = 0
-    for root in roots:
+    for process in tree_processes(roots):
         try:
-            processes = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
+            total += process.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        for process in processes:
-            try:
-                total += process.memory_full_info().pss
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
     return total / 2**20
 
 
