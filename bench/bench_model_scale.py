@@ -47,7 +47,8 @@ TARGET_P99_SECONDS = 1.0
 CALL_TIMEOUT_SECONDS = 30.0
 # What one model was measured to cost before the sessions are up, to refuse a run the machine
 # cannot hold (both runs' models live during the lead).
-ASSUMED_MIB_PER_MODEL = 11.0
+ASSUMED_MIB_PER_MODEL = 6.0
+ASSUMED_MIB_PER_MODEL_ONE_BWRAP_EACH = 11.0
 
 
 def pss_kib(pid: int) -> int:
@@ -85,9 +86,27 @@ def session_memory(session) -> dict:
         models += 1
         processes += len(pids)
         total_kib += sum(pss_kib(pid) for pid in pids)
+    # The fork server (its bwrap monitor and itself, PID 1 of the namespace above the models'),
+    # shared by all models: counted once, in the total.
+    fork_server = session._fork_server._process if session._fork_server is not None else None
+    if fork_server is not None and fork_server.poll() is None:
+        for pid in [fork_server.pid, *children_of(fork_server.pid)]:
+            total_kib += pss_kib(pid)
+            processes += 1
     models = max(1, models)
     return {"pss_mib_per_model": total_kib / 1024 / models, "processes_per_model": processes / models,
-            "pss_gib_total": total_kib / 1024 / 1024}
+            "pss_gib_total": total_kib / 1024 / 1024, "fork_server": fork_server is not None}
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as children:
+                found += [int(child) for child in children.read().split()]
+    except OSError:
+        pass
+    return found
 
 
 def serve(args) -> int:
@@ -110,7 +129,7 @@ def serve(args) -> int:
     window_start = datetime.fromisoformat(args.window_start)
     window_end = datetime.fromisoformat(args.window_end)
     runner = LocalModelRunner(models_dir=args.models_dir, extra_pythonpath=[args.lib_dir], startup_timeout_seconds=120.0,
-                              max_models_starting_at_once=args.starting_at_once)
+                              max_models_starting_at_once=args.starting_at_once, fork_server=not args.one_bwrap_each)
     report: dict = {"name": args.name, "cycles": []}
     with ExitStack() as stack:
         on_demand = SessionOnDemand(runner, Rules(), stack)
@@ -140,6 +159,7 @@ def launch(args, name: str, models_dir: Path, lib_dir: Path, start: datetime, en
         sys.executable, __file__, "--serve", "--name", name, "--models-dir", str(models_dir), "--lib-dir", str(lib_dir),
         "--window-start", start.isoformat(), "--window-end", end.isoformat(), "--cycle-seconds", str(args.cycle_seconds),
         "--lead-seconds", str(args.lead_seconds), "--starting-at-once", str(args.starting_at_once), "--out", str(out),
+        *(["--one-bwrap-each"] if args.one_bwrap_each else []),
     ])
 
 
@@ -162,6 +182,8 @@ def main() -> int:
     parser.add_argument("--single", action="store_true",
                         help="run A alone, no handover (memory, start and cycles of one run: half the memory)")
     parser.add_argument("--starting-at-once", type=int, default=0, help="max_models_starting_at_once (0: 2 x CPUs)")
+    parser.add_argument("--one-bwrap-each", action="store_true",
+                        help="LocalModelRunner(fork_server=False): a bwrap and an interpreter per model, as before the fork server")
     benchkit.add_smoke_argument(parser)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     for hidden in ("--name", "--models-dir", "--lib-dir", "--window-start", "--window-end", "--out"):
@@ -175,7 +197,7 @@ def main() -> int:
     runs = "one live run (--single)" if args.single else f"two live runs handing over, lead {args.lead_seconds:g} s"
     benchkit.conditions(f"{args.models} local models (sandbox on), {runs}, a cycle every {args.cycle_seconds:g} s, "
                         f"{args.cycles_before}{'' if args.single else f' + {args.cycles_after}'} cycles")
-    need_mib = (1 if args.single else 2) * args.models * ASSUMED_MIB_PER_MODEL
+    need_mib = (1 if args.single else 2) * args.models * (ASSUMED_MIB_PER_MODEL_ONE_BWRAP_EACH if args.one_bwrap_each else ASSUMED_MIB_PER_MODEL)
     if available_mib() < 1.2 * need_mib:
         print(f"refused: both runs' models need ~{need_mib / 1024:.1f} GiB at the handover, "
               f"{available_mib() / 1024:.1f} GiB available; fewer --models")

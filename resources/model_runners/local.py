@@ -2,7 +2,8 @@
 
 Each model runs `local_worker.py` in a sandbox of its own (sandbox.py: bubblewrap namespaces, no
 network, read-only binds of only what it needs, its own user, resource limits, an environment of
-only what the contract passes), so a model that hangs, crashes, prints megabytes, allocates
+only what the contract passes; in privileged mode forked by the session's fork server,
+fork_server.py, which shares the interpreter between models), so a model that hangs, crashes, prints megabytes, allocates
 without bound, forks or reads what it should not only ever costs its own result. The coordinator
 side is a single-threaded selector loop: a cycle writes the request to every model, then collects
 replies against one deadline per model.
@@ -60,6 +61,7 @@ from resources.model_runners.base import (
     ModelRunnerResource,
     ModelSession,
 )
+from resources.model_runners.fork_server import FORK_SERVER_CAPABILITIES, ForkedProcess, ForkServer
 from resources.model_runners.local_worker import describe_exit, kill_process_tree, read_process
 from resources.model_runners.participants import read_participants
 
@@ -110,6 +112,11 @@ class LocalModelRunner(ModelRunnerResource):
     max_open_files: int = Field(default=256, ge=16, description="RLIMIT_NOFILE of each model process.")
     max_processes: int = Field(
         default=64, ge=2, description="RLIMIT_NPROC of each model (processes and threads of its own uid; privileged sandbox only).")
+    fork_server: bool = Field(
+        default=True, description="In a privileged sandbox (the coordinator runs as root), fork every model's sandbox "
+        "from one preloaded process per session, so the interpreter is one copy for all models (~2 MiB per model "
+        "instead of ~10); false: one bwrap and interpreter per model. A user-namespace sandbox always uses one bwrap "
+        "per model.")
     sandbox_first_uid: int = Field(
         default=1_000_000_000, ge=1000, description="Models run as uids of their own in "
         "[sandbox_first_uid, sandbox_first_uid + 2^24) (privileged sandbox).")
@@ -134,7 +141,8 @@ class LocalModelRunner(ModelRunnerResource):
         kind = None
         if self.sandbox == "on":
             kind = sandbox.sandbox_kind()
-            sandbox.check_sandbox(kind)
+            forked = self.fork_server and kind == sandbox.PRIVILEGED
+            sandbox.check_sandbox(kind, FORK_SERVER_CAPABILITIES if forked else sandbox.SUPERVISOR_CAPABILITIES)
         starting_at_once = self.max_models_starting_at_once or 2 * (os.cpu_count() or 1)
         pythonpath = [str(PROJECT_ROOT), *sandbox.resolved(self.extra_pythonpath)]
         read_only_paths = [*sandbox.resolved(self.extra_pythonpath), *sandbox.resolved(self.sandbox_read_only_paths)]
@@ -151,6 +159,7 @@ class LocalModelRunner(ModelRunnerResource):
                 max_starting_at_once=max(1, starting_at_once),
                 pythonpath=pythonpath,
                 sandbox_kind=kind,
+                fork_server=self.fork_server and kind == sandbox.PRIVILEGED,  # (forked, when sandboxed)
                 read_only_paths=read_only_paths,
                 tmp_bytes=self.sandbox_tmp_mb * 1024 * 1024,
                 max_open_files=self.max_open_files,
@@ -215,6 +224,7 @@ class _WorkerConfig:
     max_starting_at_once: int
     pythonpath: list[str]
     sandbox_kind: str | None  # sandbox.PRIVILEGED / USER_NAMESPACE, None: no sandbox
+    fork_server: bool  # models forked by one ForkServer (privileged sandbox only)
     read_only_paths: list[str]
     tmp_bytes: int
     max_open_files: int
@@ -275,10 +285,18 @@ class _ModelProcess:
         self._info_file = None  # bwrap's --info-fd, read for the sandbox's PID 1
         self._init_pid: int | None = None
 
-    def spawn(self, config: _WorkerConfig) -> None:
+    def spawn(self, config: _WorkerConfig, fork_server: ForkServer | None = None) -> None:
+        working_directory = str(self.path if self.path.is_dir() else self.path.parent)
+        if fork_server is not None:
+            self.process = fork_server.spawn(
+                config.worker_arguments(self.model_id, self.path), model_path=str(self.path),
+                working_directory=working_directory, keep=[*sandbox.python_roots(), *config.read_only_paths],
+                tmp_bytes=config.tmp_bytes)
+            self._init_pid = self.process.pid
+            self._started(config)
+            return
         arguments = json.dumps(config.worker_arguments(self.model_id, self.path))
         command = [sys.executable, "-s", str(WORKER_SCRIPT), arguments]
-        working_directory = str(self.path if self.path.is_dir() else self.path.parent)
         pass_fds: tuple[int, ...] = ()
         info_write = None
         if config.sandbox_kind is not None:
@@ -313,6 +331,9 @@ class _ModelProcess:
         finally:
             if info_write is not None:
                 os.close(info_write)
+        self._started(config)
+
+    def _started(self, config: _WorkerConfig) -> None:
         self.sandboxed = config.sandbox_kind is not None
         # Requests may be megabytes: write without blocking, as the pipe drains.
         os.set_blocking(self.process.stdin.fileno(), False)
@@ -356,10 +377,11 @@ class _ModelProcess:
                 supervisor = read_process(process.pid)
                 if supervisor is not None and supervisor.state not in ("Z", "X"):
                     kill_process_tree(process.pid)
-        try:
-            os.killpg(process.pid, signal.SIGKILL)  # what of the group is outside the tree, if anything
-        except (ProcessLookupError, PermissionError):
-            pass
+        if not isinstance(process, ForkedProcess):  # (not our child: its pid is only safe through its pidfd)
+            try:
+                os.killpg(process.pid, signal.SIGKILL)  # what of the group is outside the tree, if anything
+            except (ProcessLookupError, PermissionError):
+                pass
         try:
             returncode = process.wait(timeout=REAP_TIMEOUT_SECONDS)
         except subprocess.TimeoutExpired:
@@ -376,6 +398,9 @@ class _ModelProcess:
         The signal goes through a pidfd taken while the process is still bwrap's child (a pid
         already reused is never signalled). PID 1 not known or gone: SIGKILL the monitor,
         --die-with-parent takes the sandbox with it."""
+        if isinstance(process, ForkedProcess):
+            process.kill()  # through its pidfd: the supervisor, PID 1 of the model's namespaces
+            return
         init = self.init_pid()
         if init is not None:
             try:
@@ -463,7 +488,7 @@ def _close_pipes(process: subprocess.Popen) -> None:
                 pass
 
 
-def _terminate_processes(live: dict[str, _ModelProcess]) -> None:
+def _terminate_processes(live: dict[str, _ModelProcess], fork_server: ForkServer | None = None) -> None:
     """Close every model's input (the worker exits, its supervisor ends the rest and exits), wait
     a moment for them, then kill what is left. A module-level function so that weakref.finalize
     can call it without keeping the session alive."""
@@ -482,6 +507,8 @@ def _terminate_processes(live: dict[str, _ModelProcess]) -> None:
     for handle in live.values():
         if handle.process is not None:
             handle.discard()
+    if fork_server is not None:
+        fork_server.close()
 
 
 class _Exchange:
@@ -639,8 +666,12 @@ class LocalModelSession(ModelSession):
         self._cycle_number = 0
         self._closed = False
         self._lock = threading.Lock()
+        self._fork_server = ForkServer(
+            worker_script=WORKER_SCRIPT, models_dir=worker_config.models_dir,
+            read_only_paths=worker_config.read_only_paths, environment=worker_config.environment(),
+        ) if worker_config.fork_server else None
         # Best effort if the session is dropped without close(), and at interpreter exit.
-        self._finalizer = weakref.finalize(self, _terminate_processes, self._handles)
+        self._finalizer = weakref.finalize(self, _terminate_processes, self._handles, self._fork_server)
         try:
             self._start_processes()
         except BaseException:
@@ -831,7 +862,7 @@ class LocalModelSession(ModelSession):
                 break
             if handle.state is _State.NOT_STARTED and handle.retry_at <= now:
                 try:
-                    handle.spawn(self._config)
+                    handle.spawn(self._config, self._fork_server)
                 except OSError as exc:  # e.g. out of processes / file descriptors
                     handle.mark_broken(f"cannot start a process: {exc}")
                     continue

@@ -77,7 +77,13 @@ RELAY_MARGIN_BYTES = 128 * 1024
 
 
 def main() -> None:
-    config = json.loads(sys.argv[1])
+    if sys.argv[1] == FORK_SERVER_FLAG:
+        _fork_server(int(sys.argv[2]))  # never returns
+    _run_model(json.loads(sys.argv[1]))
+
+
+def _run_model(config: dict) -> None:
+    """The supervisor: fork the worker, relay its replies. Never returns."""
     replies_from_worker, replies_to_supervisor = os.pipe()
     _become_subreaper()  # without a sandbox; in one, PID 1 inherits every orphan anyway
     _set_dumpable(False)  # nothing of the model's user may ptrace the supervisor or read its memory
@@ -148,7 +154,7 @@ _LIMITS = {
 def _prctl(option: int, argument: int) -> None:
     import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = _libc()
     if libc.prctl(option, argument, 0, 0, 0) != 0:
         errno = ctypes.get_errno()
         raise OSError(errno, f"prctl({option}, {argument}): {os.strerror(errno)}")
@@ -207,13 +213,16 @@ def _clear_inheritable_capabilities() -> None:
 
 
 def _empty_bounding_set() -> None:
+    for capability in range(_last_capability() + 1):
+        _prctl(PR_CAPBSET_DROP, capability)
+
+
+def _last_capability() -> int:
     try:
         with open("/proc/sys/kernel/cap_last_cap") as last_cap_file:
-            last_cap = int(last_cap_file.read())
+            return int(last_cap_file.read())
     except (OSError, ValueError):
-        last_cap = 63
-    for capability in range(last_cap + 1):
-        _prctl(PR_CAPBSET_DROP, capability)
+        return 63
 
 
 # --- the model's processes ----------------------------------------------------------------------
@@ -757,6 +766,219 @@ def _send_encoded(fd: int, line: str) -> None:
     while data:
         written = os.write(fd, data)
         data = data[written:]
+
+
+# --- the fork server -----------------------------------------------------------------------------
+#
+# In a privileged sandbox, one process per session (the *fork server*) runs in a bwrap sandbox
+# that can see every model of the session and keeps CAP_SYS_ADMIN and CAP_NET_ADMIN. For each
+# model it forks; the child enters new PID, mount, network, IPC and UTS namespaces and forks the
+# model's supervisor, PID 1 there, which hides what the model must not see (the other models, the
+# fork server's /tmp, its /proc) and drops those two capabilities before anything else runs. The
+# interpreter and this module are then one copy for all models (copy-on-write), not one per model:
+# docs/operations.md, "1,000 local models".
+#
+# Control socket (fd given on the command line, SOCK_SEQPACKET): the coordinator sends one JSON
+# message per model, {"token": n, "config": <worker config>, "sandbox": {...}}, with the model's
+# request pipe (read end) and reply pipe (write end) attached (SCM_RIGHTS). The supervisor answers
+# {"token": n, "ok": true} on it (the kernel attaches its pid in the coordinator's namespace:
+# SO_PASSCRED) or {"token": n, "ok": false, "detail": ...}, then closes it.
+
+FORK_SERVER_FLAG = "--fork-server"
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+SUPERVISOR_CAPABILITY_NUMBERS = (5, 6, 7, 8)  # CAP_KILL, CAP_SETGID, CAP_SETUID, CAP_SETPCAP
+# What bwrap also keeps read-only in a fresh /proc.
+PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus")
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+MAX_CONTROL_MESSAGE_BYTES = 1 << 20
+
+
+def _fork_server(control_fd: int) -> None:
+    """Fork one sandboxed model per request until the coordinator closes the control socket."""
+    import gc
+    import select
+    import socket
+
+    # Imported here, once for all models, what every model's processes import anyway.
+    import ctypes  # noqa: F401
+    import fcntl  # noqa: F401
+    import selectors  # noqa: F401
+    import struct  # noqa: F401
+
+    _libc()
+    control = socket.socket(fileno=control_fd)
+    gc.freeze()  # what is imported now is shared by every model: no collection should touch it
+    while True:
+        _reap_all()
+        readable, _, _ = select.select([control], [], [], 1.0)
+        if not readable:
+            continue
+        try:
+            message, fds, _, _ = socket.recv_fds(control, MAX_CONTROL_MESSAGE_BYTES, 2)
+        except OSError:
+            os._exit(0)
+        if not message:
+            os._exit(0)  # the coordinator closed the session (or died: bwrap ends us anyway)
+        try:
+            request = json.loads(message)
+            child = os.fork()
+        except BaseException as exc:  # noqa: BLE001 - one bad request must not end the others
+            _report(control, {"token": None, "ok": False, "detail": f"fork server: {describe_exception(exc)}"})
+            child = -1
+        if child == 0:
+            _start_model(control, request, fds)  # never returns
+        for fd in fds:
+            os.close(fd)
+
+
+def _reap_all() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _report(control, message: dict) -> None:
+    try:
+        control.send(json.dumps(message).encode())
+    except OSError:
+        pass
+
+
+def _start_model(control, request: dict, fds: list[int]) -> None:
+    """In the fork server's child: new namespaces, then the model's supervisor as their PID 1."""
+    token = request.get("token")
+    try:
+        if len(fds) != 2:
+            raise OSError(f"expected the model's two pipes, got {len(fds)} descriptors")
+        os.dup2(fds[0], 0)
+        os.dup2(fds[1], 1)
+        os.closerange(3, control.fileno())
+        os.closerange(control.fileno() + 1, 1 << 16)
+        _libc_check(_libc().unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS), "unshare")
+        if os.fork() != 0:
+            os._exit(0)  # the supervisor, PID 1 of the new namespace, is reparented to the fork server
+        _enter_model_sandbox(request["sandbox"])
+    except BaseException as exc:  # noqa: BLE001 - reported to the coordinator, never half-confined
+        _report(control, {"token": token, "ok": False, "detail": _truncate(f"sandbox: {describe_exception(exc)}")})
+        os._exit(1)
+    _report(control, {"token": token, "ok": True})
+    control.close()
+    importlib.invalidate_caches()
+    _run_model(request["config"])
+
+
+_LIBC = []
+
+
+def _libc():
+    if not _LIBC:
+        import ctypes
+
+        _LIBC.append(ctypes.CDLL(None, use_errno=True))
+    return _LIBC[0]
+
+
+def _libc_check(result: int, what: str) -> None:
+    if result != 0:
+        import ctypes
+
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"{what}: {os.strerror(errno)}")
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    encode = lambda text: None if text is None else text.encode()  # noqa: E731
+    _libc_check(_libc().mount(encode(source), encode(target), encode(fstype), flags, encode(data)), f"mount {target}")
+
+
+def _enter_model_sandbox(spec: dict) -> None:
+    """As PID 1 of fresh namespaces (still root with the fork server's capabilities): show the
+    model only its own directory of the models directory, its own /tmp, /dev/shm and /proc, bring
+    its loopback up, then drop CAP_SYS_ADMIN and CAP_NET_ADMIN for good."""
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing done here reaches the fork server
+    tmp_bytes = int(spec["tmp_bytes"])
+    covers = [("/tmp", f"size={tmp_bytes},mode=1777"),
+              ("/dev/shm", f"size={max(tmp_bytes // 4, 1 << 20)},mode=1777"),
+              (spec["models_dir"], "size=65536,mode=0755")]
+    keep = sorted(set(spec["keep"]), key=lambda path: path.count("/"))
+    # Held open before the covers hide them, bound back after.
+    hidden = {path: os.open(path, os.O_PATH | os.O_CLOEXEC) for path in keep
+              if os.path.exists(path) and any(_is_within(path, cover) for cover, _ in covers)}
+    covered = set()
+    for cover, options in covers:
+        if os.path.isdir(cover):  # a cover inside an earlier one is gone already
+            _mount("tmpfs", cover, "tmpfs", MS_NOSUID | MS_NODEV, options)
+            covered.add(cover)
+    for path, fd in hidden.items():
+        if not os.path.exists(path):  # else visible through a path bound before it
+            parent = os.path.dirname(path)
+            os.makedirs(parent, mode=0o755, exist_ok=True)
+            if os.path.isdir(f"/proc/self/fd/{fd}"):
+                os.mkdir(path, 0o755)
+            else:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o444))
+            _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+            _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+        os.close(fd)
+    if spec["models_dir"] in covered:
+        _mount(None, spec["models_dir"], None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, "size=65536,mode=0755")
+    _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    for name in PROC_READ_ONLY:
+        path = f"/proc/{name}"
+        if os.path.exists(path):
+            _mount(path, path, None, MS_BIND | MS_REC)
+            _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    _loopback_up()
+    _drop_fork_server_capabilities()
+    os.setsid()
+    os.chdir(spec["working_directory"])
+    os.environ["PWD"] = spec["working_directory"]  # as bwrap's --chdir sets it
+
+
+def _is_within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _loopback_up() -> None:
+    import fcntl
+    import socket
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        request = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(probe, SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(probe, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+
+
+def _drop_fork_server_capabilities() -> None:
+    """Keep only the supervisor's capabilities (sandbox.SUPERVISOR_CAPABILITIES), in every set: the
+    fork server's CAP_SYS_ADMIN and CAP_NET_ADMIN are gone, and the bounding set holds nothing else."""
+    import ctypes
+
+    for capability in range(_last_capability() + 1):
+        if capability not in SUPERVISOR_CAPABILITY_NUMBERS:
+            _prctl(PR_CAPBSET_DROP, capability)
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+    kept = sum(1 << number for number in SUPERVISOR_CAPABILITY_NUMBERS)
+    data = (Data * 2)()
+    data[0].effective = data[0].permitted = kept
+    _libc_check(_libc().capset(ctypes.byref(Header(0x20080522, 0)), data), "capset")
 
 
 if __name__ == "__main__":

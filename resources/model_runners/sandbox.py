@@ -22,6 +22,10 @@ What a model process gets (see docs/operations.md, "Model sandbox"):
   (`--disable-userns`). It needs unprivileged user namespaces (most distributions; not Docker's
   default seccomp profile, not Ubuntu's AppArmor restriction without a profile).
 - `--die-with-parent`: if the coordinator dies, so does every model process.
+In privileged mode the models of a session are by default forked from one bwrap sandbox, the fork
+server (fork_server.py; local_worker.py builds each model's namespaces and mounts to the same
+effect), so that the interpreter is shared; user-namespace mode, or `fork_server=False`, starts a
+bwrap per model with `bwrap_command`.
 Where none of this is possible, `check_sandbox` refuses with the reason and the setting that runs
 models without a sandbox: a sandbox that was asked for is never silently left out.
 """
@@ -117,7 +121,7 @@ def _is_within(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
-def _python_roots() -> list[str]:
+def python_roots() -> list[str]:
     roots = [os.path.realpath(sys.base_prefix)]
     if os.path.realpath(sys.prefix) != roots[0]:
         roots.append(sys.prefix)  # the virtualenv, at the path its interpreter link is found under
@@ -146,13 +150,15 @@ def bwrap_command(
     tmp_bytes: int,
     info_fd: int | None,
     command: list[str],
+    capabilities: tuple[str, ...] = SUPERVISOR_CAPABILITIES,
 ) -> list[str]:
-    """The bwrap command line that runs `command` as the sandbox's PID 1."""
+    """The bwrap command line that runs `command` as the sandbox's PID 1 (privileged: with
+    `capabilities` only)."""
     args = [bwrap_executable(), "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
             "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--as-pid-1"]
     if kind == PRIVILEGED:
         args += ["--cap-drop", "ALL"]
-        for capability in SUPERVISOR_CAPABILITIES:
+        for capability in capabilities:
             args += ["--cap-add", capability]
     else:
         # As the coordinator's own uid (bwrap's default); run as root (tests), a uid other than 0,
@@ -170,7 +176,7 @@ def bwrap_command(
     args += ["--perms", "1777", "--size", str(max(tmp_bytes // 4, 1 << 20)), "--tmpfs", "/dev/shm"]
     seen = set()
     made = {"/", "/tmp", "/dev", "/proc", "/usr", "/etc"}
-    for path in [*_python_roots(), *read_only_paths]:
+    for path in [*python_roots(), *read_only_paths]:
         if path not in seen and os.path.exists(path):
             seen.add(path)
             # bwrap would make the missing parents 0700 (root's): the model's user could not
@@ -187,11 +193,13 @@ def bwrap_command(
 
 
 @functools.lru_cache(maxsize=None)
-def _probe(kind: str) -> str | None:
-    """None if a sandbox of this kind starts here, else why not (bwrap's own message)."""
+def _probe(kind: str, capabilities: tuple[str, ...] = SUPERVISOR_CAPABILITIES) -> str | None:
+    """None if a sandbox of this kind (privileged: keeping `capabilities`) starts here, else why
+    not (bwrap's own message)."""
     try:
         command = bwrap_command(kind, read_only_paths=[], working_directory="/", environment={},
-                                tmp_bytes=1 << 20, info_fd=None, command=[sys.executable, "-S", "-c", "pass"])
+                                tmp_bytes=1 << 20, info_fd=None, command=[sys.executable, "-S", "-c", "pass"],
+                                capabilities=capabilities)
         completed = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, timeout=PROBE_TIMEOUT_SECONDS)
     except SandboxUnavailableError as error:
         return str(error)
@@ -202,12 +210,18 @@ def _probe(kind: str) -> str | None:
     return None
 
 
-def check_sandbox(kind: str) -> None:
+def check_sandbox(kind: str, capabilities: tuple[str, ...] = SUPERVISOR_CAPABILITIES) -> None:
     """Raise SandboxUnavailableError, naming what the host lacks and the setting that runs models
-    unsandboxed, unless a sandbox of `kind` starts on this host (probed once per process)."""
-    problem = _probe(kind)
+    unsandboxed, unless a sandbox of `kind` starts on this host (probed once per process); in
+    privileged mode, one that keeps `capabilities` (the fork server's: more than a model's own)."""
+    problem = _probe(kind, capabilities)
     if problem is None:
         return
+    if capabilities != SUPERVISOR_CAPABILITIES and _probe(kind) is None:
+        raise SandboxUnavailableError(
+            f"cannot start the local models' fork server: a sandbox keeping {', '.join(capabilities)} does not start "
+            f"here ({problem}); give the coordinator those capabilities (a container: --cap-add for each), or set "
+            "LocalModelRunner(fork_server=False) for a bwrap per model (twice the memory per model)")
     if kind == PRIVILEGED:
         needs = ("bwrap as root needs CAP_SYS_ADMIN and a seccomp profile that allows unshare/mount/pivot_root "
                  "(a container: --cap-add SYS_ADMIN, or --privileged, or a seccomp profile allowing namespaces)")
