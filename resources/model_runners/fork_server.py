@@ -37,6 +37,13 @@ FORK_SERVER_TMP_BYTES = 1 << 20
 CLOSE_GRACE_SECONDS = 2.0
 
 
+def _readable(fd: int, timeout_seconds: float | None) -> bool:
+    """poll(2), not select(2): a session of 1,000 models holds descriptors past select's 1024."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(None if timeout_seconds is None else max(0, int(timeout_seconds * 1000))))
+
+
 class _ForkServerGone(OSError):
     """The fork server is no longer there to fork a model."""
 
@@ -64,13 +71,13 @@ class ForkedProcess:
 
     def poll(self) -> int | None:
         if self.returncode is None and self._pidfd is not None:
-            if select.select([self._pidfd], [], [], 0)[0]:
+            if _readable(self._pidfd, 0.0):
                 self._ended()
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
         if self.returncode is None and self._pidfd is not None:
-            if not select.select([self._pidfd], [], [], timeout)[0]:
+            if not _readable(self._pidfd, timeout):
                 raise subprocess.TimeoutExpired(f"model supervisor {self.pid}", timeout or 0.0)
             self._ended()
         return self.returncode  # type: ignore[return-value]
@@ -174,7 +181,7 @@ class ForkServer:
         credentials_size = socket.CMSG_SPACE(12)  # struct ucred: pid, uid, gid
         while True:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([self._control], [], [], remaining)[0]:
+            if remaining <= 0 or not _readable(self._control.fileno(), remaining):
                 raise OSError(f"the fork server did not start the model within {SPAWN_TIMEOUT_SECONDS} s")
             message, ancillary, _, _ = self._control.recvmsg(65536, credentials_size)
             if not message:

@@ -814,10 +814,11 @@ def _fork_server(control_fd: int) -> None:
     _libc()
     control = socket.socket(fileno=control_fd)
     gc.freeze()  # what is imported now is shared by every model: no collection should touch it
+    poller = select.poll()  # not select(2): the descriptor's number may be past 1024
+    poller.register(control, select.POLLIN)
     while True:
         _reap_all()
-        readable, _, _ = select.select([control], [], [], 1.0)
-        if not readable:
+        if not poller.poll(1000):
             continue
         try:
             message, fds, _, _ = socket.recv_fds(control, MAX_CONTROL_MESSAGE_BYTES, 2)
