@@ -10,10 +10,11 @@ cycle's due time, runs the cycle (the same two calls as bench_local_runner.py: a
 feed_update and a predict) and records due -> every answer in hand, the moment `run_cycles` stores
 the cycle (the store's own write is bench_live.py's figure: it runs the whole deployment, at
 fewer models). Memory: PSS of every process of each model (the sandbox's PID 1 supervisor, the
-worker, bwrap's monitor outside) from /proc/<pid>/smaps_rollup, after the run's last cycle: PSS
+worker; with --one-bwrap-each also bwrap's monitor outside) and of the session's fork server (its
+bwrap and itself, counted once) from /proc/<pid>/smaps_rollup, after the run's last cycle: PSS
 divides each shared page among the processes sharing it, so the sum is what the models cost.
 
-    .venv/bin/python bench/bench_model_scale.py --models 1000 --lead-seconds 90 --cycle-seconds 5
+    .venv/bin/python bench/bench_model_scale.py --models 1000 --lead-seconds 60 --cycle-seconds 5 --cycles-before 60 --cycles-after 60
     .venv/bin/python bench/bench_model_scale.py --smoke   # 3 models, a few cycles: checks that it runs
 
 Targets: PSS per model <= 5 MiB; run B ready before the boundary and no cycle after it later than
