@@ -222,13 +222,7 @@ def due_cycles(began: datetime, ended: datetime, cycle_seconds: int) -> list[dat
 
 def tree_pss_mib(roots: list[psutil.Process]) -> float:
     """Proportional set size of every live process under `roots` (shared pages split among their users), MiB."""
-    total = 0
-    for process in tree_processes(roots):
-        try:
-            total += process.memory_full_info().pss
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return total / 2**20
+    return sum(benchkit.pss_kib(process.pid) for process in tree_processes(roots)) / 1024
 
 
 def tree_cpu(before: dict, after: dict) -> float:

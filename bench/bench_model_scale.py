@@ -52,18 +52,6 @@ ASSUMED_MIB_PER_MODEL = 6.0
 ASSUMED_MIB_PER_MODEL_ONE_BWRAP_EACH = 11.0
 
 
-def pss_kib(pid: int) -> int:
-    """The process's proportional set size in KiB (0 if it is gone)."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as rollup:
-            for line in rollup:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return 0
-    return 0
-
-
 def session_memory(session) -> dict:
     """PSS of every process of every model of a LocalModelSession: each sandbox's processes (its
     PID namespace: supervisor, worker, anything the model started) and bwrap's monitor outside.
@@ -86,13 +74,13 @@ def session_memory(session) -> dict:
             continue
         models += 1
         processes += len(pids)
-        total_kib += sum(pss_kib(pid) for pid in pids)
+        total_kib += sum(benchkit.pss_kib(pid) for pid in pids)
     # The fork server (its bwrap monitor and itself, PID 1 of the namespace above the models'),
     # shared by all models: counted once, in the total.
     fork_server = session._fork_server._process if session._fork_server is not None else None
     if fork_server is not None and fork_server.poll() is None:
         for pid in [fork_server.pid, *children_of(fork_server.pid)]:
-            total_kib += pss_kib(pid)
+            total_kib += benchkit.pss_kib(pid)
             processes += 1
     models = max(1, models)
     return {"pss_mib_per_model": total_kib / 1024 / models, "processes_per_model": processes / models,

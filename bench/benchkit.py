@@ -42,6 +42,19 @@ def load_text() -> str:
     return f"load {one:.1f} / {five:.1f} / {fifteen:.1f} on {os.cpu_count()} cores"
 
 
+def pss_kib(pid: int) -> int:
+    """A process's proportional set size in KiB (its shared pages split among their users), from
+    /proc/<pid>/smaps_rollup; 0 if it is gone. The one way bench/ reads memory."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
+            for line in rollup:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return 0
+
+
 def figure(text: str) -> None:
     """Print one figure with the machine's load at that moment."""
     print(f"{text}  [{load_text()}]", flush=True)
