@@ -508,7 +508,7 @@ def run_gate(spec: CompetitionSpec, store: CompetitionStore, checkpoint: Checkpo
     gap = None
     if previous is not None and previous.period_end < checkpoint.period_start:
         gap = PeriodGap(previous.period_end, checkpoint.period_start,
-                        store.period_fingerprint(previous.period_end, checkpoint.period_start)["scores"],
+                        store.score_count(previous.period_end, checkpoint.period_start),
                         store.unsettled_count(previous.period_end, checkpoint.period_start))
     book = rules_book(spec, rules, ground_truth) if rules is not None else None
     if rules is None:

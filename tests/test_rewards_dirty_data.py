@@ -142,6 +142,12 @@ def test_a_resolver_that_raises_voids_one_cycle_and_the_period_still_closes(clea
     assert "resolver error: RuntimeError: upstream outcome service returned garbage" in metadata["void_reasons"].value[0]
     store = _store()
     assert store.unsettled_count(START, START + H) == 0  # nothing holds the period back
+    # the gate's count of what lies in a gap between checkpoints: half-open, the voided cycle has none
+    assert store.score_count(START, START + H) == store.period_fingerprint(START, START + H)["scores"] == 59 * 3
+    minute = timedelta(minutes=1)
+    assert store.score_count(START + 17 * minute, START + 18 * minute) == 0
+    assert store.score_count(START + 16 * minute, START + 17 * minute) == 3
+    assert store.score_count(START + H, START + 2 * H) == 0
     assert store.prediction_statuses(START, START + H) == {"SCORED": 59 * 3, "VOIDED": 3}
     materialize_one(defs, spec, "snapshots", "2026-11-10")
     sensor = next(s for s in defs.sensors if s.name == "btc_updown__checkpoint_sensor")

@@ -733,6 +733,14 @@ class CompetitionStore:
             )
             return [ScoreLeaf(*row) for row in rows]
 
+    def score_count(self, start: datetime, end: datetime) -> int:
+        """Scores stored for cycles in [start, end)."""
+        s = t.scores
+        with self.engine.connect() as connection:
+            return int(connection.execute(
+                sa.select(sa.func.count()).where(s.c.competition == self.slug, s.c.cycle_at >= start, s.c.cycle_at < end)
+            ).scalar_one())
+
     def period_fingerprint(self, start: datetime, end: datetime) -> dict:
         """What a checkpoint of [start, end) depends on in the store."""
         s, i = t.scores, t.inputs
