@@ -392,7 +392,8 @@ def _become_subreaper() -> bool:
 
 def _reap_own_children() -> None:
     """In the worker: collect the exit status of children the supervisor killed (or that ended),
-    so none of them lingers as a zombie counted against the model's process limit."""
+    so none of them lingers as a zombie counted against the model's process limit. (The fork
+    server too, for its children.)"""
     while True:
         try:
             if os.waitpid(-1, os.WNOHANG)[0] == 0:
@@ -817,7 +818,7 @@ def _fork_server(control_fd: int) -> None:
     poller = select.poll()  # not select(2): the descriptor's number may be past 1024
     poller.register(control, select.POLLIN)
     while True:
-        _reap_all()
+        _reap_own_children()  # the intermediate children, and supervisors ended (reparented here)
         if not poller.poll(1000):
             continue
         try:
@@ -836,16 +837,6 @@ def _fork_server(control_fd: int) -> None:
             _start_model(control, request, fds)  # never returns
         for fd in fds:
             os.close(fd)
-
-
-def _reap_all() -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
 
 
 def _report(control, message: dict) -> None:
