@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import os
 import select
+import shutil
 import signal
 
 import pytest
 
 from resources.model_runners import sandbox
-from resources.model_runners.base import CallStatus
+from resources.model_runners.base import CallStatus, MethodCall
 from resources.model_runners.local_worker import SUPERVISOR_CAPABILITY_NUMBERS
 from tests.test_local_model_runner import CYCLE_CALLS, INTERFACE, make_models_dir, make_runner
 from tests.test_model_sandbox import probe
@@ -100,6 +101,18 @@ def test_a_model_keeps_no_capability_and_cannot_lift_the_mounts_that_hide_the_ot
     # The supervisor dropped what the fork server needed to make the namespaces (CAP_SYS_ADMIN, CAP_NET_ADMIN).
     kept = sum(1 << number for number in SUPERVISOR_CAPABILITY_NUMBERS)
     assert supervisor_bounding == kept and supervisor_effective == kept
+
+
+def test_a_model_has_a_terminal_namespace_of_its_own(tmp_path):
+    """/dev/pts is a devpts instance per model (the fork server's /dev is shared by all): two
+    models that each open a terminal both get /dev/pts/0 and see only their own."""
+    models_dir = make_models_dir(tmp_path, "hostile")
+    shutil.copy(models_dir / "hostile.py", models_dir / "peer.py")
+    with make_runner(models_dir).open_session(INTERFACE) as session:
+        opened = session.run_cycle([MethodCall("open_terminal", ())], timeout_seconds=10.0)  # (every model is called)
+        listings = session.run_cycle([MethodCall("list_dir", ("/dev/pts",))], timeout_seconds=10.0)
+    assert {model_id: result.output for model_id, result in opened.items()} == {"hostile": "/dev/pts/0", "peer": "/dev/pts/0"}
+    assert {model_id: result.output for model_id, result in listings.items()} == {"hostile": ["0", "ptmx"], "peer": ["0", "ptmx"]}
 
 
 def test_a_model_holds_no_descriptor_of_the_fork_server_or_of_another_model(tmp_path):

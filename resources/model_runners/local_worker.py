@@ -895,7 +895,7 @@ def _mount(source: str | None, target: str, fstype: str | None, flags: int, data
 
 def _enter_model_sandbox(spec: dict) -> None:
     """As PID 1 of fresh namespaces (still root with the fork server's capabilities): show the
-    model only its own directory of the models directory, its own /tmp, /dev/shm and /proc, bring
+    model only its own directory of the models directory, its own /tmp, /dev/shm, /dev/pts and /proc, bring
     its loopback up, then drop CAP_SYS_ADMIN and CAP_NET_ADMIN for good."""
     _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing done here reaches the fork server
     tmp_bytes = int(spec["tmp_bytes"])
@@ -924,6 +924,8 @@ def _enter_model_sandbox(spec: dict) -> None:
         os.close(fd)
     if spec["models_dir"] in covered:
         _mount(None, spec["models_dir"], None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, "size=65536,mode=0755")
+    # A devpts of its own (as bwrap's --dev makes): the fork server's is shared by every model.
+    _mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=620")
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     for name in PROC_READ_ONLY:
         path = f"/proc/{name}"
