@@ -152,6 +152,19 @@ class _NodeWorkers:
         ]
         self.ports = [port for process in self.processes for port in json.loads(process.stdout.readline())]
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU the node-hosting processes have used so far."""
+        import psutil
+
+        total = 0.0
+        for process in self.processes:
+            try:
+                times = psutil.Process(process.pid).cpu_times()
+                total += times.user + times.system
+            except psutil.Error:
+                pass
+        return total
+
     def stop(self) -> None:
         for process in self.processes:
             process.stdin.close()
@@ -306,11 +319,13 @@ def handover(args, answer_delay_seconds: float) -> int:
             end = boundary + timedelta(seconds=args.cycle_seconds * args.cycles_after)
             launch_b_at = boundary - timedelta(seconds=args.lead_seconds)
             out_a, out_b = Path(tmp) / "a.json", Path(tmp) / "b.json"
+            nodes_cpu = -workers.cpu_seconds()
             with benchkit.LoadSampler(every_seconds=5.0) as load:
                 run_a = launch_run(args, "A", orchestrator, first_due, boundary, out_a)
                 clock.sleep(max(0.0, (launch_b_at - clock.now()).total_seconds()))
                 run_b = launch_run(args, "B", orchestrator, boundary, end, out_b)
                 codes = run_a.wait(), run_b.wait()
+            nodes_cpu += workers.cpu_seconds()
             if codes != (0, 0):
                 print(f"a run failed: exit codes {codes}")
                 return 1
@@ -320,11 +335,11 @@ def handover(args, answer_delay_seconds: float) -> int:
     finally:
         orchestrator.stop()
         workers.stop()
-    return summarize_handover(args, a, b, boundary, launch_b_at, load, expected, sessions, reports)
+    return summarize_handover(args, a, b, boundary, launch_b_at, load, expected, sessions, reports, nodes_cpu)
 
 
 def summarize_handover(args, a: dict, b: dict, boundary: datetime, launch_b_at: datetime, load: benchkit.LoadSampler,
-                       expected: int, sessions: int, failure_reports: list) -> int:
+                       expected: int, sessions: int, failure_reports: list, nodes_cpu_seconds: float) -> int:
     for run in (a, b):
         start = run["start_seconds"]
         benchkit.figure(
@@ -342,13 +357,29 @@ def summarize_handover(args, a: dict, b: dict, boundary: datetime, launch_b_at: 
                 print(f"  {run['name']} {cycle['due']} {cycle['delay_seconds']:.3f} s {cycle['failed']}"
                       + (f"  {cycle['problems']}" if cycle["problems"] else ""))
     delays = [c["delay_seconds"] for run in (a, b) for c in run["cycles"]]
-    before_lead = [c["delay_seconds"] for c in a["cycles"] if datetime.fromisoformat(c["due"]) < launch_b_at]
-    during_lead = [c["delay_seconds"] for c in a["cycles"] if datetime.fromisoformat(c["due"]) >= launch_b_at]
+
+    def a_cycles(since: datetime, until: datetime) -> list[float]:
+        # a cycle is affected by what runs while it runs: from its due time to its answer
+        return [c["delay_seconds"] for c in a["cycles"]
+                if datetime.fromisoformat(c["due"]) + timedelta(seconds=c["delay_seconds"]) >= since
+                and datetime.fromisoformat(c["due"]) < until]
+
+    before_lead = a_cycles(datetime.min.replace(tzinfo=boundary.tzinfo), launch_b_at)
+    during_lead = a_cycles(launch_b_at, boundary)
+    while_b_opens = a_cycles(launch_b_at, ready_b)
     after = [c["delay_seconds"] for c in b["cycles"]]
     benchkit.figure(f"due -> answered, all {len(delays)} cycles: {benchkit.tail_text(delays)}")
-    benchkit.figure(f"  run A before B's launch: {benchkit.tail_text(before_lead)}; while B opens its session: "
-                    f"{benchkit.tail_text(during_lead)}; run B after the boundary: {benchkit.tail_text(after)}")
-    print(f"  run B's first cycles: {', '.join(f'{d:.3f} s' for d in after[:5])}")
+    benchkit.figure(f"  run A before B's launch: {benchkit.tail_text(before_lead)}")
+    benchkit.figure(f"  run A from B's launch to the boundary: {benchkit.tail_text(during_lead)}; of which while B "
+                    f"started and opened its session: {', '.join(f'{d:.3f} s' for d in while_b_opens) or 'none'}")
+    benchkit.figure(f"  run B after the boundary: {benchkit.tail_text(after)}; its first cycles: "
+                    f"{', '.join(f'{d:.3f} s' for d in after[:5])}")
+    late_starts = [c["late_start_seconds"] for run in (a, b) for c in run["cycles"] if c["late_start_seconds"] > 0.05]
+    print(f"cycles that started > 50 ms after their due time (the one before still running): {len(late_starts)}")
+    cycle_count = max(1, len(delays))
+    print(f"CPU per cycle: the live run {(a['cycles_cpu_seconds'] + b['cycles_cpu_seconds']) / cycle_count:.2f} CPU-s "
+          f"(its event loop and gRPC's threads), the {args.models} nodes {nodes_cpu_seconds / cycle_count:.2f} CPU-s "
+          f"(their sessions' start included): on {os.cpu_count()} cores, which the nodes share here")
     print(load.text())
     failed = sum(c["failed"] for run in (a, b) for c in run["cycles"])
     print(f"cycles run: {len(delays)} of {expected}; failed calls: {failed}; orchestrator sessions served: {sessions}; "
