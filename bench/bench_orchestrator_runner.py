@@ -412,7 +412,7 @@ def main() -> int:
                         help="two live runs handing over at an hour boundary, at --models (one count; default 1000)")
     parser.add_argument("--lead-seconds", type=float, default=30.0,
                         help="--handover: run B is launched this long before the boundary (the spec's cycle_lead_seconds)")
-    parser.add_argument("--cycle-seconds", type=float, default=2.0, help="--handover: a cycle every this many seconds")
+    parser.add_argument("--cycle-seconds", type=float, default=3.0, help="--handover: a cycle every this many seconds")
     parser.add_argument("--cycles-before", type=int, default=60, help="--handover: cycles run A serves (the lead among them)")
     parser.add_argument("--cycles-after", type=int, default=60, help="--handover: cycles run B serves after the boundary")
     parser.add_argument("--serve-models", type=int, help=argparse.SUPPRESS)  # worker mode
