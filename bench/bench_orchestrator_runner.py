@@ -258,6 +258,7 @@ def serve_run(args) -> int:
     )
     report: dict = {"name": args.name, "cycles": [], "launched_at": clock.now().isoformat()}
     cpu_before = time.process_time()
+    report["process_start_cpu_seconds"] = cpu_before  # the interpreter and the imports, before the session
     with ExitStack() as stack:
         on_demand = SessionOnDemand(runner, Rules(), stack)
         report["start_seconds"] = prewarm_models(on_demand, window_start, args.lead_seconds, Log())
@@ -344,7 +345,8 @@ def summarize_handover(args, a: dict, b: dict, boundary: datetime, launch_b_at: 
         start = run["start_seconds"]
         benchkit.figure(
             f"run {run['name']}: session opened in {'(failed)' if start is None else f'{start:.2f} s'} "
-            f"({run['start_cpu_seconds']:.2f} CPU-s; {run['connected_at_ready']} of {run['announced']} models connected), "
+            f"({run['start_cpu_seconds']:.2f} CPU-s, after {run.get('process_start_cpu_seconds', 0):.2f} CPU-s of the process's "
+            f"own start; {run['connected_at_ready']} of {run['announced']} models connected), "
             f"ready {run['ready_at']}; its cycles took {run['cycles_cpu_seconds']:.1f} CPU-s, its close "
             f"{run['close_seconds']:.2f} s (at its start: {run['load_at_ready']})")
     ready_b = datetime.fromisoformat(b["ready_at"])
