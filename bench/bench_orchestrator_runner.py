@@ -27,8 +27,8 @@ Dagster's live runs are: run A serves the hour that ends at the boundary; run B 
 once (crunch_assets/defs/live_window/window.py `prewarm_models`, the code the live run calls: the
 orchestrator's WebSocket and a gRPC connection and Setup to every node) while A keeps serving, and
 serves from the boundary on. Each run sleeps until each cycle's due time (resources/clock.py), runs
-the cycle (a live competition's two calls: a 60-candle feed_update-style `tick`, then `predict`)
-and records due -> every answer in hand, the moment `run_cycles` stores the cycle. Reported: when B
+the cycle (a live competition's two calls: a 60-candle feed_update-style `tick`, then `predict`;
+`--one-call`: the predict alone) and records due -> every answer in hand, the moment `run_cycles` stores the cycle. Reported: when B
 is ready against the boundary and what its session start cost; A's cycles before B's launch and
 while B opens its session; B's first cycles; the p99 over all cycles (below 100 cycles the "p99" is
 the maximum, and says so); the load over the window. Exits 1 when a cycle was not run or a call
@@ -252,6 +252,7 @@ def serve_run(args) -> int:
 
     window_start = datetime.fromisoformat(args.window_start)
     window_end = datetime.fromisoformat(args.window_end)
+    calls = [PREDICT] if args.one_call else LIVE_CALLS
     runner = OrchestratorModelRunner(
         host=LOOPBACK, port=args.orchestrator_port, crunch_id=args.crunch_id,
         call_timeout_seconds=CYCLE_BUDGET_SECONDS, connect_timeout_seconds=args.lead_seconds,
@@ -275,7 +276,7 @@ def serve_run(args) -> int:
             if wait > 0:
                 clock.sleep(wait)
             began = clock.now()
-            results = session.run_cycle(LIVE_CALLS, timeout_seconds=CYCLE_BUDGET_SECONDS)
+            results = session.run_cycle(calls, timeout_seconds=CYCLE_BUDGET_SECONDS)
             answered = clock.now()
             problems = sorted({f"{r.status.value}: {r.detail}" for r in results.values() if r.status is not CallStatus.SUCCESS})
             report["cycles"].append({
@@ -296,6 +297,7 @@ def launch_run(args, name: str, orchestrator: FakeOrchestrator, start: datetime,
         sys.executable, __file__, "--serve-run", "--name", name, "--orchestrator-port", str(orchestrator.port),
         "--crunch-id", orchestrator.crunch_id, "--window-start", start.isoformat(), "--window-end", end.isoformat(),
         "--cycle-seconds", str(args.cycle_seconds), "--lead-seconds", str(args.lead_seconds), "--out", str(out),
+        *(["--one-call"] if args.one_call else []),
     ], cwd=REPO_ROOT)
 
 
@@ -304,7 +306,8 @@ def handover(args, answer_delay_seconds: float) -> int:
     benchkit.conditions(
         f"{args.models} orchestrated models (loopback gRPC nodes in {args.workers} worker processes), two live runs "
         f"handing over, lead {args.lead_seconds:g} s, a cycle every {args.cycle_seconds:g} s, "
-        f"{args.cycles_before} + {args.cycles_after} cycles, model delay {args.model_delay_ms:g} ms")
+        f"{args.cycles_before} + {args.cycles_after} cycles of "
+        f"{'one predict call' if args.one_call else 'two calls (tick, predict)'} per model, model delay {args.model_delay_ms:g} ms")
     nodes_started = time.perf_counter()
     workers = _NodeWorkers(args.models, args.workers, answer_delay_seconds)
     orchestrator = FakeOrchestrator(crunch_id="bench").start()
@@ -417,6 +420,8 @@ def main() -> int:
     parser.add_argument("--cycle-seconds", type=float, default=3.0, help="--handover: a cycle every this many seconds")
     parser.add_argument("--cycles-before", type=int, default=60, help="--handover: cycles run A serves (the lead among them)")
     parser.add_argument("--cycles-after", type=int, default=60, help="--handover: cycles run B serves after the boundary")
+    parser.add_argument("--one-call", action="store_true",
+                        help="--handover: one predict call per model and cycle instead of the live tick + predict")
     parser.add_argument("--serve-models", type=int, help=argparse.SUPPRESS)  # worker mode
     parser.add_argument("--serve-run", action="store_true", help=argparse.SUPPRESS)  # live-run mode
     for hidden in ("--name", "--crunch-id", "--window-start", "--window-end", "--out"):
