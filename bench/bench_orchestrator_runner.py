@@ -445,6 +445,8 @@ def main() -> int:
         args.models = 3
         return 1 if handover(args, answer_delay_seconds) or table_failed else 0
     if args.handover:
+        if args.models and not args.models.isdigit():
+            parser.error(f"--handover takes one model count, not {args.models!r}")
         args.models = int(args.models or 1000)
         return handover(args, answer_delay_seconds)
     return 1 if cycle_time_table(args, args.models.split(",") if args.models else None, answer_delay_seconds) else 0
