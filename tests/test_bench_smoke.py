@@ -41,7 +41,8 @@ SMOKE_COMMANDS: dict[str, tuple[str, ...]] = {
     "bench_copies.py": ("as planted", "the store,"),
     "bench_scores.py": ("scores step:", "spread", "CPU per 1,000 predictions"),
     "bench_api_abuse.py": ("POST", "slow-loris"),
-    "bench_orchestrator_runner.py": ("all SUCCESS", "cycle: median"),
+    "bench_orchestrator_runner.py": ("all SUCCESS", "cycle: median", "run B ready before the boundary",
+                                     "due -> answered, all", "CPU per cycle"),
     "bench_feed_fetch.py": ("fetch + parse:",),
     "bench_local_runner.py": ("target: every call answered", "holds"),
     "bench_model_scale.py": ("PSS", "MiB per model", "due -> answered", "run B ready before the boundary"),
@@ -182,3 +183,46 @@ def test_many_competitions_spec_passes_init_and_cycles_are_counted_in_the_window
     ended = datetime(2026, 12, 7, 23, 1, 30, tzinfo=timezone.utc)
     assert [at.strftime("%M:%S") for at in due_cycles(began, ended, 30)] == ["00:30", "01:00"]
     assert due_cycles(began.replace(second=0), ended, 30)[0] == began.replace(second=0)  # due at the start counts
+
+
+def test_orchestrated_handover_fails_on_a_missed_cycle_or_a_failed_call_and_says_missed(capsys):
+    """bench_orchestrator_runner.py --handover exits 1 when a cycle was not run or a call failed,
+    and prints MISSED for a target not met (B not ready at the boundary, a slow cycle), whatever
+    the figures look like otherwise."""
+    from argparse import Namespace
+    from datetime import datetime, timedelta, timezone
+
+    from bench import benchkit
+    from bench.bench_orchestrator_runner import summarize_handover
+
+    boundary = datetime(2026, 12, 8, 1, 0, tzinfo=timezone.utc)
+    args = Namespace(models=2, lead_seconds=10.0, cycle_seconds=2.0)
+
+    def run(name: str, first_due: datetime, delays: list[float], ready_at: datetime, failed: int = 0) -> dict:
+        cycles = [{"due": (first_due + timedelta(seconds=2 * k)).isoformat(), "delay_seconds": delay,
+                   "late_start_seconds": 0.0, "answers": 2, "failed": failed if k == 0 else 0,
+                   "problems": ["TIMEOUT: x"] if failed and k == 0 else []}
+                  for k, delay in enumerate(delays)]
+        return {"name": name, "cycles": cycles, "start_seconds": 0.5, "start_cpu_seconds": 0.4, "ready_at": ready_at.isoformat(),
+                "connected_at_ready": 2, "announced": 2, "cycles_cpu_seconds": 1.0, "close_seconds": 0.1, "load_at_ready": "load"}
+
+    def summarize(b: dict, a_delays: list[float] | None = None, expected: int = 20) -> tuple[int, str]:
+        a = run("A", boundary - timedelta(seconds=20), a_delays or [0.2] * 10, boundary - timedelta(seconds=60))
+        code = summarize_handover(args, a, b, boundary, boundary - timedelta(seconds=10), benchkit.LoadSampler(), expected,
+                                  2, [], 1.0)
+        return code, capsys.readouterr().out
+
+    code, out = summarize(run("B", boundary, [0.2] * 10, boundary - timedelta(seconds=5)))
+    assert code == 0 and "MISSED" not in out and out.count(": holds") == 3, out
+    assert "the max of 20 cycles" in out  # 20 cycles are too few for a p99: it says so
+
+    code, out = summarize(run("B", boundary, [0.2] * 9, boundary - timedelta(seconds=5)))  # one cycle not run
+    assert code == 1 and "cycles run: 19 of 20" in out, out
+
+    code, out = summarize(run("B", boundary, [0.2] * 10, boundary - timedelta(seconds=5), failed=1))
+    assert code == 1 and "failed calls: 1" in out, out
+
+    code, out = summarize(run("B", boundary, [1.5] + [0.2] * 9, boundary + timedelta(seconds=1)))  # B late, its first cycle slow
+    assert code == 0, out  # every cycle ran and answered: the targets say what was missed
+    assert "target: run B ready before the boundary: MISSED" in out
+    assert "the handover delays no cycle" in out and out.count("MISSED") == 3, out

@@ -463,3 +463,59 @@ def test_an_answer_that_is_not_plain_json_fails(orchestrator, start_node, open_s
     assert statuses(results) == {"nan": CallStatus.FAILED, "nan-inside": CallStatus.FAILED}
     assert results["nan"].detail == "output not serialisable: $ is nan (NaN and infinity are not valid JSON)"
     assert results["nan-inside"].detail == "output not serialisable: $.p_up is inf (NaN and infinity are not valid JSON)"
+
+
+def test_the_next_live_run_opens_its_orchestrated_session_before_the_hour_and_takes_over(orchestrator, start_node):
+    """The hour handover with orchestrated models: the next hour's live run opens its session with
+    `prewarm_models` (the live window's own call) while the previous run still serves: before the
+    hour it holds its WebSocket and a set-up connection to every node (the nodes outlive the runs:
+    each is set up again, not restarted). The previous run keeps answering meanwhile, its close at
+    the boundary reports no model and costs the new session nothing, and the new run's first cycle
+    opens no new connection."""
+    from contextlib import ExitStack
+    from datetime import datetime, timedelta, timezone
+
+    from crunch_assets.defs.live_window.window import prewarm_models
+    from crunch_assets.defs.predictions.assets import SessionOnDemand
+
+    nodes = [start_node(f"m-{index}", AnsweringModel(value=index / 10)) for index in range(3)]
+    orchestrator.announce(*(node.announcement() for node in nodes))
+    model_ids = {node.model_id for node in nodes}
+
+    class Rules:
+        def model_interface(self) -> ModelInterface:
+            return INTERFACE
+
+    class Log:
+        def __init__(self) -> None:
+            self.lines: list[str] = []
+
+        def info(self, text: str) -> None:
+            self.lines.append(text)
+
+        warning = error = info
+
+    log = Log()
+    with ExitStack() as run_a_stack, ExitStack() as run_b_stack:
+        run_a = SessionOnDemand(runner_for(orchestrator), Rules(), run_a_stack)
+        assert set(statuses(run_a.get().run_cycle([TICK, PREDICT], 2.0)).values()) == {CallStatus.SUCCESS}
+        assert orchestrator.connections_served == 1
+
+        run_b = SessionOnDemand(runner_for(orchestrator), Rules(), run_b_stack)
+        hour = datetime.now(timezone.utc) + timedelta(seconds=30)
+        assert prewarm_models(run_b, hour, 30, log) is not None
+        assert orchestrator.connections_served == 2
+        assert run_b.get().connected_model_ids() == model_ids  # before the hour: every node connected and set up
+        assert all(node.hosted.setup_class_names == ["tests.fakes.model_orchestrator.FakeModelBase"] * 2 for node in nodes)
+        assert "before the window begins" in log.lines[-1], log.lines
+
+        # run A serves its last cycle beside B's open session
+        assert set(statuses(run_a.get().run_cycle([TICK, PREDICT], 2.0)).values()) == {CallStatus.SUCCESS}
+        run_a_stack.close()  # the boundary: run A ends
+
+        results = run_b.get().run_cycle([TICK, PREDICT], 2.0)
+        assert set(statuses(results).values()) == {CallStatus.SUCCESS}
+        assert {model_id: result.output["value"] for model_id, result in results.items()} == {"m-0": 0.0, "m-1": 0.1, "m-2": 0.2}
+        assert orchestrator.connections_served == 2  # the first cycle of the hour opened nothing
+        assert orchestrator.failure_reports == []
+        assert [len(node.received_calls) for node in nodes] == [6, 6, 6]  # A's two cycles, B's one: tick + predict each
