@@ -154,8 +154,8 @@ def test_the_worker_imports_nothing_heavy_before_the_model(tmp_path):
     assert not imported & {"orjson", "typing", "numpy", "dagster", "pydantic", "resources", "crunch_assets"}
 
 
-def test_the_bench_reads_pss_from_smaps_rollup_of_real_processes():
-    from bench.bench_model_scale import pss_kib
+def test_the_benches_read_pss_from_smaps_rollup_of_real_processes():
+    from bench.benchkit import pss_kib
 
     assert pss_kib(os.getpid()) > 1024  # this interpreter: over a MiB
     assert pss_kib(2**22 + 7) == 0  # gone: counts nothing

@@ -167,16 +167,17 @@ def prewarm_models(session: SessionOnDemand, start: datetime, lead_seconds: floa
     try:
         session.get()
     except Exception as error:  # the hour's first tick opens it again and fails as a tick does
-        log.error(f"model processes could not be started before the window: {type(error).__name__}: {error}")
+        log.error(f"the models could not be made ready before the window: {type(error).__name__}: {error}")
         return None
     seconds = time.monotonic() - started
-    late_seconds = (datetime.now(timezone.utc) - start).total_seconds()
+    late_seconds = (clock.now() - start).total_seconds()
+    # (local models: their processes started; orchestrated ones: the session connected to every node)
     if late_seconds > 0:
-        log.warning(f"the model processes took {seconds:.1f} s to start and were ready {late_seconds:.1f} s after "
+        log.warning(f"the models took {seconds:.1f} s to be ready and were ready {late_seconds:.1f} s after "
                     f"the window began: the first cycles of the hour waited for them; raise cycle_lead_seconds "
                     f"(now {lead_seconds:g}) well above the {seconds:.1f} s the models took (the run's own start comes first)")
     else:
-        log.info(f"model processes started in {seconds:.1f} s, {-late_seconds:.1f} s before the window begins")
+        log.info(f"the models were ready in {seconds:.1f} s, {-late_seconds:.1f} s before the window begins")
     return seconds
 
 
