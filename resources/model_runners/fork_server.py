@@ -32,7 +32,7 @@ from resources.model_runners import sandbox
 
 # Capabilities the fork server keeps: the supervisor's, plus what a model's namespaces need to be made.
 FORK_SERVER_CAPABILITIES = (*sandbox.SUPERVISOR_CAPABILITIES, "CAP_SYS_ADMIN", "CAP_NET_ADMIN")
-SPAWN_TIMEOUT_SECONDS = 30.0
+SPAWN_TIMEOUT_SECONDS = 10.0  # a fork and a few mounts take milliseconds
 FORK_SERVER_TMP_BYTES = 1 << 20
 CLOSE_GRACE_SECONDS = 2.0
 
@@ -166,7 +166,7 @@ class ForkServer:
                 socket.send_fds(self._control, [json.dumps(request).encode()], [requests_read, replies_write])
             except (BrokenPipeError, ConnectionError) as error:
                 raise _ForkServerGone(str(error)) from error
-            pid = self._await_started(token)
+            pid = self._await_started(token, replies_read)
         except BaseException:
             os.close(requests_write)
             os.close(replies_read)
@@ -176,13 +176,22 @@ class ForkServer:
             os.close(replies_write)
         return ForkedProcess(pid, requests_write, replies_read)
 
-    def _await_started(self, token: int) -> int:
+    def _await_started(self, token: int, replies_read: int) -> int:
+        """The pid of the model's supervisor once it says it is ready. Its reply pipe readable
+        first means it ended before (nothing else writes there until then): a failure at once,
+        not a wait for the timeout."""
         deadline = time.monotonic() + SPAWN_TIMEOUT_SECONDS
         credentials_size = socket.CMSG_SPACE(12)  # struct ucred: pid, uid, gid
+        poller = select.poll()
+        poller.register(self._control.fileno(), select.POLLIN)
+        poller.register(replies_read, select.POLLIN)
         while True:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not _readable(self._control.fileno(), remaining):
+            events = dict(poller.poll(max(0, int(remaining * 1000)))) if remaining > 0 else {}
+            if not events:
                 raise OSError(f"the fork server did not start the model within {SPAWN_TIMEOUT_SECONDS} s")
+            if self._control.fileno() not in events:
+                raise OSError("the model's sandbox ended while it was being made")
             message, ancillary, _, _ = self._control.recvmsg(65536, credentials_size)
             if not message:
                 raise _ForkServerGone("the fork server ended")
