@@ -92,13 +92,26 @@ def test_a_run_that_died_is_replaced_under_a_new_run_key():
     assert decision.requests[0].run_config == {"ops": {"btc_updown__live_window": {"config": {"window_start": window.isoformat()}}}}
 
 
-def test_at_the_hour_boundary_the_next_window_is_launched_within_the_lead_and_not_sooner():
+def test_at_the_hour_boundary_the_next_window_is_launched_at_least_the_lead_early_whatever_the_tick_phase():
+    """The sensor ticks every cycle_sensor_interval_seconds: the next hour's run is launched by the
+    last tick that comes before the lead, not by the first one inside it (which could come up to
+    an interval late: a run launched 8 s before the hour with a 30 s lead)."""
     alive_now = Liveness(alive={at(22, 9).isoformat(): True})
-    within = at(22, 10) - timedelta(seconds=SPEC.cycle_lead_seconds)  # exactly the lead before
-    sooner = within - timedelta(seconds=1)
-    assert windows(decide_cycles(SPEC, CycleFacts(within, alive_now, all_stored(within)))) == [
-        (at(22, 10).isoformat(), "next window, launched early")]
+    lead = timedelta(seconds=SPEC.cycle_lead_seconds)
+    interval = timedelta(seconds=SPEC.cycle_sensor_interval_seconds)
+    earliest = at(22, 10) - lead - interval
+    for offset_seconds in range(0, int(interval.total_seconds()) + 1, 5):
+        # a tick at any phase: if the tick before the lead did not launch, this one must not be later than the lead
+        tick = earliest + timedelta(seconds=offset_seconds)
+        launched = windows(decide_cycles(SPEC, CycleFacts(tick, alive_now, all_stored(tick))))
+        assert launched == [(at(22, 10).isoformat(), "next window, launched early")], tick
+    sooner = earliest - timedelta(seconds=1)
     assert not decide_cycles(SPEC, CycleFacts(sooner, alive_now, all_stored(sooner))).requests
+    # ticks every interval, starting anywhere: the first one that launches leaves at least the lead
+    for phase_seconds in range(int(interval.total_seconds())):
+        ticks = [at(22, 9, 50) + timedelta(seconds=phase_seconds) + k * interval for k in range(40)]
+        first = next(t for t in ticks if decide_cycles(SPEC, CycleFacts(t, alive_now, all_stored(t))).requests)
+        assert lead <= at(22, 10) - first <= lead + interval, (phase_seconds, first)
     # the hour itself: the new window is current now, the old one's is not asked for
     past = Liveness(alive={at(22, 9).isoformat(): True})
     assert windows(decide_cycles(SPEC, CycleFacts(at(22, 10), past, all_stored(at(22, 10))))) == [

@@ -59,8 +59,9 @@ def live_request(slug: str, window_start: datetime, replacing: str | None, why: 
 
 
 def decide_cycles(spec: CompetitionSpec, facts: CycleFacts) -> Decision:
-    """A live run for the current hour when none is alive; the next hour's, cycle_lead_seconds
-    early (so its process has booted when the hour begins); and one for each past window with
+    """A live run for the current hour when none is alive; the next hour's at least
+    cycle_lead_seconds early, whatever the phase of the sensor's ticks (so its process has booted
+    and its models started when the hour begins); and one for each past window with
     cycles missing inside the catch-up bound (a run killed at hh:59 leaves hh:59 missing), unless
     a run of it is alive or its newest run ended in the last minute."""
     now, live = facts.now, facts.liveness
@@ -75,7 +76,12 @@ def decide_cycles(spec: CompetitionSpec, facts: CycleFacts) -> Decision:
     if current >= spec.start and not live.is_alive(current):
         launch(current, "current window")
     upcoming = current + timedelta(hours=1)
-    if upcoming - now <= timedelta(seconds=spec.cycle_lead_seconds) and not live.is_alive(upcoming):
+    # The sensor ticks every cycle_sensor_interval_seconds: a tick that waited for the lead itself
+    # could come up to an interval later (a 1,000-model deployment's run was launched 8 s before
+    # the hour with a 30 s lead and a 30 s interval, and its first cycle was 16 s late). So the
+    # tick before that launches: the run gets at least the lead, at most the lead and an interval.
+    launch_within = timedelta(seconds=spec.cycle_lead_seconds + spec.cycle_sensor_interval_seconds)
+    if upcoming - now <= launch_within and not live.is_alive(upcoming):
         launch(upcoming, "next window, launched early")
     expected = cycles_to_fill(spec, now)
     missing = sorted({floor_hour(c) for c, scope in expected if (c, scope.key) not in facts.stored_cycles})
