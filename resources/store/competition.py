@@ -3,6 +3,7 @@ and model events. All SQL on those tables is here; every method is one transacti
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import Any, Iterable, Iterator, Sequence
@@ -56,10 +57,16 @@ def derived_prediction_status(p: sa.Table, s: sa.Table, i: sa.Table) -> sa.Colum
     )
 
 
+# A partial sync of the same list is written again at most this often: it would only move
+# last_seen_at (a live run syncs its models before every cycle: 1,000 upserts a cycle otherwise).
+PARTIAL_RESYNC_SECONDS = 300
+
+
 class CompetitionStore:
     def __init__(self, engine: sa.Engine, slug: str):
         self.engine = engine
         self.slug = slug
+        self._last_partial_sync: tuple[tuple, datetime] | None = None  # (the list as synced, seen_at)
 
     @property
     def copies(self) -> CopyStore:
@@ -773,8 +780,21 @@ class CompetitionStore:
         deployment_id, state, meta). Identity and state are replaced; first and last seen only
         widen; a new cruncher gets the next cruncher_index. With `complete`, the list is the whole
         registry and models not in it become GONE. Joins, leaves and state changes are recorded as
-        model_events; returns them."""
+        model_events; returns them.
+
+        A partial sync (`complete=False`) of exactly the list this store synced last, less than
+        PARTIAL_RESYNC_SECONDS later, writes nothing: it could only widen last_seen_at, which thus
+        lags by up to that much (a new model, a changed identity or state, time going backwards, or
+        a complete sync, are written at once)."""
         m = t.models
+        listing = None
+        if not complete:
+            listing = tuple((info.model_id, info.name, info.player_id, info.player_name, info.deployment_id, info.state,
+                              json.dumps(info.meta, sort_keys=True, default=str)) for info in listed)
+            last = self._last_partial_sync
+            if last is not None and last[0] == listing and \
+                    timedelta(0) <= seen_at - last[1] < timedelta(seconds=PARTIAL_RESYNC_SECONDS):
+                return []
         with self.engine.begin() as connection:
             connection.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"models|{self.slug}"})
             known = {
@@ -819,6 +839,7 @@ class CompetitionStore:
                     connection.execute(sa.update(m).where(m.c.competition == self.slug, m.c.model_id.in_(gone)).values(state="GONE"))
                     events += [ModelEventRow(mid, "LEFT", seen_at, "no longer listed by the model runner") for mid in gone]
             self._write_events(connection, events)
+        self._last_partial_sync = (listing, seen_at) if listing is not None else None
         return events
 
     def models(self) -> list[ModelRow]:
