@@ -8,10 +8,11 @@ parts of /proc are covered), so each model there keeps a bwrap of its own.
 
 What each model gets is what sandbox.py describes for a bwrap of its own: its own PID, mount,
 network (its loopback only), IPC and UTS namespaces, the same read-only files, a private /tmp and
-/dev/shm of the same sizes, a fresh /proc, the same environment, its own uid, the same limits. The
-fork server's sandbox sees every model's directory; each model's supervisor covers the models
-directory with an empty read-only tmpfs and binds back only its own model before it drops the two
-capabilities it needed for that (CAP_SYS_ADMIN, CAP_NET_ADMIN) and before any model code runs.
+/dev/shm of the same sizes, its own /dev/pts, a fresh /proc, the same environment, its own uid, the
+same limits. The fork server's sandbox sees every model's directory; each model's supervisor covers
+the models directory with an empty read-only tmpfs and binds back only its own model, then drops
+every capability but its own four (CAP_SYS_ADMIN and CAP_NET_ADMIN, which it needed for that, among
+them), before any model code runs.
 """
 
 from __future__ import annotations
