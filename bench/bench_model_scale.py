@@ -102,18 +102,8 @@ def serve(args) -> int:
     """One live run: start the models now, then serve every cycle due in [window_start, window_end)."""
     from crunch_assets.defs.live_window.window import prewarm_models
     from crunch_assets.defs.predictions.assets import SessionOnDemand
-    from resources.model_runners.base import CallStatus, ModelInterface
+    from resources.model_runners.base import CallStatus
     from resources.model_runners.local import LocalModelRunner
-
-    class Rules:
-        def model_interface(self):
-            return ModelInterface("bench_base:BenchBase")
-
-    class Log:
-        def info(self, text):
-            print(f"[run {args.name}] {text}", file=sys.stderr, flush=True)
-
-        warning = error = info
 
     window_start = datetime.fromisoformat(args.window_start)
     window_end = datetime.fromisoformat(args.window_end)
@@ -121,8 +111,8 @@ def serve(args) -> int:
                               max_models_starting_at_once=args.starting_at_once, fork_server=not args.one_bwrap_each)
     report: dict = {"name": args.name, "cycles": []}
     with ExitStack() as stack:
-        on_demand = SessionOnDemand(runner, Rules(), stack)
-        report["start_seconds"] = prewarm_models(on_demand, window_start, args.lead_seconds, Log())
+        on_demand = SessionOnDemand(runner, benchkit.InterfaceRules("bench_base:BenchBase"), stack)
+        report["start_seconds"] = prewarm_models(on_demand, window_start, args.lead_seconds, benchkit.RunLog(args.name))
         report["ready_at"] = clock.now().isoformat()
         session = on_demand.get()
         report["load_at_ready"] = benchkit.load_text()

@@ -240,16 +240,6 @@ def serve_run(args) -> int:
     from crunch_assets.defs.live_window.window import prewarm_models
     from crunch_assets.defs.predictions.assets import SessionOnDemand
 
-    class Rules:
-        def model_interface(self):
-            return ModelInterface(FAKE_MODEL_BASE_CLASS)
-
-    class Log:
-        def info(self, text):
-            print(f"[run {args.name}] {text}", file=sys.stderr, flush=True)
-
-        warning = error = info
-
     window_start = datetime.fromisoformat(args.window_start)
     window_end = datetime.fromisoformat(args.window_end)
     calls = [PREDICT] if args.one_call else LIVE_CALLS
@@ -261,8 +251,8 @@ def serve_run(args) -> int:
     cpu_before = time.process_time()
     report["process_start_cpu_seconds"] = cpu_before  # the interpreter and the imports, before the session
     with ExitStack() as stack:
-        on_demand = SessionOnDemand(runner, Rules(), stack)
-        report["start_seconds"] = prewarm_models(on_demand, window_start, args.lead_seconds, Log())
+        on_demand = SessionOnDemand(runner, benchkit.InterfaceRules(FAKE_MODEL_BASE_CLASS), stack)
+        report["start_seconds"] = prewarm_models(on_demand, window_start, args.lead_seconds, benchkit.RunLog(args.name))
         report["ready_at"] = clock.now().isoformat()
         report["start_cpu_seconds"] = time.process_time() - cpu_before
         report["load_at_ready"] = benchkit.load_text()

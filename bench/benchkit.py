@@ -55,6 +55,30 @@ def pss_kib(pid: int) -> int:
     return 0
 
 
+class InterfaceRules:
+    """What a live run's session asks of the competition's rules: only the model interface."""
+
+    def __init__(self, base_class: str):
+        self.base_class = base_class
+
+    def model_interface(self):
+        from resources.model_runners.base import ModelInterface
+
+        return ModelInterface(self.base_class)
+
+
+class RunLog:
+    """A live run's log for a bench's run process: each line to stderr, tagged with the run."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def info(self, text: str) -> None:
+        print(f"[run {self.name}] {text}", file=sys.stderr, flush=True)
+
+    warning = error = info
+
+
 def figure(text: str) -> None:
     """Print one figure with the machine's load at that moment."""
     print(f"{text}  [{load_text()}]", flush=True)

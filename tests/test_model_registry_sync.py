@@ -5,11 +5,12 @@ written at once."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from resources.model_runners.base import ModelInfo
 from resources.store.competition import PARTIAL_RESYNC_SECONDS, CompetitionStore
 from resources.store.database import engine_for
 
@@ -18,24 +19,13 @@ pytestmark = pytest.mark.integration
 START = datetime(2026, 11, 10, tzinfo=timezone.utc)
 
 
-@dataclass(frozen=True)
-class Listed:
-    model_id: str
-    name: str
-    player_id: str | None = None
-    player_name: str | None = None
-    deployment_id: str | None = None
-    state: str = "RUNNING"
-    meta: dict | None = None
-
-
 def seen(store: CompetitionStore) -> dict[str, tuple]:
     return {m.model_id: (m.first_seen_at, m.last_seen_at, m.name, m.state) for m in store.models()}
 
 
 def test_a_repeated_partial_sync_writes_nothing_until_the_list_changes_or_time_passes(clean_database):
     store = CompetitionStore(engine_for(), "btc_updown")
-    listed = [Listed(f"m-{k}", f"model {k}", meta={"path": f"/models/m-{k}.py"}) for k in range(3)]
+    listed = [ModelInfo(f"m-{k}", f"model {k}", meta={"path": f"/models/m-{k}.py"}) for k in range(3)]
     joined = store.sync_models(listed, START, complete=False)
     assert [e.event for e in joined] == ["JOINED"] * 3
     first = seen(store)
@@ -49,7 +39,7 @@ def test_a_repeated_partial_sync_writes_nothing_until_the_list_changes_or_time_p
     assert store.sync_models(renamed, START + timedelta(seconds=120), complete=False) == []
     after_rename = seen(store)
     assert after_rename["m-0"][2] == "renamed" and after_rename["m-1"][1] == START + timedelta(seconds=120)
-    grown = [*renamed, Listed("m-new", "newcomer")]
+    grown = [*renamed, ModelInfo("m-new", "newcomer")]
     assert [(e.event, e.model_id) for e in store.sync_models(grown, START + timedelta(seconds=180), complete=False)] == [
         ("JOINED", "m-new")]
 
@@ -66,7 +56,7 @@ def test_a_repeated_partial_sync_writes_nothing_until_the_list_changes_or_time_p
 
 def test_a_complete_sync_is_never_skipped_and_a_partial_one_after_it_is_written(clean_database):
     store = CompetitionStore(engine_for(), "btc_updown")
-    listed = [Listed("m-a", "a"), Listed("m-b", "b")]
+    listed = [ModelInfo("m-a", "a"), ModelInfo("m-b", "b")]
     store.sync_models(listed, START, complete=True)
     store.sync_models(listed[:1], START + timedelta(seconds=30), complete=True)  # m-b no longer listed
     assert seen(store)["m-b"][3] == "GONE"
