@@ -237,7 +237,6 @@ def summarize(args, reports: list[dict], boundary: datetime, launch_b_at: dateti
           f"{' + '.join(str(run['restarts']) for run in reports)}")
     ready_b = datetime.fromisoformat(b["ready_at"])
     pss = max(run["memory"]["pss_mib_per_model"] for run in reports)
-    p99 = benchkit.percentile(delays, 0.99) if delays else float("inf")
     verdicts = [("PSS per model <= 5 MiB", pss <= TARGET_PSS_MIB)]
     if len(reports) == 2:
         verdicts += [
@@ -245,13 +244,8 @@ def summarize(args, reports: list[dict], boundary: datetime, launch_b_at: dateti
             ("the handover delays no cycle (B's first cycle no later than A's p90 + 0.5 s)",
              bool(after) and bool(before_lead) and after[0] <= benchkit.percentile(before_lead, 0.9) + 0.5),
         ]
-    verdicts += [
-        (f"due -> answered p99 <= {TARGET_P99_SECONDS:g} s" + ("" if len(delays) >= benchkit.P99_MIN_SAMPLES
-                                                               else f" (the max of {len(delays)} cycles)"),
-         p99 <= TARGET_P99_SECONDS),
-    ]
-    for what, held in verdicts:
-        print(f"target: {what}: {'holds' if held else 'MISSED'}")
+    verdicts.append(benchkit.p99_verdict(delays, TARGET_P99_SECONDS))
+    benchkit.print_verdicts(verdicts)
     benchkit.figure("after the runs")
     return 0 if failed == 0 and len(delays) == expected else 1
 

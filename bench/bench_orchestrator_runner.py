@@ -379,19 +379,15 @@ def summarize_handover(args, a: dict, b: dict, boundary: datetime, launch_b_at: 
     failed = sum(c["failed"] for run in (a, b) for c in run["cycles"])
     print(f"cycles run: {len(delays)} of {expected}; failed calls: {failed}; orchestrator sessions served: {sessions}; "
           f"failure reports: {len(failure_reports)}")
-    p99 = benchkit.percentile(delays, 0.99) if delays else float("inf")
     typical = benchkit.percentile(before_lead, 0.9) if before_lead else float("inf")
     first_after = after[:3]
     verdicts = [
         ("run B ready before the boundary", ready_b <= boundary and b["connected_at_ready"] == args.models),
         ("the handover delays no cycle (B's first 3 cycles and A's while B starts no later than A's p90 before + 0.5 s)",
          bool(first_after) and bool(during_lead) and max(first_after + during_lead) <= typical + 0.5),
-        (f"due -> answered p99 <= {TARGET_P99_SECONDS:g} s" + ("" if len(delays) >= benchkit.P99_MIN_SAMPLES
-                                                               else f" (the max of {len(delays)} cycles)"),
-         p99 <= TARGET_P99_SECONDS),
+        benchkit.p99_verdict(delays, TARGET_P99_SECONDS),
     ]
-    for what, held in verdicts:
-        print(f"target: {what}: {'holds' if held else 'MISSED'}")
+    benchkit.print_verdicts(verdicts)
     benchkit.figure("after the runs")
     return 0 if failed == 0 and len(delays) == expected and not failure_reports else 1
 

@@ -55,6 +55,18 @@ def pss_kib(pid: int) -> int:
     return 0
 
 
+def p99_verdict(delays: Sequence[float], target_seconds: float, what: str = "due -> answered") -> tuple[str, bool]:
+    """The target on the delays' p99, saying when there are too few samples for one (then the max)."""
+    enough = len(delays) >= P99_MIN_SAMPLES
+    held = bool(delays) and percentile(delays, 0.99) <= target_seconds
+    return f"{what} p99 <= {target_seconds:g} s" + ("" if enough else f" (the max of {len(delays)} cycles)"), held
+
+
+def print_verdicts(verdicts: Sequence[tuple[str, bool]]) -> None:
+    for what, held in verdicts:
+        print(f"target: {what}: {'holds' if held else 'MISSED'}")
+
+
 class InterfaceRules:
     """What a live run's session asks of the competition's rules: only the model interface."""
 

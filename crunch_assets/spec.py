@@ -837,8 +837,8 @@ class CompetitionSpec(Declared):
     feed_poll_interval_seconds: Int = 30
     # Live catch-up bound: missed cycles older than this are not run live (backfill them).
     max_catchup_seconds: Int = 15 * 60
-    # The cycle sensor launches an hour's live run this long before the hour, so its process has
-    # booted by then; the run waits for each cycle's due time before it reads anything (cutoff = T).
+    # The cycle sensor launches an hour's live run at least this long before the hour (by its last
+    # tick before it), so its process has booted and its models started by then; the run waits for each cycle's due time before it reads anything (cutoff = T).
     cycle_lead_seconds: Int = 30
     # The live run does each cycle at its due time; the sensors only keep it going and cover the rest.
     # Each sensor tick costs CPU in the code server and the daemon and a ~1 KB row in Dagster's storage.

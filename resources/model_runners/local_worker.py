@@ -151,13 +151,27 @@ _LIMITS = {
 }
 
 
-def _prctl(option: int, argument: int) -> None:
-    import ctypes
+_LIBC = []
 
-    libc = _libc()
-    if libc.prctl(option, argument, 0, 0, 0) != 0:
+
+def _libc():
+    if not _LIBC:
+        import ctypes
+
+        _LIBC.append(ctypes.CDLL(None, use_errno=True))
+    return _LIBC[0]
+
+
+def _libc_check(result: int, what: str) -> None:
+    if result != 0:
+        import ctypes
+
         errno = ctypes.get_errno()
-        raise OSError(errno, f"prctl({option}, {argument}): {os.strerror(errno)}")
+        raise OSError(errno, f"{what}: {os.strerror(errno)}")
+
+
+def _prctl(option: int, argument: int) -> None:
+    _libc_check(_libc().prctl(option, argument, 0, 0, 0), f"prctl({option}, {argument})")
 
 
 def _set_dumpable(dumpable: bool) -> None:
@@ -196,6 +210,12 @@ def _confine(config: dict) -> None:
 
 def _clear_inheritable_capabilities() -> None:
     """capset(2) with every set empty (the permitted and effective ones are already)."""
+    _capset(0)
+
+
+def _capset(kept: int) -> None:
+    """capset(2): the effective and permitted sets are `kept` (a mask of capabilities 0-31), the
+    inheritable set empty."""
     import ctypes
 
     class Header(ctypes.Structure):
@@ -204,17 +224,17 @@ def _clear_inheritable_capabilities() -> None:
     class Data(ctypes.Structure):
         _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
 
-    libc = ctypes.CDLL(None, use_errno=True)
     header = Header(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3: two Data, for capabilities 0-63
     data = (Data * 2)()
-    if libc.capset(ctypes.byref(header), data) != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"capset: {os.strerror(errno)}")
+    data[0].effective = data[0].permitted = kept
+    _libc_check(_libc().capset(ctypes.byref(header), data), "capset")
 
 
-def _empty_bounding_set() -> None:
+def _empty_bounding_set(keep: tuple[int, ...] = ()) -> None:
+    """Drop every capability but `keep` from the bounding set."""
     for capability in range(_last_capability() + 1):
-        _prctl(PR_CAPBSET_DROP, capability)
+        if capability not in keep:
+            _prctl(PR_CAPBSET_DROP, capability)
 
 
 def _last_capability() -> int:
@@ -869,25 +889,6 @@ def _start_model(control, request: dict, fds: list[int]) -> None:
     _run_model(request["config"])
 
 
-_LIBC = []
-
-
-def _libc():
-    if not _LIBC:
-        import ctypes
-
-        _LIBC.append(ctypes.CDLL(None, use_errno=True))
-    return _LIBC[0]
-
-
-def _libc_check(result: int, what: str) -> None:
-    if result != 0:
-        import ctypes
-
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"{what}: {os.strerror(errno)}")
-
-
 def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
     encode = lambda text: None if text is None else text.encode()  # noqa: E731
     _libc_check(_libc().mount(encode(source), encode(target), encode(fstype), flags, encode(data)), f"mount {target}")
@@ -957,22 +958,8 @@ def _loopback_up() -> None:
 def _drop_fork_server_capabilities() -> None:
     """Keep only the supervisor's capabilities (sandbox.SUPERVISOR_CAPABILITIES), in every set: the
     fork server's CAP_SYS_ADMIN and CAP_NET_ADMIN are gone, and the bounding set holds nothing else."""
-    import ctypes
-
-    for capability in range(_last_capability() + 1):
-        if capability not in SUPERVISOR_CAPABILITY_NUMBERS:
-            _prctl(PR_CAPBSET_DROP, capability)
-
-    class Header(ctypes.Structure):
-        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-    class Data(ctypes.Structure):
-        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
-
-    kept = sum(1 << number for number in SUPERVISOR_CAPABILITY_NUMBERS)
-    data = (Data * 2)()
-    data[0].effective = data[0].permitted = kept
-    _libc_check(_libc().capset(ctypes.byref(Header(0x20080522, 0)), data), "capset")
+    _empty_bounding_set(keep=SUPERVISOR_CAPABILITY_NUMBERS)
+    _capset(sum(1 << number for number in SUPERVISOR_CAPABILITY_NUMBERS))
 
 
 if __name__ == "__main__":
